@@ -1,0 +1,148 @@
+package image
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"github.com/pierrec/lz4/v4"
+	"google.golang.org/protobuf/proto"
+
+	"crpipe/lib/pb"
+)
+
+// Writer encodes a stream. Close writes the End frame; a Writer that is not
+// closed leaves a stream that readers reject as truncated, which is the point:
+// a failed stage must never leave a stream that looks whole.
+type Writer struct {
+	out    io.Writer
+	bw     *bufio.Writer
+	lz     *lz4.Writer
+	counts Counts
+	closed bool
+}
+
+// WriterOptions tune a Writer.
+type WriterOptions struct {
+	// Compress writes one lz4 frame of independent blocks compressed in parallel.
+	Compress bool
+}
+
+// NewWriter writes the stream header to out.
+func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
+	w := &Writer{out: out}
+	dst := out
+	if opt.Compress {
+		w.lz = lz4.NewWriter(out)
+		if err := w.lz.Apply(lz4.ConcurrencyOption(-1), lz4.BlockSizeOption(lz4.Block4Mb), lz4.ChecksumOption(false)); err != nil {
+			return nil, fmt.Errorf("lz4: %w", err)
+		}
+		dst = w.lz
+	}
+	w.bw = bufio.NewWriterSize(dst, 1<<20)
+	var h [HeaderSize]byte
+	copy(h[:], Magic[:])
+	binary.LittleEndian.PutUint16(h[8:], Major)
+	binary.LittleEndian.PutUint16(h[10:], Minor)
+	if _, err := w.bw.Write(h[:]); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Writer) frame(t Type, flags uint32, payloads ...[]byte) error {
+	if w.closed {
+		return fmt.Errorf("image: write after close")
+	}
+	n := 0
+	for _, p := range payloads {
+		n += len(p)
+	}
+	limit := MaxPayload
+	if t == TypePages {
+		limit = MaxPagesPayload
+	}
+	if n > limit {
+		return fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", t, n, limit, ErrTooLarge)
+	}
+	var h [FrameHeaderSize]byte
+	binary.LittleEndian.PutUint32(h[0:], uint32(t))
+	binary.LittleEndian.PutUint32(h[4:], flags)
+	binary.LittleEndian.PutUint32(h[8:], uint32(n))
+	binary.LittleEndian.PutUint32(h[12:], frameCRC(h[:], payloads...))
+	if _, err := w.bw.Write(h[:]); err != nil {
+		return err
+	}
+	for _, p := range payloads {
+		if _, err := w.bw.Write(p); err != nil {
+			return err
+		}
+	}
+	if t != TypeEnd {
+		w.counts.add(t, n)
+	}
+	return nil
+}
+
+// WriteFrame writes a frame with an already encoded payload.
+func (w *Writer) WriteFrame(t Type, flags uint32, payload []byte) error {
+	if t == TypeEnd {
+		return fmt.Errorf("image: the end frame is written by Close")
+	}
+	return w.frame(t, flags, payload)
+}
+
+// Pass writes a frame read from another stream unchanged.
+func (w *Writer) Pass(f *Frame) error { return w.WriteFrame(f.Type, f.Flags, f.Payload) }
+
+// WriteMessage writes a metadata frame. Marshalling is deterministic so
+// that the same state gives the same bytes.
+func (w *Writer) WriteMessage(t Type, m proto.Message) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("image: encode %s: %w", t, err)
+	}
+	return w.WriteFrame(t, 0, b)
+}
+
+// WritePages writes page contents starting at addr without copying them.
+// len(data) must be a multiple of PageSize and at most MaxPagesPayload-PagesPreamble.
+func (w *Writer) WritePages(h PagesHeader, data []byte) error {
+	if len(data)%PageSize != 0 || h.Addr%PageSize != 0 {
+		return fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, len(data))
+	}
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	return w.frame(TypePages, 0, pre[:], data)
+}
+
+// Counts returns what has been written so far.
+func (w *Writer) Counts() Counts { return w.counts }
+
+// Close writes the End frame and flushes. It does not close the underlying writer.
+func (w *Writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	end := &pb.End{Frames: w.counts.Frames, PageFrames: w.counts.PageFrames, PageBytes: w.counts.PageBytes, Complete: true}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(end)
+	if err != nil {
+		return err
+	}
+	if err := w.frame(TypeEnd, 0, b); err != nil {
+		return err
+	}
+	w.closed = true
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	if w.lz != nil {
+		return w.lz.Close()
+	}
+	return nil
+}
+
+// Flush pushes buffered frames to the underlying writer (not through lz4's
+// block buffer). Stages call it so the next stage can start early.
+func (w *Writer) Flush() error { return w.bw.Flush() }

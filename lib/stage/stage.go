@@ -1,0 +1,223 @@
+// Package stage is the plumbing every crpipe command shares: flags, the
+// stream on stdin and stdout, pass-through of records a stage does not own,
+// error and hint formatting, exit codes and profiling hooks.
+package stage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+)
+
+// HintError carries a remedy the user can act on; Main prints it on a
+// "hint:" line after the error.
+type HintError struct {
+	Err  error
+	Hint string
+}
+
+func (e *HintError) Error() string { return e.Err.Error() }
+func (e *HintError) Unwrap() error { return e.Err }
+
+// Hint attaches a hint to err (nil stays nil).
+func Hint(err error, hint string) error {
+	if err == nil {
+		return nil
+	}
+	return &HintError{Err: err, Hint: hint}
+}
+
+// UsageError marks misuse (exit status 2).
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef reports misuse of a command.
+func Usagef(format string, a ...any) error { return &UsageError{fmt.Errorf(format, a...)} }
+
+// Verbose is set by -v on every command.
+var Verbose bool
+
+// Logf prints a diagnostic line on stderr when -v is given.
+func Logf(format string, a ...any) {
+	if Verbose {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", filepath.Base(os.Args[0]), fmt.Sprintf(format, a...))
+	}
+}
+
+// CompressFlag is --compress, shared by every stage that writes a stream.
+var CompressFlag = &cli.BoolFlag{Name: "compress", Usage: "write the stream as lz4 (parallel blocks)"}
+
+// Main runs app with the shared flags and conventions and exits.
+func Main(app *cli.App) {
+	name := filepath.Base(os.Args[0])
+	if app.Name == "" {
+		app.Name = name
+	}
+	app.HideHelpCommand = true
+	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print diagnostics on stderr", Destination: &Verbose})
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &UsageError{err} }
+	stop := startProfiling(name)
+	err := app.Run(os.Args)
+	stop()
+	os.Exit(Report(name, err))
+}
+
+// Report prints err the house way and returns the exit status.
+func Report(name string, err error) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "%s: error: %v\n", name, err)
+	var h *HintError
+	if errors.As(err, &h) && h.Hint != "" {
+		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, h.Hint)
+	}
+	var u *UsageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	var ee *ExitStatus
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	return 1
+}
+
+// ExitStatus makes a command exit with a given code (cr-restore passes the
+// restored root's status on).
+type ExitStatus struct{ Code int }
+
+func (e *ExitStatus) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// startProfiling writes CPU and heap profiles to $CRPIPE_PPROF/NAME.{cpu,heap}.pprof.
+func startProfiling(name string) func() {
+	dir := os.Getenv("CRPIPE_PPROF")
+	if dir == "" {
+		return func() {}
+	}
+	cpu, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: pprof: %v\n", name, err)
+		return func() {}
+	}
+	pprof.StartCPUProfile(cpu)
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		if heap, err := os.Create(filepath.Join(dir, name+".heap.pprof")); err == nil {
+			pprof.WriteHeapProfile(heap)
+			heap.Close()
+		}
+	}
+}
+
+// Output returns stdout for a stream, refusing a terminal.
+func Output() (io.Writer, error) {
+	if isTerminal(os.Stdout) {
+		return nil, Hint(errors.New("refusing to write a binary image stream to a terminal"), "redirect stdout to a file or pipe it into the next stage")
+	}
+	return os.Stdout, nil
+}
+
+// Input returns the stream to read: FILE when given, else stdin (refusing a terminal).
+func Input(path string) (io.ReadCloser, error) {
+	if path != "" && path != "-" {
+		return os.Open(path)
+	}
+	if isTerminal(os.Stdin) {
+		return nil, Hint(errors.New("no image stream on stdin (it is a terminal)"), "pipe a stream in, e.g. cr-freeze --pid PID | ..., or give a file")
+	}
+	return os.Stdin, nil
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// Filter describes a stage that reads a stream, passes every frame through
+// unchanged and in order, and appends records of its own before the End frame.
+type Filter struct {
+	// Observe sees every frame after it has been passed through (optional).
+	// Payload is only valid during the call.
+	Observe func(f *image.Frame) error
+	// Finish appends the stage's own records once the input is complete.
+	Finish func(w *image.Writer) error
+}
+
+// RunFilter runs a Filter from in to out.
+func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
+	r, err := image.NewReader(in)
+	if err != nil {
+		return fmt.Errorf("input: %w", err)
+	}
+	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress})
+	if err != nil {
+		return err
+	}
+	for {
+		f, err := r.Next()
+		if err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+		if f.Type == image.TypeEnd {
+			break
+		}
+		if err := w.Pass(f); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		if fl.Observe != nil {
+			if err := fl.Observe(f); err != nil {
+				return err
+			}
+		}
+	}
+	if fl.Finish != nil {
+		if err := fl.Finish(w); err != nil {
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	return nil
+}
+
+// FilterCommand builds the cli.App of a filter stage. build is called with
+// the parsed flags and returns the Filter to run.
+func FilterCommand(name, usage string, flags []cli.Flag, build func(c *cli.Context) (Filter, error)) *cli.App {
+	return &cli.App{
+		Name:  name,
+		Usage: usage,
+		Flags: append(flags, CompressFlag),
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return Usagef("unexpected argument %q (the stream comes on stdin)", c.Args().First())
+			}
+			fl, err := build(c)
+			if err != nil {
+				return err
+			}
+			in, err := Input("")
+			if err != nil {
+				return err
+			}
+			out, err := Output()
+			if err != nil {
+				return err
+			}
+			return RunFilter(in, out, c.Bool("compress"), fl)
+		},
+	}
+}
