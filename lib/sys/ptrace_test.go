@@ -1,0 +1,102 @@
+package sys
+
+import (
+	"os/exec"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestPtraceSeizeInterrupt(t *testing.T) {
+	cmd := exec.Command("/bin/sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := PtraceSeize(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+		t.Fatal(err)
+	}
+	if err := PtraceInterrupt(pid); err != nil {
+		t.Fatal(err)
+	}
+	st, err := PtraceWait(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.IsInterrupt() {
+		t.Fatalf("got %v, want an interrupt event stop", st)
+	}
+	regs, err := PtraceGetRegs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regs.Rip == 0 || regs.Rsp == 0 {
+		t.Fatalf("implausible registers %+v", regs)
+	}
+	buf := make([]byte, 16<<10)
+	n, err := PtraceGetRegset(pid, NT_X86_XSTATE, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 576 || n >= len(buf) {
+		t.Fatalf("xsave area of %d bytes", n)
+	}
+	if err := PtraceSetRegset(pid, NT_X86_XSTATE, buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	prs := make([]byte, 27*8)
+	if n, err := PtraceGetRegset(pid, NT_PRSTATUS, prs); err != nil || n != len(prs) {
+		t.Fatalf("NT_PRSTATUS: %d bytes, %v", n, err)
+	}
+	m, err := PtraceGetSigmask(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := PtraceSetSigmask(pid, m|1<<(unix.SIGUSR1-1)); err != nil {
+		t.Fatal(err)
+	}
+	if m2, _ := PtraceGetSigmask(pid); m2 != m|1<<(unix.SIGUSR1-1) {
+		t.Fatalf("sigmask %#x after set", m2)
+	}
+	if err := PtraceSetSigmask(pid, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := PtraceGetRseqConfig(pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := PtraceSetRegs(pid, &regs); err != nil {
+		t.Fatal(err)
+	}
+	if err := PtraceDetach(pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The task runs on after detach: a SIGTERM now kills it normally.
+	cmd.Process.Signal(unix.SIGTERM)
+	err = cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(interface{ Signal() unix.Signal }); !ok || ws.Signal() != unix.SIGTERM {
+		t.Fatalf("child ended with %v, want SIGTERM", err)
+	}
+}
+
+func TestDecodeWaitStatus(t *testing.T) {
+	cases := []struct {
+		ws   uint32
+		kind StopKind
+	}{
+		{0x857f, StopSyscall},          // SIGTRAP|0x80 stopped
+		{0x80<<16 | 0x057f, StopEvent}, // PTRACE_EVENT_STOP, SIGTRAP
+		{0x0a7f, StopSignal},           // SIGUSR1
+		{0x0100, StopExited},           // exit(1)
+		{0x0009, StopKilled},           // SIGKILL
+	}
+	for _, c := range cases {
+		if s := DecodeWaitStatus(1, unix.WaitStatus(c.ws)); s.Kind != c.kind {
+			t.Errorf("status %#x: got %v, want %v", c.ws, s.Kind, c.kind)
+		}
+	}
+}
