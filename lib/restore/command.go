@@ -1,0 +1,35 @@
+package restore
+
+import (
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"crpipe/lib/stage"
+)
+
+// Command is cr-restore's command line.
+func Command() *cli.App {
+	return &cli.App{
+		Name:      "cr-restore",
+		Usage:     "recreate the processes of an image stream, running where they stopped",
+		UsageText: "cr-restore [-i FILE] [-d] [--pidfile FILE]   (the stream on stdin by default, lz4 detected)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "input", Aliases: []string{"i"}, Usage: "read the image from `FILE` instead of stdin"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "return once the process runs, instead of waiting for it"},
+			&cli.StringFlag{Name: "pidfile", Usage: "write the restored root's PID to `FILE`"},
+			&cli.DurationFlag{Name: "pid-wait", Value: 10 * time.Second, Usage: "how long to wait for a dumped PID still in use to be freed"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return stage.Usagef("unexpected argument %q (use -i FILE)", c.Args().First())
+			}
+			return Run(Options{
+				Input:   c.String("input"),
+				Detach:  c.Bool("detach"),
+				PidFile: c.String("pidfile"),
+				PidWait: c.Duration("pid-wait"),
+			})
+		},
+	}
+}

@@ -1,0 +1,149 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+)
+
+// openFlagsForRestore strips flags that only mean something at creation.
+const creationFlags = unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC
+
+// openFd opens the file behind one dumped fd as the process had it.
+func openFd(pid int, fd *pb.Fd) (*os.File, error) {
+	where := fmt.Sprintf("pid %d fd %d", pid, fd.Fd)
+	switch pb.FdKind(fd.Kind) {
+	case pb.FdKind_FD_REGULAR, pb.FdKind_FD_CHARDEV, pb.FdKind_FD_DIRECTORY:
+	default:
+		return nil, fmt.Errorf("%s: fd kind %d is not supported by this cr-restore", where, fd.Kind)
+	}
+	f, err := os.OpenFile(fd.Path, int(fd.Flags)&^creationFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if fd.Mode != 0 && st.Mode&unix.S_IFMT != fd.Mode&unix.S_IFMT {
+		f.Close()
+		return nil, fmt.Errorf("%s: %s is no longer the same kind of file", where, fd.Path)
+	}
+	if pb.FdKind(fd.Kind) == pb.FdKind_FD_CHARDEV && fd.Rdev != 0 && st.Rdev != fd.Rdev {
+		f.Close()
+		return nil, fmt.Errorf("%s: %s is device %#x here, was %#x", where, fd.Path, st.Rdev, fd.Rdev)
+	}
+	if pb.FdKind(fd.Kind) == pb.FdKind_FD_REGULAR && fd.Offset != 0 {
+		if _, err := unix.Seek(int(f.Fd()), fd.Offset, 0); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: seek to %d: %w", where, fd.Offset, err)
+		}
+	}
+	return f, nil
+}
+
+// restoreFiles replaces the task's fd table with the dumped one.
+func (t *task) restoreFiles(fl *pb.Files) error {
+	maxTarget := -1
+	for _, fd := range fl.Fds {
+		if fd.Fd < 0 {
+			return fmt.Errorf("pid %d: negative fd number %d in the image", t.pid, fd.Fd)
+		}
+		maxTarget = max(maxTarget, int(fd.Fd))
+	}
+	t.ctlFd = 3
+	if t.ctlFd <= maxTarget {
+		if err := t.r.setCtl(maxTarget + 1); err != nil {
+			return err
+		}
+		t.ctlFd = maxTarget + 1
+	}
+	// Close what the helper left open (its stdio), keeping the control socket.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", t.pid))
+	if err != nil {
+		return err
+	}
+	var calls []call
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err == nil && n != t.ctlFd {
+			calls = append(calls, sc("close inherited fd", unix.SYS_CLOSE, uint64(n)))
+		}
+	}
+	if _, err := t.r.run(calls...); err != nil {
+		return err
+	}
+
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, fd := range fl.Fds {
+		f, err := openFd(t.pid, fd)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+	}
+	cwd, err := os.OpenFile(fl.Cwd, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("pid %d: cwd: %w", t.pid, err)
+	}
+	files = append(files, cwd)
+	if fl.Root != "" && fl.Root != "/" {
+		root, err := os.OpenFile(fl.Root, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return fmt.Errorf("pid %d: root: %w", t.pid, err)
+		}
+		files = append(files, root)
+	}
+	remote, err := t.r.sendFds(files)
+	if err != nil {
+		return err
+	}
+	// Received files take the lowest free numbers, which may be dumped fd
+	// numbers still to be installed: move them all above the table first.
+	base := uint64(max(maxTarget, t.ctlFd) + 1)
+	calls = calls[:0]
+	for _, r := range remote {
+		calls = append(calls, sc("move received file", unix.SYS_FCNTL, uint64(r), unix.F_DUPFD_CLOEXEC, base))
+	}
+	high, err := t.r.run(calls...)
+	if err != nil {
+		return err
+	}
+	calls = calls[:0]
+	for _, r := range remote {
+		calls = append(calls, sc("close received file", unix.SYS_CLOSE, uint64(r)))
+	}
+	for i, fd := range fl.Fds {
+		flags := uint64(0)
+		if fd.Cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		calls = append(calls, sc(fmt.Sprintf("install fd %d", fd.Fd), unix.SYS_DUP3, uint64(high[i]), uint64(fd.Fd), flags))
+	}
+	n := len(fl.Fds)
+	if len(remote) > n+1 { // a root other than /
+		rootFd := uint64(high[n+1])
+		dot := scratchWriter{base: t.scratch}
+		addr := dot.putString(".")
+		if err := t.flushScratch(&dot); err != nil {
+			return err
+		}
+		calls = append(calls, sc("enter root", unix.SYS_FCHDIR, rootFd), sc("chroot "+fl.Root, unix.SYS_CHROOT, addr))
+	}
+	calls = append(calls, sc("chdir "+fl.Cwd, unix.SYS_FCHDIR, uint64(high[n])))
+	for _, h := range high {
+		calls = append(calls, sc("close moved file", unix.SYS_CLOSE, uint64(h)))
+	}
+	_, err = t.r.run(calls...)
+	return err
+}

@@ -1,0 +1,368 @@
+package restore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"sort"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+)
+
+const (
+	pageSize     = 4096
+	stackSize    = 256 << 10
+	scratchSize  = 1 << 20
+	lowestHole   = 1 << 32 // above where non-PIE executables and their heaps live
+	highestHole  = 0x7ffffffff000
+	holeGuardGap = 1 << 20 // keep clear of neighbours, e.g. a stack's growth
+)
+
+func pageUp(n uint64) uint64 { return (n + pageSize - 1) &^ (pageSize - 1) }
+
+type span struct{ lo, hi uint64 }
+
+// findGap returns the lowest address >= lowestHole where size bytes (plus
+// guard gaps) overlap none of the given spans.
+func findGap(used []span, size uint64) (uint64, error) {
+	sort.Slice(used, func(i, j int) bool { return used[i].lo < used[j].lo })
+	cand := uint64(lowestHole)
+	for _, u := range used {
+		if u.hi+holeGuardGap <= cand {
+			continue
+		}
+		if cand+size+holeGuardGap <= u.lo {
+			return cand, nil
+		}
+		if u.hi+holeGuardGap > cand {
+			cand = pageUp(u.hi + holeGuardGap)
+		}
+	}
+	if cand+size <= highestHole {
+		return cand, nil
+	}
+	return 0, fmt.Errorf("no free address range of %d bytes for the restorer", size)
+}
+
+func isVdsoKind(k pb.VmaKind) bool {
+	return k == pb.VmaKind_VMA_VDSO || k == pb.VmaKind_VMA_VVAR || k == pb.VmaKind_VMA_VVAR_VCLOCK || k == pb.VmaKind_VMA_VSYSCALL
+}
+
+var vdsoNames = map[string]pb.VmaKind{
+	"[vdso]":        pb.VmaKind_VMA_VDSO,
+	"[vvar]":        pb.VmaKind_VMA_VVAR,
+	"[vvar_vclock]": pb.VmaKind_VMA_VVAR_VCLOCK,
+	"[vsyscall]":    pb.VmaKind_VMA_VSYSCALL,
+}
+
+// setupMm turns the fresh task into an empty copy of the dumped address
+// space: the restorer moves to a hole, everything else of the helper's is
+// unmapped, the vDSO moves to its dumped place, and every dumped VMA is
+// mapped (writable for now where pages will be written into it).
+func (t *task) setupMm(mm *pb.Mm) error {
+	cur, err := taskMaps(t.pid)
+	if err != nil {
+		return err
+	}
+	var used []span
+	for _, v := range mm.Vmas {
+		if v.End <= v.Start || v.Start%pageSize != 0 || v.End%pageSize != 0 {
+			return fmt.Errorf("pid %d: vma %#x-%#x: not page aligned", t.pid, v.Start, v.End)
+		}
+		used = append(used, span{v.Start, v.End})
+	}
+	for _, v := range cur {
+		used = append(used, span{v.start, v.end})
+	}
+	imgSize := pageUp(t.r.layout.ImageSize)
+	t.holeSize = imgSize + stackSize + scratchSize
+	hole, err := findGap(used, t.holeSize)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", t.pid, err)
+	}
+	t.hole = hole
+	t.scratch = hole + imgSize + stackSize
+	if _, err := t.r.run(sc("map restorer area", unix.SYS_MMAP, hole, t.holeSize,
+		unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)); err != nil {
+		return err
+	}
+	if err := t.r.relocate(hole, hole+imgSize+stackSize); err != nil {
+		return err
+	}
+	// Drop the helper's image and stack: only the vDSO block stays.
+	var calls []call
+	curVdso := map[pb.VmaKind]taskVma{}
+	for _, v := range cur {
+		if k, ok := vdsoNames[v.name]; ok {
+			curVdso[k] = v
+			continue
+		}
+		calls = append(calls, sc("unmap "+v.name, unix.SYS_MUNMAP, v.start, v.end-v.start))
+	}
+	if _, err := t.r.run(calls...); err != nil {
+		return err
+	}
+	if err := t.moveVdso(mm, curVdso, used); err != nil {
+		return err
+	}
+	return t.mapVmas(mm)
+}
+
+// moveVdso puts the running vDSO and vvar pages where the dumped process had
+// them. They are moved in two steps through a free area, so that no
+// destination overlaps a part not yet moved.
+func (t *task) moveVdso(mm *pb.Mm, cur map[pb.VmaKind]taskVma, used []span) error {
+	dumped := map[pb.VmaKind]*pb.Vma{}
+	for _, v := range mm.Vmas {
+		if isVdsoKind(pb.VmaKind(v.Kind)) && pb.VmaKind(v.Kind) != pb.VmaKind_VMA_VSYSCALL {
+			dumped[pb.VmaKind(v.Kind)] = v
+		}
+	}
+	kinds := []pb.VmaKind{pb.VmaKind_VMA_VVAR, pb.VmaKind_VMA_VVAR_VCLOCK, pb.VmaKind_VMA_VDSO}
+	same := true
+	var total uint64
+	for _, k := range kinds {
+		c, haveCur := cur[k]
+		d, haveDumped := dumped[k]
+		if haveCur != haveDumped {
+			return fmt.Errorf("pid %d: the dumped process %s %s, this kernel's does not: restore on the kernel it was dumped on",
+				t.pid, map[bool]string{true: "had", false: "had no"}[haveDumped], vmaKindName(k))
+		}
+		if !haveCur {
+			continue
+		}
+		if c.end-c.start != d.End-d.Start {
+			return fmt.Errorf("pid %d: %s is %d bytes here but was %d bytes when dumped: restore on the kernel it was dumped on",
+				t.pid, vmaKindName(k), c.end-c.start, d.End-d.Start)
+		}
+		if c.start != d.Start {
+			same = false
+		}
+		total += c.end - c.start
+	}
+	if same {
+		return nil
+	}
+	used = append(used, span{t.hole, t.hole + t.holeSize})
+	tmp, err := findGap(used, total)
+	if err != nil {
+		return fmt.Errorf("pid %d: vdso: %w", t.pid, err)
+	}
+	var first, second []call
+	off := tmp
+	for _, k := range kinds {
+		c, ok := cur[k]
+		if !ok {
+			continue
+		}
+		size := c.end - c.start
+		d := dumped[k]
+		first = append(first, sc("move "+vmaKindName(k)+" aside", unix.SYS_MREMAP, c.start, size, size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, off))
+		second = append(second, sc("move "+vmaKindName(k)+" to its dumped address", unix.SYS_MREMAP, off, size, size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, d.Start))
+		off += size
+	}
+	_, err = t.r.run(append(first, second...)...)
+	return err
+}
+
+func vmaKindName(k pb.VmaKind) string {
+	for n, kk := range vdsoNames {
+		if kk == k {
+			return n
+		}
+	}
+	return k.String()
+}
+
+// openMapped opens the file behind a file VMA, refusing a file that changed
+// since the dump: mapping a different file would restore wrong memory.
+func openMapped(pid int, v *pb.Vma) (*os.File, error) {
+	flags := os.O_RDONLY
+	if v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
+		flags = os.O_RDWR
+	}
+	f, err := os.OpenFile(v.Path, flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: vma %#x-%#x: %w", pid, v.Start, v.End, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, err
+	}
+	mtime := st.Mtim.Nano()
+	if (v.FileSize != 0 || v.MtimeNsec != 0) && (st.Size != v.FileSize || mtime != v.MtimeNsec) {
+		f.Close()
+		return nil, fmt.Errorf("pid %d: vma %#x-%#x: %s changed since the dump (size %d, mtime %d; dumped size %d, mtime %d)",
+			pid, v.Start, v.End, v.Path, st.Size, mtime, v.FileSize, v.MtimeNsec)
+	}
+	return f, nil
+}
+
+// mapVmas maps every dumped VMA at its address.
+func (t *task) mapVmas(mm *pb.Mm) error {
+	type fileKey struct {
+		path  string
+		flags int
+	}
+	var files []*os.File
+	index := map[string]int{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	fileOf := map[*pb.Vma]int{}
+	for _, v := range mm.Vmas {
+		k := pb.VmaKind(v.Kind)
+		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED {
+			continue
+		}
+		f, err := openMapped(t.pid, v)
+		if err != nil {
+			return err
+		}
+		key := fmt.Sprintf("%s\x00%d", v.Path, v.Flags&unix.MAP_SHARED)
+		if i, ok := index[key]; ok {
+			f.Close()
+			fileOf[v] = i
+			continue
+		}
+		index[key] = len(files)
+		fileOf[v] = len(files)
+		files = append(files, f)
+	}
+	remote, err := t.r.sendFds(files)
+	if err != nil {
+		return err
+	}
+	var calls []call
+	for _, v := range mm.Vmas {
+		k := pb.VmaKind(v.Kind)
+		if isVdsoKind(k) {
+			continue
+		}
+		prot := uint64(v.Prot)
+		if v.HasPages {
+			prot |= unix.PROT_WRITE
+			t.writable = append(t.writable, v)
+		}
+		flags := uint64(unix.MAP_FIXED_NOREPLACE)
+		if v.Flags&unix.MAP_GROWSDOWN != 0 {
+			flags |= unix.MAP_GROWSDOWN
+		}
+		fd, off := ^uint64(0), uint64(0)
+		switch k {
+		case pb.VmaKind_VMA_ANON:
+			flags |= unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+		case pb.VmaKind_VMA_SHARED_ANON:
+			flags |= unix.MAP_SHARED | unix.MAP_ANONYMOUS
+		case pb.VmaKind_VMA_FILE_PRIVATE:
+			flags |= unix.MAP_PRIVATE
+			fd, off = uint64(remote[fileOf[v]]), v.Pgoff
+		case pb.VmaKind_VMA_FILE_SHARED:
+			flags |= unix.MAP_SHARED
+			fd, off = uint64(remote[fileOf[v]]), v.Pgoff
+		default:
+			return fmt.Errorf("pid %d: vma %#x-%#x: unknown kind %d", t.pid, v.Start, v.End, v.Kind)
+		}
+		calls = append(calls, sc(fmt.Sprintf("map %#x-%#x %s", v.Start, v.End, v.Path), unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
+	}
+	for _, fd := range remote {
+		calls = append(calls, sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
+	}
+	_, err = t.r.run(calls...)
+	return err
+}
+
+// writePages copies one page frame's contents into the task.
+func (t *task) writePages(addr uint64, data []byte) error {
+	end := addr + uint64(len(data))
+	ok := false
+	for _, v := range t.writable {
+		if addr >= v.Start && end <= v.End {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
+	}
+	for len(data) > 0 {
+		local := []unix.Iovec{{Base: &data[0]}}
+		local[0].SetLen(len(data))
+		rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(data)}}
+		n, err := unix.ProcessVMWritev(t.pid, local, rem, 0)
+		if err != nil {
+			if err == syscall.EINTR {
+				continue
+			}
+			return fmt.Errorf("process_vm_writev %#x+%d: %w", addr, len(data), err)
+		}
+		if n <= 0 {
+			return fmt.Errorf("process_vm_writev %#x: wrote nothing", addr)
+		}
+		data = data[n:]
+		addr += uint64(n)
+	}
+	return nil
+}
+
+// sealVmas gives every VMA its dumped protection back.
+func (t *task) sealVmas() error {
+	var calls []call
+	for _, v := range t.writable {
+		if v.Prot&unix.PROT_WRITE == 0 {
+			calls = append(calls, sc(fmt.Sprintf("protect %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))
+		}
+	}
+	_, err := t.r.run(calls...)
+	return err
+}
+
+// scratchWriter lays out argument structs in the restorer's scratch area.
+type scratchWriter struct {
+	base, off uint64
+	buf       []byte
+}
+
+func (s *scratchWriter) put(b []byte) uint64 {
+	s.off = (s.off + 15) &^ 15
+	for uint64(len(s.buf)) < s.off {
+		s.buf = append(s.buf, 0)
+	}
+	addr := s.base + s.off
+	s.buf = append(s.buf, b...)
+	s.off += uint64(len(b))
+	return addr
+}
+
+func (s *scratchWriter) putU64s(v ...uint64) uint64 {
+	b := make([]byte, 0, 8*len(v))
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint64(b, x)
+	}
+	return s.put(b)
+}
+
+func (s *scratchWriter) putString(str string) uint64 { return s.put(append([]byte(str), 0)) }
+
+// flush writes the laid out bytes into the task.
+func (t *task) flushScratch(s *scratchWriter) error {
+	if uint64(len(s.buf)) > scratchSize {
+		return fmt.Errorf("pid %d: restore arguments need %d bytes, more than the %d of the scratch area", t.pid, len(s.buf), scratchSize)
+	}
+	if len(s.buf) == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &s.buf[0]}}
+	local[0].SetLen(len(s.buf))
+	_, err := unix.ProcessVMWritev(t.pid, local, []unix.RemoteIovec{{Base: uintptr(s.base), Len: len(s.buf)}}, 0)
+	if err != nil {
+		return fmt.Errorf("pid %d: write scratch: %w", t.pid, err)
+	}
+	return nil
+}

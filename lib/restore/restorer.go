@@ -1,0 +1,265 @@
+package restore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/pie"
+)
+
+// Operations of the restorer blob; the protocol is doc/restorer.md and
+// pie/src/restorer.c.
+const (
+	opSyscalls = 1
+	opRecvFds  = 2
+	opSetCtl   = 3
+	opRelocate = 4
+	opClone    = 5
+
+	maxBatch    = 500 // syscalls per OP_SYSCALLS message (32 KiB / 56 B, with room)
+	maxFdsBatch = 64
+	replyMax    = 16 + 8*512
+)
+
+// call is one syscall for the restorer to run.
+type call struct {
+	nr   uintptr
+	args [6]uint64
+	what string // for errors: what this call was for
+}
+
+func sc(what string, nr uintptr, args ...uint64) call {
+	c := call{nr: nr, what: what}
+	copy(c.args[:], args)
+	return c
+}
+
+// restorer is the coordinator's end of one restorer's control socket.
+type restorer struct {
+	sock   *os.File // our end; SOCK_SEQPACKET keeps message boundaries
+	pid    int      // the task the commands act on
+	layout pie.Layout
+}
+
+// startHelper executes the restorer blob from a memfd as our child and
+// returns its control socket. The helper only clones the real task.
+func startHelper() (*restorer, *exec.Cmd, error) {
+	layout, err := pie.RestorerLayout()
+	if err != nil {
+		return nil, nil, err
+	}
+	blob, err := memfdWithContents("crpipe-restorer", pie.Restorer())
+	if err != nil {
+		return nil, nil, err
+	}
+	defer blob.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "restorer-ctl")
+	theirs := os.NewFile(uintptr(fds[1]), "restorer-ctl-child")
+	defer theirs.Close()
+	cmd := &exec.Cmd{
+		Path:       fmt.Sprintf("/proc/self/fd/%d", blob.Fd()),
+		Args:       []string{"crpipe-restorer"},
+		ExtraFiles: []*os.File{theirs}, // fd 3
+		Env:        []string{},
+	}
+	if err := cmd.Start(); err != nil {
+		ours.Close()
+		return nil, nil, fmt.Errorf("start restorer: %w", err)
+	}
+	return &restorer{sock: ours, pid: cmd.Process.Pid, layout: layout}, cmd, nil
+}
+
+func memfdWithContents(name string, b []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("memfd write: %w", err)
+	}
+	return f, nil
+}
+
+type reply struct {
+	status int64
+	vals   []int64
+}
+
+func (r *restorer) roundTrip(msg []byte, fds []int) (reply, error) {
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(int(r.sock.Fd()), msg, oob, nil, 0); err != nil {
+		return reply{}, fmt.Errorf("restorer of pid %d: send: %w", r.pid, err)
+	}
+	buf := make([]byte, replyMax)
+	n, _, _, _, err := unix.Recvmsg(int(r.sock.Fd()), buf, nil, 0)
+	if err != nil {
+		return reply{}, fmt.Errorf("restorer of pid %d: receive: %w", r.pid, err)
+	}
+	if n == 0 {
+		return reply{}, fmt.Errorf("restorer of pid %d died", r.pid)
+	}
+	if n < 16 || (n-16)%8 != 0 {
+		return reply{}, fmt.Errorf("restorer of pid %d: malformed reply of %d bytes", r.pid, n)
+	}
+	rp := reply{status: int64(binary.LittleEndian.Uint64(buf))}
+	done := int(binary.LittleEndian.Uint32(buf[8:]))
+	for i := 16; i < n; i += 8 {
+		rp.vals = append(rp.vals, int64(binary.LittleEndian.Uint64(buf[i:])))
+	}
+	if done > len(rp.vals) {
+		return reply{}, fmt.Errorf("restorer of pid %d: malformed reply", r.pid)
+	}
+	rp.vals = rp.vals[:max(done, len(rp.vals))]
+	return rp, nil
+}
+
+func header(op, count uint32, payload int) []byte {
+	b := make([]byte, 8, 8+payload)
+	binary.LittleEndian.PutUint32(b[0:], op)
+	binary.LittleEndian.PutUint32(b[4:], count)
+	return b
+}
+
+// SyscallError is a syscall the restorer ran that failed.
+type SyscallError struct {
+	Pid   int
+	What  string
+	Nr    uintptr
+	Args  [6]uint64
+	Errno unix.Errno
+}
+
+func (e *SyscallError) Error() string {
+	return fmt.Sprintf("pid %d: %s: %v", e.Pid, e.What, e.Errno)
+}
+
+func (e *SyscallError) Unwrap() error { return e.Errno }
+
+// run executes calls in the task, in order, stopping at the first failure.
+// It returns every call's result.
+func (r *restorer) run(calls ...call) ([]int64, error) {
+	var out []int64
+	for len(calls) > 0 {
+		n := min(len(calls), maxBatch)
+		batch := calls[:n]
+		calls = calls[n:]
+		msg := header(opSyscalls, uint32(n), n*56)
+		for _, c := range batch {
+			msg = binary.LittleEndian.AppendUint64(msg, uint64(c.nr))
+			for _, a := range c.args {
+				msg = binary.LittleEndian.AppendUint64(msg, a)
+			}
+		}
+		rp, err := r.roundTrip(msg, nil)
+		if err != nil {
+			return out, err
+		}
+		if rp.status != 0 {
+			i := len(rp.vals) - 1
+			if i < 0 || i >= n {
+				return out, fmt.Errorf("pid %d: restorer refused a batch: %v", r.pid, unix.Errno(-rp.status))
+			}
+			c := batch[i]
+			return out, &SyscallError{Pid: r.pid, What: c.what, Nr: c.nr, Args: c.args, Errno: unix.Errno(-rp.status)}
+		}
+		out = append(out, rp.vals...)
+	}
+	return out, nil
+}
+
+// sendFds passes files into the task; it returns their numbers there
+// (close-on-exec, lowest free numbers).
+func (r *restorer) sendFds(files []*os.File) ([]int, error) {
+	var got []int
+	for len(files) > 0 {
+		n := min(len(files), maxFdsBatch)
+		fds := make([]int, n)
+		for i, f := range files[:n] {
+			fds[i] = int(f.Fd())
+		}
+		files = files[n:]
+		rp, err := r.roundTrip(header(opRecvFds, uint32(n), 0), fds)
+		if err != nil {
+			return got, err
+		}
+		if len(rp.vals) != n {
+			return got, fmt.Errorf("pid %d: restorer received %d of %d files", r.pid, len(rp.vals), n)
+		}
+		for _, v := range rp.vals {
+			got = append(got, int(v))
+		}
+	}
+	return got, nil
+}
+
+// setCtl moves the task's end of the control socket to fd number n.
+func (r *restorer) setCtl(n int) error {
+	rp, err := r.roundTrip(header(opSetCtl, uint32(n), 0), nil)
+	if err != nil {
+		return err
+	}
+	if rp.status != 0 {
+		return fmt.Errorf("pid %d: move control socket to fd %d: %v", r.pid, n, unix.Errno(-rp.status))
+	}
+	return nil
+}
+
+// relocate makes the restorer copy itself to dst (mapped RWX) and run there
+// on a stack whose top is sp.
+func (r *restorer) relocate(dst, sp uint64) error {
+	msg := header(opRelocate, 0, 16)
+	msg = binary.LittleEndian.AppendUint64(msg, dst)
+	msg = binary.LittleEndian.AppendUint64(msg, sp)
+	rp, err := r.roundTrip(msg, nil)
+	if err != nil {
+		return err
+	}
+	if rp.status != 0 {
+		return fmt.Errorf("pid %d: relocate restorer: %v", r.pid, unix.Errno(-rp.status))
+	}
+	return nil
+}
+
+// ErrPidBusy means the PID to restore is in use.
+var ErrPidBusy = errors.New("pid in use")
+
+// clone asks the helper to create the task with the given pid as our child
+// (CLONE_PARENT) and to exit. The new task keeps the control socket.
+func (r *restorer) clone(pid int) (int, error) {
+	msg := header(opClone, 0, 32+4*32)
+	msg = binary.LittleEndian.AppendUint64(msg, unix.CLONE_PARENT)
+	msg = binary.LittleEndian.AppendUint64(msg, 0) // exit_signal: must be 0 with CLONE_PARENT
+	msg = binary.LittleEndian.AppendUint32(msg, 1)
+	msg = binary.LittleEndian.AppendUint32(msg, 1) // the helper exits once it replied
+	msg = binary.LittleEndian.AppendUint32(msg, uint32(pid))
+	msg = append(msg, make([]byte, 4*31)...)
+	rp, err := r.roundTrip(msg, nil)
+	if err != nil {
+		return 0, err
+	}
+	if rp.status == -int64(unix.EEXIST) {
+		return 0, ErrPidBusy
+	}
+	if rp.status != 0 {
+		return 0, fmt.Errorf("clone3 pid %d: %v", pid, unix.Errno(-rp.status))
+	}
+	if len(rp.vals) != 1 || rp.vals[0] != int64(pid) {
+		return 0, fmt.Errorf("clone3 asked for pid %d, got %v", pid, rp.vals)
+	}
+	r.pid = pid
+	return pid, nil
+}
