@@ -1,0 +1,253 @@
+// Package inject runs system calls inside a ptrace-stopped task without
+// writing any code into it.
+//
+// The task must be seized by the calling OS thread (runtime.LockOSThread)
+// and sit in a PTRACE_EVENT_STOP, which the kernel reports from inside
+// get_signal. Begin saves its registers and signal mask and blocks every
+// signal. Each Syscall points rip at a `syscall` instruction that already
+// exists in the task (FindSyscallInsn, usually in the vDSO), loads the
+// number and arguments, sets orig_rax to -1 and steps the task through the
+// syscall-enter and syscall-exit stops. End brings the task back to a stop
+// inside get_signal and restores registers and mask there.
+//
+// Why orig_rax = -1 and why End goes back to get_signal: on the way out to
+// user space the kernel applies its syscall-restart logic to a task whose
+// orig_rax is a syscall number. Injected calls must never be restarted or
+// rewritten, and the task's own interrupted syscall (say nanosleep returning
+// -ERESTART_RESTARTBLOCK) must be restarted exactly as it would have been.
+// Putting the original registers back at a syscall-exit stop would skip
+// that logic's one chance and the task would see -516.
+package inject
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
+)
+
+// state is where the task stands between calls.
+type state int
+
+const (
+	atEventStop state = iota // inside get_signal
+	atSyscallEnter
+	atSyscallExit
+	elsewhere // an unexpected stop; End recovers from it
+	gone
+)
+
+// Session is an injection session on one stopped thread.
+type Session struct {
+	tid   int
+	insn  uint64
+	regs  unix.PtraceRegs // as found at Begin
+	mask  uint64          // as found at Begin
+	state state
+	saved []scratchSave
+	ended bool
+}
+
+type scratchSave struct {
+	addr uint64
+	data []byte
+}
+
+// Begin starts a session on tid, which the caller's locked OS thread has
+// seized and which sits in a PTRACE_EVENT_STOP. insn is the address of a
+// `syscall` instruction (0f 05) mapped executable in the task.
+func Begin(tid int, syscallInsn uint64) (*Session, error) {
+	regs, err := sys.PtraceGetRegs(tid)
+	if err != nil {
+		return nil, err
+	}
+	mask, err := sys.PtraceGetSigmask(tid)
+	if err != nil {
+		return nil, err
+	}
+	// Signals arriving meanwhile stay pending and are delivered after End,
+	// once the task's own mask is back.
+	if err := sys.PtraceSetSigmask(tid, ^uint64(0)); err != nil {
+		return nil, err
+	}
+	return &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask}, nil
+}
+
+// Tid is the thread the session injects into.
+func (s *Session) Tid() int { return s.tid }
+
+// Regs returns the registers saved at Begin.
+func (s *Session) Regs() unix.PtraceRegs { return s.regs }
+
+// Sigmask returns the signal mask saved at Begin.
+func (s *Session) Sigmask() uint64 { return s.mask }
+
+// ErrUnexpectedStop is wrapped when the task stops somewhere a session did
+// not lead it (a signal, an exit).
+var ErrUnexpectedStop = errors.New("unexpected stop")
+
+// Syscall runs syscall nr with up to six arguments in the task and returns
+// the raw rax (a negative errno on failure; see Errno).
+func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
+	if s.ended {
+		return 0, errors.New("inject: session already ended")
+	}
+	if len(args) > 6 {
+		return 0, fmt.Errorf("inject: %d syscall arguments, at most 6", len(args))
+	}
+	if s.state != atEventStop && s.state != atSyscallExit {
+		return 0, fmt.Errorf("inject: tid %d is not at a stop where a syscall can start", s.tid)
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	r := s.regs
+	r.Rip = s.insn
+	r.Rax = uint64(nr)
+	r.Orig_rax = ^uint64(0)
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+		return 0, err
+	}
+	if err := s.step(atSyscallEnter); err != nil {
+		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
+	}
+	got, err := sys.PtraceGetRegs(s.tid)
+	if err != nil {
+		return 0, err
+	}
+	if got.Orig_rax != uint64(nr) || got.Rip != s.insn+2 {
+		s.state = elsewhere
+		return 0, fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not at %#x: %w", nr, s.tid, int64(got.Orig_rax), got.Rip-2, s.insn, ErrUnexpectedStop)
+	}
+	if err := s.step(atSyscallExit); err != nil {
+		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
+	}
+	got, err = sys.PtraceGetRegs(s.tid)
+	if err != nil {
+		return 0, err
+	}
+	return int64(got.Rax), nil
+}
+
+// step resumes the task to its next syscall stop.
+func (s *Session) step(want state) error {
+	if err := sys.PtraceSyscall(s.tid, 0); err != nil {
+		s.state = elsewhere
+		return err
+	}
+	st, err := sys.PtraceWait(s.tid)
+	if err != nil {
+		s.state = elsewhere
+		return err
+	}
+	switch st.Kind {
+	case sys.StopSyscall:
+		s.state = want
+		return nil
+	case sys.StopExited, sys.StopKilled:
+		s.state = gone
+		return fmt.Errorf("tid %d %v: %w", s.tid, st, sys.ErrGone)
+	}
+	s.state = elsewhere
+	if st.IsEventStop() {
+		s.state = atEventStop
+	}
+	return fmt.Errorf("tid %d: %v where a syscall stop was due: %w", s.tid, st, ErrUnexpectedStop)
+}
+
+// Errno turns a raw syscall return into an error (nil for success).
+func Errno(ret int64) error {
+	if ret < 0 && ret >= -4095 {
+		return unix.Errno(-ret)
+	}
+	return nil
+}
+
+// End returns the task to a stop inside get_signal, writes back scratch
+// memory, sets its registers (nil: those saved at Begin) and restores the
+// signal mask saved at Begin. The task stays seized and stopped; the
+// caller detaches it. End is safe to call after a failed Syscall.
+func (s *Session) End(regs *unix.PtraceRegs) error {
+	if s.ended {
+		return errors.New("inject: session already ended")
+	}
+	s.ended = true
+	if s.state == gone {
+		return fmt.Errorf("tid %d: %w", s.tid, sys.ErrGone)
+	}
+	if err := s.toEventStop(); err != nil {
+		return err
+	}
+	var errs []error
+	for i := len(s.saved) - 1; i >= 0; i-- {
+		if err := WriteMem(s.tid, s.saved[i].addr, s.saved[i].data); err != nil {
+			errs = append(errs, fmt.Errorf("restore scratch memory: %w", err))
+		}
+	}
+	s.saved = nil
+	if regs == nil {
+		regs = &s.regs
+	}
+	if err := sys.PtraceSetRegs(s.tid, regs); err != nil {
+		errs = append(errs, err)
+	}
+	if err := sys.PtraceSetSigmask(s.tid, s.mask); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// toEventStop leads the task back into get_signal.
+func (s *Session) toEventStop() error {
+	if s.state == atEventStop {
+		return nil
+	}
+	if s.state == atSyscallEnter {
+		// Cancel the pending injected call rather than run it on the way out.
+		r, err := sys.PtraceGetRegs(s.tid)
+		if err != nil {
+			return err
+		}
+		r.Orig_rax = ^uint64(0)
+		if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+			return err
+		}
+	}
+	if err := sys.PtraceInterrupt(s.tid); err != nil {
+		return err
+	}
+	// On its way out to user space the task meets the pending interrupt in
+	// get_signal, before any syscall-restart logic looks at its registers.
+	if err := sys.PtraceCont(s.tid, 0); err != nil {
+		return err
+	}
+	for i := 0; ; i++ {
+		st, err := sys.PtraceWait(s.tid)
+		if err != nil {
+			return err
+		}
+		switch {
+		case st.IsEventStop():
+			s.state = atEventStop
+			return nil
+		case st.Kind == sys.StopExited || st.Kind == sys.StopKilled:
+			s.state = gone
+			return fmt.Errorf("tid %d %v: %w", s.tid, st, sys.ErrGone)
+		case i > 16:
+			return fmt.Errorf("tid %d: no event stop after interrupt (last %v): %w", s.tid, st, ErrUnexpectedStop)
+		case st.Kind == sys.StopSignal:
+			// Only SIGSTOP or a synchronous fault gets past the full
+			// mask: let the kernel handle it, which for SIGSTOP ends in a
+			// group-stop, itself an event stop in get_signal.
+			if err := sys.PtraceCont(s.tid, int(st.Sig)); err != nil {
+				return err
+			}
+		default:
+			if err := sys.PtraceCont(s.tid, 0); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/internal/testprog"
+	"crpipe/lib/sys"
+)
+
+// seizeStop seizes pid from the locked test thread and waits for the
+// interrupt stop. The caller has called runtime.LockOSThread.
+func seizeStop(t *testing.T, pid int) {
+	t.Helper()
+	if err := sys.PtraceSeize(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+		t.Fatal(err)
+	}
+	if err := sys.PtraceInterrupt(pid); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sys.PtraceWait(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.IsEventStop() {
+		t.Fatalf("pid %d: %v, want an event stop", pid, st)
+	}
+}
+
+func TestFindSyscallInsn(t *testing.T) {
+	p := testprog.Start(t, "pause")
+	addr, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 2)
+	if err := ReadMem(p.Pid, addr, b); err != nil || !bytes.Equal(b, []byte{0x0f, 0x05}) {
+		t.Fatalf("at %#x: % x, %v", addr, b, err)
+	}
+}
+
+// TestInjectSleeping injects into a task interrupted in nanosleep: the
+// injected calls see the task's state, and after detach the nanosleep is
+// restarted rather than failing with EINTR or -516.
+func TestInjectSleeping(t *testing.T) {
+	p := testprog.Start(t, "sleep", "2")
+	time.Sleep(200 * time.Millisecond) // let it enter nanosleep
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	seizeStop(t, p.Pid)
+	before, err := sys.PtraceGetRegs(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(before.Rax) != -516 { // -ERESTART_RESTARTBLOCK
+		t.Logf("rax at the stop is %d (task not in nanosleep?)", int64(before.Rax))
+	}
+	mask, _ := sys.PtraceGetSigmask(p.Pid)
+	stack := make([]byte, 4096)
+	if err := ReadMem(p.Pid, before.Rsp-uint64(len(stack)), stack); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Begin(p.Pid, insn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ret, err := s.Syscall(unix.SYS_GETPID)
+	if err != nil || ret != int64(p.Pid) {
+		t.Fatalf("getpid: %d, %v", ret, err)
+	}
+	act, err := s.Scratch(32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteMem(act, bytes.Repeat([]byte{0xaa}, 32)); err != nil {
+		t.Fatal(err)
+	}
+	ret, err = s.Syscall(unix.SYS_RT_SIGACTION, uint64(unix.SIGUSR1), 0, act, 8)
+	if err != nil || Errno(ret) != nil {
+		t.Fatalf("rt_sigaction: %d, %v", ret, err)
+	}
+	k := make([]byte, 32)
+	if err := s.ReadMem(act, k); err != nil {
+		t.Fatal(err)
+	}
+	if h := binary.LittleEndian.Uint64(k); h != p.Handler {
+		t.Fatalf("handler %#x, target says %#x", h, p.Handler)
+	}
+	if m := binary.LittleEndian.Uint64(k[24:]); m != 1<<(unix.SIGUSR2-1) {
+		t.Fatalf("sa_mask %#x", m)
+	}
+	tidp, err := s.Scratch(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret, err = s.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, tidp); err != nil || ret != 0 {
+		t.Fatalf("prctl: %d, %v", ret, err)
+	}
+	if err := s.ReadMem(tidp, k[:8]); err != nil || binary.LittleEndian.Uint64(k) != p.TidAddr {
+		t.Fatalf("tid address %#x, target says %#x (%v)", binary.LittleEndian.Uint64(k), p.TidAddr, err)
+	}
+	// An injected failure is a return value, not a Go error.
+	if ret, err = s.Syscall(unix.SYS_CLOSE, 1<<20); err != nil || Errno(ret) != unix.EBADF {
+		t.Fatalf("close(bad): %d, %v", ret, err)
+	}
+	if err := s.End(nil); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := sys.PtraceGetRegs(p.Pid)
+	if after != before {
+		t.Fatalf("registers changed:\n%+v\n%+v", before, after)
+	}
+	if m, _ := sys.PtraceGetSigmask(p.Pid); m != mask {
+		t.Fatalf("sigmask %#x, was %#x", m, mask)
+	}
+	stack2 := make([]byte, len(stack))
+	ReadMem(p.Pid, before.Rsp-uint64(len(stack)), stack2)
+	if !bytes.Equal(stack, stack2) {
+		t.Fatal("stack below rsp changed")
+	}
+	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	line, err := p.Next(5 * time.Second)
+	if err != nil || line != "slept ok" {
+		t.Fatalf("target: %q, %v", line, err)
+	}
+}
+
+// TestInjectBusy interrupts a task computing in registers several times:
+// it must end with the same result as an undisturbed run.
+func TestInjectBusy(t *testing.T) {
+	const rounds = 3
+	p := testprog.Start(t, "busy", "20")
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < rounds; i++ {
+		time.Sleep(50 * time.Millisecond)
+		func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			seizeStop(t, p.Pid)
+			s, err := Begin(p.Pid, insn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j := 0; j < 10; j++ {
+				if ret, err := s.Syscall(unix.SYS_GETPID); err != nil || ret != int64(p.Pid) {
+					t.Fatalf("getpid: %d, %v", ret, err)
+				}
+			}
+			if _, err := s.Scratch(64); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.End(nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+				t.Fatal(err)
+			}
+		}()
+	}
+	line, err := p.Next(60 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(1)
+	for i := uint64(0); i < 20*100000000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
+	}
+	if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
+		t.Fatalf("target printed %q, want %q", line, want)
+	}
+}
+
+// TestEndWithRegs sets other registers at End: the task resumes there.
+func TestEndWithRegs(t *testing.T) {
+	p := testprog.Start(t, "tick")
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	seizeStop(t, p.Pid)
+	s, err := Begin(p.Pid, insn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Syscall(unix.SYS_GETPID); err != nil {
+		t.Fatal(err)
+	}
+	// Resume at the syscall instruction as exit_group(7), with no pending
+	// syscall to restart.
+	r := s.Regs()
+	r.Rip, r.Rax, r.Rdi, r.Orig_rax = insn, unix.SYS_EXIT_GROUP, 7, ^uint64(0)
+	if err := s.End(&r); err != nil {
+		t.Fatal(err)
+	}
+	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	werr, ok := p.Wait(5 * time.Second)
+	if !ok || p.Cmd.ProcessState.ExitCode() != 7 {
+		t.Fatalf("target did not exit 7: %v", werr)
+	}
+}

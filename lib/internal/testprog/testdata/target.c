@@ -1,0 +1,117 @@
+/* target: a test subject for crpipe's dump-side stages.
+ *
+ * It installs a SIGUSR1 handler (SA_SIGINFO|SA_RESTART, SIGUSR2 in its mask)
+ * and ignores SIGPIPE, prints "info handler=0x... restorer=0x... tidaddr=0x..."
+ * and "ready", then runs one mode:
+ *   sleep N   nanosleep N seconds once; print "slept ok" or "slept bad ERR"
+ *   busy N    an LCG run N*10^8 steps in registers; print "busy x=HEX"
+ *   tick      print "tick N" every 20 ms until killed
+ *   thread    start a second thread, then tick
+ *   child     fork a child that pauses, then tick
+ *   pause     pause() until killed
+ * SIGTERM makes it print "term" and exit 0.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t usr1;
+
+static void on_usr1(int sig, siginfo_t *si, void *uc) { (void)sig; (void)si; (void)uc; usr1++; }
+static void on_term(int sig) { (void)sig; static const char m[] = "term\n"; write(1, m, sizeof m - 1); _exit(0); }
+
+static void *spin(void *arg) { (void)arg; for (;;) pause(); return 0; }
+
+static void tick(void) {
+	for (unsigned long n = 0;; n++) {
+		printf("tick %lu\n", n);
+		fflush(stdout);
+		struct timespec ts = {0, 20 * 1000 * 1000};
+		nanosleep(&ts, 0);
+	}
+}
+
+int main(int argc, char **argv) {
+	if (argc < 2) {
+		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause\n");
+		return 2;
+	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_usr1;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, SIGUSR2);
+	if (sigaction(SIGUSR1, &sa, 0)) { perror("sigaction"); return 1; }
+	struct sigaction cur;
+	sigaction(SIGUSR1, 0, &cur);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGTERM, on_term);
+	int *tidaddr = 0;
+	prctl(PR_GET_TID_ADDRESS, &tidaddr);
+	/* glibc fills sa_restorer itself; read it back from the kernel. */
+	void *restorer = 0;
+#ifdef __x86_64__
+	{
+		struct { void *h; unsigned long f; void *r; uint64_t m; } k;
+		syscall(13 /* rt_sigaction */, SIGUSR1, 0, &k, 8);
+		restorer = k.r;
+	}
+#endif
+	printf("info handler=%p restorer=%p tidaddr=%p\n", (void *)on_usr1, restorer, (void *)tidaddr);
+	printf("ready\n");
+	fflush(stdout);
+
+	if (!strcmp(argv[1], "sleep")) {
+		struct timespec a, b, req = {argc > 2 ? atoi(argv[2]) : 2, 0};
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		int r = nanosleep(&req, 0);
+		int e = errno;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		double el = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9;
+		if (r == 0 && el >= req.tv_sec)
+			printf("slept ok\n");
+		else
+			printf("slept bad r=%d errno=%d elapsed=%.3f\n", r, r ? e : 0, el);
+		fflush(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "busy")) {
+		unsigned long n = (argc > 2 ? strtoul(argv[2], 0, 10) : 10) * 100000000UL;
+		uint64_t x = 1;
+		for (unsigned long i = 0; i < n; i++)
+			x = x * 6364136223846793005ULL + 1442695040888963407ULL + (i >> 7);
+		printf("busy x=%llx\n", (unsigned long long)x);
+		fflush(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "tick"))
+		tick();
+	if (!strcmp(argv[1], "thread")) {
+		pthread_t t;
+		pthread_create(&t, 0, spin, 0);
+		tick();
+	}
+	if (!strcmp(argv[1], "child")) {
+		pid_t c = fork();
+		if (c == 0) {
+			for (;;) pause();
+		}
+		printf("child %d\n", c);
+		fflush(stdout);
+		tick();
+	}
+	if (!strcmp(argv[1], "pause")) {
+		for (;;) pause();
+	}
+	fprintf(stderr, "unknown mode %s\n", argv[1]);
+	return 2;
+}

@@ -1,0 +1,214 @@
+// Package testprog builds and runs target.c, the C test subject of the
+// dump-side stage tests, and cleans up exactly the processes it started.
+package testprog
+
+import (
+	"bufio"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+//go:embed testdata/target.c
+var source []byte
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary compiles target.c once per source version (cached in the temp
+// directory) and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		sum := sha256.Sum256(source)
+		dir := filepath.Join(os.TempDir(), "crpipe-testprog-"+hex.EncodeToString(sum[:8]))
+		binPath = filepath.Join(dir, "target")
+		if _, err := os.Stat(binPath); err == nil {
+			return
+		}
+		if buildErr = os.MkdirAll(dir, 0o755); buildErr != nil {
+			return
+		}
+		src := filepath.Join(dir, "target.c")
+		if buildErr = os.WriteFile(src, source, 0o644); buildErr != nil {
+			return
+		}
+		tmp := fmt.Sprintf("%s.%d", binPath, os.Getpid())
+		out, err := exec.Command("gcc", "-O2", "-Wall", "-pthread", "-o", tmp, src).CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("gcc target.c: %v\n%s", err, out)
+			return
+		}
+		buildErr = os.Rename(tmp, binPath)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Proc is a running target.
+type Proc struct {
+	Cmd      *exec.Cmd
+	Pid      int
+	Handler  uint64 // address of the SIGUSR1 handler
+	Restorer uint64 // sa_restorer glibc installed for it
+	TidAddr  uint64 // clear_child_tid as the program read it
+	Child    int    // pid of its child in "child" mode
+
+	lines chan string
+	done  chan struct{}
+	err   error
+}
+
+// Start runs target with args, waits for "ready" and registers cleanup
+// that kills this process (and its child, in child mode) by pid.
+func Start(t testing.TB, args ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(Binary(t), args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, lines: make(chan string, 1024), done: make(chan struct{})}
+	t.Cleanup(p.kill)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	for {
+		line, err := p.Next(10 * time.Second)
+		if err != nil {
+			t.Fatalf("target %v: %v", args, err)
+		}
+		if rest, ok := strings.CutPrefix(line, "info "); ok {
+			for _, kv := range strings.Fields(rest) {
+				k, v, _ := strings.Cut(kv, "=")
+				n, _ := strconv.ParseUint(strings.TrimPrefix(v, "0x"), 16, 64)
+				switch k {
+				case "handler":
+					p.Handler = n
+				case "restorer":
+					p.Restorer = n
+				case "tidaddr":
+					p.TidAddr = n
+				}
+			}
+		}
+		if line == "ready" {
+			break
+		}
+	}
+	if args[0] == "child" {
+		line, err := p.Next(10 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fmt.Sscanf(line, "child %d", &p.Child); err != nil {
+			t.Fatalf("target child: %q", line)
+		}
+	}
+	return p
+}
+
+// Next returns the next output line, or an error after timeout or at exit.
+func (p *Proc) Next(timeout time.Duration) (string, error) {
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			<-p.done
+			return "", fmt.Errorf("target %d exited: %v", p.Pid, p.err)
+		}
+		return l, nil
+	case <-time.After(timeout):
+		return "", fmt.Errorf("target %d: no output for %v", p.Pid, timeout)
+	}
+}
+
+// Drain discards buffered output lines and returns the last one ("" if none).
+func (p *Proc) Drain() string {
+	last := ""
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				return last
+			}
+			last = l
+		default:
+			return last
+		}
+	}
+}
+
+// Ticks reports whether the target prints another "tick" within timeout.
+func (p *Proc) Ticks(timeout time.Duration) bool {
+	p.Drain()
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := p.Next(time.Until(deadline))
+		if err != nil {
+			return false
+		}
+		if strings.HasPrefix(l, "tick ") {
+			return true
+		}
+	}
+}
+
+// Wait waits for the process to exit and returns its error from exec.
+func (p *Proc) Wait(timeout time.Duration) (error, bool) {
+	select {
+	case <-p.done:
+		return p.err, true
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
+
+// Exited reports whether the process has been reaped.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Proc) kill() {
+	if p.Child > 0 {
+		syscall.Kill(p.Child, syscall.SIGKILL)
+	}
+	if !p.Exited() {
+		syscall.Kill(p.Pid, syscall.SIGKILL)
+	}
+	// Drain output so the reader goroutine can reap the process.
+	go func() {
+		for range p.lines {
+		}
+	}()
+	p.Wait(10 * time.Second)
+}
