@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"strconv"
+	"strings"
 )
 
 // Magic opens every stream. Like PNG's, it catches text-mode mangling.
@@ -81,11 +83,16 @@ func TypeByName(name string) (Type, bool) {
 			return t, true
 		}
 	}
-	var n uint32
-	if _, err := fmt.Sscanf(name, "type-%d", &n); err == nil {
-		return Type(n), true
+	// Strictly the inverse: no sign, no trailing text, no overflow.
+	num, ok := strings.CutPrefix(name, "type-")
+	if !ok || num == "" || num[0] < '0' || num[0] > '9' {
+		return 0, false
 	}
-	return 0, false
+	n, err := strconv.ParseUint(num, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return Type(n), true
 }
 
 // Sentinel errors; decoders wrap them with the frame number and offset.
@@ -117,6 +124,13 @@ type Frame struct {
 	Payload []byte
 	Index   uint64 // 0 for the first frame
 	Offset  int64  // offset of the frame header in the (uncompressed) stream
+}
+
+// Header is the stream header after the magic.
+type Header struct {
+	Major uint16
+	Minor uint16
+	Flags uint32
 }
 
 // PagesHeader is the preamble of a TypePages payload.

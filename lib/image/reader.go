@@ -23,6 +23,7 @@ type Reader struct {
 	index    uint64
 	buf      []byte
 	end      *pb.End
+	err      error // sticky: after a damaged frame the position is unknown
 	counts   Counts
 	Major    uint16
 	Minor    uint16
@@ -89,12 +90,26 @@ func isLz4Err(err error) bool { return strings.HasPrefix(err.Error(), "lz4:") }
 // counts checked, Next returns io.EOF; a stream that stops before its End
 // frame is ErrTruncated. The returned frame's Payload is reused by the next call.
 func (rd *Reader) Next() (*Frame, error) {
+	if rd.err != nil {
+		return nil, rd.err
+	}
 	if rd.end != nil {
 		return nil, io.EOF
 	}
+	f, err := rd.next()
+	if err != nil {
+		rd.err = err
+	}
+	return f, err
+}
+
+func (rd *Reader) next() (*Frame, error) {
 	var h [FrameHeaderSize]byte
 	n, err := io.ReadFull(rd.r, h[:])
 	if err != nil {
+		if n > 0 && err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("frame %d at offset %d: frame header: %d of %d bytes: %w", rd.index, rd.off, n, FrameHeaderSize, ErrTruncated)
+		}
 		return nil, rd.readErr(err, n, "frame header", 0)
 	}
 	f := &Frame{
@@ -112,15 +127,19 @@ func (rd *Reader) Next() (*Frame, error) {
 	if length > limit {
 		return nil, fmt.Errorf("frame %d at offset %d: %s length %d > %d: %w", f.Index, f.Offset, f.Type, length, limit, ErrTooLarge)
 	}
-	if cap(rd.buf) < int(length) {
-		rd.buf = make([]byte, length)
-	}
-	f.Payload = rd.buf[:length]
-	if n, err := io.ReadFull(rd.r, f.Payload); err != nil {
+	f.Payload, n, err = rd.readPayload(int(length))
+	if err != nil {
 		return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
 	}
 	if got := frameCRC(h[:], f.Payload); got != sum {
 		return nil, fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, got, sum, ErrChecksum)
+	}
+	if f.Type == TypePages {
+		// A pages frame that is not a preamble plus whole aligned pages is
+		// damage, and its page bytes could not be counted.
+		if _, _, err := f.Pages(); err != nil {
+			return nil, err
+		}
 	}
 	rd.off += FrameHeaderSize + int64(length)
 	rd.index++
@@ -132,6 +151,30 @@ func (rd *Reader) Next() (*Frame, error) {
 	}
 	rd.counts.add(f.Type, len(f.Payload))
 	return f, nil
+}
+
+// readPayload reads length bytes into the reused buffer. A buffer too small
+// grows with the bytes that actually arrive, so a hostile length on a short
+// input costs what the input holds, not the cap.
+func (rd *Reader) readPayload(length int) ([]byte, int, error) {
+	if cap(rd.buf) >= length {
+		b := rd.buf[:length]
+		n, err := io.ReadFull(rd.r, b)
+		return b, n, err
+	}
+	b := rd.buf[:0]
+	for len(b) < length {
+		step := min(length-len(b), max(len(b), 1<<20))
+		nb := make([]byte, len(b), len(b)+step)
+		copy(nb, b)
+		n, err := io.ReadFull(rd.r, nb[len(b):len(b)+step])
+		b = nb[:len(b)+n]
+		if err != nil {
+			return b, len(b), err
+		}
+	}
+	rd.buf = b
+	return b, length, nil
 }
 
 func (rd *Reader) readErr(err error, n int, what string, want uint32) error {
@@ -161,11 +204,17 @@ func (rd *Reader) checkEnd(f *Frame) error {
 		return fmt.Errorf("frame %d (end) at offset %d: the stream is marked incomplete (a stage failed): %w", f.Index, f.Offset, ErrCorrupt)
 	}
 	rd.end = &end
-	// Nothing may follow the end frame.
-	if _, err := rd.r.ReadByte(); err == nil {
+	// Nothing may follow the end frame, and an lz4 container must end cleanly.
+	switch _, err := rd.r.ReadByte(); {
+	case err == nil:
 		return fmt.Errorf("frame %d at offset %d: %w", rd.index, rd.off, ErrTrailing)
+	case err == io.EOF:
+		return nil
+	case rd.Compressed:
+		return fmt.Errorf("frame %d at offset %d: after the end frame: lz4: %v: %w", rd.index, rd.off, err, ErrCorrupt)
+	default:
+		return fmt.Errorf("frame %d at offset %d: after the end frame: %w", rd.index, rd.off, err)
 	}
-	return nil
 }
 
 // End returns the End record once Next has returned it.
