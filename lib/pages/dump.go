@@ -1,0 +1,166 @@
+package pages
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// Tunables. A batch is one buffer filled by process_vm_readv calls with up
+// to iovMax remote ranges each, then written as page frames while the next
+// buffer fills.
+const (
+	bufSize  = image.MaxPagesPayload - image.PagesPreamble // one full page frame
+	nBuffers = 2
+	iovMax   = 1024 // UIO_MAXIOV
+	// maxStoredRuns bounds the runs the first scan keeps (16 bytes each);
+	// a process with more scattered pages is scanned a second time while
+	// streaming instead.
+	maxStoredRuns = 1 << 18
+	vecLen        = 512 // page regions per PAGEMAP_SCAN call (see sys.Pagemap.Scan)
+)
+
+// Stats describe one process's dump.
+type Stats struct {
+	Vmas    int
+	Pages   uint64
+	Runs    int
+	Frames  int
+	Elapsed time.Duration
+}
+
+// DumpProcess writes the Mm record of p and the page frames that follow it.
+func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
+	t0 := time.Now()
+	pid := int(p.Pid)
+	var stats Stats
+	if pid <= 0 {
+		return stats, fmt.Errorf("process record with pid %d", pid)
+	}
+	st, err := proc.ReadMmStat(pid)
+	if err != nil {
+		return stats, procErr(pid, err)
+	}
+	if p.StartTime != 0 && st.StartTime != p.StartTime {
+		return stats, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
+			"the process exited and its PID was reused; checkpoint again")
+	}
+	maps, err := proc.ReadSmaps(pid)
+	if err != nil {
+		return stats, procErr(pid, err)
+	}
+	vmas, err := classify(pid, maps)
+	if err != nil {
+		return stats, err
+	}
+	mm := &pb.Mm{
+		Pid:        p.Pid,
+		StartCode:  st.StartCode,
+		EndCode:    st.EndCode,
+		StartData:  st.StartData,
+		EndData:    st.EndData,
+		StartBrk:   st.StartBrk,
+		Brk:        st.StartBrk,
+		StartStack: st.StartStack,
+		ArgStart:   st.ArgStart,
+		ArgEnd:     st.ArgEnd,
+		EnvStart:   st.EnvStart,
+		EnvEnd:     st.EnvEnd,
+	}
+	// /proc does not show brk itself. The heap VMA ends at brk rounded up to
+	// a page, which is brk for every allocator that grows it by pages (glibc).
+	for i := range vmas {
+		if vmas[i].m.Path == "[heap]" && vmas[i].m.End > mm.Brk {
+			mm.Brk = vmas[i].m.End
+		}
+	}
+	if mm.Auxv, err = proc.ReadAuxv(pid); err != nil {
+		return stats, procErr(pid, err)
+	}
+	if mm.Exe, err = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil {
+		return stats, procErr(pid, err)
+	}
+
+	pm, err := sys.OpenPagemap(pid)
+	if err != nil {
+		return stats, procErr(pid, err)
+	}
+	defer pm.Close()
+	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen)}
+
+	// First pass: count (the Mm record says how many pages follow and which
+	// VMAs have them) and keep the runs unless there are very many.
+	var runs []run
+	stored := true
+	vmaPages := make([]uint64, len(vmas))
+	err = sc.each(func(r run) error {
+		stats.Runs++
+		stats.Pages += uint64(r.pages)
+		vmaPages[r.vma] += uint64(r.pages)
+		if stored {
+			if len(runs) == maxStoredRuns {
+				runs, stored = nil, false
+			} else {
+				runs = append(runs, r)
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, sys.ErrNoPagemapScan) {
+		return stats, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
+	}
+	if err != nil {
+		return stats, err
+	}
+	for i := range vmas {
+		vmas[i].pb.HasPages = vmaPages[i] > 0
+		mm.Vmas = append(mm.Vmas, vmas[i].pb)
+	}
+	mm.PagesTotal = stats.Pages
+	stats.Vmas = len(vmas)
+	if err := w.WriteMessage(image.TypeMm, mm); err != nil {
+		return stats, fmt.Errorf("output: %w", err)
+	}
+
+	source := func(emit func(run) error) error {
+		for _, r := range runs {
+			if err := emit(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if !stored {
+		stage.Logf("pid %d: more than %d page runs: scanning again while streaming", pid, maxStoredRuns)
+		source = sc.each
+	}
+	written, frames, err := stream(w, pid, vmas, source)
+	stats.Frames = frames
+	if err != nil {
+		return stats, err
+	}
+	if written != stats.Pages {
+		return stats, fmt.Errorf("pid %d: %d pages counted, %d written: its memory changed while frozen", pid, stats.Pages, written)
+	}
+	stats.Elapsed = time.Since(t0)
+	return stats, nil
+}
+
+func procErr(pid int, err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return stage.Hint(fmt.Errorf("pid %d: process is gone: %w", pid, err), "did the process exit or get killed while frozen? checkpoint again")
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "cr-pages must run as root (or with CAP_SYS_PTRACE and CAP_SYS_ADMIN)")
+	}
+	return fmt.Errorf("pid %d: %w", pid, err)
+}

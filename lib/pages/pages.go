@@ -1,0 +1,67 @@
+// Package pages is the cr-pages stage: for every process in the stream it
+// appends an Mm record (every VMA, the address-space layout, auxv, exe) and
+// the page frames holding the memory a restore cannot get from elsewhere.
+//
+// Which pages: of private mappings (anonymous, heap, stack, and private file
+// mappings) the anonymous pages that are present or swapped out, but not the
+// shared zero page; of shared anonymous mappings the pages their shmem object
+// holds. Never pages of shared file mappings (they are in the file) nor of
+// [vdso], [vvar] and [vsyscall] (their positions are recorded).
+//
+// PAGEMAP_SCAN (Linux 6.7) finds those pages in the kernel, so unpopulated
+// and zero-page memory costs nothing; process_vm_readv copies them with one
+// large local buffer and up to 1024 remote ranges per call, and a second
+// buffer overlaps reading with checksumming and writing. Memory use is two
+// 4 MiB buffers whatever the size of the process. The process must be
+// frozen (cgroup freezer) or stopped; no ptrace is needed.
+package pages
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+// Command is the cr-pages command.
+func Command() *cli.App {
+	return stage.FilterCommand("cr-pages", "append the memory mappings and page contents of every frozen process in the stream",
+		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
+}
+
+// Filter returns the cr-pages filter: it remembers every Process record and
+// dumps those processes once the input is complete.
+func Filter() stage.Filter {
+	var procs []*pb.Process
+	return stage.Filter{
+		Observe: func(f *image.Frame) error {
+			if f.Type != image.TypeProcess {
+				return nil
+			}
+			p := new(pb.Process)
+			if err := image.Unmarshal(f, p); err != nil {
+				return err
+			}
+			procs = append(procs, p)
+			return nil
+		},
+		Finish: func(w *image.Writer) error {
+			for _, p := range procs {
+				st, err := DumpProcess(w, p)
+				if err != nil {
+					return err
+				}
+				mib := float64(st.Pages) * image.PageSize / (1 << 20)
+				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Frames,
+					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)
+			}
+			if len(procs) == 0 {
+				return fmt.Errorf("no process records in the stream: cr-pages reads the output of cr-freeze")
+			}
+			return nil
+		},
+	}
+}

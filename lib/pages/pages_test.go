@@ -1,0 +1,220 @@
+package pages
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/sys"
+)
+
+func requirePagemapScan(t testing.TB) {
+	t.Helper()
+	if err := sys.ProbePagemapScan(); err != nil {
+		t.Skipf("kernel lacks it: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (reads another process's memory)")
+	}
+}
+
+// pagesIn returns the page numbers (relative to r) of dumped pages inside r.
+func pagesIn(d *dumpOut, r region) []int {
+	var got []int
+	for _, f := range d.pages {
+		for a := f.addr; a < f.addr+uint64(len(f.data)); a += image.PageSize {
+			if a >= r.start && a < r.end {
+				got = append(got, int((a-r.start)/image.PageSize))
+			}
+		}
+	}
+	sort.Ints(got)
+	return got
+}
+
+func seq(from, to, step int) []int {
+	var s []int
+	for i := from; i < to; i += step {
+		s = append(s, i)
+	}
+	return s
+}
+
+func vmaAt(mm *pb.Mm, addr uint64) *pb.Vma {
+	for _, v := range mm.Vmas {
+		if addr >= v.Start && addr < v.End {
+			return v
+		}
+	}
+	return nil
+}
+
+func TestLayout(t *testing.T) {
+	requirePagemapScan(t)
+	p := startStopped(t, "layout", t.TempDir())
+	d, err := runFilter(t, inputStream(t, p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.mms) != 1 {
+		t.Fatalf("%d mm records, want 1", len(d.mms))
+	}
+	mm := d.mms[0]
+	if want := []image.Type{image.TypeProcess, image.TypeMm}; d.frames[0] != want[0] || d.frames[1] != want[1] {
+		t.Fatalf("frames start %v, want %v", d.frames[:2], want)
+	}
+
+	// Every page frame holds exactly the process's memory, inside a VMA
+	// that says it has pages, and no page appears twice.
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	var total uint64
+	seen := map[uint64]bool{}
+	for _, f := range d.pages {
+		if f.pid != uint32(p.pid) {
+			t.Fatalf("page frame of pid %d", f.pid)
+		}
+		if len(f.data) == 0 || len(f.data) > 4<<20 {
+			t.Fatalf("page frame at %#x with %d bytes", f.addr, len(f.data))
+		}
+		v := vmaAt(mm, f.addr)
+		if v == nil || !v.HasPages || f.addr+uint64(len(f.data)) > v.End {
+			t.Fatalf("page frame %#x+%d not inside a VMA with pages (%v)", f.addr, len(f.data), v)
+		}
+		want := make([]byte, len(f.data))
+		if _, err := mem.ReadAt(want, int64(f.addr)); err != nil {
+			t.Fatalf("read /proc/%d/mem at %#x: %v", p.pid, f.addr, err)
+		}
+		if !bytes.Equal(f.data, want) {
+			t.Fatalf("page frame at %#x differs from the process's memory", f.addr)
+		}
+		for a := f.addr; a < f.addr+uint64(len(f.data)); a += image.PageSize {
+			if seen[a] {
+				t.Fatalf("page %#x dumped twice", a)
+			}
+			seen[a] = true
+		}
+		total += uint64(len(f.data) / image.PageSize)
+	}
+	if total != mm.PagesTotal {
+		t.Errorf("mm says %d pages, frames hold %d", mm.PagesTotal, total)
+	}
+
+	r := p.regions
+	check := func(name string, want []int) {
+		t.Helper()
+		if got := pagesIn(d, r[name]); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: dumped pages %v, want %v", name, got, want)
+		}
+	}
+	check("anon", seq(0, 1024, 2))          // written pages only
+	check("private", []int{2, 3, 10})       // COWed pages only
+	check("shared", nil)                    // in the file
+	check("big", nil)                       // never touched
+	check("zero", nil)                      // the zero page
+	check("shanon", []int{0, 5})            // shmem holds both, though 5 is not mapped
+	check("none", seq(0, 16, 1))            // PROT_NONE, via /proc/PID/mem
+	check("ro", seq(0, 8, 1))               // read-only
+	check("thp", seq(0, 1024, 1))           // 4 MiB
+	check("heap", seq(0, 300*1024/4096, 1)) // malloc'ed and filled
+	if got := pagesIn(d, r["stack"]); len(got) < 16 {
+		t.Errorf("stack: %d pages dumped, want all 16 of the filled array", len(got))
+	}
+	// Untouched and zero pages cost nothing: all that is dumped is what was written.
+	if total > 8<<20/image.PageSize {
+		t.Errorf("%d pages dumped: more than the ~6 MiB written", total)
+	}
+
+	kind := func(name string) *pb.Vma {
+		t.Helper()
+		v := vmaAt(mm, r[name].start)
+		if v == nil {
+			t.Fatalf("no VMA for %s", name)
+		}
+		return v
+	}
+	for _, c := range []struct {
+		name  string
+		kind  pb.VmaKind
+		pages bool
+		prot  uint32
+		flags uint32
+	}{
+		{"anon", pb.VmaKind_VMA_ANON, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
+		{"private", pb.VmaKind_VMA_FILE_PRIVATE, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE},
+		{"shared", pb.VmaKind_VMA_FILE_SHARED, false, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED},
+		{"big", pb.VmaKind_VMA_ANON, false, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE},
+		{"shanon", pb.VmaKind_VMA_SHARED_ANON, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | unix.MAP_ANONYMOUS},
+		{"none", pb.VmaKind_VMA_ANON, true, 0, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
+		{"ro", pb.VmaKind_VMA_ANON, true, unix.PROT_READ, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
+		{"stack", pb.VmaKind_VMA_ANON, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_GROWSDOWN},
+	} {
+		v := kind(c.name)
+		if pb.VmaKind(v.Kind) != c.kind || v.HasPages != c.pages || v.Prot != c.prot || v.Flags != c.flags {
+			t.Errorf("%s: vma %v, want kind %v has_pages %v prot %d flags %#x", c.name, v, c.kind, c.pages, c.prot, c.flags)
+		}
+	}
+	priv := kind("private")
+	if priv.Inode == 0 || priv.FileSize != 16*image.PageSize || priv.MtimeNsec == 0 || !strings.HasSuffix(priv.Path, "/private") {
+		t.Errorf("private file mapping: %v", priv)
+	}
+	if v := kind("heap"); v.Path != "[heap]" || mm.Brk != v.End || mm.StartBrk == 0 || mm.StartBrk > v.Start {
+		t.Errorf("heap %v, start_brk %#x brk %#x", v, mm.StartBrk, mm.Brk)
+	}
+	if thp := kind("thp"); !thp.Huge {
+		if b, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); !bytes.Contains(b, []byte("[never]")) {
+			t.Errorf("thp: vma %v has no huge flag", thp)
+		}
+	}
+	var kinds []string
+	for _, v := range mm.Vmas {
+		switch pb.VmaKind(v.Kind) {
+		case pb.VmaKind_VMA_VDSO, pb.VmaKind_VMA_VVAR, pb.VmaKind_VMA_VVAR_VCLOCK, pb.VmaKind_VMA_VSYSCALL:
+			kinds = append(kinds, v.Path)
+			if v.HasPages {
+				t.Errorf("%s has pages", v.Path)
+			}
+		}
+	}
+	if len(kinds) < 2 {
+		t.Errorf("vdso/vvar VMAs: %v", kinds)
+	}
+	if mm.Exe != memtest || len(mm.Auxv) == 0 || len(mm.Auxv)%16 != 0 || mm.StartCode == 0 || mm.ArgStart == 0 || mm.EnvEnd <= mm.EnvStart {
+		t.Errorf("mm layout: exe %q auxv %d bytes code %#x args %#x env %#x-%#x", mm.Exe, len(mm.Auxv), mm.StartCode, mm.ArgStart, mm.EnvStart, mm.EnvEnd)
+	}
+}
+
+func TestGoneProcess(t *testing.T) {
+	requirePagemapScan(t)
+	p := startStopped(t, "hog", "1")
+	in := inputStream(t, p.pid)
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	_, err := runFilter(t, in)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", p.pid)) {
+		t.Fatalf("dump of a dead process: %v", err)
+	}
+}
+
+func TestWrongStartTime(t *testing.T) {
+	requirePagemapScan(t)
+	p := startStopped(t, "hog", "1")
+	var buf bytes.Buffer
+	w, _ := image.NewWriter(&buf, image.WriterOptions{})
+	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(p.pid), StartTime: 1})
+	w.Close()
+	_, err := runFilter(t, buf.Bytes())
+	if err == nil || !strings.Contains(err.Error(), "not the process that was frozen") {
+		t.Fatalf("dump with a wrong start time: %v", err)
+	}
+}

@@ -1,0 +1,227 @@
+package pages
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+)
+
+// piece is one contiguous range of a batch's buffer: it becomes one page frame.
+type piece struct {
+	addr uint64
+	off  int // in the batch buffer
+	n    int // bytes
+	vma  uint32
+	mem  bool // read through /proc/PID/mem: the VMA is not readable
+}
+
+type batch struct {
+	buf    []byte
+	pieces []piece
+	used   int
+	err    error
+}
+
+var errStopped = errors.New("stopped")
+
+// reader fills batches from runs in a goroutine of its own.
+type reader struct {
+	pid    int
+	vmas   []vma
+	free   <-chan *batch
+	full   chan<- *batch
+	done   <-chan struct{}
+	cur    *batch
+	mem    *os.File
+	remote []unix.RemoteIovec
+}
+
+func (rd *reader) add(r run) error {
+	start, left := r.start, uint64(r.pages)*image.PageSize
+	viaMem := !rd.vmas[r.vma].m.Read
+	for left > 0 {
+		if rd.cur == nil {
+			select {
+			case b := <-rd.free:
+				b.pieces, b.used, b.err = b.pieces[:0], 0, nil
+				rd.cur = b
+			case <-rd.done:
+				return errStopped
+			}
+		}
+		b := rd.cur
+		space := uint64(len(b.buf) - b.used)
+		if space == 0 || len(b.pieces) == iovMax {
+			if err := rd.flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		n := min(space, left)
+		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == r.vma && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
+			b.pieces[k].n += int(n)
+		} else {
+			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: r.vma, mem: viaMem})
+		}
+		b.used += int(n)
+		start += n
+		left -= n
+	}
+	return nil
+}
+
+// flush reads the current batch's pages and hands the batch to the writer.
+func (rd *reader) flush() error {
+	b := rd.cur
+	if b == nil || len(b.pieces) == 0 {
+		return nil
+	}
+	rd.cur = nil
+	if err := rd.read(b); err != nil {
+		return err
+	}
+	select {
+	case rd.full <- b:
+		return nil
+	case <-rd.done:
+		return errStopped
+	}
+}
+
+// read fills b.buf: runs of readable pieces with one process_vm_readv each
+// (a single local iovec, up to iovMax remote ones), the rest through
+// /proc/PID/mem, which reads any page the process could be made to read
+// (PROT_NONE included).
+func (rd *reader) read(b *batch) error {
+	ps := b.pieces
+	for i := 0; i < len(ps); {
+		if ps[i].mem {
+			if err := rd.readMem(ps[i].addr, b.buf[ps[i].off:ps[i].off+ps[i].n]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		j := i
+		rd.remote = rd.remote[:0]
+		for j < len(ps) && !ps[j].mem {
+			rd.remote = append(rd.remote, unix.RemoteIovec{Base: uintptr(ps[j].addr), Len: ps[j].n})
+			j++
+		}
+		lo, hi := ps[i].off, ps[j-1].off+ps[j-1].n
+		local := []unix.Iovec{{Base: &b.buf[lo], Len: uint64(hi - lo)}}
+		n, err := unix.ProcessVMReadv(rd.pid, local, rd.remote, 0)
+		if err == unix.ESRCH {
+			return fmt.Errorf("pid %d: process is gone while its pages were read", rd.pid)
+		}
+		if n == hi-lo {
+			i = j
+			continue
+		}
+		// A short read stops inside one piece: read the rest of that piece
+		// through /proc/PID/mem, then go on after it.
+		if n < 0 {
+			n = 0
+		}
+		k := i
+		for n >= ps[k].n {
+			n -= ps[k].n
+			k++
+		}
+		p := ps[k]
+		if err := rd.readMem(p.addr+uint64(n), b.buf[p.off+n:p.off+p.n]); err != nil {
+			return err
+		}
+		i = k + 1
+	}
+	return nil
+}
+
+func (rd *reader) readMem(addr uint64, dst []byte) error {
+	if rd.mem == nil {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/mem", rd.pid))
+		if err != nil {
+			return fmt.Errorf("pid %d: %w", rd.pid, err)
+		}
+		rd.mem = f
+	}
+	for len(dst) > 0 {
+		n, err := rd.mem.ReadAt(dst, int64(addr))
+		if n == 0 && err != nil {
+			return fmt.Errorf("pid %d: reading memory at %#x: %w", rd.pid, addr, err)
+		}
+		dst = dst[n:]
+		addr += uint64(n)
+	}
+	return nil
+}
+
+// stream reads the pages of runs and writes them as page frames. Reading
+// (a goroutine) and writing (this one: checksums and output) overlap.
+func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) error) (pages uint64, frames int, err error) {
+	free := make(chan *batch, nBuffers)
+	full := make(chan *batch, nBuffers)
+	done := make(chan struct{})
+	bufs, release, err := allocBuffers(nBuffers, bufSize)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer release()
+	for _, buf := range bufs {
+		free <- &batch{buf: buf, pieces: make([]piece, 0, iovMax)}
+	}
+	rd := &reader{pid: pid, vmas: vmas, free: free, full: full, done: done, remote: make([]unix.RemoteIovec, 0, iovMax)}
+	go func() {
+		defer close(full)
+		err := source(rd.add)
+		if err == nil {
+			err = rd.flush()
+		}
+		if rd.mem != nil {
+			rd.mem.Close()
+		}
+		if err != nil && err != errStopped {
+			full <- &batch{err: err}
+		}
+	}()
+	defer func() {
+		// On failure stop the reader and wait for it before the buffers go.
+		if err != nil {
+			close(done)
+			for range full {
+			}
+		}
+	}()
+	for b := range full {
+		if b.err != nil {
+			return pages, frames, b.err
+		}
+		for _, p := range b.pieces {
+			if err := w.WritePages(image.PagesHeader{Pid: uint32(pid), Addr: p.addr}, b.buf[p.off:p.off+p.n]); err != nil {
+				return pages, frames, fmt.Errorf("output: %w", err)
+			}
+			pages += uint64(p.n / image.PageSize)
+			frames++
+		}
+		free <- b
+	}
+	return pages, frames, nil
+}
+
+// allocBuffers maps the read buffers outside the Go heap: they are reused
+// for the whole dump, never scanned by the GC, and released at once.
+func allocBuffers(n, size int) ([][]byte, func(), error) {
+	mem, err := unix.Mmap(-1, 0, n*size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read buffers: %w", err)
+	}
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
+	}
+	return bufs, func() { unix.Munmap(mem) }, nil
+}

@@ -1,0 +1,170 @@
+package pages
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+// vma is one mapping with what the dump decided about it.
+type vma struct {
+	m    proc.Mapping
+	pb   *pb.Vma
+	scan scanKind
+}
+
+type scanKind int
+
+const (
+	scanNone   scanKind = iota // no contents in the image (file-backed, vdso...)
+	scanAnon                   // private: anonymous pages only (present or swapped, not the zero page)
+	scanShared                 // shared anonymous (shmem): every page the object holds
+)
+
+// unsupported builds the error for a mapping cr-pages cannot dump (yet).
+func unsupported(pid int, m *proc.Mapping, what, hint string) error {
+	return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s is not supported yet", pid, m.Start, m.End, what), hint)
+}
+
+// classify turns the mappings of pid into Vma records, refusing what the
+// restore cannot rebuild. root is the directory the process sees as / (its
+// /proc/PID/root), through which backing files are checked.
+func classify(pid int, maps []proc.Mapping) ([]vma, error) {
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	stats := map[string]*unix.Stat_t{}
+	out := make([]vma, 0, len(maps))
+	for i := range maps {
+		m := &maps[i]
+		v := &pb.Vma{Start: m.Start, End: m.End, Path: m.Path, Huge: m.AnonHugePages > 0}
+		if m.Read {
+			v.Prot |= unix.PROT_READ
+		}
+		if m.Write {
+			v.Prot |= unix.PROT_WRITE
+		}
+		if m.Exec {
+			v.Prot |= unix.PROT_EXEC
+		}
+		if m.Shared {
+			v.Flags |= unix.MAP_SHARED
+		} else {
+			v.Flags |= unix.MAP_PRIVATE
+		}
+		if m.HasVmFlag("gd") || (m.VmFlags == nil && m.Path == "[stack]") {
+			v.Flags |= unix.MAP_GROWSDOWN
+		}
+		if m.HasVmFlag("nr") {
+			v.Flags |= unix.MAP_NORESERVE
+		}
+		if m.HasVmFlag("ht") {
+			return nil, unsupported(pid, m, "a hugetlbfs mapping", "")
+		}
+		x := vma{m: *m, pb: v}
+		switch {
+		case m.Path == "[vdso]":
+			v.Kind = uint32(pb.VmaKind_VMA_VDSO)
+		case m.Path == "[vvar]":
+			v.Kind = uint32(pb.VmaKind_VMA_VVAR)
+		case m.Path == "[vvar_vclock]":
+			v.Kind = uint32(pb.VmaKind_VMA_VVAR_VCLOCK)
+		case m.Path == "[vsyscall]":
+			v.Kind = uint32(pb.VmaKind_VMA_VSYSCALL)
+		case m.Shared && (isSharedAnonPath(m) || strings.HasPrefix(m.Path, "[anon_shmem:")):
+			// MAP_SHARED|MAP_ANONYMOUS is a shmem object the kernel names
+			// "/dev/zero (deleted)"; its offset is the position in that object.
+			v.Kind = uint32(pb.VmaKind_VMA_SHARED_ANON)
+			v.Flags |= unix.MAP_ANONYMOUS
+			v.Pgoff = m.Offset
+			x.scan = scanShared
+		case m.Inode == 0 && (m.Path == "" || m.Path == "[heap]" || m.Path == "[stack]" || strings.HasPrefix(m.Path, "[anon:")):
+			if m.Shared {
+				return nil, unsupported(pid, m, "a shared mapping without a backing object", "")
+			}
+			// An anonymous VMA's offset is its address in pages: meaningless to restore.
+			v.Kind = uint32(pb.VmaKind_VMA_ANON)
+			v.Flags |= unix.MAP_ANONYMOUS
+			x.scan = scanAnon
+		case strings.HasPrefix(m.Path, "["):
+			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
+		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
+			what := fmt.Sprintf("mapping of deleted file %s", m.Path)
+			switch {
+			case strings.HasPrefix(m.Path, "/memfd:"):
+				what = fmt.Sprintf("memfd mapping %s", m.Path)
+			case strings.HasPrefix(m.Path, "/SYSV"):
+				what = fmt.Sprintf("System V shared memory mapping %s", m.Path)
+			}
+			return nil, unsupported(pid, m, what, "restart the process so that it maps files that exist, then checkpoint")
+		default:
+			st, err := statMapped(pid, root, m, stats)
+			if err != nil {
+				return nil, err
+			}
+			switch st.Mode & unix.S_IFMT {
+			case unix.S_IFREG:
+			case unix.S_IFCHR:
+				if st.Rdev != unix.Mkdev(1, 5) || m.Shared { // private /dev/zero is anonymous memory
+					return nil, unsupported(pid, m, fmt.Sprintf("device mapping %s", m.Path), "")
+				}
+			default:
+				return nil, unsupported(pid, m, fmt.Sprintf("mapping of %s (mode %#o)", m.Path, st.Mode), "")
+			}
+			v.Dev, v.Inode = st.Dev, st.Ino
+			v.FileSize = st.Size
+			v.MtimeNsec = st.Mtim.Nano()
+			v.Pgoff = m.Offset
+			if m.Shared {
+				// Shared file pages live in the file: never in the image.
+				v.Kind = uint32(pb.VmaKind_VMA_FILE_SHARED)
+			} else {
+				// Private file pages that were written (COWed) are anonymous now.
+				v.Kind = uint32(pb.VmaKind_VMA_FILE_PRIVATE)
+				x.scan = scanAnon
+			}
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+func isSharedAnonPath(m *proc.Mapping) bool {
+	return m.Path == "/dev/zero" && m.Deleted
+}
+
+// statMapped stats the file a mapping names, as the process sees the path,
+// and checks that the path still names the mapped file: restore opens it by
+// path.
+func statMapped(pid int, root string, m *proc.Mapping, cache map[string]*unix.Stat_t) (*unix.Stat_t, error) {
+	st, ok := cache[m.Path]
+	if !ok {
+		st = new(unix.Stat_t)
+		if err := unix.Stat(filepath.Join(root, m.Path), st); err != nil {
+			return nil, stage.Hint(fmt.Errorf("pid %d vma %x-%x: mapped file %s: %w", pid, m.Start, m.End, m.Path, err),
+				"the file was removed or renamed since the process mapped it; restart the process, then checkpoint")
+		}
+		cache[m.Path] = st
+	}
+	if unix.Major(st.Dev) == m.Major && unix.Minor(st.Dev) == m.Minor && st.Ino == m.Inode {
+		return st, nil
+	}
+	// maps may show another layer's device (overlayfs): ask map_files,
+	// which is the mapped file itself.
+	var mf unix.Stat_t
+	err := unix.Stat(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End), &mf)
+	if err == nil && mf.Dev == st.Dev && mf.Ino == st.Ino {
+		return st, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("pid %d vma %x-%x: %s: %w", pid, m.Start, m.End, m.Path, err)
+	}
+	return nil, unsupported(pid, m, fmt.Sprintf("mapping of %s, which has been replaced since it was mapped", m.Path),
+		"restart the process so that it maps the current file, then checkpoint")
+}

@@ -1,0 +1,217 @@
+package proc
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Mapping is one VMA as /proc/PID/maps or /proc/PID/smaps shows it.
+type Mapping struct {
+	Start, End uint64
+	Read       bool
+	Write      bool
+	Exec       bool
+	Shared     bool // 's' in the permissions: MAP_SHARED
+	Offset     uint64
+	Major      uint32 // device of the backing file
+	Minor      uint32
+	Inode      uint64
+	// Path is the backing file, a pseudo path such as "[heap]", or "" for
+	// anonymous memory. A " (deleted)" suffix is removed and Deleted set.
+	Path    string
+	Deleted bool
+
+	// Filled from smaps only.
+	Rss           uint64 // bytes
+	Anonymous     uint64
+	AnonHugePages uint64
+	Swap          uint64
+	VmFlags       []string // two-letter flags, e.g. "gd" (grows down), "hg" (MADV_HUGEPAGE)
+}
+
+// Len is the size of the mapping in bytes.
+func (m *Mapping) Len() uint64 { return m.End - m.Start }
+
+// HasVmFlag reports whether smaps listed flag (e.g. "gd") for the mapping.
+func (m *Mapping) HasVmFlag(flag string) bool {
+	for _, f := range m.VmFlags {
+		if f == flag {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrMapsSyntax is wrapped by parse errors of maps and smaps.
+var ErrMapsSyntax = errors.New("malformed maps line")
+
+// maxMapsLine bounds one line: a path is at most PATH_MAX (4096) bytes, and
+// the kernel's escaping of newlines can grow it fourfold.
+const maxMapsLine = 4*4096 + 256
+
+// ReadSmaps reads /proc/PID/smaps.
+func ReadSmaps(pid int) ([]Mapping, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ms, err := ParseSmaps(f)
+	if err != nil {
+		return nil, fmt.Errorf("/proc/%d/smaps: %w", pid, err)
+	}
+	return ms, nil
+}
+
+// ReadMaps reads /proc/PID/maps.
+func ReadMaps(pid int) ([]Mapping, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ms, err := ParseSmaps(f)
+	if err != nil {
+		return nil, fmt.Errorf("/proc/%d/maps: %w", pid, err)
+	}
+	return ms, nil
+}
+
+// ParseSmaps parses the text of /proc/PID/smaps, or of /proc/PID/maps (which
+// is smaps without the per-mapping "Key: value" lines).
+func ParseSmaps(r io.Reader) ([]Mapping, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxMapsLine)
+	var ms []Mapping
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		sp := bytes.IndexByte(line, ' ')
+		first := line
+		if sp >= 0 {
+			first = line[:sp]
+		}
+		if len(first) > 0 && first[len(first)-1] == ':' {
+			if len(ms) == 0 {
+				return nil, fmt.Errorf("line %d: %q before any mapping: %w", n, first, ErrMapsSyntax)
+			}
+			if err := parseSmapsField(&ms[len(ms)-1], string(first[:len(first)-1]), line[len(first):]); err != nil {
+				return nil, fmt.Errorf("line %d: %v: %w", n, err, ErrMapsSyntax)
+			}
+			continue
+		}
+		m, err := ParseMapsLine(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		ms = append(ms, m)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("line %d: %w", n+1, err)
+	}
+	return ms, nil
+}
+
+func parseSmapsField(m *Mapping, key string, rest []byte) error {
+	var dst *uint64
+	switch key {
+	case "VmFlags":
+		m.VmFlags = strings.Fields(string(rest))
+		return nil
+	case "Rss":
+		dst = &m.Rss
+	case "Anonymous":
+		dst = &m.Anonymous
+	case "AnonHugePages":
+		dst = &m.AnonHugePages
+	case "Swap":
+		dst = &m.Swap
+	default:
+		return nil // other counters are not needed (yet)
+	}
+	f := strings.Fields(string(rest))
+	if len(f) != 2 || f[1] != "kB" {
+		return fmt.Errorf("%s: %q is not a size in kB", key, rest)
+	}
+	v, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil || v > 1<<53 {
+		return fmt.Errorf("%s: %q is not a size in kB", key, rest)
+	}
+	*dst = v << 10
+	return nil
+}
+
+// ParseMapsLine parses one line of /proc/PID/maps:
+//
+//	7f1c2a000000-7f1c2a021000 rw-p 00000000 00:00 0                          [heap]
+func ParseMapsLine(line []byte) (Mapping, error) {
+	var m Mapping
+	s := string(line)
+	fields := make([]string, 0, 5)
+	for i := 0; i < 5; i++ {
+		s = strings.TrimLeft(s, " ")
+		j := strings.IndexByte(s, ' ')
+		if j < 0 {
+			if i == 4 { // inode is last when there is no path
+				fields = append(fields, s)
+				s = ""
+				break
+			}
+			return m, fmt.Errorf("%q: too few fields: %w", line, ErrMapsSyntax)
+		}
+		fields = append(fields, s[:j])
+		s = s[j+1:]
+	}
+	bad := func(what string) (Mapping, error) {
+		return Mapping{}, fmt.Errorf("%q: bad %s: %w", line, what, ErrMapsSyntax)
+	}
+	lo, hi, ok := strings.Cut(fields[0], "-")
+	if !ok {
+		return bad("address range")
+	}
+	var err error
+	if m.Start, err = strconv.ParseUint(lo, 16, 64); err != nil {
+		return bad("start address")
+	}
+	if m.End, err = strconv.ParseUint(hi, 16, 64); err != nil || m.End < m.Start {
+		return bad("end address")
+	}
+	p := fields[1]
+	if len(p) != 4 || !strings.Contains("r-", p[0:1]) || !strings.Contains("w-", p[1:2]) || !strings.Contains("x-", p[2:3]) || !strings.Contains("sp", p[3:4]) {
+		return bad("permissions")
+	}
+	m.Read, m.Write, m.Exec, m.Shared = p[0] == 'r', p[1] == 'w', p[2] == 'x', p[3] == 's'
+	if m.Offset, err = strconv.ParseUint(fields[2], 16, 64); err != nil {
+		return bad("offset")
+	}
+	maj, min, ok := strings.Cut(fields[3], ":")
+	if !ok {
+		return bad("device")
+	}
+	ma, err1 := strconv.ParseUint(maj, 16, 32)
+	mi, err2 := strconv.ParseUint(min, 16, 32)
+	if err1 != nil || err2 != nil {
+		return bad("device")
+	}
+	m.Major, m.Minor = uint32(ma), uint32(mi)
+	if m.Inode, err = strconv.ParseUint(fields[4], 10, 64); err != nil {
+		return bad("inode")
+	}
+	path := strings.TrimLeft(s, " ")
+	if p, ok := strings.CutSuffix(path, " (deleted)"); ok {
+		path, m.Deleted = p, true
+	}
+	// The kernel escapes newlines in paths as \012.
+	m.Path = strings.ReplaceAll(path, `\012`, "\n")
+	return m, nil
+}
