@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+var counters = []string{"counter", "counter-static"}
+
+// TestPipelineToFile: the explicit pipeline into a file, `cr-freeze kill`
+// from the stream, `cr-restore -i FILE -d`.
+func TestPipelineToFile(t *testing.T) {
+	for _, name := range counters {
+		t.Run(name, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-restore")...)
+			p := startCounter(t, name, 0)
+			img := filepath.Join(p.dir, "img")
+			mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+			if !notExist["crit"] {
+				need(t, "crit")
+				mustShell(t, 30*time.Second, "crit check "+img)
+			}
+			mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+			p.waitKilled()
+			p.checkNoCgroup()
+			at := p.mustProgress()
+			p.restoreDetached(img)
+			p.checkProgressFrom(at)
+			p.terminate(at)
+		})
+	}
+}
+
+// TestDumpIntoRestore: `cr-dump -t PID | cr-restore -d`, no file; the
+// restore waits for the dump's kill to free the PID.
+func TestDumpIntoRestore(t *testing.T) {
+	for _, name := range counters {
+		t.Run(name, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+			p := startCounter(t, name, 0)
+			// Counted before the dump: the restored counter must go on from
+			// at least here (one started afresh would count from 1).
+			before := p.waitProgress(50, 10*time.Second)
+			pidfile := filepath.Join(p.dir, "restored.pid")
+			mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d | cr-restore -d --pidfile %s", p.pid, pidfile))
+			p.waitKilled()
+			p.checkNoCgroup()
+			p.checkPidfile(pidfile)
+			p.checkProgressFrom(before)
+			p.terminate(before)
+		})
+	}
+}
+
+// TestLz4InThePipe: the lz4 CLI between stages and at the end; every stage
+// and cr-restore detect lz4 input.
+func TestLz4InThePipe(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore")...)
+	if _, err := exec.LookPath("lz4"); err != nil {
+		t.Skip("the lz4 CLI is not installed (make test installs it)")
+	}
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "img.lz4")
+	mustShell(t, 60*time.Second, fmt.Sprintf(
+		"cr-freeze --pid %d | cr-seize | cr-parasite | lz4 -q -c | cr-pages | lz4 -q -c | cr-files | cr-tcp | lz4 -q -c > %s", p.pid, img))
+	checkLz4(t, img)
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	at := p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// TestDumpCompress: cr-dump --compress writes lz4, cr-restore reads it.
+func TestDumpCompress(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "img.lz4")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --compress -o %s", p.pid, img))
+	checkLz4(t, img)
+	p.waitKilled()
+	p.checkNoCgroup()
+	at := p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// TestLeaveRunning: a dump with --leave-running leaves the original
+// running, thawed, where it was; a second dump then kills it and its image
+// restores.
+func TestLeaveRunning(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", 0)
+	img1 := filepath.Join(p.dir, "img1")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img1))
+	p.checkRunning()
+	img2 := filepath.Join(p.dir, "img2")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img2))
+	p.waitKilled()
+	p.checkNoCgroup()
+	at := p.mustProgress()
+	p.restoreDetached(img2)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// TestRestoreWaits: cr-restore without -d waits for the restored process
+// and exits with its status (0 after PASS).
+func TestRestoreWaits(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	at := p.mustProgress()
+
+	cmd := exec.Command(bin("cr-restore"), "-i", img)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	p.checkProgressFrom(at)
+	if !p.isOurs() {
+		t.Fatalf("pid %d after restore is not %s", p.pid, p.name)
+	}
+	p.terminate(at)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("cr-restore: %v (want exit status 0, the counter's)\n%s", err, stderr.Bytes())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cr-restore still waits 10s after the restored process exited")
+	}
+}
+
+// mustProgress reads the counter's final progress (after the dump killed it).
+func (p *target) mustProgress() uint64 {
+	p.t.Helper()
+	v, err := readProgress(p.progress)
+	if err != nil || v == 0 {
+		p.t.Fatalf("progress of pid %d: %d, %v", p.pid, v, err)
+	}
+	return v
+}
+
+func checkLz4(t *testing.T, img string) {
+	t.Helper()
+	b := make([]byte, 4)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Read(b); err != nil || !bytes.Equal(b, []byte{0x04, 0x22, 0x4d, 0x18}) {
+		t.Fatalf("%s does not start with an lz4 frame: % x (%v)", img, b, err)
+	}
+}

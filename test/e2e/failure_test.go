@@ -1,0 +1,311 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"crpipe/lib/image"
+)
+
+// bigMB is the counter's anonymous memory when a test needs the dump to be
+// busy streaming pages for a while.
+const bigMB = 256
+
+// killStageWhileStreaming reads stdout of a running dump until at least
+// 16 MiB have come out, stops reading (the pipe's back-pressure then holds
+// cr-pages mid-memory), SIGKILLs the cr-pages that descends from the dump,
+// then drains the rest.
+func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader) {
+	t.Helper()
+	if n, err := io.CopyN(io.Discard, out, 16<<20); err != nil {
+		t.Fatalf("the dump wrote only %d bytes before ending (%v): want a dump still streaming memory", n, err)
+	}
+	pages := descendant(cmd.Process.Pid, "cr-pages")
+	if pages == 0 {
+		t.Fatalf("no cr-pages running under the dump (pid %d) after 16 MiB of output", cmd.Process.Pid)
+	}
+	t.Logf("SIGKILL cr-pages (pid %d) mid-dump", pages)
+	if err := syscall.Kill(pages, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, out)
+}
+
+// TestKillPagesMidDump: cr-pages killed while memory streams through
+// cr-dump; cr-dump fails and leaves the target thawed, in its original
+// cgroup, running on with its state intact.
+func TestKillPagesMidDump(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := startCounter(t, "counter", bigMB)
+	cmd := exec.Command(bin("cr-dump"), "-t", strconv.Itoa(p.pid))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	killStageWhileStreaming(t, cmd, out)
+	err = cmd.Wait()
+	t.Logf("cr-dump: %v\n%s", err, stderr.Bytes())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("cr-dump with its cr-pages killed: %v, want exit status 1", err)
+	}
+	if !regexp.MustCompile(`(?m)^cr-dump: error: .*cr-pages`).Match(stderr.Bytes()) {
+		t.Errorf("cr-dump's error does not name the stage that failed (cr-pages):\n%s", stderr.Bytes())
+	}
+	p.checkRunning()
+	p.terminate(1)
+}
+
+// TestKillPagesMidPipeline: the same in the explicit pipeline, where the
+// disposition is the user's: `cr-freeze thaw --pid` puts the target back.
+func TestKillPagesMidPipeline(t *testing.T) {
+	need(t, pipelineCmds...)
+	p := startCounter(t, "counter", bigMB)
+	cmd := shellCmd(fmt.Sprintf("cr-freeze --pid %d | %s", p.pid, dumpStages))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	killStageWhileStreaming(t, cmd, out)
+	if err := cmd.Wait(); err == nil {
+		t.Fatalf("the pipeline succeeded with cr-pages killed\n%s", stderr.Bytes())
+	}
+	t.Logf("pipeline stderr:\n%s", stderr.Bytes())
+	mustShell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid))
+	p.checkRunning()
+	p.terminate(1)
+}
+
+// damaged is a broken copy of a good image.
+type damaged struct {
+	name string
+	data []byte
+}
+
+// damage makes the broken streams of issue 3 from a good image: truncated,
+// a flipped byte, a wrong magic, a future major version.
+func damage(t *testing.T, good []byte) []damaged {
+	t.Helper()
+	type frame struct {
+		typ       image.Type
+		off, plen int64
+		index     uint64
+	}
+	r, err := image.NewReader(bytes.NewReader(good))
+	if err != nil {
+		t.Fatalf("the good image does not read: %v", err)
+	}
+	var frames []frame
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the good image does not read: %v", err)
+		}
+		frames = append(frames, frame{f.Type, f.Offset, int64(len(f.Payload)), f.Index})
+	}
+	var pages, meta, end *frame
+	for i := range frames {
+		f := &frames[i]
+		switch {
+		case f.typ == image.TypeEnd:
+			end = f
+		case f.typ == image.TypePages && (pages == nil || f.plen > pages.plen):
+			pages = f
+		case f.typ == image.TypeMm && meta == nil:
+			meta = f
+		}
+	}
+	if pages == nil || meta == nil || end == nil {
+		t.Fatalf("the good image lacks a pages, mm or end frame: %+v", frames)
+	}
+	flip := func(at int64) []byte {
+		b := bytes.Clone(good)
+		b[at] ^= 0x40
+		return b
+	}
+	magic := bytes.Clone(good)
+	magic[1] = 'X'
+	future := bytes.Clone(good)
+	binary.LittleEndian.PutUint16(future[8:], image.Major+1)
+	pagesMid := pages.off + image.FrameHeaderSize + pages.plen/2
+	return []damaged{
+		{"truncated-in-page-payload", good[:pagesMid]},
+		{"truncated-before-end", good[:end.off]},
+		{"truncated-in-end", good[:len(good)-1]},
+		{"flipped-byte-in-page-payload", flip(pagesMid)},
+		{"flipped-byte-in-mm", flip(meta.off + image.FrameHeaderSize + meta.plen/2)},
+		{"flipped-byte-in-frame-length", flip(pages.off + 9)},
+		{"wrong-magic", magic},
+		{"future-major-version", future},
+	}
+}
+
+var frameAndOffset = regexp.MustCompile(`(frame \d+|header)\b.*\boffset \d+`)
+
+// TestBadStreams: a damaged image makes crit check and cr-restore fail
+// with an error naming the frame and offset, creates no process and leaves
+// no cgroup behind. The good image it was made from then restores.
+func TestBadStreams(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "good.img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	at := p.mustProgress()
+	good, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range damage(t, good) {
+		t.Run(d.name, func(t *testing.T) {
+			f := filepath.Join(p.dir, d.name+".img")
+			if err := os.WriteFile(f, d.data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []struct{ tool, script string }{
+				{"crit", "crit check " + f},
+				{"cr-restore", fmt.Sprintf("cr-restore -d -i %s --pidfile %s.pid", f, f)},
+			} {
+				r := shell(t, 60*time.Second, c.script)
+				if r.err == nil {
+					t.Errorf("%s: succeeded on a damaged image", c.script)
+				} else if code := r.state.ExitCode(); code != 1 {
+					t.Errorf("%s: exit status %d, want 1", c.script, code)
+				}
+				checkErrorLine(t, c.tool, r.stderr, frameAndOffset)
+				p.checkPidFree()
+				p.checkNoCgroup()
+			}
+			if _, err := os.Stat(f + ".pid"); err == nil {
+				t.Errorf("cr-restore wrote a pidfile for a failed restore")
+			}
+		})
+	}
+	// The control: the image the damaged ones came from is good.
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// checkErrorLine checks stderr holds the house error: one line
+// "TOOL: error: ..." matching want, optionally one "TOOL: hint: ..." line,
+// and nothing else.
+func checkErrorLine(t *testing.T, tool string, stderr []byte, want *regexp.Regexp) {
+	t.Helper()
+	ls := lines(stderr)
+	var errs, hints, other []string
+	for _, l := range ls {
+		switch {
+		case strings.HasPrefix(l, tool+": error: "):
+			errs = append(errs, l)
+		case strings.HasPrefix(l, tool+": hint: "):
+			hints = append(hints, l)
+		default:
+			other = append(other, l)
+		}
+	}
+	if len(errs) != 1 || len(hints) > 1 || len(other) > 0 {
+		t.Errorf("%s: want one %q line (and at most one hint), got:\n%s", tool, tool+": error: ...", stderr)
+		return
+	}
+	if want != nil && !want.MatchString(errs[0]) {
+		t.Errorf("%s: error does not match %q: %s", tool, want, errs[0])
+	}
+}
+
+// freePid returns a PID no process uses now.
+func freePid(t *testing.T) int {
+	max := 32768
+	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			max = n
+		}
+	}
+	for range 1000 {
+		pid := max/2 + rand.Intn(max/2-1)
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			return pid
+		}
+	}
+	t.Fatal("no free pid found")
+	return 0
+}
+
+// TestDumpNoSuchPid: one error line naming the PID, and a hint.
+func TestDumpNoSuchPid(t *testing.T) {
+	for _, c := range []struct{ tool, script string }{
+		{"cr-dump", "cr-dump -t %d > /dev/null"},
+		{"cr-freeze", "cr-freeze --pid %d > /dev/null"},
+	} {
+		t.Run(c.tool, func(t *testing.T) {
+			need(t, c.tool)
+			pid := freePid(t)
+			r := shell(t, 30*time.Second, fmt.Sprintf(c.script, pid))
+			if r.err == nil || r.state.ExitCode() != 1 {
+				t.Fatalf("%s on free pid %d: %v, want exit status 1", c.tool, pid, r.err)
+			}
+			checkErrorLine(t, c.tool, r.stderr, regexp.MustCompile(`\b`+strconv.Itoa(pid)+`\b`))
+			if !bytes.Contains(r.stderr, []byte(c.tool+": hint: ")) {
+				t.Errorf("%s: no hint line:\n%s", c.tool, r.stderr)
+			}
+			if _, err := os.Stat(filepath.Join(cgroup2, fmt.Sprintf("crpipe-%d", pid))); err == nil {
+				t.Errorf("a cgroup crpipe-%d was left for a pid that does not exist", pid)
+			}
+		})
+	}
+}
+
+// TestDumpNotPermitted: a user who may not touch the target gets one error
+// line and a hint, and the target is left alone.
+func TestDumpNotPermitted(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := startCounter(t, "counter", 0)
+	cmd := exec.Command(bin("cr-dump"), "-t", strconv.Itoa(p.pid))
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = io.Discard
+	cmd.WaitDelay = 10 * time.Second
+	err := cmd.Run()
+	t.Logf("cr-dump as nobody: %v\n%s", err, stderr.Bytes())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("cr-dump as nobody: %v, want exit status 1", err)
+	}
+	checkErrorLine(t, "cr-dump", stderr.Bytes(), regexp.MustCompile(`\b`+strconv.Itoa(p.pid)+`\b`))
+	if !bytes.Contains(stderr.Bytes(), []byte("cr-dump: hint: ")) {
+		t.Errorf("no hint line:\n%s", stderr.Bytes())
+	}
+	p.checkRunning()
+	p.terminate(1)
+}
