@@ -1,0 +1,182 @@
+package freeze
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+// Command is cr-freeze.
+func Command() *cli.App {
+	pidFlag := &cli.IntFlag{Name: "pid", Aliases: []string{"p"}, Usage: "process to act on"}
+	return &cli.App{
+		Name:      "cr-freeze",
+		Usage:     "freeze a process and start an image stream on stdout",
+		UsageText: "cr-freeze --pid PID [--timeout D] [--compress] > stream\n   cr-freeze thaw|kill [--pid PID | FILE] < stream",
+		Flags: []cli.Flag{
+			pidFlag,
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "how long to wait for the cgroup to freeze"},
+			stage.CompressFlag,
+		},
+		Action: runFreeze,
+		Commands: []*cli.Command{
+			{
+				Name:      "thaw",
+				Usage:     "unfreeze the processes of a stream (or --pid), put them back in their cgroups",
+				ArgsUsage: "[FILE]",
+				Flags:     []cli.Flag{pidFlag},
+				Action:    func(c *cli.Context) error { return dispose(c, false) },
+			},
+			{
+				Name:      "kill",
+				Usage:     "kill the frozen processes of a stream (or --pid) and remove their cgroup",
+				ArgsUsage: "[FILE]",
+				Flags:     []cli.Flag{pidFlag},
+				Action:    func(c *cli.Context) error { return dispose(c, true) },
+			},
+		},
+	}
+}
+
+func runFreeze(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return stage.Usagef("unexpected argument %q (subcommands are thaw and kill)", c.Args().First())
+	}
+	if !c.IsSet("pid") {
+		return stage.Usagef("--pid is required")
+	}
+	// Refuse a terminal before touching the target.
+	out, err := stage.Output()
+	if err != nil {
+		return err
+	}
+	// A closed pipe must become an error we can undo the freeze on, not a
+	// silent death by SIGPIPE.
+	signal.Ignore(syscall.SIGPIPE)
+	pid := c.Int("pid")
+	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout")})
+	if err != nil {
+		return err
+	}
+	stage.Logf("pid %d frozen in %s", pid, f.Cgroup)
+	if err := writeRecords(out, f, c.Bool("compress")); err != nil {
+		if terr := thawDir(f.Cgroup, f.Tasks); terr != nil {
+			return fmt.Errorf("output: %w (and thawing failed: %v)", err, terr)
+		}
+		return fmt.Errorf("output: %w (pid %d thawed)", err, pid)
+	}
+	return nil
+}
+
+func writeRecords(out io.Writer, f *Frozen, compress bool) error {
+	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress})
+	if err != nil {
+		return err
+	}
+	inv, fr, procs := f.Records()
+	if err := w.WriteMessage(image.TypeInventory, inv); err != nil {
+		return err
+	}
+	if err := w.WriteMessage(image.TypeFreeze, fr); err != nil {
+		return err
+	}
+	for _, p := range procs {
+		if err := w.WriteMessage(image.TypeProcess, p); err != nil {
+			return err
+		}
+	}
+	return w.Close()
+}
+
+func dispose(c *cli.Context, kill bool) error {
+	name := "thaw"
+	if kill {
+		name = "kill"
+	}
+	if c.IsSet("pid") {
+		if c.NArg() > 0 {
+			return stage.Usagef("give --pid or a stream, not both")
+		}
+		pid := c.Int("pid")
+		if kill {
+			return KillPid(pid)
+		}
+		did, err := ThawPid(pid)
+		if err == nil && !did {
+			fmt.Fprintf(os.Stderr, "%s: pid %d is not frozen by cr-freeze (no %s%d cgroup); nothing to thaw\n", filepath.Base(os.Args[0]), pid, Prefix, pid)
+		}
+		return err
+	}
+	if c.NArg() > 1 {
+		return stage.Usagef("%s takes at most one FILE", name)
+	}
+	in, err := stage.Input(c.Args().First())
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fr, procs, rerr := ReadRecords(in)
+	if fr == nil {
+		if rerr == nil {
+			rerr = errors.New("no freeze record")
+		}
+		return stage.Hint(fmt.Errorf("input: %w", rerr), "give the stream cr-freeze started, or use --pid PID")
+	}
+	if kill {
+		// Killing on the word of a damaged stream is not all-or-nothing.
+		if rerr != nil {
+			return stage.Hint(fmt.Errorf("input: %w; not killing", rerr), "the image is incomplete: thaw instead, or kill with --pid if you are sure")
+		}
+		return Kill(fr, procs)
+	}
+	if rerr != nil {
+		stage.Logf("input: %v (thawing from the records read before it)", rerr)
+	}
+	return Thaw(fr, procs)
+}
+
+// ReadRecords reads a stream up to its end and returns its Freeze and
+// Process records. A damaged stream still yields the records read before
+// the damage, with the error.
+func ReadRecords(in io.Reader) (*pb.Freeze, []*pb.Process, error) {
+	r, err := image.NewReader(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	var fr *pb.Freeze
+	var procs []*pb.Process
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			return fr, procs, nil
+		}
+		if err != nil {
+			return fr, procs, err
+		}
+		switch f.Type {
+		case image.TypeFreeze:
+			m := &pb.Freeze{}
+			if err := image.Unmarshal(f, m); err != nil {
+				return fr, procs, err
+			}
+			fr = m
+		case image.TypeProcess:
+			m := &pb.Process{}
+			if err := image.Unmarshal(f, m); err != nil {
+				return fr, procs, err
+			}
+			procs = append(procs, m)
+		}
+	}
+}

@@ -1,0 +1,504 @@
+// Package freeze starts a checkpoint: it freezes a process in a transient
+// cgroup v2 group with the cgroup freezer, records what it froze (Inventory,
+// Freeze and Process records), and later applies the disposition: thaw
+// (everything back where it was) or kill.
+//
+// The frozen state lives in the kernel, not in cr-freeze: the stages that
+// follow attach, read and detach while the tasks stay frozen. What thaw and
+// kill need is in the stream's Freeze and Process records, and also in a
+// user.crpipe.freeze xattr on the transient cgroup, so `--pid` works
+// without the stream.
+package freeze
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+// Prefix names transient cgroups, so leftovers are easy to spot.
+const Prefix = "crpipe-"
+
+// xattrName holds the thaw/kill state on the transient cgroup directory.
+const xattrName = "user.crpipe.freeze"
+
+// ToolVersion is recorded in the Inventory.
+const ToolVersion = "crpipe-dev"
+
+// Options tune Freeze.
+type Options struct {
+	// Timeout bounds the wait for the cgroup to report frozen.
+	Timeout time.Duration
+}
+
+// Task is one frozen process and where it lived before.
+type Task struct {
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+	Cgroup2   string `json:"cgroup2"` // absolute directory of its original cgroup
+}
+
+// Frozen is the result of a successful Freeze.
+type Frozen struct {
+	Root   int
+	Cgroup string // absolute directory of the transient cgroup
+	Tasks  []Task
+	Procs  []*pb.Process
+}
+
+// ErrRefused marks a target cr-freeze will not checkpoint (yet); nothing
+// was changed. errors.Is finds it in the errors refuse returns.
+var ErrRefused = errors.New("refused")
+
+type refusedError struct{ error }
+
+func (e refusedError) Is(target error) bool { return target == ErrRefused }
+
+func refuse(format string, a ...any) error { return refusedError{fmt.Errorf(format, a...)} }
+
+// ErrNotFrozen is returned by thaw and kill when there is no transient
+// cgroup for the pid.
+var ErrNotFrozen = errors.New("not frozen by cr-freeze")
+
+func cgroupDir(mount string, pid int) string {
+	return filepath.Join(mount, Prefix+strconv.Itoa(pid))
+}
+
+// Freeze moves pid into a fresh transient cgroup and freezes it. On any
+// error everything is put back as it was.
+func Freeze(pid int, opt Options) (*Frozen, error) {
+	if opt.Timeout <= 0 {
+		opt.Timeout = 10 * time.Second
+	}
+	st, err := check(pid)
+	if err != nil {
+		return nil, err
+	}
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return nil, stage.Hint(err, "mount cgroup2 (e.g. mount -t cgroup2 none /sys/fs/cgroup/unified)")
+	}
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return nil, noProcess(pid, err)
+	}
+	orig := filepath.Join(mount, rel)
+	if strings.HasPrefix(filepath.Base(orig), Prefix) {
+		return nil, stage.Hint(refuse("pid %d: already in transient cgroup %s", pid, orig),
+			fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
+	}
+	dir := cgroupDir(mount, pid)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, stage.Hint(fmt.Errorf("pid %d: cgroup %s already exists", pid, dir),
+				fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
+		}
+		return nil, permission(pid, fmt.Errorf("pid %d: create cgroup: %w", pid, err))
+	}
+	f := &Frozen{Root: pid, Cgroup: dir, Tasks: []Task{{Pid: pid, StartTime: st.StartTime, Cgroup2: orig}}}
+	if err := setState(dir, f.Tasks); err != nil {
+		os.Remove(dir)
+		return nil, permission(pid, fmt.Errorf("pid %d: record state on %s: %w", pid, dir, err))
+	}
+	fail := func(err error) (*Frozen, error) {
+		if uerr := thawDir(dir, f.Tasks); uerr != nil {
+			err = fmt.Errorf("%w (and undoing the freeze failed: %v)", err, uerr)
+		}
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return fail(noProcess(pid, err))
+		}
+		return fail(permission(pid, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)))
+	}
+	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
+		return fail(fmt.Errorf("pid %d: freeze %s: %w", pid, dir, err))
+	}
+	if err := waitEvent(dir, "frozen", "1", opt.Timeout); err != nil {
+		return fail(stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "a task in uninterruptible sleep (state D) cannot freeze; retry later"))
+	}
+	// The checks ran before the freeze; a thread or child born since then
+	// is caught now, while nothing can change any more.
+	st2, err := check(pid)
+	if err != nil {
+		return fail(err)
+	}
+	if st2.StartTime != st.StartTime {
+		return fail(fmt.Errorf("pid %d: %w (the pid was reused during freezing)", pid, proc.ErrNoProcess))
+	}
+	procs, err := readPids(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return fail(err)
+	}
+	if len(procs) != 1 || procs[0] != pid {
+		return fail(refuse("pid %d: cgroup %s holds processes %v", pid, dir, procs))
+	}
+	rec, err := processRecord(pid, st2)
+	if err != nil {
+		return fail(err)
+	}
+	f.Procs = []*pb.Process{rec}
+	return f, nil
+}
+
+// check refuses, without changing anything, targets this stage cannot handle.
+func check(pid int) (*proc.Stat, error) {
+	if pid <= 0 {
+		return nil, stage.Usagef("invalid pid %d", pid)
+	}
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return nil, noProcess(pid, err)
+	}
+	const pfKthread = 0x00200000
+	if pid == 1 {
+		return nil, refuse("pid 1 (%s) is init: it cannot be checkpointed or killed", st.Comm)
+	}
+	if st.Flags&pfKthread != 0 {
+		return nil, refuse("pid %d (%s) is a kernel thread", pid, st.Comm)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return nil, noProcess(pid, fmt.Errorf("pid %d (%s) is a zombie: %w", pid, st.Comm, proc.ErrNoProcess))
+	}
+	for a := os.Getpid(); a > 1; {
+		if a == pid {
+			return nil, stage.Hint(refuse("pid %d (%s) is cr-freeze itself or one of its ancestors", pid, st.Comm),
+				"freezing it would freeze this pipeline; run the checkpoint from outside the target's process tree")
+		}
+		ast, err := proc.ReadStat(a)
+		if err != nil {
+			break
+		}
+		a = ast.Ppid
+	}
+	status, err := proc.ReadStatus(pid)
+	if err != nil {
+		return nil, noProcess(pid, err)
+	}
+	if status.TracerPid != 0 {
+		return nil, stage.Hint(refuse("pid %d (%s) is traced by pid %d", pid, st.Comm, status.TracerPid),
+			"detach the debugger or tracer first")
+	}
+	if st.NumThreads > 1 {
+		return nil, stage.Hint(refuse("pid %d (%s) has %d threads: multi-threaded processes are not supported yet", pid, st.Comm, st.NumThreads),
+			"only single-threaded processes can be checkpointed in this version (issue 4 adds threads)")
+	}
+	kids, err := proc.Children(pid)
+	if err != nil {
+		return nil, noProcess(pid, err)
+	}
+	if len(kids) > 0 {
+		return nil, stage.Hint(refuse("pid %d (%s) has child processes %v: process trees are not supported yet", pid, st.Comm, kids),
+			"only a process without children can be checkpointed in this version (issue 4 adds trees)")
+	}
+	return st, nil
+}
+
+func processRecord(pid int, st *proc.Stat) (*pb.Process, error) {
+	tids, err := proc.Threads(pid)
+	if err != nil {
+		return nil, err
+	}
+	p := &pb.Process{
+		Pid: uint32(pid), Ppid: uint32(st.Ppid), Pgid: uint32(st.Pgid), Sid: uint32(st.Sid),
+		Comm: st.Comm, StartTime: st.StartTime, State: string(st.State),
+	}
+	for _, t := range tids {
+		p.Threads = append(p.Threads, uint32(t))
+	}
+	return p, nil
+}
+
+// Records returns the records that open the stream.
+func (f *Frozen) Records() (*pb.Inventory, *pb.Freeze, []*pb.Process) {
+	inv := &pb.Inventory{
+		RootPid:         uint32(f.Root),
+		CreatedUnixNano: time.Now().UnixNano(),
+		ToolVersion:     ToolVersion,
+		PageSize:        uint32(os.Getpagesize()),
+	}
+	inv.Hostname, _ = os.Hostname()
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		inv.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	inv.BootId, _ = proc.BootID()
+	fr := &pb.Freeze{Method: "cgroup2-transient", Cgroup: f.Cgroup, Transient: true}
+	for _, t := range f.Tasks {
+		fr.Original = append(fr.Original, &pb.TaskCgroup{Pid: uint32(t.Pid), Cgroup2: t.Cgroup2})
+	}
+	return inv, fr, f.Procs
+}
+
+// Thaw undoes a Freeze described by a stream's records: unfreeze, move the
+// processes back to their original cgroups, remove the transient cgroup.
+// procs (optional) supply start times so a reused pid is never moved.
+func Thaw(fr *pb.Freeze, procs []*pb.Process) error {
+	if fr == nil || fr.Cgroup == "" {
+		return errors.New("the stream has no freeze record")
+	}
+	if !fr.Transient {
+		return writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0")
+	}
+	return thawDir(fr.Cgroup, tasksOf(fr, procs))
+}
+
+func tasksOf(fr *pb.Freeze, procs []*pb.Process) []Task {
+	start := map[uint32]uint64{}
+	for _, p := range procs {
+		start[p.Pid] = p.StartTime
+	}
+	var ts []Task
+	for _, o := range fr.Original {
+		ts = append(ts, Task{Pid: int(o.Pid), StartTime: start[o.Pid], Cgroup2: o.Cgroup2})
+	}
+	return ts
+}
+
+// ThawPid thaws the transient cgroup of pid using the state recorded on it.
+// A pid that is not frozen is not an error: thaw is idempotent.
+func ThawPid(pid int) (bool, error) {
+	dir, tasks, err := findPid(pid)
+	if errors.Is(err, ErrNotFrozen) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, thawDir(dir, tasks)
+}
+
+func findPid(pid int) (string, []Task, error) {
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return "", nil, err
+	}
+	dir := cgroupDir(mount, pid)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return "", nil, fmt.Errorf("pid %d: no cgroup %s: %w", pid, dir, ErrNotFrozen)
+	}
+	tasks, err := getState(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("pid %d: %s has no crpipe state (%v): %w", pid, dir, err, ErrNotFrozen)
+	}
+	return dir, tasks, nil
+}
+
+// thawDir unfreezes dir, moves every process in it back to where it came
+// from (a process not recorded goes where the first recorded one came
+// from: it was forked inside), and removes dir.
+func thawDir(dir string, tasks []Task) error {
+	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("thaw %s: %w", dir, err)
+	}
+	pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var errs []error
+	for _, pid := range pids {
+		dst := ""
+		for _, t := range tasks {
+			if t.Pid == pid {
+				dst = t.Cgroup2
+			}
+		}
+		if dst == "" && len(tasks) > 0 {
+			dst = tasks[0].Cgroup2
+		}
+		if dst == "" {
+			errs = append(errs, fmt.Errorf("pid %d: no original cgroup recorded", pid))
+			continue
+		}
+		if err := writeFile(filepath.Join(dst, "cgroup.procs"), strconv.Itoa(pid)); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("pid %d: move back to %s: %w", pid, dst, err))
+		}
+	}
+	if len(errs) > 0 {
+		return stage.Hint(errors.Join(errs...), fmt.Sprintf("the processes are thawed but still in %s; move them by hand with echo PID > CGROUP/cgroup.procs", dir))
+	}
+	if err := rmdirWait(dir); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Kill kills the processes of a Freeze after checking that the cgroup
+// holds exactly the recorded processes (pid and start time), waits until it
+// is empty and removes it.
+func Kill(fr *pb.Freeze, procs []*pb.Process) error {
+	if fr == nil || fr.Cgroup == "" {
+		return errors.New("the stream has no freeze record")
+	}
+	if len(procs) == 0 {
+		return errors.New("the stream has no process records: cannot check identities before killing")
+	}
+	return killDir(fr.Cgroup, tasksOf(fr, procs), fr.Transient)
+}
+
+// KillPid kills the processes in the transient cgroup of pid.
+func KillPid(pid int) error {
+	dir, tasks, err := findPid(pid)
+	if err != nil {
+		return stage.Hint(err, "only a process frozen by cr-freeze --pid can be killed this way")
+	}
+	return killDir(dir, tasks, true)
+}
+
+func killDir(dir string, tasks []Task, transient bool) error {
+	pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no cgroup %s: %w", dir, ErrNotFrozen)
+		}
+		return err
+	}
+	known := map[int]uint64{}
+	for _, t := range tasks {
+		known[t.Pid] = t.StartTime
+	}
+	for _, pid := range pids {
+		want, ok := known[pid]
+		if !ok {
+			return fmt.Errorf("cgroup %s holds pid %d which this checkpoint did not freeze; refusing to kill", dir, pid)
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			continue // gone already
+		}
+		if want != 0 && st.StartTime != want {
+			return fmt.Errorf("pid %d in %s started at %d, not %d as recorded; refusing to kill", pid, dir, st.StartTime, want)
+		}
+	}
+	if err := writeFile(filepath.Join(dir, "cgroup.kill"), "1"); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("kill %s: %w", dir, err)
+		}
+		// cgroup.kill needs Linux 5.14: signal each process instead.
+		for _, pid := range pids {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		writeFile(filepath.Join(dir, "cgroup.freeze"), "0")
+	}
+	if err := waitEvent(dir, "populated", "0", 10*time.Second); err != nil {
+		return fmt.Errorf("kill %s: %w", dir, err)
+	}
+	if !transient {
+		return nil
+	}
+	return rmdirWait(dir)
+}
+
+func rmdirWait(dir string) error {
+	// The last task leaving may still be on its way out: retry briefly.
+	var err error
+	for i := 0; i < 200; i++ {
+		err = unix.Rmdir(dir)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// waitEvent polls cgroup.events until key has value.
+func waitEvent(dir, key, value string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for delay := 100 * time.Microsecond; ; delay = min(delay*2, 10*time.Millisecond) {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, _ := strings.Cut(line, " "); k == key && v == value {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cgroup %s: no %q %s after %v", dir, key, value, timeout)
+		}
+		time.Sleep(delay)
+	}
+}
+
+func readPids(path string) ([]int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", path, f, err)
+		}
+		pids = append(pids, n)
+	}
+	return pids, nil
+}
+
+func writeFile(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write([]byte(s))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func setState(dir string, tasks []Task) error {
+	b, err := json.Marshal(tasks)
+	if err != nil {
+		return err
+	}
+	return unix.Setxattr(dir, xattrName, b, 0)
+}
+
+func getState(dir string) ([]Task, error) {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Getxattr(dir, xattrName, buf)
+	if err != nil {
+		return nil, err
+	}
+	var tasks []Task
+	dec := json.NewDecoder(bytes.NewReader(buf[:n]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&tasks); err != nil {
+		return nil, err
+	}
+	return tasks, nil
+}
+
+func noProcess(pid int, err error) error {
+	if errors.Is(err, proc.ErrNoProcess) || errors.Is(err, unix.ESRCH) {
+		return stage.Hint(fmt.Errorf("pid %d: no such process", pid), fmt.Sprintf("check the pid (ps -p %d); the process may have exited", pid))
+	}
+	return permission(pid, err)
+}
+
+func permission(pid int, err error) error {
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return stage.Hint(err, "checkpointing needs root (CAP_SYS_ADMIN and CAP_SYS_PTRACE) to move the process into a new cgroup and trace it")
+	}
+	return err
+}

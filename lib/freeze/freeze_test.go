@@ -1,0 +1,232 @@
+package freeze
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"crpipe/lib/internal/testprog"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+func requireRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (cgroups)")
+	}
+}
+
+// origCgroup puts p into a cgroup of the test's own, so that thaw has a
+// non-root original to restore.
+func origCgroup(t *testing.T, p *testprog.Proc) string {
+	t.Helper()
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d", os.Getpid(), p.Pid))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Anything still inside goes back to the root before removal.
+		if pids, err := readPids(filepath.Join(dir, "cgroup.procs")); err == nil {
+			for _, pid := range pids {
+				writeFile(filepath.Join(mount, "cgroup.procs"), strconv.Itoa(pid))
+			}
+		}
+		rmdirWait(dir)
+	})
+	if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(p.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// cleanupFrozen makes sure a test never leaves its target frozen.
+func cleanupFrozen(t *testing.T, pid int) {
+	t.Cleanup(func() {
+		if did, err := ThawPid(pid); did || err != nil {
+			t.Logf("cleanup thawed pid %d (%v)", pid, err)
+		}
+	})
+}
+
+func cgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	mount, _ := proc.Cgroup2Mount()
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(mount, rel)
+}
+
+func TestFreezeThaw(t *testing.T) {
+	requireRoot(t)
+	for _, viaPid := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pid=%v", viaPid), func(t *testing.T) {
+			p := testprog.Start(t, "tick")
+			orig := origCgroup(t, p)
+			cleanupFrozen(t, p.Pid)
+			f, err := Freeze(p.Pid, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cgroupOf(t, p.Pid); got != f.Cgroup || filepath.Base(got) != Prefix+strconv.Itoa(p.Pid) {
+				t.Fatalf("in cgroup %s, frozen %s", got, f.Cgroup)
+			}
+			if p.Ticks(300 * time.Millisecond) {
+				t.Fatal("ticking while frozen")
+			}
+			inv, fr, procs := f.Records()
+			if inv.RootPid != uint32(p.Pid) || inv.BootId == "" || fr.Original[0].Cgroup2 != orig || len(procs) != 1 {
+				t.Fatalf("records %v %v %v", inv, fr, procs)
+			}
+			st, _ := proc.ReadStat(p.Pid)
+			if pr := procs[0]; pr.Pid != uint32(p.Pid) || pr.StartTime != st.StartTime || pr.Comm != "target" ||
+				len(pr.Threads) != 1 || pr.Ppid != uint32(os.Getpid()) || pr.Sid != uint32(st.Sid) {
+				t.Fatalf("process record %v", pr)
+			}
+			if viaPid {
+				did, err := ThawPid(p.Pid)
+				if err != nil || !did {
+					t.Fatalf("thaw: %v %v", did, err)
+				}
+			} else {
+				// Through the stream, as cr-freeze thaw does.
+				var buf bytes.Buffer
+				if err := writeRecords(&buf, f, false); err != nil {
+					t.Fatal(err)
+				}
+				fr2, procs2, err := ReadRecords(&buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := Thaw(fr2, procs2); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := cgroupOf(t, p.Pid); got != orig {
+				t.Fatalf("back in %s, want %s", got, orig)
+			}
+			if _, err := os.Stat(f.Cgroup); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("transient cgroup left: %v", err)
+			}
+			if !p.Ticks(2 * time.Second) {
+				t.Fatal("not ticking after thaw")
+			}
+		})
+	}
+}
+
+func TestKill(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "tick")
+	bystander := testprog.Start(t, "tick")
+	cleanupFrozen(t, p.Pid)
+	f, err := Freeze(p.Pid, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fr, procs := f.Records()
+	// A record whose start time does not match must not kill anything.
+	bad := &pb.Process{Pid: procs[0].Pid, StartTime: procs[0].StartTime + 1}
+	if err := Kill(fr, []*pb.Process{bad}); err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Fatalf("kill with a wrong start time: %v", err)
+	}
+	if p.Exited() {
+		t.Fatal("target killed despite identity mismatch")
+	}
+	if err := Kill(fr, procs); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Wait(5 * time.Second); !ok {
+		t.Fatal("target still running")
+	}
+	if ws := p.Cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("target ended with %v", p.Cmd.ProcessState)
+	}
+	if _, err := os.Stat(f.Cgroup); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cgroup left: %v", err)
+	}
+	if !bystander.Ticks(2 * time.Second) {
+		t.Fatal("bystander stopped")
+	}
+	if err := KillPid(p.Pid); !errors.Is(err, ErrNotFrozen) {
+		t.Fatalf("kill of a gone pid: %v", err)
+	}
+}
+
+func TestKillPid(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "tick")
+	cleanupFrozen(t, p.Pid)
+	if _, err := Freeze(p.Pid, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := KillPid(p.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Wait(5 * time.Second); !ok {
+		t.Fatal("target still running")
+	}
+}
+
+// TestRefuse: a target with a thread or a child is refused and left exactly
+// as it was.
+func TestRefuse(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []string{"thread", "child"} {
+		t.Run(mode, func(t *testing.T) {
+			p := testprog.Start(t, mode)
+			orig := origCgroup(t, p)
+			cleanupFrozen(t, p.Pid)
+			_, err := Freeze(p.Pid, Options{})
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("got %v, want a refusal", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, strconv.Itoa(p.Pid)) || !strings.Contains(msg, map[string]string{"thread": "threads", "child": "child"}[mode]) {
+				t.Fatalf("message %q does not name the pid and the reason", msg)
+			}
+			var h *stage.HintError
+			if !errors.As(err, &h) {
+				t.Fatalf("no hint: %v", err)
+			}
+			if got := cgroupOf(t, p.Pid); got != orig {
+				t.Fatalf("moved to %s", got)
+			}
+			mount, _ := proc.Cgroup2Mount()
+			if _, err := os.Stat(cgroupDir(mount, p.Pid)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatal("transient cgroup left behind")
+			}
+			if !p.Ticks(2 * time.Second) {
+				t.Fatal("not running")
+			}
+		})
+	}
+}
+
+func TestNoSuchProcess(t *testing.T) {
+	p := testprog.Start(t, "pause")
+	pid := p.Pid
+	syscall.Kill(pid, syscall.SIGKILL)
+	p.Wait(5 * time.Second)
+	_, err := Freeze(pid, Options{})
+	var h *stage.HintError
+	if err == nil || !errors.As(err, &h) || !strings.Contains(err.Error(), "no such process") {
+		t.Fatalf("got %v", err)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Fatalf("multi-line error %q", err)
+	}
+}
