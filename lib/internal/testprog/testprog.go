@@ -117,17 +117,13 @@ func Start(t testing.TB, args ...string) *Proc {
 				}
 			}
 		}
+		if strings.HasPrefix(line, "child ") {
+			if _, err := fmt.Sscanf(line, "child %d", &p.Child); err != nil {
+				t.Fatalf("target child: %q", line)
+			}
+		}
 		if line == "ready" {
 			break
-		}
-	}
-	if args[0] == "child" {
-		line, err := p.Next(10 * time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := fmt.Sscanf(line, "child %d", &p.Child); err != nil {
-			t.Fatalf("target child: %q", line)
 		}
 	}
 	return p

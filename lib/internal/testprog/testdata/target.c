@@ -67,6 +67,19 @@ int main(int argc, char **argv) {
 	}
 #endif
 	printf("info handler=%p restorer=%p tidaddr=%p\n", (void *)on_usr1, restorer, (void *)tidaddr);
+	/* Threads and children exist before "ready". */
+	if (!strcmp(argv[1], "thread")) {
+		pthread_t t;
+		pthread_create(&t, 0, spin, 0);
+	}
+	if (!strcmp(argv[1], "child")) {
+		fflush(stdout);
+		pid_t c = fork();
+		if (c == 0) {
+			for (;;) pause();
+		}
+		printf("child %d\n", c);
+	}
 	printf("ready\n");
 	fflush(stdout);
 
@@ -95,20 +108,8 @@ int main(int argc, char **argv) {
 	}
 	if (!strcmp(argv[1], "tick"))
 		tick();
-	if (!strcmp(argv[1], "thread")) {
-		pthread_t t;
-		pthread_create(&t, 0, spin, 0);
+	if (!strcmp(argv[1], "thread") || !strcmp(argv[1], "child"))
 		tick();
-	}
-	if (!strcmp(argv[1], "child")) {
-		pid_t c = fork();
-		if (c == 0) {
-			for (;;) pause();
-		}
-		printf("child %d\n", c);
-		fflush(stdout);
-		tick();
-	}
 	if (!strcmp(argv[1], "pause")) {
 		for (;;) pause();
 	}
