@@ -21,7 +21,7 @@ BIN ?= bin
 # The C test programs; the e2e tests build them into their own directory
 # with `make progs TESTBIN=...`, so these rules are the only recipe.
 TESTBIN ?= $(BIN)/test
-PROG_CFLAGS ?= -O2 -g -Wall -Wextra -Werror
+PROG_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -pthread
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 10s
 BENCH_FLAGS ?=

@@ -39,6 +39,24 @@ type target struct {
 // of anonymous memory (0: the default 1 MiB) and waits until it ticks.
 func startCounter(t *testing.T, name string, anonMB int) *target {
 	t.Helper()
+	return start(t, name, func(p *target) []string {
+		data := make([]byte, 64<<10)
+		rand.New(rand.NewSource(int64(len(t.Name())))).Read(data)
+		if err := os.WriteFile(p.mapfile, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{p.progress, p.verdict, p.mapfile}
+		if anonMB > 0 {
+			args = append(args, strconv.Itoa(anonMB))
+		}
+		return args
+	})
+}
+
+// start starts the test program name with the arguments args returns, as
+// a child of the test, and waits until its progress file counts 50 ticks.
+func start(t *testing.T, name string, args func(p *target) []string) *target {
+	t.Helper()
 	dir := t.TempDir()
 	p := &target{
 		t:        t,
@@ -50,18 +68,9 @@ func startCounter(t *testing.T, name string, anonMB int) *target {
 		mapfile:  filepath.Join(dir, "mapfile"),
 		exited:   make(chan struct{}),
 	}
-	data := make([]byte, 64<<10)
-	rand.New(rand.NewSource(int64(len(t.Name())))).Read(data)
-	if err := os.WriteFile(p.mapfile, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{p.progress, p.verdict, p.mapfile}
-	if anonMB > 0 {
-		args = append(args, strconv.Itoa(anonMB))
-	}
 	// No stdio: exec gives the child /dev/null, the only kind of fd 0-2
 	// cr-files accepts for now (besides regular files).
-	p.cmd = exec.Command(p.path, args...)
+	p.cmd = exec.Command(p.path, args(p)...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
