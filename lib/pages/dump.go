@@ -54,7 +54,7 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		return stats, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
 			"the process exited and its PID was reused; checkpoint again")
 	}
-	maps, err := proc.ReadSmaps(pid)
+	maps, err := proc.ReadMaps(pid)
 	if err != nil {
 		return stats, procErr(pid, err)
 	}
@@ -95,7 +95,7 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		return stats, procErr(pid, err)
 	}
 	defer pm.Close()
-	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen)}
+	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
 
 	// First pass: count (the Mm record says how many pages follow and which
 	// VMAs have them) and keep the runs unless there are very many.
@@ -123,6 +123,7 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 	}
 	for i := range vmas {
 		vmas[i].pb.HasPages = vmaPages[i] > 0
+		vmas[i].pb.Huge = vmas[i].pb.Huge || sc.huge[i]
 		mm.Vmas = append(mm.Vmas, vmas[i].pb)
 	}
 	mm.PagesTotal = stats.Pages

@@ -19,13 +19,25 @@ type run struct {
 
 func (r run) end() uint64 { return r.start + uint64(r.pages)*image.PageSize }
 
-// A private mapping's pages that belong in the image: anonymous (not page
-// cache or shmem), present or swapped out, and not the shared zero page.
-var privateScan = sys.PagemapScan{
-	Mask:     sys.PageIsFile | sys.PageIsPFNZero,
-	Inverted: sys.PageIsFile | sys.PageIsPFNZero,
-	AnyOf:    sys.PageIsPresent | sys.PageIsSwapped,
-}
+// The pages of a private mapping that belong in the image: present or
+// swapped out, not the shared zero page, and anonymous. Anonymous VMAs hold
+// nothing else, and asking for PAGE_IS_FILE makes the kernel look up every
+// page (3x the time of the walk), so only private file mappings ask.
+// PAGE_IS_HUGE is returned to mark VMAs that had transparent huge pages.
+var (
+	anonScan = sys.PagemapScan{
+		Mask:     sys.PageIsPFNZero,
+		Inverted: sys.PageIsPFNZero,
+		AnyOf:    sys.PageIsPresent | sys.PageIsSwapped,
+		Return:   sys.PageIsHuge,
+	}
+	filePrivateScan = sys.PagemapScan{
+		Mask:     sys.PageIsFile | sys.PageIsPFNZero,
+		Inverted: sys.PageIsFile | sys.PageIsPFNZero,
+		AnyOf:    sys.PageIsPresent | sys.PageIsSwapped,
+		Return:   sys.PageIsHuge,
+	}
+)
 
 // scanner finds the pages of a process to dump.
 type scanner struct {
@@ -33,6 +45,7 @@ type scanner struct {
 	pm   *sys.Pagemap
 	vmas []vma
 	vec  []sys.PageRegion
+	huge []bool // per VMA: a page was mapped huge (THP)
 }
 
 // maxRunLen keeps a run's page count in a uint32 (and is far above any frame).
@@ -49,12 +62,12 @@ func (s *scanner) each(emit func(run) error) error {
 				return err
 			}
 			i++
-		case scanAnon:
-			// One walk over neighbouring private VMAs: the walk skips the
+		case scanAnon, scanFilePrivate:
+			// One walk over neighbouring VMAs of a kind: the walk skips the
 			// holes between them, and 10,000 small mappings cost a few
 			// ioctls, not 10,000.
 			j := i + 1
-			for j < len(s.vmas) && s.vmas[j].scan == scanAnon {
+			for j < len(s.vmas) && s.vmas[j].scan == s.vmas[i].scan {
 				j++
 			}
 			if err := s.private(i, j, emit); err != nil {
@@ -69,7 +82,10 @@ func (s *scanner) each(emit func(run) error) error {
 // private scans vmas[i:j] with one PAGEMAP_SCAN walk and splits the regions
 // at VMA boundaries.
 func (s *scanner) private(i, j int, emit func(run) error) error {
-	q := privateScan
+	q := anonScan
+	if s.vmas[i].scan == scanFilePrivate {
+		q = filePrivateScan
+	}
 	q.Start, q.End = s.vmas[i].m.Start, s.vmas[j-1].m.End
 	k := i          // the VMA the next region starts in
 	var done uint64 // end of what was emitted: regions are in address order
@@ -96,6 +112,9 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 					continue
 				}
 				end := min(r.End, v.End)
+				if r.Categories&sys.PageIsHuge != 0 {
+					s.huge[k] = true
+				}
 				if err := emitRange(r.Start, end, uint32(k), emit); err != nil {
 					return err
 				}

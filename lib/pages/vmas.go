@@ -24,9 +24,10 @@ type vma struct {
 type scanKind int
 
 const (
-	scanNone   scanKind = iota // no contents in the image (file-backed, vdso...)
-	scanAnon                   // private: anonymous pages only (present or swapped, not the zero page)
-	scanShared                 // shared anonymous (shmem): every page the object holds
+	scanNone        scanKind = iota // no contents in the image (file-backed, vdso...)
+	scanAnon                        // private anonymous: pages present or swapped, not the zero page
+	scanFilePrivate                 // private file: as scanAnon, but only pages that are anonymous (COWed)
+	scanShared                      // shared anonymous (shmem): every page the object holds
 )
 
 // unsupported builds the error for a mapping cr-pages cannot dump (yet).
@@ -58,6 +59,9 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 		} else {
 			v.Flags |= unix.MAP_PRIVATE
 		}
+		// VmFlags come from smaps only; cr-pages reads maps, since smaps
+		// walks every page table entry (17 ms per GiB resident), and marks
+		// the one VMA that grows down in practice, the main stack.
 		if m.HasVmFlag("gd") || (m.VmFlags == nil && m.Path == "[stack]") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
@@ -92,6 +96,8 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			v.Kind = uint32(pb.VmaKind_VMA_ANON)
 			v.Flags |= unix.MAP_ANONYMOUS
 			x.scan = scanAnon
+		case m.Path == "/anon_hugepage" && m.Deleted:
+			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
 		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
@@ -108,12 +114,17 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			if err != nil {
 				return nil, err
 			}
+			x.scan = scanFilePrivate
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
+				if hugetlbfs(filepath.Join(root, m.Path)) {
+					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), "")
+				}
 			case unix.S_IFCHR:
-				if st.Rdev != unix.Mkdev(1, 5) || m.Shared { // private /dev/zero is anonymous memory
+				if st.Rdev != unix.Mkdev(1, 5) || m.Shared {
 					return nil, unsupported(pid, m, fmt.Sprintf("device mapping %s", m.Path), "")
 				}
+				x.scan = scanAnon // a private /dev/zero mapping is anonymous memory
 			default:
 				return nil, unsupported(pid, m, fmt.Sprintf("mapping of %s (mode %#o)", m.Path, st.Mode), "")
 			}
@@ -124,15 +135,21 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			if m.Shared {
 				// Shared file pages live in the file: never in the image.
 				v.Kind = uint32(pb.VmaKind_VMA_FILE_SHARED)
+				x.scan = scanNone
 			} else {
 				// Private file pages that were written (COWed) are anonymous now.
 				v.Kind = uint32(pb.VmaKind_VMA_FILE_PRIVATE)
-				x.scan = scanAnon
 			}
 		}
 		out = append(out, x)
 	}
 	return out, nil
+}
+
+// hugetlbfs reports whether path is on a hugetlbfs mount.
+func hugetlbfs(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.HUGETLBFS_MAGIC
 }
 
 func isSharedAnonPath(m *proc.Mapping) bool {

@@ -1,0 +1,118 @@
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+const smapsSample = `55c8c89bf000-55c8c89c1000 r--p 00000000 fe:00 247026                     /usr/bin/cat
+Size:                  8 kB
+Rss:                   8 kB
+Anonymous:             0 kB
+AnonHugePages:         0 kB
+Swap:                  0 kB
+THPeligible:           0
+VmFlags: rd mr mw me 
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0 
+Rss:                4096 kB
+Anonymous:          4096 kB
+AnonHugePages:      2048 kB
+VmFlags: rd wr mr mw me ac hg 
+7f1000000000-7f1000001000 rw-s 00002000 00:01 1234                       /dev/zero (deleted)
+7f2000000000-7f2000001000 r--p 00000000 08:01 42                         /tmp/a file\012with newline
+7ffd85e7b000-7ffd85e9c000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac 
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+`
+
+func TestParseSmaps(t *testing.T) {
+	ms, err := ParseSmaps(strings.NewReader(smapsSample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 6 {
+		t.Fatalf("%d mappings, want 6", len(ms))
+	}
+	m := ms[0]
+	if m.Start != 0x55c8c89bf000 || m.End != 0x55c8c89c1000 || !m.Read || m.Write || m.Exec || m.Shared ||
+		m.Major != 0xfe || m.Minor != 0 || m.Inode != 247026 || m.Path != "/usr/bin/cat" || m.Rss != 8<<10 || !m.HasVmFlag("me") {
+		t.Errorf("mapping 0: %+v", m)
+	}
+	if m := ms[1]; m.Path != "" || m.AnonHugePages != 2<<20 || !m.HasVmFlag("hg") || m.Len() != 4<<20 {
+		t.Errorf("mapping 1: %+v", m)
+	}
+	if m := ms[2]; !m.Shared || m.Path != "/dev/zero" || !m.Deleted || m.Offset != 0x2000 || m.Minor != 1 {
+		t.Errorf("mapping 2: %+v", m)
+	}
+	if m := ms[3]; m.Path != "/tmp/a file\nwith newline" || m.Major != 8 || m.Minor != 1 {
+		t.Errorf("mapping 3: %+v", m)
+	}
+	if m := ms[4]; m.Path != "[stack]" || !m.HasVmFlag("gd") {
+		t.Errorf("mapping 4: %+v", m)
+	}
+	if m := ms[5]; m.Path != "[vsyscall]" || m.Read || !m.Exec {
+		t.Errorf("mapping 5: %+v", m)
+	}
+}
+
+func TestParseMapsBad(t *testing.T) {
+	for _, in := range []string{
+		"Size: 4 kB\n",
+		"7f00-7e00 rw-p 00000000 00:00 0\n",
+		"7f00 rw-p 00000000 00:00 0\n",
+		"7f00-7f01 rwxq 00000000 00:00 0\n",
+		"7f00-7f01 rw-p 0000000g 00:00 0\n",
+		"7f00-7f01 rw-p 00000000 0000 0\n",
+		"7f00-7f01 rw-p 00000000 00:00 x\n",
+		"7f00-7f01 rw-p\n",
+		"7f00-7f01 rw-p 00000000 00:00 0\nRss: lots kB\n",
+	} {
+		if _, err := ParseSmaps(strings.NewReader(in)); !errors.Is(err, ErrMapsSyntax) {
+			t.Errorf("%q: %v, want ErrMapsSyntax", in, err)
+		}
+	}
+}
+
+func TestReadMapsSelf(t *testing.T) {
+	maps, err := ReadMaps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	smaps, err := ReadSmaps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(maps) < 5 || len(smaps) < 5 {
+		t.Fatalf("%d maps, %d smaps entries", len(maps), len(smaps))
+	}
+	var stack bool
+	for _, m := range smaps {
+		if m.Path == "[stack]" && m.HasVmFlag("gd") {
+			stack = true
+		}
+	}
+	if !stack {
+		t.Error("no [stack] with VmFlags gd in smaps")
+	}
+}
+
+func FuzzParseSmaps(f *testing.F) {
+	f.Add([]byte(smapsSample))
+	if b, err := os.ReadFile("/proc/self/smaps"); err == nil {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ms, err := ParseSmaps(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		for _, m := range ms {
+			if m.End < m.Start {
+				t.Fatalf("mapping %x-%x ends before it starts", m.Start, m.End)
+			}
+		}
+	})
+}
