@@ -44,9 +44,11 @@ func RegsFromPB(p *pb.X86Regs) (unix.PtraceRegs, error) {
 	}, nil
 }
 
-// Layout of the xsave area (Intel SDM vol. 1, 13.4) and of the software
-// bytes the kernel stores in the unused tail of the legacy area (struct
-// _fpx_sw_bytes in arch/x86/include/uapi/asm/sigcontext.h).
+// Layout of the xsave area (Intel SDM vol. 1, 13.4) as PTRACE_GETREGSET
+// NT_X86_XSTATE returns it: the kernel stores the XCR0 it exposes to user
+// space in the first word of the unused tail of the legacy area
+// (xstate_fx_sw_bytes, USER_XSTATE_XCR0_WORD). Signal frames use that tail
+// differently (struct _fpx_sw_bytes); this layout is the ptrace one.
 const (
 	// XsaveLegacySize is the fxsave area (x87, SSE).
 	XsaveLegacySize = 512
@@ -60,48 +62,43 @@ const (
 	// prefix the kernel filled.
 	XsaveBufSize = 16 << 10
 
-	swBytesOffset  = 464
-	fpXstateMagic1 = 0x46505853 // "SXPF"
+	xcr0Offset = 464
 )
 
-// XsaveInfo is what the kernel says about an xsave area it produced.
+// XsaveInfo is what an NT_X86_XSTATE area says about itself.
 type XsaveInfo struct {
-	// Features is the set of user xfeatures the kernel enabled (XCR0 as the
-	// kernel exposes it to user space).
-	Features uint64
-	// Size is the xsave area size for Features (xstate_size).
-	Size uint32
-	// ExtendedSize is the signal-frame size including the trailing magic.
-	ExtendedSize uint32
+	// XCR0 is the set of user xfeatures the dumping kernel enabled.
+	XCR0 uint64
+	// Size is the length of the area.
+	Size int
 	// XstateBV is the header's bitmap of components holding non-init state.
 	XstateBV uint64
 }
 
-// ParseXsave reads the software bytes and header of an NT_X86_XSTATE area.
+// ParseXsave reads the XCR0 word and header of an NT_X86_XSTATE area.
 func ParseXsave(b []byte) (XsaveInfo, error) {
 	var x XsaveInfo
 	if len(b) < XsaveMinSize {
 		return x, fmt.Errorf("xsave area of %d bytes is shorter than %d", len(b), XsaveMinSize)
 	}
 	le := binary.LittleEndian
-	if m := le.Uint32(b[swBytesOffset:]); m != fpXstateMagic1 {
-		return x, fmt.Errorf("xsave area has no kernel software bytes (magic %#x)", m)
-	}
-	x.ExtendedSize = le.Uint32(b[swBytesOffset+4:])
-	x.Features = le.Uint64(b[swBytesOffset+8:])
-	x.Size = le.Uint32(b[swBytesOffset+16:])
+	x.XCR0 = le.Uint64(b[xcr0Offset:])
+	x.Size = len(b)
 	x.XstateBV = le.Uint64(b[XsaveHeaderOffset:])
-	if int(x.Size) != len(b) {
-		return x, fmt.Errorf("xsave area is %d bytes but says %d", len(b), x.Size)
+	if x.XCR0&3 != 3 {
+		return x, fmt.Errorf("xsave area has XCR0 %#x without x87 and SSE: not an NT_X86_XSTATE area", x.XCR0)
+	}
+	if x.XstateBV&^x.XCR0 != 0 {
+		return x, fmt.Errorf("xsave area has state %#x outside its XCR0 %#x", x.XstateBV, x.XCR0)
 	}
 	return x, nil
 }
 
-// XsaveCompatible reports whether an xsave area dumped with features img can
-// be loaded on a CPU whose kernel enables host: every component the dumped
-// thread had in use must exist here.
-func XsaveCompatible(dumped XsaveInfo, host uint64) error {
-	if missing := dumped.XstateBV &^ host; missing != 0 {
+// XsaveCompatible reports whether an xsave area dumped as x can be loaded
+// where the kernel enables host (that kernel's XCR0): every component the
+// dumped thread had in use must exist here.
+func XsaveCompatible(x XsaveInfo, host uint64) error {
+	if missing := x.XstateBV &^ host; missing != 0 {
 		return fmt.Errorf("xsave components %#x in use by the dumped thread are not enabled here (XCR0 %#x)", missing, host)
 	}
 	return nil

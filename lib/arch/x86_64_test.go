@@ -30,19 +30,16 @@ func TestRegsRoundTrip(t *testing.T) {
 func TestParseXsave(t *testing.T) {
 	b := make([]byte, 832)
 	le := binary.LittleEndian
-	le.PutUint32(b[464:], 0x46505853)
-	le.PutUint32(b[468:], 836)
-	le.PutUint64(b[472:], 7)
-	le.PutUint32(b[480:], 832)
+	le.PutUint64(b[464:], 0x207)
 	le.PutUint64(b[512:], 3)
 	x, err := ParseXsave(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if x.Features != 7 || x.Size != 832 || x.XstateBV != 3 || x.ExtendedSize != 836 {
+	if x.XCR0 != 0x207 || x.Size != 832 || x.XstateBV != 3 {
 		t.Fatalf("got %+v", x)
 	}
-	if err := XsaveCompatible(x, 3); err != nil {
+	if err := XsaveCompatible(x, 7); err != nil {
 		t.Fatal(err)
 	}
 	if err := XsaveCompatible(x, 1); err == nil {
@@ -51,7 +48,12 @@ func TestParseXsave(t *testing.T) {
 	if _, err := ParseXsave(b[:100]); err == nil {
 		t.Fatal("short area accepted")
 	}
-	if _, err := ParseXsave(b[:800]); err == nil {
-		t.Fatal("size mismatch accepted")
+	le.PutUint64(b[512:], 0x10)
+	if _, err := ParseXsave(b); err == nil {
+		t.Fatal("state outside XCR0 accepted")
+	}
+	le.PutUint64(b[464:], 0)
+	if _, err := ParseXsave(b); err == nil {
+		t.Fatal("XCR0 0 accepted")
 	}
 }

@@ -6,6 +6,7 @@ package sys
 import (
 	"errors"
 	"fmt"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -158,6 +159,29 @@ func PtraceWait(tid int) (Stop, error) {
 		break
 	}
 	return DecodeWaitStatus(tid, ws), nil
+}
+
+// PtraceWaitTimeout is PtraceWait bounded by d (polling with WNOHANG);
+// ok is false when no stop came in time.
+func PtraceWaitTimeout(tid int, d time.Duration) (s Stop, ok bool, err error) {
+	deadline := time.Now().Add(d)
+	for delay := 20 * time.Microsecond; ; delay = min(delay*2, 5*time.Millisecond) {
+		var ws unix.WaitStatus
+		n, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return Stop{Tid: tid}, false, fmt.Errorf("wait for %d: %w", tid, err)
+		}
+		if n == tid {
+			return DecodeWaitStatus(tid, ws), true, nil
+		}
+		if time.Now().After(deadline) {
+			return Stop{Tid: tid}, false, nil
+		}
+		time.Sleep(delay)
+	}
 }
 
 // DecodeWaitStatus classifies a wait status of a tracee.

@@ -1,0 +1,235 @@
+// Package seize is the cr-seize stage: it attaches to every thread of every
+// frozen process in the stream with PTRACE_SEIZE, stops it with
+// PTRACE_INTERRUPT (the stop is reported while the cgroup is frozen),
+// reads its CPU state and detaches, leaving it frozen. It appends one
+// ThreadCore record per thread.
+package seize
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/arch"
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// StopTimeout bounds the wait for a thread's interrupt stop.
+var StopTimeout = 10 * time.Second
+
+// Command is cr-seize.
+func Command() *cli.App {
+	return stage.FilterCommand("cr-seize", "append registers, xsave, sigmask and rseq of every frozen thread", nil,
+		func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
+}
+
+// Filter is the stage without its command line.
+func Filter() stage.Filter {
+	var fr *pb.Freeze
+	var procs []*pb.Process
+	return stage.Filter{
+		Observe: func(f *image.Frame) error {
+			switch f.Type {
+			case image.TypeFreeze:
+				fr = &pb.Freeze{}
+				return image.Unmarshal(f, fr)
+			case image.TypeProcess:
+				p := &pb.Process{}
+				if err := image.Unmarshal(f, p); err != nil {
+					return err
+				}
+				procs = append(procs, p)
+			}
+			return nil
+		},
+		Finish: func(w *image.Writer) error {
+			if len(procs) == 0 {
+				return stage.Hint(errors.New("input: no process records"), "the stream must start with cr-freeze --pid PID")
+			}
+			for _, p := range procs {
+				if err := CheckFrozen(p, fr); err != nil {
+					return err
+				}
+				cores, err := Process(p)
+				if err != nil {
+					return err
+				}
+				for _, c := range cores {
+					if err := w.WriteMessage(image.TypeThreadCore, c); err != nil {
+						return fmt.Errorf("output: %w", err)
+					}
+				}
+				stage.Logf("pid %d: %d thread(s) read", p.Pid, len(cores))
+			}
+			return nil
+		},
+	}
+}
+
+// CheckFrozen verifies that p is the process cr-freeze recorded (same
+// start time) and still sits in the frozen cgroup: reading a running or
+// reused process would give a silently wrong image.
+func CheckFrozen(p *pb.Process, fr *pb.Freeze) error {
+	pid := int(p.Pid)
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, proc.ErrNoProcess)
+	}
+	if st.StartTime != p.StartTime {
+		return fmt.Errorf("pid %d: started at %d, not %d as recorded: the process was replaced", pid, st.StartTime, p.StartTime)
+	}
+	if fr == nil {
+		return stage.Hint(fmt.Errorf("pid %d: the stream has no freeze record", pid), "start the stream with cr-freeze")
+	}
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return err
+	}
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return err
+	}
+	if got := filepath.Join(mount, rel); got != filepath.Clean(fr.Cgroup) {
+		return stage.Hint(fmt.Errorf("pid %d: in cgroup %s, not in the frozen %s", pid, got, fr.Cgroup), "the process was thawed or moved during the checkpoint; start again")
+	}
+	return nil
+}
+
+// Process reads the CPU state of every thread of p. All ptrace requests
+// come from one locked OS thread; every thread is detached (still frozen)
+// before it returns, on success or failure.
+func Process(p *pb.Process) ([]*pb.ThreadCore, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	pid := int(p.Pid)
+	tids := make([]int, len(p.Threads))
+	for i, t := range p.Threads {
+		tids[i] = int(t)
+	}
+	if len(tids) == 0 {
+		tids = []int{pid}
+	}
+	var seized []int
+	defer func() {
+		for _, tid := range seized {
+			sys.PtraceDetach(tid, 0)
+		}
+	}()
+	for _, tid := range tids {
+		if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			return nil, seizeError(pid, tid, err)
+		}
+		seized = append(seized, tid)
+	}
+	for _, tid := range tids {
+		if err := sys.PtraceInterrupt(tid); err != nil {
+			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+		}
+	}
+	for _, tid := range tids {
+		if err := WaitInterrupt(pid, tid); err != nil {
+			return nil, err
+		}
+	}
+	cores := make([]*pb.ThreadCore, 0, len(tids))
+	for _, tid := range tids {
+		c, err := ReadThread(pid, tid)
+		if err != nil {
+			return nil, err
+		}
+		cores = append(cores, c)
+	}
+	for len(seized) > 0 {
+		tid := seized[0]
+		if err := sys.PtraceDetach(tid, 0); err != nil {
+			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+		}
+		seized = seized[1:]
+	}
+	return cores, nil
+}
+
+func seizeError(pid, tid int, err error) error {
+	err = fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+	switch {
+	case errors.Is(err, unix.ESRCH):
+		return stage.Hint(err, "the thread exited; was the process thawed or killed during the checkpoint?")
+	case errors.Is(err, unix.EPERM):
+		return stage.Hint(err, "another tracer (a debugger, or a stage left attached) holds the thread, or ptrace is not permitted (run as root; check kernel.yama.ptrace_scope)")
+	}
+	return err
+}
+
+// WaitInterrupt waits for the PTRACE_EVENT_STOP that PTRACE_INTERRUPT asked
+// for. A frozen task reports nothing else first: the freezer keeps it from
+// dequeuing signals.
+func WaitInterrupt(pid, tid int) error {
+	st, ok, err := sys.PtraceWaitTimeout(tid, StopTimeout)
+	if err != nil {
+		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+	}
+	if !ok {
+		return stage.Hint(fmt.Errorf("pid %d tid %d: no ptrace stop within %v", pid, tid, StopTimeout), "the task may be in uninterruptible sleep (state D)")
+	}
+	if st.IsEventStop() {
+		return nil
+	}
+	if st.Kind == sys.StopSignal {
+		// Put the signal back; we do not get to look at a running task.
+		sys.PtraceDetach(tid, int(st.Sig))
+		return stage.Hint(fmt.Errorf("pid %d tid %d: %v instead of an interrupt stop", pid, tid, st), "the task is not frozen; start the stream with cr-freeze")
+	}
+	return fmt.Errorf("pid %d tid %d: %v", pid, tid, st)
+}
+
+// ReadThread reads the state of a thread sitting in a ptrace stop.
+func ReadThread(pid, tid int) (*pb.ThreadCore, error) {
+	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
+	regs, err := sys.PtraceGetRegs(tid)
+	if err != nil {
+		return nil, where(err)
+	}
+	if regs.Cs != 0x33 {
+		return nil, where(fmt.Errorf("code segment %#x: only 64-bit tasks are supported", regs.Cs))
+	}
+	buf := make([]byte, arch.XsaveBufSize)
+	n, err := sys.PtraceGetRegset(tid, sys.NT_X86_XSTATE, buf)
+	if err != nil {
+		return nil, where(err)
+	}
+	if n >= len(buf) {
+		return nil, where(fmt.Errorf("xsave area larger than %d bytes", len(buf)))
+	}
+	if _, err := arch.ParseXsave(buf[:n]); err != nil {
+		return nil, where(err)
+	}
+	mask, err := sys.PtraceGetSigmask(tid)
+	if err != nil {
+		return nil, where(err)
+	}
+	c := &pb.ThreadCore{
+		Pid:     uint32(pid),
+		Tid:     uint32(tid),
+		Regs:    arch.RegsToPB(&regs),
+		Xsave:   buf[:n:n],
+		Sigmask: mask,
+	}
+	rs, err := sys.PtraceGetRseqConfig(tid)
+	if err != nil {
+		return nil, where(err)
+	}
+	if rs.AbiPointer != 0 {
+		c.Rseq = &pb.Rseq{AbiPointer: rs.AbiPointer, AbiSize: rs.AbiSize, Flags: rs.Flags, Signature: rs.Signature}
+	}
+	return c, nil
+}

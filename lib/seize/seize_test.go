@@ -1,0 +1,135 @@
+package seize
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"crpipe/lib/arch"
+	"crpipe/lib/image"
+	"crpipe/lib/internal/frozen"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+// procSyscall parses /proc/PID/syscall: nr, six args, sp, pc.
+func procSyscall(t *testing.T, pid int) []uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 9 {
+		t.Fatalf("/proc/%d/syscall: %q", pid, b)
+	}
+	var v []uint64
+	for i, s := range f {
+		var n uint64
+		if i == 0 {
+			x, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n = uint64(x)
+		} else if n, err = strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64); err != nil {
+			t.Fatal(err)
+		}
+		v = append(v, n)
+	}
+	return v
+}
+
+func TestSeize(t *testing.T) {
+	tg := frozen.Start(t, "sleep", "3")
+	sc := procSyscall(t, tg.Pid)
+
+	var out bytes.Buffer
+	if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter()); err != nil {
+		t.Fatal(err)
+	}
+	frames := frozen.Frames(t, out.Bytes())
+	// Pass-through: the input frames come first, unchanged.
+	in := frozen.Frames(t, tg.Stream)
+	for i := range in[:len(in)-1] {
+		if frames[i].Type != in[i].Type || !bytes.Equal(frames[i].Payload, in[i].Payload) {
+			t.Fatalf("frame %d changed", i)
+		}
+	}
+	var cores []*pb.ThreadCore
+	for _, f := range frames {
+		if f.Type == image.TypeThreadCore {
+			c := &pb.ThreadCore{}
+			if err := image.Unmarshal(&f, c); err != nil {
+				t.Fatal(err)
+			}
+			cores = append(cores, c)
+		}
+	}
+	if len(cores) != 1 {
+		t.Fatalf("%d thread cores", len(cores))
+	}
+	c := cores[0]
+	r := c.Regs
+	if c.Pid != uint32(tg.Pid) || c.Tid != uint32(tg.Pid) {
+		t.Fatalf("pid/tid %d/%d", c.Pid, c.Tid)
+	}
+	// The frozen task was stopped in its nanosleep: what /proc says about
+	// the syscall is what the registers say.
+	want := []uint64{r.OrigRax, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9, r.Rsp, r.Rip}
+	for i := range want {
+		if sc[i] != want[i] {
+			t.Fatalf("/proc/PID/syscall %x, registers %x", sc, want)
+		}
+	}
+	if int64(r.Rax) != -516 {
+		t.Errorf("rax %d, want -ERESTART_RESTARTBLOCK", int64(r.Rax))
+	}
+	if r.FsBase == 0 {
+		t.Error("fs_base is 0 (glibc sets up TLS)")
+	}
+	x, err := arch.ParseXsave(c.Xsave)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.XCR0&3 != 3 {
+		t.Errorf("xsave features %#x lack x87/SSE", x.XCR0)
+	}
+	st, _ := proc.ReadStatus(tg.Pid)
+	if c.Sigmask != st.SigBlk {
+		t.Errorf("sigmask %#x, /proc says %#x", c.Sigmask, st.SigBlk)
+	}
+	if c.Rseq == nil || c.Rseq.Signature != 0x53053053 || c.Rseq.AbiSize < 32 {
+		t.Errorf("rseq %v, want glibc's registration", c.Rseq)
+	}
+	// Detached and still frozen.
+	if st.TracerPid != 0 {
+		t.Fatalf("still traced by %d", st.TracerPid)
+	}
+	if line := tg.Drain(); line != "" {
+		t.Fatalf("target printed %q while frozen", line)
+	}
+	// Thawed, the nanosleep goes on undisturbed.
+	tg.Thaw(t)
+	line, err := tg.Next(10 * time.Second)
+	if err != nil || line != "slept ok" {
+		t.Fatalf("target: %q %v", line, err)
+	}
+}
+
+func TestSeizeRefusesThawed(t *testing.T) {
+	tg := frozen.Start(t, "tick")
+	tg.Thaw(t)
+	err := stage.RunFilter(bytes.NewReader(tg.Stream), &bytes.Buffer{}, false, Filter())
+	if err == nil || !strings.Contains(err.Error(), "not in the frozen") {
+		t.Fatalf("got %v", err)
+	}
+	if !tg.Ticks(2 * time.Second) {
+		t.Fatal("target stopped")
+	}
+}
