@@ -1,0 +1,266 @@
+// Package files is the cr-files stage: for every process in the stream it
+// appends a Files record with the fd table (path, open flags, offset,
+// close-on-exec, identity of the file), cwd, root, exe and umask.
+//
+// Supported for now: regular files, directories, and the memory character
+// devices (/dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom), all
+// of which a restore reopens by path. Everything else (pipes, sockets,
+// anon_inode fds such as eventfd or epoll, terminals, deleted files, memfd,
+// other devices) is refused at dump time with an error naming the process,
+// the fd and the kind: a dump that cannot be restored faithfully must fail
+// now, not at restore.
+//
+// Fd.flags are the open flags of the file description as fdinfo shows them,
+// without O_CLOEXEC, which belongs to the fd and is Fd.cloexec.
+package files
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+// Command is the cr-files command.
+func Command() *cli.App {
+	return stage.FilterCommand("cr-files", "append the fd table, cwd, root and umask of every frozen process in the stream",
+		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
+}
+
+// Filter returns the cr-files filter: it remembers every Process record and
+// dumps the files of those processes once the input is complete.
+func Filter() stage.Filter {
+	var procs []*pb.Process
+	return stage.Filter{
+		Observe: func(f *image.Frame) error {
+			if f.Type != image.TypeProcess {
+				return nil
+			}
+			p := new(pb.Process)
+			if err := image.Unmarshal(f, p); err != nil {
+				return err
+			}
+			procs = append(procs, p)
+			return nil
+		},
+		Finish: func(w *image.Writer) error {
+			if len(procs) == 0 {
+				return fmt.Errorf("no process records in the stream: cr-files reads the output of cr-freeze")
+			}
+			for _, p := range procs {
+				fs, err := Dump(int(p.Pid))
+				if err != nil {
+					return err
+				}
+				if err := w.WriteMessage(image.TypeFiles, fs); err != nil {
+					return fmt.Errorf("output: %w", err)
+				}
+				stage.Logf("pid %d: %d fds, cwd %s", p.Pid, len(fs.Fds), fs.Cwd)
+			}
+			return nil
+		},
+	}
+}
+
+// Dump reads the fd table and filesystem context of pid.
+func Dump(pid int) (*pb.Files, error) {
+	fs := &pb.Files{Pid: uint32(pid)}
+	var err error
+	if fs.Cwd, err = dirLink(pid, "cwd"); err != nil {
+		return nil, err
+	}
+	if fs.Root, err = dirLink(pid, "root"); err != nil {
+		return nil, err
+	}
+	if fs.Exe, err = os.Readlink(procPath(pid, "exe")); err != nil {
+		return nil, procErr(pid, err)
+	}
+	status, err := os.ReadFile(procPath(pid, "status"))
+	if err != nil {
+		return nil, procErr(pid, err)
+	}
+	if fs.Umask, err = parseUmask(status); err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	ents, err := os.ReadDir(procPath(pid, "fd"))
+	if err != nil {
+		return nil, procErr(pid, err)
+	}
+	fds := make([]int, 0, len(ents))
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("pid %d: unexpected entry %q in /proc/%d/fd", pid, e.Name(), pid)
+		}
+		fds = append(fds, n)
+	}
+	sort.Ints(fds)
+	for _, n := range fds {
+		fd, err := dumpFd(pid, n)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // closed since the listing: the process is not frozen
+		}
+		if err != nil {
+			return nil, err
+		}
+		fs.Fds = append(fs.Fds, fd)
+	}
+	return fs, nil
+}
+
+func procPath(pid int, elem ...string) string {
+	return filepath.Join(append([]string{"/proc", strconv.Itoa(pid)}, elem...)...)
+}
+
+func procErr(pid int, err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return stage.Hint(fmt.Errorf("pid %d: process is gone: %w", pid, err), "did the process exit or get killed while frozen? checkpoint again")
+	}
+	if errors.Is(err, os.ErrPermission) {
+		return stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "cr-files must run as root (or with CAP_SYS_PTRACE)")
+	}
+	return fmt.Errorf("pid %d: %w", pid, err)
+}
+
+// dirLink reads the cwd or root link of pid, refusing a deleted directory.
+func dirLink(pid int, name string) (string, error) {
+	p, err := os.Readlink(procPath(pid, name))
+	if err != nil {
+		return "", procErr(pid, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(procPath(pid, name), &st); err != nil {
+		return "", procErr(pid, err)
+	}
+	if strings.HasSuffix(p, " (deleted)") && st.Nlink == 0 {
+		return "", stage.Hint(fmt.Errorf("pid %d %s: directory %s has been deleted", pid, name, strings.TrimSuffix(p, " (deleted)")),
+			"a restore cannot enter a deleted directory; let the process change directory first")
+	}
+	return p, nil
+}
+
+// Kinds of fd cr-files refuses, with the hint that goes with each.
+var refuseHints = map[string]string{
+	"pipe":         "pipes come with a later version; run the process with stdin/stdout/stderr on files or /dev/null (e.g. CMD </dev/null >LOG 2>&1)",
+	"socket":       "sockets come with a later version (TCP via cr-tcp); close the socket before checkpointing",
+	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
+	"deleted file": "a restore cannot reopen a deleted file; close it before checkpointing",
+	"memfd":        "memfd comes with a later version",
+}
+
+func refuse(pid, fd int, kind, detail string) error {
+	hint, ok := refuseHints[kind]
+	if !ok {
+		hint = "only regular files, directories and /dev/null-like devices are supported so far; close this fd before checkpointing"
+	}
+	return stage.Hint(fmt.Errorf("pid %d fd %d: %s (%s) is not supported yet", pid, fd, kind, detail), hint)
+}
+
+// Memory character devices (major 1) a restore can simply reopen.
+var memDevices = map[uint32]string{3: "null", 5: "zero", 7: "full", 8: "random", 9: "urandom"}
+
+// isTTYMajor: /dev/tty* and /dev/console (4, 5: tty, console, ptmx),
+// Unix98 pty slaves (136-143).
+func isTTYMajor(major uint32) bool { return major == 4 || major == 5 || (major >= 136 && major <= 143) }
+
+func dumpFd(pid, n int) (*pb.Fd, error) {
+	name := strconv.Itoa(n)
+	link, err := os.Readlink(procPath(pid, "fd", name))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, procErr(pid, err)
+	}
+	b, err := os.ReadFile(procPath(pid, "fdinfo", name))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, procErr(pid, err)
+	}
+	fi, err := parseFdinfo(b)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d fd %d: %w", pid, n, err)
+	}
+	switch {
+	case strings.HasPrefix(link, "socket:["):
+		return nil, refuse(pid, n, "socket", link)
+	case strings.HasPrefix(link, "pipe:["):
+		return nil, refuse(pid, n, "pipe", link)
+	case strings.HasPrefix(link, "anon_inode:"):
+		kind := strings.Trim(strings.TrimPrefix(link, "anon_inode:"), "[]")
+		return nil, refuse(pid, n, kind, link)
+	case !strings.HasPrefix(link, "/"):
+		return nil, refuse(pid, n, "special file", link)
+	}
+	// Stat through the fd link: the open file itself, whatever its path says now.
+	var st unix.Stat_t
+	if err := unix.Stat(procPath(pid, "fd", name), &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, os.ErrNotExist
+		}
+		return nil, fmt.Errorf("pid %d fd %d: %s: %w", pid, n, link, err)
+	}
+	path := link
+	if p, ok := strings.CutSuffix(link, " (deleted)"); ok && st.Nlink == 0 {
+		if strings.HasPrefix(p, "/memfd:") {
+			return nil, refuse(pid, n, "memfd", link)
+		}
+		return nil, refuse(pid, n, "deleted file", link)
+	}
+	fd := &pb.Fd{
+		Fd:      int32(n),
+		Cloexec: fi.flags&unix.O_CLOEXEC != 0,
+		Path:    path,
+		Flags:   fi.flags &^ unix.O_CLOEXEC,
+		Offset:  fi.pos,
+		Dev:     st.Dev,
+		Inode:   st.Ino,
+		Mode:    st.Mode,
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		fd.Kind = uint32(pb.FdKind_FD_REGULAR)
+	case unix.S_IFDIR:
+		fd.Kind = uint32(pb.FdKind_FD_DIRECTORY)
+	case unix.S_IFCHR:
+		major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
+		detail := fmt.Sprintf("%s, %d:%d", link, major, minor)
+		switch {
+		case isTTYMajor(major):
+			return nil, refuse(pid, n, "terminal", detail)
+		case major != 1 || memDevices[minor] == "":
+			return nil, refuse(pid, n, "character device", detail)
+		}
+		fd.Kind = uint32(pb.FdKind_FD_CHARDEV)
+		fd.Rdev = st.Rdev
+	case unix.S_IFIFO:
+		return nil, refuse(pid, n, "pipe", "named pipe "+link)
+	case unix.S_IFSOCK:
+		return nil, refuse(pid, n, "socket", link)
+	case unix.S_IFBLK:
+		return nil, refuse(pid, n, "block device", link)
+	default:
+		return nil, refuse(pid, n, "special file", fmt.Sprintf("%s, mode %#o", link, st.Mode))
+	}
+	// A restore reopens the path as the process sees it: it must still name
+	// this file (a rename or replacement since the open would not).
+	var now unix.Stat_t
+	err = unix.Stat(filepath.Join(procPath(pid, "root"), path), &now)
+	if err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
+		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s no longer names the open file (renamed or replaced since it was opened)", pid, n, path),
+			"a restore reopens files by path; close or reopen this file before checkpointing")
+	}
+	return fd, nil
+}

@@ -1,0 +1,294 @@
+package files
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+var (
+	buildOnce sync.Once
+	fdtest    string
+	buildErr  error
+	buildDir  string
+)
+
+func fdtestBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "crpipe-files-test")
+		if buildErr != nil {
+			return
+		}
+		fdtest = filepath.Join(buildDir, "fdtest")
+		if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", fdtest, "testdata/fdtest.c").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("gcc: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return fdtest
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// startFdtest starts fdtest on dir with extras, waits for its report and
+// stops it. Its stdin, stdout and stderr are /dev/null.
+func startFdtest(t *testing.T, dir string, extras ...string) (pid int, fds map[string]int) {
+	t.Helper()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd := exec.Command(fdtestBinary(t), append([]string{dir}, extras...)...)
+	cmd.ExtraFiles = []*os.File{pw}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	fds = map[string]int{}
+	sc := bufio.NewScanner(pr)
+	ready := false
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 1 && f[0] == "ready" {
+			ready = true
+			break
+		}
+		n, err := strconv.Atoi(f[len(f)-1])
+		if len(f) != 2 || err != nil {
+			t.Fatalf("fdtest said %q", sc.Text())
+		}
+		fds[f[0]] = n
+	}
+	if !ready {
+		t.Fatal("fdtest did not get ready")
+	}
+	// fdtest closes its report pipe after "ready": wait for EOF so the fd
+	// table is final.
+	io.Copy(io.Discard, pr)
+	pid = cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'T' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d did not stop", pid)
+		}
+	}
+	return pid, fds
+}
+
+func runFilter(t *testing.T, pid int) (*pb.Files, error) {
+	t.Helper()
+	var in, out bytes.Buffer
+	w, _ := image.NewWriter(&in, image.WriterOptions{})
+	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
+	w.Close()
+	if err := stage.RunFilter(&in, &out, false, Filter()); err != nil {
+		return nil, err
+	}
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files *pb.Files
+	var types []image.Type
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == image.TypeEnd {
+			continue
+		}
+		types = append(types, f.Type)
+		if f.Type == image.TypeFiles {
+			files = new(pb.Files)
+			if err := image.Unmarshal(f, files); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(types) != 2 || types[0] != image.TypeProcess || types[1] != image.TypeFiles {
+		t.Fatalf("output frames %v, want [process files]", types)
+	}
+	return files, nil
+}
+
+func TestFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, fds := startFdtest(t, dir)
+	files, err := runFilter(t, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files.Pid != uint32(pid) || files.Cwd != dir || files.Root != "/" || files.Exe != fdtest || files.Umask != 0o027 {
+		t.Errorf("files: pid %d cwd %q root %q exe %q umask %#o", files.Pid, files.Cwd, files.Root, files.Exe, files.Umask)
+	}
+	byFd := map[int32]*pb.Fd{}
+	var order []int32
+	for _, fd := range files.Fds {
+		byFd[fd.Fd] = fd
+		order = append(order, fd.Fd)
+	}
+	want := []int32{0, 1, 2}
+	for _, name := range []string{"rw", "append", "ro", "null", "zero", "urandom", "full", "dir", "high"} {
+		want = append(want, int32(fds[name]))
+	}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("fds %v, want %v", order, want)
+	}
+	var rw unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "rw"), &rw); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		fd      int
+		kind    pb.FdKind
+		path    string
+		acc     uint32
+		extra   uint32 // flags that must be set besides the access mode
+		offset  int64
+		cloexec bool
+		rdev    uint64
+	}{
+		{"stdin", 0, pb.FdKind_FD_CHARDEV, "/dev/null", unix.O_RDONLY, 0, 0, false, unix.Mkdev(1, 3)},
+		{"stdout", 1, pb.FdKind_FD_CHARDEV, "/dev/null", unix.O_WRONLY, 0, 0, false, unix.Mkdev(1, 3)},
+		{"rw", fds["rw"], pb.FdKind_FD_REGULAR, dir + "/rw", unix.O_RDWR, 0, 3, false, 0},
+		{"append", fds["append"], pb.FdKind_FD_REGULAR, dir + "/append", unix.O_WRONLY, unix.O_APPEND, 3, true, 0},
+		{"ro", fds["ro"], pb.FdKind_FD_REGULAR, dir + "/rw", unix.O_RDONLY, 0, 0, true, 0},
+		{"null", fds["null"], pb.FdKind_FD_CHARDEV, "/dev/null", unix.O_RDWR, 0, 0, false, unix.Mkdev(1, 3)},
+		{"zero", fds["zero"], pb.FdKind_FD_CHARDEV, "/dev/zero", unix.O_RDONLY, 0, 0, false, unix.Mkdev(1, 5)},
+		{"urandom", fds["urandom"], pb.FdKind_FD_CHARDEV, "/dev/urandom", unix.O_RDONLY, unix.O_NONBLOCK, 0, false, unix.Mkdev(1, 9)},
+		{"full", fds["full"], pb.FdKind_FD_CHARDEV, "/dev/full", unix.O_WRONLY, 0, 0, false, unix.Mkdev(1, 7)},
+		{"dir", fds["dir"], pb.FdKind_FD_DIRECTORY, dir, unix.O_RDONLY, unix.O_DIRECTORY, 0, false, 0},
+		{"high", fds["high"], pb.FdKind_FD_REGULAR, dir + "/rw", unix.O_RDWR, 0, 3, false, 0}, // dup2 shares the offset
+	} {
+		fd := byFd[int32(c.fd)]
+		if fd == nil {
+			t.Errorf("%s: fd %d missing", c.name, c.fd)
+			continue
+		}
+		if pb.FdKind(fd.Kind) != c.kind || fd.Path != c.path || fd.Flags&unix.O_ACCMODE != c.acc || fd.Flags&c.extra != c.extra ||
+			fd.Flags&unix.O_CLOEXEC != 0 || fd.Offset != c.offset || fd.Cloexec != c.cloexec || fd.Rdev != c.rdev {
+			t.Errorf("%s: %v\nwant kind %v path %q access %d flags +%#o offset %d cloexec %v rdev %#x", c.name, fd, c.kind, c.path, c.acc, c.extra, c.offset, c.cloexec, c.rdev)
+		}
+	}
+	if fd := byFd[int32(fds["rw"])]; fd.Dev != rw.Dev || fd.Inode != rw.Ino || fd.Mode != rw.Mode {
+		t.Errorf("rw: dev %#x inode %d mode %#o, want %#x %d %#o", fd.Dev, fd.Inode, fd.Mode, rw.Dev, rw.Ino, rw.Mode)
+	}
+}
+
+// TestRefused: each kind cr-files does not support yet fails the dump with
+// an error naming the pid, the fd and the kind, and a hint.
+func TestRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	for _, c := range []struct{ extra, want string }{
+		{"pipe", "pipe (pipe:["},
+		{"socket", "socket (socket:["},
+		{"deleted", "deleted file ("},
+		{"eventfd", "eventfd (anon_inode:[eventfd])"},
+		{"tty", "terminal (/dev/"},
+	} {
+		t.Run(c.extra, func(t *testing.T) {
+			pid, fds := startFdtest(t, t.TempDir(), c.extra)
+			_, err := runFilter(t, pid)
+			prefix := fmt.Sprintf("pid %d fd %d: %s", pid, fds[c.extra], c.want)
+			if err == nil || !strings.HasPrefix(err.Error(), prefix) || !strings.HasSuffix(err.Error(), "is not supported yet") {
+				t.Fatalf("got %v, want %q...", err, prefix)
+			}
+			var h *stage.HintError
+			if !errors.As(err, &h) || h.Hint == "" {
+				t.Errorf("no hint with %v", err)
+			}
+		})
+	}
+}
+
+func TestGone(t *testing.T) {
+	pid, _ := startFdtest(t, t.TempDir())
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 1000; i++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/fd", pid)); err != nil {
+			break
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if bytes.Contains(b, []byte(") Z")) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_, err := runFilter(t, pid)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", pid)) {
+		t.Fatalf("dump of a dead process: %v", err)
+	}
+}
+
+func TestParseFdinfo(t *testing.T) {
+	fi, err := parseFdinfo([]byte("pos:\t12345\nflags:\t02100002\nmnt_id:\t29\nino:\t7\n"))
+	if err != nil || fi.pos != 12345 || fi.flags != 0o2100002 || fi.mntID != 29 || fi.ino != 7 {
+		t.Errorf("%+v %v", fi, err)
+	}
+	for _, bad := range []string{"", "pos:\t1\n", "pos: x\nflags: 0\n", "pos: 1\nflags: 9\n"} {
+		if _, err := parseFdinfo([]byte(bad)); !errors.Is(err, errFdinfoSyntax) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if u, err := parseUmask([]byte("Name:\tx\nUmask:\t0022\nState:\tS\n")); err != nil || u != 0o22 {
+		t.Errorf("umask %#o %v", u, err)
+	}
+	if _, err := parseUmask([]byte("Name:\tx\n")); err == nil {
+		t.Error("no Umask line accepted")
+	}
+}
+
+func FuzzParseFdinfo(f *testing.F) {
+	f.Add([]byte("pos:\t0\nflags:\t02\nmnt_id:\t1\nino:\t2\n"))
+	f.Fuzz(func(t *testing.T, b []byte) { parseFdinfo(b); parseUmask(b) })
+}

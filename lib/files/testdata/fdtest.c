@@ -1,0 +1,82 @@
+// fdtest opens fds of the kinds cr-files handles, reports them on fd 3
+// ("name fd" lines, then "ready"), closes fd 3 and waits to be killed.
+//
+//   fdtest DIR [pipe|socket|deleted|eventfd|tty]...   extras cr-files must refuse
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static FILE *out;
+
+static void die(const char *what) { perror(what); exit(1); }
+
+static int report(const char *name, int fd) {
+	if (fd < 0) die(name);
+	fprintf(out, "%s %d\n", name, fd);
+	return fd;
+}
+
+static int path_open(const char *dir, const char *name, int flags) {
+	char path[4096];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	return open(path, flags, 0600);
+}
+
+int main(int argc, char **argv) {
+	if (argc < 2) {
+		fprintf(stderr, "usage: fdtest DIR [pipe|socket|deleted|eventfd|tty]...\n");
+		return 2;
+	}
+	const char *dir = argv[1];
+	// Whatever the test runner leaked to us is not ours to report.
+	if (close_range(4, ~0U, 0)) die("close_range");
+	out = fdopen(3, "w");
+	if (!out) die("fdopen 3");
+	umask(027);
+	if (chdir(dir)) die("chdir");
+
+	int rw = report("rw", path_open(dir, "rw", O_RDWR | O_CREAT));
+	if (write(rw, "0123456789", 10) != 10 || lseek(rw, 3, SEEK_SET) != 3) die("rw");
+	int app = report("append", path_open(dir, "append", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC));
+	if (write(app, "abc", 3) != 3) die("append");
+	report("ro", path_open(dir, "rw", O_RDONLY | O_CLOEXEC));
+	report("null", open("/dev/null", O_RDWR));
+	report("zero", open("/dev/zero", O_RDONLY));
+	report("urandom", open("/dev/urandom", O_RDONLY | O_NONBLOCK));
+	report("full", open("/dev/full", O_WRONLY));
+	report("dir", open(dir, O_RDONLY | O_DIRECTORY));
+	report("high", dup2(rw, 100));
+
+	for (int i = 2; i < argc; i++) {
+		const char *x = argv[i];
+		if (!strcmp(x, "pipe")) {
+			int p[2];
+			if (pipe(p)) die("pipe");
+			report("pipe", p[0]);
+		} else if (!strcmp(x, "socket")) {
+			report("socket", socket(AF_UNIX, SOCK_STREAM, 0));
+		} else if (!strcmp(x, "deleted")) {
+			int fd = report("deleted", path_open(dir, "gone", O_RDWR | O_CREAT));
+			char path[4096];
+			snprintf(path, sizeof path, "%s/gone", dir);
+			if (unlink(path)) die("unlink");
+			(void)fd;
+		} else if (!strcmp(x, "eventfd")) {
+			report("eventfd", eventfd(0, 0));
+		} else if (!strcmp(x, "tty")) {
+			report("tty", open("/dev/ptmx", O_RDWR | O_NOCTTY));
+		} else {
+			fprintf(stderr, "fdtest: unknown extra %s\n", x);
+			return 2;
+		}
+	}
+	fprintf(out, "ready\n");
+	fclose(out);
+	for (;;) pause();
+}
