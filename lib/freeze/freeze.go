@@ -26,6 +26,7 @@ import (
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // Prefix names transient cgroups, so leftovers are easy to spot.
@@ -418,26 +419,6 @@ func rmdirWait(dir string) error {
 	return fmt.Errorf("remove cgroup %s: %w", dir, err)
 }
 
-// waitEvent polls cgroup.events until key has value.
-func waitEvent(dir, key, value string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for delay := 100 * time.Microsecond; ; delay = min(delay*2, 10*time.Millisecond) {
-		b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
-		if err != nil {
-			return err
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, _ := strings.Cut(line, " "); k == key && v == value {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cgroup %s: no %q %s after %v", dir, key, value, timeout)
-		}
-		time.Sleep(delay)
-	}
-}
-
 func readPids(path string) ([]int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -455,15 +436,11 @@ func readPids(path string) ([]int, error) {
 }
 
 func writeFile(path, s string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write([]byte(s))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return sys.CgroupWrite(filepath.Dir(path), filepath.Base(path), s)
+}
+
+func waitEvent(dir, key, value string, timeout time.Duration) error {
+	return sys.CgroupWaitEvent(dir, key, value, timeout)
 }
 
 func setState(dir string, tasks []Task) error {
