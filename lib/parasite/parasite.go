@@ -1,0 +1,281 @@
+// Package parasite is the cr-parasite stage: it reads state that only the
+// task itself can report, by injecting system calls into it (lib/inject):
+// the signal dispositions (rt_sigaction with a NULL new action) and the
+// clear_child_tid address (prctl PR_GET_TID_ADDRESS). It appends one
+// TaskState record per thread; sigactions are per process and go only into
+// the thread group leader's record.
+//
+// A frozen task cannot execute a system call, so the cgroup is thawed for
+// exactly the time of the injection, while every task is held in a ptrace
+// stop (ptrace-stopped tasks count as frozen and do not run), and frozen
+// again before any task is detached. Nothing is written into the task
+// except the scratch bytes below its red zone, which are put back.
+package parasite
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/inject"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// Timeouts for stops and for the cgroup to report frozen again.
+var (
+	StopTimeout   = 10 * time.Second
+	FreezeTimeout = 10 * time.Second
+)
+
+// Command is cr-parasite.
+func Command() *cli.App {
+	return stage.FilterCommand("cr-parasite", "append state read from inside every frozen task (sigactions, tid address)", nil,
+		func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
+}
+
+// Filter is the stage without its command line.
+func Filter() stage.Filter {
+	var fr *pb.Freeze
+	var procs []*pb.Process
+	return stage.Filter{
+		Observe: func(f *image.Frame) error {
+			switch f.Type {
+			case image.TypeFreeze:
+				fr = &pb.Freeze{}
+				return image.Unmarshal(f, fr)
+			case image.TypeProcess:
+				p := &pb.Process{}
+				if err := image.Unmarshal(f, p); err != nil {
+					return err
+				}
+				procs = append(procs, p)
+			}
+			return nil
+		},
+		Finish: func(w *image.Writer) error {
+			if len(procs) == 0 {
+				return stage.Hint(errors.New("input: no process records"), "the stream must start with cr-freeze --pid PID")
+			}
+			if fr == nil {
+				return stage.Hint(errors.New("input: no freeze record"), "the stream must start with cr-freeze --pid PID")
+			}
+			states, err := Run(fr, procs)
+			if err != nil {
+				return err
+			}
+			for _, s := range states {
+				if err := w.WriteMessage(image.TypeTaskState, s); err != nil {
+					return fmt.Errorf("output: %w", err)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+type thread struct {
+	pid, tid int
+	insn     uint64
+	leader   bool
+}
+
+// Run reads the task state of every thread of procs, which are frozen in
+// fr.Cgroup. On return, success or failure, the cgroup is frozen again,
+// every thread is detached and the registers, signal masks and memory of
+// the tasks are as they were.
+func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error) {
+	var threads []thread
+	for _, p := range procs {
+		if err := checkFrozen(p, fr); err != nil {
+			return nil, err
+		}
+		pid := int(p.Pid)
+		insn, err := inject.FindSyscallInsn(pid)
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		tids := p.Threads
+		if len(tids) == 0 {
+			tids = []uint32{p.Pid}
+		}
+		for _, t := range tids {
+			threads = append(threads, thread{pid: pid, tid: int(t), insn: insn, leader: int(t) == pid})
+		}
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	var seized []int
+	thawed := false
+	defer func() {
+		// Refreeze before detaching: a detached thawed task would run.
+		if thawed {
+			if ferr := sys.CgroupFreeze(fr.Cgroup, true, FreezeTimeout); ferr != nil {
+				err = errors.Join(err, fmt.Errorf("refreeze: %w", ferr))
+			}
+		}
+		for _, tid := range seized {
+			if derr := sys.PtraceDetach(tid, 0); derr != nil && err == nil {
+				err = derr
+			}
+		}
+	}()
+	for _, t := range threads {
+		if err := sys.PtraceSeize(t.tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			return nil, seizeError(t.pid, t.tid, err)
+		}
+		seized = append(seized, t.tid)
+		if err := sys.PtraceInterrupt(t.tid); err != nil {
+			return nil, fmt.Errorf("pid %d tid %d: %w", t.pid, t.tid, err)
+		}
+	}
+	for _, t := range threads {
+		if err := waitInterrupt(t.pid, t.tid); err != nil {
+			return nil, err
+		}
+	}
+	thawed = true
+	if err := sys.CgroupFreeze(fr.Cgroup, false, 0); err != nil {
+		return nil, err
+	}
+	for _, t := range threads {
+		s, err := Thread(t.pid, t.tid, t.insn, t.leader)
+		if err != nil {
+			return nil, err
+		}
+		states = append(states, s)
+	}
+	return states, nil
+}
+
+// Thread injects the state-reading syscalls into one thread, which the
+// calling locked OS thread holds in a PTRACE_EVENT_STOP, and puts it back
+// as it was (End), whatever happens.
+func Thread(pid, tid int, insn uint64, leader bool) (st *pb.TaskState, err error) {
+	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
+	s, err := inject.Begin(tid, insn)
+	if err != nil {
+		return nil, where(err)
+	}
+	defer func() {
+		if eerr := s.End(nil); eerr != nil {
+			err = errors.Join(err, where(fmt.Errorf("restore registers: %w", eerr)))
+			st = nil
+		}
+	}()
+	st = &pb.TaskState{Pid: uint32(pid), Tid: uint32(tid)}
+	scratch, err := s.Scratch(32)
+	if err != nil {
+		return nil, where(err)
+	}
+	var buf [32]byte
+	ret, err := s.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, scratch)
+	if err != nil {
+		return nil, where(err)
+	}
+	if err := inject.Errno(ret); err != nil {
+		return nil, where(fmt.Errorf("prctl(PR_GET_TID_ADDRESS): %w", err))
+	}
+	if err := s.ReadMem(scratch, buf[:8]); err != nil {
+		return nil, where(err)
+	}
+	st.ClearChildTid = binary.LittleEndian.Uint64(buf[:8])
+	if !leader {
+		return st, nil
+	}
+	for sig := 1; sig <= 64; sig++ {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+			continue
+		}
+		// struct kernel_sigaction: handler, flags, restorer, mask (8 bytes).
+		ret, err := s.Syscall(unix.SYS_RT_SIGACTION, uint64(sig), 0, scratch, 8)
+		if err != nil {
+			return nil, where(err)
+		}
+		if err := inject.Errno(ret); err != nil {
+			if err == unix.EINVAL {
+				continue // not a valid signal number on this kernel
+			}
+			return nil, where(fmt.Errorf("rt_sigaction(%d): %w", sig, err))
+		}
+		if err := s.ReadMem(scratch, buf[:]); err != nil {
+			return nil, where(err)
+		}
+		le := binary.LittleEndian
+		a := &pb.Sigaction{
+			Signo:    uint32(sig),
+			Handler:  le.Uint64(buf[0:]),
+			Flags:    le.Uint64(buf[8:]),
+			Restorer: le.Uint64(buf[16:]),
+			Mask:     le.Uint64(buf[24:]),
+		}
+		if a.Handler != 0 || a.Flags != 0 || a.Mask != 0 {
+			st.Sigactions = append(st.Sigactions, a)
+		}
+	}
+	return st, nil
+}
+
+func waitInterrupt(pid, tid int) error {
+	st, ok, err := sys.PtraceWaitTimeout(tid, StopTimeout)
+	if err != nil {
+		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+	}
+	if !ok {
+		return stage.Hint(fmt.Errorf("pid %d tid %d: no ptrace stop within %v", pid, tid, StopTimeout), "the task may be in uninterruptible sleep (state D)")
+	}
+	if st.IsEventStop() {
+		return nil
+	}
+	return fmt.Errorf("pid %d tid %d: %v instead of an interrupt stop (is the task frozen?)", pid, tid, st)
+}
+
+func seizeError(pid, tid int, err error) error {
+	err = fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+	switch {
+	case errors.Is(err, unix.ESRCH):
+		return stage.Hint(err, "the thread exited; was the process thawed or killed during the checkpoint?")
+	case errors.Is(err, unix.EPERM):
+		return stage.Hint(err, "another tracer holds the thread, or ptrace is not permitted (run as root; check kernel.yama.ptrace_scope)")
+	}
+	return err
+}
+
+// checkFrozen verifies identity and that the process sits in the frozen
+// cgroup: thawing that cgroup must only ever release tasks held in ptrace.
+func checkFrozen(p *pb.Process, fr *pb.Freeze) error {
+	pid := int(p.Pid)
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, proc.ErrNoProcess)
+	}
+	if st.StartTime != p.StartTime {
+		return fmt.Errorf("pid %d: started at %d, not %d as recorded: the process was replaced", pid, st.StartTime, p.StartTime)
+	}
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return err
+	}
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return err
+	}
+	if got := filepath.Join(mount, rel); got != filepath.Clean(fr.Cgroup) {
+		return stage.Hint(fmt.Errorf("pid %d: in cgroup %s, not in the frozen %s", pid, got, fr.Cgroup), "the process was thawed or moved during the checkpoint; start again")
+	}
+	if tids, err := proc.Threads(pid); err == nil && len(tids) != len(p.Threads) {
+		return fmt.Errorf("pid %d: has %d threads, %d recorded", pid, len(tids), len(p.Threads))
+	}
+	return nil
+}
