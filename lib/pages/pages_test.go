@@ -218,3 +218,102 @@ func TestWrongStartTime(t *testing.T) {
 		t.Fatalf("dump with a wrong start time: %v", err)
 	}
 }
+
+func openFds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestShortReads makes every process_vm_readv stop halfway through its
+// request: the rest must come from /proc/PID/mem, byte-exact.
+func TestShortReads(t *testing.T) {
+	requirePagemapScan(t)
+	p := startStopped(t, "layout", t.TempDir())
+	calls := 0
+	processVMReadv = func(pid int, local []unix.Iovec, remote []unix.RemoteIovec, flags uint) (int, error) {
+		calls++
+		// Alternate: a short read inside the first range, or a failure.
+		if calls%2 == 0 {
+			return 0, unix.EFAULT
+		}
+		r := remote[:1]
+		r[0].Len = max(r[0].Len/2, 1)
+		l := []unix.Iovec{{Base: local[0].Base, Len: uint64(r[0].Len)}}
+		return unix.ProcessVMReadv(pid, l, r, flags)
+	}
+	t.Cleanup(func() { processVMReadv = unix.ProcessVMReadv })
+	d, err := runFilter(t, inputStream(t, p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	for _, f := range d.pages {
+		want := make([]byte, len(f.data))
+		if _, err := mem.ReadAt(want, int64(f.addr)); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(f.data, want) {
+			t.Fatalf("page frame at %#x differs from the process's memory", f.addr)
+		}
+	}
+	if calls < 2 || len(d.pages) == 0 {
+		t.Fatalf("%d calls, %d frames", calls, len(d.pages))
+	}
+}
+
+// TestTwoProcesses: one Mm and its pages per process, in stream order, and
+// no fd left open.
+func TestTwoProcesses(t *testing.T) {
+	requirePagemapScan(t)
+	a := startStopped(t, "hog", "8")
+	b := startStopped(t, "hog", "3")
+	before := openFds(t)
+	d, err := runFilter(t, inputStream(t, a.pid, b.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := openFds(t); after != before {
+		t.Errorf("%d fds open before the dump, %d after", before, after)
+	}
+	if len(d.mms) != 2 || d.mms[0].Pid != uint32(a.pid) || d.mms[1].Pid != uint32(b.pid) {
+		t.Fatalf("mm records %v", d.mms)
+	}
+	// Frames: process, process, mm(a), pages(a)..., mm(b), pages(b)..., end.
+	var owner uint32
+	mms, pages := 0, 0
+	for _, ty := range d.frames {
+		switch ty {
+		case image.TypeMm:
+			owner = d.mms[mms].Pid
+			mms++
+		case image.TypePages:
+			if d.pages[pages].pid != owner {
+				t.Fatalf("page frame of pid %d after the mm of pid %d", d.pages[pages].pid, owner)
+			}
+			pages++
+		}
+	}
+	for _, c := range []struct {
+		p   *testProc
+		mib int
+	}{{a, 8}, {b, 3}} {
+		r, n := c.p.regions["hog"], 0
+		for _, f := range d.pages {
+			for a := f.addr; f.pid == uint32(c.p.pid) && a < f.addr+uint64(len(f.data)); a += image.PageSize {
+				if a >= r.start && a < r.end {
+					n++
+				}
+			}
+		}
+		if n != c.mib<<8 {
+			t.Errorf("pid %d: %d pages of its %d MiB hog", c.p.pid, n, c.mib)
+		}
+	}
+}

@@ -10,6 +10,9 @@ import (
 	"crpipe/lib/image"
 )
 
+// processVMReadv is replaced by tests to provoke short reads.
+var processVMReadv = unix.ProcessVMReadv
+
 // piece is one contiguous range of a batch's buffer: it becomes one page frame.
 type piece struct {
 	addr uint64
@@ -114,7 +117,7 @@ func (rd *reader) read(b *batch) error {
 		}
 		lo, hi := ps[i].off, ps[j-1].off+ps[j-1].n
 		local := []unix.Iovec{{Base: &b.buf[lo], Len: uint64(hi - lo)}}
-		n, err := unix.ProcessVMReadv(rd.pid, local, rd.remote, 0)
+		n, err := processVMReadv(rd.pid, local, rd.remote, 0)
 		if err == unix.ESRCH {
 			return fmt.Errorf("pid %d: process is gone while its pages were read", rd.pid)
 		}
