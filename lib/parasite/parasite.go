@@ -16,8 +16,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -113,6 +116,22 @@ func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error)
 		}
 	}
 
+	// Ctrl-C in a shell pipeline, or cr-dump stopping the stages after a
+	// failure elsewhere, must not kill this process between injected
+	// syscalls: a task would be left with borrowed registers. Finish the
+	// thread at hand, put everything back, then give up.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	interrupted := func() error {
+		select {
+		case s := <-sigs:
+			return fmt.Errorf("interrupted by %v; tasks restored and left frozen", s)
+		default:
+			return nil
+		}
+	}
+
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
@@ -145,11 +164,17 @@ func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error)
 			return nil, err
 		}
 	}
+	if err := interrupted(); err != nil {
+		return nil, err
+	}
 	thawed = true
 	if err := sys.CgroupFreeze(fr.Cgroup, false, 0); err != nil {
 		return nil, err
 	}
 	for _, t := range threads {
+		if err := interrupted(); err != nil {
+			return nil, err
+		}
 		s, err := Thread(t.pid, t.tid, t.insn, t.leader)
 		if err != nil {
 			return nil, err
