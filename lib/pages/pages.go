@@ -17,7 +17,10 @@
 package pages
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
@@ -61,7 +64,26 @@ func Filter() stage.Filter {
 			if len(procs) == 0 {
 				return fmt.Errorf("no process records in the stream: cr-pages reads the output of cr-freeze")
 			}
+			if hwm, err := peakRSS(); err == nil {
+				stage.Logf("peak RSS %.1f MB", float64(hwm)/1e6)
+			}
 			return nil
 		},
 	}
+}
+
+// peakRSS is this process's VmHWM in bytes. (getrusage's ru_maxrss would
+// include the RSS of the process that exec'ed us.)
+func peakRSS() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range bytes.Split(b, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte("VmHWM:")); ok {
+			kb, err := strconv.ParseInt(string(bytes.TrimSpace(bytes.TrimSuffix(bytes.TrimSpace(v), []byte("kB")))), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }
