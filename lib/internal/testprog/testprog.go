@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"crpipe/lib/proc"
+	"crpipe/lib/sys"
 )
 
 //go:embed testdata/target.c
@@ -68,36 +71,63 @@ type Proc struct {
 	Restorer uint64 // sa_restorer glibc installed for it
 	TidAddr  uint64 // clear_child_tid as the program read it
 	Child    int    // pid of its child in "child" mode
+	Output   string // the output file (StartFile)
 
 	lines chan string
 	done  chan struct{}
 	err   error
 }
 
-// Start runs target with args, waits for "ready" and registers cleanup
-// that kills this process (and its child, in child mode) by pid.
-func Start(t testing.TB, args ...string) *Proc {
+// Start runs target with args, its stdout on a pipe, waits for "ready"
+// and registers cleanup that kills this process (and its child, in child
+// mode) by pid.
+func Start(t testing.TB, args ...string) *Proc { t.Helper(); return start(t, false, args) }
+
+// StartFile is Start with stdin on /dev/null and stdout and stderr on a
+// regular file (which cr-files can checkpoint), read as it grows.
+func StartFile(t testing.TB, args ...string) *Proc { t.Helper(); return start(t, true, args) }
+
+func start(t testing.TB, toFile bool, args []string) *Proc {
 	t.Helper()
 	cmd := exec.Command(Binary(t), args...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, lines: make(chan string, 1024), done: make(chan struct{})}
-	t.Cleanup(p.kill)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			p.lines <- sc.Text()
+	p := &Proc{Cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
+	if !toFile {
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-		close(p.lines)
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				p.lines <- sc.Text()
+			}
+			close(p.lines)
+			p.err = cmd.Wait()
+			close(p.done)
+		}()
+	} else {
+		path := filepath.Join(t.TempDir(), "target.out")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = f, f
+		err = cmd.Start()
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Output = path
+		exited := make(chan struct{})
+		go func() { p.err = cmd.Wait(); close(exited) }()
+		go p.tail(path, exited)
+	}
+	p.Pid = cmd.Process.Pid
+	t.Cleanup(p.kill)
 	for {
 		line, err := p.Next(10 * time.Second)
 		if err != nil {
@@ -127,6 +157,38 @@ func Start(t testing.TB, args ...string) *Proc {
 		}
 	}
 	return p
+}
+
+// tail reads lines of a growing file until the process has exited.
+func (p *Proc) tail(path string, exited chan struct{}) {
+	defer close(p.done)
+	defer close(p.lines)
+	f, err := os.Open(path)
+	if err != nil {
+		<-exited
+		return
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	partial := ""
+	last := false
+	for {
+		s, err := r.ReadString('\n')
+		partial += s
+		if err == nil {
+			p.lines <- strings.TrimSuffix(partial, "\n")
+			partial = ""
+			continue
+		}
+		if last {
+			return
+		}
+		select {
+		case <-exited:
+			last = true // one more pass for what was written before exit
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // Next returns the next output line, or an error after timeout or at exit.
@@ -207,4 +269,47 @@ func (p *Proc) kill() {
 		}
 	}()
 	p.Wait(10 * time.Second)
+}
+
+// OwnCgroup moves the process into a cgroup v2 group the test creates (so
+// that a thaw has a non-root original to restore) and returns its
+// directory. Cleanup moves whatever is left in it to the root and removes it.
+func (p *Proc) OwnCgroup(t testing.TB) string {
+	t.Helper()
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d", os.Getpid(), p.Pid))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
+			for _, pid := range strings.Fields(string(b)) {
+				sys.CgroupWrite(mount, "cgroup.procs", pid)
+			}
+		}
+		for i := 0; i < 100 && os.Remove(dir) != nil; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	if err := sys.CgroupWrite(dir, "cgroup.procs", strconv.Itoa(p.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Cgroup returns the absolute cgroup v2 directory the process is in.
+func (p *Proc) Cgroup(t testing.TB) string {
+	t.Helper()
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := proc.Cgroup2Of(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(mount, rel)
 }

@@ -40,6 +40,9 @@ static void tick(void) {
 }
 
 int main(int argc, char **argv) {
+	/* Only stdio: descriptors leaked by whoever started the test are not
+	 * the target's (and cr-files would refuse a stray pipe). */
+	close_range(3, ~0U, 0);
 	if (argc < 2) {
 		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause\n");
 		return 2;

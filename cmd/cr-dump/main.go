@@ -1,0 +1,11 @@
+// Command cr-dump checkpoints a process by running the stage pipeline
+// (cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp) and
+// kills it once the image is complete, or thaws it on any failure.
+package main
+
+import (
+	"crpipe/lib/dump"
+	"crpipe/lib/stage"
+)
+
+func main() { stage.Main(dump.Command()) }

@@ -1,0 +1,499 @@
+// Package dump is cr-dump, the porcelain that runs the canonical dump
+// pipeline
+//
+//	cr-freeze --pid P | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp
+//
+// with the stage binaries found next to its own executable, and applies an
+// all-or-nothing disposition: the target is killed only once the whole
+// image is written (and fsynced when it is a file); if any stage fails the
+// target is thawed in its original cgroup and no output file is left.
+package dump
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"crpipe/lib/stage"
+)
+
+// Stages are the pipeline's binaries, in order.
+var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-pages", "cr-files", "cr-tcp"}
+
+// Options configure a dump.
+type Options struct {
+	Pid          int
+	Output       string // file; "" for stdout
+	LeaveRunning bool
+	Compress     bool
+	Verbose      bool
+	// BinDir holds the stage binaries (default: the directory of this executable).
+	BinDir string
+	// Stderr receives stage diagnostics (default os.Stderr).
+	Stderr io.Writer
+	// Grace is how long stages get to exit after SIGTERM before SIGKILL.
+	Grace time.Duration
+}
+
+// Command is cr-dump.
+func Command() *cli.App {
+	return &cli.App{
+		Name:      "cr-dump",
+		Usage:     "checkpoint a process through the stage pipeline, then kill it (or leave it running)",
+		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress]",
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "tree", Aliases: []string{"t"}, Usage: "pid of the process to checkpoint", Required: true},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the image to `FILE` (default stdout)"},
+			&cli.BoolFlag{Name: "leave-running", Aliases: []string{"R"}, Usage: "thaw the process after the dump instead of killing it"},
+			stage.CompressFlag,
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return stage.Usagef("unexpected argument %q", c.Args().First())
+			}
+			if c.Int("tree") <= 0 {
+				return stage.Usagef("invalid pid %d", c.Int("tree"))
+			}
+			return Run(Options{
+				Pid:          c.Int("tree"),
+				Output:       c.String("output"),
+				LeaveRunning: c.Bool("leave-running"),
+				Compress:     c.Bool("compress"),
+				Verbose:      stage.Verbose,
+			})
+		},
+	}
+}
+
+// stageRun is one running stage.
+type stageRun struct {
+	name     string
+	cmd      *exec.Cmd
+	stderr   tail
+	err      error // from Wait
+	signaled bool  // we asked it to stop
+	done     chan struct{}
+}
+
+// tail keeps the last bytes written to it.
+type tail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailMax = 64 << 10
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > tailMax {
+		t.buf = t.buf[len(t.buf)-tailMax:]
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+// Run dumps opt.Pid.
+func Run(opt Options) error {
+	if opt.Stderr == nil {
+		opt.Stderr = os.Stderr
+	}
+	if opt.Grace == 0 {
+		opt.Grace = 10 * time.Second
+	}
+	if opt.BinDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		opt.BinDir = filepath.Dir(exe)
+	}
+	for _, name := range Stages {
+		if _, err := os.Stat(filepath.Join(opt.BinDir, name)); err != nil {
+			return stage.Hint(fmt.Errorf("stage %s not found in %s", name, opt.BinDir), "build every command into one directory (make), and run cr-dump from there")
+		}
+	}
+
+	// The destination exists before anything is frozen.
+	var out *os.File
+	var tmpName string
+	if opt.Output == "" {
+		w, err := stage.Output()
+		if err != nil {
+			return err
+		}
+		out = w.(*os.File)
+	} else {
+		dir, base := filepath.Split(opt.Output)
+		if dir == "" {
+			dir = "."
+		}
+		f, err := os.CreateTemp(dir, "."+base+".partial-*")
+		if err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		out, tmpName = f, f.Name()
+		defer func() {
+			if tmpName != "" {
+				os.Remove(tmpName)
+			}
+		}()
+		defer out.Close()
+	}
+
+	// Ctrl-C and friends become a failure: stop the stages, thaw.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	// Our own stdout may be a pipe whose reader goes away.
+	signal.Ignore(syscall.SIGPIPE)
+
+	runs, startErr := start(opt, out)
+	failed := make(chan *stageRun, len(runs))
+	for _, r := range runs {
+		go func(r *stageRun) {
+			r.err = r.cmd.Wait()
+			close(r.done)
+			if r.err != nil {
+				failed <- r
+			}
+		}(r)
+	}
+	allDone := make(chan struct{})
+	go func() {
+		for _, r := range runs {
+			<-r.done
+		}
+		close(allDone)
+	}()
+
+	var cause string
+	if startErr != nil {
+		cause = startErr.Error()
+	}
+	if startErr == nil {
+		select {
+		case <-allDone:
+		case <-failed:
+		case s := <-sigs:
+			cause = fmt.Sprintf("interrupted by %v", s)
+		}
+	}
+	ok := startErr == nil && cause == ""
+	for _, r := range runs {
+		select {
+		case <-r.done:
+			if r.err != nil {
+				ok = false
+			}
+		default:
+			ok = false
+		}
+	}
+	if !ok {
+		stopAll(runs, opt.Grace)
+		<-allDone
+		return fail(opt, runs, cause)
+	}
+	for _, r := range runs {
+		copyStderr(opt.Stderr, r)
+	}
+
+	// The image is complete: make it durable before the process dies.
+	if tmpName != "" {
+		if err := out.Sync(); err != nil {
+			return failAfter(opt, fmt.Errorf("output: sync: %w", err))
+		}
+		if err := out.Close(); err != nil {
+			return failAfter(opt, fmt.Errorf("output: %w", err))
+		}
+		if err := os.Rename(tmpName, opt.Output); err != nil {
+			return failAfter(opt, fmt.Errorf("output: %w", err))
+		}
+		tmpName = ""
+		syncDir(filepath.Dir(opt.Output))
+	} else if fi, err := out.Stat(); err == nil && fi.Mode().IsRegular() {
+		if err := out.Sync(); err != nil {
+			return failAfter(opt, fmt.Errorf("output: sync: %w", err))
+		}
+	}
+	if opt.LeaveRunning {
+		if err := freezeCmd(opt, "thaw"); err != nil {
+			return fmt.Errorf("image written, but thawing pid %d failed: %w", opt.Pid, err)
+		}
+		return nil
+	}
+	if err := freezeCmd(opt, "kill"); err != nil {
+		return stage.Hint(fmt.Errorf("image written, but killing pid %d failed: %w", opt.Pid, err),
+			fmt.Sprintf("the process is still frozen: cr-freeze kill --pid %d, or cr-freeze thaw --pid %d", opt.Pid, opt.Pid))
+	}
+	return nil
+}
+
+// start launches the stages connected by pipes; the last one writes to out.
+func start(opt Options, out *os.File) ([]*stageRun, error) {
+	var runs []*stageRun
+	var in *os.File // read end feeding the next stage; nil for the first
+	for i, name := range Stages {
+		var args []string
+		if i == 0 {
+			args = append(args, "--pid", strconv.Itoa(opt.Pid))
+		}
+		if opt.Verbose {
+			args = append(args, "-v")
+		}
+		last := i == len(Stages)-1
+		if last && opt.Compress {
+			args = append(args, "--compress")
+		}
+		cmd := exec.Command(filepath.Join(opt.BinDir, name), args...)
+		r := &stageRun{name: name, cmd: cmd, done: make(chan struct{})}
+		if in != nil {
+			cmd.Stdin = in
+		}
+		var pr, pw *os.File
+		if last {
+			cmd.Stdout = out
+		} else {
+			var err error
+			if pr, pw, err = os.Pipe(); err != nil {
+				if in != nil {
+					in.Close()
+				}
+				return runs, err
+			}
+			cmd.Stdout = pw
+		}
+		err := startStage(opt, r)
+		// The children hold their own copies now; ours must go so that
+		// EOF and EPIPE reach the stages when a neighbour exits.
+		if in != nil {
+			in.Close()
+		}
+		if pw != nil {
+			pw.Close()
+		}
+		in = pr
+		if err != nil {
+			if in != nil {
+				in.Close()
+			}
+			return runs, err
+		}
+		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+func startStage(opt Options, r *stageRun) error {
+	if opt.Verbose {
+		r.cmd.Stderr = io.MultiWriter(&r.stderr, opt.Stderr)
+	} else {
+		r.cmd.Stderr = &r.stderr
+	}
+	if err := r.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", r.name, err)
+	}
+	return nil
+}
+
+// stopAll asks the stages still running to stop (SIGTERM: cr-parasite
+// finishes restoring the task at hand first), then kills what is left.
+func stopAll(runs []*stageRun, grace time.Duration) {
+	for _, r := range runs {
+		select {
+		case <-r.done:
+		default:
+			r.signaled = true
+			r.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	deadline := time.After(grace)
+	for _, r := range runs {
+		select {
+		case <-r.done:
+		case <-deadline:
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+	}
+}
+
+// culprit picks the stage whose failure caused the others: stages we
+// stopped, and stages that only lost their reader (broken pipe), are
+// consequences; of the rest the most upstream one failed first, since a
+// stage's failure truncates the input of every stage after it.
+func culprit(runs []*stageRun) *stageRun {
+	var failed, pipeOnly []*stageRun
+	for _, r := range runs {
+		if r.err == nil || stoppedByUs(r) {
+			continue
+		}
+		if brokenPipe(r) {
+			pipeOnly = append(pipeOnly, r)
+			continue
+		}
+		failed = append(failed, r)
+	}
+	if len(failed) > 0 {
+		return failed[0]
+	}
+	if len(pipeOnly) > 0 {
+		return pipeOnly[len(pipeOnly)-1]
+	}
+	return nil
+}
+
+// stoppedByUs reports a stage that ended because stopAll asked it to. One
+// that had already failed on its own when the signal came keeps its status.
+func stoppedByUs(r *stageRun) bool {
+	if !r.signaled {
+		return false
+	}
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGKILL) {
+			return true
+		}
+	}
+	return strings.Contains(r.stderr.String(), ": error: interrupted by ")
+}
+
+func brokenPipe(r *stageRun) bool {
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGPIPE {
+			return true
+		}
+	}
+	return strings.Contains(r.stderr.String(), "broken pipe")
+}
+
+// fail thaws the target, removes partial output and reports the culprit.
+func fail(opt Options, runs []*stageRun, cause string) error {
+	c := culprit(runs)
+	var msg, hint string
+	switch {
+	case c != nil:
+		msg, hint = describe(opt.Stderr, c, !opt.Verbose)
+		msg = c.name + ": " + msg
+	case cause != "":
+		msg = cause
+	default:
+		msg = "a stage failed"
+	}
+	for _, r := range runs {
+		if r != c && r.err != nil {
+			stage.Logf("%s also failed: %v", r.name, r.err)
+		}
+	}
+	disp := fmt.Sprintf("pid %d thawed, no image written", opt.Pid)
+	if opt.Output == "" {
+		disp = fmt.Sprintf("pid %d thawed, the stream on stdout is incomplete", opt.Pid)
+	}
+	if c != nil && c == runs[0] {
+		// cr-freeze undoes its own work when it fails.
+		disp = "no image written"
+	}
+	if err := freezeCmd(opt, "thaw"); err != nil {
+		disp = fmt.Sprintf("thawing pid %d failed too: %v", opt.Pid, err)
+		hint = fmt.Sprintf("run cr-freeze thaw --pid %d", opt.Pid)
+	}
+	return stage.Hint(fmt.Errorf("%s (%s)", msg, disp), hint)
+}
+
+// failAfter handles a failure after every stage succeeded.
+func failAfter(opt Options, err error) error {
+	if terr := freezeCmd(opt, "thaw"); terr != nil {
+		return stage.Hint(fmt.Errorf("%w (and thawing pid %d failed: %v)", err, opt.Pid, terr), fmt.Sprintf("run cr-freeze thaw --pid %d", opt.Pid))
+	}
+	return fmt.Errorf("%w (pid %d thawed, no image written)", err, opt.Pid)
+}
+
+// describe turns a failed stage's stderr into one message and hint, and
+// passes its other lines on (when they were not already shown live).
+func describe(w io.Writer, r *stageRun, passOthers bool) (msg, hint string) {
+	sc := bufio.NewScanner(strings.NewReader(r.stderr.String()))
+	var others bytes.Buffer
+	for sc.Scan() {
+		line := sc.Text()
+		if m, ok := strings.CutPrefix(line, r.name+": error: "); ok {
+			msg = m
+		} else if h, ok := strings.CutPrefix(line, r.name+": hint: "); ok {
+			hint = h
+		} else {
+			others.WriteString(line + "\n")
+		}
+	}
+	if passOthers {
+		w.Write(others.Bytes())
+	}
+	if msg == "" {
+		msg = exitText(r.err)
+	}
+	return msg, hint
+}
+
+func exitText(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Sprintf("killed by signal %v", ws.Signal())
+		}
+		return fmt.Sprintf("exit status %d", ee.ExitCode())
+	}
+	return err.Error()
+}
+
+func copyStderr(w io.Writer, r *stageRun) {
+	if !stage.Verbose {
+		io.WriteString(w, r.stderr.String())
+	}
+}
+
+// freezeCmd runs cr-freeze thaw|kill --pid P.
+func freezeCmd(opt Options, sub string) error {
+	args := []string{sub, "--pid", strconv.Itoa(opt.Pid)}
+	if opt.Verbose {
+		args = append([]string{"-v"}, args...)
+	}
+	cmd := exec.Command(filepath.Join(opt.BinDir, "cr-freeze"), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		r := &stageRun{name: "cr-freeze", err: err}
+		r.stderr.Write(stderr.Bytes())
+		msg, _ := describe(io.Discard, r, false)
+		return errors.New(msg)
+	}
+	if opt.Verbose {
+		opt.Stderr.Write(stderr.Bytes())
+	}
+	return nil
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

@@ -1,0 +1,233 @@
+package dump
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"crpipe/lib/image"
+	"crpipe/lib/internal/testprog"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+var binDir string // the real stage binaries, built once
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "crpipe-dump-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	args := []string{"build", "-o", dir + "/"}
+	for _, s := range Stages {
+		args = append(args, "crpipe/cmd/"+s)
+	}
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the stages: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (cgroups, ptrace)")
+	}
+}
+
+// stages returns a bin directory with the real stages, some replaced by
+// shell scripts.
+func stages(t *testing.T, fakes map[string]string) string {
+	dir := t.TempDir()
+	for _, s := range Stages {
+		if script, ok := fakes[s]; ok {
+			if err := os.WriteFile(filepath.Join(dir, s), []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.Symlink(filepath.Join(binDir, s), filepath.Join(dir, s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func transientGone(t *testing.T, pid int) {
+	t.Helper()
+	mount, _ := proc.Cgroup2Mount()
+	if _, err := os.Stat(filepath.Join(mount, "crpipe-"+strconv.Itoa(pid))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("transient cgroup of %d left behind (%v)", pid, err)
+	}
+}
+
+func dirEmpty(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 0 {
+		t.Fatalf("%s holds %v after a failed dump", dir, ents)
+	}
+}
+
+// thawedAndRunning checks that a failed dump left p where it was, running.
+func thawedAndRunning(t *testing.T, p *testprog.Proc, orig string) {
+	t.Helper()
+	if got := p.Cgroup(t); got != orig {
+		t.Fatalf("target in %s, not back in %s", got, orig)
+	}
+	transientGone(t, p.Pid)
+	if !p.Ticks(2 * time.Second) {
+		t.Fatal("target is not running")
+	}
+}
+
+func run(t *testing.T, opt Options) (error, string) {
+	t.Helper()
+	var stderr bytes.Buffer
+	opt.Stderr = &stderr
+	err := Run(opt)
+	return err, stderr.String()
+}
+
+func TestDumpStageKilled(t *testing.T) {
+	requireRoot(t)
+	p := testprog.StartFile(t, "tick")
+	orig := p.OwnCgroup(t)
+	out := t.TempDir()
+	// cr-pages reads part of its input, then dies by SIGKILL mid-stream.
+	bin := stages(t, map[string]string{"cr-pages": "head -c 100 >/dev/null; kill -9 $$"})
+	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin})
+	if err == nil {
+		t.Fatal("dump succeeded")
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "cr-pages: killed by signal") || !strings.Contains(msg, "thawed") {
+		t.Fatalf("error %q does not blame cr-pages", msg)
+	}
+	dirEmpty(t, out)
+	thawedAndRunning(t, p, orig)
+}
+
+func TestDumpStageFails(t *testing.T) {
+	requireRoot(t)
+	p := testprog.StartFile(t, "tick")
+	orig := p.OwnCgroup(t)
+	out := t.TempDir()
+	bin := stages(t, map[string]string{
+		"cr-tcp": "cat >/dev/null; echo 'cr-tcp: error: pid 1 fd 3: boom' >&2; echo 'cr-tcp: hint: try again' >&2; exit 1",
+	})
+	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin})
+	var h *stage.HintError
+	if err == nil || !strings.HasPrefix(err.Error(), "cr-tcp: pid 1 fd 3: boom") || !errors.As(err, &h) || h.Hint != "try again" {
+		t.Fatalf("got %v", err)
+	}
+	dirEmpty(t, out)
+	thawedAndRunning(t, p, orig)
+}
+
+func TestDumpNoSuchPid(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "pause")
+	pid := p.Pid
+	syscall.Kill(pid, syscall.SIGKILL)
+	p.Wait(5 * time.Second)
+	out := t.TempDir()
+	err, _ := run(t, Options{Pid: pid, Output: filepath.Join(out, "img"), BinDir: binDir})
+	var h *stage.HintError
+	if err == nil || !strings.Contains(err.Error(), "no such process") || strings.Contains(err.Error(), "\n") || !errors.As(err, &h) {
+		t.Fatalf("got %v", err)
+	}
+	dirEmpty(t, out)
+}
+
+// frameTypes decodes a whole image and counts its frame types.
+func frameTypes(t *testing.T, path string) map[image.Type]int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := image.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[image.Type]int{}
+	for {
+		fr, err := r.Next()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n[fr.Type]++
+	}
+}
+
+func checkImage(t *testing.T, path string) {
+	t.Helper()
+	n := frameTypes(t, path)
+	for _, ty := range []image.Type{image.TypeInventory, image.TypeFreeze, image.TypeProcess, image.TypeThreadCore, image.TypeTaskState, image.TypeMm, image.TypeFiles, image.TypeEnd} {
+		if n[ty] != 1 {
+			t.Fatalf("image has %d %s frames: %v", n[ty], ty, n)
+		}
+	}
+	if n[image.TypePages] == 0 {
+		t.Fatal("image has no pages")
+	}
+}
+
+func TestDumpKill(t *testing.T) {
+	requireRoot(t)
+	p := testprog.StartFile(t, "tick")
+	orig := p.OwnCgroup(t)
+	bystander := testprog.StartFile(t, "tick")
+	img := filepath.Join(t.TempDir(), "img")
+	if err, stderr := run(t, Options{Pid: p.Pid, Output: img, BinDir: binDir, Compress: true}); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	checkImage(t, img)
+	if _, ok := p.Wait(5 * time.Second); !ok {
+		t.Fatal("target not killed")
+	}
+	transientGone(t, p.Pid)
+	if b, _ := os.ReadFile(filepath.Join(orig, "cgroup.procs")); len(b) != 0 {
+		t.Fatalf("original cgroup holds %q", b)
+	}
+	if !bystander.Ticks(2 * time.Second) {
+		t.Fatal("bystander stopped")
+	}
+	ents, _ := os.ReadDir(filepath.Dir(img))
+	if len(ents) != 1 {
+		t.Fatalf("output directory holds %v", ents)
+	}
+}
+
+func TestDumpLeaveRunning(t *testing.T) {
+	requireRoot(t)
+	p := testprog.StartFile(t, "tick")
+	orig := p.OwnCgroup(t)
+	dir := t.TempDir()
+	for i := 0; i < 2; i++ {
+		img := filepath.Join(dir, fmt.Sprintf("img%d", i))
+		if err, stderr := run(t, Options{Pid: p.Pid, Output: img, BinDir: binDir, LeaveRunning: true}); err != nil {
+			t.Fatalf("dump %d: %v\n%s", i, err, stderr)
+		}
+		checkImage(t, img)
+		thawedAndRunning(t, p, orig)
+	}
+}
