@@ -21,9 +21,8 @@ import (
 // Command is the crit command line.
 func Command() *cli.App {
 	return &cli.App{
-		Name:      "crit",
-		Usage:     "inspect, convert and check crpipe image streams",
-		ArgsUsage: "show|decode|encode|check [FILE]",
+		Name:  "crit",
+		Usage: "inspect, convert and check crpipe image streams",
 		Description: "FILE or stdin; lz4-compressed input is detected.\n" +
 			"   crit decode < a.img | jq ... | crit encode > b.img",
 		Action: func(c *cli.Context) error {
@@ -45,6 +44,15 @@ func Command() *cli.App {
 				Name:      "decode",
 				Usage:     "write the stream as JSON lines: a header line, then one line per frame",
 				ArgsUsage: "[FILE]",
+				Description: `Lines (crit encode reads them back into the same bytes):
+   {"header":{"major":1,"minor":0,"flags":0}}          ("lz4":true when the input was lz4)
+   {"type":"process","flags":0,"msg":{...}}            metadata as protojson, proto field names
+   {"type":"pages","flags":0,"pid":1,"addr":"0x1000","data":"<base64>"}
+   {"type":"type-99","flags":0,"raw":"<base64>"}       types this crit does not know
+   {"type":"end","flags":0,"msg":{...}}                last line; encode recomputes the End frame
+   A metadata line also has "raw" when msg alone would not give back the exact
+   bytes (unknown fields, non-canonical encoding), and "error" when the payload
+   is not a valid message. To edit such a line's msg, delete its raw.`,
 				Action: func(c *cli.Context) error {
 					return withInput(c, func(in io.Reader) error { return Decode(os.Stdout, in) })
 				},
@@ -53,7 +61,10 @@ func Command() *cli.App {
 				Name:      "encode",
 				Usage:     "read JSON lines (as decode writes them) and write the stream",
 				ArgsUsage: "[FILE]",
-				Flags:     []cli.Flag{stage.CompressFlag},
+				Description: "The End frame is recomputed (with a warning when the end line's counts differ),\n" +
+					"   but the end line must be there: JSON cut short never becomes a stream that looks whole.\n" +
+					"   Output is lz4 when the header line says \"lz4\":true, or with --compress.",
+				Flags: []cli.Flag{stage.CompressFlag},
 				Action: func(c *cli.Context) error {
 					path, err := oneArg(c)
 					if err != nil {

@@ -113,7 +113,7 @@ func Decode(out io.Writer, in io.Reader) error {
 	if err != nil {
 		return err
 	}
-	w := bufio.NewWriterSize(out, 1<<20)
+	w := bufio.NewWriterSize(out, 64<<10)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	err = enc.Encode(headerLine{headerJSON{Major: r.Major, Minor: r.Minor, Flags: r.HdrFlags, LZ4: r.Compressed}})
@@ -190,7 +190,7 @@ func Encode(out io.Writer, in io.Reader, opt EncodeOptions) error {
 	if opt.Warn == nil {
 		opt.Warn = func(string) {}
 	}
-	br := bufio.NewReaderSize(in, 1<<20)
+	br := bufio.NewReaderSize(in, 64<<10)
 	var w *image.Writer
 	var end *pb.End
 	n := 0
