@@ -73,6 +73,9 @@ func refuse(format string, a ...any) error { return refusedError{fmt.Errorf(form
 // cgroup for the pid.
 var ErrNotFrozen = errors.New("not frozen by cr-freeze")
 
+// errNoState: the transient cgroup exists but carries no state.
+var errNoState = fmt.Errorf("no recorded state: %w", ErrNotFrozen)
+
 func cgroupDir(mount string, pid int) string {
 	return filepath.Join(mount, Prefix+strconv.Itoa(pid))
 }
@@ -174,6 +177,12 @@ func check(pid int) (*proc.Stat, error) {
 	if st.State == 'Z' || st.State == 'X' {
 		return nil, noProcess(pid, fmt.Errorf("pid %d (%s) is a zombie: %w", pid, st.Comm, proc.ErrNoProcess))
 	}
+	if st.State == 'T' {
+		// A group-stopped task re-enters its stop whenever ptrace resumes
+		// it, so nothing can be injected; restoring the stop is not done yet.
+		return nil, stage.Hint(refuse("pid %d (%s) is stopped (state T): stopped processes are not supported yet", pid, st.Comm),
+			fmt.Sprintf("continue it first (kill -CONT %d)", pid))
+	}
 	for a := os.Getpid(); a > 1; {
 		if a == pid {
 			return nil, stage.Hint(refuse("pid %d (%s) is cr-freeze itself or one of its ancestors", pid, st.Comm),
@@ -273,6 +282,15 @@ func tasksOf(fr *pb.Freeze, procs []*pb.Process) []Task {
 // A pid that is not frozen is not an error: thaw is idempotent.
 func ThawPid(pid int) (bool, error) {
 	dir, tasks, err := findPid(pid)
+	if errors.Is(err, errNoState) {
+		// cr-freeze died between creating the cgroup and recording its
+		// state: nothing can have been moved in yet unless it is populated.
+		if pids, _ := readPids(filepath.Join(dir, "cgroup.procs")); len(pids) > 0 {
+			return false, stage.Hint(err, fmt.Sprintf("move the processes %v back by hand (echo PID > CGROUP/cgroup.procs) and rmdir %s", pids, dir))
+		}
+		writeFile(filepath.Join(dir, "cgroup.freeze"), "0")
+		return true, rmdirWait(dir)
+	}
 	if errors.Is(err, ErrNotFrozen) {
 		return false, nil
 	}
@@ -293,7 +311,7 @@ func findPid(pid int) (string, []Task, error) {
 	}
 	tasks, err := getState(dir)
 	if err != nil {
-		return "", nil, fmt.Errorf("pid %d: %s has no crpipe state (%v): %w", pid, dir, err, ErrNotFrozen)
+		return dir, nil, fmt.Errorf("pid %d: %s has no crpipe state (%v): %w", pid, dir, err, errNoState)
 	}
 	return dir, tasks, nil
 }

@@ -230,3 +230,47 @@ func TestNoSuchProcess(t *testing.T) {
 		t.Fatalf("multi-line error %q", err)
 	}
 }
+
+func TestRefuseStopped(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "tick")
+	cleanupFrozen(t, p.Pid)
+	syscall.Kill(p.Pid, syscall.SIGSTOP)
+	for i := 0; i < 200; i++ {
+		if st, _ := proc.ReadStat(p.Pid); st != nil && st.State == 'T' {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err := Freeze(p.Pid, Options{})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "stopped") {
+		t.Fatalf("got %v", err)
+	}
+	syscall.Kill(p.Pid, syscall.SIGCONT)
+	if !p.Ticks(2 * time.Second) {
+		t.Fatal("not running after SIGCONT")
+	}
+}
+
+// TestThawLeftover: a transient cgroup without state (cr-freeze killed
+// right after mkdir) is removed by thaw --pid when empty.
+func TestThawLeftover(t *testing.T) {
+	requireRoot(t)
+	mount, _ := proc.Cgroup2Mount()
+	pid := 1<<22 + os.Getpid() // beyond pid_max: no real process
+	dir := cgroupDir(mount, pid)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	did, err := ThawPid(pid)
+	if err != nil || !did {
+		t.Fatalf("thaw: %v %v", did, err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("leftover not removed")
+	}
+	if err := KillPid(pid); !errors.Is(err, ErrNotFrozen) {
+		t.Fatalf("kill: %v", err)
+	}
+}
