@@ -88,7 +88,9 @@ func isLz4Err(err error) bool { return strings.HasPrefix(err.Error(), "lz4:") }
 
 // Next returns the next frame. After the End frame has been read and its
 // counts checked, Next returns io.EOF; a stream that stops before its End
-// frame is ErrTruncated. The returned frame's Payload is reused by the next call.
+// frame is ErrTruncated. After any other error Next keeps returning it: the
+// position in a damaged stream means nothing. The returned frame's Payload
+// is reused by the next call.
 func (rd *Reader) Next() (*Frame, error) {
 	if rd.err != nil {
 		return nil, rd.err
