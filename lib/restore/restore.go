@@ -232,6 +232,7 @@ func restoreStream(rd *image.Reader, opts Options) (t *task, err error) {
 			if err := t.restoreFiles(&fl); err != nil {
 				return t, err
 			}
+		case image.TypeEnd:
 		default:
 			stage.Logf("frame %d: %s record not used by restore", f.Index, f.Type)
 		}
@@ -279,11 +280,12 @@ func (t *task) create() error {
 		return err
 	}
 	pid, err := r.clone(int(t.proc.Pid))
-	helper.Wait()
 	if err != nil {
-		r.sock.Close()
+		r.sock.Close() // the helper exits on EOF
+		helper.Wait()
 		return err
 	}
+	helper.Wait()
 	t.r, t.pid = r, pid
 	return nil
 }
@@ -320,6 +322,9 @@ func spoolRest(rd *image.Reader) (*os.File, *image.Reader, error) {
 		fr, err := rd.Next()
 		if err == io.EOF {
 			break
+		}
+		if err == nil && fr.Type == image.TypeEnd {
+			continue // the spool gets its own end frame
 		}
 		if err != nil {
 			f.Close()
