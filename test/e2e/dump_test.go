@@ -128,14 +128,20 @@ func TestRestoreWaits(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	// done is closed once cr-restore is reaped, with its result in waitErr.
+	done := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
 		select {
 		case <-done:
 		default:
 			cmd.Process.Kill()
-			<-done
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Errorf("cleanup: cr-restore (pid %d) does not end after SIGKILL: %s", cmd.Process.Pid, describe(cmd.Process.Pid))
+			}
 		}
 	})
 	p.checkProgressFrom(at)
@@ -144,12 +150,12 @@ func TestRestoreWaits(t *testing.T) {
 	}
 	p.terminate(at)
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("cr-restore: %v (want exit status 0, the counter's)\n%s", err, stderr.Bytes())
+	case <-done:
+		if waitErr != nil {
+			t.Fatalf("cr-restore: %v (want exit status 0, the counter's)\n%s", waitErr, stderr.Bytes())
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("cr-restore still waits 10s after the restored process exited")
+		t.Fatalf("cr-restore still waits 10s after the restored process exited: %s\nstderr:\n%s", describe(cmd.Process.Pid), stderr.Bytes())
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pierrec/lz4/v4"
+
 	"crpipe/lib/image"
 )
 
@@ -132,14 +134,17 @@ func damage(t *testing.T, good []byte) []damaged {
 		}
 		frames = append(frames, frame{f.Type, f.Offset, int64(len(f.Payload)), f.Index})
 	}
-	var pages, meta, end *frame
+	var pages, lastPages, meta, end *frame
 	for i := range frames {
 		f := &frames[i]
 		switch {
 		case f.typ == image.TypeEnd:
 			end = f
-		case f.typ == image.TypePages && (pages == nil || f.plen > pages.plen):
-			pages = f
+		case f.typ == image.TypePages:
+			if pages == nil || f.plen > pages.plen {
+				pages = f
+			}
+			lastPages = f
 		case f.typ == image.TypeMm && meta == nil:
 			meta = f
 		}
@@ -162,11 +167,35 @@ func damage(t *testing.T, good []byte) []damaged {
 		{"truncated-before-end", good[:end.off]},
 		{"truncated-in-end", good[:len(good)-1]},
 		{"flipped-byte-in-page-payload", flip(pagesMid)},
+		// Late in the stream: a restore that streams would have begun.
+		{"flipped-byte-in-last-page-frame", flip(lastPages.off + image.FrameHeaderSize + lastPages.plen - 1)},
 		{"flipped-byte-in-mm", flip(meta.off + image.FrameHeaderSize + meta.plen/2)},
 		{"flipped-byte-in-frame-length", flip(pages.off + 9)},
 		{"wrong-magic", magic},
 		{"future-major-version", future},
+		{"lz4-truncated-mid-stream", lz4Half(t, good)},
 	}
+}
+
+func lz4Half(t *testing.T, b []byte) []byte {
+	c := lz4Compress(t, b)
+	return c[:len(c)/2]
+}
+
+func lz4Compress(t *testing.T, b []byte) []byte {
+	var out bytes.Buffer
+	w := lz4.NewWriter(&out)
+	// Small blocks, so that half the compressed stream holds whole frames.
+	if err := w.Apply(lz4.BlockSizeOption(lz4.Block64Kb)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }
 
 var frameAndOffset = regexp.MustCompile(`(frame \d+|header)\b.*\boffset \d+`)

@@ -120,6 +120,9 @@ func (p *target) cleanup() {
 // isOurs says whether the process now living under p.pid is this target
 // (original or restored), not something else that got the PID.
 func (p *target) isOurs() bool {
+	if st := procState(p.pid); st == "" || st == "Z" {
+		return false // gone, or dead and waiting for init to reap it
+	}
 	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.pid)); err == nil && bytes.Contains(cmdline, []byte(p.dir)) {
 		return true
 	}
@@ -360,6 +363,7 @@ func shell(t *testing.T, timeout time.Duration, script string) result {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
+		t.Logf("timed out; the script's processes: %s", describeGroup(cmd.Process.Pid))
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		err = <-done
 		err = fmt.Errorf("timed out after %v (killed): %w", timeout, err)
@@ -451,4 +455,50 @@ func descendant(pid int, comm string) int {
 		}
 	}
 	return 0
+}
+
+// describe says what a stuck process is doing, for a failure message:
+// state and kernel wait channel of each of its threads.
+func describe(pid int) string {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return fmt.Sprintf("pid %d: %v", pid, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "pid %d (%s):", pid, strings.TrimSpace(readFile(fmt.Sprintf("/proc/%d/comm", pid))))
+	for _, tk := range tasks {
+		fmt.Fprintf(&b, " [tid %s %s %s]", tk.Name(), taskState(pid, tk.Name()),
+			strings.TrimSpace(readFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))))
+	}
+	return b.String()
+}
+
+// describeGroup describes every process of process group pgid.
+func describeGroup(pgid int) string {
+	var b strings.Builder
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st := readFile(fmt.Sprintf("/proc/%d/stat", n))
+		i := strings.LastIndexByte(st, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(st[i+1:])
+		if len(f) > 3 && f[3] == strconv.Itoa(pgid) {
+			b.WriteString("\n  " + describe(n) + " " + strings.ReplaceAll(readFile(fmt.Sprintf("/proc/%d/cmdline", n)), "\x00", " "))
+		}
+	}
+	return b.String()
+}
+
+func taskState(pid int, tid string) string {
+	st := readFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tid))
+	if i := strings.LastIndexByte(st, ')'); i >= 0 && i+2 < len(st) {
+		return st[i+2 : i+3]
+	}
+	return "?"
 }
