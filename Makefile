@@ -85,7 +85,7 @@ test: check-root deps
 	@$(GO) build -o test/out/testsum ./test/testsum
 	@$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... 2>&1 | tee test/out/go-test.json | test/out/testsum
 
-bench: check-root all
+bench: check-root deps all
 	$(GO) run ./bench -bin $(BIN) $(BENCH_FLAGS)
 
 demo: check-root all

@@ -10,7 +10,10 @@
 // the figures as JSON under bench/results/.
 //
 // Each dump stage is started by the harness itself, connected by pipes as a
-// shell would, so its peak RSS and CPU time come from its own wait4 rusage.
+// shell would, under /usr/bin/time, which reports the stage's own peak RSS
+// and CPU time. (The harness's own wait4 rusage would not do: Go starts
+// children with CLONE_VM, and exec folds the parent's peak RSS into the
+// child's ru_maxrss.)
 package main
 
 import (
@@ -99,6 +102,9 @@ func run() error {
 	bin, err := filepath.Abs(*binFlag)
 	if err != nil {
 		return err
+	}
+	if _, err := os.Stat("/usr/bin/time"); err != nil {
+		return errors.New("/usr/bin/time is missing (apt-get install time; make bench does)")
 	}
 	bigmem := filepath.Join(bin, "test", "bigmem")
 	if _, err := os.Stat(bigmem); err != nil {
@@ -493,7 +499,7 @@ func pipeline(pid int, out string) (time.Duration, []usage, error) {
 				args[j] = strconv.Itoa(pid)
 			}
 		}
-		c := exec.Command(s[0], args...)
+		c := timed(s[0], args...)
 		errs[i] = &bytes.Buffer{}
 		c.Stderr = errs[i]
 		if prev != nil {
@@ -533,7 +539,11 @@ func pipeline(pid int, out string) (time.Duration, []usage, error) {
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("%s: %v: %s", dumpStages[i][0], err, strings.TrimSpace(errs[i].String()))
 		}
-		us = append(us, rusage(dumpStages[i][0], c.ProcessState))
+		u, uerr := timeUsage(dumpStages[i][0], c)
+		if uerr != nil && firstErr == nil {
+			firstErr = uerr
+		}
+		us = append(us, u)
 	}
 	d := time.Since(t)
 	if firstErr == nil && out != os.DevNull {
@@ -545,21 +555,38 @@ func pipeline(pid int, out string) (time.Duration, []usage, error) {
 	return d, us, firstErr
 }
 
-func rusage(name string, ps *os.ProcessState) usage {
+// timeFile is where /usr/bin/time writes a stage's figures.
+func timeFile(name string) string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("crpipe-bench-%d-%s.time", os.Getpid(), name))
+}
+
+// timed is exec.Command(name, args...) under /usr/bin/time.
+func timed(name string, args ...string) *exec.Cmd {
+	return exec.Command("/usr/bin/time", append([]string{"-f", "%M %U %S", "-o", timeFile(name), name}, args...)...)
+}
+
+// timeUsage reads what /usr/bin/time reported for a finished command.
+func timeUsage(name string, c *exec.Cmd) (usage, error) {
 	u := usage{Name: name}
-	if ps == nil {
-		return u
+	f := timeFile(name)
+	defer os.Remove(f)
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return u, err
 	}
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		u.MaxRSSMB = float64(ru.Maxrss) / 1024
+	// A failed command makes time write "Command exited with ..." first.
+	ls := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var kb, user, sys float64
+	if _, err := fmt.Sscanf(ls[len(ls)-1], "%f %f %f", &kb, &user, &sys); err != nil {
+		return u, fmt.Errorf("%s: /usr/bin/time said %q", name, b)
 	}
-	u.CPUSec = (ps.UserTime() + ps.SystemTime()).Seconds()
-	return u
+	u.MaxRSSMB, u.CPUSec = kb/1024, user+sys
+	return u, nil
 }
 
 func restore(img string) (time.Duration, usage, error) {
 	var stderr bytes.Buffer
-	c := exec.Command("cr-restore", "-d", "-i", img)
+	c := timed("cr-restore", "-d", "-i", img)
 	c.Stderr = &stderr
 	c.WaitDelay = 10 * time.Second
 	t := time.Now()
@@ -568,7 +595,11 @@ func restore(img string) (time.Duration, usage, error) {
 	if err != nil {
 		err = fmt.Errorf("cr-restore: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	return d, rusage("cr-restore", c.ProcessState), err
+	u, uerr := timeUsage("cr-restore", c)
+	if err == nil {
+		err = uerr
+	}
+	return d, u, err
 }
 
 // killRestored kills the restored workload (it has the dumped PID, checked
