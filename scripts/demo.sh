@@ -35,6 +35,7 @@ step "Start a counter that appends a line to a log every half second"
 show "demo-counter $log &"
 "$bin/test/demo-counter" "$log" &
 pid=$!
+disown "$pid" # bash still reaps it, without a "Killed" notice when the dump ends it
 sleep 2.2
 show "tail -n 3 $log"
 tail -n 3 "$log"
@@ -43,8 +44,8 @@ step "Checkpoint it: cr-dump runs cr-freeze --pid $pid | cr-seize | cr-parasite 
 echo "   and kills the process only once the image is complete and synced"
 show "cr-dump -t $pid -o $img"
 cr-dump -t "$pid" -o "$img"
-wait "$pid" 2>/dev/null || true # reap it: the restore needs its PID free
-ls -lh "$img" | awk '{print "   image: " $5 " bytes in " $9}'
+ls -lh "$img" | awk '{print "   image: " $5 "B in " $9}'
+for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
 if [ -d "/proc/$pid" ]; then echo "   pid $pid still exists?"; else echo "   pid $pid is gone"; fi
 
 step "What the image holds"
