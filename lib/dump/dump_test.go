@@ -114,7 +114,7 @@ func TestDumpStageKilled(t *testing.T) {
 	if err == nil {
 		t.Fatal("dump succeeded")
 	}
-	if msg := err.Error(); !strings.HasPrefix(msg, "cr-pages: killed by signal") || !strings.Contains(msg, "thawed") {
+	if msg := err.Error(); !strings.HasPrefix(msg, "cr-pages: killed by SIGKILL") || !strings.Contains(msg, "thawed") {
 		t.Fatalf("error %q does not blame cr-pages", msg)
 	}
 	dirEmpty(t, out)
