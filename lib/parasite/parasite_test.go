@@ -89,7 +89,11 @@ func TestParasite(t *testing.T) {
 		}
 		return out.Bytes()
 	}
+	fds := openFds(t)
 	first := run()
+	if n := openFds(t); n != fds {
+		t.Fatalf("%d open fds after the stage, %d before", n, fds)
+	}
 	second := run()
 	if !bytes.Equal(first, second) {
 		t.Fatal("two runs on the same frozen task gave different streams")
@@ -179,4 +183,13 @@ func TestThreadFailure(t *testing.T) {
 	if l, err := tg.Next(10 * time.Second); err != nil || l != "slept ok" {
 		t.Fatalf("target: %q %v", l, err)
 	}
+}
+
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }

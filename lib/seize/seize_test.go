@@ -49,9 +49,13 @@ func TestSeize(t *testing.T) {
 	tg := frozen.Start(t, "sleep", "3")
 	sc := procSyscall(t, tg.Pid)
 
+	fds := openFds(t)
 	var out bytes.Buffer
 	if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter()); err != nil {
 		t.Fatal(err)
+	}
+	if n := openFds(t); n != fds {
+		t.Fatalf("%d open fds after the stage, %d before", n, fds)
 	}
 	frames := frozen.Frames(t, out.Bytes())
 	// Pass-through: the input frames come first, unchanged.
@@ -132,4 +136,13 @@ func TestSeizeRefusesThawed(t *testing.T) {
 	if !tg.Ticks(2 * time.Second) {
 		t.Fatal("target stopped")
 	}
+}
+
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
