@@ -2,10 +2,14 @@ package arch
 
 import (
 	"encoding/binary"
+	"os/exec"
+	"runtime"
 	"testing"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
 )
 
 func TestRegsRoundTrip(t *testing.T) {
@@ -56,4 +60,50 @@ func TestParseXsave(t *testing.T) {
 	if _, err := ParseXsave(b); err == nil {
 		t.Fatal("XCR0 0 accepted")
 	}
+}
+
+// TestHostXsave compares CPUID/XGETBV with what ptrace reports for a live
+// child: the same XCR0 and area size.
+func TestHostXsave(t *testing.T) {
+	if !HasXsave() {
+		t.Skip("CPU or kernel without XSAVE")
+	}
+	xcr0, size := HostXCR0(), HostXsaveSize()
+	if xcr0&3 != 3 || size < XsaveMinSize || size > XsaveBufSize {
+		t.Fatalf("XCR0 %#x, size %d", xcr0, size)
+	}
+	cmd := exec.Command("/bin/sleep", "10")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := sys.PtraceSeize(pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer sys.PtraceDetach(pid, 0)
+	sys.PtraceInterrupt(pid)
+	if _, err := sys.PtraceWait(pid); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, XsaveBufSize)
+	n, err := sys.PtraceGetRegset(pid, sys.NT_X86_XSTATE, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := ParseXsave(buf[:n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel may withhold supervisor or dynamically enabled features
+	// from user space, never add any.
+	if x.XCR0&^xcr0 != 0 || n > size {
+		t.Fatalf("ptrace: XCR0 %#x, %d bytes; CPU: XCR0 %#x, %d bytes", x.XCR0, n, xcr0, size)
+	}
+	if err := XsaveCompatible(x, xcr0); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("XCR0 %#x, xsave area %d bytes (ptrace %d)", xcr0, size, n)
 }
