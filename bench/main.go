@@ -49,6 +49,10 @@ var (
 // size of the stream, the unit a streaming stage works in.
 const chunk = 4 << 20
 
+// rssLimitMB is the most any stage may hold, whatever the image size
+// (issue 3): stages stream, never hold the image.
+const rssLimitMB = 64
+
 var dumpStages = [][]string{
 	{"cr-freeze", "--pid", "PID"},
 	{"cr-seize"}, {"cr-parasite"}, {"cr-pages"}, {"cr-files"}, {"cr-tcp"},
@@ -322,6 +326,24 @@ func printTable(w io.Writer, rep *report) {
 			sort.Float64s(cpu)
 			fmt.Fprintf(w, "| %s | %s | %.1f | %.3f |\n", n, x.Name, rss, cpu[len(cpu)/2])
 		}
+	}
+	var worst usage
+	for _, x := range rep.Results {
+		for _, us := range x.Usage {
+			for _, u := range us {
+				if u.MaxRSSMB > worst.MaxRSSMB {
+					worst = u
+				}
+			}
+		}
+	}
+	if worst.Name != "" {
+		verdict := "within"
+		if worst.MaxRSSMB > rssLimitMB {
+			verdict = "OVER"
+		}
+		fmt.Fprintf(w, "\nPeak RSS of every stage %s %d MB for %d MiB of memory (largest: %s, %.1f MB).\n",
+			verdict, rssLimitMB, rep.Bytes>>20, worst.Name, worst.MaxRSSMB)
 	}
 	for _, x := range rep.Results {
 		for _, e := range x.Errors {

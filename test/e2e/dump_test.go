@@ -17,14 +17,11 @@ var counters = []string{"counter", "counter-static"}
 func TestPipelineToFile(t *testing.T) {
 	for _, name := range counters {
 		t.Run(name, func(t *testing.T) {
-			need(t, append(pipelineCmds, "cr-restore")...)
+			need(t, append(pipelineCmds, "cr-restore", "crit")...)
 			p := startCounter(t, name, 0)
 			img := filepath.Join(p.dir, "img")
 			mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
-			if !notExist["crit"] {
-				need(t, "crit")
-				mustShell(t, 30*time.Second, "crit check "+img)
-			}
+			mustShell(t, 30*time.Second, "crit check "+img)
 			mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
 			p.waitKilled()
 			p.checkNoCgroup()
@@ -96,11 +93,12 @@ func TestDumpCompress(t *testing.T) {
 // running, thawed, where it was; a second dump then kills it and its image
 // restores.
 func TestLeaveRunning(t *testing.T) {
-	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	p := startCounter(t, "counter", 0)
 	img1 := filepath.Join(p.dir, "img1")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img1))
 	p.checkRunning()
+	mustShell(t, 30*time.Second, "crit check "+img1)
 	img2 := filepath.Join(p.dir, "img2")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img2))
 	p.waitKilled()
