@@ -23,12 +23,7 @@ func TestPipelineToFile(t *testing.T) {
 			mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
 			mustShell(t, 30*time.Second, "crit check "+img)
 			mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
-			p.waitKilled()
-			p.checkNoCgroup()
-			at := p.mustProgress()
-			p.restoreDetached(img)
-			p.checkProgressFrom(at)
-			p.terminate(at)
+			p.killedThenRestored(img)
 		})
 	}
 }
@@ -67,11 +62,7 @@ func TestLz4InThePipe(t *testing.T) {
 		"cr-freeze --pid %d | cr-seize | cr-parasite | lz4 -q -c | cr-pages | lz4 -q -c | cr-files | cr-tcp | lz4 -q -c > %s", p.pid, img))
 	checkLz4(t, img)
 	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
-	p.waitKilled()
-	at := p.mustProgress()
-	p.restoreDetached(img)
-	p.checkProgressFrom(at)
-	p.terminate(at)
+	p.killedThenRestored(img)
 }
 
 // TestDumpCompress: cr-dump --compress writes lz4, cr-restore reads it.
@@ -81,12 +72,7 @@ func TestDumpCompress(t *testing.T) {
 	img := filepath.Join(p.dir, "img.lz4")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --compress -o %s", p.pid, img))
 	checkLz4(t, img)
-	p.waitKilled()
-	p.checkNoCgroup()
-	at := p.mustProgress()
-	p.restoreDetached(img)
-	p.checkProgressFrom(at)
-	p.terminate(at)
+	p.killedThenRestored(img)
 }
 
 // TestLeaveRunning: a dump with --leave-running leaves the original
@@ -101,12 +87,7 @@ func TestLeaveRunning(t *testing.T) {
 	mustShell(t, 30*time.Second, "crit check "+img1)
 	img2 := filepath.Join(p.dir, "img2")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img2))
-	p.waitKilled()
-	p.checkNoCgroup()
-	at := p.mustProgress()
-	p.restoreDetached(img2)
-	p.checkProgressFrom(at)
-	p.terminate(at)
+	p.killedThenRestored(img2)
 }
 
 // TestRestoreWaits: cr-restore without -d waits for the restored process
@@ -155,6 +136,19 @@ func TestRestoreWaits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("cr-restore still waits 10s after the restored process exited: %s\nstderr:\n%s", describe(cmd.Process.Pid), stderr.Bytes())
 	}
+}
+
+// killedThenRestored checks the dump just made killed the original and
+// removed its cgroup, restores img with -d, and checks the counter goes on
+// from where it was and its state is intact.
+func (p *target) killedThenRestored(img string) {
+	p.t.Helper()
+	p.waitKilled()
+	p.checkNoCgroup()
+	at := p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	p.terminate(at)
 }
 
 // mustProgress reads the counter's final progress (after the dump killed it).

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"crpipe/lib/proc"
 )
 
 // target is a test program the test started, as its own child. The test
@@ -316,15 +318,11 @@ func (p *target) terminate(minTicks uint64) {
 
 // procState is the state letter of /proc/PID/stat ("" when gone).
 func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return ""
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return ""
-	}
-	return string(b[i+2])
+	return string(st.State)
 }
 
 func readFile(path string) string {
@@ -418,40 +416,17 @@ func (p *target) checkPidfile(pidfile string) {
 }
 
 // descendant finds a process called comm among pid's descendants (the
-// test's own dump), scanning /proc.
+// test's own dump).
 func descendant(pid int, comm string) int {
-	parent := map[int]int{}
-	names := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
-		if err != nil {
-			continue
-		}
-		l, r := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-		if l < 0 || r < l {
-			continue
-		}
-		f := strings.Fields(string(b[r+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		pp, _ := strconv.Atoi(f[1])
-		parent[n] = pp
-		names[n] = string(b[l+1 : r])
-	}
-	for n, name := range names {
-		if name != comm {
-			continue
-		}
-		for a := parent[n]; a > 1; a = parent[a] {
-			if a == pid {
-				return n
+	queue := []int{pid}
+	for len(queue) > 0 {
+		kids, _ := proc.Children(queue[0])
+		queue = queue[1:]
+		for _, k := range kids {
+			if st, err := proc.ReadStat(k); err == nil && st.Comm == comm {
+				return k
 			}
+			queue = append(queue, k)
 		}
 	}
 	return 0
@@ -482,13 +457,7 @@ func describeGroup(pgid int) string {
 		if err != nil {
 			continue
 		}
-		st := readFile(fmt.Sprintf("/proc/%d/stat", n))
-		i := strings.LastIndexByte(st, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(st[i+1:])
-		if len(f) > 3 && f[3] == strconv.Itoa(pgid) {
+		if st, err := proc.ReadStat(n); err == nil && st.Pgid == pgid {
 			b.WriteString("\n  " + describe(n) + " " + strings.ReplaceAll(readFile(fmt.Sprintf("/proc/%d/cmdline", n)), "\x00", " "))
 		}
 	}
@@ -496,9 +465,9 @@ func describeGroup(pgid int) string {
 }
 
 func taskState(pid int, tid string) string {
-	st := readFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tid))
-	if i := strings.LastIndexByte(st, ')'); i >= 0 && i+2 < len(st) {
-		return st[i+2 : i+3]
+	n, _ := strconv.Atoi(tid)
+	if st, err := proc.ReadTaskStat(pid, n); err == nil {
+		return string(st.State)
 	}
 	return "?"
 }
