@@ -65,7 +65,7 @@ pie:
 generate:
 	@scripts/deps.sh generate
 	protoc -I lib/pb --plugin=protoc-gen-go="$$(scripts/deps.sh protoc-gen-go)" \
-		--go_out=lib/pb --go_opt=paths=source_relative lib/pb/cr.proto
+		--go_out=lib/pb --go_opt=paths=source_relative lib/pb/*.proto
 
 deps:
 	@scripts/deps.sh test

@@ -15,31 +15,39 @@ import (
 // pinned in scripts/deps.sh).
 const protocGenGoVersion = "v1.36.12"
 
-// TestGeneratedCodeIsCurrent regenerates cr.pb.go from cr.proto into a
-// temporary directory and fails when the committed file differs: someone
-// edited cr.proto without `make generate`, or edited the generated code.
+// TestGeneratedCodeIsCurrent regenerates every *.pb.go from its .proto into
+// a temporary directory and fails when a committed file differs: someone
+// edited a .proto without `make generate`, or edited the generated code.
 func TestGeneratedCodeIsCurrent(t *testing.T) {
 	protoc := findProtoc(t)
 	plugin := findProtocGenGo(t)
 	out := t.TempDir()
-	cmd := exec.Command(protoc, "-I", ".", "--plugin=protoc-gen-go="+plugin,
-		"--go_out="+out, "--go_opt=paths=source_relative", "cr.proto")
+	protos, err := filepath.Glob("*.proto")
+	if err != nil || len(protos) == 0 {
+		t.Fatalf("no .proto files: %v", err)
+	}
+	args := append([]string{"-I", ".", "--plugin=protoc-gen-go=" + plugin,
+		"--go_out=" + out, "--go_opt=paths=source_relative"}, protos...)
+	cmd := exec.Command(protoc, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, b)
 	}
-	fresh, err := os.ReadFile(filepath.Join(out, "cr.pb.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	committed, err := os.ReadFile("cr.pb.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The protoc version is only named in a comment; another protoc release
-	// producing the same code is not a difference.
-	if !bytes.Equal(normalize(fresh), normalize(committed)) {
-		t.Fatalf("lib/pb/cr.pb.go is not what cr.proto generates; run `make generate` and commit the result\n%s",
-			firstDiff(normalize(committed), normalize(fresh)))
+	for _, proto := range protos {
+		gen := strings.TrimSuffix(proto, ".proto") + ".pb.go"
+		fresh, err := os.ReadFile(filepath.Join(out, gen))
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed, err := os.ReadFile(gen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The protoc version is only named in a comment; another protoc release
+		// producing the same code is not a difference.
+		if !bytes.Equal(normalize(fresh), normalize(committed)) {
+			t.Fatalf("lib/pb/%s is not what %s generates; run `make generate` and commit the result\n%s",
+				gen, proto, firstDiff(normalize(committed), normalize(fresh)))
+		}
 	}
 }
 

@@ -1,0 +1,78 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+)
+
+// Extension points. Each capability (an fd kind, a record type, a piece of
+// per-process or per-thread state) lives in its own file of this package and
+// registers itself from init(), so that restore.go stays the coordinator.
+
+// Ctx is one restore run: every task, and state that kinds share.
+type Ctx struct {
+	Tasks map[uint32]*task // by dumped pid
+	Order []*task          // parents before children
+	// Shared holds per-kind state, keyed by the kind's own prefix
+	// (e.g. "pipe:1234" for the pipe with inode 1234).
+	Shared map[string]any
+}
+
+// fdOpener returns the file to install as fd in t. The file is passed over
+// SCM_RIGHTS and installed at fd.Fd with its close-on-exec flag; restore
+// closes its own copy afterwards (an opener that shares one open file
+// description between fds caches the *os.File in Ctx.Shared and returns it
+// again: restore does not close it twice).
+type fdOpener func(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error)
+
+var fdOpeners = map[pb.FdKind]fdOpener{}
+
+func registerFdKind(k pb.FdKind, open fdOpener) {
+	if _, dup := fdOpeners[k]; dup {
+		panic(fmt.Sprintf("restore: fd kind %v registered twice", k))
+	}
+	fdOpeners[k] = open
+}
+
+// recordHandler consumes a record type the coordinator does not know. The
+// frame's payload is only valid during the call.
+type recordHandler func(rc *Ctx, f *image.Frame) error
+
+var recordHandlers = map[image.Type]recordHandler{}
+
+func registerRecord(t image.Type, h recordHandler) {
+	if _, dup := recordHandlers[t]; dup {
+		panic(fmt.Sprintf("restore: record type %v registered twice", t))
+	}
+	recordHandlers[t] = h
+}
+
+// stateCalls produce syscalls run inside a task (by its restorer), with
+// argument structs laid out in the scratch area.
+type (
+	processState func(rc *Ctx, t *task, s *scratchWriter) ([]call, error)
+	threadState  func(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error)
+)
+
+var (
+	// processStates run once per process, after its fds are installed and
+	// before its other threads are created.
+	processStates []processState
+	// threadStates run in every thread (the leader too), after threads exist.
+	threadStates []threadState
+	// lastStates run once per process at the very end, just before the
+	// registers are set: credentials, then seccomp.
+	lastStates []processState
+	// finishers run after every task runs again (e.g. lift a network lock).
+	finishers []func(rc *Ctx) error
+)
+
+func registerProcessState(f processState) { processStates = append(processStates, f) }
+func registerThreadState(f threadState)   { threadStates = append(threadStates, f) }
+func registerLastState(f processState)    { lastStates = append(lastStates, f) }
+func registerFinisher(f func(rc *Ctx) error) {
+	finishers = append(finishers, f)
+}
