@@ -365,6 +365,7 @@ type Process struct {
 	Comm          string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
 	StartTime     uint64                 `protobuf:"varint,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"` // /proc/PID/stat field 22: guards against PID reuse
 	State         string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`                           // /proc/PID/stat state letter at freeze time
+	ExitCode      int32                  `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`    // zombies: the wait status (/proc/PID/stat field 52)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -453,6 +454,13 @@ func (x *Process) GetState() string {
 		return x.State
 	}
 	return ""
+}
+
+func (x *Process) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
 }
 
 // X86Regs is struct user_regs_struct of x86_64.
@@ -1605,7 +1613,7 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"TaskCgroup\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x18\n" +
-	"\acgroup2\x18\x02 \x01(\tR\acgroup2\"\xb8\x01\n" +
+	"\acgroup2\x18\x02 \x01(\tR\acgroup2\"\xd5\x01\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -1615,7 +1623,8 @@ const file_cr_proto_rawDesc = "" +
 	"\x04comm\x18\x06 \x01(\tR\x04comm\x12\x1d\n" +
 	"\n" +
 	"start_time\x18\a \x01(\x04R\tstartTime\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\"\xfc\x03\n" +
+	"\x05state\x18\b \x01(\tR\x05state\x12\x1b\n" +
+	"\texit_code\x18\t \x01(\x05R\bexitCode\"\xfc\x03\n" +
 	"\aX86Regs\x12\x10\n" +
 	"\x03r15\x18\x01 \x01(\x04R\x03r15\x12\x10\n" +
 	"\x03r14\x18\x02 \x01(\x04R\x03r14\x12\x10\n" +
