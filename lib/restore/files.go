@@ -13,14 +13,24 @@ import (
 // openFlagsForRestore strips flags that only mean something at creation.
 const creationFlags = unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC
 
-// openFd opens the file behind one dumped fd as the process had it.
-func openFd(pid int, fd *pb.Fd) (*os.File, error) {
-	where := fmt.Sprintf("pid %d fd %d", pid, fd.Fd)
-	switch pb.FdKind(fd.Kind) {
-	case pb.FdKind_FD_REGULAR, pb.FdKind_FD_CHARDEV, pb.FdKind_FD_DIRECTORY:
-	default:
-		return nil, fmt.Errorf("%s: fd kind %d is not supported by this cr-restore", where, fd.Kind)
+func init() {
+	registerFdKind(pb.FdKind_FD_REGULAR, openPath)
+	registerFdKind(pb.FdKind_FD_CHARDEV, openPath)
+	registerFdKind(pb.FdKind_FD_DIRECTORY, openPath)
+}
+
+// openFd returns the file to install as one dumped fd.
+func openFd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	open, ok := fdOpeners[pb.FdKind(fd.Kind)]
+	if !ok {
+		return nil, fmt.Errorf("pid %d fd %d: fd kind %v is not supported by this cr-restore", t.pid, fd.Fd, pb.FdKind(fd.Kind))
 	}
+	return open(rc, t, fd)
+}
+
+// openPath opens a file by its path as the process had it open.
+func openPath(_ *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
 	f, err := os.OpenFile(fd.Path, int(fd.Flags)&^creationFlags, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
@@ -48,7 +58,8 @@ func openFd(pid int, fd *pb.Fd) (*os.File, error) {
 }
 
 // restoreFiles replaces the task's fd table with the dumped one.
-func (t *task) restoreFiles(fl *pb.Files) error {
+func (rc *Ctx) restoreFiles(t *task) error {
+	fl := t.files
 	maxTarget := -1
 	for _, fd := range fl.Fds {
 		if fd.Fd < 0 {
@@ -81,12 +92,16 @@ func (t *task) restoreFiles(fl *pb.Files) error {
 
 	var files []*os.File
 	defer func() {
+		closed := map[*os.File]bool{} // an opener may share one file between fds
 		for _, f := range files {
-			f.Close()
+			if !closed[f] {
+				closed[f] = true
+				f.Close()
+			}
 		}
 	}()
 	for _, fd := range fl.Fds {
-		f, err := openFd(t.pid, fd)
+		f, err := openFd(rc, t, fd)
 		if err != nil {
 			return err
 		}

@@ -21,45 +21,114 @@ const (
 	errRestartNoIntr   = 513
 	errRestartBlock    = 516
 	allSignalsBlocked  = ^uint64(0)
-	ptraceSysgoodOpt   = unix.PTRACE_O_TRACESYSGOOD
 	maxSigactionSignal = 64
+
+	threadStackSize = 64 << 10
+	threadFlags     = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+		unix.CLONE_THREAD | unix.CLONE_SYSVSEM
 )
 
-// finish gives the task its per-process state and then its registers.
-func (t *task) finish() error {
-	if err := t.sealVmas(); err != nil {
+// finish runs once the whole stream is read: every live task gets its
+// files, its per-process state and its threads, then all of them their
+// registers, and only then does any of them run.
+func (rc *Ctx) finish() error {
+	var live []*task
+	for _, t := range rc.Order {
+		if t.zombie() {
+			continue
+		}
+		if err := t.complete(); err != nil {
+			return err
+		}
+		live = append(live, t)
+	}
+	for _, t := range live {
+		if err := t.sealVmas(); err != nil {
+			return err
+		}
+		if err := rc.restoreFiles(t); err != nil {
+			return err
+		}
+		s := &scratchWriter{base: t.scratch}
+		calls, err := t.processCalls(s)
+		if err != nil {
+			return err
+		}
+		for _, st := range processStates {
+			c, err := st(rc, t, s)
+			if err != nil {
+				return err
+			}
+			calls = append(calls, c...)
+		}
+		if err := t.runWithScratch(t.r, s, calls); err != nil {
+			return err
+		}
+		if err := t.createThreads(); err != nil {
+			return err
+		}
+		if err := rc.threadCalls(t, s); err != nil {
+			return err
+		}
+		calls = nil
+		for _, st := range lastStates {
+			c, err := st(rc, t, s)
+			if err != nil {
+				return err
+			}
+			calls = append(calls, c...)
+		}
+		if err := t.runWithScratch(t.r, s, calls); err != nil {
+			return err
+		}
+	}
+	if err := resumeAll(live); err != nil {
 		return err
 	}
+	for _, f := range finishers {
+		if err := f(rc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *task) runWithScratch(r *restorer, s *scratchWriter, calls []call) error {
+	if err := t.flushScratch(s); err != nil {
+		return err
+	}
+	_, err := r.run(calls...)
+	return err
+}
+
+// processCalls are the base per-process syscalls: umask, signal handlers,
+// name, and the mm fields with the exe file.
+func (t *task) processCalls(s *scratchWriter) ([]call, error) {
 	mm := t.mm
 	exe := mm.Exe
-	if exe == "" && t.files != nil {
+	if exe == "" {
 		exe = t.files.Exe
 	}
 	exeFile, err := os.Open(exe)
 	if err != nil {
-		return fmt.Errorf("pid %d: exe: %w", t.pid, err)
+		return nil, fmt.Errorf("pid %d: exe: %w", t.pid, err)
 	}
 	defer exeFile.Close()
 	remote, err := t.r.sendFds([]*os.File{exeFile})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	exeFd := uint64(remote[0])
 
-	s := scratchWriter{base: t.scratch}
-	var calls []call
-	if t.files != nil {
-		calls = append(calls, sc("umask", unix.SYS_UMASK, uint64(t.files.Umask)))
-	}
-	if st := t.state; st != nil {
+	calls := []call{sc("umask", unix.SYS_UMASK, uint64(t.files.Umask))}
+	if st := t.states[t.proc.Pid]; st != nil {
 		for _, a := range st.Sigactions {
 			if a.Signo == 0 || a.Signo > maxSigactionSignal || a.Signo == uint32(unix.SIGKILL) || a.Signo == uint32(unix.SIGSTOP) {
-				return fmt.Errorf("pid %d: sigaction for signal %d in the image", t.pid, a.Signo)
+				return nil, fmt.Errorf("pid %d: sigaction for signal %d in the image", t.pid, a.Signo)
 			}
 			addr := s.putU64s(a.Handler, a.Flags, a.Restorer, a.Mask)
 			calls = append(calls, sc(fmt.Sprintf("sigaction %d", a.Signo), unix.SYS_RT_SIGACTION, uint64(a.Signo), addr, 0, 8))
 		}
-		calls = append(calls, sc("set_tid_address", unix.SYS_SET_TID_ADDRESS, st.ClearChildTid))
 	}
 	if t.proc.Comm != "" {
 		calls = append(calls, sc("set name", unix.SYS_PRCTL, prSetName, s.putString(t.proc.Comm)))
@@ -77,25 +146,159 @@ func (t *task) finish() error {
 	mmMap = binary.LittleEndian.AppendUint32(mmMap, uint32(exeFd))
 	calls = append(calls, sc("prctl PR_SET_MM_MAP", unix.SYS_PRCTL, prSetMm, prSetMmMap, s.put(mmMap), prctlMmMapSz, 0))
 	calls = append(calls, sc("close exe", unix.SYS_CLOSE, exeFd))
-	if rs := t.core.Rseq; rs != nil && rs.AbiPointer != 0 {
-		calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
-	}
-	if err := t.flushScratch(&s); err != nil {
-		return err
-	}
-	if _, err := t.r.run(calls...); err != nil {
-		return err
-	}
-	return t.resume()
+	return calls, nil
 }
 
-// resume unmaps the restorer and puts the dumped registers in place. The
-// restorer sits in recvmsg; a PTRACE_INTERRUPT stops it inside get_signal.
-// The last two syscalls (close the control socket, unmap the restorer) are
-// injected at the restorer's own syscall instruction: the syscall-exit stop
-// comes before the task could execute the unmapped code after it.
-func (t *task) resume() error {
-	regs, err := t.regsFor()
+// createThreads clones every thread but the leader with its dumped TID,
+// each on a stack in the hole and with a control socket of its own.
+func (t *task) createThreads() error {
+	for i, tid := range t.proc.Threads {
+		if tid == t.proc.Pid {
+			continue
+		}
+		ours, theirs, err := controlPair()
+		if err != nil {
+			return err
+		}
+		n, err := t.r.sendFds([]*os.File{theirs})
+		theirs.Close()
+		if err != nil {
+			ours.Close()
+			return err
+		}
+		stack := t.stacks + uint64(i)*threadStackSize
+		if _, err := t.r.clone(cloneReq{flags: threadFlags, tid: int(tid), childCtl: n[0], stack: stack, stackSize: threadStackSize}); err != nil {
+			ours.Close()
+			return fmt.Errorf("pid %d thread %d: %w", t.pid, tid, err)
+		}
+		t.threads = append(t.threads, &thread{tid: int(tid), r: &restorer{sock: ours, pid: int(tid), layout: t.r.layout}, ctlFd: n[0]})
+	}
+	return nil
+}
+
+// threadCalls runs, in every thread, what only the thread itself can set.
+func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
+	type one struct {
+		tid uint32
+		r   *restorer
+	}
+	all := []one{{t.proc.Pid, t.r}}
+	for _, th := range t.threads {
+		all = append(all, one{uint32(th.tid), th.r})
+	}
+	for _, o := range all {
+		var calls []call
+		if st := t.states[o.tid]; st != nil {
+			calls = append(calls, sc("set_tid_address", unix.SYS_SET_TID_ADDRESS, st.ClearChildTid))
+		}
+		if rs := t.cores[o.tid].Rseq; rs != nil && rs.AbiPointer != 0 {
+			calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
+		}
+		for _, st := range threadStates {
+			c, err := st(rc, t, o.tid, s)
+			if err != nil {
+				return err
+			}
+			calls = append(calls, c...)
+		}
+		if err := t.runWithScratch(o.r, s, calls); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resumeAll unmaps every restorer and puts the dumped registers in place.
+// Each thread sits in its restorer's recvmsg; PTRACE_INTERRUPT stops it
+// inside get_signal. The last syscalls (close the control sockets, unmap the
+// restorer) are injected at the restorer's own syscall instruction: the
+// syscall-exit stop comes before the unmapped code after it could run. No
+// task is detached, so none runs, before every task is ready.
+func resumeAll(tasks []*task) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var seized []int
+	defer func() {
+		for _, tid := range seized {
+			sys.PtraceDetach(tid, 0)
+		}
+	}()
+	for _, t := range tasks {
+		for _, tid := range t.tids() {
+			if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
+				return fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
+			}
+			seized = append(seized, tid)
+			if err := sys.PtraceInterrupt(tid); err != nil {
+				return err
+			}
+			if err := waitEventStop(tid); err != nil {
+				return err
+			}
+		}
+	}
+	for _, t := range tasks {
+		if err := t.dropRestorer(); err != nil {
+			return err
+		}
+		for _, tid := range t.tids() {
+			if err := t.setThreadState(tid); err != nil {
+				return err
+			}
+		}
+	}
+	for _, tid := range seized {
+		if err := sys.PtraceDetach(tid, 0); err != nil {
+			return fmt.Errorf("tid %d: %w", tid, err)
+		}
+	}
+	seized = nil
+	return nil
+}
+
+func (t *task) tids() []int {
+	tids := []int{t.pid}
+	for _, th := range t.threads {
+		tids = append(tids, th.tid)
+	}
+	return tids
+}
+
+// dropRestorer closes the control sockets and unmaps the hole, by
+// injection in the leader, then brings the leader back to a stop inside
+// get_signal so that the kernel's syscall-restart logic applies to the
+// registers it gets next.
+func (t *task) dropRestorer() error {
+	pid := t.pid
+	if err := sys.PtraceSetSigmask(pid, allSignalsBlocked); err != nil {
+		return err
+	}
+	insn := t.hole + t.r.layout.SyscallInsn
+	ctls := []int{t.ctlFd}
+	for _, th := range t.threads {
+		ctls = append(ctls, th.ctlFd)
+	}
+	for _, fd := range ctls {
+		if err := injectSyscall(pid, insn, unix.SYS_CLOSE, uint64(fd)); err != nil {
+			return fmt.Errorf("pid %d: close control socket %d: %w", pid, fd, err)
+		}
+	}
+	if err := injectSyscall(pid, insn, unix.SYS_MUNMAP, t.hole, t.holeSize); err != nil {
+		return fmt.Errorf("pid %d: unmap restorer: %w", pid, err)
+	}
+	if err := sys.PtraceInterrupt(pid); err != nil {
+		return err
+	}
+	if err := sys.PtraceCont(pid, 0); err != nil {
+		return err
+	}
+	return waitEventStop(pid)
+}
+
+// setThreadState gives a thread, stopped inside get_signal, its dumped
+// registers, FPU state and signal mask.
+func (t *task) setThreadState(tid int) error {
+	regs, err := t.regsFor(uint32(tid))
 	if err != nil {
 		return err
 	}
@@ -105,60 +308,18 @@ func (t *task) resume() error {
 		noIntr := int64(-errRestartNoIntr)
 		regs.Rax = uint64(noIntr)
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	pid := t.pid
-	if err := sys.PtraceSeize(pid, ptraceSysgoodOpt); err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
+	core := t.cores[uint32(tid)]
+	if err := sys.PtraceSetRegs(tid, &regs); err != nil {
+		return fmt.Errorf("pid %d tid %d: set registers: %w", t.pid, tid, err)
 	}
-	detached := false
-	defer func() {
-		if !detached {
-			sys.PtraceDetach(pid, 0)
-		}
-	}()
-	if err := sys.PtraceInterrupt(pid); err != nil {
-		return err
-	}
-	if err := waitEventStop(pid); err != nil {
-		return err
-	}
-	if err := sys.PtraceSetSigmask(pid, allSignalsBlocked); err != nil {
-		return err
-	}
-	insn := t.hole + t.r.layout.SyscallInsn
-	if err := injectSyscall(pid, insn, unix.SYS_CLOSE, uint64(t.ctlFd)); err != nil {
-		return fmt.Errorf("pid %d: close control socket: %w", pid, err)
-	}
-	if err := injectSyscall(pid, insn, unix.SYS_MUNMAP, t.hole, t.holeSize); err != nil {
-		return fmt.Errorf("pid %d: unmap restorer: %w", pid, err)
-	}
-	// Back to a stop inside get_signal, so that the kernel's syscall
-	// restart logic applies to the dumped registers.
-	if err := sys.PtraceInterrupt(pid); err != nil {
-		return err
-	}
-	if err := sys.PtraceCont(pid, 0); err != nil {
-		return err
-	}
-	if err := waitEventStop(pid); err != nil {
-		return err
-	}
-	if err := sys.PtraceSetRegs(pid, &regs); err != nil {
-		return fmt.Errorf("pid %d: set registers: %w", pid, err)
-	}
-	if len(t.core.Xsave) > 0 {
-		if err := sys.PtraceSetRegset(pid, sys.NT_X86_XSTATE, t.core.Xsave); err != nil {
-			return fmt.Errorf("pid %d: set FPU/xsave state: %w", pid, err)
+	if len(core.Xsave) > 0 {
+		if err := sys.PtraceSetRegset(tid, sys.NT_X86_XSTATE, core.Xsave); err != nil {
+			return fmt.Errorf("pid %d tid %d: set FPU/xsave state: %w", t.pid, tid, err)
 		}
 	}
-	if err := sys.PtraceSetSigmask(pid, t.core.Sigmask); err != nil {
-		return fmt.Errorf("pid %d: set signal mask: %w", pid, err)
+	if err := sys.PtraceSetSigmask(tid, core.Sigmask); err != nil {
+		return fmt.Errorf("pid %d tid %d: set signal mask: %w", t.pid, tid, err)
 	}
-	if err := sys.PtraceDetach(pid, 0); err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
-	}
-	detached = true
 	return nil
 }
 

@@ -78,13 +78,14 @@ func (t *task) setupMm(mm *pb.Mm) error {
 		used = append(used, span{v.start, v.end})
 	}
 	imgSize := pageUp(t.r.layout.ImageSize)
-	t.holeSize = imgSize + stackSize + scratchSize
+	t.holeSize = imgSize + stackSize + scratchSize + uint64(len(t.proc.Threads))*threadStackSize
 	hole, err := findGap(used, t.holeSize)
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", t.pid, err)
 	}
 	t.hole = hole
 	t.scratch = hole + imgSize + stackSize
+	t.stacks = t.scratch + scratchSize
 	if _, err := t.r.run(sc("map restorer area", unix.SYS_MMAP, hole, t.holeSize,
 		unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)); err != nil {
 		return err

@@ -1,17 +1,18 @@
-// Package restore rebuilds processes from an image stream (cr-restore).
+// Package restore rebuilds process trees from an image stream (cr-restore).
 //
 // The coordinator (this package) decides everything; the restorer blob
-// (crpipe/pie) runs syscalls on command inside the task being rebuilt. The
+// (crpipe/pie) runs syscalls on command inside each task being rebuilt. The
 // order follows the stream, so memory streams straight from the input into
-// the task with constant memory:
+// the tasks with constant memory:
 //
-//	process record  -> a helper clones the task with its dumped PID
+//	process records -> the tree is cloned with its dumped PIDs (tree.go)
 //	mm record       -> the restorer moves to a hole, the dumped VMAs are mapped
 //	page frames     -> process_vm_writev into the task
-//	files record    -> files are opened here and passed over SCM_RIGHTS
-//	end             -> per-task state (signals, tid address, mm fields, rseq),
-//	                   then the restorer is unmapped and the dumped registers
-//	                   set through ptrace (final.go)
+//	end             -> files, per-process state, threads, per-thread state,
+//	                   then every restorer is unmapped and the dumped
+//	                   registers set through ptrace (final.go)
+//
+// doc/restorer.md describes the sequence and the restorer's protocol.
 package restore
 
 import (
@@ -19,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,7 +35,7 @@ type Options struct {
 	Input   string        // image file; stdin when empty
 	Detach  bool          // return once the tree runs
 	PidFile string        // write the root's PID here
-	PidWait time.Duration // how long to wait for a dumped PID to become free
+	PidWait time.Duration // how long to wait for dumped PIDs to become free
 }
 
 // task is one process being rebuilt.
@@ -43,31 +43,32 @@ type task struct {
 	proc     *pb.Process
 	pid      int
 	r        *restorer
-	core     *pb.ThreadCore
-	state    *pb.TaskState
+	parent   *task
+	cores    map[uint32]*pb.ThreadCore // by tid
+	states   map[uint32]*pb.TaskState  // by tid
 	mm       *pb.Mm
 	files    *pb.Files
 	hole     uint64
 	holeSize uint64
 	scratch  uint64
+	stacks   uint64 // thread stacks, inside the hole
 	writable []*pb.Vma
-	ctlFd    int // the task's end of the control socket
+	ctlFd    int       // the task's end of its control socket
+	threads  []*thread // all but the leader
 	done     bool
 }
 
-// kill removes a task this restore created and reaps it.
-func (t *task) kill() {
-	if t.pid == 0 || t.done {
-		return
-	}
-	unix.Kill(t.pid, unix.SIGKILL)
-	var ws unix.WaitStatus
-	unix.Wait4(t.pid, &ws, unix.WALL, nil)
-	t.done = true
+// thread is a non-leader thread with a restorer of its own.
+type thread struct {
+	tid   int
+	r     *restorer
+	ctlFd int
 }
 
+func (t *task) zombie() bool { return t.proc.State == "Z" }
+
 // Run restores the stream described by opts.
-func Run(opts Options) error {
+func Run(opts Options) (err error) {
 	in, err := stage.Input(opts.Input)
 	if err != nil {
 		return err
@@ -77,26 +78,23 @@ func Run(opts Options) error {
 	if err != nil {
 		return fmt.Errorf("input: %w", err)
 	}
-	var root *task
-	defer func() {
-		if root != nil && !root.done && err != nil {
-			root.kill()
-		}
-		if root != nil && root.r != nil {
-			root.r.sock.Close()
-		}
-	}()
-	root, err = restoreStream(rd, opts)
-	if err != nil {
+	// Orphans of a tree killed after a failure come back to us to be reaped.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl child subreaper: %w", err)
+	}
+	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}}
+	defer rc.closeAll()
+	if err := rc.restoreStream(rd, opts); err != nil {
+		rc.killAll()
 		return err
 	}
+	root := rc.Order[0]
 	if opts.PidFile != "" {
 		if err := os.WriteFile(opts.PidFile, []byte(fmt.Sprintf("%d\n", root.pid)), 0o644); err != nil {
 			return err
 		}
 	}
 	if opts.Detach {
-		root.done = true
 		return nil
 	}
 	return waitRoot(root)
@@ -115,7 +113,6 @@ func waitRoot(t *task) error {
 		}
 		break
 	}
-	t.done = true
 	switch {
 	case ws.Exited():
 		if ws.ExitStatus() != 0 {
@@ -128,13 +125,50 @@ func waitRoot(t *task) error {
 	return nil
 }
 
-// restoreStream consumes the stream and returns the running root task.
-func restoreStream(rd *image.Reader, opts Options) (t *task, err error) {
-	defer func() {
-		if err != nil && t != nil {
-			t.kill()
+// killAll removes every task this restore created, and reaps them: the root
+// is our child, the others come back to us as orphans (we are a subreaper).
+func (rc *Ctx) killAll() {
+	created := 0
+	for _, t := range rc.Order {
+		if t.pid != 0 {
+			unix.Kill(t.pid, unix.SIGKILL)
+			created++
 		}
-	}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for created > 0 && time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WALL|unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		if pid == 0 {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		if _, ours := rc.Tasks[uint32(pid)]; ours {
+			created--
+		}
+	}
+}
+
+func (rc *Ctx) closeAll() {
+	for _, t := range rc.Order {
+		if t.r != nil {
+			t.r.sock.Close()
+		}
+		for _, th := range t.threads {
+			th.r.sock.Close()
+		}
+	}
+}
+
+// restoreStream consumes the stream and leaves the tree running.
+func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
+	created := false
 	var spool *os.File
 	defer func() {
 		if spool != nil {
@@ -147,125 +181,155 @@ func restoreStream(rd *image.Reader, opts Options) (t *task, err error) {
 			break
 		}
 		if err != nil {
-			return t, fmt.Errorf("input: %w", err)
+			return fmt.Errorf("input: %w", err)
 		}
-		switch f.Type {
-		case image.TypeProcess:
-			var p pb.Process
-			if err := image.Unmarshal(f, &p); err != nil {
-				return t, err
-			}
-			if t != nil {
-				return t, stage.Hint(fmt.Errorf("frame %d: a second process (pid %d): restoring process trees is not supported yet", f.Index, p.Pid),
-					"dump a single process; trees come with issue 4")
-			}
-			if len(p.Threads) > 1 {
-				return t, fmt.Errorf("frame %d: pid %d has %d threads: restoring threads is not supported yet", f.Index, p.Pid, len(p.Threads))
-			}
-			t = &task{proc: &p}
-			err := t.create()
-			if errors.Is(err, ErrPidBusy) {
-				// The dumped process may still be alive, waiting for its dump to
+		if f.Type != image.TypeProcess && !created && len(rc.Order) > 0 {
+			if !rc.pidsFree() {
+				// The dumped tree may still be alive, waiting for its dump to
 				// complete (cr-dump | cr-restore). Keep reading into a spool file
-				// so the dump can finish, then wait for the PID to be freed.
-				if spool, rd, err = spoolRest(rd); err != nil {
-					return t, err
+				// so the dump can finish, then wait for the PIDs to be freed.
+				if spool, rd, err = spoolRest(rd, f); err != nil {
+					return err
 				}
-				err = t.createWhenFree(opts.PidWait)
+				if err := rc.waitPidsFree(opts.PidWait); err != nil {
+					return err
+				}
+				f, err = rd.Next()
+				if err != nil {
+					return fmt.Errorf("spool: %w", err)
+				}
 			}
-			if err != nil {
-				return t, err
+			if err := rc.createTree(); err != nil {
+				return err
 			}
-		case image.TypeThreadCore:
-			var c pb.ThreadCore
-			if err := image.Unmarshal(f, &c); err != nil {
-				return t, err
-			}
-			if err := t.expect(f, c.Pid); err != nil {
-				return t, err
-			}
-			t.core = &c
-		case image.TypeTaskState:
-			var s pb.TaskState
-			if err := image.Unmarshal(f, &s); err != nil {
-				return t, err
-			}
-			if err := t.expect(f, s.Pid); err != nil {
-				return t, err
-			}
-			t.state = &s
-		case image.TypeMm:
-			var mm pb.Mm
-			if err := image.Unmarshal(f, &mm); err != nil {
-				return t, err
-			}
-			if err := t.expect(f, mm.Pid); err != nil {
-				return t, err
-			}
-			t.mm = &mm
-			if err := t.setupMm(&mm); err != nil {
-				return t, err
-			}
-		case image.TypePages:
-			h, data, err := f.Pages()
-			if err != nil {
-				return t, err
-			}
-			if err := t.expect(f, h.Pid); err != nil {
-				return t, err
-			}
-			if t.mm == nil {
-				return t, fmt.Errorf("frame %d at offset %d: pages before the mm record of pid %d: %w", f.Index, f.Offset, h.Pid, image.ErrCorrupt)
-			}
-			if err := t.writePages(h.Addr, data); err != nil {
-				return t, fmt.Errorf("frame %d at offset %d: pid %d: %w", f.Index, f.Offset, h.Pid, err)
-			}
-		case image.TypeFiles:
-			var fl pb.Files
-			if err := image.Unmarshal(f, &fl); err != nil {
-				return t, err
-			}
-			if err := t.expect(f, fl.Pid); err != nil {
-				return t, err
-			}
-			t.files = &fl
-			if err := t.restoreFiles(&fl); err != nil {
-				return t, err
-			}
-		case image.TypeEnd:
-		default:
-			stage.Logf("frame %d: %s record not used by restore", f.Index, f.Type)
+			created = true
+		}
+		if err := rc.handle(f, created); err != nil {
+			return err
 		}
 	}
-	if t == nil {
-		return nil, fmt.Errorf("input: the stream holds no process")
+	if len(rc.Order) == 0 {
+		return fmt.Errorf("input: the stream holds no process")
 	}
-	if err := t.complete(); err != nil {
-		return t, err
+	if !created {
+		return stage.Hint(fmt.Errorf("input: the stream holds only process records"), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
 	}
-	if err := t.finish(); err != nil {
-		return t, err
-	}
-	return t, nil
+	return rc.finish()
 }
 
-func (t *task) expect(f *image.Frame, pid uint32) error {
-	if t == nil || t.proc.Pid != pid {
-		return fmt.Errorf("frame %d at offset %d: %s record for pid %d, which no process record announced: %w", f.Index, f.Offset, f.Type, pid, image.ErrCorrupt)
+func (rc *Ctx) handle(f *image.Frame, created bool) error {
+	switch f.Type {
+	case image.TypeProcess:
+		var p pb.Process
+		if err := image.Unmarshal(f, &p); err != nil {
+			return err
+		}
+		if created {
+			return fmt.Errorf("frame %d at offset %d: process record for pid %d after the tree was built: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
+		}
+		if _, dup := rc.Tasks[p.Pid]; dup || p.Pid == 0 {
+			return fmt.Errorf("frame %d at offset %d: duplicate or zero pid %d: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
+		}
+		t := &task{proc: &p, cores: map[uint32]*pb.ThreadCore{}, states: map[uint32]*pb.TaskState{}}
+		rc.Tasks[p.Pid] = t
+		rc.Order = append(rc.Order, t)
+	case image.TypeThreadCore:
+		var c pb.ThreadCore
+		if err := image.Unmarshal(f, &c); err != nil {
+			return err
+		}
+		t, err := rc.taskFor(f, c.Pid)
+		if err != nil {
+			return err
+		}
+		t.cores[c.Tid] = &c
+	case image.TypeTaskState:
+		var s pb.TaskState
+		if err := image.Unmarshal(f, &s); err != nil {
+			return err
+		}
+		t, err := rc.taskFor(f, s.Pid)
+		if err != nil {
+			return err
+		}
+		t.states[s.Tid] = &s
+	case image.TypeMm:
+		var mm pb.Mm
+		if err := image.Unmarshal(f, &mm); err != nil {
+			return err
+		}
+		t, err := rc.taskFor(f, mm.Pid)
+		if err != nil {
+			return err
+		}
+		if t.mm != nil {
+			return fmt.Errorf("frame %d at offset %d: second mm record for pid %d: %w", f.Index, f.Offset, mm.Pid, image.ErrCorrupt)
+		}
+		t.mm = &mm
+		if err := t.setupMm(&mm); err != nil {
+			return err
+		}
+	case image.TypePages:
+		h, data, err := f.Pages()
+		if err != nil {
+			return err
+		}
+		t, err := rc.taskFor(f, h.Pid)
+		if err != nil {
+			return err
+		}
+		if t.mm == nil {
+			return fmt.Errorf("frame %d at offset %d: pages before the mm record of pid %d: %w", f.Index, f.Offset, h.Pid, image.ErrCorrupt)
+		}
+		if err := t.writePages(h.Addr, data); err != nil {
+			return fmt.Errorf("frame %d at offset %d: pid %d: %w", f.Index, f.Offset, h.Pid, err)
+		}
+	case image.TypeFiles:
+		var fl pb.Files
+		if err := image.Unmarshal(f, &fl); err != nil {
+			return err
+		}
+		t, err := rc.taskFor(f, fl.Pid)
+		if err != nil {
+			return err
+		}
+		t.files = &fl
+	case image.TypeEnd:
+	default:
+		if h, ok := recordHandlers[f.Type]; ok {
+			return h(rc, f)
+		}
+		stage.Logf("frame %d: %s record not used by restore", f.Index, f.Type)
 	}
 	return nil
 }
 
-// complete checks that the stream carried everything a task needs.
+func (rc *Ctx) taskFor(f *image.Frame, pid uint32) (*task, error) {
+	t := rc.Tasks[pid]
+	if t == nil || t.pid == 0 {
+		return nil, fmt.Errorf("frame %d at offset %d: %s record for pid %d, which no process record announced: %w", f.Index, f.Offset, f.Type, pid, image.ErrCorrupt)
+	}
+	if t.zombie() {
+		return nil, fmt.Errorf("frame %d at offset %d: %s record for pid %d, a zombie: %w", f.Index, f.Offset, f.Type, pid, image.ErrCorrupt)
+	}
+	return t, nil
+}
+
+// complete checks that the stream carried everything a live task needs.
 func (t *task) complete() error {
 	missing := ""
 	switch {
-	case t.core == nil:
+	case t.cores[t.proc.Pid] == nil:
 		missing = "registers (cr-seize)"
 	case t.mm == nil:
 		missing = "memory (cr-pages)"
 	case t.files == nil:
 		missing = "files (cr-files)"
+	}
+	for _, tid := range t.proc.Threads {
+		if missing == "" && t.cores[tid] == nil {
+			missing = fmt.Sprintf("registers of thread %d (cr-seize)", tid)
+		}
 	}
 	if missing != "" {
 		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
@@ -273,92 +337,78 @@ func (t *task) complete() error {
 	return nil
 }
 
-// create starts a helper that clones the task with its dumped PID.
-func (t *task) create() error {
-	r, helper, err := startHelper()
-	if err != nil {
-		return err
+func (rc *Ctx) pidsFree() bool {
+	for _, t := range rc.Order {
+		for _, tid := range append([]uint32{t.proc.Pid}, t.proc.Threads...) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", tid)); !errors.Is(err, os.ErrNotExist) {
+				return false
+			}
+		}
 	}
-	pid, err := r.clone(int(t.proc.Pid))
-	if err != nil {
-		r.sock.Close() // the helper exits on EOF
-		helper.Wait()
-		return err
-	}
-	helper.Wait()
-	t.r, t.pid = r, pid
-	return nil
+	return true
 }
 
-func (t *task) createWhenFree(wait time.Duration) error {
+func (rc *Ctx) waitPidsFree(wait time.Duration) error {
 	deadline := time.Now().Add(wait)
-	for {
-		err := t.create()
-		if !errors.Is(err, ErrPidBusy) {
-			return err
-		}
+	for !rc.pidsFree() {
 		if time.Now().After(deadline) {
-			return stage.Hint(fmt.Errorf("pid %d is still in use after %v", t.proc.Pid, wait),
-				"the dumped process (or another one with its PID) is still running: kill it, or restore with --pidns (coming) to run beside it")
+			return stage.Hint(fmt.Errorf("pid %d (or another pid of the tree) is still in use after %v", rc.Order[0].proc.Pid, wait),
+				"the dumped processes (or others with their PIDs) still run: kill them, or wait for them to be reaped")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }
 
-// spoolRest copies the remaining frames into an unlinked temporary file and
-// returns a reader over it, so the producer of the stream can finish.
-func spoolRest(rd *image.Reader) (*os.File, *image.Reader, error) {
+// spoolRest copies the frame at hand and the rest of the stream into an
+// unlinked temporary file and returns a reader over it, so that the
+// producer of the stream can finish.
+func spoolRest(rd *image.Reader, first *image.Frame) (*os.File, *image.Reader, error) {
 	f, err := os.CreateTemp("", "crpipe-spool-*")
 	if err != nil {
 		return nil, nil, fmt.Errorf("spool: %w", err)
 	}
 	os.Remove(f.Name())
-	w, err := image.NewWriter(f, image.WriterOptions{})
-	if err != nil {
+	fail := func(err error) (*os.File, *image.Reader, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	for {
-		fr, err := rd.Next()
+	w, err := image.NewWriter(f, image.WriterOptions{})
+	if err != nil {
+		return fail(err)
+	}
+	for fr := first; ; {
+		if fr.Type != image.TypeEnd { // the spool gets its own end frame
+			if err := w.Pass(fr); err != nil {
+				return fail(fmt.Errorf("spool: %w", err))
+			}
+		}
+		fr, err = rd.Next()
 		if err == io.EOF {
 			break
 		}
-		if err == nil && fr.Type == image.TypeEnd {
-			continue // the spool gets its own end frame
-		}
 		if err != nil {
-			f.Close()
-			return nil, nil, fmt.Errorf("input: %w", err)
-		}
-		if err := w.Pass(fr); err != nil {
-			f.Close()
-			return nil, nil, fmt.Errorf("spool: %w", err)
+			return fail(fmt.Errorf("input: %w", err))
 		}
 	}
 	if err := w.Close(); err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("spool: %w", err)
+		return fail(fmt.Errorf("spool: %w", err))
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	nr, err := image.NewReader(f)
 	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("spool: %w", err)
+		return fail(fmt.Errorf("spool: %w", err))
 	}
 	return f, nr, nil
 }
 
-// helperCmd is kept for symmetry in tests.
-var _ = exec.Command
-
-// regsFor returns the registers the task resumes with.
-func (t *task) regsFor() (unix.PtraceRegs, error) {
-	regs, err := arch.RegsFromPB(t.core.Regs)
+// regsFor returns the registers a thread resumes with.
+func (t *task) regsFor(tid uint32) (unix.PtraceRegs, error) {
+	regs, err := arch.RegsFromPB(t.cores[tid].Regs)
 	if err != nil {
-		return regs, fmt.Errorf("pid %d: %w", t.pid, err)
+		return regs, fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
 	}
 	return regs, nil
 }

@@ -58,12 +58,10 @@ func startHelper() (*restorer, *exec.Cmd, error) {
 		return nil, nil, err
 	}
 	defer blob.Close()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	ours, theirs, err := controlPair()
 	if err != nil {
-		return nil, nil, fmt.Errorf("socketpair: %w", err)
+		return nil, nil, err
 	}
-	ours := os.NewFile(uintptr(fds[0]), "restorer-ctl")
-	theirs := os.NewFile(uintptr(fds[1]), "restorer-ctl-child")
 	defer theirs.Close()
 	cmd := &exec.Cmd{
 		Path:       fmt.Sprintf("/proc/self/fd/%d", blob.Fd()),
@@ -127,6 +125,14 @@ func (r *restorer) roundTrip(msg []byte, fds []int) (reply, error) {
 	return rp, nil
 }
 
+func appendCall(msg []byte, c call) []byte {
+	msg = binary.LittleEndian.AppendUint64(msg, uint64(c.nr))
+	for _, a := range c.args {
+		msg = binary.LittleEndian.AppendUint64(msg, a)
+	}
+	return msg
+}
+
 func header(op, count uint32, payload int) []byte {
 	b := make([]byte, 8, 8+payload)
 	binary.LittleEndian.PutUint32(b[0:], op)
@@ -159,10 +165,7 @@ func (r *restorer) run(calls ...call) ([]int64, error) {
 		calls = calls[n:]
 		msg := header(opSyscalls, uint32(n), n*56)
 		for _, c := range batch {
-			msg = binary.LittleEndian.AppendUint64(msg, uint64(c.nr))
-			for _, a := range c.args {
-				msg = binary.LittleEndian.AppendUint64(msg, a)
-			}
+			msg = appendCall(msg, c)
 		}
 		rp, err := r.roundTrip(msg, nil)
 		if err != nil {
@@ -237,16 +240,35 @@ func (r *restorer) relocate(dst, sp uint64) error {
 // ErrPidBusy means the PID to restore is in use.
 var ErrPidBusy = errors.New("pid in use")
 
-// clone asks the helper to create the task with the given pid as our child
-// (CLONE_PARENT) and to exit. The new task keeps the control socket.
-func (r *restorer) clone(pid int) (int, error) {
-	msg := header(opClone, 0, 32+4*32)
-	msg = binary.LittleEndian.AppendUint64(msg, unix.CLONE_PARENT)
-	msg = binary.LittleEndian.AppendUint64(msg, 0) // exit_signal: must be 0 with CLONE_PARENT
+// cloneReq is one OP_CLONE.
+type cloneReq struct {
+	flags      uint64
+	exitSignal uint64
+	tid        int    // the PID or TID the new task gets
+	exitParent bool   // the helper exits once it replied
+	childCtl   int    // >= 0: the new task serves this fd (already in the parent), the parent closes it
+	stack      uint64 // threads: stack base and size
+	stackSize  uint64
+}
+
+// clone asks the restorer to create a task with req.tid. The answer comes
+// from the parent; the child serves req.childCtl (or shares the parent's
+// socket when -1).
+func (r *restorer) clone(req cloneReq) (int, error) {
+	msg := header(opClone, 0, 176)
+	msg = binary.LittleEndian.AppendUint64(msg, req.flags)
+	msg = binary.LittleEndian.AppendUint64(msg, req.exitSignal)
 	msg = binary.LittleEndian.AppendUint32(msg, 1)
-	msg = binary.LittleEndian.AppendUint32(msg, 1) // the helper exits once it replied
-	msg = binary.LittleEndian.AppendUint32(msg, uint32(pid))
+	exitParent := uint32(0)
+	if req.exitParent {
+		exitParent = 1
+	}
+	msg = binary.LittleEndian.AppendUint32(msg, exitParent)
+	msg = binary.LittleEndian.AppendUint32(msg, uint32(req.tid))
 	msg = append(msg, make([]byte, 4*31)...)
+	msg = binary.LittleEndian.AppendUint64(msg, uint64(int64(req.childCtl)))
+	msg = binary.LittleEndian.AppendUint64(msg, req.stack)
+	msg = binary.LittleEndian.AppendUint64(msg, req.stackSize)
 	rp, err := r.roundTrip(msg, nil)
 	if err != nil {
 		return 0, err
@@ -255,11 +277,10 @@ func (r *restorer) clone(pid int) (int, error) {
 		return 0, ErrPidBusy
 	}
 	if rp.status != 0 {
-		return 0, fmt.Errorf("clone3 pid %d: %v", pid, unix.Errno(-rp.status))
+		return 0, fmt.Errorf("clone3 pid %d: %v", req.tid, unix.Errno(-rp.status))
 	}
-	if len(rp.vals) != 1 || rp.vals[0] != int64(pid) {
-		return 0, fmt.Errorf("clone3 asked for pid %d, got %v", pid, rp.vals)
+	if len(rp.vals) != 1 || rp.vals[0] != int64(req.tid) {
+		return 0, fmt.Errorf("clone3 asked for pid %d, got %v", req.tid, rp.vals)
 	}
-	r.pid = pid
-	return pid, nil
+	return req.tid, nil
 }

@@ -33,7 +33,7 @@ func TestRestorerCloneRelocateSyscalls(t *testing.T) {
 	}
 	defer r.sock.Close()
 	want := freePid(t)
-	pid, err := r.clone(want)
+	pid, err := r.clone(cloneReq{flags: unix.CLONE_PARENT, tid: want, exitParent: true, childCtl: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

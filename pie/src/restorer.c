@@ -65,6 +65,23 @@ __asm__(
 	"	call crp_main\n"
 	"	hlt\n");
 
+/* clone3 for a thread: the child starts on its own stack, so it cannot
+ * return through C frames; it calls crp_thread_main(ctl) instead. */
+i64 crp_clone_thread(void *args, u64 size, i64 ctl);
+__asm__(
+	".globl crp_clone_thread\n"
+	"crp_clone_thread:\n"
+	"	mov %rdx, %r12\n" /* ctl survives the syscall in a callee-saved register */
+	"	mov $435, %eax\n"
+	"	syscall\n"
+	"	test %rax, %rax\n"
+	"	jnz 1f\n"
+	"	xor %rbp, %rbp\n"
+	"	mov %r12, %rdi\n"
+	"	call crp_thread_main\n"
+	"	hlt\n"
+	"1:	ret\n");
+
 /* Switch to a new stack and jump: used after the image is copied. */
 void crp_jump(u64 sp, u64 target, i64 ctl) __attribute__((noreturn));
 __asm__(
@@ -134,6 +151,9 @@ struct clone_req {
 	u32 set_tid_size;
 	u32 exit_parent; /* the parent replies, then exits */
 	i32 set_tid[32];
+	i64 child_ctl;   /* >= 0: the child serves this fd, the parent closes it */
+	u64 stack;       /* threads: the child's stack */
+	u64 stack_size;
 };
 
 struct clone_args {
@@ -160,6 +180,13 @@ static void send_reply(i64 ctl, struct reply *r, u32 nvals)
 }
 
 static void loop(i64 ctl) __attribute__((noreturn, used));
+
+/* Entry of a new thread (crp_clone_thread). */
+void crp_thread_main(i64 ctl) __attribute__((noreturn, used));
+void crp_thread_main(i64 ctl)
+{
+	loop(ctl);
+}
 
 /* Entry of the relocated copy: crp_jump lands here with ctl in rdi. */
 void crp_relocated(i64 ctl) __attribute__((noreturn, used));
@@ -275,9 +302,23 @@ static void loop(i64 ctl)
 				ca.set_tid = (u64)c->set_tid;
 				ca.set_tid_size = c->set_tid_size;
 			}
-			i64 ret = crp_syscall(NR_clone3, (i64)&ca, sizeof(ca), 0, 0, 0, 0);
-			if (ret == 0)
-				break; /* the child: wait for commands */
+			i64 ret;
+			if (c->stack) {
+				ca.stack = c->stack;
+				ca.stack_size = c->stack_size;
+				ret = crp_clone_thread(&ca, sizeof(ca), c->child_ctl);
+			} else {
+				ret = crp_syscall(NR_clone3, (i64)&ca, sizeof(ca), 0, 0, 0, 0);
+			}
+			if (ret == 0) { /* the child (not a thread): serve its own socket */
+				if (c->child_ctl >= 0) {
+					crp_syscall(NR_close, ctl, 0, 0, 0, 0, 0);
+					ctl = c->child_ctl;
+				}
+				break;
+			}
+			if (c->child_ctl >= 0)
+				crp_syscall(NR_close, c->child_ctl, 0, 0, 0, 0, 0);
 			if (ret < 0)
 				r.status = ret;
 			r.vals[0] = ret;

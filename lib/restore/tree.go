@@ -1,0 +1,177 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// createTree clones every process with its dumped PID: the root from a
+// helper (CLONE_PARENT: it becomes our child), every other process from its
+// parent's restorer (fork semantics, before any memory is mapped, so the
+// copy is only the small restorer). Then sessions, process groups, and
+// zombies, which exit with their dumped status.
+func (rc *Ctx) createTree() error {
+	var root *task
+	for _, t := range rc.Order {
+		if p, ok := rc.Tasks[t.proc.Ppid]; ok && p != t {
+			t.parent = p
+			continue
+		}
+		if root != nil {
+			return fmt.Errorf("pids %d and %d both have their parent outside the tree: a stream has one root", root.proc.Pid, t.proc.Pid)
+		}
+		root = t
+	}
+	if root == nil {
+		return fmt.Errorf("the process records form no tree (a parent cycle)")
+	}
+	// Parents before children, the root first.
+	order := []*task{root}
+	for i := 0; i < len(order); i++ {
+		for _, t := range rc.Order {
+			if t.parent == order[i] {
+				order = append(order, t)
+			}
+		}
+	}
+	if len(order) != len(rc.Order) {
+		return fmt.Errorf("the process records form no tree (%d of %d reachable from pid %d)", len(order), len(rc.Order), root.proc.Pid)
+	}
+	rc.Order = order
+	if err := rc.checkSessions(); err != nil {
+		return err
+	}
+	for _, t := range order {
+		if err := t.create(); err != nil {
+			return err
+		}
+		if t.proc.Sid == t.proc.Pid {
+			if _, err := t.r.run(sc("setsid", unix.SYS_SETSID)); err != nil {
+				return err
+			}
+		}
+	}
+	// Groups once every leader exists: leaders first, then their members.
+	for _, leaders := range []bool{true, false} {
+		for _, t := range order {
+			if (t.proc.Pgid == t.proc.Pid) != leaders || t.proc.Sid == t.proc.Pid {
+				continue
+			}
+			if t == root && rc.Tasks[t.proc.Pgid] == nil {
+				continue // the root's group is outside the tree: it joins ours
+			}
+			if _, err := t.r.run(sc(fmt.Sprintf("setpgid %d", t.proc.Pgid), unix.SYS_SETPGID, 0, uint64(t.proc.Pgid))); err != nil {
+				return err
+			}
+		}
+	}
+	for _, t := range order {
+		if t.zombie() {
+			if err := t.becomeZombie(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkSessions refuses what cannot be rebuilt by inheritance and setsid.
+func (rc *Ctx) checkSessions() error {
+	for _, t := range rc.Order {
+		if t.parent == nil {
+			continue
+		}
+		if t.proc.Sid != t.parent.proc.Sid && t.proc.Sid != t.proc.Pid {
+			return fmt.Errorf("pid %d is in session %d, neither its parent's (%d) nor its own: not supported yet", t.proc.Pid, t.proc.Sid, t.parent.proc.Sid)
+		}
+		if t.proc.Pgid != t.proc.Pid && rc.Tasks[t.proc.Pgid] == nil && t.proc.Pgid != t.parent.proc.Pgid {
+			return fmt.Errorf("pid %d is in process group %d, whose leader is not in the tree: not supported yet", t.proc.Pid, t.proc.Pgid)
+		}
+	}
+	return nil
+}
+
+// create clones the task: the root from a helper, others from their parent.
+func (t *task) create() error {
+	if t.parent == nil {
+		r, helper, err := startHelper()
+		if err != nil {
+			return err
+		}
+		pid, err := r.clone(cloneReq{flags: unix.CLONE_PARENT, tid: int(t.proc.Pid), exitParent: true, childCtl: -1})
+		if err != nil {
+			r.sock.Close() // the helper exits on EOF
+			helper.Wait()
+			return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
+		}
+		helper.Wait()
+		t.r, t.pid = r, pid
+		return nil
+	}
+	ours, theirs, err := controlPair()
+	if err != nil {
+		return err
+	}
+	n, err := t.parent.r.sendFds([]*os.File{theirs})
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return err
+	}
+	pid, err := t.parent.r.clone(cloneReq{exitSignal: uint64(unix.SIGCHLD), tid: int(t.proc.Pid), childCtl: n[0]})
+	if err != nil {
+		ours.Close()
+		return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
+	}
+	t.r = &restorer{sock: ours, pid: pid, layout: t.parent.r.layout}
+	t.pid = pid
+	return nil
+}
+
+// becomeZombie makes the task exit as the dumped zombie did. Its parent is
+// still a restorer with default signal dispositions, so the SIGCHLD is
+// discarded and the zombie waits to be reaped by the restored parent.
+func (t *task) becomeZombie() error {
+	status := unix.WaitStatus(t.proc.ExitCode)
+	var c call
+	switch {
+	case status.Signaled():
+		c = sc("die by signal", unix.SYS_KILL, uint64(t.pid), uint64(status.Signal()))
+	default:
+		c = sc("exit", unix.SYS_EXIT_GROUP, uint64(status.ExitStatus()))
+	}
+	msg := header(opSyscalls, 1, 56)
+	msg = appendCall(msg, c)
+	// The task never answers: it is gone.
+	if err := unix.Sendmsg(int(t.r.sock.Fd()), msg, nil, nil, 0); err != nil {
+		return fmt.Errorf("pid %d: %w", t.pid, err)
+	}
+	// Wait until it is a zombie, so the tree is complete before it resumes.
+	for i := 0; i < 1000; i++ {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", t.pid))
+		if err == nil && zombieStat(st) {
+			return nil
+		}
+		unix.Nanosleep(&unix.Timespec{Nsec: 1e6}, nil)
+	}
+	return fmt.Errorf("pid %d did not become a zombie", t.pid)
+}
+
+func zombieStat(st []byte) bool {
+	for i := len(st) - 1; i > 0; i-- {
+		if st[i] == ')' {
+			return i+2 < len(st) && st[i+2] == 'Z'
+		}
+	}
+	return false
+}
+
+func controlPair() (ours, theirs *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "restorer-ctl"), os.NewFile(uintptr(fds[1]), "restorer-ctl-child"), nil
+}
