@@ -27,6 +27,7 @@ import (
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
+	"crpipe/lib/tree"
 )
 
 // Prefix names transient cgroups, so leftovers are easy to spot.
@@ -128,34 +129,162 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 		}
 		return fail(permission(pid, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)))
 	}
+	// Descendants follow until no new one appears. A child forked by a
+	// process already moved is born inside; one forked by a process not yet
+	// moved is caught by the next round, and after the freeze by a rescan.
+	if err := f.adoptStable(dir, 100); err != nil {
+		return fail(err)
+	}
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
 		return fail(fmt.Errorf("pid %d: freeze %s: %w", pid, dir, err))
 	}
-	if err := waitEvent(dir, "frozen", "1", opt.Timeout); err != nil {
-		return fail(stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "a task in uninterruptible sleep (state D) cannot freeze; retry later"))
+	for round := 0; ; round++ {
+		if err := waitEvent(dir, "frozen", "1", opt.Timeout); err != nil {
+			return fail(stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "a task in uninterruptible sleep (state D) cannot freeze; retry later"))
+		}
+		n, err := f.adopt(dir)
+		if err != nil {
+			return fail(err)
+		}
+		if n == 0 {
+			break
+		}
+		if round > 10 {
+			return fail(fmt.Errorf("pid %d: the tree keeps growing while it is frozen", pid))
+		}
 	}
-	// The checks ran before the freeze; a thread or child born since then
-	// is caught now, while nothing can change any more.
-	st2, err := check(pid)
-	if err != nil {
-		return fail(err)
-	}
-	if st2.StartTime != st.StartTime {
-		return fail(fmt.Errorf("pid %d: %w (the pid was reused during freezing)", pid, proc.ErrNoProcess))
-	}
+	// Everything is frozen now: the records describe a tree that cannot change.
 	procs, err := readPids(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return fail(err)
 	}
-	if len(procs) != 1 || procs[0] != pid {
-		return fail(refuse("pid %d: cgroup %s holds processes %v", pid, dir, procs))
-	}
-	rec, err := processRecord(pid, st2)
+	recs, err := f.records(procs)
 	if err != nil {
 		return fail(err)
 	}
-	f.Procs = []*pb.Process{rec}
+	ordered, err := tree.Order(recs)
+	if err != nil {
+		return fail(err)
+	}
+	if err := tree.Check(ordered); err != nil {
+		return fail(stage.Hint(refuse("%v", err), "checkpoint a tree whose sessions and process groups are its own"))
+	}
+	f.Procs = ordered
 	return f, nil
+}
+
+// adoptStable moves descendants into dir until a round finds none.
+func (f *Frozen) adoptStable(dir string, rounds int) error {
+	for i := 0; i < rounds; i++ {
+		n, err := f.adopt(dir)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+	return fmt.Errorf("pid %d: the tree keeps growing; cannot catch up with it", f.Root)
+}
+
+// adopt walks the tree from the root and moves every live process not
+// moved yet into dir, after the same checks as the root. It returns how
+// many it moved.
+func (f *Frozen) adopt(dir string) (int, error) {
+	known := map[int]bool{}
+	for _, t := range f.Tasks {
+		known[t.Pid] = true
+	}
+	moved := 0
+	queue := []int{f.Root}
+	seen := map[int]bool{}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		kids, err := proc.Children(pid)
+		if err != nil && !errors.Is(err, proc.ErrNoProcess) {
+			return moved, err
+		}
+		queue = append(queue, kids...)
+		if known[pid] {
+			continue
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			continue // gone: it will not be in the tree
+		}
+		if st.State == 'Z' {
+			continue // zombies are recorded, not moved: they are in no cgroup
+		}
+		if _, err := check(pid); err != nil {
+			return moved, err
+		}
+		rel, err := proc.Cgroup2Of(pid)
+		if err != nil {
+			continue
+		}
+		mount := filepath.Dir(dir)
+		f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: st.StartTime, Cgroup2: filepath.Join(mount, rel)})
+		if err := setState(dir, f.Tasks); err != nil {
+			return moved, err
+		}
+		if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				continue
+			}
+			return moved, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)
+		}
+		moved++
+	}
+	return moved, nil
+}
+
+// records describes every process of the frozen tree: the live ones in the
+// cgroup, and zombies found among their children.
+func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
+	live := map[int]bool{}
+	for _, pid := range inCgroup {
+		live[pid] = true
+	}
+	var recs []*pb.Process
+	queue := []int{f.Root}
+	seen := map[int]bool{}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return nil, fmt.Errorf("pid %d vanished while frozen: %w", pid, err)
+		}
+		if st.State == 'Z' {
+			recs = append(recs, &pb.Process{Pid: uint32(pid), Ppid: uint32(st.Ppid), Pgid: uint32(st.Pgid), Sid: uint32(st.Sid),
+				Comm: st.Comm, StartTime: st.StartTime, State: "Z", ExitCode: int32(st.ExitCode)})
+			continue
+		}
+		if !live[pid] {
+			return nil, fmt.Errorf("pid %d of the tree is not in %s", pid, f.Cgroup)
+		}
+		delete(live, pid)
+		rec, err := processRecord(pid, st)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+		kids, err := proc.Children(pid)
+		if err != nil {
+			return nil, err
+		}
+		queue = append(queue, kids...)
+	}
+	for pid := range live {
+		return nil, fmt.Errorf("cgroup %s holds pid %d, which is no longer in the tree of pid %d", f.Cgroup, pid, f.Root)
+	}
+	return recs, nil
 }
 
 // check refuses, without changing anything, targets this stage cannot handle.
@@ -201,18 +330,6 @@ func check(pid int) (*proc.Stat, error) {
 	if status.TracerPid != 0 {
 		return nil, stage.Hint(refuse("pid %d (%s) is traced by pid %d", pid, st.Comm, status.TracerPid),
 			"detach the debugger or tracer first")
-	}
-	if st.NumThreads > 1 {
-		return nil, stage.Hint(refuse("pid %d (%s) has %d threads: multi-threaded processes are not supported yet", pid, st.Comm, st.NumThreads),
-			"only single-threaded processes can be checkpointed in this version (issue 4 adds threads)")
-	}
-	kids, err := proc.Children(pid)
-	if err != nil {
-		return nil, noProcess(pid, err)
-	}
-	if len(kids) > 0 {
-		return nil, stage.Hint(refuse("pid %d (%s) has child processes %v: process trees are not supported yet", pid, st.Comm, kids),
-			"only a process without children can be checkpointed in this version (issue 4 adds trees)")
 	}
 	return st, nil
 }

@@ -33,6 +33,7 @@ type Stat struct {
 	Flags      uint64
 	NumThreads int
 	StartTime  uint64 // field 22, clock ticks since boot: with the pid, an identity
+	ExitCode   int    // field 52: a zombie's wait status
 }
 
 // ErrNoProcess is wrapped when a pid does not exist (or is already gone).
@@ -115,6 +116,11 @@ func ParseStat(b []byte) (*Stat, error) {
 	}
 	if s.StartTime, err = strconv.ParseUint(field(22), 10, 64); err != nil {
 		return nil, fmt.Errorf("malformed stat: field 22: %w", err)
+	}
+	if len(f) >= 52-2 {
+		if s.ExitCode, err = strconv.Atoi(field(52)); err != nil {
+			return nil, fmt.Errorf("malformed stat: field 52: %w", err)
+		}
 	}
 	return s, nil
 }

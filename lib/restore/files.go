@@ -67,7 +67,6 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		}
 		maxTarget = max(maxTarget, int(fd.Fd))
 	}
-	t.ctlFd = 3
 	if t.ctlFd <= maxTarget {
 		if err := t.r.setCtl(maxTarget + 1); err != nil {
 			return err

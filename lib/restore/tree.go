@@ -5,6 +5,9 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/tree"
 )
 
 // createTree clones every process with its dumped PID: the root from a
@@ -13,36 +16,25 @@ import (
 // copy is only the small restorer). Then sessions, process groups, and
 // zombies, which exit with their dumped status.
 func (rc *Ctx) createTree() error {
-	var root *task
-	for _, t := range rc.Order {
-		if p, ok := rc.Tasks[t.proc.Ppid]; ok && p != t {
-			t.parent = p
-			continue
-		}
-		if root != nil {
-			return fmt.Errorf("pids %d and %d both have their parent outside the tree: a stream has one root", root.proc.Pid, t.proc.Pid)
-		}
-		root = t
+	procs := make([]*pb.Process, len(rc.Order))
+	for i, t := range rc.Order {
+		procs[i] = t.proc
 	}
-	if root == nil {
-		return fmt.Errorf("the process records form no tree (a parent cycle)")
-	}
-	// Parents before children, the root first.
-	order := []*task{root}
-	for i := 0; i < len(order); i++ {
-		for _, t := range rc.Order {
-			if t.parent == order[i] {
-				order = append(order, t)
-			}
-		}
-	}
-	if len(order) != len(rc.Order) {
-		return fmt.Errorf("the process records form no tree (%d of %d reachable from pid %d)", len(order), len(rc.Order), root.proc.Pid)
-	}
-	rc.Order = order
-	if err := rc.checkSessions(); err != nil {
+	ordered, err := tree.Order(procs)
+	if err != nil {
 		return err
 	}
+	if err := tree.Check(ordered); err != nil {
+		return err
+	}
+	order := make([]*task, len(ordered))
+	for i, p := range ordered {
+		order[i] = rc.Tasks[p.Pid]
+		if i > 0 {
+			order[i].parent = rc.Tasks[p.Ppid]
+		}
+	}
+	rc.Order = order
 	for _, t := range order {
 		if err := t.create(); err != nil {
 			return err
@@ -59,8 +51,8 @@ func (rc *Ctx) createTree() error {
 			if (t.proc.Pgid == t.proc.Pid) != leaders || t.proc.Sid == t.proc.Pid {
 				continue
 			}
-			if t == root && rc.Tasks[t.proc.Pgid] == nil {
-				continue // the root's group is outside the tree: it joins ours
+			if rc.Tasks[t.proc.Pgid] == nil {
+				continue // the group is outside the tree: inherited (the root joins ours)
 			}
 			if _, err := t.r.run(sc(fmt.Sprintf("setpgid %d", t.proc.Pgid), unix.SYS_SETPGID, 0, uint64(t.proc.Pgid))); err != nil {
 				return err
@@ -72,22 +64,6 @@ func (rc *Ctx) createTree() error {
 			if err := t.becomeZombie(); err != nil {
 				return err
 			}
-		}
-	}
-	return nil
-}
-
-// checkSessions refuses what cannot be rebuilt by inheritance and setsid.
-func (rc *Ctx) checkSessions() error {
-	for _, t := range rc.Order {
-		if t.parent == nil {
-			continue
-		}
-		if t.proc.Sid != t.parent.proc.Sid && t.proc.Sid != t.proc.Pid {
-			return fmt.Errorf("pid %d is in session %d, neither its parent's (%d) nor its own: not supported yet", t.proc.Pid, t.proc.Sid, t.parent.proc.Sid)
-		}
-		if t.proc.Pgid != t.proc.Pid && rc.Tasks[t.proc.Pgid] == nil && t.proc.Pgid != t.parent.proc.Pgid {
-			return fmt.Errorf("pid %d is in process group %d, whose leader is not in the tree: not supported yet", t.proc.Pid, t.proc.Pgid)
 		}
 	}
 	return nil
@@ -107,7 +83,7 @@ func (t *task) create() error {
 			return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
 		}
 		helper.Wait()
-		t.r, t.pid = r, pid
+		t.r, t.pid, t.ctlFd = r, pid, 3 // the helper got its socket as fd 3
 		return nil
 	}
 	ours, theirs, err := controlPair()
@@ -126,7 +102,7 @@ func (t *task) create() error {
 		return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
 	}
 	t.r = &restorer{sock: ours, pid: pid, layout: t.parent.r.layout}
-	t.pid = pid
+	t.pid, t.ctlFd = pid, n[0]
 	return nil
 }
 
