@@ -54,6 +54,8 @@ const (
 	TypeMm         Type = 48 // pb.Mm
 	TypePages      Type = 49 // raw: preamble + page contents
 	TypeFiles      Type = 64 // pb.Files
+	TypeFileDesc   Type = 65 // pb.FileDesc
+	TypeFileData   Type = 66 // pb.FileData
 	TypeEnd        Type = 0xffffffff
 )
 
@@ -66,6 +68,8 @@ var typeNames = map[Type]string{
 	TypeMm:         "mm",
 	TypePages:      "pages",
 	TypeFiles:      "files",
+	TypeFileDesc:   "file-desc",
+	TypeFileData:   "file-data",
 	TypeEnd:        "end",
 }
 

@@ -96,19 +96,55 @@ const (
 	FdKind_FD_REGULAR   FdKind = 0
 	FdKind_FD_CHARDEV   FdKind = 1
 	FdKind_FD_DIRECTORY FdKind = 2
+	FdKind_FD_PIPE      FdKind = 3 // pipe or FIFO (FileDesc.pipe)
+	FdKind_FD_EVENTFD   FdKind = 4
+	FdKind_FD_SIGNALFD  FdKind = 5
+	FdKind_FD_TIMERFD   FdKind = 6
+	FdKind_FD_INOTIFY   FdKind = 7
+	FdKind_FD_MEMFD     FdKind = 8
+	FdKind_FD_EPOLL     FdKind = 9
+	FdKind_FD_UNIX      FdKind = 10 // AF_UNIX socket (FileDesc.unix)
+	FdKind_FD_UDP       FdKind = 11 // UDP socket, IPv4 or IPv6 (FileDesc.inet)
+	FdKind_FD_NETLINK   FdKind = 12 // netlink socket used to listen (FileDesc.netlink)
+	FdKind_FD_TCP       FdKind = 13 // TCP socket: Fd.inode is the socket inode; cr-tcp's records carry its state
+	FdKind_FD_TTY       FdKind = 14 // terminal (FileDesc.tty)
 )
 
 // Enum value maps for FdKind.
 var (
 	FdKind_name = map[int32]string{
-		0: "FD_REGULAR",
-		1: "FD_CHARDEV",
-		2: "FD_DIRECTORY",
+		0:  "FD_REGULAR",
+		1:  "FD_CHARDEV",
+		2:  "FD_DIRECTORY",
+		3:  "FD_PIPE",
+		4:  "FD_EVENTFD",
+		5:  "FD_SIGNALFD",
+		6:  "FD_TIMERFD",
+		7:  "FD_INOTIFY",
+		8:  "FD_MEMFD",
+		9:  "FD_EPOLL",
+		10: "FD_UNIX",
+		11: "FD_UDP",
+		12: "FD_NETLINK",
+		13: "FD_TCP",
+		14: "FD_TTY",
 	}
 	FdKind_value = map[string]int32{
 		"FD_REGULAR":   0,
 		"FD_CHARDEV":   1,
 		"FD_DIRECTORY": 2,
+		"FD_PIPE":      3,
+		"FD_EVENTFD":   4,
+		"FD_SIGNALFD":  5,
+		"FD_TIMERFD":   6,
+		"FD_INOTIFY":   7,
+		"FD_MEMFD":     8,
+		"FD_EPOLL":     9,
+		"FD_UNIX":      10,
+		"FD_UDP":       11,
+		"FD_NETLINK":   12,
+		"FD_TCP":       13,
+		"FD_TTY":       14,
 	}
 )
 
@@ -1323,17 +1359,22 @@ func (x *Mm) GetPagesTotal() uint64 {
 
 // Fd is one entry of a process's fd table.
 type Fd struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
-	Cloexec       bool                   `protobuf:"varint,2,opt,name=cloexec,proto3" json:"cloexec,omitempty"`
-	Kind          uint32                 `protobuf:"varint,3,opt,name=kind,proto3" json:"kind,omitempty"` // FdKind
-	Path          string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
-	Flags         uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"` // open flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...)
-	Offset        int64                  `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
-	Rdev          uint64                 `protobuf:"varint,7,opt,name=rdev,proto3" json:"rdev,omitempty"` // character devices
-	Dev           uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`
-	Inode         uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
-	Mode          uint32                 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Fd      int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	Cloexec bool                   `protobuf:"varint,2,opt,name=cloexec,proto3" json:"cloexec,omitempty"`
+	Kind    uint32                 `protobuf:"varint,3,opt,name=kind,proto3" json:"kind,omitempty"` // FdKind
+	Path    string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	Flags   uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"` // open flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...)
+	Offset  int64                  `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
+	Rdev    uint64                 `protobuf:"varint,7,opt,name=rdev,proto3" json:"rdev,omitempty"` // character devices
+	Dev     uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`
+	Inode   uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
+	Mode    uint32                 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
+	// desc_id names the open file description (cr-files numbers them from 1
+	// across the whole dump): fds with one desc_id share it (offset, status
+	// flags), in one process or across processes. Kinds that need more than a
+	// path have a FileDesc record (files.proto) with this id.
+	DescId        uint64 `protobuf:"varint,11,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1434,6 +1475,13 @@ func (x *Fd) GetInode() uint64 {
 func (x *Fd) GetMode() uint32 {
 	if x != nil {
 		return x.Mode
+	}
+	return 0
+}
+
+func (x *Fd) GetDescId() uint64 {
+	if x != nil {
+		return x.DescId
 	}
 	return 0
 }
@@ -1719,7 +1767,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x04auxv\x18\x0e \x01(\fR\x04auxv\x12\x10\n" +
 	"\x03exe\x18\x0f \x01(\tR\x03exe\x12\x1f\n" +
 	"\vpages_total\x18\x10 \x01(\x04R\n" +
-	"pagesTotal\"\xd4\x01\n" +
+	"pagesTotal\"\xed\x01\n" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x18\n" +
 	"\acloexec\x18\x02 \x01(\bR\acloexec\x12\x12\n" +
@@ -1731,7 +1779,8 @@ const file_cr_proto_rawDesc = "" +
 	"\x03dev\x18\b \x01(\x04R\x03dev\x12\x14\n" +
 	"\x05inode\x18\t \x01(\x04R\x05inode\x12\x12\n" +
 	"\x04mode\x18\n" +
-	" \x01(\rR\x04mode\"\x84\x01\n" +
+	" \x01(\rR\x04mode\x12\x17\n" +
+	"\adesc_id\x18\v \x01(\x04R\x06descId\"\x84\x01\n" +
 	"\x05Files\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
 	"\x03fds\x18\x02 \x03(\v2\t.cr.v1.FdR\x03fds\x12\x10\n" +
@@ -1754,13 +1803,33 @@ const file_cr_proto_rawDesc = "" +
 	"\bVMA_VDSO\x10\x04\x12\f\n" +
 	"\bVMA_VVAR\x10\x05\x12\x13\n" +
 	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
-	"\fVMA_VSYSCALL\x10\a*:\n" +
+	"\fVMA_VSYSCALL\x10\a*\xe5\x01\n" +
 	"\x06FdKind\x12\x0e\n" +
 	"\n" +
 	"FD_REGULAR\x10\x00\x12\x0e\n" +
 	"\n" +
 	"FD_CHARDEV\x10\x01\x12\x10\n" +
-	"\fFD_DIRECTORY\x10\x02B\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\fFD_DIRECTORY\x10\x02\x12\v\n" +
+	"\aFD_PIPE\x10\x03\x12\x0e\n" +
+	"\n" +
+	"FD_EVENTFD\x10\x04\x12\x0f\n" +
+	"\vFD_SIGNALFD\x10\x05\x12\x0e\n" +
+	"\n" +
+	"FD_TIMERFD\x10\x06\x12\x0e\n" +
+	"\n" +
+	"FD_INOTIFY\x10\a\x12\f\n" +
+	"\bFD_MEMFD\x10\b\x12\f\n" +
+	"\bFD_EPOLL\x10\t\x12\v\n" +
+	"\aFD_UNIX\x10\n" +
+	"\x12\n" +
+	"\n" +
+	"\x06FD_UDP\x10\v\x12\x0e\n" +
+	"\n" +
+	"FD_NETLINK\x10\f\x12\n" +
+	"\n" +
+	"\x06FD_TCP\x10\r\x12\n" +
+	"\n" +
+	"\x06FD_TTY\x10\x0eB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_cr_proto_rawDescOnce sync.Once
