@@ -164,6 +164,14 @@ func newMessage(t image.Type) proto.Message {
 		return &pb.ThreadCore{}
 	case image.TypeTaskState:
 		return &pb.TaskState{}
+	case image.TypeThreadState:
+		return &pb.ThreadState{}
+	case image.TypeProcessState:
+		return &pb.ProcessState{}
+	case image.TypeThreadInside:
+		return &pb.ThreadInside{}
+	case image.TypeProcessInside:
+		return &pb.ProcessInside{}
 	case image.TypeMm:
 		return &pb.Mm{}
 	case image.TypeFiles:

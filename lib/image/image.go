@@ -59,6 +59,14 @@ const (
 	TypeEnd        Type = 0xffffffff
 )
 
+// Task state (issue 4): 17-31 are written by cr-seize, 33-47 by cr-parasite.
+const (
+	TypeThreadState   Type = 17 // pb.ThreadState
+	TypeProcessState  Type = 18 // pb.ProcessState
+	TypeThreadInside  Type = 33 // pb.ThreadInside
+	TypeProcessInside Type = 34 // pb.ProcessInside
+)
+
 var typeNames = map[Type]string{
 	TypeInventory:  "inventory",
 	TypeFreeze:     "freeze",
@@ -71,6 +79,11 @@ var typeNames = map[Type]string{
 	TypeFileDesc:   "file-desc",
 	TypeFileData:   "file-data",
 	TypeEnd:        "end",
+
+	TypeThreadState:   "thread-state",
+	TypeProcessState:  "process-state",
+	TypeThreadInside:  "thread-inside",
+	TypeProcessInside: "process-inside",
 }
 
 func (t Type) String() string {
