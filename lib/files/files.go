@@ -33,7 +33,7 @@ import (
 
 // Command is the cr-files command.
 func Command() *cli.App {
-	return stage.FilterCommand("cr-files", "append the fd table, cwd, root and umask of every frozen process in the stream",
+	return stage.FilterCommand("cr-files", "append the fd table, open file descriptions, cwd, root and umask of every frozen process in the stream",
 		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
 }
 
@@ -57,23 +57,30 @@ func Filter() stage.Filter {
 			if len(procs) == 0 {
 				return fmt.Errorf("no process records in the stream: cr-files reads the output of cr-freeze")
 			}
-			for _, p := range procs {
-				fs, err := Dump(int(p.Pid))
-				if err != nil {
-					return err
-				}
-				if err := w.WriteMessage(image.TypeFiles, fs); err != nil {
-					return fmt.Errorf("output: %w", err)
-				}
-				stage.Logf("pid %d: %d fds, cwd %s", p.Pid, len(fs.Fds), fs.Cwd)
+			d := newDumper(procs)
+			defer d.close()
+			if err := d.dump(); err != nil {
+				return err
 			}
-			return nil
+			return d.write(w)
 		},
 	}
 }
 
-// Dump reads the fd table and filesystem context of pid.
+// Dump reads the fd table and filesystem context of one process (a tree of
+// one); the open file descriptions it needs are left out.
 func Dump(pid int) (*pb.Files, error) {
+	d := newDumper([]*pb.Process{{Pid: uint32(pid)}})
+	defer d.close()
+	if err := d.dump(); err != nil {
+		return nil, err
+	}
+	return d.files[0], nil
+}
+
+// dumpTable reads the fd table and filesystem context of pid: the Files
+// record, and an entry per fd for the descriptions to be grouped.
+func (d *dumper) dumpTable(pid int) (*pb.Files, error) {
 	fs := &pb.Files{Pid: uint32(pid)}
 	var err error
 	if fs.Cwd, err = dirLink(pid, "cwd"); err != nil {
@@ -106,14 +113,15 @@ func Dump(pid int) (*pb.Files, error) {
 	}
 	sort.Ints(fds)
 	for _, n := range fds {
-		fd, err := dumpFd(pid, n)
+		e, err := d.dumpFd(pid, n)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // closed since the listing: the process is not frozen
 		}
 		if err != nil {
 			return nil, err
 		}
-		fs.Fds = append(fs.Fds, fd)
+		fs.Fds = append(fs.Fds, e.pfd)
+		d.entries = append(d.entries, e)
 	}
 	return fs, nil
 }
@@ -151,19 +159,23 @@ func dirLink(pid int, name string) (string, error) {
 
 // Kinds of fd cr-files refuses, with the hint that goes with each.
 var refuseHints = map[string]string{
-	"pipe":         "pipes come with a later version; run the process with stdin/stdout/stderr on files or /dev/null (e.g. CMD </dev/null >LOG 2>&1)",
-	"socket":       "sockets come with a later version (TCP via cr-tcp); close the socket before checkpointing",
 	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"deleted file": "a restore cannot reopen a deleted file; close it before checkpointing",
-	"memfd":        "memfd comes with a later version",
 }
 
+// refuse is the error for an fd cr-files cannot dump (yet).
 func refuse(pid, fd int, kind, detail string) error {
 	hint, ok := refuseHints[kind]
 	if !ok {
-		hint = "only regular files, directories and /dev/null-like devices are supported so far; close this fd before checkpointing"
+		hint = "close this fd before checkpointing"
 	}
 	return stage.Hint(fmt.Errorf("pid %d fd %d: %s (%s) is not supported yet", pid, fd, kind, detail), hint)
+}
+
+// cannot is the error for an fd of a supported kind in a state a restore
+// could not reproduce.
+func cannot(e *entry, format string, a ...any) error {
+	return fmt.Errorf("pid %d fd %d: %s (%s): %s", e.pid, e.fd, e.kindName(), e.link, fmt.Sprintf(format, a...))
 }
 
 // Memory character devices (major 1) a restore can simply reopen.
@@ -173,7 +185,16 @@ var memDevices = map[uint32]string{3: "null", 5: "zero", 7: "full", 8: "random",
 // Unix98 pty slaves (136-143).
 func isTTYMajor(major uint32) bool { return major == 4 || major == 5 || (major >= 136 && major <= 143) }
 
-func dumpFd(pid, n int) (*pb.Fd, error) {
+// anonKinds are the anon_inode fds cr-files dumps, by their link name.
+var anonKinds = map[string]pb.FdKind{
+	"[eventfd]":   pb.FdKind_FD_EVENTFD,
+	"[signalfd]":  pb.FdKind_FD_SIGNALFD,
+	"[timerfd]":   pb.FdKind_FD_TIMERFD,
+	"inotify":     pb.FdKind_FD_INOTIFY,
+	"[eventpoll]": pb.FdKind_FD_EPOLL,
+}
+
+func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	name := strconv.Itoa(n)
 	link, err := os.Readlink(procPath(pid, "fd", name))
 	if err != nil {
@@ -193,47 +214,55 @@ func dumpFd(pid, n int) (*pb.Fd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pid %d fd %d: %w", pid, n, err)
 	}
-	switch {
-	case strings.HasPrefix(link, "socket:["):
-		return nil, refuse(pid, n, "socket", link)
-	case strings.HasPrefix(link, "pipe:["):
-		return nil, refuse(pid, n, "pipe", link)
-	case strings.HasPrefix(link, "anon_inode:"):
-		kind := strings.Trim(strings.TrimPrefix(link, "anon_inode:"), "[]")
-		return nil, refuse(pid, n, kind, link)
-	case !strings.HasPrefix(link, "/"):
-		return nil, refuse(pid, n, "special file", link)
-	}
+	e := &entry{pid: pid, fd: n, link: link, fi: fi, info: b}
 	// Stat through the fd link: the open file itself, whatever its path says now.
-	var st unix.Stat_t
-	if err := unix.Stat(procPath(pid, "fd", name), &st); err != nil {
+	if err := unix.Stat(procPath(pid, "fd", name), &e.st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, os.ErrNotExist
 		}
 		return nil, fmt.Errorf("pid %d fd %d: %s: %w", pid, n, link, err)
 	}
+	e.pfd = &pb.Fd{
+		Fd:      int32(n),
+		Cloexec: fi.flags&unix.O_CLOEXEC != 0,
+		Path:    link,
+		Flags:   fi.flags &^ unix.O_CLOEXEC,
+		Offset:  fi.pos,
+		Dev:     e.st.Dev,
+		Inode:   e.st.Ino,
+		Mode:    e.st.Mode,
+	}
+	switch {
+	case strings.HasPrefix(link, "socket:["):
+		return e, d.classifySocket(e)
+	case strings.HasPrefix(link, "pipe:["):
+		e.setKind(pb.FdKind_FD_PIPE)
+		return e, nil
+	case strings.HasPrefix(link, "anon_inode:"):
+		kind := strings.TrimPrefix(link, "anon_inode:")
+		k, ok := anonKinds[kind]
+		if !ok {
+			return nil, refuse(pid, n, strings.Trim(kind, "[]"), link)
+		}
+		e.setKind(k)
+		return e, nil
+	case !strings.HasPrefix(link, "/"):
+		return nil, refuse(pid, n, "special file", link)
+	}
+	st := &e.st
 	path := link
 	if p, ok := strings.CutSuffix(link, " (deleted)"); ok && st.Nlink == 0 {
-		if strings.HasPrefix(p, "/memfd:") {
-			return nil, refuse(pid, n, "memfd", link)
+		if strings.HasPrefix(p, "/memfd:") && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			e.setKind(pb.FdKind_FD_MEMFD)
+			return e, nil
 		}
 		return nil, refuse(pid, n, "deleted file", link)
 	}
-	fd := &pb.Fd{
-		Fd:      int32(n),
-		Cloexec: fi.flags&unix.O_CLOEXEC != 0,
-		Path:    path,
-		Flags:   fi.flags &^ unix.O_CLOEXEC,
-		Offset:  fi.pos,
-		Dev:     st.Dev,
-		Inode:   st.Ino,
-		Mode:    st.Mode,
-	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		fd.Kind = uint32(pb.FdKind_FD_REGULAR)
+		e.setKind(pb.FdKind_FD_REGULAR)
 	case unix.S_IFDIR:
-		fd.Kind = uint32(pb.FdKind_FD_DIRECTORY)
+		e.setKind(pb.FdKind_FD_DIRECTORY)
 	case unix.S_IFCHR:
 		major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
 		detail := fmt.Sprintf("%s, %d:%d", link, major, minor)
@@ -243,10 +272,11 @@ func dumpFd(pid, n int) (*pb.Fd, error) {
 		case major != 1 || memDevices[minor] == "":
 			return nil, refuse(pid, n, "character device", detail)
 		}
-		fd.Kind = uint32(pb.FdKind_FD_CHARDEV)
-		fd.Rdev = st.Rdev
+		e.setKind(pb.FdKind_FD_CHARDEV)
+		e.pfd.Rdev = st.Rdev
 	case unix.S_IFIFO:
-		return nil, refuse(pid, n, "pipe", "named pipe "+link)
+		e.setKind(pb.FdKind_FD_PIPE)
+		e.fifo = true
 	case unix.S_IFSOCK:
 		return nil, refuse(pid, n, "socket", link)
 	case unix.S_IFBLK:
@@ -262,5 +292,5 @@ func dumpFd(pid, n int) (*pb.Fd, error) {
 		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s no longer names the open file (renamed or replaced since it was opened)", pid, n, path),
 			"a restore reopens files by path; close or reopen this file before checkpointing")
 	}
-	return fd, nil
+	return e, nil
 }

@@ -218,6 +218,20 @@ func TestFiles(t *testing.T) {
 			t.Errorf("%s: %v\nwant kind %v path %q access %d flags +%#o offset %d cloexec %v rdev %#x", c.name, fd, c.kind, c.path, c.acc, c.extra, c.offset, c.cloexec, c.rdev)
 		}
 	}
+	// Descriptions: numbered from 1 in fd order; dup2 shares one.
+	descs := map[uint64]bool{}
+	for _, fd := range files.Fds {
+		if fd.DescId == 0 {
+			t.Errorf("fd %d has no desc_id", fd.Fd)
+		}
+		descs[fd.DescId] = true
+	}
+	if rwd, hd := byFd[int32(fds["rw"])].DescId, byFd[int32(fds["high"])].DescId; rwd != hd || len(descs) != len(files.Fds)-1 {
+		t.Errorf("rw desc %d, high desc %d, %d descriptions for %d fds: want rw and high to share the only shared one", rwd, hd, len(descs), len(files.Fds))
+	}
+	if byFd[0].DescId != 1 {
+		t.Errorf("fd 0 has desc_id %d, want 1", byFd[0].DescId)
+	}
 	if fd := byFd[int32(fds["rw"])]; fd.Dev != rw.Dev || fd.Inode != rw.Ino || fd.Mode != rw.Mode {
 		t.Errorf("rw: dev %#x inode %d mode %#o, want %#x %d %#o", fd.Dev, fd.Inode, fd.Mode, rw.Dev, rw.Ino, rw.Mode)
 	}
@@ -231,7 +245,7 @@ func TestRefused(t *testing.T) {
 	}
 	for _, c := range []struct{ extra, want string }{
 		{"pipe", "pipe (pipe:["},
-		{"socket", "socket (socket:["},
+		{"socket", "unix (socket:["},
 		{"deleted", "deleted file ("},
 		{"eventfd", "eventfd (anon_inode:[eventfd])"},
 		{"tty", "terminal (/dev/"},

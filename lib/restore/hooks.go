@@ -34,7 +34,7 @@ func registerFdKind(k pb.FdKind, open fdOpener) {
 	if _, dup := fdOpeners[k]; dup {
 		panic(fmt.Sprintf("restore: fd kind %v registered twice", k))
 	}
-	fdOpeners[k] = open
+	fdOpeners[k] = shareDesc(open) // fd_desc.go: one open per dumped open file description
 }
 
 // recordHandler consumes a record type the coordinator does not know. The

@@ -1,0 +1,332 @@
+package files
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// entry is one fd of one process.
+type entry struct {
+	pid  int
+	fd   int
+	link string // /proc/PID/fd/N
+	fi   fdinfo
+	info []byte // the whole fdinfo text, for kind-specific lines
+	st   unix.Stat_t
+	pfd  *pb.Fd
+	fifo bool // an FD_PIPE opened by path
+	desc *desc
+}
+
+func (e *entry) setKind(k pb.FdKind) { e.pfd.Kind = uint32(k) }
+func (e *entry) kind() pb.FdKind     { return pb.FdKind(e.pfd.Kind) }
+
+// kindName names the kind in messages.
+func (e *entry) kindName() string {
+	if e.fifo {
+		return "fifo"
+	}
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(e.kind().String(), "FD_")), "_", " ")
+}
+
+// desc is one open file description and the fds, in any process of the
+// dump, that share it.
+type desc struct {
+	id   uint64
+	fds  []*entry // in dump order; fds[0] is where it is inspected
+	rec  *pb.FileDesc
+	data []*pb.FileData
+}
+
+func (ds *desc) first() *entry { return ds.fds[0] }
+
+// dumper dumps the files of every process of a stream at once, so that
+// descriptions and objects shared between processes are found.
+type dumper struct {
+	procs   []*pb.Process
+	inTree  map[int]bool
+	files   []*pb.Files
+	entries []*entry
+	descs   []*desc
+	pidfds  map[int]int
+	objects map[string]uint64 // kernel object key ("pipe:INODE") -> object number
+	unix    *unixDump         // sock_diag view, read once when the dump has unix sockets
+}
+
+func newDumper(procs []*pb.Process) *dumper {
+	d := &dumper{procs: procs, inTree: map[int]bool{}, pidfds: map[int]int{}, objects: map[string]uint64{}}
+	for _, p := range procs {
+		d.inTree[int(p.Pid)] = true
+	}
+	return d
+}
+
+func (d *dumper) close() {
+	for _, fd := range d.pidfds {
+		unix.Close(fd)
+	}
+}
+
+// dump reads every live process's fd table, groups the fds into open file
+// descriptions and dumps the state of each.
+func (d *dumper) dump() error {
+	for _, p := range d.procs {
+		if p.State == "Z" {
+			continue // a zombie has no files
+		}
+		fs, err := d.dumpTable(int(p.Pid))
+		if err != nil {
+			return err
+		}
+		d.files = append(d.files, fs)
+		stage.Logf("pid %d: %d fds, cwd %s", p.Pid, len(fs.Fds), fs.Cwd)
+	}
+	if err := d.group(); err != nil {
+		return err
+	}
+	for _, ds := range d.descs {
+		if err := d.dumpDesc(ds); err != nil {
+			return err
+		}
+	}
+	return d.checkHolders()
+}
+
+// group finds which fds share an open file description: fds of one inode
+// sorted by kcmp(KCMP_FILE), whose order is the kernel's order of the file
+// structs. Descriptions are numbered from 1 in the order of their first fd.
+func (d *dumper) group() error {
+	type key struct{ dev, ino uint64 }
+	byInode := map[key][]*entry{}
+	for _, e := range d.entries {
+		k := key{e.st.Dev, e.st.Ino}
+		byInode[k] = append(byInode[k], e)
+	}
+	for _, es := range byInode {
+		if len(es) == 1 {
+			es[0].desc = &desc{fds: es}
+			continue
+		}
+		var cmpErr error
+		sorted := append([]*entry(nil), es...)
+		sort.SliceStable(sorted, func(i, j int) bool {
+			c, err := sys.KcmpFiles(sorted[i].pid, sorted[i].fd, sorted[j].pid, sorted[j].fd)
+			if err != nil && cmpErr == nil {
+				cmpErr = fmt.Errorf("pid %d fd %d and pid %d fd %d: %w", sorted[i].pid, sorted[i].fd, sorted[j].pid, sorted[j].fd, err)
+			}
+			return c < 0
+		})
+		if cmpErr != nil {
+			return stage.Hint(cmpErr, "kcmp needs Linux 3.5 with CONFIG_KCMP (or CONFIG_CHECKPOINT_RESTORE), and cr-files must run as root")
+		}
+		var cur *desc
+		for i, e := range sorted {
+			if i > 0 {
+				c, err := sys.KcmpFiles(sorted[i-1].pid, sorted[i-1].fd, e.pid, e.fd)
+				if err != nil {
+					return fmt.Errorf("pid %d fd %d: %w", e.pid, e.fd, err)
+				}
+				if c != 0 {
+					cur = nil
+				}
+			}
+			if cur == nil {
+				cur = &desc{}
+			}
+			e.desc = cur
+		}
+	}
+	// Number in dump order, and keep each description's fds in dump order.
+	for _, e := range d.entries {
+		ds := e.desc
+		if ds.id == 0 {
+			ds.id = uint64(len(d.descs) + 1)
+			ds.fds = nil
+			d.descs = append(d.descs, ds)
+		}
+		ds.fds = append(ds.fds, e)
+		e.pfd.DescId = ds.id
+	}
+	return nil
+}
+
+// object numbers a kernel object by its key, reporting whether it is new.
+func (d *dumper) object(key string) (uint64, bool) {
+	if n, ok := d.objects[key]; ok {
+		return n, false
+	}
+	n := uint64(len(d.objects) + 1)
+	d.objects[key] = n
+	return n, true
+}
+
+// getfd duplicates e's fd into cr-files (pidfd_getfd): the copy shares the
+// open file description, so reading its state needs no code in the task.
+// The caller closes it.
+func (d *dumper) getfd(e *entry) (*os.File, error) {
+	pfd, ok := d.pidfds[e.pid]
+	if !ok {
+		n, err := unix.PidfdOpen(e.pid, 0)
+		if err != nil {
+			return nil, procErr(e.pid, fmt.Errorf("pidfd_open: %w", err))
+		}
+		d.pidfds[e.pid] = n
+		pfd = n
+	}
+	f, err := sys.PidfdGetfd(pfd, e.fd)
+	if err != nil {
+		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %w", e.pid, e.fd, err), "pidfd_getfd needs Linux 5.6 and ptrace access to the process (root)")
+	}
+	return f, nil
+}
+
+// dumpDesc records the state of one description of a kind that needs more
+// than a path.
+func (d *dumper) dumpDesc(ds *desc) error {
+	e := ds.first()
+	for _, o := range ds.fds[1:] {
+		if o.kind() != e.kind() || o.fifo != e.fifo {
+			return fmt.Errorf("pid %d fd %d and pid %d fd %d share a description but are of different kinds", e.pid, e.fd, o.pid, o.fd)
+		}
+	}
+	if !restorable[e.kind()] {
+		return refuse(e.pid, e.fd, e.kindName(), e.link)
+	}
+	rec := &pb.FileDesc{Id: ds.id, Kind: e.pfd.Kind, Flags: e.pfd.Flags, Pos: e.fi.pos, Inode: e.st.Ino}
+	var err error
+	switch e.kind() {
+	case pb.FdKind_FD_REGULAR, pb.FdKind_FD_DIRECTORY, pb.FdKind_FD_CHARDEV:
+		return nil // reopened by path
+	case pb.FdKind_FD_PIPE:
+		err = d.dumpPipe(ds, rec)
+	case pb.FdKind_FD_EVENTFD:
+		err = dumpEventfd(e, rec)
+	case pb.FdKind_FD_SIGNALFD:
+		err = dumpSignalfd(e, rec)
+	case pb.FdKind_FD_TIMERFD:
+		err = dumpTimerfd(e, rec)
+	case pb.FdKind_FD_INOTIFY:
+		err = d.dumpInotify(ds, rec)
+	case pb.FdKind_FD_MEMFD:
+		err = d.dumpMemfd(ds, rec)
+	case pb.FdKind_FD_EPOLL:
+		err = d.dumpEpoll(ds, rec)
+	case pb.FdKind_FD_UNIX:
+		err = d.dumpUnix(ds, rec)
+	case pb.FdKind_FD_UDP:
+		err = d.dumpInet(ds, rec)
+	case pb.FdKind_FD_NETLINK:
+		err = d.dumpNetlink(ds, rec)
+	case pb.FdKind_FD_TCP:
+		return nil // cr-tcp's records, by Fd.inode
+	default:
+		return refuse(e.pid, e.fd, e.kindName(), e.link)
+	}
+	if err != nil {
+		return err
+	}
+	ds.rec = rec
+	return nil
+}
+
+// restorable are the kinds cr-restore can restore.
+var restorable = map[pb.FdKind]bool{
+	pb.FdKind_FD_REGULAR: true, pb.FdKind_FD_DIRECTORY: true, pb.FdKind_FD_CHARDEV: true,
+}
+
+// write appends the Files record of every process, then each description's
+// record followed by its object's contents.
+func (d *dumper) write(w *image.Writer) error {
+	for _, fs := range d.files {
+		if err := w.WriteMessage(image.TypeFiles, fs); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+	}
+	for _, ds := range d.descs {
+		if ds.rec == nil {
+			continue
+		}
+		if err := w.WriteMessage(image.TypeFileDesc, ds.rec); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		for _, fd := range ds.data {
+			if err := w.WriteMessage(image.TypeFileData, fd); err != nil {
+				return fmt.Errorf("output: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// holderCheck is an object whose every holder must be in the dump: a pipe
+// (or FIFO) another process also holds would be split in two by a restore.
+type holderCheck struct {
+	link string // the /proc/PID/fd link that names it
+	dev  uint64 // a FIFO: its inode, for links that are paths
+	ino  uint64
+	e    *entry
+}
+
+// checkHolders looks through every other process's fds for the objects that
+// must not be shared with a process outside the dump.
+func (d *dumper) checkHolders() error {
+	var checks []holderCheck
+	for _, ds := range d.descs {
+		e := ds.first()
+		if e.kind() == pb.FdKind_FD_PIPE {
+			checks = append(checks, holderCheck{link: e.link, dev: e.st.Dev, ino: e.st.Ino, e: e})
+		}
+	}
+	if len(checks) == 0 {
+		return nil
+	}
+	byLink := map[string]*holderCheck{}
+	for i := range checks {
+		byLink[checks[i].link] = &checks[i]
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	self := os.Getpid()
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || d.inTree[pid] || pid == self {
+			continue
+		}
+		fds, err := os.ReadDir(procPath(pid, "fd"))
+		if err != nil {
+			continue // gone, or a kernel thread
+		}
+		for _, fd := range fds {
+			link, err := os.Readlink(procPath(pid, "fd", fd.Name()))
+			if err != nil {
+				continue
+			}
+			c := byLink[link]
+			if c == nil {
+				continue
+			}
+			if c.e.fifo {
+				var st unix.Stat_t
+				if unix.Stat(procPath(pid, "fd", fd.Name()), &st) != nil || st.Dev != c.dev || st.Ino != c.ino {
+					continue
+				}
+			}
+			comm, _ := os.ReadFile(procPath(pid, "comm"))
+			return stage.Hint(cannot(c.e, "also open as fd %s of pid %d (%s), which is not in the dump", fd.Name(), pid, strings.TrimSpace(string(comm))),
+				"dump the process tree that holds both ends (e.g. from their common parent), or let the program close it first")
+		}
+	}
+	return nil
+}

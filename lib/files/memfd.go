@@ -1,0 +1,74 @@
+package files
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+// maxMemfd caps the contents of one memfd kept in an image.
+const maxMemfd = 1 << 30
+
+// dumpMemfd records a memfd description; the file (name, size, seals, mode
+// and contents) goes with its first description. Contents are read with
+// pread on a copy of the fd, which leaves the shared offset alone; pieces
+// that are all zero are left out.
+func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
+	e := ds.first()
+	obj, isNew := d.object(fmt.Sprintf("memfd:%d:%d", e.st.Dev, e.st.Ino))
+	rec.Object = obj
+	name := strings.TrimSuffix(strings.TrimPrefix(e.link, "/memfd:"), " (deleted)")
+	rec.Memfd = &pb.MemfdState{Name: name, Size: e.st.Size, Mode: e.st.Mode & 0o7777}
+	f, err := d.getfd(e)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		return cannot(e, "fstatfs: %v", err)
+	}
+	if fs.Type == unix.HUGETLBFS_MAGIC {
+		return refuse(e.pid, e.fd, "hugetlb memfd", e.link)
+	}
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return cannot(e, "F_GET_SEALS: %v", err)
+	}
+	rec.Memfd.Seals = uint32(seals)
+	if !isNew {
+		return nil
+	}
+	if e.st.Size > maxMemfd {
+		return stage.Hint(cannot(e, "%d bytes is more than the %d cr-files keeps of a memfd", e.st.Size, maxMemfd), "shrink or close the memfd before checkpointing")
+	}
+	buf := make([]byte, maxChunk)
+	var kept int64
+	for off := int64(0); off < e.st.Size; off += maxChunk {
+		n, err := f.ReadAt(buf[:min(int64(maxChunk), e.st.Size-off)], off)
+		if err != nil && err != io.EOF {
+			return cannot(e, "read at %d: %v", off, err)
+		}
+		if allZero(buf[:n]) {
+			continue
+		}
+		ds.data = append(ds.data, &pb.FileData{Object: obj, Offset: off, Data: append([]byte(nil), buf[:n]...)})
+		kept += int64(n)
+	}
+	stage.Logf("pid %d fd %d: memfd %q: %d bytes, %d kept, seals %#x", e.pid, e.fd, name, e.st.Size, kept, seals)
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

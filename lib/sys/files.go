@@ -1,0 +1,263 @@
+package sys
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// kcmp types (linux/kcmp.h).
+const (
+	KcmpFile     = 0
+	kcmpEpollTfd = 7
+)
+
+// Kcmp compares kernel objects of two processes (Linux 3.5,
+// CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE): it returns 0 when they are the
+// same, 1 or 2 for an ordering that is stable while both exist (the kernel
+// orders obfuscated pointers), so it can sort.
+func Kcmp(pid1, pid2, typ int, idx1, idx2 uintptr) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), uintptr(typ), idx1, idx2, 0)
+	if e != 0 {
+		return 0, fmt.Errorf("kcmp: %w", e)
+	}
+	return int(r), nil
+}
+
+// KcmpFiles reports whether fd1 of pid1 and fd2 of pid2 are one open file
+// description, and their order otherwise (-1 or 1).
+func KcmpFiles(pid1, fd1, pid2, fd2 int) (int, error) {
+	r, err := Kcmp(pid1, pid2, KcmpFile, uintptr(fd1), uintptr(fd2))
+	if err != nil {
+		return 0, err
+	}
+	switch r {
+	case 0:
+		return 0, nil
+	case 1:
+		return -1, nil
+	case 2:
+		return 1, nil
+	}
+	return 0, fmt.Errorf("kcmp: unexpected result %d", r)
+}
+
+// KcmpEpollTarget reports whether fd of pid is the file that epoll fd epfd
+// of epPid watches under target fd number tfd (Linux 4.13).
+func KcmpEpollTarget(pid, fd, epPid, epfd, tfd int) (bool, error) {
+	slot := struct{ efd, tfd, toff uint32 }{uint32(epfd), uint32(tfd), 0}
+	r, err := Kcmp(pid, epPid, kcmpEpollTfd, uintptr(fd), uintptr(unsafe.Pointer(&slot)))
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil // no such watch, or no such fd
+	}
+	if err != nil {
+		return false, err
+	}
+	return r == 0, nil
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, u64) (Linux 3.17,
+// CONFIG_CHECKPOINT_RESTORE).
+const tfdIocSetTicks = 0x40085400
+
+// TimerfdSetTicks sets the number of expirations a timerfd reports as not
+// yet read.
+func TimerfdSetTicks(fd int, ticks uint64) error {
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), tfdIocSetTicks, uintptr(unsafe.Pointer(&ticks)))
+	if e != 0 {
+		return fmt.Errorf("TFD_IOC_SET_TICKS: %w (needs CONFIG_CHECKPOINT_RESTORE)", e)
+	}
+	return nil
+}
+
+// KernelDev converts a dev_t as the kernel keeps it internally (major << 20
+// | minor, what fdinfo's sdev shows) to the user-space encoding of st_dev.
+func KernelDev(d uint64) uint64 { return unix.Mkdev(uint32(d>>20), uint32(d&0xfffff)) }
+
+// newDecodeDev converts new_encode_dev's 32-bit encoding (sock_diag's
+// UNIX_DIAG_VFS) to st_dev's encoding.
+func newDecodeDev(d uint32) uint64 {
+	return unix.Mkdev((d&0xfff00)>>8, (d&0xff)|((d>>12)&0xfff00))
+}
+
+// UnixDiag is what sock_diag says about one AF_UNIX socket.
+type UnixDiag struct {
+	Inode    uint64
+	Type     uint8
+	State    uint8
+	Name     []byte // sun_path bytes as bound (abstract: leading 0); nil when unbound
+	VfsDev   uint64 // the socket file of a path name (st_dev encoding)
+	VfsInode uint64
+	Peer     uint64   // peer socket's inode; 0 when none (or the peer has no inode)
+	HasPeer  bool     // the kernel reported a peer attribute
+	Icons    []uint64 // listening: peers of the connections waiting in the queue
+	RQueue   uint32   // listening: queued connections; else bytes in the receive queue
+	WQueue   uint32   // listening: backlog; else bytes sent and not yet consumed
+	Shutdown uint8
+}
+
+// sock_diag constants (linux/unix_diag.h, linux/sock_diag.h).
+const (
+	udiagShowName  = 0x1
+	udiagShowVfs   = 0x2
+	udiagShowPeer  = 0x4
+	udiagShowIcons = 0x8
+	udiagShowRqlen = 0x10 // the shutdown attribute comes always
+
+	unixDiagName     = 0
+	unixDiagVfs      = 1
+	unixDiagPeer     = 2
+	unixDiagIcons    = 3
+	unixDiagRqlen    = 4
+	unixDiagShutdown = 6
+
+	unixDiagReqSize = 24 // struct unix_diag_req
+	unixDiagMsgSize = 16 // struct unix_diag_msg
+)
+
+// UnixSockets lists every AF_UNIX socket of the caller's network namespace
+// with sock_diag (Linux 3.3, CONFIG_UNIX_DIAG), by inode.
+func UnixSockets() (map[uint64]*UnixDiag, error) {
+	req := make([]byte, unixDiagReqSize)
+	req[0] = unix.AF_UNIX
+	binary.LittleEndian.PutUint32(req[4:], ^uint32(0)) // every state
+	binary.LittleEndian.PutUint32(req[12:], udiagShowName|udiagShowVfs|udiagShowPeer|udiagShowIcons|udiagShowRqlen)
+	out := map[uint64]*UnixDiag{}
+	err := sockDiagDump(req, func(b []byte) error {
+		if len(b) < unixDiagMsgSize {
+			return fmt.Errorf("sock_diag: short unix_diag_msg")
+		}
+		d := &UnixDiag{Type: b[1], State: b[2], Inode: uint64(binary.LittleEndian.Uint32(b[4:]))}
+		for a := b[unixDiagMsgSize:]; len(a) >= 4; {
+			l := int(binary.LittleEndian.Uint16(a))
+			typ := binary.LittleEndian.Uint16(a[2:]) & 0x3fff
+			if l < 4 || l > len(a) {
+				return fmt.Errorf("sock_diag: malformed attribute")
+			}
+			v := a[4:l]
+			switch typ {
+			case unixDiagName:
+				d.Name = append([]byte{}, v...)
+			case unixDiagVfs:
+				if len(v) >= 8 {
+					d.VfsInode = uint64(binary.LittleEndian.Uint32(v))
+					d.VfsDev = newDecodeDev(binary.LittleEndian.Uint32(v[4:]))
+				}
+			case unixDiagPeer:
+				if len(v) >= 4 {
+					d.Peer = uint64(binary.LittleEndian.Uint32(v))
+					d.HasPeer = true
+				}
+			case unixDiagIcons:
+				for i := 0; i+4 <= len(v); i += 4 {
+					d.Icons = append(d.Icons, uint64(binary.LittleEndian.Uint32(v[i:])))
+				}
+			case unixDiagRqlen:
+				if len(v) >= 8 {
+					d.RQueue = binary.LittleEndian.Uint32(v)
+					d.WQueue = binary.LittleEndian.Uint32(v[4:])
+				}
+			case unixDiagShutdown:
+				if len(v) >= 1 {
+					d.Shutdown = v[0]
+				}
+			}
+			al := (l + 3) &^ 3
+			if al >= len(a) {
+				break
+			}
+			a = a[al:]
+		}
+		out[d.Inode] = d
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// sockDiagDump sends a SOCK_DIAG_BY_FAMILY dump request and calls fn with
+// the payload of every answer.
+func sockDiagDump(req []byte, fn func([]byte) error) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return fmt.Errorf("sock_diag socket: %w (needs CONFIG_INET_DIAG/CONFIG_UNIX_DIAG)", err)
+	}
+	defer unix.Close(fd)
+	msg := make([]byte, unix.NLMSG_HDRLEN, unix.NLMSG_HDRLEN+len(req))
+	binary.LittleEndian.PutUint32(msg[0:], uint32(unix.NLMSG_HDRLEN+len(req)))
+	binary.LittleEndian.PutUint16(msg[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.LittleEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.LittleEndian.PutUint32(msg[8:], 1)
+	msg = append(msg, req...)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sock_diag send: %w", err)
+	}
+	buf := make([]byte, 1<<16)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sock_diag receive: %w", err)
+		}
+		msgs, err := syscallParseNetlink(buf[:n])
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			switch m.typ {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.data) >= 4 {
+					if e := int32(binary.LittleEndian.Uint32(m.data)); e != 0 {
+						return fmt.Errorf("sock_diag: %w", unix.Errno(-e))
+					}
+				}
+				return nil
+			}
+			if err := fn(m.data); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+type nlMsg struct {
+	typ  uint16
+	data []byte
+}
+
+func syscallParseNetlink(b []byte) ([]nlMsg, error) {
+	var out []nlMsg
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.LittleEndian.Uint32(b))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return nil, fmt.Errorf("sock_diag: malformed netlink message")
+		}
+		out = append(out, nlMsg{typ: binary.LittleEndian.Uint16(b[4:]), data: b[unix.NLMSG_HDRLEN:l]})
+		al := (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
+		if al >= len(b) {
+			break
+		}
+		b = b[al:]
+	}
+	return out, nil
+}
+
+// PidfdGetfd duplicates fd of pid into the caller (Linux 5.6), without
+// stopping pid: the copy shares the open file description.
+func PidfdGetfd(pidfd, fd int) (*os.File, error) {
+	n, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	return os.NewFile(uintptr(n), fmt.Sprintf("fd %d", fd)), nil
+}
