@@ -67,6 +67,13 @@ const (
 	TypeProcessInside Type = 34 // pb.ProcessInside
 )
 
+// TCP (issue 6): 80-95 are written by cr-tcp.
+const (
+	TypeTcpLock   Type = 80 // pb.TcpLock
+	TypeTcpSocket Type = 81 // pb.TcpSocket
+	TypeTcpQueue  Type = 82 // pb.TcpQueue
+)
+
 var typeNames = map[Type]string{
 	TypeInventory:  "inventory",
 	TypeFreeze:     "freeze",
@@ -84,6 +91,10 @@ var typeNames = map[Type]string{
 	TypeProcessState:  "process-state",
 	TypeThreadInside:  "thread-inside",
 	TypeProcessInside: "process-inside",
+
+	TypeTcpLock:   "tcp-lock",
+	TypeTcpSocket: "tcp-socket",
+	TypeTcpQueue:  "tcp-queue",
 }
 
 func (t Type) String() string {
