@@ -242,6 +242,7 @@ func (d *dumper) dumpDesc(ds *desc) error {
 // restorable are the kinds cr-restore can restore.
 var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_REGULAR: true, pb.FdKind_FD_DIRECTORY: true, pb.FdKind_FD_CHARDEV: true,
+	pb.FdKind_FD_PIPE: true,
 }
 
 // write appends the Files record of every process, then each description's
@@ -290,18 +291,20 @@ func (d *dumper) checkHolders() error {
 	if len(checks) == 0 {
 		return nil
 	}
-	byLink := map[string]*holderCheck{}
+	byLink := map[string]int{}
 	for i := range checks {
-		byLink[checks[i].link] = &checks[i]
+		byLink[checks[i].link] = i
 	}
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
 		return err
 	}
-	self := os.Getpid()
+	// Report the first object in dump order, whatever the order of /proc.
+	found, foundPid, foundFd := len(checks), 0, ""
+	// cr-files itself is not skipped: its copies of fds are closed by now.
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
-		if err != nil || d.inTree[pid] || pid == self {
+		if err != nil || d.inTree[pid] {
 			continue
 		}
 		fds, err := os.ReadDir(procPath(pid, "fd"))
@@ -313,20 +316,24 @@ func (d *dumper) checkHolders() error {
 			if err != nil {
 				continue
 			}
-			c := byLink[link]
-			if c == nil {
+			i, ok := byLink[link]
+			if !ok || i >= found {
 				continue
 			}
+			c := &checks[i]
 			if c.e.fifo {
 				var st unix.Stat_t
 				if unix.Stat(procPath(pid, "fd", fd.Name()), &st) != nil || st.Dev != c.dev || st.Ino != c.ino {
 					continue
 				}
 			}
-			comm, _ := os.ReadFile(procPath(pid, "comm"))
-			return stage.Hint(cannot(c.e, "also open as fd %s of pid %d (%s), which is not in the dump", fd.Name(), pid, strings.TrimSpace(string(comm))),
-				"dump the process tree that holds both ends (e.g. from their common parent), or let the program close it first")
+			found, foundPid, foundFd = i, pid, fd.Name()
 		}
+	}
+	if found < len(checks) {
+		comm, _ := os.ReadFile(procPath(foundPid, "comm"))
+		return stage.Hint(cannot(checks[found].e, "also open as fd %s of pid %d (%s), which is not in the dump", foundFd, foundPid, strings.TrimSpace(string(comm))),
+			"dump the process tree that holds every end (e.g. from their common parent), or let the program close it first")
 	}
 	return nil
 }

@@ -244,7 +244,6 @@ func TestRefused(t *testing.T) {
 		t.Skip("needs root")
 	}
 	for _, c := range []struct{ extra, want string }{
-		{"pipe", "pipe (pipe:["},
 		{"socket", "unix (socket:["},
 		{"deleted", "deleted file ("},
 		{"eventfd", "eventfd (anon_inode:[eventfd])"},
@@ -262,6 +261,34 @@ func TestRefused(t *testing.T) {
 				t.Errorf("no hint with %v", err)
 			}
 		})
+	}
+}
+
+// TestPipeHeldOutside: a pipe whose other end another process holds (here
+// the test itself) is refused, naming that process.
+func TestPipeHeldOutside(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd := exec.Command("sleep", "100")
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	_, err = runFilter(t, cmd.Process.Pid)
+	want := fmt.Sprintf("pid %d fd 1: pipe (pipe:[", cmd.Process.Pid)
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), fmt.Sprintf("of pid %d (", os.Getpid())) {
+		t.Fatalf("got %v, want %q... naming pid %d", err, want, os.Getpid())
 	}
 }
 

@@ -95,3 +95,14 @@ func firstLine(b []byte) string {
 	l, _, _ := strings.Cut(string(b), "\n")
 	return l
 }
+
+func TestFdPipe(t *testing.T) {
+	for _, arg := range []string{"", "fork"} {
+		t.Run("plain"+arg, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-restore", "crit")...)
+			p := startFdProg(t, "fd_pipe", arg)
+			show := dumpRestore(t, p)
+			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+		})
+	}
+}
