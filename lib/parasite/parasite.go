@@ -1,9 +1,19 @@
 // Package parasite is the cr-parasite stage: it reads state that only the
 // task itself can report, by injecting system calls into it (lib/inject):
-// the signal dispositions (rt_sigaction with a NULL new action) and the
-// clear_child_tid address (prctl PR_GET_TID_ADDRESS). It appends one
-// TaskState record per thread; sigactions are per process and go only into
-// the thread group leader's record.
+// the signal dispositions (rt_sigaction with a NULL new action), the
+// clear_child_tid address (prctl PR_GET_TID_ADDRESS), the alternate signal
+// stack, parent-death signal and securebits of every thread, and the
+// interval timers, POSIX timers, dumpable and child-subreaper flags of
+// every process. Then, from outside, the signals queued for each thread
+// and process (PTRACE_PEEKSIGINFO): after the timers, so that a timer that
+// expires meanwhile is recorded as armed again plus a pending signal, never
+// lost.
+//
+// Per process it appends one TaskState and one ThreadInside record per
+// thread (sigactions are per process and go only into the thread group
+// leader's TaskState), then one ProcessInside record. Zombies are skipped.
+// Tasks under seccomp are seized with PTRACE_O_SUSPEND_SECCOMP, so that the
+// injected calls pass their filters (or strict mode).
 //
 // A frozen task cannot execute a system call, so the cgroup is thawed for
 // exactly the time of the injection, while every task is held in a ptrace
@@ -42,7 +52,7 @@ var (
 
 // Command is cr-parasite.
 func Command() *cli.App {
-	return stage.FilterCommand("cr-parasite", "append state read from inside every frozen task (sigactions, tid address)", nil,
+	return stage.FilterCommand("cr-parasite", "append state read from inside every frozen task (sigactions, tid address, sigaltstack, timers, prctl bits) and pending signals", nil,
 		func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
 }
 
@@ -72,13 +82,23 @@ func Filter() stage.Filter {
 			if fr == nil {
 				return stage.Hint(errors.New("input: no freeze record"), "the stream must start with cr-freeze --pid PID")
 			}
-			states, err := Run(fr, procs)
+			res, err := Run(fr, procs)
 			if err != nil {
 				return err
 			}
-			for _, s := range states {
-				if err := w.WriteMessage(image.TypeTaskState, s); err != nil {
+			for _, r := range res {
+				if err := w.WriteMessage(image.TypeTaskState, r.State); err != nil {
 					return fmt.Errorf("output: %w", err)
+				}
+			}
+			for _, r := range res {
+				if err := w.WriteMessage(image.TypeThreadInside, r.Inside); err != nil {
+					return fmt.Errorf("output: %w", err)
+				}
+				if r.Process != nil {
+					if err := w.WriteMessage(image.TypeProcessInside, r.Process); err != nil {
+						return fmt.Errorf("output: %w", err)
+					}
 				}
 			}
 			return nil
@@ -90,15 +110,26 @@ type thread struct {
 	pid, tid int
 	insn     uint64
 	leader   bool
+	seccomp  bool
+}
+
+// ThreadResult is what cr-parasite records of one thread.
+type ThreadResult struct {
+	State   *pb.TaskState
+	Inside  *pb.ThreadInside
+	Process *pb.ProcessInside // the thread group leader's only
 }
 
 // Run reads the task state of every thread of procs, which are frozen in
 // fr.Cgroup. On return, success or failure, the cgroup is frozen again,
 // every thread is detached and the registers, signal masks and memory of
 // the tasks are as they were.
-func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error) {
+func Run(fr *pb.Freeze, procs []*pb.Process) (res []*ThreadResult, err error) {
 	var threads []thread
 	for _, p := range procs {
+		if p.State == "Z" {
+			continue // a zombie runs nothing and keeps no state but its exit code
+		}
 		if err := checkFrozen(p, fr); err != nil {
 			return nil, err
 		}
@@ -112,7 +143,11 @@ func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error)
 			tids = []uint32{p.Pid}
 		}
 		for _, t := range tids {
-			threads = append(threads, thread{pid: pid, tid: int(t), insn: insn, leader: int(t) == pid})
+			sec, err := proc.ReadSecurity(pid, int(t))
+			if err != nil {
+				return nil, err
+			}
+			threads = append(threads, thread{pid: pid, tid: int(t), insn: insn, leader: int(t) == pid, seccomp: sec.Seccomp != 0})
 		}
 	}
 
@@ -151,7 +186,13 @@ func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error)
 		}
 	}()
 	for _, t := range threads {
-		if err := sys.PtraceSeize(t.tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+		opts := unix.PTRACE_O_TRACESYSGOOD
+		if t.seccomp {
+			// Injected calls would meet the task's filters, or be fatal in
+			// strict mode.
+			opts |= unix.PTRACE_O_SUSPEND_SECCOMP
+		}
+		if err := sys.PtraceSeize(t.tid, opts); err != nil {
 			return nil, seizeError(t.pid, t.tid, err)
 		}
 		seized = append(seized, t.tid)
@@ -175,19 +216,29 @@ func Run(fr *pb.Freeze, procs []*pb.Process) (states []*pb.TaskState, err error)
 		if err := interrupted(); err != nil {
 			return nil, err
 		}
-		s, err := Thread(t.pid, t.tid, t.insn, t.leader)
+		r, err := Thread(t.pid, t.tid, t.insn, t.leader)
 		if err != nil {
 			return nil, err
 		}
-		states = append(states, s)
+		res = append(res, r)
 	}
-	return states, nil
+	for i, t := range threads {
+		if res[i].Inside.Pending, err = pendingSignals(t.pid, t.tid, false); err != nil {
+			return nil, err
+		}
+		if t.leader {
+			if res[i].Process.SharedPending, err = pendingSignals(t.pid, t.tid, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return res, nil
 }
 
 // Thread injects the state-reading syscalls into one thread, which the
 // calling locked OS thread holds in a PTRACE_EVENT_STOP, and puts it back
 // as it was (End), whatever happens.
-func Thread(pid, tid int, insn uint64, leader bool) (st *pb.TaskState, err error) {
+func Thread(pid, tid int, insn uint64, leader bool) (res *ThreadResult, err error) {
 	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
 	s, err := inject.Begin(tid, insn)
 	if err != nil {
@@ -196,11 +247,12 @@ func Thread(pid, tid int, insn uint64, leader bool) (st *pb.TaskState, err error
 	defer func() {
 		if eerr := s.End(nil); eerr != nil {
 			err = errors.Join(err, where(fmt.Errorf("restore registers: %w", eerr)))
-			st = nil
+			res = nil
 		}
 	}()
-	st = &pb.TaskState{Pid: uint32(pid), Tid: uint32(tid)}
-	scratch, err := s.Scratch(32)
+	st := &pb.TaskState{Pid: uint32(pid), Tid: uint32(tid)}
+	res = &ThreadResult{State: st}
+	scratch, err := s.Scratch(scratchSize)
 	if err != nil {
 		return nil, where(err)
 	}
@@ -216,8 +268,14 @@ func Thread(pid, tid int, insn uint64, leader bool) (st *pb.TaskState, err error
 		return nil, where(err)
 	}
 	st.ClearChildTid = binary.LittleEndian.Uint64(buf[:8])
+	if res.Inside, err = threadInside(s, pid, tid, scratch); err != nil {
+		return nil, where(err)
+	}
 	if !leader {
-		return st, nil
+		return res, nil
+	}
+	if res.Process, err = processInside(s, pid, scratch); err != nil {
+		return nil, where(err)
 	}
 	for sig := 1; sig <= 64; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
@@ -249,7 +307,7 @@ func Thread(pid, tid int, insn uint64, leader bool) (st *pb.TaskState, err error
 			st.Sigactions = append(st.Sigactions, a)
 		}
 	}
-	return st, nil
+	return res, nil
 }
 
 func waitInterrupt(pid, tid int) error {

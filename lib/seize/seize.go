@@ -1,8 +1,15 @@
 // Package seize is the cr-seize stage: it attaches to every thread of every
 // frozen process in the stream with PTRACE_SEIZE, stops it with
 // PTRACE_INTERRUPT (the stop is reported while the cgroup is frozen),
-// reads its CPU state and detaches, leaving it frozen. It appends one
-// ThreadCore record per thread.
+// reads its CPU state and what else can be read from outside, and detaches,
+// leaving it frozen. Per process it appends a ThreadCore and a ThreadState
+// record per thread (registers, FPU, sigmask, rseq; name, scheduling,
+// affinity, robust futex list, credentials, seccomp filters), then a
+// ProcessState record (personality, resource limits). Zombies are skipped.
+//
+// Refused, with a message naming the state: a thread traced by another
+// tracer, processes sharing one address space (vfork in progress), threads
+// of one process with different seccomp filters.
 package seize
 
 import (
@@ -28,7 +35,7 @@ var StopTimeout = 10 * time.Second
 
 // Command is cr-seize.
 func Command() *cli.App {
-	return stage.FilterCommand("cr-seize", "append registers, xsave, sigmask and rseq of every frozen thread", nil,
+	return stage.FilterCommand("cr-seize", "append registers, FPU, sigmask, rseq, scheduling, credentials, seccomp and rlimits of every frozen thread", nil,
 		func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
 }
 
@@ -55,20 +62,34 @@ func Filter() stage.Filter {
 			if len(procs) == 0 {
 				return stage.Hint(errors.New("input: no process records"), "the stream must start with cr-freeze --pid PID")
 			}
+			if err := CheckSharedMm(procs); err != nil {
+				return err
+			}
 			for _, p := range procs {
+				if p.State == "Z" {
+					continue // a zombie has no threads to read
+				}
 				if err := CheckFrozen(p, fr); err != nil {
 					return err
 				}
-				cores, err := Process(p)
+				st, err := Process(p)
 				if err != nil {
 					return err
 				}
-				for _, c := range cores {
+				for _, c := range st.Cores {
 					if err := w.WriteMessage(image.TypeThreadCore, c); err != nil {
 						return fmt.Errorf("output: %w", err)
 					}
 				}
-				stage.Logf("pid %d: %d thread(s) read", p.Pid, len(cores))
+				for _, ts := range st.Threads {
+					if err := w.WriteMessage(image.TypeThreadState, ts); err != nil {
+						return fmt.Errorf("output: %w", err)
+					}
+				}
+				if err := w.WriteMessage(image.TypeProcessState, st.Process); err != nil {
+					return fmt.Errorf("output: %w", err)
+				}
+				stage.Logf("pid %d: %d thread(s) read", p.Pid, len(st.Cores))
 			}
 			return nil
 		},
@@ -104,10 +125,17 @@ func CheckFrozen(p *pb.Process, fr *pb.Freeze) error {
 	return nil
 }
 
-// Process reads the CPU state of every thread of p. All ptrace requests
-// come from one locked OS thread; every thread is detached (still frozen)
-// before it returns, on success or failure.
-func Process(p *pb.Process) ([]*pb.ThreadCore, error) {
+// State is what cr-seize records of one process.
+type State struct {
+	Cores   []*pb.ThreadCore  // per thread, the leader first
+	Threads []*pb.ThreadState // per thread, the leader first
+	Process *pb.ProcessState
+}
+
+// Process reads the CPU and task state of every thread of p. All ptrace
+// requests come from one locked OS thread; every thread is detached (still
+// frozen) before it returns, on success or failure.
+func Process(p *pb.Process) (*State, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
@@ -126,6 +154,9 @@ func Process(p *pb.Process) ([]*pb.ThreadCore, error) {
 		}
 	}()
 	for _, tid := range tids {
+		if err := checkTracer(pid, tid); err != nil {
+			return nil, err
+		}
 		if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
 			return nil, seizeError(pid, tid, err)
 		}
@@ -141,13 +172,25 @@ func Process(p *pb.Process) ([]*pb.ThreadCore, error) {
 			return nil, err
 		}
 	}
-	cores := make([]*pb.ThreadCore, 0, len(tids))
+	st := &State{}
 	for _, tid := range tids {
 		c, err := ReadThread(pid, tid)
 		if err != nil {
 			return nil, err
 		}
-		cores = append(cores, c)
+		st.Cores = append(st.Cores, c)
+		ts, err := ReadThreadState(pid, tid)
+		if err != nil {
+			return nil, err
+		}
+		st.Threads = append(st.Threads, ts)
+	}
+	if err := CheckThreads(pid, st.Threads); err != nil {
+		return nil, err
+	}
+	var err error
+	if st.Process, err = ReadProcessState(pid); err != nil {
+		return nil, err
 	}
 	for len(seized) > 0 {
 		tid := seized[0]
@@ -156,7 +199,7 @@ func Process(p *pb.Process) ([]*pb.ThreadCore, error) {
 		}
 		seized = seized[1:]
 	}
-	return cores, nil
+	return st, nil
 }
 
 func seizeError(pid, tid int, err error) error {

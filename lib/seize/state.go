@@ -1,0 +1,199 @@
+package seize
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// rlimitCount is RLIM_NLIMITS: RLIMIT_CPU (0) to RLIMIT_RTTIME (15).
+const rlimitCount = 16
+
+// checkTracer refuses a thread that another tracer holds: PTRACE_SEIZE
+// would fail with a bare EPERM, and restore could not rebuild the tracing.
+func checkTracer(pid, tid int) error {
+	sec, err := proc.ReadSecurity(pid, tid)
+	if err != nil {
+		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+	}
+	if sec.TracerPid != 0 {
+		comm := ""
+		if st, err := proc.ReadStat(sec.TracerPid); err == nil {
+			comm = " (" + st.Comm + ")"
+		}
+		return stage.Hint(fmt.Errorf("pid %d tid %d is traced by pid %d%s: a traced task cannot be checkpointed", pid, tid, sec.TracerPid, comm),
+			"detach the debugger or tracer (gdb, strace) first")
+	}
+	return nil
+}
+
+// CheckSharedMm refuses processes that share one address space: a vfork
+// parent waiting for its child, or a clone(CLONE_VM) without
+// CLONE_THREAD. Restore gives every process an address space of its own.
+func CheckSharedMm(procs []*pb.Process) error {
+	for i, a := range procs {
+		if a.State == "Z" {
+			continue
+		}
+		for _, b := range procs[i+1:] {
+			if b.State == "Z" {
+				continue
+			}
+			same, err := sys.SameMm(int(a.Pid), int(b.Pid))
+			if err != nil {
+				return err
+			}
+			if same {
+				return stage.Hint(fmt.Errorf("pid %d shares its address space with pid %d (a vfork in progress, or clone with CLONE_VM): not supported", a.Pid, b.Pid),
+					"checkpoint once the child has called exec or exited")
+			}
+		}
+	}
+	return nil
+}
+
+// ReadThreadState reads the per-thread state that can be read from
+// outside: name, scheduling, affinity, robust futex list, credentials and
+// seccomp filters. The thread must sit in a ptrace stop of the caller (the
+// seccomp filters can only be read then).
+func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
+	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
+	ts := &pb.ThreadState{Pid: uint32(pid), Tid: uint32(tid)}
+	var err error
+	if ts.Comm, err = proc.ReadTaskComm(pid, tid); err != nil {
+		return nil, where(err)
+	}
+	attr, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return nil, where(fmt.Errorf("sched_getattr: %w", err))
+	}
+	ts.Sched = &pb.SchedAttr{Policy: attr.Policy, Flags: attr.Flags, Nice: attr.Nice, Priority: attr.Priority,
+		Runtime: attr.Runtime, Deadline: attr.Deadline, Period: attr.Period}
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(tid, &cpus); err != nil {
+		return nil, where(fmt.Errorf("sched_getaffinity: %w", err))
+	}
+	ts.Affinity = cpuMask(&cpus)
+	if ts.RobustList, ts.RobustListLen, err = sys.GetRobustList(tid); err != nil {
+		return nil, where(err)
+	}
+	sec, err := proc.ReadSecurity(pid, tid)
+	if err != nil {
+		return nil, where(err)
+	}
+	ts.Creds = &pb.Creds{
+		Uids:   []uint32{uint32(sec.Uid[0]), uint32(sec.Uid[1]), uint32(sec.Uid[2]), uint32(sec.Uid[3])},
+		Gids:   []uint32{uint32(sec.Gid[0]), uint32(sec.Gid[1]), uint32(sec.Gid[2]), uint32(sec.Gid[3])},
+		Groups: sec.Groups,
+		CapInh: sec.CapInh, CapPrm: sec.CapPrm, CapEff: sec.CapEff, CapBnd: sec.CapBnd, CapAmb: sec.CapAmb,
+		NoNewPrivs: sec.NoNewPrivs,
+	}
+	ts.SeccompMode = uint32(sec.Seccomp)
+	if sec.Seccomp == 2 {
+		if ts.SeccompFilters, err = readFilters(tid); err != nil {
+			return nil, where(err)
+		}
+		if len(ts.SeccompFilters) != sec.SeccompFilters {
+			return nil, where(fmt.Errorf("read %d seccomp filters, /proc says %d", len(ts.SeccompFilters), sec.SeccompFilters))
+		}
+	}
+	return ts, nil
+}
+
+// readFilters returns a thread's seccomp filters, oldest first.
+func readFilters(tid int) ([]*pb.SeccompFilter, error) {
+	var fs []*pb.SeccompFilter
+	for i := 0; ; i++ {
+		prog, err := sys.PtraceSeccompGetFilter(tid, i)
+		if errors.Is(err, sys.ErrNoFilter) {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+				return nil, stage.Hint(err, "reading seccomp filters needs CAP_SYS_ADMIN, and cr-seize must not run under seccomp itself")
+			}
+			return nil, err
+		}
+		flags, err := sys.PtraceSeccompFlags(tid, i)
+		if err != nil {
+			return nil, err
+		}
+		fs = append(fs, &pb.SeccompFilter{Prog: prog, Flags: flags})
+		if i > 1024 {
+			return nil, errors.New("more than 1024 seccomp filters")
+		}
+	}
+	for i, j := 0, len(fs)-1; i < j; i, j = i+1, j-1 {
+		fs[i], fs[j] = fs[j], fs[i]
+	}
+	return fs, nil
+}
+
+// cpuMask is a CPU set as bytes, without trailing zero words.
+func cpuMask(s *unix.CPUSet) []byte {
+	var b []byte
+	for _, w := range s {
+		b = binary.LittleEndian.AppendUint64(b, uint64(w))
+	}
+	for len(b) > 8 && bytes.Equal(b[len(b)-8:], make([]byte, 8)) {
+		b = b[:len(b)-8]
+	}
+	return b
+}
+
+// CheckThreads refuses per-thread state that restore cannot rebuild as it
+// was: seccomp filter chains that differ between the threads of a process
+// (restore installs one chain with SECCOMP_FILTER_FLAG_TSYNC, shared by all
+// threads, as a process that filtered itself with TSYNC had it).
+func CheckThreads(pid int, states []*pb.ThreadState) error {
+	if len(states) < 2 {
+		return nil
+	}
+	lead := states[0]
+	for _, ts := range states[1:] {
+		if ts.SeccompMode != lead.SeccompMode || !sameFilters(ts.SeccompFilters, lead.SeccompFilters) {
+			return stage.Hint(fmt.Errorf("pid %d: threads %d and %d have different seccomp state (mode %d with %d filters, mode %d with %d): not supported",
+				pid, lead.Tid, ts.Tid, lead.SeccompMode, len(lead.SeccompFilters), ts.SeccompMode, len(ts.SeccompFilters)),
+				"crpipe restores one seccomp filter chain shared by all threads of a process (as SECCOMP_FILTER_FLAG_TSYNC installs it)")
+		}
+	}
+	return nil
+}
+
+func sameFilters(a, b []*pb.SeccompFilter) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Flags != b[i].Flags || !bytes.Equal(a[i].Prog, b[i].Prog) {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadProcessState reads the per-process state that can be read from
+// outside: personality and resource limits.
+func ReadProcessState(pid int) (*pb.ProcessState, error) {
+	ps := &pb.ProcessState{Pid: uint32(pid)}
+	var err error
+	if ps.Personality, err = proc.ReadPersonality(pid); err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	for r := 0; r < rlimitCount; r++ {
+		var lim unix.Rlimit
+		if err := unix.Prlimit(pid, r, nil, &lim); err != nil {
+			return nil, fmt.Errorf("pid %d: prlimit %d: %w", pid, r, err)
+		}
+		ps.Rlimits = append(ps.Rlimits, &pb.Rlimit{Resource: uint32(r), Cur: lim.Cur, Max: lim.Max})
+	}
+	return ps, nil
+}
