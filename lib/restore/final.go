@@ -70,7 +70,24 @@ func (rc *Ctx) finish() error {
 		if err := rc.threadCalls(t, s); err != nil {
 			return err
 		}
-		calls = nil
+	}
+	// Every thread is seized (not stopped: the restorers go on serving)
+	// with PTRACE_O_SUSPEND_SECCOMP before the last states, which install
+	// seccomp filters that must not apply to the restorer's own calls.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	seized, err := seizeAll(live)
+	defer func() {
+		for _, tid := range seized {
+			sys.PtraceDetach(tid, 0)
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	for _, t := range live {
+		s := &scratchWriter{base: t.scratch}
+		var calls []call
 		for _, st := range lastStates {
 			c, err := st(rc, t, s)
 			if err != nil {
@@ -81,8 +98,11 @@ func (rc *Ctx) finish() error {
 		if err := t.runWithScratch(t.r, s, calls); err != nil {
 			return err
 		}
+		if err := rc.runLastThreadStates(t); err != nil {
+			return err
+		}
 	}
-	if err := resumeAll(live); err != nil {
+	if err := resumeAll(live, &seized); err != nil {
 		return err
 	}
 	for _, f := range finishers {
@@ -208,27 +228,30 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 	return nil
 }
 
-// resumeAll unmaps every restorer and puts the dumped registers in place.
-// Each thread sits in its restorer's recvmsg; PTRACE_INTERRUPT stops it
-// inside get_signal. The last syscalls (close the control sockets, unmap the
-// restorer) are injected at the restorer's own syscall instruction: the
-// syscall-exit stop comes before the unmapped code after it could run. No
-// task is detached, so none runs, before every task is ready.
-func resumeAll(tasks []*task) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var seized []int
-	defer func() {
-		for _, tid := range seized {
-			sys.PtraceDetach(tid, 0)
-		}
-	}()
+// seizeAll attaches to every thread of tasks without stopping them. The
+// caller's OS thread stays locked until resumeAll detaches them.
+func seizeAll(tasks []*task) (seized []int, err error) {
 	for _, t := range tasks {
 		for _, tid := range t.tids() {
 			if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
-				return fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
+				return seized, fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
 			}
 			seized = append(seized, tid)
+		}
+	}
+	return seized, nil
+}
+
+// resumeAll unmaps every restorer and puts the dumped registers in place.
+// Each thread, seized by seizeAll, sits in its restorer's recvmsg;
+// PTRACE_INTERRUPT stops it inside get_signal. The last syscalls (close the
+// control sockets, unmap the restorer) are injected at the restorer's own
+// syscall instruction: the syscall-exit stop comes before the unmapped code
+// after it could run. No task is detached, so none runs, before every task
+// is ready. Detached tids are removed from *seized.
+func resumeAll(tasks []*task, seized *[]int) error {
+	for _, t := range tasks {
+		for _, tid := range t.tids() {
 			if err := sys.PtraceInterrupt(tid); err != nil {
 				return err
 			}
@@ -247,12 +270,13 @@ func resumeAll(tasks []*task) error {
 			}
 		}
 	}
-	for _, tid := range seized {
+	for len(*seized) > 0 {
+		tid := (*seized)[0]
 		if err := sys.PtraceDetach(tid, 0); err != nil {
 			return fmt.Errorf("tid %d: %w", tid, err)
 		}
+		*seized = (*seized)[1:]
 	}
-	seized = nil
 	return nil
 }
 

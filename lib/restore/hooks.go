@@ -63,9 +63,14 @@ var (
 	processStates []processState
 	// threadStates run in every thread (the leader too), after threads exist.
 	threadStates []threadState
-	// lastStates run once per process at the very end, just before the
-	// registers are set: credentials, then seccomp.
+	// lastStates run once per process at the very end, in the leader, once
+	// every thread of the process is seized with PTRACE_O_SUSPEND_SECCOMP
+	// (so seccomp filters installed here do not stop the restorer).
 	lastStates []processState
+	// lastThreadStates run in every thread after the process's lastStates,
+	// the leader last: credentials (a change of credentials resets the
+	// process's dumpable flag, which the leader sets again at the end).
+	lastThreadStates []threadState
 	// finishers run after every task runs again (e.g. lift a network lock).
 	finishers []func(rc *Ctx) error
 )
@@ -73,6 +78,42 @@ var (
 func registerProcessState(f processState) { processStates = append(processStates, f) }
 func registerThreadState(f threadState)   { threadStates = append(threadStates, f) }
 func registerLastState(f processState)    { lastStates = append(lastStates, f) }
+func registerLastThreadState(f threadState) {
+	lastThreadStates = append(lastThreadStates, f)
+}
 func registerFinisher(f func(rc *Ctx) error) {
 	finishers = append(finishers, f)
+}
+
+// runLastThreadStates runs the lastThreadStates in every thread of t, the
+// leader last. The threads share the scratch area and run one after the
+// other, so each lays out its arguments from the start of it.
+func (rc *Ctx) runLastThreadStates(t *task) error {
+	if len(lastThreadStates) == 0 {
+		return nil
+	}
+	type one struct {
+		tid uint32
+		r   *restorer
+	}
+	var all []one
+	for _, th := range t.threads {
+		all = append(all, one{uint32(th.tid), th.r})
+	}
+	all = append(all, one{t.proc.Pid, t.r})
+	for _, o := range all {
+		s := &scratchWriter{base: t.scratch}
+		var calls []call
+		for _, st := range lastThreadStates {
+			c, err := st(rc, t, o.tid, s)
+			if err != nil {
+				return err
+			}
+			calls = append(calls, c...)
+		}
+		if err := t.runWithScratch(o.r, s, calls); err != nil {
+			return err
+		}
+	}
+	return nil
 }
