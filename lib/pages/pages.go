@@ -48,6 +48,9 @@ func Filter() stage.Filter {
 			if err := image.Unmarshal(f, p); err != nil {
 				return err
 			}
+			if p.State == "Z" {
+				return nil // a zombie has no memory and no files
+			}
 			procs = append(procs, p)
 			return nil
 		},

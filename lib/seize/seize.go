@@ -54,6 +54,9 @@ func Filter() stage.Filter {
 				if err := image.Unmarshal(f, p); err != nil {
 					return err
 				}
+				if p.State == "Z" {
+					return nil // a zombie has no threads left to seize
+				}
 				procs = append(procs, p)
 			}
 			return nil
