@@ -83,6 +83,7 @@ func (t *task) create() error {
 			return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
 		}
 		helper.Wait()
+		r.pid = pid
 		t.r, t.pid, t.ctlFd = r, pid, 3 // the helper got its socket as fd 3
 		return nil
 	}
@@ -110,6 +111,19 @@ func (t *task) create() error {
 // still a restorer with default signal dispositions, so the SIGCHLD is
 // discarded and the zombie waits to be reaped by the restored parent.
 func (t *task) becomeZombie() error {
+	// A zombie keeps its name: pass it in a page of its own.
+	got, err := t.r.run(sc("map a page for the name", unix.SYS_MMAP, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0))
+	if err != nil {
+		return err
+	}
+	name := &scratchWriter{base: uint64(got[0])}
+	addr := name.putString(t.proc.Comm)
+	if err := t.flushScratch(name); err != nil {
+		return err
+	}
+	if _, err := t.r.run(sc("set name", unix.SYS_PRCTL, prSetName, addr)); err != nil {
+		return err
+	}
 	status := unix.WaitStatus(t.proc.ExitCode)
 	var c call
 	switch {

@@ -32,6 +32,8 @@ typedef int i32;
 #define OP_CLONE 5
 #define OP_EXIT 6
 
+#define CLONE_FILES 0x400
+
 #define MAX_MSG 32768
 #define MAX_FDS 64
 
@@ -71,7 +73,8 @@ i64 crp_clone_thread(void *args, u64 size, i64 ctl);
 __asm__(
 	".globl crp_clone_thread\n"
 	"crp_clone_thread:\n"
-	"	mov %rdx, %r12\n" /* ctl survives the syscall in a callee-saved register */
+	"	push %r12\n"       /* callee-saved: the parent gets it back */
+	"	mov %rdx, %r12\n" /* ctl survives the syscall in the child */
 	"	mov $435, %eax\n"
 	"	syscall\n"
 	"	test %rax, %rax\n"
@@ -80,7 +83,8 @@ __asm__(
 	"	mov %r12, %rdi\n"
 	"	call crp_thread_main\n"
 	"	hlt\n"
-	"1:	ret\n");
+	"1:	pop %r12\n"
+	"	ret\n");
 
 /* Switch to a new stack and jump: used after the image is copied. */
 void crp_jump(u64 sp, u64 target, i64 ctl) __attribute__((noreturn));
@@ -317,7 +321,8 @@ static void loop(i64 ctl)
 				}
 				break;
 			}
-			if (c->child_ctl >= 0)
+			/* A thread shares the fd table: its socket must stay open. */
+			if (c->child_ctl >= 0 && !(c->flags & CLONE_FILES))
 				crp_syscall(NR_close, c->child_ctl, 0, 0, 0, 0, 0);
 			if (ret < 0)
 				r.status = ret;
