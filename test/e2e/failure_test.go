@@ -339,42 +339,43 @@ func TestDumpNotPermitted(t *testing.T) {
 	p.terminate(1)
 }
 
-// TestRefuseThreadsAndChildren: for now a process with a second thread or
-// a child is refused with a clear error, and left running where it was.
-func TestRefuseThreadsAndChildren(t *testing.T) {
-	for _, mode := range []string{"threads", "child"} {
-		for _, tool := range []string{"cr-freeze", "cr-dump"} {
-			t.Run(mode+"/"+tool, func(t *testing.T) {
-				if tool == "cr-dump" {
-					need(t, append(pipelineCmds, "cr-dump")...)
-				} else {
-					need(t, tool)
-				}
-				p := start(t, "spawner", func(p *target) []string { return []string{mode, p.progress} })
-				img := filepath.Join(p.dir, "img")
-				script := fmt.Sprintf("cr-freeze --pid %d > %s", p.pid, img)
-				if tool == "cr-dump" {
-					script = fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img)
-				}
-				r := shell(t, 30*time.Second, script)
-				if r.err == nil || r.state.ExitCode() != 1 {
-					t.Fatalf("%s: %v, want exit status 1 (refused)", script, r.err)
-				}
-				word := map[string]string{"threads": "thread", "child": "child"}[mode]
-				checkErrorLine(t, tool, r.stderr, regexp.MustCompile(`\b`+strconv.Itoa(p.pid)+`\b.*(?i)`+word+`|(?i)`+word+`.*\b`+strconv.Itoa(p.pid)+`\b`))
-				p.checkRunning()
-				if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
-					t.Fatal(err)
-				}
-				select {
-				case <-p.exited:
-					if !p.cmd.ProcessState.Success() {
-						t.Fatalf("spawner ended with %v after SIGTERM, want exit status 0", p.cmd.ProcessState)
-					}
-				case <-time.After(10 * time.Second):
-					t.Fatal("spawner still runs 10s after SIGTERM")
-				}
-			})
-		}
+// TestRefuseStopped: a stopped process (state T) is refused by cr-freeze
+// and cr-dump with a one-line error naming it, and is left as it was:
+// stopped, in its cgroup; once continued it runs on.
+func TestRefuseStopped(t *testing.T) {
+	for _, tool := range []string{"cr-freeze", "cr-dump"} {
+		t.Run(tool, func(t *testing.T) {
+			if tool == "cr-dump" {
+				need(t, append(pipelineCmds, "cr-dump")...)
+			} else {
+				need(t, tool)
+			}
+			p := startCounter(t, "counter", 0)
+			if err := syscall.Kill(p.pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; procState(p.pid) != "T" && i < 1000; i++ {
+				time.Sleep(time.Millisecond)
+			}
+			img := filepath.Join(p.dir, "img")
+			script := fmt.Sprintf("cr-freeze --pid %d > %s", p.pid, img)
+			if tool == "cr-dump" {
+				script = fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img)
+			}
+			r := shell(t, 30*time.Second, script)
+			if r.err == nil || r.state.ExitCode() != 1 {
+				t.Fatalf("%s: %v, want exit status 1 (refused)", script, r.err)
+			}
+			checkErrorLine(t, tool, r.stderr, regexp.MustCompile(`\b`+strconv.Itoa(p.pid)+`\b.*(?i)stopped`))
+			if st := procState(p.pid); st != "T" {
+				t.Fatalf("pid %d is in state %q after the refusal, want still stopped (T)", p.pid, st)
+			}
+			p.checkNoCgroup()
+			if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			p.checkRunning()
+			p.terminate(0)
+		})
 	}
 }
