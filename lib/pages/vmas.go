@@ -87,6 +87,9 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			v.Kind = uint32(pb.VmaKind_VMA_SHARED_ANON)
 			v.Flags |= unix.MAP_ANONYMOUS
 			v.Pgoff = m.Offset
+			// The object's identity: VMAs of several processes that show
+			// the same one share memory, and must again after restore.
+			v.Dev, v.Inode = unix.Mkdev(m.Major, m.Minor), m.Inode
 			x.scan = scanShared
 		case m.Inode == 0 && (m.Path == "" || m.Path == "[heap]" || m.Path == "[stack]" || strings.HasPrefix(m.Path, "[anon:")):
 			if m.Shared {

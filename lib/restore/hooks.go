@@ -19,6 +19,16 @@ type Ctx struct {
 	// Shared holds per-kind state, keyed by the kind's own prefix
 	// (e.g. "pipe:1234" for the pipe with inode 1234).
 	Shared map[string]any
+	owned  []*os.File // closed when the restore ends
+}
+
+func (rc *Ctx) owns(f *os.File) bool {
+	for _, o := range rc.owned {
+		if o == f {
+			return true
+		}
+	}
+	return false
 }
 
 // fdOpener returns the file to install as fd in t. The file is passed over

@@ -62,7 +62,7 @@ var vdsoNames = map[string]pb.VmaKind{
 // space: the restorer moves to a hole, everything else of the helper's is
 // unmapped, the vDSO moves to its dumped place, and every dumped VMA is
 // mapped (writable for now where pages will be written into it).
-func (t *task) setupMm(mm *pb.Mm) error {
+func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 	cur, err := taskMaps(t.pid)
 	if err != nil {
 		return err
@@ -109,7 +109,7 @@ func (t *task) setupMm(mm *pb.Mm) error {
 	if err := t.moveVdso(mm, curVdso, used); err != nil {
 		return err
 	}
-	return t.mapVmas(mm)
+	return t.mapVmas(rc, mm)
 }
 
 // moveVdso puts the running vDSO and vvar pages where the dumped process had
@@ -204,7 +204,7 @@ func openMapped(pid int, v *pb.Vma) (*os.File, error) {
 }
 
 // mapVmas maps every dumped VMA at its address.
-func (t *task) mapVmas(mm *pb.Mm) error {
+func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	type fileKey struct {
 		path  string
 		flags int
@@ -213,12 +213,23 @@ func (t *task) mapVmas(mm *pb.Mm) error {
 	index := map[string]int{}
 	defer func() {
 		for _, f := range files {
-			f.Close()
+			if !rc.owns(f) {
+				f.Close()
+			}
 		}
 	}()
 	fileOf := map[*pb.Vma]int{}
 	for _, v := range mm.Vmas {
 		k := pb.VmaKind(v.Kind)
+		if k == pb.VmaKind_VMA_SHARED_ANON {
+			f, err := rc.sharedAnon(v)
+			if err != nil {
+				return fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
+			}
+			fileOf[v] = len(files)
+			files = append(files, f)
+			continue
+		}
 		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED {
 			continue
 		}
@@ -260,7 +271,8 @@ func (t *task) mapVmas(mm *pb.Mm) error {
 		case pb.VmaKind_VMA_ANON:
 			flags |= unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
 		case pb.VmaKind_VMA_SHARED_ANON:
-			flags |= unix.MAP_SHARED | unix.MAP_ANONYMOUS
+			flags |= unix.MAP_SHARED
+			fd, off = uint64(remote[fileOf[v]]), v.Pgoff
 		case pb.VmaKind_VMA_FILE_PRIVATE:
 			flags |= unix.MAP_PRIVATE
 			fd, off = uint64(remote[fileOf[v]]), v.Pgoff
@@ -366,4 +378,32 @@ func (t *task) flushScratch(s *scratchWriter) error {
 		return fmt.Errorf("pid %d: write scratch: %w", t.pid, err)
 	}
 	return nil
+}
+
+// sharedAnon returns the memfd that stands for one MAP_SHARED anonymous
+// object of the dumped tree: every VMA that showed the object maps it, so
+// the processes share that memory again. It grows to cover every VMA.
+func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
+	key := fmt.Sprintf("shmem:%d:%d", v.Dev, v.Inode)
+	f, _ := rc.Shared[key].(*os.File)
+	if f == nil || v.Inode == 0 {
+		var err error
+		if f, err = memfdWithContents("crpipe-shared-anon", nil); err != nil {
+			return nil, err
+		}
+		if v.Inode != 0 { // without an identity, nothing can share it
+			rc.Shared[key] = f
+		}
+		rc.owned = append(rc.owned, f)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, err
+	}
+	if need := int64(v.Pgoff + v.End - v.Start); st.Size < need {
+		if err := unix.Ftruncate(int(f.Fd()), need); err != nil {
+			return nil, fmt.Errorf("size shared memory: %w", err)
+		}
+	}
+	return f, nil
 }

@@ -156,6 +156,9 @@ func (rc *Ctx) killAll() {
 }
 
 func (rc *Ctx) closeAll() {
+	for _, f := range rc.owned {
+		f.Close()
+	}
 	for _, t := range rc.Order {
 		if t.r != nil {
 			t.r.sock.Close()
@@ -266,7 +269,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return fmt.Errorf("frame %d at offset %d: second mm record for pid %d: %w", f.Index, f.Offset, mm.Pid, image.ErrCorrupt)
 		}
 		t.mm = &mm
-		if err := t.setupMm(&mm); err != nil {
+		if err := t.setupMm(rc, &mm); err != nil {
 			return err
 		}
 	case image.TypePages:

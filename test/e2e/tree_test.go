@@ -120,3 +120,14 @@ func TestThreadsLeaveRunning(t *testing.T) {
 	p.killedThenRestored(img2)
 	_ = at
 }
+
+// TestSharedAnonymous: a parent and a child sharing MAP_SHARED anonymous
+// memory share it again after restore (a write in one is seen by the other).
+func TestSharedAnonymous(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := start(t, "shm", func(p *target) []string { return []string{p.progress, p.verdict} })
+	p.killRecorded(descendants(p.pid))
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.killedThenRestored(img)
+}
