@@ -18,6 +18,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // Magic opens every stream. Like PNG's, it catches text-mode mangling.
@@ -152,7 +153,40 @@ type Frame struct {
 	Payload []byte
 	Index   uint64 // 0 for the first frame
 	Offset  int64  // offset of the frame header in the (uncompressed) stream
+
+	// sum is the checksum the frame arrived with, valid for the Type, Flags
+	// and Payload in sumOf: Writer.Pass writes it instead of recomputing.
+	sum   uint32
+	sumOf sumKey
+	// A deferred pages frame (Reader.DeferPages): Payload holds only the
+	// preamble, and the contents, deferred bytes, are still in rd's input.
+	rd       *Reader
+	deferred int64
 }
+
+type sumKey struct {
+	t     Type
+	flags uint32
+	p     *byte
+	n     int
+	ok    bool
+}
+
+func (f *Frame) setSum(sum uint32) {
+	f.sum = sum
+	f.sumOf = sumKey{f.Type, f.Flags, unsafe.SliceData(f.Payload), len(f.Payload), true}
+}
+
+// knownSum is the frame's checksum as read, if the frame is still what was read.
+func (f *Frame) knownSum() (uint32, bool) {
+	k := f.sumOf
+	return f.sum, k.ok && k.t == f.Type && k.flags == f.Flags && k.p == unsafe.SliceData(f.Payload) && k.n == len(f.Payload)
+}
+
+// Deferred reports whether the frame's page contents were left in the input
+// (Reader.DeferPages): Payload then holds only the preamble, and the frame
+// can only be passed on (Writer.Pass) or skipped.
+func (f *Frame) Deferred() bool { return f.deferred > 0 }
 
 // Header is the stream header after the magic.
 type Header struct {
@@ -172,6 +206,9 @@ type PagesHeader struct {
 func (f *Frame) Pages() (PagesHeader, []byte, error) {
 	if f.Type != TypePages {
 		return PagesHeader{}, nil, fmt.Errorf("frame %d at offset %d: %s is not a pages frame: %w", f.Index, f.Offset, f.Type, ErrCorrupt)
+	}
+	if f.deferred > 0 {
+		return PagesHeader{}, nil, fmt.Errorf("frame %d at offset %d: the contents of this pages frame were passed on unread (Reader.DeferPages)", f.Index, f.Offset)
 	}
 	p := f.Payload
 	if len(p) < PagesPreamble || (len(p)-PagesPreamble)%PageSize != 0 {

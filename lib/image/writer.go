@@ -18,6 +18,7 @@ import (
 // a failed stage must never leave a stream that looks whole.
 type Writer struct {
 	out    io.Writer
+	dst    io.Writer // out, or lz4 compressing into out
 	bw     *bufio.Writer
 	lz     *lz4.Writer
 	counts Counts
@@ -32,6 +33,10 @@ type WriterOptions struct {
 	// crit encode can reproduce a stream byte for byte. Its Major must be Major.
 	Header *Header
 }
+
+// writeBuffer gathers frame headers and small frames; large payloads are
+// written directly (directWrite).
+const writeBuffer = 64 << 10
 
 // NewWriter writes the stream header to out.
 func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
@@ -56,7 +61,8 @@ func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
 		}
 		dst = w.lz
 	}
-	w.bw = bufio.NewWriterSize(dst, 1<<20)
+	w.dst = dst
+	w.bw = bufio.NewWriterSize(dst, writeBuffer)
 	var h [HeaderSize]byte
 	copy(h[:], Magic[:])
 	binary.LittleEndian.PutUint16(h[8:], hdr.Major)
@@ -68,7 +74,17 @@ func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
 	return w, nil
 }
 
+// directWrite: payload pieces this large skip the buffer and go straight
+// to the output (or to lz4), after the buffered bytes before them.
+const directWrite = 64 << 10
+
 func (w *Writer) frame(t Type, flags uint32, payloads ...[]byte) error {
+	return w.frameSum(t, flags, nil, payloads...)
+}
+
+// frameSum writes a frame whose checksum is *sum when sum is not nil (a
+// frame passed through with the checksum it was verified against).
+func (w *Writer) frameSum(t Type, flags uint32, sum *uint32, payloads ...[]byte) error {
 	if w.closed {
 		return fmt.Errorf("image: write after close")
 	}
@@ -87,12 +103,16 @@ func (w *Writer) frame(t Type, flags uint32, payloads ...[]byte) error {
 	binary.LittleEndian.PutUint32(h[0:], uint32(t))
 	binary.LittleEndian.PutUint32(h[4:], flags)
 	binary.LittleEndian.PutUint32(h[8:], uint32(n))
-	binary.LittleEndian.PutUint32(h[12:], frameCRC(h[:], payloads...))
+	if sum != nil {
+		binary.LittleEndian.PutUint32(h[12:], *sum)
+	} else {
+		binary.LittleEndian.PutUint32(h[12:], frameCRC(h[:], payloads...))
+	}
 	if _, err := w.bw.Write(h[:]); err != nil {
 		return err
 	}
 	for _, p := range payloads {
-		if _, err := w.bw.Write(p); err != nil {
+		if err := w.write(p); err != nil {
 			return err
 		}
 	}
@@ -100,6 +120,20 @@ func (w *Writer) frame(t Type, flags uint32, payloads ...[]byte) error {
 		w.counts.add(t, n)
 	}
 	return nil
+}
+
+// write writes p after what is buffered; a large p is not copied into the
+// buffer.
+func (w *Writer) write(p []byte) error {
+	if len(p) < directWrite {
+		_, err := w.bw.Write(p)
+		return err
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	_, err := w.dst.Write(p)
+	return err
 }
 
 // WriteFrame writes a frame with an already encoded payload.
@@ -117,8 +151,64 @@ func (w *Writer) WriteFrame(t Type, flags uint32, payload []byte) error {
 	return w.frame(t, flags, payload)
 }
 
-// Pass writes a frame read from another stream unchanged.
-func (w *Writer) Pass(f *Frame) error { return w.WriteFrame(f.Type, f.Flags, f.Payload) }
+// Pass writes a frame read from another stream unchanged. It writes the
+// checksum the reader verified rather than computing it again, so a frame
+// whose Payload bytes were changed in place must be written with WriteFrame
+// (a changed Type, Flags or Payload slice is noticed). A deferred pages
+// frame (Reader.DeferPages) has its contents moved from the reader's input
+// to this writer's output; it must be passed before the reader's next Next.
+func (w *Writer) Pass(f *Frame) error {
+	if f.deferred > 0 && f.rd != nil {
+		return w.passDeferred(f)
+	}
+	sum, ok := f.knownSum()
+	if !ok || f.Type == TypeEnd {
+		return w.WriteFrame(f.Type, f.Flags, f.Payload)
+	}
+	// The reader checked pages frames and the checksum: write it as it came.
+	return w.frameSum(f.Type, f.Flags, &sum, f.Payload)
+}
+
+func (w *Writer) passDeferred(f *Frame) error {
+	rd := f.rd
+	if rd.pending != f {
+		return fmt.Errorf("image: frame %d (pages) at offset %d: its contents are gone: a deferred frame must be passed before the next Next", f.Index, f.Offset)
+	}
+	if w.closed {
+		return fmt.Errorf("image: write after close")
+	}
+	n := PagesPreamble + f.deferred
+	var h [FrameHeaderSize]byte
+	binary.LittleEndian.PutUint32(h[0:], uint32(f.Type))
+	binary.LittleEndian.PutUint32(h[4:], f.Flags)
+	binary.LittleEndian.PutUint32(h[8:], uint32(n))
+	binary.LittleEndian.PutUint32(h[12:], f.sum)
+	if _, err := w.bw.Write(h[:]); err != nil {
+		return err
+	}
+	if _, err := w.bw.Write(f.Payload); err != nil {
+		return err
+	}
+	if _, err := w.bw.Write(rd.buffered()); err != nil {
+		return err
+	}
+	// Hide bufio's ReadFrom: it would hand the copy to lz4.Writer.ReadFrom,
+	// which cannot follow earlier Writes.
+	dst := io.Writer(struct{ io.Writer }{w.bw})
+	if w.lz == nil {
+		// Whatever is buffered goes first; the contents then move from the
+		// input to the output directly (splice).
+		if err := w.bw.Flush(); err != nil {
+			return err
+		}
+		dst = w.out
+	}
+	if err := rd.finishPending(dst); err != nil {
+		return err
+	}
+	w.counts.add(TypePages, int(n))
+	return nil
+}
 
 // WriteMessage writes a metadata frame. Marshalling is deterministic so
 // that the same state gives the same bytes.

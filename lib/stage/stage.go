@@ -127,6 +127,7 @@ func Output() (io.Writer, error) {
 	if isTerminal(os.Stdout) {
 		return nil, Hint(errors.New("refusing to write a binary image stream to a terminal"), "redirect stdout to a file or pipe it into the next stage")
 	}
+	growPipe(os.Stdout)
 	return os.Stdout, nil
 }
 
@@ -138,6 +139,7 @@ func Input(path string) (io.ReadCloser, error) {
 	if isTerminal(os.Stdin) {
 		return nil, Hint(errors.New("no image stream on stdin (it is a terminal)"), "pipe a stream in, e.g. cr-freeze --pid PID | ..., or give a file")
 	}
+	growPipe(os.Stdin)
 	return os.Stdin, nil
 }
 
@@ -149,18 +151,31 @@ func isTerminal(f *os.File) bool {
 // Filter describes a stage that reads a stream, passes every frame through
 // unchanged and in order, and appends records of its own before the End frame.
 type Filter struct {
-	// Observe sees every frame after it has been passed through (optional).
-	// Payload is only valid during the call.
+	// Observe sees every frame after it has been passed through (optional),
+	// except pages frames unless ObservePages is set. Payload is only valid
+	// during the call.
 	Observe func(f *image.Frame) error
+	// ObservePages makes Observe see pages frames too, with their contents.
+	// Without it, RunFilter moves the contents of large pages frames from
+	// input to output without reading them (image.Reader.DeferPages,
+	// SpliceMover): a pass-through stage then costs almost nothing.
+	ObservePages bool
 	// Finish appends the stage's own records once the input is complete.
 	Finish func(w *image.Writer) error
 }
+
+// verifyAll is CRPIPE_VERIFY=1: every stage reads and verifies every
+// frame, page contents included, instead of moving page contents unread.
+func verifyAll() bool { return os.Getenv("CRPIPE_VERIFY") == "1" }
 
 // RunFilter runs a Filter from in to out.
 func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	r, err := image.NewReader(in)
 	if err != nil {
 		return fmt.Errorf("input: %w", err)
+	}
+	if !fl.ObservePages && !verifyAll() {
+		r.DeferPages(SpliceMover)
 	}
 	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress})
 	if err != nil {
@@ -175,9 +190,12 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 			break
 		}
 		if err := w.Pass(f); err != nil {
+			if errors.Is(err, image.ErrTruncated) || errors.Is(err, image.ErrCorrupt) {
+				return fmt.Errorf("input: %w", err)
+			}
 			return fmt.Errorf("output: %w", err)
 		}
-		if fl.Observe != nil {
+		if fl.Observe != nil && (fl.ObservePages || f.Type != image.TypePages) {
 			if err := fl.Observe(f); err != nil {
 				return err
 			}

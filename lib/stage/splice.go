@@ -1,0 +1,61 @@
+package stage
+
+import (
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+)
+
+// pipeSize is what stages ask for their stdin and stdout pipes (the
+// default is 64 KiB; 1 MiB is the unprivileged maximum,
+// /proc/sys/fs/pipe-max-size). Fewer, larger transfers between stages:
+// see doc/performance.md.
+const pipeSize = 1 << 20
+
+// growPipe enlarges f's pipe buffer when f is a pipe; failure is harmless.
+func growPipe(f *os.File) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return
+	}
+	if size, err := unix.FcntlInt(f.Fd(), unix.F_GETPIPE_SZ, 0); err == nil && size >= pipeSize {
+		return
+	}
+	unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+}
+
+// SpliceMover is an image.Mover that moves page contents from the input to
+// the output with splice(2) when both are files and one is a pipe: from
+// pipe to pipe the kernel passes page references, and the bytes are never
+// copied, not even into this process. Anything else is copied.
+func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
+	df, ok := dst.(*os.File)
+	sf, ok2 := src.(*os.File)
+	if !ok || !ok2 {
+		return image.CopyMover(dst, src, n)
+	}
+	dfd, sfd := int(df.Fd()), int(sf.Fd())
+	var moved int64
+	for moved < n {
+		m, err := unix.Splice(sfd, nil, dfd, nil, int(min(n-moved, 1<<30)), unix.SPLICE_F_MOVE)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EINVAL || err == unix.ENOSYS || err == unix.EBADF && moved == 0:
+			// Not spliceable (no pipe on either side, O_APPEND, a file
+			// system without splice): copy. (Trying again for the next
+			// frame costs one system call.)
+			c, err := image.CopyMover(dst, src, n-moved)
+			return moved + c, err
+		case err != nil:
+			return moved, &os.PathError{Op: "splice", Path: df.Name(), Err: err}
+		case m == 0:
+			return moved, io.ErrUnexpectedEOF
+		}
+		moved += m
+	}
+	return moved, nil
+}

@@ -1,0 +1,186 @@
+package stage
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+)
+
+// testStream: metadata, a small and two large pages frames, an unknown type.
+func testStream(t *testing.T) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	w, err := image.NewWriter(&b, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 4<<20)
+	for i := range big {
+		big[i] = byte(i * 13 >> 7)
+	}
+	for _, err := range []error{
+		w.WriteMessage(image.TypeProcess, &pb.Process{Pid: 5, Comm: "t"}),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0x1000}, big[:image.PageSize]),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0x400000}, big),
+		w.WriteFrame(image.Type(77), 3, []byte("x")),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0x900000}, big[:300*image.PageSize]),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// endpoint is one side of RunFilter: a pipe or a regular file.
+type endpoint struct {
+	name string
+	in   func(t *testing.T, data []byte) *os.File     // a file to read data from
+	out  func(t *testing.T) (*os.File, func() []byte) // a file to write to, and what was written
+}
+
+var endpoints = []endpoint{
+	{
+		name: "pipe",
+		in: func(t *testing.T, data []byte) *os.File {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { w.Write(data); w.Close() }()
+			t.Cleanup(func() { r.Close() })
+			return r
+		},
+		out: func(t *testing.T) (*os.File, func() []byte) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan []byte, 1)
+			go func() { b, _ := io.ReadAll(r); r.Close(); got <- b }()
+			return w, func() []byte { w.Close(); return <-got }
+		},
+	},
+	{
+		name: "file",
+		in: func(t *testing.T, data []byte) *os.File {
+			name := filepath.Join(t.TempDir(), "in")
+			if err := os.WriteFile(name, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			return f
+		},
+		out: func(t *testing.T) (*os.File, func() []byte) {
+			name := filepath.Join(t.TempDir(), "out")
+			f, err := os.Create(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f, func() []byte { f.Close(); b, _ := os.ReadFile(name); return b }
+		},
+	},
+}
+
+// TestRunFilterMovesPages: every combination of pipe and file on either
+// side (splice where one side is a pipe, copying otherwise) passes the
+// stream through byte for byte, and Observe never sees pages frames it did
+// not ask for.
+func TestRunFilterMovesPages(t *testing.T) {
+	data := testStream(t)
+	for _, verify := range []bool{false, true} {
+		for _, in := range endpoints {
+			for _, out := range endpoints {
+				t.Run(in.name+"-to-"+out.name, func(t *testing.T) {
+					if verify {
+						t.Setenv("CRPIPE_VERIFY", "1")
+					}
+					src := in.in(t, data)
+					dst, written := out.out(t)
+					var seen []image.Type
+					err := RunFilter(src, dst, false, Filter{Observe: func(f *image.Frame) error {
+						seen = append(seen, f.Type)
+						return nil
+					}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := written(); !bytes.Equal(got, data) {
+						t.Fatalf("stream changed: %d bytes in, %d out", len(data), len(got))
+					}
+					if len(seen) != 2 || seen[0] != image.TypeProcess || seen[1] != image.Type(77) {
+						t.Errorf("Observe saw %v", seen)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestRunFilterObservePages: a filter that asks for page contents gets them.
+func TestRunFilterObservePages(t *testing.T) {
+	data := testStream(t)
+	var pages int
+	var out bytes.Buffer
+	err := RunFilter(endpoints[0].in(t, data), &out, false, Filter{ObservePages: true, Observe: func(f *image.Frame) error {
+		if f.Type == image.TypePages {
+			_, p, err := f.Pages()
+			if err != nil {
+				return err
+			}
+			pages += len(p) / image.PageSize
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pages != 1+1024+300 || !bytes.Equal(out.Bytes(), data) {
+		t.Errorf("observed %d pages; stream identical: %v", pages, bytes.Equal(out.Bytes(), data))
+	}
+}
+
+// TestRunFilterTruncated: a stream cut inside spliced contents is an input
+// error naming the frame, and the stage writes no End frame.
+func TestRunFilterTruncated(t *testing.T) {
+	data := testStream(t)
+	cut := data[:len(data)/2]
+	dst, written := endpoints[0].out(t)
+	err := RunFilter(endpoints[0].in(t, cut), dst, false, Filter{})
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("input: frame 2 (pages)")) {
+		t.Fatalf("got %v", err)
+	}
+	if _, _, err := readStream(written()); err == nil {
+		t.Error("the output of a failed stage reads as a whole stream")
+	}
+}
+
+func readStream(b []byte) (*image.Reader, int, error) {
+	r, err := image.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, 0, err
+	}
+	n := 0
+	for {
+		_, err := r.Next()
+		if err == io.EOF {
+			return r, n, nil
+		}
+		if err != nil {
+			return r, n, err
+		}
+		n++
+	}
+}
