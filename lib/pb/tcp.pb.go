@@ -349,7 +349,8 @@ type TcpSockopts struct {
 	Oobinline     bool                   `protobuf:"varint,24,opt,name=oobinline,proto3" json:"oobinline,omitempty"`
 	Rcvlowat      uint32                 `protobuf:"varint,25,opt,name=rcvlowat,proto3" json:"rcvlowat,omitempty"`
 	WindowClamp   uint32                 `protobuf:"varint,26,opt,name=window_clamp,json=windowClamp,proto3" json:"window_clamp,omitempty"`
-	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"` // listening: TCP_FASTOPEN queue length
+	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`              // listening: TCP_FASTOPEN queue length
+	BufLock       uint32                 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"` // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -569,6 +570,13 @@ func (x *TcpSockopts) GetWindowClamp() uint32 {
 func (x *TcpSockopts) GetFastopen() uint32 {
 	if x != nil {
 		return x.Fastopen
+	}
+	return 0
+}
+
+func (x *TcpSockopts) GetBufLock() uint32 {
+	if x != nil {
+		return x.BufLock
 	}
 	return 0
 }
@@ -939,7 +947,7 @@ const file_tcp_proto_rawDesc = "" +
 	"\x04opts\x18\v \x01(\v2\x12.cr.v1.TcpSockoptsR\x04opts\x12(\n" +
 	"\x04conn\x18\f \x01(\v2\x14.cr.v1.TcpConnectionR\x04conn\x12\x10\n" +
 	"\x03pid\x18\r \x01(\rR\x03pid\x12\x0e\n" +
-	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\x85\x06\n" +
+	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\xa0\x06\n" +
 	"\vTcpSockopts\x12\x1c\n" +
 	"\treuseaddr\x18\x01 \x01(\bR\treuseaddr\x12\x1c\n" +
 	"\treuseport\x18\x02 \x01(\bR\treuseport\x12\x16\n" +
@@ -972,7 +980,8 @@ const file_tcp_proto_rawDesc = "" +
 	"\toobinline\x18\x18 \x01(\bR\toobinline\x12\x1a\n" +
 	"\brcvlowat\x18\x19 \x01(\rR\brcvlowat\x12!\n" +
 	"\fwindow_clamp\x18\x1a \x01(\rR\vwindowClamp\x12\x1a\n" +
-	"\bfastopen\x18\x1b \x01(\rR\bfastopen\"\x83\x04\n" +
+	"\bfastopen\x18\x1b \x01(\rR\bfastopen\x12\x19\n" +
+	"\bbuf_lock\x18\x1c \x01(\rR\abufLock\"\x83\x04\n" +
 	"\rTcpConnection\x12\x17\n" +
 	"\asnd_seq\x18\x01 \x01(\rR\x06sndSeq\x12\x17\n" +
 	"\arcv_seq\x18\x02 \x01(\rR\x06rcvSeq\x12\x19\n" +
