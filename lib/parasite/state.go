@@ -63,7 +63,10 @@ func processInside(s *inject.Session, pid int, scratch uint64) (*pb.ProcessInsid
 			return nil, err
 		}
 		interval, value := sys.ParseItimerval(buf[:])
-		if value != 0 {
+		// An ITIMER_REAL that expired while the task was frozen reads 0
+		// with its interval: the kernel re-arms it only when the task
+		// dequeues the SIGALRM, which is then pending.
+		if value != 0 || interval != 0 {
 			pi.Itimers = append(pi.Itimers, &pb.Itimer{Which: which, IntervalNs: interval, ValueNs: value})
 		}
 	}

@@ -736,7 +736,7 @@ type Itimer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Which         uint32                 `protobuf:"varint,1,opt,name=which,proto3" json:"which,omitempty"` // ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 	IntervalNs    uint64                 `protobuf:"varint,2,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
-	ValueNs       uint64                 `protobuf:"varint,3,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0: disarmed
+	ValueNs       uint64                 `protobuf:"varint,3,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0 with an interval: an ITIMER_REAL
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -898,7 +898,7 @@ func (x *PosixTimer) GetValueNs() uint64 {
 type ProcessInside struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Pid            uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Itimers        []*Itimer              `protobuf:"bytes,2,rep,name=itimers,proto3" json:"itimers,omitempty"`                                      // armed ones only
+	Itimers        []*Itimer              `protobuf:"bytes,2,rep,name=itimers,proto3" json:"itimers,omitempty"`                                      // those with a value or an interval
 	PosixTimers    []*PosixTimer          `protobuf:"bytes,3,rep,name=posix_timers,json=posixTimers,proto3" json:"posix_timers,omitempty"`           // by id
 	Dumpable       uint32                 `protobuf:"varint,4,opt,name=dumpable,proto3" json:"dumpable,omitempty"`                                   // PR_GET_DUMPABLE
 	ChildSubreaper bool                   `protobuf:"varint,5,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"` // PR_GET_CHILD_SUBREAPER

@@ -222,3 +222,54 @@ func ReadTaskComm(pid, tid int) (string, error) {
 	}
 	return strings.TrimSuffix(string(b), "\n"), nil
 }
+
+// Limit is one resource limit; RLIM_INFINITY is all ones.
+type Limit struct{ Cur, Max uint64 }
+
+// ReadLimits reads /proc/PID/limits: the limits by resource number
+// (RLIMIT_CPU first), as many as the kernel lists.
+func ReadLimits(pid int) ([]Limit, error) {
+	b, err := readProcFile(pid, "limits")
+	if err != nil {
+		return nil, err
+	}
+	l, err := ParseLimits(b)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return l, nil
+}
+
+// ParseLimits parses the contents of a limits file: a header, then one
+// line per resource in resource order, "%-25s %-20s %-20s %-10s" with the
+// name, soft limit, hard limit and unit; "unlimited" for RLIM_INFINITY.
+func ParseLimits(b []byte) ([]Limit, error) {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "Limit") {
+		return nil, errors.New("malformed limits: no header")
+	}
+	var ls []Limit
+	for _, line := range lines[1:] {
+		if len(line) < 27 {
+			return nil, fmt.Errorf("malformed limits line %q", line)
+		}
+		f := strings.Fields(line[26:])
+		if len(f) < 2 {
+			return nil, fmt.Errorf("malformed limits line %q", line)
+		}
+		var l Limit
+		for i, dst := range []*uint64{&l.Cur, &l.Max} {
+			if f[i] == "unlimited" {
+				*dst = ^uint64(0)
+				continue
+			}
+			n, err := strconv.ParseUint(f[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("malformed limits line %q: %w", line, err)
+			}
+			*dst = n
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}

@@ -101,8 +101,19 @@ func timerCalls(s *scratchWriter, pid uint32, pi *pb.ProcessInside) ([]call, err
 		if it.Which > 2 {
 			return nil, fmt.Errorf("pid %d: interval timer %d in the image", pid, it.Which)
 		}
+		value := it.ValueNs
+		if value == 0 {
+			// An ITIMER_REAL that expired with its SIGALRM still pending:
+			// the kernel would have re-armed it on dequeue, to its next
+			// period. setitimer cannot keep an interval without a value,
+			// so the next expiry is one interval away.
+			value = it.IntervalNs
+		}
+		if value == 0 {
+			continue
+		}
 		calls = append(calls, sc(fmt.Sprintf("setitimer %d", it.Which),
-			unix.SYS_SETITIMER, uint64(it.Which), s.put(sys.Itimerval(it.IntervalNs, it.ValueNs)), 0))
+			unix.SYS_SETITIMER, uint64(it.Which), s.put(sys.Itimerval(it.IntervalNs, value)), 0))
 	}
 	return calls, nil
 }

@@ -108,7 +108,9 @@ func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
 	return ts, nil
 }
 
-// readFilters returns a thread's seccomp filters, oldest first.
+// readFilters returns a thread's seccomp filters, oldest first: the
+// kernel's index 0 is the first filter installed (get_nth_filter walks back
+// from the newest).
 func readFilters(tid int) ([]*pb.SeccompFilter, error) {
 	var fs []*pb.SeccompFilter
 	for i := 0; ; i++ {
@@ -130,9 +132,6 @@ func readFilters(tid int) ([]*pb.SeccompFilter, error) {
 		if i > 1024 {
 			return nil, errors.New("more than 1024 seccomp filters")
 		}
-	}
-	for i, j := 0, len(fs)-1; i < j; i, j = i+1, j-1 {
-		fs[i], fs[j] = fs[j], fs[i]
 	}
 	return fs, nil
 }
@@ -190,10 +189,31 @@ func ReadProcessState(pid int) (*pb.ProcessState, error) {
 	}
 	for r := 0; r < rlimitCount; r++ {
 		var lim unix.Rlimit
-		if err := unix.Prlimit(pid, r, nil, &lim); err != nil {
+		err := unix.Prlimit(pid, r, nil, &lim)
+		if errors.Is(err, unix.EPERM) {
+			// prlimit(2) on a process with other uids needs
+			// CAP_SYS_RESOURCE, which root may lack; procfs shows them.
+			return limitsFromProc(ps)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("pid %d: prlimit %d: %w", pid, r, err)
 		}
 		ps.Rlimits = append(ps.Rlimits, &pb.Rlimit{Resource: uint32(r), Cur: lim.Cur, Max: lim.Max})
+	}
+	return ps, nil
+}
+
+func limitsFromProc(ps *pb.ProcessState) (*pb.ProcessState, error) {
+	ls, err := proc.ReadLimits(int(ps.Pid))
+	if err != nil {
+		return nil, err
+	}
+	if len(ls) != rlimitCount {
+		return nil, fmt.Errorf("pid %d: /proc/%d/limits lists %d limits, want %d", ps.Pid, ps.Pid, len(ls), rlimitCount)
+	}
+	ps.Rlimits = nil
+	for r, l := range ls {
+		ps.Rlimits = append(ps.Rlimits, &pb.Rlimit{Resource: uint32(r), Cur: l.Cur, Max: l.Max})
 	}
 	return ps, nil
 }

@@ -72,7 +72,8 @@ const SockFilterSize = 8
 var ErrNoFilter = errors.New("no seccomp filter at this index")
 
 // PtraceSeccompGetFilter returns the classic BPF program of a stopped
-// tracee's seccomp filter number index, 0 being the most recently installed
+// tracee's seccomp filter number index, 0 being the first installed (the
+// oldest; ptrace(2) is misleading there)
 // (PTRACE_SECCOMP_GET_FILTER, Linux 4.4, CONFIG_CHECKPOINT_RESTORE; the
 // tracer needs CAP_SYS_ADMIN and no seccomp of its own).
 func PtraceSeccompGetFilter(tid, index int) ([]byte, error) {
