@@ -18,6 +18,7 @@ func Command() *cli.App {
 			&cli.StringFlag{Name: "input", Aliases: []string{"i"}, Usage: "read the image from `FILE` instead of stdin"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "return once the process runs, instead of waiting for it"},
 			&cli.StringFlag{Name: "pidfile", Usage: "write the restored root's PID to `FILE`"},
+			&cli.BoolFlag{Name: "pidns", Usage: "restore into a new PID namespace, where the tree has its dumped PIDs even while they are in use here"},
 			&cli.DurationFlag{Name: "pid-wait", Value: 10 * time.Second, Usage: "how long to wait for a dumped PID still in use to be freed"},
 		},
 		Action: func(c *cli.Context) error {
@@ -29,6 +30,7 @@ func Command() *cli.App {
 				Detach:  c.Bool("detach"),
 				PidFile: c.String("pidfile"),
 				PidWait: c.Duration("pid-wait"),
+				PidNS:   c.Bool("pidns"),
 			})
 		},
 	}

@@ -105,6 +105,13 @@ func (rc *Ctx) finish() error {
 	if err := resumeAll(live, &seized); err != nil {
 		return err
 	}
+	if rc.init != nil {
+		// From now on the namespace's init only reaps, and leaves with the
+		// root's status.
+		if err := rc.init.becomeInit(int(rc.Order[0].proc.Pid)); err != nil {
+			return err
+		}
+	}
 	for _, f := range finishers {
 		if err := f(rc); err != nil {
 			return err
@@ -191,7 +198,14 @@ func (t *task) createThreads() error {
 			ours.Close()
 			return fmt.Errorf("pid %d thread %d: %w", t.pid, tid, err)
 		}
-		t.threads = append(t.threads, &thread{tid: int(tid), r: &restorer{sock: ours, pid: int(tid), layout: t.r.layout}, ctlFd: n[0]})
+		outer := int(tid)
+		if t.inNs {
+			if outer, err = outerTid(t.pid, int(tid)); err != nil {
+				ours.Close()
+				return err
+			}
+		}
+		t.threads = append(t.threads, &thread{tid: outer, inner: tid, r: &restorer{sock: ours, pid: outer, layout: t.r.layout}, ctlFd: n[0]})
 	}
 	return nil
 }
@@ -204,7 +218,7 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 	}
 	all := []one{{t.proc.Pid, t.r}}
 	for _, th := range t.threads {
-		all = append(all, one{uint32(th.tid), th.r})
+		all = append(all, one{th.inner, th.r})
 	}
 	for _, o := range all {
 		var calls []call
@@ -232,7 +246,8 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 // caller's OS thread stays locked until resumeAll detaches them.
 func seizeAll(tasks []*task) (seized []int, err error) {
 	for _, t := range tasks {
-		for _, tid := range t.tids() {
+		for _, id := range t.tids() {
+			tid := id.outer
 			if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
 				return seized, fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
 			}
@@ -251,11 +266,11 @@ func seizeAll(tasks []*task) (seized []int, err error) {
 // is ready. Detached tids are removed from *seized.
 func resumeAll(tasks []*task, seized *[]int) error {
 	for _, t := range tasks {
-		for _, tid := range t.tids() {
-			if err := sys.PtraceInterrupt(tid); err != nil {
+		for _, id := range t.tids() {
+			if err := sys.PtraceInterrupt(id.outer); err != nil {
 				return err
 			}
-			if err := waitEventStop(tid); err != nil {
+			if err := waitEventStop(id.outer); err != nil {
 				return err
 			}
 		}
@@ -264,8 +279,8 @@ func resumeAll(tasks []*task, seized *[]int) error {
 		if err := t.dropRestorer(); err != nil {
 			return err
 		}
-		for _, tid := range t.tids() {
-			if err := t.setThreadState(tid); err != nil {
+		for _, id := range t.tids() {
+			if err := t.setThreadState(id); err != nil {
 				return err
 			}
 		}
@@ -280,10 +295,17 @@ func resumeAll(tasks []*task, seized *[]int) error {
 	return nil
 }
 
-func (t *task) tids() []int {
-	tids := []int{t.pid}
+// tidPair is a thread as we see it (outer) and as it was dumped (inner);
+// they differ in a --pidns namespace.
+type tidPair struct {
+	outer int
+	inner uint32
+}
+
+func (t *task) tids() []tidPair {
+	tids := []tidPair{{t.pid, t.proc.Pid}}
 	for _, th := range t.threads {
-		tids = append(tids, th.tid)
+		tids = append(tids, tidPair{th.tid, th.inner})
 	}
 	return tids
 }
@@ -321,8 +343,9 @@ func (t *task) dropRestorer() error {
 
 // setThreadState gives a thread, stopped inside get_signal, its dumped
 // registers, FPU state and signal mask.
-func (t *task) setThreadState(tid int) error {
-	regs, err := t.regsFor(uint32(tid))
+func (t *task) setThreadState(id tidPair) error {
+	tid := id.outer
+	regs, err := t.regsFor(id.inner)
 	if err != nil {
 		return err
 	}
@@ -332,7 +355,7 @@ func (t *task) setThreadState(tid int) error {
 		noIntr := int64(-errRestartNoIntr)
 		regs.Rax = uint64(noIntr)
 	}
-	core := t.cores[uint32(tid)]
+	core := t.cores[id.inner]
 	if err := sys.PtraceSetRegs(tid, &regs); err != nil {
 		return fmt.Errorf("pid %d tid %d: set registers: %w", t.pid, tid, err)
 	}

@@ -20,6 +20,8 @@ type Ctx struct {
 	// (e.g. "pipe:1234" for the pipe with inode 1234).
 	Shared map[string]any
 	owned  []*os.File // closed when the restore ends
+	pidns  bool       // --pidns: the tree goes into a new PID namespace
+	init   *restorer  // that namespace's init (the root's parent)
 }
 
 func (rc *Ctx) owns(f *os.File) bool {
@@ -108,7 +110,7 @@ func (rc *Ctx) runLastThreadStates(t *task) error {
 	}
 	var all []one
 	for _, th := range t.threads {
-		all = append(all, one{uint32(th.tid), th.r})
+		all = append(all, one{th.inner, th.r})
 	}
 	all = append(all, one{t.proc.Pid, t.r})
 	for _, o := range all {

@@ -363,19 +363,24 @@ func (s *scratchWriter) putU64s(v ...uint64) uint64 {
 
 func (s *scratchWriter) putString(str string) uint64 { return s.put(append([]byte(str), 0)) }
 
-// flush writes the laid out bytes into the task.
+// flushScratch writes the laid out bytes into the task's scratch area.
 func (t *task) flushScratch(s *scratchWriter) error {
 	if uint64(len(s.buf)) > scratchSize {
 		return fmt.Errorf("pid %d: restore arguments need %d bytes, more than the %d of the scratch area", t.pid, len(s.buf), scratchSize)
 	}
+	return writeMem(t.pid, s)
+}
+
+// writeMem writes what s laid out into task pid at s.base.
+func writeMem(pid int, s *scratchWriter) error {
 	if len(s.buf) == 0 {
 		return nil
 	}
 	local := []unix.Iovec{{Base: &s.buf[0]}}
 	local[0].SetLen(len(s.buf))
-	_, err := unix.ProcessVMWritev(t.pid, local, []unix.RemoteIovec{{Base: uintptr(s.base), Len: len(s.buf)}}, 0)
+	_, err := unix.ProcessVMWritev(pid, local, []unix.RemoteIovec{{Base: uintptr(s.base), Len: len(s.buf)}}, 0)
 	if err != nil {
-		return fmt.Errorf("pid %d: write scratch: %w", t.pid, err)
+		return fmt.Errorf("pid %d: write argument memory: %w", pid, err)
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ type Options struct {
 	Detach  bool          // return once the tree runs
 	PidFile string        // write the root's PID here
 	PidWait time.Duration // how long to wait for dumped PIDs to become free
+	PidNS   bool          // restore into a new PID namespace, beside the original
 }
 
 // task is one process being rebuilt.
@@ -55,12 +56,14 @@ type task struct {
 	writable []*pb.Vma
 	ctlFd    int       // the task's end of its control socket
 	threads  []*thread // all but the leader
+	inNs     bool      // in a --pidns namespace: pid (ours) differs from proc.Pid
 	done     bool
 }
 
 // thread is a non-leader thread with a restorer of its own.
 type thread struct {
-	tid   int
+	tid   int    // as this coordinator sees it (outside a --pidns namespace)
+	inner uint32 // as dumped
 	r     *restorer
 	ctlFd int
 }
@@ -82,7 +85,7 @@ func Run(opts Options) (err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
-	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}}
+	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS}
 	defer rc.closeAll()
 	if err := rc.restoreStream(rd, opts); err != nil {
 		rc.killAll()
@@ -97,19 +100,24 @@ func Run(opts Options) (err error) {
 	if opts.Detach {
 		return nil
 	}
-	return waitRoot(root)
+	if rc.init != nil {
+		// The namespace's init passes the root's status on.
+		return waitRoot(rc.init.pid)
+	}
+	return waitRoot(root.pid)
 }
 
-// waitRoot waits for the restored root and passes its status on.
-func waitRoot(t *task) error {
+// waitRoot waits for our child pid (the restored root, or the init of its
+// namespace) and passes its status on.
+func waitRoot(pid int) error {
 	var ws unix.WaitStatus
 	for {
-		_, err := unix.Wait4(t.pid, &ws, 0, nil)
+		_, err := unix.Wait4(pid, &ws, 0, nil)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("wait for pid %d: %w", t.pid, err)
+			return fmt.Errorf("wait for pid %d: %w", pid, err)
 		}
 		break
 	}
@@ -128,6 +136,13 @@ func waitRoot(t *task) error {
 // killAll removes every task this restore created, and reaps them: the root
 // is our child, the others come back to us as orphans (we are a subreaper).
 func (rc *Ctx) killAll() {
+	if rc.init != nil {
+		// Killing a namespace's init kills everything in it.
+		unix.Kill(rc.init.pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		unix.Wait4(rc.init.pid, &ws, 0, nil)
+		return
+	}
 	created := 0
 	for _, t := range rc.Order {
 		if t.pid != 0 {
@@ -156,6 +171,9 @@ func (rc *Ctx) killAll() {
 }
 
 func (rc *Ctx) closeAll() {
+	if rc.init != nil {
+		rc.init.sock.Close()
+	}
 	for _, f := range rc.owned {
 		f.Close()
 	}
@@ -341,6 +359,9 @@ func (t *task) complete() error {
 }
 
 func (rc *Ctx) pidsFree() bool {
+	if rc.pidns {
+		return true // a new namespace has every pid free
+	}
 	for _, t := range rc.Order {
 		for _, tid := range append([]uint32{t.proc.Pid}, t.proc.Threads...) {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", tid)); !errors.Is(err, os.ErrNotExist) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -20,6 +21,7 @@ const (
 	opSetCtl   = 3
 	opRelocate = 4
 	opClone    = 5
+	opInit     = 7
 
 	maxBatch    = 500 // syscalls per OP_SYSCALLS message (32 KiB / 56 B, with room)
 	maxFdsBatch = 64
@@ -48,7 +50,7 @@ type restorer struct {
 
 // startHelper executes the restorer blob from a memfd as our child and
 // returns its control socket. The helper only clones the real task.
-func startHelper() (*restorer, *exec.Cmd, error) {
+func startHelper(pidns bool) (*restorer, *exec.Cmd, error) {
 	layout, err := pie.RestorerLayout()
 	if err != nil {
 		return nil, nil, err
@@ -68,6 +70,11 @@ func startHelper() (*restorer, *exec.Cmd, error) {
 		Args:       []string{"crpipe-restorer"},
 		ExtraFiles: []*os.File{theirs}, // fd 3
 		Env:        []string{},
+	}
+	if pidns {
+		// The helper becomes init of a new PID namespace, with a mount
+		// namespace of its own for a /proc that shows that namespace.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS}
 	}
 	if err := cmd.Start(); err != nil {
 		ours.Close()
@@ -283,4 +290,17 @@ func (r *restorer) clone(req cloneReq) (int, error) {
 		return 0, fmt.Errorf("clone3 asked for pid %d, got %v", req.tid, rp.vals)
 	}
 	return req.tid, nil
+}
+
+// becomeInit turns the restorer into the reaper of its PID namespace; it
+// exits with the status of the task root (a pid inside the namespace).
+func (r *restorer) becomeInit(root int) error {
+	rp, err := r.roundTrip(header(opInit, uint32(root), 0), nil)
+	if err != nil {
+		return err
+	}
+	if rp.status != 0 {
+		return fmt.Errorf("init of the pid namespace: %v", unix.Errno(-rp.status))
+	}
+	return nil
 }

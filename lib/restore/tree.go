@@ -3,6 +3,9 @@ package restore
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -36,7 +39,7 @@ func (rc *Ctx) createTree() error {
 	}
 	rc.Order = order
 	for _, t := range order {
-		if err := t.create(); err != nil {
+		if err := rc.create(t); err != nil {
 			return err
 		}
 		if t.proc.Sid == t.proc.Pid {
@@ -69,10 +72,11 @@ func (rc *Ctx) createTree() error {
 	return nil
 }
 
-// create clones the task: the root from a helper, others from their parent.
-func (t *task) create() error {
-	if t.parent == nil {
-		r, helper, err := startHelper()
+// create clones the task: the root from a helper (or, with --pidns, from
+// the init of a new PID namespace), the others from their parent.
+func (rc *Ctx) create(t *task) error {
+	if t.parent == nil && !rc.pidns {
+		r, helper, err := startHelper(false)
 		if err != nil {
 			return err
 		}
@@ -87,24 +91,111 @@ func (t *task) create() error {
 		t.r, t.pid, t.ctlFd = r, pid, 3 // the helper got its socket as fd 3
 		return nil
 	}
+	parent := rc.init
+	if t.parent != nil {
+		parent = t.parent.r
+	} else if parent == nil {
+		var err error
+		if parent, err = rc.startInit(); err != nil {
+			return err
+		}
+	}
 	ours, theirs, err := controlPair()
 	if err != nil {
 		return err
 	}
-	n, err := t.parent.r.sendFds([]*os.File{theirs})
+	n, err := parent.sendFds([]*os.File{theirs})
 	theirs.Close()
 	if err != nil {
 		ours.Close()
 		return err
 	}
-	pid, err := t.parent.r.clone(cloneReq{exitSignal: uint64(unix.SIGCHLD), tid: int(t.proc.Pid), childCtl: n[0]})
+	inner, err := parent.clone(cloneReq{exitSignal: uint64(unix.SIGCHLD), tid: int(t.proc.Pid), childCtl: n[0]})
 	if err != nil {
 		ours.Close()
 		return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
 	}
-	t.r = &restorer{sock: ours, pid: pid, layout: t.parent.r.layout}
+	pid := inner
+	if rc.pidns {
+		if pid, err = outerPid(parent.pid, inner); err != nil {
+			ours.Close()
+			return err
+		}
+		t.inNs = true
+	}
+	t.r = &restorer{sock: ours, pid: pid, layout: parent.layout}
 	t.pid, t.ctlFd = pid, n[0]
 	return nil
+}
+
+// startInit starts a helper as init of a new PID namespace (and mount
+// namespace, with its own /proc), the parent of the restored root.
+func (rc *Ctx) startInit() (*restorer, error) {
+	r, helper, err := startHelper(true)
+	if err != nil {
+		return nil, err
+	}
+	rc.init = r
+	go helper.Wait() // reaped whenever it ends; cr-restore waits by pid
+	got, err := r.run(sc("map a page", unix.SYS_MMAP, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0))
+	if err != nil {
+		return nil, err
+	}
+	s := &scratchWriter{base: uint64(got[0])}
+	root, proc := s.putString("/"), s.putString("proc")
+	procDir := s.putString("/proc")
+	if err := writeMem(r.pid, s); err != nil {
+		return nil, err
+	}
+	_, err = r.run(
+		sc("make mounts private", unix.SYS_MOUNT, 0, root, 0, unix.MS_REC|unix.MS_PRIVATE, 0),
+		sc("mount /proc of the new pid namespace", unix.SYS_MOUNT, proc, procDir, proc, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, 0),
+		sc("unmap the page", unix.SYS_MUNMAP, uint64(got[0]), pageSize))
+	return r, err
+}
+
+// outerPid finds, among the children of parent (a pid here), the one that
+// has pid inner in its own namespace.
+func outerPid(parent, inner int) (int, error) {
+	lists, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", parent))
+	for _, l := range lists {
+		b, _ := os.ReadFile(l)
+		for _, f := range strings.Fields(string(b)) {
+			c, _ := strconv.Atoi(f)
+			if nsInnermost(fmt.Sprintf("/proc/%d/status", c)) == inner {
+				return c, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("pid %d of the new namespace: not found among the children of %d", inner, parent)
+}
+
+// outerTid finds the thread of process pid (a pid here) with tid inner in
+// its namespace.
+func outerTid(pid, inner int) (int, error) {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, st := range tasks {
+		if nsInnermost(st) == inner {
+			return strconv.Atoi(filepath.Base(filepath.Dir(st)))
+		}
+	}
+	return 0, fmt.Errorf("tid %d of the new namespace: not found in pid %d", inner, pid)
+}
+
+// nsInnermost reads the last NSpid of a status file: the id in the task's
+// own PID namespace.
+func nsInnermost(status string) int {
+	b, _ := os.ReadFile(status)
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				n, _ := strconv.Atoi(f[len(f)-1])
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // becomeZombie makes the task exit as the dumped zombie did. Its parent is
@@ -118,7 +209,7 @@ func (t *task) becomeZombie() error {
 	}
 	name := &scratchWriter{base: uint64(got[0])}
 	addr := name.putString(t.proc.Comm)
-	if err := t.flushScratch(name); err != nil {
+	if err := writeMem(t.pid, name); err != nil {
 		return err
 	}
 	if _, err := t.r.run(sc("set name", unix.SYS_PRCTL, prSetName, addr)); err != nil {
@@ -128,7 +219,7 @@ func (t *task) becomeZombie() error {
 	var c call
 	switch {
 	case status.Signaled():
-		c = sc("die by signal", unix.SYS_KILL, uint64(t.pid), uint64(status.Signal()))
+		c = sc("die by signal", unix.SYS_KILL, uint64(t.proc.Pid), uint64(status.Signal())) // its own pid, inside
 	default:
 		c = sc("exit", unix.SYS_EXIT_GROUP, uint64(status.ExitStatus()))
 	}

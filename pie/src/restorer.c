@@ -24,6 +24,9 @@ typedef int i32;
 #define NR_exit_group 231
 #define NR_dup3 292
 #define NR_clone3 435
+#define NR_wait4 61
+#define ECHILD 10
+#define WALL 0x40000000
 
 #define OP_SYSCALLS 1
 #define OP_RECV_FDS 2
@@ -31,6 +34,7 @@ typedef int i32;
 #define OP_RELOCATE 4
 #define OP_CLONE 5
 #define OP_EXIT 6
+#define OP_INIT 7
 
 #define CLONE_FILES 0x400
 
@@ -331,6 +335,25 @@ static void loop(i64 ctl)
 			if (ret > 0 && c->exit_parent)
 				crp_syscall(NR_exit_group, 0, 0, 0, 0, 0, 0);
 			break;
+		}
+		case OP_INIT: {
+			/* Init of a new PID namespace: reap everything, and leave
+			 * with the root's status when the root goes (which ends the
+			 * namespace, as it would end a container). */
+			i64 root = (i64)msg.h.count;
+			send_reply(ctl, &r, 0);
+			crp_syscall(NR_close, ctl, 0, 0, 0, 0, 0);
+			for (;;) {
+				i32 status = 0;
+				i64 p = crp_syscall(NR_wait4, -1, (i64)&status, WALL, 0, 0, 0);
+				if (p == -ECHILD)
+					crp_syscall(NR_exit_group, 0, 0, 0, 0, 0, 0);
+				if (p != root)
+					continue;
+				if ((status & 0x7f) == 0)
+					crp_syscall(NR_exit_group, (status >> 8) & 0xff, 0, 0, 0, 0, 0);
+				crp_syscall(NR_exit_group, 128 + (status & 0x7f), 0, 0, 0, 0, 0);
+			}
 		}
 		case OP_EXIT:
 			crp_syscall(NR_exit_group, msg.h.count, 0, 0, 0, 0, 0);

@@ -131,3 +131,53 @@ func TestSharedAnonymous(t *testing.T) {
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
 	p.killedThenRestored(img)
 }
+
+// TestPidnsBesideOriginal: a --leave-running dump of a tree is restored
+// with --pidns while the original still runs: the copy sees its dumped
+// pids in a namespace of its own (CRIU cannot: the pids are taken), and
+// both the copy and the original check themselves.
+func TestPidnsBesideOriginal(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := start(t, "tree", func(p *target) []string { return []string{p.progress, p.verdict} })
+	p.killRecorded(descendants(p.pid))
+	img := filepath.Join(p.dir, "img")
+	pidfile := filepath.Join(p.dir, "copy.pid")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore --pidns -d -i %s --pidfile %s", img, pidfile))
+	copyPid, err := strconv.Atoi(strings.TrimSpace(readFile(pidfile)))
+	if err != nil || copyPid == p.pid {
+		t.Fatalf("pidfile says %q: want the copy's pid, not the original's %d", readFile(pidfile), p.pid)
+	}
+	copyKids := descendants(copyPid)
+	t.Cleanup(func() {
+		for _, pid := range append([]int{copyPid}, copyKids...) {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte(p.dir)) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	ns := strings.Fields(strings.SplitN(strings.SplitN(readFile(fmt.Sprintf("/proc/%d/status", copyPid)), "NSpid:", 2)[1], "\n", 2)[0])
+	if len(ns) != 2 || ns[1] != strconv.Itoa(p.pid) {
+		t.Fatalf("copy %d has NSpid %v, want [%d %d]", copyPid, ns, copyPid, p.pid)
+	}
+	if len(copyKids) != 5 {
+		t.Fatalf("the copy has %d descendants, want 5", len(copyKids))
+	}
+	// The copy first: its verdict goes to the same file as the original's.
+	if err := syscall.Kill(copyPid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.TrimSpace(readFile(p.verdict)) == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("no verdict from the copy")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if v := readFile(p.verdict); !strings.HasPrefix(v, "PASS") {
+		t.Fatalf("copy: %s", v)
+	}
+	os.Remove(p.verdict)
+	p.checkRunning()
+	p.terminate(0)
+}
