@@ -23,6 +23,7 @@ type Writer struct {
 	lz     *lz4.Writer
 	counts Counts
 	closed bool
+	donate Donor
 }
 
 // WriterOptions tune a Writer.
@@ -32,7 +33,16 @@ type WriterOptions struct {
 	// Header, when set, is written instead of this version's header, so that
 	// crit encode can reproduce a stream byte for byte. Its Major must be Major.
 	Header *Header
+	// Donate, when set, lets WritePagesDonated give page contents to the
+	// output instead of copying them (lib/stage: vmsplice(2)).
+	Donate Donor
 }
+
+// A Donor gives p, whole pages of the caller's own anonymous memory, to dst
+// without copying them, and takes them from the caller: afterwards p reads
+// as zeros. It returns false, having done nothing, when it cannot (dst is
+// not a pipe); then the bytes are written as usual.
+type Donor func(dst io.Writer, p []byte) (bool, error)
 
 // writeBuffer gathers frame headers and small frames; large payloads are
 // written directly (directWrite).
@@ -47,7 +57,7 @@ func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
 			return nil, fmt.Errorf("image: cannot write stream version %d.%d, only major version %d: %w", hdr.Major, hdr.Minor, Major, ErrVersion)
 		}
 	}
-	w := &Writer{out: out}
+	w := &Writer{out: out, donate: opt.Donate}
 	dst := out
 	if opt.Compress {
 		w.lz = lz4.NewWriter(out)
@@ -229,6 +239,49 @@ func (w *Writer) WritePages(h PagesHeader, data []byte) error {
 	var pre [PagesPreamble]byte
 	putPagesPreamble(pre[:], h)
 	return w.frame(TypePages, 0, pre[:], data)
+}
+
+// WritePagesDonated is WritePages for page contents in the caller's own
+// private anonymous memory mapping (from mmap, never Go heap memory), which
+// the caller gives up: the pages themselves may be handed to the output
+// (WriterOptions.Donate) instead of being copied, after which data reads as
+// zeros. The caller may write into data again; it gets fresh pages.
+func (w *Writer) WritePagesDonated(h PagesHeader, data []byte) error {
+	if w.donate == nil || w.lz != nil || len(data) < directWrite {
+		return w.WritePages(h, data)
+	}
+	if len(data)%PageSize != 0 || h.Addr%PageSize != 0 {
+		return fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, len(data))
+	}
+	if w.closed {
+		return fmt.Errorf("image: write after close")
+	}
+	n := PagesPreamble + len(data)
+	if n > MaxPagesPayload {
+		return fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", TypePages, n, MaxPagesPayload, ErrTooLarge)
+	}
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	var hdr [FrameHeaderSize]byte
+	binary.LittleEndian.PutUint32(hdr[0:], uint32(TypePages))
+	binary.LittleEndian.PutUint32(hdr[8:], uint32(n))
+	binary.LittleEndian.PutUint32(hdr[12:], frameCRC(hdr[:], pre[:], data))
+	w.bw.Write(hdr[:])
+	w.bw.Write(pre[:])
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	given, err := w.donate(w.out, data)
+	if err != nil {
+		return err
+	}
+	if !given {
+		if _, err := w.out.Write(data); err != nil {
+			return err
+		}
+	}
+	w.counts.add(TypePages, n)
+	return nil
 }
 
 // Counts returns what has been written so far.

@@ -177,7 +177,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	if !fl.ObservePages && !verifyAll() {
 		r.DeferPages(SpliceMover)
 	}
-	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress})
+	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress, Donate: donor()})
 	if err != nil {
 		return err
 	}

@@ -2,10 +2,14 @@ package stage
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -182,5 +186,86 @@ func readStream(b []byte) (*image.Reader, int, error) {
 			return r, n, err
 		}
 		n++
+	}
+}
+
+// TestDonatedPagesStayIntact: pages given to the output pipe keep the
+// contents they had when given, although the caller refills its buffer at
+// once (the pipe still holds the last MiB of every frame then).
+func TestDonatedPagesStayIntact(t *testing.T) {
+	if donor() == nil {
+		t.Skip("transparent huge pages are disabled: stages copy instead of donating")
+	}
+	const size = 4 << 20
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	unix.Madvise(mem, unix.MADV_HUGEPAGE)
+	r, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	growPipe(pw)
+	type result struct {
+		sums []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer r.Close()
+		rd, err := image.NewReader(r)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		var res result
+		for {
+			// A slow consumer: the writer refills its buffer while the
+			// pipe still refers to the pages it gave.
+			time.Sleep(20 * time.Millisecond)
+			f, err := rd.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				res.err = err
+				break
+			}
+			if _, p, err := f.Pages(); err == nil {
+				for i := 0; i < len(p); i += image.PageSize {
+					if !bytes.Equal(p[i:i+image.PageSize], bytes.Repeat(p[:1], image.PageSize)) {
+						res.err = fmt.Errorf("frame %d: page %d changed", f.Index, i/image.PageSize)
+						break
+					}
+				}
+				res.sums = append(res.sums, p[0])
+			}
+		}
+		done <- res
+	}()
+	w, err := image.NewWriter(pw, image.WriterOptions{Donate: donor()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := byte(1); k <= 8; k++ {
+		for i := range mem {
+			mem[i] = k
+		}
+		if err := w.WritePagesDonated(image.PagesHeader{Pid: 1, Addr: uint64(k) << 30}, mem); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if !bytes.Equal(res.sums, []byte{1, 2, 3, 4, 5, 6, 7, 8}) {
+		t.Errorf("frames carried %v", res.sums)
 	}
 }
