@@ -24,7 +24,8 @@ type entry struct {
 	info []byte // the whole fdinfo text, for kind-specific lines
 	st   unix.Stat_t
 	pfd  *pb.Fd
-	fifo bool // an FD_PIPE opened by path
+	fifo bool     // an FD_PIPE opened by path
+	sock sockType // sockets: family, type, protocol
 	desc *desc
 }
 
@@ -242,7 +243,10 @@ func (d *dumper) dumpDesc(ds *desc) error {
 // restorable are the kinds cr-restore can restore.
 var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_REGULAR: true, pb.FdKind_FD_DIRECTORY: true, pb.FdKind_FD_CHARDEV: true,
-	pb.FdKind_FD_PIPE: true,
+	pb.FdKind_FD_PIPE: true, pb.FdKind_FD_EVENTFD: true, pb.FdKind_FD_SIGNALFD: true, pb.FdKind_FD_TIMERFD: true,
+	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
+	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
+	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
 }
 
 // write appends the Files record of every process, then each description's

@@ -1,13 +1,145 @@
 package files
 
-import "crpipe/lib/pb"
+import (
+	"encoding/binary"
+	"errors"
 
-func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
-	e := ds.first()
-	return refuse(e.pid, e.fd, "udp socket", e.link)
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// sockopts reads integer options, keeping the first error.
+type sockopts struct {
+	fd  int
+	err error
 }
 
+func (o *sockopts) get(level, opt int) int {
+	v, err := unix.GetsockoptInt(o.fd, level, opt)
+	if err != nil && o.err == nil {
+		o.err = err
+	}
+	return v
+}
+
+// dumpInet records a UDP socket: its local and remote addresses and the
+// options a restore sets again. Datagrams waiting in its receive queue are
+// not kept: UDP may lose datagrams anyway, and a restore could not send
+// them again from their senders' addresses.
+func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
+	e := ds.first()
+	f, err := d.getfd(e)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	in := &pb.InetSocket{Family: uint32(e.sock.family), Type: uint32(e.sock.typ), Protocol: uint32(e.sock.protocol)}
+	rec.Inet = in
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return cannot(e, "getsockname: %v", err)
+	}
+	in.LocalAddr, in.LocalPort = inetAddr(sa)
+	if pa, err := unix.Getpeername(fd); err == nil {
+		in.Connected = true
+		in.RemoteAddr, in.RemotePort = inetAddr(pa)
+	} else if !errors.Is(err, unix.ENOTCONN) {
+		return cannot(e, "getpeername: %v", err)
+	}
+	o := sockopts{fd: fd}
+	geti := o.get
+	in.Reuseaddr = geti(unix.SOL_SOCKET, unix.SO_REUSEADDR) != 0
+	in.Reuseport = geti(unix.SOL_SOCKET, unix.SO_REUSEPORT) != 0
+	in.Broadcast = geti(unix.SOL_SOCKET, unix.SO_BROADCAST) != 0
+	in.Sndbuf = uint32(geti(unix.SOL_SOCKET, unix.SO_SNDBUF))
+	in.Rcvbuf = uint32(geti(unix.SOL_SOCKET, unix.SO_RCVBUF))
+	if e.sock.family == unix.AF_INET6 {
+		in.V6Only = geti(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) != 0
+	}
+	if o.err != nil {
+		return cannot(e, "getsockopt: %v", o.err)
+	}
+	if dev, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); err == nil {
+		in.BindDevice = dev
+	}
+	if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
+		in.DroppedBytes = uint32(n)
+		stage.Logf("pid %d fd %d: UDP socket: the queued datagrams (the first of %d bytes) are not kept", e.pid, e.fd, n)
+	}
+	return nil
+}
+
+// inetAddr splits an IPv4 or IPv6 socket address.
+func inetAddr(sa unix.Sockaddr) ([]byte, uint32) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return append([]byte(nil), a.Addr[:]...), uint32(a.Port)
+	case *unix.SockaddrInet6:
+		return append([]byte(nil), a.Addr[:]...), uint32(a.Port)
+	}
+	return nil, 0
+}
+
+// dumpNetlink records a netlink socket: its port id, the multicast groups
+// it listens to (NETLINK_LIST_MEMBERSHIPS) and its destination. Queued
+// messages are not kept (a listener may see them lost, as on ENOBUFS).
 func (d *dumper) dumpNetlink(ds *desc, rec *pb.FileDesc) error {
 	e := ds.first()
-	return refuse(e.pid, e.fd, "netlink socket", e.link)
+	f, err := d.getfd(e)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	nl := &pb.NetlinkSocket{Protocol: uint32(e.sock.protocol), Type: uint32(e.sock.typ)}
+	rec.Netlink = nl
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return cannot(e, "getsockname: %v", err)
+	}
+	if a, ok := sa.(*unix.SockaddrNetlink); ok {
+		nl.Portid = a.Pid
+	}
+	if pa, err := unix.Getpeername(fd); err == nil {
+		if a, ok := pa.(*unix.SockaddrNetlink); ok {
+			nl.DstPortid, nl.DstGroup = a.Pid, a.Groups
+		}
+	}
+	// NETLINK_LIST_MEMBERSHIPS fills a bitmap of u32 words and says how long
+	// it must be.
+	buf := make([]byte, 4*64)
+	for {
+		n, err := sys.GetsockoptBytes(fd, unix.SOL_NETLINK, unix.NETLINK_LIST_MEMBERSHIPS, buf)
+		if err != nil {
+			return cannot(e, "NETLINK_LIST_MEMBERSHIPS: %v", err)
+		}
+		if n <= len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, n)
+	}
+	for i := 0; i+4 <= len(buf); i += 4 {
+		w := uint64(binary.LittleEndian.Uint32(buf[i:]))
+		if i/4%2 == 0 {
+			nl.Groups = append(nl.Groups, w)
+		} else {
+			nl.Groups[len(nl.Groups)-1] |= w << 32
+		}
+	}
+	o := sockopts{fd: fd}
+	nl.Sndbuf = uint32(o.get(unix.SOL_SOCKET, unix.SO_SNDBUF))
+	nl.Rcvbuf = uint32(o.get(unix.SOL_SOCKET, unix.SO_RCVBUF))
+	if o.err != nil {
+		return cannot(e, "getsockopt: %v", o.err)
+	}
+	if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
+		nl.DroppedBytes = uint32(n)
+		stage.Logf("pid %d fd %d: netlink socket: %d queued bytes are not kept", e.pid, e.fd, n)
+	}
+	return nil
 }

@@ -128,7 +128,8 @@ func handlePath(w inotifyLine) (string, error) {
 	}
 	var lastErr error
 	for _, m := range mounts {
-		mfd, err := unix.Open(m, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		// Not O_PATH: open_by_handle_at needs a real open file (fdget).
+		mfd, err := unix.Open(m, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			lastErr = err
 			continue
@@ -150,7 +151,7 @@ func handlePath(w inotifyLine) (string, error) {
 			continue
 		}
 		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil || st.Ino != w.ino || st.Dev != w.sdev {
+		if err := unix.Lstat(path, &st); err != nil || st.Ino != w.ino || st.Dev != w.sdev {
 			lastErr = fmt.Errorf("%s does not name the watched inode", path)
 			continue
 		}

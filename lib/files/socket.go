@@ -47,6 +47,7 @@ func (d *dumper) classifySocket(e *entry) error {
 	if st.protocol, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil {
 		return cannot(e, "SO_PROTOCOL: %v", err)
 	}
+	e.sock = st
 	switch {
 	case st.family == unix.AF_UNIX:
 		e.setKind(pb.FdKind_FD_UNIX)

@@ -1,11 +1,293 @@
 package files
 
-import "crpipe/lib/pb"
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
-// unixDump is the sock_diag view of every unix socket.
-type unixDump struct{}
+	"golang.org/x/sys/unix"
 
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// sock_diag states of unix sockets (the TCP state numbers).
+const (
+	unixEstablished = 1
+	unixClose       = 7
+	unixListen      = 10
+)
+
+// unixDump is the sock_diag view of every unix socket of the network
+// namespace, read once, and which of them the dump holds.
+type unixDump struct {
+	all      map[uint64]*sys.UnixDiag
+	inDump   map[uint64]*entry // by socket inode
+	listener map[uint64]uint64 // client inode -> listener inode, for connections not accepted yet
+}
+
+func (d *dumper) unixSockets() (*unixDump, error) {
+	if d.unix != nil {
+		return d.unix, nil
+	}
+	all, err := sys.UnixSockets()
+	if err != nil {
+		return nil, stage.Hint(err, "unix sockets are dumped with sock_diag: needs CONFIG_UNIX_DIAG")
+	}
+	u := &unixDump{all: all, inDump: map[uint64]*entry{}, listener: map[uint64]uint64{}}
+	for _, e := range d.entries {
+		if e.kind() == pb.FdKind_FD_UNIX {
+			u.inDump[e.st.Ino] = e
+		}
+	}
+	for ino, s := range all {
+		for _, c := range s.Icons {
+			if c != 0 {
+				u.listener[c] = ino
+			}
+		}
+	}
+	d.unix = u
+	return u, nil
+}
+
+// unixName describes a socket address for messages.
+func unixName(name []byte) string {
+	if len(name) == 0 {
+		return "unnamed"
+	}
+	if name[0] == 0 {
+		return "@" + string(bytes.TrimRight(name[1:], "\x00"))
+	}
+	return string(name)
+}
+
+// describeSocket says who holds socket inode ino outside the dump, for a
+// refusal: "socket:[N] (/path, held by pid P (comm) fd F)".
+func describeSocket(ino uint64, s *sys.UnixDiag) string {
+	desc := fmt.Sprintf("socket:[%d]", ino)
+	if s != nil && len(s.Name) > 0 {
+		desc += " " + unixName(s.Name)
+	}
+	link := fmt.Sprintf("socket:[%d]", ino)
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir(procPath(pid, "fd"))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(procPath(pid, "fd", fd.Name())); l == link {
+				comm, _ := os.ReadFile(procPath(pid, "comm"))
+				return fmt.Sprintf("%s, held by pid %d (%s) fd %s", desc, pid, strings.TrimSpace(string(comm)), fd.Name())
+			}
+		}
+	}
+	return desc + ", held by no process"
+}
+
+// dumpUnix records a unix socket: what sock_diag says (type, state, name,
+// peer, connections waiting to be accepted, shutdown), its receive queue
+// read without consuming it (MSG_PEEK, stepping with SO_PEEK_OFF), and its
+// options. Every peer must be in the dump, except the named peer of a
+// datagram socket, which a restore connects to again by name.
 func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 	e := ds.first()
-	return refuse(e.pid, e.fd, "unix socket", e.link)
+	u, err := d.unixSockets()
+	if err != nil {
+		return err
+	}
+	ino := e.st.Ino
+	s := u.all[ino]
+	if s == nil {
+		return stage.Hint(cannot(e, "sock_diag does not list it"), "is the process in another network namespace? cr-files dumps sockets of its own")
+	}
+	rec.Object, _ = d.object(fmt.Sprintf("unix:%d", ino))
+	us := &pb.UnixSocket{Type: uint32(s.Type), State: uint32(s.State), Name: s.Name, Shutdown: uint32(s.Shutdown)}
+	rec.Unix = us
+	if s.Type != unix.SOCK_STREAM && s.Type != unix.SOCK_DGRAM && s.Type != unix.SOCK_SEQPACKET {
+		return refuse(e.pid, e.fd, fmt.Sprintf("unix socket of type %d", s.Type), e.link)
+	}
+	if err := d.unixNameState(e, s, us); err != nil {
+		return err
+	}
+	f, err := d.getfd(e)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if err := unixOptions(e, fd, us); err != nil {
+		return err
+	}
+
+	switch {
+	case s.State == unixListen:
+		us.Backlog = s.WQueue
+		for _, c := range s.Icons {
+			if c == 0 {
+				return stage.Hint(cannot(e, "a connection waiting to be accepted comes from a socket that is closed; what it sent cannot be read"),
+					"checkpoint again once the program has accepted its connections")
+			}
+			ce := u.inDump[c]
+			if ce == nil {
+				return stage.Hint(cannot(e, "a connection waiting to be accepted comes from %s, which is not in the dump", describeSocket(c, u.all[c])),
+					"checkpoint again once the program has accepted it, or dump the client too")
+			}
+			if cs := u.all[c]; cs != nil && cs.WQueue > 0 {
+				return stage.Hint(cannot(e, "the connection from socket:[%d] (pid %d fd %d), waiting to be accepted, holds %d bytes that cannot be read before accept", c, ce.pid, ce.fd, cs.WQueue),
+					"checkpoint again once the program has accepted its connections")
+			}
+			us.Pending = append(us.Pending, c)
+		}
+		return nil // a listener's queue holds connections, not data
+	case s.Peer != 0:
+		us.Peer = s.Peer
+		if u.inDump[s.Peer] == nil {
+			ps := u.all[s.Peer]
+			if s.Type == unix.SOCK_DGRAM && ps != nil && len(ps.Name) > 0 {
+				// A datagram socket connected to a server outside the dump
+				// (e.g. /dev/log) is connected again by name.
+				us.Peer = 0
+				us.PeerName = ps.Name
+			} else {
+				return stage.Hint(cannot(e, "its peer %s is not in the dump", describeSocket(s.Peer, ps)),
+					"dump the process tree that holds both ends, or close the connection before checkpointing")
+			}
+		}
+	case s.State == unixEstablished && s.Type != unix.SOCK_DGRAM:
+		// Connected, and the peer has no inode: either a connection a
+		// listener has not accepted yet, or a peer that is closed.
+		if l, ok := u.listener[ino]; ok {
+			if u.inDump[l] == nil {
+				return stage.Hint(cannot(e, "it waits to be accepted by %s, which is not in the dump", describeSocket(l, u.all[l])),
+					"checkpoint once the connection is accepted, or dump the listener's process too")
+			}
+			us.Connecting = true
+			us.Listener = l
+		} else {
+			us.PeerGone = true
+		}
+	}
+	return d.unixQueue(e, fd, s, us)
+}
+
+// unixNameState checks that a socket bound to a path can be bound again: the
+// socket file must still be there (a restore replaces it), as an absolute path.
+func (d *dumper) unixNameState(e *entry, s *sys.UnixDiag, us *pb.UnixSocket) error {
+	if len(s.Name) == 0 || s.Name[0] == 0 {
+		return nil
+	}
+	path := string(bytes.TrimRight(s.Name, "\x00"))
+	if !filepath.IsAbs(path) {
+		return stage.Hint(cannot(e, "it is bound to the relative path %q", path), "bind unix sockets to absolute paths (a restore binds from another directory)")
+	}
+	var st unix.Stat_t
+	err := unix.Lstat(filepath.Join(procPath(e.pid, "root"), path), &st)
+	if err != nil || st.Ino != s.VfsInode || st.Dev != s.VfsDev {
+		return stage.Hint(cannot(e, "its socket file %s has been removed or replaced", path),
+			"a restore binds the name again; leave the socket file in place while the socket lives")
+	}
+	us.NameDev, us.NameInode = st.Dev, st.Ino
+	us.NameMode, us.NameUid, us.NameGid = st.Mode&0o7777, st.Uid, st.Gid
+	return nil
+}
+
+func unixOptions(e *entry, fd int, us *pb.UnixSocket) error {
+	var err error
+	var v int
+	get := func(level, opt int, name string) int {
+		if err != nil {
+			return 0
+		}
+		v, err = unix.GetsockoptInt(fd, level, opt)
+		if err != nil {
+			err = cannot(e, "getsockopt %s: %v", name, err)
+		}
+		return v
+	}
+	us.Passcred = get(unix.SOL_SOCKET, unix.SO_PASSCRED, "SO_PASSCRED") != 0
+	us.Passsec = get(unix.SOL_SOCKET, unix.SO_PASSSEC, "SO_PASSSEC") != 0
+	us.Sndbuf = uint32(get(unix.SOL_SOCKET, unix.SO_SNDBUF, "SO_SNDBUF"))
+	us.Rcvbuf = uint32(get(unix.SOL_SOCKET, unix.SO_RCVBUF, "SO_RCVBUF"))
+	us.PeekOff = int32(get(unix.SOL_SOCKET, unix.SO_PEEK_OFF, "SO_PEEK_OFF"))
+	return err
+}
+
+// unixQueue reads the receive queue without consuming it. Messages that
+// carry fds (SCM_RIGHTS) are refused: peeking would install the fds here,
+// and a restore could not send them again.
+func (d *dumper) unixQueue(e *entry, fd int, s *sys.UnixDiag, us *pb.UnixSocket) error {
+	if v, ok := fdinfoField(e.info, "scm_fds"); ok && v != "0" {
+		return stage.Hint(cannot(e, "%s file descriptors are in flight in its receive queue (SCM_RIGHTS)", v),
+			"checkpoint again once the program has received them")
+	}
+	if s.RQueue == 0 {
+		return nil
+	}
+	// The program's own peek offset is put back after.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
+		return cannot(e, "SO_PEEK_OFF: %v", err)
+	}
+	defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, int(us.PeekOff))
+	buf := make([]byte, max(int(us.Rcvbuf), 1<<16)+1)
+	total := 0
+	for {
+		n, _, flags, from, err := unix.Recvmsg(fd, buf, nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			return cannot(e, "peek at the receive queue: %v", err)
+		}
+		if flags&unix.MSG_TRUNC != 0 || n == len(buf) {
+			return cannot(e, "a queued message is larger than the %d bytes of the receive buffer", len(buf)-1)
+		}
+		if n == 0 && s.Type == unix.SOCK_STREAM {
+			break // end of file: the peer shut down
+		}
+		m := &pb.UnixMessage{Data: append([]byte(nil), buf[:n]...)}
+		if sa, ok := from.(*unix.SockaddrUnix); ok && s.Type == unix.SOCK_DGRAM && sa.Name != "" {
+			m.Sender = []byte(sa.Name)
+			if sa.Name[0] == '@' { // x/sys shows an abstract name with a leading @
+				m.Sender[0] = 0
+			}
+			if ino, ok := d.unix.byName(m.Sender); ok {
+				m.SenderInode = ino
+			} else {
+				return stage.Hint(cannot(e, "a queued datagram comes from %s, which is not in the dump", unixName(m.Sender)),
+					"checkpoint again once the program has read its datagrams")
+			}
+		}
+		if s.Type == unix.SOCK_STREAM && len(us.Queue) > 0 {
+			us.Queue[0].Data = append(us.Queue[0].Data, m.Data...)
+		} else {
+			us.Queue = append(us.Queue, m)
+		}
+		total += n
+		if total > int(s.RQueue) && s.Type == unix.SOCK_STREAM {
+			return cannot(e, "peeked %d bytes of a queue of %d: the peek offset did not advance", total, s.RQueue)
+		}
+	}
+	if s.Type == unix.SOCK_STREAM && total != int(s.RQueue) {
+		return cannot(e, "peeked %d bytes, sock_diag counts %d queued", total, s.RQueue)
+	}
+	stage.Logf("pid %d fd %d: %s unix socket: %d queued messages, %d bytes", e.pid, e.fd, unixName(s.Name), len(us.Queue), total)
+	return nil
+}
+
+// byName finds the socket in the dump bound to name.
+func (u *unixDump) byName(name []byte) (uint64, bool) {
+	for ino := range u.inDump {
+		if s := u.all[ino]; s != nil && bytes.Equal(bytes.TrimRight(s.Name, "\x00"), bytes.TrimRight(name, "\x00")) {
+			return ino, true
+		}
+	}
+	return 0, false
 }

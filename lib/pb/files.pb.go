@@ -637,9 +637,8 @@ type MemfdState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
 	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Seals         uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"`           // F_GET_SEALS
-	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`             // permission bits
-	Executable    bool                   `protobuf:"varint,5,opt,name=executable,proto3" json:"executable,omitempty"` // created without MFD_NOEXEC_SEAL semantics (exec bits set)
+	Seals         uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,13 +699,6 @@ func (x *MemfdState) GetMode() uint32 {
 		return x.Mode
 	}
 	return 0
-}
-
-func (x *MemfdState) GetExecutable() bool {
-	if x != nil {
-		return x.Executable
-	}
-	return false
 }
 
 type EpollWatch struct {
@@ -906,6 +898,7 @@ type UnixSocket struct {
 	Connecting    bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`             // connected to a listener that has not accepted it yet
 	Listener      uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                 // connecting: the listening socket's inode
 	PeerGone      bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"` // connected once; the peer is closed
+	PeerName      []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`  // datagram: connected to this name, outside the dump
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1085,6 +1078,13 @@ func (x *UnixSocket) GetPeerGone() bool {
 		return x.PeerGone
 	}
 	return false
+}
+
+func (x *UnixSocket) GetPeerName() []byte {
+	if x != nil {
+		return x.PeerName
+	}
+	return nil
 }
 
 type InetSocket struct {
@@ -1269,6 +1269,7 @@ type NetlinkSocket struct {
 	Sndbuf        uint32                 `protobuf:"varint,6,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
 	Rcvbuf        uint32                 `protobuf:"varint,7,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
 	DroppedBytes  uint32                 `protobuf:"varint,8,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued messages not kept (a listener sees ENOBUFS-like loss)
+	Type          uint32                 `protobuf:"varint,9,opt,name=type,proto3" json:"type,omitempty"`                                     // SOCK_RAW or SOCK_DGRAM
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1359,6 +1360,13 @@ func (x *NetlinkSocket) GetDroppedBytes() uint32 {
 	return 0
 }
 
+func (x *NetlinkSocket) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
 var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
@@ -1414,16 +1422,13 @@ const file_files_proto_rawDesc = "" +
 	"\x03dev\x18\x05 \x01(\x04R\x03dev\x12\x14\n" +
 	"\x05inode\x18\x06 \x01(\x04R\x05inode\"=\n" +
 	"\fInotifyState\x12-\n" +
-	"\awatches\x18\x01 \x03(\v2\x13.cr.v1.InotifyWatchR\awatches\"~\n" +
+	"\awatches\x18\x01 \x03(\v2\x13.cr.v1.InotifyWatchR\awatches\"^\n" +
 	"\n" +
 	"MemfdState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
 	"\x05seals\x18\x03 \x01(\rR\x05seals\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x1e\n" +
-	"\n" +
-	"executable\x18\x05 \x01(\bR\n" +
-	"executable\"Z\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"Z\n" +
 	"\n" +
 	"EpollWatch\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
@@ -1436,7 +1441,7 @@ const file_files_proto_rawDesc = "" +
 	"\vUnixMessage\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\fR\x06sender\x12!\n" +
-	"\fsender_inode\x18\x03 \x01(\x04R\vsenderInode\"\xbf\x04\n" +
+	"\fsender_inode\x18\x03 \x01(\x04R\vsenderInode\"\xdc\x04\n" +
 	"\n" +
 	"UnixSocket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
@@ -1463,7 +1468,8 @@ const file_files_proto_rawDesc = "" +
 	"connecting\x18\x13 \x01(\bR\n" +
 	"connecting\x12\x1a\n" +
 	"\blistener\x18\x14 \x01(\x04R\blistener\x12\x1b\n" +
-	"\tpeer_gone\x18\x15 \x01(\bR\bpeerGone\"\xf6\x03\n" +
+	"\tpeer_gone\x18\x15 \x01(\bR\bpeerGone\x12\x1b\n" +
+	"\tpeer_name\x18\x16 \x01(\fR\bpeerName\"\xf6\x03\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
@@ -1488,7 +1494,7 @@ const file_files_proto_rawDesc = "" +
 	"\bshutdown\x18\x0f \x01(\rR\bshutdown\x12\x1f\n" +
 	"\vbind_device\x18\x10 \x01(\tR\n" +
 	"bindDevice\x12#\n" +
-	"\rdropped_bytes\x18\x11 \x01(\rR\fdroppedBytes\"\xec\x01\n" +
+	"\rdropped_bytes\x18\x11 \x01(\rR\fdroppedBytes\"\x80\x02\n" +
 	"\rNetlinkSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x16\n" +
 	"\x06portid\x18\x02 \x01(\rR\x06portid\x12\x16\n" +
@@ -1498,7 +1504,8 @@ const file_files_proto_rawDesc = "" +
 	"\tdst_group\x18\x05 \x01(\rR\bdstGroup\x12\x16\n" +
 	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
 	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12#\n" +
-	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytesB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytes\x12\x12\n" +
+	"\x04type\x18\t \x01(\rR\x04typeB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_files_proto_rawDescOnce sync.Once

@@ -78,12 +78,6 @@ func TimerfdSetTicks(fd int, ticks uint64) error {
 // | minor, what fdinfo's sdev shows) to the user-space encoding of st_dev.
 func KernelDev(d uint64) uint64 { return unix.Mkdev(uint32(d>>20), uint32(d&0xfffff)) }
 
-// newDecodeDev converts new_encode_dev's 32-bit encoding (sock_diag's
-// UNIX_DIAG_VFS) to st_dev's encoding.
-func newDecodeDev(d uint32) uint64 {
-	return unix.Mkdev((d&0xfff00)>>8, (d&0xff)|((d>>12)&0xfff00))
-}
-
 // UnixDiag is what sock_diag says about one AF_UNIX socket.
 type UnixDiag struct {
 	Inode    uint64
@@ -145,7 +139,7 @@ func UnixSockets() (map[uint64]*UnixDiag, error) {
 			case unixDiagVfs:
 				if len(v) >= 8 {
 					d.VfsInode = uint64(binary.LittleEndian.Uint32(v))
-					d.VfsDev = newDecodeDev(binary.LittleEndian.Uint32(v[4:]))
+					d.VfsDev = KernelDev(uint64(binary.LittleEndian.Uint32(v[4:]))) // the superblock's s_dev
 				}
 			case unixDiagPeer:
 				if len(v) >= 4 {
@@ -260,4 +254,20 @@ func PidfdGetfd(pidfd, fd int) (*os.File, error) {
 		return nil, fmt.Errorf("pidfd_getfd: %w", err)
 	}
 	return os.NewFile(uintptr(n), fmt.Sprintf("fd %d", fd)), nil
+}
+
+// GetsockoptBytes reads a socket option into buf and returns the length the
+// kernel reports, which may exceed len(buf) for options that say how much
+// room they need (NETLINK_LIST_MEMBERSHIPS).
+func GetsockoptBytes(fd, level, opt int, buf []byte) (int, error) {
+	l := uint32(len(buf))
+	var p unsafe.Pointer
+	if len(buf) > 0 {
+		p = unsafe.Pointer(&buf[0])
+	}
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(l), nil
 }

@@ -106,3 +106,45 @@ func TestFdPipe(t *testing.T) {
 		})
 	}
 }
+
+func TestFdEvent(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_event", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}
+
+func TestFdMemfd(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_memfd", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}
+
+func TestFdInotify(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_inotify", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}
+
+func TestFdEpoll(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_epoll", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}
+
+func TestFdUnix(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_unix", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}
+
+func TestFdInet(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_inet", "")
+	show := dumpRestore(t, p)
+	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+}

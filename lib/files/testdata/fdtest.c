@@ -1,13 +1,14 @@
 // fdtest opens fds of the kinds cr-files handles, reports them on fd 3
 // ("name fd" lines, then "ready"), closes fd 3 and waits to be killed.
 //
-//   fdtest DIR [pipe|socket|deleted|eventfd|tty]...   extras cr-files must refuse
+//   fdtest DIR [pipe|socket|packet|deleted|eventfd|userfaultfd|tty]...   extras
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,7 +31,7 @@ static int path_open(const char *dir, const char *name, int flags) {
 
 int main(int argc, char **argv) {
 	if (argc < 2) {
-		fprintf(stderr, "usage: fdtest DIR [pipe|socket|deleted|eventfd|tty]...\n");
+		fprintf(stderr, "usage: fdtest DIR [pipe|socket|packet|deleted|eventfd|userfaultfd|tty]...\n");
 		return 2;
 	}
 	const char *dir = argv[1];
@@ -67,6 +68,10 @@ int main(int argc, char **argv) {
 			snprintf(path, sizeof path, "%s/gone", dir);
 			if (unlink(path)) die("unlink");
 			(void)fd;
+		} else if (!strcmp(x, "packet")) {
+			report("packet", socket(AF_PACKET, SOCK_RAW, 0));
+		} else if (!strcmp(x, "userfaultfd")) {
+			report("userfaultfd", syscall(SYS_userfaultfd, O_CLOEXEC));
 		} else if (!strcmp(x, "eventfd")) {
 			report("eventfd", eventfd(0, 0));
 		} else if (!strcmp(x, "tty")) {

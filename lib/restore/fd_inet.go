@@ -1,0 +1,170 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+)
+
+// UDP and netlink sockets: created, given their options, bound to their
+// address (a UDP socket keeps its port, even one the kernel chose at
+// connect), and connected again. Their receive queues were not kept.
+
+func init() {
+	registerFdKind(pb.FdKind_FD_UDP, openUDP)
+	registerFdKind(pb.FdKind_FD_NETLINK, openNetlink)
+}
+
+func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	d, err := fileDesc(rc, t, fd)
+	if err != nil {
+		return nil, err
+	}
+	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
+	in := d.Inet
+	if in == nil {
+		return nil, fmt.Errorf("%s: UDP description without its state", where)
+	}
+	n, err := unix.Socket(int(in.Family), int(in.Type)|unix.SOCK_CLOEXEC, int(in.Protocol))
+	if err != nil {
+		return nil, fmt.Errorf("%s: socket: %w", where, err)
+	}
+	f := os.NewFile(uintptr(n), "udp")
+	fail := func(what string, err error) (*os.File, error) {
+		f.Close()
+		return nil, fmt.Errorf("%s: %s: %w", where, what, err)
+	}
+	for _, o := range []struct {
+		level, opt int
+		on         bool
+		what       string
+	}{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, in.Reuseaddr, "SO_REUSEADDR"},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, in.Reuseport, "SO_REUSEPORT"},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, in.Broadcast, "SO_BROADCAST"},
+		{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, in.V6Only, "IPV6_V6ONLY"},
+	} {
+		if o.on {
+			if err := unix.SetsockoptInt(n, o.level, o.opt, 1); err != nil {
+				return fail(o.what, err)
+			}
+		}
+	}
+	if err := setBuffers(n, in.Sndbuf, in.Rcvbuf); err != nil {
+		return fail("buffer sizes", err)
+	}
+	if in.BindDevice != "" {
+		if err := unix.SetsockoptString(n, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, in.BindDevice); err != nil {
+			return fail("SO_BINDTODEVICE "+in.BindDevice, err)
+		}
+	}
+	local, err := inetSockaddr(in.Family, in.LocalAddr, in.LocalPort)
+	if err != nil {
+		return fail("local address", err)
+	}
+	if in.LocalPort != 0 {
+		if err := unix.Bind(n, local); err != nil {
+			return fail(fmt.Sprintf("bind port %d", in.LocalPort), err)
+		}
+	}
+	if in.Connected {
+		remote, err := inetSockaddr(in.Family, in.RemoteAddr, in.RemotePort)
+		if err != nil {
+			return fail("remote address", err)
+		}
+		if err := unix.Connect(n, remote); err != nil {
+			return fail("connect", err)
+		}
+	}
+	if err := setStatusFlags(f, d.Flags); err != nil {
+		return fail("flags", err)
+	}
+	return f, nil
+}
+
+func inetSockaddr(family uint32, addr []byte, port uint32) (unix.Sockaddr, error) {
+	switch {
+	case family == unix.AF_INET && len(addr) == 4:
+		sa := &unix.SockaddrInet4{Port: int(port)}
+		copy(sa.Addr[:], addr)
+		return sa, nil
+	case family == unix.AF_INET6 && len(addr) == 16:
+		sa := &unix.SockaddrInet6{Port: int(port)}
+		copy(sa.Addr[:], addr)
+		return sa, nil
+	}
+	return nil, fmt.Errorf("family %d address of %d bytes", family, len(addr))
+}
+
+// setBuffers sets SO_SNDBUF and SO_RCVBUF as getsockopt reported them (the
+// kernel doubles what is set), beyond the sysctl limits when root may.
+func setBuffers(fd int, snd, rcv uint32) error {
+	for _, o := range []struct {
+		force, opt int
+		v          uint32
+	}{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, snd}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, rcv}} {
+		if o.v == 0 {
+			continue
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.force, int(o.v/2)); err != nil {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.opt, int(o.v/2)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func openNetlink(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	d, err := fileDesc(rc, t, fd)
+	if err != nil {
+		return nil, err
+	}
+	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
+	nl := d.Netlink
+	if nl == nil {
+		return nil, fmt.Errorf("%s: netlink description without its state", where)
+	}
+	typ := int(nl.Type)
+	if typ == 0 {
+		typ = unix.SOCK_RAW
+	}
+	n, err := unix.Socket(unix.AF_NETLINK, typ|unix.SOCK_CLOEXEC, int(nl.Protocol))
+	if err != nil {
+		return nil, fmt.Errorf("%s: netlink socket protocol %d: %w", where, nl.Protocol, err)
+	}
+	f := os.NewFile(uintptr(n), "netlink")
+	fail := func(what string, err error) (*os.File, error) {
+		f.Close()
+		return nil, fmt.Errorf("%s: netlink: %s: %w", where, what, err)
+	}
+	if err := setBuffers(n, nl.Sndbuf, nl.Rcvbuf); err != nil {
+		return fail("buffer sizes", err)
+	}
+	if nl.Portid != 0 {
+		if err := unix.Bind(n, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: nl.Portid}); err != nil {
+			return fail(fmt.Sprintf("bind port id %d", nl.Portid), err)
+		}
+	}
+	for w, bits := range nl.Groups {
+		for b := 0; b < 64; b++ {
+			if bits&(1<<b) != 0 {
+				if err := unix.SetsockoptInt(n, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, w*64+b+1); err != nil {
+					return fail(fmt.Sprintf("join group %d", w*64+b+1), err)
+				}
+			}
+		}
+	}
+	if nl.DstPortid != 0 || nl.DstGroup != 0 {
+		if err := unix.Connect(n, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Pid: nl.DstPortid, Groups: nl.DstGroup}); err != nil {
+			return fail("connect", err)
+		}
+	}
+	if err := setStatusFlags(f, d.Flags); err != nil {
+		return fail("flags", err)
+	}
+	return f, nil
+}

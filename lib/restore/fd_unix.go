@@ -1,0 +1,470 @@
+package restore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+)
+
+// Unix sockets. All the dumped unix sockets are built together, by the
+// coordinator, the first time one is needed, because they refer to each
+// other: listeners first (bound, listening), then connected pairs
+// (socketpair, or connect+accept through the listener whose name the
+// accepted side carries), sockets alone (bound or not), the connections
+// still waiting in a listener's queue (connected in queue order), then the
+// queued data (sent again from the peer, datagrams from their senders,
+// before any datagram socket is connected), shutdown states and options.
+// Each fd then gets a duplicate of its socket.
+
+func init() {
+	registerFdKind(pb.FdKind_FD_UNIX, openUnix)
+}
+
+const unixWorldKey = "unix-sockets"
+
+type unixSock struct {
+	d    *pb.FileDesc
+	s    *pb.UnixSocket
+	ino  uint64
+	f    *os.File
+	gone *os.File // PeerGone: the other end until the queue is written, then closed
+}
+
+type unixWorld struct {
+	socks map[uint64]*unixSock
+	order []*unixSock
+}
+
+func (w *unixWorld) closeShared() {
+	for _, s := range w.order {
+		if s.f != nil {
+			s.f.Close()
+		}
+		if s.gone != nil {
+			s.gone.Close()
+		}
+	}
+}
+
+func openUnix(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	d, err := fileDesc(rc, t, fd)
+	if err != nil {
+		return nil, err
+	}
+	w, ok := rc.Shared[unixWorldKey].(*unixWorld)
+	if !ok {
+		w = &unixWorld{socks: map[uint64]*unixSock{}}
+		rc.Shared[unixWorldKey] = w // closed by closeShared, even when build fails
+		if err := w.build(rc); err != nil {
+			return nil, fmt.Errorf("unix sockets: %w", err)
+		}
+	}
+	s := w.socks[d.Inode]
+	if s == nil || s.f == nil {
+		return nil, fmt.Errorf("pid %d fd %d: unix socket %d was not built", t.pid, fd.Fd, d.Inode)
+	}
+	f, err := dupOf(s.f)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d fd %d: %w", t.pid, fd.Fd, err)
+	}
+	if err := setStatusFlags(f, d.Flags); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pid %d fd %d: %w", t.pid, fd.Fd, err)
+	}
+	return f, nil
+}
+
+func (s *unixSock) String() string {
+	return fmt.Sprintf("socket:[%d] (%s)", s.ino, sockName(s.s.Name))
+}
+
+func sockName(name []byte) string {
+	if len(name) == 0 {
+		return "unnamed"
+	}
+	if name[0] == 0 {
+		return "@" + string(name[1:])
+	}
+	return string(bytes.TrimRight(name, "\x00"))
+}
+
+// sockaddr converts a dumped name (sun_path bytes) to x/sys's form.
+func sockaddr(name []byte) *unix.SockaddrUnix {
+	return &unix.SockaddrUnix{Name: sockName(name)}
+}
+
+func (w *unixWorld) build(rc *Ctx) error {
+	for k, v := range rc.Shared {
+		d, ok := v.(*pb.FileDesc)
+		if !ok || !strings.HasPrefix(k, "desc:") || pb.FdKind(d.Kind) != pb.FdKind_FD_UNIX {
+			continue
+		}
+		if d.Unix == nil || d.Inode == 0 {
+			return fmt.Errorf("description %d: unix socket without its state", d.Id)
+		}
+		if w.socks[d.Inode] != nil {
+			return fmt.Errorf("two descriptions of socket %d", d.Inode)
+		}
+		s := &unixSock{d: d, s: d.Unix, ino: d.Inode}
+		w.socks[s.ino] = s
+		w.order = append(w.order, s)
+	}
+	sort.Slice(w.order, func(i, j int) bool { return w.order[i].d.Id < w.order[j].d.Id })
+
+	// Listeners.
+	for _, s := range w.order {
+		if s.s.State != sockListen {
+			continue
+		}
+		if err := s.create(); err != nil {
+			return err
+		}
+		if err := unix.Listen(int(s.f.Fd()), int(s.s.Backlog)); err != nil {
+			return fmt.Errorf("%s: listen: %w", s, err)
+		}
+	}
+	// Connected sockets and sockets alone.
+	for _, s := range w.order {
+		if s.f != nil || s.s.Connecting {
+			continue
+		}
+		var err error
+		switch p := w.socks[s.s.Peer]; {
+		case s.s.Peer != 0 && p == nil:
+			err = fmt.Errorf("%s: its peer socket %d is not in the image", s, s.s.Peer)
+		case p != nil && p.s.Peer == s.ino && s.s.Type != unix.SOCK_DGRAM:
+			err = w.connectPair(s, p)
+		case p != nil && p.s.Peer == s.ino && len(s.s.Name) == 0 && len(p.s.Name) == 0:
+			err = socketpair(s, p)
+		case s.s.PeerGone:
+			err = w.connectPair(s, nil)
+		default: // alone; a datagram socket is connected after its queue is written
+			err = s.create()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Connections waiting to be accepted, in queue order.
+	for _, l := range w.order {
+		for _, c := range l.s.Pending {
+			cs := w.socks[c]
+			if cs == nil || !cs.s.Connecting || cs.s.Listener != l.ino {
+				return fmt.Errorf("%s: pending connection from socket %d, which the image does not describe as connecting to it", l, c)
+			}
+			if err := cs.create(); err != nil {
+				return err
+			}
+			if err := unix.Connect(int(cs.f.Fd()), sockaddr(l.s.Name)); err != nil {
+				return fmt.Errorf("%s: connect to %s: %w", cs, l, err)
+			}
+		}
+	}
+	for _, s := range w.order {
+		if s.f == nil {
+			return fmt.Errorf("%s: connecting to socket %d, whose queue does not list it", s, s.s.Listener)
+		}
+	}
+	// Queued data, then datagram connections, shutdown and options.
+	for _, s := range w.order {
+		if err := w.writeQueue(s); err != nil {
+			return err
+		}
+	}
+	for _, s := range w.order {
+		if s.s.Type != unix.SOCK_DGRAM {
+			continue
+		}
+		var to []byte
+		if p := w.socks[s.s.Peer]; p != nil && !(p.s.Peer == s.ino && len(s.s.Name) == 0 && len(p.s.Name) == 0) {
+			to = p.s.Name
+			if len(to) == 0 {
+				return fmt.Errorf("%s: connected to unnamed socket %s", s, p)
+			}
+		} else if len(s.s.PeerName) > 0 {
+			to = s.s.PeerName
+		}
+		if to != nil {
+			if err := unix.Connect(int(s.f.Fd()), sockaddr(to)); err != nil {
+				return fmt.Errorf("%s: connect to %s: %w", s, sockName(to), err)
+			}
+		}
+	}
+	for _, s := range w.order {
+		if s.gone != nil {
+			s.gone.Close() // the peer's close shuts the survivor down
+			s.gone = nil
+		} else if how := shutdownHow(s.s.Shutdown); how >= 0 {
+			if err := unix.Shutdown(int(s.f.Fd()), how); err != nil {
+				return fmt.Errorf("%s: shutdown: %w", s, err)
+			}
+		}
+		if err := s.lastOptions(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const sockListen = 10 // sock_diag state of a listening socket
+
+// shutdownHow converts sk_shutdown bits (RCV 1, SEND 2) to shutdown(2)'s how.
+func shutdownHow(bits uint32) int {
+	switch bits & 3 {
+	case 1:
+		return unix.SHUT_RD
+	case 2:
+		return unix.SHUT_WR
+	case 3:
+		return unix.SHUT_RDWR
+	}
+	return -1
+}
+
+func newSocket(typ uint32) (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, int(typ)|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "unix"), nil
+}
+
+// create makes s's socket, with its buffer sizes and options, bound to its
+// name.
+func (s *unixSock) create() error {
+	f, err := newSocket(s.s.Type)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s, err)
+	}
+	s.f = f
+	if err := s.firstOptions(); err != nil {
+		return err
+	}
+	return s.bind()
+}
+
+func socketpair(a, b *unixSock) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, int(a.s.Type)|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: socketpair: %w", a, err)
+	}
+	a.f, b.f = os.NewFile(uintptr(fds[0]), "unix"), os.NewFile(uintptr(fds[1]), "unix")
+	if err := a.firstOptions(); err != nil {
+		return err
+	}
+	return b.firstOptions()
+}
+
+// connectPair connects stream or seqpacket socket a to b (nil: a peer that
+// is gone, recreated and closed once a's queue is written). Without names
+// this is socketpair(2). A named side is the accepted end of a connection to
+// a listener of that name: it is made by connecting to the listener in the
+// dump with that name, or to a listener bound to it for the moment.
+func (w *unixWorld) connectPair(a, b *unixSock) error {
+	bName := []byte(nil)
+	if b != nil {
+		bName = b.s.Name
+	}
+	if len(a.s.Name) == 0 && len(bName) == 0 {
+		if b != nil {
+			return socketpair(a, b)
+		}
+		fds, err := unix.Socketpair(unix.AF_UNIX, int(a.s.Type)|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("%s: socketpair: %w", a, err)
+		}
+		a.f, a.gone = os.NewFile(uintptr(fds[0]), "unix"), os.NewFile(uintptr(fds[1]), "unix")
+		return a.firstOptions()
+	}
+	// server: the accepted side, named after its listener; client connects.
+	server, client := a, b
+	if b != nil && len(a.s.Name) == 0 || b != nil && w.listenerNamed(b.s.Name) != nil && w.listenerNamed(a.s.Name) == nil {
+		server, client = b, a
+	}
+	var cf *os.File
+	var err error
+	if client != nil {
+		if err := client.create(); err != nil {
+			return err
+		}
+		cf = client.f
+	} else {
+		if cf, err = newSocket(a.s.Type); err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+		a.gone = cf
+	}
+	l := w.listenerNamed(server.s.Name)
+	var lf *os.File
+	if l != nil {
+		lf = l.f
+	} else {
+		// A listener for the moment, bound where the original was.
+		tmp := &unixSock{d: server.d, s: &pb.UnixSocket{Type: server.s.Type, Name: server.s.Name, NameInode: server.s.NameInode,
+			NameDev: server.s.NameDev, NameMode: server.s.NameMode, NameUid: server.s.NameUid, NameGid: server.s.NameGid}, ino: server.ino}
+		if err := tmp.create(); err != nil {
+			return fmt.Errorf("%s: a listener to accept it: %w", server, err)
+		}
+		defer tmp.f.Close()
+		if err := unix.Listen(int(tmp.f.Fd()), 1); err != nil {
+			return fmt.Errorf("%s: listen: %w", server, err)
+		}
+		lf = tmp.f
+	}
+	if err := unix.Connect(int(cf.Fd()), sockaddr(server.s.Name)); err != nil {
+		return fmt.Errorf("%s: connect to %s: %w", server, sockName(server.s.Name), err)
+	}
+	nfd, _, err := unix.Accept4(int(lf.Fd()), unix.SOCK_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("%s: accept: %w", server, err)
+	}
+	server.f = os.NewFile(uintptr(nfd), "unix")
+	return server.firstOptions()
+}
+
+// listenerNamed is the dumped listening socket bound to name.
+func (w *unixWorld) listenerNamed(name []byte) *unixSock {
+	if len(name) == 0 {
+		return nil
+	}
+	for _, s := range w.order {
+		if s.s.State == sockListen && bytes.Equal(s.s.Name, name) && s.f != nil {
+			return s
+		}
+	}
+	return nil
+}
+
+// bind binds s to its name. A path still holding the dumped socket file
+// (the original socket is gone) is unlinked first; anything else there is
+// an error, never removed.
+func (s *unixSock) bind() error {
+	name := s.s.Name
+	if len(name) == 0 {
+		return nil
+	}
+	path := ""
+	if name[0] != 0 {
+		path = string(bytes.TrimRight(name, "\x00"))
+		var st unix.Stat_t
+		err := unix.Lstat(path, &st)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+		case err != nil:
+			return fmt.Errorf("%s: %w", s, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFSOCK && st.Ino == s.s.NameInode && st.Dev == s.s.NameDev:
+			if err := unix.Unlink(path); err != nil {
+				return fmt.Errorf("%s: remove the old socket file: %w", s, err)
+			}
+		default:
+			return fmt.Errorf("%s: %s exists and is not the socket file of the dump (inode %d, was %d)", s, path, st.Ino, s.s.NameInode)
+		}
+	}
+	if err := unix.Bind(int(s.f.Fd()), sockaddr(name)); err != nil {
+		return fmt.Errorf("%s: bind: %w", s, err)
+	}
+	if path != "" && s.s.NameInode != 0 {
+		if err := unix.Fchmodat(unix.AT_FDCWD, path, s.s.NameMode&0o7777, 0); err != nil {
+			return fmt.Errorf("%s: chmod: %w", s, err)
+		}
+		if err := unix.Lchown(path, int(s.s.NameUid), int(s.s.NameGid)); err != nil {
+			return fmt.Errorf("%s: chown: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// firstOptions are set before any data arrives: buffer sizes (the kernel
+// doubles what is set; root may exceed the sysctl limits with *FORCE) and
+// SO_PASSCRED/SO_PASSSEC.
+func (s *unixSock) firstOptions() error {
+	fd := int(s.f.Fd())
+	if err := setBuffers(fd, s.s.Sndbuf, s.s.Rcvbuf); err != nil {
+		return fmt.Errorf("%s: buffer sizes: %w", s, err)
+	}
+	for _, o := range []struct {
+		opt int
+		on  bool
+	}{{unix.SO_PASSCRED, s.s.Passcred}, {unix.SO_PASSSEC, s.s.Passsec}} {
+		if o.on {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.opt, 1); err != nil {
+				return fmt.Errorf("%s: setsockopt %d: %w", s, o.opt, err)
+			}
+		}
+	}
+	return nil
+}
+
+// lastOptions are set once the queue is back: the peek offset.
+func (s *unixSock) lastOptions() error {
+	if s.s.PeekOff >= 0 {
+		if err := unix.SetsockoptInt(int(s.f.Fd()), unix.SOL_SOCKET, unix.SO_PEEK_OFF, int(s.s.PeekOff)); err != nil {
+			return fmt.Errorf("%s: SO_PEEK_OFF: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// writeQueue puts s's receive queue back: sent again by its peer, in order;
+// datagrams from the socket that sent them (or, unnamed, from the peer or
+// a socket for the moment), addressed to s's name.
+func (w *unixWorld) writeQueue(s *unixSock) error {
+	if len(s.s.Queue) == 0 {
+		return nil
+	}
+	var peer *os.File
+	if p := w.socks[s.s.Peer]; p != nil && p.s.Peer == s.ino {
+		peer = p.f
+	} else if s.gone != nil {
+		peer = s.gone
+	}
+	for i, m := range s.s.Queue {
+		from, to := peer, []byte(nil)
+		if s.s.Type == unix.SOCK_DGRAM {
+			if snd := w.socks[m.SenderInode]; m.SenderInode != 0 {
+				if snd == nil {
+					return fmt.Errorf("%s: queued datagram from socket %d, which is not in the image", s, m.SenderInode)
+				}
+				if snd.f != peer {
+					from, to = snd.f, s.s.Name
+				}
+			}
+			if from == nil {
+				tmp, err := newSocket(unix.SOCK_DGRAM)
+				if err != nil {
+					return err
+				}
+				defer tmp.Close()
+				from, to = tmp, s.s.Name
+			}
+			if to != nil && len(to) == 0 {
+				return fmt.Errorf("%s: an unnamed socket cannot receive its queued datagram %d again", s, i)
+			}
+		}
+		if from == nil {
+			return fmt.Errorf("%s: %d queued messages and no peer to send them again", s, len(s.s.Queue))
+		}
+		var sa unix.Sockaddr
+		if to != nil {
+			sa = sockaddr(to)
+		}
+		for data := m.Data; ; {
+			n, err := unix.SendmsgN(int(from.Fd()), data, nil, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			if err != nil {
+				return fmt.Errorf("%s: write back queued message %d (%d bytes): %w", s, i, len(m.Data), err)
+			}
+			data = data[n:]
+			if len(data) == 0 || s.s.Type != unix.SOCK_STREAM {
+				break
+			}
+		}
+	}
+	return nil
+}

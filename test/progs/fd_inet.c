@@ -1,0 +1,116 @@
+/*
+ * fd_inet: UDP sockets (IPv4 and IPv6, bound and connected) and a netlink
+ * socket that listens to multicast groups.
+ *
+ *   fd_inet PROGRESS VERDICT DIR
+ *
+ *   20  UDP, 127.0.0.1, a port the kernel chose, connected to 21
+ *   21  UDP, 127.0.0.1, another such port, SO_REUSEADDR
+ *   22  UDP over IPv6, [::1], IPV6_V6ONLY, not connected, SO_RCVBUF 64 KiB
+ *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR
+ * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
+ * (sendto) carry datagrams; 23 has its port id and groups.
+ */
+#include "fdprog.h"
+
+#include <arpa/inet.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static struct sockaddr_in a20, a21;
+static struct sockaddr_in6 a22;
+static struct sockaddr_nl n23;
+
+static void setup(const char *arg)
+{
+	(void)arg;
+	socklen_t l;
+	struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	at(must(socket(AF_INET, SOCK_DGRAM, 0), "socket"), 21);
+	int one = 1;
+	must(setsockopt(21, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), "SO_REUSEADDR");
+	must(bind(21, (struct sockaddr *)&lo, sizeof lo), "bind 21");
+	l = sizeof a21;
+	getsockname(21, (struct sockaddr *)&a21, &l);
+	at(must(socket(AF_INET, SOCK_DGRAM, 0), "socket"), 20);
+	must(connect(20, (struct sockaddr *)&a21, sizeof a21), "connect 20");
+	l = sizeof a20;
+	getsockname(20, (struct sockaddr *)&a20, &l);
+
+	at(must(socket(AF_INET6, SOCK_DGRAM, 0), "socket6"), 22);
+	must(setsockopt(22, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one), "V6ONLY");
+	int rcv = 64 << 10;
+	must(setsockopt(22, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv), "SO_RCVBUF");
+	struct sockaddr_in6 lo6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	must(bind(22, (struct sockaddr *)&lo6, sizeof lo6), "bind 22");
+	l = sizeof a22;
+	getsockname(22, (struct sockaddr *)&a22, &l);
+
+	at(must(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), "netlink"), 23);
+	struct sockaddr_nl nl = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
+	must(bind(23, (struct sockaddr *)&nl, sizeof nl), "bind netlink");
+	int g = RTNLGRP_IPV4_IFADDR;
+	must(setsockopt(23, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g, sizeof g), "join");
+	l = sizeof n23;
+	getsockname(23, (struct sockaddr *)&n23, &l);
+}
+
+static void check(void)
+{
+	struct sockaddr_in a, p;
+	socklen_t l = sizeof a;
+	getsockname(20, (struct sockaddr *)&a, &l);
+	if (a.sin_port != a20.sin_port || a.sin_addr.s_addr != a20.sin_addr.s_addr)
+		fail("fd 20 is at %s:%d, was port %d", inet_ntoa(a.sin_addr), ntohs(a.sin_port), ntohs(a20.sin_port));
+	l = sizeof p;
+	if (getpeername(20, (struct sockaddr *)&p, &l) || p.sin_port != a21.sin_port)
+		fail("fd 20 is not connected to 21");
+	l = sizeof a;
+	getsockname(21, (struct sockaddr *)&a, &l);
+	if (a.sin_port != a21.sin_port)
+		fail("fd 21 is at port %d, was %d", ntohs(a.sin_port), ntohs(a21.sin_port));
+	int v = 0;
+	l = sizeof v;
+	if (getsockopt(21, SOL_SOCKET, SO_REUSEADDR, &v, &l) || !v)
+		fail("fd 21: SO_REUSEADDR is off");
+	if (send(20, "ping", 4, 0) != 4)
+		fail("send 20: %s", strerror(errno));
+	char buf[64];
+	struct sockaddr_in from;
+	l = sizeof from;
+	ssize_t n = recvfrom(21, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &l);
+	if (n != 4 || memcmp(buf, "ping", 4) || from.sin_port != a20.sin_port)
+		fail("fd 21 received %zd bytes from port %d", n, ntohs(from.sin_port));
+	if (sendto(21, "pong", 4, 0, (struct sockaddr *)&a20, sizeof a20) != 4)
+		fail("sendto 21: %s", strerror(errno));
+	n = recv(20, buf, sizeof buf, MSG_DONTWAIT);
+	if (n != 4 || memcmp(buf, "pong", 4))
+		fail("fd 20 received %zd bytes", n);
+
+	struct sockaddr_in6 a6;
+	l = sizeof a6;
+	getsockname(22, (struct sockaddr *)&a6, &l);
+	if (a6.sin6_port != a22.sin6_port || memcmp(&a6.sin6_addr, &in6addr_loopback, 16))
+		fail("fd 22 is at port %d, was %d", ntohs(a6.sin6_port), ntohs(a22.sin6_port));
+	l = sizeof v;
+	if (getsockopt(22, IPPROTO_IPV6, IPV6_V6ONLY, &v, &l) || !v)
+		fail("fd 22: IPV6_V6ONLY is off");
+	l = sizeof v;
+	if (getsockopt(22, SOL_SOCKET, SO_RCVBUF, &v, &l) || v != 128 << 10)
+		fail("fd 22: SO_RCVBUF %d, want %d", v, 128 << 10);
+
+	struct sockaddr_nl nl;
+	l = sizeof nl;
+	getsockname(23, (struct sockaddr *)&nl, &l);
+	if (nl.nl_pid != n23.nl_pid)
+		fail("netlink port id %u, was %u", nl.nl_pid, n23.nl_pid);
+	uint32_t groups[4] = { 0 };
+	l = sizeof groups;
+	if (getsockopt(23, SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, groups, &l))
+		fail("NETLINK_LIST_MEMBERSHIPS: %s", strerror(errno));
+	uint32_t want = (1u << (RTNLGRP_LINK - 1)) | (1u << (RTNLGRP_IPV4_IFADDR - 1));
+	if (groups[0] != want)
+		fail("netlink groups %#x, want %#x", groups[0], want);
+}
