@@ -59,11 +59,17 @@ func startCounter(t *testing.T, name string, anonMB int) *target {
 // a child of the test, and waits until its progress file counts 50 ticks.
 func start(t *testing.T, name string, args func(p *target) []string) *target {
 	t.Helper()
+	return startPath(t, name, prog(name), args)
+}
+
+// startPath is start for a program outside bin/test (a Go or Python one).
+func startPath(t *testing.T, name, path string, args func(p *target) []string) *target {
+	t.Helper()
 	dir := t.TempDir()
 	p := &target{
 		t:        t,
 		name:     name,
-		path:     prog(name),
+		path:     path,
 		dir:      dir,
 		progress: filepath.Join(dir, "progress"),
 		verdict:  filepath.Join(dir, "verdict"),

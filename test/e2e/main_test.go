@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"golang.org/x/sys/unix"
+
 	"bytes"
 	"fmt"
 	"os"
@@ -35,6 +37,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Whatever started the tests may have leaked fds (a shell's pipes):
+	// test programs must start with stdio only, or cr-files refuses them.
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	os.Exit(setupAndRun(m))
 }
 
