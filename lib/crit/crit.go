@@ -179,5 +179,5 @@ func newMessage(t image.Type) proto.Message {
 	case image.TypeEnd:
 		return &pb.End{}
 	}
-	return nil
+	return newTCPMessage(t)
 }

@@ -42,6 +42,7 @@ type stream struct {
 	pageFrames uint64
 	pageBytes  uint64
 	end        *pb.End
+	tcp        tcpRecords
 }
 
 func (s *stream) proc(pid uint32) *proc {
@@ -134,6 +135,8 @@ func (s *stream) add(m proto.Message) {
 	case *pb.Files:
 		p := s.proc(m.Pid)
 		p.files = append(p.files, m)
+	default:
+		s.tcp.add(m)
 	}
 }
 

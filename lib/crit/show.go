@@ -57,6 +57,7 @@ func (s *stream) show(w io.Writer, damaged bool) {
 		p("")
 		pr.show(w)
 	}
+	s.tcp.show(w)
 	var unknown []string
 	for _, t := range s.types {
 		if t != image.TypePages && newMessage(t) == nil {

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/netlock"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -378,6 +379,15 @@ func Thaw(fr *pb.Freeze, procs []*pb.Process) error {
 		return errors.New("the stream has no freeze record")
 	}
 	if !fr.Transient {
+		if len(procs) > 0 {
+			var pids []int
+			for _, p := range procs {
+				pids = append(pids, int(p.Pid))
+			}
+			if err := releaseNetwork(netlock.TableName(int(procs[0].Pid)), pids); err != nil {
+				return err
+			}
+		}
 		return writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0")
 	}
 	return thawDir(fr.Cgroup, tasksOf(fr, procs))
@@ -437,6 +447,12 @@ func findPid(pid int) (string, []Task, error) {
 // from (a process not recorded goes where the first recorded one came
 // from: it was forked inside), and removes dir.
 func thawDir(dir string, tasks []Task) error {
+	// cr-tcp's lock table is named like the transient cgroup. A failure
+	// there does not stop the thaw: it is reported once the rest is done.
+	var netErr error
+	if pids, err := readPids(filepath.Join(dir, "cgroup.procs")); err == nil {
+		netErr = releaseNetwork(filepath.Base(dir), pids)
+	}
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("thaw %s: %w", dir, err)
 	}
@@ -464,10 +480,27 @@ func thawDir(dir string, tasks []Task) error {
 		}
 	}
 	if len(errs) > 0 {
-		return stage.Hint(errors.Join(errs...), fmt.Sprintf("the processes are thawed but still in %s; move them by hand with echo PID > CGROUP/cgroup.procs", dir))
+		return stage.Hint(errors.Join(append(errs, netErr)...), fmt.Sprintf("the processes are thawed but still in %s; move them by hand with echo PID > CGROUP/cgroup.procs", dir))
 	}
 	if err := rmdirWait(dir); err != nil {
-		return err
+		return errors.Join(err, netErr)
+	}
+	return netErr
+}
+
+// releaseNetwork undoes cr-tcp's hold on the TCP connections of processes
+// that go on running: sockets out of repair mode, network lock lifted
+// (lib/netlock). Before unfreezing, so no task sees a socket in repair.
+// (The non-transient thaw stops at a failure here: it has nothing else to
+// undo, and the processes stay frozen for another try.)
+func releaseNetwork(table string, pids []int) error {
+	n, err := netlock.Release(table, pids)
+	if n > 0 {
+		stage.Logf("%d TCP connections out of repair mode, network lock %s lifted", n, table)
+	}
+	if err != nil {
+		return stage.Hint(fmt.Errorf("releasing the TCP connections: %w", err),
+			fmt.Sprintf("fix the cause and run cr-freeze thaw --pid again, or remove the lock with nft delete table inet %s", table))
 	}
 	return nil
 }

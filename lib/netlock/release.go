@@ -16,8 +16,9 @@ import (
 // running (cr-freeze thaw after a failed or --leave-running dump): every
 // TCP socket of pids that is in repair mode leaves it (sending a window
 // probe, so the peer answers at once), then the lock table is removed from
-// the network namespace of each process. It is idempotent, and costs
-// nothing but a look at /proc when no socket is in repair mode.
+// the network namespace of each process with TCP sockets. It is
+// idempotent, and costs nothing but a look at /proc when no process has a
+// TCP socket.
 func Release(table string, pids []int) (repaired int, err error) {
 	if err := checkTable(table); err != nil {
 		return 0, err
@@ -25,10 +26,13 @@ func Release(table string, pids []int) (repaired int, err error) {
 	var errs []error
 	netns := map[uint64]string{}
 	for _, pid := range pids {
-		n, err := unrepair(pid)
+		n, tcp, err := unrepair(pid)
 		repaired += n
 		if err != nil {
 			errs = append(errs, err)
+		}
+		if !tcp {
+			continue // cr-tcp locks only the namespaces of TCP sockets
 		}
 		path := fmt.Sprintf("/proc/%d/ns/net", pid)
 		if ino, err := sys.NetnsInode(path); err == nil {
@@ -47,15 +51,16 @@ func Release(table string, pids []int) (repaired int, err error) {
 	return repaired, errors.Join(errs...)
 }
 
-// unrepair takes the TCP sockets of pid out of repair mode.
-func unrepair(pid int) (int, error) {
+// unrepair takes the TCP sockets of pid out of repair mode, and says
+// whether pid has any TCP socket.
+func unrepair(pid int) (n int, tcp bool, err error) {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("pid %d: %w", pid, err)
+		return 0, false, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	pidfd := -1
 	defer func() {
@@ -63,7 +68,6 @@ func unrepair(pid int) (int, error) {
 			unix.Close(pidfd)
 		}
 	}()
-	n := 0
 	seen := map[string]bool{}
 	for _, e := range ents {
 		link, err := os.Readlink(dir + "/" + e.Name())
@@ -77,7 +81,7 @@ func unrepair(pid int) (int, error) {
 		}
 		if pidfd < 0 {
 			if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-				return n, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
+				return n, tcp, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
 			}
 		}
 		s, err := unix.PidfdGetfd(pidfd, fd, 0)
@@ -86,15 +90,16 @@ func unrepair(pid int) (int, error) {
 		}
 		proto, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		if err == nil && proto == unix.IPPROTO_TCP {
+			tcp = true
 			if on, err := sys.TCPRepairMode(s); err == nil && on {
 				if err := sys.SetTCPRepair(s, unix.TCP_REPAIR_OFF); err != nil {
 					unix.Close(s)
-					return n, fmt.Errorf("pid %d fd %d: %w", pid, fd, err)
+					return n, tcp, fmt.Errorf("pid %d fd %d: %w", pid, fd, err)
 				}
 				n++
 			}
 		}
 		unix.Close(s)
 	}
-	return n, nil
+	return n, tcp, nil
 }

@@ -1,13 +1,14 @@
 /*
  * tcpstream: TCP connections streaming checksummed data both ways.
  *
- *   tcpstream server PROGRESS VERDICT ADDR PORT NCONN TOTAL RATE [ACCEPT_MS]
- *   tcpstream client PROGRESS VERDICT ADDR PORT NCONN TOTAL RATE
+ *   tcpstream server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES]
  *
  * The server listens on ADDR:PORT (IPv4 or IPv6; SO_REUSEADDR, backlog 512)
- * and accepts NCONN connections (not before ACCEPT_MS milliseconds after it
- * started, so that connections wait in its accept queue); the client opens
- * NCONN connections to it. On every connection both sides send the bytes
+ * and accepts NCONN connections (with accept=MS not before MS milliseconds
+ * after it started, so that connections wait in its accept queue); the
+ * client opens NCONN connections to it. buf=BYTES sets SO_SNDBUF and
+ * SO_RCVBUF of every connection (bounding the data in flight: many
+ * connections). On every connection both sides send the bytes
  * of a stream that only depends on the connection's number, the
  * direction and the offset, and check every byte they receive against it:
  * a byte lost, duplicated or changed, a reset or an early end of file is a
@@ -15,15 +16,17 @@
  *
  * Each side writes as fast as the peer's window lets it, but reads at most
  * RATE bytes per connection every 10 ms (0: no limit), so both queues of a
- * connection hold data in flight at any moment. With TOTAL > 0 each side
- * sends TOTAL bytes per connection, then shuts its side down (FIN), and
- * expects TOTAL bytes and the peer's FIN; once every connection is done
- * it writes "PASS <bytes received> complete" and exits 0. TOTAL 0 streams
- * forever.
+ * connection hold data in flight at any moment. With SEND > 0 a side sends
+ * SEND bytes per connection, then shuts its side down (FIN); with RECV > 0
+ * it expects RECV bytes and then the peer's FIN (0: forever). Different
+ * amounts on the two sides leave a connection half-closed for a while
+ * (CLOSE_WAIT on one side, FIN_WAIT on the other). Once every connection
+ * has sent and received everything, it writes "PASS <bytes received>
+ * complete" and exits 0.
  *
  * The server sets options on every connection it accepts (TCP_NODELAY,
  * SO_KEEPALIVE with idle 77 s, interval 11 s, 5 probes, SO_LINGER 3 s,
- * TCP_USER_TIMEOUT 60 s, 2 MiB SO_RCVBUF) and checks on SIGTERM that they,
+ * TCP_USER_TIMEOUT 60 s, 1 MiB SO_RCVBUF unless buf=) and checks on SIGTERM that they,
  * the peer addresses and the listener are as they were. PROGRESS holds the
  * bytes received so far (all connections). SIGUSR1 stops the traffic (so
  * that the two ends can be stopped one after the other without either
@@ -54,7 +57,8 @@ struct conn {
 
 static struct conn conns[MAXCONN];
 static int nconn, naccepted, lfd = -1, is_server;
-static uint64_t total, rate;
+static uint64_t send_total, recv_total, rate;
+static int bufsz;
 static volatile sig_atomic_t got_term, got_quiet;
 static const char *verdict_path, *progress_path;
 static int progress_fd = -1;
@@ -151,7 +155,9 @@ static void server_options(int fd)
 	setopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, 11, "TCP_KEEPINTVL");
 	setopt(fd, IPPROTO_TCP, TCP_KEEPCNT, 5, "TCP_KEEPCNT");
 	setopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, 60000, "TCP_USER_TIMEOUT");
-	setopt(fd, SOL_SOCKET, SO_RCVBUF, 1 << 20, "SO_RCVBUF");
+	setopt(fd, SOL_SOCKET, SO_RCVBUF, bufsz ? bufsz : 1 << 20, "SO_RCVBUF");
+	if (bufsz)
+		setopt(fd, SOL_SOCKET, SO_SNDBUF, bufsz, "SO_SNDBUF");
 	struct linger lg = { 1, 3 };
 	if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) < 0)
 		verdict(0, "FAIL SO_LINGER: %s", strerror(errno));
@@ -170,7 +176,7 @@ static void check_options(struct conn *c, int i)
 		{ IPPROTO_TCP, TCP_KEEPINTVL, 11, "TCP_KEEPINTVL" },
 		{ IPPROTO_TCP, TCP_KEEPCNT, 5, "TCP_KEEPCNT" },
 		{ IPPROTO_TCP, TCP_USER_TIMEOUT, 60000, "TCP_USER_TIMEOUT" },
-		{ SOL_SOCKET, SO_RCVBUF, 2 << 20, "SO_RCVBUF" },
+		{ SOL_SOCKET, SO_RCVBUF, 2 * (bufsz ? bufsz : 1 << 20), "SO_RCVBUF" },
 	};
 	for (size_t k = 0; k < sizeof o / sizeof o[0]; k++) {
 		int v = getopt_int(fd, o[k].level, o[k].opt);
@@ -215,8 +221,8 @@ static void pump(int i, int can_read, int can_write)
 	int dir_in = is_server ? 0 : 1, dir_out = 1 - dir_in;
 	if (can_write && !c->sent_fin) {
 		uint64_t n = BUF;
-		if (total && total - c->sent < n)
-			n = total - c->sent;
+		if (send_total && send_total - c->sent < n)
+			n = send_total - c->sent;
 		for (uint64_t k = 0; k < n; k++)
 			buf[k] = sbyte(i, dir_out, c->sent + k);
 		ssize_t w = n ? send(c->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
@@ -224,7 +230,7 @@ static void pump(int i, int can_read, int can_write)
 			verdict(0, "FAIL conn %d: send after %llu bytes: %s", i, (unsigned long long)c->sent, strerror(errno));
 		if (w > 0)
 			c->sent += w;
-		if (total && c->sent == total) {
+		if (send_total && c->sent == send_total) {
 			if (shutdown(c->fd, SHUT_WR) < 0)
 				verdict(0, "FAIL conn %d: shutdown: %s", i, strerror(errno));
 			c->sent_fin = 1;
@@ -238,7 +244,7 @@ static void pump(int i, int can_read, int can_write)
 		if (r < 0 && errno != EAGAIN && errno != EINTR)
 			verdict(0, "FAIL conn %d: recv after %llu bytes: %s", i, (unsigned long long)c->rcvd, strerror(errno));
 		if (r == 0) {
-			if (!total || c->rcvd != total)
+			if (!recv_total || c->rcvd != recv_total)
 				verdict(0, "FAIL conn %d: end of file after %llu bytes", i, (unsigned long long)c->rcvd);
 			c->got_fin = 1;
 		}
@@ -248,8 +254,8 @@ static void pump(int i, int can_read, int can_write)
 					(unsigned long long)(c->rcvd + k));
 		if (r > 0)
 			c->rcvd += r;
-		if (total && c->rcvd > total)
-			verdict(0, "FAIL conn %d: more than %llu bytes", i, (unsigned long long)total);
+		if (recv_total && c->rcvd > recv_total)
+			verdict(0, "FAIL conn %d: more than %llu bytes", i, (unsigned long long)recv_total);
 	}
 	finish(c);
 }
@@ -257,17 +263,28 @@ static void pump(int i, int can_read, int can_write)
 int main(int argc, char **argv)
 {
 	close_inherited();
-	if (argc < 9 || argc > 10) {
-		fprintf(stderr, "usage: %s server|client PROGRESS VERDICT ADDR PORT NCONN TOTAL RATE [ACCEPT_MS]\n", argv[0]);
+	if (argc < 10) {
+		fprintf(stderr, "usage: %s server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES]\n", argv[0]);
 		return 2;
+	}
+	long accept_ms = 0;
+	for (int i = 10; i < argc; i++) {
+		if (!strncmp(argv[i], "accept=", 7)) {
+			accept_ms = atol(argv[i] + 7);
+		} else if (!strncmp(argv[i], "buf=", 4)) {
+			bufsz = atoi(argv[i] + 4);
+		} else {
+			fprintf(stderr, "tcpstream: unknown option %s\n", argv[i]);
+			return 2;
+		}
 	}
 	is_server = !strcmp(argv[1], "server");
 	progress_path = argv[2];
 	verdict_path = argv[3];
 	nconn = atoi(argv[6]);
-	total = strtoull(argv[7], NULL, 0);
-	rate = strtoull(argv[8], NULL, 0);
-	long accept_ms = argc > 9 ? atol(argv[9]) : 0;
+	send_total = strtoull(argv[7], NULL, 0);
+	recv_total = strtoull(argv[8], NULL, 0);
+	rate = strtoull(argv[9], NULL, 0);
 	if (nconn < 1 || nconn > MAXCONN) {
 		fprintf(stderr, "tcpstream: 1 to %d connections\n", MAXCONN);
 		return 2;
@@ -306,6 +323,10 @@ int main(int argc, char **argv)
 			int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 			if (fd < 0)
 				verdict(0, "FAIL socket: %s", strerror(errno));
+			if (bufsz) {
+				setopt(fd, SOL_SOCKET, SO_SNDBUF, bufsz, "SO_SNDBUF");
+				setopt(fd, SOL_SOCKET, SO_RCVBUF, bufsz, "SO_RCVBUF");
+			}
 			if (connect(fd, (struct sockaddr *)&sa, salen) < 0)
 				verdict(0, "FAIL connect %d: %s", i, strerror(errno));
 			conns[i].fd = fd;
@@ -390,7 +411,7 @@ int main(int argc, char **argv)
 		}
 		if (tick)
 			progress();
-		if (total && naccepted == nconn && done == nconn) {
+		if ((send_total || recv_total) && naccepted == nconn && done == nconn) {
 			progress();
 			uint64_t n = 0;
 			for (int i = 0; i < naccepted; i++)

@@ -1,0 +1,317 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Issue 6: TCP connections through checkpoint, restore and migration.
+// Every test builds its own network namespaces ("hosts"), with loopback
+// or veth links and addresses from 198.18.0.0/15 (reserved for
+// benchmarking), so no packet leaves what the test made; it removes them
+// at the end. test/progs/tcpstream.c streams checksummed data both ways
+// and fails at the first byte lost, duplicated or changed, reset or early
+// end of file.
+
+// netns is a network namespace the test created.
+type netns struct {
+	t    *testing.T
+	name string
+	path string
+}
+
+var netnsSeq struct {
+	sync.Mutex
+	n int
+}
+
+// newNetns creates a namespace with loopback up; removed at cleanup (after
+// the processes the test started in it, which were registered later).
+func newNetns(t *testing.T, tag string) *netns {
+	t.Helper()
+	netnsSeq.Lock()
+	netnsSeq.n++
+	name := fmt.Sprintf("crpt%d-%d-%s", os.Getpid(), netnsSeq.n, tag)
+	netnsSeq.Unlock()
+	n := &netns{t: t, name: name, path: "/run/netns/" + name}
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("cleanup: ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	n.ip("link", "set", "lo", "up")
+	return n
+}
+
+// ip runs ip -n NAME args.
+func (n *netns) ip(args ...string) string {
+	n.t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", n.name}, args...)...).CombinedOutput()
+	if err != nil {
+		n.t.Fatalf("ip -n %s %s: %v: %s", n.name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// in prefixes a shell command so that it runs in the namespace (network
+// only: ip netns exec would also give it a mount namespace of its own).
+func (n *netns) in(cmd string) string {
+	return fmt.Sprintf("nsenter --net=%s -- %s", n.path, cmd)
+}
+
+// nftTables lists the namespace's crpipe lock tables.
+func (n *netns) nftTables() []string {
+	n.t.Helper()
+	out, err := exec.Command("nsenter", "--net="+n.path, "--", "nft", "list", "tables", "inet").CombinedOutput()
+	if err != nil {
+		n.t.Fatalf("nft list tables in %s: %v: %s", n.name, err, out)
+	}
+	var tables []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(l), "table inet "); ok && strings.HasPrefix(name, "crpipe-") {
+			tables = append(tables, name)
+		}
+	}
+	return tables
+}
+
+// veth joins namespaces a (ifname ethA) and b (ethB) by a veth pair.
+func veth(t *testing.T, a *netns, ifa string, b *netns, ifb string) {
+	t.Helper()
+	tmp := fmt.Sprintf("crv%d", time.Now().UnixNano()%1e9)
+	if out, err := exec.Command("ip", "-n", a.name, "link", "add", ifa, "type", "veth", "peer", "name", tmp, "netns", b.name).CombinedOutput(); err != nil {
+		t.Fatalf("veth: %v: %s", err, out)
+	}
+	b.ip("link", "set", tmp, "name", ifb)
+	a.ip("link", "set", ifa, "up")
+	b.ip("link", "set", ifb, "up")
+}
+
+// needTCP skips when the tools the TCP tests need are missing.
+func needTCP(t *testing.T) {
+	t.Helper()
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
+	for _, tool := range []string{"ip", "nft", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (make test installs iproute2 and nftables)", tool)
+		}
+	}
+}
+
+// tcpEnd is a tcpstream process (server or client) the test started.
+type tcpEnd struct {
+	*target
+	ns *netns
+}
+
+// startTCP starts tcpstream ROLE in ns with the arguments after VERDICT.
+func startTCP(t *testing.T, ns *netns, role string, args ...string) *tcpEnd {
+	t.Helper()
+	dir := t.TempDir()
+	p := &target{
+		t: t, name: "tcpstream", path: prog("tcpstream"), dir: dir,
+		progress: filepath.Join(dir, "progress"), verdict: filepath.Join(dir, "verdict"),
+		exited: make(chan struct{}),
+	}
+	argv := append([]string{"--net=" + ns.path, "--", p.path, role, p.progress, p.verdict}, args...)
+	p.cmd = exec.Command("nsenter", argv...)
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid // nsenter execs the program: same pid
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.cleanup)
+	t.Logf("started tcpstream %s %s as pid %d in %s", role, strings.Join(args, " "), p.pid, ns.name)
+	e := &tcpEnd{target: p, ns: ns}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := readProgress(p.progress); err == nil {
+			break
+		}
+		e.failIfVerdict()
+		if time.Now().After(deadline) {
+			t.Fatalf("tcpstream %s did not start", role)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	p.cgroup = string(b)
+	return e
+}
+
+func (e *tcpEnd) failIfVerdict() {
+	e.t.Helper()
+	if v := strings.TrimSpace(readFile(e.verdict)); strings.HasPrefix(v, "FAIL") {
+		e.t.Fatalf("pid %d: %s", e.pid, v)
+	}
+}
+
+func (e *tcpEnd) bytes() uint64 {
+	v, _ := readProgress(e.progress)
+	return v
+}
+
+// waitBytes waits until the end has received at least min bytes.
+func (e *tcpEnd) waitBytes(min uint64, timeout time.Duration) uint64 {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		e.failIfVerdict()
+		if v := e.bytes(); v >= min {
+			return v
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("pid %d received %d bytes, not %d, in %v", e.pid, e.bytes(), min, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitVerdict waits for the end's verdict and checks it starts with want.
+func (e *tcpEnd) waitVerdict(want string, timeout time.Duration) string {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if v := strings.TrimSpace(readFile(e.verdict)); v != "" {
+			if !strings.HasPrefix(v, want) {
+				e.t.Fatalf("pid %d: verdict %q, want %s...", e.pid, v, want)
+			}
+			e.t.Logf("pid %d: %s", e.pid, v)
+			return v
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("pid %d: no verdict after %v (received %d bytes)", e.pid, timeout, e.bytes())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stopAll quiets every end (SIGUSR1), then asks each for its verdict
+// (SIGTERM), so that none sees another go away.
+func stopAll(t *testing.T, ends ...*tcpEnd) {
+	t.Helper()
+	for _, e := range ends {
+		e.failIfVerdict()
+		syscall.Kill(e.pid, syscall.SIGUSR1)
+	}
+	time.Sleep(100 * time.Millisecond)
+	for _, e := range ends {
+		syscall.Kill(e.pid, syscall.SIGTERM)
+	}
+	for _, e := range ends {
+		e.waitVerdict("PASS", 10*time.Second)
+	}
+}
+
+// stallMeter samples an end's progress and reports the longest time it
+// did not move: how long the traffic stood still around a checkpoint.
+type stallMeter struct {
+	stop    chan struct{}
+	done    chan struct{}
+	longest time.Duration
+}
+
+func meterStall(e *tcpEnd) *stallMeter {
+	m := &stallMeter{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		last, since := e.bytes(), time.Now()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if v := e.bytes(); v != last {
+				if d := time.Since(since); d > m.longest {
+					m.longest = d
+				}
+				last, since = v, time.Now()
+			}
+		}
+	}()
+	return m
+}
+
+func (m *stallMeter) result() time.Duration {
+	close(m.stop)
+	<-m.done
+	return m.longest
+}
+
+// checkpoint dumps the server (killed) and restores it in ns, timing the
+// window in which it does not run.
+func checkpoint(t *testing.T, srv *tcpEnd, ns *netns) (img string, frozen time.Duration) {
+	t.Helper()
+	img = filepath.Join(srv.dir, "img")
+	pidfile := filepath.Join(srv.dir, "restored.pid")
+	t0 := time.Now()
+	mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", srv.pid, img))
+	srv.waitKilled()
+	mustShell(t, 120*time.Second, ns.in(fmt.Sprintf("cr-restore -d -i %s --pidfile %s", img, pidfile)))
+	frozen = time.Since(t0)
+	srv.checkPidfile(pidfile)
+	return img, frozen
+}
+
+// crit show prints every TCP socket with its 4-tuple, state and queues.
+var showConn = regexp.MustCompile(`tcp socket \d+ \(pid \d+ fd \d+, ipv[46]\): (ESTABLISHED|CLOSE_WAIT|FIN_WAIT1|FIN_WAIT2|CLOSING|LAST_ACK) (\S+) -> (\S+)`)
+
+func showTCP(t *testing.T, img string) (conns int, text string) {
+	t.Helper()
+	out := string(mustShell(t, 30*time.Second, "crit show "+img).stdout)
+	var tcp []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "tcp ") || strings.HasPrefix(l, "  send queue") {
+			tcp = append(tcp, l)
+		}
+	}
+	return len(showConn.FindAllString(out, -1)), strings.Join(tcp, "\n")
+}
+
+// TestTCPStreamLoopback: a server and its client in one namespace stream
+// both ways with full queues; the server is dumped, killed and restored;
+// both go on and no byte is lost, duplicated or changed.
+func TestTCPStreamLoopback(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "lo")
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7000", "2", "0", "0", "65536")
+	cli := startTCP(t, ns, "client", "127.0.0.1", "7000", "2", "0", "0", "65536")
+	srv.waitBytes(4<<20, 20*time.Second)
+	cli.waitBytes(4<<20, 20*time.Second)
+	stall := meterStall(cli)
+	img, frozen := checkpoint(t, srv, ns)
+	n, show := showTCP(t, img)
+	t.Logf("crit show:\n%s", show)
+	if n != 2 {
+		t.Errorf("crit show lists %d connections, want 2", n)
+	}
+	if !strings.Contains(show, "LISTEN 127.0.0.1:7000") {
+		t.Errorf("crit show has no listener on 127.0.0.1:7000")
+	}
+	if !regexp.MustCompile(`send queue [1-9]\d* bytes`).MatchString(show) || !regexp.MustCompile(`receive queue [1-9]\d* bytes`).MatchString(show) {
+		t.Errorf("no data in flight in the queues at dump time")
+	}
+	s0, c0 := srv.bytes(), cli.bytes()
+	srv.waitBytes(s0+4<<20, 30*time.Second)
+	cli.waitBytes(c0+4<<20, 30*time.Second)
+	t.Logf("frozen window (cr-dump + cr-restore) %v, traffic stood still for %v", frozen.Round(time.Millisecond), stall.result().Round(time.Millisecond))
+	if tables := ns.nftTables(); len(tables) > 0 {
+		t.Errorf("lock tables left after the restore: %v", tables)
+	}
+	stopAll(t, srv, cli)
+}
