@@ -49,6 +49,11 @@ type Reader struct {
 	pending *Frame
 	left    int64
 
+	// Mapped payloads (a regular file): the mapping of the last frame's
+	// payload lives until the next Next.
+	mf    *mappedFile
+	unmap func()
+
 	Major    uint16
 	Minor    uint16
 	HdrFlags uint32
@@ -74,7 +79,7 @@ func (c *Counts) add(t Type, payloadLen int) {
 // NewReader reads and checks the stream header. An lz4-compressed stream is
 // detected and decompressed transparently.
 func NewReader(in io.Reader) (*Reader, error) {
-	rd := &Reader{src: in, raw: in, rb: make([]byte, readAhead)}
+	rd := &Reader{src: in, raw: in, rb: make([]byte, readAhead), mf: newMappedFile(in)}
 	// Look at the first 4 bytes without consuming them for lz4.
 	for rd.rend < 4 {
 		n, err := in.Read(rd.rb[rd.rend:])
@@ -93,7 +98,7 @@ func NewReader(in io.Reader) (*Reader, error) {
 		rd.Compressed = true
 		head := bytes.Clone(rd.rb[:rd.rend])
 		rd.src = lz4.NewReader(io.MultiReader(bytes.NewReader(head), in))
-		rd.raw = nil
+		rd.raw, rd.mf = nil, nil
 		rd.rpos, rd.rend = 0, 0
 	}
 	var h [HeaderSize]byte
@@ -178,6 +183,10 @@ func (rd *Reader) readByte() (byte, error) {
 // position in a damaged stream means nothing. The returned frame's Payload
 // is reused by the next call.
 func (rd *Reader) Next() (*Frame, error) {
+	if rd.unmap != nil {
+		rd.unmap()
+		rd.unmap = nil
+	}
 	if rd.err != nil {
 		return nil, rd.err
 	}
@@ -225,9 +234,17 @@ func (rd *Reader) next() (*Frame, error) {
 		return rd.deferPages(f, h[:], length)
 	}
 	var got uint32
-	f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
-	if err != nil {
-		return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
+	if rd.mf != nil && f.Type == TypePages && length >= mapMin {
+		f.Payload, got, err = rd.mapPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
+		if err != nil {
+			return nil, rd.readErr(err, 0, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
+		}
+	}
+	if f.Payload == nil {
+		f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
+		if err != nil {
+			return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
+		}
 	}
 	if got != sum {
 		return nil, fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, got, sum, ErrChecksum)
@@ -278,6 +295,30 @@ func (rd *Reader) readPayload(length int, crc uint32) ([]byte, uint32, int, erro
 	b := rd.buf[:length]
 	b, crc, n, err := rd.readInto(b, 0, crc)
 	return b, crc, n, err
+}
+
+// mapPayload maps the length bytes of the payload that starts at the
+// reader's position, and moves past them. It returns a nil payload when the
+// file cannot provide them (they are read instead).
+func (rd *Reader) mapPayload(length int, crc uint32) ([]byte, uint32, error) {
+	p, unmap := rd.mf.mapRange(rd.off+FrameHeaderSize, length)
+	if p == nil {
+		return nil, crc, nil
+	}
+	crc, err := crcMapped(crc, p)
+	if err == nil {
+		// The read-ahead buffer may hold the payload's first bytes; the
+		// file position is past them.
+		k := min(rd.rend-rd.rpos, length)
+		rd.rpos += k
+		err = rd.mf.skip(int64(length - k))
+	}
+	if err != nil {
+		unmap()
+		return nil, crc, err
+	}
+	rd.unmap = unmap
+	return p, crc, nil
 }
 
 // readInto fills b[from:], checksumming each piece as it arrives. It

@@ -1,0 +1,114 @@
+package image_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"crpipe/lib/image"
+)
+
+// readFrames reads every frame from r, keeping copies of the payloads.
+func readFrames(r io.Reader) ([][]byte, error) {
+	rd, err := image.NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	var got [][]byte
+	for {
+		f, err := rd.Next()
+		if err == io.EOF {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+		got = append(got, append([]byte(fmt.Sprintf("%s/%d/%d:", f.Type, f.Flags, f.Offset)), f.Payload...))
+	}
+}
+
+func tempFile(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	name := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(name, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestFileReads: a stream read from a regular file (whose large pages
+// payloads are mapped, not read) gives the same frames and the same errors
+// as the same bytes read from memory, also when the stream starts in the
+// middle of the file.
+func TestFileReads(t *testing.T) {
+	good := deferredStream(t, false)
+	off := 16
+	for i := 0; i < 2; i++ {
+		off += 16 + int(le32(good[off+8:]))
+	}
+	cases := map[string][]byte{
+		"good":             good,
+		"flipped-contents": flip(good, off+16+16+3<<20, 0x20),
+		"cut-in-contents":  good[:off+16+16+2<<20],
+		"cut-in-header":    good[:off+8],
+		"lz4":              deferredStream(t, true),
+	}
+	for _, v := range vectors(t) {
+		cases[v.Name] = v.data
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			want, wantErr := readFrames(bytes.NewReader(data))
+			for _, prefix := range []int{0, 1000} {
+				f := tempFile(t, append(make([]byte, prefix), data...))
+				if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
+					t.Fatal(err)
+				}
+				got, err := readFrames(f)
+				if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+					t.Errorf("prefix %d: error %v, from memory %v", prefix, err, wantErr)
+				}
+				if len(got) != len(want) {
+					t.Fatalf("prefix %d: %d frames, from memory %d", prefix, len(got), len(want))
+				}
+				for i := range got {
+					if !bytes.Equal(got[i], want[i]) {
+						t.Errorf("prefix %d: frame %d differs", prefix, i)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestFileShrinks: a file cut after its frame header was read is a
+// truncated stream, not a crash.
+func TestFileShrinks(t *testing.T) {
+	good := deferredStream(t, false)
+	f := tempFile(t, good)
+	rd, err := image.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rd.Next(); err != nil { // the process frame
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f.Name(), int64(len(good)/2)); err != nil {
+		t.Fatal(err)
+	}
+	for err == nil {
+		_, err = rd.Next()
+	}
+	if !errors.Is(err, image.ErrTruncated) {
+		t.Errorf("got %v", err)
+	}
+}
