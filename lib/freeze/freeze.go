@@ -194,7 +194,43 @@ func (f *Frozen) adopt(dir string) (int, error) {
 		known[t.Pid] = true
 	}
 	moved := 0
-	queue := []int{f.Root}
+	mount := filepath.Dir(dir)
+	err := walkTree(f.Root, func(pid int) (bool, error) {
+		if known[pid] {
+			return true, nil
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil || st.State == 'Z' {
+			// Gone: not in the tree. A zombie is recorded, not moved: it is in no cgroup.
+			return true, nil
+		}
+		if _, err := check(pid); err != nil {
+			return false, err
+		}
+		rel, err := proc.Cgroup2Of(pid)
+		if err != nil {
+			return true, nil
+		}
+		f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: st.StartTime, Cgroup2: filepath.Join(mount, rel)})
+		if err := setState(dir, f.Tasks); err != nil {
+			return false, err
+		}
+		if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				return true, nil
+			}
+			return false, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)
+		}
+		moved++
+		return true, nil
+	})
+	return moved, err
+}
+
+// walkTree visits root and its descendants breadth first (parents before
+// children); visit says whether to go on below a process.
+func walkTree(root int, visit func(pid int) (descend bool, err error)) error {
+	queue := []int{root}
 	seen := map[int]bool{}
 	for len(queue) > 0 {
 		pid := queue[0]
@@ -203,42 +239,20 @@ func (f *Frozen) adopt(dir string) (int, error) {
 			continue
 		}
 		seen[pid] = true
+		descend, err := visit(pid)
+		if err != nil {
+			return err
+		}
+		if !descend {
+			continue
+		}
 		kids, err := proc.Children(pid)
 		if err != nil && !errors.Is(err, proc.ErrNoProcess) {
-			return moved, err
+			return err
 		}
 		queue = append(queue, kids...)
-		if known[pid] {
-			continue
-		}
-		st, err := proc.ReadStat(pid)
-		if err != nil {
-			continue // gone: it will not be in the tree
-		}
-		if st.State == 'Z' {
-			continue // zombies are recorded, not moved: they are in no cgroup
-		}
-		if _, err := check(pid); err != nil {
-			return moved, err
-		}
-		rel, err := proc.Cgroup2Of(pid)
-		if err != nil {
-			continue
-		}
-		mount := filepath.Dir(dir)
-		f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: st.StartTime, Cgroup2: filepath.Join(mount, rel)})
-		if err := setState(dir, f.Tasks); err != nil {
-			return moved, err
-		}
-		if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
-			if errors.Is(err, unix.ESRCH) {
-				continue
-			}
-			return moved, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)
-		}
-		moved++
 	}
-	return moved, nil
+	return nil
 }
 
 // records describes every process of the frozen tree: the live ones in the
@@ -249,38 +263,32 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 		live[pid] = true
 	}
 	var recs []*pb.Process
-	queue := []int{f.Root}
-	seen := map[int]bool{}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if seen[pid] {
-			continue
-		}
-		seen[pid] = true
+	err := walkTree(f.Root, func(pid int) (bool, error) {
 		st, err := proc.ReadStat(pid)
 		if err != nil {
-			return nil, fmt.Errorf("pid %d vanished while frozen: %w", pid, err)
+			return false, fmt.Errorf("pid %d vanished while frozen: %w", pid, err)
 		}
 		if st.State == 'Z' {
 			recs = append(recs, &pb.Process{Pid: uint32(pid), Ppid: uint32(st.Ppid), Pgid: uint32(st.Pgid), Sid: uint32(st.Sid),
 				Comm: st.Comm, StartTime: st.StartTime, State: "Z", ExitCode: int32(st.ExitCode)})
-			continue
+			return false, nil
 		}
 		if !live[pid] {
-			return nil, fmt.Errorf("pid %d of the tree is not in %s", pid, f.Cgroup)
+			return false, fmt.Errorf("pid %d of the tree is not in %s", pid, f.Cgroup)
+		}
+		if pid == f.Root && st.StartTime != f.Tasks[0].StartTime {
+			return false, fmt.Errorf("pid %d: %w (the pid was reused during freezing)", pid, proc.ErrNoProcess)
 		}
 		delete(live, pid)
 		rec, err := processRecord(pid, st)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		recs = append(recs, rec)
-		kids, err := proc.Children(pid)
-		if err != nil {
-			return nil, err
-		}
-		queue = append(queue, kids...)
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	for pid := range live {
 		return nil, fmt.Errorf("cgroup %s holds pid %d, which is no longer in the tree of pid %d", f.Cgroup, pid, f.Root)

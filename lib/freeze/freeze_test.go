@@ -181,36 +181,48 @@ func TestKillPid(t *testing.T) {
 	}
 }
 
-// TestRefuse: a target with a thread or a child is refused and left exactly
-// as it was.
-func TestRefuse(t *testing.T) {
+// TestTreeAndThreads: a target with a thread is recorded with both tids; a
+// target with a child is frozen with its child (both in the transient
+// cgroup, both recorded, the root first), and thaw puts both back.
+func TestTreeAndThreads(t *testing.T) {
 	requireRoot(t)
 	for _, mode := range []string{"thread", "child"} {
 		t.Run(mode, func(t *testing.T) {
 			p := testprog.Start(t, mode)
-			orig := origCgroup(t, p)
+			origCgroup(t, p)
 			cleanupFrozen(t, p.Pid)
-			_, err := Freeze(p.Pid, Options{})
-			if !errors.Is(err, ErrRefused) {
-				t.Fatalf("got %v, want a refusal", err)
+			before := map[int]string{p.Pid: cgroupOf(t, p.Pid)}
+			if kids, _ := proc.Children(p.Pid); len(kids) > 0 {
+				before[kids[0]] = cgroupOf(t, kids[0])
 			}
-			msg := err.Error()
-			if !strings.Contains(msg, strconv.Itoa(p.Pid)) || !strings.Contains(msg, map[string]string{"thread": "threads", "child": "child"}[mode]) {
-				t.Fatalf("message %q does not name the pid and the reason", msg)
+			f, err := Freeze(p.Pid, Options{})
+			if err != nil {
+				t.Fatal(err)
 			}
-			var h *stage.HintError
-			if !errors.As(err, &h) {
-				t.Fatalf("no hint: %v", err)
+			switch mode {
+			case "thread":
+				if len(f.Procs) != 1 || len(f.Procs[0].Threads) != 2 {
+					t.Fatalf("records %v: want one process with two threads", f.Procs)
+				}
+			case "child":
+				if len(f.Procs) != 2 || f.Procs[0].Pid != uint32(p.Pid) || f.Procs[1].Ppid != uint32(p.Pid) {
+					t.Fatalf("records %v: want the root, then its child", f.Procs)
+				}
+				if got := cgroupOf(t, int(f.Procs[1].Pid)); got != f.Cgroup {
+					t.Fatalf("child in %s, want the frozen %s", got, f.Cgroup)
+				}
 			}
-			if got := cgroupOf(t, p.Pid); got != orig {
-				t.Fatalf("moved to %s", got)
+			_, fr, procs := f.Records()
+			if err := Thaw(fr, procs); err != nil {
+				t.Fatal(err)
 			}
-			mount, _ := proc.Cgroup2Mount()
-			if _, err := os.Stat(cgroupDir(mount, p.Pid)); !errors.Is(err, os.ErrNotExist) {
-				t.Fatal("transient cgroup left behind")
+			for _, rec := range f.Procs {
+				if got := cgroupOf(t, int(rec.Pid)); got != before[int(rec.Pid)] {
+					t.Fatalf("pid %d in %s after thaw, want %s", rec.Pid, got, before[int(rec.Pid)])
+				}
 			}
 			if !p.Ticks(2 * time.Second) {
-				t.Fatal("not running")
+				t.Fatal("not running after thaw")
 			}
 		})
 	}
