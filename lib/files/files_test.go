@@ -292,6 +292,40 @@ func TestPipeHeldOutside(t *testing.T) {
 	}
 }
 
+// TestUnixPeerOutside: a connected unix socket whose peer another process
+// holds (here the test) is refused, naming the peer and its holder.
+func TestUnixPeerOutside(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "ours"), os.NewFile(uintptr(fds[1]), "theirs")
+	defer ours.Close()
+	cmd := exec.Command("sleep", "100")
+	cmd.Stdout = theirs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ours.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	_, err = runFilter(t, cmd.Process.Pid)
+	want := fmt.Sprintf("pid %d fd 1: unix (socket:[", cmd.Process.Pid)
+	peer := fmt.Sprintf("its peer socket:[%d], held by pid %d (", st.Ino, os.Getpid())
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), peer) {
+		t.Fatalf("got %v, want %q... %q", err, want, peer)
+	}
+}
+
 func TestGone(t *testing.T) {
 	pid, _ := startFdtest(t, t.TempDir())
 	syscall.Kill(pid, syscall.SIGKILL)

@@ -129,17 +129,25 @@ func TestFdInotify(t *testing.T) {
 }
 
 func TestFdEpoll(t *testing.T) {
-	need(t, append(pipelineCmds, "cr-restore", "crit")...)
-	p := startFdProg(t, "fd_epoll", "")
-	show := dumpRestore(t, p)
-	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+	for _, arg := range []string{"", "fork"} {
+		t.Run("plain"+arg, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-restore", "crit")...)
+			p := startFdProg(t, "fd_epoll", arg)
+			show := dumpRestore(t, p)
+			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+		})
+	}
 }
 
 func TestFdUnix(t *testing.T) {
-	need(t, append(pipelineCmds, "cr-restore", "crit")...)
-	p := startFdProg(t, "fd_unix", "")
-	show := dumpRestore(t, p)
-	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+	for _, arg := range []string{"", "fork"} {
+		t.Run("plain"+arg, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-restore", "crit")...)
+			p := startFdProg(t, "fd_unix", arg)
+			show := dumpRestore(t, p)
+			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+		})
+	}
 }
 
 func TestFdInet(t *testing.T) {

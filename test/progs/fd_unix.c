@@ -16,10 +16,13 @@
  *   32 - 33  stream pair; 33 shut down for writing after sending "bye"
  *   34       stream socket whose peer wrote "last words" and closed
  *   35       unbound datagram socket with SO_PASSCRED
+ * With "fork": 36 - a child's 36, a stream socketpair across processes;
+ * "from child" queued at the parent's end; the child echoes what it reads.
  */
 #include "fdprog.h"
 
 #include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -48,9 +51,10 @@ static void put(int fd, const char *s)
 	}
 }
 
+static pid_t child;
+
 static void setup(const char *arg)
 {
-	(void)arg;
 	signal(SIGPIPE, SIG_IGN);
 	char cwd[2048];
 	if (!getcwd(cwd, sizeof cwd))
@@ -117,6 +121,33 @@ static void setup(const char *arg)
 	at(must(socket(AF_UNIX, SOCK_DGRAM, 0), "socket"), 35);
 	int one = 1;
 	must(setsockopt(35, SOL_SOCKET, SO_PASSCRED, &one, sizeof one), "SO_PASSCRED");
+
+	if (arg && !strcmp(arg, "fork")) {
+		must(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), "socketpair");
+		child = must(fork(), "fork");
+		if (child == 0) {
+			close(sv[0]);
+			at(sv[1], 36);
+			if (send(36, "from child", 10, 0) != 10)
+				_exit(1);
+			char buf[64];
+			for (;;) {
+				ssize_t n = recv(36, buf, sizeof buf, 0);
+				if (n <= 0)
+					_exit(0);
+				if (send(36, buf, n, 0) != n)
+					_exit(1);
+			}
+		}
+		close(sv[1]);
+		at(sv[0], 36);
+		for (int n = 0; n < 10;) {
+			if (ioctl(36, FIONREAD, &n) < 0)
+				die("FIONREAD");
+			if (n < 10)
+				sleep_ns(1000000, NULL);
+		}
+	}
 }
 
 static void expect(int fd, const char *want)
@@ -227,4 +258,19 @@ static void check(void)
 	socklen_t vl = sizeof v;
 	if (getsockopt(35, SOL_SOCKET, SO_PASSCRED, &v, &vl) || !v)
 		fail("fd 35: SO_PASSCRED is off");
+
+	if (child) {
+		expect(36, "from child");
+		put(36, "echo");
+		n = -1;
+		for (int i = 0; i < 1000 && n < 0; i++) {
+			n = recv(36, buf, sizeof buf, MSG_DONTWAIT);
+			if (n < 0)
+				sleep_ns(1000000, NULL);
+		}
+		if (n != 4 || memcmp(buf, "echo", 4))
+			fail("fd 36: the child did not echo (%zd)", n);
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+	}
 }
