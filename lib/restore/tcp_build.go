@@ -226,21 +226,40 @@ func (s *tcpSock) repairConnect(fd int) error {
 	if err := sys.WriteTCPQueue(fd, s.send[:c.SendLen-c.UnsentLen]); err != nil {
 		return fmt.Errorf("send queue: %w", err)
 	}
+	if c.FinSent && c.UnsentLen == 0 && r.State != sys.TCPLastAck {
+		if err := shutdownSent(fd); err != nil {
+			return err
+		}
+	}
 	if err := sys.SetTCPRepairQueue(fd, sys.TCPNoQueue); err != nil {
 		return err
 	}
 	w := c.Window
-	if err := sys.SetTCPRepairWindow(fd, sys.TCPRepairWindow{SndWl1: w.SndWl1, SndWnd: w.SndWnd, MaxWindow: w.MaxWindow, RcvWnd: w.RcvWnd, RcvWup: w.RcvWup}); err != nil {
-		return err
-	}
-	if c.FinSent && c.UnsentLen == 0 && r.State != sys.TCPLastAck {
-		// In repair mode the FIN is queued as sent: it is resent on the
-		// retransmit timer until the peer acknowledges it (again).
-		if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-			return fmt.Errorf("shutdown (FIN sent): %w", err)
+	rw := sys.TCPRepairWindow{SndWl1: w.SndWl1, SndWnd: w.SndWnd, MaxWindow: w.MaxWindow, RcvWnd: w.RcvWnd, RcvWup: w.RcvWup}
+	if c.FinReceived {
+		// The dumped rcv_nxt counted the peer's FIN, which comes back only
+		// later (goLive): the kernel wants rcv_wup <= rcv_nxt meanwhile.
+		if rcvNxt := c.RcvSeq + c.RecvLen; int32(rw.RcvWup-rcvNxt) > 0 {
+			rw.RcvWup = rcvNxt
 		}
 	}
+	if err := sys.SetTCPRepairWindow(fd, rw); err != nil {
+		return err
+	}
 	return nil
+}
+
+// shutdownSent queues our FIN as sent (repair mode): it is resent on the
+// retransmit timer until the peer acknowledges it (again). Only with the
+// send queue selected does the kernel count what it queues as sent.
+func shutdownSent(fd int) error {
+	if err := sys.SetTCPRepairQueue(fd, sys.TCPSendQueue); err != nil {
+		return err
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		return fmt.Errorf("shutdown (FIN sent): %w", err)
+	}
+	return sys.SetTCPRepairQueue(fd, sys.TCPNoQueue)
 }
 
 // goLive takes the connection out of repair mode, then replays what
@@ -276,8 +295,8 @@ func (s *tcpSock) goLive(fd int) error {
 			if err := sys.SetTCPRepair(fd, unix.TCP_REPAIR_ON); err != nil {
 				return err
 			}
-			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
-				return fmt.Errorf("shutdown (FIN sent): %w", err)
+			if err := shutdownSent(fd); err != nil {
+				return err
 			}
 			if err := sys.SetTCPRepair(fd, unix.TCP_REPAIR_OFF_NO_WP); err != nil {
 				return err

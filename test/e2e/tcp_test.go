@@ -315,3 +315,202 @@ func TestTCPStreamLoopback(t *testing.T) {
 	}
 	stopAll(t, srv, cli)
 }
+
+// TestTCPManyConnections: 200 connections at once, all with data in
+// flight, through one checkpoint.
+func TestTCPManyConnections(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "many")
+	args := []string{"127.0.0.1", "7001", "200", "0", "0", "4096", "buf=32768"}
+	srv := startTCP(t, ns, "server", args...)
+	cli := startTCP(t, ns, "client", args...)
+	srv.waitBytes(8<<20, 30*time.Second)
+	cli.waitBytes(8<<20, 30*time.Second)
+	img, frozen := checkpoint(t, srv, ns)
+	if n, _ := showTCP(t, img); n != 200 {
+		t.Errorf("crit show lists %d connections, want 200", n)
+	}
+	s0, c0 := srv.bytes(), cli.bytes()
+	srv.waitBytes(s0+8<<20, 60*time.Second)
+	cli.waitBytes(c0+8<<20, 60*time.Second)
+	fi, _ := os.Stat(img)
+	t.Logf("200 connections: frozen window (cr-dump + cr-restore) %v, image %d KiB", frozen.Round(time.Millisecond), fi.Size()>>10)
+	stopAll(t, srv, cli)
+}
+
+// TestTCPIPv6: over ::1, and an IPv6 listener's IPv4 connection (an
+// IPv4-mapped address, locked as IPv4 on the wire).
+func TestTCPIPv6(t *testing.T) {
+	needTCP(t)
+	for _, c := range []struct{ name, listen, connect string }{
+		{"v6", "::1", "::1"},
+		{"mapped", "::", "127.0.0.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := newNetns(t, c.name)
+			srv := startTCP(t, ns, "server", c.listen, "7002", "2", "0", "0", "65536")
+			cli := startTCP(t, ns, "client", c.connect, "7002", "2", "0", "0", "65536")
+			srv.waitBytes(2<<20, 20*time.Second)
+			cli.waitBytes(2<<20, 20*time.Second)
+			img, _ := checkpoint(t, srv, ns)
+			n, show := showTCP(t, img)
+			t.Logf("crit show:\n%s", show)
+			if n != 2 || !strings.Contains(show, "ipv6") {
+				t.Errorf("crit show lists %d IPv6 connections, want 2", n)
+			}
+			s0, c0 := srv.bytes(), cli.bytes()
+			srv.waitBytes(s0+2<<20, 30*time.Second)
+			cli.waitBytes(c0+2<<20, 30*time.Second)
+			stopAll(t, srv, cli)
+		})
+	}
+}
+
+// TestTCPHalfClosed: one side has sent its FIN and goes on receiving, or
+// has received the peer's FIN and goes on sending, at dump time.
+func TestTCPHalfClosed(t *testing.T) {
+	needTCP(t)
+	const small, big = "262144", "20000000"
+	for _, c := range []struct {
+		name, state, ss string
+		server, client  []string // SEND RECV RATE
+	}{
+		// The client's FIN arrived; the server still sends to a slow reader.
+		{"close-wait", "CLOSE_WAIT", "close-wait", []string{big, small, "0"}, []string{small, big, "65536"}},
+		// The server's FIN is acknowledged; it still receives, slowly.
+		{"fin-wait2", "FIN_WAIT2", "fin-wait-2", []string{small, big, "65536"}, []string{big, small, "0"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := newNetns(t, c.name)
+			srv := startTCP(t, ns, "server", append([]string{"127.0.0.1", "7003", "1"}, c.server...)...)
+			cli := startTCP(t, ns, "client", append([]string{"127.0.0.1", "7003", "1"}, c.client...)...)
+			// The small side is done (its FIN sent and received) well before
+			// the big one.
+			if c.state == "CLOSE_WAIT" {
+				srv.waitBytes(262144, 20*time.Second)
+			} else {
+				cli.waitBytes(262144, 20*time.Second)
+			}
+			srv.waitBytes(1, 20*time.Second)
+			img, _ := checkpoint(t, srv, ns)
+			// The restored socket is in the state the dumped one was in.
+			if out := mustShell(t, 10*time.Second, ns.in("ss -Htn state "+c.ss+" sport = :7003")).stdout; len(lines(out)) != 1 {
+				t.Errorf("after the restore, ss finds %d connections in state %s", len(lines(out)), c.ss)
+			}
+			_, show := showTCP(t, img)
+			t.Logf("crit show:\n%s", show)
+			if !strings.Contains(show, c.state) {
+				t.Errorf("crit show has no %s connection", c.state)
+			}
+			srv.waitVerdict("PASS", 60*time.Second)
+			cli.waitVerdict("PASS", 60*time.Second)
+			if v := readFile(srv.verdict) + readFile(cli.verdict); strings.Count(v, "complete") != 2 {
+				t.Errorf("the transfer did not complete: %q", v)
+			}
+		})
+	}
+}
+
+// TestTCPLeaveRunning: a --leave-running dump in the middle of a transfer;
+// the transfer finishes intact, and nothing of the dump stays behind.
+func TestTCPLeaveRunning(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "leave")
+	const total = "16000000"
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7004", "2", total, total, "65536")
+	cli := startTCP(t, ns, "client", "127.0.0.1", "7004", "2", total, total, "65536")
+	srv.waitBytes(2<<20, 20*time.Second)
+	img := filepath.Join(srv.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s --leave-running", srv.pid, img))
+	if n, _ := showTCP(t, img); n != 2 {
+		t.Errorf("crit show lists %d connections, want 2", n)
+	}
+	if tables := ns.nftTables(); len(tables) > 0 {
+		t.Errorf("lock tables left after a --leave-running dump: %v", tables)
+	}
+	srv.checkNoCgroup()
+	srv.waitVerdict("PASS", 60*time.Second)
+	cli.waitVerdict("PASS", 60*time.Second)
+	for _, e := range []*tcpEnd{srv, cli} {
+		if !strings.HasSuffix(strings.TrimSpace(readFile(e.verdict)), "complete") {
+			t.Errorf("pid %d did not complete its transfer", e.pid)
+		}
+	}
+}
+
+// TestTCPFailedDump: cr-tcp dies (SIGKILL) after it locked the
+// connections and put them in repair mode; cr-dump thaws the server, which
+// takes them out of repair and lifts the lock: the transfer goes on.
+func TestTCPFailedDump(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "fail")
+	const total = "12000000"
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7005", "2", total, total, "65536")
+	cli := startTCP(t, ns, "client", "127.0.0.1", "7005", "2", total, total, "65536")
+	srv.waitBytes(1<<20, 20*time.Second)
+	// A bin directory whose cr-tcp does its whole job, then is killed.
+	dir := t.TempDir()
+	for _, name := range pipelineCmds {
+		if name == "cr-tcp" {
+			continue
+		}
+		if err := os.Symlink(bin(name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(bin("cr-dump")) // cr-dump finds its stages next to its own (resolved) path
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cr-dump"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := fmt.Sprintf("#!/bin/sh\n%s \"$@\" >/dev/null || exit 1\nkill -KILL $$\n", bin("cr-tcp"))
+	if err := os.WriteFile(filepath.Join(dir, "cr-tcp"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(srv.dir, "img")
+	r := shell(t, 60*time.Second, fmt.Sprintf("%s/cr-dump -t %d -o %s", dir, srv.pid, img))
+	if r.err == nil {
+		t.Fatal("the dump succeeded")
+	}
+	if !strings.Contains(string(r.stderr), "cr-tcp: killed by SIGKILL") {
+		t.Errorf("cr-dump does not blame cr-tcp: %s", r.stderr)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("an image was left behind")
+	}
+	if tables := ns.nftTables(); len(tables) > 0 {
+		t.Errorf("lock tables left after the failed dump: %v", tables)
+	}
+	srv.checkNoCgroup()
+	srv.waitVerdict("PASS", 60*time.Second)
+	cli.waitVerdict("PASS", 60*time.Second)
+}
+
+// TestTCPPendingAccept: connections waiting in a listener's accept queue.
+func TestTCPPendingAccept(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "pend")
+	const total = "2000000"
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7006", "3", total, total, "0", "accept=4000")
+	cli := startTCP(t, ns, "client", "127.0.0.1", "7006", "3", total, total, "0")
+	time.Sleep(300 * time.Millisecond) // the client's first bytes wait in the queue too
+	img := filepath.Join(srv.dir, "img")
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", srv.pid, img))
+	if r.err != nil {
+		// Refused, clearly, and the server goes on as if nothing happened.
+		checkErrorLine(t, "cr-dump", r.stderr, regexp.MustCompile(`cr-tcp: pid \d+ fd \d+: listening socket 127\.0\.0\.1:7006 has 3 connection\(s\) not yet accepted`))
+		srv.checkNoCgroup()
+		if tables := ns.nftTables(); len(tables) > 0 {
+			t.Errorf("lock tables left after the refused dump: %v", tables)
+		}
+		srv.waitVerdict("PASS", 60*time.Second)
+		cli.waitVerdict("PASS", 60*time.Second)
+		return
+	}
+	srv.waitKilled()
+	mustShell(t, 60*time.Second, ns.in("cr-restore -d -i "+img))
+	srv.waitVerdict("PASS", 60*time.Second)
+	cli.waitVerdict("PASS", 60*time.Second)
+}
