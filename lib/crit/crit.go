@@ -179,5 +179,8 @@ func newMessage(t image.Type) proto.Message {
 	case image.TypeEnd:
 		return &pb.End{}
 	}
+	if m := newFilesMessage(t); m != nil {
+		return m
+	}
 	return newTCPMessage(t)
 }

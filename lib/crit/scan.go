@@ -43,6 +43,7 @@ type stream struct {
 	pageBytes  uint64
 	end        *pb.End
 	tcp        tcpRecords
+	files      fileRecords
 }
 
 func (s *stream) proc(pid uint32) *proc {
@@ -137,6 +138,7 @@ func (s *stream) add(m proto.Message) {
 		p.files = append(p.files, m)
 	default:
 		s.tcp.add(m)
+		s.files.add(m)
 	}
 }
 

@@ -53,9 +53,10 @@ func (s *stream) show(w io.Writer, damaged bool) {
 			p("  pid %d was in %s", o.Pid, o.Cgroup2)
 		}
 	}
+	s.files.index(s.procs)
 	for _, pr := range s.procs {
 		p("")
-		pr.show(w)
+		pr.show(w, &s.files)
 	}
 	s.tcp.show(w)
 	var unknown []string
@@ -80,7 +81,7 @@ func quote(s string) string {
 	return s
 }
 
-func (pr *proc) show(w io.Writer) {
+func (pr *proc) show(w io.Writer, fr *fileRecords) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
 	if x := pr.process; x != nil {
 		p("process %d (%s): ppid %d, pgid %d, sid %d, state %s, threads %s, start time %d",
@@ -130,16 +131,7 @@ func (pr *proc) show(w io.Writer) {
 		tw.Flush()
 	}
 	for _, f := range pr.files {
-		p("  fds:")
-		tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-		for _, fd := range f.Fds {
-			extra := ""
-			if fd.Cloexec {
-				extra = "  cloexec"
-			}
-			fmt.Fprintf(tw, "    %d\t%s\t%s\t%s\toffset %d%s\n", fd.Fd, fdKind(fd.Kind), fd.Path, openFlagString(fd.Flags), fd.Offset, extra)
-		}
-		tw.Flush()
+		fr.showFds(w, f)
 	}
 }
 

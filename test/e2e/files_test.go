@@ -81,6 +81,24 @@ func fdLines(show string) []string {
 	return out
 }
 
+// checkFdLine checks that crit show's first line for fd n has every one
+// of want.
+func checkFdLine(t *testing.T, show string, n int, want ...string) {
+	t.Helper()
+	for _, l := range fdLines(show) {
+		if !strings.HasPrefix(l, fmt.Sprintf("%d ", n)) {
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(l, w) {
+				t.Errorf("crit show's line for fd %d lacks %q:\n%s", n, w, l)
+			}
+		}
+		return
+	}
+	t.Errorf("crit show has no line for fd %d", n)
+}
+
 func TestFdShared(t *testing.T) {
 	for _, arg := range []string{"", "fork"} {
 		t.Run("plain"+arg, func(t *testing.T) {
@@ -88,6 +106,11 @@ func TestFdShared(t *testing.T) {
 			p := startFdProg(t, "fd_shared", arg)
 			show := dumpRestore(t, p)
 			t.Logf("crit show:\n%s", show)
+			checkFdLine(t, show, 20, "regular", "/shared", "offset 5", "shared with fd 21")
+			checkFdLine(t, show, 24, "cloexec", "shared with fd 23")
+			if arg == "fork" {
+				checkFdLine(t, show, 20, "shared with fd 21, pid ")
+			}
 		})
 	}
 }
@@ -103,6 +126,8 @@ func TestFdPipe(t *testing.T) {
 			need(t, append(pipelineCmds, "cr-restore", "crit")...)
 			p := startFdProg(t, "fd_pipe", arg)
 			show := dumpRestore(t, p)
+			checkFdLine(t, show, 20, "pipe:[", "buffer 128 KiB, 10 bytes unread", "rdonly|nonblock")
+			checkFdLine(t, show, 26, "fifo ", "9 bytes unread")
 			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
 		})
 	}
@@ -146,6 +171,9 @@ func TestFdUnix(t *testing.T) {
 			need(t, append(pipelineCmds, "cr-restore", "crit")...)
 			p := startFdProg(t, "fd_unix", arg)
 			show := dumpRestore(t, p)
+			checkFdLine(t, show, 26, "unix stream", "listen.sock, listening (backlog 5, 1 waiting)")
+			checkFdLine(t, show, 29, "waiting to be accepted by socket:[")
+			checkFdLine(t, show, 22, "unix seqpacket", "12 bytes queued in 2 messages")
 			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
 		})
 	}
