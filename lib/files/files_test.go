@@ -264,6 +264,30 @@ func TestRefused(t *testing.T) {
 	}
 }
 
+// TestCannot: supported kinds in a state a restore could not reproduce are
+// refused at dump time, naming the pid, the fd, the kind and why.
+func TestCannot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	for _, c := range []struct{ extra, kind, why string }{
+		{"scmrights", "unix (socket:[", "file descriptors are in flight"},
+		{"inotifyq", "inotify (anon_inode:inotify)", "bytes of events are queued"},
+		{"epollstale", "epoll (anon_inode:[eventpoll])", "which is no longer open as fd"},
+		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) is not supported yet"},
+		{"memfdmap", "memfd (/memfd:mapped (deleted))", "also mapped by pid"},
+	} {
+		t.Run(c.extra, func(t *testing.T) {
+			pid, fds := startFdtest(t, t.TempDir(), c.extra)
+			_, err := runFilter(t, pid)
+			prefix := fmt.Sprintf("pid %d fd %d: ", pid, fds[c.extra])
+			if err == nil || !strings.HasPrefix(err.Error(), prefix) || !strings.Contains(err.Error(), c.kind) || !strings.Contains(err.Error(), c.why) {
+				t.Fatalf("got %v, want %q ... %q ... %q", err, prefix, c.kind, c.why)
+			}
+		})
+	}
+}
+
 // TestPipeHeldOutside: a pipe whose other end another process holds (here
 // the test itself) is refused, naming that process.
 func TestPipeHeldOutside(t *testing.T) {

@@ -3,6 +3,7 @@ package files
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -44,6 +45,10 @@ func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 	if !isNew {
 		return nil
 	}
+	if pid, ok := d.mapped(e.st.Dev, e.st.Ino); ok {
+		return stage.Hint(cannot(e, "the memfd is also mapped by pid %d: a memfd both open and mapped is not supported yet", pid),
+			"unmap it or close the fd before checkpointing")
+	}
 	if e.st.Size > maxMemfd {
 		return stage.Hint(cannot(e, "%d bytes is more than the %d cr-files keeps of a memfd", e.st.Size, maxMemfd), "shrink or close the memfd before checkpointing")
 	}
@@ -71,4 +76,16 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// mapped reports a process of the dump that maps the file dev:ino.
+func (d *dumper) mapped(dev, ino uint64) (int, bool) {
+	want := fmt.Sprintf(" %02x:%02x %d ", unix.Major(dev), unix.Minor(dev), ino)
+	for _, fs := range d.files {
+		b, err := os.ReadFile(procPath(int(fs.Pid), "maps"))
+		if err == nil && strings.Contains(string(b), want) {
+			return int(fs.Pid), true
+		}
+	}
+	return 0, false
 }

@@ -29,6 +29,12 @@ func (d *dumper) dumpPipe(ds *desc, rec *pb.FileDesc) error {
 		rec.Pipe.FifoDev = e.st.Dev
 		rec.Pipe.FifoInode = e.st.Ino
 	}
+	if e.fi.flags&unix.O_DIRECT != 0 {
+		// Packet mode is set by pipe2(O_DIRECT) for both ends, and fcntl
+		// cannot change it; the packet boundaries of unread data are not
+		// visible either.
+		return refuse(e.pid, e.fd, "packet-mode (O_DIRECT) pipe", e.link)
+	}
 	f, err := d.getfd(e)
 	if err != nil {
 		return err
@@ -66,15 +72,6 @@ func (d *dumper) dumpPipe(ds *desc, rec *pb.FileDesc) error {
 	data, err := peekPipe(rf, size)
 	if err != nil {
 		return cannot(reader, "%v", err)
-	}
-	if len(data) > 0 {
-		for _, other := range d.descs {
-			o := other.first()
-			if o.kind() == pb.FdKind_FD_PIPE && o.st.Ino == e.st.Ino && o.st.Dev == e.st.Dev && o.fi.flags&unix.O_DIRECT != 0 {
-				return stage.Hint(cannot(o, "a packet-mode (O_DIRECT) pipe holds %d unread bytes whose packet boundaries cannot be read", len(data)),
-					"checkpoint again once the reader has drained the pipe")
-			}
-		}
 	}
 	rec.Pipe.DataBytes = uint32(len(data))
 	for off := 0; off < len(data); off += maxChunk {

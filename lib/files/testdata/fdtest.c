@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -72,6 +75,38 @@ int main(int argc, char **argv) {
 			report("packet", socket(AF_PACKET, SOCK_RAW, 0));
 		} else if (!strcmp(x, "userfaultfd")) {
 			report("userfaultfd", syscall(SYS_userfaultfd, O_CLOEXEC));
+		} else if (!strcmp(x, "scmrights")) {
+			int sv[2];
+			if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
+			char c = 'x';
+			struct iovec iov = { &c, 1 };
+			union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
+			struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
+			if (sendmsg(sv[0], &m, 0) != 1) die("sendmsg");
+			report("scmrights", sv[1]);
+		} else if (!strcmp(x, "inotifyq")) {
+			int in = report("inotifyq", inotify_init1(0));
+			if (inotify_add_watch(in, dir, IN_CREATE) < 0) die("inotify_add_watch");
+			close(path_open(dir, "event", O_WRONLY | O_CREAT));
+		} else if (!strcmp(x, "epollstale")) {
+			int ep = report("epollstale", epoll_create1(0));
+			int e = eventfd(0, 0);
+			struct epoll_event ev = { .events = EPOLLIN };
+			if (epoll_ctl(ep, EPOLL_CTL_ADD, e, &ev)) die("epoll_ctl");
+			if (dup2(e, 200) < 0) die("dup2");
+			close(e);
+		} else if (!strcmp(x, "async")) {
+			int p[2];
+			if (pipe(p)) die("pipe");
+			if (fcntl(report("async", p[0]), F_SETFL, O_ASYNC)) die("O_ASYNC");
+		} else if (!strcmp(x, "memfdmap")) {
+			int fd = report("memfdmap", memfd_create("mapped", 0));
+			if (ftruncate(fd, 4096) || mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap");
 		} else if (!strcmp(x, "eventfd")) {
 			report("eventfd", eventfd(0, 0));
 		} else if (!strcmp(x, "tty")) {
