@@ -178,6 +178,17 @@ func (r *fileRecords) target(fd *pb.Fd) string {
 			s += ", queued datagrams dropped"
 		}
 		return s
+	case d.Tty != nil:
+		t := d.Tty
+		s := fmt.Sprintf("pty /dev/pts/%d slave", t.Index)
+		if t.Master {
+			s = fmt.Sprintf("pty /dev/pts/%d master", t.Index)
+		}
+		s += fmt.Sprintf(", %dx%d", t.Rows, t.Cols)
+		if t.Session != 0 {
+			s += fmt.Sprintf(", controlling terminal of session %d (foreground group %d)", t.Session, t.FgPgrp)
+		}
+		return s
 	case d.Netlink != nil:
 		nl := d.Netlink
 		s := fmt.Sprintf("netlink protocol %d, port id %d", nl.Protocol, nl.Portid)

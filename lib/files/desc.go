@@ -228,6 +228,8 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		err = d.dumpInet(ds, rec)
 	case pb.FdKind_FD_NETLINK:
 		err = d.dumpNetlink(ds, rec)
+	case pb.FdKind_FD_TTY:
+		err = d.dumpTty(ds, rec)
 	case pb.FdKind_FD_TCP:
 		return nil // cr-tcp's records, by Fd.inode
 	default:
@@ -247,6 +249,7 @@ var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
 	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
 	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
+	pb.FdKind_FD_TTY: true,
 }
 
 // write appends the Files record of every process, then each description's

@@ -274,6 +274,11 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 		major, minor := unix.Major(st.Rdev), unix.Minor(st.Rdev)
 		detail := fmt.Sprintf("%s, %d:%d", link, major, minor)
 		switch {
+		case major == ptmxMajor && minor == ptmxMinor || isPtySlave(major):
+			// A pseudo-terminal: dumpTty checks the pair is in the dump.
+			e.setKind(pb.FdKind_FD_TTY)
+			e.pfd.Rdev = st.Rdev
+			return e, nil
 		case isTTYMajor(major):
 			return nil, refuse(pid, n, "terminal", detail)
 		case major != 1 || memDevices[minor] == "":

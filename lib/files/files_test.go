@@ -247,7 +247,7 @@ func TestRefused(t *testing.T) {
 		{"packet", "socket (socket:["},
 		{"deleted", "deleted file ("},
 		{"userfaultfd", "userfaultfd (anon_inode:[userfaultfd])"},
-		{"tty", "terminal (/dev/"},
+		{"console", "terminal (/dev/console"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)

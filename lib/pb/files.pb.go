@@ -48,6 +48,7 @@ type FileDesc struct {
 	Unix          *UnixSocket            `protobuf:"bytes,17,opt,name=unix,proto3" json:"unix,omitempty"`
 	Inet          *InetSocket            `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
 	Netlink       *NetlinkSocket         `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
+	Tty           *TtyState              `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -190,6 +191,13 @@ func (x *FileDesc) GetInet() *InetSocket {
 func (x *FileDesc) GetNetlink() *NetlinkSocket {
 	if x != nil {
 		return x.Netlink
+	}
+	return nil
+}
+
+func (x *FileDesc) GetTty() *TtyState {
+	if x != nil {
+		return x.Tty
 	}
 	return nil
 }
@@ -1367,11 +1375,194 @@ func (x *NetlinkSocket) GetType() uint32 {
 	return 0
 }
 
+// TtyState is a pseudo-terminal of the dump: the pair is recreated with the
+// same index; the state belongs to the pair and comes with each of its
+// descriptions.
+type TtyState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // /dev/pts/INDEX
+	Master        bool                   `protobuf:"varint,2,opt,name=master,proto3" json:"master,omitempty"` // this description is the master (/dev/ptmx)
+	Iflag         uint32                 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`   // termios of the terminal
+	Oflag         uint32                 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
+	Cflag         uint32                 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
+	Lflag         uint32                 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
+	Line          uint32                 `protobuf:"varint,7,opt,name=line,proto3" json:"line,omitempty"`
+	Cc            []byte                 `protobuf:"bytes,8,opt,name=cc,proto3" json:"cc,omitempty"`
+	Ispeed        uint32                 `protobuf:"varint,9,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
+	Ospeed        uint32                 `protobuf:"varint,10,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
+	Rows          uint32                 `protobuf:"varint,11,opt,name=rows,proto3" json:"rows,omitempty"` // window size
+	Cols          uint32                 `protobuf:"varint,12,opt,name=cols,proto3" json:"cols,omitempty"`
+	Xpixel        uint32                 `protobuf:"varint,13,opt,name=xpixel,proto3" json:"xpixel,omitempty"`
+	Ypixel        uint32                 `protobuf:"varint,14,opt,name=ypixel,proto3" json:"ypixel,omitempty"`
+	Packet        bool                   `protobuf:"varint,15,opt,name=packet,proto3" json:"packet,omitempty"`               // TIOCPKT on the master
+	Locked        bool                   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
+	Session       uint32                 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
+	FgPgrp        uint32                 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TtyState) Reset() {
+	*x = TtyState{}
+	mi := &file_files_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TtyState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TtyState) ProtoMessage() {}
+
+func (x *TtyState) ProtoReflect() protoreflect.Message {
+	mi := &file_files_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
+func (*TtyState) Descriptor() ([]byte, []int) {
+	return file_files_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TtyState) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *TtyState) GetMaster() bool {
+	if x != nil {
+		return x.Master
+	}
+	return false
+}
+
+func (x *TtyState) GetIflag() uint32 {
+	if x != nil {
+		return x.Iflag
+	}
+	return 0
+}
+
+func (x *TtyState) GetOflag() uint32 {
+	if x != nil {
+		return x.Oflag
+	}
+	return 0
+}
+
+func (x *TtyState) GetCflag() uint32 {
+	if x != nil {
+		return x.Cflag
+	}
+	return 0
+}
+
+func (x *TtyState) GetLflag() uint32 {
+	if x != nil {
+		return x.Lflag
+	}
+	return 0
+}
+
+func (x *TtyState) GetLine() uint32 {
+	if x != nil {
+		return x.Line
+	}
+	return 0
+}
+
+func (x *TtyState) GetCc() []byte {
+	if x != nil {
+		return x.Cc
+	}
+	return nil
+}
+
+func (x *TtyState) GetIspeed() uint32 {
+	if x != nil {
+		return x.Ispeed
+	}
+	return 0
+}
+
+func (x *TtyState) GetOspeed() uint32 {
+	if x != nil {
+		return x.Ospeed
+	}
+	return 0
+}
+
+func (x *TtyState) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *TtyState) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *TtyState) GetXpixel() uint32 {
+	if x != nil {
+		return x.Xpixel
+	}
+	return 0
+}
+
+func (x *TtyState) GetYpixel() uint32 {
+	if x != nil {
+		return x.Ypixel
+	}
+	return 0
+}
+
+func (x *TtyState) GetPacket() bool {
+	if x != nil {
+		return x.Packet
+	}
+	return false
+}
+
+func (x *TtyState) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *TtyState) GetSession() uint32 {
+	if x != nil {
+		return x.Session
+	}
+	return 0
+}
+
+func (x *TtyState) GetFgPgrp() uint32 {
+	if x != nil {
+		return x.FgPgrp
+	}
+	return 0
+}
+
 var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
 	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\"\xb9\x04\n" +
+	"\vfiles.proto\x12\x05cr.v1\"\xdc\x04\n" +
 	"\bFileDesc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
@@ -1389,7 +1580,8 @@ const file_files_proto_rawDesc = "" +
 	"\x05epoll\x18\x10 \x01(\v2\x11.cr.v1.EpollStateR\x05epoll\x12%\n" +
 	"\x04unix\x18\x11 \x01(\v2\x11.cr.v1.UnixSocketR\x04unix\x12%\n" +
 	"\x04inet\x18\x12 \x01(\v2\x11.cr.v1.InetSocketR\x04inet\x12.\n" +
-	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\"N\n" +
+	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\x12!\n" +
+	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\"N\n" +
 	"\bFileData\x12\x16\n" +
 	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
@@ -1505,7 +1697,27 @@ const file_files_proto_rawDesc = "" +
 	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
 	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12#\n" +
 	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytes\x12\x12\n" +
-	"\x04type\x18\t \x01(\rR\x04typeB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\x04type\x18\t \x01(\rR\x04type\"\x9f\x03\n" +
+	"\bTtyState\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06master\x18\x02 \x01(\bR\x06master\x12\x14\n" +
+	"\x05iflag\x18\x03 \x01(\rR\x05iflag\x12\x14\n" +
+	"\x05oflag\x18\x04 \x01(\rR\x05oflag\x12\x14\n" +
+	"\x05cflag\x18\x05 \x01(\rR\x05cflag\x12\x14\n" +
+	"\x05lflag\x18\x06 \x01(\rR\x05lflag\x12\x12\n" +
+	"\x04line\x18\a \x01(\rR\x04line\x12\x0e\n" +
+	"\x02cc\x18\b \x01(\fR\x02cc\x12\x16\n" +
+	"\x06ispeed\x18\t \x01(\rR\x06ispeed\x12\x16\n" +
+	"\x06ospeed\x18\n" +
+	" \x01(\rR\x06ospeed\x12\x12\n" +
+	"\x04rows\x18\v \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\f \x01(\rR\x04cols\x12\x16\n" +
+	"\x06xpixel\x18\r \x01(\rR\x06xpixel\x12\x16\n" +
+	"\x06ypixel\x18\x0e \x01(\rR\x06ypixel\x12\x16\n" +
+	"\x06packet\x18\x0f \x01(\bR\x06packet\x12\x16\n" +
+	"\x06locked\x18\x10 \x01(\bR\x06locked\x12\x18\n" +
+	"\asession\x18\x11 \x01(\rR\asession\x12\x17\n" +
+	"\afg_pgrp\x18\x12 \x01(\rR\x06fgPgrpB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_files_proto_rawDescOnce sync.Once
@@ -1519,7 +1731,7 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_files_proto_goTypes = []any{
 	(*FileDesc)(nil),      // 0: cr.v1.FileDesc
 	(*FileData)(nil),      // 1: cr.v1.FileData
@@ -1536,6 +1748,7 @@ var file_files_proto_goTypes = []any{
 	(*UnixSocket)(nil),    // 12: cr.v1.UnixSocket
 	(*InetSocket)(nil),    // 13: cr.v1.InetSocket
 	(*NetlinkSocket)(nil), // 14: cr.v1.NetlinkSocket
+	(*TtyState)(nil),      // 15: cr.v1.TtyState
 }
 var file_files_proto_depIdxs = []int32{
 	2,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
@@ -1548,14 +1761,15 @@ var file_files_proto_depIdxs = []int32{
 	12, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
 	13, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
 	14, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	6,  // 10: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	9,  // 11: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	11, // 12: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	6,  // 11: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
+	9,  // 12: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
+	11, // 13: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_files_proto_init() }
@@ -1569,7 +1783,7 @@ func file_files_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -271,3 +271,13 @@ func GetsockoptBytes(fd, level, opt int, buf []byte) (int, error) {
 	}
 	return int(l), nil
 }
+
+// PtyPeer opens the slave of pty master fd (TIOCGPTPEER, Linux 4.13)
+// without a path lookup, with open flags (O_RDWR|O_NOCTTY ...).
+func PtyPeer(master int, flags int) (*os.File, error) {
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(master), unix.TIOCGPTPEER, uintptr(flags))
+	if e != 0 {
+		return nil, fmt.Errorf("TIOCGPTPEER: %w", e)
+	}
+	return os.NewFile(r, "pty-slave"), nil
+}

@@ -244,3 +244,15 @@ func killGroupChildren(t *testing.T, p *target) {
 	}
 	killDescendants(t, p)
 }
+
+func TestFdPty(t *testing.T) {
+	for _, arg := range []string{"", "fork"} {
+		t.Run("plain"+arg, func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-restore", "crit")...)
+			p := startFdProg(t, "fd_pty", arg)
+			show := dumpRestore(t, p)
+			checkFdLine(t, show, 21, "pty /dev/pts/", "slave, 33x101, controlling terminal of session")
+			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+		})
+	}
+}

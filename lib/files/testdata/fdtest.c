@@ -109,6 +109,8 @@ int main(int argc, char **argv) {
 			if (ftruncate(fd, 4096) || mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap");
 		} else if (!strcmp(x, "eventfd")) {
 			report("eventfd", eventfd(0, 0));
+		} else if (!strcmp(x, "console")) {
+			report("console", open("/dev/console", O_RDWR | O_NOCTTY));
 		} else if (!strcmp(x, "tty")) {
 			report("tty", open("/dev/ptmx", O_RDWR | O_NOCTTY));
 		} else {

@@ -1,0 +1,168 @@
+package files
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// Pseudo-terminals whose master and slave are both in the dump. The pair
+// (index, termios, window size, packet mode, lock) is read from its master
+// and from a slave opened with TIOCGPTPEER, and comes with each of its
+// descriptions; a restore recreates it with the same index. Unread input or
+// output cannot be read without consuming it: such a pty is refused.
+
+const ptmxMajor, ptmxMinor = 5, 2
+
+// isPtySlave: Unix98 pty slaves (/dev/pts/N) have majors 136-143.
+func isPtySlave(major uint32) bool { return major >= 136 && major <= 143 }
+
+// ptyIndex is the index of a pty slave from its /dev/pts/N path.
+func ptyIndex(link string) (uint32, bool) {
+	n, ok := strings.CutPrefix(link, "/dev/pts/")
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.ParseUint(n, 10, 32)
+	return uint32(i), err == nil
+}
+
+func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
+	e := ds.first()
+	f, err := d.getfd(e)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	master := unix.Major(e.st.Rdev) == ptmxMajor && unix.Minor(e.st.Rdev) == ptmxMinor
+	ts := &pb.TtyState{Master: master}
+	rec.Tty = ts
+	var mf, sf *os.File // master and slave to read the pair's state from
+	if master {
+		n, err := unix.IoctlGetUint32(int(f.Fd()), unix.TIOCGPTN)
+		if err != nil {
+			return cannot(e, "TIOCGPTN: %v", err)
+		}
+		ts.Index = n
+		mf = f
+	} else {
+		n, ok := ptyIndex(e.link)
+		if !ok {
+			return refuse(e.pid, e.fd, "terminal", e.link)
+		}
+		ts.Index = n
+		sf = f
+	}
+	// The pair must be whole in the dump: find its master.
+	for _, o := range d.descs {
+		oe := o.first()
+		if oe.kind() != pb.FdKind_FD_TTY || unix.Major(oe.st.Rdev) != ptmxMajor {
+			continue
+		}
+		if oe == e {
+			continue
+		}
+		of, err := d.getfd(oe)
+		if err != nil {
+			return err
+		}
+		n, err := unix.IoctlGetUint32(int(of.Fd()), unix.TIOCGPTN)
+		if err == nil && n == ts.Index && mf == nil {
+			mf = of
+			defer of.Close()
+		} else {
+			of.Close()
+		}
+	}
+	if mf == nil {
+		return stage.Hint(cannot(e, "the master of /dev/pts/%d is not in the dump (a terminal of a shell or terminal emulator outside it)", ts.Index),
+			"start the program detached (setsid CMD </dev/null >LOG 2>&1); restoring onto the caller's terminal (--shell-job) comes later")
+	}
+	if sf == nil {
+		if sf, err = sys.PtyPeer(int(mf.Fd()), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+			return cannot(e, "%v", err)
+		}
+		defer sf.Close()
+	}
+	for _, q := range []struct {
+		f    *os.File
+		what string
+	}{{mf, "output the master has not read"}, {sf, "input the slave has not read"}} {
+		n, err := unix.IoctlGetInt(int(q.f.Fd()), unix.TIOCINQ)
+		if err != nil {
+			return cannot(e, "TIOCINQ: %v", err)
+		}
+		if n > 0 {
+			return stage.Hint(cannot(e, "/dev/pts/%d holds %d bytes of %s", ts.Index, n, q.what),
+				"checkpoint again when the terminal is idle")
+		}
+	}
+	tio, err := unix.IoctlGetTermios(int(sf.Fd()), unix.TCGETS)
+	if err != nil {
+		return cannot(e, "TCGETS: %v", err)
+	}
+	ts.Iflag, ts.Oflag, ts.Cflag, ts.Lflag, ts.Line = tio.Iflag, tio.Oflag, tio.Cflag, tio.Lflag, uint32(tio.Line)
+	ts.Cc = append([]byte(nil), tio.Cc[:]...)
+	ts.Ispeed, ts.Ospeed = tio.Ispeed, tio.Ospeed
+	ws, err := unix.IoctlGetWinsize(int(sf.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return cannot(e, "TIOCGWINSZ: %v", err)
+	}
+	ts.Rows, ts.Cols, ts.Xpixel, ts.Ypixel = uint32(ws.Row), uint32(ws.Col), uint32(ws.Xpixel), uint32(ws.Ypixel)
+	if v, err := unix.IoctlGetInt(int(mf.Fd()), unix.TIOCGPKT); err == nil {
+		ts.Packet = v != 0
+	}
+	if v, err := unix.IoctlGetInt(int(mf.Fd()), unix.TIOCGPTLCK); err == nil {
+		ts.Locked = v != 0
+	}
+	// Whose controlling terminal it is: a session leader of the dump whose
+	// tty_nr is this slave.
+	dev := newEncodeDev(136, ts.Index)
+	for _, fs := range d.files {
+		sid, tty, tpgid, err := statTty(int(fs.Pid))
+		if err != nil {
+			return procErr(int(fs.Pid), err)
+		}
+		if tty == dev && sid == int(fs.Pid) {
+			ts.Session, ts.FgPgrp = uint32(sid), uint32(max(tpgid, 0))
+		}
+	}
+	return nil
+}
+
+// newEncodeDev is the kernel's new_encode_dev, as /proc/PID/stat's tty_nr.
+func newEncodeDev(major, minor uint32) int {
+	return int(minor&0xff | major<<8 | (minor&^0xff)<<12)
+}
+
+// statTty reads the session, tty_nr and tpgid fields of /proc/PID/stat.
+func statTty(pid int) (sid, tty, tpgid int, err error) {
+	b, err := os.ReadFile(procPath(pid, "stat"))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, 0, fmt.Errorf("stat: no ')'")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 6 {
+		return 0, 0, 0, fmt.Errorf("stat: %d fields", len(f))
+	}
+	// state ppid pgrp session tty_nr tpgid
+	sid, err1 := strconv.Atoi(f[3])
+	tty, err2 := strconv.Atoi(f[4])
+	tpgid, err3 := strconv.Atoi(f[5])
+	if err1 != nil || err2 != nil || err3 != nil {
+		return 0, 0, 0, fmt.Errorf("stat: bad session/tty fields")
+	}
+	return sid, tty, tpgid, nil
+}

@@ -1,0 +1,172 @@
+package restore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/sys"
+)
+
+// Pseudo-terminals. The coordinator opens /dev/ptmx until it gets a pty
+// with the dumped index (the kernel hands out the lowest free index, so the
+// ones below are held open meanwhile and closed after), gives the pair its
+// termios, window size, packet mode and lock, and opens each slave
+// description with TIOCGPTPEER. A session leader gets its controlling
+// terminal from inside (TIOCSCTTY, then TIOCSPGRP for the foreground group).
+
+func init() {
+	registerFdKind(pb.FdKind_FD_TTY, openTty)
+	registerProcessState(cttyCalls)
+}
+
+// maxPtyTries bounds the ptmx opens looking for one index.
+const maxPtyTries = 4096
+
+type ptyObj struct {
+	master     *os.File
+	masterUsed bool
+}
+
+func (p *ptyObj) closeShared() { p.master.Close() }
+
+func ptyKey(index uint32) string { return fmt.Sprintf("pty:%d", index) }
+
+func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	d, err := fileDesc(rc, t, fd)
+	if err != nil {
+		return nil, err
+	}
+	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
+	ts := d.Tty
+	if ts == nil {
+		return nil, fmt.Errorf("%s: terminal description without its state", where)
+	}
+	p, ok := rc.Shared[ptyKey(ts.Index)].(*ptyObj)
+	if !ok {
+		if p, err = newPty(ts); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		rc.Shared[ptyKey(ts.Index)] = p
+	}
+	var f *os.File
+	if ts.Master {
+		if p.masterUsed {
+			return nil, fmt.Errorf("%s: a second open file description of the master of /dev/pts/%d cannot be made", where, ts.Index)
+		}
+		p.masterUsed = true
+		f, err = dupOf(p.master)
+	} else {
+		m := int(p.master.Fd())
+		if ts.Locked {
+			unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0)
+		}
+		f, err = sys.PtyPeer(m, int(d.Flags)&^(unix.O_NONBLOCK|creationFlags)|unix.O_NOCTTY|unix.O_CLOEXEC)
+		if ts.Locked {
+			unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 1)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: /dev/pts/%d: %w", where, ts.Index, err)
+	}
+	if err := setStatusFlags(f, d.Flags); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	return f, nil
+}
+
+// newPty creates the pty with the dumped index and state.
+func newPty(ts *pb.TtyState) (*ptyObj, error) {
+	var below []*os.File
+	defer func() {
+		for _, f := range below {
+			f.Close()
+		}
+	}()
+	var m *os.File
+	for tries := 0; m == nil; tries++ {
+		n, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open /dev/ptmx: %w", err)
+		}
+		f := os.NewFile(uintptr(n), "ptmx")
+		idx, err := unix.IoctlGetUint32(n, unix.TIOCGPTN)
+		switch {
+		case err != nil:
+			f.Close()
+			return nil, fmt.Errorf("TIOCGPTN: %w", err)
+		case idx == ts.Index:
+			m = f
+		case idx > ts.Index || tries > maxPtyTries:
+			f.Close()
+			return nil, fmt.Errorf("/dev/pts/%d is in use (got /dev/pts/%d)", ts.Index, idx)
+		default:
+			below = append(below, f)
+		}
+	}
+	p := &ptyObj{master: m}
+	fail := func(what string, err error) (*ptyObj, error) {
+		m.Close()
+		return nil, fmt.Errorf("/dev/pts/%d: %s: %w", ts.Index, what, err)
+	}
+	mfd := int(m.Fd())
+	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+		return fail("unlock", err)
+	}
+	slave, err := sys.PtyPeer(mfd, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+	if err != nil {
+		return fail("open the slave", err)
+	}
+	defer slave.Close()
+	tio := unix.Termios{Iflag: ts.Iflag, Oflag: ts.Oflag, Cflag: ts.Cflag, Lflag: ts.Lflag, Line: uint8(ts.Line), Ispeed: ts.Ispeed, Ospeed: ts.Ospeed}
+	copy(tio.Cc[:], ts.Cc)
+	if err := unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, &tio); err != nil {
+		return fail("termios", err)
+	}
+	ws := unix.Winsize{Row: uint16(ts.Rows), Col: uint16(ts.Cols), Xpixel: uint16(ts.Xpixel), Ypixel: uint16(ts.Ypixel)}
+	if err := unix.IoctlSetWinsize(int(slave.Fd()), unix.TIOCSWINSZ, &ws); err != nil {
+		return fail("window size", err)
+	}
+	if ts.Packet {
+		if err := unix.IoctlSetPointerInt(mfd, unix.TIOCPKT, 1); err != nil {
+			return fail("packet mode", err)
+		}
+	}
+	if ts.Locked {
+		if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 1); err != nil {
+			return fail("lock", err)
+		}
+	}
+	return p, nil
+}
+
+// cttyCalls make a session leader's pty slave its controlling terminal
+// again, with its foreground process group.
+func cttyCalls(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
+	var calls []call
+	for _, fd := range t.files.Fds {
+		if pb.FdKind(fd.Kind) != pb.FdKind_FD_TTY {
+			continue
+		}
+		d, err := fileDesc(rc, t, fd)
+		if err != nil {
+			return nil, err
+		}
+		ts := d.Tty
+		if ts == nil || ts.Master || ts.Session != t.proc.Pid {
+			continue
+		}
+		calls = append(calls, sc(fmt.Sprintf("controlling terminal /dev/pts/%d", ts.Index), unix.SYS_IOCTL, uint64(fd.Fd), unix.TIOCSCTTY, 0))
+		if ts.FgPgrp != 0 {
+			pg := make([]byte, 4)
+			binary.LittleEndian.PutUint32(pg, ts.FgPgrp)
+			calls = append(calls, sc(fmt.Sprintf("foreground group %d of /dev/pts/%d", ts.FgPgrp, ts.Index), unix.SYS_IOCTL, uint64(fd.Fd), unix.TIOCSPGRP, s.put(pg)))
+		}
+		break
+	}
+	return calls, nil
+}
