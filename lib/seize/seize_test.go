@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"crpipe/lib/arch"
 	"crpipe/lib/image"
@@ -15,6 +18,7 @@ import (
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // procSyscall parses /proc/PID/syscall: nr, six args, sp, pc.
@@ -145,4 +149,83 @@ func openFds(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestStateRecords: what is set from outside on a frozen target (nice,
+// affinity, a resource limit) shows in its ThreadState and ProcessState.
+func TestStateRecords(t *testing.T) {
+	tg := frozen.Start(t, "tick")
+	if err := unix.Setpriority(unix.PRIO_PROCESS, tg.Pid, 5); err != nil {
+		t.Fatal(err)
+	}
+	var cpus unix.CPUSet
+	cpus.Set(0)
+	if err := unix.SchedSetaffinity(tg.Pid, &cpus); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Prlimit(tg.Pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 100, Max: 200}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter()); err != nil {
+		t.Fatal(err)
+	}
+	var ts *pb.ThreadState
+	var ps *pb.ProcessState
+	for _, f := range frozen.Frames(t, out.Bytes()) {
+		switch f.Type {
+		case image.TypeThreadState:
+			ts = &pb.ThreadState{}
+			if err := image.Unmarshal(&f, ts); err != nil {
+				t.Fatal(err)
+			}
+		case image.TypeProcessState:
+			ps = &pb.ProcessState{}
+			if err := image.Unmarshal(&f, ps); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if ts == nil || ps == nil {
+		t.Fatalf("thread state %v, process state %v", ts, ps)
+	}
+	if ts.Tid != uint32(tg.Pid) || ts.Sched.GetNice() != 5 || ts.Sched.GetPolicy() != 0 {
+		t.Errorf("thread state: tid %d sched %v, want %d nice 5 SCHED_OTHER", ts.Tid, ts.Sched, tg.Pid)
+	}
+	if len(ts.Affinity) != 8 || ts.Affinity[0] != 1 {
+		t.Errorf("affinity %x, want CPU 0 only", ts.Affinity)
+	}
+	if ts.RobustList == 0 || ts.RobustListLen != sys.RobustListHeadSize {
+		t.Errorf("robust list %#x/%d: glibc registers one for every thread", ts.RobustList, ts.RobustListLen)
+	}
+	if c := ts.Creds; c == nil || len(c.Uids) != 4 || c.Uids[1] != uint32(os.Geteuid()) || c.CapEff == 0 {
+		t.Errorf("creds %v", ts.Creds)
+	}
+	if ts.Comm != "target" || ts.SeccompMode != 0 {
+		t.Errorf("comm %q seccomp %d", ts.Comm, ts.SeccompMode)
+	}
+	if len(ps.Rlimits) != rlimitCount || ps.Rlimits[unix.RLIMIT_NOFILE].Cur != 100 || ps.Rlimits[unix.RLIMIT_NOFILE].Max != 200 {
+		t.Errorf("rlimits %v", ps.Rlimits)
+	}
+}
+
+// TestRefuseTraced: a thread that another tracer holds (here: this test,
+// attached after the freeze) is refused with a message naming the tracer.
+func TestRefuseTraced(t *testing.T) {
+	tg := frozen.Start(t, "tick")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := sys.PtraceSeize(tg.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sys.PtraceInterrupt(tg.Pid)
+		sys.PtraceWait(tg.Pid)
+		sys.PtraceDetach(tg.Pid, 0)
+	}()
+	err := stage.RunFilter(bytes.NewReader(tg.Stream), &bytes.Buffer{}, false, Filter())
+	want := fmt.Sprintf("pid %d tid %d is traced by pid %d", tg.Pid, tg.Pid, os.Getpid())
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v, want an error with %q", err, want)
+	}
 }

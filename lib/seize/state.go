@@ -25,11 +25,12 @@ func checkTracer(pid, tid int) error {
 		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 	}
 	if sec.TracerPid != 0 {
-		comm := ""
-		if st, err := proc.ReadStat(sec.TracerPid); err == nil {
-			comm = " (" + st.Comm + ")"
+		// TracerPid is the tracing thread; name its process.
+		tracer, comm := sec.TracerPid, ""
+		if st, err := proc.ReadStatus(tracer); err == nil {
+			tracer, comm = st.Tgid, " ("+st.Name+")"
 		}
-		return stage.Hint(fmt.Errorf("pid %d tid %d is traced by pid %d%s: a traced task cannot be checkpointed", pid, tid, sec.TracerPid, comm),
+		return stage.Hint(fmt.Errorf("pid %d tid %d is traced by pid %d%s: a traced task cannot be checkpointed", pid, tid, tracer, comm),
 			"detach the debugger or tracer (gdb, strace) first")
 	}
 	return nil

@@ -321,3 +321,17 @@ func Uint32s(v []uint32) []byte {
 const (
 	PrTimerCreateRestoreIDs = 77 // Linux 6.15: timer_create takes the id from *timer_id
 )
+
+// RtSigqueueinfo queues signal sig with the 128-byte siginfo info for the
+// process pid (rt_sigqueueinfo(2); towards another process si_code must be
+// negative, e.g. SI_QUEUE).
+func RtSigqueueinfo(pid int, sig unix.Signal, info []byte) error {
+	if len(info) != SiginfoSize {
+		return fmt.Errorf("rt_sigqueueinfo: siginfo of %d bytes", len(info))
+	}
+	_, _, e := unix.Syscall(unix.SYS_RT_SIGQUEUEINFO, uintptr(pid), uintptr(sig), uintptr(unsafe.Pointer(&info[0])))
+	if e != 0 {
+		return fmt.Errorf("rt_sigqueueinfo %d %v: %w", pid, sig, e)
+	}
+	return nil
+}

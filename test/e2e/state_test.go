@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"crpipe/lib/proc"
+)
+
+// Issue 4: per-process and per-thread task state. Each test program
+// (test/progs/{sigstate,timers,procstate,creds,seccomp-*}.c) sets up one
+// kind of state, ticks, and on SIGTERM checks it itself; the test dumps it
+// through the real pipeline into a file, kills it, restores it and asks for
+// its verdict.
+
+// startStateProg starts test program name with PROGRESS, VERDICT and args.
+func startStateProg(t *testing.T, name string, args ...string) *target {
+	t.Helper()
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	return start(t, name, func(p *target) []string {
+		return append([]string{p.progress, p.verdict}, args...)
+	})
+}
+
+// dumpKillRestore dumps p through the explicit pipeline into a file,
+// checks it with crit, kills the original and restores it (-d). It returns
+// the image and the progress at the dump.
+func dumpKillRestore(t *testing.T, p *target) (img string, at uint64) {
+	t.Helper()
+	img = filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, "crit check "+img)
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	p.checkNoCgroup()
+	at = p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	return img, at
+}
+
+// TestStateSignals: handlers, blocked signals, signals pending for the
+// process and for the thread (with their siginfo: code, value, queue order
+// of a real-time signal), delivered exactly once after the restore; the
+// alternate signal stack.
+func TestStateSignals(t *testing.T) {
+	p := startStateProg(t, "sigstate")
+	// Seen from outside before the dump: the queues the program built.
+	st, err := proc.ReadStatus(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, at := dumpKillRestore(t, p)
+	after, err := proc.ReadStatus(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.SigPnd != st.SigPnd || after.ShdPnd != st.ShdPnd || after.SigBlk != st.SigBlk || after.SigCgt != st.SigCgt {
+		t.Errorf("pending/blocked/caught after restore %#x/%#x/%#x/%#x, before %#x/%#x/%#x/%#x",
+			after.SigPnd, after.ShdPnd, after.SigBlk, after.SigCgt, st.SigPnd, st.ShdPnd, st.SigBlk, st.SigCgt)
+	}
+	p.terminate(at)
+}
+
+// TestStateTimers: ITIMER_REAL/VIRTUAL/PROF and POSIX timers (ids with a
+// gap, clocks, SIGEV_SIGNAL/THREAD_ID/NONE, intervals, time left) fire at
+// the right times after the restore: the program checks the rates against
+// its own running time, and a one-shot timer that expires after the
+// restore.
+func TestStateTimers(t *testing.T) {
+	p := startStateProg(t, "timers")
+	before, err := proc.ReadTimers(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, at := dumpKillRestore(t, p)
+	after, err := proc.ReadTimers(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("/proc/%d/timers after restore:\n%v\nbefore:\n%v", p.pid, after, before)
+	}
+	// The one-shot timer fires at 2 s of the program's running time; ticks
+	// are 12 ms of it.
+	p.waitProgress(280, 20*time.Second)
+	p.terminate(at)
+}
+
+// TestStateProcess: resource limits, SCHED_BATCH with nice and
+// reset-on-fork (or SCHED_RR), CPU affinity, personality, name, dumpable,
+// child subreaper, umask and the robust futex list.
+func TestStateProcess(t *testing.T) {
+	for _, mode := range []string{"batch", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startStateProg(t, "procstate", mode)
+			_, at := dumpKillRestore(t, p)
+			p.terminate(at)
+		})
+	}
+}
+
+// TestStateCreds: a process that left root for other uids and gids, with
+// supplementary groups, reduced capability sets (ambient too), a smaller
+// bounding set, securebits and no_new_privs, comes back with exactly those,
+// and with dumpable as it set it.
+func TestStateCreds(t *testing.T) {
+	p := startStateProg(t, "creds")
+	before, err := proc.ReadSecurity(p.pid, p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, at := dumpKillRestore(t, p)
+	after, err := proc.ReadSecurity(p.pid, p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%+v", after) != fmt.Sprintf("%+v", before) {
+		t.Errorf("credentials after restore:\n%+v\nbefore:\n%+v", after, before)
+	}
+	p.terminate(at)
+}
+
+// TestStateSeccompFilter: two filters, in order and with their flags, on a
+// process that then left root (with and without no_new_privs): restore
+// installs them while it may, and they filter after it.
+func TestStateSeccompFilter(t *testing.T) {
+	for _, mode := range []string{"", "nnp"} {
+		name := mode
+		if name == "" {
+			name = "root-installed"
+		}
+		t.Run(name, func(t *testing.T) {
+			var args []string
+			if mode != "" {
+				args = append(args, mode)
+			}
+			p := startStateProg(t, "seccomp-filter", args...)
+			_, at := dumpKillRestore(t, p)
+			p.terminate(at)
+		})
+	}
+}
+
+// TestStateSeccompStrict: a process in seccomp strict mode, where any
+// syscall but read, write, _exit and sigreturn kills it, is dumped (the
+// injected calls pass with PTRACE_O_SUSPEND_SECCOMP), restored, and is in
+// strict mode again.
+func TestStateSeccompStrict(t *testing.T) {
+	p := startStateProg(t, "seccomp-strict")
+	_, at := dumpKillRestore(t, p)
+	sec, err := proc.ReadSecurity(p.pid, p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec.Seccomp != 1 {
+		t.Errorf("pid %d: seccomp mode %d after restore, want 1 (strict)", p.pid, sec.Seccomp)
+	}
+	p.terminate(at)
+}
+
+// TestStateRefuseTraced: a process traced by someone else (test/progs/
+// ptracer) is refused, by cr-freeze or by cr-seize, with a message naming
+// the tracer, and runs on, untouched, once the tracer is gone.
+func TestStateRefuseTraced(t *testing.T) {
+	p := startStateProg(t, "procstate")
+	// Not this test: the harness's reaper would take the tracee's stops.
+	ready := filepath.Join(p.dir, "traced")
+	tracer := exec.Command(prog("ptracer"), strconv.Itoa(p.pid), ready)
+	if err := tracer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			tracer.Process.Kill()
+			tracer.Wait()
+		}
+	}
+	defer stop()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("ptracer did not attach within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	img := filepath.Join(p.dir, "img")
+	r := shell(t, 30*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	if r.err == nil {
+		t.Fatal("a traced process was dumped")
+	}
+	want := regexp.MustCompile(`^cr-(freeze|seize): error: pid ` + strconv.Itoa(p.pid) + `\b.* traced by (pid )?` + strconv.Itoa(tracer.Process.Pid) + `\b`)
+	if first := firstLine(r.stderr); !want.MatchString(first) {
+		t.Errorf("first error %q does not match %q", first, want)
+	}
+	shell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid)) // in case a stage froze it
+	stop()
+	p.checkRunning()
+	p.terminate(0)
+}
