@@ -351,6 +351,7 @@ type TcpSockopts struct {
 	WindowClamp   uint32                 `protobuf:"varint,26,opt,name=window_clamp,json=windowClamp,proto3" json:"window_clamp,omitempty"`
 	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`              // listening: TCP_FASTOPEN queue length
 	BufLock       uint32                 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"` // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
+	Transparent   bool                   `protobuf:"varint,29,opt,name=transparent,proto3" json:"transparent,omitempty"`        // IP_TRANSPARENT / IPV6_TRANSPARENT
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -579,6 +580,13 @@ func (x *TcpSockopts) GetBufLock() uint32 {
 		return x.BufLock
 	}
 	return 0
+}
+
+func (x *TcpSockopts) GetTransparent() bool {
+	if x != nil {
+		return x.Transparent
+	}
+	return false
 }
 
 // TcpConnection is the repair state of a connected socket. Sequence
@@ -947,7 +955,7 @@ const file_tcp_proto_rawDesc = "" +
 	"\x04opts\x18\v \x01(\v2\x12.cr.v1.TcpSockoptsR\x04opts\x12(\n" +
 	"\x04conn\x18\f \x01(\v2\x14.cr.v1.TcpConnectionR\x04conn\x12\x10\n" +
 	"\x03pid\x18\r \x01(\rR\x03pid\x12\x0e\n" +
-	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\xa0\x06\n" +
+	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\xc2\x06\n" +
 	"\vTcpSockopts\x12\x1c\n" +
 	"\treuseaddr\x18\x01 \x01(\bR\treuseaddr\x12\x1c\n" +
 	"\treuseport\x18\x02 \x01(\bR\treuseport\x12\x16\n" +
@@ -981,7 +989,8 @@ const file_tcp_proto_rawDesc = "" +
 	"\brcvlowat\x18\x19 \x01(\rR\brcvlowat\x12!\n" +
 	"\fwindow_clamp\x18\x1a \x01(\rR\vwindowClamp\x12\x1a\n" +
 	"\bfastopen\x18\x1b \x01(\rR\bfastopen\x12\x19\n" +
-	"\bbuf_lock\x18\x1c \x01(\rR\abufLock\"\x83\x04\n" +
+	"\bbuf_lock\x18\x1c \x01(\rR\abufLock\x12 \n" +
+	"\vtransparent\x18\x1d \x01(\bR\vtransparent\"\x83\x04\n" +
 	"\rTcpConnection\x12\x17\n" +
 	"\asnd_seq\x18\x01 \x01(\rR\x06sndSeq\x12\x17\n" +
 	"\arcv_seq\x18\x02 \x01(\rR\x06rcvSeq\x12\x19\n" +

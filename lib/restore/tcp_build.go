@@ -43,22 +43,16 @@ func (s *tcpSock) build() (err error) {
 		}
 	}
 	if r.Bound || conn != nil {
-		// Bind even to an address this host does not have (yet): the
-		// service address of a migrated server may arrive after it.
-		if !o.Freebind {
-			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1); err != nil {
-				return fmt.Errorf("IP_FREEBIND: %w", err)
-			}
+		// Bind and connect even from an address this host does not have
+		// (yet): the service address of a migrated server may come after
+		// it. IP_TRANSPARENT allows both (FREEBIND only the bind).
+		if err := setTransparent(fd, int(r.Family), true); err != nil {
+			return err
 		}
 		// A repair-mode socket binds to a port in use (SK_FORCE_REUSE):
 		// that is how accepted connections share their listener's port.
 		if err := unix.Bind(fd, sockaddrOf(r.Family, r.LocalAddr, r.LocalPort, r.ScopeId)); err != nil {
 			return fmt.Errorf("bind %v: %w", addrPortOf(r.LocalAddr, r.LocalPort), err)
-		}
-		if !o.Freebind {
-			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 0); err != nil {
-				return fmt.Errorf("IP_FREEBIND: %w", err)
-			}
 		}
 	}
 	switch {
@@ -79,8 +73,28 @@ func (s *tcpSock) build() (err error) {
 			return err
 		}
 	}
+	// Until here (the repair connect routes from the local address), the
+	// address need not be this host's; now the program's setting again.
+	// Should the address still be missing when the route is looked up
+	// again, transmissions fail softly (and are retried) until it comes.
+	if (r.Bound || conn != nil) && !o.Transparent {
+		if err := setTransparent(fd, int(r.Family), false); err != nil {
+			return err
+		}
+	}
 	s.file = f
 	return nil
+}
+
+func setTransparent(fd, family int, on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	if family == unix.AF_INET6 {
+		return setInt(fd, unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT", v)
+	}
+	return setInt(fd, unix.IPPROTO_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT", v)
 }
 
 // defaults are option values of a fresh socket here: an option the dump

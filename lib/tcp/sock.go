@@ -236,6 +236,11 @@ func sockopts(fd, family int, state uint8) (*pb.TcpSockopts, error) {
 	}
 	o.Freebind = optional(unix.IPPROTO_IP, unix.IP_FREEBIND) != 0
 	if family == unix.AF_INET6 {
+		o.Transparent = optional(unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT) != 0
+	} else {
+		o.Transparent = optional(unix.IPPROTO_IP, unix.IP_TRANSPARENT) != 0
+	}
+	if family == unix.AF_INET6 {
 		o.V6Only = geti(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY") != 0
 		o.Tos = uint32(optional(unix.IPPROTO_IPV6, unix.IPV6_TCLASS))
 	} else {

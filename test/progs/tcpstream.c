@@ -163,6 +163,15 @@ static void server_options(int fd)
 		verdict(0, "FAIL SO_LINGER: %s", strerror(errno));
 }
 
+static const char *addr_str(const struct sockaddr_storage *ss, char *buf)
+{
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf, INET6_ADDRSTRLEN);
+	else
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, buf, INET6_ADDRSTRLEN);
+	return buf;
+}
+
 static void check_options(struct conn *c, int i)
 {
 	int fd = c->fd;
@@ -189,8 +198,12 @@ static void check_options(struct conn *c, int i)
 		verdict(0, "FAIL conn %d: SO_LINGER lost", i);
 	struct sockaddr_storage p;
 	socklen_t pl = sizeof p;
-	if (getpeername(fd, (struct sockaddr *)&p, &pl) < 0 || pl != c->peerlen || memcmp(&p, &c->peer, pl))
-		verdict(0, "FAIL conn %d: peer address changed", i);
+	if (getpeername(fd, (struct sockaddr *)&p, &pl) < 0)
+		verdict(0, "FAIL conn %d: getpeername: %s", i, strerror(errno));
+	if (pl != c->peerlen || memcmp(&p, &c->peer, pl)) {
+		char a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+		verdict(0, "FAIL conn %d: peer address %s is not %s", i, addr_str(&p, a), addr_str(&c->peer, b));
+	}
 }
 
 static void check_listener(void)
