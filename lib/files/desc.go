@@ -54,6 +54,7 @@ func (ds *desc) first() *entry { return ds.fds[0] }
 // dumper dumps the files of every process of a stream at once, so that
 // descriptions and objects shared between processes are found.
 type dumper struct {
+	opts    Options
 	procs   []*pb.Process
 	inTree  map[int]bool
 	files   []*pb.Files

@@ -31,15 +31,29 @@ import (
 	"crpipe/lib/stage"
 )
 
-// Command is the cr-files command.
-func Command() *cli.App {
-	return stage.FilterCommand("cr-files", "append the fd table, open file descriptions, cwd, root and umask of every frozen process in the stream",
-		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
+// Options are cr-files' flags.
+type Options struct {
+	// ShellJob accepts a terminal whose master is outside the dump (the
+	// terminal of the shell that started the job): a restore puts its own
+	// terminal in its place.
+	ShellJob bool
 }
 
-// Filter returns the cr-files filter: it remembers every Process record and
-// dumps the files of those processes once the input is complete.
-func Filter() stage.Filter {
+// Command is the cr-files command.
+func Command() *cli.App {
+	flags := []cli.Flag{&cli.BoolFlag{Name: "shell-job", Usage: "accept the terminal of the shell that started the job; cr-restore gives the job its own terminal"}}
+	return stage.FilterCommand("cr-files", "append the fd table, open file descriptions, cwd, root and umask of every frozen process in the stream",
+		flags, func(c *cli.Context) (stage.Filter, error) {
+			return FilterWith(Options{ShellJob: c.Bool("shell-job")}), nil
+		})
+}
+
+// Filter returns the cr-files filter with default options.
+func Filter() stage.Filter { return FilterWith(Options{}) }
+
+// FilterWith returns the cr-files filter: it remembers every Process record
+// and dumps the files of those processes once the input is complete.
+func FilterWith(opts Options) stage.Filter {
 	var procs []*pb.Process
 	return stage.Filter{
 		Observe: func(f *image.Frame) error {
@@ -61,6 +75,7 @@ func Filter() stage.Filter {
 				return fmt.Errorf("no process records in the stream: cr-files reads the output of cr-freeze")
 			}
 			d := newDumper(procs)
+			d.opts = opts
 			defer d.close()
 			if err := d.dump(); err != nil {
 				return err

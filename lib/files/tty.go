@@ -82,9 +82,18 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 			of.Close()
 		}
 	}
+	if mf == nil && !master && d.opts.ShellJob {
+		// The terminal of the shell that started the job: only its
+		// identity is kept; a restore gives the job its own terminal.
+		ts.External = true
+		if n, err := unix.IoctlGetInt(int(sf.Fd()), unix.TIOCINQ); err == nil && n > 0 {
+			stage.Logf("pid %d fd %d: /dev/pts/%d: %d bytes of unread input stay with the terminal", e.pid, e.fd, ts.Index, n)
+		}
+		return nil
+	}
 	if mf == nil {
 		return stage.Hint(cannot(e, "the master of /dev/pts/%d is not in the dump (a terminal of a shell or terminal emulator outside it)", ts.Index),
-			"start the program detached (setsid CMD </dev/null >LOG 2>&1); restoring onto the caller's terminal (--shell-job) comes later")
+			"start the program detached (setsid CMD </dev/null >LOG 2>&1), or dump a job of an interactive shell with cr-files --shell-job")
 	}
 	if sf == nil {
 		if sf, err = sys.PtyPeer(int(mf.Fd()), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {

@@ -1398,6 +1398,7 @@ type TtyState struct {
 	Locked        bool                   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
 	Session       uint32                 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
 	FgPgrp        uint32                 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
+	External      bool                   `protobuf:"varint,19,opt,name=external,proto3" json:"external,omitempty"`           // --shell-job: the caller's terminal (its master is outside the dump); a restore uses its own
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1558,6 +1559,13 @@ func (x *TtyState) GetFgPgrp() uint32 {
 	return 0
 }
 
+func (x *TtyState) GetExternal() bool {
+	if x != nil {
+		return x.External
+	}
+	return false
+}
+
 var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
@@ -1697,7 +1705,7 @@ const file_files_proto_rawDesc = "" +
 	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
 	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12#\n" +
 	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytes\x12\x12\n" +
-	"\x04type\x18\t \x01(\rR\x04type\"\x9f\x03\n" +
+	"\x04type\x18\t \x01(\rR\x04type\"\xbb\x03\n" +
 	"\bTtyState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
 	"\x06master\x18\x02 \x01(\bR\x06master\x12\x14\n" +
@@ -1717,7 +1725,8 @@ const file_files_proto_rawDesc = "" +
 	"\x06packet\x18\x0f \x01(\bR\x06packet\x12\x16\n" +
 	"\x06locked\x18\x10 \x01(\bR\x06locked\x12\x18\n" +
 	"\asession\x18\x11 \x01(\rR\asession\x12\x17\n" +
-	"\afg_pgrp\x18\x12 \x01(\rR\x06fgPgrpB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\afg_pgrp\x18\x12 \x01(\rR\x06fgPgrp\x12\x1a\n" +
+	"\bexternal\x18\x13 \x01(\bR\bexternalB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_files_proto_rawDescOnce sync.Once

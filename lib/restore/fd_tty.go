@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
 
@@ -44,6 +45,9 @@ func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	ts := d.Tty
 	if ts == nil {
 		return nil, fmt.Errorf("%s: terminal description without its state", where)
+	}
+	if ts.External {
+		return openCallerTerminal(where, d)
 	}
 	p, ok := rc.Shared[ptyKey(ts.Index)].(*ptyObj)
 	if !ok {
@@ -157,7 +161,7 @@ func cttyCalls(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 			return nil, err
 		}
 		ts := d.Tty
-		if ts == nil || ts.Master || ts.Session != t.proc.Pid {
+		if ts == nil || ts.Master || ts.External || ts.Session != t.proc.Pid {
 			continue
 		}
 		calls = append(calls, sc(fmt.Sprintf("controlling terminal /dev/pts/%d", ts.Index), unix.SYS_IOCTL, uint64(fd.Fd), unix.TIOCSCTTY, 0))
@@ -169,4 +173,28 @@ func cttyCalls(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 		break
 	}
 	return calls, nil
+}
+
+// openCallerTerminal opens, for a shell job's terminal (cr-files
+// --shell-job), a new description of cr-restore's own terminal: the first
+// of its stdin, stdout and stderr that is one. The restored tree joins
+// cr-restore's process group, which the shell runs in the foreground.
+func openCallerTerminal(where string, d *pb.FileDesc) (*os.File, error) {
+	for fd := 0; fd <= 2; fd++ {
+		if _, err := unix.IoctlGetTermios(fd, unix.TCGETS); err != nil {
+			continue
+		}
+		n, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), int(d.Flags)&^(unix.O_NONBLOCK|creationFlags)|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: open the terminal of cr-restore: %w", where, err)
+		}
+		f := os.NewFile(uintptr(n), "tty")
+		if err := setStatusFlags(f, d.Flags); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return f, nil
+	}
+	return nil, stage.Hint(fmt.Errorf("%s: the image holds a shell job's terminal (/dev/pts/%d), and cr-restore runs on none", where, d.Tty.Index),
+		"run cr-restore from the terminal the job should come back to")
 }

@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"crpipe/lib/proc"
 )
@@ -254,5 +257,104 @@ func TestFdPty(t *testing.T) {
 			checkFdLine(t, show, 21, "pty /dev/pts/", "slave, 33x101, controlling terminal of session")
 			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
 		})
+	}
+}
+
+// openPty opens a new pseudo-terminal for a test: its master and slave.
+func openPty(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// TestShellJob: a job whose stdio is its shell's terminal is refused by
+// cr-files, dumped with cr-files --shell-job, and restored onto the
+// terminal cr-restore runs on.
+func TestShellJob(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	ptyA, slaveA := openPty(t)
+	dir := t.TempDir()
+	p := &target{t: t, name: "fd_shelljob", path: prog("fd_shelljob"), dir: dir,
+		progress: filepath.Join(dir, "progress"), verdict: filepath.Join(dir, "verdict"), exited: make(chan struct{})}
+	p.cmd = exec.Command(p.path, p.progress, p.verdict, dir)
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = slaveA, slaveA, slaveA
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.cleanup)
+	p.waitProgress(50, 10*time.Second)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	p.cgroup = string(b)
+	_ = ptyA
+
+	img := filepath.Join(dir, "img")
+	// cr-dump thaws the job when a stage fails.
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	if r.err == nil || !strings.Contains(string(r.stderr), "--shell-job") {
+		t.Fatalf("a dump without --shell-job: %v, want a refusal naming --shell-job", r)
+	}
+	p.checkRunning()
+	stages := strings.Replace(dumpStages, "cr-files", "cr-files --shell-job", 1)
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s && cr-freeze kill < %s", p.pid, stages, img, img))
+	p.waitKilled()
+	at := p.mustProgress()
+
+	// cr-restore on another terminal: the job comes back there.
+	ptyB, slaveB := openPty(t)
+	pidfile := filepath.Join(dir, "restored.pid")
+	cmd := shellCmd(fmt.Sprintf("cr-restore -d -i %s --pidfile %s", img, pidfile))
+	var errb strings.Builder
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slaveB, slaveB, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("cr-restore: %v\n%s", err, errb.String())
+	}
+	p.checkPidfile(pidfile)
+	p.checkProgressFrom(at)
+	link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", p.pid))
+	if link != slaveB.Name() {
+		t.Errorf("the restored job's stdout is %s, want cr-restore's terminal %s", link, slaveB.Name())
+	}
+	got := make(chan string, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 256)
+		for !strings.Contains(string(all), "bye from the job") {
+			n, err := ptyB.Read(buf)
+			if err != nil {
+				break
+			}
+			all = append(all, buf[:n]...)
+		}
+		got <- string(all)
+	}()
+	p.terminate(at)
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "bye from the job") {
+			t.Errorf("cr-restore's terminal shows %q, want the job's goodbye", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the job's goodbye did not reach cr-restore's terminal")
 	}
 }

@@ -13,6 +13,9 @@
  * verdict "PASS <ticks>" or "FAIL <reason>" goes to VERDICT (atomically,
  * via rename), and the exit status is 0 or 1.
  *
+ * A program that defines FDPROG_KEEP_STDIO keeps the stdio it was given
+ * (and its session).
+ *
  * setup() and check() must not use fds 3..9: the skeleton keeps its
  * progress file there. The program states its fds itself (dup2 to fixed
  * numbers), so a restore with the wrong fd numbers shows.
@@ -60,7 +63,7 @@ static void die(const char *what)
 }
 
 /* must: a setup step that returns -1 on failure. */
-static long must(long r, const char *what)
+static inline long must(long r, const char *what)
 {
 	if (r < 0)
 		die(what);
@@ -68,7 +71,7 @@ static long must(long r, const char *what)
 }
 
 /* at: move fd to number n (dup2 and close the original). */
-static int at(int fd, int n)
+static inline int at(int fd, int n)
 {
 	if (fd < 0)
 		die("at: bad fd");
@@ -125,7 +128,9 @@ int main(int argc, char **argv)
 		close(prog);
 	if (chdir(argv[3]))
 		die(argv[3]);
+#ifndef FDPROG_KEEP_STDIO
 	detach();
+#endif
 	pid0 = getpid();
 	struct sigaction sa = { .sa_handler = on_term };
 	sigemptyset(&sa.sa_mask);
