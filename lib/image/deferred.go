@@ -27,11 +27,11 @@ func CopyMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 }
 
 // DeferPages is for stages that pass frames through without using page
-// contents. From now on Next returns a pages frame of 64 KiB or more with
-// only its header and preamble read: Payload is the 16-byte preamble,
-// Deferred is true, and the contents stay in the input until Writer.Pass
-// moves them to its output with move (nil: CopyMover), or the next Next
-// skips them.
+// contents; call it before the first Next. Next then returns a pages frame
+// of 64 KiB or more with only its header and preamble read: Payload is the
+// 16-byte preamble, Deferred is true, and the contents stay in the input
+// until Writer.Pass moves them to its output with move (nil: CopyMover), or
+// the next Next skips them. (Such a Reader does not prefetch.)
 //
 // The contents of a deferred frame are not verified: its CRC-32C is
 // written on as it came, and the bytes it covers are passed unchanged, so
@@ -43,10 +43,12 @@ func (rd *Reader) DeferPages(move Mover) {
 	if move == nil {
 		move = CopyMover
 	}
-	rd.move = move
+	if !rd.begun {
+		rd.d.move = move
+	}
 }
 
-func (rd *Reader) deferPages(f *Frame, h []byte, length uint32) (*Frame, error) {
+func (rd *decoder) deferPages(f *Frame, h []byte, length uint32) (*Frame, error) {
 	if cap(rd.buf) < PagesPreamble {
 		rd.buf = make([]byte, 0, PagesPreamble)
 	}
@@ -68,7 +70,7 @@ func (rd *Reader) deferPages(f *Frame, h []byte, length uint32) (*Frame, error) 
 }
 
 // buffered hands out the pending contents already in the read-ahead buffer.
-func (rd *Reader) buffered() []byte {
+func (rd *decoder) buffered() []byte {
 	k := int(min(int64(rd.rend-rd.rpos), rd.left))
 	b := rd.rb[rd.rpos : rd.rpos+k]
 	rd.rpos += k
@@ -78,7 +80,7 @@ func (rd *Reader) buffered() []byte {
 
 // finishPending moves the rest of the pending frame's contents to dst and
 // completes the frame. Errors are sticky.
-func (rd *Reader) finishPending(dst io.Writer) error {
+func (rd *decoder) finishPending(dst io.Writer) error {
 	f := rd.pending
 	if b := rd.buffered(); len(b) > 0 {
 		if _, err := dst.Write(b); err != nil {
@@ -88,7 +90,7 @@ func (rd *Reader) finishPending(dst io.Writer) error {
 	if rd.left > 0 {
 		move := rd.move
 		src := rd.raw
-		if rd.Compressed || dst == io.Discard {
+		if rd.compressed || dst == io.Discard {
 			move, src = CopyMover, rd.src
 		}
 		m, err := move(dst, src, rd.left)
@@ -108,7 +110,7 @@ func (rd *Reader) finishPending(dst io.Writer) error {
 	return nil
 }
 
-func (rd *Reader) failPending(f *Frame, err error) error {
+func (rd *decoder) failPending(f *Frame, err error) error {
 	length := PagesPreamble + f.deferred
 	switch {
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):

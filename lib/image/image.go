@@ -137,8 +137,6 @@ var (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func crcUpdate(crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }
-
 // frameCRC covers type, flags and length (the first 12 header bytes) and the payload.
 func frameCRC(hdr []byte, payloads ...[]byte) uint32 {
 	c := crc32.Update(0, castagnoli, hdr[:12])
@@ -162,7 +160,7 @@ type Frame struct {
 	sumOf sumKey
 	// A deferred pages frame (Reader.DeferPages): Payload holds only the
 	// preamble, and the contents, deferred bytes, are still in rd's input.
-	rd       *Reader
+	rd       *decoder
 	deferred int64
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/pierrec/lz4/v4"
@@ -30,6 +31,28 @@ const (
 
 // Reader decodes a stream frame by frame.
 type Reader struct {
+	d *decoder
+	// With an input that is a file (or pipe), a goroutine decodes the next
+	// frame (reads it, decompresses it, verifies its checksum) while the
+	// caller works on the current one: a restore fills memory on one core
+	// while the next frame is read on the other.
+	pf    *prefetcher
+	cur   []byte // payload buffer of the frame the caller holds
+	err   error
+	end   *pb.End
+	off   int64
+	begun bool
+
+	Major    uint16
+	Minor    uint16
+	HdrFlags uint32
+	// Compressed is true when the input was an lz4 frame.
+	Compressed bool
+}
+
+// decoder reads frames from the input, in the caller's goroutine or in the
+// prefetcher's.
+type decoder struct {
 	src  io.Reader // the stream: the input, or lz4 decompressing it
 	raw  io.Reader // the input when it is not compressed: deferred contents move from here
 	rb   []byte    // read-ahead buffer holding rb[rpos:rend]
@@ -49,16 +72,7 @@ type Reader struct {
 	pending *Frame
 	left    int64
 
-	// Mapped payloads (a regular file): the mapping of the last frame's
-	// payload lives until the next Next.
-	mf    *mappedFile
-	unmap func()
-
-	Major    uint16
-	Minor    uint16
-	HdrFlags uint32
-	// Compressed is true when the input was an lz4 frame.
-	Compressed bool
+	compressed bool
 }
 
 // Counts are what an End frame attests.
@@ -79,30 +93,30 @@ func (c *Counts) add(t Type, payloadLen int) {
 // NewReader reads and checks the stream header. An lz4-compressed stream is
 // detected and decompressed transparently.
 func NewReader(in io.Reader) (*Reader, error) {
-	rd := &Reader{src: in, raw: in, rb: make([]byte, readAhead), mf: newMappedFile(in)}
+	d := &decoder{src: in, raw: in, rb: make([]byte, readAhead)}
 	// Look at the first 4 bytes without consuming them for lz4.
-	for rd.rend < 4 {
-		n, err := in.Read(rd.rb[rd.rend:])
-		rd.rend += n
+	for d.rend < 4 {
+		n, err := in.Read(d.rb[d.rend:])
+		d.rend += n
 		if err != nil {
 			break
 		}
 	}
-	if rd.rend < 4 {
-		if rd.rend == 0 {
+	if d.rend < 4 {
+		if d.rend == 0 {
 			return nil, fmt.Errorf("header at offset 0: empty input: %w", ErrTruncated)
 		}
 		return nil, fmt.Errorf("header at offset 0: %w", ErrTruncated)
 	}
-	if bytes.Equal(rd.rb[:4], lz4FrameMagic) {
-		rd.Compressed = true
-		head := bytes.Clone(rd.rb[:rd.rend])
-		rd.src = lz4.NewReader(io.MultiReader(bytes.NewReader(head), in))
-		rd.raw, rd.mf = nil, nil
-		rd.rpos, rd.rend = 0, 0
+	if bytes.Equal(d.rb[:4], lz4FrameMagic) {
+		d.compressed = true
+		head := bytes.Clone(d.rb[:d.rend])
+		d.src = lz4.NewReader(io.MultiReader(bytes.NewReader(head), in))
+		d.raw = nil
+		d.rpos, d.rend = 0, 0
 	}
 	var h [HeaderSize]byte
-	if _, err := rd.readFull(h[:]); err != nil {
+	if _, err := d.readFull(h[:]); err != nil {
 		if isLz4Err(err) {
 			return nil, fmt.Errorf("header at offset 0: lz4: %v: %w", err, ErrCorrupt)
 		}
@@ -111,13 +125,17 @@ func NewReader(in io.Reader) (*Reader, error) {
 	if [8]byte(h[:8]) != Magic {
 		return nil, fmt.Errorf("header at offset 0: %w", ErrMagic)
 	}
+	rd := &Reader{d: d, Compressed: d.compressed, off: HeaderSize}
 	rd.Major = binary.LittleEndian.Uint16(h[8:])
 	rd.Minor = binary.LittleEndian.Uint16(h[10:])
 	rd.HdrFlags = binary.LittleEndian.Uint32(h[12:])
 	if rd.Major != Major {
 		return nil, fmt.Errorf("header at offset 0: stream version %d.%d, this reader knows major version %d: %w", rd.Major, rd.Minor, Major, ErrVersion)
 	}
-	rd.off = HeaderSize
+	d.off = HeaderSize
+	if _, ok := in.(*os.File); ok || prefetchAlways {
+		rd.pf = &prefetcher{}
+	}
 	return rd, nil
 }
 
@@ -125,7 +143,7 @@ func NewReader(in io.Reader) (*Reader, error) {
 func isLz4Err(err error) bool { return strings.HasPrefix(err.Error(), "lz4:") }
 
 // fill reads once from the stream into the empty read-ahead buffer.
-func (rd *Reader) fill() error {
+func (rd *decoder) fill() error {
 	rd.rpos, rd.rend = 0, 0
 	for {
 		n, err := rd.src.Read(rd.rb)
@@ -141,7 +159,7 @@ func (rd *Reader) fill() error {
 
 // readFull is io.ReadFull through the read-ahead buffer: io.EOF when
 // nothing was read, io.ErrUnexpectedEOF when part of p was.
-func (rd *Reader) readFull(p []byte) (int, error) {
+func (rd *decoder) readFull(p []byte) (int, error) {
 	n := copy(p, rd.rb[rd.rpos:rd.rend])
 	rd.rpos += n
 	for n < len(p) {
@@ -167,7 +185,7 @@ func (rd *Reader) readFull(p []byte) (int, error) {
 }
 
 // readByte reads one byte (to see whether anything follows the End frame).
-func (rd *Reader) readByte() (byte, error) {
+func (rd *decoder) readByte() (byte, error) {
 	if rd.rpos == rd.rend {
 		if err := rd.fill(); err != nil {
 			return 0, err
@@ -183,10 +201,22 @@ func (rd *Reader) readByte() (byte, error) {
 // position in a damaged stream means nothing. The returned frame's Payload
 // is reused by the next call.
 func (rd *Reader) Next() (*Frame, error) {
-	if rd.unmap != nil {
-		rd.unmap()
-		rd.unmap = nil
+	if !rd.begun {
+		rd.begun = true
+		if rd.pf != nil && rd.d.move == nil {
+			rd.pf.start(rd, rd.d)
+		} else {
+			rd.pf = nil
+		}
 	}
+	if rd.pf != nil {
+		return rd.nextPrefetched()
+	}
+	return rd.d.Next()
+}
+
+// Next is Reader.Next without prefetching.
+func (rd *decoder) Next() (*Frame, error) {
 	if rd.err != nil {
 		return nil, rd.err
 	}
@@ -206,7 +236,7 @@ func (rd *Reader) Next() (*Frame, error) {
 	return f, err
 }
 
-func (rd *Reader) next() (*Frame, error) {
+func (rd *decoder) next() (*Frame, error) {
 	var h [FrameHeaderSize]byte
 	n, err := rd.readFull(h[:])
 	if err != nil {
@@ -234,17 +264,9 @@ func (rd *Reader) next() (*Frame, error) {
 		return rd.deferPages(f, h[:], length)
 	}
 	var got uint32
-	if rd.mf != nil && f.Type == TypePages && length >= mapMin {
-		f.Payload, got, err = rd.mapPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
-		if err != nil {
-			return nil, rd.readErr(err, 0, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
-		}
-	}
-	if f.Payload == nil {
-		f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
-		if err != nil {
-			return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
-		}
+	f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
+	if err != nil {
+		return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
 	}
 	if got != sum {
 		return nil, fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, got, sum, ErrChecksum)
@@ -273,7 +295,7 @@ func (rd *Reader) next() (*Frame, error) {
 // checksum crc continued over them. A buffer too small grows with the bytes
 // that actually arrive, so a hostile length on a short input costs what the
 // input holds, not the cap.
-func (rd *Reader) readPayload(length int, crc uint32) ([]byte, uint32, int, error) {
+func (rd *decoder) readPayload(length int, crc uint32) ([]byte, uint32, int, error) {
 	if cap(rd.buf) < length {
 		// Grow in steps as bytes arrive: at most doubling what is there.
 		b := rd.buf[:0]
@@ -297,33 +319,9 @@ func (rd *Reader) readPayload(length int, crc uint32) ([]byte, uint32, int, erro
 	return b, crc, n, err
 }
 
-// mapPayload maps the length bytes of the payload that starts at the
-// reader's position, and moves past them. It returns a nil payload when the
-// file cannot provide them (they are read instead).
-func (rd *Reader) mapPayload(length int, crc uint32) ([]byte, uint32, error) {
-	p, unmap := rd.mf.mapRange(rd.off+FrameHeaderSize, length)
-	if p == nil {
-		return nil, crc, nil
-	}
-	crc, err := crcMapped(crc, p)
-	if err == nil {
-		// The read-ahead buffer may hold the payload's first bytes; the
-		// file position is past them.
-		k := min(rd.rend-rd.rpos, length)
-		rd.rpos += k
-		err = rd.mf.skip(int64(length - k))
-	}
-	if err != nil {
-		unmap()
-		return nil, crc, err
-	}
-	rd.unmap = unmap
-	return p, crc, nil
-}
-
 // readInto fills b[from:], checksumming each piece as it arrives. It
 // returns how many bytes it read.
-func (rd *Reader) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int, error) {
+func (rd *decoder) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int, error) {
 	n := copy(b[from:], rd.rb[rd.rpos:rd.rend])
 	rd.rpos += n
 	crc = crc32.Update(crc, castagnoli, b[from:from+n])
@@ -354,7 +352,7 @@ func (rd *Reader) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int,
 	return b, crc, n, nil
 }
 
-func (rd *Reader) readErr(err error, n int, what string, want uint32) error {
+func (rd *decoder) readErr(err error, n int, what string, want uint32) error {
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		if want > 0 {
 			return fmt.Errorf("%s: %d of %d bytes: %w", what, n, want, ErrTruncated)
@@ -367,7 +365,7 @@ func (rd *Reader) readErr(err error, n int, what string, want uint32) error {
 	return fmt.Errorf("frame %d at offset %d: %w", rd.index, rd.off, err)
 }
 
-func (rd *Reader) checkEnd(f *Frame) error {
+func (rd *decoder) checkEnd(f *Frame) error {
 	var end pb.End
 	if err := proto.Unmarshal(f.Payload, &end); err != nil {
 		return fmt.Errorf("frame %d (end) at offset %d: %v: %w", f.Index, f.Offset, err, ErrCorrupt)
@@ -387,7 +385,7 @@ func (rd *Reader) checkEnd(f *Frame) error {
 		return fmt.Errorf("frame %d at offset %d: %w", rd.index, rd.off, ErrTrailing)
 	case err == io.EOF:
 		return nil
-	case rd.Compressed:
+	case rd.compressed:
 		return fmt.Errorf("frame %d at offset %d: after the end frame: lz4: %v: %w", rd.index, rd.off, err, ErrCorrupt)
 	default:
 		return fmt.Errorf("frame %d at offset %d: after the end frame: %w", rd.index, rd.off, err)
@@ -395,10 +393,20 @@ func (rd *Reader) checkEnd(f *Frame) error {
 }
 
 // End returns the End record once Next has returned it.
-func (rd *Reader) End() *pb.End { return rd.end }
+func (rd *Reader) End() *pb.End {
+	if rd.pf != nil {
+		return rd.end
+	}
+	return rd.d.end
+}
 
 // Offset is the stream offset of the next frame.
-func (rd *Reader) Offset() int64 { return rd.off }
+func (rd *Reader) Offset() int64 {
+	if rd.pf != nil {
+		return rd.off
+	}
+	return rd.d.off
+}
 
 // Unmarshal decodes a metadata frame into m, naming the frame on failure.
 func Unmarshal(f *Frame, m proto.Message) error {

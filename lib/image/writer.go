@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"runtime"
 
@@ -247,11 +248,61 @@ func (w *Writer) WritePages(h PagesHeader, data []byte) error {
 // (WriterOptions.Donate) instead of being copied, after which data reads as
 // zeros. The caller may write into data again; it gets fresh pages.
 func (w *Writer) WritePagesDonated(h PagesHeader, data []byte) error {
-	if w.donate == nil || w.lz != nil || len(data) < directWrite {
-		return w.WritePages(h, data)
-	}
+	return w.writePages(h, data, nil, true)
+}
+
+// PagesSum is the checksum of the pages frame for h and data. A producer
+// computes it where data was just made, while it is in the CPU's cache, and
+// gives it to WritePagesSummed; otherwise the writer reads data again.
+func PagesSum(h PagesHeader, data []byte) uint32 {
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	hdr := pagesHeader(len(data), 0)
+	return frameCRC(hdr[:], pre[:], data)
+}
+
+// PagesSummer computes PagesSum piece by piece, in order, for contents of
+// a length known in advance (a producer checksums each part just after
+// making it).
+type PagesSummer struct{ crc uint32 }
+
+// NewPagesSummer starts the checksum of a pages frame for h and n bytes of
+// contents.
+func NewPagesSummer(h PagesHeader, n int) PagesSummer {
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	hdr := pagesHeader(n, 0)
+	return PagesSummer{frameCRC(hdr[:], pre[:])}
+}
+
+// Add continues the checksum over the next part of the contents.
+func (s *PagesSummer) Add(p []byte) { s.crc = crc32.Update(s.crc, castagnoli, p) }
+
+// Sum is the frame's checksum once every part has been added.
+func (s *PagesSummer) Sum() uint32 { return s.crc }
+
+// WritePagesSummed is WritePages (donate false) or WritePagesDonated
+// (donate true) with the frame's checksum computed by PagesSum.
+func (w *Writer) WritePagesSummed(h PagesHeader, data []byte, sum uint32, donate bool) error {
+	return w.writePages(h, data, &sum, donate)
+}
+
+func pagesHeader(n int, sum uint32) [FrameHeaderSize]byte {
+	var hdr [FrameHeaderSize]byte
+	binary.LittleEndian.PutUint32(hdr[0:], uint32(TypePages))
+	binary.LittleEndian.PutUint32(hdr[8:], uint32(PagesPreamble+n))
+	binary.LittleEndian.PutUint32(hdr[12:], sum)
+	return hdr
+}
+
+func (w *Writer) writePages(h PagesHeader, data []byte, sum *uint32, donate bool) error {
 	if len(data)%PageSize != 0 || h.Addr%PageSize != 0 {
 		return fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, len(data))
+	}
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	if !donate || w.donate == nil || w.lz != nil || len(data) < directWrite {
+		return w.frameSum(TypePages, 0, sum, pre[:], data)
 	}
 	if w.closed {
 		return fmt.Errorf("image: write after close")
@@ -260,12 +311,12 @@ func (w *Writer) WritePagesDonated(h PagesHeader, data []byte) error {
 	if n > MaxPagesPayload {
 		return fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", TypePages, n, MaxPagesPayload, ErrTooLarge)
 	}
-	var pre [PagesPreamble]byte
-	putPagesPreamble(pre[:], h)
-	var hdr [FrameHeaderSize]byte
-	binary.LittleEndian.PutUint32(hdr[0:], uint32(TypePages))
-	binary.LittleEndian.PutUint32(hdr[8:], uint32(n))
-	binary.LittleEndian.PutUint32(hdr[12:], frameCRC(hdr[:], pre[:], data))
+	hdr := pagesHeader(len(data), 0)
+	if sum != nil {
+		hdr = pagesHeader(len(data), *sum)
+	} else {
+		binary.LittleEndian.PutUint32(hdr[12:], frameCRC(hdr[:], pre[:], data))
+	}
 	w.bw.Write(hdr[:])
 	w.bw.Write(pre[:])
 	if err := w.bw.Flush(); err != nil {
