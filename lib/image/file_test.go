@@ -45,8 +45,8 @@ func tempFile(t *testing.T, data []byte) *os.File {
 	return f
 }
 
-// TestFileReads: a stream read from a regular file (whose large pages
-// payloads are mapped, not read) gives the same frames and the same errors
+// TestFileReads: a stream read from a regular file (through the prefetching
+// reader) gives the same frames and the same errors
 // as the same bytes read from memory, also when the stream starts in the
 // middle of the file.
 func TestFileReads(t *testing.T) {

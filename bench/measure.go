@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// chunk is the buffer the limit measurements copy through: the page frame
+// size of the stream, the unit a streaming stage works in.
+const chunk = 4 << 20
+
+// warmBuf returns n bytes of memory that has been written (so no fault
+// counts in a measurement).
+func warmBuf(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + 1)
+	}
+	return b
+}
+
+// pvr reads the workload's memory with process_vm_readv into one reused
+// 4 MiB buffer: the bandwidth a dump stage could have at best (one thread).
+func pvr(pid int, addr, n uint64) (time.Duration, error) {
+	buf := warmBuf(chunk)
+	t := time.Now()
+	for off := uint64(0); off < n; {
+		l := min(uint64(chunk), n-off)
+		local := []unix.Iovec{{Base: &buf[0], Len: l}}
+		remote := []unix.RemoteIovec{{Base: uintptr(addr + off), Len: int(l)}}
+		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
+		if err != nil {
+			return 0, fmt.Errorf("process_vm_readv pid %d at %#x: %v", pid, addr+off, err)
+		}
+		if got == 0 {
+			return 0, fmt.Errorf("process_vm_readv pid %d at %#x: short read", pid, addr+off)
+		}
+		off += uint64(got)
+	}
+	return time.Since(t), nil
+}
+
+// memcpyLimit copies n bytes from a 4 MiB buffer over a warm 256 MiB one.
+func memcpyLimit(n uint64) (time.Duration, error) {
+	src := warmBuf(chunk)
+	dst := memcpyDst()
+	t := time.Now()
+	for off := uint64(0); off < n; off += chunk {
+		d := (off % uint64(len(dst)))
+		copy(dst[d:d+chunk], src)
+	}
+	return time.Since(t), nil
+}
+
+var memcpyBuf []byte
+
+func memcpyDst() []byte {
+	if memcpyBuf == nil {
+		memcpyBuf = warmBuf(256 << 20)
+	}
+	return memcpyBuf
+}
+
+// writeLimit writes n bytes from a 4 MiB buffer to a new file in dir and
+// syncs it: what the last stage of a dump to that file system must do.
+func writeLimit(dir string, n uint64) (time.Duration, error) {
+	src := warmBuf(chunk)
+	name := filepath.Join(dir, fmt.Sprintf("crpipe-bench-%d-write", os.Getpid()))
+	defer os.Remove(name)
+	t := time.Now()
+	f, err := os.Create(name)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	for off := uint64(0); off < n; off += chunk {
+		if _, err := f.Write(src[:min(uint64(chunk), n-off)]); err != nil {
+			return 0, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	return time.Since(t), nil
+}
+
+// fill maps n fresh bytes, populates them with MADV_POPULATE_WRITE and
+// copies a 4 MiB buffer over all of them: what a restore must at least do
+// (huge: with MADV_HUGEPAGE first).
+func fill(n uint64, huge bool) (time.Duration, error) {
+	src := warmBuf(chunk)
+	t := time.Now()
+	m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Munmap(m)
+	if huge {
+		if err := unix.Madvise(m, unix.MADV_HUGEPAGE); err != nil {
+			return 0, fmt.Errorf("MADV_HUGEPAGE: %v", err)
+		}
+	}
+	if err := unix.Madvise(m, unix.MADV_POPULATE_WRITE); err != nil {
+		return 0, fmt.Errorf("MADV_POPULATE_WRITE: %v", err)
+	}
+	for off := 0; off < len(m); off += chunk {
+		copy(m[off:], src)
+	}
+	return time.Since(t), nil
+}
+
+// usage is one process's rusage.
+type usage struct {
+	Name     string  `json:"name"`
+	MaxRSSMB float64 `json:"max_rss_mb"`
+	CPUSec   float64 `json:"cpu_s"`
+}
+
+var dumpStages = [][]string{
+	{"cr-freeze", "--pid", "PID"},
+	{"cr-seize"}, {"cr-parasite"}, {"cr-pages"}, {"cr-files"}, {"cr-tcp"},
+}
+
+func stageNames() []string {
+	var n []string
+	for _, s := range dumpStages {
+		n = append(n, s[0])
+	}
+	return n
+}
+
+// runResult is one dump.
+type runResult struct {
+	d          time.Duration // first start to last exit (and the file synced)
+	frozen     time.Duration // from the moment the cgroup was frozen to the same end
+	usage      []usage
+	imageBytes int64
+	err        error
+}
+
+// pipeline runs cr-freeze --pid PID | cr-seize | ... | cr-tcp > out with
+// each stage a child of the harness under /usr/bin/time, as a shell would.
+// compress adds --compress to the last stage.
+func (h *harness) pipeline(pid int, out string, compress bool) runResult {
+	var res runResult
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer f.Close()
+	cmds := make([]*exec.Cmd, len(dumpStages))
+	errs := make([]*bytes.Buffer, len(dumpStages))
+	var closeAfterStart []*os.File
+	var prev *os.File
+	for i, s := range dumpStages {
+		args := append([]string(nil), s[1:]...)
+		for j, a := range args {
+			if a == "PID" {
+				args[j] = strconv.Itoa(pid)
+			}
+		}
+		if compress && i == len(dumpStages)-1 {
+			args = append(args, "--compress")
+		}
+		c := timed(s[0], args...)
+		errs[i] = &bytes.Buffer{}
+		c.Stderr = errs[i]
+		if prev != nil {
+			c.Stdin = prev
+			closeAfterStart = append(closeAfterStart, prev)
+		}
+		if i == len(dumpStages)-1 {
+			c.Stdout = f
+		} else {
+			r, w, err := os.Pipe()
+			if err != nil {
+				res.err = err
+				return res
+			}
+			c.Stdout = w
+			closeAfterStart = append(closeAfterStart, w)
+			prev = r
+		}
+		cmds[i] = c
+	}
+	var frozenAt atomic.Int64
+	stop := make(chan struct{})
+	probeDone := make(chan struct{})
+	go h.watchFrozen(pid, &frozenAt, stop, probeDone)
+	t := time.Now()
+	for i, c := range cmds {
+		if err := c.Start(); err != nil {
+			for _, s := range cmds[:i] {
+				s.Process.Kill()
+				s.Wait()
+			}
+			close(stop)
+			<-probeDone
+			res.err = err
+			return res
+		}
+	}
+	for _, f := range closeAfterStart {
+		f.Close()
+	}
+	for i, c := range cmds {
+		err := c.Wait()
+		if err != nil && res.err == nil {
+			res.err = fmt.Errorf("%s: %v: %s", dumpStages[i][0], err, strings.TrimSpace(errs[i].String()))
+		}
+		u, uerr := timeUsage(dumpStages[i][0], c)
+		if uerr != nil && res.err == nil {
+			res.err = uerr
+		}
+		res.usage = append(res.usage, u)
+	}
+	if res.err == nil && out != os.DevNull {
+		res.err = f.Sync()
+	}
+	end := time.Now()
+	close(stop)
+	<-probeDone
+	res.d = end.Sub(t)
+	if fa := frozenAt.Load(); fa != 0 {
+		res.frozen = end.Sub(time.Unix(0, fa))
+	}
+	if st, err := f.Stat(); err == nil {
+		res.imageBytes = st.Size()
+	}
+	return res
+}
+
+// watchFrozen polls the transient cgroup's cgroup.events and records when
+// it first says frozen.
+func (h *harness) watchFrozen(pid int, at *atomic.Int64, stop, done chan struct{}) {
+	defer close(done)
+	events := filepath.Join(h.cgroup2, fmt.Sprintf("crpipe-%d", pid), "cgroup.events")
+	buf := make([]byte, 256)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if fd, err := unix.Open(events, unix.O_RDONLY, 0); err == nil {
+			n, _ := unix.Read(fd, buf)
+			unix.Close(fd)
+			if n > 0 && bytes.Contains(buf[:n], []byte("frozen 1")) {
+				at.Store(time.Now().UnixNano())
+				return
+			}
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// timeFile is where /usr/bin/time writes a stage's figures.
+func timeFile(name string) string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("crpipe-bench-%d-%s.time", os.Getpid(), name))
+}
+
+// timed is exec.Command(name, args...) under /usr/bin/time.
+func timed(name string, args ...string) *exec.Cmd {
+	return exec.Command("/usr/bin/time", append([]string{"-f", "%M %U %S", "-o", timeFile(name), name}, args...)...)
+}
+
+// timeUsage reads what /usr/bin/time reported for a finished command.
+func timeUsage(name string, c *exec.Cmd) (usage, error) {
+	u := usage{Name: name}
+	f := timeFile(name)
+	defer os.Remove(f)
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return u, err
+	}
+	// A failed command makes time write "Command exited with ..." first.
+	ls := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var kb, user, sys float64
+	if _, err := fmt.Sscanf(ls[len(ls)-1], "%f %f %f", &kb, &user, &sys); err != nil {
+		return u, fmt.Errorf("%s: /usr/bin/time said %q", name, b)
+	}
+	u.MaxRSSMB, u.CPUSec = kb/1024, user+sys
+	return u, nil
+}
+
+func restore(img string) (time.Duration, usage, error) {
+	var stderr bytes.Buffer
+	c := timed("cr-restore", "-d", "-i", img)
+	c.Stderr = &stderr
+	c.WaitDelay = 10 * time.Second
+	t := time.Now()
+	err := c.Run()
+	d := time.Since(t)
+	if err != nil {
+		err = fmt.Errorf("cr-restore: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	u, uerr := timeUsage("cr-restore", c)
+	if err == nil {
+		err = uerr
+	}
+	return d, u, err
+}
+
+func execOutput(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).Output()
+}
