@@ -146,8 +146,13 @@ func runFilter(t *testing.T, pid int) (*pb.Files, error) {
 			}
 		}
 	}
-	if len(types) != 2 || types[0] != image.TypeProcess || types[1] != image.TypeFiles {
-		t.Fatalf("output frames %v, want [process files]", types)
+	if len(types) < 2 || types[0] != image.TypeProcess || types[1] != image.TypeFiles {
+		t.Fatalf("output frames %v, want [process files ...]", types)
+	}
+	for _, ty := range types[2:] {
+		if ty != image.TypeFileDesc && ty != image.TypeFileData {
+			t.Fatalf("output frames %v: %v after the files record", types, ty)
+		}
 	}
 	return files, nil
 }
@@ -390,4 +395,68 @@ func TestParseFdinfo(t *testing.T) {
 func FuzzParseFdinfo(f *testing.F) {
 	f.Add([]byte("pos:\t0\nflags:\t02\nmnt_id:\t1\nino:\t2\n"))
 	f.Fuzz(func(t *testing.T, b []byte) { parseFdinfo(b); parseUmask(b) })
+}
+
+// TestNoFdLeak: a dump of every kind cr-files handles leaves no fd of its
+// own open (pidfds, copies taken with pidfd_getfd, private pipes, sock_diag).
+func TestNoFdLeak(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	pid, _ := startFdtest(t, t.TempDir(), "pipe", "socket", "eventfd")
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := count()
+	for i := 0; i < 3; i++ {
+		if _, err := runFilter(t, pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := count(); after != before {
+		t.Errorf("%d fds open before the dumps, %d after", before, after)
+	}
+}
+
+func FuzzParseKindLines(f *testing.F) {
+	f.Add([]byte("pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\ntfd:        3 events: 80000019 data:             1234  pos:0 ino:16821 sdev:f\n"))
+	f.Add([]byte("inotify wd:2 ino:12400a sdev:fe00000 mask:2 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:0a401200f5a3664c\n"))
+	f.Add([]byte("clockid: 1\nticks: 0\nsettime flags: 00\nit_value: (9, 999980714)\nit_interval: (1, 500)\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parseEpoll(b)
+		parseInotify(b)
+		e := &entry{info: b, pfd: &pb.Fd{}}
+		dumpTimerfd(e, &pb.FileDesc{})
+		dumpEventfd(e, &pb.FileDesc{})
+		dumpSignalfd(e, &pb.FileDesc{})
+	})
+}
+
+func TestParseKindLines(t *testing.T) {
+	ws, err := parseEpoll([]byte("pos:\t0\ntfd:        3 events: 80000019 data:             1234  pos:0 ino:16821 sdev:f\ntfd:       14 events:       1c data:  2222222222  pos:0 ino:9 sdev:f\n"))
+	if err != nil || len(ws) != 2 || ws[0].tfd != 3 || ws[0].events != 0x80000019 || ws[0].data != 0x1234 || ws[1].tfd != 14 || ws[1].data != 0x2222222222 {
+		t.Errorf("epoll: %+v %v", ws, err)
+	}
+	in, err := parseInotify([]byte("inotify wd:2 ino:12400a sdev:fe00000 mask:2 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:0a401200f5a3664c\ninotify wd:1 ino:3c4a3 sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a3c4030000000000\n"))
+	if err != nil || len(in) != 2 || in[0].wd != 1 || in[0].mask != 0x300 || in[1].ino != 0x12400a || in[1].sdev != unix.Mkdev(0xfe, 0) || len(in[1].handle) != 8 {
+		t.Errorf("inotify: %+v %v", in, err)
+	}
+	e := &entry{info: []byte("clockid: 1\nticks: 4\nsettime flags: 01\nit_value: (9, 999980714)\nit_interval: (1, 500)\n"), pfd: &pb.Fd{}}
+	var rec pb.FileDesc
+	if err := dumpTimerfd(e, &rec); err != nil || rec.Timerfd.Clockid != 1 || rec.Timerfd.Ticks != 4 || rec.Timerfd.SettimeFlags != 1 ||
+		rec.Timerfd.ValueNsec != 9999980714 || rec.Timerfd.IntervalNsec != 1000000500 {
+		t.Errorf("timerfd: %v %v", rec.Timerfd, err)
+	}
+	for _, bad := range []string{"tfd: x events: 1 data: 1\n", "tfd: 3 events: 1\n"} {
+		if _, err := parseEpoll([]byte(bad)); !errors.Is(err, errFdinfoSyntax) {
+			t.Errorf("epoll %q: %v", bad, err)
+		}
+	}
+	if _, err := parseInotify([]byte("inotify wd:1 ino:2\n")); !errors.Is(err, errFdinfoSyntax) {
+		t.Errorf("inotify without handle: %v", err)
+	}
 }
