@@ -25,8 +25,10 @@ import (
 
 // Command is cr-tcp.
 func Command() *cli.App {
-	return stage.FilterCommand("cr-tcp", "append the TCP sockets of every frozen process in the stream, holding their connections still",
+	app := stage.FilterCommand("cr-tcp", "append the TCP sockets of every frozen process in the stream, holding their connections still",
 		nil, func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
+	app.Commands = lockCommands()
+	return app
 }
 
 // Filter returns the cr-tcp filter: it remembers the tree's processes and

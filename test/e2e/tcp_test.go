@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -546,12 +547,22 @@ func TestTCPPendingAccept(t *testing.T) {
 
 // TestTCPMigration: three hosts on one bridge. The server runs in host A
 // on the service address 198.18.0.10, its client in host B. The server is
-// dumped in A and, through a pipe, restored in host C: once C holds the
-// lock, the service address moves from A to C, and the client's
-// connections go on with the restored server, with no reset and no byte
-// lost or duplicated.
+// dumped in A and restored in host C, and the service address moves from
+// A to C: the client's connections go on with the restored server, with
+// no reset and no byte lost or duplicated. Two orders:
+//   - the address moves before the restore: the image is a file, and C
+//     holds the connections (cr-tcp lock) before the address arrives, so
+//     what the client sends meanwhile is dropped, not answered with resets;
+//   - through a pipe, cr-dump | cr-restore in C, and the address moves once
+//     the server runs there (its sockets were bound and connected from an
+//     address C did not have yet).
 func TestTCPMigration(t *testing.T) {
 	needTCP(t)
+	t.Run("address-before-restore", func(t *testing.T) { migrate(t, false) })
+	t.Run("pipe-address-after-restore", func(t *testing.T) { migrate(t, true) })
+}
+
+func migrate(t *testing.T, viaPipe bool) {
 	sw := newNetns(t, "sw")
 	a, b, c := newNetns(t, "A"), newNetns(t, "B"), newNetns(t, "C")
 	sw.ip("link", "add", "br0", "type", "bridge")
@@ -568,50 +579,36 @@ func TestTCPMigration(t *testing.T) {
 	cli := startTCP(t, b, "client", service, "7100", "4", "0", "0", "65536")
 	srv.waitBytes(4<<20, 20*time.Second)
 	cli.waitBytes(4<<20, 20*time.Second)
+	move := func() {
+		a.ip("addr", "del", service+"/24", "dev", "eth0")
+		c.ip("addr", "add", service+"/24", "dev", "eth0")
+		b.ip("neigh", "flush", "dev", "eth0")
+	}
 
+	resetsB, rstsC := b.tcpCounter("EstabResets"), c.tcpCounter("OutRsts")
 	pidfile := filepath.Join(srv.dir, "restored.pid")
 	t0 := time.Now()
-	pipe := shellCmd(fmt.Sprintf("cr-dump -t %d | %s", srv.pid, c.in("cr-restore -d --pidfile "+pidfile)))
-	var stderr strings.Builder
-	pipe.Stderr = &stderr
-	if err := pipe.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- pipe.Wait() }()
-	// An orchestrator moves the address once the destination holds the
-	// lock: before, C would answer the client's retransmissions with resets.
-	table := fmt.Sprintf("crpipe-%d", srv.pid)
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if tables := c.nftTables(); len(tables) == 1 && tables[0] == table {
-			break
+	var moved time.Duration
+	if viaPipe {
+		mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -t %d | %s", srv.pid, c.in("cr-restore -d --pidfile "+pidfile)))
+		move()
+		moved = time.Since(t0)
+	} else {
+		img := filepath.Join(srv.dir, "img")
+		mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", srv.pid, img))
+		mustShell(t, 30*time.Second, c.in("cr-tcp lock -i "+img))
+		if tables := c.nftTables(); len(tables) != 1 {
+			t.Fatalf("C holds locks %v after cr-tcp lock", tables)
 		}
-		select {
-		case err := <-done:
-			t.Fatalf("cr-dump | cr-restore ended before C was locked: %v\n%s", err, stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("C was not locked in time")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	a.ip("addr", "del", service+"/24", "dev", "eth0")
-	c.ip("addr", "add", service+"/24", "dev", "eth0")
-	b.ip("neigh", "flush", "dev", "eth0")
-	moved := time.Since(t0)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("cr-dump | cr-restore: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(120 * time.Second):
-		t.Fatal("cr-dump | cr-restore did not finish")
+		move()
+		moved = time.Since(t0)
+		time.Sleep(300 * time.Millisecond) // the client retransmits into C meanwhile
+		mustShell(t, 120*time.Second, c.in(fmt.Sprintf("cr-restore -d -i %s --pidfile %s", img, pidfile)))
 	}
 	frozen := time.Since(t0)
 	srv.waitKilled()
 	srv.checkPidfile(pidfile)
-	t.Logf("migration: address moved %v after the dump started, server running in C after %v", moved.Round(time.Millisecond), frozen.Round(time.Millisecond))
+	t.Logf("migration: server running in C %v after the dump started, address moved after %v", frozen.Round(time.Millisecond), moved.Round(time.Millisecond))
 	s0, c0 := srv.bytes(), cli.bytes()
 	srv.waitBytes(s0+4<<20, 60*time.Second)
 	cli.waitBytes(c0+4<<20, 60*time.Second)
@@ -622,5 +619,36 @@ func TestTCPMigration(t *testing.T) {
 	if tables := c.nftTables(); len(tables) > 0 {
 		t.Errorf("lock tables left in C: %v", tables)
 	}
+	if n := b.tcpCounter("EstabResets") - resetsB; n != 0 {
+		t.Errorf("%d connections of B were reset", n)
+	}
+	if n := c.tcpCounter("OutRsts") - rstsC; n != 0 {
+		t.Errorf("C sent %d resets", n)
+	}
 	stopAll(t, srv, cli)
+}
+
+// tcpCounter reads a Tcp counter of /proc/net/snmp in the namespace.
+func (n *netns) tcpCounter(name string) int64 {
+	n.t.Helper()
+	out := string(mustShellQuiet(n.t, n.in("cat /proc/net/snmp")))
+	var head []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, h := range head {
+			if h == name && i < len(f) {
+				v, _ := strconv.ParseInt(f[i], 10, 64)
+				return v
+			}
+		}
+	}
+	n.t.Fatalf("no Tcp counter %s in /proc/net/snmp", name)
+	return 0
 }
