@@ -34,9 +34,23 @@ func blockAll(s *scratchWriter) call {
 	return sc("block all signals", unix.SYS_RT_SIGPROCMASK, sigSetmask, s.putU64s(^uint64(0)), 0, 8)
 }
 
+// missingState refuses a task whose state records are not in the stream:
+// restored without them, it would run with cr-restore's credentials (root)
+// and without its limits, timers and pending signals.
+func missingState(pid, tid uint32, what string) error {
+	return stage.Hint(fmt.Errorf("pid %d tid %d: the stream has no %s", pid, tid, what),
+		"the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
+}
+
 func processEarly(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 	si := states(rc)
 	pid := t.proc.Pid
+	switch {
+	case si.procs[pid] == nil:
+		return nil, missingState(pid, pid, "process state (cr-seize)")
+	case si.pinside[pid] == nil:
+		return nil, missingState(pid, pid, "process state read from inside (cr-parasite)")
+	}
 	calls := []call{blockAll(s)}
 	if ps := si.procs[pid]; ps != nil {
 		calls = append(calls, sc(fmt.Sprintf("personality %#x", ps.Personality), unix.SYS_PERSONALITY, uint64(ps.Personality)))
@@ -55,6 +69,12 @@ func threadEarly(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error)
 	si := states(rc)
 	pid := t.proc.Pid
 	where := fmt.Sprintf("tid %d: ", tid)
+	switch {
+	case si.threads[tid] == nil:
+		return nil, missingState(pid, tid, "thread state (cr-seize)")
+	case si.inside[tid] == nil:
+		return nil, missingState(pid, tid, "thread state read from inside (cr-parasite)")
+	}
 	calls := []call{blockAll(s)}
 	if ts := si.threads[tid]; ts != nil {
 		if ts.Comm != "" {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,6 +164,65 @@ func TestStateSeccompStrict(t *testing.T) {
 		t.Errorf("pid %d: seccomp mode %d after restore, want 1 (strict)", p.pid, sec.Seccomp)
 	}
 	p.terminate(at)
+}
+
+// TestStateThreads: per-thread state of 4 workers (names, nice, affinity,
+// alternate stacks, robust lists, a signal pending for each), a POSIX timer
+// signalling one worker, a seccomp filter synchronized to every thread and
+// credentials changed in every thread.
+func TestStateThreads(t *testing.T) {
+	p := startStateProg(t, "threadstate")
+	before := taskUids(t, p.pid)
+	_, at := dumpKillRestore(t, p)
+	if after := taskUids(t, p.pid); after != before {
+		t.Errorf("thread credentials after restore:\n%s\nbefore:\n%s", after, before)
+	}
+	p.terminate(at)
+}
+
+// taskUids lists every thread's Uid and Gid lines.
+func taskUids(t *testing.T, pid int) string {
+	t.Helper()
+	tids, err := proc.Threads(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, tid := range tids {
+		sec, err := proc.ReadSecurity(pid, tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "tid %d: uid %v gid %v caps %#x/%#x seccomp %d/%d\n", tid, sec.Uid, sec.Gid, sec.CapEff, sec.CapPrm, sec.Seccomp, sec.SeccompFilters)
+	}
+	return b.String()
+}
+
+// TestStateTree: a child with its own credentials, limit, interval timer
+// and parent-death signal, under a root parent with a pending signal.
+func TestStateTree(t *testing.T) {
+	p := startStateProg(t, "treestate")
+	t.Cleanup(func() { killDescendants(t, p) })
+	_, at := dumpKillRestore(t, p)
+	p.terminate(at)
+}
+
+// TestStateMissingRecords: an image without cr-seize's thread state (here
+// taken out with crit) is refused: restored without it, the process would
+// run with cr-restore's credentials.
+func TestStateMissingRecords(t *testing.T) {
+	p := startStateProg(t, "creds")
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, fmt.Sprintf("crit decode < %s | grep -v '\"thread-state\"' | crit encode > %s.cut", img, img))
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s.cut", img))
+	if r.err == nil {
+		t.Fatal("an image without thread state was restored")
+	}
+	checkErrorLine(t, "cr-restore", r.stderr, regexp.MustCompile(`pid `+strconv.Itoa(p.pid)+` .*no thread state \(cr-seize\)`))
+	p.checkPidFree()
 }
 
 // TestStateRefuseTraced: a process traced by someone else (test/progs/
