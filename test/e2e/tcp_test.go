@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"crpipe/lib/sys"
 )
 
 // Issue 6: TCP connections through checkpoint, restore and migration.
@@ -651,4 +656,174 @@ func (n *netns) tcpCounter(name string) int64 {
 	}
 	n.t.Fatalf("no Tcp counter %s in /proc/net/snmp", name)
 	return 0
+}
+
+// dialIn connects to addr from inside ns (the socket belongs to ns).
+func dialIn(t *testing.T, ns *netns, addr string) net.Conn {
+	t.Helper()
+	var conn net.Conn
+	err := sys.InNetns(ns.path, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("connect to %s in %s: %v", addr, ns.name, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// resp is a minimal Redis client on one connection.
+type resp struct {
+	t  *testing.T
+	c  net.Conn
+	rd *bufio.Reader
+}
+
+func (r *resp) send(args ...string) {
+	r.t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	r.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(r.c, b.String()); err != nil {
+		r.t.Fatalf("redis: send %s: %v", args[0], err)
+	}
+}
+
+// reply reads one reply: a status, an error, an integer or a bulk string.
+func (r *resp) reply() string {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := r.rd.ReadString('\n')
+	if err != nil {
+		r.t.Fatalf("redis: reply: %v", err)
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		r.t.Fatalf("redis: empty reply line")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:]
+	case '-':
+		r.t.Fatalf("redis: error reply %s", line)
+	case '$':
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < -1 {
+			r.t.Fatalf("redis: bad bulk header %q", line)
+		}
+		if n == -1 {
+			return "(nil)"
+		}
+		b := make([]byte, n+2)
+		if _, err := io.ReadFull(r.rd, b); err != nil {
+			r.t.Fatalf("redis: bulk: %v", err)
+		}
+		return string(b[:n])
+	}
+	r.t.Fatalf("redis: unexpected reply %q", line)
+	return ""
+}
+
+func redisValue(i int) string { return fmt.Sprintf("value-%d-%x", i, i*0x9e3779b1) }
+
+// TestTCPRedis: redis-server (multi-threaded: bio threads) with a client
+// connection open and keys written is dumped, killed and restored; the
+// same connection goes on working and every key is there.
+func TestTCPRedis(t *testing.T) {
+	needTCP(t)
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server is not installed (make test installs it)")
+	}
+	exe, _ := filepath.EvalSymlinks(path)
+	ns := newNetns(t, "redis")
+	dir := t.TempDir()
+	p := &target{t: t, name: "redis-server", path: exe, dir: dir, exited: make(chan struct{})}
+	p.cmd = exec.Command("nsenter", "--net="+ns.path, "--", path, "--port", "6390", "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.cleanup)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	p.cgroup = string(b)
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := sys.InNetns(ns.path, func() error {
+			var err error
+			conn, err = net.DialTimeout("tcp", "127.0.0.1:6390", time.Second)
+			return err
+		})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server does not answer: %v\n%s", err, readFile(filepath.Join(dir, "redis.log")))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r := &resp{t: t, c: conn, rd: bufio.NewReader(conn)}
+	const keys = 2000
+	for i := 0; i < keys; i++ {
+		r.send("SET", fmt.Sprintf("key:%d", i), redisValue(i))
+	}
+	for i := 0; i < keys; i++ {
+		if v := r.reply(); v != "OK" {
+			t.Fatalf("SET key:%d: %s", i, v)
+		}
+	}
+	threads, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid))
+	t.Logf("redis-server pid %d, %d threads, %d keys written on one connection", p.pid, len(threads), keys)
+
+	// A command in flight: sent, its reply not read before the dump.
+	r.send("INCRBY", "counter", "41")
+	img := filepath.Join(dir, "img")
+	pidfile := filepath.Join(dir, "restored.pid")
+	t0 := time.Now()
+	mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	mustShell(t, 120*time.Second, ns.in(fmt.Sprintf("cr-restore -d -i %s --pidfile %s", img, pidfile)))
+	t.Logf("redis C/R: frozen window %v", time.Since(t0).Round(time.Millisecond))
+	if n, _ := showTCP(t, img); n != 1 {
+		t.Errorf("crit show lists %d connections, want 1", n)
+	}
+	if v := r.reply(); v != "41" {
+		t.Fatalf("INCRBY in flight at dump: %s", v)
+	}
+	r.send("INCR", "counter")
+	if v := r.reply(); v != "42" {
+		t.Fatalf("INCR after restore: %s", v)
+	}
+	for i := 0; i < keys; i++ {
+		r.send("GET", fmt.Sprintf("key:%d", i))
+	}
+	for i := 0; i < keys; i++ {
+		if v := r.reply(); v != redisValue(i) {
+			t.Fatalf("GET key:%d after restore: %q", i, v)
+		}
+	}
+	r.send("DBSIZE")
+	if v := r.reply(); v != strconv.Itoa(keys+1) {
+		t.Errorf("DBSIZE after restore: %s, want %d", v, keys+1)
+	}
+	// The listener works too.
+	r2 := &resp{t: t, c: dialIn(t, ns, "127.0.0.1:6390")}
+	r2.rd = bufio.NewReader(r2.c)
+	r2.send("GET", "key:7")
+	if v := r2.reply(); v != redisValue(7) {
+		t.Errorf("GET on a new connection: %q", v)
+	}
 }
