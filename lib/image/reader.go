@@ -296,6 +296,16 @@ func (rd *decoder) next() (*Frame, error) {
 // that actually arrive, so a hostile length on a short input costs what the
 // input holds, not the cap.
 func (rd *decoder) readPayload(length int, crc uint32) ([]byte, uint32, int, error) {
+	if cap(rd.buf) < length && length <= MaxPagesPayload {
+		// Up to a full pages frame the buffer is made at once, at the size
+		// of one (4 MiB: the cost of a hostile length is bounded, and
+		// growing would leave garbage behind, which is peak RSS).
+		c := MaxPagesPayload
+		if length <= 64<<10 {
+			c = 64 << 10
+		}
+		rd.buf = make([]byte, 0, c)
+	}
 	if cap(rd.buf) < length {
 		// Grow in steps as bytes arrive: at most doubling what is there.
 		b := rd.buf[:0]

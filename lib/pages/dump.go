@@ -144,7 +144,9 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		stage.Logf("pid %d: more than %d page runs: scanning again while streaming", pid, maxStoredRuns)
 		source = sc.each
 	}
-	written, frames, err := stream(w, pid, vmas, source)
+	prog := stage.NewProgress(fmt.Sprintf("pid %d", pid), int64(stats.Pages)*image.PageSize)
+	written, frames, err := stream(w, pid, vmas, source, prog)
+	prog.Done()
 	stats.Frames = frames
 	if err != nil {
 		return stats, err

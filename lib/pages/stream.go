@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
+	"crpipe/lib/stage"
 )
 
 // processVMReadv is replaced by tests to provoke short reads.
@@ -207,7 +208,7 @@ func (rd *reader) readMem(addr uint64, dst []byte) error {
 
 // stream reads the pages of runs and writes them as page frames. Reading
 // (a goroutine) and writing (this one: checksums and output) overlap.
-func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) error) (pages uint64, frames int, err error) {
+func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) error, prog *stage.Progress) (pages uint64, frames int, err error) {
 	free := make(chan *batch, nBuffers)
 	full := make(chan *batch, nBuffers)
 	done := make(chan struct{})
@@ -253,6 +254,7 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 			}
 			pages += uint64(p.n / image.PageSize)
 			frames++
+			prog.Add(int64(p.n))
 		}
 		// Pages given to the output pipe left holes in the buffer: fault
 		// fresh ones in here, so that the reader's next copy into it does

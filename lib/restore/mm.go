@@ -311,6 +311,7 @@ func (t *task) writePages(addr uint64, data []byte) error {
 	if !ok {
 		return fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
 	}
+	defer t.pagesWritten(len(data))
 	n := min(runtime.NumCPU(), writeThreads, len(data)/writeSplitMin)
 	if n < 2 {
 		return t.writeRange(addr, data)
