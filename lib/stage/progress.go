@@ -101,7 +101,7 @@ func (p *Progress) show(now time.Time, final bool) {
 	if final {
 		line += fmt.Sprintf(", %.1f s", el)
 	} else if rate > 0 && p.done < p.total {
-		line += fmt.Sprintf(", %s left", (time.Duration(float64(p.total-p.done)/rate*1e9)).Round(100*time.Millisecond))
+		line += fmt.Sprintf(", %s left", (time.Duration(float64(p.total-p.done) / rate * 1e9)).Round(100*time.Millisecond))
 	}
 	if p.tty {
 		fmt.Fprintf(p.out, "\r\033[K%s", line)
