@@ -85,6 +85,9 @@ var (
 	lastThreadStates []threadState
 	// finishers run after every task runs again (e.g. lift a network lock).
 	finishers []func(rc *Ctx) error
+	// aborters run when a restore fails, after its tasks are killed: each
+	// may undo what its kind set up, or add a hint to the error.
+	aborters []func(rc *Ctx, err error) error
 )
 
 func registerProcessState(f processState) { processStates = append(processStates, f) }
@@ -129,3 +132,5 @@ func (rc *Ctx) runLastThreadStates(t *task) error {
 	}
 	return nil
 }
+
+func registerAborter(f func(rc *Ctx, err error) error) { aborters = append(aborters, f) }

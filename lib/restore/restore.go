@@ -89,6 +89,9 @@ func Run(opts Options) (err error) {
 	defer rc.closeAll()
 	if err := rc.restoreStream(rd, opts); err != nil {
 		rc.killAll()
+		for _, abort := range aborters {
+			err = abort(rc, err)
+		}
 		return err
 	}
 	root := rc.Order[0]

@@ -1,9 +1,11 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +32,7 @@ func init() {
 	registerRecord(image.TypeTcpQueue, recordTCPQueue)
 	registerFdKind(pb.FdKind_FD_TCP, openTCP)
 	registerFinisher(finishTCP)
+	registerAborter(abortTCP)
 }
 
 const tcpKey = "tcp"
@@ -263,4 +266,21 @@ func finishTCP(rc *Ctx) error {
 		stage.Logf("network lock %s lifted (%v)", table, time.Since(t0).Round(time.Microsecond))
 	}
 	return nil
+}
+
+// abortTCP keeps the lock of a failed restore: the dumped tree is gone,
+// and its peers, held in silence, still wait for it. Another restore can
+// take them over; releasing them resets them.
+func abortTCP(rc *Ctx, err error) error {
+	ts, ok := rc.Shared[tcpKey].(*tcpState)
+	if !ok {
+		return err
+	}
+	ts.closeFiles()
+	var h *stage.HintError
+	if len(ts.tables) == 0 || errors.As(err, &h) {
+		return err
+	}
+	pid := strings.TrimPrefix(ts.tables[0], "crpipe-")
+	return stage.Hint(err, fmt.Sprintf("the TCP connections stay held (nft table inet %s) so that their peers see no reset: restore again, or give them up with cr-tcp unlock %s", ts.tables[0], pid))
 }
