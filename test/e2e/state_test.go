@@ -268,3 +268,27 @@ func TestStateRefuseTraced(t *testing.T) {
 	p.checkRunning()
 	p.terminate(0)
 }
+
+// TestStateRefuseVfork: a vfork in progress (parent and child share one
+// address space) is refused by cr-seize with a message naming both, and
+// both run on after a thaw.
+func TestStateRefuseVfork(t *testing.T) {
+	p := startStateProg(t, "vforker")
+	t.Cleanup(func() { killDescendants(t, p) })
+	img := filepath.Join(p.dir, "img")
+	r := shell(t, 30*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	if r.err == nil {
+		t.Fatal("a vfork in progress was dumped")
+	}
+	want := regexp.MustCompile(`^cr-seize: error: pid ` + strconv.Itoa(p.pid) + ` shares its address space with pid \d+ \(a vfork in progress`)
+	if first := firstLine(r.stderr); !want.MatchString(first) {
+		t.Errorf("first error %q does not match %q", first, want)
+	}
+	mustShell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid))
+	p.checkNoCgroup()
+	v, err := readProgress(p.progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.waitProgress(v+10, 5*time.Second) // the child runs on
+}
