@@ -229,3 +229,22 @@ func TestRefuseTraced(t *testing.T) {
 		t.Fatalf("got %v, want an error with %q", err, want)
 	}
 }
+
+func TestNotifies(t *testing.T) {
+	insn := func(code uint16, k uint32) []byte {
+		b := make([]byte, 8)
+		b[0], b[1] = byte(code), byte(code>>8)
+		b[4], b[5], b[6], b[7] = byte(k), byte(k>>8), byte(k>>16), byte(k>>24)
+		return b
+	}
+	allow := append(insn(0x20, 0), insn(0x06, 0x7fff0000)...)
+	if notifies(allow) {
+		t.Error("an allow-all filter notifies")
+	}
+	if !notifies(append(allow, insn(0x06, 0x7fc00000)...)) {
+		t.Error("a filter returning SECCOMP_RET_USER_NOTIF does not notify")
+	}
+	if notifies(append(allow, insn(0x15, 0x7fc00000)...)) {
+		t.Error("a comparison with the constant is not a return")
+	}
+}

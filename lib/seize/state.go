@@ -129,12 +129,34 @@ func readFilters(tid int) ([]*pb.SeccompFilter, error) {
 		if err != nil {
 			return nil, err
 		}
+		if notifies(prog) {
+			return nil, stage.Hint(fmt.Errorf("seccomp filter %d returns SECCOMP_RET_USER_NOTIF: its supervisor's listener cannot be restored", i),
+				"run the process without the user-notification filter to checkpoint it")
+		}
 		fs = append(fs, &pb.SeccompFilter{Prog: prog, Flags: flags})
 		if i > 1024 {
 			return nil, errors.New("more than 1024 seccomp filters")
 		}
 	}
 	return fs, nil
+}
+
+// notifies says whether a classic BPF seccomp program can return
+// SECCOMP_RET_USER_NOTIF (as a constant: BPF_RET|BPF_K).
+func notifies(prog []byte) bool {
+	const (
+		bpfRetK    = 0x06
+		actionMask = 0xffff0000
+		userNotif  = 0x7fc00000
+	)
+	for i := 0; i+sys.SockFilterSize <= len(prog); i += sys.SockFilterSize {
+		code := binary.LittleEndian.Uint16(prog[i:])
+		k := binary.LittleEndian.Uint32(prog[i+4:])
+		if code == bpfRetK && k&actionMask == userNotif {
+			return true
+		}
+	}
+	return false
 }
 
 // cpuMask is a CPU set as bytes, without trailing zero words.
