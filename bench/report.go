@@ -173,6 +173,10 @@ func (rep *report) finish() {
 			ratio(w, mFill, mRestore, "restore ← tmpfs against populate + memcpy")
 		}
 	}
+	if w := byName["1 GiB random, THP"]; w != nil {
+		ratio(w, mFillHuge, mRestore, "restore ← tmpfs against THP populate + memcpy")
+		ratio(w, mFill, mRestore, "restore ← tmpfs against 4 KiB populate + memcpy (beat it: > 100%)")
+	}
 	for _, w := range rep.Workloads {
 		if strings.Contains(w.Name, "compressible") {
 			if m := w.byName[mDumpComp]; m != nil && m.Min > 0 {

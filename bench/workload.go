@@ -46,6 +46,7 @@ func workloads(quick bool) []*workload {
 		}
 	}
 	ws = append(ws,
+		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, VerifyAll: true},
 		&workload{Name: "64 processes × 16 MiB random", Args: []string{"procs", "64", "16", "random"}, Bytes: 64 << 24, VerifyAll: true},
 		&workload{Name: "10,000 mappings of 4 KiB", Args: []string{"maps", "10000"}, Bytes: 10000 * 4096, VerifyAll: true},
 		&workload{Name: "100-process tree (1 MiB each)", Args: []string{"procs", "100", "1", "random"}, Bytes: 100 << 20, VerifyAll: true},

@@ -284,6 +284,14 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			return fmt.Errorf("pid %d: vma %#x-%#x: unknown kind %d", t.pid, v.Start, v.End, v.Kind)
 		}
 		calls = append(calls, sc(fmt.Sprintf("map %#x-%#x %s", v.Start, v.End, v.Path), unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
+		// Memory that had transparent huge pages gets them again, before
+		// its pages are written: a 2 MiB page is faulted in and zeroed in
+		// one go (doc/performance.md). Where THP is "madvise", the dumped
+		// VMA can only have had them by MADV_HUGEPAGE; under "always" it
+		// gets them anyway.
+		if v.Huge && v.HasPages && (k == pb.VmaKind_VMA_ANON || k == pb.VmaKind_VMA_SHARED_ANON) && thpMode() == "madvise" {
+			calls = append(calls, sc(fmt.Sprintf("madvise %#x-%#x hugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_HUGEPAGE))
+		}
 	}
 	for _, fd := range remote {
 		calls = append(calls, sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))

@@ -1,7 +1,11 @@
 package restore
 
+// Helpers of page filling (issue 10, speed): progress and the THP mode.
+
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"sync"
 
 	"crpipe/lib/image"
@@ -45,3 +49,18 @@ func (t *task) pagesWritten(n int) {
 		delete(pageProgress.m, t)
 	}
 }
+
+// thpMode is the system's transparent huge page mode: "always", "madvise"
+// or "never" ("" when unknown).
+var thpMode = sync.OnceValue(func() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil {
+		return ""
+	}
+	if i := bytes.IndexByte(b, '['); i >= 0 {
+		if j := bytes.IndexByte(b[i:], ']'); j > 0 {
+			return string(b[i+1 : i+j])
+		}
+	}
+	return ""
+})

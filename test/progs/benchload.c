@@ -9,7 +9,8 @@
  *                                              mappings with gaps between them
  *
  * KIND is random (incompressible words), compressible (each 4 KiB page
- * repeats 4 words) or zero (every page touched, all zeros). Process i fills
+ * repeats 4 words) or zero (every page touched, all zeros); with "-thp"
+ * appended (random-thp) the memory is given MADV_HUGEPAGE first. Process i fills
  * its memory from a seed of its own. When everything is set up the root
  * writes "ADDR LEN" of its own memory to READY (hex, decimal; for the
  * harness's process_vm_readv limit) and everybody sleeps.
@@ -47,6 +48,8 @@ static uint64_t word(enum kind k, uint64_t seed, size_t i)
 	}
 }
 
+static int huge; /* KIND ends in "-thp": MADV_HUGEPAGE on the memory */
+
 static uint64_t *fill(size_t len, enum kind k, uint64_t seed)
 {
 	if (len == 0)
@@ -54,6 +57,10 @@ static uint64_t *fill(size_t len, enum kind k, uint64_t seed)
 	uint64_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED) {
 		perror("mmap");
+		exit(2);
+	}
+	if (huge && madvise(m, len, MADV_HUGEPAGE) != 0) {
+		perror("madvise");
 		exit(2);
 	}
 	size_t n = len / 8;
@@ -120,8 +127,15 @@ static int verdict(const char *path, const char *why)
 	return why ? 1 : 0;
 }
 
-static enum kind parse_kind(const char *s)
+static enum kind parse_kind(const char *arg)
 {
+	char s[64];
+	snprintf(s, sizeof s, "%s", arg);
+	size_t n = strlen(s);
+	if (n > 4 && !strcmp(s + n - 4, "-thp")) {
+		huge = 1;
+		s[n - 4] = 0;
+	}
 	if (!strcmp(s, "random"))
 		return RANDOM;
 	if (!strcmp(s, "compressible"))
