@@ -39,7 +39,7 @@ func (p *target) killRecorded(pids []int) {
 	})
 }
 
-// treeShape is each process's pid, ppid, pgid, sid and state, as ps shows them.
+// treeShape is each process's pid, ppid, pgid, sid and whether it is a zombie.
 func treeShape(root int) string {
 	var b strings.Builder
 	for _, pid := range append([]int{root}, descendants(root)...) {
@@ -49,7 +49,11 @@ func treeShape(root int) string {
 			continue
 		}
 		f := strings.Fields(st[i+1:])
-		fmt.Fprintf(&b, "%d ppid=%s pgid=%s sid=%s state=%s\n", pid, f[1], f[2], f[3], f[0])
+		alive := "alive" // running or sleeping is a matter of the moment
+		if f[0] == "Z" {
+			alive = "zombie"
+		}
+		fmt.Fprintf(&b, "%d ppid=%s pgid=%s sid=%s %s\n", pid, f[1], f[2], f[3], alive)
 	}
 	return b.String()
 }
