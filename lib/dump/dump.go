@@ -40,6 +40,7 @@ type Options struct {
 	Output       string // file; "" for stdout
 	LeaveRunning bool
 	Compress     bool
+	ShellJob     bool // cr-files --shell-job: the job's terminal belongs to its shell
 	Verbose      bool
 	// BinDir holds the stage binaries (default: the directory of this executable).
 	BinDir string
@@ -54,11 +55,12 @@ func Command() *cli.App {
 	return &cli.App{
 		Name:      "cr-dump",
 		Usage:     "checkpoint a process through the stage pipeline, then kill it (or leave it running)",
-		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress]",
+		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress] [--shell-job]",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "tree", Aliases: []string{"t"}, Usage: "pid of the process to checkpoint", Required: true},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the image to `FILE` (default stdout)"},
 			&cli.BoolFlag{Name: "leave-running", Aliases: []string{"R"}, Usage: "thaw the process after the dump instead of killing it"},
+			&cli.BoolFlag{Name: "shell-job", Usage: "the process is a job of an interactive shell: accept its terminal (restore with cr-restore --shell-job)"},
 			stage.CompressFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -73,6 +75,7 @@ func Command() *cli.App {
 				Output:       c.String("output"),
 				LeaveRunning: c.Bool("leave-running"),
 				Compress:     c.Bool("compress"),
+				ShellJob:     c.Bool("shell-job"),
 				Verbose:      stage.Verbose,
 			})
 		},
@@ -261,6 +264,9 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		}
 		if opt.Verbose {
 			args = append(args, "-v")
+		}
+		if name == "cr-files" && opt.ShellJob {
+			args = append(args, "--shell-job")
 		}
 		last := i == len(Stages)-1
 		if last && opt.Compress {
