@@ -72,6 +72,9 @@ func (s *tcpSock) build() (err error) {
 		if err := s.goLive(fd); err != nil {
 			return err
 		}
+		if err := setTCPBuffers(fd, o.Sndbuf/2, o.Rcvbuf/2, o.BufLock); err != nil {
+			return err
+		}
 	}
 	// Until here (the repair connect routes from the local address), the
 	// address need not be this host's; now the program's setting again.
@@ -169,17 +172,32 @@ func (s *tcpSock) setBindOptions(fd int, _ defaults) error {
 	// program or grown by autotuning. SO_BUF_LOCK then says whether the
 	// program had fixed them (Linux 5.14), so that autotuning goes on
 	// where it went on before.
-	if o.Sndbuf != 0 {
-		if err := setInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, "SO_SNDBUFFORCE", int(o.Sndbuf/2)); err != nil {
+	//
+	// A connection's queues go back in smaller pieces than the kernel had
+	// them in (more per-buffer overhead): until it is live, it gets room
+	// to spare, and its own sizes after (setTCPBuffers).
+	snd, rcv := o.Sndbuf/2, o.Rcvbuf/2
+	if c := r.Conn; c != nil {
+		snd = max(snd, 4*c.SendLen+256<<10)
+		rcv = max(rcv, 2*c.RecvLen+256<<10)
+	}
+	return setTCPBuffers(fd, snd, rcv, o.BufLock)
+}
+
+// setTCPBuffers sets SO_SNDBUF and SO_RCVBUF to twice snd and rcv (0: leave
+// it), then the locks.
+func setTCPBuffers(fd int, snd, rcv, lock uint32) error {
+	if snd != 0 {
+		if err := setInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, "SO_SNDBUFFORCE", int(snd)); err != nil {
 			return err
 		}
 	}
-	if o.Rcvbuf != 0 {
-		if err := setInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, "SO_RCVBUFFORCE", int(o.Rcvbuf/2)); err != nil {
+	if rcv != 0 {
+		if err := setInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, "SO_RCVBUFFORCE", int(rcv)); err != nil {
 			return err
 		}
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(o.BufLock&3)); err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(lock&3)); err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
 		return fmt.Errorf("SO_BUF_LOCK: %w", err)
 	}
 	return nil

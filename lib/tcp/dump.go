@@ -66,11 +66,13 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 		stage.Logf("no TCP sockets")
 		return nil
 	}
+	tCollect := time.Now()
 	for _, s := range d.socks {
 		if err := s.describe(); err != nil {
 			return err
 		}
 	}
+	tDescribe := time.Now()
 	locks, err := d.lock()
 	if err != nil {
 		return err
@@ -103,8 +105,9 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 			conns++
 		}
 	}
-	stage.Logf("%d TCP sockets (%d connections): collected and locked in %v, repaired and read in %v",
-		len(d.socks), conns, tLock.Sub(t0).Round(time.Microsecond), tRepair.Sub(tLock).Round(time.Microsecond))
+	us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+	stage.Logf("%d TCP sockets (%d connections): collected in %v, described in %v, locked in %v, repaired and read in %v, written in %v",
+		len(d.socks), conns, us(tCollect.Sub(t0)), us(tDescribe.Sub(tCollect)), us(tLock.Sub(tDescribe)), us(tRepair.Sub(tLock)), us(time.Since(tRepair)))
 	return nil
 }
 

@@ -181,7 +181,8 @@ func (e *tcpEnd) waitBytes(min uint64, timeout time.Duration) uint64 {
 			return v
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("pid %d received %d bytes, not %d, in %v", e.pid, e.bytes(), min, timeout)
+			ss, _ := shellCmd(e.ns.in("ss -tnoi")).CombinedOutput()
+			e.t.Fatalf("pid %d received %d bytes, not %d, in %v; its namespace:\n%s", e.pid, e.bytes(), min, timeout, ss)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -826,4 +827,111 @@ func TestTCPRedis(t *testing.T) {
 	if v := r2.reply(); v != redisValue(7) {
 		t.Errorf("GET on a new connection: %q", v)
 	}
+}
+
+// TestTCPRestoreRetry: a restore that fails (another program took the
+// listener's port meanwhile) keeps the connections held and says so; once
+// the port is free, a second restore takes them over.
+func TestTCPRestoreRetry(t *testing.T) {
+	needTCP(t)
+	ns := newNetns(t, "retry")
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7007", "2", "0", "0", "65536")
+	cli := startTCP(t, ns, "client", "127.0.0.1", "7007", "2", "0", "0", "65536")
+	srv.waitBytes(1<<20, 20*time.Second)
+	img := filepath.Join(srv.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", srv.pid, img))
+	srv.waitKilled()
+	blocker := exec.Command("nsenter", "--net="+ns.path, "--", "python3", "-c",
+		"import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',7007))\ns.listen()\nprint('ok',flush=True)\ntime.sleep(120)")
+	out, err := blocker.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := blocker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { blocker.Process.Kill(); blocker.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ok\n" {
+		t.Fatalf("the blocker did not bind: %q", line)
+	}
+	r := shell(t, 60*time.Second, ns.in("cr-restore -d -i "+img))
+	if r.err == nil {
+		t.Fatal("the restore succeeded with the port taken")
+	}
+	checkErrorLine(t, "cr-restore", r.stderr, regexp.MustCompile(`cr-restore: error: tcp socket \d+ \(pid \d+ fd \d+, LISTEN 127\.0\.0\.1:7007\): bind 127\.0\.0\.1:7007: address already in use`))
+	if !strings.Contains(string(r.stderr), "hint: the TCP connections stay held") {
+		t.Errorf("no hint about the lock: %s", r.stderr)
+	}
+	if tables := ns.nftTables(); len(tables) != 1 {
+		t.Errorf("lock tables after the failed restore: %v, want the dump's", tables)
+	}
+	blocker.Process.Kill()
+	blocker.Wait()
+	time.Sleep(500 * time.Millisecond) // the client retransmits into the lock meanwhile
+	pidfile := filepath.Join(srv.dir, "restored.pid")
+	mustShell(t, 60*time.Second, ns.in(fmt.Sprintf("cr-restore -d -i %s --pidfile %s", img, pidfile)))
+	srv.checkPidfile(pidfile)
+	s0, c0 := srv.bytes(), cli.bytes()
+	srv.waitBytes(s0+2<<20, 30*time.Second)
+	cli.waitBytes(c0+2<<20, 30*time.Second)
+	stopAll(t, srv, cli)
+}
+
+// TestTCPFrozenWindow times the checkpoint and restore of a server with 1
+// and with 200 connections (each with data in flight): from cr-dump's
+// start to cr-restore's return, the time the server does not run; and
+// the TCP work inside it (cr-tcp: lock, repair and read; cr-restore: lock,
+// rebuild, lock lifted). Three rounds each, each with a fresh server (so
+// that its PID is free at once); the log has every figure.
+func TestTCPFrozenWindow(t *testing.T) {
+	needTCP(t)
+	tcpLine := regexp.MustCompile(`cr-tcp: (\d+) TCP sockets \((\d+) connections\): collected in (\S+), described in (\S+), locked in (\S+), repaired and read in (\S+), written in (\S+)`)
+	rebuilt := regexp.MustCompile(`cr-restore: \d+ TCP sockets \(\d+ connections\) rebuilt in (\S+)`)
+	lifted := regexp.MustCompile(`cr-restore: network lock \S+ lifted \((\S+)\)`)
+	locked := regexp.MustCompile(`cr-restore: network lock \S+: \d+ connections held \((\S+)\)`)
+	for _, n := range []int{1, 200} {
+		t.Run(fmt.Sprintf("%d", n), func(t *testing.T) {
+			var windows []time.Duration
+			for round := 0; round < 3; round++ {
+				ns := newNetns(t, fmt.Sprintf("fw%d", n))
+				args := []string{"127.0.0.1", "7008", strconv.Itoa(n), "0", "0", "4096", "buf=32768"}
+				srv := startTCP(t, ns, "server", args...)
+				cli := startTCP(t, ns, "client", args...)
+				waitAccepted(t, ns, 7008, n)
+				srv.waitBytes(1<<20, 30*time.Second)
+				img := filepath.Join(srv.dir, "img")
+				t0 := time.Now()
+				d := mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -v -t %d -o %s", srv.pid, img))
+				tDump := time.Since(t0)
+				srv.waitKilled()
+				r := mustShell(t, 120*time.Second, ns.in("cr-restore -v -d -i "+img))
+				w := time.Since(t0)
+				windows = append(windows, w)
+				m, rb, lk, lf := tcpLine.FindStringSubmatch(string(d.stderr)), rebuilt.FindStringSubmatch(string(r.stderr)),
+					locked.FindStringSubmatch(string(r.stderr)), lifted.FindStringSubmatch(string(r.stderr))
+				if m == nil || rb == nil || lk == nil || lf == nil {
+					t.Fatalf("no TCP timings in the -v output")
+				}
+				fi, _ := os.Stat(img)
+				t.Logf("%d connections, round %d: frozen window %v (cr-dump %v, cr-restore %v); cr-tcp: collect %s, describe %s, lock %s, repair+read %s, write %s; cr-restore: lock %s, rebuild %s, unlock %s; image %d KiB",
+					n, round, w.Round(time.Millisecond), tDump.Round(time.Millisecond), (w - tDump).Round(time.Millisecond), m[3], m[4], m[5], m[6], m[7], lk[1], rb[1], lf[1], fi.Size()>>10)
+				s0, c0 := srv.bytes(), cli.bytes()
+				srv.waitBytes(s0+1<<20, 30*time.Second)
+				cli.waitBytes(c0+1<<20, 30*time.Second)
+				stopAll(t, srv, cli)
+			}
+			min := windows[0]
+			for _, w := range windows {
+				min = minDur(min, w)
+			}
+			t.Logf("%d connections: frozen window min %v of %v", n, min.Round(time.Millisecond), windows)
+		})
+	}
+}
+
+func minDur(a, b time.Duration) time.Duration {
+	if a < b {
+		return a
+	}
+	return b
 }
