@@ -9,8 +9,8 @@ import (
 	"crpipe/lib/stage"
 )
 
-// TestPassThrough: until TCP repair exists the stage changes nothing,
-// unknown frame types included.
+// TestPassThrough: frames of others pass unchanged, unknown types
+// included.
 func TestPassThrough(t *testing.T) {
 	var in bytes.Buffer
 	w, err := image.NewWriter(&in, image.WriterOptions{})
