@@ -89,6 +89,7 @@ type stageRun struct {
 	stderr   tail
 	err      error // from Wait
 	signaled bool  // we asked it to stop
+	killed   bool  // we killed it after the grace period
 	done     chan struct{}
 }
 
@@ -339,6 +340,7 @@ func stopAll(runs []*stageRun, grace time.Duration) {
 		select {
 		case <-r.done:
 		case <-deadline:
+			r.killed = true
 			r.cmd.Process.Kill()
 			<-r.done
 		}
@@ -378,7 +380,11 @@ func stoppedByUs(r *stageRun) bool {
 	}
 	var ee *exec.ExitError
 	if errors.As(r.err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGKILL) {
+		// Only the signal we sent counts: a stage that died of a SIGKILL of
+		// its own before we noticed (its waiter had not returned yet when we
+		// signalled) is a culprit, not a consequence.
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() &&
+			(ws.Signal() == syscall.SIGTERM || (ws.Signal() == syscall.SIGKILL && r.killed)) {
 			return true
 		}
 	}

@@ -147,7 +147,13 @@ func (t *task) processCalls(s *scratchWriter) ([]call, error) {
 	}
 	exeFd := uint64(remote[0])
 
-	calls := []call{sc("umask", unix.SYS_UMASK, uint64(t.files.Umask))}
+	// Every signal stays blocked from before the first handler is
+	// installed until the thread gets its dumped mask (setThreadState):
+	// none may run a handler in a half-restored task.
+	calls := []call{
+		sc("block signals", unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, s.putU64s(allSignalsBlocked), 0, 8),
+		sc("umask", unix.SYS_UMASK, uint64(t.files.Umask)),
+	}
 	if st := t.states[t.proc.Pid]; st != nil {
 		for _, a := range st.Sigactions {
 			if a.Signo == 0 || a.Signo > maxSigactionSignal || a.Signo == uint32(unix.SIGKILL) || a.Signo == uint32(unix.SIGSTOP) {
