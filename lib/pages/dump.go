@@ -17,11 +17,13 @@ import (
 
 // Tunables. A batch is one buffer filled by process_vm_readv calls with up
 // to iovMax remote ranges each, then written as page frames while the next
-// buffer fills.
+// buffers fill.
 const (
-	bufSize  = image.MaxPagesPayload - image.PagesPreamble // one full page frame
-	nBuffers = 2
-	iovMax   = 1024 // UIO_MAXIOV
+	bufSize = image.MaxPagesPayload - image.PagesPreamble // one full page frame
+	// maxCopiers bounds the goroutines copying pages at once (one per
+	// core): each holds a 4 MiB buffer, and peak RSS must stay small.
+	maxCopiers = 3
+	iovMax     = 1024 // UIO_MAXIOV
 	// maxStoredRuns bounds the runs the first scan keeps (16 bytes each);
 	// a process with more scattered pages is scanned a second time while
 	// streaming instead.

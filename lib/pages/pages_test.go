@@ -6,6 +6,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -232,11 +233,10 @@ func openFds(t *testing.T) int {
 func TestShortReads(t *testing.T) {
 	requirePagemapScan(t)
 	p := startStopped(t, "layout", t.TempDir())
-	calls := 0
+	var calls atomic.Int64 // copiers call it concurrently
 	processVMReadv = func(pid int, local []unix.Iovec, remote []unix.RemoteIovec, flags uint) (int, error) {
-		calls++
 		// Alternate: a short read inside the first range, or a failure.
-		if calls%2 == 0 {
+		if calls.Add(1)%2 == 0 {
 			return 0, unix.EFAULT
 		}
 		r := remote[:1]
@@ -263,8 +263,8 @@ func TestShortReads(t *testing.T) {
 			t.Fatalf("page frame at %#x differs from the process's memory", f.addr)
 		}
 	}
-	if calls < 2 || len(d.pages) == 0 {
-		t.Fatalf("%d calls, %d frames", calls, len(d.pages))
+	if calls.Load() < 2 || len(d.pages) == 0 {
+		t.Fatalf("%d calls, %d frames", calls.Load(), len(d.pages))
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -30,18 +32,26 @@ type batch struct {
 	pieces []piece
 	used   int
 	err    error
+	ready  chan struct{} // closed once a copier has read the batch (or err is set)
 }
 
 var errStopped = errors.New("stopped")
 
-// reader fills batches from runs in a goroutine of its own.
+// reader assigns runs to batches in a goroutine of its own, and hands each
+// full batch to the copiers (work) and, in order, to the writer (order).
 type reader struct {
+	vmas  []vma
+	free  <-chan *batch
+	work  chan<- *batch
+	order chan<- *batch
+	done  <-chan struct{}
+	cur   *batch
+}
+
+// copier reads batches' pages from the process: several run at once, one
+// per core (up to maxCopiers), because the copy is the bulk of a dump.
+type copier struct {
 	pid    int
-	vmas   []vma
-	free   <-chan *batch
-	full   chan<- *batch
-	done   <-chan struct{}
-	cur    *batch
 	mem    *os.File
 	remote []unix.RemoteIovec
 	sub    []piece // the pieces of one window
@@ -81,18 +91,21 @@ func (rd *reader) add(r run) error {
 	return nil
 }
 
-// flush reads the current batch's pages and hands the batch to the writer.
+// flush hands the current batch to the copiers and the writer.
 func (rd *reader) flush() error {
 	b := rd.cur
 	if b == nil || len(b.pieces) == 0 {
 		return nil
 	}
 	rd.cur = nil
-	if err := rd.readSummed(b); err != nil {
-		return err
+	b.ready = make(chan struct{})
+	select {
+	case rd.order <- b:
+	case <-rd.done:
+		return errStopped
 	}
 	select {
-	case rd.full <- b:
+	case rd.work <- b:
 		return nil
 	case <-rd.done:
 		return errStopped
@@ -107,7 +120,7 @@ const sumWindow = 256 << 10
 
 // readSummed fills b.buf window by window and computes every piece's frame
 // checksum as it goes.
-func (rd *reader) readSummed(b *batch) error {
+func (rd *copier) readSummed(b *batch) error {
 	sums := make([]image.PagesSummer, len(b.pieces))
 	for i, p := range b.pieces {
 		sums[i] = image.NewPagesSummer(image.PagesHeader{Pid: uint32(rd.pid), Addr: p.addr}, p.n)
@@ -143,7 +156,7 @@ func (rd *reader) readSummed(b *batch) error {
 // process_vm_readv each (a single local iovec, up to iovMax remote ones),
 // the rest through /proc/PID/mem, which reads any page the process could be
 // made to read (PROT_NONE included).
-func (rd *reader) read(buf []byte, ps []piece) error {
+func (rd *copier) read(buf []byte, ps []piece) error {
 	for i := 0; i < len(ps); {
 		if ps[i].mem {
 			if err := rd.readMem(ps[i].addr, buf[ps[i].off:ps[i].off+ps[i].n]); err != nil {
@@ -187,7 +200,7 @@ func (rd *reader) read(buf []byte, ps []piece) error {
 	return nil
 }
 
-func (rd *reader) readMem(addr uint64, dst []byte) error {
+func (rd *copier) readMem(addr uint64, dst []byte) error {
 	if rd.mem == nil {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/mem", rd.pid))
 		if err != nil {
@@ -206,13 +219,17 @@ func (rd *reader) readMem(addr uint64, dst []byte) error {
 	return nil
 }
 
-// stream reads the pages of runs and writes them as page frames. Reading
-// (a goroutine) and writing (this one: checksums and output) overlap.
+// stream reads the pages of runs and writes them as page frames. Assigning
+// runs to batches (a goroutine), copying and checksumming them (copiers,
+// one per core) and writing them (this goroutine) overlap.
 func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) error, prog *stage.Progress) (pages uint64, frames int, err error) {
-	free := make(chan *batch, nBuffers)
-	full := make(chan *batch, nBuffers)
+	copiers := min(runtime.GOMAXPROCS(0), maxCopiers)
+	nbuf := copiers + 1
+	free := make(chan *batch, nbuf)
+	work := make(chan *batch, nbuf)
+	order := make(chan *batch, nbuf)
 	done := make(chan struct{})
-	bufs, release, err := allocBuffers(nBuffers, bufSize)
+	bufs, release, err := allocBuffers(nbuf, bufSize)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -220,29 +237,59 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 	for _, buf := range bufs {
 		free <- &batch{buf: buf, pieces: make([]piece, 0, iovMax)}
 	}
-	rd := &reader{pid: pid, vmas: vmas, free: free, full: full, done: done, remote: make([]unix.RemoteIovec, 0, iovMax)}
+	var wg sync.WaitGroup
+	for range copiers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &copier{pid: pid, remote: make([]unix.RemoteIovec, 0, iovMax)}
+			defer func() {
+				if c.mem != nil {
+					c.mem.Close()
+				}
+			}()
+			for {
+				select {
+				case b, ok := <-work:
+					if !ok {
+						return
+					}
+					b.err = c.readSummed(b)
+					close(b.ready)
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
+	rd := &reader{vmas: vmas, free: free, work: work, order: order, done: done}
+	wg.Add(1)
 	go func() {
-		defer close(full)
+		defer wg.Done()
+		defer close(order)
+		defer close(work)
 		err := source(rd.add)
 		if err == nil {
 			err = rd.flush()
 		}
-		if rd.mem != nil {
-			rd.mem.Close()
-		}
 		if err != nil && err != errStopped {
-			full <- &batch{err: err}
-		}
-	}()
-	defer func() {
-		// On failure stop the reader and wait for it before the buffers go.
-		if err != nil {
-			close(done)
-			for range full {
+			b := &batch{err: err, ready: make(chan struct{})}
+			close(b.ready)
+			select {
+			case order <- b:
+			case <-done:
 			}
 		}
 	}()
-	for b := range full {
+	defer func() {
+		// On failure stop the others and wait for them before the buffers go.
+		if err != nil {
+			close(done)
+		}
+		wg.Wait()
+	}()
+	for b := range order {
+		<-b.ready
 		if b.err != nil {
 			return pages, frames, b.err
 		}
@@ -257,8 +304,8 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 			prog.Add(int64(p.n))
 		}
 		// Pages given to the output pipe left holes in the buffer: fault
-		// fresh ones in here, so that the reader's next copy into it does
-		// not stop to (that is: zeroing runs on this core, beside the copy).
+		// fresh ones in here, so that the next copy into it does not stop
+		// to (that is: zeroing runs on this core, beside the copies).
 		unix.Madvise(b.buf[:b.used], unix.MADV_POPULATE_WRITE)
 		free <- b
 	}
