@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // deferMin: pages frames with fewer content bytes are read and verified
@@ -17,14 +18,19 @@ const deferMin = 64 << 10
 // no kernel.
 type Mover func(dst io.Writer, src io.Reader, n int64) (int64, error)
 
-// CopyMover is the Mover that copies through memory.
+// CopyMover is the Mover that copies through memory, in pieces of up to
+// 1 MiB (few system calls; lz4 takes 1 MiB blocks).
 func CopyMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
-	m, err := io.CopyN(dst, src, n)
-	if err == io.EOF {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	m, err := io.CopyBuffer(dst, io.LimitReader(src, n), *bp)
+	if err == nil && m < n {
 		err = io.ErrUnexpectedEOF
 	}
 	return m, err
 }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // DeferPages is for stages that pass frames through without using page
 // contents; call it before the first Next. Next then returns a pages frame

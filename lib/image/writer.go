@@ -203,16 +203,15 @@ func (w *Writer) passDeferred(f *Frame) error {
 	if _, err := w.bw.Write(rd.buffered()); err != nil {
 		return err
 	}
-	// Hide bufio's ReadFrom: it would hand the copy to lz4.Writer.ReadFrom,
-	// which cannot follow earlier Writes.
-	dst := io.Writer(struct{ io.Writer }{w.bw})
-	if w.lz == nil {
-		// Whatever is buffered goes first; the contents then move from the
-		// input to the output directly (splice).
-		if err := w.bw.Flush(); err != nil {
-			return err
-		}
-		dst = w.out
+	// Whatever is buffered goes first; the contents then move from the
+	// input to the output directly (splice), or to lz4 in large pieces.
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	dst := w.out
+	if w.lz != nil {
+		// Hide lz4.Writer.ReadFrom: it cannot follow earlier Writes.
+		dst = struct{ io.Writer }{w.lz}
 	}
 	if err := rd.finishPending(dst); err != nil {
 		return err

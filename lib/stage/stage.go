@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 
 	"github.com/urfave/cli/v2"
@@ -67,10 +68,23 @@ func Main(app *cli.App) {
 	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print diagnostics on stderr", Destination: &Verbose})
 	app.ExitErrHandler = func(*cli.Context, error) {}
 	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &UsageError{err} }
+	limitMemory()
 	stop := startProfiling(name)
 	err := app.Run(os.Args)
 	stop()
 	os.Exit(Report(name, err))
+}
+
+// memoryLimit is the soft limit of the Go heap of every command (unless
+// GOMEMLIMIT says otherwise): a stage streams through a few buffers, and
+// the garbage of per-block allocations (lz4) would otherwise let the heap
+// double before a collection, past the 32 MB of peak RSS a stage may use.
+const memoryLimit = 20 << 20
+
+func limitMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 }
 
 // Report prints err the house way and returns the exit status.
