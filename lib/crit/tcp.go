@@ -94,6 +94,9 @@ func (r *tcpRecords) show(w io.Writer) {
 			continue
 		}
 		head += " -> " + tcpAddr(s.PeerAddr, s.PeerPort)
+		if c.Listener != 0 {
+			head += fmt.Sprintf(", not yet accepted (in the queue of socket %d)", c.Listener)
+		}
 		p("%s%s", head, tcpOpts(s.Opts))
 		var neg []string
 		neg = append(neg, fmt.Sprintf("mss %d", c.Mss))

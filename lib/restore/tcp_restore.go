@@ -201,7 +201,14 @@ func openTCP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 func (ts *tcpState) buildAll() error {
 	t0 := time.Now()
 	conns := 0
-	// Listeners first: connections accepted from them share their port.
+	// Listeners first: connections accepted from them share their port;
+	// then the connections that waited in their accept queues go back.
+	children := map[uint64][]*tcpSock{}
+	for _, s := range ts.order {
+		if c := s.rec.Conn; c != nil && c.Listener != 0 {
+			children[c.Listener] = append(children[c.Listener], s)
+		}
+	}
 	for pass := 0; pass < 3; pass++ {
 		for _, s := range ts.order {
 			kind := 2
@@ -210,6 +217,8 @@ func (ts *tcpState) buildAll() error {
 				kind = 0
 			case s.rec.Conn == nil:
 				kind = 1
+			case s.rec.Conn.Listener != 0:
+				kind = 3 // with its listener
 			}
 			if kind != pass {
 				continue
@@ -220,7 +229,17 @@ func (ts *tcpState) buildAll() error {
 			if kind == 2 {
 				conns++
 			}
+			for _, c := range children[s.rec.Inode] {
+				if err := c.requeue(s); err != nil {
+					return fmt.Errorf("tcp socket %d (pid %d fd %d, %s, not yet accepted): %w", c.rec.Inode, c.rec.Pid, c.rec.Fd, c.describe(), err)
+				}
+				conns++
+			}
+			delete(children, s.rec.Inode)
 		}
+	}
+	for l, cs := range children {
+		return fmt.Errorf("tcp socket %d: in the accept queue of socket %d, which the stream does not have: %w", cs[0].rec.Inode, l, image.ErrCorrupt)
 	}
 	stage.Logf("%d TCP sockets (%d connections) rebuilt in %v", len(ts.order), conns, time.Since(t0).Round(time.Microsecond))
 	return nil

@@ -33,10 +33,20 @@ type sock struct {
 	send   []byte // connections: queue contents
 	recv   []byte
 	repair bool // we put it in repair mode
+	read   bool // its connection state is read
+
+	pending  int     // a listener: connections in its accept queue
+	children []*sock // a listener: those connections, taken out to be read
+	parent   *sock   // a connection taken from a listener's accept queue
 }
 
-func (s *sock) where() string { return fmt.Sprintf("pid %d fd %d", s.pid, s.fd) }
-func (s *sock) sfd() int      { return int(s.file.Fd()) }
+func (s *sock) where() string {
+	if s.parent != nil {
+		return fmt.Sprintf("pid %d fd %d (a connection not yet accepted)", s.pid, s.parent.fd)
+	}
+	return fmt.Sprintf("pid %d fd %d", s.pid, s.fd)
+}
+func (s *sock) sfd() int { return int(s.file.Fd()) }
 
 // dumper holds what one run of cr-tcp took hold of, so that a failure can
 // give it all back.
@@ -72,6 +82,9 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 			return err
 		}
 	}
+	if err := d.takePending(); err != nil {
+		return err
+	}
 	tDescribe := time.Now()
 	locks, err := d.lock()
 	if err != nil {
@@ -89,6 +102,10 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 		if err := s.readConn(); err != nil {
 			return err
 		}
+		s.read = true
+	}
+	if err := d.requeuePending(); err != nil {
+		return err
 	}
 	tRepair := time.Now()
 	for _, l := range locks {
@@ -113,18 +130,24 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 
 func (d *dumper) close() {
 	for _, s := range d.socks {
-		s.file.Close()
+		if s.file != nil {
+			s.file.Close()
+		}
 	}
 	for _, f := range d.netns {
 		f.Close()
 	}
 }
 
-// release gives back what a failed run took: repair mode off (a window
-// probe wakes the peer), then the lock lifted.
+// release gives back what a failed run took: connections taken from an
+// accept queue back into it, repair mode off (a window probe wakes the
+// peer), then the lock lifted.
 func (d *dumper) release() {
+	if err := d.requeuePending(); err != nil {
+		stage.Logf("%v", err)
+	}
 	for _, s := range d.socks {
-		if s.repair {
+		if s.repair && s.file != nil {
 			if err := sys.SetTCPRepair(s.sfd(), unix.TCP_REPAIR_OFF); err != nil {
 				stage.Logf("%s: leaving repair mode: %v", s.where(), err)
 			}
@@ -249,8 +272,9 @@ func (s *sock) errorf(format string, a ...any) error {
 }
 
 // flow is the connection as the wire sees it.
-func (s *sock) flow() netlock.Flow {
-	r := s.rec
+func (s *sock) flow() netlock.Flow { return flowOf(s.rec) }
+
+func flowOf(r *pb.TcpSocket) netlock.Flow {
 	l, _ := netip.AddrFromSlice(r.LocalAddr)
 	p, _ := netip.AddrFromSlice(r.PeerAddr)
 	return netlock.Flow{Local: netip.AddrPortFrom(l.Unmap(), uint16(r.LocalPort)), Peer: netip.AddrPortFrom(p.Unmap(), uint16(r.PeerPort))}

@@ -36,10 +36,7 @@ func (s *sock) describe() error {
 	switch info.State {
 	case sys.TCPListen:
 		r.Backlog = info.Sacked
-		if info.Unacked > 0 {
-			return stage.Hint(s.errorf("listening socket %s has %d connection(s) not yet accepted", local, info.Unacked),
-				"a connection waiting in an accept queue cannot be restored into it; checkpoint when the server has accepted its clients")
-		}
+		s.pending = int(info.Unacked)
 	case sys.TCPEstablished, sys.TCPCloseWait, sys.TCPFinWait1, sys.TCPFinWait2, sys.TCPClosing, sys.TCPLastAck:
 		pa, err := unix.Getpeername(fd)
 		if err != nil {
