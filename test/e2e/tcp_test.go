@@ -291,11 +291,14 @@ func showTCP(t *testing.T, img string) (conns int, text string) {
 
 // TestTCPStreamLoopback: a server and its client in one namespace stream
 // both ways with full queues; the server is dumped, killed and restored;
-// both go on and no byte is lost, duplicated or changed.
+// both go on and no byte is lost, duplicated or changed, and the server
+// finds its socket options as it set them (TCP_NODELAY, TCP_CORK,
+// keepalive, SO_LINGER, buffer sizes, TCP_USER_TIMEOUT; SO_REUSEADDR and
+// SO_REUSEPORT on the listener).
 func TestTCPStreamLoopback(t *testing.T) {
 	needTCP(t)
 	ns := newNetns(t, "lo")
-	srv := startTCP(t, ns, "server", "127.0.0.1", "7000", "2", "0", "0", "65536")
+	srv := startTCP(t, ns, "server", "127.0.0.1", "7000", "2", "0", "0", "65536", "more")
 	cli := startTCP(t, ns, "client", "127.0.0.1", "7000", "2", "0", "0", "65536")
 	srv.waitBytes(4<<20, 20*time.Second)
 	cli.waitBytes(4<<20, 20*time.Second)
@@ -378,13 +381,13 @@ func TestTCPManyConnections(t *testing.T) {
 // IPv4-mapped address, locked as IPv4 on the wire).
 func TestTCPIPv6(t *testing.T) {
 	needTCP(t)
-	for _, c := range []struct{ name, listen, connect string }{
-		{"v6", "::1", "::1"},
-		{"mapped", "::", "127.0.0.1"},
+	for _, c := range []struct{ name, listen, connect, more string }{
+		{"v6", "::1", "::1", "more"}, // IPV6_V6ONLY listener
+		{"mapped", "::", "127.0.0.1", "buf=0"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns := newNetns(t, c.name)
-			srv := startTCP(t, ns, "server", c.listen, "7002", "2", "0", "0", "65536")
+			srv := startTCP(t, ns, "server", c.listen, "7002", "2", "0", "0", "65536", c.more)
 			cli := startTCP(t, ns, "client", c.connect, "7002", "2", "0", "0", "65536")
 			srv.waitBytes(2<<20, 20*time.Second)
 			cli.waitBytes(2<<20, 20*time.Second)

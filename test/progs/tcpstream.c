@@ -1,14 +1,16 @@
 /*
  * tcpstream: TCP connections streaming checksummed data both ways.
  *
- *   tcpstream server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES]
+ *   tcpstream server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES] [more]
  *
  * The server listens on ADDR:PORT (IPv4 or IPv6; SO_REUSEADDR, backlog 512)
  * and accepts NCONN connections (with accept=MS not before MS milliseconds
  * after it started, so that connections wait in its accept queue); the
  * client opens NCONN connections to it. buf=BYTES sets SO_SNDBUF and
  * SO_RCVBUF of every connection (bounding the data in flight: many
- * connections). On every connection both sides send the bytes
+ * connections). With "more" the server also sets SO_REUSEPORT (and
+ * IPV6_V6ONLY for IPv6) on its listener and TCP_CORK and a 256 KiB
+ * SO_SNDBUF on every connection, and checks them on SIGTERM. On every connection both sides send the bytes
  * of a stream that only depends on the connection's number, the
  * direction and the offset, and check every byte they receive against it:
  * a byte lost, duplicated or changed, a reset or an early end of file is a
@@ -58,7 +60,7 @@ struct conn {
 static struct conn conns[MAXCONN];
 static int nconn, naccepted, lfd = -1, is_server;
 static uint64_t send_total, recv_total, rate;
-static int bufsz;
+static int bufsz, more;
 static volatile sig_atomic_t got_term, got_quiet;
 static const char *verdict_path, *progress_path;
 static int progress_fd = -1;
@@ -175,6 +177,10 @@ static void server_options(int fd)
 	struct linger lg = { 1, 3 };
 	if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) < 0)
 		verdict(0, "FAIL SO_LINGER: %s", strerror(errno));
+	if (more) {
+		setopt(fd, IPPROTO_TCP, TCP_CORK, 1, "TCP_CORK");
+		setopt(fd, SOL_SOCKET, SO_SNDBUF, 256 << 10, "SO_SNDBUF");
+	}
 }
 
 static const char *addr_str(const struct sockaddr_storage *ss, char *buf)
@@ -206,6 +212,12 @@ static void check_options(struct conn *c, int i)
 		if (v != o[k].want)
 			verdict(0, "FAIL conn %d: %s is %d, want %d", i, o[k].name, v, o[k].want);
 	}
+	if (more) {
+		if (getopt_int(fd, IPPROTO_TCP, TCP_CORK) != 1)
+			verdict(0, "FAIL conn %d: TCP_CORK lost", i);
+		if (getopt_int(fd, SOL_SOCKET, SO_SNDBUF) != 512 << 10)
+			verdict(0, "FAIL conn %d: SO_SNDBUF is %d, want %d", i, getopt_int(fd, SOL_SOCKET, SO_SNDBUF), 512 << 10);
+	}
 	struct linger lg;
 	socklen_t l = sizeof lg;
 	if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) < 0 || !lg.l_onoff || lg.l_linger != 3)
@@ -228,6 +240,10 @@ static void check_listener(void)
 		verdict(0, "FAIL the listening socket no longer listens");
 	if (getopt_int(lfd, SOL_SOCKET, SO_REUSEADDR) != 1)
 		verdict(0, "FAIL the listening socket lost SO_REUSEADDR");
+	if (more && getopt_int(lfd, SOL_SOCKET, SO_REUSEPORT) != 1)
+		verdict(0, "FAIL the listening socket lost SO_REUSEPORT");
+	if (more && laddr.ss_family == AF_INET6 && getopt_int(lfd, IPPROTO_IPV6, IPV6_V6ONLY) != 1)
+		verdict(0, "FAIL the listening socket lost IPV6_V6ONLY");
 	struct sockaddr_storage a;
 	socklen_t al = sizeof a;
 	if (getsockname(lfd, (struct sockaddr *)&a, &al) < 0 || al != laddrlen || memcmp(&a, &laddr, al))
@@ -304,6 +320,8 @@ int main(int argc, char **argv)
 			accept_ms = atol(argv[i] + 7);
 		} else if (!strncmp(argv[i], "buf=", 4)) {
 			bufsz = atoi(argv[i] + 4);
+		} else if (!strcmp(argv[i], "more")) {
+			more = 1;
 		} else {
 			fprintf(stderr, "tcpstream: unknown option %s\n", argv[i]);
 			return 2;
@@ -343,6 +361,11 @@ int main(int argc, char **argv)
 		if (lfd < 0)
 			verdict(0, "FAIL socket: %s", strerror(errno));
 		setopt(lfd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+		if (more) {
+			setopt(lfd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+			if (family == AF_INET6)
+				setopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
+		}
 		if (bind(lfd, (struct sockaddr *)&sa, salen) < 0)
 			verdict(0, "FAIL bind %s: %s", argv[4], strerror(errno));
 		if (listen(lfd, 512) < 0)
