@@ -270,9 +270,14 @@ func (s *tcpSock) repairConnect(fd int) error {
 	rw := sys.TCPRepairWindow{SndWl1: w.SndWl1, SndWnd: w.SndWnd, MaxWindow: w.MaxWindow, RcvWnd: w.RcvWnd, RcvWup: w.RcvWup}
 	if c.FinReceived {
 		// The dumped rcv_nxt counted the peer's FIN, which comes back only
-		// later (goLive): the kernel wants rcv_wup <= rcv_nxt meanwhile.
-		if rcvNxt := c.RcvSeq + c.RecvLen; int32(rw.RcvWup-rcvNxt) > 0 {
+		// later (goLive): the kernel wants rcv_wup <= rcv_nxt and snd_wl1
+		// <= rcv_nxt + rcv_wnd meanwhile.
+		rcvNxt := c.RcvSeq + c.RecvLen
+		if int32(rw.RcvWup-rcvNxt) > 0 {
 			rw.RcvWup = rcvNxt
+		}
+		if int32(rw.SndWl1-(rcvNxt+rw.RcvWnd)) > 0 {
+			rw.SndWl1 = rcvNxt
 		}
 	}
 	if err := sys.SetTCPRepairWindow(fd, rw); err != nil {
