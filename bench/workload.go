@@ -21,6 +21,7 @@ type workload struct {
 	Args      []string // benchload's mode and arguments
 	Bytes     int64    // memory a dump copies (for GB/s)
 	Limits    bool     // measure the machine's limits on this memory too
+	ThpLimit  bool     // and the fill limit with transparent huge pages
 	Compress  bool     // also dump with --compress
 	Porcelain bool     // also cr-dump --leave-running
 	Tiny      bool     // the tiny counter: latency of dump + restore
@@ -39,14 +40,15 @@ func workloads(quick bool) []*workload {
 				Args:      []string{"procs", "1", strconv.FormatInt(mb, 10), kind},
 				Bytes:     mb << 20,
 				Limits:    true,
-				Compress:  kind != "zero",
+				ThpLimit:  mb == 1024 && kind == "random",
+				Compress:  mb == 1024 && kind != "zero" || mb == 4096 && kind == "compressible",
 				Porcelain: mb == 1024 && kind == "random",
 				VerifyAll: mb == 1024,
 			})
 		}
 	}
 	ws = append(ws,
-		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, VerifyAll: true},
+		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, ThpLimit: true, VerifyAll: true},
 		&workload{Name: "64 processes × 16 MiB random", Args: []string{"procs", "64", "16", "random"}, Bytes: 64 << 24, VerifyAll: true},
 		&workload{Name: "10,000 mappings of 4 KiB", Args: []string{"maps", "10000"}, Bytes: 10000 * 4096, VerifyAll: true},
 		&workload{Name: "100-process tree (1 MiB each)", Args: []string{"procs", "100", "1", "random"}, Bytes: 100 << 20, VerifyAll: true},
@@ -285,8 +287,10 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		res.record(mWrite, d, err)
 		d, err = fill(p.len, false)
 		res.record(mFill, d, err)
-		d, err = fill(p.len, true)
-		res.record(mFillHuge, d, err)
+		if w.ThpLimit {
+			d, err = fill(p.len, true)
+			res.record(mFillHuge, d, err)
+		}
 	}
 	pidArg := strconv.Itoa(p.pid)
 
