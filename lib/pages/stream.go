@@ -231,7 +231,7 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 	work := make(chan *batch, nbuf)
 	order := make(chan *batch, nbuf)
 	done := make(chan struct{})
-	bufs, release, err := allocBuffers(nbuf, bufSize)
+	bufs, release, err := buffers(nbuf)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -312,6 +312,41 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 		free <- b
 	}
 	return pages, frames, nil
+}
+
+// bufCache keeps the read buffers from one process to the next: a tree of
+// many small processes would otherwise fault in (and zero) a fresh set of
+// buffers for each, as much memory again as it dumps.
+var bufCache struct {
+	sync.Mutex
+	bufs    [][]byte
+	release func()
+	inUse   bool
+}
+
+// buffers returns n read buffers, reused when a previous dump left them.
+func buffers(n int) ([][]byte, func(), error) {
+	bufCache.Lock()
+	defer bufCache.Unlock()
+	if bufCache.inUse || len(bufCache.bufs) != n {
+		if bufCache.inUse {
+			return allocBuffers(n, bufSize) // concurrent dumps (tests)
+		}
+		bufs, release, err := allocBuffers(n, bufSize)
+		if err != nil {
+			return nil, nil, err
+		}
+		if bufCache.release != nil {
+			bufCache.release()
+		}
+		bufCache.bufs, bufCache.release = bufs, release
+	}
+	bufCache.inUse = true
+	return bufCache.bufs, func() {
+		bufCache.Lock()
+		bufCache.inUse = false
+		bufCache.Unlock()
+	}, nil
 }
 
 // allocBuffers maps the read buffers outside the Go heap: they are reused
