@@ -64,6 +64,17 @@ func (s *tcpSock) build() (err error) {
 		if err := s.repairConnect(fd); err != nil {
 			return err
 		}
+		// The receive queue is back: the receive buffer and window clamp
+		// as they were, before the socket offers a window it could not
+		// honour later (a peer whose MSS outgrows the window stalls).
+		if err := setTCPBuffers(fd, 0, o.Rcvbuf/2, o.BufLock|sndbufLock); err != nil {
+			return err
+		}
+		if o.WindowClamp != 0 {
+			if err := setInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", int(o.WindowClamp)); err != nil {
+				return err
+			}
+		}
 	}
 	if err := setOptions(fd, int(r.Family), r.State, o, fresh); err != nil {
 		return err
@@ -174,8 +185,9 @@ func (s *tcpSock) setBindOptions(fd int, _ defaults) error {
 	// where it went on before.
 	//
 	// A connection's queues go back in smaller pieces than the kernel had
-	// them in (more per-buffer overhead): until it is live, it gets room
-	// to spare, and its own sizes after (setTCPBuffers).
+	// them in (more per-buffer overhead): until they are back (the receive
+	// queue) or until it is live (the send queue, unsent data written
+	// after repair mode), it gets room to spare, then its own sizes.
 	snd, rcv := o.Sndbuf/2, o.Rcvbuf/2
 	if c := r.Conn; c != nil {
 		snd = max(snd, 4*c.SendLen+256<<10)
@@ -183,6 +195,9 @@ func (s *tcpSock) setBindOptions(fd int, _ defaults) error {
 	}
 	return setTCPBuffers(fd, snd, rcv, o.BufLock)
 }
+
+// sndbufLock keeps the lent send buffer fixed until the socket is live.
+const sndbufLock = 1 // SOCK_SNDBUF_LOCK
 
 // setTCPBuffers sets SO_SNDBUF and SO_RCVBUF to twice snd and rcv (0: leave
 // it), then the locks.

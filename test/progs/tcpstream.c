@@ -361,6 +361,12 @@ int main(int argc, char **argv)
 		if (lfd < 0)
 			verdict(0, "FAIL socket: %s", strerror(errno));
 		setopt(lfd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+		if (bufsz) {
+			/* Before the handshake, so that the client's MSS never
+			 * outgrows the windows of these small buffers. */
+			setopt(lfd, SOL_SOCKET, SO_SNDBUF, bufsz, "SO_SNDBUF");
+			setopt(lfd, SOL_SOCKET, SO_RCVBUF, bufsz, "SO_RCVBUF");
+		}
 		if (more) {
 			setopt(lfd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
 			if (family == AF_INET6)
