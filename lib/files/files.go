@@ -54,27 +54,14 @@ func Filter() stage.Filter { return FilterWith(Options{}) }
 // FilterWith returns the cr-files filter: it remembers every Process record
 // and dumps the files of those processes once the input is complete.
 func FilterWith(opts Options) stage.Filter {
-	var procs []*pb.Process
+	up := &stage.Upstream{}
 	return stage.Filter{
-		Observe: func(f *image.Frame) error {
-			if f.Type != image.TypeProcess {
-				return nil
-			}
-			p := new(pb.Process)
-			if err := image.Unmarshal(f, p); err != nil {
+		Observe: up.Observe,
+		Finish: func(w *image.Writer) error {
+			if err := up.NeedProcs(); err != nil {
 				return err
 			}
-			if p.State == "Z" {
-				return nil // a zombie has no memory and no files
-			}
-			procs = append(procs, p)
-			return nil
-		},
-		Finish: func(w *image.Writer) error {
-			if len(procs) == 0 {
-				return fmt.Errorf("no process records in the stream: cr-files reads the output of cr-freeze")
-			}
-			d := newDumper(procs)
+			d := newDumper(up.Procs)
 			d.opts = opts
 			defer d.close()
 			if err := d.dump(); err != nil {

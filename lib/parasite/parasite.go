@@ -58,32 +58,16 @@ func Command() *cli.App {
 
 // Filter is the stage without its command line.
 func Filter() stage.Filter {
-	var fr *pb.Freeze
-	var procs []*pb.Process
+	up := &stage.Upstream{}
 	return stage.Filter{
-		Observe: func(f *image.Frame) error {
-			switch f.Type {
-			case image.TypeFreeze:
-				fr = &pb.Freeze{}
-				return image.Unmarshal(f, fr)
-			case image.TypeProcess:
-				p := &pb.Process{}
-				if err := image.Unmarshal(f, p); err != nil {
-					return err
-				}
-				if p.State == "Z" {
-					return nil // a zombie has no threads left to seize
-				}
-				procs = append(procs, p)
-			}
-			return nil
-		},
+		Observe: up.Observe,
 		Finish: func(w *image.Writer) error {
-			if len(procs) == 0 {
-				return stage.Hint(errors.New("input: no process records"), "the stream must start with cr-freeze --pid PID")
+			if err := up.NeedProcs(); err != nil {
+				return err
 			}
-			if fr == nil {
-				return stage.Hint(errors.New("input: no freeze record"), "the stream must start with cr-freeze --pid PID")
+			fr, procs := up.Freeze, up.Procs
+			if err := up.NeedFreeze(); err != nil {
+				return err
 			}
 			res, err := Run(fr, procs)
 			if err != nil {
