@@ -342,8 +342,9 @@ func (s *tcpSock) goLive(fd int) error {
 		if err := waitState(fd, want); err != nil {
 			return fmt.Errorf("the peer's FIN: %w", err)
 		}
-		if r.State == sys.TCPLastAck {
-			// Our FIN came after the peer's.
+		if r.State == sys.TCPLastAck && c.UnsentLen == 0 {
+			// Our FIN came after the peer's (and after what we sent: unsent
+			// data goes first, then the FIN, below).
 			if err := sys.SetTCPRepair(fd, unix.TCP_REPAIR_ON); err != nil {
 				return err
 			}

@@ -418,6 +418,12 @@ func TestTCPHalfClosed(t *testing.T) {
 		{"close-wait", "CLOSE_WAIT", "close-wait", []string{big, small, "0"}, []string{small, big, "65536"}},
 		// The server's FIN is acknowledged; it still receives, slowly.
 		{"fin-wait2", "FIN_WAIT2", "fin-wait-2", []string{small, big, "65536"}, []string{big, small, "0"}},
+		// The client is done and gone; the server has written all it sends
+		// and shut down too, but the slow client has not taken it all:
+		// data and our FIN still queued, unsent.
+		{"last-ack", "LAST_ACK", "last-ack", []string{"4000000", big, "0", "stay"}, []string{big, "4000000", "65536"}},
+		// The same while the client still sends (forever).
+		{"fin-wait1", "FIN_WAIT1", "fin-wait-1", []string{"4000000", "0", "0"}, []string{"0", "4000000", "65536"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns := newNetns(t, c.name)
@@ -425,10 +431,21 @@ func TestTCPHalfClosed(t *testing.T) {
 			cli := startTCP(t, ns, "client", append([]string{"127.0.0.1", "7003", "1"}, c.client...)...)
 			// The small side is done (its FIN sent and received) well before
 			// the big one.
-			if c.state == "CLOSE_WAIT" {
+			switch c.state {
+			case "CLOSE_WAIT":
 				srv.waitBytes(262144, 20*time.Second)
-			} else {
+			case "FIN_WAIT2":
 				cli.waitBytes(262144, 20*time.Second)
+			default:
+				for deadline := time.Now().Add(20 * time.Second); ; {
+					if len(lines(mustShellQuiet(t, ns.in("ss -Htn state "+c.ss+" sport = :7003")))) == 1 {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the server did not reach %s", c.state)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
 			}
 			srv.waitBytes(1, 20*time.Second)
 			img, _ := checkpoint(t, srv, ns)
@@ -440,6 +457,17 @@ func TestTCPHalfClosed(t *testing.T) {
 			t.Logf("crit show:\n%s", show)
 			if !strings.Contains(show, c.state) {
 				t.Errorf("crit show has no %s connection", c.state)
+			}
+			if c.state == "FIN_WAIT1" {
+				// The client streams forever: wait for all the server sent.
+				cli.waitBytes(4000000, 60*time.Second)
+				stopAll(t, srv, cli)
+				return
+			}
+			if c.state == "LAST_ACK" {
+				// The server is done but stays; the client gets the rest.
+				cli.waitVerdict("PASS", 60*time.Second)
+				syscall.Kill(srv.pid, syscall.SIGTERM)
 			}
 			srv.waitVerdict("PASS", 60*time.Second)
 			cli.waitVerdict("PASS", 60*time.Second)

@@ -1,7 +1,7 @@
 /*
  * tcpstream: TCP connections streaming checksummed data both ways.
  *
- *   tcpstream server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES] [more]
+ *   tcpstream server|client PROGRESS VERDICT ADDR PORT NCONN SEND RECV RATE [accept=MS] [buf=BYTES] [more] [stay]
  *
  * The server listens on ADDR:PORT (IPv4 or IPv6; SO_REUSEADDR, backlog 512)
  * and accepts NCONN connections (with accept=MS not before MS milliseconds
@@ -24,7 +24,8 @@
  * amounts on the two sides leave a connection half-closed for a while
  * (CLOSE_WAIT on one side, FIN_WAIT on the other). Once every connection
  * has sent and received everything, it writes "PASS <bytes received>
- * complete" and exits 0.
+ * complete" and exits 0 (with "stay": it keeps its sockets open and
+ * waits for SIGTERM to write that verdict).
  *
  * The server sets options on every connection it accepts (TCP_NODELAY,
  * SO_KEEPALIVE with idle 77 s, interval 11 s, 5 probes, SO_LINGER 3 s,
@@ -60,7 +61,7 @@ struct conn {
 static struct conn conns[MAXCONN];
 static int nconn, naccepted, lfd = -1, is_server;
 static uint64_t send_total, recv_total, rate;
-static int bufsz, more;
+static int bufsz, more, stay, completed;
 static volatile sig_atomic_t got_term, got_quiet;
 static const char *verdict_path, *progress_path;
 static int progress_fd = -1;
@@ -222,6 +223,8 @@ static void check_options(struct conn *c, int i)
 	socklen_t l = sizeof lg;
 	if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) < 0 || !lg.l_onoff || lg.l_linger != 3)
 		verdict(0, "FAIL conn %d: SO_LINGER lost", i);
+	if (c->done)
+		return; /* both FINs exchanged: the socket may be closed by now */
 	struct sockaddr_storage p;
 	socklen_t pl = sizeof p;
 	if (getpeername(fd, (struct sockaddr *)&p, &pl) < 0)
@@ -322,6 +325,8 @@ int main(int argc, char **argv)
 			bufsz = atoi(argv[i] + 4);
 		} else if (!strcmp(argv[i], "more")) {
 			more = 1;
+		} else if (!strcmp(argv[i], "stay")) {
+			stay = 1;
 		} else {
 			fprintf(stderr, "tcpstream: unknown option %s\n", argv[i]);
 			return 2;
@@ -408,7 +413,11 @@ int main(int argc, char **argv)
 			uint64_t n = 0;
 			for (int i = 0; i < naccepted; i++)
 				n += conns[i].rcvd;
-			verdict(1, "PASS %llu", (unsigned long long)n);
+			verdict(1, "PASS %llu%s", (unsigned long long)n, completed ? " complete" : "");
+		}
+		if (completed) {
+			sleep_ns(5000000L, &got_term);
+			continue;
 		}
 		if (got_quiet) {
 			progress();
@@ -473,6 +482,10 @@ int main(int argc, char **argv)
 			progress();
 		if ((send_total || recv_total) && naccepted == nconn && done == nconn) {
 			progress();
+			if (stay) {
+				completed = 1;
+				continue;
+			}
 			uint64_t n = 0;
 			for (int i = 0; i < naccepted; i++)
 				n += conns[i].rcvd;
