@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,9 +67,25 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 			d.release()
 		}
 	}()
+	// From here a signal (cr-dump stopping its stages) is an error at the
+	// next step, so that what was taken is given back (release) first.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	defer signal.Stop(sigs)
+	interrupted := func() error {
+		select {
+		case sig := <-sigs:
+			return fmt.Errorf("interrupted by %v", sig)
+		default:
+			return nil
+		}
+	}
 	t0 := time.Now()
 	for _, pid := range pids {
 		if err := d.collect(pid); err != nil {
+			return err
+		}
+		if err := interrupted(); err != nil {
 			return err
 		}
 	}
@@ -92,6 +109,9 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 	}
 	tLock := time.Now()
 	for _, s := range d.socks {
+		if err := interrupted(); err != nil {
+			return err
+		}
 		if s.rec.Conn == nil {
 			continue
 		}
@@ -105,6 +125,9 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 		s.read = true
 	}
 	if err := d.requeuePending(); err != nil {
+		return err
+	}
+	if err := interrupted(); err != nil {
 		return err
 	}
 	tRepair := time.Now()
