@@ -33,8 +33,12 @@ func TestPagesSummed(t *testing.T) {
 			_, err := dst.Write(p)
 			return true, err
 		}})
-		if err := w.WritePagesSummed(h, data, s.Sum(), donate); err != nil {
+		donated, err := w.WritePagesSummed(h, data, s.Sum(), donate)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if donated != donate {
+			t.Errorf("donate=%v: donated %v", donate, donated)
 		}
 		w.Close()
 		if !bytes.Equal(got.Bytes(), want.Bytes()) {

@@ -34,15 +34,15 @@ type WriterOptions struct {
 	// Header, when set, is written instead of this version's header, so that
 	// crit encode can reproduce a stream byte for byte. Its Major must be Major.
 	Header *Header
-	// Donate, when set, lets WritePagesDonated give page contents to the
+	// Donate, when set, lets WritePagesSummed give page contents to the
 	// output instead of copying them (lib/stage: vmsplice(2)).
 	Donate Donor
 }
 
 // A Donor gives p, whole pages of the caller's own anonymous memory, to dst
-// without copying them, and takes them from the caller: afterwards p reads
-// as zeros. It returns false, having done nothing, when it cannot (dst is
-// not a pipe); then the bytes are written as usual.
+// by reference, without copying them (see WritePagesSummed for what the
+// caller must do then). It returns false, having done nothing, when it
+// cannot (dst is not a pipe); then the bytes are written as usual.
 type Donor func(dst io.Writer, p []byte) (bool, error)
 
 // writeBuffer gathers frame headers and small frames; large payloads are
@@ -241,15 +241,6 @@ func (w *Writer) WritePages(h PagesHeader, data []byte) error {
 	return w.frame(TypePages, 0, pre[:], data)
 }
 
-// WritePagesDonated is WritePages for page contents in the caller's own
-// private anonymous memory mapping (from mmap, never Go heap memory), which
-// the caller gives up: the pages themselves may be handed to the output
-// (WriterOptions.Donate) instead of being copied, after which data reads as
-// zeros. The caller may write into data again; it gets fresh pages.
-func (w *Writer) WritePagesDonated(h PagesHeader, data []byte) error {
-	return w.writePages(h, data, nil, true)
-}
-
 // PagesSum is the checksum of the pages frame for h and data. A producer
 // computes it where data was just made, while it is in the CPU's cache, and
 // gives it to WritePagesSummed; otherwise the writer reads data again.
@@ -280,9 +271,16 @@ func (s *PagesSummer) Add(p []byte) { s.crc = crc32.Update(s.crc, castagnoli, p)
 // Sum is the frame's checksum once every part has been added.
 func (s *PagesSummer) Sum() uint32 { return s.crc }
 
-// WritePagesSummed is WritePages (donate false) or WritePagesDonated
-// (donate true) with the frame's checksum computed by PagesSum.
-func (w *Writer) WritePagesSummed(h PagesHeader, data []byte, sum uint32, donate bool) error {
+// WritePagesSummed is WritePages with the frame's checksum computed ahead
+// (PagesSum, PagesSummer). With donate, data must be the caller's own
+// private anonymous memory (from mmap, never Go heap memory): its pages may
+// be handed to the output by reference (WriterOptions.Donate) instead of
+// being copied. donated then says so, and the output still refers to those
+// pages: the caller must drop them from its mapping (MADV_DONTNEED) before
+// it writes into data again, or it changes what the output holds. (Drop a
+// whole buffer of frames at once: dropping part of a transparent huge page
+// splits it, and the buffer is then made of small pages for good.)
+func (w *Writer) WritePagesSummed(h PagesHeader, data []byte, sum uint32, donate bool) (donated bool, err error) {
 	return w.writePages(h, data, &sum, donate)
 }
 
@@ -294,21 +292,21 @@ func pagesHeader(n int, sum uint32) [FrameHeaderSize]byte {
 	return hdr
 }
 
-func (w *Writer) writePages(h PagesHeader, data []byte, sum *uint32, donate bool) error {
+func (w *Writer) writePages(h PagesHeader, data []byte, sum *uint32, donate bool) (bool, error) {
 	if len(data)%PageSize != 0 || h.Addr%PageSize != 0 {
-		return fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, len(data))
+		return false, fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, len(data))
 	}
 	var pre [PagesPreamble]byte
 	putPagesPreamble(pre[:], h)
 	if !donate || w.donate == nil || w.lz != nil || len(data) < directWrite {
-		return w.frameSum(TypePages, 0, sum, pre[:], data)
+		return false, w.frameSum(TypePages, 0, sum, pre[:], data)
 	}
 	if w.closed {
-		return fmt.Errorf("image: write after close")
+		return false, fmt.Errorf("image: write after close")
 	}
 	n := PagesPreamble + len(data)
 	if n > MaxPagesPayload {
-		return fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", TypePages, n, MaxPagesPayload, ErrTooLarge)
+		return false, fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", TypePages, n, MaxPagesPayload, ErrTooLarge)
 	}
 	hdr := pagesHeader(len(data), 0)
 	if sum != nil {
@@ -319,19 +317,19 @@ func (w *Writer) writePages(h PagesHeader, data []byte, sum *uint32, donate bool
 	w.bw.Write(hdr[:])
 	w.bw.Write(pre[:])
 	if err := w.bw.Flush(); err != nil {
-		return err
+		return false, err
 	}
 	given, err := w.donate(w.out, data)
 	if err != nil {
-		return err
+		return given, err
 	}
 	if !given {
 		if _, err := w.out.Write(data); err != nil {
-			return err
+			return false, err
 		}
 	}
 	w.counts.add(TypePages, n)
-	return nil
+	return given, nil
 }
 
 // Counts returns what has been written so far.

@@ -42,27 +42,57 @@ type Stats struct {
 
 // DumpProcess writes the Mm record of p and the page frames that follow it.
 func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
+	var st Stats
+	err := DumpProcesses(w, []*pb.Process{p}, func(_ *pb.Process, s Stats) { st = s })
+	return st, err
+}
+
+// DumpProcesses writes, for each process in order, its Mm record and the
+// page frames that follow it. One pipeline serves them all: while one
+// process's frames are written, the next one is scanned and its pages
+// copied, so a tree of many small processes dumps about as fast as one
+// large process. done, when not nil, is called for each process once its
+// last frame is written.
+func DumpProcesses(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats)) error {
+	return stream(w, procs, done)
+}
+
+// prepared is a process ready to stream: its Mm record, and the runs of
+// pages to read (source).
+type prepared struct {
+	p      *pb.Process
+	pid    int
+	mm     *pb.Mm
+	vmas   []vma
+	source func(func(run) error) error
+	stats  Stats
+	t0     time.Time
+	close  func()
+}
+
+// prepare reads what the Mm record says about p and finds its pages.
+func prepare(p *pb.Process) (*prepared, error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
 	if pid <= 0 {
-		return stats, fmt.Errorf("process record with pid %d", pid)
+		return nil, fmt.Errorf("process record with pid %d", pid)
 	}
 	st, err := proc.ReadMmStat(pid)
 	if err != nil {
-		return stats, procErr(pid, err)
+		return nil, procErr(pid, err)
 	}
 	if p.StartTime != 0 && st.StartTime != p.StartTime {
-		return stats, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
+		return nil, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
 			"the process exited and its PID was reused; checkpoint again")
 	}
 	maps, err := proc.ReadMaps(pid)
 	if err != nil {
-		return stats, procErr(pid, err)
+		return nil, procErr(pid, err)
 	}
 	vmas, err := classify(pid, maps)
 	if err != nil {
-		return stats, err
+		return nil, err
 	}
 	mm := &pb.Mm{
 		Pid:        p.Pid,
@@ -86,17 +116,16 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		}
 	}
 	if mm.Auxv, err = proc.ReadAuxv(pid); err != nil {
-		return stats, procErr(pid, err)
+		return nil, procErr(pid, err)
 	}
 	if mm.Exe, err = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil {
-		return stats, procErr(pid, err)
+		return nil, procErr(pid, err)
 	}
 
 	pm, err := sys.OpenPagemap(pid)
 	if err != nil {
-		return stats, procErr(pid, err)
+		return nil, procErr(pid, err)
 	}
-	defer pm.Close()
 	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
 
 	// First pass: count (the Mm record says how many pages follow and which
@@ -118,10 +147,12 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		return nil
 	})
 	if errors.Is(err, sys.ErrNoPagemapScan) {
-		return stats, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
+		pm.Close()
+		return nil, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
 	}
 	if err != nil {
-		return stats, err
+		pm.Close()
+		return nil, err
 	}
 	for i := range vmas {
 		vmas[i].pb.HasPages = vmaPages[i] > 0
@@ -130,9 +161,6 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 	}
 	mm.PagesTotal = stats.Pages
 	stats.Vmas = len(vmas)
-	if err := w.WriteMessage(image.TypeMm, mm); err != nil {
-		return stats, fmt.Errorf("output: %w", err)
-	}
 
 	source := func(emit func(run) error) error {
 		for _, r := range runs {
@@ -146,18 +174,7 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 		stage.Logf("pid %d: more than %d page runs: scanning again while streaming", pid, maxStoredRuns)
 		source = sc.each
 	}
-	prog := stage.NewProgress(fmt.Sprintf("pid %d", pid), int64(stats.Pages)*image.PageSize)
-	written, frames, err := stream(w, pid, vmas, source, prog)
-	prog.Done()
-	stats.Frames = frames
-	if err != nil {
-		return stats, err
-	}
-	if written != stats.Pages {
-		return stats, fmt.Errorf("pid %d: %d pages counted, %d written: its memory changed while frozen", pid, stats.Pages, written)
-	}
-	stats.Elapsed = time.Since(t0)
-	return stats, nil
+	return &prepared{p: p, pid: pid, mm: mm, vmas: vmas, source: source, stats: stats, t0: t0, close: func() { pm.Close() }}, nil
 }
 
 func procErr(pid int, err error) error {

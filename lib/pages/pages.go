@@ -55,17 +55,16 @@ func Filter() stage.Filter {
 			return nil
 		},
 		Finish: func(w *image.Writer) error {
-			for _, p := range procs {
-				st, err := DumpProcess(w, p)
-				if err != nil {
-					return err
-				}
+			if len(procs) == 0 {
+				return fmt.Errorf("no process records in the stream: cr-pages reads the output of cr-freeze")
+			}
+			err := DumpProcesses(w, procs, func(p *pb.Process, st Stats) {
 				mib := float64(st.Pages) * image.PageSize / (1 << 20)
 				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Frames,
 					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)
-			}
-			if len(procs) == 0 {
-				return fmt.Errorf("no process records in the stream: cr-pages reads the output of cr-freeze")
+			})
+			if err != nil {
+				return err
 			}
 			if hwm, err := peakRSS(); err == nil {
 				stage.Logf("peak RSS %.1f MB", float64(hwm)/1e6)

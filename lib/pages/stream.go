@@ -6,11 +6,13 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
+	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 )
 
@@ -28,6 +30,7 @@ type piece struct {
 }
 
 type batch struct {
+	pid    int
 	buf    []byte
 	pieces []piece
 	used   int
@@ -35,15 +38,25 @@ type batch struct {
 	ready  chan struct{} // closed once a copier has read the batch (or err is set)
 }
 
+// item is what the writer takes, in stream order: a process's start (its
+// Mm record), a batch of its page frames, its end, or an error.
+type item struct {
+	start *prepared
+	b     *batch
+	end   *prepared
+	err   error
+}
+
 var errStopped = errors.New("stopped")
 
 // reader assigns runs to batches in a goroutine of its own, and hands each
 // full batch to the copiers (work) and, in order, to the writer (order).
 type reader struct {
+	pid   int
 	vmas  []vma
 	free  <-chan *batch
 	work  chan<- *batch
-	order chan<- *batch
+	order chan<- item
 	done  <-chan struct{}
 	cur   *batch
 }
@@ -64,7 +77,7 @@ func (rd *reader) add(r run) error {
 		if rd.cur == nil {
 			select {
 			case b := <-rd.free:
-				b.pieces, b.used, b.err = b.pieces[:0], 0, nil
+				b.pid, b.pieces, b.used, b.err = rd.pid, b.pieces[:0], 0, nil
 				rd.cur = b
 			case <-rd.done:
 				return errStopped
@@ -100,7 +113,7 @@ func (rd *reader) flush() error {
 	rd.cur = nil
 	b.ready = make(chan struct{})
 	select {
-	case rd.order <- b:
+	case rd.order <- item{b: b}:
 	case <-rd.done:
 		return errStopped
 	}
@@ -125,7 +138,7 @@ const sumWindow = 256 << 10
 func (rd *copier) readSummed(b *batch) error {
 	sums := make([]image.PagesSummer, len(b.pieces))
 	for i, p := range b.pieces {
-		sums[i] = image.NewPagesSummer(image.PagesHeader{Pid: uint32(rd.pid), Addr: p.addr}, p.n)
+		sums[i] = image.NewPagesSummer(image.PagesHeader{Pid: uint32(b.pid), Addr: p.addr}, p.n)
 	}
 	first := 0 // the first piece not yet read completely
 	for ws := 0; ws < b.used; ws += sumWindow {
@@ -221,19 +234,20 @@ func (rd *copier) readMem(addr uint64, dst []byte) error {
 	return nil
 }
 
-// stream reads the pages of runs and writes them as page frames. Assigning
-// runs to batches (a goroutine), copying and checksumming them (copiers,
-// one per core) and writing them (this goroutine) overlap.
-func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) error, prog *stage.Progress) (pages uint64, frames int, err error) {
+// stream writes each process's Mm record and page frames. Preparing the
+// processes and assigning their runs to batches (a goroutine), copying and
+// checksumming batches (copiers, one per core) and writing (this
+// goroutine) overlap, also from one process to the next.
+func stream(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats)) (err error) {
 	copiers := min(runtime.GOMAXPROCS(0), maxCopiers)
 	nbuf := copiers + 1
 	free := make(chan *batch, nbuf)
 	work := make(chan *batch, nbuf)
-	order := make(chan *batch, nbuf)
-	done := make(chan struct{})
+	order := make(chan item, 2*nbuf)
+	stop := make(chan struct{})
 	bufs, release, err := buffers(nbuf)
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	defer release()
 	for _, buf := range bufs {
@@ -244,74 +258,138 @@ func stream(w *image.Writer, pid int, vmas []vma, source func(func(run) error) e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := &copier{pid: pid, remote: make([]unix.RemoteIovec, 0, iovMax)}
-			defer func() {
-				if c.mem != nil {
-					c.mem.Close()
-				}
-			}()
+			c := &copier{remote: make([]unix.RemoteIovec, 0, iovMax)}
+			defer c.closeMem()
 			for {
 				select {
 				case b, ok := <-work:
 					if !ok {
 						return
 					}
+					if c.pid != b.pid {
+						c.closeMem()
+						c.pid = b.pid
+					}
 					b.err = c.readSummed(b)
 					close(b.ready)
-				case <-done:
+				case <-stop:
 					return
 				}
 			}
 		}()
 	}
-	rd := &reader{vmas: vmas, free: free, work: work, order: order, done: done}
+	send := func(it item) bool {
+		select {
+		case order <- it:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	rd := &reader{free: free, work: work, order: order, done: stop}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		err := source(rd.add)
-		if err == nil {
-			err = rd.flush()
-		}
-		if err != nil && err != errStopped {
-			b := &batch{err: err, ready: make(chan struct{})}
-			close(b.ready)
-			select {
-			case order <- b:
-			case <-done:
+		for _, p := range procs {
+			pr, err := prepare(p)
+			if err == nil {
+				if !send(item{start: pr}) {
+					pr.close()
+					return
+				}
+				rd.pid, rd.vmas = pr.pid, pr.vmas
+				err = pr.source(rd.add)
+				if err == nil {
+					err = rd.flush()
+				}
+				pr.close()
+			}
+			if err == errStopped {
+				return
+			}
+			if err != nil {
+				send(item{err: err})
+				return
+			}
+			if !send(item{end: pr}) {
+				return
 			}
 		}
 	}()
 	defer func() {
 		// On failure stop the others and wait for them before the buffers go.
 		if err != nil {
-			close(done)
+			close(stop)
 		}
 		wg.Wait()
 	}()
-	for b := range order {
-		<-b.ready
-		if b.err != nil {
-			return pages, frames, b.err
-		}
-		for _, p := range b.pieces {
-			// The buffers are our own mapping: the writer may give their
-			// pages to the output pipe instead of copying them.
-			if err := w.WritePagesSummed(image.PagesHeader{Pid: uint32(pid), Addr: p.addr}, b.buf[p.off:p.off+p.n], p.sum, true); err != nil {
-				return pages, frames, fmt.Errorf("output: %w", err)
+	var cur *prepared
+	var prog *stage.Progress
+	var written uint64
+	defer func() { prog.Done() }()
+	for it := range order {
+		switch {
+		case it.err != nil:
+			return it.err
+		case it.start != nil:
+			cur, written = it.start, 0
+			if err := w.WriteMessage(image.TypeMm, cur.mm); err != nil {
+				return fmt.Errorf("output: %w", err)
 			}
-			pages += uint64(p.n / image.PageSize)
-			frames++
-			prog.Add(int64(p.n))
+			prog = stage.NewProgress(fmt.Sprintf("pid %d", cur.pid), int64(cur.stats.Pages)*image.PageSize)
+		case it.end != nil:
+			prog.Done()
+			prog = nil
+			if written != cur.stats.Pages {
+				return fmt.Errorf("pid %d: %d pages counted, %d written: its memory changed while frozen", cur.pid, cur.stats.Pages, written)
+			}
+			cur.stats.Elapsed = time.Since(cur.t0)
+			if done != nil {
+				done(cur.p, cur.stats)
+			}
+		case it.b != nil:
+			b := it.b
+			<-b.ready
+			if b.err != nil {
+				return b.err
+			}
+			donated := false
+			for _, p := range b.pieces {
+				// The buffers are our own mapping: the writer may give their
+				// pages to the output pipe instead of copying them.
+				given, err := w.WritePagesSummed(image.PagesHeader{Pid: uint32(b.pid), Addr: p.addr}, b.buf[p.off:p.off+p.n], p.sum, true)
+				if err != nil {
+					return fmt.Errorf("output: %w", err)
+				}
+				donated = donated || given
+				written += uint64(p.n / image.PageSize)
+				cur.stats.Frames++
+				prog.Add(int64(p.n))
+			}
+			if donated {
+				// The output pipe refers to the buffer's pages: drop them
+				// (whole huge pages, which keeps them whole) and fault fresh
+				// ones in here, so that the next copy into the buffer does
+				// not stop to (zeroing runs on this core, beside the copies).
+				used := b.buf[:min(len(b.buf), (b.used+hugePage-1)&^(hugePage-1))]
+				if err := unix.Madvise(used, unix.MADV_DONTNEED); err != nil {
+					return fmt.Errorf("dropping pages given to the output: %w", err)
+				}
+				unix.Madvise(used, unix.MADV_POPULATE_WRITE)
+			}
+			free <- b
 		}
-		// Pages given to the output pipe left holes in the buffer: fault
-		// fresh ones in here, so that the next copy into it does not stop
-		// to (that is: zeroing runs on this core, beside the copies).
-		unix.Madvise(b.buf[:b.used], unix.MADV_POPULATE_WRITE)
-		free <- b
 	}
-	return pages, frames, nil
+	return nil
+}
+
+func (c *copier) closeMem() {
+	if c.mem != nil {
+		c.mem.Close()
+		c.mem = nil
+	}
 }
 
 // bufCache keeps the read buffers from one process to the next: a tree of
@@ -352,11 +430,13 @@ func buffers(n int) ([][]byte, func(), error) {
 // allocBuffers maps the read buffers outside the Go heap: they are reused
 // for the whole dump, never scanned by the GC, and released at once. They
 // are aligned to and asking for transparent huge pages: when the writer
-// gives their pages to the output pipe (image.Writer.WritePagesDonated),
+// gives their pages to the output pipe (image.Writer.WritePagesSummed),
 // refilling a buffer faults in fresh pages, and a fresh 2 MiB page costs a
 // fifth of what 512 fresh 4 KiB pages do (doc/performance.md).
+const hugePage = 2 << 20
+
 func allocBuffers(n, size int) ([][]byte, func(), error) {
-	const huge = 2 << 20
+	const huge = hugePage
 	mem, err := unix.Mmap(-1, 0, n*size+huge, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read buffers: %w", err)

@@ -2,7 +2,6 @@ package stage
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -72,11 +71,10 @@ var thpUsable = sync.OnceValue(func() bool {
 })
 
 // donor is the image.Donor of stages: vmsplice(2) with SPLICE_F_GIFT into
-// the output pipe, then MADV_DONTNEED, so the pipe holds the only reference
-// to those pages and the caller's next write into the range faults in
-// fresh ones. The pages then travel to the next stages without a copy.
-// (Without dropping them, a later write by the caller would change bytes
-// the pipe still refers to.)
+// the output pipe. The pages then travel to the next stages without a
+// copy. The caller drops them from its own mapping afterwards (see
+// image.Writer.WritePagesSummed), so that its next write into the range
+// faults in fresh pages instead of changing bytes a pipe still refers to.
 func donor() image.Donor {
 	if !thpUsable() || verifyAll() {
 		return nil
@@ -100,9 +98,6 @@ func donor() image.Donor {
 				return true, &os.PathError{Op: "vmsplice", Path: f.Name(), Err: err}
 			}
 			rest = rest[n:]
-		}
-		if err := unix.Madvise(p, unix.MADV_DONTNEED); err != nil {
-			return true, fmt.Errorf("giving pages to the output: madvise: %w", err)
 		}
 		return true, nil
 	}
