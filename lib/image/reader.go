@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -240,7 +241,7 @@ func (rd *decoder) next() (*Frame, error) {
 	var h [FrameHeaderSize]byte
 	n, err := rd.readFull(h[:])
 	if err != nil {
-		if n > 0 && err == io.ErrUnexpectedEOF {
+		if n > 0 && errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("frame %d at offset %d: frame header: %d of %d bytes: %w", rd.index, rd.off, n, FrameHeaderSize, ErrTruncated)
 		}
 		return nil, rd.readErr(err, n, "frame header", 0)
@@ -363,7 +364,8 @@ func (rd *decoder) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int
 }
 
 func (rd *decoder) readErr(err error, n int, what string, want uint32) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
+	// (lz4 wraps io.ErrUnexpectedEOF when its input stops inside a block.)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		if want > 0 {
 			return fmt.Errorf("%s: %d of %d bytes: %w", what, n, want, ErrTruncated)
 		}
