@@ -434,7 +434,7 @@ func plot(rep *report) string {
 	rowH := len(bars)*barH + gap
 	height := top + len(rows)*rowH + 40
 	var sb strings.Builder
-	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", left+width+40, height)
+	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", left+width+160, height)
 	fmt.Fprintf(&sb, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&sb, `<text x="10" y="18" font-size="14">crpipe throughput per workload, GB/s (best of %d; %s, %d CPUs, %s)</text>`+"\n", rep.Reps, html.EscapeString(rep.Kernel), rep.CPUs, rep.Time)
 	lx := 10
