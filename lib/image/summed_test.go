@@ -18,12 +18,20 @@ func TestPagesSummed(t *testing.T) {
 	w.WritePages(h, data)
 	w.Close()
 
-	s := image.NewPagesSummer(h, len(data))
+	var s image.PagesSummer
 	for off := 0; off < len(data); off += 5000 {
 		s.Add(data[off:min(off+5000, len(data))])
 	}
-	if s.Sum() != image.PagesSum(h, data) {
-		t.Fatalf("summed by parts %08x, at once %08x", s.Sum(), image.PagesSum(h, data))
+	if s.Sum(h) != image.PagesSum(h, data) {
+		t.Fatalf("summed by parts %08x, at once %08x", s.Sum(h), image.PagesSum(h, data))
+	}
+	// Every length, the empty contents included.
+	for _, n := range []int{0, 1, image.PageSize, 5 * image.PageSize, len(data)} {
+		var s image.PagesSummer
+		s.Add(data[:n])
+		if got, want := s.Sum(h), image.PagesSum(h, data[:n]); got != want {
+			t.Fatalf("%d bytes: summed %08x, at once %08x", n, got, want)
+		}
 	}
 	for _, donate := range []bool{false, true} {
 		var got bytes.Buffer
@@ -33,7 +41,7 @@ func TestPagesSummed(t *testing.T) {
 			_, err := dst.Write(p)
 			return true, err
 		}})
-		donated, err := w.WritePagesSummed(h, data, s.Sum(), donate)
+		donated, err := w.WritePagesSummed(h, data, s.Sum(h), donate)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -251,25 +251,68 @@ func PagesSum(h PagesHeader, data []byte) uint32 {
 	return frameCRC(hdr[:], pre[:], data)
 }
 
-// PagesSummer computes PagesSum piece by piece, in order, for contents of
-// a length known in advance (a producer checksums each part just after
-// making it).
-type PagesSummer struct{ crc uint32 }
-
-// NewPagesSummer starts the checksum of a pages frame for h and n bytes of
-// contents.
-func NewPagesSummer(h PagesHeader, n int) PagesSummer {
-	var pre [PagesPreamble]byte
-	putPagesPreamble(pre[:], h)
-	hdr := pagesHeader(n, 0)
-	return PagesSummer{frameCRC(hdr[:], pre[:])}
+// PagesSummer computes PagesSum piece by piece, in order, for contents
+// whose length is known only at the end (a producer checksums each part
+// just after making it, and may end a frame early: cr-pages leaves out
+// pages of zeros). The zero value is ready to use.
+type PagesSummer struct {
+	crc uint32 // of the contents added so far
+	n   int64
 }
 
 // Add continues the checksum over the next part of the contents.
-func (s *PagesSummer) Add(p []byte) { s.crc = crc32.Update(s.crc, castagnoli, p) }
+func (s *PagesSummer) Add(p []byte) {
+	s.crc = crc32.Update(s.crc, castagnoli, p)
+	s.n += int64(len(p))
+}
 
-// Sum is the frame's checksum once every part has been added.
-func (s *PagesSummer) Sum() uint32 { return s.crc }
+// Sum is the checksum of the pages frame for h and the contents added.
+func (s *PagesSummer) Sum(h PagesHeader) uint32 {
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	hdr := pagesHeader(int(s.n), 0)
+	return crcCombine(frameCRC(hdr[:], pre[:]), s.crc, s.n)
+}
+
+// crcCombine returns the CRC-32C of a‖b from the CRC-32C of a, that of b,
+// and b's length: a's checksum is carried over len(b) zero bits (a
+// multiplication by x^(8·len) modulo the polynomial) and added to b's.
+func crcCombine(a, b uint32, n int64) uint32 {
+	return gfMul(x8nMod(n), a) ^ b
+}
+
+// castagnoliRev is the CRC-32C polynomial, bit-reversed (as crc32 uses it).
+const castagnoliRev = 0x82f63b78
+
+// gfMul multiplies a and b modulo the polynomial, both bit-reversed
+// (x^0 is the top bit).
+func gfMul(a, b uint32) uint32 {
+	var p uint32
+	for m := uint32(1) << 31; m != 0; m >>= 1 {
+		if a&m != 0 {
+			p ^= b
+		}
+		if b&1 != 0 {
+			b = b>>1 ^ castagnoliRev
+		} else {
+			b >>= 1
+		}
+	}
+	return p
+}
+
+// x8nMod is x^(8n) modulo the polynomial, by squaring.
+func x8nMod(n int64) uint32 {
+	p := uint32(1) << 31  // x^0
+	sq := uint32(1) << 23 // x^8
+	for ; n > 0; n >>= 1 {
+		if n&1 != 0 {
+			p = gfMul(sq, p)
+		}
+		sq = gfMul(sq, sq)
+	}
+	return p
+}
 
 // WritePagesSummed is WritePages with the frame's checksum computed ahead
 // (PagesSum, PagesSummer). With donate, data must be the caller's own

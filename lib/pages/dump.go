@@ -34,7 +34,8 @@ const (
 // Stats describe one process's dump.
 type Stats struct {
 	Vmas    int
-	Pages   uint64
+	Pages   uint64 // found to dump (Mm.pages_total)
+	Zero    uint64 // of those, pages of zeros left out
 	Runs    int
 	Frames  int
 	Elapsed time.Duration
@@ -159,6 +160,7 @@ func prepare(p *pb.Process) (*prepared, error) {
 		vmas[i].pb.Huge = vmas[i].pb.Huge || sc.huge[i]
 		mm.Vmas = append(mm.Vmas, vmas[i].pb)
 	}
+	// An upper bound: pages of zeros are left out while streaming.
 	mm.PagesTotal = stats.Pages
 	stats.Vmas = len(vmas)
 

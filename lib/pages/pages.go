@@ -4,7 +4,9 @@
 //
 // Which pages: of private mappings (anonymous, heap, stack, and private file
 // mappings) the anonymous pages that are present or swapped out, but not the
-// shared zero page; of shared anonymous mappings the pages their shmem object
+// shared zero page, nor pages of private anonymous memory that are all
+// zeros (found as they are copied; the mm record's pages_total counts them);
+// of shared anonymous mappings the pages their shmem object
 // holds. Never pages of shared file mappings (they are in the file) nor of
 // [vdso], [vvar] and [vsyscall] (their positions are recorded).
 //
@@ -35,32 +37,19 @@ func Command() *cli.App {
 		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
 }
 
-// Filter returns the cr-pages filter: it remembers every Process record and
-// dumps those processes once the input is complete.
+// Filter returns the cr-pages filter: it remembers every live process of
+// the stream and dumps those processes once the input is complete.
 func Filter() stage.Filter {
-	var procs []*pb.Process
+	up := &stage.Upstream{}
 	return stage.Filter{
-		Observe: func(f *image.Frame) error {
-			if f.Type != image.TypeProcess {
-				return nil
-			}
-			p := new(pb.Process)
-			if err := image.Unmarshal(f, p); err != nil {
+		Observe: up.Observe,
+		Finish: func(w *image.Writer) error {
+			if err := up.NeedProcs(); err != nil {
 				return err
 			}
-			if p.State == "Z" {
-				return nil // a zombie has no memory and no files
-			}
-			procs = append(procs, p)
-			return nil
-		},
-		Finish: func(w *image.Writer) error {
-			if len(procs) == 0 {
-				return fmt.Errorf("no process records in the stream: cr-pages reads the output of cr-freeze")
-			}
-			err := DumpProcesses(w, procs, func(p *pb.Process, st Stats) {
+			err := DumpProcesses(w, up.Procs, func(p *pb.Process, st Stats) {
 				mib := float64(st.Pages) * image.PageSize / (1 << 20)
-				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Frames,
+				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB; %d of zeros left out) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Zero, st.Frames,
 					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)
 			})
 			if err != nil {

@@ -1,6 +1,8 @@
 package pages
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -26,14 +28,16 @@ type piece struct {
 	n    int // bytes
 	vma  uint32
 	mem  bool   // read through /proc/PID/mem: the VMA is not readable
+	zero bool   // pages of zeros are left out (private anonymous memory)
 	sum  uint32 // the frame's checksum, computed by the reader
 }
 
 type batch struct {
 	pid    int
 	buf    []byte
-	pieces []piece
+	pieces []piece // the ranges read; once ready, the frames to write
 	used   int
+	zeros  int // pages of zeros left out
 	err    error
 	ready  chan struct{} // closed once a copier has read the batch (or err is set)
 }
@@ -68,16 +72,23 @@ type copier struct {
 	mem    *os.File
 	remote []unix.RemoteIovec
 	sub    []piece // the pieces of one window
+	out    []piece // the frames of a batch
+	sums   []image.PagesSummer
 }
 
 func (rd *reader) add(r run) error {
 	start, left := r.start, uint64(r.pages)*image.PageSize
 	viaMem := !rd.vmas[r.vma].m.Read
+	// A page of zeros of private anonymous memory need not be in the
+	// image: the restored mapping reads zeros where nothing was written.
+	// (Not in a private file mapping, where it would read as the file's
+	// bytes, nor in shared memory.)
+	zero := rd.vmas[r.vma].scan == scanAnon
 	for left > 0 {
 		if rd.cur == nil {
 			select {
 			case b := <-rd.free:
-				b.pid, b.pieces, b.used, b.err = rd.pid, b.pieces[:0], 0, nil
+				b.pid, b.pieces, b.used, b.zeros, b.err = rd.pid, b.pieces[:0], 0, 0, nil
 				rd.cur = b
 			case <-rd.done:
 				return errStopped
@@ -95,7 +106,7 @@ func (rd *reader) add(r run) error {
 		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == r.vma && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
 			b.pieces[k].n += int(n)
 		} else {
-			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: r.vma, mem: viaMem})
+			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: r.vma, mem: viaMem, zero: zero})
 		}
 		b.used += int(n)
 		start += n
@@ -133,13 +144,11 @@ func (rd *reader) flush() error {
 // run on every core.)
 const sumWindow = 256 << 10
 
-// readSummed fills b.buf window by window and computes every piece's frame
-// checksum as it goes.
+// readSummed fills b.buf window by window, leaves out the pages of zeros
+// that need not be dumped, and makes b.pieces the frames to write, each
+// with its checksum computed as it goes.
 func (rd *copier) readSummed(b *batch) error {
-	sums := make([]image.PagesSummer, len(b.pieces))
-	for i, p := range b.pieces {
-		sums[i] = image.NewPagesSummer(image.PagesHeader{Pid: uint32(b.pid), Addr: p.addr}, p.n)
-	}
+	rd.out, rd.sums = rd.out[:0], rd.sums[:0]
 	first := 0 // the first piece not yet read completely
 	for ws := 0; ws < b.used; ws += sumWindow {
 		we := min(ws+sumWindow, b.used)
@@ -153,19 +162,62 @@ func (rd *copier) readSummed(b *batch) error {
 			return err
 		}
 		for k := first; k < len(b.pieces) && b.pieces[k].off < we; k++ {
-			p := b.pieces[k]
+			p := &b.pieces[k]
 			lo, hi := max(p.off, ws), min(p.off+p.n, we)
-			sums[k].Add(b.buf[lo:hi])
+			for lo < hi {
+				keep := hi
+				if p.zero {
+					keep = lo
+					for keep < hi && !zeroPage(b.buf[keep:keep+image.PageSize]) {
+						keep += image.PageSize
+					}
+				}
+				if keep > lo {
+					rd.keep(b.buf, p, lo, keep)
+				}
+				lo = keep
+				for lo < hi && zeroPage(b.buf[lo:lo+image.PageSize]) {
+					lo += image.PageSize
+					b.zeros++
+				}
+			}
 			if hi == p.off+p.n {
 				first = k + 1
 			}
 		}
 	}
-	for i := range b.pieces {
-		b.pieces[i].sum = sums[i].Sum()
+	for i := range rd.out {
+		rd.out[i].sum = rd.sums[i].Sum(image.PagesHeader{Pid: uint32(b.pid), Addr: rd.out[i].addr})
 	}
+	b.pieces, rd.out = rd.out, b.pieces
 	return nil
 }
+
+// keep adds buf[lo:hi], a part of piece p, to the frames of the batch: to
+// the last one when it ends where the part starts, else as a new one.
+func (rd *copier) keep(buf []byte, p *piece, lo, hi int) {
+	addr := p.addr + uint64(lo-p.off)
+	if k := len(rd.out) - 1; k >= 0 && rd.out[k].vma == p.vma && rd.out[k].off+rd.out[k].n == lo && rd.out[k].addr+uint64(rd.out[k].n) == addr {
+		rd.out[k].n += hi - lo
+		rd.sums[k].Add(buf[lo:hi])
+		return
+	}
+	rd.out = append(rd.out, piece{addr: addr, off: lo, n: hi - lo, vma: p.vma})
+	rd.sums = append(rd.sums, image.PagesSummer{})
+	rd.sums[len(rd.sums)-1].Add(buf[lo:hi])
+}
+
+// zeroPage reports whether page is all zeros. Memory in use rarely starts
+// a page with a zero word, so on such memory this costs one load per page
+// (and the CRC that follows finds that cache line loaded).
+func zeroPage(page []byte) bool {
+	if binary.NativeEndian.Uint64(page) != 0 {
+		return false
+	}
+	return bytes.Equal(page, zeros[:])
+}
+
+var zeros [image.PageSize]byte
 
 // read fills buf for pieces: runs of readable pieces with one
 // process_vm_readv each (a single local iovec, up to iovMax remote ones),
@@ -342,8 +394,8 @@ func stream(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats))
 		case it.end != nil:
 			prog.Done()
 			prog = nil
-			if written != cur.stats.Pages {
-				return fmt.Errorf("pid %d: %d pages counted, %d written: its memory changed while frozen", cur.pid, cur.stats.Pages, written)
+			if written+cur.stats.Zero != cur.stats.Pages {
+				return fmt.Errorf("pid %d: %d pages counted, %d written and %d of zeros left out: its memory changed while frozen", cur.pid, cur.stats.Pages, written, cur.stats.Zero)
 			}
 			cur.stats.Elapsed = time.Since(cur.t0)
 			if done != nil {
@@ -355,6 +407,8 @@ func stream(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats))
 			if b.err != nil {
 				return b.err
 			}
+			cur.stats.Zero += uint64(b.zeros)
+			prog.Add(int64(b.zeros) * image.PageSize)
 			donated := false
 			for _, p := range b.pieces {
 				// The buffers are our own mapping: the writer may give their

@@ -1065,7 +1065,7 @@ type Vma struct {
 	Inode         uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
 	FileSize      int64                  `protobuf:"varint,10,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
 	MtimeNsec     int64                  `protobuf:"varint,11,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
-	HasPages      bool                   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records follow for this VMA
+	HasPages      bool                   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records may follow for this VMA (none when all were zeros)
 	Huge          bool                   `protobuf:"varint,13,opt,name=huge,proto3" json:"huge,omitempty"`                         // had AnonHugePages
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1194,23 +1194,26 @@ func (x *Vma) GetHuge() bool {
 
 // Mm is the address space of one process (written by cr-pages before its pages).
 type Mm struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Vmas          []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
-	StartCode     uint64                 `protobuf:"varint,3,opt,name=start_code,json=startCode,proto3" json:"start_code,omitempty"`
-	EndCode       uint64                 `protobuf:"varint,4,opt,name=end_code,json=endCode,proto3" json:"end_code,omitempty"`
-	StartData     uint64                 `protobuf:"varint,5,opt,name=start_data,json=startData,proto3" json:"start_data,omitempty"`
-	EndData       uint64                 `protobuf:"varint,6,opt,name=end_data,json=endData,proto3" json:"end_data,omitempty"`
-	StartBrk      uint64                 `protobuf:"varint,7,opt,name=start_brk,json=startBrk,proto3" json:"start_brk,omitempty"`
-	Brk           uint64                 `protobuf:"varint,8,opt,name=brk,proto3" json:"brk,omitempty"`
-	StartStack    uint64                 `protobuf:"varint,9,opt,name=start_stack,json=startStack,proto3" json:"start_stack,omitempty"`
-	ArgStart      uint64                 `protobuf:"varint,10,opt,name=arg_start,json=argStart,proto3" json:"arg_start,omitempty"`
-	ArgEnd        uint64                 `protobuf:"varint,11,opt,name=arg_end,json=argEnd,proto3" json:"arg_end,omitempty"`
-	EnvStart      uint64                 `protobuf:"varint,12,opt,name=env_start,json=envStart,proto3" json:"env_start,omitempty"`
-	EnvEnd        uint64                 `protobuf:"varint,13,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
-	Auxv          []byte                 `protobuf:"bytes,14,opt,name=auxv,proto3" json:"auxv,omitempty"`
-	Exe           string                 `protobuf:"bytes,15,opt,name=exe,proto3" json:"exe,omitempty"`                                  // /proc/PID/exe target
-	PagesTotal    uint64                 `protobuf:"varint,16,opt,name=pages_total,json=pagesTotal,proto3" json:"pages_total,omitempty"` // pages in the page records that follow
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Pid        uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Vmas       []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
+	StartCode  uint64                 `protobuf:"varint,3,opt,name=start_code,json=startCode,proto3" json:"start_code,omitempty"`
+	EndCode    uint64                 `protobuf:"varint,4,opt,name=end_code,json=endCode,proto3" json:"end_code,omitempty"`
+	StartData  uint64                 `protobuf:"varint,5,opt,name=start_data,json=startData,proto3" json:"start_data,omitempty"`
+	EndData    uint64                 `protobuf:"varint,6,opt,name=end_data,json=endData,proto3" json:"end_data,omitempty"`
+	StartBrk   uint64                 `protobuf:"varint,7,opt,name=start_brk,json=startBrk,proto3" json:"start_brk,omitempty"`
+	Brk        uint64                 `protobuf:"varint,8,opt,name=brk,proto3" json:"brk,omitempty"`
+	StartStack uint64                 `protobuf:"varint,9,opt,name=start_stack,json=startStack,proto3" json:"start_stack,omitempty"`
+	ArgStart   uint64                 `protobuf:"varint,10,opt,name=arg_start,json=argStart,proto3" json:"arg_start,omitempty"`
+	ArgEnd     uint64                 `protobuf:"varint,11,opt,name=arg_end,json=argEnd,proto3" json:"arg_end,omitempty"`
+	EnvStart   uint64                 `protobuf:"varint,12,opt,name=env_start,json=envStart,proto3" json:"env_start,omitempty"`
+	EnvEnd     uint64                 `protobuf:"varint,13,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
+	Auxv       []byte                 `protobuf:"bytes,14,opt,name=auxv,proto3" json:"auxv,omitempty"`
+	Exe        string                 `protobuf:"bytes,15,opt,name=exe,proto3" json:"exe,omitempty"` // /proc/PID/exe target
+	// An upper bound: pages in the dumped ranges. Pages of zeros of private
+	// anonymous memory may be left out, so the page records may hold fewer
+	// (doc/stream-v1.md, section 6).
+	PagesTotal    uint64 `protobuf:"varint,16,opt,name=pages_total,json=pagesTotal,proto3" json:"pages_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -13,17 +13,28 @@ import (
 )
 
 // Progress of page filling, per task (shown by writePages; stage.Progress
-// decides whether anybody sees it). A task's report ends when the pages
-// its mm record announced have all been written.
+// decides whether anybody sees it). The mm record's pages_total is an
+// upper bound (pages of zeros may have been left out), so a task's report
+// ends when its pages are all written, when the pages of another task
+// begin (cr-pages writes each task's pages together), or at the latest
+// once the stream is read.
 var pageProgress struct {
 	sync.Mutex
 	m map[*task]*taskProgress
 }
 
 type taskProgress struct {
-	p       *stage.Progress
-	left    int64
-	started bool
+	p    *stage.Progress
+	left int64
+}
+
+func init() {
+	registerProcessState(func(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
+		pageProgress.Lock()
+		defer pageProgress.Unlock()
+		t.endPageProgress()
+		return nil, nil
+	})
 }
 
 // pagesWritten counts n bytes written into t.
@@ -35,6 +46,9 @@ func (t *task) pagesWritten(n int) {
 	}
 	tp := pageProgress.m[t]
 	if tp == nil {
+		for other := range pageProgress.m {
+			other.endPageProgress()
+		}
 		total := int64(0)
 		if t.mm != nil {
 			total = int64(t.mm.PagesTotal) * image.PageSize
@@ -45,6 +59,13 @@ func (t *task) pagesWritten(n int) {
 	tp.p.Add(int64(n))
 	tp.left -= int64(n)
 	if tp.left <= 0 {
+		t.endPageProgress()
+	}
+}
+
+// endPageProgress ends t's report, if any (pageProgress is locked).
+func (t *task) endPageProgress() {
+	if tp := pageProgress.m[t]; tp != nil {
 		tp.p.Done()
 		delete(pageProgress.m, t)
 	}

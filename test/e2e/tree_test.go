@@ -136,6 +136,19 @@ func TestSharedAnonymous(t *testing.T) {
 	p.killedThenRestored(img)
 }
 
+// TestZeroPages: pages written with zeros are left out of the image
+// (doc/stream-v1.md, section 6) and read as zeros after restore, in a
+// parent and in a child whose other pages came from it by fork.
+func TestZeroPages(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := start(t, "zeropages", func(p *target) []string { return []string{p.progress, p.verdict} })
+	p.killRecorded(descendants(p.pid))
+	p.waitProgress(2, 10*time.Second)
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.killedThenRestored(img)
+}
+
 // TestPidnsBesideOriginal: a --leave-running dump of a tree is restored
 // with --pidns while the original still runs: the copy sees its dumped
 // pids in a namespace of its own (CRIU cannot: the pids are taken), and

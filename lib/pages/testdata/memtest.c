@@ -2,7 +2,8 @@
 // says "ready", and waits until its stdin closes.
 //
 //   memtest layout DIR   heap, stack, anon, private and shared file mappings,
-//                        untouched, zero-read, shared anon, PROT_NONE, THP
+//                        untouched, zero-read, shared anon, PROT_NONE, THP,
+//                        pages written with zeros
 //   memtest hog MIB      MIB of random (incompressible) anonymous memory
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -109,6 +110,16 @@ static int layout(const char *dir) {
 	if (madvise(thp, 4UL << 20, MADV_HUGEPAGE)) die("madvise");
 	fill(thp, 4UL << 20, 10);
 
+	// Written with zeros (real pages): 0-3 and 8 all zeros, 4 zeros but
+	// its last byte, 5 zeros but its first, 6-7 a pattern. A page of the
+	// private file mapping written with zeros (COWed) is not the file's.
+	char *zeroed = map(16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+	memset(zeroed, 0, 9 * PG);
+	zeroed[5 * PG - 1] = 1;
+	zeroed[5 * PG] = 1;
+	fill(zeroed + 6 * PG, 2 * PG, 12);
+	memset(priv + 12 * PG, 0, PG);
+
 	show("stack", (void *)stack, sizeof stack);
 	show("heap", heap, 300 * 1024);
 	show("anon", anon, 1024 * PG);
@@ -120,6 +131,7 @@ static int layout(const char *dir) {
 	show("none", none, 16 * PG);
 	show("ro", ro, 8 * PG);
 	show("thp", thp, 4UL << 20);
+	show("zeroed", zeroed, 16 * PG);
 	wait_stdin();
 	return sink == 42;
 }
