@@ -97,6 +97,7 @@ func (r *fileRecords) showFds(w io.Writer, f *pb.Files) {
 		fmt.Fprintf(tw, "    %d\t%s\t%s\t%s\toffset %d%s\n", fd.Fd, fdKind(fd.Kind), r.target(fd), openFlagString(fd.Flags), fd.Offset, extra)
 	}
 	tw.Flush()
+	showLocks(w, f)
 }
 
 // target says what an fd refers to: its path, or its description's state.

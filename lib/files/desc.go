@@ -101,6 +101,9 @@ func (d *dumper) dump() error {
 			return err
 		}
 	}
+	if err := d.dumpLocks(); err != nil {
+		return err
+	}
 	return d.checkHolders()
 }
 

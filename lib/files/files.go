@@ -220,6 +220,9 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 		return nil, fmt.Errorf("pid %d fd %d: %w", pid, n, err)
 	}
 	e := &entry{pid: pid, fd: n, link: link, fi: fi, info: b}
+	if err := refuseLease(pid, n, link, b); err != nil {
+		return nil, err
+	}
 	if fi.flags&unix.O_ASYNC != 0 {
 		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s: signal-driven I/O (O_ASYNC) is not supported yet", pid, n, link),
 			"clear O_ASYNC (fcntl F_SETFL) before checkpointing")

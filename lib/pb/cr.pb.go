@@ -1498,6 +1498,7 @@ type Files struct {
 	Root          string                 `protobuf:"bytes,4,opt,name=root,proto3" json:"root,omitempty"`
 	Exe           string                 `protobuf:"bytes,5,opt,name=exe,proto3" json:"exe,omitempty"`
 	Umask         uint32                 `protobuf:"varint,6,opt,name=umask,proto3" json:"umask,omitempty"`
+	Locks         []*FileLock            `protobuf:"bytes,7,rep,name=locks,proto3" json:"locks,omitempty"` // locks this process takes again (locks.proto)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1574,6 +1575,13 @@ func (x *Files) GetUmask() uint32 {
 	return 0
 }
 
+func (x *Files) GetLocks() []*FileLock {
+	if x != nil {
+		return x.Locks
+	}
+	return nil
+}
+
 // End closes a stream; a reader checks the counts against what it read.
 type End struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1647,7 +1655,7 @@ var File_cr_proto protoreflect.FileDescriptor
 
 const file_cr_proto_rawDesc = "" +
 	"\n" +
-	"\bcr.proto\x12\x05cr.v1\"\xdf\x01\n" +
+	"\bcr.proto\x12\x05cr.v1\x1a\vlocks.proto\"\xdf\x01\n" +
 	"\tInventory\x12\x19\n" +
 	"\broot_pid\x18\x01 \x01(\rR\arootPid\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -1783,14 +1791,15 @@ const file_cr_proto_rawDesc = "" +
 	"\x05inode\x18\t \x01(\x04R\x05inode\x12\x12\n" +
 	"\x04mode\x18\n" +
 	" \x01(\rR\x04mode\x12\x17\n" +
-	"\adesc_id\x18\v \x01(\x04R\x06descId\"\x84\x01\n" +
+	"\adesc_id\x18\v \x01(\x04R\x06descId\"\xab\x01\n" +
 	"\x05Files\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
 	"\x03fds\x18\x02 \x03(\v2\t.cr.v1.FdR\x03fds\x12\x10\n" +
 	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x12\n" +
 	"\x04root\x18\x04 \x01(\tR\x04root\x12\x10\n" +
 	"\x03exe\x18\x05 \x01(\tR\x03exe\x12\x14\n" +
-	"\x05umask\x18\x06 \x01(\rR\x05umask\"y\n" +
+	"\x05umask\x18\x06 \x01(\rR\x05umask\x12%\n" +
+	"\x05locks\x18\a \x03(\v2\x0f.cr.v1.FileLockR\x05locks\"y\n" +
 	"\x03End\x12\x16\n" +
 	"\x06frames\x18\x01 \x01(\x04R\x06frames\x12\x1f\n" +
 	"\vpage_frames\x18\x02 \x01(\x04R\n" +
@@ -1865,6 +1874,7 @@ var file_cr_proto_goTypes = []any{
 	(*Fd)(nil),         // 13: cr.v1.Fd
 	(*Files)(nil),      // 14: cr.v1.Files
 	(*End)(nil),        // 15: cr.v1.End
+	(*FileLock)(nil),   // 16: cr.v1.FileLock
 }
 var file_cr_proto_depIdxs = []int32{
 	4,  // 0: cr.v1.Freeze.original:type_name -> cr.v1.TaskCgroup
@@ -1873,11 +1883,12 @@ var file_cr_proto_depIdxs = []int32{
 	9,  // 3: cr.v1.TaskState.sigactions:type_name -> cr.v1.Sigaction
 	11, // 4: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
 	13, // 5: cr.v1.Files.fds:type_name -> cr.v1.Fd
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	16, // 6: cr.v1.Files.locks:type_name -> cr.v1.FileLock
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_cr_proto_init() }
@@ -1885,6 +1896,7 @@ func file_cr_proto_init() {
 	if File_cr_proto != nil {
 		return
 	}
+	file_locks_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

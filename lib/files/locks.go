@@ -1,0 +1,202 @@
+package files
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"crpipe/lib/pb"
+	"crpipe/lib/stage"
+)
+
+// File locks. The kernel (fs/locks.c, show_fd_locks) lists in the fdinfo of
+// an fd the locks taken through its open file description that this fd's
+// process owns: flock and OFD locks, owned by the description, show on every
+// fd of it in every process; a POSIX lock, owned by a process (its fd
+// table), shows only on that process's fds of the description it was taken
+// through. So the fdinfo lines tie every lock to its owner, and /proc/locks,
+// where a POSIX lock carries its owner's pid, confirms that none was missed.
+// flock locks show the pid that took them (not an owner), OFD locks -1.
+
+// lockLine is one lock as lock_get_status prints it, in /proc/locks and in
+// the "lock:" lines of an fdinfo:
+//
+//	1: POSIX  ADVISORY  WRITE 14504 fe:00:9986145 10 29
+//	2: OFDLCK ADVISORY  READ -1 fe:00:9986145 50 EOF
+//	3: FLOCK  ADVISORY  WRITE 14504 fe:00:9986129 0 EOF
+//	4: LEASE  ACTIVE    READ 14504 fe:00:9986129 0 EOF
+//	3: -> POSIX  ADVISORY  WRITE 14505 fe:00:9986145 0 EOF   (a waiter, /proc/locks only)
+type lockLine struct {
+	class   string // POSIX, OFDLCK, FLOCK, LEASE, DELEG, ...
+	mode    string // ADVISORY, MANDATORY (before Linux 5.15); a lease's state
+	write   bool
+	pid     int
+	inode   string // MAJ:MIN:INO of the locked inode, as printed
+	start   int64
+	end     int64 // last byte; -1: to the end of the file
+	blocked bool
+}
+
+func parseLockLine(s string) (lockLine, error) {
+	var l lockLine
+	f := strings.Fields(s)
+	if len(f) > 1 && f[1] == "->" {
+		l.blocked = true
+		f = append(f[:1], f[2:]...)
+	}
+	if len(f) != 8 || !strings.HasSuffix(f[0], ":") {
+		return l, fmt.Errorf("lock line %q: %w", s, errFdinfoSyntax)
+	}
+	l.class, l.mode, l.inode = f[1], f[2], f[5]
+	switch f[3] {
+	case "WRITE":
+		l.write = true
+	case "READ", "UNLCK":
+	default:
+		return l, fmt.Errorf("lock line %q: type %q: %w", s, f[3], errFdinfoSyntax)
+	}
+	var err1, err2, err3 error
+	l.pid, err1 = strconv.Atoi(f[4])
+	l.start, err2 = strconv.ParseInt(f[6], 10, 64)
+	if l.end = -1; f[7] != "EOF" {
+		l.end, err3 = strconv.ParseInt(f[7], 10, 64)
+	}
+	if err := errors.Join(err1, err2, err3); err != nil || l.start < 0 || l.end < -1 || (l.end >= 0 && l.end < l.start) {
+		return l, fmt.Errorf("lock line %q: %w", s, errFdinfoSyntax)
+	}
+	return l, nil
+}
+
+func (l lockLine) rangeString() string {
+	if l.end < 0 {
+		return fmt.Sprintf("bytes %d-EOF", l.start)
+	}
+	return fmt.Sprintf("bytes %d-%d", l.start, l.end)
+}
+
+func (l lockLine) typeString() string {
+	if l.write {
+		return "write"
+	}
+	return "read"
+}
+
+// lockKinds are the lock classes a restore takes again.
+var lockKinds = map[string]pb.FileLockKind{
+	"POSIX":  pb.FileLockKind_LOCK_POSIX,
+	"OFDLCK": pb.FileLockKind_LOCK_OFD,
+	"FLOCK":  pb.FileLockKind_LOCK_FLOCK,
+}
+
+// lockable are the fd kinds whose locks a restore takes again: files it
+// opens as they were (a lock on a pipe or socket is refused).
+var lockable = map[pb.FdKind]bool{pb.FdKind_FD_REGULAR: true, pb.FdKind_FD_DIRECTORY: true, pb.FdKind_FD_MEMFD: true}
+
+// dumpLocks records every lock shown on an fd of the dump in the Files of
+// the process that takes it again: a flock or OFD lock once per
+// description, through the first fd that has it; a POSIX lock in its owner,
+// through the fd it shows on.
+func (d *dumper) dumpLocks() error {
+	files := map[int]*pb.Files{}
+	for _, fs := range d.files {
+		files[int(fs.Pid)] = fs
+	}
+	seen := map[string]bool{}
+	for _, e := range d.entries {
+		for _, line := range bytes.Split(e.info, []byte{'\n'}) {
+			text, ok := bytes.CutPrefix(line, []byte("lock:"))
+			if !ok {
+				continue
+			}
+			l, err := parseLockLine(string(text))
+			if err != nil {
+				return cannot(e, "%v", err)
+			}
+			lk, err := lockOf(e, l)
+			if err != nil {
+				return err
+			}
+			key := posixKey(e.pid, l)
+			if lk.Kind != uint32(pb.FileLockKind_LOCK_POSIX) {
+				key = fmt.Sprintf("desc %d %s %v %d %d", e.desc.id, l.class, l.write, l.start, l.end)
+			}
+			if seen[key] {
+				continue // another fd of the description
+			}
+			seen[key] = true
+			fs := files[e.pid]
+			fs.Locks = append(fs.Locks, lk)
+		}
+	}
+	return d.checkLockOwners(seen)
+}
+
+func posixKey(pid int, l lockLine) string {
+	return fmt.Sprintf("posix %d %s %v %d %d", pid, l.inode, l.write, l.start, l.end)
+}
+
+// lockOf is the record of lock l shown on e, or why it cannot be restored.
+func lockOf(e *entry, l lockLine) (*pb.FileLock, error) {
+	kind, ok := lockKinds[l.class]
+	switch {
+	case !ok: // leases are refused by refuseLease
+		return nil, cannot(e, "holds a lock of a kind cr-files does not know (%s)", l.class)
+	case l.mode != "ADVISORY":
+		return nil, cannot(e, "holds a %s %s lock, which is not supported", strings.ToLower(l.mode), l.class)
+	case !lockable[e.kind()]:
+		return nil, stage.Hint(cannot(e, "holds a %s lock: locks on a %s are not supported", l.class, e.kindName()),
+			"unlock it before checkpointing")
+	case kind == pb.FileLockKind_LOCK_POSIX && l.pid != e.pid:
+		return nil, cannot(e, "a POSIX lock (%s) owned by pid %d shows in the fd table of pid %d: its owner cannot be determined (fd tables shared between processes are not supported)",
+			l.rangeString(), l.pid, e.pid)
+	}
+	lk := &pb.FileLock{Kind: uint32(kind), Write: l.write, Start: l.start, Fd: int32(e.fd), DescId: e.desc.id}
+	if l.end >= 0 {
+		lk.Length = l.end - l.start + 1
+	}
+	return lk, nil
+}
+
+// refuseLease refuses an fd whose description holds a lease (or an NFS
+// delegation): a restore does not take leases. Checked before O_ASYNC,
+// which F_SETLEASE sets for its SIGIO.
+func refuseLease(pid, fd int, link string, info []byte) error {
+	for _, line := range bytes.Split(info, []byte{'\n'}) {
+		text, ok := bytes.CutPrefix(line, []byte("lock:"))
+		if !ok {
+			continue
+		}
+		if l, err := parseLockLine(string(text)); err == nil && (l.class == "LEASE" || l.class == "DELEG") {
+			return stage.Hint(fmt.Errorf("pid %d fd %d: %s: holds a %s lease (F_SETLEASE)", pid, fd, link, l.typeString()),
+				"release the lease (fcntl F_SETLEASE F_UNLCK) before checkpointing: a restore does not take leases")
+		}
+	}
+	return nil
+}
+
+// checkLockOwners refuses a POSIX lock that /proc/locks gives to a process
+// of the dump but no fd of that process shows: it cannot be tied to a file
+// the process has open.
+func (d *dumper) checkLockOwners(seen map[string]bool) error {
+	b, err := os.ReadFile("/proc/locks")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // CONFIG_FILE_LOCKING=n: no locks at all
+	}
+	if err != nil {
+		return err
+	}
+	// Lines this parser does not read (the last, empty one; kinds of a
+	// later kernel) are not POSIX locks of ours.
+	for _, line := range strings.Split(string(b), "\n") {
+		l, err := parseLockLine(line)
+		if err != nil || l.blocked || l.class != "POSIX" || !d.inTree[l.pid] || seen[posixKey(l.pid, l)] {
+			continue
+		}
+		return fmt.Errorf("pid %d: POSIX %s lock on inode %s (%s) shows on none of its fds: its owner cannot be determined",
+			l.pid, l.typeString(), l.inode, l.rangeString())
+	}
+	return nil
+}
