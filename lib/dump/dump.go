@@ -147,6 +147,15 @@ func Run(opt Options) error {
 			return err
 		}
 		out = w.(*os.File)
+	} else if fi, err := os.Stat(opt.Output); err == nil && !fi.Mode().IsRegular() {
+		// A device or FIFO (/dev/null, a named pipe) is written in place:
+		// renaming a file over it would replace it.
+		f, err := os.OpenFile(opt.Output, os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
+		out = f
+		defer out.Close()
 	} else {
 		dir, base := filepath.Split(opt.Output)
 		if dir == "" {
