@@ -70,7 +70,11 @@ func runFreeze(c *cli.Context) error {
 		return err
 	}
 	stage.Logf("pid %d frozen in %s", pid, f.Cgroup)
-	if err := writeRecords(out, f, c.Bool("compress")); err != nil {
+	err = writeRecords(out, f, c.Bool("compress"))
+	if err == nil {
+		err = stage.EndOutput()
+	}
+	if err != nil {
 		if terr := thawDir(f.Cgroup, f.Tasks); terr != nil {
 			return fmt.Errorf("output: %w (and thawing failed: %v)", err, terr)
 		}

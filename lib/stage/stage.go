@@ -249,7 +249,19 @@ func FilterCommand(name, usage string, flags []cli.Flag, build func(c *cli.Conte
 			if err != nil {
 				return err
 			}
-			return RunFilter(in, out, c.Bool("compress"), fl)
+			if err := RunFilter(in, out, c.Bool("compress"), fl); err != nil {
+				return err
+			}
+			if err := EndOutput(); err != nil {
+				return fmt.Errorf("output: %w", err)
+			}
+			return nil
 		},
 	}
 }
+
+// EndOutput closes stdout once the stream on it is complete. The next
+// stage sees the end of its input at once, not when this process has
+// exited: each stage waits for its predecessor's end of file, and a Go
+// process takes 1-5 ms to exit (doc/performance.md).
+func EndOutput() error { return os.Stdout.Close() }
