@@ -179,6 +179,11 @@ func (r *fileRecords) target(fd *pb.Fd) string {
 			s += ", queued datagrams dropped"
 		}
 		return s
+	case d.Tty != nil && pb.FdKind(d.Kind) == pb.FdKind_FD_DEVTTY:
+		if d.Tty.External {
+			return fmt.Sprintf("/dev/tty on the shell job's terminal (was /dev/pts/%d)", d.Tty.Index)
+		}
+		return fmt.Sprintf("/dev/tty on /dev/pts/%d, opened again by session leader %d", d.Tty.Index, d.Tty.Session)
 	case d.Tty != nil:
 		t := d.Tty
 		s := fmt.Sprintf("pty /dev/pts/%d slave", t.Index)
@@ -188,6 +193,12 @@ func (r *fileRecords) target(fd *pb.Fd) string {
 		s += fmt.Sprintf(", %dx%d", t.Rows, t.Cols)
 		if t.Session != 0 {
 			s += fmt.Sprintf(", controlling terminal of session %d (foreground group %d)", t.Session, t.FgPgrp)
+		}
+		if n := len(t.InputLines); n > 0 || len(t.Input) > 0 {
+			s += fmt.Sprintf(", unread input %d lines + %d bytes", n, len(t.Input))
+		}
+		if len(t.Output) > 0 {
+			s += fmt.Sprintf(", unread output %d bytes", len(t.Output))
 		}
 		return s
 	case d.Netlink != nil:

@@ -234,6 +234,8 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		err = d.dumpNetlink(ds, rec)
 	case pb.FdKind_FD_TTY:
 		err = d.dumpTty(ds, rec)
+	case pb.FdKind_FD_DEVTTY:
+		err = d.dumpDevTty(ds, rec)
 	case pb.FdKind_FD_TCP:
 		return nil // cr-tcp's records, by Fd.inode
 	default:
@@ -253,7 +255,7 @@ var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
 	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
 	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
-	pb.FdKind_FD_TTY: true,
+	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true,
 }
 
 // write appends the Files record of every process, then each description's

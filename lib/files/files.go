@@ -165,6 +165,7 @@ func dirLink(pid int, name string) (string, error) {
 // Kinds of fd cr-files refuses, with the hint that goes with each.
 var refuseHints = map[string]string{
 	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
+	"console":      "only pseudo-terminals (/dev/ptmx, /dev/pts/N) and /dev/tty on one are restored; a console or virtual terminal stays with its machine: start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"deleted file": "a restore cannot reopen a deleted file; close it before checkpointing",
 }
 
@@ -284,8 +285,13 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 			e.setKind(pb.FdKind_FD_TTY)
 			e.pfd.Rdev = st.Rdev
 			return e, nil
+		case major == devTtyMajor && minor == devTtyMinor:
+			// /dev/tty: dumpDevTty finds the terminal it was opened on.
+			e.setKind(pb.FdKind_FD_DEVTTY)
+			e.pfd.Rdev = st.Rdev
+			return e, nil
 		case isTTYMajor(major):
-			return nil, refuse(pid, n, "terminal", detail)
+			return nil, refuse(pid, n, "console", detail)
 		case major != 1 || memDevices[minor] == "":
 			return nil, refuse(pid, n, "character device", detail)
 		}

@@ -252,7 +252,7 @@ func TestRefused(t *testing.T) {
 		{"packet", "socket (socket:["},
 		{"deleted", "deleted file ("},
 		{"userfaultfd", "userfaultfd (anon_inode:[userfaultfd])"},
-		{"console", "terminal (/dev/console"},
+		{"console", "console (/dev/console"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)

@@ -17,8 +17,8 @@ import (
 // Pseudo-terminals whose master and slave are both in the dump. The pair
 // (index, termios, window size, packet mode, lock) is read from its master
 // and from a slave opened with TIOCGPTPEER, and comes with each of its
-// descriptions; a restore recreates it with the same index. Unread input or
-// output cannot be read without consuming it: such a pty is refused.
+// descriptions; a restore recreates it with the same index. Unread input
+// and output go with the first description of the pair (tty_data.go).
 
 const ptmxMajor, ptmxMinor = 5, 2
 
@@ -62,24 +62,12 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 		sf = f
 	}
 	// The pair must be whole in the dump: find its master.
-	for _, o := range d.descs {
-		oe := o.first()
-		if oe.kind() != pb.FdKind_FD_TTY || unix.Major(oe.st.Rdev) != ptmxMajor {
-			continue
-		}
-		if oe == e {
-			continue
-		}
-		of, err := d.getfd(oe)
-		if err != nil {
+	if !master {
+		if mf, err = d.ptyMaster(ts.Index); err != nil {
 			return err
 		}
-		n, err := unix.IoctlGetUint32(int(of.Fd()), unix.TIOCGPTN)
-		if err == nil && n == ts.Index && mf == nil {
-			mf = of
-			defer of.Close()
-		} else {
-			of.Close()
+		if mf != nil {
+			defer mf.Close()
 		}
 	}
 	if mf == nil && !master && d.opts.ShellJob {
@@ -101,19 +89,6 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 		}
 		defer sf.Close()
 	}
-	for _, q := range []struct {
-		f    *os.File
-		what string
-	}{{mf, "output the master has not read"}, {sf, "input the slave has not read"}} {
-		n, err := unix.IoctlGetInt(int(q.f.Fd()), unix.TIOCINQ)
-		if err != nil {
-			return cannot(e, "TIOCINQ: %v", err)
-		}
-		if n > 0 {
-			return stage.Hint(cannot(e, "/dev/pts/%d holds %d bytes of %s", ts.Index, n, q.what),
-				"checkpoint again when the terminal is idle")
-		}
-	}
 	tio, err := unix.IoctlGetTermios(int(sf.Fd()), unix.TCGETS)
 	if err != nil {
 		return cannot(e, "TCGETS: %v", err)
@@ -132,6 +107,11 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 	if v, err := unix.IoctlGetInt(int(mf.Fd()), unix.TIOCGPTLCK); err == nil {
 		ts.Locked = v != 0
 	}
+	if _, first := d.object(ptyKey(ts.Index)); first {
+		if err := dumpPtyData(e, ts, tio, mf, sf); err != nil {
+			return err
+		}
+	}
 	// Whose controlling terminal it is: a session leader of the dump whose
 	// tty_nr is this slave.
 	dev := newEncodeDev(136, ts.Index)
@@ -146,6 +126,28 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 	}
 	return nil
 }
+
+// ptyMaster returns a copy of the master of /dev/pts/index when a process
+// of the dump holds it, nil otherwise.
+func (d *dumper) ptyMaster(index uint32) (*os.File, error) {
+	for _, o := range d.descs {
+		oe := o.first()
+		if oe.kind() != pb.FdKind_FD_TTY || unix.Major(oe.st.Rdev) != ptmxMajor || unix.Minor(oe.st.Rdev) != ptmxMinor {
+			continue
+		}
+		of, err := d.getfd(oe)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := unix.IoctlGetUint32(int(of.Fd()), unix.TIOCGPTN); err == nil && n == index {
+			return of, nil
+		}
+		of.Close()
+	}
+	return nil, nil
+}
+
+func ptyKey(index uint32) string { return fmt.Sprintf("pty:%d", index) }
 
 // newEncodeDev is the kernel's new_encode_dev, as /proc/PID/stat's tty_nr.
 func newEncodeDev(major, minor uint32) int {

@@ -1379,26 +1379,32 @@ func (x *NetlinkSocket) GetType() uint32 {
 // same index; the state belongs to the pair and comes with each of its
 // descriptions.
 type TtyState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // /dev/pts/INDEX
-	Master        bool                   `protobuf:"varint,2,opt,name=master,proto3" json:"master,omitempty"` // this description is the master (/dev/ptmx)
-	Iflag         uint32                 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`   // termios of the terminal
-	Oflag         uint32                 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
-	Cflag         uint32                 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
-	Lflag         uint32                 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
-	Line          uint32                 `protobuf:"varint,7,opt,name=line,proto3" json:"line,omitempty"`
-	Cc            []byte                 `protobuf:"bytes,8,opt,name=cc,proto3" json:"cc,omitempty"`
-	Ispeed        uint32                 `protobuf:"varint,9,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
-	Ospeed        uint32                 `protobuf:"varint,10,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
-	Rows          uint32                 `protobuf:"varint,11,opt,name=rows,proto3" json:"rows,omitempty"` // window size
-	Cols          uint32                 `protobuf:"varint,12,opt,name=cols,proto3" json:"cols,omitempty"`
-	Xpixel        uint32                 `protobuf:"varint,13,opt,name=xpixel,proto3" json:"xpixel,omitempty"`
-	Ypixel        uint32                 `protobuf:"varint,14,opt,name=ypixel,proto3" json:"ypixel,omitempty"`
-	Packet        bool                   `protobuf:"varint,15,opt,name=packet,proto3" json:"packet,omitempty"`               // TIOCPKT on the master
-	Locked        bool                   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
-	Session       uint32                 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
-	FgPgrp        uint32                 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
-	External      bool                   `protobuf:"varint,19,opt,name=external,proto3" json:"external,omitempty"`           // --shell-job: the caller's terminal (its master is outside the dump); a restore uses its own
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Index    uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // /dev/pts/INDEX
+	Master   bool                   `protobuf:"varint,2,opt,name=master,proto3" json:"master,omitempty"` // this description is the master (/dev/ptmx)
+	Iflag    uint32                 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`   // termios of the terminal
+	Oflag    uint32                 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
+	Cflag    uint32                 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
+	Lflag    uint32                 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
+	Line     uint32                 `protobuf:"varint,7,opt,name=line,proto3" json:"line,omitempty"`
+	Cc       []byte                 `protobuf:"bytes,8,opt,name=cc,proto3" json:"cc,omitempty"`
+	Ispeed   uint32                 `protobuf:"varint,9,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
+	Ospeed   uint32                 `protobuf:"varint,10,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
+	Rows     uint32                 `protobuf:"varint,11,opt,name=rows,proto3" json:"rows,omitempty"` // window size
+	Cols     uint32                 `protobuf:"varint,12,opt,name=cols,proto3" json:"cols,omitempty"`
+	Xpixel   uint32                 `protobuf:"varint,13,opt,name=xpixel,proto3" json:"xpixel,omitempty"`
+	Ypixel   uint32                 `protobuf:"varint,14,opt,name=ypixel,proto3" json:"ypixel,omitempty"`
+	Packet   bool                   `protobuf:"varint,15,opt,name=packet,proto3" json:"packet,omitempty"`               // TIOCPKT on the master
+	Locked   bool                   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
+	Session  uint32                 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
+	FgPgrp   uint32                 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
+	External bool                   `protobuf:"varint,19,opt,name=external,proto3" json:"external,omitempty"`           // --shell-job: the caller's terminal (its master is outside the dump); a restore uses its own
+	// Unread data of the pair, with the description cr-files read it through
+	// (the first of the pair in the dump) only: put back on restore with
+	// TIOCSTI under a termios that changes nothing (doc/files.md).
+	InputLines    [][]byte `protobuf:"bytes,20,rep,name=input_lines,json=inputLines,proto3" json:"input_lines,omitempty"` // input the slave has not read, canonical mode: complete lines as read(2) returns them (with '\n', VEOL or VEOL2; without one when VEOF ended the line)
+	Input         []byte   `protobuf:"bytes,21,opt,name=input,proto3" json:"input,omitempty"`                             // input after those lines: the unfinished line (canonical), all of it otherwise
+	Output        []byte   `protobuf:"bytes,22,opt,name=output,proto3" json:"output,omitempty"`                           // output the master has not read (after the slave's output processing)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1566,6 +1572,27 @@ func (x *TtyState) GetExternal() bool {
 	return false
 }
 
+func (x *TtyState) GetInputLines() [][]byte {
+	if x != nil {
+		return x.InputLines
+	}
+	return nil
+}
+
+func (x *TtyState) GetInput() []byte {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *TtyState) GetOutput() []byte {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
 var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
@@ -1705,7 +1732,7 @@ const file_files_proto_rawDesc = "" +
 	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
 	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12#\n" +
 	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytes\x12\x12\n" +
-	"\x04type\x18\t \x01(\rR\x04type\"\xbb\x03\n" +
+	"\x04type\x18\t \x01(\rR\x04type\"\x8a\x04\n" +
 	"\bTtyState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
 	"\x06master\x18\x02 \x01(\bR\x06master\x12\x14\n" +
@@ -1726,7 +1753,11 @@ const file_files_proto_rawDesc = "" +
 	"\x06locked\x18\x10 \x01(\bR\x06locked\x12\x18\n" +
 	"\asession\x18\x11 \x01(\rR\asession\x12\x17\n" +
 	"\afg_pgrp\x18\x12 \x01(\rR\x06fgPgrp\x12\x1a\n" +
-	"\bexternal\x18\x13 \x01(\bR\bexternalB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\bexternal\x18\x13 \x01(\bR\bexternal\x12\x1f\n" +
+	"\vinput_lines\x18\x14 \x03(\fR\n" +
+	"inputLines\x12\x14\n" +
+	"\x05input\x18\x15 \x01(\fR\x05input\x12\x16\n" +
+	"\x06output\x18\x16 \x01(\fR\x06outputB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_files_proto_rawDescOnce sync.Once

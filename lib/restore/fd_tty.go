@@ -15,8 +15,8 @@ import (
 // Pseudo-terminals. The coordinator opens /dev/ptmx until it gets a pty
 // with the dumped index (the kernel hands out the lowest free index, so the
 // ones below are held open meanwhile and closed after), gives the pair its
-// termios, window size, packet mode and lock, and opens each slave
-// description with TIOCGPTPEER. A session leader gets its controlling
+// termios, window size, packet mode and lock, puts its unread data back
+// (lib/sys/tty.go), and opens each slave description with TIOCGPTPEER. A session leader gets its controlling
 // terminal from inside (TIOCSCTTY, then TIOCSPGRP for the foreground group).
 
 func init() {
@@ -55,6 +55,10 @@ func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		rc.Shared[ptyKey(ts.Index)] = p
+	}
+	// The pair's unread data comes with one of its descriptions.
+	if err := p.fill(ts); err != nil {
+		return nil, fmt.Errorf("%s: /dev/pts/%d: unread data: %w", where, ts.Index, err)
 	}
 	var f *os.File
 	if ts.Master {
@@ -146,6 +150,34 @@ func newPty(ts *pb.TtyState) (*ptyObj, error) {
 		}
 	}
 	return p, nil
+}
+
+// fill puts the pair's unread input and output back into its queues
+// (sys.PutTtyInput: as the reader will get them, not processed again).
+func (p *ptyObj) fill(ts *pb.TtyState) error {
+	in := sys.TtyInput{Lines: ts.InputLines, Rest: ts.Input}
+	if in.Len() > 0 || len(in.Lines) > 0 {
+		m := int(p.master.Fd())
+		if ts.Locked {
+			unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0)
+		}
+		s, err := sys.PtyPeer(m, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+		if ts.Locked {
+			unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 1)
+		}
+		if err != nil {
+			return err
+		}
+		err = sys.PutTtyInput(s, in)
+		s.Close()
+		if err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+	}
+	if err := sys.PutPtyOutput(p.master, ts.Output); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	return nil
 }
 
 // cttyCalls make a session leader's pty slave its controlling terminal

@@ -358,3 +358,31 @@ func TestShellJob(t *testing.T) {
 		t.Errorf("the job's goodbye did not reach cr-restore's terminal")
 	}
 }
+
+// TestFdPtyData: unread input (complete lines, an unfinished line, raw
+// bytes) and output of two ptys, and a /dev/tty fd, come back exactly; a
+// --leave-running dump leaves the original's queues as they were (it
+// reads them itself after the dump).
+func TestFdPtyData(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
+	checkShow := func(t *testing.T, show string) {
+		t.Helper()
+		checkFdLine(t, show, 20, "pty /dev/pts/", "master", "unread input 2 lines + 7 bytes", "unread output 38 bytes")
+		checkFdLine(t, show, 22, "master", "unread input 0 lines + 15 bytes", "unread output 8 bytes")
+		checkFdLine(t, show, 24, "/dev/tty on /dev/pts/", "opened again by session leader")
+	}
+	t.Run("restore", func(t *testing.T) {
+		p := startFdProg(t, "fd_ptydata", "")
+		show := dumpRestore(t, p)
+		t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
+		checkShow(t, show)
+	})
+	t.Run("leave-running", func(t *testing.T) {
+		p := startFdProg(t, "fd_ptydata", "")
+		img := filepath.Join(p.dir, "img")
+		mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+		p.checkRunning()
+		checkShow(t, string(mustShell(t, 30*time.Second, "crit show "+img).stdout))
+		p.terminate(p.mustProgress())
+	})
+}
