@@ -281,6 +281,7 @@ func TestCannot(t *testing.T) {
 		{"epollstale", "epoll (anon_inode:[eventpoll])", "which is no longer open as fd"},
 		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) is not supported yet"},
 		{"memfdmap", "memfd (/memfd:mapped (deleted))", "also mapped by pid"},
+		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -385,4 +387,98 @@ func TestFdPtyData(t *testing.T) {
 		checkShow(t, string(mustShell(t, 30*time.Second, "crit show "+img).stdout))
 		p.terminate(p.mustProgress())
 	})
+}
+
+// TestShellJobDevTty: a job of a shell whose session has the terminal as
+// controlling terminal, holding /dev/tty, is dumped with --shell-job and
+// restored from a shell on another terminal: its /dev/tty fd is on that
+// terminal, which is its controlling terminal again.
+func TestShellJobDevTty(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore")...)
+	ptyA, slaveA := openPty(t)
+	dir := t.TempDir()
+	p := &target{t: t, name: "fd_shelljob", path: prog("fd_shelljob"), dir: dir,
+		progress: filepath.Join(dir, "progress"), verdict: filepath.Join(dir, "verdict"), exited: make(chan struct{})}
+	// The shell: a session leader on terminal A, its job in its group
+	// (sh gives a background job /dev/null unless told otherwise).
+	jobpid := filepath.Join(dir, "job.pid")
+	p.cmd = exec.Command("sh", "-c", `"$0" "$1" "$2" "$3" devtty 0<&1 & echo $! > "$4"; wait`, p.path, p.progress, p.verdict, dir, jobpid)
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = slaveA, slaveA, slaveA
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.cleanup)
+	go io.Copy(io.Discard, ptyA)
+	for deadline := time.Now().Add(10 * time.Second); p.pid == 0; time.Sleep(10 * time.Millisecond) {
+		p.pid, _ = strconv.Atoi(strings.TrimSpace(readFile(jobpid)))
+		if time.Now().After(deadline) {
+			t.Fatal("the shell did not start its job")
+		}
+	}
+	p.waitProgress(50, 10*time.Second)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	p.cgroup = string(b)
+
+	img := filepath.Join(dir, "img")
+	stages := strings.Replace(dumpStages, "cr-files", "cr-files --shell-job", 1)
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s && cr-freeze kill < %s", p.pid, stages, img, img))
+	select { // the shell reaps its killed job, and ends
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the shell still waits for its job %d after the dump", p.pid)
+	}
+	if p.isOurs() {
+		t.Fatalf("the job %d runs after the dump killed it", p.pid)
+	}
+	at := p.mustProgress()
+	show := string(mustShell(t, 30*time.Second, "crit show "+img).stdout)
+	checkFdLine(t, show, 20, "/dev/tty on the shell job's terminal")
+
+	// cr-restore from a shell on terminal B, which stays (as the session
+	// leader, so the job keeps its controlling terminal).
+	ptyB, slaveB := openPty(t)
+	pidfile := filepath.Join(dir, "restored.pid")
+	var errb strings.Builder
+	sh := exec.Command("sh", "-c", `cr-restore -d -i "$0" --pidfile "$1" && exec sleep 60`, img, pidfile)
+	sh.Env = append(os.Environ(), "PATH="+filepath.Dir(bin("cr-restore"))+":"+os.Getenv("PATH"))
+	sh.Stdin, sh.Stdout, sh.Stderr = slaveB, slaveB, &errb
+	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); readFile(pidfile) == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("cr-restore did not restore the job: %s", errb.String())
+		}
+	}
+	p.checkPidfile(pidfile)
+	p.checkProgressFrom(at)
+	got := make(chan string, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 256)
+		for !strings.Contains(string(all), "bye via /dev/tty") {
+			n, err := ptyB.Read(buf)
+			if err != nil {
+				break
+			}
+			all = append(all, buf[:n]...)
+		}
+		got <- string(all)
+	}()
+	p.terminate(at)
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "bye from the job") || !strings.Contains(s, "bye via /dev/tty") {
+			t.Errorf("terminal B shows %q, want the job's goodbyes", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the job's goodbye through /dev/tty did not reach terminal B")
+	}
 }

@@ -4,10 +4,12 @@
 //   fdtest DIR [pipe|socket|packet|deleted|eventfd|userfaultfd|tty]...   extras
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
@@ -111,6 +113,15 @@ int main(int argc, char **argv) {
 			report("eventfd", eventfd(0, 0));
 		} else if (!strcmp(x, "console")) {
 			report("console", open("/dev/console", O_RDWR | O_NOCTTY));
+		} else if (!strcmp(x, "devttylost")) {
+			// /dev/tty opened on a controlling terminal the process gave up.
+			int m = posix_openpt(O_RDWR | O_NOCTTY);
+			if (m < 0 || grantpt(m) || unlockpt(m) || (setsid() < 0 && getsid(0) != getpid())) die("pty");
+			int s = open(ptsname(m), O_RDWR);
+			if (s < 0) die("slave");
+			report("devttylost", open("/dev/tty", O_RDWR));
+			signal(SIGHUP, SIG_IGN); // a leader giving up its terminal hangs up its group
+			if (ioctl(s, TIOCNOTTY)) die("TIOCNOTTY");
 		} else if (!strcmp(x, "tty")) {
 			report("tty", open("/dev/ptmx", O_RDWR | O_NOCTTY));
 		} else {
