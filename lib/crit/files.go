@@ -24,6 +24,8 @@ func newFilesMessage(t image.Type) proto.Message {
 		return &pb.FileDesc{}
 	case image.TypeFileData:
 		return &pb.FileData{}
+	case image.TypeGhostFile:
+		return &pb.GhostFile{}
 	}
 	return nil
 }
@@ -36,8 +38,9 @@ type fdRef struct {
 // fileRecords keeps the description records; contents only count.
 type fileRecords struct {
 	descs   map[uint64]*pb.FileDesc
-	data    map[uint64]uint64  // bytes of file-data records per object
-	holders map[uint64][]fdRef // desc id -> every fd that has it (filled by index)
+	data    map[uint64]uint64           // bytes of file-data records per object
+	ghosts  map[[2]uint64]*pb.GhostFile // by dev and inode
+	holders map[uint64][]fdRef          // desc id -> every fd that has it (filled by index)
 }
 
 func (r *fileRecords) add(m proto.Message) {
@@ -47,6 +50,11 @@ func (r *fileRecords) add(m proto.Message) {
 			r.descs = map[uint64]*pb.FileDesc{}
 		}
 		r.descs[m.Id] = m
+	case *pb.GhostFile:
+		if r.ghosts == nil {
+			r.ghosts = map[[2]uint64]*pb.GhostFile{}
+		}
+		r.ghosts[[2]uint64{m.Dev, m.Inode}] = m
 	case *pb.FileData:
 		if r.data == nil {
 			r.data = map[uint64]uint64{}
@@ -106,6 +114,9 @@ func (r *fileRecords) target(fd *pb.Fd) string {
 	if d == nil || fd.DescId == 0 {
 		if pb.FdKind(fd.Kind) == pb.FdKind_FD_TCP {
 			return fmt.Sprintf("socket:[%d] (cr-tcp's records)", fd.Inode)
+		}
+		if g := r.ghosts[[2]uint64{fd.Dev, fd.Inode}]; g != nil && pb.FdKind(fd.Kind) == pb.FdKind_FD_GHOST {
+			return fmt.Sprintf("%s, %s, %s in the image", fd.Path, size(uint64(g.Size)), size(r.data[g.Object]))
 		}
 		return fd.Path
 	}

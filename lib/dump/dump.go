@@ -40,7 +40,8 @@ type Options struct {
 	Output       string // file; "" for stdout
 	LeaveRunning bool
 	Compress     bool
-	ShellJob     bool // cr-files --shell-job: the job's terminal belongs to its shell
+	ShellJob     bool   // cr-files --shell-job: the job's terminal belongs to its shell
+	GhostLimit   string // cr-pages and cr-files --ghost-limit, when not ""
 	Verbose      bool
 	// BinDir holds the stage binaries (default: the directory of this executable).
 	BinDir string
@@ -55,12 +56,13 @@ func Command() *cli.App {
 	return &cli.App{
 		Name:      "cr-dump",
 		Usage:     "checkpoint a process through the stage pipeline, then kill it (or leave it running)",
-		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress] [--shell-job]",
+		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress] [--shell-job] [--ghost-limit SIZE]",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "tree", Aliases: []string{"t"}, Usage: "pid of the process to checkpoint", Required: true},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the image to `FILE` (default stdout)"},
 			&cli.BoolFlag{Name: "leave-running", Aliases: []string{"R"}, Usage: "thaw the process after the dump instead of killing it"},
 			&cli.BoolFlag{Name: "shell-job", Usage: "the process is a job of an interactive shell: accept its terminal (restore with cr-restore --shell-job)"},
+			stage.GhostLimitFlag,
 			stage.CompressFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -70,12 +72,16 @@ func Command() *cli.App {
 			if c.Int("tree") <= 0 {
 				return stage.Usagef("invalid pid %d", c.Int("tree"))
 			}
+			if _, err := stage.GhostLimit(c); err != nil {
+				return err
+			}
 			return Run(Options{
 				Pid:          c.Int("tree"),
 				Output:       c.String("output"),
 				LeaveRunning: c.Bool("leave-running"),
 				Compress:     c.Bool("compress"),
 				ShellJob:     c.Bool("shell-job"),
+				GhostLimit:   c.String("ghost-limit"),
 				Verbose:      stage.Verbose,
 			})
 		},
@@ -277,6 +283,9 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		}
 		if name == "cr-files" && opt.ShellJob {
 			args = append(args, "--shell-job")
+		}
+		if (name == "cr-pages" || name == "cr-files") && opt.GhostLimit != "" {
+			args = append(args, "--ghost-limit", opt.GhostLimit)
 		}
 		last := i == len(Stages)-1
 		if last && opt.Compress {

@@ -47,6 +47,10 @@ type desc struct {
 	fds  []*entry // in dump order; fds[0] is where it is inspected
 	rec  *pb.FileDesc
 	data []*pb.FileData
+	// contents, when set, is read into FileData records after the others
+	// as the output is written (a memfd: up to 1 GiB, never held in memory).
+	contents     *os.File
+	contentsSize int64
 }
 
 func (ds *desc) first() *entry { return ds.fds[0] }
@@ -55,6 +59,7 @@ func (ds *desc) first() *entry { return ds.fds[0] }
 // descriptions and objects shared between processes are found.
 type dumper struct {
 	opts    Options
+	up      *stage.Upstream // ghost files and objects of the stages before
 	procs   []*pb.Process
 	inTree  map[int]bool
 	files   []*pb.Files
@@ -63,10 +68,12 @@ type dumper struct {
 	pidfds  map[int]int
 	objects map[string]uint64 // kernel object key ("pipe:INODE") -> object number
 	unix    *unixDump         // sock_diag view, read once when the dump has unix sockets
+	ghosts  []ghost           // written after the Files records (ghost.go)
+	kept    []*os.File        // fd copies read as the output is written
 }
 
 func newDumper(procs []*pb.Process) *dumper {
-	d := &dumper{procs: procs, inTree: map[int]bool{}, pidfds: map[int]int{}, objects: map[string]uint64{}}
+	d := &dumper{opts: defaultOptions, up: &stage.Upstream{}, procs: procs, inTree: map[int]bool{}, pidfds: map[int]int{}, objects: map[string]uint64{}}
 	for _, p := range procs {
 		d.inTree[int(p.Pid)] = true
 	}
@@ -77,6 +84,15 @@ func (d *dumper) close() {
 	for _, fd := range d.pidfds {
 		unix.Close(fd)
 	}
+	for _, f := range d.kept {
+		f.Close()
+	}
+}
+
+// keep holds f, a copy of an fd, until the output is written.
+func (d *dumper) keep(f *os.File) *os.File {
+	d.kept = append(d.kept, f)
+	return f
 }
 
 // dump reads every live process's fd table, groups the fds into open file
@@ -166,11 +182,13 @@ func (d *dumper) group() error {
 }
 
 // object numbers a kernel object by its key, reporting whether it is new.
+// Numbers go on from the highest a stage before used (cr-pages numbers the
+// ghost files it writes).
 func (d *dumper) object(key string) (uint64, bool) {
 	if n, ok := d.objects[key]; ok {
 		return n, false
 	}
-	n := uint64(len(d.objects) + 1)
+	n := d.up.Objects + uint64(len(d.objects)+1)
 	d.objects[key] = n
 	return n, true
 }
@@ -212,6 +230,8 @@ func (d *dumper) dumpDesc(ds *desc) error {
 	switch e.kind() {
 	case pb.FdKind_FD_REGULAR, pb.FdKind_FD_DIRECTORY, pb.FdKind_FD_CHARDEV:
 		return nil // reopened by path
+	case pb.FdKind_FD_GHOST:
+		return d.dumpGhost(ds) // the fd needs no more than its ghost file
 	case pb.FdKind_FD_PIPE:
 		err = d.dumpPipe(ds, rec)
 	case pb.FdKind_FD_EVENTFD:
@@ -255,16 +275,19 @@ var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
 	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
 	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
-	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true,
+	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true, pb.FdKind_FD_GHOST: true,
 }
 
-// write appends the Files record of every process, then each description's
-// record followed by its object's contents.
+// write appends the Files record of every process, the ghost files, then
+// each description's record followed by its object's contents.
 func (d *dumper) write(w *image.Writer) error {
 	for _, fs := range d.files {
 		if err := w.WriteMessage(image.TypeFiles, fs); err != nil {
 			return fmt.Errorf("output: %w", err)
 		}
+	}
+	if err := d.writeGhosts(w); err != nil {
+		return err
 	}
 	for _, ds := range d.descs {
 		if ds.rec == nil {
@@ -277,6 +300,13 @@ func (d *dumper) write(w *image.Writer) error {
 			if err := w.WriteMessage(image.TypeFileData, fd); err != nil {
 				return fmt.Errorf("output: %w", err)
 			}
+		}
+		if ds.contents != nil {
+			kept, err := stage.WriteContents(w, ds.rec.Object, ds.contents, ds.contentsSize)
+			if err != nil {
+				return cannot(ds.first(), "%v", err)
+			}
+			stage.Logf("pid %d fd %d: %d bytes, %d kept", ds.first().pid, ds.first().fd, ds.contentsSize, kept)
 		}
 	}
 	return nil

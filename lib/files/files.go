@@ -2,11 +2,8 @@
 // appends a Files record with the fd table (path, open flags, offset,
 // close-on-exec, identity of the file), cwd, root, exe and umask.
 //
-// Supported for now: regular files, directories, and the memory character
-// devices (/dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom), all
-// of which a restore reopens by path. Everything else (pipes, sockets,
-// anon_inode fds such as eventfd or epoll, terminals, deleted files, memfd,
-// other devices) is refused at dump time with an error naming the process,
+// doc/files.md lists the kinds it dumps and how a restore rebuilds each.
+// Everything else is refused at dump time with an error naming the process,
 // the fd and the kind: a dump that cannot be restored faithfully must fail
 // now, not at restore.
 //
@@ -37,19 +34,29 @@ type Options struct {
 	// terminal of the shell that started the job): a restore puts its own
 	// terminal in its place.
 	ShellJob bool
+	// GhostLimit is the largest file unlinked while open whose contents
+	// go into the image (--ghost-limit); a bigger one is refused.
+	GhostLimit int64
 }
 
 // Command is the cr-files command.
 func Command() *cli.App {
-	flags := []cli.Flag{&cli.BoolFlag{Name: "shell-job", Usage: "accept the terminal of the shell that started the job; cr-restore gives the job its own terminal"}}
+	flags := []cli.Flag{&cli.BoolFlag{Name: "shell-job", Usage: "accept the terminal of the shell that started the job; cr-restore gives the job its own terminal"},
+		stage.GhostLimitFlag}
 	return stage.FilterCommand("cr-files", "append the fd table, open file descriptions, cwd, root and umask of every frozen process in the stream",
 		flags, func(c *cli.Context) (stage.Filter, error) {
-			return FilterWith(Options{ShellJob: c.Bool("shell-job")}), nil
+			limit, err := stage.GhostLimit(c)
+			if err != nil {
+				return stage.Filter{}, err
+			}
+			return FilterWith(Options{ShellJob: c.Bool("shell-job"), GhostLimit: limit}), nil
 		})
 }
 
 // Filter returns the cr-files filter with default options.
-func Filter() stage.Filter { return FilterWith(Options{}) }
+func Filter() stage.Filter { return FilterWith(defaultOptions) }
+
+var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}
 
 // FilterWith returns the cr-files filter: it remembers every Process record
 // and dumps the files of those processes once the input is complete.
@@ -62,7 +69,7 @@ func FilterWith(opts Options) stage.Filter {
 				return err
 			}
 			d := newDumper(up.Procs)
-			d.opts = opts
+			d.opts, d.up = opts, up
 			defer d.close()
 			if err := d.dump(); err != nil {
 				return err
@@ -166,7 +173,7 @@ func dirLink(pid int, name string) (string, error) {
 var refuseHints = map[string]string{
 	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"console":      "only pseudo-terminals (/dev/ptmx, /dev/pts/N) and /dev/tty on one are restored; a console or virtual terminal stays with its machine: start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
-	"deleted file": "a restore cannot reopen a deleted file; close it before checkpointing",
+	"deleted file": "only deleted regular files are kept in an image; close it before checkpointing",
 }
 
 // refuse is the error for an fd cr-files cannot dump (yet).
@@ -265,8 +272,12 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	st := &e.st
 	path := link
 	if p, ok := strings.CutSuffix(link, " (deleted)"); ok && st.Nlink == 0 {
-		if strings.HasPrefix(p, "/memfd:") && st.Mode&unix.S_IFMT == unix.S_IFREG {
-			e.setKind(pb.FdKind_FD_MEMFD)
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			if strings.HasPrefix(p, "/memfd:") {
+				e.setKind(pb.FdKind_FD_MEMFD)
+			} else {
+				e.setKind(pb.FdKind_FD_GHOST) // its contents go into the image (ghost.go)
+			}
 			return e, nil
 		}
 		return nil, refuse(pid, n, "deleted file", link)
@@ -308,12 +319,27 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 		return nil, refuse(pid, n, "special file", fmt.Sprintf("%s, mode %#o", link, st.Mode))
 	}
 	// A restore reopens the path as the process sees it: it must still name
-	// this file (a rename or replacement since the open would not).
+	// this file. The kernel follows renames of the file and its directories,
+	// so a path that names another file (or none) is one it could not
+	// follow: a mount on top of it since, a file outside the process's root
+	// (opened before a chroot), or a file unlinked that has another name.
 	var now unix.Stat_t
 	err = unix.Stat(filepath.Join(procPath(pid, "root"), path), &now)
 	if err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
-		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s no longer names the open file (renamed or replaced since it was opened)", pid, n, path),
-			"a restore reopens files by path; close or reopen this file before checkpointing")
+		if p, ok := strings.CutSuffix(link, " (deleted)"); ok {
+			return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s was deleted, but the file has %d other link(s), by name(s) cr-files cannot find", pid, n, p, st.Nlink),
+				"let the program reopen the file by a name it still has, or close it, before checkpointing")
+		}
+		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s no longer names the open file (dev:inode %d:%d; the path gives %s)", pid, n, path, st.Dev, st.Ino, statWhat(&now, err)),
+			"a restore reopens files by path: unmount what covers it since, or close or reopen the file, before checkpointing")
 	}
 	return e, nil
+}
+
+// statWhat says what a path gave in a message.
+func statWhat(st *unix.Stat_t, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("dev:inode %d:%d", st.Dev, st.Ino)
 }

@@ -150,7 +150,7 @@ func runFilter(t *testing.T, pid int) (*pb.Files, error) {
 		t.Fatalf("output frames %v, want [process files ...]", types)
 	}
 	for _, ty := range types[2:] {
-		if ty != image.TypeFileDesc && ty != image.TypeFileData {
+		if ty != image.TypeFileDesc && ty != image.TypeFileData && ty != image.TypeGhostFile {
 			t.Fatalf("output frames %v: %v after the files record", types, ty)
 		}
 	}
@@ -250,7 +250,7 @@ func TestRefused(t *testing.T) {
 	}
 	for _, c := range []struct{ extra, want string }{
 		{"packet", "socket (socket:["},
-		{"deleted", "deleted file ("},
+		{"deldir", "deleted file ("},
 		{"userfaultfd", "userfaultfd (anon_inode:[userfaultfd])"},
 		{"console", "console (/dev/console"},
 	} {

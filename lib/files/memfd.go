@@ -2,7 +2,6 @@ package files
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -16,9 +15,8 @@ import (
 const maxMemfd = 1 << 30
 
 // dumpMemfd records a memfd description; the file (name, size, seals, mode
-// and contents) goes with its first description. Contents are read with
-// pread on a copy of the fd, which leaves the shared offset alone; pieces
-// that are all zero are left out.
+// and contents) goes with its first description. Contents are read as the
+// output is written (stage.WriteContents) from a copy of the fd.
 func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 	e := ds.first()
 	obj, isNew := d.object(fmt.Sprintf("memfd:%d:%d", e.st.Dev, e.st.Ino))
@@ -29,7 +27,7 @@ func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	d.keep(f)
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
 		return cannot(e, "fstatfs: %v", err)
@@ -52,30 +50,9 @@ func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 	if e.st.Size > maxMemfd {
 		return stage.Hint(cannot(e, "%d bytes is more than the %d cr-files keeps of a memfd", e.st.Size, maxMemfd), "shrink or close the memfd before checkpointing")
 	}
-	buf := make([]byte, maxChunk)
-	var kept int64
-	for off := int64(0); off < e.st.Size; off += maxChunk {
-		n, err := f.ReadAt(buf[:min(int64(maxChunk), e.st.Size-off)], off)
-		if err != nil && err != io.EOF {
-			return cannot(e, "read at %d: %v", off, err)
-		}
-		if allZero(buf[:n]) {
-			continue
-		}
-		ds.data = append(ds.data, &pb.FileData{Object: obj, Offset: off, Data: append([]byte(nil), buf[:n]...)})
-		kept += int64(n)
-	}
-	stage.Logf("pid %d fd %d: memfd %q: %d bytes, %d kept, seals %#x", e.pid, e.fd, name, e.st.Size, kept, seals)
+	ds.contents, ds.contentsSize = f, e.st.Size
+	stage.Logf("pid %d fd %d: memfd %q: %d bytes, seals %#x", e.pid, e.fd, name, e.st.Size, seals)
 	return nil
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // mapped reports a process of the dump that maps the file dev:ino.

@@ -12,9 +12,6 @@ import (
 	"crpipe/lib/stage"
 )
 
-// maxChunk is the most data one FileData record carries.
-const maxChunk = 1 << 20
-
 // dumpPipe records one end of a pipe or FIFO. The pipe itself (buffer size
 // and unread data) is dumped with its first description: its data is read
 // without consuming it, with tee(2) into a pipe of cr-files' own.
@@ -74,8 +71,8 @@ func (d *dumper) dumpPipe(ds *desc, rec *pb.FileDesc) error {
 		return cannot(reader, "%v", err)
 	}
 	rec.Pipe.DataBytes = uint32(len(data))
-	for off := 0; off < len(data); off += maxChunk {
-		end := min(off+maxChunk, len(data))
+	for off := 0; off < len(data); off += stage.ContentsChunk {
+		end := min(off+stage.ContentsChunk, len(data))
 		ds.data = append(ds.data, &pb.FileData{Object: obj, Offset: int64(off), Data: data[off:end]})
 	}
 	stage.Logf("pid %d fd %d: %s: %d unread bytes, buffer %d", e.pid, e.fd, strings.TrimSpace(e.link), len(data), size)

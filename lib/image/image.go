@@ -57,6 +57,7 @@ const (
 	TypeFiles      Type = 64 // pb.Files
 	TypeFileDesc   Type = 65 // pb.FileDesc
 	TypeFileData   Type = 66 // pb.FileData
+	TypeGhostFile  Type = 67 // pb.GhostFile
 	TypeEnd        Type = 0xffffffff
 )
 
@@ -86,6 +87,7 @@ var typeNames = map[Type]string{
 	TypeFiles:      "files",
 	TypeFileDesc:   "file-desc",
 	TypeFileData:   "file-data",
+	TypeGhostFile:  "ghost-file",
 	TypeEnd:        "end",
 
 	TypeThreadState:   "thread-state",

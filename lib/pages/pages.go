@@ -8,7 +8,9 @@
 // zeros (found as they are copied; the mm record's pages_total counts them);
 // of shared anonymous mappings the pages their shmem object
 // holds. Never pages of shared file mappings (they are in the file) nor of
-// [vdso], [vvar] and [vsyscall] (their positions are recorded).
+// [vdso], [vvar] and [vsyscall] (their positions are recorded). A file
+// deleted since it was mapped goes into the image whole, as a ghost-file
+// record before the Mm record (ghost.go).
 //
 // PAGEMAP_SCAN (Linux 6.7) finds those pages in the kernel, so unpopulated
 // and zero-page memory costs nothing; process_vm_readv copies them with one
@@ -34,12 +36,22 @@ import (
 // Command is the cr-pages command.
 func Command() *cli.App {
 	return stage.FilterCommand("cr-pages", "append the memory mappings and page contents of every frozen process in the stream",
-		nil, func(c *cli.Context) (stage.Filter, error) { return Filter(), nil })
+		[]cli.Flag{stage.GhostLimitFlag}, func(c *cli.Context) (stage.Filter, error) {
+			limit, err := stage.GhostLimit(c)
+			if err != nil {
+				return stage.Filter{}, err
+			}
+			return FilterWith(Options{GhostLimit: limit}), nil
+		})
 }
 
-// Filter returns the cr-pages filter: it remembers every live process of
-// the stream and dumps those processes once the input is complete.
-func Filter() stage.Filter {
+// Filter returns the cr-pages filter with default options.
+func Filter() stage.Filter { return FilterWith(defaultOptions) }
+
+// FilterWith returns the cr-pages filter: it remembers every live Process
+// record (a zombie has no memory) and dumps those processes once the input
+// is complete.
+func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	return stage.Filter{
 		Observe: up.Observe,
@@ -47,7 +59,7 @@ func Filter() stage.Filter {
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
-			err := DumpProcesses(w, up.Procs, func(p *pb.Process, st Stats) {
+			err := stream(w, up.Procs, newGhosts(opts, up), func(p *pb.Process, st Stats) {
 				mib := float64(st.Pages) * image.PageSize / (1 << 20)
 				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB; %d of zeros left out) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Zero, st.Frames,
 					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)

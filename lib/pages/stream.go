@@ -290,7 +290,7 @@ func (rd *copier) readMem(addr uint64, dst []byte) error {
 // processes and assigning their runs to batches (a goroutine), copying and
 // checksumming batches (copiers, one per core) and writing (this
 // goroutine) overlap, also from one process to the next.
-func stream(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats)) (err error) {
+func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, done func(*pb.Process, Stats)) (err error) {
 	copiers := min(runtime.GOMAXPROCS(0), maxCopiers)
 	nbuf := copiers + 1
 	free := make(chan *batch, nbuf)
@@ -387,6 +387,9 @@ func stream(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats))
 			return it.err
 		case it.start != nil:
 			cur, written = it.start, 0
+			if err := gh.write(w, cur); err != nil { // the deleted files it maps (ghost.go)
+				return err
+			}
 			if err := w.WriteMessage(image.TypeMm, cur.mm); err != nil {
 				return fmt.Errorf("output: %w", err)
 			}

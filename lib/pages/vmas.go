@@ -103,6 +103,10 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
+		case isGhostMapping(m): // ghost.go
+			if err := ghostVma(pid, &x); err != nil {
+				return nil, err
+			}
 		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
 			what := fmt.Sprintf("mapping of deleted file %s", m.Path)
 			switch {

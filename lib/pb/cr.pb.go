@@ -108,6 +108,7 @@ const (
 	FdKind_FD_NETLINK   FdKind = 12 // netlink socket used to listen (FileDesc.netlink)
 	FdKind_FD_TCP       FdKind = 13 // TCP socket: Fd.inode is the socket inode; cr-tcp's records carry its state
 	FdKind_FD_TTY       FdKind = 14 // terminal (FileDesc.tty)
+	FdKind_FD_GHOST     FdKind = 15 // regular file unlinked while open: Fd.dev and Fd.inode name its GhostFile record (ghost.proto)
 	FdKind_FD_DEVTTY    FdKind = 18 // /dev/tty: the controlling terminal it was opened on (FileDesc.tty: index, external, session)
 )
 
@@ -129,6 +130,7 @@ var (
 		12: "FD_NETLINK",
 		13: "FD_TCP",
 		14: "FD_TTY",
+		15: "FD_GHOST",
 		18: "FD_DEVTTY",
 	}
 	FdKind_value = map[string]int32{
@@ -147,6 +149,7 @@ var (
 		"FD_NETLINK":   12,
 		"FD_TCP":       13,
 		"FD_TTY":       14,
+		"FD_GHOST":     15,
 		"FD_DEVTTY":    18,
 	}
 )
@@ -1818,7 +1821,7 @@ const file_cr_proto_rawDesc = "" +
 	"\bVMA_VDSO\x10\x04\x12\f\n" +
 	"\bVMA_VVAR\x10\x05\x12\x13\n" +
 	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
-	"\fVMA_VSYSCALL\x10\a*\xf4\x01\n" +
+	"\fVMA_VSYSCALL\x10\a*\x82\x02\n" +
 	"\x06FdKind\x12\x0e\n" +
 	"\n" +
 	"FD_REGULAR\x10\x00\x12\x0e\n" +
@@ -1844,7 +1847,8 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"\x06FD_TCP\x10\r\x12\n" +
 	"\n" +
-	"\x06FD_TTY\x10\x0e\x12\r\n" +
+	"\x06FD_TTY\x10\x0e\x12\f\n" +
+	"\bFD_GHOST\x10\x0f\x12\r\n" +
 	"\tFD_DEVTTY\x10\x12B\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/stage"
 )
 
 // openFlagsForRestore strips flags that only mean something at creation.
@@ -43,6 +44,13 @@ func openPath(_ *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	if fd.Mode != 0 && st.Mode&unix.S_IFMT != fd.Mode&unix.S_IFMT {
 		f.Close()
 		return nil, fmt.Errorf("%s: %s is no longer the same kind of file", where, fd.Path)
+	}
+	// A regular file or directory must be the one dumped: a file put in
+	// its place since (or a renamed directory's) would be a wrong file.
+	if k := pb.FdKind(fd.Kind); (k == pb.FdKind_FD_REGULAR || k == pb.FdKind_FD_DIRECTORY) && fd.Inode != 0 && (st.Dev != fd.Dev || st.Ino != fd.Inode) {
+		f.Close()
+		return nil, stage.Hint(fmt.Errorf("%s: %s is not the file that was dumped (dev:inode %d:%d, dumped %d:%d): it was replaced or moved since", where, fd.Path, st.Dev, st.Ino, fd.Dev, fd.Inode),
+			"restore where the dump was taken, with the files the process had open where they were")
 	}
 	if pb.FdKind(fd.Kind) == pb.FdKind_FD_CHARDEV && fd.Rdev != 0 && st.Rdev != fd.Rdev {
 		f.Close()

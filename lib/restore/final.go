@@ -50,7 +50,7 @@ func (rc *Ctx) finish() error {
 			return err
 		}
 		s := &scratchWriter{base: t.scratch}
-		calls, err := t.processCalls(s)
+		calls, err := t.processCalls(rc, s)
 		if err != nil {
 			return err
 		}
@@ -130,13 +130,13 @@ func (t *task) runWithScratch(r *restorer, s *scratchWriter, calls []call) error
 
 // processCalls are the base per-process syscalls: umask, signal handlers,
 // name, and the mm fields with the exe file.
-func (t *task) processCalls(s *scratchWriter) ([]call, error) {
+func (t *task) processCalls(rc *Ctx, s *scratchWriter) ([]call, error) {
 	mm := t.mm
 	exe := mm.Exe
 	if exe == "" {
 		exe = t.files.Exe
 	}
-	exeFile, err := os.Open(exe)
+	exeFile, err := rc.openExe(t, exe)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: exe: %w", t.pid, err)
 	}

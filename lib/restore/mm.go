@@ -181,10 +181,13 @@ func vmaKindName(k pb.VmaKind) string {
 
 // openMapped opens the file behind a file VMA, refusing a file that changed
 // since the dump: mapping a different file would restore wrong memory.
-func openMapped(pid int, v *pb.Vma) (*os.File, error) {
+func openMapped(rc *Ctx, pid int, v *pb.Vma) (*os.File, error) {
 	flags := os.O_RDONLY
 	if v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
 		flags = os.O_RDWR
+	}
+	if f, ok, err := rc.mappedGhost(pid, v, flags); ok { // a deleted file (fd_ghost.go)
+		return f, err
 	}
 	f, err := os.OpenFile(v.Path, flags, 0)
 	if err != nil {
@@ -234,7 +237,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED {
 			continue
 		}
-		f, err := openMapped(t.pid, v)
+		f, err := openMapped(rc, t.pid, v)
 		if err != nil {
 			return err
 		}

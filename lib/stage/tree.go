@@ -10,9 +10,15 @@ import (
 // Upstream collects what a dump stage needs from the records cr-freeze
 // wrote: the freeze record and the live processes (a zombie has no threads,
 // memory or files left to dump). Use its Observe as the Filter's.
+//
+// It also notes the ghost files (ghost.go) already written upstream and the
+// highest object number in use, so that a stage adding objects numbers
+// them after it and writes no file twice.
 type Upstream struct {
-	Freeze *pb.Freeze
-	Procs  []*pb.Process
+	Freeze  *pb.Freeze
+	Procs   []*pb.Process
+	Ghosts  map[GhostKey]uint64 // object of each ghost-file record
+	Objects uint64              // the highest object number of ghost-file and file-desc records
 }
 
 // Observe records the freeze and process records it sees.
@@ -29,6 +35,22 @@ func (u *Upstream) Observe(f *image.Frame) error {
 		if p.State != "Z" {
 			u.Procs = append(u.Procs, p)
 		}
+	case image.TypeGhostFile:
+		g := &pb.GhostFile{}
+		if err := image.Unmarshal(f, g); err != nil {
+			return err
+		}
+		if u.Ghosts == nil {
+			u.Ghosts = map[GhostKey]uint64{}
+		}
+		u.Ghosts[GhostKey{g.Dev, g.Inode}] = g.Object
+		u.Objects = max(u.Objects, g.Object)
+	case image.TypeFileDesc:
+		d := &pb.FileDesc{}
+		if err := image.Unmarshal(f, d); err != nil {
+			return err
+		}
+		u.Objects = max(u.Objects, d.Object)
 	}
 	return nil
 }

@@ -71,8 +71,21 @@ int main(int argc, char **argv) {
 			int fd = report("deleted", path_open(dir, "gone", O_RDWR | O_CREAT));
 			char path[4096];
 			snprintf(path, sizeof path, "%s/gone", dir);
-			if (unlink(path)) die("unlink");
-			(void)fd;
+			if (write(fd, "ghost!", 6) != 6 || unlink(path)) die("unlink");
+		} else if (!strcmp(x, "linked")) {
+			// Deleted, but still linked under another name.
+			report("linked", path_open(dir, "first", O_RDWR | O_CREAT));
+			char a[4096], b[4096];
+			snprintf(a, sizeof a, "%s/first", dir);
+			snprintf(b, sizeof b, "%s/second", dir);
+			if (link(a, b) || unlink(a)) die("link");
+		} else if (!strcmp(x, "deldir")) {
+			// A deleted directory: not a file whose contents can be kept.
+			char path[4096];
+			snprintf(path, sizeof path, "%s/subdir", dir);
+			if (mkdir(path, 0700)) die("mkdir");
+			report("deldir", open(path, O_RDONLY | O_DIRECTORY));
+			if (rmdir(path)) die("rmdir");
 		} else if (!strcmp(x, "packet")) {
 			report("packet", socket(AF_PACKET, SOCK_RAW, 0));
 		} else if (!strcmp(x, "userfaultfd")) {
