@@ -155,15 +155,23 @@ func (pr *proc) showMm(w io.Writer, mm *pb.Mm) {
 			per[i] += overlap(r, v)
 		}
 	}
-	var inside uint64
+	var inside, inherited uint64
 	for i, v := range vmas {
 		if v.End > v.Start {
 			mapped += v.End - v.Start
 		}
 		inside += per[i]
+		for _, r := range v.Inherited {
+			if r.End > r.Start {
+				inherited += (r.End - r.Start) / image.PageSize
+			}
+		}
 	}
 	p("  memory: %d vmas, %s mapped, %d pages (%s) dumped; brk %#x-%#x, code %#x-%#x, stack %#x",
 		len(vmas), size(mapped), dumped, size(dumped*image.PageSize), mm.StartBrk, mm.Brk, mm.StartCode, mm.EndCode, mm.StartStack)
+	if inherited > 0 {
+		p("  shared with the parent since fork: %d pages (%s), not in the image", inherited, size(inherited*image.PageSize))
+	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "    address range\tsize\tprot\tkind\tpages\t path\n")
 	for i, v := range vmas {

@@ -72,7 +72,9 @@ type prepared struct {
 }
 
 // prepare reads what the Mm record says about p and finds its pages.
-func prepare(p *pb.Process) (*prepared, error) {
+// parent, when not 0, is p's parent in the same dump: pages p still shares
+// with it since fork are left out (inherit.go).
+func prepare(p *pb.Process, parent int) (*prepared, error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -128,13 +130,19 @@ func prepare(p *pb.Process) (*prepared, error) {
 		return nil, procErr(pid, err)
 	}
 	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
+	shared, err := newSharing(pid, parent, vmas, pm)
+	if err != nil {
+		pm.Close()
+		return nil, err
+	}
+	each, closeAll := shared.each(sc.each), func() { shared.close(); pm.Close() }
 
 	// First pass: count (the Mm record says how many pages follow and which
 	// VMAs have them) and keep the runs unless there are very many.
 	var runs []run
 	stored := true
 	vmaPages := make([]uint64, len(vmas))
-	err = sc.each(func(r run) error {
+	err = each(func(r run) error {
 		stats.Runs++
 		stats.Pages += uint64(r.pages)
 		vmaPages[r.vma] += uint64(r.pages)
@@ -148,11 +156,11 @@ func prepare(p *pb.Process) (*prepared, error) {
 		return nil
 	})
 	if errors.Is(err, sys.ErrNoPagemapScan) {
-		pm.Close()
+		closeAll()
 		return nil, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
 	}
 	if err != nil {
-		pm.Close()
+		closeAll()
 		return nil, err
 	}
 	for i := range vmas {
@@ -174,9 +182,9 @@ func prepare(p *pb.Process) (*prepared, error) {
 	}
 	if !stored {
 		stage.Logf("pid %d: more than %d page runs: scanning again while streaming", pid, maxStoredRuns)
-		source = sc.each
+		source = each
 	}
-	return &prepared{p: p, pid: pid, mm: mm, vmas: vmas, source: source, stats: stats, t0: t0, close: func() { pm.Close() }}, nil
+	return &prepared{p: p, pid: pid, mm: mm, vmas: vmas, source: source, stats: stats, t0: t0, close: closeAll}, nil
 }
 
 func procErr(pid int, err error) error {

@@ -12,9 +12,10 @@ import (
 
 // run is a range of pages to dump, all inside vmas[vma].
 type run struct {
-	start uint64
-	pages uint32
-	vma   uint32
+	start  uint64
+	pages  uint32
+	vma    uint32
+	shared bool // not mapped exclusively: read without pinning (sharing.go)
 }
 
 func (r run) end() uint64 { return r.start + uint64(r.pages)*image.PageSize }

@@ -27,7 +27,7 @@ type piece struct {
 	off  int // in the batch buffer
 	n    int // bytes
 	vma  uint32
-	mem  bool   // read through /proc/PID/mem: the VMA is not readable
+	mem  bool   // read through /proc/PID/mem: the VMA is not readable, or the pages are shared
 	zero bool   // pages of zeros are left out (private anonymous memory)
 	sum  uint32 // the frame's checksum, computed by the reader
 }
@@ -78,7 +78,7 @@ type copier struct {
 
 func (rd *reader) add(r run) error {
 	start, left := r.start, uint64(r.pages)*image.PageSize
-	viaMem := !rd.vmas[r.vma].m.Read
+	viaMem := !rd.vmas[r.vma].m.Read || r.shared
 	// A page of zeros of private anonymous memory need not be in the
 	// image: the restored mapping reads zeros where nothing was written.
 	// (Not in a private file mapping, where it would read as the file's
@@ -344,8 +344,16 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, done func(*pb.Proc
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
+		inDump := map[uint32]bool{}
 		for _, p := range procs {
-			pr, err := prepare(p)
+			inDump[p.Pid] = true
+		}
+		for _, p := range procs {
+			parent := 0
+			if inDump[p.Ppid] {
+				parent = int(p.Ppid)
+			}
+			pr, err := prepare(p, parent)
 			if err == nil {
 				if !send(item{start: pr}) {
 					pr.close()

@@ -1059,20 +1059,26 @@ func (x *TaskState) GetSigactions() []*Sigaction {
 
 // Vma is one line of /proc/PID/maps with what restore needs to rebuild it.
 type Vma struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
-	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
-	Prot          uint32                 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`   // PROT_* bits
-	Flags         uint32                 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"` // MAP_SHARED/MAP_PRIVATE, MAP_GROWSDOWN
-	Pgoff         uint64                 `protobuf:"varint,5,opt,name=pgoff,proto3" json:"pgoff,omitempty"` // file offset in bytes
-	Path          string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`    // backing file, or "[heap]", "[stack]", "[vdso]", ...
-	Kind          uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`   // VmaKind
-	Dev           uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`     // backing file's device and inode, checked on restore
-	Inode         uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
-	FileSize      int64                  `protobuf:"varint,10,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
-	MtimeNsec     int64                  `protobuf:"varint,11,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
-	HasPages      bool                   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records may follow for this VMA (none when all were zeros)
-	Huge          bool                   `protobuf:"varint,13,opt,name=huge,proto3" json:"huge,omitempty"`                         // had AnonHugePages
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Start     uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End       uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Prot      uint32                 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`   // PROT_* bits
+	Flags     uint32                 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"` // MAP_SHARED/MAP_PRIVATE, MAP_GROWSDOWN
+	Pgoff     uint64                 `protobuf:"varint,5,opt,name=pgoff,proto3" json:"pgoff,omitempty"` // file offset in bytes
+	Path      string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`    // backing file, or "[heap]", "[stack]", "[vdso]", ...
+	Kind      uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`   // VmaKind
+	Dev       uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`     // backing file's device and inode, checked on restore
+	Inode     uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
+	FileSize  int64                  `protobuf:"varint,10,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
+	MtimeNsec int64                  `protobuf:"varint,11,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
+	HasPages  bool                   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records may follow for this VMA (none when all were zeros)
+	Huge      bool                   `protobuf:"varint,13,opt,name=huge,proto3" json:"huge,omitempty"`                         // had AnonHugePages
+	// inherited: private pages still shared copy-on-write with the parent
+	// process since fork (same page frame at the same address in both).
+	// They are not in the page records: a restore forks this process from
+	// its parent once the parent's memory is filled, keeps these ranges, and
+	// clears the rest of the VMA before writing the process's own pages.
+	Inherited     []*PageRange `protobuf:"bytes,14,rep,name=inherited,proto3" json:"inherited,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1198,6 +1204,66 @@ func (x *Vma) GetHuge() bool {
 	return false
 }
 
+func (x *Vma) GetInherited() []*PageRange {
+	if x != nil {
+		return x.Inherited
+	}
+	return nil
+}
+
+// PageRange is [start, end), page aligned.
+type PageRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PageRange) Reset() {
+	*x = PageRange{}
+	mi := &file_cr_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PageRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PageRange) ProtoMessage() {}
+
+func (x *PageRange) ProtoReflect() protoreflect.Message {
+	mi := &file_cr_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PageRange.ProtoReflect.Descriptor instead.
+func (*PageRange) Descriptor() ([]byte, []int) {
+	return file_cr_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PageRange) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *PageRange) GetEnd() uint64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
 // Mm is the address space of one process (written by cr-pages before its pages).
 type Mm struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1226,7 +1292,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1304,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1317,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{10}
+	return file_cr_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Mm) GetPid() uint32 {
@@ -1390,7 +1456,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1468,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1481,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{11}
+	return file_cr_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1511,7 +1577,7 @@ type Files struct {
 
 func (x *Files) Reset() {
 	*x = Files{}
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1589,7 @@ func (x *Files) String() string {
 func (*Files) ProtoMessage() {}
 
 func (x *Files) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1602,7 @@ func (x *Files) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Files.ProtoReflect.Descriptor instead.
 func (*Files) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{12}
+	return file_cr_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Files) GetPid() uint32 {
@@ -1601,7 +1667,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1679,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1692,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{13}
+	return file_cr_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *End) GetFrames() uint64 {
@@ -1745,7 +1811,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x03 \x01(\x04R\rclearChildTid\x120\n" +
 	"\n" +
 	"sigactions\x18\x04 \x03(\v2\x10.cr.v1.SigactionR\n" +
-	"sigactions\"\xaa\x02\n" +
+	"sigactions\"\xda\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -1761,7 +1827,11 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"mtime_nsec\x18\v \x01(\x03R\tmtimeNsec\x12\x1b\n" +
 	"\thas_pages\x18\f \x01(\bR\bhasPages\x12\x12\n" +
-	"\x04huge\x18\r \x01(\bR\x04huge\"\xad\x03\n" +
+	"\x04huge\x18\r \x01(\bR\x04huge\x12.\n" +
+	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\"3\n" +
+	"\tPageRange\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\"\xad\x03\n" +
 	"\x02Mm\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1e\n" +
 	"\x04vmas\x18\x02 \x03(\v2\n" +
@@ -1864,7 +1934,7 @@ func file_cr_proto_rawDescGZIP() []byte {
 }
 
 var file_cr_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_cr_proto_goTypes = []any{
 	(VmaKind)(0),       // 0: cr.v1.VmaKind
 	(FdKind)(0),        // 1: cr.v1.FdKind
@@ -1878,25 +1948,27 @@ var file_cr_proto_goTypes = []any{
 	(*Sigaction)(nil),  // 9: cr.v1.Sigaction
 	(*TaskState)(nil),  // 10: cr.v1.TaskState
 	(*Vma)(nil),        // 11: cr.v1.Vma
-	(*Mm)(nil),         // 12: cr.v1.Mm
-	(*Fd)(nil),         // 13: cr.v1.Fd
-	(*Files)(nil),      // 14: cr.v1.Files
-	(*End)(nil),        // 15: cr.v1.End
-	(*FileLock)(nil),   // 16: cr.v1.FileLock
+	(*PageRange)(nil),  // 12: cr.v1.PageRange
+	(*Mm)(nil),         // 13: cr.v1.Mm
+	(*Fd)(nil),         // 14: cr.v1.Fd
+	(*Files)(nil),      // 15: cr.v1.Files
+	(*End)(nil),        // 16: cr.v1.End
+	(*FileLock)(nil),   // 17: cr.v1.FileLock
 }
 var file_cr_proto_depIdxs = []int32{
 	4,  // 0: cr.v1.Freeze.original:type_name -> cr.v1.TaskCgroup
 	6,  // 1: cr.v1.ThreadCore.regs:type_name -> cr.v1.X86Regs
 	7,  // 2: cr.v1.ThreadCore.rseq:type_name -> cr.v1.Rseq
 	9,  // 3: cr.v1.TaskState.sigactions:type_name -> cr.v1.Sigaction
-	11, // 4: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
-	13, // 5: cr.v1.Files.fds:type_name -> cr.v1.Fd
-	16, // 6: cr.v1.Files.locks:type_name -> cr.v1.FileLock
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	12, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
+	11, // 5: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
+	14, // 6: cr.v1.Files.fds:type_name -> cr.v1.Fd
+	17, // 7: cr.v1.Files.locks:type_name -> cr.v1.FileLock
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_cr_proto_init() }
@@ -1911,7 +1983,7 @@ func file_cr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cr_proto_rawDesc), len(file_cr_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -42,6 +42,9 @@ func (rc *Ctx) finish() error {
 		}
 		live = append(live, t)
 	}
+	if err := rc.completeTree(); err != nil {
+		return err
+	}
 	for _, t := range live {
 		if err := t.sealVmas(); err != nil {
 			return err

@@ -94,7 +94,13 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 	if err := t.r.relocate(hole, hole+imgSize+stackSize); err != nil {
 		return err
 	}
-	// Drop the helper's image and stack: only the vDSO block stays.
+	// Drop the helper's image and stack, or what the fork from the parent
+	// brought that is not kept: only the vDSO block and the VMAs with
+	// inherited pages stay.
+	kept, err := t.keptSpans()
+	if err != nil {
+		return err
+	}
 	var calls []call
 	curVdso := map[pb.VmaKind]taskVma{}
 	for _, v := range cur {
@@ -102,7 +108,9 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 			curVdso[k] = v
 			continue
 		}
-		calls = append(calls, sc("unmap "+v.name, unix.SYS_MUNMAP, v.start, v.end-v.start))
+		for _, s := range subtractSpans(span{v.start, v.end}, kept) {
+			calls = append(calls, sc(fmt.Sprintf("unmap %s %#x-%#x", v.name, s.lo, s.hi), unix.SYS_MUNMAP, s.lo, s.hi-s.lo))
+		}
 	}
 	if _, err := t.r.run(calls...); err != nil {
 		return err
@@ -234,7 +242,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			files = append(files, f)
 			continue
 		}
-		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED {
+		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED || len(v.Inherited) > 0 {
 			continue
 		}
 		f, err := openMapped(rc, t.pid, v)
@@ -265,6 +273,10 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		if v.HasPages {
 			prot |= unix.PROT_WRITE
 			t.writable = append(t.writable, v)
+		}
+		if len(v.Inherited) > 0 {
+			calls = append(calls, keepCalls(v, prot)...)
+			continue
 		}
 		flags := uint64(unix.MAP_FIXED_NOREPLACE)
 		if v.Flags&unix.MAP_GROWSDOWN != 0 {

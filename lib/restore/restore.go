@@ -5,8 +5,11 @@
 // order follows the stream, so memory streams straight from the input into
 // the tasks with constant memory:
 //
-//	process records -> the tree is cloned with its dumped PIDs (tree.go)
-//	mm record       -> the restorer moves to a hole, the dumped VMAs are mapped
+//	process records -> the tree is ordered, the root cloned (tree.go)
+//	mm record       -> the process is cloned from its parent with its dumped
+//	                   PID, keeping what it shares with it since fork
+//	                   (inherit.go); the restorer moves to a hole, the
+//	                   dumped VMAs are mapped
 //	page frames     -> process_vm_writev into the task
 //	end             -> files, per-process state, threads, per-thread state,
 //	                   then every restorer is unmapped and the dumped
@@ -223,7 +226,7 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 					return fmt.Errorf("spool: %w", err)
 				}
 			}
-			if err := rc.createTree(); err != nil {
+			if err := rc.planTree(); err != nil {
 				return err
 			}
 			created = true
@@ -290,6 +293,9 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return fmt.Errorf("frame %d at offset %d: second mm record for pid %d: %w", f.Index, f.Offset, mm.Pid, image.ErrCorrupt)
 		}
 		t.mm = &mm
+		if err := rc.ensureCreated(t); err != nil {
+			return err
+		}
 		if err := t.setupMm(rc, &mm); err != nil {
 			return err
 		}
@@ -330,7 +336,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 
 func (rc *Ctx) taskFor(f *image.Frame, pid uint32) (*task, error) {
 	t := rc.Tasks[pid]
-	if t == nil || t.pid == 0 {
+	if t == nil {
 		return nil, fmt.Errorf("frame %d at offset %d: %s record for pid %d, which no process record announced: %w", f.Index, f.Offset, f.Type, pid, image.ErrCorrupt)
 	}
 	if t.zombie() {
@@ -356,7 +362,7 @@ func (t *task) complete() error {
 		}
 	}
 	if missing != "" {
-		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
+		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.proc.Pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
 	}
 	return nil
 }

@@ -13,12 +13,13 @@ import (
 	"crpipe/lib/tree"
 )
 
-// createTree clones every process with its dumped PID: the root from a
-// helper (CLONE_PARENT: it becomes our child), every other process from its
-// parent's restorer (fork semantics, before any memory is mapped, so the
-// copy is only the small restorer). Then sessions, process groups, and
-// zombies, which exit with their dumped status.
-func (rc *Ctx) createTree() error {
+// planTree orders the tree (parents first), checks that its sessions and
+// groups can be rebuilt, and creates the root. Every other process is
+// created when its memory record arrives (ensureCreated): forked from its
+// parent once the parent's memory is filled, so that the pages they shared
+// since fork are shared again (Vma.inherited), and with only the memory it
+// keeps copied (limitFork).
+func (rc *Ctx) planTree() error {
 	procs := make([]*pb.Process, len(rc.Order))
 	for i, t := range rc.Order {
 		procs[i] = t.proc
@@ -38,19 +39,43 @@ func (rc *Ctx) createTree() error {
 		}
 	}
 	rc.Order = order
-	for _, t := range order {
-		if err := rc.create(t); err != nil {
+	return rc.ensureCreated(order[0])
+}
+
+// ensureCreated creates t (and its ancestors first) with its dumped PID;
+// a session leader starts its session before its children exist.
+func (rc *Ctx) ensureCreated(t *task) error {
+	if t.pid != 0 {
+		return nil
+	}
+	if t.parent != nil {
+		if err := rc.ensureCreated(t.parent); err != nil {
 			return err
 		}
-		if t.proc.Sid == t.proc.Pid {
-			if _, err := t.r.run(sc("setsid", unix.SYS_SETSID)); err != nil {
-				return err
-			}
+	}
+	if err := rc.create(t); err != nil {
+		return err
+	}
+	if t.proc.Sid == t.proc.Pid {
+		if _, err := t.r.run(sc("setsid", unix.SYS_SETSID)); err != nil {
+			return err
 		}
 	}
-	// Groups once every leader exists: leaders first, then their members.
+	return nil
+}
+
+// completeTree creates what has no memory record (zombies), then sets the
+// process groups, once every leader exists, and lets the zombies die with
+// their dumped status.
+func (rc *Ctx) completeTree() error {
+	for _, t := range rc.Order {
+		if err := rc.ensureCreated(t); err != nil {
+			return err
+		}
+	}
+	// Leaders first, then their members.
 	for _, leaders := range []bool{true, false} {
-		for _, t := range order {
+		for _, t := range rc.Order {
 			if (t.proc.Pgid == t.proc.Pid) != leaders || t.proc.Sid == t.proc.Pid {
 				continue
 			}
@@ -62,7 +87,7 @@ func (rc *Ctx) createTree() error {
 			}
 		}
 	}
-	for _, t := range order {
+	for _, t := range rc.Order {
 		if t.zombie() {
 			if err := t.becomeZombie(); err != nil {
 				return err
@@ -110,7 +135,13 @@ func (rc *Ctx) create(t *task) error {
 		ours.Close()
 		return err
 	}
+	redo, err := t.limitFork()
+	if err != nil {
+		ours.Close()
+		return err
+	}
 	inner, err := parent.clone(cloneReq{exitSignal: uint64(unix.SIGCHLD), tid: int(t.proc.Pid), childCtl: n[0]})
+	redoErr := redo()
 	if err != nil {
 		ours.Close()
 		return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
@@ -125,7 +156,7 @@ func (rc *Ctx) create(t *task) error {
 	}
 	t.r = &restorer{sock: ours, pid: pid, layout: parent.layout}
 	t.pid, t.ctlFd = pid, n[0]
-	return nil
+	return redoErr
 }
 
 // startInit starts a helper as init of a new PID namespace (and mount

@@ -159,3 +159,29 @@ func ProbePagemapScan() error {
 	_, _, err = p.Scan(PagemapScan{Start: 0, End: 4096, AnyOf: PageIsPresent, Return: PageIsPresent}, vec[:])
 	return err
 }
+
+// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	PagemapPresent   = 1 << 63
+	PagemapSwapped   = 1 << 62
+	PagemapExclusive = 1 << 56   // mapped by this process only
+	PagemapPFNMask   = 1<<55 - 1 // PFN when present (root only), swap type and offset when swapped
+)
+
+// Entries reads the pagemap entries of the pages from addr on into out,
+// one per page.
+func (p *Pagemap) Entries(addr uint64, out []uint64) error {
+	if len(out) == 0 {
+		return nil
+	}
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), len(out)*8)
+	off := int64(addr / 4096 * 8)
+	for len(buf) > 0 {
+		n, err := p.f.ReadAt(buf, off)
+		if n == 0 && err != nil {
+			return fmt.Errorf("pagemap %#x: %w", addr, err)
+		}
+		buf, off = buf[n:], off+int64(n)
+	}
+	return nil
+}

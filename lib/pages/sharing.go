@@ -1,0 +1,155 @@
+package pages
+
+import (
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/sys"
+)
+
+// Private pages shared copy-on-write (after fork) need care twice:
+//
+//   - Reading one with process_vm_readv breaks the sharing: the kernel pins
+//     the pages it copies from, and pinning a shared anonymous page gives
+//     the pinning process a copy of its own (GUP unsharing, Linux 5.19+). A
+//     dump of a tree that shares 256 MiB would leave it using 256 MiB more.
+//     Pages that are not mapped exclusively (pagemap bit 56) are read
+//     through /proc/PID/mem instead, which does not pin.
+//   - A page a process shares with its parent in the dump (the same page
+//     frame or swap slot at the same address, inside VMAs that map the same
+//     thing) is left out of the image and listed in Vma.inherited: the
+//     restore forks the process from its restored parent, so the pages are
+//     shared again instead of copied once per process.
+//
+// sharing splits the runs of one process accordingly.
+type sharing struct {
+	child, parent *sys.Pagemap
+	vmas          []vma
+	from          []*pb.Vma // per child VMA: the parent VMA it inherits from, or nil
+	recording     bool      // the first walk records the ranges; later walks only filter
+	ce, pe        []uint64
+}
+
+// sharingChunk pages of pagemap entries are compared at a time.
+const sharingChunk = 8192
+
+// newSharing prepares the split of pid's runs; parent, when not 0, is its
+// parent in the same dump.
+func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap) (*sharing, error) {
+	in := &sharing{child: child, vmas: vmas, from: make([]*pb.Vma, len(vmas)), recording: true,
+		ce: make([]uint64, sharingChunk), pe: make([]uint64, sharingChunk)}
+	if parent == 0 {
+		return in, nil
+	}
+	maps, err := proc.ReadMaps(parent)
+	if err != nil {
+		return nil, procErr(parent, err)
+	}
+	pvmas, err := classify(parent, maps)
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for i := range vmas {
+		for j := range pvmas {
+			if vmas[i].pb.CanInherit(pvmas[j].pb) {
+				in.from[i], found = pvmas[j].pb, true
+				break
+			}
+		}
+	}
+	if found {
+		if in.parent, err = sys.OpenPagemap(parent); err != nil {
+			return nil, procErr(parent, err)
+		}
+	}
+	return in, nil
+}
+
+func (in *sharing) close() {
+	if in.parent != nil {
+		in.parent.Close()
+	}
+}
+
+// each wraps a walk over runs: runs pass with their inherited pages taken
+// out (and, on the first walk, recorded in their VMA) and their shared
+// pages marked.
+func (in *sharing) each(walk func(func(run) error) error) func(func(run) error) error {
+	return func(emit func(run) error) error {
+		err := walk(func(r run) error { return in.split(r, emit) })
+		in.recording = false
+		return err
+	}
+}
+
+// split emits the parts of r that are not inherited, each marked shared
+// or not.
+func (in *sharing) split(r run, emit func(run) error) error {
+	out := run{vma: r.vma}
+	flush := func() error {
+		if out.pages == 0 {
+			return nil
+		}
+		err := emit(out)
+		out.pages = 0
+		return err
+	}
+	inherits := in.from[r.vma] != nil
+	for done := uint32(0); done < r.pages; {
+		n := min(r.pages-done, sharingChunk)
+		addr := r.start + uint64(done)*image.PageSize
+		if err := in.child.Entries(addr, in.ce[:n]); err != nil {
+			return err
+		}
+		if inherits {
+			if err := in.parent.Entries(addr, in.pe[:n]); err != nil {
+				return err
+			}
+		}
+		for i := range n {
+			a := addr + uint64(i)*image.PageSize
+			if inherits && sharedEntry(in.ce[i], in.pe[i]) {
+				if err := flush(); err != nil {
+					return err
+				}
+				if in.recording {
+					in.record(r.vma, a)
+				}
+				continue
+			}
+			shared := in.ce[i]&sys.PagemapExclusive == 0
+			if out.pages > 0 && (out.shared != shared || out.end() != a) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			if out.pages == 0 {
+				out.start, out.shared = a, shared
+			}
+			out.pages++
+		}
+		done += n
+	}
+	return flush()
+}
+
+// sharedEntry: the same present page frame, or the same swap slot.
+func sharedEntry(c, p uint64) bool {
+	const kind = sys.PagemapPresent | sys.PagemapSwapped
+	if c&kind == 0 || c&kind != p&kind {
+		return false
+	}
+	frame := c & sys.PagemapPFNMask
+	return frame != 0 && frame == p&sys.PagemapPFNMask
+}
+
+// record adds the page at a to its VMA's inherited ranges.
+func (in *sharing) record(i uint32, a uint64) {
+	v := in.vmas[i].pb
+	if n := len(v.Inherited); n > 0 && v.Inherited[n-1].End == a {
+		v.Inherited[n-1].End += image.PageSize
+		return
+	}
+	v.Inherited = append(v.Inherited, &pb.PageRange{Start: a, End: a + image.PageSize})
+}

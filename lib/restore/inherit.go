@@ -1,0 +1,150 @@
+package restore
+
+import (
+	"fmt"
+	"sort"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/pb"
+)
+
+// Memory shared copy-on-write since fork (Vma.inherited, written by
+// cr-pages). A process is forked from its parent after the parent's memory
+// is filled; the VMAs with inherited pages stay as the fork left them,
+// everything else of the parent's is kept out of the fork, and the
+// inherited VMAs are cleared outside their inherited ranges before the
+// process's own pages are written.
+
+// keptSpans checks t's inherited VMAs against its parent's (already
+// restored) memory and returns their extents, in address order.
+func (t *task) keptSpans() ([]span, error) {
+	if t.mm == nil {
+		return nil, nil
+	}
+	var kept []span
+	for _, v := range t.mm.Vmas {
+		if len(v.Inherited) == 0 {
+			continue
+		}
+		if err := t.checkInherited(v); err != nil {
+			return nil, fmt.Errorf("pid %d: vma %#x-%#x: %w", t.proc.Pid, v.Start, v.End, err)
+		}
+		kept = append(kept, span{v.Start, v.End})
+	}
+	sort.Slice(kept, func(i, j int) bool { return kept[i].lo < kept[j].lo })
+	return kept, nil
+}
+
+func (t *task) checkInherited(v *pb.Vma) error {
+	p := t.parent
+	if p == nil || p.mm == nil {
+		return fmt.Errorf("pages inherited from the parent, whose memory the stream has not restored before (stream out of order)")
+	}
+	found := false
+	for _, pv := range p.mm.Vmas {
+		if v.CanInherit(pv) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("pages inherited from pid %d, which has no matching mapping there", p.proc.Pid)
+	}
+	last := v.Start
+	for _, r := range v.Inherited {
+		if r.Start < last || r.End <= r.Start || r.End > v.End || r.Start%pageSize != 0 || r.End%pageSize != 0 {
+			return fmt.Errorf("inherited range %#x-%#x is not page aligned, in order and inside the vma", r.Start, r.End)
+		}
+		last = r.End
+	}
+	return nil
+}
+
+// limitFork keeps everything of the parent's dumped memory but t's
+// inherited VMAs out of the fork that creates t (MADV_DONTFORK), so a fork
+// copies page tables only for what t keeps. The returned function puts the
+// parent back as it was.
+func (t *task) limitFork() (redo func() error, err error) {
+	noop := func() error { return nil }
+	if t.parent == nil || t.parent.mm == nil {
+		return noop, nil
+	}
+	kept, err := t.keptSpans()
+	if err != nil {
+		return nil, err
+	}
+	var parentSpans []span
+	for _, v := range t.parent.mm.Vmas {
+		if !isVdsoKind(pb.VmaKind(v.Kind)) {
+			parentSpans = append(parentSpans, span{v.Start, v.End})
+		}
+	}
+	var out []span
+	for _, s := range mergeSpans(parentSpans) {
+		out = append(out, subtractSpans(s, kept)...)
+	}
+	advise := func(advice int, what string) []call {
+		calls := make([]call, 0, len(out))
+		for _, s := range out {
+			calls = append(calls, sc(fmt.Sprintf("%s %#x-%#x", what, s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, uint64(advice)))
+		}
+		return calls
+	}
+	if _, err := t.parent.r.run(advise(unix.MADV_DONTFORK, "keep out of the fork")...); err != nil {
+		return nil, err
+	}
+	return func() error {
+		_, err := t.parent.r.run(advise(unix.MADV_DOFORK, "back into forks")...)
+		return err
+	}, nil
+}
+
+// keepCalls prepare an inherited VMA: its dumped protection (writable while
+// its own pages are written) and its pages outside the inherited ranges
+// dropped: zeros for anonymous memory, the file's bytes for a file.
+func keepCalls(v *pb.Vma, prot uint64) []call {
+	calls := []call{sc(fmt.Sprintf("protect kept %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, prot)}
+	var inherited []span
+	for _, r := range v.Inherited {
+		inherited = append(inherited, span{r.Start, r.End})
+	}
+	for _, s := range subtractSpans(span{v.Start, v.End}, inherited) {
+		calls = append(calls, sc(fmt.Sprintf("clear %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DONTNEED))
+	}
+	return calls
+}
+
+// mergeSpans sorts spans and joins those that touch or overlap.
+func mergeSpans(in []span) []span {
+	sort.Slice(in, func(i, j int) bool { return in[i].lo < in[j].lo })
+	var out []span
+	for _, s := range in {
+		if n := len(out); n > 0 && s.lo <= out[n-1].hi {
+			out[n-1].hi = max(out[n-1].hi, s.hi)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// subtractSpans returns the parts of s outside cut (sorted, not
+// overlapping).
+func subtractSpans(s span, cut []span) []span {
+	var out []span
+	lo := s.lo
+	for _, c := range cut {
+		if c.hi <= lo || c.lo >= s.hi {
+			continue
+		}
+		if c.lo > lo {
+			out = append(out, span{lo, c.lo})
+		}
+		lo = max(lo, c.hi)
+	}
+	if lo < s.hi {
+		out = append(out, span{lo, s.hi})
+	}
+	return out
+}
