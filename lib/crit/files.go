@@ -41,6 +41,8 @@ type fileRecords struct {
 	data    map[uint64]uint64           // bytes of file-data records per object
 	ghosts  map[[2]uint64]*pb.GhostFile // by dev and inode
 	holders map[uint64][]fdRef          // desc id -> every fd that has it (filled by index)
+	firstFd map[uint64]*pb.Fd           // desc id -> its first fd (filled by index)
+	showing map[uint64]bool             // descs in flight being shown (a socket may be in its own queue)
 }
 
 func (r *fileRecords) add(m proto.Message) {
@@ -66,10 +68,14 @@ func (r *fileRecords) add(m proto.Message) {
 // index finds the fds of every description, across processes.
 func (r *fileRecords) index(procs []*proc) {
 	r.holders = map[uint64][]fdRef{}
+	r.firstFd = map[uint64]*pb.Fd{}
 	for _, p := range procs {
 		for _, f := range p.files {
 			for _, fd := range f.Fds {
 				if fd.DescId != 0 {
+					if r.holders[fd.DescId] == nil {
+						r.firstFd[fd.DescId] = fd
+					}
 					r.holders[fd.DescId] = append(r.holders[fd.DescId], fdRef{f.Pid, fd.Fd})
 				}
 			}
@@ -110,13 +116,14 @@ func (r *fileRecords) showFds(w io.Writer, f *pb.Files) {
 
 // target says what an fd refers to: its path, or its description's state.
 func (r *fileRecords) target(fd *pb.Fd) string {
+	// (A ghost in flight has a FileDesc too.)
+	if g := r.ghosts[[2]uint64{fd.Dev, fd.Inode}]; g != nil && pb.FdKind(fd.Kind) == pb.FdKind_FD_GHOST {
+		return fmt.Sprintf("%s, %s, %s in the image", fd.Path, size(uint64(g.Size)), size(r.data[g.Object]))
+	}
 	d := r.descs[fd.DescId]
 	if d == nil || fd.DescId == 0 {
 		if pb.FdKind(fd.Kind) == pb.FdKind_FD_TCP {
 			return fmt.Sprintf("socket:[%d] (cr-tcp's records)", fd.Inode)
-		}
-		if g := r.ghosts[[2]uint64{fd.Dev, fd.Inode}]; g != nil && pb.FdKind(fd.Kind) == pb.FdKind_FD_GHOST {
-			return fmt.Sprintf("%s, %s, %s in the image", fd.Path, size(uint64(g.Size)), size(r.data[g.Object]))
 		}
 		return fd.Path
 	}
@@ -285,6 +292,60 @@ func (r *fileRecords) unixTarget(d *pb.FileDesc) string {
 	}
 	if u.Shutdown != 0 {
 		s += fmt.Sprintf(", shutdown %s", map[uint32]string{1: "read", 2: "write", 3: "read+write"}[u.Shutdown&3])
+	}
+	return s + r.unixControl(u)
+}
+
+// unixControl lists the queued messages that carry credentials or files in
+// flight: "[message 2 from pid P uid U gid G, in flight: desc 9 (TARGET)]".
+func (r *fileRecords) unixControl(u *pb.UnixSocket) string {
+	var s string
+	for i, m := range u.Queue {
+		var parts []string
+		if c := m.Creds; c != nil {
+			parts = append(parts, fmt.Sprintf("from pid %d uid %d gid %d", c.Pid, c.Uid, c.Gid))
+		}
+		var files []string
+		for _, id := range m.Fds {
+			files = append(files, fmt.Sprintf("desc %d (%s)", id, r.inFlight(id)))
+		}
+		if len(files) > 0 {
+			parts = append(parts, "in flight: "+strings.Join(files, ", "))
+		}
+		if len(parts) > 0 {
+			s += fmt.Sprintf(" [message %d %s]", i+1, strings.Join(parts, ", "))
+		}
+	}
+	return s
+}
+
+// inFlight says what a file in flight is, and which fds also have it.
+func (r *fileRecords) inFlight(id uint64) string {
+	fd := r.firstFd[id]
+	if d := r.descs[id]; fd == nil && d != nil && d.InFlight != nil {
+		fd = d.InFlight
+	}
+	if fd == nil {
+		return "not in the image"
+	}
+	if r.showing[id] {
+		return "shown above"
+	}
+	if r.showing == nil {
+		r.showing = map[uint64]bool{}
+	}
+	r.showing[id] = true
+	defer delete(r.showing, id)
+	s := r.target(fd)
+	if strings.HasPrefix(s, fd.Path) {
+		s = fdKind(fd.Kind) + " " + s
+	}
+	var hs []string
+	for _, h := range r.holders[id] {
+		hs = append(hs, fmt.Sprintf("pid %d fd %d", h.pid, h.fd))
+	}
+	if len(hs) > 0 {
+		s += ", also " + strings.Join(hs, ", ")
 	}
 	return s
 }

@@ -27,6 +27,9 @@ type entry struct {
 	fifo bool     // an FD_PIPE opened by path
 	sock sockType // sockets: family, type, protocol
 	desc *desc
+	// flight: a file in flight in a queued unix message (scm.go), which
+	// cr-files' peek installed as fd; names it in messages.
+	flight string
 }
 
 func (e *entry) setKind(k pb.FdKind) { e.pfd.Kind = uint32(k) }
@@ -70,6 +73,9 @@ type dumper struct {
 	unix    *unixDump         // sock_diag view, read once when the dump has unix sockets
 	ghosts  []ghost           // written after the Files records (ghost.go)
 	kept    []*os.File        // fd copies read as the output is written
+
+	queues map[uint64][]*peekedMsg // unix receive queues by socket inode (scm.go)
+	flight []int                   // cr-files' copies of files in flight
 }
 
 func newDumper(procs []*pb.Process) *dumper {
@@ -81,6 +87,7 @@ func newDumper(procs []*pb.Process) *dumper {
 }
 
 func (d *dumper) close() {
+	d.closeFlight()
 	for _, fd := range d.pidfds {
 		unix.Close(fd)
 	}
@@ -109,17 +116,21 @@ func (d *dumper) dump() error {
 		d.files = append(d.files, fs)
 		stage.Logf("pid %d: %d fds, cwd %s", p.Pid, len(fs.Fds), fs.Cwd)
 	}
+	if err := d.peekQueues(); err != nil {
+		return err
+	}
 	if err := d.group(); err != nil {
 		return err
 	}
 	for _, ds := range d.descs {
 		if err := d.dumpDesc(ds); err != nil {
-			return err
+			return ds.first().located(err)
 		}
 	}
 	if err := d.dumpLocks(); err != nil {
 		return err
 	}
+	d.closeFlight()
 	return d.checkHolders()
 }
 
@@ -226,6 +237,10 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		return refuse(e.pid, e.fd, e.kindName(), e.link)
 	}
 	rec := &pb.FileDesc{Id: ds.id, Kind: e.pfd.Kind, Flags: e.pfd.Flags, Pos: e.fi.pos, Inode: e.st.Ino}
+	if e.flight != "" { // only in flight: no fd of a process has it, even one reopened by path
+		rec.InFlight = e.pfd
+		ds.rec = rec
+	}
 	var err error
 	switch e.kind() {
 	case pb.FdKind_FD_REGULAR, pb.FdKind_FD_DIRECTORY, pb.FdKind_FD_CHARDEV:

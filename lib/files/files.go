@@ -188,7 +188,7 @@ func refuse(pid, fd int, kind, detail string) error {
 // cannot is the error for an fd of a supported kind in a state a restore
 // could not reproduce.
 func cannot(e *entry, format string, a ...any) error {
-	return fmt.Errorf("pid %d fd %d: %s (%s): %s", e.pid, e.fd, e.kindName(), e.link, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%s: %s (%s): %s", e.where(), e.kindName(), e.link, fmt.Sprintf(format, a...))
 }
 
 // Memory character devices (major 1) a restore can simply reopen.

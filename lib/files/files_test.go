@@ -276,7 +276,10 @@ func TestCannot(t *testing.T) {
 		t.Skip("needs root")
 	}
 	for _, c := range []struct{ extra, kind, why string }{
-		{"scmrights", "unix (socket:[", "file descriptors are in flight"},
+		{"scmepoll", "file 1 of queued message 1 (in flight): epoll (anon_inode:[eventpoll])", "cannot be restored in flight"},
+		{"scminotify", "file 1 of queued message 1 (in flight): inotify (anon_inode:inotify)", "bytes of events are queued"},
+		{"scmflock", "file 1 of queued message 1 (in flight): regular (", "only a queued message holds the file"},
+		{"scmcreds", "unix (socket:[", "queued message 1 carries the credentials of pid"},
 		{"inotifyq", "inotify (anon_inode:inotify)", "bytes of events are queued"},
 		{"epollstale", "epoll (anon_inode:[eventpoll])", "which is no longer open as fd"},
 		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) is not supported yet"},
@@ -290,6 +293,7 @@ func TestCannot(t *testing.T) {
 			if err == nil || !strings.HasPrefix(err.Error(), prefix) || !strings.Contains(err.Error(), c.kind) || !strings.Contains(err.Error(), c.why) {
 				t.Fatalf("got %v, want %q ... %q ... %q", err, prefix, c.kind, c.why)
 			}
+			t.Log(err)
 		})
 	}
 }
@@ -404,7 +408,7 @@ func TestNoFdLeak(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	pid, _ := startFdtest(t, t.TempDir(), "pipe", "socket", "eventfd")
+	pid, _ := startFdtest(t, t.TempDir(), "pipe", "socket", "eventfd", "scmrights")
 	count := func() int {
 		ents, err := os.ReadDir("/proc/self/fd")
 		if err != nil {

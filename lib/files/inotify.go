@@ -99,7 +99,7 @@ func (d *dumper) dumpInotify(ds *desc, rec *pb.FileDesc) error {
 		return cannot(e, "FIONREAD: %v", err)
 	}
 	if queued > 0 {
-		return stage.Hint(cannot(e, "%d bytes of events are queued and not read yet; they cannot be kept", queued),
+		return stage.Hint(cannot(e, "%d bytes of events are queued and not read yet; a restore cannot put events back into the kernel's queue", queued),
 			"checkpoint again once the program has read its events")
 	}
 	rec.Inotify = &pb.InotifyState{}

@@ -127,6 +127,10 @@ func (d *dumper) dumpLocks() error {
 				continue // another fd of the description
 			}
 			seen[key] = true
+			if e.flight != "" { // no process of the dump holds it to take the lock again
+				return stage.Hint(cannot(e, "holds a %s lock, and only a queued message holds the file", l.class),
+					"checkpoint again once the program has received it")
+			}
 			fs := files[e.pid]
 			fs.Locks = append(fs.Locks, lk)
 		}

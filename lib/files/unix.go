@@ -2,7 +2,6 @@ package files
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,8 +93,7 @@ func describeSocket(ino uint64, s *sys.UnixDiag) string {
 
 // dumpUnix records a unix socket: what sock_diag says (type, state, name,
 // peer, connections waiting to be accepted, shutdown), its receive queue
-// read without consuming it (MSG_PEEK, stepping with SO_PEEK_OFF), and its
-// options. Every peer must be in the dump, except the named peer of a
+// read without consuming it (peekQueue, scm.go), and its options. Every peer must be in the dump, except the named peer of a
 // datagram socket, which a restore connects to again by name.
 func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 	e := ds.first()
@@ -175,7 +173,7 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 			us.PeerGone = true
 		}
 	}
-	return d.unixQueue(e, fd, s, us)
+	return d.unixQueue(e, s, us)
 }
 
 // unixNameState checks that a socket bound to a path can be bound again: the
@@ -218,68 +216,6 @@ func unixOptions(e *entry, fd int, us *pb.UnixSocket) error {
 	us.Rcvbuf = uint32(get(unix.SOL_SOCKET, unix.SO_RCVBUF, "SO_RCVBUF"))
 	us.PeekOff = int32(get(unix.SOL_SOCKET, unix.SO_PEEK_OFF, "SO_PEEK_OFF"))
 	return err
-}
-
-// unixQueue reads the receive queue without consuming it. Messages that
-// carry fds (SCM_RIGHTS) are refused: peeking would install the fds here,
-// and a restore could not send them again.
-func (d *dumper) unixQueue(e *entry, fd int, s *sys.UnixDiag, us *pb.UnixSocket) error {
-	if v, ok := fdinfoField(e.info, "scm_fds"); ok && v != "0" {
-		return stage.Hint(cannot(e, "%s file descriptors are in flight in its receive queue (SCM_RIGHTS)", v),
-			"checkpoint again once the program has received them")
-	}
-	if s.RQueue == 0 {
-		return nil
-	}
-	// The program's own peek offset is put back after.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
-		return cannot(e, "SO_PEEK_OFF: %v", err)
-	}
-	defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, int(us.PeekOff))
-	buf := make([]byte, max(int(us.Rcvbuf), 1<<16)+1)
-	total := 0
-	for {
-		n, _, flags, from, err := unix.Recvmsg(fd, buf, nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if errors.Is(err, unix.EAGAIN) {
-			break
-		}
-		if err != nil {
-			return cannot(e, "peek at the receive queue: %v", err)
-		}
-		if flags&unix.MSG_TRUNC != 0 || n == len(buf) {
-			return cannot(e, "a queued message is larger than the %d bytes of the receive buffer", len(buf)-1)
-		}
-		if n == 0 && s.Type == unix.SOCK_STREAM {
-			break // end of file: the peer shut down
-		}
-		m := &pb.UnixMessage{Data: append([]byte(nil), buf[:n]...)}
-		if sa, ok := from.(*unix.SockaddrUnix); ok && s.Type == unix.SOCK_DGRAM && sa.Name != "" {
-			m.Sender = []byte(sa.Name)
-			if sa.Name[0] == '@' { // x/sys shows an abstract name with a leading @
-				m.Sender[0] = 0
-			}
-			if ino, ok := d.unix.byName(m.Sender); ok {
-				m.SenderInode = ino
-			} else {
-				return stage.Hint(cannot(e, "a queued datagram comes from %s, which is not in the dump", unixName(m.Sender)),
-					"checkpoint again once the program has read its datagrams")
-			}
-		}
-		if s.Type == unix.SOCK_STREAM && len(us.Queue) > 0 {
-			us.Queue[0].Data = append(us.Queue[0].Data, m.Data...)
-		} else {
-			us.Queue = append(us.Queue, m)
-		}
-		total += n
-		if total > int(s.RQueue) && s.Type == unix.SOCK_STREAM {
-			return cannot(e, "peeked %d bytes of a queue of %d: the peek offset did not advance", total, s.RQueue)
-		}
-	}
-	if s.Type == unix.SOCK_STREAM && total != int(s.RQueue) {
-		return cannot(e, "peeked %d bytes, sock_diag counts %d queued", total, s.RQueue)
-	}
-	stage.Logf("pid %d fd %d: %s unix socket: %d queued messages, %d bytes", e.pid, e.fd, unixName(s.Name), len(us.Queue), total)
-	return nil
 }
 
 // byName finds the socket in the dump bound to name.

@@ -31,24 +31,28 @@ const (
 
 // FileDesc is one open file description (record type 65, "file-desc").
 type FileDesc struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`         // Fd.desc_id of every fd that shares it
-	Kind          uint32                 `protobuf:"varint,2,opt,name=kind,proto3" json:"kind,omitempty"`     // FdKind
-	Flags         uint32                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`   // file status flags: O_ACCMODE, O_NONBLOCK, O_APPEND ... (no O_CLOEXEC)
-	Pos           int64                  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`       // file position, where it means something
-	Object        uint64                 `protobuf:"varint,5,opt,name=object,proto3" json:"object,omitempty"` // kernel object (pipe, memfd, socket), numbered by cr-files from 1
-	Inode         uint64                 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`   // inode of the object on its own filesystem (pipefs, sockfs, shmem)
-	Pipe          *PipeState             `protobuf:"bytes,10,opt,name=pipe,proto3" json:"pipe,omitempty"`
-	Eventfd       *EventfdState          `protobuf:"bytes,11,opt,name=eventfd,proto3" json:"eventfd,omitempty"`
-	Signalfd      *SignalfdState         `protobuf:"bytes,12,opt,name=signalfd,proto3" json:"signalfd,omitempty"`
-	Timerfd       *TimerfdState          `protobuf:"bytes,13,opt,name=timerfd,proto3" json:"timerfd,omitempty"`
-	Inotify       *InotifyState          `protobuf:"bytes,14,opt,name=inotify,proto3" json:"inotify,omitempty"`
-	Memfd         *MemfdState            `protobuf:"bytes,15,opt,name=memfd,proto3" json:"memfd,omitempty"`
-	Epoll         *EpollState            `protobuf:"bytes,16,opt,name=epoll,proto3" json:"epoll,omitempty"`
-	Unix          *UnixSocket            `protobuf:"bytes,17,opt,name=unix,proto3" json:"unix,omitempty"`
-	Inet          *InetSocket            `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
-	Netlink       *NetlinkSocket         `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
-	Tty           *TtyState              `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`         // Fd.desc_id of every fd that shares it
+	Kind     uint32                 `protobuf:"varint,2,opt,name=kind,proto3" json:"kind,omitempty"`     // FdKind
+	Flags    uint32                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`   // file status flags: O_ACCMODE, O_NONBLOCK, O_APPEND ... (no O_CLOEXEC)
+	Pos      int64                  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`       // file position, where it means something
+	Object   uint64                 `protobuf:"varint,5,opt,name=object,proto3" json:"object,omitempty"` // kernel object (pipe, memfd, socket), numbered by cr-files from 1
+	Inode    uint64                 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`   // inode of the object on its own filesystem (pipefs, sockfs, shmem)
+	Pipe     *PipeState             `protobuf:"bytes,10,opt,name=pipe,proto3" json:"pipe,omitempty"`
+	Eventfd  *EventfdState          `protobuf:"bytes,11,opt,name=eventfd,proto3" json:"eventfd,omitempty"`
+	Signalfd *SignalfdState         `protobuf:"bytes,12,opt,name=signalfd,proto3" json:"signalfd,omitempty"`
+	Timerfd  *TimerfdState          `protobuf:"bytes,13,opt,name=timerfd,proto3" json:"timerfd,omitempty"`
+	Inotify  *InotifyState          `protobuf:"bytes,14,opt,name=inotify,proto3" json:"inotify,omitempty"`
+	Memfd    *MemfdState            `protobuf:"bytes,15,opt,name=memfd,proto3" json:"memfd,omitempty"`
+	Epoll    *EpollState            `protobuf:"bytes,16,opt,name=epoll,proto3" json:"epoll,omitempty"`
+	Unix     *UnixSocket            `protobuf:"bytes,17,opt,name=unix,proto3" json:"unix,omitempty"`
+	Inet     *InetSocket            `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
+	Netlink  *NetlinkSocket         `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
+	Tty      *TtyState              `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
+	// in_flight: no process holds this description; it is in flight in a
+	// queued unix message (UnixMessage.fds). The fd as cr-files saw it (path,
+	// flags, offset, identity; fd -1) opens it as an fd of a process would.
+	InFlight      *Fd `protobuf:"bytes,28,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +202,13 @@ func (x *FileDesc) GetNetlink() *NetlinkSocket {
 func (x *FileDesc) GetTty() *TtyState {
 	if x != nil {
 		return x.Tty
+	}
+	return nil
+}
+
+func (x *FileDesc) GetInFlight() *Fd {
+	if x != nil {
+		return x.InFlight
 	}
 	return nil
 }
@@ -822,12 +833,15 @@ func (x *EpollState) GetWatches() []*EpollWatch {
 }
 
 // UnixMessage is one message in a socket's receive queue; a stream
-// socket's queue is one message with all its bytes.
+// socket's bytes are one message, split only after files in flight and
+// where credentials change.
 type UnixMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	Sender        []byte                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`                               // datagram: the sender's address (sun_path bytes), when it had one
 	SenderInode   uint64                 `protobuf:"varint,3,opt,name=sender_inode,json=senderInode,proto3" json:"sender_inode,omitempty"` // datagram: the sending socket, when it is in the dump
+	Fds           []uint64               `protobuf:"varint,4,rep,packed,name=fds,proto3" json:"fds,omitempty"`                             // files in flight (SCM_RIGHTS), in order: their FileDesc ids (Fd.desc_id)
+	Creds         *UnixCreds             `protobuf:"bytes,5,opt,name=creds,proto3" json:"creds,omitempty"`                                 // SCM_CREDENTIALS, when the receiver has SO_PASSCRED
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -883,6 +897,82 @@ func (x *UnixMessage) GetSenderInode() uint64 {
 	return 0
 }
 
+func (x *UnixMessage) GetFds() []uint64 {
+	if x != nil {
+		return x.Fds
+	}
+	return nil
+}
+
+func (x *UnixMessage) GetCreds() *UnixCreds {
+	if x != nil {
+		return x.Creds
+	}
+	return nil
+}
+
+// UnixCreds are the credentials a queued unix message carries, as the
+// receiver reads them (pid in the pid namespace of the dump's processes).
+type UnixCreds struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnixCreds) Reset() {
+	*x = UnixCreds{}
+	mi := &file_files_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnixCreds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnixCreds) ProtoMessage() {}
+
+func (x *UnixCreds) ProtoReflect() protoreflect.Message {
+	mi := &file_files_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnixCreds.ProtoReflect.Descriptor instead.
+func (*UnixCreds) Descriptor() ([]byte, []int) {
+	return file_files_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UnixCreds) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *UnixCreds) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *UnixCreds) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
 type UnixSocket struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`                      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
@@ -913,7 +1003,7 @@ type UnixSocket struct {
 
 func (x *UnixSocket) Reset() {
 	*x = UnixSocket{}
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1015,7 @@ func (x *UnixSocket) String() string {
 func (*UnixSocket) ProtoMessage() {}
 
 func (x *UnixSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1028,7 @@ func (x *UnixSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixSocket.ProtoReflect.Descriptor instead.
 func (*UnixSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{12}
+	return file_files_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnixSocket) GetType() uint32 {
@@ -1120,7 +1210,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1222,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1235,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{13}
+	return file_files_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InetSocket) GetFamily() uint32 {
@@ -1284,7 +1374,7 @@ type NetlinkSocket struct {
 
 func (x *NetlinkSocket) Reset() {
 	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1386,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1399,7 @@ func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
 func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{14}
+	return file_files_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1411,7 +1501,7 @@ type TtyState struct {
 
 func (x *TtyState) Reset() {
 	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1513,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1526,7 @@ func (x *TtyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
 func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	return file_files_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -1597,7 +1687,7 @@ var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
 	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\"\xdc\x04\n" +
+	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\x84\x05\n" +
 	"\bFileDesc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
@@ -1616,7 +1706,8 @@ const file_files_proto_rawDesc = "" +
 	"\x04unix\x18\x11 \x01(\v2\x11.cr.v1.UnixSocketR\x04unix\x12%\n" +
 	"\x04inet\x18\x12 \x01(\v2\x11.cr.v1.InetSocketR\x04inet\x12.\n" +
 	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\x12!\n" +
-	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\"N\n" +
+	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12&\n" +
+	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\"N\n" +
 	"\bFileData\x12\x16\n" +
 	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
@@ -1664,11 +1755,17 @@ const file_files_proto_rawDesc = "" +
 	"\x03pid\x18\x04 \x01(\rR\x03pid\"9\n" +
 	"\n" +
 	"EpollState\x12+\n" +
-	"\awatches\x18\x01 \x03(\v2\x11.cr.v1.EpollWatchR\awatches\"\\\n" +
+	"\awatches\x18\x01 \x03(\v2\x11.cr.v1.EpollWatchR\awatches\"\x96\x01\n" +
 	"\vUnixMessage\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\fR\x06sender\x12!\n" +
-	"\fsender_inode\x18\x03 \x01(\x04R\vsenderInode\"\xdc\x04\n" +
+	"\fsender_inode\x18\x03 \x01(\x04R\vsenderInode\x12\x10\n" +
+	"\x03fds\x18\x04 \x03(\x04R\x03fds\x12&\n" +
+	"\x05creds\x18\x05 \x01(\v2\x10.cr.v1.UnixCredsR\x05creds\"A\n" +
+	"\tUnixCreds\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xdc\x04\n" +
 	"\n" +
 	"UnixSocket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
@@ -1771,7 +1868,7 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_files_proto_goTypes = []any{
 	(*FileDesc)(nil),      // 0: cr.v1.FileDesc
 	(*FileData)(nil),      // 1: cr.v1.FileData
@@ -1785,10 +1882,12 @@ var file_files_proto_goTypes = []any{
 	(*EpollWatch)(nil),    // 9: cr.v1.EpollWatch
 	(*EpollState)(nil),    // 10: cr.v1.EpollState
 	(*UnixMessage)(nil),   // 11: cr.v1.UnixMessage
-	(*UnixSocket)(nil),    // 12: cr.v1.UnixSocket
-	(*InetSocket)(nil),    // 13: cr.v1.InetSocket
-	(*NetlinkSocket)(nil), // 14: cr.v1.NetlinkSocket
-	(*TtyState)(nil),      // 15: cr.v1.TtyState
+	(*UnixCreds)(nil),     // 12: cr.v1.UnixCreds
+	(*UnixSocket)(nil),    // 13: cr.v1.UnixSocket
+	(*InetSocket)(nil),    // 14: cr.v1.InetSocket
+	(*NetlinkSocket)(nil), // 15: cr.v1.NetlinkSocket
+	(*TtyState)(nil),      // 16: cr.v1.TtyState
+	(*Fd)(nil),            // 17: cr.v1.Fd
 }
 var file_files_proto_depIdxs = []int32{
 	2,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
@@ -1798,18 +1897,20 @@ var file_files_proto_depIdxs = []int32{
 	7,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
 	8,  // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
 	10, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
-	12, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
-	13, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	14, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	15, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
-	6,  // 11: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	9,  // 12: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	11, // 13: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	13, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
+	14, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
+	15, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
+	16, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	17, // 11: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
+	6,  // 12: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
+	9,  // 13: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
+	12, // 14: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
+	11, // 15: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_files_proto_init() }
@@ -1817,13 +1918,14 @@ func file_files_proto_init() {
 	if File_files_proto != nil {
 		return
 	}
+	file_cr_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -52,6 +52,12 @@ func shareDesc(open fdOpener) fdOpener {
 		if err != nil {
 			return nil, err
 		}
+		if g, ok := rc.Shared[key].(sharedFile); ok {
+			// Opened meanwhile: a unix socket in flight in a queue its
+			// opening wrote (fd_scm.go).
+			f.Close()
+			return dupFile(g.File, t, fd)
+		}
 		rc.Shared[key] = sharedFile{f}
 		return dupFile(f, t, fd)
 	}

@@ -174,7 +174,7 @@ func (w *unixWorld) build(rc *Ctx) error {
 	}
 	// Queued data, then datagram connections, shutdown and options.
 	for _, s := range w.order {
-		if err := w.writeQueue(s); err != nil {
+		if err := w.writeQueue(rc, s); err != nil {
 			return err
 		}
 	}
@@ -414,8 +414,9 @@ func (s *unixSock) lastOptions() error {
 
 // writeQueue puts s's receive queue back: sent again by its peer, in order;
 // datagrams from the socket that sent them (or, unnamed, from the peer or
-// a socket for the moment), addressed to s's name.
-func (w *unixWorld) writeQueue(s *unixSock) error {
+// a socket for the moment), addressed to s's name; files in flight and
+// credentials with their message (fd_scm.go).
+func (w *unixWorld) writeQueue(rc *Ctx, s *unixSock) error {
 	if len(s.s.Queue) == 0 {
 		return nil
 	}
@@ -455,16 +456,23 @@ func (w *unixWorld) writeQueue(s *unixSock) error {
 		if to != nil {
 			sa = sockaddr(to)
 		}
+		oob, creds, files, err := rc.unixControl(m)
+		if err != nil {
+			return fmt.Errorf("%s: queued message %d: %w", s, i, err)
+		}
 		for data := m.Data; ; {
-			n, err := unix.SendmsgN(int(from.Fd()), data, nil, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			n, err := unix.SendmsgN(int(from.Fd()), data, oob, sa, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 			if err != nil {
-				return fmt.Errorf("%s: write back queued message %d (%d bytes): %w", s, i, len(m.Data), err)
+				closeFiles(files)
+				return fmt.Errorf("%s: write back queued message %d (%d bytes, %d files): %w", s, i, len(m.Data), len(files), err)
 			}
+			oob = creds // the files go with the first part
 			data = data[n:]
 			if len(data) == 0 || s.s.Type != unix.SOCK_STREAM {
 				break
 			}
 		}
+		closeFiles(files)
 	}
 	return nil
 }

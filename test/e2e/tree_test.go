@@ -158,8 +158,23 @@ func TestPidnsBesideOriginal(t *testing.T) {
 	p := start(t, "tree", func(p *target) []string { return []string{p.progress, p.verdict} })
 	p.killRecorded(descendants(p.pid))
 	img := filepath.Join(p.dir, "img")
-	pidfile := filepath.Join(p.dir, "copy.pid")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+	copyPid := p.restoreBeside(img)
+	if n := len(descendants(copyPid)); n != 5 {
+		t.Fatalf("the copy has %d descendants, want 5", n)
+	}
+	p.checkCopy(copyPid)
+	p.checkRunning()
+	p.terminate(0)
+}
+
+// restoreBeside restores img with --pidns while the original p still runs,
+// checks the copy has p's pid in its namespace, and returns the copy's pid
+// (killed at cleanup with its descendants, if they still run p's program).
+func (p *target) restoreBeside(img string) int {
+	t := p.t
+	t.Helper()
+	pidfile := filepath.Join(p.dir, "copy.pid")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore --pidns -d -i %s --pidfile %s", img, pidfile))
 	copyPid, err := strconv.Atoi(strings.TrimSpace(readFile(pidfile)))
 	if err != nil || copyPid == p.pid {
@@ -177,10 +192,14 @@ func TestPidnsBesideOriginal(t *testing.T) {
 	if len(ns) != 2 || ns[1] != strconv.Itoa(p.pid) {
 		t.Fatalf("copy %d has NSpid %v, want [%d %d]", copyPid, ns, copyPid, p.pid)
 	}
-	if len(copyKids) != 5 {
-		t.Fatalf("the copy has %d descendants, want 5", len(copyKids))
-	}
-	// The copy first: its verdict goes to the same file as the original's.
+	return copyPid
+}
+
+// checkCopy asks the copy restoreBeside made for its verdict, which goes
+// to the original's verdict file (then removed for the original's).
+func (p *target) checkCopy(copyPid int) {
+	t := p.t
+	t.Helper()
 	if err := syscall.Kill(copyPid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -195,8 +214,6 @@ func TestPidnsBesideOriginal(t *testing.T) {
 		t.Fatalf("copy: %s", v)
 	}
 	os.Remove(p.verdict)
-	p.checkRunning()
-	p.terminate(0)
 }
 
 // pssKiB sums the proportional set size of pid and its descendants: shared

@@ -15,7 +15,9 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static FILE *out;
@@ -26,6 +28,24 @@ static int report(const char *name, int fd) {
 	if (fd < 0) die(name);
 	fprintf(out, "%s %d\n", name, fd);
 	return fd;
+}
+
+/* sendfd queues a one-byte message carrying fd (-1: none) on sock. */
+static void sendfd(int sock, int fd) {
+	char c = 'x';
+	struct iovec iov = { &c, 1 };
+	union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	if (fd < 0) {
+		m.msg_control = NULL;
+		m.msg_controllen = 0;
+	}
+	if (sendmsg(sock, &m, 0) != 1) die("sendmsg");
 }
 
 static int path_open(const char *dir, const char *name, int flags) {
@@ -91,19 +111,41 @@ int main(int argc, char **argv) {
 		} else if (!strcmp(x, "userfaultfd")) {
 			report("userfaultfd", syscall(SYS_userfaultfd, O_CLOEXEC));
 		} else if (!strcmp(x, "scmrights")) {
-			int sv[2];
-			if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
-			char c = 'x';
-			struct iovec iov = { &c, 1 };
-			union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
-			struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
-			struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-			cm->cmsg_level = SOL_SOCKET;
-			cm->cmsg_type = SCM_RIGHTS;
-			cm->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
-			if (sendmsg(sv[0], &m, 0) != 1) die("sendmsg");
+			/* Files in flight cr-files dumps: a pipe end, an eventfd, the
+			 * sending socket itself. */
+			int sv[2], p[2];
+			if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || pipe(p)) die("socketpair");
+			sendfd(sv[0], p[0]);
+			sendfd(sv[0], eventfd(3, 0));
+			sendfd(sv[0], sv[0]);
+			close(p[0]);
 			report("scmrights", sv[1]);
+		} else if (!strcmp(x, "scmepoll") || !strcmp(x, "scminotify") || !strcmp(x, "scmflock")) {
+			/* In flight and refused: an epoll; an inotify with an event
+			 * queued; a file with a flock lock. */
+			int sv[2];
+			if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv)) die("socketpair");
+			int f = x[3] == 'e' ? epoll_create1(0) : x[3] == 'i' ? inotify_init1(0) : path_open(dir, "locked", O_RDWR | O_CREAT);
+			if (x[3] == 'i') {
+				if (inotify_add_watch(f, dir, IN_CREATE) < 0) die("inotify_add_watch");
+				close(path_open(dir, "event", O_WRONLY | O_CREAT));
+			}
+			if (x[3] == 'f' && flock(f, LOCK_EX)) die("flock");
+			sendfd(sv[0], f);
+			close(f);
+			report(x, sv[1]);
+		} else if (!strcmp(x, "scmcreds")) {
+			/* A message with the credentials of a process that has exited. */
+			int sv[2], one = 1;
+			if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv)) die("socketpair");
+			if (setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof one)) die("SO_PASSCRED");
+			pid_t c = fork();
+			if (c == 0) {
+				sendfd(sv[0], -1);
+				_exit(0);
+			}
+			if (c < 0 || waitpid(c, NULL, 0) != c) die("fork");
+			report("scmcreds", sv[1]);
 		} else if (!strcmp(x, "inotifyq")) {
 			int in = report("inotifyq", inotify_init1(0));
 			if (inotify_add_watch(in, dir, IN_CREATE) < 0) die("inotify_add_watch");
