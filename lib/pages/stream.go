@@ -103,7 +103,7 @@ func (rd *reader) add(r run) error {
 			continue
 		}
 		n := min(space, left)
-		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == r.vma && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
+		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == r.vma && b.pieces[k].mem == viaMem && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
 			b.pieces[k].n += int(n)
 		} else {
 			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: r.vma, mem: viaMem, zero: zero})
