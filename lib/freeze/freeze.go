@@ -205,6 +205,9 @@ func (f *Frozen) adopt(dir string) (int, error) {
 			return true, nil
 		}
 		if _, err := check(pid); err != nil {
+			if st, serr := proc.ReadStat(pid); serr != nil || st.State == 'Z' {
+				return false, nil // it exited meanwhile (a shell's short-lived child)
+			}
 			return false, err
 		}
 		rel, err := proc.Cgroup2Of(pid)
