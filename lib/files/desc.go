@@ -328,10 +328,11 @@ func (d *dumper) write(w *image.Writer) error {
 }
 
 // holderCheck is an object whose every holder must be in the dump: a pipe
-// (or FIFO) another process also holds would be split in two by a restore.
+// (or FIFO) another process also holds would be split in two by a restore,
+// and so would a ghost file (the restore's is a copy).
 type holderCheck struct {
 	link string // the /proc/PID/fd link that names it
-	dev  uint64 // a FIFO: its inode, for links that are paths
+	dev  uint64 // a FIFO or ghost file: its inode, for links that are paths
 	ino  uint64
 	e    *entry
 }
@@ -342,7 +343,7 @@ func (d *dumper) checkHolders() error {
 	var checks []holderCheck
 	for _, ds := range d.descs {
 		e := ds.first()
-		if e.kind() == pb.FdKind_FD_PIPE {
+		if e.kind() == pb.FdKind_FD_PIPE || e.kind() == pb.FdKind_FD_GHOST {
 			checks = append(checks, holderCheck{link: e.link, dev: e.st.Dev, ino: e.st.Ino, e: e})
 		}
 	}
@@ -359,7 +360,12 @@ func (d *dumper) checkHolders() error {
 	}
 	// Report the first object in dump order, whatever the order of /proc.
 	found, foundPid, foundFd := len(checks), 0, ""
-	// cr-files itself is not skipped: its copies of fds are closed by now.
+	// cr-files itself is not skipped (its copies of pipes are closed by
+	// now), except for the copies it keeps to read as it writes.
+	kept := map[string]bool{}
+	for _, f := range d.kept {
+		kept[procPath(os.Getpid(), "fd", strconv.Itoa(int(f.Fd())))] = true
+	}
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil || d.inTree[pid] {
@@ -370,6 +376,9 @@ func (d *dumper) checkHolders() error {
 			continue // gone, or a kernel thread
 		}
 		for _, fd := range fds {
+			if kept[procPath(pid, "fd", fd.Name())] {
+				continue
+			}
 			link, err := os.Readlink(procPath(pid, "fd", fd.Name()))
 			if err != nil {
 				continue
@@ -379,7 +388,7 @@ func (d *dumper) checkHolders() error {
 				continue
 			}
 			c := &checks[i]
-			if c.e.fifo {
+			if c.e.fifo || c.e.kind() == pb.FdKind_FD_GHOST {
 				var st unix.Stat_t
 				if unix.Stat(procPath(pid, "fd", fd.Name()), &st) != nil || st.Dev != c.dev || st.Ino != c.ino {
 					continue
@@ -391,7 +400,7 @@ func (d *dumper) checkHolders() error {
 	if found < len(checks) {
 		comm, _ := os.ReadFile(procPath(foundPid, "comm"))
 		return stage.Hint(cannot(checks[found].e, "also open as fd %s of pid %d (%s), which is not in the dump", foundFd, foundPid, strings.TrimSpace(string(comm))),
-			"dump the process tree that holds every end (e.g. from their common parent), or let the program close it first")
+			"dump the process tree that holds it everywhere (e.g. from their common parent), or let the program close it first")
 	}
 	return nil
 }

@@ -147,3 +147,30 @@ func TestGhostRefused(t *testing.T) {
 		t.Errorf("got %v, want %q...", err, want)
 	}
 }
+
+// TestGhostHeldOutside: a deleted file another process holds open (here
+// the test) is refused, naming that process: a restore would give the
+// dump a copy, and the two would no longer share it.
+func TestGhostHeldOutside(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, fds := startFdtest(t, dir, "deleted")
+	f, err := os.Open(fmt.Sprintf("/proc/%d/fd/%d", pid, fds["deleted"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runGhostFilter(t, pid, defaultOptions)
+	f.Close()
+	want := fmt.Sprintf("pid %d fd %d: ghost (%s/gone (deleted)): also open as fd ", pid, fds["deleted"], dir)
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), fmt.Sprintf("of pid %d (", os.Getpid())) {
+		t.Fatalf("got %v, want %q... naming pid %d", err, want, os.Getpid())
+	}
+	if _, err := runGhostFilter(t, pid, defaultOptions); err != nil {
+		t.Errorf("once the test closed it: %v", err)
+	}
+}

@@ -2,7 +2,7 @@
  * fd_ghost: files unlinked while open or mapped, whose contents the image
  * keeps (ghost files).
  *
- *   fd_ghost PROGRESS VERDICT DIR [big]
+ *   fd_ghost PROGRESS VERDICT DIR [big|fork]
  *
  *   20  "ghost1", unlinked: 1 MiB of a pattern, a hole of 4 MiB, 4 KiB of
  *       another pattern at 5 MiB + 123; mode 0640, owner 1234:5678,
@@ -16,10 +16,13 @@
  *       the file unlinked: only the mapping holds it
  *   big: also fd 24, "big": 100 MiB, sparse, unlinked (more than the
  *        default --ghost-limit of 64 MiB)
+ *   fork: a child holds all of it too (it sleeps until killed): the
+ *        descriptions and the shared mapping are the parent's again
  */
 #include "fdprog.h"
 
 #include <sys/mman.h>
+#include <sys/uio.h>
 
 #define PG 4096
 #define MIB (1 << 20)
@@ -32,6 +35,7 @@ static unsigned char pat(long i, int k) { return (unsigned char)(mix64(i * 4 + k
 static unsigned char *ms, *mp, *m3;
 static char dir[4096];
 static int big;
+static pid_t child;
 
 static int create(const char *name, int flags)
 {
@@ -91,6 +95,30 @@ static void setup(const char *arg)
 		must(ftruncate(24, BIG), "ftruncate big");
 		must(unlink("big"), "unlink big");
 	}
+	if (arg && !strcmp(arg, "fork")) {
+		child = must(fork(), "fork");
+		if (child == 0)
+			for (;;)
+				pause();
+	}
+}
+
+/* child_pos reads the offset of the child's fd from its fdinfo. */
+static long child_pos(int fd)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", child, fd);
+	int f = open(path, O_RDONLY);
+	if (f < 0)
+		return -1;
+	int n = read(f, buf, sizeof buf - 1);
+	close(f);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	long p = -1;
+	sscanf(buf, "pos: %ld", &p);
+	return p;
 }
 
 /* check_file checks fd's file is unlinked, with size and the link name. */
@@ -206,4 +234,16 @@ static void check(void)
 
 	if (big)
 		check_file(24, "big", BIG);
+
+	if (child) {
+		/* One description of ghost1 across both, one ghost2 in both maps. */
+		lseek(20, 1234, SEEK_SET);
+		if (child_pos(20) != 1234 || child_pos(21) != 42)
+			fail("the child's fds 20, 21 are at %ld %ld, want 1234 42", child_pos(20), child_pos(21));
+		char c = 0;
+		ms[2] = 'U';
+		struct iovec local = { &c, 1 }, remote = { ms + 2, 1 };
+		if (process_vm_readv(child, &local, 1, &remote, 1, 0) != 1 || c != 'U')
+			fail("the child's shared mapping of ghost2 is another file (%#x)", c);
+	}
 }
