@@ -266,6 +266,8 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 		live[pid] = true
 	}
 	var recs []*pb.Process
+	ctty := map[*pb.Process]int{} // the pty that is a process's controlling terminal
+	masters := map[int]bool{}     // ptys whose master a process of the tree holds
 	err := walkTree(f.Root, func(pid int) (bool, error) {
 		st, err := proc.ReadStat(pid)
 		if err != nil {
@@ -288,10 +290,25 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 			return false, err
 		}
 		recs = append(recs, rec)
+		if i := proc.PtyIndex(st.TtyNr); i >= 0 {
+			ctty[rec] = i
+		}
+		ms, err := proc.PtyMasters(pid)
+		if err != nil {
+			return false, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		for _, m := range ms {
+			masters[m] = true
+		}
 		return true, nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	for rec, i := range ctty {
+		if masters[i] {
+			rec.CttyPty = uint32(i) + 1
+		}
 	}
 	for pid := range live {
 		return nil, fmt.Errorf("cgroup %s holds pid %d, which is no longer in the tree of pid %d", f.Cgroup, pid, f.Root)

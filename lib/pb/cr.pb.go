@@ -398,16 +398,21 @@ func (x *TaskCgroup) GetCgroup2() string {
 
 // Process identifies one process of the tree (written by cr-freeze).
 type Process struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Ppid          uint32                 `protobuf:"varint,2,opt,name=ppid,proto3" json:"ppid,omitempty"`
-	Pgid          uint32                 `protobuf:"varint,3,opt,name=pgid,proto3" json:"pgid,omitempty"`
-	Sid           uint32                 `protobuf:"varint,4,opt,name=sid,proto3" json:"sid,omitempty"`
-	Threads       []uint32               `protobuf:"varint,5,rep,packed,name=threads,proto3" json:"threads,omitempty"` // tids, the thread group leader first
-	Comm          string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
-	StartTime     uint64                 `protobuf:"varint,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"` // /proc/PID/stat field 22: guards against PID reuse
-	State         string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`                           // /proc/PID/stat state letter at freeze time
-	ExitCode      int32                  `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`    // zombies: the wait status (/proc/PID/stat field 52)
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Pid       uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid      uint32                 `protobuf:"varint,2,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Pgid      uint32                 `protobuf:"varint,3,opt,name=pgid,proto3" json:"pgid,omitempty"`
+	Sid       uint32                 `protobuf:"varint,4,opt,name=sid,proto3" json:"sid,omitempty"`
+	Threads   []uint32               `protobuf:"varint,5,rep,packed,name=threads,proto3" json:"threads,omitempty"` // tids, the thread group leader first
+	Comm      string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
+	StartTime uint64                 `protobuf:"varint,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"` // /proc/PID/stat field 22: guards against PID reuse
+	State     string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`                           // /proc/PID/stat state letter at freeze time
+	ExitCode  int32                  `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`    // zombies: the wait status (/proc/PID/stat field 52)
+	// ctty_pty: 1 + the index of the pty that is the process's controlling
+	// terminal, when a process of the dump holds that pty's master; 0
+	// otherwise. A restore gives it to a session leader before its children
+	// exist, so that they inherit it as they did.
+	CttyPty       uint32 `protobuf:"varint,10,opt,name=ctty_pty,json=cttyPty,proto3" json:"ctty_pty,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +506,13 @@ func (x *Process) GetState() string {
 func (x *Process) GetExitCode() int32 {
 	if x != nil {
 		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *Process) GetCttyPty() uint32 {
+	if x != nil {
+		return x.CttyPty
 	}
 	return 0
 }
@@ -1744,7 +1756,7 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"TaskCgroup\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x18\n" +
-	"\acgroup2\x18\x02 \x01(\tR\acgroup2\"\xd5\x01\n" +
+	"\acgroup2\x18\x02 \x01(\tR\acgroup2\"\xf0\x01\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -1755,7 +1767,9 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\a \x01(\x04R\tstartTime\x12\x14\n" +
 	"\x05state\x18\b \x01(\tR\x05state\x12\x1b\n" +
-	"\texit_code\x18\t \x01(\x05R\bexitCode\"\xfc\x03\n" +
+	"\texit_code\x18\t \x01(\x05R\bexitCode\x12\x19\n" +
+	"\bctty_pty\x18\n" +
+	" \x01(\rR\acttyPty\"\xfc\x03\n" +
 	"\aX86Regs\x12\x10\n" +
 	"\x03r15\x18\x01 \x01(\x04R\x03r15\x12\x10\n" +
 	"\x03r14\x18\x02 \x01(\x04R\x03r14\x12\x10\n" +

@@ -30,6 +30,7 @@ const maxPtyTries = 4096
 type ptyObj struct {
 	master     *os.File
 	masterUsed bool
+	configured bool // has its dumped state (a session leader's is created before its state is known: earlyCtty)
 }
 
 func (p *ptyObj) closeShared() { p.master.Close() }
@@ -51,10 +52,15 @@ func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	}
 	p, ok := rc.Shared[ptyKey(ts.Index)].(*ptyObj)
 	if !ok {
-		if p, err = newPty(ts); err != nil {
+		if p, err = allocPty(ts.Index); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		rc.Shared[ptyKey(ts.Index)] = p
+	}
+	if !p.configured {
+		if err := p.configure(ts); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
 	}
 	// The pair's unread data comes with one of its descriptions.
 	if err := p.fill(ts); err != nil {
@@ -87,8 +93,8 @@ func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	return f, nil
 }
 
-// newPty creates the pty with the dumped index and state.
-func newPty(ts *pb.TtyState) (*ptyObj, error) {
+// allocPty creates the pty with the dumped index, unlocked.
+func allocPty(index uint32) (*ptyObj, error) {
 	var below []*os.File
 	defer func() {
 		for _, f := range below {
@@ -107,24 +113,29 @@ func newPty(ts *pb.TtyState) (*ptyObj, error) {
 		case err != nil:
 			f.Close()
 			return nil, fmt.Errorf("TIOCGPTN: %w", err)
-		case idx == ts.Index:
+		case idx == index:
 			m = f
-		case idx > ts.Index || tries > maxPtyTries:
+		case idx > index || tries > maxPtyTries:
 			f.Close()
-			return nil, fmt.Errorf("/dev/pts/%d is in use (got /dev/pts/%d)", ts.Index, idx)
+			return nil, fmt.Errorf("/dev/pts/%d is in use (got /dev/pts/%d)", index, idx)
 		default:
 			below = append(below, f)
 		}
 	}
-	p := &ptyObj{master: m}
-	fail := func(what string, err error) (*ptyObj, error) {
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
 		m.Close()
-		return nil, fmt.Errorf("/dev/pts/%d: %s: %w", ts.Index, what, err)
+		return nil, fmt.Errorf("/dev/pts/%d: unlock: %w", index, err)
 	}
-	mfd := int(m.Fd())
-	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
-		return fail("unlock", err)
+	return &ptyObj{master: m}, nil
+}
+
+// configure gives the pair its dumped termios, window size, packet mode
+// and lock.
+func (p *ptyObj) configure(ts *pb.TtyState) error {
+	fail := func(what string, err error) error {
+		return fmt.Errorf("/dev/pts/%d: %s: %w", ts.Index, what, err)
 	}
+	mfd := int(p.master.Fd())
 	slave, err := sys.PtyPeer(mfd, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
 	if err != nil {
 		return fail("open the slave", err)
@@ -149,7 +160,8 @@ func newPty(ts *pb.TtyState) (*ptyObj, error) {
 			return fail("lock", err)
 		}
 	}
-	return p, nil
+	p.configured = true
+	return nil
 }
 
 // fill puts the pair's unread input and output back into its queues
@@ -183,6 +195,9 @@ func (p *ptyObj) fill(ts *pb.TtyState) error {
 // cttyCalls make a session leader's pty slave its controlling terminal
 // again, with its foreground process group.
 func cttyCalls(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
+	if c, ok := rc.Shared[cttyKey(t.proc.Pid)].(earlyTty); ok && !c.p.configured {
+		return nil, fmt.Errorf("pid %d: its controlling terminal /dev/pts/%d is open in no process of the dump", t.proc.Pid, t.proc.CttyPty-1)
+	}
 	var calls []call
 	for _, fd := range t.files.Fds {
 		if pb.FdKind(fd.Kind) != pb.FdKind_FD_TTY {
@@ -205,6 +220,52 @@ func cttyCalls(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 		break
 	}
 	return calls, nil
+}
+
+func cttyKey(pid uint32) string { return fmt.Sprintf("ctty:%d", pid) }
+
+// earlyTty is the pty a session leader got as its controlling terminal
+// when it was created (earlyCtty); rc.Shared closes it under its ptyKey.
+type earlyTty struct{ p *ptyObj }
+
+// earlyCtty gives a session leader, right after its setsid and before its
+// children exist, the pty that was its controlling terminal. A fork passes
+// the controlling terminal on, and a process that does not lead a session
+// can never get one later: set at the end (cttyCalls) it would reach the
+// leader alone. The pty is made here with its dumped index; its state
+// comes with its file descriptions (openTty), and cttyCalls refuses a
+// controlling terminal that no fd of the dump held. (Process.ctty_pty is
+// set only when the pty's master is in the dump: a shell job's terminal is
+// cr-restore's own, openCallerTerminal.)
+func (rc *Ctx) earlyCtty(t *task) error {
+	if t.proc.CttyPty == 0 || t.zombie() {
+		return nil
+	}
+	index := t.proc.CttyPty - 1
+	key := ptyKey(index)
+	p, ok := rc.Shared[key].(*ptyObj)
+	if !ok {
+		var err error
+		if p, err = allocPty(index); err != nil {
+			return fmt.Errorf("pid %d: controlling terminal: %w", t.proc.Pid, err)
+		}
+		rc.Shared[key] = p
+	}
+	slave, err := sys.PtyPeer(int(p.master.Fd()), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("pid %d: controlling terminal /dev/pts/%d: %w", t.proc.Pid, index, err)
+	}
+	defer slave.Close()
+	n, err := t.r.sendFds([]*os.File{slave})
+	if err != nil {
+		return err
+	}
+	if _, err := t.r.run(sc(fmt.Sprintf("controlling terminal /dev/pts/%d", index), unix.SYS_IOCTL, uint64(n[0]), unix.TIOCSCTTY, 0),
+		sc("close", unix.SYS_CLOSE, uint64(n[0]))); err != nil {
+		return err
+	}
+	rc.Shared[cttyKey(t.proc.Pid)] = earlyTty{p}
+	return nil
 }
 
 // openCallerTerminal opens, for a shell job's terminal (cr-files

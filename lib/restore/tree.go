@@ -60,6 +60,7 @@ func (rc *Ctx) ensureCreated(t *task) error {
 		if _, err := t.r.run(sc("setsid", unix.SYS_SETSID)); err != nil {
 			return err
 		}
+		return rc.earlyCtty(t) // fd_tty.go: before the children, who inherit it
 	}
 	return nil
 }

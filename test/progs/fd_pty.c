@@ -10,7 +10,8 @@
  * With "fork": a child in its own process group is the terminal's
  * foreground group (the parent then only reads through the master).
  * Check: same pty index, termios, window size, controlling terminal
- * (tcgetsid of the slave) and foreground group; bytes pass both ways.
+ * (tcgetsid of the slave; the child's too: it inherited it) and foreground
+ * group; bytes pass both ways.
  */
 #include "fdprog.h"
 
@@ -49,6 +50,24 @@ static void setup(const char *arg)
 	}
 }
 
+/* tty_nr is field 7 of /proc/PID/stat: the controlling terminal. */
+static long tty_nr(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *p = strrchr(buf, ')');
+	long v = -1;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %ld", &v) != 1)
+		return -1;
+	return v;
+}
+
 static void check(void)
 {
 	const char *n = ptsname(20);
@@ -76,6 +95,8 @@ static void check(void)
 		fail("no controlling terminal: /dev/tty: %s", strerror(errno));
 	else
 		close(tty);
+	if (child && tty_nr(child) != tty_nr(getpid()))
+		fail("the child's controlling terminal is %#lx, its session's %#lx", tty_nr(child), tty_nr(getpid()));
 	pid_t fg = tcgetpgrp(21);
 	if (fg != (child ? child : getpgrp()))
 		fail("foreground group %d, want %d", fg, child ? child : getpgrp());
