@@ -337,19 +337,7 @@ func TestShellJob(t *testing.T) {
 	if link != slaveB.Name() {
 		t.Errorf("the restored job's stdout is %s, want cr-restore's terminal %s", link, slaveB.Name())
 	}
-	got := make(chan string, 1)
-	go func() {
-		var all []byte
-		buf := make([]byte, 256)
-		for !strings.Contains(string(all), "bye from the job") {
-			n, err := ptyB.Read(buf)
-			if err != nil {
-				break
-			}
-			all = append(all, buf[:n]...)
-		}
-		got <- string(all)
-	}()
+	got := readUntil(ptyB, "bye from the job")
 	p.terminate(at)
 	select {
 	case s := <-got:
@@ -459,19 +447,7 @@ func TestShellJobDevTty(t *testing.T) {
 	}
 	p.checkPidfile(pidfile)
 	p.checkProgressFrom(at)
-	got := make(chan string, 1)
-	go func() {
-		var all []byte
-		buf := make([]byte, 256)
-		for !strings.Contains(string(all), "bye via /dev/tty") {
-			n, err := ptyB.Read(buf)
-			if err != nil {
-				break
-			}
-			all = append(all, buf[:n]...)
-		}
-		got <- string(all)
-	}()
+	got := readUntil(ptyB, "bye via /dev/tty")
 	p.terminate(at)
 	select {
 	case s := <-got:
@@ -481,4 +457,23 @@ func TestShellJobDevTty(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Errorf("the job's goodbye through /dev/tty did not reach terminal B")
 	}
+}
+
+// readUntil reads f in the background until what it read contains marker
+// (or f fails), then sends all of it.
+func readUntil(f *os.File, marker string) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 256)
+		for !strings.Contains(string(all), marker) {
+			n, err := f.Read(buf)
+			if err != nil {
+				break
+			}
+			all = append(all, buf[:n]...)
+		}
+		got <- string(all)
+	}()
+	return got
 }
