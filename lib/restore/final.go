@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/inject"
 	"crpipe/lib/sys"
 )
 
@@ -325,29 +326,33 @@ func (t *task) tids() []tidPair {
 // registers it gets next.
 func (t *task) dropRestorer() error {
 	pid := t.pid
-	if err := sys.PtraceSetSigmask(pid, allSignalsBlocked); err != nil {
-		return err
+	s, err := inject.Begin(pid, t.hole+t.r.layout.SyscallInsn)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
 	}
-	insn := t.hole + t.r.layout.SyscallInsn
 	ctls := []int{t.ctlFd}
 	for _, th := range t.threads {
 		ctls = append(ctls, th.ctlFd)
 	}
 	for _, fd := range ctls {
-		if err := injectSyscall(pid, insn, unix.SYS_CLOSE, uint64(fd)); err != nil {
+		if err := injected(s.Syscall(unix.SYS_CLOSE, uint64(fd))); err != nil {
+			s.End(nil)
 			return fmt.Errorf("pid %d: close control socket %d: %w", pid, fd, err)
 		}
 	}
-	if err := injectSyscall(pid, insn, unix.SYS_MUNMAP, t.hole, t.holeSize); err != nil {
+	if err := injected(s.Syscall(unix.SYS_MUNMAP, t.hole, t.holeSize)); err != nil {
+		s.End(nil)
 		return fmt.Errorf("pid %d: unmap restorer: %w", pid, err)
 	}
-	if err := sys.PtraceInterrupt(pid); err != nil {
+	// setThreadState gives the leader its dumped registers and mask next.
+	return s.End(nil)
+}
+
+func injected(ret int64, err error) error {
+	if err != nil {
 		return err
 	}
-	if err := sys.PtraceCont(pid, 0); err != nil {
-		return err
-	}
-	return waitEventStop(pid)
+	return inject.Errno(ret)
 }
 
 // setThreadState gives a thread, stopped inside get_signal, its dumped
@@ -386,43 +391,6 @@ func waitEventStop(pid int) error {
 	}
 	if !st.IsEventStop() {
 		return fmt.Errorf("pid %d: expected a ptrace event stop, got %v", pid, st)
-	}
-	return nil
-}
-
-// injectSyscall runs one syscall in a task stopped under ptrace, stepping
-// from syscall-enter to syscall-exit stop. orig_rax = -1 keeps the kernel's
-// restart logic away from the injected call.
-func injectSyscall(pid int, insn uint64, nr uintptr, args ...uint64) error {
-	regs, err := sys.PtraceGetRegs(pid)
-	if err != nil {
-		return err
-	}
-	var a [6]uint64
-	copy(a[:], args)
-	regs.Rip, regs.Rax, regs.Orig_rax = insn, uint64(nr), ^uint64(0)
-	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-	if err := sys.PtraceSetRegs(pid, &regs); err != nil {
-		return err
-	}
-	for i := 0; i < 2; i++ { // enter, then exit
-		if err := sys.PtraceSyscall(pid, 0); err != nil {
-			return err
-		}
-		st, err := sys.PtraceWait(pid)
-		if err != nil {
-			return err
-		}
-		if st.Kind != sys.StopSyscall {
-			return fmt.Errorf("expected a syscall stop, got %v", st)
-		}
-	}
-	out, err := sys.PtraceGetRegs(pid)
-	if err != nil {
-		return err
-	}
-	if ret := int64(out.Rax); ret < 0 && ret > -4096 {
-		return unix.Errno(-ret)
 	}
 	return nil
 }
