@@ -24,8 +24,8 @@
  * (clocks cannot be read back, but intervals and notification can be
  * told), that the deleted id is still free, that each periodic timer fired
  * as often as the active time says (within 20% and 3), that the one-shot
- * fired exactly once at 2 s of active time (-50/+150 ms: active time is
- * measured in ticks), that the CPU
+ * fired exactly once at 2 s of active time (-50/+300 ms: active time is
+ * measured in ticks, and a loaded machine stretches ticks), that the CPU
  * timers fired after the checkpoint, and that the silent timer has about
  * 1000 s minus the active time left.
  */
@@ -204,7 +204,7 @@ int main(int argc, char **argv)
 	int64_t fired = oneshot_at - start;
 	if (fired - gap >= 2 * NSEC - 50 * MSEC)
 		fired -= gap;
-	if (fired < 2 * NSEC - 50 * MSEC || fired > 2 * NSEC + 150 * MSEC)
+	if (fired < 2 * NSEC - 50 * MSEC || fired > 2 * NSEC + 300 * MSEC)
 		return verdict("FAIL one-shot timer fired at %lld ms of active time, want 2000", (long long)(fired / MSEC));
 	if (n_virt <= virt_at_gap || n_prof <= prof_at_gap || n_cpu <= cpu_at_gap)
 		return verdict("FAIL CPU-time timers did not fire after the checkpoint (virtual %d/%d, prof %d/%d, cpu %d/%d)",
