@@ -98,11 +98,14 @@ func (d *dumper) peekQueues() error {
 	return nil
 }
 
-// peekQueue reads e's receive queue without consuming it: MSG_PEEK, stepping
-// with SO_PEEK_OFF (the program's own offset is put back after). On a
-// stream socket a peek ends after a write that carried files and, with
+// peekQueue reads e's receive queue without consuming it: MSG_PEEK at
+// offsets set with SO_PEEK_OFF (the program's own offset is put back after).
+// On a stream socket a peek ends after a write that carried files and, with
 // SO_PASSCRED, where the writer changes; bytes written before it come with
-// it, so a restore sends them together with the files.
+// it, so a restore sends them together with the files. Where that write
+// begins cannot be found: a peek at any offset before it walks on through
+// the queue with nothing left to copy and returns its files too
+// (unix_stream_read_generic jumps back into its loop past the size check).
 func (d *dumper) peekQueue(e *entry) error {
 	u, err := d.unixSockets()
 	if err != nil {
@@ -110,7 +113,10 @@ func (d *dumper) peekQueue(e *entry) error {
 	}
 	s := u.all[e.st.Ino]
 	scm, _ := fdinfoField(e.info, "scm_fds")
-	if s == nil || s.State == unixListen || s.RQueue == 0 && (scm == "" || scm == "0") {
+	// sock_diag counts a stream's queued bytes, but of datagrams only the
+	// length of the first (of seqpacket ones, the sum), 0 for empty ones:
+	// those queues are always peeked.
+	if s == nil || s.State == unixListen || s.Type == unix.SOCK_STREAM && s.RQueue == 0 && (scm == "" || scm == "0") {
 		return nil // dumpUnix says why a socket is missing; a listener queues connections
 	}
 	f, err := d.getfd(e)
@@ -123,19 +129,40 @@ func (d *dumper) peekQueue(e *entry) error {
 	if err != nil {
 		return cannot(e, "SO_PEEK_OFF: %v", err)
 	}
+	defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, peekOff)
 	rcvbuf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
 	if err != nil {
 		return cannot(e, "SO_RCVBUF: %v", err)
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0); err != nil {
-		return cannot(e, "SO_PEEK_OFF: %v", err)
+	// A seqpacket socket whose peer has shut down returns 0 at the end of
+	// its queue, as for an empty message; with SO_PASSCRED a message comes
+	// with credentials and the end without. Only the peer can send to it,
+	// and that is frozen, in the dump, or gone.
+	passcred := true
+	if s.Type == unix.SOCK_SEQPACKET {
+		on, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED)
+		if err == nil && on == 0 {
+			err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+			defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 0)
+			passcred = false
+		}
+		if err != nil {
+			return cannot(e, "SO_PASSCRED: %v", err)
+		}
 	}
-	defer unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, peekOff)
 	buf := make([]byte, max(rcvbuf, 1<<16)+1)
 	oob := make([]byte, unix.CmsgSpace(scmMaxFds*4)+unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4))
 	var msgs []*peekedMsg
-	total := 0
+	// The first datagram is peeked without an offset: the kernel skips an
+	// empty one at an offset once it has been peeked at.
+	total, off := 0, 0
+	if s.Type != unix.SOCK_STREAM {
+		off = -1
+	}
 	for {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, off); err != nil {
+			return cannot(e, "SO_PEEK_OFF: %v", err)
+		}
 		n, oobn, flags, from, err := unix.Recvmsg(fd, buf, oob, unix.MSG_PEEK|unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 		if errors.Is(err, unix.EAGAIN) {
 			break
@@ -143,9 +170,15 @@ func (d *dumper) peekQueue(e *entry) error {
 		if err != nil {
 			return cannot(e, "peek at the receive queue: %v", err)
 		}
+		if n == 0 && oobn == 0 && s.Type != unix.SOCK_DGRAM {
+			break // end of file: the peer shut down
+		}
 		m := &peekedMsg{data: append([]byte(nil), buf[:n]...), from: from}
 		if err := d.control(e, len(msgs)+1, oob[:oobn], m); err != nil {
 			return err
+		}
+		if !passcred {
+			m.creds = nil
 		}
 		if flags&unix.MSG_CTRUNC != 0 {
 			return stage.Hint(cannot(e, "queued message %d carries more files in flight than cr-files could take (MSG_CTRUNC)", len(msgs)+1),
@@ -154,11 +187,9 @@ func (d *dumper) peekQueue(e *entry) error {
 		if flags&unix.MSG_TRUNC != 0 || n == len(buf) {
 			return cannot(e, "a queued message is larger than the %d bytes of the receive buffer", len(buf)-1)
 		}
-		if n == 0 && s.Type == unix.SOCK_STREAM {
-			break // end of file: the peer shut down
-		}
 		msgs = append(msgs, m)
 		total += n
+		off = total
 		if total > int(s.RQueue) && s.Type == unix.SOCK_STREAM {
 			return cannot(e, "peeked %d bytes of a queue of %d: the peek offset did not advance", total, s.RQueue)
 		}

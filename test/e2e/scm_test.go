@@ -12,7 +12,10 @@ import (
 // unix messages (test/progs/fd_scmrights.c): a file also held by the
 // process, a pipe, a memfd, a regular file and an eventfd held by no one,
 // a socket in flight whose peer the process holds, credentials of the
-// process, forged ones and (fork) a child's.
+// process, forged ones and (fork) a child's; on a stream, writes from one
+// writer read together, another writer's apart. Empty datagrams and
+// seqpacket messages, and seqpacket queues whose peer is gone or has shut
+// down, come back.
 func TestFdScmRights(t *testing.T) {
 	for _, arg := range []string{"", "fork"} {
 		t.Run("plain"+arg, func(t *testing.T) {
@@ -23,6 +26,11 @@ func TestFdScmRights(t *testing.T) {
 			checkFdLine(t, show, 20, "unix stream", "[message 1 in flight: desc ", "/shared, also pid ", " fd 30)]", "[message 2 in flight: desc ",
 				"pipe:[", "9 bytes unread", "[message 3 in flight: desc ", "memfd:scm-memfd", "regular /", "/other), desc ", "(ghost /", "/ghost (deleted), 14 B, 14 B in the image)",
 				"[message 4 in flight: desc ", "(unix stream socket:[")
+			checkFdLine(t, show, 27, "unix stream", "[message 1 from pid ", "[message 2 from pid ", ", in flight: desc ", "(eventfd, count 2)",
+				" uid 1234 gid 5678]", "[message 3 from pid ", "(eventfd, count 4)")
+			checkFdLine(t, show, 31, "unix seqpacket", "peer closed, 6 bytes queued in 3 messages")
+			checkFdLine(t, show, 33, "unix seqpacket", "6 bytes queued in 2 messages")
+			checkFdLine(t, show, 35, "unix dgram", "8 bytes queued in 4 messages")
 			checkFdLine(t, show, 22, "unix dgram", "[message 1 from pid ", "[message 2 from pid ", " uid 1234 gid 5678]", ", in flight: desc ", "(eventfd, count 7)")
 			checkFdLine(t, show, 24, "unix seqpacket", "[message 1 in flight: desc ", "(unix stream socket:[", "9 bytes queued)]")
 			if arg == "fork" {

@@ -17,7 +17,17 @@
  *   24 - 25  seqpacket socketpair; queued at 24: "socket" with the end of a
  *            stream pair whose other end is 26 ("to flight" queued at the
  *            end in flight)
+ *   27 - 28  stream socketpair, SO_PASSCRED at 27; queued at 27: "one",
+ *            then "two" with an eventfd (count 2), one writer: a read
+ *            takes both; "three" with forged credentials, "four" with an
+ *            eventfd (count 4)
  *   30       DIR/shared, offset 5
+ *   31 - 32  seqpacket socketpair; queued at 31: "sp1", an empty message,
+ *            "sp3"; 32 closed
+ *   33 - 34  seqpacket socketpair; queued at 33: "sq1", "sq2"; 34 shut
+ *            down for writing
+ *   35 - 36  datagram socketpair; queued at 35: an empty datagram (peeked
+ *            at by the program), "after", an empty one, "end"
  *
  * The check receives everything and checks data, kinds, contents, that the
  * file shared with fd 30 moves its offset, and the credentials.
@@ -128,6 +138,39 @@ static void setup(const char *arg)
 	close(other);
 	close(ghost);
 
+	must(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), "socketpair");
+	at(sv[0], 27);
+	at(sv[1], 28);
+	must(setsockopt(27, SOL_SOCKET, SO_PASSCRED, &one, sizeof one), "SO_PASSCRED");
+	sendfds(28, "one", NULL, 0, NULL);
+	efd = must(eventfd(2, 0), "eventfd");
+	sendfds(28, "two", &efd, 1, NULL);
+	close(efd);
+	sendfds(28, "three", NULL, 0, &forged);
+	efd = must(eventfd(4, 0), "eventfd");
+	sendfds(28, "four", &efd, 1, NULL);
+	close(efd);
+
+	must(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), "socketpair");
+	at(sv[0], 31);
+	if (send(sv[1], "sp1", 3, 0) != 3 || send(sv[1], "", 0, 0) != 0 || send(sv[1], "sp3", 3, 0) != 3)
+		die("send seqpacket");
+	close(sv[1]);
+	must(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), "socketpair");
+	at(sv[0], 33);
+	at(sv[1], 34);
+	if (send(34, "sq1", 3, 0) != 3 || send(34, "sq2", 3, 0) != 3)
+		die("send seqpacket");
+	must(shutdown(34, SHUT_WR), "shutdown");
+	must(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv), "socketpair");
+	at(sv[0], 35);
+	at(sv[1], 36);
+	if (send(36, "", 0, 0) != 0 || send(36, "after", 5, 0) != 5 || send(36, "", 0, 0) != 0 || send(36, "end", 3, 0) != 3)
+		die("send datagrams");
+	char c;
+	if (recv(35, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 0)
+		die("peek at the empty datagram");
+
 	must(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), "socketpair");
 	at(sv[0], 24);
 	at(sv[1], 25);
@@ -206,6 +249,13 @@ static void expect_read(int fd, const char *what, const char *want)
 	ssize_t n = read(fd, buf, sizeof buf);
 	if (n != (ssize_t)strlen(want) || memcmp(buf, want, n))
 		fail("%s: read %zd bytes \"%.*s\", want \"%s\"", what, n, n > 0 ? (int)n : 0, buf, want);
+}
+
+static void expect_count(const char *what, int efd, uint64_t want)
+{
+	uint64_t v = 0;
+	if (read(efd, &v, 8) != 8 || v != want)
+		fail("%s: eventfd count %llu, want %llu", what, (unsigned long long)v, (unsigned long long)want);
 }
 
 static const char *fmt_proc_fd(int fd)
@@ -311,10 +361,47 @@ static void check(void)
 		close(s);
 	}
 
+	/* One writer: a read takes "one" and "two" with its file; another
+	 * writer's "three" is read alone. */
+	if (!expect_msg(27, "onetwo", 1, fds, &cred)) {
+		expect_cred("onetwo", &cred, getpid(), getuid(), getgid());
+		expect_count("\"two\"", fds[0], 2);
+		close(fds[0]);
+	}
+	if (!expect_msg(27, "three", 0, fds, &cred))
+		expect_cred("three", &cred, getpid(), 1234, 5678);
+	if (!expect_msg(27, "four", 1, fds, &cred)) {
+		expect_cred("four", &cred, getpid(), getuid(), getgid());
+		expect_count("\"four\"", fds[0], 4);
+		close(fds[0]);
+	}
+
+	/* Seqpacket queues whose peer is gone or has shut down: the data,
+	 * the empty message, then end of file. */
+	expect_msg(31, "sp1", 0, fds, &cred);
+	expect_msg(31, "", 0, fds, &cred);
+	expect_msg(31, "sp3", 0, fds, &cred);
+	expect_msg(31, "", 0, fds, &cred);
+	expect_msg(33, "sq1", 0, fds, &cred);
+	expect_msg(33, "sq2", 0, fds, &cred);
+	expect_msg(33, "", 0, fds, &cred);
+	if (send(34, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL) != -1 || errno != EPIPE)
+		fail("fd 34: send after shutdown did not fail with EPIPE");
+
+	/* Empty datagrams are messages. */
+	expect_msg(35, "", 0, fds, &cred);
+	expect_msg(35, "after", 0, fds, &cred);
+	expect_msg(35, "", 0, fds, &cred);
+	expect_msg(35, "end", 0, fds, &cred);
+	if (recv(35, &c, 1, MSG_DONTWAIT) != -1 || errno != EAGAIN)
+		fail("fd 35: more datagrams than were queued");
+
 	int v = 0;
 	socklen_t vl = sizeof v;
 	if (getsockopt(22, SOL_SOCKET, SO_PASSCRED, &v, &vl) || !v)
 		fail("fd 22: SO_PASSCRED is off");
+	if (getsockopt(31, SOL_SOCKET, SO_PASSCRED, &v, &vl) || v)
+		fail("fd 31: SO_PASSCRED is on (the dump turns it on while it peeks)");
 	if (child) {
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);
