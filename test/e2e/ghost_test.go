@@ -178,4 +178,3 @@ func TestFdMovedDir(t *testing.T) {
 		})
 	}
 }
-
