@@ -1,5 +1,7 @@
-// Package inject runs system calls inside a ptrace-stopped task without
-// writing any code into it.
+// Package inject runs system calls inside a ptrace-stopped task: one at a
+// time at a syscall instruction the task already has (Syscall), or many in
+// one resume through a stub mapped into the task for the purpose (Stub,
+// batch.go).
 //
 // The task must be seized by the calling OS thread (runtime.LockOSThread)
 // and sit in a PTRACE_EVENT_STOP, which the kernel reports from inside
@@ -17,9 +19,19 @@
 // -ERESTART_RESTARTBLOCK) must be restarted exactly as it would have been.
 // Putting the original registers back at a syscall-exit stop would skip
 // that logic's one chance and the task would see -516.
+//
+// rseq: a task stopped inside a restartable sequence's critical section
+// must be aborted when it resumes, which the kernel does on its way back
+// to user space, by the rseq_cs pointer in the task's struct rseq. The
+// first resume of a session already makes that check, with rip pointing
+// at injected code: not inside the section, so the kernel clears the
+// pointer, and the task, resumed later at its own rip, would go on inside
+// the section as if never preempted. Begin saves the pointer and End puts
+// it back.
 package inject
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -35,6 +47,7 @@ const (
 	atEventStop state = iota // inside get_signal
 	atSyscallEnter
 	atSyscallExit
+	running   // in a Stub batch
 	elsewhere // an unexpected stop; End recovers from it
 	gone
 )
@@ -48,6 +61,10 @@ type Session struct {
 	state state
 	saved []scratchSave
 	ended bool
+	sig   int // a SIGSTOP met at an unexpected stop, passed on by End
+	// The rseq_cs field of the thread's struct rseq (0: none registered)
+	// and its value at Begin.
+	rseqCsAddr, rseqCs uint64
 }
 
 type scratchSave struct {
@@ -67,13 +84,26 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask}
+	// Kernels before 5.13 cannot tell; they have no way to restore it either.
+	if rs, err := sys.PtraceGetRseqConfig(tid); err == nil && rs.AbiPointer != 0 {
+		var b [8]byte
+		s.rseqCsAddr = rs.AbiPointer + rseqCsOffset
+		if err := ReadMem(tid, s.rseqCsAddr, b[:]); err != nil {
+			return nil, fmt.Errorf("rseq area: %w", err)
+		}
+		s.rseqCs = binary.LittleEndian.Uint64(b[:])
+	}
 	// Signals arriving meanwhile stay pending and are delivered after End,
 	// once the task's own mask is back.
 	if err := sys.PtraceSetSigmask(tid, ^uint64(0)); err != nil {
 		return nil, err
 	}
-	return &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask}, nil
+	return s, nil
 }
+
+// rseqCsOffset is offsetof(struct rseq, rseq_cs).
+const rseqCsOffset = 8
 
 // Tid is the thread the session injects into.
 func (s *Session) Tid() int { return s.tid }
@@ -142,19 +172,39 @@ func (s *Session) step(want state) error {
 		s.state = elsewhere
 		return err
 	}
-	switch st.Kind {
-	case sys.StopSyscall:
+	if st.Kind == sys.StopSyscall {
 		s.state = want
 		return nil
+	}
+	return s.stopped(st)
+}
+
+// stopped records a stop that was not the one due and returns the error
+// that says so.
+func (s *Session) stopped(st sys.Stop) error {
+	switch st.Kind {
 	case sys.StopExited, sys.StopKilled:
 		s.state = gone
 		return fmt.Errorf("tid %d %v: %w", s.tid, st, sys.ErrGone)
+	case sys.StopSignal:
+		s.sig = passOn(st.Sig)
 	}
 	s.state = elsewhere
 	if st.IsEventStop() {
 		s.state = atEventStop
 	}
 	return fmt.Errorf("tid %d: %v where a syscall stop was due: %w", s.tid, st, ErrUnexpectedStop)
+}
+
+// passOn is the signal to resume a signal-delivery stop with. Every
+// signal is blocked during a session, so such a stop is a SIGSTOP someone
+// sent, passed on (a group stop, as without the session), or a fault of
+// injected code, which the task must never see: discarded.
+func passOn(sig unix.Signal) int {
+	if sig == unix.SIGSTOP {
+		return int(sig)
+	}
+	return 0
 }
 
 // Errno turns a raw syscall return into an error (nil for success).
@@ -187,6 +237,17 @@ func (s *Session) End(regs *unix.PtraceRegs) error {
 		}
 	}
 	s.saved = nil
+	if s.rseqCsAddr != 0 {
+		var b [8]byte
+		err := ReadMem(s.tid, s.rseqCsAddr, b[:])
+		if err == nil && binary.LittleEndian.Uint64(b[:]) != s.rseqCs {
+			binary.LittleEndian.PutUint64(b[:], s.rseqCs)
+			err = WriteMem(s.tid, s.rseqCsAddr, b[:])
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore rseq_cs: %w", err))
+		}
+	}
 	if regs == nil {
 		regs = &s.regs
 	}
@@ -220,8 +281,13 @@ func (s *Session) toEventStop() error {
 	}
 	// On its way out to user space the task meets the pending interrupt in
 	// get_signal, before any syscall-restart logic looks at its registers.
-	if err := sys.PtraceCont(s.tid, 0); err != nil {
-		return err
+	// A running stub meets it on leaving pause(2).
+	if s.state != running {
+		sig := s.sig
+		s.sig = 0
+		if err := sys.PtraceCont(s.tid, sig); err != nil {
+			return err
+		}
 	}
 	for i := 0; ; i++ {
 		st, err := sys.PtraceWait(s.tid)
@@ -239,9 +305,9 @@ func (s *Session) toEventStop() error {
 			return fmt.Errorf("tid %d: no event stop after interrupt (last %v): %w", s.tid, st, ErrUnexpectedStop)
 		case st.Kind == sys.StopSignal:
 			// Only SIGSTOP or a synchronous fault gets past the full
-			// mask: let the kernel handle it, which for SIGSTOP ends in a
-			// group-stop, itself an event stop in get_signal.
-			if err := sys.PtraceCont(s.tid, int(st.Sig)); err != nil {
+			// mask. SIGSTOP ends in a group-stop, itself an event stop
+			// in get_signal.
+			if err := sys.PtraceCont(s.tid, passOn(st.Sig)); err != nil {
 				return err
 			}
 		default:

@@ -18,18 +18,27 @@
 // A frozen task cannot execute a system call, so the cgroup is thawed for
 // exactly the time of the injection, while every task is held in a ptrace
 // stop (ptrace-stopped tasks count as frozen and do not run), and frozen
-// again before any task is detached. Nothing is written into the task
-// except the scratch bytes below its red zone, which are put back.
+// again before any task is detached.
+//
+// The calls of a thread (4, and ~70 more in the leader: 62 of them
+// rt_sigaction) run as one batch through a stub mapped into the process
+// for the time of the injection (inject.Stub): a few ptrace stops per
+// thread instead of two per call. A process that refuses the mapping (an
+// address-space limit, an LSM) gets its calls one at a time, with their
+// results in scratch bytes below the red zone, which are put back;
+// --one-at-a-time asks for that everywhere. Either way the records are the
+// same. The processes are shared out among one tracer thread per CPU.
 package parasite
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,12 +61,15 @@ var (
 
 // Command is cr-parasite.
 func Command() *cli.App {
-	return stage.FilterCommand("cr-parasite", "append state read from inside every frozen task (sigactions, tid address, sigaltstack, timers, prctl bits) and pending signals", nil,
-		func(*cli.Context) (stage.Filter, error) { return Filter(), nil })
+	return stage.FilterCommand("cr-parasite", "append state read from inside every frozen task (sigactions, tid address, sigaltstack, timers, prctl bits) and pending signals",
+		[]cli.Flag{&cli.BoolFlag{Name: "one-at-a-time", Usage: "inject each system call separately, two ptrace stops per call, instead of running them in one batch (slower; gives the same records)"}},
+		func(c *cli.Context) (stage.Filter, error) {
+			return Filter(Options{OneAtATime: c.Bool("one-at-a-time")}), nil
+		})
 }
 
 // Filter is the stage without its command line.
-func Filter() stage.Filter {
+func Filter(opt Options) stage.Filter {
 	up := &stage.Upstream{}
 	return stage.Filter{
 		Observe: up.Observe,
@@ -69,7 +81,7 @@ func Filter() stage.Filter {
 			if err := up.NeedFreeze(); err != nil {
 				return err
 			}
-			res, err := Run(fr, procs)
+			res, err := Run(fr, procs, opt)
 			if err != nil {
 				return err
 			}
@@ -93,11 +105,13 @@ func Filter() stage.Filter {
 	}
 }
 
-type thread struct {
-	pid, tid int
-	insn     uint64
-	leader   bool
-	seccomp  bool
+// target is one process to inject into.
+type target struct {
+	pid     int
+	insn    uint64
+	tids    []int
+	seccomp []bool
+	res     []*ThreadResult
 }
 
 // ThreadResult is what cr-parasite records of one thread.
@@ -107,192 +121,309 @@ type ThreadResult struct {
 	Process *pb.ProcessInside // the thread group leader's only
 }
 
+// Options change how the calls are injected, not what is read.
+type Options struct {
+	// OneAtATime injects each call separately, two ptrace stops per call,
+	// instead of running them all through a stub mapped into the process
+	// (inject.Stub). It is what a process that refuses the stub's mapping
+	// gets anyway; tests compare the two.
+	OneAtATime bool
+}
+
 // Run reads the task state of every thread of procs, which are frozen in
 // fr.Cgroup. On return, success or failure, the cgroup is frozen again,
 // every thread is detached and the registers, signal masks and memory of
 // the tasks are as they were.
-func Run(fr *pb.Freeze, procs []*pb.Process) (res []*ThreadResult, err error) {
-	var threads []thread
+//
+// The processes are shared out among one worker per CPU. ptrace requests
+// must come from the thread that seized the task, so each worker is a
+// locked OS thread that seizes its processes, injects into them once all
+// workers hold theirs and the cgroup is thawed, and detaches them once it
+// is frozen again.
+func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, err error) {
+	var live []*pb.Process
 	for _, p := range procs {
-		if p.State == "Z" {
-			continue // a zombie runs nothing and keeps no state but its exit code
+		if p.State != "Z" { // a zombie runs nothing and keeps no state but its exit code
+			live = append(live, p)
 		}
-		if err := checkFrozen(p, fr); err != nil {
-			return nil, err
-		}
-		pid := int(p.Pid)
-		insn, err := inject.FindSyscallInsn(pid)
-		if err != nil {
-			return nil, fmt.Errorf("pid %d: %w", pid, err)
-		}
-		tids := p.Threads
-		if len(tids) == 0 {
-			tids = []uint32{p.Pid}
-		}
-		for _, t := range tids {
-			sec, err := proc.ReadSecurity(pid, int(t))
-			if err != nil {
-				return nil, err
-			}
-			threads = append(threads, thread{pid: pid, tid: int(t), insn: insn, leader: int(t) == pid, seccomp: sec.Seccomp != 0})
-		}
+	}
+	if len(live) == 0 {
+		return nil, nil
+	}
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return nil, err
+	}
+	nw := min(runtime.GOMAXPROCS(0), len(live))
+	targets := make([]*target, len(live))
+	if err := parallel(len(live), nw, func(i int) (err error) {
+		targets[i], err = prepare(live[i], fr, mount)
+		return err
+	}); err != nil {
+		return nil, err
 	}
 
 	// Ctrl-C in a shell pipeline, or cr-dump stopping the stages after a
 	// failure elsewhere, must not kill this process between injected
 	// syscalls: a task would be left with borrowed registers. Finish the
-	// thread at hand, put everything back, then give up.
+	// processes at hand, put everything back, then give up.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	interrupted := func() error {
-		select {
-		case s := <-sigs:
-			return fmt.Errorf("interrupted by %v; tasks restored and left frozen", s)
-		default:
-			return nil
+	ws := make([]*worker, nw)
+	aborted := new(atomic.Bool)
+	for i := range ws {
+		ws[i] = &worker{sigs: sigs, aborted: aborted, opt: opt, in: make(chan bool), out: make(chan error)}
+		for j := i; j < len(targets); j += nw {
+			ws[i].targets = append(ws[i].targets, targets[j])
 		}
+		go ws[i].run()
 	}
-
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-
-	var seized []int
-	thawed := false
-	defer func() {
-		// Refreeze before detaching: a detached thawed task would run.
-		if thawed {
-			if ferr := sys.CgroupFreeze(fr.Cgroup, true, FreezeTimeout); ferr != nil {
-				err = errors.Join(err, fmt.Errorf("refreeze: %w", ferr))
-			}
+	// next lets every worker go on to its next phase (or, with false,
+	// straight to detaching) and collects the errors of that phase.
+	next := func(proceed bool) error {
+		var errs []error
+		for _, w := range ws {
+			w.in <- proceed
 		}
-		for _, tid := range seized {
-			if derr := sys.PtraceDetach(tid, 0); derr != nil && err == nil {
-				err = derr
-			}
+		for _, w := range ws {
+			errs = append(errs, <-w.out)
 		}
-	}()
-	for _, t := range threads {
-		opts := unix.PTRACE_O_TRACESYSGOOD
-		if t.seccomp {
-			// Injected calls would meet the task's filters, or be fatal in
-			// strict mode.
-			opts |= unix.PTRACE_O_SUSPEND_SECCOMP
-		}
-		if err := sys.PtraceSeize(t.tid, opts); err != nil {
-			return nil, seizeError(t.pid, t.tid, err)
-		}
-		seized = append(seized, t.tid)
-		if err := sys.PtraceInterrupt(t.tid); err != nil {
-			return nil, fmt.Errorf("pid %d tid %d: %w", t.pid, t.tid, err)
-		}
+		return errors.Join(errs...)
 	}
-	for _, t := range threads {
-		if err := waitInterrupt(t.pid, t.tid); err != nil {
-			return nil, err
-		}
+	var errs []error
+	for _, w := range ws { // seized, or not
+		errs = append(errs, <-w.out)
 	}
-	if err := interrupted(); err != nil {
+	select {
+	case s := <-sigs:
+		errs = append(errs, fmt.Errorf("interrupted by %v; tasks left frozen", s))
+	default:
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, errors.Join(err, next(false))
+	}
+	// A frozen task cannot run the injected calls; stopped in ptrace, it
+	// does not run anything else.
+	err = sys.CgroupFreeze(fr.Cgroup, false, 0)
+	if err == nil {
+		err = next(true)
+	}
+	// Refreeze before detaching: a detached thawed task would run.
+	if ferr := sys.CgroupFreeze(fr.Cgroup, true, FreezeTimeout); ferr != nil {
+		err = errors.Join(err, fmt.Errorf("refreeze: %w", ferr))
+	}
+	if derr := next(err == nil); derr != nil {
+		err = errors.Join(err, derr)
+	}
+	if err != nil {
 		return nil, err
 	}
-	thawed = true
-	if err := sys.CgroupFreeze(fr.Cgroup, false, 0); err != nil {
-		return nil, err
-	}
-	for _, t := range threads {
-		if err := interrupted(); err != nil {
-			return nil, err
-		}
-		r, err := Thread(t.pid, t.tid, t.insn, t.leader)
-		if err != nil {
-			return nil, err
-		}
-		res = append(res, r)
-	}
-	for i, t := range threads {
-		if res[i].Inside.Pending, err = pendingSignals(t.pid, t.tid, false); err != nil {
-			return nil, err
-		}
-		if t.leader {
-			if res[i].Process.SharedPending, err = pendingSignals(t.pid, t.tid, true); err != nil {
-				return nil, err
-			}
-		}
+	for _, tg := range targets {
+		res = append(res, tg.res...)
 	}
 	return res, nil
 }
 
-// Thread injects the state-reading syscalls into one thread, which the
-// calling locked OS thread holds in a PTRACE_EVENT_STOP, and puts it back
-// as it was (End), whatever happens.
-func Thread(pid, tid int, insn uint64, leader bool) (res *ThreadResult, err error) {
-	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
-	s, err := inject.Begin(tid, insn)
-	if err != nil {
-		return nil, where(err)
+// prepare checks one process and finds what its injection needs.
+func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
+	if err := checkFrozen(p, fr, mount); err != nil {
+		return nil, err
 	}
+	pid := int(p.Pid)
+	insn, err := inject.FindSyscallInsn(pid)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	tg := &target{pid: pid, insn: insn}
+	tids := p.Threads
+	if len(tids) == 0 {
+		tids = []uint32{p.Pid}
+	}
+	for _, t := range tids {
+		sec, err := proc.ReadSecurity(pid, int(t))
+		if err != nil {
+			return nil, err
+		}
+		tg.tids = append(tg.tids, int(t))
+		tg.seccomp = append(tg.seccomp, sec.Seccomp != 0)
+	}
+	return tg, nil
+}
+
+// parallel runs f(0) ... f(n-1) on up to nw goroutines and returns the
+// error of the lowest i that failed.
+func parallel(n, nw int, f func(i int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for w := 0; w < nw; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += nw {
+				errs[i] = f(i)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// worker is one tracer thread and the processes it holds.
+type worker struct {
+	targets []*target
+	opt     Options
+	sigs    chan os.Signal
+	aborted *atomic.Bool // set when a worker fails: the others stop at their next process
+	in      chan bool    // go on to the next phase (false: to detaching)
+	out     chan error   // the result of each phase
+}
+
+func (w *worker) run() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var seized []int
+	w.out <- w.seize(&seized)
+	if <-w.in {
+		err := w.inject()
+		if err != nil {
+			w.aborted.Store(true)
+		}
+		w.out <- err
+		<-w.in
+	}
+	var errs []error
+	for _, tid := range seized {
+		if err := sys.PtraceDetach(tid, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	w.out <- errors.Join(errs...)
+}
+
+// seize seizes every thread of the worker's processes and waits for each
+// to stop, adding each seized thread to seized.
+func (w *worker) seize(seized *[]int) error {
+	for _, tg := range w.targets {
+		for i, tid := range tg.tids {
+			opts := unix.PTRACE_O_TRACESYSGOOD
+			if tg.seccomp[i] {
+				// Injected calls would meet the task's filters, or be
+				// fatal in strict mode.
+				opts |= unix.PTRACE_O_SUSPEND_SECCOMP
+			}
+			if err := sys.PtraceSeize(tid, opts); err != nil {
+				return seizeError(tg.pid, tid, err)
+			}
+			*seized = append(*seized, tid)
+			if err := sys.PtraceInterrupt(tid); err != nil {
+				return fmt.Errorf("pid %d tid %d: %w", tg.pid, tid, err)
+			}
+		}
+	}
+	for _, tg := range w.targets {
+		for _, tid := range tg.tids {
+			if err := waitInterrupt(tg.pid, tid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// inject reads every process of the worker, then its pending signals.
+func (w *worker) inject() error {
+	for _, tg := range w.targets {
+		select {
+		case s := <-w.sigs:
+			return fmt.Errorf("interrupted by %v; tasks restored and left frozen", s)
+		default:
+		}
+		if w.aborted.Load() {
+			return nil // another worker failed and says why
+		}
+		res, err := Process(tg.pid, tg.tids, tg.insn, w.opt)
+		if err != nil {
+			return err
+		}
+		for _, r := range res {
+			pid, tid := int(r.State.Pid), int(r.State.Tid)
+			if r.Inside.Pending, err = pendingSignals(pid, tid, false); err != nil {
+				return err
+			}
+			if r.Process != nil {
+				if r.Process.SharedPending, err = pendingSignals(pid, tid, true); err != nil {
+					return err
+				}
+			}
+		}
+		tg.res = res
+	}
+	return nil
+}
+
+// Process injects the state-reading calls into the threads tids of
+// process pid, which the calling locked OS thread holds in
+// PTRACE_EVENT_STOPs, and puts every thread back as it was (End), and
+// the process's memory, whatever happens. insn is a syscall instruction
+// in the process.
+func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult, err error) {
+	var sessions []*inject.Session
 	defer func() {
-		if eerr := s.End(nil); eerr != nil {
-			err = errors.Join(err, where(fmt.Errorf("restore registers: %w", eerr)))
-			res = nil
+		for _, s := range sessions {
+			if eerr := s.End(nil); eerr != nil {
+				err = errors.Join(err, fmt.Errorf("pid %d tid %d: restore registers: %w", pid, s.Tid(), eerr))
+				res = nil
+			}
 		}
 	}()
-	st := &pb.TaskState{Pid: uint32(pid), Tid: uint32(tid)}
-	res = &ThreadResult{State: st}
-	scratch, err := s.Scratch(scratchSize)
-	if err != nil {
-		return nil, where(err)
-	}
-	var buf [32]byte
-	ret, err := s.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, scratch)
-	if err != nil {
-		return nil, where(err)
-	}
-	if err := inject.Errno(ret); err != nil {
-		return nil, where(fmt.Errorf("prctl(PR_GET_TID_ADDRESS): %w", err))
-	}
-	if err := s.ReadMem(scratch, buf[:8]); err != nil {
-		return nil, where(err)
-	}
-	st.ClearChildTid = binary.LittleEndian.Uint64(buf[:8])
-	if res.Inside, err = threadInside(s, pid, tid, scratch); err != nil {
-		return nil, where(err)
-	}
-	if !leader {
-		return res, nil
-	}
-	if res.Process, err = processInside(s, pid, scratch); err != nil {
-		return nil, where(err)
-	}
-	for sig := 1; sig <= 64; sig++ {
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
-			continue
+	var leader *inject.Session
+	for _, tid := range tids {
+		s, err := inject.Begin(tid, insn)
+		if err != nil {
+			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 		}
-		// struct kernel_sigaction: handler, flags, restorer, mask (8 bytes).
-		ret, err := s.Syscall(unix.SYS_RT_SIGACTION, uint64(sig), 0, scratch, 8)
+		sessions = append(sessions, s)
+		if tid == pid || leader == nil {
+			leader = s
+		}
+	}
+	run := func(s *inject.Session, calls []inject.Call) error { return s.RunEach(calls) }
+	if !opt.OneAtATime {
+		stub, merr := inject.MapStub(leader)
+		switch {
+		case merr == nil:
+			// Deferred after the sessions' End, so run before it.
+			defer func() {
+				if uerr := stub.Unmap(leader); uerr != nil {
+					err = errors.Join(err, fmt.Errorf("pid %d: %w", pid, uerr))
+					res = nil
+				}
+			}()
+			run = stub.Run
+		case !errors.Is(merr, inject.ErrNoStub):
+			return nil, fmt.Errorf("pid %d: %w", pid, merr)
+		}
+	}
+	for _, s := range sessions {
+		where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, s.Tid(), err) }
+		r, err := planThread(pid, s.Tid(), s.Tid() == pid)
 		if err != nil {
 			return nil, where(err)
 		}
-		if err := inject.Errno(ret); err != nil {
-			if err == unix.EINVAL {
-				continue // not a valid signal number on this kernel
-			}
-			return nil, where(fmt.Errorf("rt_sigaction(%d): %w", sig, err))
-		}
-		if err := s.ReadMem(scratch, buf[:]); err != nil {
+		if err := run(s, r.calls); err != nil {
 			return nil, where(err)
 		}
-		le := binary.LittleEndian
-		a := &pb.Sigaction{
-			Signo:    uint32(sig),
-			Handler:  le.Uint64(buf[0:]),
-			Flags:    le.Uint64(buf[8:]),
-			Restorer: le.Uint64(buf[16:]),
-			Mask:     le.Uint64(buf[24:]),
+		tr, err := r.decode()
+		if err != nil {
+			return nil, where(err)
 		}
-		if a.Handler != 0 || a.Flags != 0 || a.Mask != 0 {
-			st.Sigactions = append(st.Sigactions, a)
-		}
+		res = append(res, tr)
 	}
 	return res, nil
 }
@@ -324,7 +455,8 @@ func seizeError(pid, tid int, err error) error {
 
 // checkFrozen verifies identity and that the process sits in the frozen
 // cgroup: thawing that cgroup must only ever release tasks held in ptrace.
-func checkFrozen(p *pb.Process, fr *pb.Freeze) error {
+// mount is where cgroup2 is mounted.
+func checkFrozen(p *pb.Process, fr *pb.Freeze, mount string) error {
 	pid := int(p.Pid)
 	st, err := proc.ReadStat(pid)
 	if err != nil {
@@ -332,10 +464,6 @@ func checkFrozen(p *pb.Process, fr *pb.Freeze) error {
 	}
 	if st.StartTime != p.StartTime {
 		return fmt.Errorf("pid %d: started at %d, not %d as recorded: the process was replaced", pid, st.StartTime, p.StartTime)
-	}
-	mount, err := proc.Cgroup2Mount()
-	if err != nil {
-		return err
 	}
 	rel, err := proc.Cgroup2Of(pid)
 	if err != nil {

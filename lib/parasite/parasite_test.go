@@ -2,6 +2,8 @@ package parasite
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +16,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
 	"crpipe/lib/internal/frozen"
+	"crpipe/lib/internal/testprog"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -25,6 +28,7 @@ type snapshot struct {
 	regs  unix.PtraceRegs
 	mask  uint64
 	stack []byte // 8 KiB below rsp
+	maps  string // no mapping left behind
 }
 
 func takeSnapshot(t *testing.T, pid int) snapshot {
@@ -49,6 +53,11 @@ func takeSnapshot(t *testing.T, pid int) snapshot {
 	if s.mask, err = sys.PtraceGetSigmask(pid); err != nil {
 		t.Fatal(err)
 	}
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.maps = string(maps)
 	s.stack = make([]byte, 8192)
 	if err := inject.ReadMem(pid, s.regs.Rsp-uint64(len(s.stack)), s.stack); err != nil {
 		t.Fatal(err)
@@ -67,6 +76,9 @@ func (a snapshot) check(t *testing.T, b snapshot) {
 	if !bytes.Equal(a.stack, b.stack) {
 		t.Fatal("stack below rsp changed")
 	}
+	if a.maps != b.maps {
+		t.Fatalf("mappings changed:\n%s\nwere:\n%s", b.maps, a.maps)
+	}
 }
 
 func frozenNow(t *testing.T, cg string) bool {
@@ -82,21 +94,23 @@ func TestParasite(t *testing.T) {
 	tg := frozen.Start(t, "sleep", "3")
 	before := takeSnapshot(t, tg.Pid)
 
-	run := func() []byte {
+	run := func(opt Options) []byte {
 		var out bytes.Buffer
-		if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter()); err != nil {
+		if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter(opt)); err != nil {
 			t.Fatal(err)
 		}
 		return out.Bytes()
 	}
 	fds := openFds(t)
-	first := run()
+	first := run(Options{})
 	if n := openFds(t); n != fds {
 		t.Fatalf("%d open fds after the stage, %d before", n, fds)
 	}
-	second := run()
-	if !bytes.Equal(first, second) {
+	if second := run(Options{}); !bytes.Equal(first, second) {
 		t.Fatal("two runs on the same frozen task gave different streams")
+	}
+	if each := run(Options{OneAtATime: true}); !bytes.Equal(first, each) {
+		t.Fatal("the batch and one call at a time gave different streams")
 	}
 	var states []*pb.TaskState
 	for _, f := range frozen.Frames(t, first) {
@@ -152,33 +166,36 @@ func TestParasite(t *testing.T) {
 }
 
 // TestThreadFailure makes an injection fail (rip on a non-executable
-// address): the task gets its registers back and runs on undisturbed.
+// address), with the stub and one call at a time: the task gets its
+// registers back and runs on undisturbed.
 func TestThreadFailure(t *testing.T) {
 	tg := frozen.Start(t, "sleep", "2")
 	before := takeSnapshot(t, tg.Pid)
-	func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := sys.PtraceSeize(tg.Pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
-			t.Fatal(err)
-		}
-		defer sys.PtraceDetach(tg.Pid, 0)
-		sys.PtraceInterrupt(tg.Pid)
-		if err := waitInterrupt(tg.Pid, tg.Pid); err != nil {
-			t.Fatal(err)
-		}
-		if err := sys.CgroupFreeze(tg.Frozen.Cgroup, false, 0); err != nil {
-			t.Fatal(err)
-		}
-		defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
-		// The stack is not executable: the "syscall" faults.
-		_, err := Thread(tg.Pid, tg.Pid, before.regs.Rsp-4096, true)
-		if err == nil {
-			t.Fatal("injection at a non-executable address succeeded")
-		}
-		t.Logf("expected failure: %v", err)
-	}()
-	before.check(t, takeSnapshot(t, tg.Pid))
+	for _, opt := range []Options{{}, {OneAtATime: true}} {
+		func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := sys.PtraceSeize(tg.Pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+				t.Fatal(err)
+			}
+			defer sys.PtraceDetach(tg.Pid, 0)
+			sys.PtraceInterrupt(tg.Pid)
+			if err := waitInterrupt(tg.Pid, tg.Pid); err != nil {
+				t.Fatal(err)
+			}
+			if err := sys.CgroupFreeze(tg.Frozen.Cgroup, false, 0); err != nil {
+				t.Fatal(err)
+			}
+			defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
+			// The stack is not executable: the "syscall" faults.
+			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, opt)
+			if err == nil {
+				t.Fatal("injection at a non-executable address succeeded")
+			}
+			t.Logf("expected failure (%+v): %v", opt, err)
+		}()
+		before.check(t, takeSnapshot(t, tg.Pid))
+	}
 	tg.Thaw(t)
 	if l, err := tg.Next(10 * time.Second); err != nil || l != "slept ok" {
 		t.Fatalf("target: %q %v", l, err)
@@ -192,4 +209,74 @@ func openFds(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestRseq: a task frozen inside an rseq critical section keeps its
+// rseq_cs pointer through the parasite (the kernel clears it when the
+// injected code resumes outside the section), so that on thaw the kernel
+// aborts the section as it must after a preemption.
+func TestRseq(t *testing.T) {
+	p := testprog.Start(t, "rseq")
+	time.Sleep(100 * time.Millisecond) // into the critical section
+	tg := frozen.Freeze(t, p)
+	before := takeSnapshot(t, tg.Pid)
+	if r := before.regs.Rip; r < p.RseqStart || r >= p.RseqEnd {
+		t.Skipf("frozen at %#x, outside the critical section [%#x, %#x)", r, p.RseqStart, p.RseqEnd)
+	}
+	cs := func() uint64 {
+		var b [8]byte
+		if err := inject.ReadMem(tg.Pid, p.RseqCs, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		return binary.LittleEndian.Uint64(b[:])
+	}
+	was := cs()
+	if was == 0 {
+		t.Fatal("rseq_cs is 0 inside the critical section")
+	}
+	for _, opt := range []Options{{}, {OneAtATime: true}} {
+		var out bytes.Buffer
+		if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter(opt)); err != nil {
+			t.Fatal(err)
+		}
+		if now := cs(); now != was {
+			t.Fatalf("%+v: rseq_cs %#x after the parasite, was %#x", opt, now, was)
+		}
+	}
+	before.check(t, takeSnapshot(t, tg.Pid))
+	tg.Drain()
+	tg.Thaw(t)
+	if l, err := tg.Next(5 * time.Second); err != nil || !strings.HasPrefix(l, "rseq abort") {
+		t.Fatalf("target: %q %v; want the section aborted on thaw", l, err)
+	}
+}
+
+// TestNoRoomForStub: a process that cannot map the stub (RLIMIT_AS leaves
+// no room) gets its calls one at a time, with the same records.
+func TestNoRoomForStub(t *testing.T) {
+	p := testprog.Start(t, "sleep", "3")
+	var vm uint64
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Pid)); err == nil {
+		fmt.Sscan(string(b), &vm)
+	}
+	lim := unix.Rlimit{Cur: vm * uint64(os.Getpagesize()), Max: unix.RLIM_INFINITY}
+	if err := unix.Prlimit(p.Pid, unix.RLIMIT_AS, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	tg := frozen.Freeze(t, p)
+	before := takeSnapshot(t, tg.Pid)
+	var outs [2]bytes.Buffer
+	for i, opt := range []Options{{}, {OneAtATime: true}} {
+		if err := stage.RunFilter(bytes.NewReader(tg.Stream), &outs[i], false, Filter(opt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(outs[0].Bytes(), outs[1].Bytes()) {
+		t.Fatal("the fallback and one call at a time gave different streams")
+	}
+	before.check(t, takeSnapshot(t, tg.Pid))
+	tg.Thaw(t)
+	if l, err := tg.Next(10 * time.Second); err != nil || l != "slept ok" {
+		t.Fatalf("target: %q %v", l, err)
+	}
 }

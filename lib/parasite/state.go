@@ -13,75 +13,151 @@ import (
 	"crpipe/lib/sys"
 )
 
-// scratchSize is what one thread's injected calls need below its red
-// zone: the largest result is struct itimerspec / itimerval (32 bytes).
-const scratchSize = 64
+// reads is the batch of system calls injected into one thread, with what
+// each one is, to name it in an error.
+type reads struct {
+	calls []inject.Call
+	what  []string
+}
 
-// threadInside reads, by injection, the per-thread state only the thread
-// can report: its alternate signal stack, parent-death signal and
-// securebits.
-func threadInside(s *inject.Session, pid, tid int, scratch uint64) (*pb.ThreadInside, error) {
-	ti := &pb.ThreadInside{Pid: uint32(pid), Tid: uint32(tid)}
-	var buf [sys.StackTSize]byte
-	if err := call(s, scratch, "sigaltstack", unix.SYS_SIGALTSTACK, 0, scratch); err != nil {
-		return nil, err
+// add queues a call; with out > 0 its argument outArg points to an output
+// buffer of out bytes. It returns the call's index.
+func (r *reads) add(what string, out, outArg int, nr uintptr, args ...uint64) int {
+	c := inject.Call{Nr: nr, Out: out, OutArg: outArg}
+	copy(c.Args[:], args)
+	r.calls = append(r.calls, c)
+	r.what = append(r.what, what)
+	return len(r.calls) - 1
+}
+
+// result is call i's return value and output, or the error naming it.
+func (r *reads) result(i int) (int64, []byte, error) {
+	c := &r.calls[i]
+	if err := inject.Errno(c.Ret); err != nil {
+		return c.Ret, nil, fmt.Errorf("%s: %w", r.what[i], err)
 	}
-	if err := s.ReadMem(scratch, buf[:]); err != nil {
-		return nil, err
+	return c.Ret, c.Result, nil
+}
+
+// threadReads plans what is read from inside one thread: its
+// clear_child_tid address, alternate signal stack, parent-death signal and
+// securebits, and in the thread group leader the process's (processReads).
+// Decoding the results gives the thread's records.
+type threadReads struct {
+	reads
+	pid, tid                          int
+	tidAddr, altstack, pdeath, secure int
+	proc                              *processReads
+}
+
+func planThread(pid, tid int, leader bool) (*threadReads, error) {
+	r := &threadReads{pid: pid, tid: tid}
+	r.tidAddr = r.add("prctl(PR_GET_TID_ADDRESS)", 8, 1, unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS)
+	r.altstack = r.add("sigaltstack", sys.StackTSize, 1, unix.SYS_SIGALTSTACK, 0)
+	r.pdeath = r.add("prctl(PR_GET_PDEATHSIG)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG)
+	r.secure = r.add("prctl(PR_GET_SECUREBITS)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	if leader {
+		var err error
+		if r.proc, err = planProcess(&r.reads, pid); err != nil {
+			return nil, err
+		}
 	}
-	sp, flags, size := sys.ParseStackT(buf[:])
-	ti.Sigaltstack = &pb.Sigaltstack{Sp: sp, Flags: flags, Size: size}
-	if err := call(s, scratch, "prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, scratch); err != nil {
-		return nil, err
-	}
-	if err := s.ReadMem(scratch, buf[:4]); err != nil {
-		return nil, err
-	}
-	ti.PdeathSignal = binary.LittleEndian.Uint32(buf[:4])
-	bits, err := s.Syscall(unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	return r, nil
+}
+
+// decode turns the results into the thread's records.
+func (r *threadReads) decode() (*ThreadResult, error) {
+	st := &pb.TaskState{Pid: uint32(r.pid), Tid: uint32(r.tid)}
+	ti := &pb.ThreadInside{Pid: uint32(r.pid), Tid: uint32(r.tid)}
+	res := &ThreadResult{State: st, Inside: ti}
+	_, b, err := r.result(r.tidAddr)
 	if err != nil {
 		return nil, err
 	}
-	if err := inject.Errno(bits); err != nil {
-		return nil, fmt.Errorf("prctl(PR_GET_SECUREBITS): %w", err)
+	st.ClearChildTid = binary.LittleEndian.Uint64(b)
+	if _, b, err = r.result(r.altstack); err != nil {
+		return nil, err
+	}
+	sp, flags, size := sys.ParseStackT(b)
+	ti.Sigaltstack = &pb.Sigaltstack{Sp: sp, Flags: flags, Size: size}
+	if _, b, err = r.result(r.pdeath); err != nil {
+		return nil, err
+	}
+	ti.PdeathSignal = binary.LittleEndian.Uint32(b)
+	bits, _, err := r.result(r.secure)
+	if err != nil {
+		return nil, err
 	}
 	ti.Securebits = uint32(bits)
-	return ti, nil
+	if r.proc == nil {
+		return res, nil
+	}
+	if res.Process, err = r.proc.decode(&r.reads, st); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
-// processInside reads, by injection into the thread group leader, the
-// per-process state only the process can report: interval timers, POSIX
-// timers (listed in /proc/PID/timers), dumpable and child-subreaper.
-func processInside(s *inject.Session, pid int, scratch uint64) (*pb.ProcessInside, error) {
-	pi := &pb.ProcessInside{Pid: uint32(pid)}
-	var buf [sys.ItimervalSize]byte
-	for which := uint32(0); which < 3; which++ {
-		if err := call(s, scratch, fmt.Sprintf("getitimer(%d)", which), unix.SYS_GETITIMER, uint64(which), scratch); err != nil {
+// processReads plans what is read from inside the thread group leader for
+// its process: interval timers, POSIX timers (listed in /proc/PID/timers),
+// dumpable, child-subreaper and the signal dispositions.
+type processReads struct {
+	pid                 int
+	itimers             [3]int
+	timers              []proc.Timer
+	timerCalls          []int
+	dumpable, subreaper int
+	sigactions, signos  []int
+}
+
+func planProcess(r *reads, pid int) (*processReads, error) {
+	p := &processReads{pid: pid}
+	for which := range p.itimers {
+		p.itimers[which] = r.add(fmt.Sprintf("getitimer(%d)", which), sys.ItimervalSize, 1, unix.SYS_GETITIMER, uint64(which))
+	}
+	var err error
+	if p.timers, err = proc.ReadTimers(pid); err != nil {
+		return nil, err
+	}
+	for _, tm := range p.timers {
+		p.timerCalls = append(p.timerCalls, r.add(fmt.Sprintf("timer_gettime(%d)", tm.ID), sys.ItimerspecSize, 1, unix.SYS_TIMER_GETTIME, uint64(uint32(tm.ID))))
+	}
+	p.dumpable = r.add("prctl(PR_GET_DUMPABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	p.subreaper = r.add("prctl(PR_GET_CHILD_SUBREAPER)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER)
+	for sig := 1; sig <= 64; sig++ {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+			continue
+		}
+		// struct kernel_sigaction: handler, flags, restorer, mask (8 bytes).
+		p.sigactions = append(p.sigactions, r.add(fmt.Sprintf("rt_sigaction(%d)", sig), 32, 2, unix.SYS_RT_SIGACTION, uint64(sig), 0, 0, 8))
+		p.signos = append(p.signos, sig)
+	}
+	return p, nil
+}
+
+// decode gives the ProcessInside record and the sigactions, which go into
+// the leader's TaskState st.
+func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, error) {
+	pi := &pb.ProcessInside{Pid: uint32(p.pid)}
+	for which, i := range p.itimers {
+		_, b, err := r.result(i)
+		if err != nil {
 			return nil, err
 		}
-		if err := s.ReadMem(scratch, buf[:]); err != nil {
-			return nil, err
-		}
-		interval, value := sys.ParseItimerval(buf[:])
+		interval, value := sys.ParseItimerval(b)
 		// An ITIMER_REAL that expired while the task was frozen reads 0
 		// with its interval: the kernel re-arms it only when the task
 		// dequeues the SIGALRM, which is then pending.
 		if value != 0 || interval != 0 {
-			pi.Itimers = append(pi.Itimers, &pb.Itimer{Which: which, IntervalNs: interval, ValueNs: value})
+			pi.Itimers = append(pi.Itimers, &pb.Itimer{Which: uint32(which), IntervalNs: interval, ValueNs: value})
 		}
 	}
-	timers, err := proc.ReadTimers(pid)
-	if err != nil {
-		return nil, err
-	}
-	for _, tm := range timers {
-		if err := call(s, scratch, fmt.Sprintf("timer_gettime(%d)", tm.ID), unix.SYS_TIMER_GETTIME, uint64(uint32(tm.ID)), scratch); err != nil {
+	for k, tm := range p.timers {
+		_, b, err := r.result(p.timerCalls[k])
+		if err != nil {
 			return nil, err
 		}
-		if err := s.ReadMem(scratch, buf[:sys.ItimerspecSize]); err != nil {
-			return nil, err
-		}
-		interval, value := sys.ParseItimerspec(buf[:sys.ItimerspecSize])
+		interval, value := sys.ParseItimerspec(b)
 		pt := &pb.PosixTimer{Id: tm.ID, Clock: tm.Clock, Notify: tm.Notify, Signo: tm.Signo, Sigval: tm.Sigval,
 			IntervalNs: interval, ValueNs: value}
 		if tm.Notify&sys.SigevThreadID != 0 {
@@ -89,34 +165,37 @@ func processInside(s *inject.Session, pid int, scratch uint64) (*pb.ProcessInsid
 		}
 		pi.PosixTimers = append(pi.PosixTimers, pt)
 	}
-	d, err := s.Syscall(unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	d, _, err := r.result(p.dumpable)
 	if err != nil {
 		return nil, err
-	}
-	if err := inject.Errno(d); err != nil {
-		return nil, fmt.Errorf("prctl(PR_GET_DUMPABLE): %w", err)
 	}
 	pi.Dumpable = uint32(d)
-	if err := call(s, scratch, "prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, scratch); err != nil {
-		return nil, err
-	}
-	if err := s.ReadMem(scratch, buf[:4]); err != nil {
-		return nil, err
-	}
-	pi.ChildSubreaper = binary.LittleEndian.Uint32(buf[:4]) != 0
-	return pi, nil
-}
-
-// call runs one injected syscall whose result lands in scratch.
-func call(s *inject.Session, scratch uint64, what string, nr uintptr, args ...uint64) error {
-	ret, err := s.Syscall(nr, args...)
+	_, b, err := r.result(p.subreaper)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := inject.Errno(ret); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+	pi.ChildSubreaper = binary.LittleEndian.Uint32(b) != 0
+	le := binary.LittleEndian
+	for k, i := range p.sigactions {
+		_, b, err := r.result(i)
+		if err == nil {
+			a := &pb.Sigaction{
+				Signo:    uint32(p.signos[k]),
+				Handler:  le.Uint64(b[0:]),
+				Flags:    le.Uint64(b[8:]),
+				Restorer: le.Uint64(b[16:]),
+				Mask:     le.Uint64(b[24:]),
+			}
+			if a.Handler != 0 || a.Flags != 0 || a.Mask != 0 {
+				st.Sigactions = append(st.Sigactions, a)
+			}
+			continue
+		}
+		if inject.Errno(r.calls[i].Ret) != unix.EINVAL { // EINVAL: not a valid signal number on this kernel
+			return nil, err
+		}
 	}
-	return nil
+	return pi, nil
 }
 
 // pendingSignals reads a stopped thread's queued signals (shared: its

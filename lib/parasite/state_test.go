@@ -35,7 +35,7 @@ func TestPendingSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter()); err != nil {
+	if err := stage.RunFilter(bytes.NewReader(tg.Stream), &out, false, Filter(Options{})); err != nil {
 		t.Fatal(err)
 	}
 	var ti *pb.ThreadInside

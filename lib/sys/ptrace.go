@@ -165,8 +165,22 @@ func PtraceWait(tid int) (Stop, error) {
 // ok is false when no stop came in time.
 func PtraceWaitTimeout(tid int, d time.Duration) (s Stop, ok bool, err error) {
 	deadline := time.Now().Add(d)
-	for delay := 20 * time.Microsecond; ; delay = min(delay*2, 5*time.Millisecond) {
-		var ws unix.WaitStatus
+	for i := 0; ; i++ {
+		if s, ok, err = PtracePoll(tid); ok || err != nil {
+			return s, ok, err
+		}
+		if time.Now().After(deadline) {
+			return Stop{Tid: tid}, false, nil
+		}
+		Backoff(i)
+	}
+}
+
+// PtracePoll reports tid's stop if one is waiting (wait4 with WNOHANG);
+// ok is false when there is none.
+func PtracePoll(tid int) (s Stop, ok bool, err error) {
+	var ws unix.WaitStatus
+	for {
 		n, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
 		if err == unix.EINTR {
 			continue
@@ -174,14 +188,22 @@ func PtraceWaitTimeout(tid int, d time.Duration) (s Stop, ok bool, err error) {
 		if err != nil {
 			return Stop{Tid: tid}, false, fmt.Errorf("wait for %d: %w", tid, err)
 		}
-		if n == tid {
-			return DecodeWaitStatus(tid, ws), true, nil
-		}
-		if time.Now().After(deadline) {
+		if n != tid {
 			return Stop{Tid: tid}, false, nil
 		}
-		time.Sleep(delay)
+		return DecodeWaitStatus(tid, ws), true, nil
 	}
+}
+
+// Backoff waits a little, on the calling OS thread, before the i-th look
+// at something that another task is about to do (i from 0): 10 µs, then
+// 10 µs more each time, up to 1 ms (time.Sleep rounds anything under a
+// millisecond up to one). It sleeps rather than yields: on a busy CPU a
+// yield hands the rest of a time slice to whatever else runs there, while
+// the end of a sleep is a wakeup the scheduler serves promptly.
+func Backoff(i int) {
+	ts := unix.NsecToTimespec(int64(min(time.Duration(i+1)*10*time.Microsecond, time.Millisecond)))
+	unix.Nanosleep(&ts, nil)
 }
 
 // DecodeWaitStatus classifies a wait status of a tracee.

@@ -27,7 +27,12 @@ func Start(t testing.TB, args ...string) *Target {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (cgroups, ptrace)")
 	}
-	p := testprog.Start(t, args...)
+	return Freeze(t, testprog.Start(t, args...))
+}
+
+// Freeze freezes a running target, as Start does.
+func Freeze(t testing.TB, p *testprog.Proc) *Target {
+	t.Helper()
 	f, err := freeze.Freeze(p.Pid, freeze.Options{})
 	if err != nil {
 		t.Fatal(err)

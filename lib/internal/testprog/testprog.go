@@ -72,6 +72,9 @@ type Proc struct {
 	TidAddr  uint64 // clear_child_tid as the program read it
 	Child    int    // pid of its child in "child" mode
 	Output   string // the output file (StartFile)
+	// In rseq mode: the address of its struct rseq's rseq_cs field and
+	// the bounds of the critical section it spins in.
+	RseqCs, RseqStart, RseqEnd uint64
 
 	lines chan string
 	done  chan struct{}
@@ -146,6 +149,9 @@ func start(t testing.TB, toFile bool, args []string) *Proc {
 					p.TidAddr = n
 				}
 			}
+		}
+		if _, err := fmt.Sscanf(line, "rseq cs=%v start=%v end=%v", &p.RseqCs, &p.RseqStart, &p.RseqEnd); err == nil {
+			continue
 		}
 		if strings.HasPrefix(line, "child ") {
 			if _, err := fmt.Sscanf(line, "child %d", &p.Child); err != nil {

@@ -9,6 +9,12 @@
  *   thread    start a second thread, then tick
  *   child     fork a child that pauses, then tick
  *   pause     pause() until killed
+ *   rseq      spin forever inside an rseq critical section (glibc's
+ *             registration, or its own); print "rseq cs=0x... start=0x...
+ *             end=0x..." (cs: the address of the struct rseq's rseq_cs
+ *             field) before "ready", and "rseq abort N" each time the
+ *             kernel aborts the section, which it must on every resume
+ *             after a preemption, then enter it again
  * SIGTERM makes it print "term" and exit 0.
  */
 #define _GNU_SOURCE
@@ -16,10 +22,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/rseq.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +38,27 @@ static void on_usr1(int sig, siginfo_t *si, void *uc) { (void)sig; (void)si; (vo
 static void on_term(int sig) { (void)sig; static const char m[] = "term\n"; write(1, m, sizeof m - 1); _exit(0); }
 
 static void *spin(void *arg) { (void)arg; for (;;) pause(); return 0; }
+
+/* The critical section: [1, 2) spins forever; 4, after the signature, is
+ * where the kernel aborts it to. rseq_cs is set just before entering. */
+extern const char rseq_start[], rseq_end[];
+static void rseq_spin(volatile uint64_t *cs_field) {
+	__asm__ volatile(
+		".pushsection .data.rseq_cs, \"aw\"\n"
+		".balign 32\n"
+		"3: .long 0, 0\n"
+		".quad rseq_start, (rseq_end - rseq_start), 4f\n"
+		".popsection\n"
+		"leaq 3b(%%rip), %%rax\n"
+		"movq %%rax, (%[cs])\n"
+		".globl rseq_start\n"
+		"rseq_start: jmp rseq_start\n"
+		".globl rseq_end\n"
+		"rseq_end:\n"
+		".long 0x53053053\n"
+		"4:\n"
+		: : [cs] "r"(cs_field) : "rax", "memory");
+}
 
 static void tick(void) {
 	for (unsigned long n = 0;; n++) {
@@ -44,7 +74,7 @@ int main(int argc, char **argv) {
 	 * the target's (and cr-files would refuse a stray pipe). */
 	close_range(3, ~0U, 0);
 	if (argc < 2) {
-		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause\n");
+		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause|rseq\n");
 		return 2;
 	}
 	struct sigaction sa;
@@ -83,8 +113,26 @@ int main(int argc, char **argv) {
 		}
 		printf("child %d\n", c);
 	}
+	volatile uint64_t *cs_field = 0;
+	if (!strcmp(argv[1], "rseq")) {
+		static struct rseq own __attribute__((aligned(32)));
+		if (__rseq_size > 0) {
+			cs_field = (uint64_t *)((char *)__builtin_thread_pointer() + __rseq_offset + offsetof(struct rseq, rseq_cs));
+		} else {
+			if (syscall(SYS_rseq, &own, sizeof own, 0, RSEQ_SIG)) { perror("rseq"); return 1; }
+			cs_field = (uint64_t *)&own.rseq_cs;
+		}
+		printf("rseq cs=%p start=%p end=%p\n", (void *)cs_field, (void *)rseq_start, (void *)rseq_end);
+	}
 	printf("ready\n");
 	fflush(stdout);
+	if (cs_field) {
+		for (unsigned long n = 1;; n++) {
+			rseq_spin(cs_field);
+			printf("rseq abort %lu\n", n);
+			fflush(stdout);
+		}
+	}
 
 	if (!strcmp(argv[1], "sleep")) {
 		struct timespec a, b, req = {argc > 2 ? atoi(argv[2]) : 2, 0};

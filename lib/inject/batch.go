@@ -1,0 +1,308 @@
+package inject
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
+)
+
+// Call is one system call of a batch. With Out > 0 it gets an output
+// buffer of Out bytes, whose address replaces Args[OutArg]; after the
+// batch, Ret is the raw return value (a negative errno on failure) and
+// Result the Out bytes as the kernel left them (zeros before the call).
+type Call struct {
+	Nr     uintptr
+	Args   [6]uint64
+	Out    int
+	OutArg int
+	Ret    int64
+	Result []byte
+}
+
+// RunEach runs calls one at a time, each a round trip through the
+// syscall-enter and syscall-exit stops, with their output buffers in
+// scratch below the stack. It is the fallback where a Stub cannot be
+// mapped. A failed call is recorded in its Ret; only a failure of the
+// injection itself is an error.
+func (s *Session) RunEach(calls []Call) error {
+	size := 8
+	for i := range calls {
+		size = max(size, calls[i].Out)
+	}
+	scratch, err := s.Scratch(size)
+	if err != nil {
+		return err
+	}
+	zero := make([]byte, size)
+	for i := range calls {
+		c := &calls[i]
+		a := c.Args
+		if c.Out > 0 {
+			if err := s.WriteMem(scratch, zero[:c.Out]); err != nil {
+				return err
+			}
+			a[c.OutArg] = scratch
+		}
+		if c.Ret, err = s.Syscall(c.Nr, a[:]...); err != nil {
+			return err
+		}
+		if c.Out > 0 {
+			c.Result = make([]byte, c.Out)
+			if err := s.ReadMem(scratch, c.Result); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// A Stub runs a whole batch of system calls in one resume of the task,
+// instead of two ptrace stops per call: ~0.1 ms each, 12-15 ms for the
+// ~70 calls cr-parasite makes in a process (doc/performance.md).
+//
+// MapStub injects an mmap of one code page, read and execute only, and
+// data pages after it made read-write by an injected mprotect (so the
+// task never has a writable executable mapping, which MDWE or an LSM may
+// refuse); the code is written through /proc/PID/mem, whose writes are
+// forced. Run writes a table of calls into the data pages, points the
+// thread at the code and lets it run with every signal still blocked;
+// the code makes each call, stores each result in the table, sets a done
+// word and parks in pause(2). The tracer polls the done word, interrupts
+// the pause (a PTRACE_EVENT_STOP inside get_signal, where End can restore
+// the registers and the syscall-restart logic as for Syscall) and reads
+// the table back. Unmap injects the munmap.
+//
+// Why not end with int3 or another trap: a trap's SIGTRAP is forced on the
+// task, and forcing a blocked signal resets its disposition to SIG_DFL
+// (force_sig_info_to_task), which the task would see; ending with a signal
+// it sends itself could merge with a signal someone else sends. A done
+// word and pause involve no signal at all.
+//
+// Every thread of the process can run batches through the one Stub: the
+// mapping is per process, and threads are run one after the other.
+type Stub struct {
+	tid  int // the thread that mapped it
+	base uint64
+}
+
+// stubCode is the batch runner. On entry rbx points at the first table
+// entry, r12 just past the last and r13 at the done word. An entry is
+// eight words: nr, six arguments, and the return value the code stores.
+// The kernel preserves rbx, r12 and r13 across syscall (it clobbers only
+// rax, rcx and r11). Position independent, no stack, no memory but the
+// table and the done word.
+var stubCode = []byte{
+	0x4c, 0x39, 0xe3, // loop: cmp rbx, r12
+	0x73, 0x27, //         jae done
+	0x48, 0x8b, 0x03, //   mov rax, [rbx]       ; nr
+	0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx+8]
+	0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx+16]
+	0x48, 0x8b, 0x53, 0x18, // mov rdx, [rbx+24]
+	0x4c, 0x8b, 0x53, 0x20, // mov r10, [rbx+32]
+	0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx+40]
+	0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx+48]
+	0x0f, 0x05, //         syscall
+	0x48, 0x89, 0x43, 0x38, // mov [rbx+56], rax ; the result
+	0x48, 0x83, 0xc3, 0x40, // add rbx, 64       ; next entry
+	0xeb, 0xd4, //         jmp loop
+	0x49, 0xc7, 0x45, 0x00, 0x01, 0x00, 0x00, 0x00, // done: mov qword [r13], 1
+	0xb8, 0x22, 0x00, 0x00, 0x00, // park: mov eax, 34 (pause)
+	0x0f, 0x05, //         syscall
+	0xeb, 0xf7, //         jmp park
+}
+
+const (
+	stubCodeSize = 4096
+	stubDataSize = 60 << 10 // a batch that does not fit runs in pieces
+	stubSize     = stubCodeSize + stubDataSize
+	entrySize    = 64
+)
+
+// ErrNoStub is wrapped when the process refuses the stub's mapping (an
+// errno from mmap or mprotect): the caller can fall back to RunEach.
+var ErrNoStub = errors.New("the process cannot map the batch stub")
+
+// StubTimeout bounds one batch: the calls are quick and never block.
+var StubTimeout = 10 * time.Second
+
+// MapStub maps a Stub into the process of s's thread. On failure nothing
+// is left mapped.
+func MapStub(s *Session) (*Stub, error) {
+	ret, err := s.Syscall(unix.SYS_MMAP, 0, stubSize, unix.PROT_READ|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := Errno(ret); err != nil {
+		return nil, fmt.Errorf("tid %d: mmap: %w: %w", s.tid, err, ErrNoStub)
+	}
+	st := &Stub{tid: s.tid, base: uint64(ret)}
+	err = st.setup(s)
+	if err != nil {
+		if uerr := st.Unmap(s); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return nil, err
+	}
+	return st, nil
+}
+
+func (st *Stub) setup(s *Session) error {
+	ret, err := s.Syscall(unix.SYS_MPROTECT, st.base+stubCodeSize, stubDataSize, unix.PROT_READ|unix.PROT_WRITE)
+	if err != nil {
+		return err
+	}
+	if err := Errno(ret); err != nil {
+		return fmt.Errorf("tid %d: mprotect: %w: %w", s.tid, err, ErrNoStub)
+	}
+	// The code page is not writable: write it as a debugger does.
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", s.tid), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(stubCode, int64(st.base)); err != nil {
+		return fmt.Errorf("tid %d: write the batch stub: %w", s.tid, err)
+	}
+	return nil
+}
+
+// Unmap removes the stub from its process, through s, a session on any
+// thread of it (left at an event stop, whatever a failed Run did).
+func (st *Stub) Unmap(s *Session) error {
+	if err := s.toEventStop(); err != nil {
+		return err
+	}
+	ret, err := s.Syscall(unix.SYS_MUNMAP, st.base, stubSize)
+	if err != nil {
+		return err
+	}
+	if err := Errno(ret); err != nil {
+		return fmt.Errorf("tid %d: munmap of the batch stub at %#x: %w", s.tid, st.base, err)
+	}
+	return nil
+}
+
+// Run runs calls in s's thread (of the stub's process) through the stub,
+// in pieces that fit its data pages. A failed call is recorded in its Ret;
+// only a failure of the injection itself is an error, after which the
+// thread is left for End to bring back.
+func (st *Stub) Run(s *Session, calls []Call) error {
+	for len(calls) > 0 {
+		n, size := 0, 8
+		for n < len(calls) && size+entrySize+outSize(calls[n]) <= stubDataSize {
+			size += entrySize + outSize(calls[n])
+			n++
+		}
+		if n == 0 {
+			return fmt.Errorf("inject: a call with %d bytes of output does not fit the stub", calls[0].Out)
+		}
+		if err := st.run(s, calls[:n], size); err != nil {
+			return err
+		}
+		calls = calls[n:]
+	}
+	return nil
+}
+
+// outSize is the room a call's output buffer takes in the stub's data:
+// Out bytes, 8-byte aligned.
+func outSize(c Call) int { return (c.Out + 7) &^ 7 }
+
+// run runs calls whose table and output buffers take size bytes.
+func (st *Stub) run(s *Session, calls []Call, size int) error {
+	if s.ended {
+		return errors.New("inject: session already ended")
+	}
+	if s.state != atEventStop && s.state != atSyscallExit {
+		return fmt.Errorf("inject: tid %d is not at a stop where the stub can start", s.tid)
+	}
+	// The data: the done word, the table, the output buffers.
+	data := st.base + stubCodeSize
+	table := data + 8
+	le := binary.LittleEndian
+	buf := make([]byte, size)
+	out := 8 + entrySize*len(calls)
+	outAt := make([]int, len(calls))
+	for i := range calls {
+		c := &calls[i]
+		e := buf[8+entrySize*i:]
+		a := c.Args
+		if c.Out > 0 {
+			outAt[i] = out
+			a[c.OutArg] = data + uint64(out)
+			out += outSize(*c)
+		}
+		le.PutUint64(e, uint64(c.Nr))
+		for j, v := range a {
+			le.PutUint64(e[8+8*j:], v)
+		}
+	}
+	if err := WriteMem(s.tid, data, buf); err != nil {
+		return err
+	}
+	r := s.regs
+	r.Rip = st.base
+	r.Rbx = table
+	r.R12 = table + uint64(entrySize*len(calls))
+	r.R13 = data
+	r.Orig_rax = ^uint64(0) // no syscall restart on the way out (see Syscall)
+	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+		return err
+	}
+	if err := sys.PtraceCont(s.tid, 0); err != nil {
+		s.state = elsewhere
+		return err
+	}
+	s.state = running
+	if err := s.awaitDone(data); err != nil {
+		return err
+	}
+	if err := s.toEventStop(); err != nil {
+		return err
+	}
+	if err := ReadMem(s.tid, data, buf); err != nil {
+		return err
+	}
+	for i := range calls {
+		c := &calls[i]
+		c.Ret = int64(le.Uint64(buf[8+entrySize*i+56:]))
+		if c.Out > 0 {
+			c.Result = append([]byte(nil), buf[outAt[i]:outAt[i]+c.Out]...)
+		}
+	}
+	return nil
+}
+
+// awaitDone polls the done word of a running stub. The task is watched
+// meanwhile: an exit or a stop the stub did not lead to ends the wait.
+func (s *Session) awaitDone(done uint64) error {
+	deadline := time.Now().Add(StubTimeout)
+	var w [8]byte
+	for i := 0; ; i++ {
+		if err := ReadMem(s.tid, done, w[:]); err != nil {
+			return err
+		}
+		if w[0] == 1 {
+			return nil
+		}
+		st, ok, err := sys.PtracePoll(s.tid)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return s.stopped(st)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("tid %d: the batch stub did not finish within %v", s.tid, StubTimeout)
+		}
+		// The stub needs tens of microseconds once the task has a CPU.
+		sys.Backoff(i)
+	}
+}
