@@ -4,6 +4,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -40,17 +41,17 @@ func (d *dumper) dumpDevTty(ds *desc, rec *pb.FileDesc) error {
 	rec.Tty = ts
 	var sid int
 	for _, o := range ds.fds {
-		s, tty, _, err := statTty(o.pid)
+		st, err := proc.ReadStat(o.pid)
 		if err != nil {
 			return procErr(o.pid, err)
 		}
-		switch {
+		switch tty := st.TtyNr; {
 		case tty == 0:
 			return cannot(o, "the process has no controlling terminal any more (a restore could not open /dev/tty in it); it was opened on /dev/pts/%d", index)
 		case uint64(tty) != dev:
 			return cannot(o, "opened on /dev/pts/%d, which is not the process's controlling terminal (device %#x)", index, tty)
 		}
-		sid = s // one terminal is the controlling terminal of one session
+		sid = st.Sid // one terminal is the controlling terminal of one session
 	}
 	mf, err := d.ptyMaster(index)
 	if err != nil {

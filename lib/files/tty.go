@@ -1,7 +1,6 @@
 package files
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -114,14 +114,13 @@ func (d *dumper) dumpTty(ds *desc, rec *pb.FileDesc) error {
 	}
 	// Whose controlling terminal it is: a session leader of the dump whose
 	// tty_nr is this slave.
-	dev := newEncodeDev(136, ts.Index)
 	for _, fs := range d.files {
-		sid, tty, tpgid, err := statTty(int(fs.Pid))
+		st, err := proc.ReadStat(int(fs.Pid))
 		if err != nil {
 			return procErr(int(fs.Pid), err)
 		}
-		if tty == dev && sid == int(fs.Pid) {
-			ts.Session, ts.FgPgrp = uint32(sid), uint32(max(tpgid, 0))
+		if proc.PtyIndex(st.TtyNr) == int(ts.Index) && st.Sid == int(fs.Pid) {
+			ts.Session, ts.FgPgrp = uint32(st.Sid), uint32(max(st.Tpgid, 0))
 		}
 	}
 	return nil
@@ -148,32 +147,3 @@ func (d *dumper) ptyMaster(index uint32) (*os.File, error) {
 }
 
 func ptyKey(index uint32) string { return fmt.Sprintf("pty:%d", index) }
-
-// newEncodeDev is the kernel's new_encode_dev, as /proc/PID/stat's tty_nr.
-func newEncodeDev(major, minor uint32) int {
-	return int(minor&0xff | major<<8 | (minor&^0xff)<<12)
-}
-
-// statTty reads the session, tty_nr and tpgid fields of /proc/PID/stat.
-func statTty(pid int) (sid, tty, tpgid int, err error) {
-	b, err := os.ReadFile(procPath(pid, "stat"))
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, 0, fmt.Errorf("stat: no ')'")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 6 {
-		return 0, 0, 0, fmt.Errorf("stat: %d fields", len(f))
-	}
-	// state ppid pgrp session tty_nr tpgid
-	sid, err1 := strconv.Atoi(f[3])
-	tty, err2 := strconv.Atoi(f[4])
-	tpgid, err3 := strconv.Atoi(f[5])
-	if err1 != nil || err2 != nil || err3 != nil {
-		return 0, 0, 0, fmt.Errorf("stat: bad session/tty fields")
-	}
-	return sid, tty, tpgid, nil
-}

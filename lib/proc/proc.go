@@ -31,6 +31,7 @@ type Stat struct {
 	Pgid       int
 	Sid        int
 	TtyNr      int // field 7: the controlling terminal's device (0: none)
+	Tpgid      int // field 8: the foreground process group of that terminal (-1: none)
 	Flags      uint64
 	NumThreads int
 	StartTime  uint64 // field 22, clock ticks since boot: with the pid, an identity
@@ -104,7 +105,7 @@ func ParseStat(b []byte) (*Stat, error) {
 	ints := []struct {
 		n   int
 		dst *int
-	}{{4, &s.Ppid}, {5, &s.Pgid}, {6, &s.Sid}, {7, &s.TtyNr}, {20, &s.NumThreads}}
+	}{{4, &s.Ppid}, {5, &s.Pgid}, {6, &s.Sid}, {7, &s.TtyNr}, {8, &s.Tpgid}, {20, &s.NumThreads}}
 	for _, x := range ints {
 		v, err := strconv.Atoi(field(x.n))
 		if err != nil {

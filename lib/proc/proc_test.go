@@ -13,7 +13,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &Stat{Pid: 4242, Comm: "a) b (c)", State: 'S', Ppid: 1, Pgid: 4242, Sid: 4242, Flags: 4194304, NumThreads: 3, StartTime: 74299}
+	want := &Stat{Pid: 4242, Comm: "a) b (c)", State: 'S', Ppid: 1, Pgid: 4242, Sid: 4242, Tpgid: -1, Flags: 4194304, NumThreads: 3, StartTime: 74299}
 	if !reflect.DeepEqual(s, want) {
 		t.Fatalf("got %+v\nwant %+v", s, want)
 	}

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/tree"
 )
 
@@ -263,22 +264,13 @@ func (t *task) becomeZombie() error {
 	}
 	// Wait until it is a zombie, so the tree is complete before it resumes.
 	for i := 0; i < 1000; i++ {
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", t.pid))
-		if err == nil && zombieStat(st) {
+		st, err := proc.ReadStat(t.pid)
+		if err == nil && st.State == 'Z' {
 			return nil
 		}
 		unix.Nanosleep(&unix.Timespec{Nsec: 1e6}, nil)
 	}
 	return fmt.Errorf("pid %d did not become a zombie", t.pid)
-}
-
-func zombieStat(st []byte) bool {
-	for i := len(st) - 1; i > 0; i-- {
-		if st[i] == ')' {
-			return i+2 < len(st) && st[i+2] == 'Z'
-		}
-	}
-	return false
 }
 
 func controlPair() (ours, theirs *os.File, err error) {
