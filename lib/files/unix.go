@@ -215,7 +215,21 @@ func unixOptions(e *entry, fd int, us *pb.UnixSocket) error {
 	us.Sndbuf = uint32(get(unix.SOL_SOCKET, unix.SO_SNDBUF, "SO_SNDBUF"))
 	us.Rcvbuf = uint32(get(unix.SOL_SOCKET, unix.SO_RCVBUF, "SO_RCVBUF"))
 	us.PeekOff = int32(get(unix.SOL_SOCKET, unix.SO_PEEK_OFF, "SO_PEEK_OFF"))
-	return err
+	if err != nil {
+		return err
+	}
+	// Options of later kernels: ENOPROTOOPT means the kernel's default.
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSPIDFD); err == nil {
+		us.Passpidfd = v != 0
+	} else if err != unix.ENOPROTOOPT {
+		return cannot(e, "getsockopt SO_PASSPIDFD: %v", err)
+	}
+	if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSRIGHTS); err == nil {
+		us.NoPassrights = v == 0
+	} else if err != unix.ENOPROTOOPT {
+		return cannot(e, "getsockopt SO_PASSRIGHTS: %v", err)
+	}
+	return nil
 }
 
 // byName finds the socket in the dump bound to name.

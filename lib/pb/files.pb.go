@@ -993,10 +993,12 @@ type UnixSocket struct {
 	Passsec       bool                   `protobuf:"varint,16,opt,name=passsec,proto3" json:"passsec,omitempty"`                // SO_PASSSEC
 	Sndbuf        uint32                 `protobuf:"varint,17,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`                  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them
 	Rcvbuf        uint32                 `protobuf:"varint,18,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Connecting    bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`             // connected to a listener that has not accepted it yet
-	Listener      uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                 // connecting: the listening socket's inode
-	PeerGone      bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"` // connected once; the peer is closed
-	PeerName      []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`  // datagram: connected to this name, outside the dump
+	Connecting    bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`                         // connected to a listener that has not accepted it yet
+	Listener      uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                             // connecting: the listening socket's inode
+	PeerGone      bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"`             // connected once; the peer is closed
+	PeerName      []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
+	Passpidfd     bool                   `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
+	NoPassrights  bool                   `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1183,6 +1185,20 @@ func (x *UnixSocket) GetPeerName() []byte {
 		return x.PeerName
 	}
 	return nil
+}
+
+func (x *UnixSocket) GetPasspidfd() bool {
+	if x != nil {
+		return x.Passpidfd
+	}
+	return false
+}
+
+func (x *UnixSocket) GetNoPassrights() bool {
+	if x != nil {
+		return x.NoPassrights
+	}
+	return false
 }
 
 type InetSocket struct {
@@ -1765,7 +1781,7 @@ const file_files_proto_rawDesc = "" +
 	"\tUnixCreds\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xdc\x04\n" +
+	"\x03gid\x18\x03 \x01(\rR\x03gid\"\x9f\x05\n" +
 	"\n" +
 	"UnixSocket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
@@ -1793,7 +1809,9 @@ const file_files_proto_rawDesc = "" +
 	"connecting\x12\x1a\n" +
 	"\blistener\x18\x14 \x01(\x04R\blistener\x12\x1b\n" +
 	"\tpeer_gone\x18\x15 \x01(\bR\bpeerGone\x12\x1b\n" +
-	"\tpeer_name\x18\x16 \x01(\fR\bpeerName\"\xf6\x03\n" +
+	"\tpeer_name\x18\x16 \x01(\fR\bpeerName\x12\x1c\n" +
+	"\tpasspidfd\x18\x17 \x01(\bR\tpasspidfd\x12#\n" +
+	"\rno_passrights\x18\x18 \x01(\bR\fnoPassrights\"\xf6\x03\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +

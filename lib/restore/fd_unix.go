@@ -383,7 +383,7 @@ func (s *unixSock) bind() error {
 
 // firstOptions are set before any data arrives: buffer sizes (the kernel
 // doubles what is set; root may exceed the sysctl limits with *FORCE) and
-// SO_PASSCRED/SO_PASSSEC.
+// SO_PASSCRED/SO_PASSSEC/SO_PASSPIDFD.
 func (s *unixSock) firstOptions() error {
 	fd := int(s.f.Fd())
 	if err := setBuffers(fd, s.s.Sndbuf, s.s.Rcvbuf); err != nil {
@@ -392,7 +392,7 @@ func (s *unixSock) firstOptions() error {
 	for _, o := range []struct {
 		opt int
 		on  bool
-	}{{unix.SO_PASSCRED, s.s.Passcred}, {unix.SO_PASSSEC, s.s.Passsec}} {
+	}{{unix.SO_PASSCRED, s.s.Passcred}, {unix.SO_PASSSEC, s.s.Passsec}, {unix.SO_PASSPIDFD, s.s.Passpidfd}} {
 		if o.on {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.opt, 1); err != nil {
 				return fmt.Errorf("%s: setsockopt %d: %w", s, o.opt, err)
@@ -402,11 +402,17 @@ func (s *unixSock) firstOptions() error {
 	return nil
 }
 
-// lastOptions are set once the queue is back: the peek offset.
+// lastOptions are set once the queue is back: the peek offset, and
+// SO_PASSRIGHTS off (files queued before it was turned off are sent again).
 func (s *unixSock) lastOptions() error {
 	if s.s.PeekOff >= 0 {
 		if err := unix.SetsockoptInt(int(s.f.Fd()), unix.SOL_SOCKET, unix.SO_PEEK_OFF, int(s.s.PeekOff)); err != nil {
 			return fmt.Errorf("%s: SO_PEEK_OFF: %w", s, err)
+		}
+	}
+	if s.s.NoPassrights {
+		if err := unix.SetsockoptInt(int(s.f.Fd()), unix.SOL_SOCKET, unix.SO_PASSRIGHTS, 0); err != nil {
+			return fmt.Errorf("%s: SO_PASSRIGHTS: %w", s, err)
 		}
 	}
 	return nil

@@ -15,7 +15,8 @@
  *   31       datagram socket bound to DIR/dgram.sock, connected to 30
  *   32 - 33  stream pair; 33 shut down for writing after sending "bye"
  *   34       stream socket whose peer wrote "last words" and closed
- *   35       unbound datagram socket with SO_PASSCRED
+ *   35       unbound datagram socket with SO_PASSCRED and SO_PASSPIDFD
+ *            (Linux 6.5); 32 has SO_PASSRIGHTS off (Linux 6.16)
  * With "fork": 36 - a child's 36, a stream socketpair across processes;
  * "from child" queued at the parent's end; the child echoes what it reads.
  */
@@ -25,6 +26,16 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83
+#endif
+
+/* Options a kernel may not have: checked only where they were set. */
+static int has_passpidfd, has_passrights;
 
 static struct sockaddr_un addr(const char *name, socklen_t *len)
 {
@@ -121,6 +132,13 @@ static void setup(const char *arg)
 	at(must(socket(AF_UNIX, SOCK_DGRAM, 0), "socket"), 35);
 	int one = 1;
 	must(setsockopt(35, SOL_SOCKET, SO_PASSCRED, &one, sizeof one), "SO_PASSCRED");
+	has_passpidfd = setsockopt(35, SOL_SOCKET, SO_PASSPIDFD, &one, sizeof one) == 0;
+	if (!has_passpidfd && errno != ENOPROTOOPT)
+		die("SO_PASSPIDFD");
+	int zero = 0;
+	has_passrights = setsockopt(32, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof zero) == 0;
+	if (!has_passrights && errno != ENOPROTOOPT)
+		die("SO_PASSRIGHTS");
 
 	if (arg && !strcmp(arg, "fork")) {
 		must(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), "socketpair");
@@ -258,6 +276,12 @@ static void check(void)
 	socklen_t vl = sizeof v;
 	if (getsockopt(35, SOL_SOCKET, SO_PASSCRED, &v, &vl) || !v)
 		fail("fd 35: SO_PASSCRED is off");
+	if (has_passpidfd && (getsockopt(35, SOL_SOCKET, SO_PASSPIDFD, &v, &vl) || !v))
+		fail("fd 35: SO_PASSPIDFD is off");
+	if (has_passrights && (getsockopt(32, SOL_SOCKET, SO_PASSRIGHTS, &v, &vl) || v))
+		fail("fd 32: SO_PASSRIGHTS is on");
+	if (has_passrights && (getsockopt(33, SOL_SOCKET, SO_PASSRIGHTS, &v, &vl) || !v))
+		fail("fd 33: SO_PASSRIGHTS is off");
 
 	if (child) {
 		expect(36, "from child");
