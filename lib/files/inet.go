@@ -57,11 +57,23 @@ func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
 	in.Broadcast = geti(unix.SOL_SOCKET, unix.SO_BROADCAST) != 0
 	in.Sndbuf = uint32(geti(unix.SOL_SOCKET, unix.SO_SNDBUF))
 	in.Rcvbuf = uint32(geti(unix.SOL_SOCKET, unix.SO_RCVBUF))
+	in.Mark = uint32(geti(unix.SOL_SOCKET, unix.SO_MARK))
+	in.Priority = uint32(geti(unix.SOL_SOCKET, unix.SO_PRIORITY))
 	if e.sock.family == unix.AF_INET6 {
 		in.V6Only = geti(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY) != 0
+		in.Tos = uint32(geti(unix.IPPROTO_IPV6, unix.IPV6_TCLASS))
+		in.Pktinfo = geti(unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO) != 0
+		in.Recverr = geti(unix.IPPROTO_IPV6, unix.IPV6_RECVERR) != 0
+	} else {
+		in.Tos = uint32(geti(unix.IPPROTO_IP, unix.IP_TOS))
+		in.Pktinfo = geti(unix.IPPROTO_IP, unix.IP_PKTINFO) != 0
+		in.Recverr = geti(unix.IPPROTO_IP, unix.IP_RECVERR) != 0
 	}
 	if o.err != nil {
 		return cannot(e, "getsockopt: %v", o.err)
+	}
+	if in.RcvtimeoUs, in.SndtimeoUs, err = sys.SocketTimeouts(fd); err != nil {
+		return cannot(e, "%v", err)
 	}
 	if dev, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); err == nil {
 		in.BindDevice = dev

@@ -229,6 +229,9 @@ func unixOptions(e *entry, fd int, us *pb.UnixSocket) error {
 	} else if err != unix.ENOPROTOOPT {
 		return cannot(e, "getsockopt SO_PASSRIGHTS: %v", err)
 	}
+	if us.RcvtimeoUs, us.SndtimeoUs, err = sys.SocketTimeouts(fd); err != nil {
+		return cannot(e, "%v", err)
+	}
 	return nil
 }
 

@@ -999,6 +999,8 @@ type UnixSocket struct {
 	PeerName      []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
 	Passpidfd     bool                   `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
 	NoPassrights  bool                   `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
+	RcvtimeoUs    uint64                 `protobuf:"varint,25,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs    uint64                 `protobuf:"varint,26,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1201,6 +1203,20 @@ func (x *UnixSocket) GetNoPassrights() bool {
 	return false
 }
 
+func (x *UnixSocket) GetRcvtimeoUs() uint64 {
+	if x != nil {
+		return x.RcvtimeoUs
+	}
+	return 0
+}
+
+func (x *UnixSocket) GetSndtimeoUs() uint64 {
+	if x != nil {
+		return x.SndtimeoUs
+	}
+	return 0
+}
+
 type InetSocket struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Family        uint32                 `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"` // AF_INET, AF_INET6
@@ -1220,6 +1236,13 @@ type InetSocket struct {
 	Shutdown      uint32                 `protobuf:"varint,15,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
 	BindDevice    string                 `protobuf:"bytes,16,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`        // SO_BINDTODEVICE
 	DroppedBytes  uint32                 `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
+	RcvtimeoUs    uint64                 `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs    uint64                 `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	Mark          uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`         // SO_MARK
+	Priority      uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"` // SO_PRIORITY
+	Tos           uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`           // IP_TOS or IPV6_TCLASS
+	Pktinfo       bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`   // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
+	Recverr       bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`   // IP_RECVERR or IPV6_RECVERR
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1371,6 +1394,55 @@ func (x *InetSocket) GetDroppedBytes() uint32 {
 		return x.DroppedBytes
 	}
 	return 0
+}
+
+func (x *InetSocket) GetRcvtimeoUs() uint64 {
+	if x != nil {
+		return x.RcvtimeoUs
+	}
+	return 0
+}
+
+func (x *InetSocket) GetSndtimeoUs() uint64 {
+	if x != nil {
+		return x.SndtimeoUs
+	}
+	return 0
+}
+
+func (x *InetSocket) GetMark() uint32 {
+	if x != nil {
+		return x.Mark
+	}
+	return 0
+}
+
+func (x *InetSocket) GetPriority() uint32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *InetSocket) GetTos() uint32 {
+	if x != nil {
+		return x.Tos
+	}
+	return 0
+}
+
+func (x *InetSocket) GetPktinfo() bool {
+	if x != nil {
+		return x.Pktinfo
+	}
+	return false
+}
+
+func (x *InetSocket) GetRecverr() bool {
+	if x != nil {
+		return x.Recverr
+	}
+	return false
 }
 
 type NetlinkSocket struct {
@@ -1781,7 +1853,7 @@ const file_files_proto_rawDesc = "" +
 	"\tUnixCreds\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x03 \x01(\rR\x03gid\"\x9f\x05\n" +
+	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xe1\x05\n" +
 	"\n" +
 	"UnixSocket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
@@ -1811,7 +1883,11 @@ const file_files_proto_rawDesc = "" +
 	"\tpeer_gone\x18\x15 \x01(\bR\bpeerGone\x12\x1b\n" +
 	"\tpeer_name\x18\x16 \x01(\fR\bpeerName\x12\x1c\n" +
 	"\tpasspidfd\x18\x17 \x01(\bR\tpasspidfd\x12#\n" +
-	"\rno_passrights\x18\x18 \x01(\bR\fnoPassrights\"\xf6\x03\n" +
+	"\rno_passrights\x18\x18 \x01(\bR\fnoPassrights\x12\x1f\n" +
+	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
+	"rcvtimeoUs\x12\x1f\n" +
+	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
+	"sndtimeoUs\"\xae\x05\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
@@ -1836,7 +1912,16 @@ const file_files_proto_rawDesc = "" +
 	"\bshutdown\x18\x0f \x01(\rR\bshutdown\x12\x1f\n" +
 	"\vbind_device\x18\x10 \x01(\tR\n" +
 	"bindDevice\x12#\n" +
-	"\rdropped_bytes\x18\x11 \x01(\rR\fdroppedBytes\"\x80\x02\n" +
+	"\rdropped_bytes\x18\x11 \x01(\rR\fdroppedBytes\x12\x1f\n" +
+	"\vrcvtimeo_us\x18\x12 \x01(\x04R\n" +
+	"rcvtimeoUs\x12\x1f\n" +
+	"\vsndtimeo_us\x18\x13 \x01(\x04R\n" +
+	"sndtimeoUs\x12\x12\n" +
+	"\x04mark\x18\x14 \x01(\rR\x04mark\x12\x1a\n" +
+	"\bpriority\x18\x15 \x01(\rR\bpriority\x12\x10\n" +
+	"\x03tos\x18\x16 \x01(\rR\x03tos\x12\x18\n" +
+	"\apktinfo\x18\x17 \x01(\bR\apktinfo\x12\x18\n" +
+	"\arecverr\x18\x18 \x01(\bR\arecverr\"\x80\x02\n" +
 	"\rNetlinkSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x16\n" +
 	"\x06portid\x18\x02 \x01(\rR\x06portid\x12\x16\n" +

@@ -349,9 +349,11 @@ type TcpSockopts struct {
 	Oobinline     bool                   `protobuf:"varint,24,opt,name=oobinline,proto3" json:"oobinline,omitempty"`
 	Rcvlowat      uint32                 `protobuf:"varint,25,opt,name=rcvlowat,proto3" json:"rcvlowat,omitempty"`
 	WindowClamp   uint32                 `protobuf:"varint,26,opt,name=window_clamp,json=windowClamp,proto3" json:"window_clamp,omitempty"`
-	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`              // listening: TCP_FASTOPEN queue length
-	BufLock       uint32                 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"` // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
-	Transparent   bool                   `protobuf:"varint,29,opt,name=transparent,proto3" json:"transparent,omitempty"`        // IP_TRANSPARENT / IPV6_TRANSPARENT
+	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`                       // listening: TCP_FASTOPEN queue length
+	BufLock       uint32                 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"`          // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
+	Transparent   bool                   `protobuf:"varint,29,opt,name=transparent,proto3" json:"transparent,omitempty"`                 // IP_TRANSPARENT / IPV6_TRANSPARENT
+	RcvtimeoUs    uint64                 `protobuf:"varint,30,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"` // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs    uint64                 `protobuf:"varint,31,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +589,20 @@ func (x *TcpSockopts) GetTransparent() bool {
 		return x.Transparent
 	}
 	return false
+}
+
+func (x *TcpSockopts) GetRcvtimeoUs() uint64 {
+	if x != nil {
+		return x.RcvtimeoUs
+	}
+	return 0
+}
+
+func (x *TcpSockopts) GetSndtimeoUs() uint64 {
+	if x != nil {
+		return x.SndtimeoUs
+	}
+	return 0
 }
 
 // TcpConnection is the repair state of a connected socket. Sequence
@@ -955,7 +971,7 @@ const file_tcp_proto_rawDesc = "" +
 	"\x04opts\x18\v \x01(\v2\x12.cr.v1.TcpSockoptsR\x04opts\x12(\n" +
 	"\x04conn\x18\f \x01(\v2\x14.cr.v1.TcpConnectionR\x04conn\x12\x10\n" +
 	"\x03pid\x18\r \x01(\rR\x03pid\x12\x0e\n" +
-	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\xc2\x06\n" +
+	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\x84\a\n" +
 	"\vTcpSockopts\x12\x1c\n" +
 	"\treuseaddr\x18\x01 \x01(\bR\treuseaddr\x12\x1c\n" +
 	"\treuseport\x18\x02 \x01(\bR\treuseport\x12\x16\n" +
@@ -990,7 +1006,11 @@ const file_tcp_proto_rawDesc = "" +
 	"\fwindow_clamp\x18\x1a \x01(\rR\vwindowClamp\x12\x1a\n" +
 	"\bfastopen\x18\x1b \x01(\rR\bfastopen\x12\x19\n" +
 	"\bbuf_lock\x18\x1c \x01(\rR\abufLock\x12 \n" +
-	"\vtransparent\x18\x1d \x01(\bR\vtransparent\"\x83\x04\n" +
+	"\vtransparent\x18\x1d \x01(\bR\vtransparent\x12\x1f\n" +
+	"\vrcvtimeo_us\x18\x1e \x01(\x04R\n" +
+	"rcvtimeoUs\x12\x1f\n" +
+	"\vsndtimeo_us\x18\x1f \x01(\x04R\n" +
+	"sndtimeoUs\"\x83\x04\n" +
 	"\rTcpConnection\x12\x17\n" +
 	"\asnd_seq\x18\x01 \x01(\rR\x06sndSeq\x12\x17\n" +
 	"\arcv_seq\x18\x02 \x01(\rR\x06rcvSeq\x12\x19\n" +

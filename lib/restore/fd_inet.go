@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/sys"
 )
 
 // UDP and netlink sockets: created, given their options, bound to their
@@ -16,6 +17,21 @@ import (
 func init() {
 	registerFdKind(pb.FdKind_FD_UDP, openUDP)
 	registerFdKind(pb.FdKind_FD_NETLINK, openNetlink)
+}
+
+// boolInt is a boolean socket option's value.
+func boolInt(v bool) int {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// intOpt is an integer socket option; 0 is every one's default.
+type intOpt struct {
+	level, opt int
+	val        int
+	what       string
 }
 
 func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
@@ -37,21 +53,38 @@ func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %s: %w", where, what, err)
 	}
-	for _, o := range []struct {
-		level, opt int
-		on         bool
-		what       string
-	}{
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, in.Reuseaddr, "SO_REUSEADDR"},
-		{unix.SOL_SOCKET, unix.SO_REUSEPORT, in.Reuseport, "SO_REUSEPORT"},
-		{unix.SOL_SOCKET, unix.SO_BROADCAST, in.Broadcast, "SO_BROADCAST"},
-		{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, in.V6Only, "IPV6_V6ONLY"},
-	} {
-		if o.on {
-			if err := unix.SetsockoptInt(n, o.level, o.opt, 1); err != nil {
+	b := boolInt
+	opts := []intOpt{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(in.Reuseaddr), "SO_REUSEADDR"},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, b(in.Reuseport), "SO_REUSEPORT"},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, b(in.Broadcast), "SO_BROADCAST"},
+		{unix.SOL_SOCKET, unix.SO_MARK, int(in.Mark), "SO_MARK"},
+	}
+	if in.Family == unix.AF_INET6 {
+		opts = append(opts, []intOpt{
+			{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, b(in.V6Only), "IPV6_V6ONLY"},
+			{unix.IPPROTO_IPV6, unix.IPV6_TCLASS, int(in.Tos), "IPV6_TCLASS"},
+			{unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, b(in.Pktinfo), "IPV6_RECVPKTINFO"},
+			{unix.IPPROTO_IPV6, unix.IPV6_RECVERR, b(in.Recverr), "IPV6_RECVERR"},
+		}...)
+	} else {
+		opts = append(opts, []intOpt{
+			{unix.IPPROTO_IP, unix.IP_TOS, int(in.Tos), "IP_TOS"},
+			{unix.IPPROTO_IP, unix.IP_PKTINFO, b(in.Pktinfo), "IP_PKTINFO"},
+			{unix.IPPROTO_IP, unix.IP_RECVERR, b(in.Recverr), "IP_RECVERR"},
+		}...)
+	}
+	// After IP_TOS, which sets the priority too.
+	opts = append(opts, intOpt{unix.SOL_SOCKET, unix.SO_PRIORITY, int(in.Priority), "SO_PRIORITY"})
+	for _, o := range opts {
+		if o.val != 0 {
+			if err := unix.SetsockoptInt(n, o.level, o.opt, o.val); err != nil {
 				return fail(o.what, err)
 			}
 		}
+	}
+	if err := sys.SetSocketTimeouts(n, in.RcvtimeoUs, in.SndtimeoUs); err != nil {
+		return fail("timeouts", err)
 	}
 	if err := setBuffers(n, in.Sndbuf, in.Rcvbuf); err != nil {
 		return fail("buffer sizes", err)

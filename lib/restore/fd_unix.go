@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/sys"
 )
 
 // Unix sockets. All the dumped unix sockets are built together, by the
@@ -388,6 +389,9 @@ func (s *unixSock) firstOptions() error {
 	fd := int(s.f.Fd())
 	if err := setBuffers(fd, s.s.Sndbuf, s.s.Rcvbuf); err != nil {
 		return fmt.Errorf("%s: buffer sizes: %w", s, err)
+	}
+	if err := sys.SetSocketTimeouts(fd, s.s.RcvtimeoUs, s.s.SndtimeoUs); err != nil {
+		return fmt.Errorf("%s: %w", s, err)
 	}
 	for _, o := range []struct {
 		opt int

@@ -476,12 +476,7 @@ func tsOption(val, ecr uint32) []byte {
 
 // setOptions sets the options that do not matter before bind.
 func setOptions(fd, family int, state uint32, o *pb.TcpSockopts, fresh defaults) error {
-	b := func(v bool) int {
-		if v {
-			return 1
-		}
-		return 0
-	}
+	b := boolInt
 	type opt struct {
 		level, opt int
 		name       string
@@ -498,7 +493,6 @@ func setOptions(fd, family int, state uint32, o *pb.TcpSockopts, fresh defaults)
 		{unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT", int(o.NotsentLowat), o.NotsentLowat != 0},
 		{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", int(o.DeferAccept), o.DeferAccept != 0},
 		{unix.IPPROTO_TCP, unix.TCP_FASTOPEN, "TCP_FASTOPEN", int(o.Fastopen), o.Fastopen != 0 && state == sys.TCPListen},
-		{unix.SOL_SOCKET, unix.SO_PRIORITY, "SO_PRIORITY", int(o.Priority), o.Priority != 0},
 		{unix.SOL_SOCKET, unix.SO_OOBINLINE, "SO_OOBINLINE", 1, o.Oobinline},
 		{unix.SOL_SOCKET, unix.SO_RCVLOWAT, "SO_RCVLOWAT", int(o.Rcvlowat), o.Rcvlowat != 0 && int(o.Rcvlowat) != fresh.rcvlowat},
 		// Cork last: the unsent data written after repair stays corked.
@@ -509,6 +503,8 @@ func setOptions(fd, family int, state uint32, o *pb.TcpSockopts, fresh defaults)
 	} else {
 		opts = append(opts, opt{unix.IPPROTO_IP, unix.IP_TOS, "IP_TOS", int(o.Tos), o.Tos != 0})
 	}
+	// After IP_TOS, which sets the priority too.
+	opts = append(opts, opt{unix.SOL_SOCKET, unix.SO_PRIORITY, "SO_PRIORITY", int(o.Priority), o.Priority != 0})
 	if o.Freebind {
 		opts = append(opts, opt{unix.IPPROTO_IP, unix.IP_FREEBIND, "IP_FREEBIND", 1, true})
 	}
@@ -519,6 +515,9 @@ func setOptions(fd, family int, state uint32, o *pb.TcpSockopts, fresh defaults)
 		if err := setInt(fd, x.level, x.opt, x.name, x.val); err != nil {
 			return err
 		}
+	}
+	if err := sys.SetSocketTimeouts(fd, o.RcvtimeoUs, o.SndtimeoUs); err != nil {
+		return err
 	}
 	if o.Linger {
 		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(o.LingerSecs)}); err != nil {

@@ -231,6 +231,11 @@ func sockopts(fd, family int, state uint8) (*pb.TcpSockopts, error) {
 			o.Maxseg = 0
 		}
 	}
+	if rcv, snd, err := sys.SocketTimeouts(fd); err == nil {
+		o.RcvtimeoUs, o.SndtimeoUs = rcv, snd
+	} else if firstErr == nil {
+		firstErr = err
+	}
 	o.Freebind = optional(unix.IPPROTO_IP, unix.IP_FREEBIND) != 0
 	if family == unix.AF_INET6 {
 		o.Transparent = optional(unix.IPPROTO_IPV6, unix.IPV6_TRANSPARENT) != 0

@@ -5,8 +5,11 @@
  *   fd_inet PROGRESS VERDICT DIR
  *
  *   20  UDP, 127.0.0.1, a port the kernel chose, connected to 21
- *   21  UDP, 127.0.0.1, another such port, SO_REUSEADDR
- *   22  UDP over IPv6, [::1], IPV6_V6ONLY, not connected, SO_RCVBUF 64 KiB
+ *   21  UDP, 127.0.0.1, another such port, SO_REUSEADDR, SO_MARK 7,
+ *       SO_PRIORITY 5, IP_TOS 0x10, IP_PKTINFO, IP_RECVERR, SO_RCVTIMEO 3.24 s
+ *   22  UDP over IPv6, [::1], IPV6_V6ONLY, not connected, SO_RCVBUF 64 KiB,
+ *       IPV6_TCLASS 0x20, IPV6_RECVPKTINFO, SO_SNDTIMEO 0.76 s (multiples of 20 ms,
+ *       which the kernel keeps exactly)
  *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR
  * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
  * (sendto) carry datagrams; 23 has its port id and groups.
@@ -23,6 +26,21 @@ static struct sockaddr_in a20, a21;
 static struct sockaddr_in6 a22;
 static struct sockaddr_nl n23;
 
+/* Integer options set on 21 and 22, checked after the restore. */
+static const struct {
+	int level, opt, val;
+	const char *name;
+} opts21[] = {
+	{ SOL_SOCKET, SO_MARK, 7, "SO_MARK" },
+	{ IPPROTO_IP, IP_TOS, 0x10, "IP_TOS" }, /* sets the priority (6) too */
+	{ SOL_SOCKET, SO_PRIORITY, 5, "SO_PRIORITY" },
+	{ IPPROTO_IP, IP_PKTINFO, 1, "IP_PKTINFO" },
+	{ IPPROTO_IP, IP_RECVERR, 1, "IP_RECVERR" },
+}, opts22[] = {
+	{ IPPROTO_IPV6, IPV6_TCLASS, 0x20, "IPV6_TCLASS" },
+	{ IPPROTO_IPV6, IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO" },
+};
+
 static void setup(const char *arg)
 {
 	(void)arg;
@@ -31,6 +49,10 @@ static void setup(const char *arg)
 	at(must(socket(AF_INET, SOCK_DGRAM, 0), "socket"), 21);
 	int one = 1;
 	must(setsockopt(21, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), "SO_REUSEADDR");
+	for (size_t k = 0; k < sizeof opts21 / sizeof opts21[0]; k++)
+		must(setsockopt(21, opts21[k].level, opts21[k].opt, &opts21[k].val, sizeof(int)), opts21[k].name);
+	struct timeval rt = { 3, 240000 };
+	must(setsockopt(21, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof rt), "SO_RCVTIMEO");
 	must(bind(21, (struct sockaddr *)&lo, sizeof lo), "bind 21");
 	l = sizeof a21;
 	getsockname(21, (struct sockaddr *)&a21, &l);
@@ -43,6 +65,10 @@ static void setup(const char *arg)
 	must(setsockopt(22, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one), "V6ONLY");
 	int rcv = 64 << 10;
 	must(setsockopt(22, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv), "SO_RCVBUF");
+	for (size_t k = 0; k < sizeof opts22 / sizeof opts22[0]; k++)
+		must(setsockopt(22, opts22[k].level, opts22[k].opt, &opts22[k].val, sizeof(int)), opts22[k].name);
+	struct timeval st = { 0, 760000 };
+	must(setsockopt(22, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof st), "SO_SNDTIMEO");
 	struct sockaddr_in6 lo6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
 	must(bind(22, (struct sockaddr *)&lo6, sizeof lo6), "bind 22");
 	l = sizeof a22;
@@ -75,6 +101,23 @@ static void check(void)
 	l = sizeof v;
 	if (getsockopt(21, SOL_SOCKET, SO_REUSEADDR, &v, &l) || !v)
 		fail("fd 21: SO_REUSEADDR is off");
+	for (size_t k = 0; k < sizeof opts21 / sizeof opts21[0]; k++) {
+		l = sizeof v;
+		if (getsockopt(21, opts21[k].level, opts21[k].opt, &v, &l) || v != opts21[k].val)
+			fail("fd 21: %s is %d, want %d", opts21[k].name, v, opts21[k].val);
+	}
+	for (size_t k = 0; k < sizeof opts22 / sizeof opts22[0]; k++) {
+		l = sizeof v;
+		if (getsockopt(22, opts22[k].level, opts22[k].opt, &v, &l) || v != opts22[k].val)
+			fail("fd 22: %s is %d, want %d", opts22[k].name, v, opts22[k].val);
+	}
+	struct timeval tv;
+	l = sizeof tv;
+	if (getsockopt(21, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) || tv.tv_sec != 3 || tv.tv_usec != 240000)
+		fail("fd 21: SO_RCVTIMEO is %ld.%06ld s", (long)tv.tv_sec, (long)tv.tv_usec);
+	l = sizeof tv;
+	if (getsockopt(22, SOL_SOCKET, SO_SNDTIMEO, &tv, &l) || tv.tv_sec != 0 || tv.tv_usec != 760000)
+		fail("fd 22: SO_SNDTIMEO is %ld.%06ld s", (long)tv.tv_sec, (long)tv.tv_usec);
 	if (send(20, "ping", 4, 0) != 4)
 		fail("send 20: %s", strerror(errno));
 	char buf[64];

@@ -16,7 +16,9 @@
  *   32 - 33  stream pair; 33 shut down for writing after sending "bye"
  *   34       stream socket whose peer wrote "last words" and closed
  *   35       unbound datagram socket with SO_PASSCRED and SO_PASSPIDFD
- *            (Linux 6.5); 32 has SO_PASSRIGHTS off (Linux 6.16)
+ *            (Linux 6.5), SO_RCVTIMEO 2.5 s; 32 has SO_PASSRIGHTS off
+ *            (Linux 6.16) and SO_SNDTIMEO 1.24 s (multiples of
+ *            20 ms, which the kernel keeps exactly)
  * With "fork": 36 - a child's 36, a stream socketpair across processes;
  * "from child" queued at the parent's end; the child echoes what it reads.
  */
@@ -135,6 +137,9 @@ static void setup(const char *arg)
 	has_passpidfd = setsockopt(35, SOL_SOCKET, SO_PASSPIDFD, &one, sizeof one) == 0;
 	if (!has_passpidfd && errno != ENOPROTOOPT)
 		die("SO_PASSPIDFD");
+	struct timeval rt = { 2, 500000 }, st = { 1, 240000 };
+	must(setsockopt(35, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof rt), "SO_RCVTIMEO");
+	must(setsockopt(32, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof st), "SO_SNDTIMEO");
 	int zero = 0;
 	has_passrights = setsockopt(32, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof zero) == 0;
 	if (!has_passrights && errno != ENOPROTOOPT)
@@ -278,6 +283,13 @@ static void check(void)
 		fail("fd 35: SO_PASSCRED is off");
 	if (has_passpidfd && (getsockopt(35, SOL_SOCKET, SO_PASSPIDFD, &v, &vl) || !v))
 		fail("fd 35: SO_PASSPIDFD is off");
+	struct timeval tv;
+	socklen_t tl = sizeof tv;
+	if (getsockopt(35, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) || tv.tv_sec != 2 || tv.tv_usec != 500000)
+		fail("fd 35: SO_RCVTIMEO is %ld.%06ld s", (long)tv.tv_sec, (long)tv.tv_usec);
+	tl = sizeof tv;
+	if (getsockopt(32, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) || tv.tv_sec != 1 || tv.tv_usec != 240000)
+		fail("fd 32: SO_SNDTIMEO is %ld.%06ld s", (long)tv.tv_sec, (long)tv.tv_usec);
 	if (has_passrights && (getsockopt(32, SOL_SOCKET, SO_PASSRIGHTS, &v, &vl) || v))
 		fail("fd 32: SO_PASSRIGHTS is on");
 	if (has_passrights && (getsockopt(33, SOL_SOCKET, SO_PASSRIGHTS, &v, &vl) || !v))

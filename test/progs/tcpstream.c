@@ -29,7 +29,8 @@
  *
  * The server sets options on every connection it accepts (TCP_NODELAY,
  * SO_KEEPALIVE with idle 77 s, interval 11 s, 5 probes, SO_LINGER 3 s,
- * TCP_USER_TIMEOUT 60 s, 1 MiB SO_RCVBUF unless buf=) and checks on SIGTERM that they,
+ * TCP_USER_TIMEOUT 60 s, 1 MiB SO_RCVBUF unless buf=, IP_TOS 0x10 (IPv4) then
+ * SO_PRIORITY 5, SO_RCVTIMEO and SO_SNDTIMEO) and checks on SIGTERM that they,
  * the peer addresses and the listener are as they were. PROGRESS holds the
  * bytes received so far (all connections). SIGUSR1 stops the traffic (so
  * that the two ends can be stopped one after the other without either
@@ -178,6 +179,17 @@ static void server_options(int fd)
 	struct linger lg = { 1, 3 };
 	if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) < 0)
 		verdict(0, "FAIL SO_LINGER: %s", strerror(errno));
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_INET)
+		setopt(fd, IPPROTO_IP, IP_TOS, 0x10, "IP_TOS"); /* sets the priority (6) too */
+	setopt(fd, SOL_SOCKET, SO_PRIORITY, 5, "SO_PRIORITY");
+	/* Long enough never to fire: the program polls before it reads or writes.
+	 * Whole multiples of 20 ms, which the kernel keeps exactly (in jiffies). */
+	struct timeval rt = { 41, 500000 }, st = { 42, 260000 };
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof rt) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof st) < 0)
+		verdict(0, "FAIL SO_RCVTIMEO/SO_SNDTIMEO: %s", strerror(errno));
 	if (more) {
 		setopt(fd, IPPROTO_TCP, TCP_CORK, 1, "TCP_CORK");
 		setopt(fd, SOL_SOCKET, SO_SNDBUF, 256 << 10, "SO_SNDBUF");
@@ -207,6 +219,7 @@ static void check_options(struct conn *c, int i)
 		{ IPPROTO_TCP, TCP_KEEPCNT, 5, "TCP_KEEPCNT" },
 		{ IPPROTO_TCP, TCP_USER_TIMEOUT, 60000, "TCP_USER_TIMEOUT" },
 		{ SOL_SOCKET, SO_RCVBUF, 2 * (bufsz ? bufsz : 1 << 20), "SO_RCVBUF" },
+		{ SOL_SOCKET, SO_PRIORITY, 5, "SO_PRIORITY" },
 	};
 	for (size_t k = 0; k < sizeof o / sizeof o[0]; k++) {
 		int v = getopt_int(fd, o[k].level, o[k].opt);
@@ -223,6 +236,13 @@ static void check_options(struct conn *c, int i)
 	socklen_t l = sizeof lg;
 	if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l) < 0 || !lg.l_onoff || lg.l_linger != 3)
 		verdict(0, "FAIL conn %d: SO_LINGER lost", i);
+	struct timeval rt, st;
+	l = sizeof rt;
+	if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, &l) < 0 || rt.tv_sec != 41 || rt.tv_usec != 500000)
+		verdict(0, "FAIL conn %d: SO_RCVTIMEO is %ld.%06ld s", i, (long)rt.tv_sec, (long)rt.tv_usec);
+	l = sizeof st;
+	if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, &l) < 0 || st.tv_sec != 42 || st.tv_usec != 260000)
+		verdict(0, "FAIL conn %d: SO_SNDTIMEO is %ld.%06ld s", i, (long)st.tv_sec, (long)st.tv_usec);
 	if (c->done)
 		return; /* both FINs exchanged: the socket may be closed by now */
 	struct sockaddr_storage p;
