@@ -40,14 +40,15 @@ func (r *reads) result(i int) (int64, []byte, error) {
 }
 
 // threadReads plans what is read from inside one thread: its
-// clear_child_tid address, alternate signal stack, parent-death signal and
-// securebits, and in the thread group leader the process's (processReads).
+// clear_child_tid address, alternate signal stack, parent-death signal,
+// securebits and timer slack, and in the thread group leader the process's
+// (processReads).
 // Decoding the results gives the thread's records.
 type threadReads struct {
 	reads
-	pid, tid                          int
-	tidAddr, altstack, pdeath, secure int
-	proc                              *processReads
+	pid, tid                                 int
+	tidAddr, altstack, pdeath, secure, slack int
+	proc                                     *processReads
 }
 
 func planThread(pid, tid int, leader bool) (*threadReads, error) {
@@ -56,6 +57,7 @@ func planThread(pid, tid int, leader bool) (*threadReads, error) {
 	r.altstack = r.add("sigaltstack", sys.StackTSize, 1, unix.SYS_SIGALTSTACK, 0)
 	r.pdeath = r.add("prctl(PR_GET_PDEATHSIG)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG)
 	r.secure = r.add("prctl(PR_GET_SECUREBITS)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	r.slack = r.add("prctl(PR_GET_TIMERSLACK)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_TIMERSLACK)
 	if leader {
 		var err error
 		if r.proc, err = planProcess(&r.reads, pid); err != nil {
@@ -89,6 +91,11 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 		return nil, err
 	}
 	ti.Securebits = uint32(bits)
+	slack, _, err := r.result(r.slack)
+	if err != nil {
+		return nil, err
+	}
+	ti.TimerslackNs = uint64(slack)
 	if r.proc == nil {
 		return res, nil
 	}
@@ -100,14 +107,14 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 
 // processReads plans what is read from inside the thread group leader for
 // its process: interval timers, POSIX timers (listed in /proc/PID/timers),
-// dumpable, child-subreaper and the signal dispositions.
+// dumpable, child-subreaper, THP disable and the signal dispositions.
 type processReads struct {
-	pid                 int
-	itimers             [3]int
-	timers              []proc.Timer
-	timerCalls          []int
-	dumpable, subreaper int
-	sigactions, signos  []int
+	pid                      int
+	itimers                  [3]int
+	timers                   []proc.Timer
+	timerCalls               []int
+	dumpable, subreaper, thp int
+	sigactions, signos       []int
 }
 
 func planProcess(r *reads, pid int) (*processReads, error) {
@@ -124,6 +131,7 @@ func planProcess(r *reads, pid int) (*processReads, error) {
 	}
 	p.dumpable = r.add("prctl(PR_GET_DUMPABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	p.subreaper = r.add("prctl(PR_GET_CHILD_SUBREAPER)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER)
+	p.thp = r.add("prctl(PR_GET_THP_DISABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
 	for sig := 1; sig <= 64; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
@@ -175,6 +183,11 @@ func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, er
 		return nil, err
 	}
 	pi.ChildSubreaper = binary.LittleEndian.Uint32(b) != 0
+	thp, _, err := r.result(p.thp)
+	if err != nil {
+		return nil, err
+	}
+	pi.ThpDisable = uint32(thp)
 	le := binary.LittleEndian
 	for k, i := range p.sigactions {
 		_, b, err := r.result(i)

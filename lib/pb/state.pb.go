@@ -296,6 +296,7 @@ type ThreadState struct {
 	Creds          *Creds                 `protobuf:"bytes,8,opt,name=creds,proto3" json:"creds,omitempty"`
 	SeccompMode    uint32                 `protobuf:"varint,9,opt,name=seccomp_mode,json=seccompMode,proto3" json:"seccomp_mode,omitempty"`          // 0 disabled, 1 strict, 2 filter
 	SeccompFilters []*SeccompFilter       `protobuf:"bytes,10,rep,name=seccomp_filters,json=seccompFilters,proto3" json:"seccomp_filters,omitempty"` // oldest (first installed) first
+	Ioprio         uint32                 `protobuf:"varint,11,opt,name=ioprio,proto3" json:"ioprio,omitempty"`                                      // ioprio_get(2): class << 13 | level; 0 never set (follows nice)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -400,6 +401,13 @@ func (x *ThreadState) GetSeccompFilters() []*SeccompFilter {
 	return nil
 }
 
+func (x *ThreadState) GetIoprio() uint32 {
+	if x != nil {
+		return x.Ioprio
+	}
+	return 0
+}
+
 // Rlimit is one resource limit (prlimit(2); RLIM_INFINITY is all ones).
 type Rlimit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -468,6 +476,7 @@ type ProcessState struct {
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	Personality   uint32                 `protobuf:"varint,2,opt,name=personality,proto3" json:"personality,omitempty"` // /proc/PID/personality
 	Rlimits       []*Rlimit              `protobuf:"bytes,3,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	OomScoreAdj   int32                  `protobuf:"varint,4,opt,name=oom_score_adj,json=oomScoreAdj,proto3" json:"oom_score_adj,omitempty"` // /proc/PID/oom_score_adj
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +530,13 @@ func (x *ProcessState) GetRlimits() []*Rlimit {
 		return x.Rlimits
 	}
 	return nil
+}
+
+func (x *ProcessState) GetOomScoreAdj() int32 {
+	if x != nil {
+		return x.OomScoreAdj
+	}
+	return 0
 }
 
 // Siginfo is one queued signal as PTRACE_PEEKSIGINFO returned it.
@@ -655,6 +671,7 @@ type ThreadInside struct {
 	PdeathSignal  uint32                 `protobuf:"varint,4,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"` // PR_GET_PDEATHSIG
 	Securebits    uint32                 `protobuf:"varint,5,opt,name=securebits,proto3" json:"securebits,omitempty"`                         // PR_GET_SECUREBITS
 	Pending       []*Siginfo             `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`                                // signals pending for this thread, in queue order
+	TimerslackNs  uint64                 `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -729,6 +746,13 @@ func (x *ThreadInside) GetPending() []*Siginfo {
 		return x.Pending
 	}
 	return nil
+}
+
+func (x *ThreadInside) GetTimerslackNs() uint64 {
+	if x != nil {
+		return x.TimerslackNs
+	}
+	return 0
 }
 
 // Itimer is one of setitimer(2)'s interval timers.
@@ -903,6 +927,7 @@ type ProcessInside struct {
 	Dumpable       uint32                 `protobuf:"varint,4,opt,name=dumpable,proto3" json:"dumpable,omitempty"`                                   // PR_GET_DUMPABLE
 	ChildSubreaper bool                   `protobuf:"varint,5,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"` // PR_GET_CHILD_SUBREAPER
 	SharedPending  []*Siginfo             `protobuf:"bytes,6,rep,name=shared_pending,json=sharedPending,proto3" json:"shared_pending,omitempty"`     // process-wide pending signals, in queue order
+	ThpDisable     uint32                 `protobuf:"varint,7,opt,name=thp_disable,json=thpDisable,proto3" json:"thp_disable,omitempty"`             // PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -979,6 +1004,13 @@ func (x *ProcessInside) GetSharedPending() []*Siginfo {
 	return nil
 }
 
+func (x *ProcessInside) GetThpDisable() uint32 {
+	if x != nil {
+		return x.ThpDisable
+	}
+	return 0
+}
+
 var File_state_proto protoreflect.FileDescriptor
 
 const file_state_proto_rawDesc = "" +
@@ -1005,7 +1037,7 @@ const file_state_proto_rawDesc = "" +
 	"noNewPrivs\"9\n" +
 	"\rSeccompFilter\x12\x12\n" +
 	"\x04prog\x18\x01 \x01(\fR\x04prog\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xd8\x02\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xf0\x02\n" +
 	"\vThreadState\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03tid\x18\x02 \x01(\rR\x03tid\x12\x12\n" +
@@ -1018,15 +1050,17 @@ const file_state_proto_rawDesc = "" +
 	"\x05creds\x18\b \x01(\v2\f.cr.v1.CredsR\x05creds\x12!\n" +
 	"\fseccomp_mode\x18\t \x01(\rR\vseccompMode\x12=\n" +
 	"\x0fseccomp_filters\x18\n" +
-	" \x03(\v2\x14.cr.v1.SeccompFilterR\x0eseccompFilters\"H\n" +
+	" \x03(\v2\x14.cr.v1.SeccompFilterR\x0eseccompFilters\x12\x16\n" +
+	"\x06ioprio\x18\v \x01(\rR\x06ioprio\"H\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\rR\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
-	"\x03max\x18\x03 \x01(\x04R\x03max\"k\n" +
+	"\x03max\x18\x03 \x01(\x04R\x03max\"\x8f\x01\n" +
 	"\fProcessState\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12 \n" +
 	"\vpersonality\x18\x02 \x01(\rR\vpersonality\x12'\n" +
-	"\arlimits\x18\x03 \x03(\v2\r.cr.v1.RlimitR\arlimits\"E\n" +
+	"\arlimits\x18\x03 \x03(\v2\r.cr.v1.RlimitR\arlimits\x12\"\n" +
+	"\room_score_adj\x18\x04 \x01(\x05R\voomScoreAdj\"E\n" +
 	"\aSiginfo\x12\x14\n" +
 	"\x05signo\x18\x01 \x01(\rR\x05signo\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x10\n" +
@@ -1034,7 +1068,7 @@ const file_state_proto_rawDesc = "" +
 	"\vSigaltstack\x12\x0e\n" +
 	"\x02sp\x18\x01 \x01(\x04R\x02sp\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xd7\x01\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xfc\x01\n" +
 	"\fThreadInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03tid\x18\x02 \x01(\rR\x03tid\x124\n" +
@@ -1043,7 +1077,8 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"securebits\x18\x05 \x01(\rR\n" +
 	"securebits\x12(\n" +
-	"\apending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\apending\"Z\n" +
+	"\apending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\apending\x12#\n" +
+	"\rtimerslack_ns\x18\a \x01(\x04R\ftimerslackNs\"Z\n" +
 	"\x06Itimer\x12\x14\n" +
 	"\x05which\x18\x01 \x01(\rR\x05which\x12\x1f\n" +
 	"\vinterval_ns\x18\x02 \x01(\x04R\n" +
@@ -1059,14 +1094,16 @@ const file_state_proto_rawDesc = "" +
 	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
 	"\vinterval_ns\x18\a \x01(\x04R\n" +
 	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xfc\x01\n" +
+	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\x9d\x02\n" +
 	"\rProcessInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
 	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
 	"\fposix_timers\x18\x03 \x03(\v2\x11.cr.v1.PosixTimerR\vposixTimers\x12\x1a\n" +
 	"\bdumpable\x18\x04 \x01(\rR\bdumpable\x12'\n" +
 	"\x0fchild_subreaper\x18\x05 \x01(\bR\x0echildSubreaper\x125\n" +
-	"\x0eshared_pending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\rsharedPendingB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\x0eshared_pending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\rsharedPending\x12\x1f\n" +
+	"\vthp_disable\x18\a \x01(\rR\n" +
+	"thpDisableB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_state_proto_rawDescOnce sync.Once

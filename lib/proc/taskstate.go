@@ -214,6 +214,19 @@ func ReadPersonality(pid int) (uint32, error) {
 	return uint32(n), nil
 }
 
+// ReadOomScoreAdj reads /proc/PID/oom_score_adj.
+func ReadOomScoreAdj(pid int) (int32, error) {
+	b, err := readProcFile(pid, "oom_score_adj")
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: malformed oom_score_adj %q", pid, b)
+	}
+	return int32(n), nil
+}
+
 // ReadTaskComm reads /proc/PID/task/TID/comm, the thread's name.
 func ReadTaskComm(pid, tid int) (string, error) {
 	b, err := readProcFile(pid, "task", strconv.Itoa(tid), "comm")

@@ -3,6 +3,8 @@ package restore
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 
@@ -14,10 +16,12 @@ import (
 // Task state restored early, while the restorer still runs as root:
 //
 //	per process (processStates, in the leader before its threads exist):
-//	  block every signal, personality, child subreaper
+//	  block every signal, personality, child subreaper, OOM score
+//	  adjustment (from outside; THP disable is set by mapVmas, before any
+//	  page is written)
 //	per thread (threadStates, after the sigactions):
-//	  block every signal, name, scheduling, CPU affinity, robust futex
-//	  list, sigaltstack, then the pending signals
+//	  block every signal, name, scheduling, I/O priority, timer slack, CPU
+//	  affinity, robust futex list, sigaltstack, then the pending signals
 //
 // Every signal stays blocked until the final registers and signal mask are
 // set through ptrace: a timer restored later, or a pending signal queued
@@ -28,7 +32,10 @@ func init() {
 	registerThreadState(threadEarly)
 }
 
-const sigSetmask = 2 // SIG_SETMASK
+const (
+	sigSetmask       = 2 // SIG_SETMASK
+	ioprioWhoProcess = 1 // IOPRIO_WHO_PROCESS; who 0: the calling thread
+)
 
 func blockAll(s *scratchWriter) call {
 	return sc("block all signals", unix.SYS_RT_SIGPROCMASK, sigSetmask, s.putU64s(^uint64(0)), 0, 8)
@@ -52,11 +59,16 @@ func processEarly(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 		return nil, missingState(pid, pid, "process state read from inside (cr-parasite)")
 	}
 	calls := []call{blockAll(s)}
-	if ps := si.procs[pid]; ps != nil {
-		calls = append(calls, sc(fmt.Sprintf("personality %#x", ps.Personality), unix.SYS_PERSONALITY, uint64(ps.Personality)))
-	}
-	if pi := si.pinside[pid]; pi != nil && pi.ChildSubreaper {
+	ps, pi := si.procs[pid], si.pinside[pid]
+	calls = append(calls, sc(fmt.Sprintf("personality %#x", ps.Personality), unix.SYS_PERSONALITY, uint64(ps.Personality)))
+	if pi.ChildSubreaper {
 		calls = append(calls, sc("prctl PR_SET_CHILD_SUBREAPER", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1))
+	}
+	// Inherited from cr-restore otherwise. Written by root, it also
+	// becomes the floor the process may not go below without
+	// CAP_SYS_RESOURCE, as when its owner's privileged setup wrote it.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", t.pid), []byte(strconv.Itoa(int(ps.OomScoreAdj))), 0); err != nil {
+		return nil, fmt.Errorf("pid %d: oom_score_adj %d: %w", pid, ps.OomScoreAdj, err)
 	}
 	return calls, nil
 }
@@ -85,6 +97,8 @@ func threadEarly(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error)
 			calls = append(calls, sc(fmt.Sprintf("%ssched_setattr policy %d nice %d priority %d", where, a.Policy, a.Nice, a.Priority),
 				unix.SYS_SCHED_SETATTR, 0, s.put(attr), 0))
 		}
+		// Always: 0 (never set) must not stay what cr-restore had.
+		calls = append(calls, sc(fmt.Sprintf("%sioprio_set %#x", where, ts.Ioprio), unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, uint64(ts.Ioprio)))
 		if mask := affinity(pid, tid, ts.Affinity); mask != nil {
 			calls = append(calls, sc(where+"sched_setaffinity", unix.SYS_SCHED_SETAFFINITY, 0, uint64(len(mask)), s.put(mask)))
 		}
@@ -94,6 +108,9 @@ func threadEarly(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error)
 	}
 	ti := si.inside[tid]
 	if ti != nil {
+		if ti.TimerslackNs != 0 { // 0: a real-time thread, which has none
+			calls = append(calls, sc(fmt.Sprintf("%sprctl PR_SET_TIMERSLACK %d", where, ti.TimerslackNs), unix.SYS_PRCTL, unix.PR_SET_TIMERSLACK, ti.TimerslackNs))
+		}
 		if ss := ti.Sigaltstack; ss != nil && ss.Flags&sys.SsDisable == 0 {
 			st := sys.StackT(ss.Sp, ss.Flags&sys.SsAutodisarm, ss.Size)
 			calls = append(calls, sc(where+"sigaltstack", unix.SYS_SIGALTSTACK, s.put(st), 0))

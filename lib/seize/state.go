@@ -62,7 +62,7 @@ func CheckSharedMm(procs []*pb.Process) error {
 }
 
 // ReadThreadState reads the per-thread state that can be read from
-// outside: name, scheduling, affinity, robust futex list, credentials and
+// outside: name, scheduling, affinity, I/O priority, robust futex list, credentials and
 // seccomp filters. The thread must sit in a ptrace stop of the caller (the
 // seccomp filters can only be read then).
 func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
@@ -83,6 +83,9 @@ func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
 		return nil, where(fmt.Errorf("sched_getaffinity: %w", err))
 	}
 	ts.Affinity = cpuMask(&cpus)
+	if ts.Ioprio, err = sys.IoprioGet(tid); err != nil {
+		return nil, where(err)
+	}
 	if ts.RobustList, ts.RobustListLen, err = sys.GetRobustList(tid); err != nil {
 		return nil, where(err)
 	}
@@ -203,11 +206,14 @@ func sameFilters(a, b []*pb.SeccompFilter) bool {
 }
 
 // ReadProcessState reads the per-process state that can be read from
-// outside: personality and resource limits.
+// outside: personality, OOM score adjustment and resource limits.
 func ReadProcessState(pid int) (*pb.ProcessState, error) {
 	ps := &pb.ProcessState{Pid: uint32(pid)}
 	var err error
 	if ps.Personality, err = proc.ReadPersonality(pid); err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if ps.OomScoreAdj, err = proc.ReadOomScoreAdj(pid); err != nil {
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	for r := 0; r < rlimitCount; r++ {

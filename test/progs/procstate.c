@@ -12,7 +12,11 @@
  *                     with "rr": SCHED_RR priority 3
  *   CPU affinity      the last CPU it may use only
  *   personality       ADDR_NO_RANDOMIZE | UNAME26
- *   prctl             name "procstate-x", dumpable 0, child subreaper
+ *   prctl             name "procstate-x", dumpable 0, child subreaper, THP
+ *                     disabled, timer slack 123457 ns (not with "rr": a
+ *                     real-time thread has none)
+ *   I/O priority      best-effort, level 6
+ *   OOM score adj     345
  *   umask             027
  * and records the robust futex list glibc registered for the thread. On
  * SIGTERM it reads every one back.
@@ -53,6 +57,21 @@ static const struct lim lims[] = {
 #define NLIMS (sizeof lims / sizeof lims[0])
 
 #define PERSONA (ADDR_NO_RANDOMIZE | UNAME26)
+#define IOPRIO ((2 << 13) | 6) /* IOPRIO_CLASS_BE, level 6 */
+#define SLACK 123457
+#define OOM_ADJ 345
+
+static int oom_adj(void)
+{
+	char b[16] = "";
+	FILE *f = fopen("/proc/self/oom_score_adj", "r");
+	if (!f)
+		return -9999;
+	if (!fgets(b, sizeof b, f))
+		b[0] = 0;
+	fclose(f);
+	return atoi(b);
+}
 
 static int rr;
 static int cpu;
@@ -119,6 +138,23 @@ static const char *check(char *why, size_t n)
 		snprintf(why, n, "child subreaper %d, want 1", sub);
 		return why;
 	}
+	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) {
+		snprintf(why, n, "THP disable %d, want 1", prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0));
+		return why;
+	}
+	if (!rr && prctl(PR_GET_TIMERSLACK) != SLACK) {
+		snprintf(why, n, "timer slack %d ns, want %d", prctl(PR_GET_TIMERSLACK), SLACK);
+		return why;
+	}
+	int io = syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, 0);
+	if (io != IOPRIO) {
+		snprintf(why, n, "I/O priority %#x, want %#x", io, IOPRIO);
+		return why;
+	}
+	if (oom_adj() != OOM_ADJ) {
+		snprintf(why, n, "oom_score_adj %d, want %d", oom_adj(), OOM_ADJ);
+		return why;
+	}
 	mode_t m = umask(0);
 	umask(m);
 	if (m != 027) {
@@ -172,6 +208,13 @@ int main(int argc, char **argv)
 	if (prctl(PR_SET_DUMPABLE, 0) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
 		die("prctl");
 	umask(027);
+	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 || prctl(PR_SET_TIMERSLACK, SLACK) != 0)
+		die("prctl THP/timer slack");
+	if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, IOPRIO) != 0)
+		die("ioprio_set");
+	FILE *f = fopen("/proc/self/oom_score_adj", "w");
+	if (!f || fprintf(f, "%d", OOM_ADJ) < 0 || fclose(f) != 0)
+		die("oom_score_adj");
 	syscall(SYS_get_robust_list, 0, &robust_head, &robust_len);
 
 	if (check(why, sizeof why)) {
