@@ -183,6 +183,15 @@ func (pr *proc) showMm(w io.Writer, mm *pb.Mm) {
 		if v.Pgoff != 0 {
 			path += fmt.Sprintf(" @%#x", v.Pgoff)
 		}
+		if v.Advice != 0 {
+			var names []string
+			for _, a := range pb.AdviceFlags {
+				if v.Advice&a.Bit != 0 {
+					names = append(names, a.Flag)
+				}
+			}
+			path += " [advice " + strings.Join(names, " ") + "]"
+		}
 		fmt.Fprintf(tw, "    %#x-%#x\t%s\t%s\t%s\t%d\t %s\n", v.Start, v.End, size(sz), prot(v.Prot, v.Flags), vmaKind(v.Kind), per[i], path)
 	}
 	tw.Flush()

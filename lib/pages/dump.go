@@ -89,9 +89,9 @@ func prepare(p *pb.Process, parent int) (*prepared, error) {
 		return nil, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
 			"the process exited and its PID was reused; checkpoint again")
 	}
-	maps, err := proc.ReadMaps(pid)
+	maps, err := readMappings(pid)
 	if err != nil {
-		return nil, procErr(pid, err)
+		return nil, err
 	}
 	vmas, err := classify(pid, maps)
 	if err != nil {

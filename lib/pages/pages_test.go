@@ -156,7 +156,7 @@ func TestLayout(t *testing.T) {
 		{"anon", pb.VmaKind_VMA_ANON, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
 		{"private", pb.VmaKind_VMA_FILE_PRIVATE, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE},
 		{"shared", pb.VmaKind_VMA_FILE_SHARED, false, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED},
-		{"big", pb.VmaKind_VMA_ANON, false, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
+		{"big", pb.VmaKind_VMA_ANON, false, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE},
 		{"shanon", pb.VmaKind_VMA_SHARED_ANON, true, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_SHARED | unix.MAP_ANONYMOUS},
 		{"none", pb.VmaKind_VMA_ANON, true, 0, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},
 		{"ro", pb.VmaKind_VMA_ANON, true, unix.PROT_READ, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS},

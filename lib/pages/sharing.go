@@ -3,7 +3,6 @@ package pages
 import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
-	"crpipe/lib/proc"
 	"crpipe/lib/sys"
 )
 
@@ -41,9 +40,9 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap) (*sharing, erro
 	if parent == 0 {
 		return in, nil
 	}
-	maps, err := proc.ReadMaps(parent)
+	maps, err := readMappings(parent)
 	if err != nil {
-		return nil, procErr(parent, err)
+		return nil, err
 	}
 	pvmas, err := classify(parent, maps)
 	if err != nil {

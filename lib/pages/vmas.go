@@ -35,6 +35,40 @@ func unsupported(pid int, m *proc.Mapping, what, hint string) error {
 	return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s is not supported yet", pid, m.Start, m.End, what), hint)
 }
 
+// readMappings reads pid's VMAs from maps, with their VmFlags from smaps
+// (which walks every page table entry: 24 ms per GiB resident here, read
+// only for the flags).
+func readMappings(pid int) ([]proc.Mapping, error) {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return nil, procErr(pid, err)
+	}
+	flags, err := proc.ReadVmFlags(pid)
+	if err != nil {
+		return nil, procErr(pid, err)
+	}
+	for i := range maps {
+		maps[i].VmFlags = flags[maps[i].Start]
+	}
+	return maps, nil
+}
+
+// refuseVmFlags refuses VMAs whose state a restore cannot build again.
+func refuseVmFlags(pid int, m *proc.Mapping) error {
+	for _, r := range []struct{ flag, what, hint string }{
+		{"ht", "a hugetlbfs mapping", ""},
+		{"ss", "a shadow stack", ""},
+		{"um", "a mapping registered with userfaultfd", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
+		{"uw", "a mapping registered with userfaultfd (write protection)", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
+		{"ui", "a mapping registered with userfaultfd (minor faults)", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
+	} {
+		if m.HasVmFlag(r.flag) {
+			return unsupported(pid, m, r.what, r.hint)
+		}
+	}
+	return nil
+}
+
 // classify turns the mappings of pid into Vma records, refusing what the
 // restore cannot rebuild. root is the directory the process sees as / (its
 // /proc/PID/root), through which backing files are checked.
@@ -59,17 +93,24 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 		} else {
 			v.Flags |= unix.MAP_PRIVATE
 		}
-		// VmFlags come from smaps only; cr-pages reads maps, since smaps
-		// walks every page table entry (17 ms per GiB resident), and marks
-		// the one VMA that grows down in practice, the main stack.
+		// VmFlags come from smaps (proc.ReadVmFlags; without them, the
+		// one VMA that grows down in practice is the main stack).
 		if m.HasVmFlag("gd") || (m.VmFlags == nil && m.Path == "[stack]") {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
 		if m.HasVmFlag("nr") {
 			v.Flags |= unix.MAP_NORESERVE
 		}
-		if m.HasVmFlag("ht") {
-			return nil, unsupported(pid, m, "a hugetlbfs mapping", "")
+		if m.HasVmFlag("dp") {
+			v.Flags |= unix.MAP_DROPPABLE
+		}
+		for _, a := range pb.AdviceFlags {
+			if m.HasVmFlag(a.Flag) {
+				v.Advice |= a.Bit
+			}
+		}
+		if err := refuseVmFlags(pid, m); err != nil {
+			return nil, err
 		}
 		x := vma{m: *m, pb: v}
 		switch {

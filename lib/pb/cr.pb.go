@@ -1091,6 +1091,7 @@ type Vma struct {
 	// its parent once the parent's memory is filled, keeps these ranges, and
 	// clears the rest of the VMA before writing the process's own pages.
 	Inherited     []*PageRange `protobuf:"bytes,14,rep,name=inherited,proto3" json:"inherited,omitempty"`
+	Advice        uint32       `protobuf:"varint,15,opt,name=advice,proto3" json:"advice,omitempty"` // Advice* bits (lib/pb/vma.go): mlock and madvise state from smaps' VmFlags
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1221,6 +1222,13 @@ func (x *Vma) GetInherited() []*PageRange {
 		return x.Inherited
 	}
 	return nil
+}
+
+func (x *Vma) GetAdvice() uint32 {
+	if x != nil {
+		return x.Advice
+	}
+	return 0
 }
 
 // PageRange is [start, end), page aligned.
@@ -1825,7 +1833,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x03 \x01(\x04R\rclearChildTid\x120\n" +
 	"\n" +
 	"sigactions\x18\x04 \x03(\v2\x10.cr.v1.SigactionR\n" +
-	"sigactions\"\xda\x02\n" +
+	"sigactions\"\xf2\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -1842,7 +1850,8 @@ const file_cr_proto_rawDesc = "" +
 	"mtime_nsec\x18\v \x01(\x03R\tmtimeNsec\x12\x1b\n" +
 	"\thas_pages\x18\f \x01(\bR\bhasPages\x12\x12\n" +
 	"\x04huge\x18\r \x01(\bR\x04huge\x12.\n" +
-	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\"3\n" +
+	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\x12\x16\n" +
+	"\x06advice\x18\x0f \x01(\rR\x06advice\"3\n" +
 	"\tPageRange\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\"\xad\x03\n" +

@@ -1,5 +1,31 @@
 package pb
 
+// Vma.advice bits: what mlock(2) and madvise(2) left on a VMA, as the
+// VmFlags line of /proc/PID/smaps shows it (its two-letter names).
+const (
+	AdviceLocked      = 1 << iota // lo: mlock
+	AdviceLockOnFault             // lf: mlock2(MLOCK_ONFAULT)
+	AdviceDontFork                // dc: MADV_DONTFORK
+	AdviceWipeOnFork              // wf: MADV_WIPEONFORK
+	AdviceDontDump                // dd: MADV_DONTDUMP
+	AdviceMergeable               // mg: MADV_MERGEABLE (KSM)
+	AdviceHugepage                // hg: MADV_HUGEPAGE
+	AdviceNoHugepage              // nh: MADV_NOHUGEPAGE
+	AdviceSequential              // sr: MADV_SEQUENTIAL
+	AdviceRandom                  // rr: MADV_RANDOM
+	AdviceSealed                  // sl: mseal(2), sealed again once the VMA is complete
+)
+
+// AdviceFlags are the VmFlags names of the Advice bits, in bit order.
+var AdviceFlags = []struct {
+	Flag string
+	Bit  uint32
+}{
+	{"lo", AdviceLocked}, {"lf", AdviceLockOnFault}, {"dc", AdviceDontFork}, {"wf", AdviceWipeOnFork},
+	{"dd", AdviceDontDump}, {"mg", AdviceMergeable}, {"hg", AdviceHugepage}, {"nh", AdviceNoHugepage},
+	{"sr", AdviceSequential}, {"rr", AdviceRandom}, {"sl", AdviceSealed},
+}
+
 // CanInherit reports whether the VMA c of a child process lies inside the
 // VMA p of its parent and maps the same thing there, so that a fork of the
 // parent gives c the parent's pages at the same addresses: both private,

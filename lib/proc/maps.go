@@ -55,6 +55,48 @@ var ErrMapsSyntax = errors.New("malformed maps line")
 // the kernel's escaping of newlines can grow it fourfold.
 const maxMapsLine = 4*4096 + 256
 
+// ReadVmFlags reads the VmFlags line of every VMA in /proc/PID/smaps,
+// keyed by the VMA's start, and parses nothing else. smaps is the only
+// place the kernel shows them (mlock, madvise, sealing); it is read as a
+// stream, since with 10,000 VMAs it is megabytes.
+func ReadVmFlags(pid int) (map[uint64][]string, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	flags := map[uint64][]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxMapsLine)
+	var start uint64
+	var inVma bool
+	for sc.Scan() {
+		line := sc.Bytes()
+		if rest, ok := bytes.CutPrefix(line, []byte("VmFlags:")); ok {
+			if !inVma {
+				return nil, fmt.Errorf("pid %d: smaps: VmFlags before any VMA: %w", pid, ErrMapsSyntax)
+			}
+			flags[start] = strings.Fields(string(rest))
+			continue
+		}
+		// A VMA's first line starts with its range; field lines with a
+		// name and a colon.
+		sp := bytes.IndexByte(line, ' ')
+		dash := bytes.IndexByte(line, '-')
+		if sp <= 0 || dash <= 0 || dash > sp || line[sp-1] == ':' {
+			continue
+		}
+		if start, err = strconv.ParseUint(string(line[:dash]), 16, 64); err != nil {
+			return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
+		}
+		inVma = true
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("pid %d: smaps: %w", pid, err)
+	}
+	return flags, nil
+}
+
 // ReadSmaps reads /proc/PID/smaps.
 func ReadSmaps(pid int) ([]Mapping, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))

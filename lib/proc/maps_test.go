@@ -6,6 +6,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 const smapsSample = `55c8c89bf000-55c8c89c1000 r--p 00000000 fe:00 247026                     /usr/bin/cat
@@ -115,4 +118,29 @@ func FuzzParseSmaps(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestReadVmFlags(t *testing.T) {
+	b, err := unix.Mmap(-1, 0, 3*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(b)
+	// The middle page gets a VMA of its own.
+	if err := unix.Madvise(b[4096:8192], unix.MADV_DONTFORK); err != nil {
+		t.Fatal(err)
+	}
+	flags, err := ReadVmFlags(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := uint64(uintptr(unsafe.Pointer(&b[4096])))
+	got := Mapping{VmFlags: flags[mid]}
+	if !got.HasVmFlag("dc") || !got.HasVmFlag("rd") || !got.HasVmFlag("wr") {
+		t.Errorf("VmFlags of the DONTFORK page: %v", flags[mid])
+	}
+	first := Mapping{VmFlags: flags[mid-4096]}
+	if first.HasVmFlag("dc") {
+		t.Errorf("VmFlags of the page before it: %v", flags[mid-4096])
+	}
 }

@@ -283,16 +283,18 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		}
 		if len(v.Inherited) > 0 {
 			calls = append(calls, keepCalls(v, prot)...)
+			calls = append(calls, thpAdvice(v)...)
 			continue
 		}
 		flags := uint64(unix.MAP_FIXED_NOREPLACE)
-		if v.Flags&unix.MAP_GROWSDOWN != 0 {
-			flags |= unix.MAP_GROWSDOWN
-		}
+		flags |= uint64(v.Flags) & (unix.MAP_GROWSDOWN | unix.MAP_NORESERVE)
 		fd, off := ^uint64(0), uint64(0)
 		switch k {
 		case pb.VmaKind_VMA_ANON:
 			flags |= unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+			if v.Flags&unix.MAP_DROPPABLE != 0 { // a type of its own, instead of private
+				flags = flags&^unix.MAP_PRIVATE | unix.MAP_DROPPABLE
+			}
 		case pb.VmaKind_VMA_SHARED_ANON:
 			flags |= unix.MAP_SHARED
 			fd, off = uint64(remote[fileOf[v]]), v.Pgoff
@@ -306,14 +308,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			return fmt.Errorf("pid %d: vma %#x-%#x: unknown kind %d", t.pid, v.Start, v.End, v.Kind)
 		}
 		calls = append(calls, sc(fmt.Sprintf("map %#x-%#x %s", v.Start, v.End, v.Path), unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
-		// Memory that had transparent huge pages gets them again, before
-		// its pages are written: a 2 MiB page is faulted in and zeroed in
-		// one go (doc/performance.md). Where THP is "madvise", the dumped
-		// VMA can only have had them by MADV_HUGEPAGE; under "always" it
-		// gets them anyway.
-		if v.Huge && v.HasPages && (k == pb.VmaKind_VMA_ANON || k == pb.VmaKind_VMA_SHARED_ANON) && thpMode() == "madvise" {
-			calls = append(calls, sc(fmt.Sprintf("madvise %#x-%#x hugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_HUGEPAGE))
-		}
+		calls = append(calls, thpAdvice(v)...)
 	}
 	for _, fd := range remote {
 		calls = append(calls, sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
@@ -389,7 +384,44 @@ func (t *task) writeRange(addr uint64, data []byte) error {
 	return nil
 }
 
-// sealVmas gives every VMA its dumped protection back.
+// thpAdvice is a VMA's transparent huge page advice, given before its pages
+// are written. Memory that had transparent huge pages gets them again too:
+// a 2 MiB page is faulted in and zeroed in one go (doc/performance.md).
+// Where THP is "madvise", the dumped VMA can only have had them by
+// MADV_HUGEPAGE; under "always" it gets them anyway.
+func thpAdvice(v *pb.Vma) []call {
+	k := pb.VmaKind(v.Kind)
+	huge := v.Huge && v.HasPages && (k == pb.VmaKind_VMA_ANON || k == pb.VmaKind_VMA_SHARED_ANON) && thpMode() == "madvise"
+	switch {
+	case v.Advice&pb.AdviceNoHugepage != 0:
+		return []call{sc(fmt.Sprintf("madvise %#x-%#x nohugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_NOHUGEPAGE)}
+	case v.Advice&pb.AdviceHugepage != 0 || huge:
+		return []call{sc(fmt.Sprintf("madvise %#x-%#x hugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_HUGEPAGE)}
+	}
+	return nil
+}
+
+// lateAdvice are the madvise(2) calls a VMA gets once its pages are in
+// place and every child has been forked from it: fork behaviour, core dump,
+// KSM, read-ahead.
+var lateAdvice = []struct {
+	bit    uint32
+	advice int
+	name   string
+}{
+	{pb.AdviceDontFork, unix.MADV_DONTFORK, "dontfork"},
+	{pb.AdviceWipeOnFork, unix.MADV_WIPEONFORK, "wipeonfork"},
+	{pb.AdviceDontDump, unix.MADV_DONTDUMP, "dontdump"},
+	{pb.AdviceMergeable, unix.MADV_MERGEABLE, "mergeable"},
+	{pb.AdviceSequential, unix.MADV_SEQUENTIAL, "sequential"},
+	{pb.AdviceRandom, unix.MADV_RANDOM, "random"},
+}
+
+// sealVmas gives every VMA its dumped protection back, then its advice,
+// its memory lock and its seal: all once the tree's processes exist (a
+// child is forked before its parent's VMAs say DONTFORK or WIPEONFORK, as
+// it was in the dumped tree) and its pages are written (mlock faults in
+// what is missing; nothing changes a sealed VMA).
 func (t *task) sealVmas() error {
 	var calls []call
 	for _, v := range t.writable {
@@ -397,7 +429,32 @@ func (t *task) sealVmas() error {
 			calls = append(calls, sc(fmt.Sprintf("protect %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))
 		}
 	}
-	_, err := t.r.run(calls...)
+	var seal []call
+	var vmas []*pb.Vma
+	if t.mm != nil {
+		vmas = t.mm.Vmas
+	}
+	for _, v := range vmas {
+		if isVdsoKind(pb.VmaKind(v.Kind)) || v.Advice == 0 {
+			continue
+		}
+		size := v.End - v.Start
+		for _, a := range lateAdvice {
+			if v.Advice&a.bit != 0 {
+				calls = append(calls, sc(fmt.Sprintf("madvise %#x-%#x %s", v.Start, v.End, a.name), unix.SYS_MADVISE, v.Start, size, uint64(a.advice)))
+			}
+		}
+		switch {
+		case v.Advice&pb.AdviceLockOnFault != 0:
+			calls = append(calls, sc(fmt.Sprintf("mlock2 %#x-%#x on fault", v.Start, v.End), unix.SYS_MLOCK2, v.Start, size, unix.MLOCK_ONFAULT))
+		case v.Advice&pb.AdviceLocked != 0:
+			calls = append(calls, sc(fmt.Sprintf("mlock2 %#x-%#x", v.Start, v.End), unix.SYS_MLOCK2, v.Start, size, 0))
+		}
+		if v.Advice&pb.AdviceSealed != 0 {
+			seal = append(seal, sc(fmt.Sprintf("mseal %#x-%#x", v.Start, v.End), unix.SYS_MSEAL, v.Start, size, 0))
+		}
+	}
+	_, err := t.r.run(append(calls, seal...)...)
 	return err
 }
 

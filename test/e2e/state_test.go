@@ -292,3 +292,19 @@ func TestStateRefuseVfork(t *testing.T) {
 	}
 	p.waitProgress(v+10, 5*time.Second) // the child runs on
 }
+
+// TestVmaAdvice: mlock (also on fault), madvise's fork, core dump, KSM,
+// THP and read-ahead advice, MAP_DROPPABLE and mseal come back on their
+// mappings, with their contents, and a fork after the restore leaves out
+// the DONTFORK mapping and wipes the WIPEONFORK one (test/progs/vmadvice.c).
+func TestVmaAdvice(t *testing.T) {
+	p := startStateProg(t, "vmadvice")
+	img, at := dumpKillRestore(t, p)
+	out := mustShell(t, 30*time.Second, "crit show "+img).stdout
+	for _, want := range []string{"[advice lo]", "[advice lo lf]", "[advice dc]", "[advice wf]", "[advice nh]", "[advice rr]"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("crit show does not list %s:\n%s", want, out)
+		}
+	}
+	p.terminate(at)
+}

@@ -1,0 +1,187 @@
+/*
+ * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
+ * a mapping must survive a checkpoint.
+ *
+ *   vmadvice PROGRESS VERDICT
+ *
+ * Before the first tick it maps one private anonymous region per setting,
+ * 64 KiB each, fills it with a pattern of its own, and sets:
+ *   lo  mlock                 lf  mlock2(MLOCK_ONFAULT)
+ *   dc  MADV_DONTFORK         wf  MADV_WIPEONFORK
+ *   dd  MADV_DONTDUMP         mg  MADV_MERGEABLE (where the kernel has KSM)
+ *   hg  MADV_HUGEPAGE         nh  MADV_NOHUGEPAGE
+ *   sr  MADV_SEQUENTIAL       rr  MADV_RANDOM
+ *   dp  MAP_DROPPABLE (Linux 6.11; the kernel may drop its contents)
+ *   sl  mseal (Linux 6.10)
+ * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
+ * pattern, and that a fork leaves out the DONTFORK region and gives the
+ * child zeros in the WIPEONFORK one.
+ */
+#include "state.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 1
+#endif
+
+#define SIZE (64 << 10)
+
+struct region {
+	const char *flag; /* as smaps names it */
+	char *p;
+	int skip; /* the kernel lacks it */
+};
+
+static struct region regions[] = {
+	{ "lo", 0, 0 }, { "lf", 0, 0 }, { "dc", 0, 0 }, { "wf", 0, 0 }, { "dd", 0, 0 }, { "mg", 0, 0 },
+	{ "hg", 0, 0 }, { "nh", 0, 0 }, { "sr", 0, 0 }, { "rr", 0, 0 }, { "dp", 0, 0 }, { "sl", 0, 0 },
+};
+#define NREGIONS (sizeof regions / sizeof regions[0])
+
+static struct region *region(const char *flag)
+{
+	for (unsigned i = 0; i < NREGIONS; i++)
+		if (!strcmp(regions[i].flag, flag))
+			return &regions[i];
+	return NULL;
+}
+
+static void fill(struct region *r, unsigned i)
+{
+	for (size_t k = 0; k < SIZE; k += 8)
+		*(uint64_t *)(r->p + k) = (uint64_t)(i + 1) << 32 | k;
+}
+
+static int filled(struct region *r, unsigned i)
+{
+	for (size_t k = 0; k < SIZE; k += 8)
+		if (*(uint64_t *)(r->p + k) != ((uint64_t)(i + 1) << 32 | k))
+			return 0;
+	return 1;
+}
+
+/* has_flag looks for flag in the VmFlags of the VMA that starts at p. */
+static int has_flag(char *p, const char *flag)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return -1;
+	char line[512];
+	int in = 0, found = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ':') > strchr(line, ' ')) {
+			in = lo == (unsigned long)p;
+			continue;
+		}
+		if (in && !strncmp(line, "VmFlags:", 8)) {
+			char want[8];
+			snprintf(want, sizeof want, " %s", flag);
+			for (char *s = line + 8; (s = strstr(s, want)); s += 3)
+				if (s[3] == ' ' || s[3] == '\n')
+					found = 1;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+static int set(struct region *r)
+{
+	const char *f = r->flag;
+	if (!strcmp(f, "lo"))
+		return mlock(r->p, SIZE);
+	if (!strcmp(f, "lf"))
+		return syscall(SYS_mlock2, r->p, SIZE, MLOCK_ONFAULT);
+	if (!strcmp(f, "sl")) {
+		if (syscall(462 /* mseal */, r->p, SIZE, 0) != 0 && errno == ENOSYS)
+			r->skip = 1; /* before Linux 6.10 */
+		return r->skip ? 0 : (has_flag(r->p, "sl") == 1 ? 0 : -1);
+	}
+	int advice = !strcmp(f, "dc") ? MADV_DONTFORK : !strcmp(f, "wf") ? MADV_WIPEONFORK
+		   : !strcmp(f, "dd") ? MADV_DONTDUMP : !strcmp(f, "mg") ? MADV_MERGEABLE
+		   : !strcmp(f, "hg") ? MADV_HUGEPAGE : !strcmp(f, "nh") ? MADV_NOHUGEPAGE
+		   : !strcmp(f, "sr") ? MADV_SEQUENTIAL : MADV_RANDOM;
+	if (madvise(r->p, SIZE, advice) != 0) {
+		if (advice == MADV_MERGEABLE && errno == EINVAL) {
+			r->skip = 1; /* no KSM */
+			return 0;
+		}
+		return -1;
+	}
+	return 0;
+}
+
+static const char *check(char *why, size_t n)
+{
+	for (unsigned i = 0; i < NREGIONS; i++) {
+		struct region *r = &regions[i];
+		if (r->skip)
+			continue;
+		if (has_flag(r->p, r->flag) != 1) {
+			snprintf(why, n, "the region with %s lost it (VmFlags)", r->flag);
+			return why;
+		}
+		if (strcmp(r->flag, "dp") && !filled(r, i)) {
+			snprintf(why, n, "the region with %s lost its contents", r->flag);
+			return why;
+		}
+	}
+	char *dc = region("dc")->p, *wf = region("wf")->p;
+	pid_t child = fork();
+	if (child < 0) {
+		snprintf(why, n, "fork: %s", strerror(errno));
+		return why;
+	}
+	if (child == 0) {
+		/* The child must see no DONTFORK region and a zeroed WIPEONFORK one. */
+		int bad = msync(dc, SIZE, MS_ASYNC) == 0 || errno != ENOMEM;
+		for (size_t k = 0; k < SIZE; k++)
+			bad |= wf[k] != 0;
+		_exit(bad);
+	}
+	int st;
+	if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		snprintf(why, n, "a fork kept the DONTFORK region or the WIPEONFORK one's contents");
+		return why;
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	char why[512];
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT");
+	for (unsigned i = 0; i < NREGIONS; i++) {
+		struct region *r = &regions[i];
+		int type = strcmp(r->flag, "dp") ? MAP_PRIVATE : MAP_DROPPABLE;
+		r->p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, type | MAP_ANONYMOUS, -1, 0);
+		if (r->p == MAP_FAILED && type == MAP_DROPPABLE && errno == EINVAL) {
+			r->skip = 1; /* before Linux 6.11 */
+			continue;
+		}
+		if (r->p == MAP_FAILED)
+			die("mmap");
+		fill(r, i);
+		if (strcmp(r->flag, "dp") && set(r) != 0)
+			die(r->flag);
+	}
+	if (check(why, sizeof why)) {
+		fprintf(stderr, "vmadvice: setup: %s\n", why);
+		return 2;
+	}
+	while (!got_term) {
+		tick();
+		sleep_ns(TICK_NS, (volatile int *)&got_term);
+	}
+	if (check(why, sizeof why))
+		return verdict("FAIL %s", why);
+	return verdict("PASS %llu", (unsigned long long)ticks);
+}
