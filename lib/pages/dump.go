@@ -89,10 +89,11 @@ func prepare(p *pb.Process, parent int) (*prepared, error) {
 		return nil, stage.Hint(fmt.Errorf("pid %d: start time %d, the stream says %d: it is not the process that was frozen", pid, st.StartTime, p.StartTime),
 			"the process exited and its PID was reused; checkpoint again")
 	}
-	maps, err := readMappings(pid)
+	maps, err := proc.ReadMaps(pid)
 	if err != nil {
-		return nil, err
+		return nil, procErr(pid, err)
 	}
+	flags := readVmFlags(pid)
 	vmas, err := classify(pid, maps)
 	if err != nil {
 		return nil, err
@@ -158,6 +159,9 @@ func prepare(p *pb.Process, parent int) (*prepared, error) {
 	if errors.Is(err, sys.ErrNoPagemapScan) {
 		closeAll()
 		return nil, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
+	}
+	if err == nil {
+		err = applyVmFlags(pid, vmas, <-flags)
 	}
 	if err != nil {
 		closeAll()

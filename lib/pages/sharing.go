@@ -3,6 +3,7 @@ package pages
 import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/sys"
 )
 
@@ -40,9 +41,10 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap) (*sharing, erro
 	if parent == 0 {
 		return in, nil
 	}
-	maps, err := readMappings(parent)
+	// Without the VmFlags, like the child's VMAs at this point.
+	maps, err := proc.ReadMaps(parent)
 	if err != nil {
-		return nil, err
+		return nil, procErr(parent, err)
 	}
 	pvmas, err := classify(parent, maps)
 	if err != nil {

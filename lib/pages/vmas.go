@@ -35,22 +35,51 @@ func unsupported(pid int, m *proc.Mapping, what, hint string) error {
 	return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s is not supported yet", pid, m.Start, m.End, what), hint)
 }
 
-// readMappings reads pid's VMAs from maps, with their VmFlags from smaps
-// (which walks every page table entry: 24 ms per GiB resident here, read
-// only for the flags).
-func readMappings(pid int) ([]proc.Mapping, error) {
-	maps, err := proc.ReadMaps(pid)
-	if err != nil {
-		return nil, procErr(pid, err)
+// readVmFlags reads pid's VmFlags (proc.ReadVmFlags) in the background:
+// smaps walks every page table entry (24 ms per GiB resident here), which
+// then runs beside the PAGEMAP_SCAN pass. The result is taken by
+// applyVmFlags.
+func readVmFlags(pid int) <-chan vmFlags {
+	ch := make(chan vmFlags, 1)
+	go func() {
+		f, err := proc.ReadVmFlags(pid)
+		ch <- vmFlags{f, err}
+	}()
+	return ch
+}
+
+type vmFlags struct {
+	byStart map[uint64][]string
+	err     error
+}
+
+// applyVmFlags completes the Vma records from the VmFlags: flags of the
+// mapping, advice, and refusals.
+func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
+	if fl.err != nil {
+		return procErr(pid, fl.err)
 	}
-	flags, err := proc.ReadVmFlags(pid)
-	if err != nil {
-		return nil, procErr(pid, err)
+	for i := range vmas {
+		m, v := &vmas[i].m, vmas[i].pb
+		m.VmFlags = fl.byStart[m.Start]
+		if err := refuseVmFlags(pid, m); err != nil {
+			return err
+		}
+		for _, b := range []struct {
+			flag string
+			bit  uint32
+		}{{"gd", unix.MAP_GROWSDOWN}, {"nr", unix.MAP_NORESERVE}, {"dp", unix.MAP_DROPPABLE}} {
+			if m.HasVmFlag(b.flag) {
+				v.Flags |= b.bit
+			}
+		}
+		for _, a := range pb.AdviceFlags {
+			if m.HasVmFlag(a.Flag) {
+				v.Advice |= a.Bit
+			}
+		}
 	}
-	for i := range maps {
-		maps[i].VmFlags = flags[maps[i].Start]
-	}
-	return maps, nil
+	return nil
 }
 
 // refuseVmFlags refuses VMAs whose state a restore cannot build again.
@@ -93,24 +122,10 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 		} else {
 			v.Flags |= unix.MAP_PRIVATE
 		}
-		// VmFlags come from smaps (proc.ReadVmFlags; without them, the
-		// one VMA that grows down in practice is the main stack).
-		if m.HasVmFlag("gd") || (m.VmFlags == nil && m.Path == "[stack]") {
+		// The rest of the VmFlags come later (applyVmFlags); the one VMA
+		// that grows down in practice is the main stack.
+		if m.Path == "[stack]" {
 			v.Flags |= unix.MAP_GROWSDOWN
-		}
-		if m.HasVmFlag("nr") {
-			v.Flags |= unix.MAP_NORESERVE
-		}
-		if m.HasVmFlag("dp") {
-			v.Flags |= unix.MAP_DROPPABLE
-		}
-		for _, a := range pb.AdviceFlags {
-			if m.HasVmFlag(a.Flag) {
-				v.Advice |= a.Bit
-			}
-		}
-		if err := refuseVmFlags(pid, m); err != nil {
-			return nil, err
 		}
 		x := vma{m: *m, pb: v}
 		switch {
