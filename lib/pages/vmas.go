@@ -49,7 +49,7 @@ func readVmFlags(pid int) <-chan vmFlags {
 }
 
 type vmFlags struct {
-	byStart map[uint64][]string
+	byStart map[uint64]proc.VmaFlags
 	err     error
 }
 
@@ -61,9 +61,13 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	}
 	for i := range vmas {
 		m, v := &vmas[i].m, vmas[i].pb
-		m.VmFlags = fl.byStart[m.Start]
+		f := fl.byStart[m.Start]
+		m.VmFlags = f.VmFlags
 		if err := refuseVmFlags(pid, m); err != nil {
 			return err
+		}
+		if f.ProtectionKey != 0 {
+			return unsupported(pid, m, fmt.Sprintf("memory with protection key %d (pkey_mprotect)", f.ProtectionKey), "")
 		}
 		for _, b := range []struct {
 			flag string

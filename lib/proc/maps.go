@@ -55,17 +55,24 @@ var ErrMapsSyntax = errors.New("malformed maps line")
 // the kernel's escaping of newlines can grow it fourfold.
 const maxMapsLine = 4*4096 + 256
 
-// ReadVmFlags reads the VmFlags line of every VMA in /proc/PID/smaps,
-// keyed by the VMA's start, and parses nothing else. smaps is the only
-// place the kernel shows them (mlock, madvise, sealing); it is read as a
-// stream, since with 10,000 VMAs it is megabytes.
-func ReadVmFlags(pid int) (map[uint64][]string, error) {
+// VmaFlags is what ReadVmFlags reads of one VMA.
+type VmaFlags struct {
+	VmFlags       []string // two-letter flags, as in Mapping
+	ProtectionKey int      // pkey_mprotect(2); 0 is the default key
+}
+
+// ReadVmFlags reads the VmFlags and ProtectionKey lines of every VMA in
+// /proc/PID/smaps, keyed by the VMA's start, and parses nothing else.
+// smaps is the only place the kernel shows them (mlock, madvise, sealing,
+// protection keys); it is read as a stream, since with 10,000 VMAs it is
+// megabytes.
+func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	flags := map[uint64][]string{}
+	flags := map[uint64]VmaFlags{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), maxMapsLine)
 	var start uint64
@@ -76,7 +83,19 @@ func ReadVmFlags(pid int) (map[uint64][]string, error) {
 			if !inVma {
 				return nil, fmt.Errorf("pid %d: smaps: VmFlags before any VMA: %w", pid, ErrMapsSyntax)
 			}
-			flags[start] = strings.Fields(string(rest))
+			e := flags[start]
+			e.VmFlags = strings.Fields(string(rest))
+			flags[start] = e
+			continue
+		}
+		if rest, ok := bytes.CutPrefix(line, []byte("ProtectionKey:")); ok {
+			k, err := strconv.Atoi(string(bytes.TrimSpace(rest)))
+			if !inVma || err != nil {
+				return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
+			}
+			e := flags[start]
+			e.ProtectionKey = k
+			flags[start] = e
 			continue
 		}
 		// A VMA's first line starts with its range; field lines with a

@@ -135,11 +135,11 @@ func TestReadVmFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	mid := uint64(uintptr(unsafe.Pointer(&b[4096])))
-	got := Mapping{VmFlags: flags[mid]}
-	if !got.HasVmFlag("dc") || !got.HasVmFlag("rd") || !got.HasVmFlag("wr") {
-		t.Errorf("VmFlags of the DONTFORK page: %v", flags[mid])
+	got := Mapping{VmFlags: flags[mid].VmFlags}
+	if !got.HasVmFlag("dc") || !got.HasVmFlag("rd") || !got.HasVmFlag("wr") || flags[mid].ProtectionKey != 0 {
+		t.Errorf("VmFlags of the DONTFORK page: %+v", flags[mid])
 	}
-	first := Mapping{VmFlags: flags[mid-4096]}
+	first := Mapping{VmFlags: flags[mid-4096].VmFlags}
 	if first.HasVmFlag("dc") {
 		t.Errorf("VmFlags of the page before it: %v", flags[mid-4096])
 	}

@@ -308,3 +308,24 @@ func TestVmaAdvice(t *testing.T) {
 	}
 	p.terminate(at)
 }
+
+// TestVmaPkeyRefused: memory with a protection key of its own is refused
+// at dump time, naming the process and the mapping, and the process goes
+// on running.
+func TestVmaPkeyRefused(t *testing.T) {
+	if b, err := os.ReadFile("/proc/cpuinfo"); err != nil || !regexp.MustCompile(`\bospke\b`).Match(b) {
+		t.Skip("this CPU or kernel has no memory protection keys (no ospke in /proc/cpuinfo)")
+	}
+	need(t, "cr-dump")
+	p := startStateProg(t, "vmadvice", "pkey")
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatal("memory with a protection key was dumped")
+	}
+	want := regexp.MustCompile(`cr-pages: (error: )?pid ` + strconv.Itoa(p.pid) + ` vma [0-9a-f]+-[0-9a-f]+: memory with protection key [1-9][0-9]* \(pkey_mprotect\) is not supported`)
+	if !want.Match(r.stderr) {
+		t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+	}
+	p.checkRunning()
+	p.terminate(0)
+}

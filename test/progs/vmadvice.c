@@ -2,7 +2,7 @@
  * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
  * a mapping must survive a checkpoint.
  *
- *   vmadvice PROGRESS VERDICT
+ *   vmadvice PROGRESS VERDICT [pkey]
  *
  * Before the first tick it maps one private anonymous region per setting,
  * 64 KiB each, fills it with a pattern of its own, and sets:
@@ -13,6 +13,8 @@
  *   sr  MADV_SEQUENTIAL       rr  MADV_RANDOM
  *   dp  MAP_DROPPABLE (Linux 6.11; the kernel may drop its contents)
  *   sl  mseal (Linux 6.10)
+ * With "pkey" one more region gets a protection key of its own
+ * (pkey_mprotect), which a dump refuses.
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
@@ -158,7 +160,13 @@ static const char *check(char *why, size_t n)
 int main(int argc, char **argv)
 {
 	char why[512];
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey]");
+	if (argc > 3 && !strcmp(argv[3], "pkey")) {
+		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int key = syscall(SYS_pkey_alloc, 0, 0);
+		if (p == MAP_FAILED || key < 0 || syscall(SYS_pkey_mprotect, p, SIZE, PROT_READ | PROT_WRITE, key) != 0)
+			die("pkey");
+	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
 		int type = strcmp(r->flag, "dp") ? MAP_PRIVATE : MAP_DROPPABLE;
