@@ -49,7 +49,7 @@ func Filter() stage.Filter {
 				return err
 			}
 			fr, procs := up.Freeze, up.Procs
-			if err := CheckSharedMm(procs); err != nil {
+			if err := CheckShared(procs); err != nil {
 				return err
 			}
 			for _, p := range procs {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -36,25 +37,50 @@ func checkTracer(pid, tid int) error {
 	return nil
 }
 
-// CheckSharedMm refuses processes that share one address space: a vfork
-// parent waiting for its child, or a clone(CLONE_VM) without
-// CLONE_THREAD. Restore gives every process an address space of its own.
-func CheckSharedMm(procs []*pb.Process) error {
-	for i, a := range procs {
-		if a.State == "Z" {
-			continue
+// CheckShared refuses processes that share with another process what a
+// restore gives each one of its own: an address space (a vfork parent
+// waiting for its child, or clone(CLONE_VM) without CLONE_THREAD), an fd
+// table (CLONE_FILES), or a working directory, root and umask (CLONE_FS).
+// kcmp(2) orders the objects, so sorting finds every pair in n log n calls.
+func CheckShared(procs []*pb.Process) error {
+	var live []int
+	order := map[int]int{} // the stream's order: the parent comes first
+	for i, p := range procs {
+		if p.State != "Z" {
+			live = append(live, int(p.Pid))
+			order[int(p.Pid)] = i
 		}
-		for _, b := range procs[i+1:] {
-			if b.State == "Z" {
-				continue
+	}
+	for _, c := range []struct {
+		typ             int
+		what, how, hint string
+	}{
+		{sys.KcmpVM, "its address space", "a vfork in progress, or clone with CLONE_VM", "checkpoint once the child has called exec or exited"},
+		{sys.KcmpFdTable, "its fd table", "clone with CLONE_FILES", ""},
+		{sys.KcmpFs, "its working directory, root and umask", "clone with CLONE_FS", ""},
+	} {
+		var err error
+		sort.SliceStable(live, func(i, j int) bool {
+			r, e := sys.Kcmp(live[i], live[j], c.typ, 0, 0)
+			if e != nil && err == nil {
+				err = fmt.Errorf("pids %d and %d: %w", live[i], live[j], e)
 			}
-			same, err := sys.SameMm(int(a.Pid), int(b.Pid))
+			return r == 1
+		})
+		if err != nil {
+			return err
+		}
+		for i := 1; i < len(live); i++ {
+			r, err := sys.Kcmp(live[i-1], live[i], c.typ, 0, 0)
 			if err != nil {
-				return err
+				return fmt.Errorf("pids %d and %d: %w", live[i-1], live[i], err)
 			}
-			if same {
-				return stage.Hint(fmt.Errorf("pid %d shares its address space with pid %d (a vfork in progress, or clone with CLONE_VM): not supported", a.Pid, b.Pid),
-					"checkpoint once the child has called exec or exited")
+			if r == 0 {
+				a, b := live[i-1], live[i]
+				if order[b] < order[a] {
+					a, b = b, a
+				}
+				return stage.Hint(fmt.Errorf("pid %d shares %s with pid %d (%s): not supported", a, c.what, b, c.how), c.hint)
 			}
 		}
 	}

@@ -13,6 +13,9 @@ import (
 // kcmp types (linux/kcmp.h).
 const (
 	KcmpFile     = 0
+	KcmpVM       = 1
+	KcmpFdTable  = 2 // KCMP_FILES: the fd tables
+	KcmpFs       = 3
 	kcmpEpollTfd = 7
 )
 

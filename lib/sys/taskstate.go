@@ -150,17 +150,6 @@ func GetRobustList(tid int) (head, size uint64, err error) {
 	return head, size, nil
 }
 
-// SameMm reports whether two processes share one address space
-// (kcmp(KCMP_VM), Linux 3.5 with CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE).
-func SameMm(pid1, pid2 int) (bool, error) {
-	const kcmpVM = 1 // enum kcmp_type: KCMP_FILE 0, KCMP_VM 1
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), kcmpVM, 0, 0, 0)
-	if e != 0 {
-		return false, fmt.Errorf("kcmp vm %d %d: %w", pid1, pid2, e)
-	}
-	return r == 0, nil
-}
-
 // Timevals and timespecs, as nanoseconds.
 
 func putTimeval(b []byte, ns uint64) {

@@ -293,6 +293,33 @@ func TestStateRefuseVfork(t *testing.T) {
 	p.waitProgress(v+10, 5*time.Second) // the child runs on
 }
 
+// TestStateRefuseSharedTables: processes that share their fd table
+// (CLONE_FILES) or their working directory, root and umask (CLONE_FS) are
+// refused by cr-seize with a message naming both, and run on after a thaw.
+func TestStateRefuseSharedTables(t *testing.T) {
+	for _, c := range []struct{ mode, what string }{
+		{"files", `its fd table with pid \d+ \(clone with CLONE_FILES\)`},
+		{"fs", `its working directory, root and umask with pid \d+ \(clone with CLONE_FS\)`},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			p := startStateProg(t, "cloneshare", c.mode)
+			img := filepath.Join(p.dir, "img")
+			r := shell(t, 30*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+			if r.err == nil {
+				t.Fatalf("processes sharing %s were dumped", c.mode)
+			}
+			want := regexp.MustCompile(`^cr-seize: error: pid ` + strconv.Itoa(p.pid) + ` shares ` + c.what + `: not supported`)
+			if first := firstLine(r.stderr); !want.MatchString(first) {
+				t.Errorf("first error %q does not match %q", first, want)
+			}
+			mustShell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid))
+			p.checkNoCgroup()
+			p.checkRunning()
+			p.terminate(0)
+		})
+	}
+}
+
 // TestVmaAdvice: mlock (also on fault), madvise's fork, core dump, KSM,
 // THP and read-ahead advice, MAP_DROPPABLE and mseal come back on their
 // mappings, with their contents, and a fork after the restore leaves out
