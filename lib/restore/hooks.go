@@ -22,6 +22,7 @@ type Ctx struct {
 	owned  []*os.File // closed when the restore ends
 	pidns  bool       // --pidns: the tree goes into a new PID namespace
 	init   *restorer  // that namespace's init (the root's parent)
+	cgroup *os.File   // --cgroup: the directory the helper starts in
 }
 
 func (rc *Ctx) owns(f *os.File) bool {

@@ -40,6 +40,7 @@ type Options struct {
 	PidFile string        // write the root's PID here
 	PidWait time.Duration // how long to wait for dumped PIDs to become free
 	PidNS   bool          // restore into a new PID namespace, beside the original
+	Cgroup  string        // cgroup v2 directory to start the tree in; cr-restore's when empty
 }
 
 // task is one process being rebuilt.
@@ -90,6 +91,12 @@ func Run(opts Options) (err error) {
 	}
 	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS}
 	defer rc.closeAll()
+	if opts.Cgroup != "" {
+		if rc.cgroup, err = openCgroup(opts.Cgroup); err != nil {
+			return err
+		}
+		rc.owned = append(rc.owned, rc.cgroup)
+	}
 	if err := rc.restoreStream(rd, opts); err != nil {
 		rc.killAll()
 		for _, abort := range aborters {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/stage"
 	"crpipe/pie"
 )
 
@@ -49,8 +50,11 @@ type restorer struct {
 }
 
 // startHelper executes the restorer blob from a memfd as our child and
-// returns its control socket. The helper only clones the real task.
-func startHelper(pidns bool) (*restorer, *exec.Cmd, error) {
+// returns its control socket. The helper only clones the real task. With
+// cgroup (a cgroup v2 directory) it starts there (clone3 with
+// CLONE_INTO_CGROUP, Linux 5.7), and so does everything it clones: no
+// process is moved, which would cost an RCU grace period (doc/performance.md).
+func startHelper(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
 	layout, err := pie.RestorerLayout()
 	if err != nil {
 		return nil, nil, err
@@ -71,16 +75,38 @@ func startHelper(pidns bool) (*restorer, *exec.Cmd, error) {
 		ExtraFiles: []*os.File{theirs}, // fd 3
 		Env:        []string{},
 	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	if pidns {
 		// The helper becomes init of a new PID namespace, with a mount
 		// namespace of its own for a /proc that shows that namespace.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS}
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWPID | unix.CLONE_NEWNS
+	}
+	if cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroup.Fd())
 	}
 	if err := cmd.Start(); err != nil {
 		ours.Close()
+		if cgroup != nil {
+			return nil, nil, stage.Hint(fmt.Errorf("start restorer in cgroup %s: %w", cgroup.Name(), err),
+				"a cgroup with controllers enabled for its children (cgroup.subtree_control) cannot hold processes itself; give a leaf")
+		}
 		return nil, nil, fmt.Errorf("start restorer: %w", err)
 	}
 	return &restorer{sock: ours, pid: cmd.Process.Pid, layout: layout}, cmd, nil
+}
+
+// openCgroup opens dir, which must be a cgroup v2 directory.
+func openCgroup(dir string) (*os.File, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--cgroup: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		f.Close()
+		return nil, stage.Hint(fmt.Errorf("--cgroup %s: not a cgroup v2 directory", dir), "give a directory under the cgroup2 mount (grep cgroup2 /proc/mounts)")
+	}
+	return f, nil
 }
 
 func memfdWithContents(name string, b []byte) (*os.File, error) {

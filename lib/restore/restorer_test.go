@@ -27,7 +27,7 @@ func TestRestorerCloneRelocateSyscalls(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: clone3 with set_tid needs CAP_SYS_ADMIN")
 	}
-	r, helper, err := startHelper(false)
+	r, helper, err := startHelper(false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func (rc *Ctx) completeTree() error {
 // the init of a new PID namespace), the others from their parent.
 func (rc *Ctx) create(t *task) error {
 	if t.parent == nil && !rc.pidns {
-		r, helper, err := startHelper(false)
+		r, helper, err := startHelper(false, rc.cgroup)
 		if err != nil {
 			return err
 		}
@@ -164,7 +164,7 @@ func (rc *Ctx) create(t *task) error {
 // startInit starts a helper as init of a new PID namespace (and mount
 // namespace, with its own /proc), the parent of the restored root.
 func (rc *Ctx) startInit() (*restorer, error) {
-	r, helper, err := startHelper(true)
+	r, helper, err := startHelper(true, rc.cgroup)
 	if err != nil {
 		return nil, err
 	}

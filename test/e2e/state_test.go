@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -355,4 +356,54 @@ func TestVmaPkeyRefused(t *testing.T) {
 	}
 	p.checkRunning()
 	p.terminate(0)
+}
+
+// TestRestoreIntoCgroup: cr-restore --cgroup starts the restored tree, every
+// process of it, in a cgroup v2 directory the test made (as a container
+// runtime would), and refuses a directory that is not a cgroup.
+func TestRestoreIntoCgroup(t *testing.T) {
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup2 mount: %v", err)
+	}
+	cg := filepath.Join(mount, fmt.Sprintf("crpipe-e2e-%d-restore", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Only processes of this test live there; the last ones may still
+		// be exiting.
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if err = os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+		}
+		t.Errorf("remove the test's cgroup: %v", err)
+	})
+	p := startStateProg(t, "treestate")
+	t.Cleanup(func() { killDescendants(t, p) })
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	at := p.mustProgress()
+	if r := shell(t, 30*time.Second, "cr-restore -d --cgroup /tmp -i "+img); r.err == nil || !strings.Contains(string(r.stderr), "not a cgroup v2 directory") {
+		t.Fatalf("--cgroup /tmp: %s", r)
+	}
+	pidfile := filepath.Join(p.dir, "restored.pid")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s --pidfile %s --cgroup %s", img, pidfile, cg))
+	p.checkPidfile(pidfile)
+	want := strings.TrimPrefix(cg, mount)
+	tree := append([]int{p.pid}, descendants(p.pid)...)
+	if len(tree) < 2 {
+		t.Fatalf("restored tree %v: want the root and its children", tree)
+	}
+	for _, pid := range tree {
+		if got, err := proc.Cgroup2Of(pid); err != nil || got != want {
+			t.Errorf("pid %d is in cgroup %q (%v), want %q", pid, got, err, want)
+		}
+	}
+	p.checkProgressFrom(at)
+	p.terminate(at)
 }
