@@ -74,8 +74,9 @@ type dumper struct {
 	ghosts  []ghost           // written after the Files records (ghost.go)
 	kept    []*os.File        // fd copies read as the output is written
 
-	queues map[uint64][]*peekedMsg // unix receive queues by socket inode (scm.go)
-	flight []int                   // cr-files' copies of files in flight
+	mcast  map[int][]sys.McastGroup // groups joined in a process's network namespace (inet.go)
+	queues map[uint64][]*peekedMsg  // unix receive queues by socket inode (scm.go)
+	flight []int                    // cr-files' copies of files in flight
 }
 
 func newDumper(procs []*pb.Process) *dumper {

@@ -3,6 +3,7 @@ package files
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 
 	"golang.org/x/sys/unix"
 
@@ -75,12 +76,60 @@ func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
 	if in.RcvtimeoUs, in.SndtimeoUs, err = sys.SocketTimeouts(fd); err != nil {
 		return cannot(e, "%v", err)
 	}
+	if err := d.dumpMulticast(e, fd, in); err != nil {
+		return err
+	}
 	if dev, err := unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE); err == nil {
 		in.BindDevice = dev
 	}
 	if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
 		in.DroppedBytes = uint32(n)
 		stage.Logf("pid %d fd %d: UDP socket: the queued datagrams (the first of %d bytes) are not kept", e.pid, e.fd, n)
+	}
+	return nil
+}
+
+// dumpMulticast records the groups the socket joined (asking about every
+// group of its network namespace) and its multicast sending options.
+func (d *dumper) dumpMulticast(e *entry, fd int, in *pb.InetSocket) error {
+	groups, ok := d.mcast[e.pid]
+	if !ok {
+		var err error
+		if groups, err = sys.McastGroups(e.pid); err != nil {
+			return cannot(e, "multicast groups: %v", err)
+		}
+		if d.mcast == nil {
+			d.mcast = map[int][]sys.McastGroup{}
+		}
+		d.mcast[e.pid] = groups
+	}
+	family := int(in.Family)
+	for _, g := range groups {
+		if g.Family != family {
+			continue
+		}
+		member, mode, sources, err := sys.McastMembership(fd, family, g.Ifindex, g.Group)
+		if err != nil {
+			return cannot(e, "multicast group %s on %s: %v", net.IP(g.Group), g.Device, err)
+		}
+		if member {
+			in.Mcast = append(in.Mcast, &pb.McastMembership{Ifindex: uint32(g.Ifindex), Device: g.Device, Group: g.Group, Fmode: mode, Sources: sources})
+		}
+	}
+	o := sockopts{fd: fd}
+	if family == unix.AF_INET6 {
+		ttl, loop := int32(o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS)), o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_LOOP) != 0
+		in.McastTtl, in.McastLoop = &ttl, &loop
+		in.McastIfindex = uint32(o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_IF))
+	} else {
+		ttl, loop := int32(o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_TTL)), o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_LOOP) != 0
+		in.McastTtl, in.McastLoop = &ttl, &loop
+		if a, err := unix.GetsockoptInet4Addr(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_IF); err == nil && a != [4]byte{} {
+			in.McastIfAddr = a[:]
+		}
+	}
+	if o.err != nil {
+		return cannot(e, "getsockopt: %v", o.err)
 	}
 	return nil
 }

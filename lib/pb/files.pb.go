@@ -1238,11 +1238,16 @@ type InetSocket struct {
 	DroppedBytes  uint32                 `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
 	RcvtimeoUs    uint64                 `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
 	SndtimeoUs    uint64                 `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
-	Mark          uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`         // SO_MARK
-	Priority      uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"` // SO_PRIORITY
-	Tos           uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`           // IP_TOS or IPV6_TCLASS
-	Pktinfo       bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`   // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
-	Recverr       bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`   // IP_RECVERR or IPV6_RECVERR
+	Mark          uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`                                     // SO_MARK
+	Priority      uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"`                             // SO_PRIORITY
+	Tos           uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`                                       // IP_TOS or IPV6_TCLASS
+	Pktinfo       bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`                               // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
+	Recverr       bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`                               // IP_RECVERR or IPV6_RECVERR
+	Mcast         []*McastMembership     `protobuf:"bytes,25,rep,name=mcast,proto3" json:"mcast,omitempty"`                                    // multicast groups joined
+	McastTtl      *int32                 `protobuf:"varint,26,opt,name=mcast_ttl,json=mcastTtl,proto3,oneof" json:"mcast_ttl,omitempty"`       // IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS
+	McastLoop     *bool                  `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
+	McastIfAddr   []byte                 `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
+	McastIfindex  uint32                 `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1445,6 +1450,119 @@ func (x *InetSocket) GetRecverr() bool {
 	return false
 }
 
+func (x *InetSocket) GetMcast() []*McastMembership {
+	if x != nil {
+		return x.Mcast
+	}
+	return nil
+}
+
+func (x *InetSocket) GetMcastTtl() int32 {
+	if x != nil && x.McastTtl != nil {
+		return *x.McastTtl
+	}
+	return 0
+}
+
+func (x *InetSocket) GetMcastLoop() bool {
+	if x != nil && x.McastLoop != nil {
+		return *x.McastLoop
+	}
+	return false
+}
+
+func (x *InetSocket) GetMcastIfAddr() []byte {
+	if x != nil {
+		return x.McastIfAddr
+	}
+	return nil
+}
+
+func (x *InetSocket) GetMcastIfindex() uint32 {
+	if x != nil {
+		return x.McastIfindex
+	}
+	return 0
+}
+
+// McastMembership is one multicast group a socket joined on an interface,
+// with its source filter (MCAST_MSFILTER).
+type McastMembership struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ifindex       uint32                 `protobuf:"varint,1,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"` // the interface's name: a restore looks its index up by it
+	Group         []byte                 `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`   // 4 or 16 bytes
+	Fmode         uint32                 `protobuf:"varint,4,opt,name=fmode,proto3" json:"fmode,omitempty"`  // MCAST_INCLUDE 0 (only sources), MCAST_EXCLUDE 1 (all but sources)
+	Sources       [][]byte               `protobuf:"bytes,5,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *McastMembership) Reset() {
+	*x = McastMembership{}
+	mi := &file_files_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *McastMembership) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*McastMembership) ProtoMessage() {}
+
+func (x *McastMembership) ProtoReflect() protoreflect.Message {
+	mi := &file_files_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use McastMembership.ProtoReflect.Descriptor instead.
+func (*McastMembership) Descriptor() ([]byte, []int) {
+	return file_files_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *McastMembership) GetIfindex() uint32 {
+	if x != nil {
+		return x.Ifindex
+	}
+	return 0
+}
+
+func (x *McastMembership) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *McastMembership) GetGroup() []byte {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *McastMembership) GetFmode() uint32 {
+	if x != nil {
+		return x.Fmode
+	}
+	return 0
+}
+
+func (x *McastMembership) GetSources() [][]byte {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
 type NetlinkSocket struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Protocol      uint32                 `protobuf:"varint,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
@@ -1462,7 +1580,7 @@ type NetlinkSocket struct {
 
 func (x *NetlinkSocket) Reset() {
 	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1592,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1605,7 @@ func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
 func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	return file_files_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1589,7 +1707,7 @@ type TtyState struct {
 
 func (x *TtyState) Reset() {
 	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1719,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1732,7 @@ func (x *TtyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
 func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{16}
+	return file_files_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -1887,7 +2005,7 @@ const file_files_proto_rawDesc = "" +
 	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
 	"rcvtimeoUs\x12\x1f\n" +
 	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
-	"sndtimeoUs\"\xae\x05\n" +
+	"sndtimeoUs\"\x88\a\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
@@ -1921,7 +2039,22 @@ const file_files_proto_rawDesc = "" +
 	"\bpriority\x18\x15 \x01(\rR\bpriority\x12\x10\n" +
 	"\x03tos\x18\x16 \x01(\rR\x03tos\x12\x18\n" +
 	"\apktinfo\x18\x17 \x01(\bR\apktinfo\x12\x18\n" +
-	"\arecverr\x18\x18 \x01(\bR\arecverr\"\x80\x02\n" +
+	"\arecverr\x18\x18 \x01(\bR\arecverr\x12,\n" +
+	"\x05mcast\x18\x19 \x03(\v2\x16.cr.v1.McastMembershipR\x05mcast\x12 \n" +
+	"\tmcast_ttl\x18\x1a \x01(\x05H\x00R\bmcastTtl\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"mcast_loop\x18\x1b \x01(\bH\x01R\tmcastLoop\x88\x01\x01\x12\"\n" +
+	"\rmcast_if_addr\x18\x1c \x01(\fR\vmcastIfAddr\x12#\n" +
+	"\rmcast_ifindex\x18\x1d \x01(\rR\fmcastIfindexB\f\n" +
+	"\n" +
+	"_mcast_ttlB\r\n" +
+	"\v_mcast_loop\"\x89\x01\n" +
+	"\x0fMcastMembership\x12\x18\n" +
+	"\aifindex\x18\x01 \x01(\rR\aifindex\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\fR\x05group\x12\x14\n" +
+	"\x05fmode\x18\x04 \x01(\rR\x05fmode\x12\x18\n" +
+	"\asources\x18\x05 \x03(\fR\asources\"\x80\x02\n" +
 	"\rNetlinkSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x16\n" +
 	"\x06portid\x18\x02 \x01(\rR\x06portid\x12\x16\n" +
@@ -1971,26 +2104,27 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_files_proto_goTypes = []any{
-	(*FileDesc)(nil),      // 0: cr.v1.FileDesc
-	(*FileData)(nil),      // 1: cr.v1.FileData
-	(*PipeState)(nil),     // 2: cr.v1.PipeState
-	(*EventfdState)(nil),  // 3: cr.v1.EventfdState
-	(*SignalfdState)(nil), // 4: cr.v1.SignalfdState
-	(*TimerfdState)(nil),  // 5: cr.v1.TimerfdState
-	(*InotifyWatch)(nil),  // 6: cr.v1.InotifyWatch
-	(*InotifyState)(nil),  // 7: cr.v1.InotifyState
-	(*MemfdState)(nil),    // 8: cr.v1.MemfdState
-	(*EpollWatch)(nil),    // 9: cr.v1.EpollWatch
-	(*EpollState)(nil),    // 10: cr.v1.EpollState
-	(*UnixMessage)(nil),   // 11: cr.v1.UnixMessage
-	(*UnixCreds)(nil),     // 12: cr.v1.UnixCreds
-	(*UnixSocket)(nil),    // 13: cr.v1.UnixSocket
-	(*InetSocket)(nil),    // 14: cr.v1.InetSocket
-	(*NetlinkSocket)(nil), // 15: cr.v1.NetlinkSocket
-	(*TtyState)(nil),      // 16: cr.v1.TtyState
-	(*Fd)(nil),            // 17: cr.v1.Fd
+	(*FileDesc)(nil),        // 0: cr.v1.FileDesc
+	(*FileData)(nil),        // 1: cr.v1.FileData
+	(*PipeState)(nil),       // 2: cr.v1.PipeState
+	(*EventfdState)(nil),    // 3: cr.v1.EventfdState
+	(*SignalfdState)(nil),   // 4: cr.v1.SignalfdState
+	(*TimerfdState)(nil),    // 5: cr.v1.TimerfdState
+	(*InotifyWatch)(nil),    // 6: cr.v1.InotifyWatch
+	(*InotifyState)(nil),    // 7: cr.v1.InotifyState
+	(*MemfdState)(nil),      // 8: cr.v1.MemfdState
+	(*EpollWatch)(nil),      // 9: cr.v1.EpollWatch
+	(*EpollState)(nil),      // 10: cr.v1.EpollState
+	(*UnixMessage)(nil),     // 11: cr.v1.UnixMessage
+	(*UnixCreds)(nil),       // 12: cr.v1.UnixCreds
+	(*UnixSocket)(nil),      // 13: cr.v1.UnixSocket
+	(*InetSocket)(nil),      // 14: cr.v1.InetSocket
+	(*McastMembership)(nil), // 15: cr.v1.McastMembership
+	(*NetlinkSocket)(nil),   // 16: cr.v1.NetlinkSocket
+	(*TtyState)(nil),        // 17: cr.v1.TtyState
+	(*Fd)(nil),              // 18: cr.v1.Fd
 }
 var file_files_proto_depIdxs = []int32{
 	2,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
@@ -2002,18 +2136,19 @@ var file_files_proto_depIdxs = []int32{
 	10, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
 	13, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
 	14, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	15, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	16, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
-	17, // 11: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
+	16, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
+	17, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	18, // 11: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
 	6,  // 12: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
 	9,  // 13: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
 	12, // 14: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
 	11, // 15: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 16: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_files_proto_init() }
@@ -2022,13 +2157,14 @@ func file_files_proto_init() {
 		return
 	}
 	file_cr_proto_init()
+	file_files_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

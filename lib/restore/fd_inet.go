@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"net"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -112,10 +113,53 @@ func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 			return fail("connect", err)
 		}
 	}
+	if err := setMulticast(n, in); err != nil {
+		return fail("multicast", err)
+	}
 	if err := setStatusFlags(f, d.Flags); err != nil {
 		return fail("flags", err)
 	}
 	return f, nil
+}
+
+// setMulticast sets the multicast sending options and joins the groups
+// again, each on the interface of its name here, with its source filter.
+func setMulticast(fd int, in *pb.InetSocket) error {
+	v6 := in.Family == unix.AF_INET6
+	level, ttl, loop, ifopt := unix.IPPROTO_IP, unix.IP_MULTICAST_TTL, unix.IP_MULTICAST_LOOP, unix.IP_MULTICAST_IF
+	if v6 {
+		level, ttl, loop, ifopt = unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS, unix.IPV6_MULTICAST_LOOP, unix.IPV6_MULTICAST_IF
+	}
+	if in.McastTtl != nil {
+		if err := unix.SetsockoptInt(fd, level, ttl, int(*in.McastTtl)); err != nil {
+			return fmt.Errorf("TTL %d: %w", *in.McastTtl, err)
+		}
+	}
+	if in.McastLoop != nil {
+		if err := unix.SetsockoptInt(fd, level, loop, boolInt(*in.McastLoop)); err != nil {
+			return fmt.Errorf("loop: %w", err)
+		}
+	}
+	switch {
+	case v6 && in.McastIfindex != 0:
+		if err := unix.SetsockoptInt(fd, level, ifopt, int(in.McastIfindex)); err != nil {
+			return fmt.Errorf("interface %d: %w", in.McastIfindex, err)
+		}
+	case !v6 && len(in.McastIfAddr) == 4:
+		if err := unix.SetsockoptInet4Addr(fd, level, ifopt, [4]byte(in.McastIfAddr)); err != nil {
+			return fmt.Errorf("interface %s: %w", net.IP(in.McastIfAddr), err)
+		}
+	}
+	for _, m := range in.Mcast {
+		ifc, err := net.InterfaceByName(m.Device)
+		if err != nil {
+			return fmt.Errorf("group %s: interface %s: %w", net.IP(m.Group), m.Device, err)
+		}
+		if err := sys.McastJoin(fd, int(in.Family), ifc.Index, m.Group, m.Fmode, m.Sources); err != nil {
+			return fmt.Errorf("group %s on %s: %w", net.IP(m.Group), m.Device, err)
+		}
+	}
+	return nil
 }
 
 func inetSockaddr(family uint32, addr []byte, port uint32) (unix.Sockaddr, error) {

@@ -11,6 +11,9 @@
  *       IPV6_TCLASS 0x20, IPV6_RECVPKTINFO, SO_SNDTIMEO 0.76 s (multiples of 20 ms,
  *       which the kernel keeps exactly)
  *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR
+ *   24  UDP on lo for multicast: joined 239.1.2.3 (any source) and
+ *       239.1.2.4 (only from 127.0.0.9), IP_MULTICAST_TTL 7, LOOP 0, IF
+ *       127.0.0.1; 22 joined ff15::1234 on lo, IPV6_MULTICAST_HOPS 9
  * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
  * (sendto) carry datagrams; 23 has its port id and groups.
  */
@@ -25,6 +28,27 @@
 static struct sockaddr_in a20, a21;
 static struct sockaddr_in6 a22;
 static struct sockaddr_nl n23;
+
+/* is_member asks fd for its membership of group on lo (MCAST_MSFILTER):
+ * 1 with the filter mode and first source, 0 when it did not join. */
+static int is_member(int fd, int level, const struct sockaddr *group, socklen_t glen, uint32_t *mode, struct sockaddr_storage *src)
+{
+	char buf[GROUP_FILTER_SIZE(4)];
+	struct group_filter *gf = (struct group_filter *)buf;
+	memset(buf, 0, sizeof buf);
+	gf->gf_interface = 1; /* lo */
+	memcpy(&gf->gf_group, group, glen);
+	gf->gf_numsrc = 4;
+	socklen_t l = sizeof buf;
+	if (getsockopt(fd, level, MCAST_MSFILTER, gf, &l) != 0)
+		return 0;
+	*mode = gf->gf_fmode;
+	if (gf->gf_numsrc > 0)
+		*src = gf->gf_slist[0];
+	else
+		memset(src, 0, sizeof *src);
+	return 1;
+}
 
 /* Integer options set on 21 and 22, checked after the restore. */
 static const struct {
@@ -73,6 +97,27 @@ static void setup(const char *arg)
 	must(bind(22, (struct sockaddr *)&lo6, sizeof lo6), "bind 22");
 	l = sizeof a22;
 	getsockname(22, (struct sockaddr *)&a22, &l);
+
+	struct ipv6_mreq m6 = { .ipv6mr_interface = 1 };
+	inet_pton(AF_INET6, "ff15::1234", &m6.ipv6mr_multiaddr);
+	must(setsockopt(22, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m6, sizeof m6), "IPV6_JOIN_GROUP");
+	int hops = 9;
+	must(setsockopt(22, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof hops), "IPV6_MULTICAST_HOPS");
+
+	at(must(socket(AF_INET, SOCK_DGRAM, 0), "socket"), 24);
+	struct ip_mreqn mr = { .imr_ifindex = 1 };
+	inet_pton(AF_INET, "239.1.2.3", &mr.imr_multiaddr);
+	must(setsockopt(24, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof mr), "IP_ADD_MEMBERSHIP");
+	struct ip_mreq_source ms;
+	inet_pton(AF_INET, "239.1.2.4", &ms.imr_multiaddr);
+	inet_pton(AF_INET, "127.0.0.1", &ms.imr_interface);
+	inet_pton(AF_INET, "127.0.0.9", &ms.imr_sourceaddr);
+	must(setsockopt(24, IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, &ms, sizeof ms), "IP_ADD_SOURCE_MEMBERSHIP");
+	int ttl = 7, zero = 0;
+	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl), "IP_MULTICAST_TTL");
+	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_LOOP, &zero, sizeof zero), "IP_MULTICAST_LOOP");
+	struct in_addr lo4 = { htonl(INADDR_LOOPBACK) };
+	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_IF, &lo4, sizeof lo4), "IP_MULTICAST_IF");
 
 	at(must(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE), "netlink"), 23);
 	struct sockaddr_nl nl = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_LINK };
@@ -143,6 +188,45 @@ static void check(void)
 	l = sizeof v;
 	if (getsockopt(22, SOL_SOCKET, SO_RCVBUF, &v, &l) || v != 128 << 10)
 		fail("fd 22: SO_RCVBUF %d, want %d", v, 128 << 10);
+
+	uint32_t mode;
+	struct sockaddr_storage src;
+	struct sockaddr_in g4 = { .sin_family = AF_INET };
+	inet_pton(AF_INET, "239.1.2.3", &g4.sin_addr);
+	if (!is_member(24, IPPROTO_IP, (struct sockaddr *)&g4, sizeof g4, &mode, &src) || mode != MCAST_EXCLUDE)
+		fail("fd 24: not in 239.1.2.3 for any source");
+	inet_pton(AF_INET, "239.1.2.4", &g4.sin_addr);
+	if (!is_member(24, IPPROTO_IP, (struct sockaddr *)&g4, sizeof g4, &mode, &src) || mode != MCAST_INCLUDE ||
+	    ((struct sockaddr_in *)&src)->sin_addr.s_addr != htonl(0x7f000009))
+		fail("fd 24: not in 239.1.2.4 for 127.0.0.9 only");
+	inet_pton(AF_INET, "239.1.2.5", &g4.sin_addr);
+	if (is_member(24, IPPROTO_IP, (struct sockaddr *)&g4, sizeof g4, &mode, &src))
+		fail("fd 24: in 239.1.2.5, which it never joined");
+	struct sockaddr_in6 g6 = { .sin6_family = AF_INET6 };
+	inet_pton(AF_INET6, "ff15::1234", &g6.sin6_addr);
+	if (!is_member(22, IPPROTO_IPV6, (struct sockaddr *)&g6, sizeof g6, &mode, &src))
+		fail("fd 22: not in ff15::1234");
+	struct {
+		int fd, level, opt, want;
+		const char *name;
+	} mo[] = {
+		{ 24, IPPROTO_IP, IP_MULTICAST_TTL, 7, "IP_MULTICAST_TTL" },
+		{ 24, IPPROTO_IP, IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP" },
+		{ 22, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 9, "IPV6_MULTICAST_HOPS" },
+	};
+	for (size_t k = 0; k < sizeof mo / sizeof mo[0]; k++) {
+		v = -1;
+		l = sizeof v;
+		getsockopt(mo[k].fd, mo[k].level, mo[k].opt, &v, &l);
+		if (l == 1)
+			v = (unsigned char)v; /* IP_MULTICAST_TTL/LOOP may answer in a byte */
+		if (v != mo[k].want)
+			fail("fd %d: %s is %d, want %d", mo[k].fd, mo[k].name, v, mo[k].want);
+	}
+	struct in_addr mif = { 0 };
+	l = sizeof mif;
+	if (getsockopt(24, IPPROTO_IP, IP_MULTICAST_IF, &mif, &l) || mif.s_addr != htonl(INADDR_LOOPBACK))
+		fail("fd 24: IP_MULTICAST_IF is not 127.0.0.1");
 
 	struct sockaddr_nl nl;
 	l = sizeof nl;
