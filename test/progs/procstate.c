@@ -173,7 +173,6 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	char why[512];
 	state_init(argc, argv, 3, "procstate PROGRESS VERDICT [rr]");
 	rr = argc > 3 && strcmp(argv[3], "rr") == 0;
 
@@ -217,15 +216,5 @@ int main(int argc, char **argv)
 		die("oom_score_adj");
 	syscall(SYS_get_robust_list, 0, &robust_head, &robust_len);
 
-	if (check(why, sizeof why)) {
-		fprintf(stderr, "procstate: setup: %s\n", why);
-		return 2;
-	}
-	while (!got_term) {
-		tick();
-		sleep_ns(TICK_NS, (volatile int *)&got_term);
-	}
-	if (check(why, sizeof why))
-		return verdict("FAIL %s", why);
-	return verdict("PASS %llu", (unsigned long long)ticks);
+	return state_run("procstate", check);
 }

@@ -108,7 +108,6 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	char why[512];
 	state_init(argc, argv, 3, "seccomp-filter PROGRESS VERDICT [nnp]");
 	nnp = argc > 3 && strcmp(argv[3], "nnp") == 0;
 	if (install(f1, sizeof f1 / sizeof f1[0], 0) != 0 || install(f2, sizeof f2 / sizeof f2[0], SECCOMP_FILTER_FLAG_LOG) != 0)
@@ -117,15 +116,5 @@ int main(int argc, char **argv)
 		die("PR_SET_NO_NEW_PRIVS");
 	if (setgroups(0, NULL) != 0 || setresgid(1234, 1234, 1234) != 0 || setresuid(1234, 1234, 1234) != 0)
 		die("setresuid");
-	if (check(why, sizeof why)) {
-		fprintf(stderr, "seccomp-filter: setup: %s\n", why);
-		return 2;
-	}
-	while (!got_term) {
-		tick();
-		sleep_ns(TICK_NS, (volatile int *)&got_term);
-	}
-	if (check(why, sizeof why))
-		return verdict("FAIL %s", why);
-	return verdict("PASS %llu", (unsigned long long)ticks);
+	return state_run("seccomp-filter", check);
 }

@@ -92,4 +92,23 @@ static inline int64_t mono_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* state_run checks the state just set up (exit 2 when it is wrong: the
+ * test fails at start), ticks until SIGTERM, checks it again and writes the
+ * verdict. check returns NULL, or why the state is wrong (in why). */
+static inline int state_run(const char *name, const char *(*check)(char *why, size_t n))
+{
+	char why[512];
+	if (check(why, sizeof why)) {
+		fprintf(stderr, "%s: setup: %s\n", name, why);
+		return 2;
+	}
+	while (!got_term) {
+		tick();
+		sleep_ns(TICK_NS, (volatile int *)&got_term);
+	}
+	if (check(why, sizeof why))
+		return verdict("FAIL %s", why);
+	return verdict("PASS %llu", (unsigned long long)ticks);
+}
+
 #endif

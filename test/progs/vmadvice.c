@@ -159,7 +159,6 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	char why[512];
 	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey]");
 	if (argc > 3 && !strcmp(argv[3], "pkey")) {
 		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -181,15 +180,5 @@ int main(int argc, char **argv)
 		if (strcmp(r->flag, "dp") && set(r) != 0)
 			die(r->flag);
 	}
-	if (check(why, sizeof why)) {
-		fprintf(stderr, "vmadvice: setup: %s\n", why);
-		return 2;
-	}
-	while (!got_term) {
-		tick();
-		sleep_ns(TICK_NS, (volatile int *)&got_term);
-	}
-	if (check(why, sizeof why))
-		return verdict("FAIL %s", why);
-	return verdict("PASS %llu", (unsigned long long)ticks);
+	return state_run("vmadvice", check);
 }
