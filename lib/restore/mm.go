@@ -321,9 +321,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 //
 // Most of a restore's time is the kernel faulting in the task's fresh
 // pages and filling them; that scales with cores, so a large frame is
-// split among up to writeThreads threads. (With the image on tmpfs, data
-// is the file's page cache mapped by lib/image: the only copy is into the
-// task.)
+// split among up to writeThreads threads.
 func (t *task) writePages(addr uint64, data []byte) error {
 	end := addr + uint64(len(data))
 	ok := false
