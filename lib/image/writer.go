@@ -8,7 +8,6 @@ import (
 	"io"
 	"runtime"
 
-	"github.com/pierrec/lz4/v4"
 	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/pb"
@@ -21,7 +20,7 @@ type Writer struct {
 	out    io.Writer
 	dst    io.Writer // out, or lz4 compressing into out
 	bw     *bufio.Writer
-	lz     *lz4.Writer
+	lz     *lz4Writer
 	counts Counts
 	closed bool
 	donate Donor
@@ -61,15 +60,11 @@ func NewWriter(out io.Writer, opt WriterOptions) (*Writer, error) {
 	w := &Writer{out: out, donate: opt.Donate}
 	dst := out
 	if opt.Compress {
-		w.lz = lz4.NewWriter(out)
 		// Every block in flight holds its input and output buffers: 1 MiB
-		// blocks and at most 8 of them keep a compressing stage's memory
+		// blocks and at most 9 of them keep a compressing stage's memory
 		// bounded whatever the core count (4 MiB blocks on 8 cores took
 		// 120 MiB). lz4's window is 64 KiB, so larger blocks gain nothing.
-		conc := min(runtime.GOMAXPROCS(0), 8)
-		if err := w.lz.Apply(lz4.ConcurrencyOption(conc), lz4.BlockSizeOption(lz4.Block1Mb), lz4.ChecksumOption(false)); err != nil {
-			return nil, fmt.Errorf("lz4: %w", err)
-		}
+		w.lz = newLz4Writer(out, min(runtime.GOMAXPROCS(0), 8))
 		dst = w.lz
 	}
 	w.dst = dst
@@ -210,8 +205,7 @@ func (w *Writer) passDeferred(f *Frame) error {
 	}
 	dst := w.out
 	if w.lz != nil {
-		// Hide lz4.Writer.ReadFrom: it cannot follow earlier Writes.
-		dst = struct{ io.Writer }{w.lz}
+		dst = w.lz // which reads the contents straight into its blocks
 	}
 	if err := rd.finishPending(dst); err != nil {
 		return err
