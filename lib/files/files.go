@@ -26,6 +26,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // Options are cr-files' flags.
@@ -104,7 +105,7 @@ func (d *dumper) dumpTable(pid int) (*pb.Files, error) {
 	if fs.Exe, err = os.Readlink(procPath(pid, "exe")); err != nil {
 		return nil, procErr(pid, err)
 	}
-	status, err := os.ReadFile(procPath(pid, "status"))
+	status, err := sys.ReadFile(procPath(pid, "status"))
 	if err != nil {
 		return nil, procErr(pid, err)
 	}
@@ -216,7 +217,7 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 		}
 		return nil, procErr(pid, err)
 	}
-	b, err := os.ReadFile(procPath(pid, "fdinfo", name))
+	b, err := sys.ReadFile(procPath(pid, "fdinfo", name))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, err

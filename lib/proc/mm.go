@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strconv"
+
+	"crpipe/lib/sys"
 )
 
 // MmStat holds the address-space fields of /proc/PID/stat (see proc_pid_stat(5)).
@@ -30,7 +32,7 @@ var ErrStatSyntax = errors.New("malformed stat line")
 
 // ReadMmStat reads the address-space fields of /proc/PID/stat.
 func ReadMmStat(pid int) (MmStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	b, err := sys.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return MmStat{}, err
 	}

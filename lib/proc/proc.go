@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"crpipe/lib/sys"
 )
 
 // Root is where procfs is mounted; tests may point it elsewhere.
@@ -68,7 +70,7 @@ func ReadTaskStat(pid, tid int) (*Stat, error) {
 }
 
 func readProcFile(pid int, elem ...string) ([]byte, error) {
-	b, err := os.ReadFile(Path(pid, elem...))
+	b, err := sys.ReadFile(Path(pid, elem...))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
@@ -275,7 +277,7 @@ func Children(pid int) ([]int, error) {
 	}
 	var kids []int
 	for _, tid := range tids {
-		b, err := os.ReadFile(Path(pid, "task", strconv.Itoa(tid), "children"))
+		b, err := sys.ReadFile(Path(pid, "task", strconv.Itoa(tid), "children"))
 		if errors.Is(err, os.ErrNotExist) {
 			if _, serr := os.Stat(Path(pid, "task", strconv.Itoa(tid))); serr == nil {
 				return childrenByScan(pid)

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"os"
 	"strconv"
+
+	"crpipe/lib/sys"
 )
 
 // PtyIndex returns the pty index of a controlling terminal's device number
@@ -32,7 +34,7 @@ func PtyMasters(pid int) ([]int, error) {
 		if err != nil || (link != "/dev/ptmx" && link != "/dev/pts/ptmx") {
 			continue
 		}
-		info, err := os.ReadFile(Path(pid, "fdinfo", e.Name()))
+		info, err := sys.ReadFile(Path(pid, "fdinfo", e.Name()))
 		if err != nil {
 			continue // closed meanwhile
 		}

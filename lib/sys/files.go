@@ -284,3 +284,35 @@ func PtyPeer(master int, flags int) (*os.File, error) {
 	}
 	return os.NewFile(r, "pty-slave"), nil
 }
+
+// ReadFile reads a small file (of procfs or sysfs) whole, as os.ReadFile
+// does but without the runtime poller: os.Open tries to register every
+// file with epoll and sets it non-blocking and back, four system calls
+// more per file, a quarter of the cost of reading /proc/PID/stat. Errors
+// are *os.PathError, so errors.Is(err, os.ErrNotExist) works.
+func ReadFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	b := make([]byte, 0, 512)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		case n == 0:
+			return b, nil
+		}
+		b = b[:len(b)+n]
+	}
+}
