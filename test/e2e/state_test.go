@@ -329,7 +329,7 @@ func TestVmaAdvice(t *testing.T) {
 	p := startStateProg(t, "vmadvice")
 	img, at := dumpKillRestore(t, p)
 	out := mustShell(t, 30*time.Second, "crit show "+img).stdout
-	for _, want := range []string{"[advice lo]", "[advice lo lf]", "[advice dc]", "[advice wf]", "[advice nh]", "[advice rr]"} {
+	for _, want := range []string{"[advice lo]", "[advice lo lf]", "[advice dc]", "[advice wf]", "[advice rr]"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("crit show does not list %s:\n%s", want, out)
 		}

@@ -9,7 +9,7 @@
  *   lo  mlock                 lf  mlock2(MLOCK_ONFAULT)
  *   dc  MADV_DONTFORK         wf  MADV_WIPEONFORK
  *   dd  MADV_DONTDUMP         mg  MADV_MERGEABLE (where the kernel has KSM)
- *   hg  MADV_HUGEPAGE         nh  MADV_NOHUGEPAGE
+ *   hg  MADV_HUGEPAGE         nh  MADV_NOHUGEPAGE (where it has THP)
  *   sr  MADV_SEQUENTIAL       rr  MADV_RANDOM
  *   dp  MAP_DROPPABLE (Linux 6.11; the kernel may drop its contents)
  *   sl  mseal (Linux 6.10)
@@ -112,8 +112,8 @@ static int set(struct region *r)
 		   : !strcmp(f, "hg") ? MADV_HUGEPAGE : !strcmp(f, "nh") ? MADV_NOHUGEPAGE
 		   : !strcmp(f, "sr") ? MADV_SEQUENTIAL : MADV_RANDOM;
 	if (madvise(r->p, SIZE, advice) != 0) {
-		if (advice == MADV_MERGEABLE && errno == EINVAL) {
-			r->skip = 1; /* no KSM */
+		if ((advice == MADV_MERGEABLE || advice == MADV_HUGEPAGE || advice == MADV_NOHUGEPAGE) && errno == EINVAL) {
+			r->skip = 1; /* a kernel without KSM or THP */
 			return 0;
 		}
 		return -1;
