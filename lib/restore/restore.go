@@ -388,14 +388,17 @@ func (rc *Ctx) pidsFree() bool {
 	return true
 }
 
+// waitPidsFree polls, from every millisecond up to every 20: cr-dump kills
+// the dumped tree right after the image is complete, so its PIDs are
+// usually freed within a few milliseconds of the last frame.
 func (rc *Ctx) waitPidsFree(wait time.Duration) error {
 	deadline := time.Now().Add(wait)
-	for !rc.pidsFree() {
+	for pause := time.Millisecond; !rc.pidsFree(); pause = min(2*pause, 20*time.Millisecond) {
 		if time.Now().After(deadline) {
 			return stage.Hint(fmt.Errorf("pid %d (or another pid of the tree) is still in use after %v", rc.Order[0].proc.Pid, wait),
 				"the dumped processes (or others with their PIDs) still run: kill them, or wait for them to be reaped")
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(pause)
 	}
 	return nil
 }
