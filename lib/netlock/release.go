@@ -16,7 +16,8 @@ import (
 // running (cr-freeze thaw after a failed or --leave-running dump): every
 // TCP socket of pids that is in repair mode leaves it (sending a window
 // probe, so the peer answers at once), then the lock table is removed from
-// the network namespace of each process with TCP sockets. It is
+// the network namespace of each of those sockets (which need not be its
+// process's: cr-tcp locked the sockets' namespaces). It is
 // idempotent, and costs nothing but a look at /proc when no process has a
 // TCP socket.
 func Release(table string, pids []int) (repaired int, err error) {
@@ -24,43 +25,39 @@ func Release(table string, pids []int) (repaired int, err error) {
 		return 0, err
 	}
 	var errs []error
-	netns := map[uint64]string{}
+	netns := map[uint64]*os.File{} // of the TCP sockets
+	defer func() {
+		for _, f := range netns {
+			f.Close()
+		}
+	}()
 	for _, pid := range pids {
-		n, tcp, err := unrepair(pid)
+		n, err := unrepair(pid, netns)
 		repaired += n
 		if err != nil {
 			errs = append(errs, err)
 		}
-		if !tcp {
-			continue // cr-tcp locks only the namespaces of TCP sockets
-		}
-		path := fmt.Sprintf("/proc/%d/ns/net", pid)
-		if ino, err := sys.NetnsInode(path); err == nil {
-			if _, seen := netns[ino]; !seen {
-				netns[ino] = path
-			}
-		}
 	}
 	// Unlock only after every socket left repair: a peer's retransmission
 	// must not reach a socket that still stands still.
-	for _, path := range netns {
-		if err := Unlock(path, table); err != nil {
+	for _, f := range netns {
+		if err := Unlock(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), table); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return repaired, errors.Join(errs...)
 }
 
-// unrepair takes the TCP sockets of pid out of repair mode, and says
-// whether pid has any TCP socket.
-func unrepair(pid int) (n int, tcp bool, err error) {
+// unrepair takes the TCP sockets of pid out of repair mode, and adds their
+// network namespaces to netns.
+func unrepair(pid int, netns map[uint64]*os.File) (n int, err error) {
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("pid %d: %w", pid, err)
+		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	pidfd := -1
 	defer func() {
@@ -81,7 +78,7 @@ func unrepair(pid int) (n int, tcp bool, err error) {
 		}
 		if pidfd < 0 {
 			if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-				return n, tcp, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
+				return n, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
 			}
 		}
 		s, err := unix.PidfdGetfd(pidfd, fd, 0)
@@ -90,16 +87,22 @@ func unrepair(pid int) (n int, tcp bool, err error) {
 		}
 		proto, err := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		if err == nil && proto == unix.IPPROTO_TCP {
-			tcp = true
+			if f, ino, err := sys.SocketNetns(s); err == nil {
+				if _, ok := netns[ino]; ok {
+					f.Close()
+				} else {
+					netns[ino] = f
+				}
+			}
 			if on, err := sys.TCPRepairMode(s); err == nil && on {
 				if err := sys.SetTCPRepair(s, unix.TCP_REPAIR_OFF); err != nil {
 					unix.Close(s)
-					return n, tcp, fmt.Errorf("pid %d fd %d: %w", pid, fd, err)
+					return n, fmt.Errorf("pid %d fd %d: %w", pid, fd, err)
 				}
 				n++
 			}
 		}
 		unix.Close(s)
 	}
-	return n, tcp, nil
+	return n, nil
 }

@@ -44,3 +44,19 @@ func NetnsInode(path string) (uint64, error) {
 	}
 	return st.Ino, nil
 }
+
+// SocketNetns opens the network namespace socket fd lives in, which need
+// not be its process's (SIOCGSKNS, Linux 4.9), and gives its inode.
+func SocketNetns(fd int) (*os.File, uint64, error) {
+	nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
+	if err != nil {
+		return nil, 0, fmt.Errorf("SIOCGSKNS: %w", err)
+	}
+	f := os.NewFile(uintptr(nsfd), "netns")
+	var st unix.Stat_t
+	if err := unix.Fstat(nsfd, &st); err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("netns: %w", err)
+	}
+	return f, st.Ino, nil
+}

@@ -261,21 +261,15 @@ func isTCP(fd int) bool {
 // socketNetns finds the network namespace the socket lives in (which need
 // not be its process's) with SIOCGSKNS (Linux 4.9).
 func (d *dumper) socketNetns(s *sock) error {
-	nsfd, err := unix.IoctlRetInt(s.sfd(), unix.SIOCGSKNS)
+	f, ino, err := sys.SocketNetns(s.sfd())
 	if err != nil {
-		return s.errorf("SIOCGSKNS: %w", err)
+		return s.errorf("%w", err)
 	}
-	f := os.NewFile(uintptr(nsfd), "netns")
-	var st unix.Stat_t
-	if err := unix.Fstat(nsfd, &st); err != nil {
-		f.Close()
-		return s.errorf("netns: %w", err)
-	}
-	s.netns = st.Ino
-	if _, ok := d.netns[st.Ino]; ok {
+	s.netns = ino
+	if _, ok := d.netns[ino]; ok {
 		f.Close()
 	} else {
-		d.netns[st.Ino] = f
+		d.netns[ino] = f
 	}
 	return nil
 }
