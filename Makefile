@@ -54,11 +54,11 @@ else
 progs: $(PROGS)
 endif
 
-$(TESTBIN)/%: test/progs/%.c test/progs/common.h
+$(TESTBIN)/%: test/progs/%.c $(wildcard test/progs/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $<
 
-$(TESTBIN)/%-static: test/progs/%.c test/progs/common.h
+$(TESTBIN)/%-static: test/progs/%.c $(wildcard test/progs/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -static -o $@ $<
 

@@ -203,28 +203,28 @@ func ParseTimers(b []byte) ([]Timer, error) {
 
 // ReadPersonality reads /proc/PID/personality (a hex number).
 func ReadPersonality(pid int) (uint32, error) {
-	b, err := readProcFile(pid, "personality")
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("pid %d: malformed personality %q", pid, b)
-	}
-	return uint32(n), nil
+	n, err := readNumber(pid, "personality", 16)
+	return uint32(n), err
 }
 
 // ReadOomScoreAdj reads /proc/PID/oom_score_adj.
 func ReadOomScoreAdj(pid int) (int32, error) {
-	b, err := readProcFile(pid, "oom_score_adj")
+	n, err := readNumber(pid, "oom_score_adj", 10)
+	return int32(n), err
+}
+
+// readNumber reads a /proc/PID file that holds one 32-bit number.
+func readNumber(pid int, name string, base int) (int64, error) {
+	b, err := readProcFile(pid, name)
 	if err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("pid %d: malformed oom_score_adj %q", pid, b)
+	s := strings.TrimSpace(string(b))
+	n, err := strconv.ParseInt(s, base, 64)
+	if err != nil || n < -1<<31 || n >= 1<<32 {
+		return 0, fmt.Errorf("pid %d: malformed %s %q", pid, name, b)
 	}
-	return int32(n), nil
+	return n, nil
 }
 
 // ReadTaskComm reads /proc/PID/task/TID/comm, the thread's name.

@@ -103,24 +103,6 @@ static void setup(const char *arg)
 	}
 }
 
-/* child_pos reads the offset of the child's fd from its fdinfo. */
-static long child_pos(int fd)
-{
-	char path[64], buf[256];
-	snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", child, fd);
-	int f = open(path, O_RDONLY);
-	if (f < 0)
-		return -1;
-	int n = read(f, buf, sizeof buf - 1);
-	close(f);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	long p = -1;
-	sscanf(buf, "pos: %ld", &p);
-	return p;
-}
-
 /* check_file checks fd's file is unlinked, with size and the link name. */
 static void check_file(int fd, const char *name, long size)
 {
@@ -238,8 +220,8 @@ static void check(void)
 	if (child) {
 		/* One description of ghost1 across both, one ghost2 in both maps. */
 		lseek(20, 1234, SEEK_SET);
-		if (child_pos(20) != 1234 || child_pos(21) != 42)
-			fail("the child's fds 20, 21 are at %ld %ld, want 1234 42", child_pos(20), child_pos(21));
+		if (fd_pos(child, 20) != 1234 || fd_pos(child, 21) != 42)
+			fail("the child's fds 20, 21 are at %ld %ld, want 1234 42", fd_pos(child, 20), fd_pos(child, 21));
 		char c = 0;
 		ms[2] = 'U';
 		struct iovec local = { &c, 1 }, remote = { ms + 2, 1 };

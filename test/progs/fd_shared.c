@@ -43,24 +43,6 @@ static off_t pos(int fd)
 	return lseek(fd, 0, SEEK_CUR);
 }
 
-/* childPos reads the offset of the child's fd from its fdinfo. */
-static long child_pos(int fd)
-{
-	char path[64], buf[256];
-	snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", child, fd);
-	int f = open(path, O_RDONLY);
-	if (f < 0)
-		return -1;
-	int n = read(f, buf, sizeof buf - 1);
-	close(f);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	long p = -1;
-	sscanf(buf, "pos: %ld", &p);
-	return p;
-}
-
 static void check(void)
 {
 	if (pos(20) != 5 || pos(21) != 5 || pos(22) != 2)
@@ -87,8 +69,8 @@ static void check(void)
 		fail("appending through 24 did not move 23 (at %ld)", (long)pos(23));
 	if (child) {
 		lseek(21, 3, SEEK_SET);
-		if (child_pos(20) != 3 || child_pos(21) != 3)
-			fail("the child's fds 20/21 are at %ld/%ld after the parent moved to 3", child_pos(20), child_pos(21));
+		if (fd_pos(child, 20) != 3 || fd_pos(child, 21) != 3)
+			fail("the child's fds 20/21 are at %ld/%ld after the parent moved to 3", fd_pos(child, 20), fd_pos(child, 21));
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);
 	}

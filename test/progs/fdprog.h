@@ -70,6 +70,24 @@ static inline long must(long r, const char *what)
 	return r;
 }
 
+/* fd_pos reads the offset of pid's fd from its fdinfo (-1 if unreadable). */
+static inline long fd_pos(pid_t pid, int fd)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", (int)pid, fd);
+	int f = open(path, O_RDONLY);
+	if (f < 0)
+		return -1;
+	int n = read(f, buf, sizeof buf - 1);
+	close(f);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	long p = -1;
+	sscanf(buf, "pos: %ld", &p);
+	return p;
+}
+
 /* at: move fd to number n (dup2 and close the original). */
 static inline int at(int fd, int n)
 {
