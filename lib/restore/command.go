@@ -20,6 +20,7 @@ func Command() *cli.App {
 			&cli.StringFlag{Name: "pidfile", Usage: "write the restored root's PID to `FILE`"},
 			&cli.BoolFlag{Name: "pidns", Usage: "restore into a new PID namespace, where the tree has its dumped PIDs even while they are in use here"},
 			&cli.DurationFlag{Name: "pid-wait", Value: 10 * time.Second, Usage: "how long to wait for a dumped PID still in use to be freed"},
+			&cli.BoolFlag{Name: "no-uffd", Usage: "write the pages with process_vm_writev only, not with userfaultfd's UFFDIO_COPY (slower: for comparison)"},
 			&cli.StringFlag{Name: "cgroup", Usage: "start the restored tree in the cgroup v2 directory `DIR` (it must exist), e.g. a container's; otherwise it starts in cr-restore's"},
 		},
 		Action: func(c *cli.Context) error {
@@ -33,6 +34,7 @@ func Command() *cli.App {
 				PidWait: c.Duration("pid-wait"),
 				PidNS:   c.Bool("pidns"),
 				Cgroup:  c.String("cgroup"),
+				NoUffd:  c.Bool("no-uffd"),
 			})
 		},
 	}

@@ -113,12 +113,21 @@ func (t *task) openDevTty(d *pb.FileDesc) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := int(r[0])
-	defer t.r.run(sc("close its /dev/tty", unix.SYS_CLOSE, uint64(n)))
+	return t.takeFd(int(r[0]), "its /dev/tty")
+}
+
+// takeFd moves fd n of t into cr-restore: t closes it once copied.
+func (t *task) takeFd(n int, what string) (*os.File, error) {
 	pidfd, err := unix.PidfdOpen(t.pid, 0)
 	if err != nil {
+		t.r.run(sc("close "+what, unix.SYS_CLOSE, uint64(n)))
 		return nil, fmt.Errorf("pidfd_open %d: %w", t.pid, err)
 	}
-	defer unix.Close(pidfd)
-	return sys.PidfdGetfd(pidfd, n)
+	f, err := sys.PidfdGetfd(pidfd, n)
+	unix.Close(pidfd)
+	if _, cerr := t.r.run(sc("close "+what, unix.SYS_CLOSE, uint64(n))); err == nil && cerr != nil {
+		f.Close()
+		return nil, cerr
+	}
+	return f, err
 }

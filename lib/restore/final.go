@@ -33,6 +33,9 @@ const (
 // files, its per-process state and its threads, then all of them their
 // registers, and only then does any of them run.
 func (rc *Ctx) finish() error {
+	if err := rc.endFill(); err != nil {
+		return err
+	}
 	var live []*task
 	for _, t := range rc.Order {
 		if t.zombie() {

@@ -313,8 +313,11 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	for _, fd := range remote {
 		calls = append(calls, sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
 	}
-	_, err = t.r.run(calls...)
-	return err
+	if _, err = t.r.run(calls...); err != nil {
+		return err
+	}
+	sort.Slice(t.writable, func(i, j int) bool { return t.writable[i].Start < t.writable[j].Start })
+	return t.startUffd(rc)
 }
 
 // writePages copies one page frame's contents into the task.
@@ -324,28 +327,23 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 // split among up to writeThreads threads.
 func (t *task) writePages(addr uint64, data []byte) error {
 	end := addr + uint64(len(data))
-	ok := false
-	for _, v := range t.writable {
-		if addr >= v.Start && end <= v.End {
-			ok = true
-			break
-		}
-	}
-	if !ok {
+	i := sort.Search(len(t.writable), func(i int) bool { return t.writable[i].End > addr })
+	if i == len(t.writable) || addr < t.writable[i].Start || end > t.writable[i].End {
 		return fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
 	}
+	v := t.writable[i]
 	defer t.pagesWritten(len(data))
 	n := min(runtime.NumCPU(), writeThreads, len(data)/writeSplitMin)
 	if n < 2 {
-		return t.writeRange(addr, data)
+		return t.writeRange(v, addr, data)
 	}
 	part := (len(data)/n + pageSize - 1) &^ (pageSize - 1)
 	errs := make(chan error, n)
 	for i := 1; i < n; i++ {
 		lo, hi := i*part, min((i+1)*part, len(data))
-		go func() { errs <- t.writeRange(addr+uint64(lo), data[lo:hi]) }()
+		go func() { errs <- t.writeRange(v, addr+uint64(lo), data[lo:hi]) }()
 	}
-	err := t.writeRange(addr, data[:part])
+	err := t.writeRange(v, addr, data[:part])
 	for i := 1; i < n; i++ {
 		if e := <-errs; err == nil {
 			err = e
@@ -361,7 +359,16 @@ const (
 	writeSplitMin = 512 << 10
 )
 
-func (t *task) writeRange(addr uint64, data []byte) error {
+// writeRange places data at addr, inside v: with UFFDIO_COPY where v is
+// registered for it (fill_uffd.go), else with process_vm_writev.
+func (t *task) writeRange(v *pb.Vma, addr uint64, data []byte) error {
+	if done, err := t.copyPages(v, addr, data); done {
+		return err
+	}
+	return t.writev(addr, data)
+}
+
+func (t *task) writev(addr uint64, data []byte) error {
 	for len(data) > 0 {
 		local := []unix.Iovec{{Base: &data[0]}}
 		local[0].SetLen(len(data))

@@ -41,6 +41,7 @@ type Options struct {
 	PidWait time.Duration // how long to wait for dumped PIDs to become free
 	PidNS   bool          // restore into a new PID namespace, beside the original
 	Cgroup  string        // cgroup v2 directory to start the tree in; cr-restore's when empty
+	NoUffd  bool          // write every page with process_vm_writev (fill_uffd.go)
 }
 
 // task is one process being rebuilt.
@@ -56,8 +57,9 @@ type task struct {
 	hole     uint64
 	holeSize uint64
 	scratch  uint64
-	stacks   uint64 // thread stacks, inside the hole
-	writable []*pb.Vma
+	stacks   uint64    // thread stacks, inside the hole
+	writable []*pb.Vma // the VMAs pages are written into, by address
+	uffd     *uffdFill // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
 	ctlFd    int       // the task's end of its control socket
 	threads  []*thread // all but the leader
 	inNs     bool      // in a --pidns namespace: pid (ours) differs from proc.Pid
@@ -89,7 +91,7 @@ func Run(opts Options) (err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
-	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS}
+	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd}
 	defer rc.closeAll()
 	if opts.Cgroup != "" {
 		if rc.cgroup, err = openCgroup(opts.Cgroup); err != nil {
@@ -184,6 +186,7 @@ func (rc *Ctx) killAll() {
 }
 
 func (rc *Ctx) closeAll() {
+	rc.endFill()
 	if rc.init != nil {
 		rc.init.sock.Close()
 	}
@@ -252,6 +255,11 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 }
 
 func (rc *Ctx) handle(f *image.Frame, created bool) error {
+	if f.Type != image.TypePages {
+		if err := rc.endFill(); err != nil {
+			return err
+		}
+	}
 	switch f.Type {
 	case image.TypeProcess:
 		var p pb.Process
@@ -317,6 +325,11 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		}
 		if t.mm == nil {
 			return fmt.Errorf("frame %d at offset %d: pages before the mm record of pid %d: %w", f.Index, f.Offset, h.Pid, image.ErrCorrupt)
+		}
+		if rc.filling != t {
+			if err := rc.endFill(); err != nil {
+				return err
+			}
 		}
 		if err := t.writePages(h.Addr, data); err != nil {
 			return fmt.Errorf("frame %d at offset %d: pid %d: %w", f.Index, f.Offset, h.Pid, err)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,29 +101,8 @@ func TestRestoreWaits(t *testing.T) {
 	p.waitKilled()
 	at := p.mustProgress()
 
-	cmd := exec.Command(bin("cr-restore"), "-i", img)
 	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// done is closed once cr-restore is reaped, with its result in waitErr.
-	done := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				t.Errorf("cleanup: cr-restore (pid %d) does not end after SIGKILL: %s", cmd.Process.Pid, describe(cmd.Process.Pid))
-			}
-		}
-	})
+	cmd, done, waitErr := restoreWaiting(t, &stderr, "-i", img)
 	p.checkProgressFrom(at)
 	if !p.isOurs() {
 		t.Fatalf("pid %d after restore is not %s", p.pid, p.name)
@@ -130,12 +110,41 @@ func TestRestoreWaits(t *testing.T) {
 	p.terminate(at)
 	select {
 	case <-done:
-		if waitErr != nil {
-			t.Fatalf("cr-restore: %v (want exit status 0, the counter's)\n%s", waitErr, stderr.Bytes())
+		if *waitErr != nil {
+			t.Fatalf("cr-restore: %v (want exit status 0, the counter's)\n%s", *waitErr, stderr.Bytes())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("cr-restore still waits 10s after the restored process exited: %s\nstderr:\n%s", describe(cmd.Process.Pid), stderr.Bytes())
 	}
+}
+
+// restoreWaiting starts cr-restore with args, without -d: it stays and
+// waits for the restored process. done is closed once it is reaped, with
+// its result in *waitErr; at cleanup it is killed if it still runs.
+func restoreWaiting(t *testing.T, stderr io.Writer, args ...string) (cmd *exec.Cmd, done <-chan struct{}, waitErr *error) {
+	t.Helper()
+	cmd = exec.Command(bin("cr-restore"), args...)
+	cmd.Stderr = stderr
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{})
+	waitErr = new(error)
+	go func() { *waitErr = cmd.Wait(); close(ended) }()
+	t.Cleanup(func() {
+		select {
+		case <-ended:
+		default:
+			cmd.Process.Kill()
+			select {
+			case <-ended:
+			case <-time.After(20 * time.Second):
+				t.Errorf("cleanup: cr-restore (pid %d) does not end after SIGKILL: %s", cmd.Process.Pid, describe(cmd.Process.Pid))
+			}
+		}
+	})
+	return cmd, ended, waitErr
 }
 
 // killedThenRestored checks the dump just made killed the original and

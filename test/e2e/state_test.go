@@ -407,3 +407,49 @@ func TestRestoreIntoCgroup(t *testing.T) {
 	p.checkProgressFrom(at)
 	p.terminate(at)
 }
+
+// TestRestoreFill: private anonymous memory of every shape (holes, pages
+// of zeros, read-only, PROT_NONE, MAP_NORESERVE, MAP_GROWSDOWN) comes back
+// when placed with UFFDIO_COPY, with nothing left registered with
+// userfaultfd while cr-restore still runs (its copy of the userfaultfd
+// would keep a registration alive: the next dump refuses such memory);
+// dumped again, it comes back as well when written with process_vm_writev
+// (--no-uffd), and checks itself (test/progs/anonfill.c).
+func TestRestoreFill(t *testing.T) {
+	p := startStateProg(t, "anonfill")
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	at := p.mustProgress()
+	pidfile, log := filepath.Join(p.dir, "restored.pid"), filepath.Join(p.dir, "restore.log")
+	logf, err := os.Create(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	restoreWaiting(t, logf, "-v", "-i", img, "--pidfile", pidfile) // it stays while the process runs
+	for deadline := time.Now().Add(30 * time.Second); readFile(pidfile) == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no pidfile after 30 s; cr-restore says:\n%s", readFile(log))
+		}
+	}
+	p.checkPidfile(pidfile)
+	p.checkProgressFrom(at)
+	m := regexp.MustCompile(`pid \d+: (\d+) MiB of pages placed with UFFDIO_COPY`).FindStringSubmatch(readFile(log))
+	if m == nil {
+		t.Fatalf("cr-restore -v does not say it placed pages with UFFDIO_COPY:\n%s", readFile(log))
+	}
+	if mib, _ := strconv.Atoi(m[1]); mib < 5 {
+		t.Errorf("%s MiB placed with UFFDIO_COPY, want the 6 MiB of the program's regions but the holes", m[1])
+	}
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	at = p.mustProgress()
+	os.Remove(pidfile)
+	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -v --no-uffd -d -i %s --pidfile %s", img, pidfile))
+	p.checkPidfile(pidfile)
+	if strings.Contains(string(r.stderr), "UFFDIO_COPY") {
+		t.Errorf("cr-restore --no-uffd placed pages with UFFDIO_COPY:\n%s", r.stderr)
+	}
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}

@@ -1,0 +1,153 @@
+/*
+ * anonfill: private anonymous memory of every shape a restore fills (with
+ * UFFDIO_COPY where it can, process_vm_writev elsewhere) must come back
+ * with its contents, its holes and nothing registered with userfaultfd.
+ *
+ *   anonfill PROGRESS VERDICT
+ *
+ * Before the first tick it maps and fills with a pattern of its own each:
+ *   big   4 MiB read-write; pages 10-19 never touched, 20-29 written with
+ *         zeros, page 30 zeros but its last byte 1
+ *   ro    1 MiB, then made read-only
+ *   none  256 KiB, then made PROT_NONE
+ *   nores 1 MiB with MAP_NORESERVE
+ *   down  256 KiB with MAP_GROWSDOWN
+ * On SIGTERM it checks every pattern and hole (reading "none" after a
+ * moment of PROT_READ), that the untouched pages of "big" take writes,
+ * and that no VMA of its smaps says "um" (registered for missing-page
+ * faults).
+ */
+#include "state.h"
+
+#include <ctype.h>
+#include <sys/mman.h>
+
+#define PG 4096UL
+
+struct region {
+	const char *name;
+	size_t size;
+	int prot; /* its protection once filled */
+	int flags;
+	char *p;
+};
+
+static struct region regions[] = {
+	{ "big", 4 << 20, PROT_READ | PROT_WRITE, 0, 0 },
+	{ "ro", 1 << 20, PROT_READ, 0, 0 },
+	{ "none", 256 << 10, PROT_NONE, 0, 0 },
+	{ "nores", 1 << 20, PROT_READ | PROT_WRITE, MAP_NORESERVE, 0 },
+	{ "down", 256 << 10, PROT_READ | PROT_WRITE, MAP_GROWSDOWN, 0 },
+};
+#define NREGIONS (sizeof regions / sizeof regions[0])
+
+/* What page pg of region i holds: 0 for a hole, 1 for zeros with a last
+ * byte 1, 2 for the pattern. */
+static int page_kind(unsigned i, size_t pg)
+{
+	if (i != 0 || pg < 10 || pg > 30)
+		return 2;
+	return pg == 30 ? 1 : 0;
+}
+
+static uint64_t pattern(unsigned i, size_t off) { return mix64(((uint64_t)(i + 1) << 40) ^ off); }
+
+static void fill(unsigned i)
+{
+	struct region *r = &regions[i];
+	for (size_t pg = 0; pg < r->size / PG; pg++) {
+		char *page = r->p + pg * PG;
+		switch (page_kind(i, pg)) {
+		case 2:
+			for (size_t k = 0; k < PG; k += 8)
+				*(uint64_t *)(page + k) = pattern(i, pg * PG + k);
+			break;
+		case 1:
+			page[PG - 1] = 1;
+			break;
+		default:
+			if (pg >= 20)
+				memset(page, 0, PG); /* touched, all zeros */
+		}
+	}
+}
+
+static const char *check_region(unsigned i, char *why, size_t n)
+{
+	struct region *r = &regions[i];
+	for (size_t pg = 0; pg < r->size / PG; pg++) {
+		const char *page = r->p + pg * PG;
+		int kind = page_kind(i, pg);
+		for (size_t k = 0; k < PG; k += 8) {
+			uint64_t want = kind == 2 ? pattern(i, pg * PG + k) : 0;
+			if (kind == 1 && k == PG - 8)
+				want = (uint64_t)1 << 56;
+			if (*(const uint64_t *)(page + k) != want) {
+				snprintf(why, n, "%s: page %zu word %zu is %#llx, want %#llx", r->name, pg, k / 8,
+					 (unsigned long long)*(const uint64_t *)(page + k), (unsigned long long)want);
+				return why;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* registered_vma names a VMA whose VmFlags say "um", if any. */
+static const char *registered_vma(char *why, size_t n)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f) {
+		snprintf(why, n, "open smaps: %s", strerror(errno));
+		return why;
+	}
+	char line[512], vma[128] = "";
+	const char *bad = NULL;
+	while (!bad && fgets(line, sizeof line, f)) {
+		if (strncmp(line, "VmFlags:", 8) != 0) {
+			if (isdigit((unsigned char)line[0]) || islower((unsigned char)line[0])) /* a VMA's first line */
+				snprintf(vma, sizeof vma, "%.*s", (int)strcspn(line, " "), line);
+			continue;
+		}
+		if (strstr(line, " um") || strstr(line, " uw") || strstr(line, " ui")) {
+			snprintf(why, n, "VMA %s is still registered with userfaultfd: %s", vma, line);
+			bad = why;
+		}
+	}
+	fclose(f);
+	return bad;
+}
+
+static const char *check(char *why, size_t n)
+{
+	for (unsigned i = 0; i < NREGIONS; i++) {
+		struct region *r = &regions[i];
+		if (r->prot == PROT_NONE && mprotect(r->p, r->size, PROT_READ) != 0) {
+			snprintf(why, n, "%s: mprotect: %s", r->name, strerror(errno));
+			return why;
+		}
+		const char *bad = check_region(i, why, n);
+		if (r->prot == PROT_NONE)
+			mprotect(r->p, r->size, PROT_NONE);
+		if (bad)
+			return bad;
+	}
+	/* The holes take writes (a registration left behind would stop here). */
+	for (size_t pg = 10; pg < 20; pg++)
+		regions[0].p[pg * PG] = 0;
+	return registered_vma(why, n);
+}
+
+int main(int argc, char **argv)
+{
+	state_init(argc, argv, 3, "anonfill PROGRESS VERDICT");
+	for (unsigned i = 0; i < NREGIONS; i++) {
+		struct region *r = &regions[i];
+		r->p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | r->flags, -1, 0);
+		if (r->p == MAP_FAILED)
+			die("mmap");
+		fill(i);
+		if (r->prot != (PROT_READ | PROT_WRITE) && mprotect(r->p, r->size, r->prot) != 0)
+			die("mprotect");
+	}
+	return state_run("anonfill", check);
+}
