@@ -10,7 +10,8 @@
 //	                   PID, keeping what it shares with it since fork
 //	                   (inherit.go); the restorer moves to a hole, the
 //	                   dumped VMAs are mapped
-//	page frames     -> process_vm_writev into the task
+//	page frames     -> into the task: UFFDIO_COPY into fresh anonymous
+//	                   memory (fill_uffd.go), process_vm_writev elsewhere
 //	end             -> files, per-process state, threads, per-thread state,
 //	                   then every restorer is unmapped and the dumped
 //	                   registers set through ptrace (final.go)
