@@ -112,3 +112,51 @@ func TestFileShrinks(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+// TestFileReadsPagesInParallel: many large pages frames between small
+// ones, read from a file (their contents read in parallel): the same
+// frames in the same order as from memory; a damaged frame in the middle
+// fails there with the same error, after every frame before it.
+func TestFileReadsPagesInParallel(t *testing.T) {
+	var b bytes.Buffer
+	w, err := image.NewWriter(&b, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offsets []int64
+	for i := range 40 {
+		if err := w.WriteFrame(image.Type(99), uint32(i), []byte("between")); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		offsets = append(offsets, int64(b.Len()))
+		if err := w.WritePages(image.PagesHeader{Pid: 9, Addr: uint64(i) << 24}, pattern(byte(i), (128+i%3*64)*image.PageSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	good := b.Bytes()
+	for name, data := range map[string][]byte{
+		"good":    good,
+		"damaged": flip(good, int(offsets[25])+16+16+100*image.PageSize, 0x01),
+		"cut":     good[:offsets[30]+16+16+4096],
+	} {
+		want, wantErr := readFrames(bytes.NewReader(data))
+		got, err := readFrames(tempFile(t, data))
+		if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+			t.Errorf("%s: error %v, from memory %v", name, err, wantErr)
+		}
+		if len(got) != len(want) || (name == "good") != (len(got) == 81) {
+			t.Fatalf("%s: %d frames, from memory %d", name, len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Errorf("%s: frame %d differs", name, i)
+			}
+		}
+	}
+}

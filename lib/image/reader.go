@@ -74,6 +74,9 @@ type decoder struct {
 	left    int64
 
 	compressed bool
+	// The input as a regular file, while large pages frames are read in
+	// parallel (parallel.go).
+	file *fileInput
 }
 
 // Counts are what an End frame attests.
@@ -94,7 +97,7 @@ func (c *Counts) add(t Type, payloadLen int) {
 // NewReader reads and checks the stream header. An lz4-compressed stream is
 // detected and decompressed transparently.
 func NewReader(in io.Reader) (*Reader, error) {
-	d := &decoder{src: in, raw: in, rb: make([]byte, readAhead)}
+	d := &decoder{src: in, raw: in, rb: make([]byte, readAhead), file: regularFile(in)}
 	// Look at the first 4 bytes without consuming them for lz4.
 	for d.rend < 4 {
 		n, err := in.Read(d.rb[d.rend:])
@@ -110,7 +113,7 @@ func NewReader(in io.Reader) (*Reader, error) {
 		return nil, fmt.Errorf("header at offset 0: %w", ErrTruncated)
 	}
 	if bytes.Equal(d.rb[:4], lz4FrameMagic) {
-		d.compressed = true
+		d.compressed, d.file = true, nil
 		head := bytes.Clone(d.rb[:d.rend])
 		d.src = lz4.NewReader(io.MultiReader(bytes.NewReader(head), in))
 		d.raw = nil
@@ -207,7 +210,7 @@ func (rd *Reader) Next() (*Frame, error) {
 		if rd.pf != nil && rd.d.move == nil {
 			rd.pf.start(rd, rd.d)
 		} else {
-			rd.pf = nil
+			rd.pf, rd.d.file = nil, nil
 		}
 	}
 	if rd.pf != nil {
@@ -263,6 +266,9 @@ func (rd *decoder) next() (*Frame, error) {
 	}
 	if rd.move != nil && f.Type == TypePages && length >= PagesPreamble+deferMin {
 		return rd.deferPages(f, h[:], length)
+	}
+	if rd.file != nil && f.Type == TypePages && length >= parallelMin {
+		return rd.skimPages(f, h[:], length, sum)
 	}
 	var got uint32
 	f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
