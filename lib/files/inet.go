@@ -118,12 +118,12 @@ func (d *dumper) dumpMulticast(e *entry, fd int, in *pb.InetSocket) error {
 	}
 	o := sockopts{fd: fd}
 	if family == unix.AF_INET6 {
-		ttl, loop := int32(o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS)), o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_LOOP) != 0
-		in.McastTtl, in.McastLoop = &ttl, &loop
+		ttl, loop, all := int32(o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS)), o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_LOOP) != 0, o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL) != 0
+		in.McastTtl, in.McastLoop, in.McastAll = &ttl, &loop, &all
 		in.McastIfindex = uint32(o.get(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_IF))
 	} else {
-		ttl, loop := int32(o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_TTL)), o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_LOOP) != 0
-		in.McastTtl, in.McastLoop = &ttl, &loop
+		ttl, loop, all := int32(o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_TTL)), o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_LOOP) != 0, o.get(unix.IPPROTO_IP, unix.IP_MULTICAST_ALL) != 0
+		in.McastTtl, in.McastLoop, in.McastAll = &ttl, &loop, &all
 		if a, err := unix.GetsockoptInet4Addr(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_IF); err == nil && a != [4]byte{} {
 			in.McastIfAddr = a[:]
 		}

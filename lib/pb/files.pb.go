@@ -1248,6 +1248,7 @@ type InetSocket struct {
 	McastLoop     *bool                  `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
 	McastIfAddr   []byte                 `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
 	McastIfindex  uint32                 `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
+	McastAll      *bool                  `protobuf:"varint,30,opt,name=mcast_all,json=mcastAll,proto3,oneof" json:"mcast_all,omitempty"`       // IP_MULTICAST_ALL or IPV6_MULTICAST_ALL: also receive the groups other sockets joined
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1483,6 +1484,13 @@ func (x *InetSocket) GetMcastIfindex() uint32 {
 		return x.McastIfindex
 	}
 	return 0
+}
+
+func (x *InetSocket) GetMcastAll() bool {
+	if x != nil && x.McastAll != nil {
+		return *x.McastAll
+	}
+	return false
 }
 
 // McastMembership is one multicast group a socket joined on an interface,
@@ -2005,7 +2013,7 @@ const file_files_proto_rawDesc = "" +
 	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
 	"rcvtimeoUs\x12\x1f\n" +
 	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
-	"sndtimeoUs\"\x88\a\n" +
+	"sndtimeoUs\"\xb8\a\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
@@ -2045,10 +2053,13 @@ const file_files_proto_rawDesc = "" +
 	"\n" +
 	"mcast_loop\x18\x1b \x01(\bH\x01R\tmcastLoop\x88\x01\x01\x12\"\n" +
 	"\rmcast_if_addr\x18\x1c \x01(\fR\vmcastIfAddr\x12#\n" +
-	"\rmcast_ifindex\x18\x1d \x01(\rR\fmcastIfindexB\f\n" +
+	"\rmcast_ifindex\x18\x1d \x01(\rR\fmcastIfindex\x12 \n" +
+	"\tmcast_all\x18\x1e \x01(\bH\x02R\bmcastAll\x88\x01\x01B\f\n" +
 	"\n" +
 	"_mcast_ttlB\r\n" +
-	"\v_mcast_loop\"\x89\x01\n" +
+	"\v_mcast_loopB\f\n" +
+	"\n" +
+	"_mcast_all\"\x89\x01\n" +
 	"\x0fMcastMembership\x12\x18\n" +
 	"\aifindex\x18\x01 \x01(\rR\aifindex\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +

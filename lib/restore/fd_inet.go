@@ -126,9 +126,9 @@ func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 // again, each on the interface of its name here, with its source filter.
 func setMulticast(fd int, in *pb.InetSocket) error {
 	v6 := in.Family == unix.AF_INET6
-	level, ttl, loop, ifopt := unix.IPPROTO_IP, unix.IP_MULTICAST_TTL, unix.IP_MULTICAST_LOOP, unix.IP_MULTICAST_IF
+	level, ttl, loop, all, ifopt := unix.IPPROTO_IP, unix.IP_MULTICAST_TTL, unix.IP_MULTICAST_LOOP, unix.IP_MULTICAST_ALL, unix.IP_MULTICAST_IF
 	if v6 {
-		level, ttl, loop, ifopt = unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS, unix.IPV6_MULTICAST_LOOP, unix.IPV6_MULTICAST_IF
+		level, ttl, loop, all, ifopt = unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS, unix.IPV6_MULTICAST_LOOP, unix.IPV6_MULTICAST_ALL, unix.IPV6_MULTICAST_IF
 	}
 	if in.McastTtl != nil {
 		if err := unix.SetsockoptInt(fd, level, ttl, int(*in.McastTtl)); err != nil {
@@ -138,6 +138,11 @@ func setMulticast(fd int, in *pb.InetSocket) error {
 	if in.McastLoop != nil {
 		if err := unix.SetsockoptInt(fd, level, loop, boolInt(*in.McastLoop)); err != nil {
 			return fmt.Errorf("loop: %w", err)
+		}
+	}
+	if in.McastAll != nil && !*in.McastAll { // on by default
+		if err := unix.SetsockoptInt(fd, level, all, 0); err != nil {
+			return fmt.Errorf("multicast all: %w", err)
 		}
 	}
 	switch {

@@ -12,8 +12,9 @@
  *       which the kernel keeps exactly)
  *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR
  *   24  UDP on lo for multicast: joined 239.1.2.3 (any source) and
- *       239.1.2.4 (only from 127.0.0.9), IP_MULTICAST_TTL 7, LOOP 0, IF
- *       127.0.0.1; 22 joined ff15::1234 on lo, IPV6_MULTICAST_HOPS 9
+ *       239.1.2.4 (only from 127.0.0.9), IP_MULTICAST_TTL 7, LOOP 0, ALL 0,
+ *       IF 127.0.0.1; 22 joined ff15::1234 on lo, IPV6_MULTICAST_HOPS 9
+ *       (IPV6_MULTICAST_ALL left on)
  * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
  * (sendto) carry datagrams; 23 has its port id and groups.
  */
@@ -24,6 +25,10 @@
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+
+#ifndef IPV6_MULTICAST_ALL
+#define IPV6_MULTICAST_ALL 29 /* Linux 4.20 */
+#endif
 
 static struct sockaddr_in a20, a21;
 static struct sockaddr_in6 a22;
@@ -116,6 +121,7 @@ static void setup(const char *arg)
 	int ttl = 7, zero = 0;
 	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl), "IP_MULTICAST_TTL");
 	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_LOOP, &zero, sizeof zero), "IP_MULTICAST_LOOP");
+	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_ALL, &zero, sizeof zero), "IP_MULTICAST_ALL");
 	struct in_addr lo4 = { htonl(INADDR_LOOPBACK) };
 	must(setsockopt(24, IPPROTO_IP, IP_MULTICAST_IF, &lo4, sizeof lo4), "IP_MULTICAST_IF");
 
@@ -212,6 +218,8 @@ static void check(void)
 	} mo[] = {
 		{ 24, IPPROTO_IP, IP_MULTICAST_TTL, 7, "IP_MULTICAST_TTL" },
 		{ 24, IPPROTO_IP, IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP" },
+		{ 24, IPPROTO_IP, IP_MULTICAST_ALL, 0, "IP_MULTICAST_ALL" },
+		{ 22, IPPROTO_IPV6, IPV6_MULTICAST_ALL, 1, "IPV6_MULTICAST_ALL (left on)" },
 		{ 22, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, 9, "IPV6_MULTICAST_HOPS" },
 	};
 	for (size_t k = 0; k < sizeof mo / sizeof mo[0]; k++) {
