@@ -5,3 +5,6 @@ func SetPrefetchAlways(on bool) (was bool) {
 	was, prefetchAlways = prefetchAlways, on
 	return was
 }
+
+// Crc32cCombine is crc32cCombine, for its test.
+var Crc32cCombine = crc32cCombine

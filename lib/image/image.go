@@ -164,9 +164,6 @@ type Frame struct {
 	// preamble, and the contents, deferred bytes, are still in rd's input.
 	rd       *decoder
 	deferred int64
-	// A pages frame whose contents are being read by a goroutine of their
-	// own (parallel.go): the Reader returns it once they are.
-	read *payloadRead
 }
 
 type sumKey struct {

@@ -2,30 +2,27 @@ package image
 
 import (
 	"errors"
-	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 )
 
-// Reading the page contents of an image file on several cores (issue 10,
+// Reading the page contents of an image file on two cores (issue 10,
 // speed). A restore reads and checks 1 GiB of image in 0.3-0.4 s on one
 // core (the copy out of the page cache, then the CRC) while the task's
-// memory fills in 0.25-0.35 s on the other: the reading was what a restore
-// waited for. When the input is a regular file (not compressed), the
-// prefetcher reads only the frame headers in order; the contents of each
-// large pages frame are read with pread(2) and checked by a goroutine of
-// their own, up to parallelReads frames at once, and the caller still
-// gets the frames in order, each once its contents are in and checked,
-// with the same errors a reading in order gives (doc/performance.md, 19).
-const (
-	parallelMin   = 256 << 10 // smaller payloads are read in order
-	parallelReads = 2         // pages frames being read at once
-)
+// memory fills in 0.25-0.35 s on the other: the reading was what a THP
+// restore waited for. When the input is a regular file (not compressed),
+// the second half of each large pages frame is read with pread(2) and
+// checksummed by a goroutine of its own while the first half is read as
+// before, and the two checksums are combined (crc32cCombine). The frame
+// is checked as a whole, with the errors of a reading in one piece, and
+// the Reader keeps its two payload buffers: more would hold the Go heap
+// near the stages' soft limit and keep the collector running
+// (doc/performance.md, 19).
+const parallelMin = 256 << 10 // smaller payloads are read in one piece
 
 // fileInput is the regular file the stream is read from, and the file
-// offset where the stream starts, when its contents can be read at any
-// offset.
+// offset where the stream starts.
 type fileInput struct {
 	f    *os.File
 	base int64
@@ -47,64 +44,88 @@ func regularFile(in io.Reader) *fileInput {
 	return &fileInput{f: f, base: base}
 }
 
-// payloadRead is the reading of one frame's contents, in progress.
-type payloadRead struct {
-	in   *fileInput
-	off  int64 // of the payload, in the stream
-	n    int   // its length
-	hdr  [12]byte
-	sum  uint32
-	done chan struct{}
-	err  error
+// readSplit fills b, the payload that starts at stream offset off, and
+// returns the checksum crc continued over it and how many bytes arrived:
+// its first half through the read-ahead buffer, its second half from the
+// file at once, by another goroutine.
+func (rd *decoder) readSplit(b []byte, off int64, crc uint32) ([]byte, uint32, int, error) {
+	half := (len(b) / 2) &^ (PageSize - 1)
+	second := b[half:]
+	type result struct {
+		crc uint32
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		for r.n < len(second) && r.err == nil {
+			var m int
+			m, r.err = rd.file.f.ReadAt(second[r.n:min(len(second), r.n+crcPiece)], rd.file.base+off+int64(half+r.n))
+			r.crc = crc32.Update(r.crc, castagnoli, second[r.n:r.n+m])
+			r.n += m
+		}
+		if r.n == len(second) {
+			r.err = nil
+		}
+		done <- r
+	}()
+	_, crc, n, err := rd.readInto(b[:half], 0, crc)
+	r := <-done
+	if err != nil {
+		return b, crc, n, err
+	}
+	// Go on after the payload: what the read-ahead buffer holds beyond the
+	// first half is the second half, read already.
+	rd.rpos = rd.rend
+	if _, serr := rd.file.f.Seek(rd.file.base+off+int64(len(b)), io.SeekStart); serr != nil && r.err == nil {
+		r.err = serr
+	}
+	if errors.Is(r.err, io.EOF) {
+		r.err = io.ErrUnexpectedEOF
+	}
+	return b, crc32cCombine(crc, r.crc, len(second)), half + r.n, r.err
 }
 
-// skimPages passes over the payload of pages frame f (its header h just
-// read) and returns f with its payload to be read by run.
-func (rd *decoder) skimPages(f *Frame, h []byte, length, sum uint32) (*Frame, error) {
-	p := &payloadRead{in: rd.file, off: rd.off + FrameHeaderSize, n: int(length), sum: sum, done: make(chan struct{})}
-	copy(p.hdr[:], h[:12])
-	k := min(rd.rend-rd.rpos, int(length))
-	rd.rpos += k
-	if rest := int64(length) - int64(k); rest > 0 {
-		// Everything buffered was consumed: the file offset is where the
-		// buffered bytes end.
-		if _, err := rd.file.f.Seek(rest, io.SeekCurrent); err != nil {
-			return nil, fmt.Errorf("frame %d at offset %d: %w", f.Index, f.Offset, err)
-		}
+// crc32cCombine returns the CRC-32C of a followed by b from the CRC-32C of
+// each and the length of b, by multiplying the first by x^(8 len(b))
+// modulo the polynomial (the CRC of a run of zero bytes of that length,
+// without the bytes).
+func crc32cCombine(crcA, crcB uint32, lenB int) uint32 {
+	if lenB == 0 {
+		return crcA
 	}
-	f.read = p
-	rd.off += FrameHeaderSize + int64(length)
-	rd.index++
-	rd.counts.add(f.Type, int(length))
-	return f, nil
+	return multModP(xPow8n(uint64(lenB)), crcA) ^ crcB
 }
 
-// run reads the contents into buf (of MaxPagesPayload bytes) and checks
-// them, in pieces checksummed while they are in the CPU's cache.
-func (p *payloadRead) run(f *Frame, buf []byte) {
-	defer close(p.done)
-	b := buf[:p.n]
-	crc := crc32.Update(0, castagnoli, p.hdr[:])
-	for n := 0; n < len(b); {
-		m, err := p.in.f.ReadAt(b[n:min(len(b), n+crcPiece)], p.in.base+p.off+int64(n))
-		crc = crc32.Update(crc, castagnoli, b[n:n+m])
-		n += m
-		if errors.Is(err, io.EOF) && n < len(b) {
-			p.err = fmt.Errorf("frame %d (%s) at offset %d: payload: %d of %d bytes: %w", f.Index, f.Type, f.Offset, n, len(b), ErrTruncated)
-			return
+const castagnoliReversed = 0x82f63b78
+
+// multModP multiplies two polynomials modulo the Castagnoli polynomial,
+// in the reflected bit order of the CRC (x^0 is the top bit).
+func multModP(a, b uint32) uint32 {
+	var p uint32
+	for m := uint32(1) << 31; m != 0; m >>= 1 {
+		if a&m != 0 {
+			p ^= b
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			p.err = fmt.Errorf("frame %d at offset %d: %w", f.Index, f.Offset, err)
-			return
+		if b&1 != 0 {
+			b = b>>1 ^ castagnoliReversed
+		} else {
+			b >>= 1
 		}
 	}
-	if crc != p.sum {
-		p.err = fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, crc, p.sum, ErrChecksum)
-		return
+	return p
+}
+
+// xPow8n is x^(8n) modulo the polynomial, by squaring.
+func xPow8n(n uint64) uint32 {
+	p := uint32(1) << 31  // x^0
+	sq := uint32(1) << 23 // x^8
+	for ; n != 0; n >>= 1 {
+		if n&1 != 0 {
+			p = multModP(sq, p)
+		}
+		sq = multModP(sq, sq)
 	}
-	f.Payload = b
-	f.setSum(p.sum)
-	if _, _, err := f.Pages(); err != nil {
-		p.err = err
-	}
+	return p
 }

@@ -31,19 +31,11 @@ type fetched struct {
 }
 
 func (pf *prefetcher) start(rd *Reader, d *decoder) {
-	// The caller holds one buffer, the goroutine fills another; where
-	// pages frames are read in parallel (parallel.go), up to
-	// parallelReads of them wait in out, each with its buffer.
-	ahead := 1
-	if d.file != nil {
-		ahead = parallelReads
-	}
-	pf.out = make(chan fetched, ahead)
-	pf.free = make(chan []byte, ahead+1)
+	pf.out = make(chan fetched, 1)
+	pf.free = make(chan []byte, 2)
 	pf.stop = make(chan struct{})
-	for range ahead + 1 {
-		pf.free <- nil
-	}
+	pf.free <- nil
+	pf.free <- nil
 	go pf.run(d)
 	// A Reader dropped before its End stops the goroutine (the goroutine
 	// holds the decoder, not the Reader).
@@ -60,12 +52,6 @@ func (pf *prefetcher) run(d *decoder) {
 		}
 		d.buf = buf
 		f, err := d.Next()
-		if err == nil && f.read != nil {
-			if cap(d.buf) < MaxPagesPayload {
-				d.buf = make([]byte, 0, MaxPagesPayload)
-			}
-			go f.read.run(f, d.buf[:MaxPagesPayload])
-		}
 		r := fetched{f: f, err: err, buf: d.buf}
 		last := err != nil || f.Type == TypeEnd
 		if err == nil && f.Type == TypeEnd {
@@ -103,14 +89,6 @@ func (rd *Reader) nextPrefetched() (*Frame, error) {
 		return nil, r.err
 	}
 	rd.cur = r.buf
-	if p := r.f.read; p != nil {
-		<-p.done
-		r.f.read = nil
-		if p.err != nil {
-			rd.err = p.err
-			return nil, p.err
-		}
-	}
 	rd.off = r.f.Offset + FrameHeaderSize + int64(len(r.f.Payload))
 	if r.end != nil {
 		rd.end = r.end

@@ -267,11 +267,8 @@ func (rd *decoder) next() (*Frame, error) {
 	if rd.move != nil && f.Type == TypePages && length >= PagesPreamble+deferMin {
 		return rd.deferPages(f, h[:], length)
 	}
-	if rd.file != nil && f.Type == TypePages && length >= parallelMin {
-		return rd.skimPages(f, h[:], length, sum)
-	}
 	var got uint32
-	f.Payload, got, n, err = rd.readPayload(int(length), crc32.Update(0, castagnoli, h[:12]))
+	f.Payload, got, n, err = rd.readPayload(int(length), f.Type == TypePages, crc32.Update(0, castagnoli, h[:12]))
 	if err != nil {
 		return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
 	}
@@ -302,7 +299,7 @@ func (rd *decoder) next() (*Frame, error) {
 // checksum crc continued over them. A buffer too small grows with the bytes
 // that actually arrive, so a hostile length on a short input costs what the
 // input holds, not the cap.
-func (rd *decoder) readPayload(length int, crc uint32) ([]byte, uint32, int, error) {
+func (rd *decoder) readPayload(length int, pages bool, crc uint32) ([]byte, uint32, int, error) {
 	if cap(rd.buf) < length && length <= MaxPagesPayload {
 		// Up to a full pages frame the buffer is made at once, at the size
 		// of one (4 MiB: the cost of a hostile length is bounded, and
@@ -332,6 +329,9 @@ func (rd *decoder) readPayload(length int, crc uint32) ([]byte, uint32, int, err
 		return b, crc, length, nil
 	}
 	b := rd.buf[:length]
+	if pages && rd.file != nil && length >= parallelMin {
+		return rd.readSplit(b, rd.off+FrameHeaderSize, crc) // parallel.go
+	}
 	b, crc, n, err := rd.readInto(b, 0, crc)
 	return b, crc, n, err
 }
