@@ -211,6 +211,8 @@ func (p *Proc) Next(timeout time.Duration) (string, error) {
 	}
 }
 
+const tickSettle = 50 * time.Millisecond
+
 // Drain discards buffered output lines and returns the last one ("" if none).
 func (p *Proc) Drain() string {
 	last := ""
@@ -228,8 +230,15 @@ func (p *Proc) Drain() string {
 }
 
 // Ticks reports whether the target prints another "tick" within timeout.
+// Lines that arrive in the first tickSettle were on their way already (a
+// tick written just before a freeze is read after it): they do not count.
 func (p *Proc) Ticks(timeout time.Duration) bool {
-	p.Drain()
+	settle := time.Now().Add(tickSettle)
+	for {
+		if _, err := p.Next(time.Until(settle)); err != nil {
+			break
+		}
+	}
 	deadline := time.Now().Add(timeout)
 	for {
 		l, err := p.Next(time.Until(deadline))
