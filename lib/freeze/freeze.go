@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/inject"
 	"crpipe/lib/netlock"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -415,6 +416,10 @@ func Thaw(fr *pb.Freeze, procs []*pb.Process) error {
 			if err := releaseNetwork(netlock.TableName(int(procs[0].Pid)), pids); err != nil {
 				return err
 			}
+			if err := writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0"); err != nil {
+				return err
+			}
+			return recoverStubs(pids)
 		}
 		return writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0")
 	}
@@ -488,6 +493,7 @@ func thawDir(dir string, tasks []Task) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	netErr = errors.Join(netErr, recoverStubs(pids))
 	var errs []error
 	for _, pid := range pids {
 		dst := ""
@@ -514,6 +520,23 @@ func thawDir(dir string, tasks []Task) error {
 		return errors.Join(err, netErr)
 	}
 	return netErr
+}
+
+// recoverStubs puts back the threads a stage that died while its code ran
+// in them left behind (lib/inject/recover.go), once they are thawed: the
+// recovery runs code in them.
+func recoverStubs(pids []int) error {
+	var errs []error
+	for _, pid := range pids {
+		found, err := inject.RecoverStub(pid)
+		if found {
+			fmt.Fprintf(os.Stderr, "%s: pid %d: a stage died while its code ran in the process; its threads are put back as they were\n", filepath.Base(os.Args[0]), pid)
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("pid %d: putting back what a dead stage left: %w", pid, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // releaseNetwork undoes cr-tcp's hold on the TCP connections of processes

@@ -89,6 +89,7 @@ func (s *Session) RunEach(calls []Call) error {
 type Stub struct {
 	tid  int // the thread that mapped it
 	base uint64
+	size uint64 // code, data and the recovery records (recover.go)
 }
 
 // stubCode is the batch runner. On entry rbx points at the first table
@@ -122,6 +123,7 @@ const (
 	stubDataSize = 60 << 10 // a batch that does not fit runs in pieces
 	stubSize     = stubCodeSize + stubDataSize
 	entrySize    = 64
+	stubSyscall  = 32 // offset of the batch loop's syscall instruction in stubCode
 )
 
 // ErrNoStub is wrapped when the process refuses the stub's mapping (an
@@ -131,10 +133,12 @@ var ErrNoStub = errors.New("the process cannot map the batch stub")
 // StubTimeout bounds one batch: the calls are quick and never block.
 var StubTimeout = 10 * time.Second
 
-// MapStub maps a Stub into the process of s's thread. On failure nothing
-// is left mapped.
-func MapStub(s *Session) (*Stub, error) {
-	ret, err := s.Syscall(unix.SYS_MMAP, 0, stubSize, unix.PROT_READ|unix.PROT_EXEC,
+// MapStub maps a Stub into the process of s's thread, with a recovery
+// record for each of sessions, the sessions on its threads (recover.go).
+// On failure nothing is left mapped.
+func MapStub(s *Session, sessions []*Session) (*Stub, error) {
+	size := uint64(stubSize) + recordsSize(len(sessions))
+	ret, err := s.Syscall(unix.SYS_MMAP, 0, size, unix.PROT_READ|unix.PROT_EXEC,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
 	if err != nil {
 		return nil, err
@@ -142,8 +146,11 @@ func MapStub(s *Session) (*Stub, error) {
 	if err := Errno(ret); err != nil {
 		return nil, fmt.Errorf("tid %d: mmap: %w: %w", s.tid, err, ErrNoStub)
 	}
-	st := &Stub{tid: s.tid, base: uint64(ret)}
+	st := &Stub{tid: s.tid, base: uint64(ret), size: size}
 	err = st.setup(s)
+	if err == nil {
+		err = WriteMem(s.tid, st.base+stubSize, records(sessions))
+	}
 	if err != nil {
 		if uerr := st.Unmap(s); uerr != nil {
 			err = errors.Join(err, uerr)
@@ -154,7 +161,7 @@ func MapStub(s *Session) (*Stub, error) {
 }
 
 func (st *Stub) setup(s *Session) error {
-	ret, err := s.Syscall(unix.SYS_MPROTECT, st.base+stubCodeSize, stubDataSize, unix.PROT_READ|unix.PROT_WRITE)
+	ret, err := s.Syscall(unix.SYS_MPROTECT, st.base+stubCodeSize, st.size-stubCodeSize, unix.PROT_READ|unix.PROT_WRITE)
 	if err != nil {
 		return err
 	}
@@ -179,7 +186,7 @@ func (st *Stub) Unmap(s *Session) error {
 	if err := s.toEventStop(); err != nil {
 		return err
 	}
-	ret, err := s.Syscall(unix.SYS_MUNMAP, st.base, stubSize)
+	ret, err := s.Syscall(unix.SYS_MUNMAP, st.base, st.size)
 	if err != nil {
 		return err
 	}
@@ -263,6 +270,9 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 	s.state = running
 	if err := s.awaitDone(data); err != nil {
 		return err
+	}
+	if faultDieInStub {
+		os.Exit(70) // as if killed: the kernel detaches every task where it is
 	}
 	if err := s.toEventStop(); err != nil {
 		return err

@@ -107,7 +107,7 @@ func TestStub(t *testing.T) {
 	} else if err := Errno(ret); err != nil {
 		t.Logf("no MDWE here: %v", err)
 	}
-	st, err := MapStub(s)
+	st, err := MapStub(s, []*Session{s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestStubFault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := MapStub(s)
+	st, err := MapStub(s, []*Session{s})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestStubRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := MapStub(s); !errors.Is(err, ErrNoStub) {
+	if _, err := MapStub(s, []*Session{s}); !errors.Is(err, ErrNoStub) {
 		t.Fatalf("MapStub under RLIMIT_AS: %v, want ErrNoStub", err)
 	}
 	calls := batch(3)

@@ -395,7 +395,7 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 	}
 	run := func(s *inject.Session, calls []inject.Call) error { return s.RunEach(calls) }
 	if !opt.OneAtATime {
-		stub, merr := inject.MapStub(leader)
+		stub, merr := inject.MapStub(leader, sessions)
 		switch {
 		case merr == nil:
 			// Deferred after the sessions' End, so run before it.

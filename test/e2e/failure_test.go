@@ -379,3 +379,49 @@ func TestRefuseStopped(t *testing.T) {
 		})
 	}
 }
+
+// TestParasiteDiesInStub: cr-parasite dies (CRPIPE_FAULT makes it exit
+// as if killed) once the first thread of a multi-threaded target has run
+// its batch and parks in the stub, with the stub's registers, and every
+// other thread holds all signals blocked. cr-dump fails, and its thaw
+// puts every thread back from the records the stub carries (registers,
+// signal masks, rseq_cs) and unmaps the stub: the program runs on and
+// checks its whole per-thread state (test/progs/threadstate.c).
+func TestParasiteDiesInStub(t *testing.T) {
+	p := startStateProg(t, "threadstate")
+	maps := fmt.Sprintf("/proc/%d/maps", p.pid)
+	before, masks := readFile(maps), threadMasks(t, p.pid)
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatalf("cr-dump succeeded though its cr-parasite died")
+	}
+	if !strings.Contains(string(r.stderr), "its threads are put back as they were") {
+		t.Errorf("the thaw does not say it put back the threads a dead stage left:\n%s", r.stderr)
+	}
+	if after := readFile(maps); after != before {
+		t.Errorf("the mappings changed (a stub left behind?): %s", firstDiff(before, after))
+	}
+	if after := threadMasks(t, p.pid); after != masks {
+		t.Errorf("the threads' blocked signals changed: %s", firstDiff(masks, after))
+	}
+	p.checkRunning()
+	p.terminate(p.mustProgress())
+}
+
+// threadMasks lists each thread of pid with its blocked signals (SigBlk).
+func threadMasks(t *testing.T, pid int) string {
+	t.Helper()
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	for _, tid := range tids {
+		m := regexp.MustCompile(`(?m)^SigBlk:\s*(\S+)`).FindStringSubmatch(readFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, tid.Name())))
+		if m == nil {
+			t.Fatalf("tid %s: no SigBlk in its status", tid.Name())
+		}
+		fmt.Fprintf(&out, "tid %s blocks %s\n", tid.Name(), m[1])
+	}
+	return out.String()
+}

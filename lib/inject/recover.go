@@ -1,0 +1,194 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/proc"
+	"crpipe/lib/sys"
+)
+
+// Recovery from a tracer that dies in the middle (killed, or a crash):
+// the kernel detaches its tasks where they are. A thread that ran a batch
+// is left parked in the stub's pause(2) with the stub's registers, for
+// good; every thread with a session is left with all signals blocked.
+// So MapStub writes, after the stub's data, a record per session of what
+// End would put back (registers, signal mask, rseq_cs), and
+// RecoverStub, which thaw runs on every process it thaws, finds a stub
+// left behind and puts its threads back from the records, then unmaps it.
+// (A death inside one of the few single injections around the stub,
+// its mmap, mprotect and munmap, is not covered: nothing records them.)
+
+const (
+	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
+	recordSize  = 256                 // tid, mask, rseq_cs address and value, 27 registers, 2 words spare
+	maxRecords  = 1 << 16             // bounds what a recovery believes of a record count
+
+	recoverStopTimeout = 10 * time.Second
+)
+
+// faultDieInStub: CRPIPE_FAULT=parasite-dies-in-stub makes a tracer exit
+// as if killed once a thread parks in the stub (fault injection for the
+// recovery's test).
+var faultDieInStub = os.Getenv("CRPIPE_FAULT") == "parasite-dies-in-stub"
+
+func recordsSize(n int) uint64 { return (16 + uint64(n)*recordSize + 4095) &^ 4095 }
+
+// records lays out the recovery records of sessions.
+func records(sessions []*Session) []byte {
+	le := binary.LittleEndian
+	b := make([]byte, 16+len(sessions)*recordSize)
+	le.PutUint64(b, recordMagic)
+	le.PutUint64(b[8:], uint64(len(sessions)))
+	for i, s := range sessions {
+		r := b[16+i*recordSize:]
+		le.PutUint64(r, uint64(s.tid))
+		le.PutUint64(r[8:], s.mask)
+		le.PutUint64(r[16:], s.rseqCsAddr)
+		le.PutUint64(r[24:], s.rseqCs)
+		copy(r[32:32+unsafe.Sizeof(s.regs)], unsafe.Slice((*byte)(unsafe.Pointer(&s.regs)), unsafe.Sizeof(s.regs)))
+	}
+	return b
+}
+
+type record struct {
+	tid                      int
+	mask, rseqCsAddr, rseqCs uint64
+	regs                     unix.PtraceRegs
+}
+
+// findStub looks for a stub left in pid: a page of anonymous r-x memory
+// holding stubCode, followed by its data and the magic of its records.
+func findStub(pid int) (base uint64, recs []record, err error) {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return 0, nil, err
+	}
+	code := make([]byte, len(stubCode))
+	for i, m := range maps {
+		if m.Path != "" || !m.Read || !m.Exec || m.Write || m.End-m.Start != stubCodeSize || i+1 == len(maps) {
+			continue
+		}
+		data := maps[i+1]
+		if data.Start != m.End || data.Path != "" || !data.Write || data.End-data.Start < stubDataSize+16 {
+			continue
+		}
+		if ReadMem(pid, m.Start, code) != nil || !bytes.Equal(code, stubCode) {
+			continue
+		}
+		var head [16]byte
+		if ReadMem(pid, m.Start+stubSize, head[:]) != nil || binary.LittleEndian.Uint64(head[:]) != recordMagic {
+			continue
+		}
+		n := binary.LittleEndian.Uint64(head[8:])
+		if n > maxRecords || m.Start+stubSize+16+n*recordSize > data.End {
+			return 0, nil, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
+		}
+		b := make([]byte, n*recordSize)
+		if err := ReadMem(pid, m.Start+stubSize+16, b); err != nil {
+			return 0, nil, err
+		}
+		for k := range int(n) {
+			r := b[k*recordSize:]
+			rec := record{tid: int(binary.LittleEndian.Uint64(r)), mask: binary.LittleEndian.Uint64(r[8:]),
+				rseqCsAddr: binary.LittleEndian.Uint64(r[16:]), rseqCs: binary.LittleEndian.Uint64(r[24:])}
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec.regs)), unsafe.Sizeof(rec.regs)), r[32:])
+			recs = append(recs, rec)
+		}
+		return m.Start, recs, nil
+	}
+	return 0, nil, nil
+}
+
+// allBlocked is a signal mask with every signal blocked, as the kernel
+// keeps it (SIGKILL and SIGSTOP cannot be).
+const allBlocked = ^uint64(0) &^ (1<<(unix.SIGKILL-1) | 1<<(unix.SIGSTOP-1))
+
+// RecoverStub puts back the threads of pid that a dead tracer left with a
+// stub, and unmaps the stub. It reports whether there was one. pid must
+// not be frozen (the unmap runs in it), nor traced.
+func RecoverStub(pid int) (bool, error) {
+	base, recs, err := findStub(pid)
+	if err != nil || base == 0 {
+		return false, err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var sessions []*Session
+	var errs []error
+	defer func() {
+		for _, s := range sessions {
+			sys.PtraceDetach(s.tid, 0)
+		}
+	}()
+	for _, rec := range recs {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", pid, rec.tid)); err != nil {
+			continue // the thread is gone
+		}
+		s, err := seizeForRecovery(rec.tid, base)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pid %d tid %d: %w", pid, rec.tid, err))
+			continue
+		}
+		sessions = append(sessions, s)
+		if s.regs.Rip >= base && s.regs.Rip < base+stubCodeSize {
+			// In the stub: everything back as End would have put it.
+			s.regs, s.mask, s.rseqCsAddr, s.rseqCs = rec.regs, rec.mask, rec.rseqCsAddr, rec.rseqCs
+		} else if s.mask == allBlocked {
+			// Its own code, with the signals the session blocked.
+			s.mask = rec.mask
+		}
+	}
+	if len(sessions) > 0 {
+		ret, err := sessions[0].Syscall(unix.SYS_MUNMAP, base, stubSize+recordsSize(len(recs)))
+		if err == nil {
+			err = Errno(ret)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pid %d: munmap of the stub left at %#x: %w", pid, base, err))
+		}
+	}
+	for _, s := range sessions {
+		if err := s.End(nil); err != nil {
+			errs = append(errs, fmt.Errorf("pid %d tid %d: %w", pid, s.tid, err))
+		}
+	}
+	return true, errors.Join(errs...)
+}
+
+// seizeForRecovery seizes tid, stops it and begins a session on it, the
+// stub's own syscall instruction serving the unmap.
+func seizeForRecovery(tid int, base uint64) (*Session, error) {
+	if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
+		return nil, err
+	}
+	if err := sys.PtraceInterrupt(tid); err != nil {
+		sys.PtraceDetach(tid, 0)
+		return nil, err
+	}
+	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)
+	switch {
+	case err != nil:
+	case !ok:
+		err = fmt.Errorf("no ptrace stop within %v", recoverStopTimeout)
+	case !st.IsEventStop():
+		err = fmt.Errorf("%v instead of an interrupt stop", st)
+	}
+	var s *Session
+	if err == nil {
+		s, err = Begin(tid, base+stubSyscall)
+	}
+	if err != nil {
+		sys.PtraceDetach(tid, 0)
+		return nil, err
+	}
+	return s, nil
+}
