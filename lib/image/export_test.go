@@ -6,5 +6,5 @@ func SetPrefetchAlways(on bool) (was bool) {
 	return was
 }
 
-// Crc32cCombine is crc32cCombine, for its test.
-var Crc32cCombine = crc32cCombine
+// CrcCombine is crcCombine, for its test.
+var CrcCombine = crcCombine

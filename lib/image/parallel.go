@@ -14,10 +14,10 @@ import (
 // restore waited for. When the input is a regular file (not compressed),
 // the second half of each large pages frame is read with pread(2) and
 // checksummed by a goroutine of its own while the first half is read as
-// before, and the two checksums are combined (crc32cCombine). The frame
-// is checked as a whole, with the errors of a reading in one piece, and
-// the Reader keeps its two payload buffers: more would hold the Go heap
-// near the stages' soft limit and keep the collector running
+// before, and the two checksums are combined (crcCombine, writer.go).
+// The frame is checked as a whole, with the errors of a reading in one
+// piece, and the Reader keeps its two payload buffers: more would hold
+// the Go heap near the stages' soft limit and keep the collector running
 // (doc/performance.md, 19).
 const parallelMin = 256 << 10 // smaller payloads are read in one piece
 
@@ -84,48 +84,5 @@ func (rd *decoder) readSplit(b []byte, off int64, crc uint32) ([]byte, uint32, i
 	if errors.Is(r.err, io.EOF) {
 		r.err = io.ErrUnexpectedEOF
 	}
-	return b, crc32cCombine(crc, r.crc, len(second)), half + r.n, r.err
-}
-
-// crc32cCombine returns the CRC-32C of a followed by b from the CRC-32C of
-// each and the length of b, by multiplying the first by x^(8 len(b))
-// modulo the polynomial (the CRC of a run of zero bytes of that length,
-// without the bytes).
-func crc32cCombine(crcA, crcB uint32, lenB int) uint32 {
-	if lenB == 0 {
-		return crcA
-	}
-	return multModP(xPow8n(uint64(lenB)), crcA) ^ crcB
-}
-
-const castagnoliReversed = 0x82f63b78
-
-// multModP multiplies two polynomials modulo the Castagnoli polynomial,
-// in the reflected bit order of the CRC (x^0 is the top bit).
-func multModP(a, b uint32) uint32 {
-	var p uint32
-	for m := uint32(1) << 31; m != 0; m >>= 1 {
-		if a&m != 0 {
-			p ^= b
-		}
-		if b&1 != 0 {
-			b = b>>1 ^ castagnoliReversed
-		} else {
-			b >>= 1
-		}
-	}
-	return p
-}
-
-// xPow8n is x^(8n) modulo the polynomial, by squaring.
-func xPow8n(n uint64) uint32 {
-	p := uint32(1) << 31  // x^0
-	sq := uint32(1) << 23 // x^8
-	for ; n != 0; n >>= 1 {
-		if n&1 != 0 {
-			p = multModP(sq, p)
-		}
-		sq = multModP(sq, sq)
-	}
-	return p
+	return b, crcCombine(crc, r.crc, int64(len(second))), half + r.n, r.err
 }
