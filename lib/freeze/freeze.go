@@ -480,11 +480,12 @@ func findPid(pid int) (string, []Task, error) {
 // from (a process not recorded goes where the first recorded one came
 // from: it was forked inside), and removes dir.
 func thawDir(dir string, tasks []Task) error {
-	// cr-tcp's lock table is named like the transient cgroup. A failure
-	// there does not stop the thaw: it is reported once the rest is done.
-	var netErr error
+	// A failure to release the TCP connections (cr-tcp's lock table is
+	// named like the transient cgroup) or to put back what a dead stage
+	// left does not stop the thaw: it is reported once the rest is done.
+	var laterErr error
 	if pids, err := readPids(filepath.Join(dir, "cgroup.procs")); err == nil {
-		netErr = releaseNetwork(filepath.Base(dir), pids)
+		laterErr = releaseNetwork(filepath.Base(dir), pids)
 	}
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("thaw %s: %w", dir, err)
@@ -493,7 +494,7 @@ func thawDir(dir string, tasks []Task) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	netErr = errors.Join(netErr, recoverStubs(pids))
+	laterErr = errors.Join(laterErr, recoverStubs(pids))
 	var errs []error
 	for _, pid := range pids {
 		dst := ""
@@ -514,12 +515,12 @@ func thawDir(dir string, tasks []Task) error {
 		}
 	}
 	if len(errs) > 0 {
-		return stage.Hint(errors.Join(append(errs, netErr)...), fmt.Sprintf("the processes are thawed but still in %s; move them by hand with echo PID > CGROUP/cgroup.procs", dir))
+		return stage.Hint(errors.Join(append(errs, laterErr)...), fmt.Sprintf("the processes are thawed but still in %s; move them by hand with echo PID > CGROUP/cgroup.procs", dir))
 	}
 	if err := rmdirWait(dir); err != nil {
-		return errors.Join(err, netErr)
+		return errors.Join(err, laterErr)
 	}
-	return netErr
+	return laterErr
 }
 
 // recoverStubs puts back the threads a stage that died while its code ran

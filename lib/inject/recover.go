@@ -29,7 +29,7 @@ import (
 
 const (
 	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
-	recordSize  = 256                 // tid, mask, rseq_cs address and value, 27 registers, 2 words spare
+	recordSize  = 256                 // tid, mask, rseq_cs address and value, 27 registers, 1 word spare
 	maxRecords  = 1 << 16             // bounds what a recovery believes of a record count
 
 	recoverStopTimeout = 10 * time.Second
