@@ -180,6 +180,13 @@ func (st *Stub) setup(s *Session) error {
 	return nil
 }
 
+// Mapping is the stub's mapping [base, base+size), and a page of it that
+// nothing has written or read yet: the first of its data area, until the
+// first Run.
+func (st *Stub) Mapping() (base, size, untouched uint64) {
+	return st.base, st.size, st.base + stubCodeSize
+}
+
 // Unmap removes the stub from its process, through s, a session on any
 // thread of it (left at an event stop, whatever a failed Run did).
 func (st *Stub) Unmap(s *Session) error {

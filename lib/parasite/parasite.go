@@ -394,7 +394,12 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 		}
 	}
 	run := func(s *inject.Session, calls []inject.Call) error { return s.RunEach(calls) }
+	mlock, mlockKnown := uint32(0), false
 	if !opt.OneAtATime {
+		locked, err := lockedKB(pid)
+		if err != nil {
+			return nil, err
+		}
 		stub, merr := inject.MapStub(leader, sessions)
 		switch {
 		case merr == nil:
@@ -406,8 +411,21 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 				}
 			}()
 			run = stub.Run
+			_, size, untouched := stub.Mapping()
+			if mlock, err = futureLock(pid, locked, size, untouched); err != nil {
+				return nil, err
+			}
+			mlockKnown = true
 		case !errors.Is(merr, inject.ErrNoStub):
 			return nil, fmt.Errorf("pid %d: %w", pid, merr)
+		default:
+			stage.Logf("pid %d: no stub (%v): one call at a time", pid, merr)
+		}
+	}
+	if !mlockKnown {
+		var err error
+		if mlock, err = probeFutureLock(leader, pid); err != nil {
+			return nil, err
 		}
 	}
 	for _, s := range sessions {
@@ -422,6 +440,9 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 		tr, err := r.decode()
 		if err != nil {
 			return nil, where(err)
+		}
+		if tr.Process != nil {
+			tr.Process.Mlockall = mlock
 		}
 		res = append(res, tr)
 	}

@@ -928,8 +928,11 @@ type ProcessInside struct {
 	ChildSubreaper bool                   `protobuf:"varint,5,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"` // PR_GET_CHILD_SUBREAPER
 	SharedPending  []*Siginfo             `protobuf:"bytes,6,rep,name=shared_pending,json=sharedPending,proto3" json:"shared_pending,omitempty"`     // process-wide pending signals, in queue order
 	ThpDisable     uint32                 `protobuf:"varint,7,opt,name=thp_disable,json=thpDisable,proto3" json:"thp_disable,omitempty"`             // PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2)
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What mlockall(2) left in force for mappings made later (the mm's
+	// default flags): 0, or MCL_FUTURE (2), with MCL_ONFAULT (4) when given.
+	Mlockall      uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcessInside) Reset() {
@@ -1007,6 +1010,13 @@ func (x *ProcessInside) GetSharedPending() []*Siginfo {
 func (x *ProcessInside) GetThpDisable() uint32 {
 	if x != nil {
 		return x.ThpDisable
+	}
+	return 0
+}
+
+func (x *ProcessInside) GetMlockall() uint32 {
+	if x != nil {
+		return x.Mlockall
 	}
 	return 0
 }
@@ -1094,7 +1104,7 @@ const file_state_proto_rawDesc = "" +
 	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
 	"\vinterval_ns\x18\a \x01(\x04R\n" +
 	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\x9d\x02\n" +
+	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xb9\x02\n" +
 	"\rProcessInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
 	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
@@ -1103,7 +1113,8 @@ const file_state_proto_rawDesc = "" +
 	"\x0fchild_subreaper\x18\x05 \x01(\bR\x0echildSubreaper\x125\n" +
 	"\x0eshared_pending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\rsharedPending\x12\x1f\n" +
 	"\vthp_disable\x18\a \x01(\rR\n" +
-	"thpDisableB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"thpDisable\x12\x1a\n" +
+	"\bmlockall\x18\b \x01(\rR\bmlockallB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_state_proto_rawDescOnce sync.Once

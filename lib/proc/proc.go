@@ -146,6 +146,7 @@ type Status struct {
 	SigBlk    uint64
 	SigIgn    uint64
 	SigCgt    uint64
+	VmLck     uint64 // kB of memory the process has locked (mm-wide)
 }
 
 // ReadStatus reads /proc/PID/status.
@@ -212,6 +213,8 @@ func ParseStatus(b []byte) (*Status, error) {
 			s.SigIgn, err = strconv.ParseUint(v, 16, 64)
 		case "SigCgt":
 			s.SigCgt, err = strconv.ParseUint(v, 16, 64)
+		case "VmLck":
+			s.VmLck, err = strconv.ParseUint(strings.TrimSuffix(v, " kB"), 10, 64)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("malformed status: %s: %w", k, err)

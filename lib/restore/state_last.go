@@ -20,7 +20,9 @@ import (
 // installed here do not apply to the restorer's own calls that follow.
 //
 //	per process (lastStates, in the leader):
-//	  POSIX timers, interval timers, resource limits, seccomp filters
+//	  mlockall(MCL_FUTURE) (after the restore's own mappings, which it
+//	  would lock and populate), POSIX timers, interval timers, resource
+//	  limits, seccomp filters
 //	  (SECCOMP_FILTER_FLAG_TSYNC: one chain shared by every thread; installed
 //	  while the task still has CAP_SYS_ADMIN, as a task without
 //	  no_new_privs needs it)
@@ -41,6 +43,12 @@ func processLast(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 	si := states(rc)
 	pid := t.proc.Pid
 	var calls []call
+	if pi := si.pinside[pid]; pi != nil && pi.Mlockall != 0 {
+		if pi.Mlockall&^(unix.MCL_FUTURE|unix.MCL_ONFAULT) != 0 || pi.Mlockall&unix.MCL_FUTURE == 0 {
+			return nil, fmt.Errorf("pid %d: mlockall flags %#x in the image", pid, pi.Mlockall)
+		}
+		calls = append(calls, sc(fmt.Sprintf("mlockall %#x", pi.Mlockall), unix.SYS_MLOCKALL, uint64(pi.Mlockall)))
+	}
 	if pi := si.pinside[pid]; pi != nil {
 		c, err := timerCalls(s, pid, pi)
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"crpipe/lib/proc"
 )
 
@@ -334,6 +336,68 @@ func TestVmaAdvice(t *testing.T) {
 			t.Errorf("crit show does not list %s:\n%s", want, out)
 		}
 	}
+	p.terminate(at)
+}
+
+// TestMlockall: what mlockall(MCL_FUTURE) leaves for mappings made later
+// (with MCL_ONFAULT or without) comes back, and a process without it does
+// not get it: the program maps a region after the restore and checks that
+// it is locked, and populated at once or not (test/progs/mlockall.c).
+func TestMlockall(t *testing.T) {
+	for _, c := range []struct{ mode, record string }{
+		{"future", `"mlockall":2`},
+		{"onfault", `"mlockall":6`},
+		{"none", ""},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			p := startStateProg(t, "mlockall", c.mode)
+			img, at := dumpKillRestore(t, p)
+			out := string(mustShell(t, 30*time.Second, fmt.Sprintf("crit decode < %s | grep '\"process-inside\"'", img)).stdout)
+			if c.record != "" && !strings.Contains(out, c.record) || c.record == "" && strings.Contains(out, `"mlockall"`) {
+				t.Errorf("the process-inside record is not what mlockall %s leaves (want %q):\n%s", c.mode, c.record, out)
+			}
+			p.terminate(at)
+		})
+	}
+}
+
+// TestMlockallNoRoom: a process whose soft RLIMIT_AS leaves no room for
+// cr-parasite's stub still has its mlockall(MCL_FUTURE) seen (a page
+// mapped to look, its soft limits raised to the hard ones for that moment)
+// and comes back with it; its limits are as before once the dump is done.
+func TestMlockallNoRoom(t *testing.T) {
+	p := startStateProg(t, "mlockall", "future")
+	st, err := proc.ReadStatus(p.pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmSize := regexp.MustCompile(`(?m)^VmSize:\s+(\d+) kB$`).FindStringSubmatch(readFile(fmt.Sprintf("/proc/%d/status", st.Pid)))
+	if vmSize == nil {
+		t.Fatal("no VmSize in status")
+	}
+	kb, _ := strconv.ParseUint(vmSize[1], 10, 64)
+	lim := unix.Rlimit{Cur: kb << 10, Max: unix.RLIM_INFINITY}
+	if err := unix.Prlimit(p.pid, unix.RLIMIT_AS, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	limits := readFile(fmt.Sprintf("/proc/%d/limits", p.pid))
+	img := filepath.Join(p.dir, "img")
+	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | cr-seize | cr-parasite -v | cr-pages | cr-files | cr-tcp > %s", p.pid, img))
+	if !strings.Contains(string(r.stderr), "one call at a time") {
+		t.Errorf("cr-parasite mapped its stub (the test wants it refused):\n%s", r.stderr)
+	}
+	if now := readFile(fmt.Sprintf("/proc/%d/limits", p.pid)); now != limits {
+		t.Errorf("limits after the dump:\n%s\nwere:\n%s", now, limits)
+	}
+	out := string(mustShell(t, 30*time.Second, fmt.Sprintf("crit decode < %s | grep '\"process-inside\"'", img)).stdout)
+	if !strings.Contains(out, `"mlockall":2`) {
+		t.Errorf("the process-inside record does not say MCL_FUTURE:\n%s\n(cr-parasite said: %s)", out, r.stderr)
+	}
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	at := p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
 	p.terminate(at)
 }
 
