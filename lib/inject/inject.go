@@ -87,12 +87,10 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask}
 	// Kernels before 5.13 cannot tell; they have no way to restore it either.
 	if rs, err := sys.PtraceGetRseqConfig(tid); err == nil && rs.AbiPointer != 0 {
-		var b [8]byte
-		s.rseqCsAddr = rs.AbiPointer + rseqCsOffset
-		if err := ReadMem(tid, s.rseqCsAddr, b[:]); err != nil {
-			return nil, fmt.Errorf("rseq area: %w", err)
+		s.rseqCsAddr = RseqCsAddr(rs.AbiPointer)
+		if s.rseqCs, err = ReadRseqCs(tid, s.rseqCsAddr); err != nil {
+			return nil, err
 		}
-		s.rseqCs = binary.LittleEndian.Uint64(b[:])
 	}
 	// Signals arriving meanwhile stay pending and are delivered after End,
 	// once the task's own mask is back.
@@ -102,8 +100,33 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	return s, nil
 }
 
-// rseqCsOffset is offsetof(struct rseq, rseq_cs).
-const rseqCsOffset = 8
+// RseqCsAddr is the address of the rseq_cs field of the struct rseq at
+// abi (offsetof(struct rseq, rseq_cs) is 8).
+func RseqCsAddr(abi uint64) uint64 { return abi + 8 }
+
+// ReadRseqCs reads the rseq_cs pointer at addr (RseqCsAddr) in tid's memory.
+func ReadRseqCs(tid int, addr uint64) (uint64, error) {
+	var b [8]byte
+	if err := ReadMem(tid, addr, b[:]); err != nil {
+		return 0, fmt.Errorf("rseq area: %w", err)
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
+}
+
+// PutRseqCs makes the rseq_cs pointer at addr cs again, if the kernel
+// cleared it (or anything else changed it).
+func PutRseqCs(tid int, addr, cs uint64) error {
+	now, err := ReadRseqCs(tid, addr)
+	if err != nil || now == cs {
+		return err
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], cs)
+	if err := WriteMem(tid, addr, b[:]); err != nil {
+		return fmt.Errorf("rseq area: %w", err)
+	}
+	return nil
+}
 
 // Tid is the thread the session injects into.
 func (s *Session) Tid() int { return s.tid }
@@ -238,13 +261,7 @@ func (s *Session) End(regs *unix.PtraceRegs) error {
 	}
 	s.saved = nil
 	if s.rseqCsAddr != 0 {
-		var b [8]byte
-		err := ReadMem(s.tid, s.rseqCsAddr, b[:])
-		if err == nil && binary.LittleEndian.Uint64(b[:]) != s.rseqCs {
-			binary.LittleEndian.PutUint64(b[:], s.rseqCs)
-			err = WriteMem(s.tid, s.rseqCsAddr, b[:])
-		}
-		if err != nil {
+		if err := PutRseqCs(s.tid, s.rseqCsAddr, s.rseqCs); err != nil {
 			errs = append(errs, fmt.Errorf("restore rseq_cs: %w", err))
 		}
 	}

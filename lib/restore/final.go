@@ -239,6 +239,20 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 			calls = append(calls, sc("set_tid_address", unix.SYS_SET_TID_ADDRESS, st.ClearChildTid))
 		}
 		if rs := t.cores[o.tid].Rseq; rs != nil && rs.AbiPointer != 0 {
+			// The registration makes the kernel look at rseq_cs as the
+			// restorer returns to user space, outside any critical section,
+			// and clear it: keep the dumped pointer (the thread's own memory
+			// is filled by now) for setThreadState to put back.
+			cs, err := inject.ReadRseqCs(t.pid, inject.RseqCsAddr(rs.AbiPointer))
+			if err != nil {
+				return fmt.Errorf("pid %d tid %d: %w", t.pid, o.tid, err)
+			}
+			if cs != 0 {
+				if t.rseqCs == nil {
+					t.rseqCs = map[uint32]uint64{}
+				}
+				t.rseqCs[o.tid] = cs
+			}
 			calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
 		}
 		for _, st := range threadStates {
@@ -383,6 +397,14 @@ func (t *task) setThreadState(id tidPair) error {
 	}
 	if err := sys.PtraceSetSigmask(tid, core.Sigmask); err != nil {
 		return fmt.Errorf("pid %d tid %d: set signal mask: %w", t.pid, tid, err)
+	}
+	// A thread dumped inside an rseq critical section is aborted on its
+	// way back to user space, by the pointer the restore's own returns
+	// cleared (threadCalls).
+	if cs := t.rseqCs[id.inner]; cs != 0 {
+		if err := inject.PutRseqCs(tid, inject.RseqCsAddr(core.Rseq.AbiPointer), cs); err != nil {
+			return fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
+		}
 	}
 	return nil
 }

@@ -58,12 +58,13 @@ type task struct {
 	hole     uint64
 	holeSize uint64
 	scratch  uint64
-	stacks   uint64    // thread stacks, inside the hole
-	writable []*pb.Vma // the VMAs pages are written into, by address
-	uffd     *uffdFill // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
-	ctlFd    int       // the task's end of its control socket
-	threads  []*thread // all but the leader
-	inNs     bool      // in a --pidns namespace: pid (ours) differs from proc.Pid
+	stacks   uint64            // thread stacks, inside the hole
+	writable []*pb.Vma         // the VMAs pages are written into, by address
+	uffd     *uffdFill         // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
+	ctlFd    int               // the task's end of its control socket
+	threads  []*thread         // all but the leader
+	rseqCs   map[uint32]uint64 // by tid: rseq_cs as dumped, put back last (final.go)
+	inNs     bool              // in a --pidns namespace: pid (ours) differs from proc.Pid
 	done     bool
 }
 

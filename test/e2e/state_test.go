@@ -401,6 +401,17 @@ func TestMlockallNoRoom(t *testing.T) {
 	p.terminate(at)
 }
 
+// TestRseqRestore: a thread dumped inside an rseq critical section is
+// aborted when it runs again after the restore, and its section goes on
+// being aborted (test/progs/rseqcs.c): the restore must not lose the
+// rseq_cs pointer of its struct rseq, which the kernel clears when it
+// finds the thread outside the section (in the restorer).
+func TestRseqRestore(t *testing.T) {
+	p := startStateProg(t, "rseqcs")
+	_, at := dumpKillRestore(t, p)
+	p.terminate(at)
+}
+
 // TestVmaPkeyRefused: memory with a protection key of its own is refused
 // at dump time, naming the process and the mapping, and the process goes
 // on running.
