@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -319,6 +320,9 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	default:
 		return nil, refuse(pid, n, "special file", fmt.Sprintf("%s, mode %#o", link, st.Mode))
 	}
+	if err := d.procPidFile(e, path); err != nil {
+		return nil, err
+	}
 	// A restore reopens the path as the process sees it: it must still name
 	// this file. The kernel follows renames of the file and its directories,
 	// so a path that names another file (or none) is one it could not
@@ -335,6 +339,55 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 			"a restore reopens files by path: unmount what covers it since, or close or reopen the file, before checkpointing")
 	}
 	return e, nil
+}
+
+// procPidFile marks a file of /proc/N/ (Fd.proc_pid): its inode is made
+// when it is looked up, so the restored process N has the same file under
+// another inode, and a restore opens that one. That is right only for a
+// live process of the dump, seen as a whole: a file of another process,
+// of a zombie (restored after the files) or of one thread other than the
+// leader (/proc/N/task/T/, /proc/T/; created after the files) is refused.
+func (d *dumper) procPidFile(e *entry, path string) error {
+	rest, ok := strings.CutPrefix(path, "/proc/")
+	if !ok {
+		return nil
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(procPath(e.pid, "fd", strconv.Itoa(e.fd)), &fs); err != nil || fs.Type != unix.PROC_SUPER_MAGIC {
+		return nil
+	}
+	first, below, _ := strings.Cut(rest, "/")
+	n, err := strconv.Atoi(first)
+	if err != nil {
+		return nil // /proc/meminfo, /proc/sys/...: their inodes stay
+	}
+	var of *pb.Process
+	why := ""
+	for _, p := range d.procs {
+		if int(p.Pid) == n {
+			of = p
+		} else if slices.Contains(p.Threads, uint32(n)) {
+			why = fmt.Sprintf("thread %d of process %d", n, p.Pid)
+		}
+	}
+	if task, ok := strings.CutPrefix(below, "task/"); ok && of != nil {
+		if tid, _, _ := strings.Cut(task, "/"); tid != first {
+			why = fmt.Sprintf("thread %s of process %d", tid, n)
+		}
+	}
+	switch {
+	case why != "":
+		why = "a file of " + why + ", which a restore creates after the files"
+	case of == nil:
+		why = fmt.Sprintf("a file of process %d, which is not in the dump", n)
+	case of.State == "Z":
+		why = fmt.Sprintf("a file of process %d, a zombie, which a restore brings back after the files", n)
+	default:
+		e.pfd.ProcPid = uint32(n)
+		return nil
+	}
+	return stage.Hint(fmt.Errorf("pid %d fd %d: %s: %s: not supported", e.pid, e.fd, path, why),
+		"close the fd before checkpointing: a restore reopens only files of /proc/PID/ of the dumped processes themselves")
 }
 
 // statWhat says what a path gave in a message.

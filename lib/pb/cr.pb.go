@@ -1469,7 +1469,12 @@ type Fd struct {
 	// across the whole dump): fds with one desc_id share it (offset, status
 	// flags), in one process or across processes. Kinds that need more than a
 	// path have a FileDesc record (files.proto) with this id.
-	DescId        uint64 `protobuf:"varint,11,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"`
+	DescId uint64 `protobuf:"varint,11,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"`
+	// proc_pid: the file is under /proc/PROC_PID/, a live process of the dump
+	// (regular file or directory). Its inode is made when it is looked up, so
+	// a restore opens the restored process's file by the same path below
+	// /proc/<its pid>/ without comparing dev and inode.
+	ProcPid       uint32 `protobuf:"varint,12,opt,name=proc_pid,json=procPid,proto3" json:"proc_pid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1577,6 +1582,13 @@ func (x *Fd) GetMode() uint32 {
 func (x *Fd) GetDescId() uint64 {
 	if x != nil {
 		return x.DescId
+	}
+	return 0
+}
+
+func (x *Fd) GetProcPid() uint32 {
+	if x != nil {
+		return x.ProcPid
 	}
 	return 0
 }
@@ -1877,7 +1889,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x04auxv\x18\x0e \x01(\fR\x04auxv\x12\x10\n" +
 	"\x03exe\x18\x0f \x01(\tR\x03exe\x12\x1f\n" +
 	"\vpages_total\x18\x10 \x01(\x04R\n" +
-	"pagesTotal\"\xed\x01\n" +
+	"pagesTotal\"\x88\x02\n" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x18\n" +
 	"\acloexec\x18\x02 \x01(\bR\acloexec\x12\x12\n" +
@@ -1890,7 +1902,8 @@ const file_cr_proto_rawDesc = "" +
 	"\x05inode\x18\t \x01(\x04R\x05inode\x12\x12\n" +
 	"\x04mode\x18\n" +
 	" \x01(\rR\x04mode\x12\x17\n" +
-	"\adesc_id\x18\v \x01(\x04R\x06descId\"\xab\x01\n" +
+	"\adesc_id\x18\v \x01(\x04R\x06descId\x12\x19\n" +
+	"\bproc_pid\x18\f \x01(\rR\aprocPid\"\xab\x01\n" +
 	"\x05Files\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
 	"\x03fds\x18\x02 \x03(\v2\t.cr.v1.FdR\x03fds\x12\x10\n" +

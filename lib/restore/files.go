@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -30,11 +31,24 @@ func openFd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 }
 
 // openPath opens a file by its path as the process had it open.
-func openPath(_ *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+func openPath(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
-	f, err := os.OpenFile(fd.Path, int(fd.Flags)&^creationFlags, 0)
+	path, err := procPidPath(rc, t, fd)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	f, err := os.OpenFile(path, int(fd.Flags)&^creationFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if fd.ProcPid != 0 {
+		// The restored process's file: the same kind, on procfs, under
+		// another inode (pb.Fd.proc_pid).
+		var fs unix.Statfs_t
+		if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil || fs.Type != unix.PROC_SUPER_MAGIC {
+			f.Close()
+			return nil, fmt.Errorf("%s: %s is not on procfs here", where, path)
+		}
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
@@ -47,7 +61,7 @@ func openPath(_ *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	}
 	// A regular file or directory must be the one dumped: a file put in
 	// its place since (or a renamed directory's) would be a wrong file.
-	if k := pb.FdKind(fd.Kind); (k == pb.FdKind_FD_REGULAR || k == pb.FdKind_FD_DIRECTORY) && fd.Inode != 0 && (st.Dev != fd.Dev || st.Ino != fd.Inode) {
+	if k := pb.FdKind(fd.Kind); (k == pb.FdKind_FD_REGULAR || k == pb.FdKind_FD_DIRECTORY) && fd.Inode != 0 && fd.ProcPid == 0 && (st.Dev != fd.Dev || st.Ino != fd.Inode) {
 		f.Close()
 		return nil, stage.Hint(fmt.Errorf("%s: %s is not the file that was dumped (dev:inode %d:%d, dumped %d:%d): it was replaced or moved since", where, fd.Path, st.Dev, st.Ino, fd.Dev, fd.Inode),
 			"restore where the dump was taken, with the files the process had open where they were")
@@ -63,6 +77,23 @@ func openPath(_ *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 		}
 	}
 	return f, nil
+}
+
+// procPidPath is the path to open for fd of task t: its own, or for a
+// file of /proc/N/ (pb.Fd.proc_pid) the same path as t sees it, through
+// t's root and mount namespace: the restored process N's file, in the
+// procfs of t's pid namespace (under --pidns, the namespace's own, where
+// N is N again).
+func procPidPath(rc *Ctx, t *task, fd *pb.Fd) (string, error) {
+	if fd.ProcPid == 0 {
+		return fd.Path, nil
+	}
+	below, ok := strings.CutPrefix(fd.Path, fmt.Sprintf("/proc/%d", fd.ProcPid))
+	of := rc.Tasks[fd.ProcPid]
+	if !ok || below != "" && below[0] != '/' || of == nil || of.zombie() {
+		return "", fmt.Errorf("%s: a file of /proc/%d/, which is not a live process of the image", fd.Path, fd.ProcPid)
+	}
+	return fmt.Sprintf("/proc/%d/root%s", t.pid, fd.Path), nil
 }
 
 // restoreFiles replaces the task's fd table with the dumped one.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -476,4 +477,49 @@ func readUntil(f *os.File, marker string) <-chan string {
 		got <- string(all)
 	}()
 	return got
+}
+
+// TestFdProcPid: fds on the process's own /proc/PID/ files (status, stat
+// with an offset, the directory, task/PID/comm) come back as the restored
+// process's files, whose inodes differ; also in a --pidns copy beside the
+// original, where they are the namespace's (test/progs/procfd.c). A file
+// of a process outside the dump, or of another thread, is refused at dump
+// time, and the process runs on.
+func TestFdProcPid(t *testing.T) {
+	t.Run("restore", func(t *testing.T) {
+		p := startStateProg(t, "procfd")
+		_, at := dumpKillRestore(t, p)
+		p.terminate(at)
+	})
+	t.Run("pidns", func(t *testing.T) {
+		p := startStateProg(t, "procfd")
+		img := filepath.Join(p.dir, "img")
+		mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+		copyPid := p.restoreBeside(img)
+		// Both write their verdict at the start of one file, through fds
+		// opened at start: the original's first, then the copy's.
+		p.terminate(0)
+		if err := os.Truncate(p.verdict, 0); err != nil {
+			t.Fatal(err)
+		}
+		p.checkCopy(copyPid)
+	})
+	for _, c := range []struct{ mode, why string }{
+		{"foreign", `/proc/1/status: a file of process 1, which is not in the dump: not supported`},
+		{"thread", `/proc/(\d+)/task/\d+/stat: a file of thread \d+ of process (\d+), which a restore creates after the files: not supported`},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			p := startStateProg(t, "procfd", c.mode)
+			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+			if r.err == nil {
+				t.Fatalf("the dump of a process holding a file of %s succeeded", c.mode)
+			}
+			want := regexp.MustCompile(`cr-files: (error: )?pid ` + strconv.Itoa(p.pid) + ` fd \d+: ` + c.why)
+			if !want.Match(r.stderr) {
+				t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+			}
+			p.checkRunning()
+			p.terminate(0)
+		})
+	}
 }
