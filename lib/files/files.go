@@ -193,6 +193,10 @@ func cannot(e *entry, format string, a ...any) error {
 	return fmt.Errorf("%s: %s (%s): %s", e.where(), e.kindName(), e.link, fmt.Sprintf(format, a...))
 }
 
+// mqueueMagic is the statfs type of the mqueue filesystem, whose files are
+// POSIX message queues (mq_open).
+const mqueueMagic = 0x19800202
+
 // Memory character devices (major 1) a restore can simply reopen.
 var memDevices = map[uint32]string{3: "null", 5: "zero", 7: "full", 8: "random", 9: "urandom"}
 
@@ -271,6 +275,14 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	case !strings.HasPrefix(link, "/"):
 		return nil, refuse(pid, n, "special file", link)
 	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(procPath(pid, "fd", name), &fs); err != nil {
+		return nil, procErr(pid, err)
+	}
+	fsType := fs.Type
+	if fsType == mqueueMagic {
+		return nil, refuse(pid, n, "POSIX message queue", link)
+	}
 	st := &e.st
 	path := link
 	if p, ok := strings.CutSuffix(link, " (deleted)"); ok && st.Nlink == 0 {
@@ -320,8 +332,10 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	default:
 		return nil, refuse(pid, n, "special file", fmt.Sprintf("%s, mode %#o", link, st.Mode))
 	}
-	if err := d.procPidFile(e, path); err != nil {
-		return nil, err
+	if fsType == unix.PROC_SUPER_MAGIC {
+		if err := d.procPidFile(e, path); err != nil {
+			return nil, err
+		}
 	}
 	// A restore reopens the path as the process sees it: it must still name
 	// this file. The kernel follows renames of the file and its directories,
@@ -341,7 +355,7 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	return e, nil
 }
 
-// procPidFile marks a file of /proc/N/ (Fd.proc_pid): its inode is made
+// procPidFile marks a file of /proc/N/ on procfs (Fd.proc_pid): its inode is made
 // when it is looked up, so the restored process N has the same file under
 // another inode, and a restore opens that one. That is right only for a
 // live process of the dump, seen as a whole: a file of another process,
@@ -350,10 +364,6 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 func (d *dumper) procPidFile(e *entry, path string) error {
 	rest, ok := strings.CutPrefix(path, "/proc/")
 	if !ok {
-		return nil
-	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(procPath(e.pid, "fd", strconv.Itoa(e.fd)), &fs); err != nil || fs.Type != unix.PROC_SUPER_MAGIC {
 		return nil
 	}
 	first, below, _ := strings.Cut(rest, "/")

@@ -252,6 +252,8 @@ func TestRefused(t *testing.T) {
 		{"packet", "socket (socket:["},
 		{"deldir", "deleted file ("},
 		{"userfaultfd", "userfaultfd (anon_inode:[userfaultfd])"},
+		{"mqueue", "POSIX message queue (/crpipe-fdtest-"},
+		{"pidfd", "pidfd (anon_inode:[pidfd])"},
 		{"console", "console (/dev/console"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {

@@ -1,7 +1,7 @@
 // fdtest opens fds of the kinds cr-files handles, reports them on fd 3
 // ("name fd" lines, then "ready"), closes fd 3 and waits to be killed.
 //
-//   fdtest DIR [pipe|socket|packet|deleted|eventfd|userfaultfd|tty]...   extras
+//   fdtest DIR [pipe|socket|packet|deleted|eventfd|mqueue|pidfd|userfaultfd|tty]...   extras
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -108,6 +108,15 @@ int main(int argc, char **argv) {
 			if (rmdir(path)) die("rmdir");
 		} else if (!strcmp(x, "packet")) {
 			report("packet", socket(AF_PACKET, SOCK_RAW, 0));
+		} else if (!strcmp(x, "mqueue")) {
+			/* Unlinked at once: nothing is left behind. */
+			char name[64];
+			snprintf(name, sizeof name, "/crpipe-fdtest-%d", getpid());
+			int q = syscall(SYS_mq_open, name + 1, O_RDWR | O_CREAT | O_EXCL, 0600, NULL);
+			if (q < 0 || syscall(SYS_mq_unlink, name + 1)) die("mq_open");
+			report("mqueue", q);
+		} else if (!strcmp(x, "pidfd")) {
+			report("pidfd", syscall(SYS_pidfd_open, getpid(), 0));
 		} else if (!strcmp(x, "userfaultfd")) {
 			report("userfaultfd", syscall(SYS_userfaultfd, O_CLOEXEC));
 		} else if (!strcmp(x, "scmrights")) {
