@@ -171,6 +171,9 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 	if err := tree.Check(ordered); err != nil {
 		return fail(stage.Hint(refuse("%v", err), "checkpoint a tree whose sessions and process groups are its own"))
 	}
+	if err := checkNamespaces(ordered); err != nil {
+		return fail(err)
+	}
 	f.Procs = ordered
 	return f, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -284,5 +285,45 @@ func TestThawLeftover(t *testing.T) {
 	}
 	if err := KillPid(pid); !errors.Is(err, ErrNotFrozen) {
 		t.Fatalf("kill: %v", err)
+	}
+}
+
+// TestNamespaces: a tree a restore would bring back in the wrong
+// namespaces is refused after the freeze, naming the process or thread
+// and the namespace, and left running as it was; a root in a network
+// namespace of its own (the "host" it lives in) is frozen.
+func TestNamespaces(t *testing.T) {
+	requireRoot(t)
+	for _, c := range []struct{ kind, want string }{
+		{"net", ""},
+		{"user", `^pid \d+ \(target\) is in a user namespace of its own \(user:\[\d+\]; cr-freeze is in user:\[\d+\]\)`},
+		{"pidnext", `^pid \d+ \(target\): its next children would be born in another pid namespace`},
+		{"childnet", `^pid \d+ \(target\) is in another net namespace \(net:\[\d+\]\) than the root, pid \d+`},
+		{"threadnet", `^thread \d+ of pid \d+ \(target\) is in another net namespace \(net:\[\d+\]\) than the root`},
+	} {
+		t.Run(c.kind, func(t *testing.T) {
+			p := testprog.Start(t, "unshare", c.kind)
+			cleanupFrozen(t, p.Pid)
+			before := cgroupOf(t, p.Pid)
+			f, err := Freeze(p.Pid, Options{})
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, fr, procs := f.Records()
+				if err := Thaw(fr, procs); err != nil {
+					t.Fatal(err)
+				}
+			} else if !errors.Is(err, ErrRefused) || !regexp.MustCompile(c.want).MatchString(err.Error()) {
+				t.Fatalf("got %v, want %q", err, c.want)
+			}
+			if now := cgroupOf(t, p.Pid); now != before {
+				t.Errorf("in cgroup %s after, was %s", now, before)
+			}
+			p.Drain()
+			if !p.Ticks(2 * time.Second) {
+				t.Fatal("not running after")
+			}
+		})
 	}
 }

@@ -15,11 +15,16 @@
  *             field) before "ready", and "rseq abort N" each time the
  *             kernel aborts the section, which it must on every resume
  *             after a preemption, then enter it again
+ *   unshare K leave a namespace, then tick: K is "net" (the process),
+ *             "user" (the process), "pidnext" (CLONE_NEWPID: its next
+ *             children's), "childnet" (a child that pauses), "threadnet"
+ *             (a second thread that pauses)
  * SIGTERM makes it print "term" and exit 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -60,6 +65,36 @@ static void rseq_spin(volatile uint64_t *cs_field) {
 		: : [cs] "r"(cs_field) : "rax", "memory");
 }
 
+/* unshare_in runs unshare(flags) in a new child or thread (where), or in
+ * the process itself, and returns once it is done. */
+static int unshare_pipe[2];
+static int unshare_flags;
+static void *unshare_then_pause(void *arg) {
+	(void)arg;
+	char ok = unshare(unshare_flags) == 0;
+	if (write(unshare_pipe[1], &ok, 1) != 1) _exit(1);
+	for (;;) pause();
+	return 0;
+}
+static void unshare_in(const char *where, int flags) {
+	unshare_flags = flags;
+	if (!strcmp(where, "process")) {
+		if (unshare(flags)) { perror("unshare"); exit(1); }
+		return;
+	}
+	char ok = 0;
+	if (pipe(unshare_pipe)) { perror("pipe"); exit(1); }
+	if (!strcmp(where, "child")) {
+		pid_t c = fork();
+		if (c == 0) unshare_then_pause(0);
+		printf("child %d\n", c); /* testprog kills it */
+	} else {
+		pthread_t t;
+		pthread_create(&t, 0, unshare_then_pause, 0);
+	}
+	if (read(unshare_pipe[0], &ok, 1) != 1 || !ok) { fprintf(stderr, "unshare in a %s failed\n", where); exit(1); }
+}
+
 static void tick(void) {
 	for (unsigned long n = 0;; n++) {
 		printf("tick %lu\n", n);
@@ -74,7 +109,7 @@ int main(int argc, char **argv) {
 	 * the target's (and cr-files would refuse a stray pipe). */
 	close_range(3, ~0U, 0);
 	if (argc < 2) {
-		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause|rseq\n");
+		fprintf(stderr, "usage: target sleep N|busy N|tick|thread|child|pause|rseq|unshare K\n");
 		return 2;
 	}
 	struct sigaction sa;
@@ -104,6 +139,16 @@ int main(int argc, char **argv) {
 	if (!strcmp(argv[1], "thread")) {
 		pthread_t t;
 		pthread_create(&t, 0, spin, 0);
+	}
+	if (!strcmp(argv[1], "unshare") && argc > 2) {
+		const char *k = argv[2];
+		fflush(stdout);
+		if (!strcmp(k, "net")) unshare_in("process", CLONE_NEWNET);
+		else if (!strcmp(k, "user")) unshare_in("process", CLONE_NEWUSER);
+		else if (!strcmp(k, "pidnext")) unshare_in("process", CLONE_NEWPID);
+		else if (!strcmp(k, "childnet")) unshare_in("child", CLONE_NEWNET);
+		else if (!strcmp(k, "threadnet")) unshare_in("thread", CLONE_NEWNET);
+		else { fprintf(stderr, "unknown namespace case %s\n", k); return 2; }
 	}
 	if (!strcmp(argv[1], "child")) {
 		fflush(stdout);
@@ -159,7 +204,7 @@ int main(int argc, char **argv) {
 	}
 	if (!strcmp(argv[1], "tick"))
 		tick();
-	if (!strcmp(argv[1], "thread") || !strcmp(argv[1], "child"))
+	if (!strcmp(argv[1], "thread") || !strcmp(argv[1], "child") || !strcmp(argv[1], "unshare"))
 		tick();
 	if (!strcmp(argv[1], "pause")) {
 		for (;;) pause();
