@@ -2,6 +2,7 @@ package parasite
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,16 @@ func (r *reads) result(i int) (int64, []byte, error) {
 	return c.Ret, c.Result, nil
 }
 
+// optional is call i's return value, or 0 where the kernel has no such
+// setting (EINVAL: an older kernel; ENODEV, ENXIO: not on this machine).
+func (r *reads) optional(i int) (uint32, error) {
+	ret, _, err := r.result(i)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) {
+		return 0, nil
+	}
+	return uint32(ret), err
+}
+
 // threadReads plans what is read from inside one thread: its
 // clear_child_tid address, alternate signal stack, parent-death signal,
 // securebits and timer slack, and in the thread group leader the process's
@@ -48,6 +59,7 @@ type threadReads struct {
 	reads
 	pid, tid                                 int
 	tidAddr, altstack, pdeath, secure, slack int
+	ssb, ibrs                                int
 	proc                                     *processReads
 }
 
@@ -58,6 +70,8 @@ func planThread(pid, tid int, leader bool) (*threadReads, error) {
 	r.pdeath = r.add("prctl(PR_GET_PDEATHSIG)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG)
 	r.secure = r.add("prctl(PR_GET_SECUREBITS)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
 	r.slack = r.add("prctl(PR_GET_TIMERSLACK)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_TIMERSLACK)
+	r.ssb = r.add("prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SPECULATION_CTRL, unix.PR_SPEC_STORE_BYPASS)
+	r.ibrs = r.add("prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SPECULATION_CTRL, unix.PR_SPEC_INDIRECT_BRANCH)
 	if leader {
 		var err error
 		if r.proc, err = planProcess(&r.reads, pid); err != nil {
@@ -96,6 +110,12 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 		return nil, err
 	}
 	ti.TimerslackNs = uint64(slack)
+	if ti.SpecStoreBypass, err = r.optional(r.ssb); err != nil {
+		return nil, err
+	}
+	if ti.SpecIndirectBranch, err = r.optional(r.ibrs); err != nil {
+		return nil, err
+	}
 	if r.proc == nil {
 		return res, nil
 	}
@@ -114,6 +134,7 @@ type processReads struct {
 	timers                   []proc.Timer
 	timerCalls               []int
 	dumpable, subreaper, thp int
+	mdwe                     int
 	sigactions, signos       []int
 }
 
@@ -132,6 +153,7 @@ func planProcess(r *reads, pid int) (*processReads, error) {
 	p.dumpable = r.add("prctl(PR_GET_DUMPABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
 	p.subreaper = r.add("prctl(PR_GET_CHILD_SUBREAPER)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER)
 	p.thp = r.add("prctl(PR_GET_THP_DISABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
+	p.mdwe = r.add("prctl(PR_GET_MDWE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_MDWE)
 	for sig := 1; sig <= 64; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
@@ -188,6 +210,9 @@ func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, er
 		return nil, err
 	}
 	pi.ThpDisable = uint32(thp)
+	if pi.Mdwe, err = r.optional(p.mdwe); err != nil {
+		return nil, err
+	}
 	le := binary.LittleEndian
 	for k, i := range p.sigactions {
 		_, b, err := r.result(i)

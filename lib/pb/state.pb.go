@@ -664,16 +664,20 @@ func (x *Sigaltstack) GetFlags() uint32 {
 // ThreadInside is per-thread state read from inside (written by
 // cr-parasite, one per thread).
 type ThreadInside struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tid           uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
-	Sigaltstack   *Sigaltstack           `protobuf:"bytes,3,opt,name=sigaltstack,proto3" json:"sigaltstack,omitempty"`
-	PdeathSignal  uint32                 `protobuf:"varint,4,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"` // PR_GET_PDEATHSIG
-	Securebits    uint32                 `protobuf:"varint,5,opt,name=securebits,proto3" json:"securebits,omitempty"`                         // PR_GET_SECUREBITS
-	Pending       []*Siginfo             `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`                                // signals pending for this thread, in queue order
-	TimerslackNs  uint64                 `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Pid          uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tid          uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
+	Sigaltstack  *Sigaltstack           `protobuf:"bytes,3,opt,name=sigaltstack,proto3" json:"sigaltstack,omitempty"`
+	PdeathSignal uint32                 `protobuf:"varint,4,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"` // PR_GET_PDEATHSIG
+	Securebits   uint32                 `protobuf:"varint,5,opt,name=securebits,proto3" json:"securebits,omitempty"`                         // PR_GET_SECUREBITS
+	Pending      []*Siginfo             `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`                                // signals pending for this thread, in queue order
+	TimerslackNs uint64                 `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
+	// PR_GET_SPECULATION_CTRL of PR_SPEC_STORE_BYPASS and of
+	// PR_SPEC_INDIRECT_BRANCH: PR_SPEC_* bits, 0 where the kernel cannot tell.
+	SpecStoreBypass    uint32 `protobuf:"varint,8,opt,name=spec_store_bypass,json=specStoreBypass,proto3" json:"spec_store_bypass,omitempty"`
+	SpecIndirectBranch uint32 `protobuf:"varint,9,opt,name=spec_indirect_branch,json=specIndirectBranch,proto3" json:"spec_indirect_branch,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ThreadInside) Reset() {
@@ -751,6 +755,20 @@ func (x *ThreadInside) GetPending() []*Siginfo {
 func (x *ThreadInside) GetTimerslackNs() uint64 {
 	if x != nil {
 		return x.TimerslackNs
+	}
+	return 0
+}
+
+func (x *ThreadInside) GetSpecStoreBypass() uint32 {
+	if x != nil {
+		return x.SpecStoreBypass
+	}
+	return 0
+}
+
+func (x *ThreadInside) GetSpecIndirectBranch() uint32 {
+	if x != nil {
+		return x.SpecIndirectBranch
 	}
 	return 0
 }
@@ -931,6 +949,7 @@ type ProcessInside struct {
 	// What mlockall(2) left in force for mappings made later (the mm's
 	// default flags): 0, or MCL_FUTURE (2), with MCL_ONFAULT (4) when given.
 	Mlockall      uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
+	Mdwe          uint32 `protobuf:"varint,9,opt,name=mdwe,proto3" json:"mdwe,omitempty"` // PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1021,6 +1040,13 @@ func (x *ProcessInside) GetMlockall() uint32 {
 	return 0
 }
 
+func (x *ProcessInside) GetMdwe() uint32 {
+	if x != nil {
+		return x.Mdwe
+	}
+	return 0
+}
+
 var File_state_proto protoreflect.FileDescriptor
 
 const file_state_proto_rawDesc = "" +
@@ -1078,7 +1104,7 @@ const file_state_proto_rawDesc = "" +
 	"\vSigaltstack\x12\x0e\n" +
 	"\x02sp\x18\x01 \x01(\x04R\x02sp\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xfc\x01\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xda\x02\n" +
 	"\fThreadInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03tid\x18\x02 \x01(\rR\x03tid\x124\n" +
@@ -1088,7 +1114,9 @@ const file_state_proto_rawDesc = "" +
 	"securebits\x18\x05 \x01(\rR\n" +
 	"securebits\x12(\n" +
 	"\apending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\apending\x12#\n" +
-	"\rtimerslack_ns\x18\a \x01(\x04R\ftimerslackNs\"Z\n" +
+	"\rtimerslack_ns\x18\a \x01(\x04R\ftimerslackNs\x12*\n" +
+	"\x11spec_store_bypass\x18\b \x01(\rR\x0fspecStoreBypass\x120\n" +
+	"\x14spec_indirect_branch\x18\t \x01(\rR\x12specIndirectBranch\"Z\n" +
 	"\x06Itimer\x12\x14\n" +
 	"\x05which\x18\x01 \x01(\rR\x05which\x12\x1f\n" +
 	"\vinterval_ns\x18\x02 \x01(\x04R\n" +
@@ -1104,7 +1132,7 @@ const file_state_proto_rawDesc = "" +
 	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
 	"\vinterval_ns\x18\a \x01(\x04R\n" +
 	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xb9\x02\n" +
+	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xcd\x02\n" +
 	"\rProcessInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
 	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
@@ -1114,7 +1142,8 @@ const file_state_proto_rawDesc = "" +
 	"\x0eshared_pending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\rsharedPending\x12\x1f\n" +
 	"\vthp_disable\x18\a \x01(\rR\n" +
 	"thpDisable\x12\x1a\n" +
-	"\bmlockall\x18\b \x01(\rR\bmlockallB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\bmlockall\x18\b \x01(\rR\bmlockall\x12\x12\n" +
+	"\x04mdwe\x18\t \x01(\rR\x04mdweB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_state_proto_rawDescOnce sync.Once

@@ -20,14 +20,16 @@ import (
 // installed here do not apply to the restorer's own calls that follow.
 //
 //	per process (lastStates, in the leader):
-//	  mlockall(MCL_FUTURE) (after the restore's own mappings, which it
-//	  would lock and populate), POSIX timers, interval timers, resource
+//	  mlockall(MCL_FUTURE) and memory-deny-write-execute (after the
+//	  restore's own mappings, which they would lock and populate, or
+//	  refuse), POSIX timers, interval timers, resource
 //	  limits, seccomp filters
 //	  (SECCOMP_FILTER_FLAG_TSYNC: one chain shared by every thread; installed
 //	  while the task still has CAP_SYS_ADMIN, as a task without
 //	  no_new_privs needs it)
 //	per thread (lastThreadStates, the leader last):
-//	  credentials, no_new_privs, parent-death signal, seccomp strict mode;
+//	  credentials, no_new_privs, parent-death signal, speculation
+//	  mitigations (prctl), seccomp strict mode;
 //	  in the leader also dumpable, which every credential change resets
 //
 // Timers come late so that little of their remaining time passes during
@@ -48,6 +50,14 @@ func processLast(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 			return nil, fmt.Errorf("pid %d: mlockall flags %#x in the image", pid, pi.Mlockall)
 		}
 		calls = append(calls, sc(fmt.Sprintf("mlockall %#x", pi.Mlockall), unix.SYS_MLOCKALL, uint64(pi.Mlockall)))
+	}
+	// Memory-deny-write-execute, once the restorer maps nothing more (it
+	// would refuse the restorer's own writable executable memory).
+	if pi := si.pinside[pid]; pi != nil && pi.Mdwe != 0 {
+		if pi.Mdwe&^(unix.PR_MDWE_REFUSE_EXEC_GAIN|unix.PR_MDWE_NO_INHERIT) != 0 {
+			return nil, fmt.Errorf("pid %d: memory-deny-write-execute flags %#x in the image", pid, pi.Mdwe)
+		}
+		calls = append(calls, sc(fmt.Sprintf("prctl PR_SET_MDWE %#x", pi.Mdwe), unix.SYS_PRCTL, unix.PR_SET_MDWE, uint64(pi.Mdwe), 0, 0, 0))
 	}
 	if pi := si.pinside[pid]; pi != nil {
 		c, err := timerCalls(s, pid, pi)
@@ -214,10 +224,39 @@ func threadLast(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error) 
 			}
 		}
 	}
+	if ti != nil {
+		calls = append(calls, speculationCalls(tid, ti)...)
+	}
 	if ts != nil && ts.SeccompMode == 1 {
 		calls = append(calls, sc(fmt.Sprintf("tid %d: seccomp strict mode", tid), unix.SYS_SECCOMP, sys.SeccompSetModeStrict, 0, 0))
 	}
 	return calls, nil
+}
+
+// speculationCalls give the thread back the speculation mitigations it
+// asked for with prctl (a fresh thread has none). A state set by the
+// machine rather than by prctl (no PR_SPEC_PRCTL) is the restoring
+// machine's business. Force-disable cannot be undone, which is what it
+// was for; seccomp filters may force it again (spec_store_bypass_disable=
+// seccomp), to the same effect.
+func speculationCalls(tid uint32, ti *pb.ThreadInside) []call {
+	var calls []call
+	for _, c := range []struct {
+		name  string
+		which uint64
+		got   uint32
+	}{
+		{"PR_SPEC_STORE_BYPASS", unix.PR_SPEC_STORE_BYPASS, ti.SpecStoreBypass},
+		{"PR_SPEC_INDIRECT_BRANCH", unix.PR_SPEC_INDIRECT_BRANCH, ti.SpecIndirectBranch},
+	} {
+		mode := c.got & (unix.PR_SPEC_DISABLE | unix.PR_SPEC_FORCE_DISABLE | unix.PR_SPEC_DISABLE_NOEXEC)
+		if c.got&unix.PR_SPEC_PRCTL == 0 || mode == 0 {
+			continue
+		}
+		calls = append(calls, sc(fmt.Sprintf("tid %d: prctl PR_SET_SPECULATION_CTRL %s %#x", tid, c.name, mode),
+			unix.SYS_PRCTL, unix.PR_SET_SPECULATION_CTRL, c.which, uint64(mode), 0, 0))
+	}
+	return calls
 }
 
 // credCalls give a thread, which runs as root with the capabilities it got

@@ -412,6 +412,15 @@ func TestRseqRestore(t *testing.T) {
 	p.terminate(at)
 }
 
+// TestMitigations: memory-deny-write-execute (PR_SET_MDWE) and per-thread
+// speculation mitigations (PR_SET_SPECULATION_CTRL, one thread disabled,
+// one force-disabled) come back (test/progs/mitigations.c).
+func TestMitigations(t *testing.T) {
+	p := startStateProg(t, "mitigations")
+	_, at := dumpKillRestore(t, p)
+	p.terminate(at)
+}
+
 // TestVmaPkeyRefused: memory with a protection key of its own is refused
 // at dump time, naming the process and the mapping, and the process goes
 // on running.
