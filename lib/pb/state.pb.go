@@ -472,13 +472,16 @@ func (x *Rlimit) GetMax() uint64 {
 // ProcessState is per-process state read from outside (written by
 // cr-seize, one per process).
 type ProcessState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Personality   uint32                 `protobuf:"varint,2,opt,name=personality,proto3" json:"personality,omitempty"` // /proc/PID/personality
-	Rlimits       []*Rlimit              `protobuf:"bytes,3,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	OomScoreAdj   int32                  `protobuf:"varint,4,opt,name=oom_score_adj,json=oomScoreAdj,proto3" json:"oom_score_adj,omitempty"` // /proc/PID/oom_score_adj
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Pid         uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Personality uint32                 `protobuf:"varint,2,opt,name=personality,proto3" json:"personality,omitempty"` // /proc/PID/personality
+	Rlimits     []*Rlimit              `protobuf:"bytes,3,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	OomScoreAdj int32                  `protobuf:"varint,4,opt,name=oom_score_adj,json=oomScoreAdj,proto3" json:"oom_score_adj,omitempty"` // /proc/PID/oom_score_adj
+	// /proc/PID/coredump_filter (MMF_DUMP_* bits); absent in older images,
+	// whose restores leave the restored process cr-restore's.
+	CoredumpFilter *uint32 `protobuf:"varint,5,opt,name=coredump_filter,json=coredumpFilter,proto3,oneof" json:"coredump_filter,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ProcessState) Reset() {
@@ -535,6 +538,13 @@ func (x *ProcessState) GetRlimits() []*Rlimit {
 func (x *ProcessState) GetOomScoreAdj() int32 {
 	if x != nil {
 		return x.OomScoreAdj
+	}
+	return 0
+}
+
+func (x *ProcessState) GetCoredumpFilter() uint32 {
+	if x != nil && x.CoredumpFilter != nil {
+		return *x.CoredumpFilter
 	}
 	return 0
 }
@@ -1091,12 +1101,14 @@ const file_state_proto_rawDesc = "" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\rR\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
-	"\x03max\x18\x03 \x01(\x04R\x03max\"\x8f\x01\n" +
+	"\x03max\x18\x03 \x01(\x04R\x03max\"\xd1\x01\n" +
 	"\fProcessState\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12 \n" +
 	"\vpersonality\x18\x02 \x01(\rR\vpersonality\x12'\n" +
 	"\arlimits\x18\x03 \x03(\v2\r.cr.v1.RlimitR\arlimits\x12\"\n" +
-	"\room_score_adj\x18\x04 \x01(\x05R\voomScoreAdj\"E\n" +
+	"\room_score_adj\x18\x04 \x01(\x05R\voomScoreAdj\x12,\n" +
+	"\x0fcoredump_filter\x18\x05 \x01(\rH\x00R\x0ecoredumpFilter\x88\x01\x01B\x12\n" +
+	"\x10_coredump_filter\"E\n" +
 	"\aSiginfo\x12\x14\n" +
 	"\x05signo\x18\x01 \x01(\rR\x05signo\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x10\n" +
@@ -1194,6 +1206,7 @@ func file_state_proto_init() {
 	if File_state_proto != nil {
 		return
 	}
+	file_state_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -213,6 +213,12 @@ func ReadOomScoreAdj(pid int) (int32, error) {
 	return int32(n), err
 }
 
+// ReadCoredumpFilter reads /proc/PID/coredump_filter (hex).
+func ReadCoredumpFilter(pid int) (uint32, error) {
+	n, err := readNumber(pid, "coredump_filter", 16)
+	return uint32(n), err
+}
+
 // readNumber reads a /proc/PID file that holds one 32-bit number.
 func readNumber(pid int, name string, base int) (int64, error) {
 	b, err := readProcFile(pid, name)

@@ -17,8 +17,8 @@ import (
 //
 //	per process (processStates, in the leader before its threads exist):
 //	  block every signal, personality, child subreaper, OOM score
-//	  adjustment (from outside; THP disable is set by mapVmas, before any
-//	  page is written)
+//	  adjustment and core dump filter (both from outside; THP disable is
+//	  set by mapVmas, before any page is written)
 //	per thread (threadStates, after the sigactions):
 //	  block every signal, name, scheduling, I/O priority, timer slack, CPU
 //	  affinity, robust futex list, sigaltstack, then the pending signals
@@ -69,6 +69,12 @@ func processEarly(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 	// CAP_SYS_RESOURCE, as when its owner's privileged setup wrote it.
 	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", t.pid), []byte(strconv.Itoa(int(ps.OomScoreAdj))), 0); err != nil {
 		return nil, fmt.Errorf("pid %d: oom_score_adj %d: %w", pid, ps.OomScoreAdj, err)
+	}
+	// Inherited from the parent's restorer or from cr-restore otherwise.
+	if ps.CoredumpFilter != nil {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/coredump_filter", t.pid), []byte(fmt.Sprintf("%#x", *ps.CoredumpFilter)), 0); err != nil {
+			return nil, fmt.Errorf("pid %d: coredump_filter %#x: %w", pid, *ps.CoredumpFilter, err)
+		}
 	}
 	return calls, nil
 }

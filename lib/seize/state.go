@@ -232,7 +232,8 @@ func sameFilters(a, b []*pb.SeccompFilter) bool {
 }
 
 // ReadProcessState reads the per-process state that can be read from
-// outside: personality, OOM score adjustment and resource limits.
+// outside: personality, OOM score adjustment, core dump filter and resource
+// limits.
 func ReadProcessState(pid int) (*pb.ProcessState, error) {
 	ps := &pb.ProcessState{Pid: uint32(pid)}
 	var err error
@@ -242,6 +243,11 @@ func ReadProcessState(pid int) (*pb.ProcessState, error) {
 	if ps.OomScoreAdj, err = proc.ReadOomScoreAdj(pid); err != nil {
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
 	}
+	filter, err := proc.ReadCoredumpFilter(pid)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	ps.CoredumpFilter = &filter
 	for r := 0; r < rlimitCount; r++ {
 		var lim unix.Rlimit
 		err := unix.Prlimit(pid, r, nil, &lim)

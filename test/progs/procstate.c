@@ -17,6 +17,7 @@
  *                     real-time thread has none)
  *   I/O priority      best-effort, level 6
  *   OOM score adj     345
+ *   core dump filter  0x7e (the default is 0x33)
  *   umask             027
  * and records the robust futex list glibc registered for the thread. On
  * SIGTERM it reads every one back.
@@ -60,6 +61,7 @@ static const struct lim lims[] = {
 #define IOPRIO ((2 << 13) | 6) /* IOPRIO_CLASS_BE, level 6 */
 #define SLACK 123457
 #define OOM_ADJ 345
+#define COREDUMP_FILTER 0x7e
 
 static int oom_adj(void)
 {
@@ -71,6 +73,17 @@ static int oom_adj(void)
 		b[0] = 0;
 	fclose(f);
 	return atoi(b);
+}
+
+static unsigned coredump_filter(void)
+{
+	unsigned v = 0;
+	FILE *f = fopen("/proc/self/coredump_filter", "r");
+	if (!f || fscanf(f, "%x", &v) != 1)
+		v = ~0U;
+	if (f)
+		fclose(f);
+	return v;
 }
 
 static int rr;
@@ -155,6 +168,10 @@ static const char *check(char *why, size_t n)
 		snprintf(why, n, "oom_score_adj %d, want %d", oom_adj(), OOM_ADJ);
 		return why;
 	}
+	if (coredump_filter() != COREDUMP_FILTER) {
+		snprintf(why, n, "coredump_filter %#x, want %#x", coredump_filter(), COREDUMP_FILTER);
+		return why;
+	}
 	mode_t m = umask(0);
 	umask(m);
 	if (m != 027) {
@@ -203,6 +220,9 @@ int main(int argc, char **argv)
 		die("sched_setaffinity");
 	if (personality(PERSONA) < 0)
 		die("personality");
+	FILE *f = fopen("/proc/self/coredump_filter", "w");
+	if (!f || fprintf(f, "%#x", COREDUMP_FILTER) < 0 || fclose(f) != 0)
+		die("coredump_filter");
 	prctl(PR_SET_NAME, "procstate-x");
 	if (prctl(PR_SET_DUMPABLE, 0) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
 		die("prctl");
@@ -211,7 +231,7 @@ int main(int argc, char **argv)
 		die("prctl THP/timer slack");
 	if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, IOPRIO) != 0)
 		die("ioprio_set");
-	FILE *f = fopen("/proc/self/oom_score_adj", "w");
+	f = fopen("/proc/self/oom_score_adj", "w");
 	if (!f || fprintf(f, "%d", OOM_ADJ) < 0 || fclose(f) != 0)
 		die("oom_score_adj");
 	syscall(SYS_get_robust_list, 0, &robust_head, &robust_len);
