@@ -47,7 +47,7 @@ func mapFile(pid int, m *proc.Mapping) string {
 
 // ghostVma fills in the VMA of a mapping of a deleted file, or refuses it.
 func ghostVma(pid int, x *vma) error {
-	m, v := &x.m, x.pb
+	m, v := x.m, x.pb
 	var st unix.Stat_t
 	if err := unix.Stat(mapFile(pid, m), &st); err != nil {
 		return fmt.Errorf("pid %d vma %x-%x: deleted file %s: %w", pid, m.Start, m.End, m.Path, err)
@@ -109,7 +109,7 @@ func newGhosts(opts Options, up *stage.Upstream) *ghosts {
 func (g *ghosts) write(w *image.Writer, pr *prepared) error {
 	byPath := map[string]stage.GhostKey{}
 	for i := range pr.vmas {
-		m, v := &pr.vmas[i].m, pr.vmas[i].pb
+		m, v := pr.vmas[i].m, pr.vmas[i].pb
 		if !m.Deleted || (v.Kind != uint32(pb.VmaKind_VMA_FILE_PRIVATE) && v.Kind != uint32(pb.VmaKind_VMA_FILE_SHARED)) {
 			continue
 		}

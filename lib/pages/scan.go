@@ -107,7 +107,7 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 				if k == j {
 					return fmt.Errorf("pid %d: PAGEMAP_SCAN returned %#x-%#x outside the scanned VMAs", s.pid, r.Start, r.End)
 				}
-				v := &s.vmas[k].m
+				v := s.vmas[k].m
 				if r.Start < v.Start { // a region in a hole between VMAs cannot be; be safe
 					r.Start = min(v.Start, r.End)
 					continue
@@ -135,7 +135,7 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 // data ranges, not its page table entries, since pages of shmem can be in
 // the object without being mapped here (MADV_DONTNEED, reclaim, swap).
 func (s *scanner) shared(i int, emit func(run) error) error {
-	m := &s.vmas[i].m
+	m := s.vmas[i].m
 	f, err := unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", s.pid, m.Start, m.End), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		// Without map_files (no CAP_SYS_ADMIN), what is mapped here is the best we know.

@@ -16,7 +16,7 @@ import (
 
 // vma is one mapping with what the dump decided about it.
 type vma struct {
-	m    proc.Mapping
+	m    *proc.Mapping // in the slice ReadMaps returned: not copied
 	pb   *pb.Vma
 	scan scanKind
 }
@@ -60,7 +60,7 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 		return procErr(pid, fl.err)
 	}
 	for i := range vmas {
-		m, v := &vmas[i].m, vmas[i].pb
+		m, v := vmas[i].m, vmas[i].pb
 		f := fl.byStart[m.Start]
 		m.VmFlags = f.VmFlags
 		if err := refuseVmFlags(pid, m); err != nil {
@@ -131,7 +131,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 		if m.Path == "[stack]" {
 			v.Flags |= unix.MAP_GROWSDOWN
 		}
-		x := vma{m: *m, pb: v}
+		x := vma{m: m, pb: v}
 		switch {
 		case m.Path == "[vdso]":
 			v.Kind = uint32(pb.VmaKind_VMA_VDSO)
