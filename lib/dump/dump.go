@@ -28,6 +28,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/freeze"
 	"crpipe/lib/stage"
 )
 
@@ -180,6 +181,12 @@ func Run(opt Options) error {
 		defer out.Close()
 	}
 
+	g, err := startGuard(opt, tmpName)
+	if err != nil {
+		return err
+	}
+	defer g.done()
+
 	// Ctrl-C and friends become a failure: stop the stages, thaw.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -331,6 +338,9 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 }
 
 func startStage(opt Options, r *stageRun) error {
+	// A stage dies with cr-dump: the guard can then thaw the target
+	// without a stage still at work in it.
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if opt.Verbose {
 		r.cmd.Stderr = io.MultiWriter(&r.stderr, opt.Stderr)
 	} else {
@@ -340,6 +350,43 @@ func startStage(opt Options, r *stageRun) error {
 		return fmt.Errorf("start %s: %w", r.name, err)
 	}
 	return nil
+}
+
+// guard is a `cr-freeze guard` watching the dump from outside, in a
+// session of its own: if cr-dump dies (SIGKILL, the OOM killer), the
+// target would stay frozen with nobody to thaw it; the guard sees its pipe
+// end without done and thaws it (lib/freeze/guard.go).
+type guard struct {
+	w   *os.File
+	cmd *exec.Cmd
+}
+
+func startGuard(opt Options, partial string) (*guard, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	args := []string{"guard", "--pid", strconv.Itoa(opt.Pid)}
+	if partial != "" {
+		args = append(args, "--remove", partial)
+	}
+	cmd := exec.Command(filepath.Join(opt.BinDir, "cr-freeze"), args...)
+	cmd.Stdin = r
+	cmd.Stderr = os.Stderr // not opt.Stderr: it outlives this process
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("start cr-freeze guard: %w", err)
+	}
+	return &guard{w: w, cmd: cmd}, nil
+}
+
+// done tells the guard the target is disposed of, and reaps it.
+func (g *guard) done() {
+	fmt.Fprintln(g.w, freeze.GuardDone)
+	g.w.Close()
+	g.cmd.Wait()
 }
 
 // stopAll asks the stages still running to stop (SIGTERM: cr-parasite

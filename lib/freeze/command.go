@@ -45,6 +45,18 @@ func Command() *cli.App {
 				Flags:     []cli.Flag{pidFlag},
 				Action:    func(c *cli.Context) error { return dispose(c, true) },
 			},
+			{
+				Name:   "guard",
+				Usage:  "(started by cr-dump) thaw --pid if stdin ends without cr-dump saying it is done",
+				Hidden: true,
+				Flags:  []cli.Flag{pidFlag, &cli.StringFlag{Name: "remove", Usage: "the unfinished image file to remove then"}},
+				Action: func(c *cli.Context) error {
+					if !c.IsSet("pid") {
+						return stage.Usagef("--pid is required")
+					}
+					return Guard(c.Int("pid"), os.Stdin, c.String("remove"))
+				},
+			},
 		},
 	}
 }

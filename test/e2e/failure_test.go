@@ -20,6 +20,7 @@ import (
 	"github.com/pierrec/lz4/v4"
 
 	"crpipe/lib/image"
+	"crpipe/lib/proc"
 )
 
 // bigMB is the counter's anonymous memory when a test needs the dump to be
@@ -424,4 +425,56 @@ func threadMasks(t *testing.T, pid int) string {
 		fmt.Fprintf(&out, "tid %s blocks %s\n", tid.Name(), m[1])
 	}
 	return out.String()
+}
+
+// TestDumpKilled: cr-dump itself SIGKILLed while the target is frozen
+// (nothing of it can react): its stages die with it, and the guard it
+// started thaws the target, puts it back in its cgroup and removes the
+// unfinished image; the target runs on with its state intact.
+func TestDumpKilled(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := startCounter(t, "counter", bigMB)
+	img := filepath.Join(p.dir, "img")
+	cmd := exec.Command(bin("cr-dump"), "-t", strconv.Itoa(p.pid), "-o", img)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	events := filepath.Join(p.cgroupDir(), "cgroup.events")
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(readFile(events), "frozen 1"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the target was not frozen within 10 s:\n%s", stderr.Bytes())
+		}
+	}
+	var stages []int
+	for _, name := range []string{"cr-seize", "cr-parasite", "cr-pages", "cr-files", "cr-tcp"} {
+		if pid := descendant(cmd.Process.Pid, name); pid != 0 {
+			stages = append(stages, pid)
+		}
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	t.Logf("SIGKILLed cr-dump (pid %d) with the target frozen; stages then running: %v", cmd.Process.Pid, stages)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(p.cgroupDir()); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the target is still in %s 20 s after cr-dump died: %s", p.cgroupDir(), readFile(events))
+		}
+	}
+	for _, pid := range stages {
+		if st, err := proc.ReadStat(pid); err == nil && st.State != 'Z' && strings.HasPrefix(st.Comm, "cr-") {
+			t.Errorf("stage %s (pid %d) outlived cr-dump", st.Comm, pid)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(p.dir, "*img*")); len(left) > 0 {
+		t.Errorf("image files left behind: %v", left)
+	}
+	p.checkRunning()
+	p.terminate(1)
 }

@@ -1,0 +1,80 @@
+package freeze
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
+
+// GuardDone is what cr-dump writes to its guard once it has disposed of
+// the target itself (killed, or thawed after a failure or with
+// --leave-running).
+const GuardDone = "done"
+
+// guardTracerWait bounds how long the guard waits for the dead dump's
+// stages to let go of the target's threads.
+const guardTracerWait = 10 * time.Second
+
+// Guard watches a dump of pid from outside it: cr-dump starts it with one
+// end of a pipe as in and keeps the other. When cr-dump ends normally it
+// writes GuardDone first; an end of file without it means cr-dump died
+// (SIGKILL, the OOM killer), with nobody left to thaw the target, which
+// would stay frozen for good. The guard then waits for the stages, which
+// die with cr-dump (PR_SET_PDEATHSIG), to let go of the target's threads,
+// thaws it as `cr-freeze thaw --pid` does (putting back what a stage that
+// died mid-injection left, releasing the TCP connections) and removes the
+// unfinished image file partial, if any.
+func Guard(pid int, in io.Reader, partial string) error {
+	// cr-dump's stderr may be a pipe nobody reads any more: a message
+	// must not kill the guard (SIGPIPE) before or while it thaws.
+	signal.Ignore(syscall.SIGPIPE)
+	line, _ := bufio.NewReader(in).ReadString('\n')
+	if strings.TrimSpace(line) == GuardDone {
+		return nil
+	}
+	if partial != "" {
+		os.Remove(partial)
+	}
+	waitUntraced(pid, guardTracerWait)
+	thawed, err := ThawPid(pid)
+	if err != nil {
+		return fmt.Errorf("cr-dump of pid %d died; thawing it: %w", pid, err)
+	}
+	if thawed {
+		fmt.Fprintf(os.Stderr, "%s: cr-dump of pid %d died during the checkpoint: pid %d thawed, no image written\n", filepath.Base(os.Args[0]), pid, pid)
+	}
+	return nil
+}
+
+// waitUntraced waits until no thread of the processes in pid's transient
+// cgroup has a tracer (a stage on its way out), or for limit.
+func waitUntraced(pid int, limit time.Duration) {
+	_, tasks, err := findPid(pid)
+	if err != nil {
+		return
+	}
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		traced := false
+		for _, t := range tasks {
+			tids, _ := proc.Threads(t.Pid)
+			for _, tid := range tids {
+				if st, err := proc.ReadStatus(tid); err == nil && st.TracerPid != 0 {
+					traced = true
+				}
+			}
+		}
+		if !traced {
+			return
+		}
+	}
+	stage.Logf("pid %d: still traced after %v; thawing anyway", pid, limit)
+}
