@@ -3,6 +3,7 @@ package files
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,39 @@ func dumpEventfd(e *entry, rec *pb.FileDesc) error {
 		return fmt.Errorf("%w (the semaphore flag is shown since Linux 6.6)", err)
 	}
 	rec.Eventfd = &pb.EventfdState{Count: count, Semaphore: sem != 0}
+	return nil
+}
+
+// dumpPidfd: "Pid" is the process the pidfd refers to, as cr-files sees
+// it: -1 once it has exited and been reaped, 0 outside our PID namespace.
+// A restore opens a pidfd for the restored process, which must be a live
+// process of the dump; the files are restored before zombies and before
+// threads other than the leader, so a pidfd of those is refused too.
+func (d *dumper) dumpPidfd(e *entry, rec *pb.FileDesc) error {
+	v, ok := fdinfoField(e.info, "Pid")
+	n, err := strconv.Atoi(v)
+	if !ok || err != nil {
+		return cannot(e, "fdinfo Pid %q: %v", v, errFdinfoSyntax)
+	}
+	var of, threadOf *pb.Process
+	for _, p := range d.procs {
+		if int(p.Pid) == n {
+			of = p
+		} else if slices.Contains(p.Threads, uint32(n)) {
+			threadOf = p
+		}
+	}
+	switch {
+	case threadOf != nil:
+		return cannot(e, "it refers to thread %d of pid %d (PIDFD_THREAD), which a restore creates after the files", n, threadOf.Pid)
+	case n <= 0:
+		return cannot(e, "the process it refers to has exited (or is outside this PID namespace): a pidfd of it cannot be made again")
+	case of == nil:
+		return cannot(e, "it refers to pid %d, which is not in the dump", n)
+	case of.State == "Z":
+		return cannot(e, "it refers to pid %d, a zombie, which a restore brings back after the files", n)
+	}
+	rec.Pidfd = &pb.PidfdState{Pid: uint32(n)}
 	return nil
 }
 

@@ -256,6 +256,8 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		err = dumpSignalfd(e, rec)
 	case pb.FdKind_FD_TIMERFD:
 		err = dumpTimerfd(e, rec)
+	case pb.FdKind_FD_PIDFD:
+		err = d.dumpPidfd(e, rec)
 	case pb.FdKind_FD_INOTIFY:
 		err = d.dumpInotify(ds, rec)
 	case pb.FdKind_FD_MEMFD:
@@ -291,7 +293,7 @@ var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
 	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
 	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
-	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true, pb.FdKind_FD_GHOST: true,
+	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true, pb.FdKind_FD_GHOST: true, pb.FdKind_FD_PIDFD: true,
 }
 
 // write appends the Files record of every process, the ghost files, then

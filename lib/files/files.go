@@ -211,6 +211,7 @@ var anonKinds = map[string]pb.FdKind{
 	"[timerfd]":   pb.FdKind_FD_TIMERFD,
 	"inotify":     pb.FdKind_FD_INOTIFY,
 	"[eventpoll]": pb.FdKind_FD_EPOLL,
+	"[pidfd]":     pb.FdKind_FD_PIDFD,
 }
 
 func (d *dumper) dumpFd(pid, n int) (*entry, error) {

@@ -253,7 +253,6 @@ func TestRefused(t *testing.T) {
 		{"deldir", "deleted file ("},
 		{"userfaultfd", "userfaultfd (anon_inode:[userfaultfd])"},
 		{"mqueue", "POSIX message queue (/crpipe-fdtest-"},
-		{"pidfd", "pidfd (anon_inode:[pidfd])"},
 		{"console", "console (/dev/console"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
@@ -287,6 +286,7 @@ func TestCannot(t *testing.T) {
 		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) is not supported yet"},
 		{"memfdmap", "memfd (/memfd:mapped (deleted))", "also mapped by pid"},
 		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
+		{"pidfd", "pidfd (anon_inode:[pidfd])", "which is not in the dump"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)

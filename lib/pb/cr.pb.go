@@ -110,6 +110,7 @@ const (
 	FdKind_FD_TTY       FdKind = 14 // terminal (FileDesc.tty)
 	FdKind_FD_GHOST     FdKind = 15 // regular file unlinked while open: Fd.dev and Fd.inode name its GhostFile record (ghost.proto)
 	FdKind_FD_DEVTTY    FdKind = 18 // /dev/tty: the controlling terminal it was opened on (FileDesc.tty: index, external, session)
+	FdKind_FD_PIDFD     FdKind = 19 // pidfd of a live process of the dump (FileDesc.pidfd); PIDFD_THREAD and PIDFD_NONBLOCK in the flags
 )
 
 // Enum value maps for FdKind.
@@ -132,6 +133,7 @@ var (
 		14: "FD_TTY",
 		15: "FD_GHOST",
 		18: "FD_DEVTTY",
+		19: "FD_PIDFD",
 	}
 	FdKind_value = map[string]int32{
 		"FD_REGULAR":   0,
@@ -151,6 +153,7 @@ var (
 		"FD_TTY":       14,
 		"FD_GHOST":     15,
 		"FD_DEVTTY":    18,
+		"FD_PIDFD":     19,
 	}
 )
 
@@ -1927,7 +1930,7 @@ const file_cr_proto_rawDesc = "" +
 	"\bVMA_VDSO\x10\x04\x12\f\n" +
 	"\bVMA_VVAR\x10\x05\x12\x13\n" +
 	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
-	"\fVMA_VSYSCALL\x10\a*\x82\x02\n" +
+	"\fVMA_VSYSCALL\x10\a*\x90\x02\n" +
 	"\x06FdKind\x12\x0e\n" +
 	"\n" +
 	"FD_REGULAR\x10\x00\x12\x0e\n" +
@@ -1955,7 +1958,8 @@ const file_cr_proto_rawDesc = "" +
 	"\n" +
 	"\x06FD_TTY\x10\x0e\x12\f\n" +
 	"\bFD_GHOST\x10\x0f\x12\r\n" +
-	"\tFD_DEVTTY\x10\x12B\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\tFD_DEVTTY\x10\x12\x12\f\n" +
+	"\bFD_PIDFD\x10\x13B\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_cr_proto_rawDescOnce sync.Once

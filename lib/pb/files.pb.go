@@ -49,6 +49,7 @@ type FileDesc struct {
 	Inet     *InetSocket            `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
 	Netlink  *NetlinkSocket         `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
 	Tty      *TtyState              `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
+	Pidfd    *PidfdState            `protobuf:"bytes,21,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
 	// in_flight: no process holds this description; it is in flight in a
 	// queued unix message (UnixMessage.fds). The fd as cr-files saw it (path,
 	// flags, offset, identity; fd -1) opens it as an fd of a process would.
@@ -206,6 +207,13 @@ func (x *FileDesc) GetTty() *TtyState {
 	return nil
 }
 
+func (x *FileDesc) GetPidfd() *PidfdState {
+	if x != nil {
+		return x.Pidfd
+	}
+	return nil
+}
+
 func (x *FileDesc) GetInFlight() *Fd {
 	if x != nil {
 		return x.InFlight
@@ -352,6 +360,52 @@ func (x *PipeState) GetDataBytes() uint32 {
 	return 0
 }
 
+// PidfdState is what a pidfd refers to: a process of the dump, by its
+// pid (the thread group leader's tid for a PIDFD_THREAD pidfd).
+type PidfdState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PidfdState) Reset() {
+	*x = PidfdState{}
+	mi := &file_files_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PidfdState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PidfdState) ProtoMessage() {}
+
+func (x *PidfdState) ProtoReflect() protoreflect.Message {
+	mi := &file_files_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PidfdState.ProtoReflect.Descriptor instead.
+func (*PidfdState) Descriptor() ([]byte, []int) {
+	return file_files_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PidfdState) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
 type EventfdState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Count         uint64                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
@@ -362,7 +416,7 @@ type EventfdState struct {
 
 func (x *EventfdState) Reset() {
 	*x = EventfdState{}
-	mi := &file_files_proto_msgTypes[3]
+	mi := &file_files_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +428,7 @@ func (x *EventfdState) String() string {
 func (*EventfdState) ProtoMessage() {}
 
 func (x *EventfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[3]
+	mi := &file_files_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +441,7 @@ func (x *EventfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventfdState.ProtoReflect.Descriptor instead.
 func (*EventfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{3}
+	return file_files_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EventfdState) GetCount() uint64 {
@@ -413,7 +467,7 @@ type SignalfdState struct {
 
 func (x *SignalfdState) Reset() {
 	*x = SignalfdState{}
-	mi := &file_files_proto_msgTypes[4]
+	mi := &file_files_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +479,7 @@ func (x *SignalfdState) String() string {
 func (*SignalfdState) ProtoMessage() {}
 
 func (x *SignalfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[4]
+	mi := &file_files_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +492,7 @@ func (x *SignalfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalfdState.ProtoReflect.Descriptor instead.
 func (*SignalfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{4}
+	return file_files_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignalfdState) GetSigmask() uint64 {
@@ -461,7 +515,7 @@ type TimerfdState struct {
 
 func (x *TimerfdState) Reset() {
 	*x = TimerfdState{}
-	mi := &file_files_proto_msgTypes[5]
+	mi := &file_files_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +527,7 @@ func (x *TimerfdState) String() string {
 func (*TimerfdState) ProtoMessage() {}
 
 func (x *TimerfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[5]
+	mi := &file_files_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +540,7 @@ func (x *TimerfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimerfdState.ProtoReflect.Descriptor instead.
 func (*TimerfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{5}
+	return file_files_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimerfdState) GetClockid() int32 {
@@ -538,7 +592,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_files_proto_msgTypes[6]
+	mi := &file_files_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +604,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[6]
+	mi := &file_files_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +617,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{6}
+	return file_files_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -617,7 +671,7 @@ type InotifyState struct {
 
 func (x *InotifyState) Reset() {
 	*x = InotifyState{}
-	mi := &file_files_proto_msgTypes[7]
+	mi := &file_files_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +683,7 @@ func (x *InotifyState) String() string {
 func (*InotifyState) ProtoMessage() {}
 
 func (x *InotifyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[7]
+	mi := &file_files_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +696,7 @@ func (x *InotifyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyState.ProtoReflect.Descriptor instead.
 func (*InotifyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{7}
+	return file_files_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InotifyState) GetWatches() []*InotifyWatch {
@@ -664,7 +718,7 @@ type MemfdState struct {
 
 func (x *MemfdState) Reset() {
 	*x = MemfdState{}
-	mi := &file_files_proto_msgTypes[8]
+	mi := &file_files_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +730,7 @@ func (x *MemfdState) String() string {
 func (*MemfdState) ProtoMessage() {}
 
 func (x *MemfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[8]
+	mi := &file_files_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +743,7 @@ func (x *MemfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemfdState.ProtoReflect.Descriptor instead.
 func (*MemfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{8}
+	return file_files_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MemfdState) GetName() string {
@@ -732,7 +786,7 @@ type EpollWatch struct {
 
 func (x *EpollWatch) Reset() {
 	*x = EpollWatch{}
-	mi := &file_files_proto_msgTypes[9]
+	mi := &file_files_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +798,7 @@ func (x *EpollWatch) String() string {
 func (*EpollWatch) ProtoMessage() {}
 
 func (x *EpollWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[9]
+	mi := &file_files_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +811,7 @@ func (x *EpollWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollWatch.ProtoReflect.Descriptor instead.
 func (*EpollWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{9}
+	return file_files_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EpollWatch) GetFd() int32 {
@@ -797,7 +851,7 @@ type EpollState struct {
 
 func (x *EpollState) Reset() {
 	*x = EpollState{}
-	mi := &file_files_proto_msgTypes[10]
+	mi := &file_files_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +863,7 @@ func (x *EpollState) String() string {
 func (*EpollState) ProtoMessage() {}
 
 func (x *EpollState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[10]
+	mi := &file_files_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +876,7 @@ func (x *EpollState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollState.ProtoReflect.Descriptor instead.
 func (*EpollState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{10}
+	return file_files_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EpollState) GetWatches() []*EpollWatch {
@@ -848,7 +902,7 @@ type UnixMessage struct {
 
 func (x *UnixMessage) Reset() {
 	*x = UnixMessage{}
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +914,7 @@ func (x *UnixMessage) String() string {
 func (*UnixMessage) ProtoMessage() {}
 
 func (x *UnixMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +927,7 @@ func (x *UnixMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixMessage.ProtoReflect.Descriptor instead.
 func (*UnixMessage) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{11}
+	return file_files_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnixMessage) GetData() []byte {
@@ -924,7 +978,7 @@ type UnixCreds struct {
 
 func (x *UnixCreds) Reset() {
 	*x = UnixCreds{}
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +990,7 @@ func (x *UnixCreds) String() string {
 func (*UnixCreds) ProtoMessage() {}
 
 func (x *UnixCreds) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1003,7 @@ func (x *UnixCreds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixCreds.ProtoReflect.Descriptor instead.
 func (*UnixCreds) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{12}
+	return file_files_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnixCreds) GetPid() uint32 {
@@ -1007,7 +1061,7 @@ type UnixSocket struct {
 
 func (x *UnixSocket) Reset() {
 	*x = UnixSocket{}
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1073,7 @@ func (x *UnixSocket) String() string {
 func (*UnixSocket) ProtoMessage() {}
 
 func (x *UnixSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1086,7 @@ func (x *UnixSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixSocket.ProtoReflect.Descriptor instead.
 func (*UnixSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{13}
+	return file_files_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnixSocket) GetType() uint32 {
@@ -1255,7 +1309,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1321,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1334,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{14}
+	return file_files_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InetSocket) GetFamily() uint32 {
@@ -1508,7 +1562,7 @@ type McastMembership struct {
 
 func (x *McastMembership) Reset() {
 	*x = McastMembership{}
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1574,7 @@ func (x *McastMembership) String() string {
 func (*McastMembership) ProtoMessage() {}
 
 func (x *McastMembership) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1587,7 @@ func (x *McastMembership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McastMembership.ProtoReflect.Descriptor instead.
 func (*McastMembership) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	return file_files_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *McastMembership) GetIfindex() uint32 {
@@ -1588,7 +1642,7 @@ type NetlinkSocket struct {
 
 func (x *NetlinkSocket) Reset() {
 	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1654,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1667,7 @@ func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
 func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{16}
+	return file_files_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1715,7 +1769,7 @@ type TtyState struct {
 
 func (x *TtyState) Reset() {
 	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1781,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1794,7 @@ func (x *TtyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
 func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{17}
+	return file_files_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -1901,7 +1955,7 @@ var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
 	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\x84\x05\n" +
+	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xad\x05\n" +
 	"\bFileDesc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
@@ -1920,7 +1974,8 @@ const file_files_proto_rawDesc = "" +
 	"\x04unix\x18\x11 \x01(\v2\x11.cr.v1.UnixSocketR\x04unix\x12%\n" +
 	"\x04inet\x18\x12 \x01(\v2\x11.cr.v1.InetSocketR\x04inet\x12.\n" +
 	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\x12!\n" +
-	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12&\n" +
+	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12'\n" +
+	"\x05pidfd\x18\x15 \x01(\v2\x11.cr.v1.PidfdStateR\x05pidfd\x12&\n" +
 	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\"N\n" +
 	"\bFileData\x12\x16\n" +
 	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x16\n" +
@@ -1933,7 +1988,10 @@ const file_files_proto_rawDesc = "" +
 	"\n" +
 	"fifo_inode\x18\x04 \x01(\x04R\tfifoInode\x12\x1d\n" +
 	"\n" +
-	"data_bytes\x18\x05 \x01(\rR\tdataBytes\"B\n" +
+	"data_bytes\x18\x05 \x01(\rR\tdataBytes\"\x1e\n" +
+	"\n" +
+	"PidfdState\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\"B\n" +
 	"\fEventfdState\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x1c\n" +
 	"\tsemaphore\x18\x02 \x01(\bR\tsemaphore\")\n" +
@@ -2115,51 +2173,53 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_files_proto_goTypes = []any{
 	(*FileDesc)(nil),        // 0: cr.v1.FileDesc
 	(*FileData)(nil),        // 1: cr.v1.FileData
 	(*PipeState)(nil),       // 2: cr.v1.PipeState
-	(*EventfdState)(nil),    // 3: cr.v1.EventfdState
-	(*SignalfdState)(nil),   // 4: cr.v1.SignalfdState
-	(*TimerfdState)(nil),    // 5: cr.v1.TimerfdState
-	(*InotifyWatch)(nil),    // 6: cr.v1.InotifyWatch
-	(*InotifyState)(nil),    // 7: cr.v1.InotifyState
-	(*MemfdState)(nil),      // 8: cr.v1.MemfdState
-	(*EpollWatch)(nil),      // 9: cr.v1.EpollWatch
-	(*EpollState)(nil),      // 10: cr.v1.EpollState
-	(*UnixMessage)(nil),     // 11: cr.v1.UnixMessage
-	(*UnixCreds)(nil),       // 12: cr.v1.UnixCreds
-	(*UnixSocket)(nil),      // 13: cr.v1.UnixSocket
-	(*InetSocket)(nil),      // 14: cr.v1.InetSocket
-	(*McastMembership)(nil), // 15: cr.v1.McastMembership
-	(*NetlinkSocket)(nil),   // 16: cr.v1.NetlinkSocket
-	(*TtyState)(nil),        // 17: cr.v1.TtyState
-	(*Fd)(nil),              // 18: cr.v1.Fd
+	(*PidfdState)(nil),      // 3: cr.v1.PidfdState
+	(*EventfdState)(nil),    // 4: cr.v1.EventfdState
+	(*SignalfdState)(nil),   // 5: cr.v1.SignalfdState
+	(*TimerfdState)(nil),    // 6: cr.v1.TimerfdState
+	(*InotifyWatch)(nil),    // 7: cr.v1.InotifyWatch
+	(*InotifyState)(nil),    // 8: cr.v1.InotifyState
+	(*MemfdState)(nil),      // 9: cr.v1.MemfdState
+	(*EpollWatch)(nil),      // 10: cr.v1.EpollWatch
+	(*EpollState)(nil),      // 11: cr.v1.EpollState
+	(*UnixMessage)(nil),     // 12: cr.v1.UnixMessage
+	(*UnixCreds)(nil),       // 13: cr.v1.UnixCreds
+	(*UnixSocket)(nil),      // 14: cr.v1.UnixSocket
+	(*InetSocket)(nil),      // 15: cr.v1.InetSocket
+	(*McastMembership)(nil), // 16: cr.v1.McastMembership
+	(*NetlinkSocket)(nil),   // 17: cr.v1.NetlinkSocket
+	(*TtyState)(nil),        // 18: cr.v1.TtyState
+	(*Fd)(nil),              // 19: cr.v1.Fd
 }
 var file_files_proto_depIdxs = []int32{
 	2,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
-	3,  // 1: cr.v1.FileDesc.eventfd:type_name -> cr.v1.EventfdState
-	4,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
-	5,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
-	7,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
-	8,  // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
-	10, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
-	13, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
-	14, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	16, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	17, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
-	18, // 11: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
-	6,  // 12: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	9,  // 13: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	12, // 14: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
-	11, // 15: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	15, // 16: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	4,  // 1: cr.v1.FileDesc.eventfd:type_name -> cr.v1.EventfdState
+	5,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
+	6,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
+	8,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
+	9,  // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
+	11, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
+	14, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
+	15, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
+	17, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
+	18, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	3,  // 11: cr.v1.FileDesc.pidfd:type_name -> cr.v1.PidfdState
+	19, // 12: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
+	7,  // 13: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
+	10, // 14: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
+	13, // 15: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
+	12, // 16: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
+	16, // 17: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_files_proto_init() }
@@ -2168,14 +2228,14 @@ func file_files_proto_init() {
 		return
 	}
 	file_cr_proto_init()
-	file_files_proto_msgTypes[14].OneofWrappers = []any{}
+	file_files_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -11,13 +11,37 @@ import (
 	"crpipe/lib/sys"
 )
 
-// eventfd, signalfd and timerfd: the coordinator creates each with its
-// dumped state; the task gets it over SCM_RIGHTS like any file.
+// eventfd, signalfd, timerfd and pidfd: the coordinator creates each with
+// its dumped state; the task gets it over SCM_RIGHTS like any file.
 
 func init() {
 	registerFdKind(pb.FdKind_FD_EVENTFD, openEventfd)
 	registerFdKind(pb.FdKind_FD_SIGNALFD, openSignalfd)
 	registerFdKind(pb.FdKind_FD_TIMERFD, openTimerfd)
+	registerFdKind(pb.FdKind_FD_PIDFD, openPidfd)
+}
+
+// openPidfd makes a pidfd of the restored process the dumped one referred
+// to (pidfd_open of its pid here, which differs under --pidns). Every
+// process of the tree exists when files are restored.
+func openPidfd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
+	d, err := fileDesc(rc, t, fd)
+	if err != nil {
+		return nil, err
+	}
+	where := fmt.Sprintf("pid %d fd %d", t.pid, fd.Fd)
+	if d.Pidfd == nil {
+		return nil, fmt.Errorf("%s: pidfd description without its state", where)
+	}
+	of := rc.Tasks[d.Pidfd.Pid]
+	if of == nil || of.zombie() {
+		return nil, fmt.Errorf("%s: a pidfd of pid %d, which is not a live process of the image", where, d.Pidfd.Pid)
+	}
+	n, err := unix.PidfdOpen(of.pid, int(d.Flags&unix.O_EXCL)) // PIDFD_THREAD is O_EXCL; O_NONBLOCK comes with the status flags
+	if err != nil {
+		return nil, fmt.Errorf("%s: pidfd_open(%d): %w", where, of.pid, err)
+	}
+	return newAnon(n, "pidfd", d)
 }
 
 // newAnon wraps a new fd and gives it the dumped status flags.

@@ -523,3 +523,28 @@ func TestFdProcPid(t *testing.T) {
 		})
 	}
 }
+
+// TestFdPidfd: pidfds of a child (blocking, PIDFD_NONBLOCK, and a dup of
+// one) come back as pidfds of the restored child, also in a --pidns copy
+// beside the original, where the child has its dumped pid again
+// (test/progs/pidfd.c: fdinfo, signals, waitid through them).
+func TestFdPidfd(t *testing.T) {
+	t.Run("restore", func(t *testing.T) {
+		p := startStateProg(t, "pidfd")
+		t.Cleanup(func() { killDescendants(t, p) })
+		_, at := dumpKillRestore(t, p)
+		p.terminate(at)
+	})
+	t.Run("pidns", func(t *testing.T) {
+		p := startStateProg(t, "pidfd")
+		t.Cleanup(func() { killDescendants(t, p) })
+		img := filepath.Join(p.dir, "img")
+		mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+		copyPid := p.restoreBeside(img)
+		p.terminate(0)
+		if err := os.Truncate(p.verdict, 0); err != nil {
+			t.Fatal(err)
+		}
+		p.checkCopy(copyPid)
+	})
+}

@@ -116,7 +116,7 @@ int main(int argc, char **argv) {
 			if (q < 0 || syscall(SYS_mq_unlink, name + 1)) die("mq_open");
 			report("mqueue", q);
 		} else if (!strcmp(x, "pidfd")) {
-			report("pidfd", syscall(SYS_pidfd_open, getpid(), 0));
+			report("pidfd", syscall(SYS_pidfd_open, getppid(), 0)); /* outside the dump */
 		} else if (!strcmp(x, "userfaultfd")) {
 			report("userfaultfd", syscall(SYS_userfaultfd, O_CLOEXEC));
 		} else if (!strcmp(x, "scmrights")) {
