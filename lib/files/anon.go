@@ -51,9 +51,9 @@ func dumpEventfd(e *entry, rec *pb.FileDesc) error {
 
 // dumpPidfd: "Pid" is the process the pidfd refers to, as cr-files sees
 // it: -1 once it has exited and been reaped, 0 outside our PID namespace.
-// A restore opens a pidfd for the restored process, which must be a live
-// process of the dump; the files are restored before zombies and before
-// threads other than the leader, so a pidfd of those is refused too.
+// A restore opens a pidfd for the restored process (or zombie), which must
+// be of the dump; the files are restored before threads other than the
+// leader exist, so a pidfd of one of those is refused.
 func (d *dumper) dumpPidfd(e *entry, rec *pb.FileDesc) error {
 	v, ok := fdinfoField(e.info, "Pid")
 	n, err := strconv.Atoi(v)
@@ -75,8 +75,6 @@ func (d *dumper) dumpPidfd(e *entry, rec *pb.FileDesc) error {
 		return cannot(e, "the process it refers to has exited (or is outside this PID namespace): a pidfd of it cannot be made again")
 	case of == nil:
 		return cannot(e, "it refers to pid %d, which is not in the dump", n)
-	case of.State == "Z":
-		return cannot(e, "it refers to pid %d, a zombie, which a restore brings back after the files", n)
 	}
 	rec.Pidfd = &pb.PidfdState{Pid: uint32(n)}
 	return nil

@@ -70,7 +70,7 @@ func FilterWith(opts Options) stage.Filter {
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
-			d := newDumper(up.Procs)
+			d := newDumper(append(up.Procs, up.Zombies...)) // dump skips the zombies
 			d.opts, d.up = opts, up
 			defer d.close()
 			if err := d.dump(); err != nil {
@@ -359,9 +359,9 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 // procPidFile marks a file of /proc/N/ on procfs (Fd.proc_pid): its inode is made
 // when it is looked up, so the restored process N has the same file under
 // another inode, and a restore opens that one. That is right only for a
-// live process of the dump, seen as a whole: a file of another process,
-// of a zombie (restored after the files) or of one thread other than the
-// leader (/proc/N/task/T/, /proc/T/; created after the files) is refused.
+// process of the dump, seen as a whole: a file of another process or of
+// one thread other than the leader (/proc/N/task/T/, /proc/T/; created
+// after the files) is refused.
 func (d *dumper) procPidFile(e *entry, path string) error {
 	rest, ok := strings.CutPrefix(path, "/proc/")
 	if !ok {
@@ -391,8 +391,6 @@ func (d *dumper) procPidFile(e *entry, path string) error {
 		why = "a file of " + why + ", which a restore creates after the files"
 	case of == nil:
 		why = fmt.Sprintf("a file of process %d, which is not in the dump", n)
-	case of.State == "Z":
-		why = fmt.Sprintf("a file of process %d, a zombie, which a restore brings back after the files", n)
 	default:
 		e.pfd.ProcPid = uint32(n)
 		return nil

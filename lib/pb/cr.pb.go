@@ -110,7 +110,7 @@ const (
 	FdKind_FD_TTY       FdKind = 14 // terminal (FileDesc.tty)
 	FdKind_FD_GHOST     FdKind = 15 // regular file unlinked while open: Fd.dev and Fd.inode name its GhostFile record (ghost.proto)
 	FdKind_FD_DEVTTY    FdKind = 18 // /dev/tty: the controlling terminal it was opened on (FileDesc.tty: index, external, session)
-	FdKind_FD_PIDFD     FdKind = 19 // pidfd of a live process of the dump (FileDesc.pidfd); PIDFD_THREAD and PIDFD_NONBLOCK in the flags
+	FdKind_FD_PIDFD     FdKind = 19 // pidfd of a process (or zombie) of the dump (FileDesc.pidfd); PIDFD_THREAD and PIDFD_NONBLOCK in the flags
 )
 
 // Enum value maps for FdKind.
@@ -1473,7 +1473,7 @@ type Fd struct {
 	// flags), in one process or across processes. Kinds that need more than a
 	// path have a FileDesc record (files.proto) with this id.
 	DescId uint64 `protobuf:"varint,11,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"`
-	// proc_pid: the file is under /proc/PROC_PID/, a live process of the dump
+	// proc_pid: the file is under /proc/PROC_PID/, a process of the dump
 	// (regular file or directory). Its inode is made when it is looked up, so
 	// a restore opens the restored process's file by the same path below
 	// /proc/<its pid>/ without comparing dev and inode.

@@ -23,7 +23,7 @@ func init() {
 
 // openPidfd makes a pidfd of the restored process the dumped one referred
 // to (pidfd_open of its pid here, which differs under --pidns). Every
-// process of the tree exists when files are restored.
+// process of the tree, zombies included, exists when files are restored.
 func openPidfd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	d, err := fileDesc(rc, t, fd)
 	if err != nil {
@@ -34,8 +34,8 @@ func openPidfd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 		return nil, fmt.Errorf("%s: pidfd description without its state", where)
 	}
 	of := rc.Tasks[d.Pidfd.Pid]
-	if of == nil || of.zombie() {
-		return nil, fmt.Errorf("%s: a pidfd of pid %d, which is not a live process of the image", where, d.Pidfd.Pid)
+	if of == nil {
+		return nil, fmt.Errorf("%s: a pidfd of pid %d, which is not a process of the image", where, d.Pidfd.Pid)
 	}
 	n, err := unix.PidfdOpen(of.pid, int(d.Flags&unix.O_EXCL)) // PIDFD_THREAD is O_EXCL; O_NONBLOCK comes with the status flags
 	if err != nil {

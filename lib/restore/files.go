@@ -90,8 +90,8 @@ func procPidPath(rc *Ctx, t *task, fd *pb.Fd) (string, error) {
 	}
 	below, ok := strings.CutPrefix(fd.Path, fmt.Sprintf("/proc/%d", fd.ProcPid))
 	of := rc.Tasks[fd.ProcPid]
-	if !ok || below != "" && below[0] != '/' || of == nil || of.zombie() {
-		return "", fmt.Errorf("%s: a file of /proc/%d/, which is not a live process of the image", fd.Path, fd.ProcPid)
+	if !ok || below != "" && below[0] != '/' || of == nil {
+		return "", fmt.Errorf("%s: a file of /proc/%d/, which is not a process of the image", fd.Path, fd.ProcPid)
 	}
 	return fmt.Sprintf("/proc/%d/root%s", t.pid, fd.Path), nil
 }

@@ -9,7 +9,8 @@ import (
 
 // Upstream collects what a dump stage needs from the records cr-freeze
 // wrote: the freeze record and the live processes (a zombie has no threads,
-// memory or files left to dump). Use its Observe as the Filter's.
+// memory or files left to dump), and apart the zombies (which a pidfd or a
+// /proc file may refer to). Use its Observe as the Filter's.
 //
 // It also notes the ghost files (ghost.go) already written upstream and the
 // highest object number in use, so that a stage adding objects numbers
@@ -17,6 +18,7 @@ import (
 type Upstream struct {
 	Freeze  *pb.Freeze
 	Procs   []*pb.Process
+	Zombies []*pb.Process
 	Ghosts  map[GhostKey]uint64 // object of each ghost-file record
 	Objects uint64              // the highest object number of ghost-file and file-desc records
 }
@@ -32,7 +34,9 @@ func (u *Upstream) Observe(f *image.Frame) error {
 		if err := image.Unmarshal(f, p); err != nil {
 			return err
 		}
-		if p.State != "Z" {
+		if p.State == "Z" {
+			u.Zombies = append(u.Zombies, p)
+		} else {
 			u.Procs = append(u.Procs, p)
 		}
 	case image.TypeGhostFile:

@@ -5,11 +5,14 @@
  *   pidfd PROGRESS VERDICT
  *
  * It forks a child that pauses, opens a pidfd of it (blocking), another
- * with PIDFD_NONBLOCK, and dups the first. The check: each pidfd's fdinfo
- * names the child's pid (as this process sees it), a null signal through
- * each reaches it, and waitid on the non-blocking one says EAGAIN (the
- * child runs). On SIGTERM it then kills the child through the first pidfd
- * and reaps it through the dup: both must refer to that child.
+ * with PIDFD_NONBLOCK, and dups the first; and a second child that exits
+ * with status 7 at once and stays a zombie, with a pidfd of it. The check:
+ * each pidfd's fdinfo names its child's pid (as this process sees it), a
+ * null signal through each of the first reaches it, waitid on the
+ * non-blocking one says EAGAIN (the child runs), and the zombie's says it
+ * exited with 7 (WNOWAIT). On SIGTERM it then kills the first child
+ * through the first pidfd and reaps it through the dup, and reaps the
+ * zombie through its pidfd: each must refer to its child.
  */
 #include "state.h"
 
@@ -23,8 +26,8 @@
 #define P_PIDFD 3
 #endif
 
-static pid_t child;
-static int pfd, nbfd, dupfd;
+static pid_t child, zombie;
+static int pfd, nbfd, dupfd, zfd;
 
 static int fdinfo_pid(int fd)
 {
@@ -63,6 +66,17 @@ static const char *check(char *why, size_t n)
 		snprintf(why, n, "waitid on the PIDFD_NONBLOCK pidfd: %s, want EAGAIN", strerror(errno));
 		return why;
 	}
+	if (fdinfo_pid(zfd) != zombie) {
+		snprintf(why, n, "the zombie's pidfd refers to pid %d, want %d", fdinfo_pid(zfd), zombie);
+		return why;
+	}
+	memset(&si, 0, sizeof si);
+	if (syscall(SYS_waitid, P_PIDFD, zfd, &si, WEXITED | (got_term ? 0 : WNOWAIT), NULL) != 0 || si.si_pid != zombie ||
+	    si.si_code != CLD_EXITED || si.si_status != 7) {
+		snprintf(why, n, "waitid through the zombie's pidfd: pid %d code %d status %d (%s), want pid %d exited 7",
+			 si.si_pid, si.si_code, si.si_status, strerror(errno), zombie);
+		return why;
+	}
 	if (!got_term)
 		return NULL;
 	if (syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0) != 0) {
@@ -95,5 +109,16 @@ int main(int argc, char **argv)
 	dupfd = dup(pfd);
 	if (dupfd < 0)
 		die("dup");
+	zombie = fork();
+	if (zombie < 0)
+		die("fork");
+	if (zombie == 0)
+		_exit(7);
+	siginfo_t si;
+	if (waitid(P_PID, zombie, &si, WEXITED | WNOWAIT) != 0)
+		die("waitid");
+	zfd = syscall(SYS_pidfd_open, zombie, 0);
+	if (zfd < 0)
+		die("pidfd_open of the zombie");
 	return state_run("pidfd", check);
 }
