@@ -83,6 +83,14 @@ func cgroupDir(mount string, pid int) string {
 	return filepath.Join(mount, Prefix+strconv.Itoa(pid))
 }
 
+// isTransient says whether dir is a transient cgroup of cr-freeze's (a
+// cgroup of someone else's may begin with the prefix too).
+func isTransient(mount, dir string) bool {
+	n, ok := strings.CutPrefix(filepath.Base(dir), Prefix)
+	_, err := strconv.ParseUint(n, 10, 32)
+	return ok && err == nil && filepath.Dir(dir) == filepath.Clean(mount)
+}
+
 // Freeze moves pid into a fresh transient cgroup and freezes it. On any
 // error everything is put back as it was.
 func Freeze(pid int, opt Options) (*Frozen, error) {
@@ -102,7 +110,7 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 		return nil, noProcess(pid, err)
 	}
 	orig := filepath.Join(mount, rel)
-	if strings.HasPrefix(filepath.Base(orig), Prefix) {
+	if isTransient(mount, orig) {
 		return nil, stage.Hint(refuse("pid %d: already in transient cgroup %s", pid, orig),
 			fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
 	}

@@ -18,13 +18,18 @@ type Ctx struct {
 	Order []*task          // parents before children
 	// Shared holds per-kind state, keyed by the kind's own prefix
 	// (e.g. "pipe:1234" for the pipe with inode 1234).
-	Shared  map[string]any
-	owned   []*os.File // closed when the restore ends
-	pidns   bool       // --pidns: the tree goes into a new PID namespace
-	init    *restorer  // that namespace's init (the root's parent)
-	cgroup  *os.File   // --cgroup: the directory the helper starts in
-	noUffd  bool       // --no-uffd: fill memory with process_vm_writev only
-	filling *task      // the task whose pages are being placed with UFFDIO_COPY
+	Shared map[string]any
+	owned  []*os.File // closed when the restore ends
+	pidns  bool       // --pidns: the tree goes into a new PID namespace
+	init   *restorer  // that namespace's init (the root's parent)
+	cgroup *os.File   // --cgroup: the directory the helper starts in
+	// --dumped-cgroups: each live process's dumped cgroup directory, from
+	// the freeze record (cgroups.go)
+	dumpedCgroups bool
+	freeze        *pb.Freeze
+	cgroupOf      map[uint32]string
+	noUffd        bool  // --no-uffd: fill memory with process_vm_writev only
+	filling       *task // the task whose pages are being placed with UFFDIO_COPY
 }
 
 func (rc *Ctx) owns(f *os.File) bool {

@@ -42,7 +42,10 @@ type Options struct {
 	PidWait time.Duration // how long to wait for dumped PIDs to become free
 	PidNS   bool          // restore into a new PID namespace, beside the original
 	Cgroup  string        // cgroup v2 directory to start the tree in; cr-restore's when empty
-	NoUffd  bool          // write every page with process_vm_writev (fill_uffd.go)
+	// DumpedCgroups starts each process in the cgroup it was dumped from
+	// (cgroups.go); not with Cgroup.
+	DumpedCgroups bool
+	NoUffd        bool // write every page with process_vm_writev (fill_uffd.go)
 }
 
 // task is one process being rebuilt.
@@ -93,11 +96,11 @@ func Run(opts Options) (err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
-	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd}
+	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd, dumpedCgroups: opts.DumpedCgroups}
 	defer rc.closeAll()
 	if opts.Cgroup != "" {
 		if rc.cgroup, err = openCgroup(opts.Cgroup); err != nil {
-			return err
+			return fmt.Errorf("--cgroup: %w", err)
 		}
 		rc.owned = append(rc.owned, rc.cgroup)
 	}

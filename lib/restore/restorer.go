@@ -99,12 +99,12 @@ func startHelper(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
 func openCgroup(dir string) (*os.File, error) {
 	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("--cgroup: %w", err)
+		return nil, err
 	}
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		f.Close()
-		return nil, stage.Hint(fmt.Errorf("--cgroup %s: not a cgroup v2 directory", dir), "give a directory under the cgroup2 mount (grep cgroup2 /proc/mounts)")
+		return nil, stage.Hint(fmt.Errorf("%s: not a cgroup v2 directory", dir), "give a directory under the cgroup2 mount (grep cgroup2 /proc/mounts)")
 	}
 	return f, nil
 }

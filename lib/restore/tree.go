@@ -40,6 +40,11 @@ func (rc *Ctx) planTree() error {
 		}
 	}
 	rc.Order = order
+	if rc.dumpedCgroups {
+		if err := rc.planCgroups(); err != nil {
+			return err
+		}
+	}
 	return rc.ensureCreated(order[0])
 }
 
@@ -55,6 +60,9 @@ func (rc *Ctx) ensureCreated(t *task) error {
 		}
 	}
 	if err := rc.create(t); err != nil {
+		return err
+	}
+	if err := rc.moveToDumpedCgroup(t); err != nil {
 		return err
 	}
 	if t.proc.Sid == t.proc.Pid {

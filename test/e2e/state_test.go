@@ -537,3 +537,83 @@ func TestRestoreFill(t *testing.T) {
 	p.checkProgressFrom(at)
 	p.terminate(at)
 }
+
+// testCgroup makes a cgroup v2 directory of this test (its name carries the
+// test binary's pid) and removes it at cleanup, once the processes of the
+// test in it are gone.
+func testCgroup(t *testing.T, mount, name string) string {
+	t.Helper()
+	cg := filepath.Join(mount, fmt.Sprintf("crpipe-e2e-%d-%s", os.Getpid(), name))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if err = os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+		}
+		t.Errorf("remove the test's cgroup: %v", err)
+	})
+	return cg
+}
+
+// TestRestoreDumpedCgroups: cr-restore --dumped-cgroups starts every
+// process in the cgroup it was dumped from (the root in one the test made,
+// its children in another), and refuses, before creating anything, an
+// image whose cgroup is gone.
+func TestRestoreDumpedCgroups(t *testing.T) {
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup2 mount: %v", err)
+	}
+	rootCg, kidsCg := testCgroup(t, mount, "root"), testCgroup(t, mount, "kids")
+	p := startStateProg(t, "treestate")
+	t.Cleanup(func() { killDescendants(t, p) })
+	kids := descendants(p.pid)
+	if len(kids) == 0 {
+		t.Fatal("treestate has no children")
+	}
+	move := func(dir string, pid int) {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	move(rootCg, p.pid)
+	for _, k := range kids {
+		move(kidsCg, k)
+	}
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	at := p.mustProgress()
+
+	if err := os.Remove(kidsCg); err != nil {
+		t.Fatal(err)
+	}
+	r := shell(t, 30*time.Second, "cr-restore -d --dumped-cgroups -i "+img)
+	if r.err == nil || !regexp.MustCompile(`pid \d+ was dumped in cgroup `+regexp.QuoteMeta(kidsCg)).Match(r.stderr) {
+		t.Fatalf("restore with a dumped cgroup gone: %s", r)
+	}
+	p.checkPidFree()
+	if err := os.Mkdir(kidsCg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	pidfile := filepath.Join(p.dir, "restored.pid")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s --pidfile %s --dumped-cgroups", img, pidfile))
+	p.checkPidfile(pidfile)
+	want := map[int]string{p.pid: strings.TrimPrefix(rootCg, mount)}
+	for _, k := range kids {
+		want[k] = strings.TrimPrefix(kidsCg, mount)
+	}
+	for pid, w := range want {
+		if got, err := proc.Cgroup2Of(pid); err != nil || got != w {
+			t.Errorf("pid %d is in cgroup %q (%v), want %q", pid, got, err, w)
+		}
+	}
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
