@@ -492,17 +492,7 @@ func TestFdProcPid(t *testing.T) {
 		p.terminate(at)
 	})
 	t.Run("pidns", func(t *testing.T) {
-		p := startStateProg(t, "procfd")
-		img := filepath.Join(p.dir, "img")
-		mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
-		copyPid := p.restoreBeside(img)
-		// Both write their verdict at the start of one file, through fds
-		// opened at start: the original's first, then the copy's.
-		p.terminate(0)
-		if err := os.Truncate(p.verdict, 0); err != nil {
-			t.Fatal(err)
-		}
-		p.checkCopy(copyPid)
+		startStateProg(t, "procfd").checkStateCopy()
 	})
 	for _, c := range []struct{ mode, why string }{
 		{"foreign", `/proc/1/status: a file of process 1, which is not in the dump: not supported`},
@@ -538,13 +528,23 @@ func TestFdPidfd(t *testing.T) {
 	t.Run("pidns", func(t *testing.T) {
 		p := startStateProg(t, "pidfd")
 		t.Cleanup(func() { killDescendants(t, p) })
-		img := filepath.Join(p.dir, "img")
-		mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
-		copyPid := p.restoreBeside(img)
-		p.terminate(0)
-		if err := os.Truncate(p.verdict, 0); err != nil {
-			t.Fatal(err)
-		}
-		p.checkCopy(copyPid)
+		p.checkStateCopy()
 	})
+}
+
+// checkStateCopy dumps p, a task-state program, with --leave-running,
+// restores a copy beside it with --pidns, and has both check their state.
+// Both write their verdict at the start of one file, through fds opened at
+// start: the original's is read first, then the copy's.
+func (p *target) checkStateCopy() {
+	t := p.t
+	t.Helper()
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+	copyPid := p.restoreBeside(img)
+	p.terminate(0)
+	if err := os.Truncate(p.verdict, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.checkCopy(copyPid)
 }

@@ -450,21 +450,7 @@ func TestRestoreIntoCgroup(t *testing.T) {
 	if err != nil {
 		t.Skipf("no cgroup2 mount: %v", err)
 	}
-	cg := filepath.Join(mount, fmt.Sprintf("crpipe-e2e-%d-restore", os.Getpid()))
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// Only processes of this test live there; the last ones may still
-		// be exiting.
-		var err error
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if err = os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-		}
-		t.Errorf("remove the test's cgroup: %v", err)
-	})
+	cg := testCgroup(t, mount, "restore")
 	p := startStateProg(t, "treestate")
 	t.Cleanup(func() { killDescendants(t, p) })
 	img := filepath.Join(p.dir, "img")
@@ -539,8 +525,8 @@ func TestRestoreFill(t *testing.T) {
 }
 
 // testCgroup makes a cgroup v2 directory of this test (its name carries the
-// test binary's pid) and removes it at cleanup, once the processes of the
-// test in it are gone.
+// test binary's pid) and removes it at cleanup: only processes of the test
+// live there, and the last ones may still be exiting.
 func testCgroup(t *testing.T, mount, name string) string {
 	t.Helper()
 	cg := filepath.Join(mount, fmt.Sprintf("crpipe-e2e-%d-%s", os.Getpid(), name))

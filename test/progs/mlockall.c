@@ -40,29 +40,6 @@ static long vm_lck(void)
 	return kb;
 }
 
-/* has_lo says whether the VMA that starts at p has VmFlags lo. */
-static int has_lo(char *p)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f)
-		return -1;
-	char line[512];
-	int in = 0, found = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ':') > strchr(line, ' ')) {
-			in = lo == (unsigned long)p;
-			continue;
-		}
-		if (in && !strncmp(line, "VmFlags:", 8)) {
-			found = strstr(line, " lo ") != NULL || strstr(line, " lo\n") != NULL;
-			break;
-		}
-	}
-	fclose(f);
-	return found;
-}
-
 static const char *check(char *why, size_t n)
 {
 	/* A test may have left no room for one more mapping under the soft
@@ -80,7 +57,7 @@ static const char *check(char *why, size_t n)
 		return why;
 	}
 	long after = vm_lck();
-	int lo = has_lo(p);
+	int lo = vma_has_flag(p, "lo");
 	unsigned char vec[SIZE / 4096];
 	int resident = 0;
 	if (mincore(p, SIZE, vec) == 0)

@@ -92,6 +92,34 @@ static inline int64_t mono_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* vma_has_flag says whether smaps lists flag (e.g. "lo") in the VmFlags of
+ * the VMA that starts at p: 1 or 0, -1 when smaps cannot be read. */
+static inline int vma_has_flag(char *p, const char *flag)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return -1;
+	char line[512];
+	int in = 0, found = 0;
+	while (fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ':') > strchr(line, ' ')) {
+			in = lo == (unsigned long)p;
+			continue;
+		}
+		if (in && !strncmp(line, "VmFlags:", 8)) {
+			char want[8];
+			snprintf(want, sizeof want, " %s", flag);
+			for (char *s = line + 8; (s = strstr(s, want)); s += 3)
+				if (s[3] == ' ' || s[3] == '\n')
+					found = 1;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
 /* state_run checks the state just set up (exit 2 when it is wrong: the
  * test fails at start), ticks until SIGTERM, checks it again and writes the
  * verdict. check returns NULL, or why the state is wrong (in why). */

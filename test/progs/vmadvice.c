@@ -68,33 +68,6 @@ static int filled(struct region *r, unsigned i)
 	return 1;
 }
 
-/* has_flag looks for flag in the VmFlags of the VMA that starts at p. */
-static int has_flag(char *p, const char *flag)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	if (!f)
-		return -1;
-	char line[512];
-	int in = 0, found = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ':') > strchr(line, ' ')) {
-			in = lo == (unsigned long)p;
-			continue;
-		}
-		if (in && !strncmp(line, "VmFlags:", 8)) {
-			char want[8];
-			snprintf(want, sizeof want, " %s", flag);
-			for (char *s = line + 8; (s = strstr(s, want)); s += 3)
-				if (s[3] == ' ' || s[3] == '\n')
-					found = 1;
-			break;
-		}
-	}
-	fclose(f);
-	return found;
-}
-
 static int set(struct region *r)
 {
 	const char *f = r->flag;
@@ -105,7 +78,7 @@ static int set(struct region *r)
 	if (!strcmp(f, "sl")) {
 		if (syscall(462 /* mseal */, r->p, SIZE, 0) != 0 && errno == ENOSYS)
 			r->skip = 1; /* before Linux 6.10 */
-		return r->skip ? 0 : (has_flag(r->p, "sl") == 1 ? 0 : -1);
+		return r->skip ? 0 : (vma_has_flag(r->p, "sl") == 1 ? 0 : -1);
 	}
 	int advice = !strcmp(f, "dc") ? MADV_DONTFORK : !strcmp(f, "wf") ? MADV_WIPEONFORK
 		   : !strcmp(f, "dd") ? MADV_DONTDUMP : !strcmp(f, "mg") ? MADV_MERGEABLE
@@ -127,7 +100,7 @@ static const char *check(char *why, size_t n)
 		struct region *r = &regions[i];
 		if (r->skip)
 			continue;
-		if (has_flag(r->p, r->flag) != 1) {
+		if (vma_has_flag(r->p, r->flag) != 1) {
 			snprintf(why, n, "the region with %s lost it (VmFlags)", r->flag);
 			return why;
 		}
