@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestParseStat(t *testing.T) {
@@ -69,12 +70,16 @@ func TestLive(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	// The child is sh's fork until it has exec'd sleep: wait for both.
 	var kids []int
-	for i := 0; i < 200 && len(kids) == 0; i++ {
+	for i := 0; i < 200; i++ {
 		kids, _ = Children(pid)
-		if len(kids) == 0 {
-			exec.Command("/bin/sleep", "0.01").Run()
+		if len(kids) == 1 {
+			if st, err := ReadStat(kids[0]); err == nil && st.Comm == "sleep" {
+				break
+			}
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if len(kids) != 1 {
 		t.Fatalf("children of sh: %v", kids)
