@@ -127,14 +127,15 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 
 // processReads plans what is read from inside the thread group leader for
 // its process: interval timers, POSIX timers (listed in /proc/PID/timers),
-// dumpable, child-subreaper, THP disable and the signal dispositions.
+// dumpable, child-subreaper, THP disable, memory-deny-write-execute,
+// process-wide KSM and the signal dispositions.
 type processReads struct {
 	pid                      int
 	itimers                  [3]int
 	timers                   []proc.Timer
 	timerCalls               []int
 	dumpable, subreaper, thp int
-	mdwe                     int
+	mdwe, merge              int
 	sigactions, signos       []int
 }
 
@@ -154,6 +155,7 @@ func planProcess(r *reads, pid int) (*processReads, error) {
 	p.subreaper = r.add("prctl(PR_GET_CHILD_SUBREAPER)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER)
 	p.thp = r.add("prctl(PR_GET_THP_DISABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
 	p.mdwe = r.add("prctl(PR_GET_MDWE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_MDWE)
+	p.merge = r.add("prctl(PR_GET_MEMORY_MERGE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_MEMORY_MERGE)
 	for sig := 1; sig <= 64; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
@@ -213,6 +215,11 @@ func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, er
 	if pi.Mdwe, err = r.optional(p.mdwe); err != nil {
 		return nil, err
 	}
+	merge, err := r.optional(p.merge)
+	if err != nil {
+		return nil, err
+	}
+	pi.MemoryMerge = merge != 0
 	le := binary.LittleEndian
 	for k, i := range p.sigactions {
 		_, b, err := r.result(i)

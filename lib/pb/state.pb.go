@@ -959,7 +959,8 @@ type ProcessInside struct {
 	// What mlockall(2) left in force for mappings made later (the mm's
 	// default flags): 0, or MCL_FUTURE (2), with MCL_ONFAULT (4) when given.
 	Mlockall      uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
-	Mdwe          uint32 `protobuf:"varint,9,opt,name=mdwe,proto3" json:"mdwe,omitempty"` // PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2)
+	Mdwe          uint32 `protobuf:"varint,9,opt,name=mdwe,proto3" json:"mdwe,omitempty"`                                   // PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2)
+	MemoryMerge   bool   `protobuf:"varint,10,opt,name=memory_merge,json=memoryMerge,proto3" json:"memory_merge,omitempty"` // PR_GET_MEMORY_MERGE: KSM for every mapping of the process
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1057,6 +1058,13 @@ func (x *ProcessInside) GetMdwe() uint32 {
 	return 0
 }
 
+func (x *ProcessInside) GetMemoryMerge() bool {
+	if x != nil {
+		return x.MemoryMerge
+	}
+	return false
+}
+
 var File_state_proto protoreflect.FileDescriptor
 
 const file_state_proto_rawDesc = "" +
@@ -1144,7 +1152,7 @@ const file_state_proto_rawDesc = "" +
 	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
 	"\vinterval_ns\x18\a \x01(\x04R\n" +
 	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xcd\x02\n" +
+	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xf0\x02\n" +
 	"\rProcessInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
 	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
@@ -1155,7 +1163,9 @@ const file_state_proto_rawDesc = "" +
 	"\vthp_disable\x18\a \x01(\rR\n" +
 	"thpDisable\x12\x1a\n" +
 	"\bmlockall\x18\b \x01(\rR\bmlockall\x12\x12\n" +
-	"\x04mdwe\x18\t \x01(\rR\x04mdweB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\x04mdwe\x18\t \x01(\rR\x04mdwe\x12!\n" +
+	"\fmemory_merge\x18\n" +
+	" \x01(\bR\vmemoryMergeB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_state_proto_rawDescOnce sync.Once

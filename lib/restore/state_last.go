@@ -20,9 +20,9 @@ import (
 // installed here do not apply to the restorer's own calls that follow.
 //
 //	per process (lastStates, in the leader):
-//	  mlockall(MCL_FUTURE) and memory-deny-write-execute (after the
-//	  restore's own mappings, which they would lock and populate, or
-//	  refuse), POSIX timers, interval timers, resource
+//	  mlockall(MCL_FUTURE), memory-deny-write-execute and process-wide
+//	  KSM (after the restore's own mappings, which they would lock and
+//	  populate, refuse, or merge), POSIX timers, interval timers, resource
 //	  limits, seccomp filters
 //	  (SECCOMP_FILTER_FLAG_TSYNC: one chain shared by every thread; installed
 //	  while the task still has CAP_SYS_ADMIN, as a task without
@@ -58,6 +58,11 @@ func processLast(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 			return nil, fmt.Errorf("pid %d: memory-deny-write-execute flags %#x in the image", pid, pi.Mdwe)
 		}
 		calls = append(calls, sc(fmt.Sprintf("prctl PR_SET_MDWE %#x", pi.Mdwe), unix.SYS_PRCTL, unix.PR_SET_MDWE, uint64(pi.Mdwe), 0, 0, 0))
+	}
+	// KSM for every mapping, the restore's own included: they are gone by
+	// the time the process runs.
+	if pi := si.pinside[pid]; pi != nil && pi.MemoryMerge {
+		calls = append(calls, sc("prctl PR_SET_MEMORY_MERGE 1", unix.SYS_PRCTL, unix.PR_SET_MEMORY_MERGE, 1, 0, 0, 0))
 	}
 	if pi := si.pinside[pid]; pi != nil {
 		c, err := timerCalls(s, pid, pi)

@@ -18,6 +18,8 @@
  *   I/O priority      best-effort, level 6
  *   OOM score adj     345
  *   core dump filter  0x7e (the default is 0x33)
+ *   KSM               for every mapping (PR_SET_MEMORY_MERGE), where the
+ *                     kernel has KSM
  *   umask             027
  * and records the robust futex list glibc registered for the thread. On
  * SIGTERM it reads every one back.
@@ -31,6 +33,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
 #ifndef SCHED_RESET_ON_FORK
 #define SCHED_RESET_ON_FORK 0x40000000
 #endif
@@ -88,6 +94,7 @@ static unsigned coredump_filter(void)
 
 static int rr;
 static int cpu;
+static int ksm = 1; /* the kernel has KSM */
 static void *robust_head;
 static size_t robust_len;
 
@@ -168,6 +175,10 @@ static const char *check(char *why, size_t n)
 		snprintf(why, n, "oom_score_adj %d, want %d", oom_adj(), OOM_ADJ);
 		return why;
 	}
+	if (ksm && prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) != 1) {
+		snprintf(why, n, "PR_GET_MEMORY_MERGE is %d, want 1", prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0));
+		return why;
+	}
 	if (coredump_filter() != COREDUMP_FILTER) {
 		snprintf(why, n, "coredump_filter %#x, want %#x", coredump_filter(), COREDUMP_FILTER);
 		return why;
@@ -227,6 +238,11 @@ int main(int argc, char **argv)
 	if (prctl(PR_SET_DUMPABLE, 0) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
 		die("prctl");
 	umask(027);
+	if (prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0) {
+		if (errno != EINVAL)
+			die("PR_SET_MEMORY_MERGE");
+		ksm = 0;
+	}
 	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 || prctl(PR_SET_TIMERSLACK, SLACK) != 0)
 		die("prctl THP/timer slack");
 	if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, IOPRIO) != 0)
