@@ -185,7 +185,13 @@ func Run(opt Options) error {
 	if err != nil {
 		return err
 	}
-	defer g.done()
+	defer func() {
+		if r := recover(); r != nil {
+			g.w.Close() // no done: the guard thaws the target
+			panic(r)
+		}
+		g.done()
+	}()
 
 	// Ctrl-C and friends become a failure: stop the stages, thaw.
 	sigs := make(chan os.Signal, 1)
