@@ -356,12 +356,12 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	return e, nil
 }
 
-// procPidFile marks a file of /proc/N/ on procfs (Fd.proc_pid): its inode is made
-// when it is looked up, so the restored process N has the same file under
-// another inode, and a restore opens that one. That is right only for a
-// process of the dump, seen as a whole: a file of another process or of
-// one thread other than the leader (/proc/N/task/T/, /proc/T/; created
-// after the files) is refused.
+// procPidFile marks a file of /proc/N/ on procfs (Fd.proc_pid): its inode
+// is made when it is looked up, so the restored process N has the same
+// file under another inode, and a restore opens that one. That is right
+// only for a process of the dump, seen as a whole: a file of another
+// process or of one thread other than the leader (/proc/N/task/T/,
+// /proc/T/; created after the files) is refused.
 func (d *dumper) procPidFile(e *entry, path string) error {
 	rest, ok := strings.CutPrefix(path, "/proc/")
 	if !ok {
