@@ -1,6 +1,7 @@
 package parasite
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,28 @@ func (r *reads) optional(i int) (uint32, error) {
 	return uint32(ret), err
 }
 
+// mempolicy is the thread's NUMA memory policy, nil for the default (and
+// on a kernel without NUMA: ENOSYS).
+func (r *threadReads) mempolicy() (*pb.Mempolicy, error) {
+	_, mode, err := r.result(r.polMode)
+	if errors.Is(err, unix.ENOSYS) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, nodes, err := r.result(r.polNodes)
+	if err != nil {
+		return nil, err
+	}
+	m := int32(binary.LittleEndian.Uint32(mode))
+	if m == 0 { // MPOL_DEFAULT
+		return nil, nil
+	}
+	nodes = bytes.TrimRight(nodes, "\x00")
+	return &pb.Mempolicy{Mode: m, Nodes: append([]byte(nil), nodes...)}, nil
+}
+
 // threadReads plans what is read from inside one thread: its
 // clear_child_tid address, alternate signal stack, parent-death signal,
 // securebits and timer slack, and in the thread group leader the process's
@@ -60,8 +83,13 @@ type threadReads struct {
 	pid, tid                                 int
 	tidAddr, altstack, pdeath, secure, slack int
 	ssb, ibrs                                int
+	polMode, polNodes                        int
 	proc                                     *processReads
 }
+
+// nodeMaskBits is the node mask size asked of get_mempolicy: at least the
+// kernel's MAX_NUMNODES (1 << CONFIG_NODES_SHIFT, at most 1024).
+const nodeMaskBits = 1024
 
 func planThread(pid, tid int, leader bool) (*threadReads, error) {
 	r := &threadReads{pid: pid, tid: tid}
@@ -72,6 +100,8 @@ func planThread(pid, tid int, leader bool) (*threadReads, error) {
 	r.slack = r.add("prctl(PR_GET_TIMERSLACK)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_TIMERSLACK)
 	r.ssb = r.add("prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_STORE_BYPASS)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SPECULATION_CTRL, unix.PR_SPEC_STORE_BYPASS)
 	r.ibrs = r.add("prctl(PR_GET_SPECULATION_CTRL, PR_SPEC_INDIRECT_BRANCH)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_SPECULATION_CTRL, unix.PR_SPEC_INDIRECT_BRANCH)
+	r.polMode = r.add("get_mempolicy(mode)", 4, 0, unix.SYS_GET_MEMPOLICY)
+	r.polNodes = r.add("get_mempolicy(nodes)", nodeMaskBits/8, 1, unix.SYS_GET_MEMPOLICY, 0, 0, nodeMaskBits)
 	if leader {
 		var err error
 		if r.proc, err = planProcess(&r.reads, pid); err != nil {
@@ -114,6 +144,9 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 		return nil, err
 	}
 	if ti.SpecIndirectBranch, err = r.optional(r.ibrs); err != nil {
+		return nil, err
+	}
+	if ti.Mempolicy, err = r.mempolicy(); err != nil {
 		return nil, err
 	}
 	if r.proc == nil {

@@ -684,8 +684,9 @@ type ThreadInside struct {
 	TimerslackNs uint64                 `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
 	// PR_GET_SPECULATION_CTRL of PR_SPEC_STORE_BYPASS and of
 	// PR_SPEC_INDIRECT_BRANCH: PR_SPEC_* bits, 0 where the kernel cannot tell.
-	SpecStoreBypass    uint32 `protobuf:"varint,8,opt,name=spec_store_bypass,json=specStoreBypass,proto3" json:"spec_store_bypass,omitempty"`
-	SpecIndirectBranch uint32 `protobuf:"varint,9,opt,name=spec_indirect_branch,json=specIndirectBranch,proto3" json:"spec_indirect_branch,omitempty"`
+	SpecStoreBypass    uint32     `protobuf:"varint,8,opt,name=spec_store_bypass,json=specStoreBypass,proto3" json:"spec_store_bypass,omitempty"`
+	SpecIndirectBranch uint32     `protobuf:"varint,9,opt,name=spec_indirect_branch,json=specIndirectBranch,proto3" json:"spec_indirect_branch,omitempty"`
+	Mempolicy          *Mempolicy `protobuf:"bytes,10,opt,name=mempolicy,proto3" json:"mempolicy,omitempty"` // absent for the default policy
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -783,6 +784,66 @@ func (x *ThreadInside) GetSpecIndirectBranch() uint32 {
 	return 0
 }
 
+func (x *ThreadInside) GetMempolicy() *Mempolicy {
+	if x != nil {
+		return x.Mempolicy
+	}
+	return nil
+}
+
+// Mempolicy is a thread's NUMA memory policy (get_mempolicy(2)).
+type Mempolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          int32                  `protobuf:"varint,1,opt,name=mode,proto3" json:"mode,omitempty"`  // MPOL_* with its MPOL_F_* mode flags
+	Nodes         []byte                 `protobuf:"bytes,2,opt,name=nodes,proto3" json:"nodes,omitempty"` // the node mask, little-endian words, node n at bit n
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mempolicy) Reset() {
+	*x = Mempolicy{}
+	mi := &file_state_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mempolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mempolicy) ProtoMessage() {}
+
+func (x *Mempolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mempolicy.ProtoReflect.Descriptor instead.
+func (*Mempolicy) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Mempolicy) GetMode() int32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *Mempolicy) GetNodes() []byte {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // Itimer is one of setitimer(2)'s interval timers.
 type Itimer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -795,7 +856,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +868,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +881,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -861,7 +922,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +934,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +947,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -967,7 +1028,7 @@ type ProcessInside struct {
 
 func (x *ProcessInside) Reset() {
 	*x = ProcessInside{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1040,7 @@ func (x *ProcessInside) String() string {
 func (*ProcessInside) ProtoMessage() {}
 
 func (x *ProcessInside) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1053,7 @@ func (x *ProcessInside) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInside.ProtoReflect.Descriptor instead.
 func (*ProcessInside) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ProcessInside) GetPid() uint32 {
@@ -1124,7 +1185,7 @@ const file_state_proto_rawDesc = "" +
 	"\vSigaltstack\x12\x0e\n" +
 	"\x02sp\x18\x01 \x01(\x04R\x02sp\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\"\xda\x02\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\"\x8a\x03\n" +
 	"\fThreadInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03tid\x18\x02 \x01(\rR\x03tid\x124\n" +
@@ -1136,7 +1197,12 @@ const file_state_proto_rawDesc = "" +
 	"\apending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\apending\x12#\n" +
 	"\rtimerslack_ns\x18\a \x01(\x04R\ftimerslackNs\x12*\n" +
 	"\x11spec_store_bypass\x18\b \x01(\rR\x0fspecStoreBypass\x120\n" +
-	"\x14spec_indirect_branch\x18\t \x01(\rR\x12specIndirectBranch\"Z\n" +
+	"\x14spec_indirect_branch\x18\t \x01(\rR\x12specIndirectBranch\x12.\n" +
+	"\tmempolicy\x18\n" +
+	" \x01(\v2\x10.cr.v1.MempolicyR\tmempolicy\"5\n" +
+	"\tMempolicy\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\x05R\x04mode\x12\x14\n" +
+	"\x05nodes\x18\x02 \x01(\fR\x05nodes\"Z\n" +
 	"\x06Itimer\x12\x14\n" +
 	"\x05which\x18\x01 \x01(\rR\x05which\x12\x1f\n" +
 	"\vinterval_ns\x18\x02 \x01(\x04R\n" +
@@ -1179,7 +1245,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_state_proto_goTypes = []any{
 	(*SchedAttr)(nil),     // 0: cr.v1.SchedAttr
 	(*Creds)(nil),         // 1: cr.v1.Creds
@@ -1190,9 +1256,10 @@ var file_state_proto_goTypes = []any{
 	(*Siginfo)(nil),       // 6: cr.v1.Siginfo
 	(*Sigaltstack)(nil),   // 7: cr.v1.Sigaltstack
 	(*ThreadInside)(nil),  // 8: cr.v1.ThreadInside
-	(*Itimer)(nil),        // 9: cr.v1.Itimer
-	(*PosixTimer)(nil),    // 10: cr.v1.PosixTimer
-	(*ProcessInside)(nil), // 11: cr.v1.ProcessInside
+	(*Mempolicy)(nil),     // 9: cr.v1.Mempolicy
+	(*Itimer)(nil),        // 10: cr.v1.Itimer
+	(*PosixTimer)(nil),    // 11: cr.v1.PosixTimer
+	(*ProcessInside)(nil), // 12: cr.v1.ProcessInside
 }
 var file_state_proto_depIdxs = []int32{
 	0,  // 0: cr.v1.ThreadState.sched:type_name -> cr.v1.SchedAttr
@@ -1201,14 +1268,15 @@ var file_state_proto_depIdxs = []int32{
 	4,  // 3: cr.v1.ProcessState.rlimits:type_name -> cr.v1.Rlimit
 	7,  // 4: cr.v1.ThreadInside.sigaltstack:type_name -> cr.v1.Sigaltstack
 	6,  // 5: cr.v1.ThreadInside.pending:type_name -> cr.v1.Siginfo
-	9,  // 6: cr.v1.ProcessInside.itimers:type_name -> cr.v1.Itimer
-	10, // 7: cr.v1.ProcessInside.posix_timers:type_name -> cr.v1.PosixTimer
-	6,  // 8: cr.v1.ProcessInside.shared_pending:type_name -> cr.v1.Siginfo
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	9,  // 6: cr.v1.ThreadInside.mempolicy:type_name -> cr.v1.Mempolicy
+	10, // 7: cr.v1.ProcessInside.itimers:type_name -> cr.v1.Itimer
+	11, // 8: cr.v1.ProcessInside.posix_timers:type_name -> cr.v1.PosixTimer
+	6,  // 9: cr.v1.ProcessInside.shared_pending:type_name -> cr.v1.Siginfo
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -1223,7 +1291,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -29,7 +29,7 @@ import (
 //	  no_new_privs needs it)
 //	per thread (lastThreadStates, the leader last):
 //	  credentials, no_new_privs, parent-death signal, speculation
-//	  mitigations (prctl), seccomp strict mode;
+//	  mitigations (prctl), NUMA memory policy, seccomp strict mode;
 //	  in the leader also dumpable, which every credential change resets
 //
 // Timers come late so that little of their remaining time passes during
@@ -231,11 +231,30 @@ func threadLast(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error) 
 	}
 	if ti != nil {
 		calls = append(calls, speculationCalls(tid, ti)...)
+		if ti.Mempolicy != nil {
+			calls = append(calls, mempolicyCall(s, tid, ti.Mempolicy))
+		}
 	}
 	if ts != nil && ts.SeccompMode == 1 {
 		calls = append(calls, sc(fmt.Sprintf("tid %d: seccomp strict mode", tid), unix.SYS_SECCOMP, sys.SeccompSetModeStrict, 0, 0))
 	}
 	return calls, nil
+}
+
+// mempolicyCall gives the thread its NUMA memory policy back, last: the
+// restore's own allocations in the thread are not bound by it. A node the
+// machine lacks makes set_mempolicy fail, and the restore with it.
+func mempolicyCall(s *scratchWriter, tid uint32, p *pb.Mempolicy) call {
+	nodes := append([]byte(nil), p.Nodes...)
+	for len(nodes)%8 != 0 {
+		nodes = append(nodes, 0) // the kernel reads whole words
+	}
+	var mask, maxnode uint64
+	if len(nodes) > 0 {
+		// set_mempolicy reads maxnode - 1 bits.
+		mask, maxnode = s.put(nodes), uint64(len(nodes))*8+1
+	}
+	return sc(fmt.Sprintf("tid %d: set_mempolicy %#x", tid, p.Mode), unix.SYS_SET_MEMPOLICY, uint64(uint32(p.Mode)), mask, maxnode)
 }
 
 // speculationCalls give the thread back the speculation mitigations it

@@ -27,7 +27,7 @@ func TestStateParasiteBatch(t *testing.T) {
 		{"sigstate", nil}, {"procstate", nil}, {"creds", nil},
 		{"seccomp-filter", []string{"nnp"}}, {"seccomp-strict", nil},
 		{"threadstate", nil}, {"treestate", nil},
-		{"mlockall", []string{"future"}}, {"mlockall", []string{"onfault"}}, {"mitigations", nil},
+		{"mlockall", []string{"future"}}, {"mlockall", []string{"onfault"}}, {"mitigations", nil}, {"numapol", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startStateProg(t, tc.name, tc.args...)

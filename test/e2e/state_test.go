@@ -421,6 +421,14 @@ func TestMitigations(t *testing.T) {
 	p.terminate(at)
 }
 
+// TestNumaPolicy: each thread's NUMA memory policy (mode, mode flags,
+// nodes) comes back (test/progs/numapol.c).
+func TestNumaPolicy(t *testing.T) {
+	p := startStateProg(t, "numapol")
+	_, at := dumpKillRestore(t, p)
+	p.terminate(at)
+}
+
 // TestVmaPkeyRefused: memory with a protection key of its own is refused
 // at dump time, naming the process and the mapping, and the process goes
 // on running.
