@@ -60,14 +60,7 @@ func (d *dumper) dumpPidfd(e *entry, rec *pb.FileDesc) error {
 	if !ok || err != nil {
 		return cannot(e, "fdinfo Pid %q: %v", v, errFdinfoSyntax)
 	}
-	var of, threadOf *pb.Process
-	for _, p := range d.procs {
-		if int(p.Pid) == n {
-			of = p
-		} else if slices.Contains(p.Threads, uint32(n)) {
-			threadOf = p
-		}
-	}
+	of, threadOf := d.owner(n)
 	switch {
 	case threadOf != nil:
 		return cannot(e, "it refers to thread %d of pid %d (PIDFD_THREAD), which a restore creates after the files", n, threadOf.Pid)
@@ -78,6 +71,20 @@ func (d *dumper) dumpPidfd(e *entry, rec *pb.FileDesc) error {
 	}
 	rec.Pidfd = &pb.PidfdState{Pid: uint32(n)}
 	return nil
+}
+
+// owner finds the process of the dump whose pid is n, or else the one that
+// has n as one of its other threads.
+func (d *dumper) owner(n int) (proc, threadOf *pb.Process) {
+	for _, p := range d.procs {
+		if int(p.Pid) == n {
+			return p, nil
+		}
+		if slices.Contains(p.Threads, uint32(n)) {
+			threadOf = p
+		}
+	}
+	return nil, threadOf
 }
 
 // dumpSignalfd: "sigmask" (hex).

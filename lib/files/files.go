@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -372,14 +371,10 @@ func (d *dumper) procPidFile(e *entry, path string) error {
 	if err != nil {
 		return nil // /proc/meminfo, /proc/sys/...: their inodes stay
 	}
-	var of *pb.Process
+	of, threadOf := d.owner(n)
 	why := ""
-	for _, p := range d.procs {
-		if int(p.Pid) == n {
-			of = p
-		} else if slices.Contains(p.Threads, uint32(n)) {
-			why = fmt.Sprintf("thread %d of process %d", n, p.Pid)
-		}
+	if threadOf != nil {
+		why = fmt.Sprintf("thread %d of process %d", n, threadOf.Pid)
 	}
 	if task, ok := strings.CutPrefix(below, "task/"); ok && of != nil {
 		if tid, _, _ := strings.Cut(task, "/"); tid != first {
