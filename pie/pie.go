@@ -1,6 +1,7 @@
 // Package pie embeds the restorer blob (restorer.elf, built from
 // restorer.c by `make pie` and committed so that `go build` needs no C
-// toolchain) and tells where its entry points are.
+// toolchain) and tells where its entry points are, and cr-pages' page
+// lender (lend.bin, from lend.c, the same way).
 package pie
 
 import (
@@ -13,6 +14,13 @@ import (
 
 //go:embed restorer.elf
 var restorer []byte
+
+//go:embed lend.bin
+var lend []byte
+
+// Lend returns the page lender's code (pie/src/lend.c), a flat position
+// independent binary whose entry point is its first byte.
+func Lend() []byte { return lend }
 
 // Restorer returns the restorer ELF image.
 func Restorer() []byte { return restorer }

@@ -8,24 +8,31 @@ import (
 	"testing"
 )
 
-// TestCommittedBlobIsCurrent rebuilds the restorer with gcc and compares it
-// with the committed restorer.elf: the blob must be reproducible from source.
+// TestCommittedBlobIsCurrent rebuilds the blobs with gcc and compares them
+// with the committed restorer.elf and lend.bin: they must be reproducible
+// from source.
 func TestCommittedBlobIsCurrent(t *testing.T) {
 	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("gcc not installed: cannot rebuild the restorer blob (make test installs it)")
+		t.Skip("gcc not installed: cannot rebuild the blobs (make test installs it)")
 	}
-	out := filepath.Join(t.TempDir(), "restorer.elf")
-	cmd := exec.Command("make", "-s", "-B", "OUT="+out)
+	dir := t.TempDir()
+	out, lend := filepath.Join(dir, "restorer.elf"), filepath.Join(dir, "lend.bin")
+	cmd := exec.Command("make", "-s", "-B", "OUT="+out, "LEND="+lend)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("make: %v", err)
 	}
-	got, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, Restorer()) {
-		t.Fatal("pie/restorer.elf differs from a rebuild of pie/src/restorer.c: run `make pie` and commit the result")
+	for _, b := range []struct {
+		path, name string
+		committed  []byte
+	}{{out, "restorer.elf", Restorer()}, {lend, "lend.bin", Lend()}} {
+		got, err := os.ReadFile(b.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, b.committed) {
+			t.Errorf("pie/%s differs from a rebuild of its source in pie/src: run `make pie` and commit the result", b.name)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/sys"
+	"crpipe/pie"
 )
 
 // Call is one system call of a batch. With Out > 0 it gets an output
@@ -174,10 +175,19 @@ func (st *Stub) setup(s *Session) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.WriteAt(stubCode, int64(st.base)); err != nil {
+	if _, err := f.WriteAt(codePage(), int64(st.base)); err != nil {
 		return fmt.Errorf("tid %d: write the batch stub: %w", s.tid, err)
 	}
 	return nil
+}
+
+// codePage is what the stub's code page holds: the batch runner, and the
+// page lender (lend.go) at lendCodeOffset.
+func codePage() []byte {
+	b := make([]byte, lendCodeOffset+len(pie.Lend()))
+	copy(b, stubCode)
+	copy(b[lendCodeOffset:], pie.Lend())
+	return b
 }
 
 // Mapping is the stub's mapping [base, base+size), and a page of it that

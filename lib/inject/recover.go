@@ -40,16 +40,21 @@ const (
 // recovery's test).
 var faultDieInStub = os.Getenv("CRPIPE_FAULT") == "parasite-dies-in-stub"
 
-func recordsSize(n int) uint64 { return (16 + uint64(n)*recordSize + 4095) &^ 4095 }
+// recordsHead: the magic, the number of records, and the page lender's
+// mapping (address, size) and pipe fds (read, write) while one is set up
+// (zeros otherwise; lend.go).
+const recordsHead = 48
+
+func recordsSize(n int) uint64 { return (recordsHead + uint64(n)*recordSize + 4095) &^ 4095 }
 
 // records lays out the recovery records of sessions.
 func records(sessions []*Session) []byte {
 	le := binary.LittleEndian
-	b := make([]byte, 16+len(sessions)*recordSize)
+	b := make([]byte, recordsHead+len(sessions)*recordSize)
 	le.PutUint64(b, recordMagic)
 	le.PutUint64(b[8:], uint64(len(sessions)))
 	for i, s := range sessions {
-		r := b[16+i*recordSize:]
+		r := b[recordsHead+i*recordSize:]
 		le.PutUint64(r, uint64(s.tid))
 		le.PutUint64(r[8:], s.mask)
 		le.PutUint64(r[16:], s.rseqCsAddr)
@@ -67,10 +72,10 @@ type record struct {
 
 // findStub looks for a stub left in pid: a page of anonymous r-x memory
 // holding stubCode, followed by its data and the magic of its records.
-func findStub(pid int) (base uint64, recs []record, err error) {
+func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) {
 	maps, err := proc.ReadMaps(pid)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, lent, err
 	}
 	code := make([]byte, len(stubCode))
 	for i, m := range maps {
@@ -78,23 +83,25 @@ func findStub(pid int) (base uint64, recs []record, err error) {
 			continue
 		}
 		data := maps[i+1]
-		if data.Start != m.End || data.Path != "" || !data.Write || data.End-data.Start < stubDataSize+16 {
+		if data.Start != m.End || data.Path != "" || !data.Write || data.End-data.Start < stubDataSize+recordsHead {
 			continue
 		}
 		if ReadMem(pid, m.Start, code) != nil || !bytes.Equal(code, stubCode) {
 			continue
 		}
-		var head [16]byte
-		if ReadMem(pid, m.Start+stubSize, head[:]) != nil || binary.LittleEndian.Uint64(head[:]) != recordMagic {
+		var head [recordsHead]byte
+		le := binary.LittleEndian
+		if ReadMem(pid, m.Start+stubSize, head[:]) != nil || le.Uint64(head[:]) != recordMagic {
 			continue
 		}
-		n := binary.LittleEndian.Uint64(head[8:])
-		if n > maxRecords || m.Start+stubSize+16+n*recordSize > data.End {
-			return 0, nil, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
+		n := le.Uint64(head[8:])
+		if n > maxRecords || m.Start+stubSize+recordsHead+n*recordSize > data.End {
+			return 0, nil, lent, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
 		}
+		lent = lenderLeft{base: le.Uint64(head[16:]), size: le.Uint64(head[24:]), fds: [2]int64{int64(le.Uint64(head[32:])), int64(le.Uint64(head[40:]))}}
 		b := make([]byte, n*recordSize)
-		if err := ReadMem(pid, m.Start+stubSize+16, b); err != nil {
-			return 0, nil, err
+		if err := ReadMem(pid, m.Start+stubSize+recordsHead, b); err != nil {
+			return 0, nil, lent, err
 		}
 		for k := range int(n) {
 			r := b[k*recordSize:]
@@ -103,9 +110,16 @@ func findStub(pid int) (base uint64, recs []record, err error) {
 			copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec.regs)), unsafe.Sizeof(rec.regs)), r[32:])
 			recs = append(recs, rec)
 		}
-		return m.Start, recs, nil
+		return m.Start, recs, lent, nil
 	}
-	return 0, nil, nil
+	return 0, nil, lent, nil
+}
+
+// lenderLeft is a page lender's mapping and pipe fds, as recorded (size 0:
+// none).
+type lenderLeft struct {
+	base, size uint64
+	fds        [2]int64
 }
 
 // allBlocked is a signal mask with every signal blocked, as the kernel
@@ -116,7 +130,7 @@ const allBlocked = ^uint64(0) &^ (1<<(unix.SIGKILL-1) | 1<<(unix.SIGSTOP-1))
 // stub, and unmaps the stub. It reports whether there was one. pid must
 // not be frozen (the unmap runs in it), nor traced.
 func RecoverStub(pid int) (bool, error) {
-	base, recs, err := findStub(pid)
+	base, recs, lent, err := findStub(pid)
 	if err != nil || base == 0 {
 		return false, err
 	}
@@ -145,6 +159,21 @@ func RecoverStub(pid int) (bool, error) {
 		} else if s.mask == allBlocked {
 			// Its own code, with the signals the session blocked.
 			s.mask = rec.mask
+		}
+	}
+	if len(sessions) > 0 && lent.size != 0 {
+		// The lender's pipe and mapping go first, like its stub.
+		for _, fd := range lent.fds {
+			if fd >= 0 {
+				sessions[0].Syscall(unix.SYS_CLOSE, uint64(fd))
+			}
+		}
+		ret, err := sessions[0].Syscall(unix.SYS_MUNMAP, lent.base, lent.size)
+		if err == nil {
+			err = Errno(ret)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pid %d: munmap of the page lender left at %#x: %w", pid, lent.base, err))
 		}
 	}
 	if len(sessions) > 0 {

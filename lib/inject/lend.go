@@ -1,0 +1,302 @@
+package inject
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/cpu"
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
+)
+
+// A Lender sends a stopped process's own pages to the dumper without a
+// copy: code run in one of its threads (pie/src/lend.c, kept in the Stub's
+// code page) checksums runs of its memory, leaves out pages of zeros, and
+// puts the pages themselves into a pipe with vmsplice(2). The dumper reads
+// each frame's descriptor (Next) and passes the frame on from Pipe with
+// splice, so the bytes are never copied in user space, and read once, by
+// the checksum. process_vm_readv, by contrast, copies every byte and the
+// dumper then reads the copy again for the checksum.
+//
+// The pipe refers to the process's pages, not to copies: whoever reads the
+// image from a pipe downstream sees the memory as it is then. So lending is
+// only for a dump after which the process is killed, or stays frozen until
+// the image is read (cr-pages --lend), and only for private anonymous
+// memory, which nothing outside the process can write.
+//
+// The memory the lender needs (its control block, the runs, the frame
+// ring and a stack) is a mapping of its own, and the pipe two fds of the
+// process; both are recorded with the stub's recovery records, so that a
+// dumper that dies while lending leaves nothing behind either (RecoverStub).
+type Lender struct {
+	st       *Stub
+	s        *Session
+	base     uint64 // the lender's mapping
+	size     uint64
+	fdW, fdR int      // the pipe's ends in the process
+	Pipe     *os.File // the read end, in this process
+}
+
+// The lender's mapping: control block, runs, frame ring, stack.
+const (
+	lendCodeOffset = 1024 // of the lender's code in the stub's code page
+	lendCtlSize    = 128
+	lendRunSize    = 24
+	lendFrameSize  = 40
+	lendRing       = 512 // frames; the pipe (at most 256 pages) bounds how far the code runs ahead
+	lendStack      = 16 << 10
+	// MaxLendRuns is how many runs one Lend takes.
+	MaxLendRuns = 4096
+	lendSize    = (lendCtlSize + MaxLendRuns*lendRunSize + lendRing*lendFrameSize + lendStack + 4095) &^ 4095
+	lendPipe    = 1 << 20
+)
+
+// LendUsable says whether this machine can run the lender (its checksum
+// uses SSE 4.2's crc32).
+func LendUsable() bool { return cpu.X86.HasSSE42 }
+
+// LendRun is a run of whole pages to send; with Zero, pages of zeros are
+// left out.
+type LendRun struct {
+	Addr, Len uint64
+	Zero      bool
+}
+
+// LendFrame is one frame the lender put into the pipe: Len bytes from
+// Addr, whose CRC-32C is that of [0,Split), [Split,2·Split) and
+// [2·Split,Len) combined.
+type LendFrame struct {
+	Addr, Len, Split uint64
+	Sums             [3]uint32
+}
+
+// NewLender maps the lender's memory and makes its pipe in the process of
+// s's thread (at an event stop), through st.
+func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
+	calls := []Call{
+		{Nr: unix.SYS_MMAP, Args: [6]uint64{0, lendSize, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS, ^uint64(0), 0}},
+		{Nr: unix.SYS_PIPE2, Args: [6]uint64{0, unix.O_CLOEXEC}, Out: 8, OutArg: 0},
+	}
+	if err := st.Run(s, calls); err != nil {
+		return nil, err
+	}
+	if err := Errno(calls[0].Ret); err != nil {
+		return nil, fmt.Errorf("pid %d: mmap for the page lender: %w", pid, err)
+	}
+	l = &Lender{st: st, s: s, base: uint64(calls[0].Ret), size: lendSize, fdR: -1, fdW: -1}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, l.Close())
+		}
+	}()
+	if err := Errno(calls[1].Ret); err != nil {
+		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w", pid, err)
+	}
+	l.fdR = int(int32(binary.LittleEndian.Uint32(calls[1].Result)))
+	l.fdW = int(int32(binary.LittleEndian.Uint32(calls[1].Result[4:])))
+	if err := WriteMem(s.tid, st.base+stubSize+16, l.record()); err != nil {
+		return l, err
+	}
+	// Fewer, larger moves; a process under a smaller pipe-max-size keeps
+	// the default.
+	if err := st.Run(s, []Call{{Nr: unix.SYS_FCNTL, Args: [6]uint64{uint64(l.fdW), unix.F_SETPIPE_SZ, lendPipe}}}); err != nil {
+		return l, err
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return l, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, l.fdR, 0)
+	if err != nil {
+		return l, fmt.Errorf("pid %d: pidfd_getfd of the lender's pipe: %w", pid, err)
+	}
+	l.Pipe = os.NewFile(uintptr(fd), fmt.Sprintf("pid %d's page pipe", pid))
+	return l, nil
+}
+
+// record is what RecoverStub needs to undo the lender: its mapping and
+// the pipe's fds.
+func (l *Lender) record() []byte {
+	b := make([]byte, 32)
+	le := binary.LittleEndian
+	le.PutUint64(b, l.base)
+	le.PutUint64(b[8:], l.size)
+	le.PutUint64(b[16:], uint64(int64(l.fdR)))
+	le.PutUint64(b[24:], uint64(int64(l.fdW)))
+	return b
+}
+
+// Close closes the pipe and unmaps the lender's memory, through the
+// stub's thread (at an event stop; Lending.Finish leaves it there).
+func (l *Lender) Close() error {
+	var errs []error
+	if l.Pipe != nil {
+		l.Pipe.Close()
+		l.Pipe = nil
+	}
+	var calls []Call
+	for _, fd := range []int{l.fdR, l.fdW} {
+		if fd >= 0 {
+			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: [6]uint64{uint64(fd)}})
+		}
+	}
+	calls = append(calls, Call{Nr: unix.SYS_MUNMAP, Args: [6]uint64{l.base, l.size}})
+	if err := l.s.toEventStop(); err != nil {
+		return err
+	}
+	if err := l.st.Run(l.s, calls); err != nil {
+		return err
+	}
+	for _, c := range calls {
+		if err := Errno(c.Ret); err != nil {
+			errs = append(errs, fmt.Errorf("tid %d: undoing the page lender (syscall %d): %w", l.s.tid, c.Nr, err))
+		}
+	}
+	l.fdR, l.fdW = -1, -1
+	if err := WriteMem(l.s.tid, l.st.base+stubSize+16, make([]byte, 32)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Lending is one run of the lender, started by Lend.
+type Lending struct {
+	l        *Lender
+	read     uint64 // frames taken by Next
+	produced uint64
+	done     bool
+	zeros    uint64
+	stop     *sys.Stop // an unexpected stop Next met, for Finish
+	ctl      [80]byte
+	frame    [lendFrameSize]byte
+}
+
+// Lend starts the lender on runs (at most MaxLendRuns), cutting frames of
+// at most maxFrame bytes. The caller takes the frames with Next, moves
+// each one's bytes out of Pipe, and ends with Finish. Lend and Finish are
+// ptrace requests: they must come from the thread that seized the task;
+// Next may come from any thread.
+func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
+	s := l.s
+	if len(runs) > MaxLendRuns {
+		return nil, fmt.Errorf("inject: %d runs to lend, at most %d", len(runs), MaxLendRuns)
+	}
+	if maxFrame == 0 || maxFrame%4096 != 0 {
+		return nil, fmt.Errorf("inject: frames of %d bytes", maxFrame)
+	}
+	if s.state != atEventStop && s.state != atSyscallExit {
+		return nil, fmt.Errorf("inject: tid %d is not at a stop where the lender can start", s.tid)
+	}
+	le := binary.LittleEndian
+	ctl := l.base
+	runsAt := ctl + lendCtlSize
+	ring := runsAt + MaxLendRuns*lendRunSize
+	b := make([]byte, lendCtlSize+len(runs)*lendRunSize)
+	le.PutUint64(b[8:], uint64(l.fdW))
+	le.PutUint64(b[16:], runsAt)
+	le.PutUint64(b[24:], uint64(len(runs)))
+	le.PutUint64(b[32:], ring)
+	le.PutUint64(b[40:], lendRing)
+	le.PutUint64(b[48:], maxFrame)
+	for i, r := range runs {
+		e := b[lendCtlSize+i*lendRunSize:]
+		le.PutUint64(e, r.Addr)
+		le.PutUint64(e[8:], r.Len)
+		if r.Zero {
+			le.PutUint64(e[16:], 1)
+		}
+	}
+	if err := WriteMem(s.tid, ctl, b); err != nil {
+		return nil, err
+	}
+	r := s.regs
+	r.Rip = l.st.base + lendCodeOffset
+	r.Rdi = ctl
+	r.Rsp = l.base + l.size // the top of the lender's stack, 16-byte aligned
+	r.Orig_rax = ^uint64(0)
+	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+		return nil, err
+	}
+	if err := sys.PtraceCont(s.tid, 0); err != nil {
+		s.state = elsewhere
+		return nil, err
+	}
+	s.state = running
+	return &Lending{l: l}, nil
+}
+
+// Next waits for the next frame; false when the lender is done.
+func (g *Lending) Next() (LendFrame, bool, error) {
+	le := binary.LittleEndian
+	s := g.l.s
+	for i := 0; ; i++ {
+		if g.read < g.produced {
+			ring := g.l.base + lendCtlSize + MaxLendRuns*lendRunSize
+			at := ring + (g.read%lendRing)*lendFrameSize
+			if err := ReadMem(s.tid, at, g.frame[:]); err != nil {
+				return LendFrame{}, false, err
+			}
+			g.read++
+			f := LendFrame{Addr: le.Uint64(g.frame[:]), Len: le.Uint64(g.frame[8:]), Split: le.Uint64(g.frame[16:])}
+			for k := range f.Sums {
+				f.Sums[k] = le.Uint32(g.frame[24+4*k:])
+			}
+			return f, true, nil
+		}
+		if g.done {
+			return LendFrame{}, false, nil
+		}
+		if err := ReadMem(s.tid, g.l.base, g.ctl[:]); err != nil {
+			return LendFrame{}, false, err
+		}
+		g.produced = le.Uint64(g.ctl[56:])
+		g.zeros = le.Uint64(g.ctl[64:])
+		if g.produced-g.read > lendRing {
+			return LendFrame{}, false, fmt.Errorf("tid %d: the page lender ran %d frames ahead of its ring", s.tid, g.produced-g.read)
+		}
+		if g.read < g.produced {
+			continue
+		}
+		if le.Uint64(g.ctl[0:]) == 1 {
+			g.done = true
+			if e := int64(le.Uint64(g.ctl[72:])); e != 0 {
+				return LendFrame{}, false, fmt.Errorf("tid %d: the page lender's vmsplice: %w", s.tid, Errno(e))
+			}
+			continue
+		}
+		if st, ok, err := sys.PtracePoll(s.tid); err != nil || ok {
+			if ok {
+				g.stop = &st
+				err = fmt.Errorf("tid %d: %v while lending pages: %w", s.tid, st, ErrUnexpectedStop)
+			}
+			return LendFrame{}, false, err
+		}
+		// The next frame's bytes follow its descriptor into the pipe;
+		// the first calls spin, as a frame's checksum takes well under
+		// a millisecond.
+		if i > 16 {
+			fds := []unix.PollFd{{Fd: int32(g.l.Pipe.Fd()), Events: unix.POLLIN}}
+			unix.Poll(fds, 1)
+		}
+	}
+}
+
+// Zeros is how many pages of zeros the lender left out so far.
+func (g *Lending) Zeros() uint64 { return g.zeros }
+
+// Finish brings the lender's thread back to an event stop: parked in
+// pause(2) after the last frame, or, when the caller gives up early,
+// wherever it is (a vmsplice waiting for room in the pipe included).
+func (g *Lending) Finish() error {
+	s := g.l.s
+	if g.stop != nil {
+		if err := s.stopped(*g.stop); s.state == gone {
+			return err
+		}
+	}
+	return s.toEventStop()
+}

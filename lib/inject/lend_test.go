@@ -1,0 +1,161 @@
+package inject
+
+import (
+	"bytes"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/internal/testprog"
+	"crpipe/lib/sys"
+)
+
+// TestLend lends 64 pages of a task, some of them written with zeros, in
+// frames of at most 4 pages, in two runs of 32: the frames (16: 1+2+5
+// between the zeros of the first run, 8 for the 31 pages of the second) cover exactly the pages that are
+// not zeros, each frame's bytes come through the pipe as the task has them,
+// each third's checksum is right, and afterwards the task has the same
+// registers, mappings, fds and stack, and goes on as before.
+func TestLend(t *testing.T) {
+	if !LendUsable() {
+		t.Skip("no SSE 4.2 crc32 on this CPU: the lender cannot run")
+	}
+	p := testprog.Start(t, "sleep", "2")
+	time.Sleep(200 * time.Millisecond)
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	seizeStop(t, p.Pid)
+	fdsBefore := fdList(t, p.Pid)
+	before := look(t, p.Pid)
+
+	s, err := Begin(p.Pid, insn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The memory to lend: 64 pages, filled from here.
+	const pages = 64
+	ret, err := s.Syscall(unix.SYS_MMAP, 0, pages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil || Errno(ret) != nil {
+		t.Fatal(ret, err)
+	}
+	area := uint64(ret)
+	want := make([]byte, pages*4096)
+	zeroPages := map[int]bool{0: true, 3: true, 10: true, 11: true, 12: true, 63: true}
+	for pg := range pages {
+		if zeroPages[pg] {
+			continue
+		}
+		for i := range 4096 {
+			want[pg*4096+i] = byte(pg*7 + i*13 + i>>8)
+		}
+	}
+	if err := WriteMem(p.Pid, area, want); err != nil { // zeros included: those pages are there, and zeros
+		t.Fatal(err)
+	}
+
+	st, err := MapStub(s, []*Session{s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.NewLender(s, p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base, _, lent, err := findStub(p.Pid); err != nil || base == 0 || lent.base != l.base || lent.fds != [2]int64{int64(l.fdR), int64(l.fdW)} {
+		t.Fatalf("the stub's records do not name the lender: %#x %+v, %v", base, lent, err)
+	}
+	g, err := l.Lend([]LendRun{{Addr: area, Len: 32 * 4096, Zero: true}, {Addr: area + 32*4096, Len: 32 * 4096, Zero: true}}, 4*4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	covered := make([]bool, pages)
+	var frames int
+	for {
+		f, ok, err := g.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		frames++
+		if f.Len == 0 || f.Len > 4*4096 || f.Addr < area || f.Addr+f.Len > area+pages*4096 {
+			t.Fatalf("frame %+v outside the runs, or too long", f)
+		}
+		got := make([]byte, f.Len)
+		if _, err := io.ReadFull(l.Pipe, got); err != nil {
+			t.Fatal(err)
+		}
+		off := f.Addr - area
+		if !bytes.Equal(got, want[off:off+f.Len]) {
+			t.Fatalf("frame at page %d: the pipe's bytes differ from the memory", off/4096)
+		}
+		parts := [][]byte{got[:f.Split], got[f.Split : 2*f.Split], got[2*f.Split:]}
+		for k, part := range parts {
+			if c := crc32.Checksum(part, crc32.MakeTable(crc32.Castagnoli)); c != f.Sums[k] {
+				t.Fatalf("frame at page %d, third %d: crc %08x, want %08x", off/4096, k, f.Sums[k], c)
+			}
+		}
+		for pg := off / 4096; pg < (off+f.Len)/4096; pg++ {
+			covered[pg] = true
+		}
+	}
+	if err := g.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	for pg := range pages {
+		if covered[pg] == zeroPages[pg] {
+			t.Errorf("page %d: zeros %v, sent %v", pg, zeroPages[pg], covered[pg])
+		}
+	}
+	if g.Zeros() != uint64(len(zeroPages)) || frames != 16 {
+		t.Errorf("%d pages of zeros left out, %d frames; want %d and 16", g.Zeros(), frames, len(zeroPages))
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Unmap(s); err != nil {
+		t.Fatal(err)
+	}
+	ret, err = s.Syscall(unix.SYS_MUNMAP, area, pages*4096)
+	if err != nil || Errno(ret) != nil {
+		t.Fatal(ret, err)
+	}
+	if err := s.End(nil); err != nil {
+		t.Fatal(err)
+	}
+	before.check(t, look(t, p.Pid))
+	if got := fdList(t, p.Pid); got != fdsBefore {
+		t.Errorf("fds %s, were %s", got, fdsBefore)
+	}
+	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
+		t.Fatalf("target: %q, %v", line, err)
+	}
+}
+
+func fdList(t *testing.T, pid int) string {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return strings.Join(names, " ")
+}

@@ -1,0 +1,164 @@
+/*
+ * lend: runs inside a frozen process that cr-pages dumps, on one of its
+ * threads (lib/inject/lend.go). It checksums runs of the process's own
+ * memory and puts the pages themselves into a pipe with vmsplice(2), so
+ * that they reach the image without a copy: the dumper never reads them.
+ *
+ * The tracer lays out a struct lend_ctl with the runs to send, points the
+ * thread at lend_entry with rdi = the ctl block and rsp = a stack of the
+ * tracer's, and lets it run with every signal blocked. For each run, page
+ * by page: pages of zeros are left out where the run allows it; the rest
+ * is cut into frames of at most max_frame bytes. A frame's descriptor
+ * (address, length, CRC-32C of its thirds) goes into the ring, then
+ * `produced` is raised, then the frame's pages go into the pipe, where the
+ * tracer reads them after the descriptor. At the end the entry code sets
+ * `done` and parks in pause(2), as the batch stub does.
+ *
+ * Freestanding: no libc, no globals, no absolute addresses; the flat binary
+ * (lend.bin) is copied into the stub's code page as it is.
+ */
+
+typedef unsigned long u64;
+typedef long i64;
+typedef unsigned int u32;
+
+struct lend_run {
+	u64 addr, len;
+	u64 zero; /* 1: pages of zeros may be left out */
+};
+
+struct lend_frame {
+	u64 addr, len;
+	u64 split;  /* the thirds: [0,split) [split,2 split) [2 split,len) */
+	u32 crc[3]; /* CRC-32C of each third */
+	u32 pad;
+};
+
+struct lend_ctl {
+	u64 done;     /* set by lend_entry at the end */
+	u64 fd;       /* the pipe's write end, in this process */
+	u64 runs;     /* struct lend_run[nruns] */
+	u64 nruns;
+	u64 ring;     /* struct lend_frame[ring_size], ring_size a power of 2 */
+	u64 ring_size;
+	u64 max_frame;
+	u64 produced; /* frames described so far */
+	u64 zeros;    /* pages of zeros left out */
+	i64 err;      /* a failed vmsplice's -errno */
+};
+
+struct iovec_ {
+	u64 base, len;
+};
+
+#define PAGE 4096UL
+#define NR_VMSPLICE 278
+#define EINTR 4
+#define EAGAIN 11
+
+void lend_entry(void);
+__asm__(".pushsection .text.start,\"ax\",@progbits\n"
+	".globl lend_entry\n"
+	"lend_entry:\n"
+	"	mov %rdi, %r13\n"
+	"	call lend_main\n"
+	"	movq $1, (%r13)\n"
+	"1:	mov $34, %eax\n" /* pause */
+	"	syscall\n"
+	"	jmp 1b\n"
+	".popsection\n");
+
+static i64 vmsplice_(u64 fd, struct iovec_ *iov)
+{
+	i64 ret;
+	register u64 r10 __asm__("r10") = 0;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "0"((u64)NR_VMSPLICE), "D"(fd), "S"(iov), "d"(1UL), "r"(r10)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+static inline u64 crc8(u64 c, u64 v)
+{
+	__asm__("crc32q %1, %0" : "+r"(c) : "rm"(v));
+	return c;
+}
+
+static int zero_page(const u64 *p)
+{
+	u64 acc = 0;
+	if (p[0])
+		return 0;
+	for (u64 i = 0; i < PAGE / 8; i += 4)
+		acc |= p[i] | p[i + 1] | p[i + 2] | p[i + 3];
+	return acc == 0;
+}
+
+/* Three interleaved streams keep the crc32 unit busy (its latency is three
+ * times its throughput); the tracer combines them. */
+static void checksum(struct lend_frame *f)
+{
+	const u64 *p = (const u64 *)f->addr;
+	u64 third = (f->len / 3) & ~7UL, n = third / 8, total = f->len / 8;
+	u64 a = ~0UL & 0xffffffff, b = a, c = a;
+	const u64 *q = p + n, *r = p + 2 * n;
+	for (u64 i = 0; i < n; i++) {
+		a = crc8(a, p[i]);
+		b = crc8(b, q[i]);
+		c = crc8(c, r[i]);
+	}
+	for (u64 i = 3 * n; i < total; i++)
+		c = crc8(c, p[i]);
+	f->split = third;
+	f->crc[0] = ~(u32)a;
+	f->crc[1] = ~(u32)b;
+	f->crc[2] = ~(u32)c;
+}
+
+static int emit(struct lend_ctl *ctl, u64 addr, u64 len)
+{
+	struct lend_frame *f = (struct lend_frame *)ctl->ring + (ctl->produced & (ctl->ring_size - 1));
+	f->addr = addr;
+	f->len = len;
+	checksum(f);
+	__asm__ volatile("" ::: "memory");
+	*(volatile u64 *)&ctl->produced = ctl->produced + 1;
+	while (len > 0) {
+		struct iovec_ iov = {addr, len};
+		i64 n = vmsplice_(ctl->fd, &iov);
+		if (n == -EINTR || n == -EAGAIN)
+			continue;
+		if (n <= 0) {
+			ctl->err = n ? n : -1;
+			return -1;
+		}
+		addr += n;
+		len -= n;
+	}
+	return 0;
+}
+
+void lend_main(struct lend_ctl *ctl)
+{
+	const struct lend_run *runs = (const struct lend_run *)ctl->runs;
+	for (u64 i = 0; i < ctl->nruns; i++) {
+		u64 at = runs[i].addr, end = at + runs[i].len, start = at;
+		for (; at < end; at += PAGE) {
+			if (runs[i].zero && zero_page((const u64 *)at)) {
+				if (at > start && emit(ctl, start, at - start))
+					return;
+				start = at + PAGE;
+				ctl->zeros++;
+				continue;
+			}
+			if (at + PAGE - start == ctl->max_frame) {
+				if (emit(ctl, start, at + PAGE - start))
+					return;
+				start = at + PAGE;
+			}
+		}
+		if (end > start && emit(ctl, start, end - start))
+			return;
+	}
+}
