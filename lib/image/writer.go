@@ -260,6 +260,13 @@ func (s *PagesSummer) Add(p []byte) {
 	s.n += int64(len(p))
 }
 
+// AddSum continues the checksum over the next n bytes of the contents,
+// given their own CRC-32C (computed elsewhere: cr-pages' page lender).
+func (s *PagesSummer) AddSum(crc uint32, n int64) {
+	s.crc = crcCombine(s.crc, crc, n)
+	s.n += n
+}
+
 // Sum is the checksum of the pages frame for h and the contents added.
 func (s *PagesSummer) Sum(h PagesHeader) uint32 {
 	var pre [PagesPreamble]byte
@@ -319,6 +326,38 @@ func x8nMod(n int64) uint32 {
 // splits it, and the buffer is then made of small pages for good.)
 func (w *Writer) WritePagesSummed(h PagesHeader, data []byte, sum uint32, donate bool) (donated bool, err error) {
 	return w.writePages(h, data, &sum, donate)
+}
+
+// WritePagesFrom writes a pages frame whose n bytes of contents are read
+// from src, moved to the output by move (a splice from a pipe passes page
+// references, the bytes never copied), with its checksum computed ahead.
+func (w *Writer) WritePagesFrom(h PagesHeader, n int, sum uint32, src io.Reader, move Mover) error {
+	if n%PageSize != 0 || h.Addr%PageSize != 0 {
+		return fmt.Errorf("image: pages at %#x: %d bytes is not whole aligned pages", h.Addr, n)
+	}
+	if PagesPreamble+n > MaxPagesPayload {
+		return fmt.Errorf("image: %s payload of %d bytes exceeds %d: %w", TypePages, PagesPreamble+n, MaxPagesPayload, ErrTooLarge)
+	}
+	if w.closed {
+		return fmt.Errorf("image: write after close")
+	}
+	var pre [PagesPreamble]byte
+	putPagesPreamble(pre[:], h)
+	hdr := pagesHeader(n, sum)
+	w.bw.Write(hdr[:])
+	w.bw.Write(pre[:])
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	dst := w.out
+	if w.lz != nil {
+		dst = w.lz
+	}
+	if _, err := move(dst, src, int64(n)); err != nil {
+		return err
+	}
+	w.counts.add(TypePages, PagesPreamble+n)
+	return nil
 }
 
 func pagesHeader(n int, sum uint32) [FrameHeaderSize]byte {

@@ -27,6 +27,10 @@ type Options struct {
 	// GhostLimit is the largest deleted mapped file whose contents go
 	// into the image (--ghost-limit); a bigger one is refused.
 	GhostLimit int64
+	// Lend has the larger processes lend their private anonymous pages
+	// instead of their being copied (lend.go): for a dump whose processes
+	// are killed, or stay frozen, until the image is read to the end.
+	Lend bool
 }
 
 var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}

@@ -22,6 +22,7 @@ package pages
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -36,12 +37,14 @@ import (
 // Command is the cr-pages command.
 func Command() *cli.App {
 	return stage.FilterCommand("cr-pages", "append the memory mappings and page contents of every frozen process in the stream",
-		[]cli.Flag{stage.GhostLimitFlag}, func(c *cli.Context) (stage.Filter, error) {
+		[]cli.Flag{stage.GhostLimitFlag, &cli.BoolFlag{Name: "lend", Usage: "have large processes put their own pages into the stream instead of copies " +
+			"(faster; the stream then refers to their memory until it is read: only for a dump whose processes are killed, or stay frozen, until the image is read to the end, as cr-dump does)"}},
+		func(c *cli.Context) (stage.Filter, error) {
 			limit, err := stage.GhostLimit(c)
 			if err != nil {
 				return stage.Filter{}, err
 			}
-			return FilterWith(Options{GhostLimit: limit}), nil
+			return FilterWith(Options{GhostLimit: limit, Lend: c.Bool("lend")}), nil
 		})
 }
 
@@ -55,11 +58,25 @@ func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	return stage.Filter{
 		Observe: up.Observe,
-		Finish: func(w *image.Writer) error {
+		Finish: func(w *image.Writer) (err error) {
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
-			err := stream(w, up.Procs, newGhosts(opts, up), func(p *pb.Process, st Stats) {
+			var ls *lenders
+			if opts.Lend {
+				if err := up.NeedFreeze(); err != nil {
+					return err
+				}
+				if ls, err = startLenders(up.Freeze, up.Procs); err != nil {
+					return err
+				}
+				defer func() {
+					if cerr := ls.close(); cerr != nil {
+						err = errors.Join(err, cerr)
+					}
+				}()
+			}
+			err = stream(w, up.Procs, newGhosts(opts, up), ls, func(p *pb.Process, st Stats) {
 				mib := float64(st.Pages) * image.PageSize / (1 << 20)
 				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB; %d of zeros left out) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Zero, st.Frames,
 					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)

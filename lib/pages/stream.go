@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
+	"crpipe/lib/inject"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 )
@@ -47,8 +48,16 @@ type batch struct {
 type item struct {
 	start *prepared
 	b     *batch
+	lent  *lentBatch
 	end   *prepared
 	err   error
+}
+
+// lentBatch is a run of pages a process lends (lend.go) instead of their
+// being copied.
+type lentBatch struct {
+	pid  int
+	runs []inject.LendRun
 }
 
 var errStopped = errors.New("stopped")
@@ -56,13 +65,16 @@ var errStopped = errors.New("stopped")
 // reader assigns runs to batches in a goroutine of its own, and hands each
 // full batch to the copiers (work) and, in order, to the writer (order).
 type reader struct {
-	pid   int
-	vmas  []vma
-	free  <-chan *batch
-	work  chan<- *batch
-	order chan<- item
-	done  <-chan struct{}
-	cur   *batch
+	pid     int
+	lend    bool   // the process lends its private anonymous pages
+	keepOut uint64 // a page that is copied all the same (lend.go)
+	lent    *lentBatch
+	vmas    []vma
+	free    <-chan *batch
+	work    chan<- *batch
+	order   chan<- item
+	done    <-chan struct{}
+	cur     *batch
 }
 
 // copier reads batches' pages from the process: several run at once, one
@@ -84,6 +96,31 @@ func (rd *reader) add(r run) error {
 	// (Not in a private file mapping, where it would read as the file's
 	// bytes, nor in shared memory.)
 	zero := rd.vmas[r.vma].scan == scanAnon
+	if !rd.lend || !zero || viaMem {
+		return rd.addCopied(start, left, r.vma, viaMem, zero)
+	}
+	if p := rd.keepOut; p >= start && p < start+left {
+		// The page the kernel writes while the lender runs (its thread's
+		// rseq area) is copied: lent, it could change between the
+		// checksum and the read.
+		if err := rd.addLent(start, p-start); err != nil {
+			return err
+		}
+		if err := rd.addCopied(p, image.PageSize, r.vma, viaMem, zero); err != nil {
+			return err
+		}
+		left -= p + image.PageSize - start
+		start = p + image.PageSize
+	}
+	return rd.addLent(start, left)
+}
+
+// addCopied adds the range [start, start+left) of VMA vma to the batches
+// to copy.
+func (rd *reader) addCopied(start, left uint64, vma uint32, viaMem, zero bool) error {
+	if err := rd.flushLent(); err != nil { // the stream keeps the order of the runs
+		return err
+	}
 	for left > 0 {
 		if rd.cur == nil {
 			select {
@@ -97,16 +134,16 @@ func (rd *reader) add(r run) error {
 		b := rd.cur
 		space := uint64(len(b.buf) - b.used)
 		if space == 0 || len(b.pieces) == iovMax {
-			if err := rd.flush(); err != nil {
+			if err := rd.flushCopied(); err != nil {
 				return err
 			}
 			continue
 		}
 		n := min(space, left)
-		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == r.vma && b.pieces[k].mem == viaMem && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
+		if k := len(b.pieces) - 1; k >= 0 && b.pieces[k].vma == vma && b.pieces[k].mem == viaMem && b.pieces[k].addr+uint64(b.pieces[k].n) == start {
 			b.pieces[k].n += int(n)
 		} else {
-			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: r.vma, mem: viaMem, zero: zero})
+			b.pieces = append(b.pieces, piece{addr: start, off: b.used, n: int(n), vma: vma, mem: viaMem, zero: zero})
 		}
 		b.used += int(n)
 		start += n
@@ -115,8 +152,54 @@ func (rd *reader) add(r run) error {
 	return nil
 }
 
-// flush hands the current batch to the copiers and the writer.
+// addLent adds a run to the lent batch, after the batch being copied.
+func (rd *reader) addLent(start, n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	if err := rd.flushCopied(); err != nil {
+		return err
+	}
+	if rd.lent != nil && len(rd.lent.runs) == inject.MaxLendRuns {
+		if err := rd.flushLent(); err != nil {
+			return err
+		}
+	}
+	if rd.lent == nil {
+		rd.lent = &lentBatch{pid: rd.pid}
+	}
+	if k := len(rd.lent.runs) - 1; k >= 0 && rd.lent.runs[k].Addr+rd.lent.runs[k].Len == start {
+		rd.lent.runs[k].Len += n
+	} else {
+		rd.lent.runs = append(rd.lent.runs, inject.LendRun{Addr: start, Len: n, Zero: true})
+	}
+	return nil
+}
+
+// flushLent hands the lent batch to the writer.
+func (rd *reader) flushLent() error {
+	if rd.lent == nil {
+		return nil
+	}
+	select {
+	case rd.order <- item{lent: rd.lent}:
+		rd.lent = nil
+		return nil
+	case <-rd.done:
+		return errStopped
+	}
+}
+
+// flush hands on what is gathered, copied or lent (one of them at most).
 func (rd *reader) flush() error {
+	if err := rd.flushCopied(); err != nil {
+		return err
+	}
+	return rd.flushLent()
+}
+
+// flushCopied hands the current batch to the copiers and the writer.
+func (rd *reader) flushCopied() error {
 	b := rd.cur
 	if b == nil || len(b.pieces) == 0 {
 		return nil
@@ -290,7 +373,7 @@ func (rd *copier) readMem(addr uint64, dst []byte) error {
 // processes and assigning their runs to batches (a goroutine), copying and
 // checksumming batches (copiers, one per core) and writing (this
 // goroutine) overlap, also from one process to the next.
-func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, done func(*pb.Process, Stats)) (err error) {
+func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done func(*pb.Process, Stats)) (err error) {
 	copiers := min(runtime.GOMAXPROCS(0), maxCopiers)
 	nbuf := copiers + 1
 	free := make(chan *batch, nbuf)
@@ -355,6 +438,12 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, done func(*pb.Proc
 			}
 			pr, err := prepare(p, parent)
 			if err == nil {
+				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
+				if err != nil {
+					pr.close()
+				}
+			}
+			if err == nil {
 				if !send(item{start: pr}) {
 					pr.close()
 					return
@@ -412,6 +501,17 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, done func(*pb.Proc
 			if done != nil {
 				done(cur.p, cur.stats)
 			}
+		case it.lent != nil:
+			zeros, err := ls.write(w, it.lent.pid, it.lent.runs, func(n uint64) {
+				written += n / image.PageSize
+				cur.stats.Frames++
+				prog.Add(int64(n))
+			})
+			if err != nil {
+				return err
+			}
+			cur.stats.Zero += zeros
+			prog.Add(int64(zeros) * image.PageSize)
 		case it.b != nil:
 			b := it.b
 			<-b.ready

@@ -310,27 +310,44 @@ func (w *worker) run() {
 // to stop, adding each seized thread to seized.
 func (w *worker) seize(seized *[]int) error {
 	for _, tg := range w.targets {
-		for i, tid := range tg.tids {
-			opts := unix.PTRACE_O_TRACESYSGOOD
-			if tg.seccomp[i] {
-				// Injected calls would meet the task's filters, or be
-				// fatal in strict mode.
-				opts |= unix.PTRACE_O_SUSPEND_SECCOMP
-			}
-			if err := sys.PtraceSeize(tid, opts); err != nil {
-				return seizeError(tg.pid, tid, err)
-			}
-			*seized = append(*seized, tid)
-			if err := sys.PtraceInterrupt(tid); err != nil {
-				return fmt.Errorf("pid %d tid %d: %w", tg.pid, tid, err)
-			}
+		if err := tg.seize(seized); err != nil {
+			return err
 		}
 	}
 	for _, tg := range w.targets {
-		for _, tid := range tg.tids {
-			if err := waitInterrupt(tg.pid, tid); err != nil {
-				return err
-			}
+		if err := tg.waitStops(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// seize seizes every thread of the process and asks each to stop, adding
+// each seized thread to seized.
+func (tg *target) seize(seized *[]int) error {
+	for i, tid := range tg.tids {
+		opts := unix.PTRACE_O_TRACESYSGOOD
+		if tg.seccomp[i] {
+			// Injected calls would meet the task's filters, or be
+			// fatal in strict mode.
+			opts |= unix.PTRACE_O_SUSPEND_SECCOMP
+		}
+		if err := sys.PtraceSeize(tid, opts); err != nil {
+			return seizeError(tg.pid, tid, err)
+		}
+		*seized = append(*seized, tid)
+		if err := sys.PtraceInterrupt(tid); err != nil {
+			return fmt.Errorf("pid %d tid %d: %w", tg.pid, tid, err)
+		}
+	}
+	return nil
+}
+
+// waitStops waits for every thread of the process to report its stop.
+func (tg *target) waitStops() error {
+	for _, tid := range tg.tids {
+		if err := waitInterrupt(tg.pid, tid); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -147,6 +147,7 @@ type Status struct {
 	SigIgn    uint64
 	SigCgt    uint64
 	VmLck     uint64 // kB of memory the process has locked (mm-wide)
+	RssAnon   uint64 // kB of resident anonymous memory (mm-wide)
 }
 
 // ReadStatus reads /proc/PID/status.
@@ -215,6 +216,8 @@ func ParseStatus(b []byte) (*Status, error) {
 			s.SigCgt, err = strconv.ParseUint(v, 16, 64)
 		case "VmLck":
 			s.VmLck, err = strconv.ParseUint(strings.TrimSuffix(v, " kB"), 10, 64)
+		case "RssAnon":
+			s.RssAnon, err = strconv.ParseUint(strings.TrimSuffix(v, " kB"), 10, 64)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("malformed status: %s: %w", k, err)

@@ -1,0 +1,234 @@
+package pages
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"crpipe/lib/image"
+	"crpipe/lib/inject"
+	"crpipe/lib/parasite"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// With --lend, the pages of private anonymous memory of the larger
+// processes are not copied out with process_vm_readv: each such process
+// lends them (inject.Lender): code run in one of its threads checksums
+// them and puts the pages themselves into a pipe, and this stage passes
+// them on to its output with splice. Nobody copies them until the last
+// stage writes them to a file; to /dev/null, nobody even reads them but
+// the checksum. The price is that the image refers to the process's
+// memory until it is read, so --lend is for a dump whose processes are
+// killed (or stay frozen) until the image is read to the end: cr-dump
+// without --leave-running.
+//
+// Lending needs every thread of the tree held in ptrace and the cgroup
+// thawed while this stage streams (parasite.Hold), and an injection per
+// process: ~1 ms, worth it only for processes with much memory
+// (lendMinAnon). The others, and memory that is shared, file-backed or
+// unreadable, are copied as without --lend.
+
+// lendMinAnon: a process with less private anonymous memory resident
+// (RssAnon) is copied, not lent.
+const lendMinAnon = 32 << 20
+
+// lendMaxFrame: the lender's frames are as long as the copiers' batches.
+const lendMaxFrame = bufSize &^ (image.PageSize - 1)
+
+// lenders are the page lenders of one dump, run from one locked OS thread
+// (ptrace requests must come from the thread that seized the task).
+type lenders struct {
+	reqs  chan func()
+	held  *parasite.Held
+	want  map[int]bool
+	insn  map[int]uint64
+	byPid map[int]*lender
+}
+
+type lender struct {
+	s  *inject.Session
+	st *inject.Stub
+	l  *inject.Lender
+	// The page of the lending thread's rseq area (0: none), which the
+	// kernel writes whenever the thread comes back to user space.
+	rseqPage uint64
+}
+
+// startLenders holds the tree for lending from the processes of procs
+// worth it. It returns nil (copy everything) when there is none.
+func startLenders(fr *pb.Freeze, procs []*pb.Process) (*lenders, error) {
+	if !inject.LendUsable() {
+		stage.Logf("--lend: this CPU has no crc32 instruction; copying")
+		return nil, nil
+	}
+	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, insn: map[int]uint64{}, byPid: map[int]*lender{}}
+	for _, p := range procs {
+		if p.State == "Z" {
+			continue
+		}
+		if st, err := proc.ReadStatus(int(p.Pid)); err == nil && st.RssAnon<<10 >= lendMinAnon {
+			ls.want[int(p.Pid)] = true
+		}
+	}
+	if len(ls.want) == 0 {
+		return nil, nil
+	}
+	go func() {
+		runtime.LockOSThread() // for good: the thread ends with its ptrace state
+		for f := range ls.reqs {
+			f()
+		}
+	}()
+	var err error
+	ls.do(func() { err = ls.hold(fr, procs) })
+	if err != nil {
+		close(ls.reqs)
+		return nil, err
+	}
+	return ls, nil
+}
+
+func (ls *lenders) do(f func()) {
+	done := make(chan struct{})
+	ls.reqs <- func() { f(); close(done) }
+	<-done
+}
+
+func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
+	if ls.held, err = parasite.Hold(fr, procs); err != nil {
+		return err
+	}
+	for _, hp := range ls.held.Procs {
+		ls.insn[hp.Pid] = hp.Insn
+	}
+	if err := ls.held.Thaw(); err != nil {
+		return errors.Join(err, ls.undo())
+	}
+	return nil
+}
+
+// begin sets up pid's lender, if pid is worth lending from, once its
+// memory has been looked at (prepare): the lender's own mappings must not
+// be taken for the process's. It says whether pid lends its pages, and
+// which page of them is copied all the same.
+func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
+	if ls == nil || !ls.want[pid] {
+		return false, 0, nil
+	}
+	var ld *lender
+	ls.do(func() { ld, err = newLender(pid, ls.insn[pid]) })
+	if errors.Is(err, inject.ErrNoStub) {
+		stage.Logf("pid %d: %v; copying its pages", pid, err)
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	ls.do(func() { ls.byPid[pid] = ld })
+	return true, ld.rseqPage, nil
+}
+
+// newLender injects a lender into a held process, through its leader.
+func newLender(pid int, insn uint64) (ld *lender, err error) {
+	ld = &lender{}
+	if ld.s, err = inject.Begin(pid, insn); err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ld.undo())
+		}
+	}()
+	if ld.st, err = inject.MapStub(ld.s, []*inject.Session{ld.s}); err != nil {
+		return ld, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if ld.l, err = ld.st.NewLender(ld.s, pid); err != nil {
+		return ld, err
+	}
+	if rs, err := sys.PtraceGetRseqConfig(pid); err == nil && rs.AbiPointer != 0 {
+		ld.rseqPage = rs.AbiPointer &^ (image.PageSize - 1)
+	}
+	return ld, nil
+}
+
+// undo takes the lender out of its process and ends the session.
+func (ld *lender) undo() error {
+	var errs []error
+	if ld.l != nil {
+		errs = append(errs, ld.l.Close())
+	}
+	if ld.st != nil {
+		errs = append(errs, ld.st.Unmap(ld.s))
+	}
+	errs = append(errs, ld.s.End(nil))
+	return errors.Join(errs...)
+}
+
+// undo takes every lender out and releases the tree (on the lenders'
+// thread).
+func (ls *lenders) undo() error {
+	var errs []error
+	for pid, ld := range ls.byPid {
+		if err := ld.undo(); err != nil {
+			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
+		}
+	}
+	ls.byPid = nil
+	if ls.held != nil {
+		errs = append(errs, ls.held.Release())
+	}
+	return errors.Join(errs...)
+}
+
+// close ends lending: every process as it was, frozen, detached.
+func (ls *lenders) close() error {
+	if ls == nil {
+		return nil
+	}
+	var err error
+	ls.do(func() { err = ls.undo() })
+	close(ls.reqs)
+	return err
+}
+
+// write has pid's lender send runs and writes its frames to w, and
+// returns the pages written and the pages of zeros left out.
+func (ls *lenders) write(w *image.Writer, pid int, runs []inject.LendRun, frame func(n uint64)) (zeros uint64, err error) {
+	var ld *lender
+	var g *inject.Lending
+	ls.do(func() {
+		ld = ls.byPid[pid]
+		g, err = ld.l.Lend(runs, lendMaxFrame)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	defer func() {
+		var ferr error
+		ls.do(func() { ferr = g.Finish() })
+		if ferr != nil {
+			err = errors.Join(err, fmt.Errorf("pid %d: %w", pid, ferr))
+		}
+	}()
+	for {
+		f, ok, err := g.Next()
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: %w", pid, err)
+		}
+		if !ok {
+			return g.Zeros(), nil
+		}
+		var sum image.PagesSummer
+		sum.AddSum(f.Sums[0], int64(f.Split))
+		sum.AddSum(f.Sums[1], int64(f.Split))
+		sum.AddSum(f.Sums[2], int64(f.Len-2*f.Split))
+		h := image.PagesHeader{Pid: uint32(pid), Addr: f.Addr}
+		if err := w.WritePagesFrom(h, int(f.Len), sum.Sum(h), ld.l.Pipe, stage.SpliceMover); err != nil {
+			return 0, fmt.Errorf("output: %w", err)
+		}
+		frame(f.Len)
+	}
+}
