@@ -7,6 +7,8 @@
 // all-or-nothing disposition: the target is killed only once the whole
 // image is written (and fsynced when it is a file); if any stage fails the
 // target is thawed in its original cgroup and no output file is left.
+// Since the target dies, cr-pages gets --lend (its processes put their own
+// pages into the stream, not copies); not with --leave-running.
 package dump
 
 import (
@@ -299,6 +301,11 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		}
 		if (name == "cr-pages" || name == "cr-files") && opt.GhostLimit != "" {
 			args = append(args, "--ghost-limit", opt.GhostLimit)
+		}
+		if name == "cr-pages" && !opt.LeaveRunning {
+			// The processes die once the image is out: they may lend their
+			// pages instead of copies (lib/pages/lend.go).
+			args = append(args, "--lend")
 		}
 		last := i == len(Stages)-1
 		if last && opt.Compress {

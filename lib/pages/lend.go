@@ -128,6 +128,7 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 		return false, 0, err
 	}
 	ls.do(func() { ls.byPid[pid] = ld })
+	stage.Logf("pid %d lends its private anonymous pages", pid)
 	return true, ld.rseqPage, nil
 }
 

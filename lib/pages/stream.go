@@ -56,8 +56,9 @@ type item struct {
 // lentBatch is a run of pages a process lends (lend.go) instead of their
 // being copied.
 type lentBatch struct {
-	pid  int
-	runs []inject.LendRun
+	pid     int
+	runs    []inject.LendRun
+	lastVma uint32 // of the last run
 }
 
 var errStopped = errors.New("stopped")
@@ -103,7 +104,7 @@ func (rd *reader) add(r run) error {
 		// The page the kernel writes while the lender runs (its thread's
 		// rseq area) is copied: lent, it could change between the
 		// checksum and the read.
-		if err := rd.addLent(start, p-start); err != nil {
+		if err := rd.addLent(start, p-start, r.vma); err != nil {
 			return err
 		}
 		if err := rd.addCopied(p, image.PageSize, r.vma, viaMem, zero); err != nil {
@@ -112,7 +113,7 @@ func (rd *reader) add(r run) error {
 		left -= p + image.PageSize - start
 		start = p + image.PageSize
 	}
-	return rd.addLent(start, left)
+	return rd.addLent(start, left, r.vma)
 }
 
 // addCopied adds the range [start, start+left) of VMA vma to the batches
@@ -153,7 +154,7 @@ func (rd *reader) addCopied(start, left uint64, vma uint32, viaMem, zero bool) e
 }
 
 // addLent adds a run to the lent batch, after the batch being copied.
-func (rd *reader) addLent(start, n uint64) error {
+func (rd *reader) addLent(start, n uint64, vma uint32) error {
 	if n == 0 {
 		return nil
 	}
@@ -168,11 +169,13 @@ func (rd *reader) addLent(start, n uint64) error {
 	if rd.lent == nil {
 		rd.lent = &lentBatch{pid: rd.pid}
 	}
-	if k := len(rd.lent.runs) - 1; k >= 0 && rd.lent.runs[k].Addr+rd.lent.runs[k].Len == start {
+	// A frame never spans two VMAs: runs of different ones stay apart.
+	if k := len(rd.lent.runs) - 1; k >= 0 && rd.lent.lastVma == vma && rd.lent.runs[k].Addr+rd.lent.runs[k].Len == start {
 		rd.lent.runs[k].Len += n
 	} else {
 		rd.lent.runs = append(rd.lent.runs, inject.LendRun{Addr: start, Len: n, Zero: true})
 	}
+	rd.lent.lastVma = vma
 	return nil
 }
 

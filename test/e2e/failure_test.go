@@ -48,12 +48,14 @@ func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader) {
 }
 
 // TestKillPagesMidDump: cr-pages killed while memory streams through
-// cr-dump; cr-dump fails and leaves the target thawed, in its original
-// cgroup, running on with its state intact.
+// cr-dump (the counter's memory lent: cr-dump runs cr-pages --lend); cr-dump
+// fails and leaves the target thawed, in its original cgroup, with the
+// lender and its pipe gone, running on with its state intact.
 func TestKillPagesMidDump(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := startCounter(t, "counter", bigMB)
-	cmd := exec.Command(bin("cr-dump"), "-t", strconv.Itoa(p.pid))
+	before := p.layout()
+	cmd := exec.Command(bin("cr-dump"), "-v", "-t", strconv.Itoa(p.pid))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 10 * time.Second
@@ -75,16 +77,50 @@ func TestKillPagesMidDump(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^cr-dump: error: .*cr-pages`).Match(stderr.Bytes()) {
 		t.Errorf("cr-dump's error does not name the stage that failed (cr-pages):\n%s", stderr.Bytes())
 	}
+	if !strings.Contains(stderr.String(), "its threads are put back as they were") {
+		t.Errorf("the thaw does not say it put back the threads of the process that lent its pages:\n%s", stderr.Bytes())
+	}
+	p.checkLayout(before)
 	p.checkRunning()
 	p.terminate(1)
+}
+
+// layout is what a failed dump must leave as it was besides the state the
+// program checks itself: the mappings and the open fds.
+func (p *target) layout() string {
+	p.t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	var names []string
+	for _, fd := range fds {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.pid, fd.Name()))
+		names = append(names, fd.Name()+" "+link)
+	}
+	return readFile(fmt.Sprintf("/proc/%d/maps", p.pid)) + strings.Join(names, "\n")
+}
+
+func (p *target) checkLayout(before string) {
+	p.t.Helper()
+	if after := p.layout(); after != before {
+		p.t.Errorf("mappings or fds changed (something of a stage left behind?): %s", firstDiff(before, after))
+	}
 }
 
 // TestKillPagesMidPipeline: the same in the explicit pipeline, where the
 // disposition is the user's: `cr-freeze thaw --pid` puts the target back.
 func TestKillPagesMidPipeline(t *testing.T) {
+	for _, stages := range []string{dumpStages, strings.Replace(dumpStages, "cr-pages", "cr-pages --lend", 1)} {
+		t.Run(strings.Fields(stages)[4], func(t *testing.T) { killPagesMidPipeline(t, stages) })
+	}
+}
+
+func killPagesMidPipeline(t *testing.T, stages string) {
 	need(t, pipelineCmds...)
 	p := startCounter(t, "counter", bigMB)
-	cmd := shellCmd(fmt.Sprintf("cr-freeze --pid %d | %s", p.pid, dumpStages))
+	before := p.layout()
+	cmd := shellCmd(fmt.Sprintf("cr-freeze --pid %d | %s", p.pid, stages))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -101,6 +137,7 @@ func TestKillPagesMidPipeline(t *testing.T) {
 	}
 	t.Logf("pipeline stderr:\n%s", stderr.Bytes())
 	mustShell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid))
+	p.checkLayout(before)
 	p.checkRunning()
 	p.terminate(1)
 }

@@ -492,11 +492,22 @@ func TestRestoreIntoCgroup(t *testing.T) {
 // userfaultfd while cr-restore still runs (its copy of the userfaultfd
 // would keep a registration alive: the next dump refuses such memory);
 // dumped again, it comes back as well when written with process_vm_writev
-// (--no-uffd), and checks itself (test/progs/anonfill.c).
+// (--no-uffd), and checks itself (test/progs/anonfill.c). With a region of
+// 48 MiB, the same memory is lent by the process (cr-dump runs cr-pages
+// --lend), not copied.
 func TestRestoreFill(t *testing.T) {
-	p := startStateProg(t, "anonfill")
+	for _, bigMiB := range []int{4, 48} {
+		t.Run(fmt.Sprintf("%dMiB", bigMiB), func(t *testing.T) { restoreFill(t, bigMiB) })
+	}
+}
+
+func restoreFill(t *testing.T, bigMiB int) {
+	p := startStateProg(t, "anonfill", strconv.Itoa(bigMiB))
 	img := filepath.Join(p.dir, "img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -v -t %d -o %s", p.pid, img))
+	if lent := strings.Contains(string(r.stderr), "lends its private anonymous pages"); lent != (bigMiB >= 32) {
+		t.Errorf("with %d MiB, the process lent its pages: %v; want %v", bigMiB, lent, bigMiB >= 32)
+	}
 	p.waitKilled()
 	at := p.mustProgress()
 	pidfile, log := filepath.Join(p.dir, "restored.pid"), filepath.Join(p.dir, "restore.log")
@@ -517,13 +528,13 @@ func TestRestoreFill(t *testing.T) {
 	if m == nil {
 		t.Fatalf("cr-restore -v does not say it placed pages with UFFDIO_COPY:\n%s", readFile(log))
 	}
-	if mib, _ := strconv.Atoi(m[1]); mib < 5 {
-		t.Errorf("%s MiB placed with UFFDIO_COPY, want the 6 MiB of the program's regions but the holes", m[1])
+	if mib, _ := strconv.Atoi(m[1]); mib < bigMiB+1 {
+		t.Errorf("%s MiB placed with UFFDIO_COPY, want the %d MiB of the program's regions but the holes", m[1], bigMiB+2)
 	}
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
 	at = p.mustProgress()
 	os.Remove(pidfile)
-	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -v --no-uffd -d -i %s --pidfile %s", img, pidfile))
+	r = mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -v --no-uffd -d -i %s --pidfile %s", img, pidfile))
 	p.checkPidfile(pidfile)
 	if strings.Contains(string(r.stderr), "UFFDIO_COPY") {
 		t.Errorf("cr-restore --no-uffd placed pages with UFFDIO_COPY:\n%s", r.stderr)

@@ -3,10 +3,11 @@
  * UFFDIO_COPY where it can, process_vm_writev elsewhere) must come back
  * with its contents, its holes and nothing registered with userfaultfd.
  *
- *   anonfill PROGRESS VERDICT
+ *   anonfill PROGRESS VERDICT [BIG_MIB]
  *
  * Before the first tick it maps and fills with a pattern of its own each:
- *   big   4 MiB read-write; pages 10-19 never touched, 20-29 written with
+ *   big   4 MiB (or BIG_MIB: 32 and more make cr-dump's cr-pages lend its
+ *         pages, lib/pages/lend.go) read-write; pages 10-19 never touched, 20-29 written with
  *         zeros, page 30 zeros but its last byte 1
  *   ro    1 MiB, then made read-only
  *   none  256 KiB, then made PROT_NONE
@@ -139,7 +140,9 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "anonfill PROGRESS VERDICT");
+	state_init(argc, argv, 3, "anonfill PROGRESS VERDICT [BIG_MIB]");
+	if (argc > 3)
+		regions[0].size = (size_t)atoi(argv[3]) << 20;
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
 		r->p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | r->flags, -1, 0);
