@@ -125,9 +125,13 @@ type usage struct {
 	CPUSec   float64 `json:"cpu_s"`
 }
 
+// dumpStages is the pipeline as cr-dump runs it for a dump that kills:
+// cr-pages --lend. Lent pages refer to the live process until read; here
+// every dump's output is read to the end (a file, /dev/null) before the
+// harness thaws the process for the next measurement.
 var dumpStages = [][]string{
 	{"cr-freeze", "--pid", "PID"},
-	{"cr-seize"}, {"cr-parasite"}, {"cr-pages"}, {"cr-files"}, {"cr-tcp"},
+	{"cr-seize"}, {"cr-parasite"}, {"cr-pages", "--lend"}, {"cr-files"}, {"cr-tcp"},
 }
 
 func stageNames() []string {

@@ -44,7 +44,7 @@ type lenders struct {
 	reqs  chan func()
 	held  *parasite.Held
 	want  map[int]bool
-	insn  map[int]uint64
+	procs map[int]parasite.HeldProcess
 	byPid map[int]*lender
 }
 
@@ -64,7 +64,7 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process) (*lenders, error) {
 		stage.Logf("--lend: this CPU has no crc32 instruction; copying")
 		return nil, nil
 	}
-	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, insn: map[int]uint64{}, byPid: map[int]*lender{}}
+	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}}
 	for _, p := range procs {
 		if p.State == "Z" {
 			continue
@@ -102,7 +102,7 @@ func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
 		return err
 	}
 	for _, hp := range ls.held.Procs {
-		ls.insn[hp.Pid] = hp.Insn
+		ls.procs[hp.Pid] = hp
 	}
 	if err := ls.held.Thaw(); err != nil {
 		return errors.Join(err, ls.undo())
@@ -119,7 +119,7 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 		return false, 0, nil
 	}
 	var ld *lender
-	ls.do(func() { ld, err = newLender(pid, ls.insn[pid]) })
+	ls.do(func() { ld, err = newLender(ls.procs[pid]) })
 	if errors.Is(err, inject.ErrNoStub) {
 		stage.Logf("pid %d: %v; copying its pages", pid, err)
 		return false, 0, nil
@@ -132,11 +132,17 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 	return true, ld.rseqPage, nil
 }
 
-// newLender injects a lender into a held process, through its leader.
-func newLender(pid int, insn uint64) (ld *lender, err error) {
+// newLender injects a lender into a held process, through its first
+// thread that takes a session (a leader that has exited is a zombie).
+func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 	ld = &lender{}
-	if ld.s, err = inject.Begin(pid, insn); err != nil {
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	for _, tid := range hp.Tids {
+		if ld.s, err = inject.Begin(tid, hp.Insn); err == nil {
+			break
+		}
+	}
+	if ld.s == nil {
+		return nil, fmt.Errorf("pid %d: no thread to lend pages through: %w", hp.Pid, err)
 	}
 	defer func() {
 		if err != nil {
@@ -144,12 +150,12 @@ func newLender(pid int, insn uint64) (ld *lender, err error) {
 		}
 	}()
 	if ld.st, err = inject.MapStub(ld.s, []*inject.Session{ld.s}); err != nil {
-		return ld, fmt.Errorf("pid %d: %w", pid, err)
+		return ld, fmt.Errorf("pid %d: %w", hp.Pid, err)
 	}
-	if ld.l, err = ld.st.NewLender(ld.s, pid); err != nil {
+	if ld.l, err = ld.st.NewLender(ld.s, hp.Pid); err != nil {
 		return ld, err
 	}
-	if rs, err := sys.PtraceGetRseqConfig(pid); err == nil && rs.AbiPointer != 0 {
+	if rs, err := sys.PtraceGetRseqConfig(ld.s.Tid()); err == nil && rs.AbiPointer != 0 {
 		ld.rseqPage = rs.AbiPointer &^ (image.PageSize - 1)
 	}
 	return ld, nil

@@ -21,9 +21,11 @@ type Held struct {
 	Procs  []HeldProcess
 }
 
-// HeldProcess is a held process, and a syscall instruction of its own.
+// HeldProcess is a held process, its threads, and a syscall instruction
+// of its own.
 type HeldProcess struct {
 	Pid  int
+	Tids []int
 	Insn uint64
 }
 
@@ -59,7 +61,7 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 		if err := tg.waitStops(); err != nil {
 			return h, err
 		}
-		h.Procs = append(h.Procs, HeldProcess{Pid: tg.pid, Insn: tg.insn})
+		h.Procs = append(h.Procs, HeldProcess{Pid: tg.pid, Tids: tg.tids, Insn: tg.insn})
 	}
 	return h, nil
 }
