@@ -100,11 +100,6 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 	if err := WriteMem(s.tid, st.base+stubSize+16, l.record()); err != nil {
 		return l, err
 	}
-	// Fewer, larger moves; a process under a smaller pipe-max-size keeps
-	// the default.
-	if err := st.Run(s, []Call{{Nr: unix.SYS_FCNTL, Args: [6]uint64{uint64(l.fdW), unix.F_SETPIPE_SZ, lendPipe}}}); err != nil {
-		return l, err
-	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return l, fmt.Errorf("pid %d: pidfd_open: %w", pid, err)
@@ -202,6 +197,9 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	le.PutUint64(b[32:], ring)
 	le.PutUint64(b[40:], lendRing)
 	le.PutUint64(b[48:], maxFrame)
+	// Fewer, larger moves (the lender asks; a process under a smaller
+	// pipe-max-size keeps the default).
+	le.PutUint64(b[80:], lendPipe)
 	for i, r := range runs {
 		e := b[lendCtlSize+i*lendRunSize:]
 		le.PutUint64(e, r.Addr)

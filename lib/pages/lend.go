@@ -33,7 +33,11 @@ import (
 
 // lendMinAnon: a process with less private anonymous memory resident
 // (RssAnon) is copied, not lent.
-const lendMinAnon = 32 << 20
+const lendMinAnon = 8 << 20
+
+// lendMinRun: shorter runs are copied. Each lent frame costs a few system
+// calls of its own; the copiers put many short runs into one batch.
+const lendMinRun = 64 << 10
 
 // lendMaxFrame: the lender's frames are as long as the copiers' batches.
 const lendMaxFrame = bufSize &^ (image.PageSize - 1)
@@ -201,26 +205,39 @@ func (ls *lenders) close() error {
 	return err
 }
 
-// write has pid's lender send runs and writes its frames to w, and
-// returns the pages written and the pages of zeros left out.
-func (ls *lenders) write(w *image.Writer, pid int, runs []inject.LendRun, frame func(n uint64)) (zeros uint64, err error) {
+// write has b's process lend b's runs and writes the frames to w, and
+// returns the pages of zeros left out; after the process's last batch, the
+// lender is taken out of it (on the lenders' thread, while the next
+// process is prepared).
+func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (zeros uint64, err error) {
+	pid := b.pid
 	var ld *lender
 	var g *inject.Lending
 	ls.do(func() {
 		ld = ls.byPid[pid]
-		g, err = ld.l.Lend(runs, lendMaxFrame)
+		if len(b.runs) > 0 {
+			g, err = ld.l.Lend(b.runs, lendMaxFrame)
+		}
 	})
 	if err != nil {
 		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	defer func() {
 		var ferr error
-		ls.do(func() { ferr = g.Finish() })
+		ls.do(func() {
+			if g != nil {
+				ferr = g.Finish()
+			}
+			if b.last && ferr == nil {
+				delete(ls.byPid, pid)
+				ferr = ld.undo()
+			}
+		})
 		if ferr != nil {
 			err = errors.Join(err, fmt.Errorf("pid %d: %w", pid, ferr))
 		}
 	}()
-	for {
+	for g != nil {
 		f, ok, err := g.Next()
 		if err != nil {
 			return 0, fmt.Errorf("pid %d: %w", pid, err)
@@ -238,4 +255,5 @@ func (ls *lenders) write(w *image.Writer, pid int, runs []inject.LendRun, frame 
 		}
 		frame(f.Len)
 	}
+	return 0, nil
 }

@@ -59,6 +59,7 @@ type lentBatch struct {
 	pid     int
 	runs    []inject.LendRun
 	lastVma uint32 // of the last run
+	last    bool   // the process's last: its lender is then taken out
 }
 
 var errStopped = errors.New("stopped")
@@ -97,7 +98,7 @@ func (rd *reader) add(r run) error {
 	// (Not in a private file mapping, where it would read as the file's
 	// bytes, nor in shared memory.)
 	zero := rd.vmas[r.vma].scan == scanAnon
-	if !rd.lend || !zero || viaMem {
+	if !rd.lend || !zero || viaMem || left < lendMinRun {
 		return rd.addCopied(start, left, r.vma, viaMem, zero)
 	}
 	if p := rd.keepOut; p >= start && p < start+left {
@@ -119,9 +120,6 @@ func (rd *reader) add(r run) error {
 // addCopied adds the range [start, start+left) of VMA vma to the batches
 // to copy.
 func (rd *reader) addCopied(start, left uint64, vma uint32, viaMem, zero bool) error {
-	if err := rd.flushLent(); err != nil { // the stream keeps the order of the runs
-		return err
-	}
 	for left > 0 {
 		if rd.cur == nil {
 			select {
@@ -153,16 +151,16 @@ func (rd *reader) addCopied(start, left uint64, vma uint32, viaMem, zero bool) e
 	return nil
 }
 
-// addLent adds a run to the lent batch, after the batch being copied.
+// addLent adds a run to the lent batch. A process's lent runs go out
+// together, after its copied frames (frames need not come in address
+// order): one run of the lender per process, not one per stretch of
+// lendable memory between copied ones.
 func (rd *reader) addLent(start, n uint64, vma uint32) error {
 	if n == 0 {
 		return nil
 	}
-	if err := rd.flushCopied(); err != nil {
-		return err
-	}
 	if rd.lent != nil && len(rd.lent.runs) == inject.MaxLendRuns {
-		if err := rd.flushLent(); err != nil {
+		if err := rd.flushLent(false); err != nil {
 			return err
 		}
 	}
@@ -179,11 +177,18 @@ func (rd *reader) addLent(start, n uint64, vma uint32) error {
 	return nil
 }
 
-// flushLent hands the lent batch to the writer.
-func (rd *reader) flushLent() error {
+// flushLent hands the lent batch to the writer; last when it is the
+// process's last (its lender can go).
+func (rd *reader) flushLent(last bool) error {
 	if rd.lent == nil {
-		return nil
+		if last && rd.lend {
+			// The lender goes, even with nothing lent.
+			rd.lent = &lentBatch{pid: rd.pid}
+		} else {
+			return nil
+		}
 	}
+	rd.lent.last = last
 	select {
 	case rd.order <- item{lent: rd.lent}:
 		rd.lent = nil
@@ -193,12 +198,13 @@ func (rd *reader) flushLent() error {
 	}
 }
 
-// flush hands on what is gathered, copied or lent (one of them at most).
+// flush hands on what is gathered at the end of a process: the copied
+// batch, then the lent one.
 func (rd *reader) flush() error {
 	if err := rd.flushCopied(); err != nil {
 		return err
 	}
-	return rd.flushLent()
+	return rd.flushLent(true)
 }
 
 // flushCopied hands the current batch to the copiers and the writer.
@@ -505,7 +511,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				done(cur.p, cur.stats)
 			}
 		case it.lent != nil:
-			zeros, err := ls.write(w, it.lent.pid, it.lent.runs, func(n uint64) {
+			zeros, err := ls.write(w, it.lent, func(n uint64) {
 				written += n / image.PageSize
 				cur.stats.Frames++
 				prog.Add(int64(n))

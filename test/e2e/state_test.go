@@ -496,7 +496,7 @@ func TestRestoreIntoCgroup(t *testing.T) {
 // 48 MiB, the same memory is lent by the process (cr-dump runs cr-pages
 // --lend), not copied.
 func TestRestoreFill(t *testing.T) {
-	for _, bigMiB := range []int{4, 48} {
+	for _, bigMiB := range []int{2, 48} {
 		t.Run(fmt.Sprintf("%dMiB", bigMiB), func(t *testing.T) { restoreFill(t, bigMiB) })
 	}
 }

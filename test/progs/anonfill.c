@@ -6,7 +6,7 @@
  *   anonfill PROGRESS VERDICT [BIG_MIB]
  *
  * Before the first tick it maps and fills with a pattern of its own each:
- *   big   4 MiB (or BIG_MIB: 32 and more make cr-dump's cr-pages lend its
+ *   big   4 MiB (or BIG_MIB; with 48, cr-dump's cr-pages has the process lend its
  *         pages, lib/pages/lend.go) read-write; pages 10-19 never touched, 20-29 written with
  *         zeros, page 30 zeros but its last byte 1
  *   ro    1 MiB, then made read-only
