@@ -98,17 +98,26 @@ func TestTreeShape(t *testing.T) {
 }
 
 // TestThreads: 8 threads with their own TLS, signal masks and AVX registers
-// in the middle of a computation keep all of it.
+// in the middle of a computation keep all of it; also with 24 MiB of memory
+// the process lends through its main thread while the workers are held
+// (cr-pages --lend, which cr-dump runs).
 func TestThreads(t *testing.T) {
-	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
-	p := start(t, "threads", func(p *target) []string { return []string{p.progress, p.verdict} })
-	tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid))
-	if len(tids) != 9 {
-		t.Fatalf("%d threads, want 9", len(tids))
+	for _, mib := range []string{"0", "24"} {
+		t.Run(mib+"MiB", func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+			p := start(t, "threads", func(p *target) []string { return []string{p.progress, p.verdict, mib} })
+			tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid))
+			if len(tids) != 9 {
+				t.Fatalf("%d threads, want 9", len(tids))
+			}
+			img := filepath.Join(p.dir, "img")
+			r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -v -t %d -o %s", p.pid, img))
+			if lent := strings.Contains(string(r.stderr), "lends its private anonymous pages"); lent != (mib == "24") {
+				t.Errorf("with %s MiB, the process lent its pages: %v", mib, lent)
+			}
+			p.killedThenRestored(img)
+		})
 	}
-	img := filepath.Join(p.dir, "img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.killedThenRestored(img)
 }
 
 // TestThreadsLeaveRunning: a --leave-running dump of a threaded process,

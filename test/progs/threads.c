@@ -2,13 +2,16 @@
  * threads: 8 threads, each with distinct thread-local storage, its own
  * signal mask and AVX registers mid-computation, for crpipe's thread restore.
  *
- *   threads PROGRESS VERDICT
+ *   threads PROGRESS VERDICT [MIB]
  *
  * Each worker counts in the four 64-bit lanes of ymm0 (starting from its
  * index) in long register-only loops, so a checkpoint lands inside one: a
  * lost or mixed-up ymm register, TLS block or signal mask shows as a wrong
  * result. The main thread ticks PROGRESS every 10 ms; on SIGTERM it stops
  * the workers and writes "PASS <ticks>" or "FAIL <why>" to VERDICT.
+ * With MIB, the main thread first fills MIB MiB of memory with a pattern,
+ * checked on SIGTERM (enough of it, and cr-dump's cr-pages has the process
+ * lend its pages through the main thread while the workers are held).
  */
 #include "common.h"
 
@@ -79,10 +82,16 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
 	close_inherited();
-	if (argc != 3) {
-		fprintf(stderr, "usage: threads PROGRESS VERDICT\n");
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: threads PROGRESS VERDICT [MIB]\n");
 		return 2;
 	}
+	size_t words = argc == 4 ? ((size_t)atoi(argv[3]) << 20) / 8 : 0;
+	uint64_t *mem = words ? malloc(words * 8) : NULL;
+	if (words && !mem)
+		return 2;
+	for (size_t i = 0; i < words; i++)
+		mem[i] = mix64(i);
 	detach();
 	signal(SIGTERM, on_term);
 	int prog = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -101,6 +110,9 @@ int main(int argc, char **argv)
 		sleep_ns(10000000L, &stop);
 	}
 	const char *why = NULL;
+	for (size_t i = 0; i < words && !why; i++)
+		if (mem[i] != mix64(i))
+			why = "the pattern memory changed";
 	for (int i = 0; i < NTHREADS; i++) {
 		pthread_join(th[i], NULL);
 		if (!why && failure[i][0])
