@@ -54,6 +54,11 @@ const (
 	lendPipe    = 1 << 20
 )
 
+// ErrNoLender is wrapped when the process refuses what the lender needs
+// (an errno from its mmap or pipe2: an address-space or open-files limit):
+// the caller can copy the pages instead.
+var ErrNoLender = errors.New("the process cannot take the page lender")
+
 // LendUsable says whether this machine can run the lender (its checksum
 // uses SSE 4.2's crc32).
 func LendUsable() bool { return cpu.X86.HasSSE42 }
@@ -84,16 +89,17 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 		return nil, err
 	}
 	if err := Errno(calls[0].Ret); err != nil {
-		return nil, fmt.Errorf("pid %d: mmap for the page lender: %w", pid, err)
+		return nil, fmt.Errorf("pid %d: mmap for the page lender: %w: %w", pid, err, ErrNoLender)
 	}
 	l = &Lender{st: st, s: s, base: uint64(calls[0].Ret), size: lendSize, fdR: -1, fdW: -1}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Close())
+			l = nil
 		}
 	}()
 	if err := Errno(calls[1].Ret); err != nil {
-		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w", pid, err)
+		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w: %w", pid, err, ErrNoLender)
 	}
 	l.fdR = int(int32(binary.LittleEndian.Uint32(calls[1].Result)))
 	l.fdW = int(int32(binary.LittleEndian.Uint32(calls[1].Result[4:])))

@@ -124,8 +124,8 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 	}
 	var ld *lender
 	ls.do(func() { ld, err = newLender(ls.procs[pid]) })
-	if errors.Is(err, inject.ErrNoStub) {
-		stage.Logf("pid %d: %v; copying its pages", pid, err)
+	if errors.Is(err, inject.ErrNoStub) || errors.Is(err, inject.ErrNoLender) {
+		stage.Logf("%v; copying its pages", err)
 		return false, 0, nil
 	}
 	if err != nil {
@@ -149,8 +149,12 @@ func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 		return nil, fmt.Errorf("pid %d: no thread to lend pages through: %w", hp.Pid, err)
 	}
 	defer func() {
-		if err != nil {
-			err = errors.Join(err, ld.undo())
+		if err == nil {
+			return
+		}
+		if uerr := ld.undo(); uerr != nil {
+			// Not a refusal to copy around: the process is not as it was.
+			err = fmt.Errorf("%v; then: %w", err, uerr)
 		}
 	}()
 	if ld.st, err = inject.MapStub(ld.s, []*inject.Session{ld.s}); err != nil {

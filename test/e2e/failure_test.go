@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pierrec/lz4/v4"
+	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
 	"crpipe/lib/proc"
@@ -512,6 +513,47 @@ func TestDumpKilled(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(p.dir, "*img*")); len(left) > 0 {
 		t.Errorf("image files left behind: %v", left)
 	}
+	p.checkRunning()
+	p.terminate(1)
+}
+
+// TestLendRefused: a process that cannot take the page lender (no fd free
+// under its RLIMIT_NOFILE for the lender's pipe) has its pages copied
+// instead: the dump succeeds, says why, and leaves the process as it was.
+func TestLendRefused(t *testing.T) {
+	need(t, append(pipelineCmds, "crit")...)
+	p := start(t, "threads", func(p *target) []string { return []string{p.progress, p.verdict, "24"} })
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, fd := range fds {
+		used[fd.Name()] = true
+	}
+	lowestFree := 0
+	for used[strconv.Itoa(lowestFree)] {
+		lowestFree++
+	}
+	var old unix.Rlimit
+	if err := unix.Prlimit(p.pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Prlimit(p.pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(lowestFree), Max: old.Max}, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := p.layout()
+	img := filepath.Join(p.dir, "img")
+	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | cr-seize | cr-parasite | cr-pages --lend -v | cr-files | cr-tcp > %s", p.pid, img))
+	if !regexp.MustCompile(`pipe2 for the page lender: .*too many open files.*; copying its pages`).Match(r.stderr) {
+		t.Errorf("cr-pages does not say it copied the pages of the process that refused the lender:\n%s", r.stderr)
+	}
+	mustShell(t, 30*time.Second, "crit check "+img)
+	mustShell(t, 30*time.Second, fmt.Sprintf("cr-freeze thaw --pid %d", p.pid))
+	if err := unix.Prlimit(p.pid, unix.RLIMIT_NOFILE, &old, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.checkLayout(before)
 	p.checkRunning()
 	p.terminate(1)
 }
