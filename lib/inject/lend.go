@@ -88,21 +88,26 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 	if err := st.Run(s, calls); err != nil {
 		return nil, err
 	}
-	if err := Errno(calls[0].Ret); err != nil {
-		return nil, fmt.Errorf("pid %d: mmap for the page lender: %w: %w", pid, err, ErrNoLender)
-	}
-	l = &Lender{st: st, s: s, base: uint64(calls[0].Ret), size: lendSize, fdR: -1, fdW: -1}
+	l = &Lender{st: st, s: s, fdR: -1, fdW: -1}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Close())
 			l = nil
 		}
 	}()
+	if Errno(calls[0].Ret) == nil {
+		l.base, l.size = uint64(calls[0].Ret), lendSize
+	}
+	if Errno(calls[1].Ret) == nil {
+		l.fdR = int(int32(binary.LittleEndian.Uint32(calls[1].Result)))
+		l.fdW = int(int32(binary.LittleEndian.Uint32(calls[1].Result[4:])))
+	}
+	if err := Errno(calls[0].Ret); err != nil {
+		return l, fmt.Errorf("pid %d: mmap for the page lender: %w: %w", pid, err, ErrNoLender)
+	}
 	if err := Errno(calls[1].Ret); err != nil {
 		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w: %w", pid, err, ErrNoLender)
 	}
-	l.fdR = int(int32(binary.LittleEndian.Uint32(calls[1].Result)))
-	l.fdW = int(int32(binary.LittleEndian.Uint32(calls[1].Result[4:])))
 	if err := WriteMem(s.tid, st.base+stubSize+16, l.record()); err != nil {
 		return l, err
 	}
@@ -145,7 +150,12 @@ func (l *Lender) Close() error {
 			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: [6]uint64{uint64(fd)}})
 		}
 	}
-	calls = append(calls, Call{Nr: unix.SYS_MUNMAP, Args: [6]uint64{l.base, l.size}})
+	if l.size != 0 {
+		calls = append(calls, Call{Nr: unix.SYS_MUNMAP, Args: [6]uint64{l.base, l.size}})
+	}
+	if len(calls) == 0 {
+		return nil
+	}
 	if err := l.s.toEventStop(); err != nil {
 		return err
 	}
@@ -157,7 +167,7 @@ func (l *Lender) Close() error {
 			errs = append(errs, fmt.Errorf("tid %d: undoing the page lender (syscall %d): %w", l.s.tid, c.Nr, err))
 		}
 	}
-	l.fdR, l.fdW = -1, -1
+	l.fdR, l.fdW, l.size = -1, -1, 0
 	if err := WriteMem(l.s.tid, l.st.base+stubSize+16, make([]byte, 32)); err != nil {
 		errs = append(errs, err)
 	}

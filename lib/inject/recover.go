@@ -25,7 +25,9 @@ import (
 // RecoverStub, which thaw runs on every process it thaws, finds a stub
 // left behind and puts its threads back from the records, then unmaps it.
 // (A death inside one of the few single injections around the stub,
-// its mmap, mprotect and munmap, is not covered: nothing records them.)
+// its mmap, mprotect and munmap, is not covered: nothing records them;
+// nor one between the page lender's setup batch, its mmap and pipe2, and
+// the record of them, lend.go.)
 
 const (
 	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
