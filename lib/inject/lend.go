@@ -231,6 +231,7 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	r.Rip = l.st.base + lendCodeOffset
 	r.Rdi = ctl
 	r.Rsp = l.base + l.size // the top of the lender's stack, 16-byte aligned
+	r.Eflags &^= 1 << 10    // DF clear, as compiled C code assumes
 	r.Orig_rax = ^uint64(0)
 	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
 		return nil, err
