@@ -277,6 +277,10 @@ func Run(opt Options) error {
 		}
 		return nil
 	}
+	g.complete()
+	if faultDieWhenComplete {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	}
 	if err := freezeCmd(opt, "kill"); err != nil {
 		return stage.Hint(fmt.Errorf("image written, but killing pid %d failed: %w", opt.Pid, err),
 			fmt.Sprintf("the process is still frozen: cr-freeze kill --pid %d, or cr-freeze thaw --pid %d", opt.Pid, opt.Pid))
@@ -394,6 +398,15 @@ func startGuard(opt Options, partial string) (*guard, error) {
 	}
 	return &guard{w: w, cmd: cmd}, nil
 }
+
+// complete tells the guard the image is complete: from now on, should
+// cr-dump die, the guard kills the target.
+func (g *guard) complete() { fmt.Fprintln(g.w, freeze.GuardComplete) }
+
+// faultDieWhenComplete: CRPIPE_FAULT=dump-dies-when-complete makes cr-dump
+// SIGKILL itself between the complete image and the kill (fault injection
+// for the guard's test).
+var faultDieWhenComplete = os.Getenv("CRPIPE_FAULT") == "dump-dies-when-complete"
 
 // done tells the guard the target is disposed of, and reaps it.
 func (g *guard) done() {

@@ -20,6 +20,14 @@ import (
 // --leave-running).
 const GuardDone = "done"
 
+// GuardComplete is what cr-dump writes to its guard once the image is
+// complete and the target is to be killed: a cr-dump that dies after it
+// is finished by the guard, which kills the target instead of thawing it.
+// (The image may still be on its way to a reader, and with cr-pages
+// --lend it refers to the target's memory: a thawed target could change
+// it.)
+const GuardComplete = "complete"
+
 // guardTracerWait bounds how long the guard waits for the dead dump's
 // stages to let go of the target's threads.
 const guardTracerWait = 10 * time.Second
@@ -32,12 +40,25 @@ const guardTracerWait = 10 * time.Second
 // die with cr-dump (PR_SET_PDEATHSIG), to let go of the target's threads,
 // thaws it as `cr-freeze thaw --pid` does (putting back what a stage that
 // died mid-injection left, releasing the TCP connections) and removes the
-// unfinished image file partial, if any.
+// unfinished image file partial, if any; or, once cr-dump said the image
+// is complete (GuardComplete), kills it as cr-dump was about to.
 func Guard(pid int, in io.Reader, partial string) error {
 	// cr-dump's stderr may be a pipe nobody reads any more: a message
 	// must not kill the guard (SIGPIPE) before or while it thaws.
 	signal.Ignore(syscall.SIGPIPE)
-	line, _ := bufio.NewReader(in).ReadString('\n')
+	r := bufio.NewReader(in)
+	line, _ := r.ReadString('\n')
+	if strings.TrimSpace(line) == GuardComplete {
+		if line, _ = r.ReadString('\n'); strings.TrimSpace(line) == GuardDone {
+			return nil
+		}
+		waitUntraced(pid, guardTracerWait)
+		if err := KillPid(pid); err != nil {
+			return fmt.Errorf("cr-dump of pid %d died once its image was complete; killing it: %w", pid, err)
+		}
+		fmt.Fprintf(os.Stderr, "%s: cr-dump of pid %d died once its image was complete: pid %d killed, as cr-dump would have\n", filepath.Base(os.Args[0]), pid, pid)
+		return nil
+	}
 	if strings.TrimSpace(line) == GuardDone {
 		return nil
 	}

@@ -517,6 +517,25 @@ func TestDumpKilled(t *testing.T) {
 	p.terminate(1)
 }
 
+// TestDumpDiesWhenComplete: cr-dump dies (CRPIPE_FAULT makes it SIGKILL
+// itself) between the complete image and the kill. Its guard finishes the
+// dump as cr-dump would have: it kills the target (thawed, a target whose
+// pages were lent could change an image still on its way to a reader) and
+// leaves the image, which restores.
+func TestDumpDiesWhenComplete(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", bigMB)
+	img := filepath.Join(p.dir, "img")
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=dump-dies-when-complete cr-dump -v -t %d -o %s", p.pid, img))
+	if r.err == nil {
+		t.Fatal("cr-dump succeeded though it killed itself")
+	}
+	if !strings.Contains(string(r.stderr), "lends its private anonymous pages") {
+		t.Errorf("the counter's pages were not lent:\n%s", r.stderr)
+	}
+	p.killedThenRestored(img)
+}
+
 // TestLendRefused: a process that cannot take the page lender (no fd free
 // under its RLIMIT_NOFILE for the lender's pipe) has its pages copied
 // instead: the dump succeeds, says why, and leaves the process as it was.
