@@ -59,6 +59,22 @@ const (
 // the caller can copy the pages instead.
 var ErrNoLender = errors.New("the process cannot take the page lender")
 
+// The fields of the lender's control block, struct lend_ctl of
+// pie/src/lend.c: byte offsets of its 64-bit words.
+const (
+	ctlDone     = 0
+	ctlFd       = 8
+	ctlRuns     = 16
+	ctlNRuns    = 24
+	ctlRing     = 32
+	ctlRingSize = 40
+	ctlMaxFrame = 48
+	ctlProduced = 56
+	ctlZeros    = 64
+	ctlErr      = 72
+	ctlPipeSize = 80
+)
+
 // LendUsable says whether this machine can run the lender (its checksum
 // uses SSE 4.2's crc32).
 func LendUsable() bool { return cpu.X86.HasSSE42 }
@@ -108,7 +124,7 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 	if err := Errno(calls[1].Ret); err != nil {
 		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w: %w", pid, err, ErrNoLender)
 	}
-	if err := WriteMem(s.tid, st.base+stubSize+16, l.record()); err != nil {
+	if err := WriteMem(s.tid, st.base+stubSize+lendRecordAt, l.record()); err != nil {
 		return l, err
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
@@ -127,7 +143,7 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 // record is what RecoverStub needs to undo the lender: its mapping and
 // the pipe's fds.
 func (l *Lender) record() []byte {
-	b := make([]byte, 32)
+	b := make([]byte, lendRecordSize)
 	le := binary.LittleEndian
 	le.PutUint64(b, l.base)
 	le.PutUint64(b[8:], l.size)
@@ -168,7 +184,7 @@ func (l *Lender) Close() error {
 		}
 	}
 	l.fdR, l.fdW, l.size = -1, -1, 0
-	if err := WriteMem(l.s.tid, l.st.base+stubSize+16, make([]byte, 32)); err != nil {
+	if err := WriteMem(l.s.tid, l.st.base+stubSize+lendRecordAt, make([]byte, lendRecordSize)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -181,8 +197,8 @@ type Lending struct {
 	produced uint64
 	done     bool
 	zeros    uint64
-	stop     *sys.Stop // an unexpected stop Next met, for Finish
-	ctl      [80]byte
+	stop     *sys.Stop        // an unexpected stop Next met, for Finish
+	ctl      [ctlErr + 8]byte // the words Next reads
 	frame    [lendFrameSize]byte
 }
 
@@ -207,15 +223,15 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	runsAt := ctl + lendCtlSize
 	ring := runsAt + MaxLendRuns*lendRunSize
 	b := make([]byte, lendCtlSize+len(runs)*lendRunSize)
-	le.PutUint64(b[8:], uint64(l.fdW))
-	le.PutUint64(b[16:], runsAt)
-	le.PutUint64(b[24:], uint64(len(runs)))
-	le.PutUint64(b[32:], ring)
-	le.PutUint64(b[40:], lendRing)
-	le.PutUint64(b[48:], maxFrame)
+	le.PutUint64(b[ctlFd:], uint64(l.fdW))
+	le.PutUint64(b[ctlRuns:], runsAt)
+	le.PutUint64(b[ctlNRuns:], uint64(len(runs)))
+	le.PutUint64(b[ctlRing:], ring)
+	le.PutUint64(b[ctlRingSize:], lendRing)
+	le.PutUint64(b[ctlMaxFrame:], maxFrame)
 	// Fewer, larger moves (the lender asks; a process under a smaller
 	// pipe-max-size keeps the default).
-	le.PutUint64(b[80:], lendPipe)
+	le.PutUint64(b[ctlPipeSize:], lendPipe)
 	for i, r := range runs {
 		e := b[lendCtlSize+i*lendRunSize:]
 		le.PutUint64(e, r.Addr)
@@ -268,17 +284,17 @@ func (g *Lending) Next() (LendFrame, bool, error) {
 		if err := ReadMem(s.tid, g.l.base, g.ctl[:]); err != nil {
 			return LendFrame{}, false, err
 		}
-		g.produced = le.Uint64(g.ctl[56:])
-		g.zeros = le.Uint64(g.ctl[64:])
+		g.produced = le.Uint64(g.ctl[ctlProduced:])
+		g.zeros = le.Uint64(g.ctl[ctlZeros:])
 		if g.produced-g.read > lendRing {
 			return LendFrame{}, false, fmt.Errorf("tid %d: the page lender ran %d frames ahead of its ring", s.tid, g.produced-g.read)
 		}
 		if g.read < g.produced {
 			continue
 		}
-		if le.Uint64(g.ctl[0:]) == 1 {
+		if le.Uint64(g.ctl[ctlDone:]) == 1 {
 			g.done = true
-			if e := int64(le.Uint64(g.ctl[72:])); e != 0 {
+			if e := int64(le.Uint64(g.ctl[ctlErr:])); e != 0 {
 				return LendFrame{}, false, fmt.Errorf("tid %d: the page lender's vmsplice: %w", s.tid, Errno(e))
 			}
 			continue

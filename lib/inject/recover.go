@@ -45,7 +45,11 @@ var faultDieInStub = os.Getenv("CRPIPE_FAULT") == "parasite-dies-in-stub"
 // recordsHead: the magic, the number of records, and the page lender's
 // mapping (address, size) and pipe fds (read, write) while one is set up
 // (zeros otherwise; lend.go).
-const recordsHead = 48
+const (
+	recordsHead    = 48
+	lendRecordAt   = 16 // after the magic and the count
+	lendRecordSize = recordsHead - lendRecordAt
+)
 
 func recordsSize(n int) uint64 { return (recordsHead + uint64(n)*recordSize + 4095) &^ 4095 }
 
@@ -100,7 +104,8 @@ func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) 
 		if n > maxRecords || m.Start+stubSize+recordsHead+n*recordSize > data.End {
 			return 0, nil, lent, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
 		}
-		lent = lenderLeft{base: le.Uint64(head[16:]), size: le.Uint64(head[24:]), fds: [2]int64{int64(le.Uint64(head[32:])), int64(le.Uint64(head[40:]))}}
+		lr := head[lendRecordAt:]
+		lent = lenderLeft{base: le.Uint64(lr), size: le.Uint64(lr[8:]), fds: [2]int64{int64(le.Uint64(lr[16:])), int64(le.Uint64(lr[24:]))}}
 		b := make([]byte, n*recordSize)
 		if err := ReadMem(pid, m.Start+stubSize+recordsHead, b); err != nil {
 			return 0, nil, lent, err
