@@ -63,6 +63,7 @@ const (
 	mPVR       = "limit: process_vm_readv → 4 MiB buffer"
 	mMemcpy    = "limit: memcpy"
 	mWrite     = "limit: write to tmpfs"
+	mWriteHot  = "limit: write to tmpfs from a 4 MiB buffer"
 	mFill      = "limit: fill fresh memory (populate + memcpy)"
 	mFillHuge  = "limit: fill fresh THP memory (MADV_HUGEPAGE, populate + memcpy)"
 	mDumpNull  = "dump → /dev/null"
@@ -283,8 +284,10 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		res.record(mPVR, d, err)
 		d, err = memcpyLimit(p.len)
 		res.record(mMemcpy, d, err)
-		d, err = writeLimit(h.tmp, p.len)
+		d, err = writeLimit(h.tmp, p.len, memory(p.len))
 		res.record(mWrite, d, err)
+		d, err = writeLimit(h.tmp, p.len, warmBuf(chunk))
+		res.record(mWriteHot, d, err)
 		d, err = fill(p.len, false)
 		res.record(mFill, d, err)
 		if w.ThpLimit {

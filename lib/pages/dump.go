@@ -73,8 +73,9 @@ type prepared struct {
 
 // prepare reads what the Mm record says about p and finds its pages.
 // parent, when not 0, is p's parent in the same dump: pages p still shares
-// with it since fork are left out (inherit.go).
-func prepare(p *pb.Process, parent int) (*prepared, error) {
+// with it since fork are left out (inherit.go). lending: p is to lend its
+// pages, so the runs to lend need not be split by sharing (sharing.go).
+func prepare(p *pb.Process, parent int, lending bool) (*prepared, error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -131,7 +132,7 @@ func prepare(p *pb.Process, parent int) (*prepared, error) {
 		return nil, procErr(pid, err)
 	}
 	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
-	shared, err := newSharing(pid, parent, vmas, pm)
+	shared, err := newSharing(pid, parent, vmas, pm, lending)
 	if err != nil {
 		pm.Close()
 		return nil, err

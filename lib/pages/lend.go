@@ -114,12 +114,15 @@ func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
 	return nil
 }
 
+// wants: pid is worth lending from (it lends unless it refuses the lender).
+func (ls *lenders) wants(pid int) bool { return ls != nil && ls.want[pid] }
+
 // begin sets up pid's lender, if pid is worth lending from, once its
 // memory has been looked at (prepare): the lender's own mappings must not
 // be taken for the process's. It says whether pid lends its pages, and
 // which page of them is copied all the same.
 func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
-	if ls == nil || !ls.want[pid] {
+	if !ls.wants(pid) {
 		return false, 0, nil
 	}
 	var ld *lender

@@ -90,6 +90,12 @@ type copier struct {
 	sums   []image.PagesSummer
 }
 
+// lendable: r is lent when its process lends: private anonymous memory,
+// readable, and long enough to be worth a frame of the lender.
+func lendable(v *vma, r run) bool {
+	return v.scan == scanAnon && v.m.Read && uint64(r.pages)*image.PageSize >= lendMinRun
+}
+
 func (rd *reader) add(r run) error {
 	start, left := r.start, uint64(r.pages)*image.PageSize
 	viaMem := !rd.vmas[r.vma].m.Read || r.shared
@@ -98,17 +104,18 @@ func (rd *reader) add(r run) error {
 	// (Not in a private file mapping, where it would read as the file's
 	// bytes, nor in shared memory.)
 	zero := rd.vmas[r.vma].scan == scanAnon
-	if !rd.lend || !zero || viaMem || left < lendMinRun {
+	if !rd.lend || !lendable(&rd.vmas[r.vma], r) || r.shared {
 		return rd.addCopied(start, left, r.vma, viaMem, zero)
 	}
 	if p := rd.keepOut; p >= start && p < start+left {
 		// The page the kernel writes while the lender runs (its thread's
 		// rseq area) is copied: lent, it could change between the
-		// checksum and the read.
+		// checksum and the read. Through /proc/PID/mem: whether it is
+		// shared since fork was not looked up (sharing.go).
 		if err := rd.addLent(start, p-start, r.vma); err != nil {
 			return err
 		}
-		if err := rd.addCopied(p, image.PageSize, r.vma, viaMem, zero); err != nil {
+		if err := rd.addCopied(p, image.PageSize, r.vma, true, zero); err != nil {
 			return err
 		}
 		left -= p + image.PageSize - start
@@ -445,11 +452,17 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 			if inDump[p.Ppid] {
 				parent = int(p.Ppid)
 			}
-			pr, err := prepare(p, parent)
+			lending := ls.wants(int(p.Pid))
+			pr, err := prepare(p, parent, lending)
 			if err == nil {
 				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
-				if err != nil {
+				if err != nil || lending && !rd.lend {
 					pr.close()
+				}
+				if err == nil && lending && !rd.lend {
+					// It refused the lender: its pages are copied, and
+					// which are shared must be known after all.
+					pr, err = prepare(p, parent, false)
 				}
 			}
 			if err == nil {
