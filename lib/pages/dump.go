@@ -126,6 +126,9 @@ func prepare(p *pb.Process, parent int, lending bool) (*prepared, error) {
 	if mm.Exe, err = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil {
 		return nil, procErr(pid, err)
 	}
+	if err := applyVmFlags(pid, vmas, <-flags); err != nil {
+		return nil, err
+	}
 
 	pm, err := sys.OpenPagemap(pid)
 	if err != nil {
@@ -160,9 +163,6 @@ func prepare(p *pb.Process, parent int, lending bool) (*prepared, error) {
 	if errors.Is(err, sys.ErrNoPagemapScan) {
 		closeAll()
 		return nil, stage.Hint(err, "cr-pages reads memory guided by PAGEMAP_SCAN; run it on Linux 6.7 or later")
-	}
-	if err == nil {
-		err = applyVmFlags(pid, vmas, <-flags)
 	}
 	if err != nil {
 		closeAll()

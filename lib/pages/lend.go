@@ -3,6 +3,7 @@ package pages
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 
 	"crpipe/lib/image"
@@ -30,6 +31,13 @@ import (
 // process: ~1 ms, worth it only for processes with much memory
 // (lendMinAnon). The others, and memory that is shared, file-backed or
 // unreadable, are copied as without --lend.
+//
+// Every ptrace request goes through one thread, so the writer never waits
+// for one: the tree is held while the first processes are prepared, a
+// process's lender starts as soon as its runs are known (start), filling
+// its pipe while the writer still streams the processes before it, and
+// it is stopped and taken out after its last frame behind the writer's
+// back (finish); what fails there fails the dump at close.
 
 // lendMinAnon: a process with less private anonymous memory resident
 // (RssAnon) is copied, not lent.
@@ -45,17 +53,23 @@ const lendMaxFrame = bufSize &^ (image.PageSize - 1)
 // lenders are the page lenders of one dump, run from one locked OS thread
 // (ptrace requests must come from the thread that seized the task).
 type lenders struct {
-	reqs  chan func()
-	held  *parasite.Held
-	want  map[int]bool
-	procs map[int]parasite.HeldProcess
-	byPid map[int]*lender
+	reqs chan func()
+	want map[int]bool
+	// The writer's: a process's frames were written (faultFailWhileLending).
+	writtenFirst bool
+	// On the lenders' thread only:
+	held    *parasite.Held
+	holdErr error
+	procs   map[int]parasite.HeldProcess
+	byPid   map[int]*lender
+	errs    []error // of finish
 }
 
 type lender struct {
 	s  *inject.Session
 	st *inject.Stub
 	l  *inject.Lender
+	g  *inject.Lending // the run under way
 	// The page of the lending thread's rseq area (0: none), which the
 	// kernel writes whenever the thread comes back to user space.
 	rseqPage uint64
@@ -86,20 +100,25 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process) (*lenders, error) {
 			f()
 		}
 	}()
-	var err error
-	ls.do(func() { err = ls.hold(fr, procs) })
-	if err != nil {
-		close(ls.reqs)
-		return nil, err
-	}
+	// The first lender waits for the hold (begin), the copies do not.
+	ls.async(func() { ls.holdErr = ls.hold(fr, procs) })
 	return ls, nil
 }
 
+// faultFailWhileLending: CRPIPE_FAULT=pages-fails-while-lending makes the
+// writer fail as it gets to the second process that lends, whose lender
+// start has started: cr-pages must take every lender out itself.
+var faultFailWhileLending = os.Getenv("CRPIPE_FAULT") == "pages-fails-while-lending"
+
+// do runs f on the lenders' thread and waits for it.
 func (ls *lenders) do(f func()) {
 	done := make(chan struct{})
 	ls.reqs <- func() { f(); close(done) }
 	<-done
 }
+
+// async queues f on the lenders' thread, after what is queued already.
+func (ls *lenders) async(f func()) { ls.reqs <- f }
 
 func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
 	if ls.held, err = parasite.Hold(fr, procs); err != nil {
@@ -126,7 +145,11 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 		return false, 0, nil
 	}
 	var ld *lender
-	ls.do(func() { ld, err = newLender(ls.procs[pid]) })
+	ls.do(func() {
+		if err = ls.holdErr; err == nil {
+			ld, err = newLender(ls.procs[pid])
+		}
+	})
 	if errors.Is(err, inject.ErrNoStub) || errors.Is(err, inject.ErrNoLender) {
 		stage.Logf("%v; copying its pages", err)
 		return false, 0, nil
@@ -175,6 +198,10 @@ func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 // undo takes the lender out of its process and ends the session.
 func (ld *lender) undo() error {
 	var errs []error
+	if ld.g != nil {
+		errs = append(errs, ld.g.Finish())
+		ld.g = nil
+	}
 	if ld.l != nil {
 		errs = append(errs, ld.l.Close())
 	}
@@ -197,6 +224,7 @@ func (ls *lenders) undo() error {
 	ls.byPid = nil
 	if ls.held != nil {
 		errs = append(errs, ls.held.Release())
+		ls.held = nil
 	}
 	return errors.Join(errs...)
 }
@@ -207,43 +235,70 @@ func (ls *lenders) close() error {
 		return nil
 	}
 	var err error
-	ls.do(func() { err = ls.undo() })
+	ls.do(func() { err = errors.Join(append(ls.errs, ls.undo())...) })
 	close(ls.reqs)
 	return err
 }
 
-// write has b's process lend b's runs and writes the frames to w, and
-// returns the pages of zeros left out; after the process's last batch, the
-// lender is taken out of it (on the lenders' thread, while the next
-// process is prepared).
+// start has b's lender start on b at once, behind the writer's back (the
+// first batch of a process: the writer takes it when it gets to b).
+func (ls *lenders) start(b *lentBatch) {
+	b.started = make(chan struct{})
+	ls.async(func() {
+		b.err = ls.lend(b)
+		close(b.started)
+	})
+}
+
+// lend starts b's lender on b's runs (on the lenders' thread).
+func (ls *lenders) lend(b *lentBatch) (err error) {
+	ld := ls.byPid[b.pid]
+	b.pipe = ld.l.Pipe
+	if len(b.runs) > 0 {
+		ld.g, err = ld.l.Lend(b.runs, lendMaxFrame)
+		b.g = ld.g
+	}
+	return err
+}
+
+// finish brings b's lender back to a stop once its frames are read and,
+// after the process's last batch, takes it out (on the lenders' thread).
+func (ls *lenders) finish(b *lentBatch) {
+	ld := ls.byPid[b.pid]
+	var err error
+	if ld.g != nil {
+		err = ld.g.Finish()
+		ld.g = nil
+	}
+	if b.last && err == nil {
+		delete(ls.byPid, b.pid)
+		err = ld.undo()
+	}
+	if err != nil {
+		ls.errs = append(ls.errs, fmt.Errorf("pid %d: %w", b.pid, err))
+	}
+}
+
+// write writes the frames b's process lends to w, and returns the pages
+// of zeros left out. Its lender was started by start (a process's first
+// batch) or is started here.
 func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (zeros uint64, err error) {
 	pid := b.pid
-	var ld *lender
-	var g *inject.Lending
-	ls.do(func() {
-		ld = ls.byPid[pid]
-		if len(b.runs) > 0 {
-			g, err = ld.l.Lend(b.runs, lendMaxFrame)
-		}
-	})
+	if b.started != nil {
+		<-b.started
+		err = b.err
+	} else {
+		ls.do(func() { err = ls.lend(b) })
+	}
 	if err != nil {
 		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	defer func() {
-		var ferr error
-		ls.do(func() {
-			if g != nil {
-				ferr = g.Finish()
-			}
-			if b.last && ferr == nil {
-				delete(ls.byPid, pid)
-				ferr = ld.undo()
-			}
-		})
-		if ferr != nil {
-			err = errors.Join(err, fmt.Errorf("pid %d: %w", pid, ferr))
-		}
-	}()
+	defer ls.async(func() { ls.finish(b) })
+	if faultFailWhileLending && b.started != nil && ls.writtenFirst {
+		return 0, fmt.Errorf("pid %d: CRPIPE_FAULT=pages-fails-while-lending", pid)
+	}
+	ls.writtenFirst = true
+	g := b.g
 	for g != nil {
 		f, ok, err := g.Next()
 		if err != nil {
@@ -257,7 +312,7 @@ func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (z
 		sum.AddSum(f.Sums[1], int64(f.Split))
 		sum.AddSum(f.Sums[2], int64(f.Len-2*f.Split))
 		h := image.PagesHeader{Pid: uint32(pid), Addr: f.Addr}
-		if err := w.WritePagesFrom(h, int(f.Len), sum.Sum(h), ld.l.Pipe, stage.SpliceMover); err != nil {
+		if err := w.WritePagesFrom(h, int(f.Len), sum.Sum(h), b.pipe, stage.SpliceMover); err != nil {
 			return 0, fmt.Errorf("output: %w", err)
 		}
 		frame(f.Len)

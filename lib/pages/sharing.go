@@ -21,11 +21,13 @@ import (
 //     restore forks the process from its restored parent, so the pages are
 //     shared again instead of copied once per process.
 //
-// Lent pages (lend.go) need neither: vmsplice(2) takes references to the
-// pages without pinning them, so a page shared since fork stays shared.
-// With lending, runs that will be lent skip the pagemap read of the
-// exclusive bit (20 ms per GiB, a third of a process's preparation) unless
-// the process may inherit them from its parent.
+// Both need a pagemap read of every page (20 ms per GiB), which is skipped
+// where it cannot find anything:
+//   - in a VMA of which smaps counts no page mapped twice and none swapped
+//     out (vma.mayShare): no page of it is shared with anyone;
+//   - in runs to lend (lend.go), unless the process may inherit them from
+//     its parent: vmsplice(2) takes references to the pages without
+//     pinning them, so a page shared since fork stays shared.
 //
 // sharing splits the runs of one process accordingly.
 type sharing struct {
@@ -102,6 +104,9 @@ func (in *sharing) split(r run, emit func(run) error) error {
 		err := emit(out)
 		out.pages = 0
 		return err
+	}
+	if !in.vmas[r.vma].mayShare {
+		return emit(r)
 	}
 	inherits := in.from[r.vma] != nil
 	if !inherits && in.lending && lendable(&in.vmas[r.vma], r) {

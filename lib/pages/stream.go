@@ -60,6 +60,11 @@ type lentBatch struct {
 	runs    []inject.LendRun
 	lastVma uint32 // of the last run
 	last    bool   // the process's last: its lender is then taken out
+	// Set by lenders.start or lenders.lend, on the lenders' thread:
+	started chan struct{} // closed once started (start only)
+	g       *inject.Lending
+	pipe    *os.File // the lender's
+	err     error
 }
 
 var errStopped = errors.New("stopped")
@@ -70,7 +75,9 @@ type reader struct {
 	pid     int
 	lend    bool   // the process lends its private anonymous pages
 	keepOut uint64 // a page that is copied all the same (lend.go)
+	ls      *lenders
 	lent    *lentBatch
+	lentOut bool // the process's first lent batch is out
 	vmas    []vma
 	free    <-chan *batch
 	work    chan<- *batch
@@ -196,6 +203,10 @@ func (rd *reader) flushLent(last bool) error {
 		}
 	}
 	rd.lent.last = last
+	if !rd.lentOut {
+		rd.ls.start(rd.lent)
+		rd.lentOut = true
+	}
 	select {
 	case rd.order <- item{lent: rd.lent}:
 		rd.lent = nil
@@ -437,7 +448,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 			return false
 		}
 	}
-	rd := &reader{free: free, work: work, order: order, done: stop}
+	rd := &reader{free: free, work: work, order: order, done: stop, ls: ls}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -470,7 +481,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 					pr.close()
 					return
 				}
-				rd.pid, rd.vmas = pr.pid, pr.vmas
+				rd.pid, rd.vmas, rd.lentOut = pr.pid, pr.vmas, false
 				err = pr.source(rd.add)
 				if err == nil {
 					err = rd.flush()

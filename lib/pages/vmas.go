@@ -19,6 +19,9 @@ type vma struct {
 	m    *proc.Mapping // in the slice ReadMaps returned: not copied
 	pb   *pb.Vma
 	scan scanKind
+	// mayShare: smaps says some page of it may be shared with another
+	// process (proc.VmaFlags.MayShare); sharing.go looks no further where not.
+	mayShare bool
 }
 
 type scanKind int
@@ -35,10 +38,11 @@ func unsupported(pid int, m *proc.Mapping, what, hint string) error {
 	return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s is not supported yet", pid, m.Start, m.End, what), hint)
 }
 
-// readVmFlags reads pid's VmFlags (proc.ReadVmFlags) in the background:
-// smaps walks every page table entry (24 ms per GiB resident here), which
-// then runs beside the PAGEMAP_SCAN pass. The result is taken by
-// applyVmFlags.
+// readVmFlags reads pid's VmFlags (proc.ReadVmFlags) in the background,
+// beside the other files prepare reads. smaps walks every page table entry
+// (24 ms per GiB resident here); the PAGEMAP_SCAN pass waits for it, since
+// what it says of sharing saves the pass a pagemap read of the same cost
+// (sharing.go). The result is taken by applyVmFlags.
 func readVmFlags(pid int) <-chan vmFlags {
 	ch := make(chan vmFlags, 1)
 	go func() {
@@ -61,8 +65,9 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	}
 	for i := range vmas {
 		m, v := vmas[i].m, vmas[i].pb
-		f := fl.byStart[m.Start]
+		f, ok := fl.byStart[m.Start]
 		m.VmFlags = f.VmFlags
+		vmas[i].mayShare = f.MayShare || !ok
 		if err := refuseVmFlags(pid, m); err != nil {
 			return err
 		}

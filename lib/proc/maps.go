@@ -59,10 +59,16 @@ const maxMapsLine = 4*4096 + 256
 type VmaFlags struct {
 	VmFlags       []string // two-letter flags, as in Mapping
 	ProtectionKey int      // pkey_mprotect(2); 0 is the default key
+	// MayShare: smaps counts pages of the VMA mapped more than once
+	// (Shared_Clean, Shared_Dirty, Shared_Hugetlb) or swapped out (Swap,
+	// whose slots fork shares too). Without it, no page of the VMA is
+	// shared with another process.
+	MayShare bool
 }
 
 // ReadVmFlags reads the VmFlags and ProtectionKey lines of every VMA in
-// /proc/PID/smaps, keyed by the VMA's start, and parses nothing else.
+// /proc/PID/smaps, keyed by the VMA's start, and whether it may share
+// pages (VmaFlags.MayShare); it parses nothing else.
 // smaps is the only place the kernel shows them (mlock, madvise, sealing,
 // protection keys); it is read as a stream, since with 10,000 VMAs it is
 // megabytes.
@@ -86,6 +92,15 @@ func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
 			}
 			e := flags[start]
 			e.VmFlags = seen.fields(rest)
+			flags[start] = e
+			continue
+		}
+		if sharedLine(line) {
+			if !inVma {
+				return nil, fmt.Errorf("pid %d: smaps: %q before any VMA: %w", pid, line, ErrMapsSyntax)
+			}
+			e := flags[start]
+			e.MayShare = true
 			flags[start] = e
 			continue
 		}
@@ -116,6 +131,22 @@ func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
 	}
 	return flags, nil
 }
+
+// sharedLine: a line of smaps that counts, above 0 kB, pages that may be
+// shared with another process.
+func sharedLine(line []byte) bool {
+	for _, p := range sharedFields {
+		if rest, ok := bytes.CutPrefix(line, p); ok {
+			return !bytes.Equal(bytes.TrimSpace(rest), zeroKB)
+		}
+	}
+	return false
+}
+
+var (
+	sharedFields = [][]byte{[]byte("Shared_Clean:"), []byte("Shared_Dirty:"), []byte("Shared_Hugetlb:"), []byte("Swap:")}
+	zeroKB       = []byte("0 kB")
+)
 
 // vmFlagLines keeps one []string per distinct VmFlags line: a process's
 // VMAs have a handful of different ones, and 10,000 VMAs with a slice each

@@ -144,3 +144,47 @@ func TestReadVmFlags(t *testing.T) {
 		t.Errorf("VmFlags of the page before it: %v", flags[mid-4096])
 	}
 }
+
+var sink byte
+
+// MayShare: a private mapping written by this process alone shares
+// nothing; a file page mapped twice (mapcount 2) counts as shared in both
+// VMAs, as a page shared since fork would.
+func TestReadVmFlagsMayShare(t *testing.T) {
+	own, err := unix.Mmap(-1, 0, 4*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(own)
+	for i := range own {
+		own[i] = 1
+	}
+	f, err := os.CreateTemp(t.TempDir(), "twice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(bytes.Repeat([]byte{7}, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	var twice [2][]byte
+	for i := range twice {
+		if twice[i], err = unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(twice[i])
+		sink += twice[i][0] // fault it in
+	}
+	flags, err := ReadVmFlags(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := uint64(uintptr(unsafe.Pointer(&own[0]))); flags[at].MayShare {
+		t.Errorf("a private mapping written by this process alone may share pages, says smaps: %+v", flags[at])
+	}
+	for i := range twice {
+		if at := uint64(uintptr(unsafe.Pointer(&twice[i][0]))); !flags[at].MayShare {
+			t.Errorf("mapping %d of a file page mapped twice shares no page, says smaps: %+v", i, flags[at])
+		}
+	}
+}

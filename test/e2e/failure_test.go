@@ -586,3 +586,54 @@ func TestLendRefused(t *testing.T) {
 	p.checkRunning()
 	p.terminate(1)
 }
+
+// TestLendingFailsCleanly: cr-pages fails (CRPIPE_FAULT) as it gets to the
+// second process that lends, whose lender it started ahead of the writer
+// and which is running, its pipe full. cr-pages takes every lender out
+// itself, before the thaw (which then has no thread to put back), and
+// every process of the tree runs on as it was.
+func TestLendingFailsCleanly(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := start(t, "cow", func(p *target) []string { return []string{p.progress, p.verdict, "64"} })
+	kids := descendants(p.pid)
+	p.killRecorded(kids)
+	pids := append([]int{p.pid}, kids...)
+	before := treeLayout(t, pids)
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=pages-fails-while-lending cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatalf("cr-dump succeeded though its cr-pages failed")
+	}
+	if !regexp.MustCompile(`(?m)^cr-dump: error: .*CRPIPE_FAULT=pages-fails-while-lending`).Match(r.stderr) {
+		t.Errorf("cr-dump's error is not cr-pages' failure:\n%s", r.stderr)
+	}
+	if n := strings.Count(string(r.stderr), "lends its private anonymous pages"); n < 2 {
+		t.Errorf("%d processes lent their pages before the failure, want 2 or more:\n%s", n, r.stderr)
+	}
+	if strings.Contains(string(r.stderr), "put back as they were") {
+		t.Errorf("the thaw had threads to put back: cr-pages left a lender behind:\n%s", r.stderr)
+	}
+	if after := treeLayout(t, pids); after != before {
+		t.Errorf("mappings or fds of the tree changed (a lender left behind?): %s", firstDiff(before, after))
+	}
+	p.checkRunning()
+	p.terminate(p.mustProgress())
+}
+
+// treeLayout is layout for every process of pids.
+func treeLayout(t *testing.T, pids []int) string {
+	t.Helper()
+	var out strings.Builder
+	for _, pid := range pids {
+		fmt.Fprintf(&out, "pid %d\n", pid)
+		out.WriteString(readFile(fmt.Sprintf("/proc/%d/maps", pid)))
+		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fd := range fds {
+			link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+			fmt.Fprintf(&out, "%s %s\n", fd.Name(), link)
+		}
+	}
+	return out.String()
+}
