@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -353,16 +354,9 @@ func check(pid int) (*proc.Stat, error) {
 		return nil, stage.Hint(refuse("pid %d (%s) is stopped (state T): stopped processes are not supported yet", pid, st.Comm),
 			fmt.Sprintf("continue it first (kill -CONT %d)", pid))
 	}
-	for a := os.Getpid(); a > 1; {
-		if a == pid {
-			return nil, stage.Hint(refuse("pid %d (%s) is cr-freeze itself or one of its ancestors", pid, st.Comm),
-				"freezing it would freeze this pipeline; run the checkpoint from outside the target's process tree")
-		}
-		ast, err := proc.ReadStat(a)
-		if err != nil {
-			break
-		}
-		a = ast.Ppid
+	if selfAndAncestors()[pid] {
+		return nil, stage.Hint(refuse("pid %d (%s) is cr-freeze itself or one of its ancestors", pid, st.Comm),
+			"freezing it would freeze this pipeline; run the checkpoint from outside the target's process tree")
 	}
 	status, err := proc.ReadStatus(pid)
 	if err != nil {
@@ -374,6 +368,21 @@ func check(pid int) (*proc.Stat, error) {
 	}
 	return st, nil
 }
+
+// selfAndAncestors is this process and its ancestors, read once: every
+// process of a tree is checked against them.
+var selfAndAncestors = sync.OnceValue(func() map[int]bool {
+	up := map[int]bool{}
+	for a := os.Getpid(); a > 1 && !up[a]; {
+		up[a] = true
+		st, err := proc.ReadStat(a)
+		if err != nil {
+			break
+		}
+		a = st.Ppid
+	}
+	return up
+})
 
 func processRecord(pid int, st *proc.Stat) (*pb.Process, error) {
 	tids, err := proc.Threads(pid)

@@ -37,7 +37,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,6 +46,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -156,7 +156,7 @@ func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, 
 	}
 	nw := min(runtime.GOMAXPROCS(0), len(live))
 	targets := make([]*target, len(live))
-	if err := parallel(len(live), nw, func(i int) (err error) {
+	if err := par.For(len(live), nw, func(i int) (err error) {
 		targets[i], err = prepare(live[i], fr, mount)
 		return err
 	}); err != nil {
@@ -249,29 +249,6 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
 		tg.seccomp = append(tg.seccomp, sec.Seccomp != 0)
 	}
 	return tg, nil
-}
-
-// parallel runs f(0) ... f(n-1) on up to nw goroutines and returns the
-// error of the lowest i that failed.
-func parallel(n, nw int, f func(i int) error) error {
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for w := 0; w < nw; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < n; i += nw {
-				errs[i] = f(i)
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // worker is one tracer thread and the processes it holds.

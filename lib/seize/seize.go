@@ -24,6 +24,7 @@ import (
 
 	"crpipe/lib/arch"
 	"crpipe/lib/image"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -52,16 +53,25 @@ func Filter() stage.Filter {
 			if err := CheckShared(procs); err != nil {
 				return err
 			}
-			for _, p := range procs {
-				if p.State == "Z" {
-					continue // a zombie has no threads to read
+			// Each process is seized, read and detached on its own: one
+			// tracer thread per core, each taking every nth process.
+			states := make([]*State, len(procs))
+			if err := par.For(len(procs), runtime.GOMAXPROCS(0), func(i int) (err error) {
+				if procs[i].State == "Z" {
+					return nil // a zombie has no threads to read
 				}
-				if err := CheckFrozen(p, fr); err != nil {
+				if err := CheckFrozen(procs[i], fr); err != nil {
 					return err
 				}
-				st, err := Process(p)
-				if err != nil {
-					return err
+				states[i], err = Process(procs[i])
+				return err
+			}); err != nil {
+				return err
+			}
+			for i, p := range procs {
+				st := states[i]
+				if st == nil {
+					continue
 				}
 				for _, c := range st.Cores {
 					if err := w.WriteMessage(image.TypeThreadCore, c); err != nil {
