@@ -107,7 +107,9 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process) (*lenders, error) {
 
 // faultFailWhileLending: CRPIPE_FAULT=pages-fails-while-lending makes the
 // writer fail as it gets to the second process that lends, whose lender
-// start has started: cr-pages must take every lender out itself.
+// start has started or will have started (the lenders' thread takes
+// requests in order) and nobody reads: cr-pages must take every lender
+// out itself.
 var faultFailWhileLending = os.Getenv("CRPIPE_FAULT") == "pages-fails-while-lending"
 
 // do runs f on the lenders' thread and waits for it.
@@ -284,6 +286,9 @@ func (ls *lenders) finish(b *lentBatch) {
 // batch) or is started here.
 func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (zeros uint64, err error) {
 	pid := b.pid
+	if faultFailWhileLending && b.started != nil && ls.writtenFirst {
+		return 0, fmt.Errorf("pid %d: CRPIPE_FAULT=pages-fails-while-lending", pid)
+	}
 	if b.started != nil {
 		<-b.started
 		err = b.err
@@ -294,9 +299,6 @@ func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (z
 		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	defer ls.async(func() { ls.finish(b) })
-	if faultFailWhileLending && b.started != nil && ls.writtenFirst {
-		return 0, fmt.Errorf("pid %d: CRPIPE_FAULT=pages-fails-while-lending", pid)
-	}
 	ls.writtenFirst = true
 	g := b.g
 	for g != nil {

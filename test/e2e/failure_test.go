@@ -589,9 +589,10 @@ func TestLendRefused(t *testing.T) {
 
 // TestLendingFailsCleanly: cr-pages fails (CRPIPE_FAULT) as it gets to the
 // second process that lends, whose lender it started ahead of the writer
-// and which is running, its pipe full. cr-pages takes every lender out
-// itself, before the thaw (which then has no thread to put back), and
-// every process of the tree runs on as it was.
+// and which runs with nobody reading its pipe, while the first one's is
+// still being taken out behind the writer's back. cr-pages takes every
+// lender out itself, before the thaw (which then has no thread to put
+// back), and every process of the tree runs on as it was.
 func TestLendingFailsCleanly(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := start(t, "cow", func(p *target) []string { return []string{p.progress, p.verdict, "64"} })
