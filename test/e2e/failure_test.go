@@ -90,16 +90,22 @@ func TestKillPagesMidDump(t *testing.T) {
 // program checks itself: the mappings and the open fds.
 func (p *target) layout() string {
 	p.t.Helper()
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	return pidLayout(p.t, p.pid)
+}
+
+// pidLayout is layout for any process.
+func pidLayout(t *testing.T, pid int) string {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
 	var names []string
 	for _, fd := range fds {
-		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.pid, fd.Name()))
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
 		names = append(names, fd.Name()+" "+link)
 	}
-	return readFile(fmt.Sprintf("/proc/%d/maps", p.pid)) + strings.Join(names, "\n")
+	return readFile(fmt.Sprintf("/proc/%d/maps", pid)) + strings.Join(names, "\n")
 }
 
 func (p *target) checkLayout(before string) {
@@ -625,16 +631,7 @@ func treeLayout(t *testing.T, pids []int) string {
 	t.Helper()
 	var out strings.Builder
 	for _, pid := range pids {
-		fmt.Fprintf(&out, "pid %d\n", pid)
-		out.WriteString(readFile(fmt.Sprintf("/proc/%d/maps", pid)))
-		fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, fd := range fds {
-			link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-			fmt.Fprintf(&out, "%s %s\n", fd.Name(), link)
-		}
+		fmt.Fprintf(&out, "pid %d\n%s\n", pid, pidLayout(t, pid))
 	}
 	return out.String()
 }
