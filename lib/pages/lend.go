@@ -293,6 +293,7 @@ func (ls *lenders) write(w *image.Writer, b *lentBatch, frame func(n uint64)) (z
 		<-b.started
 		err = b.err
 	} else {
+		stage.Logf("pid %d lends more than %d runs: again", pid, inject.MaxLendRuns)
 		ls.do(func() { err = ls.lend(b) })
 	}
 	if err != nil {

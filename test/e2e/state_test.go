@@ -496,17 +496,23 @@ func TestRestoreIntoCgroup(t *testing.T) {
 // 48 MiB, the same memory is lent by the process (cr-dump runs cr-pages
 // --lend), not copied.
 func TestRestoreFill(t *testing.T) {
-	for _, bigMiB := range []int{2, 48} {
-		t.Run(fmt.Sprintf("%dMiB", bigMiB), func(t *testing.T) { restoreFill(t, bigMiB) })
+	for _, c := range []struct{ bigMiB, runs int }{{2, 0}, {48, 0}, {2, 4100}} {
+		t.Run(fmt.Sprintf("%dMiB-%druns", c.bigMiB, c.runs), func(t *testing.T) { restoreFill(t, c.bigMiB, c.runs) })
 	}
 }
 
-func restoreFill(t *testing.T, bigMiB int) {
-	p := startStateProg(t, "anonfill", strconv.Itoa(bigMiB))
+// restoreFill: with bigMiB >= 32 or runs, the process lends its pages;
+// with more runs than one start of the lender takes (inject.MaxLendRuns,
+// 4096), it lends them in two goes.
+func restoreFill(t *testing.T, bigMiB, runs int) {
+	p := startStateProg(t, "anonfill", strconv.Itoa(bigMiB), strconv.Itoa(runs))
 	img := filepath.Join(p.dir, "img")
 	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -v -t %d -o %s", p.pid, img))
-	if lent := strings.Contains(string(r.stderr), "lends its private anonymous pages"); lent != (bigMiB >= 32) {
-		t.Errorf("with %d MiB, the process lent its pages: %v; want %v", bigMiB, lent, bigMiB >= 32)
+	if lent, want := strings.Contains(string(r.stderr), "lends its private anonymous pages"), bigMiB >= 32 || runs > 0; lent != want {
+		t.Errorf("with %d MiB and %d runs, the process lent its pages: %v; want %v", bigMiB, runs, lent, want)
+	}
+	if again, want := strings.Contains(string(r.stderr), "runs: again"), runs > 4096; again != want {
+		t.Errorf("with %d runs, the lender started again: %v; want %v", runs, again, want)
 	}
 	p.waitKilled()
 	at := p.mustProgress()

@@ -3,7 +3,7 @@
  * UFFDIO_COPY where it can, process_vm_writev elsewhere) must come back
  * with its contents, its holes and nothing registered with userfaultfd.
  *
- *   anonfill PROGRESS VERDICT [BIG_MIB]
+ *   anonfill PROGRESS VERDICT [BIG_MIB [RUNS]]
  *
  * Before the first tick it maps and fills with a pattern of its own each:
  *   big   4 MiB (or BIG_MIB; with 48, cr-dump's cr-pages has the process lend its
@@ -13,6 +13,9 @@
  *   none  256 KiB, then made PROT_NONE
  *   nores 1 MiB with MAP_NORESERVE
  *   down  256 KiB with MAP_GROWSDOWN
+ *   runs  RUNS (default none) blocks of 128 KiB, each a filled 64 KiB and a
+ *         64 KiB hole never touched: as many runs of pages (with 4,097 or
+ *         more, cr-pages' lender takes them in two goes, MaxLendRuns)
  * On SIGTERM it checks every pattern and hole (reading "none" after a
  * moment of PROT_READ), that the untouched pages of "big" take writes,
  * and that no VMA of its smaps says "um" (registered for missing-page
@@ -39,13 +42,18 @@ static struct region regions[] = {
 	{ "none", 256 << 10, PROT_NONE, 0, 0 },
 	{ "nores", 1 << 20, PROT_READ | PROT_WRITE, MAP_NORESERVE, 0 },
 	{ "down", 256 << 10, PROT_READ | PROT_WRITE, MAP_GROWSDOWN, 0 },
+	{ "runs", 0, PROT_READ | PROT_WRITE, 0, 0 },
 };
 #define NREGIONS (sizeof regions / sizeof regions[0])
+#define RUNS (NREGIONS - 1)
+#define RUN_BLOCK (128UL << 10)
 
 /* What page pg of region i holds: 0 for a hole, 1 for zeros with a last
  * byte 1, 2 for the pattern. */
 static int page_kind(unsigned i, size_t pg)
 {
+	if (i == RUNS)
+		return pg * PG % RUN_BLOCK < RUN_BLOCK / 2 ? 2 : 0;
 	if (i != 0 || pg < 10 || pg > 30)
 		return 2;
 	return pg == 30 ? 1 : 0;
@@ -67,7 +75,7 @@ static void fill(unsigned i)
 			page[PG - 1] = 1;
 			break;
 		default:
-			if (pg >= 20)
+			if (i == 0 && pg >= 20)
 				memset(page, 0, PG); /* touched, all zeros */
 		}
 	}
@@ -122,6 +130,8 @@ static const char *check(char *why, size_t n)
 {
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
+		if (r->size == 0)
+			continue;
 		if (r->prot == PROT_NONE && mprotect(r->p, r->size, PROT_READ) != 0) {
 			snprintf(why, n, "%s: mprotect: %s", r->name, strerror(errno));
 			return why;
@@ -140,11 +150,15 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "anonfill PROGRESS VERDICT [BIG_MIB]");
+	state_init(argc, argv, 3, "anonfill PROGRESS VERDICT [BIG_MIB [RUNS]]");
 	if (argc > 3)
 		regions[0].size = (size_t)atoi(argv[3]) << 20;
+	if (argc > 4)
+		regions[RUNS].size = (size_t)atoi(argv[4]) * RUN_BLOCK;
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
+		if (r->size == 0)
+			continue;
 		r->p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | r->flags, -1, 0);
 		if (r->p == MAP_FAILED)
 			die("mmap");
