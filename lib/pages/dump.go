@@ -75,7 +75,8 @@ type prepared struct {
 // parent, when not 0, is p's parent in the same dump: pages p still shares
 // with it since fork are left out (inherit.go). lending: p is to lend its
 // pages, so the runs to lend need not be split by sharing (sharing.go).
-func prepare(p *pb.Process, parent int, lending bool) (*prepared, error) {
+// parents keeps the parents' mappings from one process to the next.
+func prepare(p *pb.Process, parent int, lending bool, parents parentVmas) (*prepared, error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -135,7 +136,7 @@ func prepare(p *pb.Process, parent int, lending bool) (*prepared, error) {
 		return nil, procErr(pid, err)
 	}
 	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
-	shared, err := newSharing(pid, parent, vmas, pm, lending)
+	shared, err := newSharing(pid, parent, vmas, pm, lending, parents)
 	if err != nil {
 		pm.Close()
 		return nil, err
