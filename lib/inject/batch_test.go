@@ -83,15 +83,7 @@ func batch(n int) []Call {
 // nanosleep and under MDWE: the same results as one call at a time, nothing left mapped
 // or changed, and the nanosleep restarted after detach.
 func TestStub(t *testing.T) {
-	p := testprog.Start(t, "sleep", "2")
-	time.Sleep(200 * time.Millisecond) // let it enter nanosleep
-	insn, err := FindSyscallInsn(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
+	p, insn := seizedSleeper(t)
 	before := look(t, p.Pid)
 
 	s, err := Begin(p.Pid, insn)
@@ -149,14 +141,7 @@ func TestStub(t *testing.T) {
 // TestStubFault: the stub faults (its code unmapped under it). The fault
 // is never delivered to the task, which gets everything back.
 func TestStubFault(t *testing.T) {
-	p := testprog.Start(t, "sleep", "2")
-	insn, err := FindSyscallInsn(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
+	p, insn := seizedSleeper(t)
 	before := look(t, p.Pid)
 	s, err := Begin(p.Pid, insn)
 	if err != nil {

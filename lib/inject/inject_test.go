@@ -15,6 +15,24 @@ import (
 	"crpipe/lib/sys"
 )
 
+// seizedSleeper starts a task sleeping in nanosleep, finds its syscall
+// instruction, locks the test's goroutine to its thread until the test's
+// end (ptrace requests come from the tracer thread) and seizes the task at
+// an interrupt stop.
+func seizedSleeper(t *testing.T) (*testprog.Proc, uint64) {
+	t.Helper()
+	p := testprog.Start(t, "sleep", "2")
+	time.Sleep(200 * time.Millisecond) // let it enter nanosleep
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	t.Cleanup(runtime.UnlockOSThread)
+	seizeStop(t, p.Pid)
+	return p, insn
+}
+
 // seizeStop seizes pid from the locked test thread and waits for the
 // interrupt stop. The caller has called runtime.LockOSThread.
 func seizeStop(t *testing.T, pid int) {
@@ -50,16 +68,7 @@ func TestFindSyscallInsn(t *testing.T) {
 // injected calls see the task's state, and after detach the nanosleep is
 // restarted rather than failing with EINTR or -516.
 func TestInjectSleeping(t *testing.T) {
-	p := testprog.Start(t, "sleep", "2")
-	time.Sleep(200 * time.Millisecond) // let it enter nanosleep
-	insn, err := FindSyscallInsn(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
+	p, insn := seizedSleeper(t)
 	before, err := sys.PtraceGetRegs(p.Pid)
 	if err != nil {
 		t.Fatal(err)

@@ -6,14 +6,12 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"crpipe/lib/internal/testprog"
 	"crpipe/lib/sys"
 )
 
@@ -27,15 +25,7 @@ func TestLend(t *testing.T) {
 	if !LendUsable() {
 		t.Skip("no SSE 4.2 crc32 on this CPU: the lender cannot run")
 	}
-	p := testprog.Start(t, "sleep", "2")
-	time.Sleep(200 * time.Millisecond)
-	insn, err := FindSyscallInsn(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
+	p, insn := seizedSleeper(t)
 	fdsBefore := fdList(t, p.Pid)
 	before := look(t, p.Pid)
 
