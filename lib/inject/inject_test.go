@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/internal/testprog"
+	"crpipe/lib/proc"
 	"crpipe/lib/sys"
 )
 
@@ -52,15 +53,44 @@ func seizeStop(t *testing.T, pid int) {
 	}
 }
 
+// TestFindSyscallInsn: both ways of finding the instruction, the vDSO
+// looked up through auxv and PROCMAP_QUERY, and the scan of the maps,
+// find one in the process's [vdso].
 func TestFindSyscallInsn(t *testing.T) {
 	p := testprog.Start(t, "pause")
-	addr, err := FindSyscallInsn(p.Pid)
+	maps, err := proc.ReadMaps(p.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, 2)
-	if err := ReadMem(p.Pid, addr, b); err != nil || !bytes.Equal(b, []byte{0x0f, 0x05}) {
-		t.Fatalf("at %#x: % x, %v", addr, b, err)
+	var vdso *proc.Mapping
+	for i := range maps {
+		if maps[i].Path == "[vdso]" {
+			vdso = &maps[i]
+		}
+	}
+	if vdso == nil {
+		t.Fatal("no [vdso] in the maps")
+	}
+	fast, ok := vdsoSyscallInsn(p.Pid)
+	if !ok {
+		t.Fatal("not found through auxv and PROCMAP_QUERY")
+	}
+	scanned, err := scanSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []uint64{fast, scanned, found} {
+		if addr < vdso.Start || addr+2 > vdso.End {
+			t.Errorf("%#x is not in the [vdso] at %#x-%#x", addr, vdso.Start, vdso.End)
+		}
+		b := make([]byte, 2)
+		if err := ReadMem(p.Pid, addr, b); err != nil || !bytes.Equal(b, []byte{0x0f, 0x05}) {
+			t.Errorf("at %#x: % x, %v", addr, b, err)
+		}
 	}
 }
 

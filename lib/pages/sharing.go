@@ -67,8 +67,7 @@ func (pv parentVmas) get(pid int) ([]vma, error) {
 // newSharing prepares the split of pid's runs; parent, when not 0, is its
 // parent in the same dump, whose mappings come from parents.
 func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, parents parentVmas) (*sharing, error) {
-	in := &sharing{child: child, vmas: vmas, from: make([]*pb.Vma, len(vmas)), recording: true, lending: lending,
-		ce: make([]uint64, sharingChunk), pe: make([]uint64, sharingChunk)}
+	in := &sharing{child: child, vmas: vmas, from: make([]*pb.Vma, len(vmas)), recording: true, lending: lending}
 	if parent == 0 {
 		return in, nil
 	}
@@ -128,6 +127,10 @@ func (in *sharing) split(r run, emit func(run) error) error {
 	inherits := in.from[r.vma] != nil
 	if !inherits && in.lending && lendable(&in.vmas[r.vma], r) {
 		return emit(r)
+	}
+	if in.ce == nil {
+		// Only now: most processes never get here (128 KiB each).
+		in.ce, in.pe = make([]uint64, sharingChunk), make([]uint64, sharingChunk)
 	}
 	for done := uint32(0); done < r.pages; {
 		n := min(r.pages-done, sharingChunk)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Mapping is one VMA as /proc/PID/maps or /proc/PID/smaps shows it.
@@ -80,8 +81,8 @@ func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
 	defer f.Close()
 	flags := map[uint64]VmaFlags{}
 	seen := vmFlagLines{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), maxMapsLine)
+	sc, done := lineScanner(f)
+	defer done()
 	var start uint64
 	var inVma bool
 	for sc.Scan() {
@@ -148,6 +149,20 @@ var (
 	zeroKB       = []byte("0 kB")
 )
 
+// lineBufs keeps the 64 KiB buffers of the maps and smaps scanners from
+// one file to the next: a dump reads both for every process, and a fresh
+// buffer each time was a third of what cr-pages allocated.
+var lineBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+
+// lineScanner scans r by lines with a buffer from lineBufs, given back by
+// done (after which nothing the scanner returned may be used).
+func lineScanner(r io.Reader) (sc *bufio.Scanner, done func()) {
+	buf := lineBufs.Get().(*[64 << 10]byte)
+	sc = bufio.NewScanner(r)
+	sc.Buffer(buf[:0], maxMapsLine)
+	return sc, func() { lineBufs.Put(buf) }
+}
+
 // vmFlagLines keeps one []string per distinct VmFlags line: a process's
 // VMAs have a handful of different ones, and 10,000 VMAs with a slice each
 // were 3 MB of cr-pages' heap. The slices are shared: read-only.
@@ -193,8 +208,8 @@ func ReadMaps(pid int) ([]Mapping, error) {
 // ParseSmaps parses the text of /proc/PID/smaps, or of /proc/PID/maps (which
 // is smaps without the per-mapping "Key: value" lines).
 func ParseSmaps(r io.Reader) ([]Mapping, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxMapsLine)
+	sc, done := lineScanner(r)
+	defer done()
 	var ms []Mapping
 	n := 0
 	for sc.Scan() {

@@ -53,6 +53,10 @@ func Filter() stage.Filter {
 			if err := CheckShared(procs); err != nil {
 				return err
 			}
+			mount, err := proc.Cgroup2Mount()
+			if err != nil {
+				return err
+			}
 			// Each process is seized, read and detached on its own: one
 			// tracer thread per core, each taking every nth process.
 			states := make([]*State, len(procs))
@@ -60,7 +64,7 @@ func Filter() stage.Filter {
 				if procs[i].State == "Z" {
 					return nil // a zombie has no threads to read
 				}
-				if err := CheckFrozen(procs[i], fr); err != nil {
+				if err := CheckFrozen(procs[i], fr, mount); err != nil {
 					return err
 				}
 				states[i], err = Process(procs[i])
@@ -95,8 +99,9 @@ func Filter() stage.Filter {
 
 // CheckFrozen verifies that p is the process cr-freeze recorded (same
 // start time) and still sits in the frozen cgroup: reading a running or
-// reused process would give a silently wrong image.
-func CheckFrozen(p *pb.Process, fr *pb.Freeze) error {
+// reused process would give a silently wrong image. mount is where
+// cgroup2 is mounted (proc.Cgroup2Mount).
+func CheckFrozen(p *pb.Process, fr *pb.Freeze, mount string) error {
 	pid := int(p.Pid)
 	st, err := proc.ReadStat(pid)
 	if err != nil {
@@ -107,10 +112,6 @@ func CheckFrozen(p *pb.Process, fr *pb.Freeze) error {
 	}
 	if fr == nil {
 		return stage.Hint(fmt.Errorf("pid %d: the stream has no freeze record", pid), "start the stream with cr-freeze")
-	}
-	mount, err := proc.Cgroup2Mount()
-	if err != nil {
-		return err
 	}
 	rel, err := proc.Cgroup2Of(pid)
 	if err != nil {
