@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/inject"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/netlock"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -200,7 +202,8 @@ func (f *Frozen) adoptStable(dir string, rounds int) error {
 
 // adopt walks the tree from the root and moves every live process not
 // moved yet into dir, after the same checks as the root. It returns how
-// many it moved.
+// many it moved. Each generation is looked at on every core; its new
+// processes are recorded in dir's state at once, then moved.
 func (f *Frozen) adopt(dir string) (int, error) {
 	known := map[int]bool{}
 	for _, t := range f.Tasks {
@@ -208,65 +211,92 @@ func (f *Frozen) adopt(dir string) (int, error) {
 	}
 	moved := 0
 	mount := filepath.Dir(dir)
-	err := walkTree(f.Root, func(pid int) (bool, error) {
-		if known[pid] {
-			return true, nil
-		}
-		st, err := proc.ReadStat(pid)
-		if err != nil || st.State == 'Z' {
-			// Gone: not in the tree. A zombie is recorded, not moved: it is in no cgroup.
-			return true, nil
-		}
-		if _, err := check(pid); err != nil {
-			if st, serr := proc.ReadStat(pid); serr != nil || st.State == 'Z' {
-				return false, nil // it exited meanwhile (a shell's short-lived child)
+	type look struct {
+		st       *proc.Stat // nil: known, gone, or a zombie (recorded, not moved: it is in no cgroup)
+		checkErr error
+		exited   bool   // while checked (a shell's short-lived child): not in the tree
+		rel      string // its cgroup ("": gone meanwhile)
+	}
+	err := walkTree(f.Root, func(gen []int) ([]int, error) {
+		looks := make([]look, len(gen))
+		par.For(len(gen), runtime.GOMAXPROCS(0), func(i int) error {
+			pid, l := gen[i], &looks[i]
+			if known[pid] {
+				return nil
 			}
-			return false, err
+			st, err := proc.ReadStat(pid)
+			if err != nil || st.State == 'Z' {
+				return nil
+			}
+			l.st = st
+			if _, l.checkErr = check(pid); l.checkErr != nil {
+				if st, err := proc.ReadStat(pid); err != nil || st.State == 'Z' {
+					l.st, l.checkErr, l.exited = nil, nil, true
+				}
+				return nil
+			}
+			l.rel, _ = proc.Cgroup2Of(pid)
+			return nil
+		})
+		var descend, move []int
+		for i, pid := range gen {
+			l := looks[i]
+			switch {
+			case l.checkErr != nil:
+				return nil, l.checkErr
+			case l.exited:
+				continue
+			case l.st != nil && l.rel != "":
+				f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: l.st.StartTime, Cgroup2: filepath.Join(mount, l.rel)})
+				move = append(move, pid)
+			}
+			descend = append(descend, pid)
 		}
-		rel, err := proc.Cgroup2Of(pid)
-		if err != nil {
-			return true, nil
+		if len(move) == 0 {
+			return descend, nil
 		}
-		f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: st.StartTime, Cgroup2: filepath.Join(mount, rel)})
+		// Recorded before moved: a thaw after a crash finds where they were.
 		if err := setState(dir, f.Tasks); err != nil {
-			return false, err
+			return nil, err
 		}
-		if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
-			if errors.Is(err, unix.ESRCH) {
-				return true, nil
+		for _, pid := range move {
+			if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue
+				}
+				return nil, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)
 			}
-			return false, fmt.Errorf("pid %d: move into %s: %w", pid, dir, err)
+			moved++
 		}
-		moved++
-		return true, nil
+		return descend, nil
 	})
 	return moved, err
 }
 
-// walkTree visits root and its descendants breadth first (parents before
-// children); visit says whether to go on below a process.
-func walkTree(root int, visit func(pid int) (descend bool, err error)) error {
-	queue := []int{root}
-	seen := map[int]bool{}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if seen[pid] {
-			continue
-		}
-		seen[pid] = true
-		descend, err := visit(pid)
+// walkTree visits root and its descendants breadth first, a generation at
+// a time (parents before children): visit gets the processes of one
+// generation not visited before and returns those to go on below.
+func walkTree(root int, visit func(gen []int) (descend []int, err error)) error {
+	seen := map[int]bool{root: true}
+	gen := []int{root}
+	for len(gen) > 0 {
+		descend, err := visit(gen)
 		if err != nil {
 			return err
 		}
-		if !descend {
-			continue
+		gen = nil
+		for _, pid := range descend {
+			kids, err := proc.Children(pid)
+			if err != nil && !errors.Is(err, proc.ErrNoProcess) {
+				return err
+			}
+			for _, k := range kids {
+				if !seen[k] {
+					seen[k] = true
+					gen = append(gen, k)
+				}
+			}
 		}
-		kids, err := proc.Children(pid)
-		if err != nil && !errors.Is(err, proc.ErrNoProcess) {
-			return err
-		}
-		queue = append(queue, kids...)
 	}
 	return nil
 }
@@ -281,39 +311,61 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 	var recs []*pb.Process
 	ctty := map[*pb.Process]int{} // the pty that is a process's controlling terminal
 	masters := map[int]bool{}     // ptys whose master a process of the tree holds
-	err := walkTree(f.Root, func(pid int) (bool, error) {
-		st, err := proc.ReadStat(pid)
-		if err != nil {
-			return false, fmt.Errorf("pid %d vanished while frozen: %w", pid, err)
+	type look struct {
+		st      *proc.Stat
+		rec     *pb.Process
+		masters []int
+		err     error
+	}
+	err := walkTree(f.Root, func(gen []int) ([]int, error) {
+		// Read on every core; the tree is frozen.
+		looks := make([]look, len(gen))
+		par.For(len(gen), runtime.GOMAXPROCS(0), func(i int) error {
+			pid, l := gen[i], &looks[i]
+			if l.st, l.err = proc.ReadStat(pid); l.err != nil {
+				l.err = fmt.Errorf("pid %d vanished while frozen: %w", pid, l.err)
+				return nil
+			}
+			if l.st.State == 'Z' || !live[pid] {
+				return nil
+			}
+			if l.rec, l.err = processRecord(pid, l.st); l.err != nil {
+				return nil
+			}
+			if l.masters, l.err = proc.PtyMasters(pid); l.err != nil {
+				l.err = fmt.Errorf("pid %d: %w", pid, l.err)
+			}
+			return nil
+		})
+		var descend []int
+		for i, pid := range gen {
+			l := looks[i]
+			if l.err != nil {
+				return nil, l.err
+			}
+			st := l.st
+			if st.State == 'Z' {
+				recs = append(recs, &pb.Process{Pid: uint32(pid), Ppid: uint32(st.Ppid), Pgid: uint32(st.Pgid), Sid: uint32(st.Sid),
+					Comm: st.Comm, StartTime: st.StartTime, State: "Z", ExitCode: int32(st.ExitCode)})
+				continue
+			}
+			if !live[pid] {
+				return nil, fmt.Errorf("pid %d of the tree is not in %s", pid, f.Cgroup)
+			}
+			if pid == f.Root && st.StartTime != f.Tasks[0].StartTime {
+				return nil, fmt.Errorf("pid %d: %w (the pid was reused during freezing)", pid, proc.ErrNoProcess)
+			}
+			delete(live, pid)
+			recs = append(recs, l.rec)
+			if i := proc.PtyIndex(st.TtyNr); i >= 0 {
+				ctty[l.rec] = i
+			}
+			for _, m := range l.masters {
+				masters[m] = true
+			}
+			descend = append(descend, pid)
 		}
-		if st.State == 'Z' {
-			recs = append(recs, &pb.Process{Pid: uint32(pid), Ppid: uint32(st.Ppid), Pgid: uint32(st.Pgid), Sid: uint32(st.Sid),
-				Comm: st.Comm, StartTime: st.StartTime, State: "Z", ExitCode: int32(st.ExitCode)})
-			return false, nil
-		}
-		if !live[pid] {
-			return false, fmt.Errorf("pid %d of the tree is not in %s", pid, f.Cgroup)
-		}
-		if pid == f.Root && st.StartTime != f.Tasks[0].StartTime {
-			return false, fmt.Errorf("pid %d: %w (the pid was reused during freezing)", pid, proc.ErrNoProcess)
-		}
-		delete(live, pid)
-		rec, err := processRecord(pid, st)
-		if err != nil {
-			return false, err
-		}
-		recs = append(recs, rec)
-		if i := proc.PtyIndex(st.TtyNr); i >= 0 {
-			ctty[rec] = i
-		}
-		ms, err := proc.PtyMasters(pid)
-		if err != nil {
-			return false, fmt.Errorf("pid %d: %w", pid, err)
-		}
-		for _, m := range ms {
-			masters[m] = true
-		}
-		return true, nil
+		return descend, nil
 	})
 	if err != nil {
 		return nil, err
