@@ -663,6 +663,11 @@ func killDir(dir string, tasks []Task, transient bool) error {
 	for _, t := range tasks {
 		known[t.Pid] = t.StartTime
 	}
+	inCgroup := map[int]bool{}
+	for _, pid := range pids {
+		inCgroup[pid] = true
+	}
+	var orphans []*proc.Stat // killed with their parent: reaped by whoever adopts them
 	for _, pid := range pids {
 		want, ok := known[pid]
 		if !ok {
@@ -674,6 +679,9 @@ func killDir(dir string, tasks []Task, transient bool) error {
 		}
 		if want != 0 && st.StartTime != want {
 			return fmt.Errorf("pid %d in %s started at %d, not %d as recorded; refusing to kill", pid, dir, st.StartTime, want)
+		}
+		if inCgroup[st.Ppid] {
+			orphans = append(orphans, st)
 		}
 	}
 	if err := writeFile(filepath.Join(dir, "cgroup.kill"), "1"); err != nil {
@@ -689,10 +697,32 @@ func killDir(dir string, tasks []Task, transient bool) error {
 	if err := waitEvent(dir, "populated", "0", 10*time.Second); err != nil {
 		return fmt.Errorf("kill %s: %w", dir, err)
 	}
+	waitReaped(orphans, 2*time.Second)
 	if !transient {
 		return nil
 	}
 	return rmdirWait(dir)
+}
+
+// waitReaped waits, at most timeout, until the killed processes of procs
+// are reaped (by init or a subreaper, their parent having died with them).
+// A zombie keeps its pid, and the pid of its process group and session:
+// a restore right after the kill would find them in use.
+func waitReaped(procs []*proc.Stat, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for _, want := range procs {
+		for {
+			st, err := proc.ReadStat(want.Pid)
+			if err != nil || st.StartTime != want.StartTime {
+				break
+			}
+			if time.Now().After(deadline) {
+				stage.Logf("pid %d, killed, is not reaped yet by its parent %d: its pid stays in use until it is", want.Pid, st.Ppid)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 func rmdirWait(dir string) error {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"crpipe/lib/internal/testprog"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -164,6 +166,45 @@ func TestKill(t *testing.T) {
 	}
 	if err := KillPid(p.Pid); !errors.Is(err, ErrNotFrozen) {
 		t.Fatalf("kill of a gone pid: %v", err)
+	}
+}
+
+// TestKillReapsOrphans: kill returns only once the processes killed with
+// their parent are reaped. The test is their subreaper and reaps the
+// child 300 ms late; until then the child's pid, and the root's as its
+// process group, stay in use, and a restore would find them taken.
+func TestKillReapsOrphans(t *testing.T) {
+	requireRoot(t)
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	p := testprog.Start(t, "child")
+	cleanupFrozen(t, p.Pid)
+	f, err := Freeze(p.Pid, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Procs) != 2 {
+		t.Fatalf("records %v: want the root and its child", f.Procs)
+	}
+	child := int(f.Procs[1].Pid)
+	reaped := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(child, &ws, 0, nil)
+		reaped <- err
+	}()
+	_, fr, procs := f.Records()
+	if err := Kill(fr, procs); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := proc.ReadStat(child); err == nil {
+		t.Fatalf("kill returned with the child %d still there (state %c)", child, st.State)
+	}
+	if err := <-reaped; err != nil {
+		t.Fatalf("reaping the child: %v", err)
 	}
 }
 
