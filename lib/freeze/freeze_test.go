@@ -368,3 +368,38 @@ func TestNamespaces(t *testing.T) {
 		})
 	}
 }
+
+// TestState: the state a transient cgroup carries round-trips, names each
+// cgroup once, takes 2,000 processes, refuses clearly what does not fit
+// an xattr, and rejects a malformed one.
+func TestState(t *testing.T) {
+	var tasks []Task
+	for i := range 2000 {
+		tasks = append(tasks, Task{Pid: 4000000 + i, StartTime: 9876543210 + uint64(i), Cgroup2: fmt.Sprintf("/sys/fs/cgroup/system.slice/service-%d.scope", i%3)})
+	}
+	b, err := encodeState(tasks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "service-0.scope"); n != 1 {
+		t.Errorf("a cgroup named %d times in the state", n)
+	}
+	got, err := decodeState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(tasks) {
+		t.Fatalf("state did not round-trip (%d tasks back)", len(got))
+	}
+	for range 2000 {
+		tasks = append(tasks, tasks[0])
+	}
+	if _, err := encodeState(tasks); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "4000 processes") {
+		t.Fatalf("4000 tasks: %v, want a refusal naming them", err)
+	}
+	for _, bad := range []string{`{"cgroups":["/a"],"tasks":[[12,34,1]]}`, `{"cgroups":["/a"],"tasks":[[0,34,0]]}`, `[{"pid":1}]`} {
+		if _, err := decodeState([]byte(bad)); err == nil {
+			t.Errorf("%s: decoded", bad)
+		}
+	}
+}
