@@ -798,10 +798,14 @@ func encodeState(tasks []Task) ([]byte, error) {
 }
 
 func decodeState(b []byte) ([]Task, error) {
+	if bytes.HasPrefix(b, []byte("[")) {
+		// The layout before (one object per task): a cgroup left
+		// frozen by an older build is thawed all the same.
+		var tasks []Task
+		return tasks, strictJSON(b, &tasks)
+	}
 	var st state
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	if err := strictJSON(b, &st); err != nil {
 		return nil, err
 	}
 	tasks := make([]Task, 0, len(st.Tasks))
@@ -812,6 +816,12 @@ func decodeState(b []byte) ([]Task, error) {
 		tasks = append(tasks, Task{Pid: int(t[0]), StartTime: t[1], Cgroup2: st.Cgroups[t[2]]})
 	}
 	return tasks, nil
+}
+
+func strictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }
 
 func setState(dir string, tasks []Task) error {

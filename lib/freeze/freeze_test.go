@@ -371,7 +371,7 @@ func TestNamespaces(t *testing.T) {
 
 // TestState: the state a transient cgroup carries round-trips, names each
 // cgroup once, takes 2,000 processes, refuses clearly what does not fit
-// an xattr, and rejects a malformed one.
+// an xattr, reads the layout before it, and rejects a malformed one.
 func TestState(t *testing.T) {
 	var tasks []Task
 	for i := range 2000 {
@@ -397,7 +397,11 @@ func TestState(t *testing.T) {
 	if _, err := encodeState(tasks); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "4000 processes") {
 		t.Fatalf("4000 tasks: %v, want a refusal naming them", err)
 	}
-	for _, bad := range []string{`{"cgroups":["/a"],"tasks":[[12,34,1]]}`, `{"cgroups":["/a"],"tasks":[[0,34,0]]}`, `[{"pid":1}]`} {
+	old, err := decodeState([]byte(`[{"pid":12,"start_time":34,"cgroup2":"/a"}]`))
+	if err != nil || len(old) != 1 || old[0] != (Task{Pid: 12, StartTime: 34, Cgroup2: "/a"}) {
+		t.Errorf("the layout before: %v, %v", old, err)
+	}
+	for _, bad := range []string{`{"cgroups":["/a"],"tasks":[[12,34,1]]}`, `{"cgroups":["/a"],"tasks":[[0,34,0]]}`, `[{"pid":1,"x":2}]`, `{"tasks":[[1,2,0]],"x":1}`} {
 		if _, err := decodeState([]byte(bad)); err == nil {
 			t.Errorf("%s: decoded", bad)
 		}
