@@ -42,6 +42,7 @@ func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 	dfd, sfd := int(df.Fd()), int(sf.Fd())
 	var moved int64
 	for moved < n {
+		awaitRoom(dfd)
 		m, err := unix.Splice(sfd, nil, dfd, nil, int(min(n-moved, 1<<30)), unix.SPLICE_F_MOVE)
 		switch {
 		case err == unix.EINTR:
@@ -60,6 +61,22 @@ func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 		moved += m
 	}
 	return moved, nil
+}
+
+// awaitRoom waits until the output pipe fd has room, asleep. A splice into
+// a full pipe would otherwise spin on the pipe's mutex for as long as the
+// next stage holds it, and the last stage holds it while it writes the
+// pipe's pages into the image file: with the image on tmpfs, cr-files
+// burnt 0.08 s of CPU per GiB spinning there (mutex_spin_on_owner),
+// taken from the stages beside it on a 2-core machine. poll(2) looks at
+// the pipe without its mutex; for any other fd it returns at once.
+func awaitRoom(fd int) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+			return
+		}
+	}
 }
 
 // thpUsable: donated pages are only cheaper than copying when the buffers
@@ -88,6 +105,7 @@ func donor() image.Donor {
 		for rest, first := p, true; len(rest) > 0; first = false {
 			iov := []unix.Iovec{{Base: &rest[0]}}
 			iov[0].SetLen(len(rest))
+			awaitRoom(fd)
 			n, err := unix.Vmsplice(fd, iov, unix.SPLICE_F_GIFT)
 			switch {
 			case err == unix.EINTR:

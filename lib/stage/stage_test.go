@@ -285,3 +285,44 @@ func (s slowReader) Read(p []byte) (int, error) {
 	time.Sleep(5 * time.Millisecond)
 	return s.r.Read(p)
 }
+
+// TestAwaitRoom: a full pipe makes awaitRoom sleep until the reader takes
+// something; a pipe with room, and a regular file, return at once.
+func TestAwaitRoom(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	awaitRoom(p[1]) // empty: at once
+	f, err := os.CreateTemp(t.TempDir(), "file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	awaitRoom(int(f.Fd()))
+	page := make([]byte, 4096)
+	for {
+		if _, err := unix.Write(p[1], page); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { awaitRoom(p[1]); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("awaitRoom returned while the pipe was full")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := unix.Read(p[0], page); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("awaitRoom still waits after the reader took a page")
+	}
+}
