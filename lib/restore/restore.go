@@ -278,6 +278,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return fmt.Errorf("frame %d at offset %d: duplicate or zero pid %d: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
 		}
 		t := &task{proc: &p, cores: map[uint32]*pb.ThreadCore{}, states: map[uint32]*pb.TaskState{}}
+		stage.ReserveHeap(stage.ProcessHeap)
 		rc.Tasks[p.Pid] = t
 		rc.Order = append(rc.Order, t)
 	case image.TypeThreadCore:

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"sync/atomic"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -84,6 +85,24 @@ const memoryLimit = 20 << 20
 func limitMemory() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
+	}
+}
+
+// heapReserved is what ReserveHeap added to the soft limit.
+var heapReserved atomic.Int64
+
+// ProcessHeap is the heap a command may hold per process of the tree
+// (its records, its restore's state: ~40 KiB in a restore).
+const ProcessHeap = 64 << 10
+
+// ReserveHeap raises the soft limit of the heap by n bytes, for state the
+// command must hold whatever it streams: a tree's records grow with the
+// tree, and under a limit below them the collector runs back to back (a
+// restore of 600 processes took 4.5 s, half of it collecting, against
+// 2.1 s with the room).
+func ReserveHeap(n int64) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit + heapReserved.Add(n))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -324,5 +325,20 @@ func TestAwaitRoom(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("awaitRoom still waits after the reader took a page")
+	}
+}
+
+// TestReserveHeap: the soft limit grows by what is reserved, from the
+// stages' own limit.
+func TestReserveHeap(t *testing.T) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		t.Skip("GOMEMLIMIT is set: the user's limit stays")
+	}
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	limitMemory()
+	before := heapReserved.Load()
+	ReserveHeap(10 * ProcessHeap)
+	if got, want := debug.SetMemoryLimit(-1), int64(memoryLimit)+before+10*ProcessHeap; got != want {
+		t.Fatalf("soft limit %d, want %d", got, want)
 	}
 }

@@ -34,6 +34,7 @@ func (u *Upstream) Observe(f *image.Frame) error {
 		if err := image.Unmarshal(f, p); err != nil {
 			return err
 		}
+		ReserveHeap(ProcessHeap)
 		if p.State == "Z" {
 			u.Zombies = append(u.Zombies, p)
 		} else {
