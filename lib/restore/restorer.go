@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -284,10 +285,27 @@ type cloneReq struct {
 	stackSize  uint64
 }
 
+// pidBusyWait bounds how long clone asks again for a PID in use.
+var pidBusyWait = 2 * time.Second
+
 // clone asks the restorer to create a task with req.tid. The answer comes
 // from the parent; the child serves req.childCtl (or shares the parent's
-// socket when -1).
+// socket when -1). A PID in use is asked for again, up to pidBusyWait: a
+// process group or session keeps its leader's PID until its last member
+// is reaped, and a member killed with the dumped tree may be a zombie a
+// little longer (waitPidsFree sees only processes).
 func (r *restorer) clone(req cloneReq) (int, error) {
+	deadline := time.Now().Add(pidBusyWait)
+	for pause := time.Millisecond; ; pause = min(2*pause, 20*time.Millisecond) {
+		pid, err := r.cloneOnce(req)
+		if err != ErrPidBusy || time.Now().After(deadline) {
+			return pid, err
+		}
+		time.Sleep(pause)
+	}
+}
+
+func (r *restorer) cloneOnce(req cloneReq) (int, error) {
 	msg := header(opClone, 0, 176)
 	msg = binary.LittleEndian.AppendUint64(msg, req.flags)
 	msg = binary.LittleEndian.AppendUint64(msg, req.exitSignal)

@@ -2,9 +2,12 @@ package restore
 
 import (
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,5 +78,55 @@ func TestRestorerCloneRelocateSyscalls(t *testing.T) {
 		t.Fatal("close(999) succeeded")
 	} else if !strings.Contains(err.Error(), "bad: bad file descriptor") {
 		t.Fatalf("error = %v", err)
+	}
+}
+
+// TestRestorerCloneWaitsForGroupPid: a PID no process has, but a zombie
+// still holds as its process group, is cloned once the zombie is reaped
+// (300 ms later), not refused as in use.
+func TestRestorerCloneWaitsForGroupPid(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: clone3 with set_tid needs CAP_SYS_ADMIN")
+	}
+	leader := exec.Command("sleep", "30")
+	leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	want := leader.Process.Pid
+	member := exec.Command("sleep", "30")
+	member.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: want}
+	if err := member.Start(); err != nil {
+		leader.Process.Kill()
+		leader.Wait()
+		t.Fatal(err)
+	}
+	leader.Process.Kill()
+	leader.Wait()
+	member.Process.Kill() // a zombie until reaped, in group want
+	reaped := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		member.Wait()
+		close(reaped)
+	}()
+	defer func() { <-reaped }()
+	r, helper, err := startHelper(false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.sock.Close()
+	pid, err := r.clone(cloneReq{flags: unix.CLONE_PARENT, tid: want, exitParent: true, childCtl: -1})
+	if err != nil {
+		t.Fatalf("clone with pid %d: %v", want, err)
+	}
+	helper.Wait()
+	unix.Kill(pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	unix.Wait4(pid, &ws, 0, nil)
+	select {
+	case <-reaped:
+	default:
+		t.Fatal("cloned before the zombie holding the pid was reaped")
 	}
 }
