@@ -3,7 +3,6 @@ package inject
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -156,9 +155,6 @@ func scanSyscallInsn(pid int) (uint64, error) {
 	return 0, fmt.Errorf("pid %d: %w", pid, ErrNoSyscallInsn)
 }
 
-// atSysinfoEhdr is the auxv entry that holds the vDSO's address.
-const atSysinfoEhdr = 33
-
 // vdsoSyscallInsn looks for the instruction in the vDSO where the
 // process's auxv says it is, found with one PROCMAP_QUERY: a tenth of the
 // cost of reading and parsing the whole maps (0.14 ms per process, twice
@@ -169,14 +165,7 @@ func vdsoSyscallInsn(pid int) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	var base uint64
-	le := binary.LittleEndian
-	for i := 0; i+16 <= len(auxv); i += 16 {
-		if le.Uint64(auxv[i:]) == atSysinfoEhdr {
-			base = le.Uint64(auxv[i+8:])
-			break
-		}
-	}
+	base := proc.AuxvValue(auxv, proc.AtSysinfoEhdr)
 	if base == 0 {
 		return 0, false
 	}

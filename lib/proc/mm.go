@@ -2,6 +2,7 @@ package proc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -94,4 +95,19 @@ func ReadAuxv(pid int) ([]byte, error) {
 		return nil, fmt.Errorf("/proc/%d/auxv: longer than %d bytes", pid, maxAuxv)
 	}
 	return b, nil
+}
+
+// AtSysinfoEhdr is the auxv entry that holds the vDSO's address.
+const AtSysinfoEhdr = 33
+
+// AuxvValue returns the value of entry key in a raw auxiliary vector
+// (ReadAuxv), 0 when it has none.
+func AuxvValue(auxv []byte, key uint64) uint64 {
+	le := binary.LittleEndian
+	for i := 0; i+16 <= len(auxv); i += 16 {
+		if le.Uint64(auxv[i:]) == key {
+			return le.Uint64(auxv[i+8:])
+		}
+	}
+	return 0
 }

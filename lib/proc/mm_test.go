@@ -48,3 +48,18 @@ func FuzzParseMmStat(f *testing.F) {
 	f.Add([]byte("1 (x) S"))
 	f.Fuzz(func(t *testing.T, b []byte) { ParseMmStat(b) })
 }
+
+// TestAuxvValue: this process's auxv names its vDSO, and a missing entry
+// reads 0.
+func TestAuxvValue(t *testing.T) {
+	auxv, err := ReadAuxv(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if AuxvValue(auxv, AtSysinfoEhdr) == 0 {
+		t.Fatal("no AT_SYSINFO_EHDR in this process's auxv")
+	}
+	if v := AuxvValue(auxv, 1<<40); v != 0 {
+		t.Fatalf("a missing entry reads %#x", v)
+	}
+}
