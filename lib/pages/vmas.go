@@ -173,14 +173,16 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 				return nil, err
 			}
 		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
-			what := fmt.Sprintf("mapping of deleted file %s", m.Path)
+			// The hint fits a deleted file only: a program cannot do without
+			// its System V segment or memfd by being restarted.
+			what, hint := fmt.Sprintf("mapping of deleted file %s", m.Path), "restart the process so that it maps files that exist, then checkpoint"
 			switch {
 			case strings.HasPrefix(m.Path, "/memfd:"):
-				what = fmt.Sprintf("memfd mapping %s", m.Path)
+				what, hint = fmt.Sprintf("memfd mapping %s", m.Path), ""
 			case strings.HasPrefix(m.Path, "/SYSV"):
-				what = fmt.Sprintf("System V shared memory mapping %s", m.Path)
+				what, hint = fmt.Sprintf("System V shared memory mapping %s (shmat)", m.Path), ""
 			}
-			return nil, unsupported(pid, m, what, "restart the process so that it maps files that exist, then checkpoint")
+			return nil, unsupported(pid, m, what, hint)
 		default:
 			st, err := statMapped(pid, root, m, stats)
 			if err != nil {

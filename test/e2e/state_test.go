@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -429,25 +430,35 @@ func TestNumaPolicy(t *testing.T) {
 	p.terminate(at)
 }
 
-// TestVmaPkeyRefused: memory with a protection key of its own is refused
-// at dump time, naming the process and the mapping, and the process goes
-// on running.
-func TestVmaPkeyRefused(t *testing.T) {
-	if b, err := os.ReadFile("/proc/cpuinfo"); err != nil || !regexp.MustCompile(`\bospke\b`).Match(b) {
-		t.Skip("this CPU or kernel has no memory protection keys (no ospke in /proc/cpuinfo)")
-	}
+// TestVmaRefused: memory with a protection key of its own, and a System V
+// shared memory segment, are refused at dump time, naming the process and
+// the mapping, and the process goes on running.
+func TestVmaRefused(t *testing.T) {
 	need(t, "cr-dump")
-	p := startStateProg(t, "vmadvice", "pkey")
-	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
-	if r.err == nil {
-		t.Fatal("memory with a protection key was dumped")
+	for _, c := range []struct{ mode, what string }{
+		{"pkey", `memory with protection key [1-9][0-9]* \(pkey_mprotect\)`},
+		{"sysv", `System V shared memory mapping /SYSV00000000 \(shmat\)`},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
+				t.Skip("this CPU or kernel has no memory protection keys (no ospke in /proc/cpuinfo)")
+			}
+			p := startStateProg(t, "vmadvice", c.mode)
+			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+			if r.err == nil {
+				t.Fatalf("the %s mapping was dumped", c.mode)
+			}
+			want := regexp.MustCompile(`cr-pages: (error: )?pid ` + strconv.Itoa(p.pid) + ` vma [0-9a-f]+-[0-9a-f]+: ` + c.what + ` is not supported`)
+			if !want.Match(r.stderr) {
+				t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+			}
+			if bytes.Contains(r.stderr, []byte("hint:")) {
+				t.Errorf("cr-dump gives a hint where none helps:\n%s", r.stderr)
+			}
+			p.checkRunning()
+			p.terminate(0)
+		})
 	}
-	want := regexp.MustCompile(`cr-pages: (error: )?pid ` + strconv.Itoa(p.pid) + ` vma [0-9a-f]+-[0-9a-f]+: memory with protection key [1-9][0-9]* \(pkey_mprotect\) is not supported`)
-	if !want.Match(r.stderr) {
-		t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
-	}
-	p.checkRunning()
-	p.terminate(0)
 }
 
 // TestRestoreIntoCgroup: cr-restore --cgroup starts the restored tree, every

@@ -2,7 +2,7 @@
  * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
  * a mapping must survive a checkpoint.
  *
- *   vmadvice PROGRESS VERDICT [pkey]
+ *   vmadvice PROGRESS VERDICT [pkey|sysv]
  *
  * Before the first tick it maps one private anonymous region per setting,
  * 64 KiB each, fills it with a pattern of its own, and sets:
@@ -14,7 +14,9 @@
  *   dp  MAP_DROPPABLE (Linux 6.11; the kernel may drop its contents)
  *   sl  mseal (Linux 6.10)
  * With "pkey" one more region gets a protection key of its own
- * (pkey_mprotect), which a dump refuses.
+ * (pkey_mprotect), with "sysv" one more is a System V shared memory
+ * segment (shmat, removed at once so that it ends with the process):
+ * both a dump refuses.
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
@@ -22,6 +24,7 @@
 #include "state.h"
 
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -132,12 +135,19 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv]");
 	if (argc > 3 && !strcmp(argv[3], "pkey")) {
 		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		int key = syscall(SYS_pkey_alloc, 0, 0);
 		if (p == MAP_FAILED || key < 0 || syscall(SYS_pkey_mprotect, p, SIZE, PROT_READ | PROT_WRITE, key) != 0)
 			die("pkey");
+	}
+	if (argc > 3 && !strcmp(argv[3], "sysv")) {
+		int id = shmget(IPC_PRIVATE, SIZE, IPC_CREAT | 0600);
+		void *p = id < 0 ? (void *)-1 : shmat(id, NULL, 0);
+		if (p == (void *)-1 || shmctl(id, IPC_RMID, NULL) != 0)
+			die("shm");
+		memset(p, 0x5a, SIZE);
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
