@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sort"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -512,7 +513,33 @@ func writeMem(pid int, s *scratchWriter) error {
 	return nil
 }
 
-// sharedAnon returns the memfd that stands for one MAP_SHARED anonymous
+// newSharedAnon makes a shmem object of size bytes as MAP_SHARED|
+// MAP_ANONYMOUS makes one, and returns its file. A memfd would hold the
+// memory as well, but the restored process's maps would show it as a
+// memfd, which a next dump refuses: this one shows as the kernel names
+// shared anonymous memory, "/dev/zero (deleted)".
+func newSharedAnon(size int) (*os.File, error) {
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("shared memory of %d bytes: %w", size, err)
+	}
+	defer unix.Munmap(mem)
+	return mappedFile(mem)
+}
+
+// mappedFile opens what is mapped at mem, in our own address space, through
+// /proc/self/map_files (which needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
+func mappedFile(mem []byte) (*os.File, error) {
+	start := uintptr(unsafe.Pointer(&mem[0]))
+	end := start + (uintptr(len(mem))+pageSize-1)&^(pageSize-1)
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/map_files/%x-%x", start, end), os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open our mapping of it: %w", err)
+	}
+	return f, nil
+}
+
+// sharedAnon returns the file that stands for one MAP_SHARED anonymous
 // object of the dumped tree: every VMA that showed the object maps it, so
 // the processes share that memory again. It grows to cover every VMA.
 func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
@@ -520,7 +547,7 @@ func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
 	f, _ := rc.Shared[key].(*os.File)
 	if f == nil || v.Inode == 0 {
 		var err error
-		if f, err = memfdWithContents("crpipe-shared-anon", nil); err != nil {
+		if f, err = newSharedAnon(int(v.Pgoff + v.End - v.Start)); err != nil {
 			return nil, err
 		}
 		if v.Inode != 0 { // without an identity, nothing can share it

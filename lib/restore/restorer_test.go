@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -129,4 +131,47 @@ func TestRestorerCloneWaitsForGroupPid(t *testing.T) {
 	default:
 		t.Fatal("cloned before the zombie holding the pid was reaped")
 	}
+}
+
+// TestNewSharedAnon: the object that stands for shared anonymous memory
+// shows in maps as the kernel's own ("/dev/zero (deleted)", which a next
+// dump takes as shared anonymous memory), grows, and is one object
+// through every mapping of it.
+func TestNewSharedAnon(t *testing.T) {
+	f, err := newSharedAnon(2 * pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Ftruncate(int(f.Fd()), 4*pageSize); err != nil {
+		t.Fatalf("grow: %v", err)
+	}
+	a, err := unix.Mmap(int(f.Fd()), 0, 4*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(a)
+	b, err := unix.Mmap(int(f.Fd()), 2*pageSize, 2*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(b)
+	a[3*pageSize+5] = 42
+	if b[pageSize+5] != 42 {
+		t.Error("a write through one mapping is not seen through the other")
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := fmt.Sprintf("%x-", uintptr(unsafe.Pointer(&a[0])))
+	for _, l := range strings.Split(string(maps), "\n") {
+		if strings.HasPrefix(l, start) {
+			if !strings.HasSuffix(l, " /dev/zero (deleted)") || !strings.Contains(l, " rw-s ") {
+				t.Errorf("maps shows %q, want a shared /dev/zero (deleted)", l)
+			}
+			return
+		}
+	}
+	t.Errorf("no line for %s in /proc/self/maps", start)
 }

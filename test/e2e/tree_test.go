@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -135,14 +136,32 @@ func TestThreadsLeaveRunning(t *testing.T) {
 }
 
 // TestSharedAnonymous: a parent and a child sharing MAP_SHARED anonymous
-// memory share it again after restore (a write in one is seen by the other).
+// memory share it again after restore (a write in one is seen by the other),
+// as shared anonymous memory, so that the restored tree can be dumped and
+// restored again.
 func TestSharedAnonymous(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
 	p := start(t, "shm", func(p *target) []string { return []string{p.progress, p.verdict} })
-	p.killRecorded(descendants(p.pid))
+	pids := append([]int{p.pid}, descendants(p.pid)...)
+	p.killRecorded(pids[1:])
 	img := filepath.Join(p.dir, "img")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.killedThenRestored(img)
+	p.waitKilled()
+	at := p.mustProgress()
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	for _, pid := range pids {
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`rw-s .* /dev/zero \(deleted\)`).Match(maps) {
+			t.Errorf("pid %d: no shared anonymous mapping after restore:\n%s", pid, maps)
+		}
+	}
+	img2 := filepath.Join(p.dir, "img2")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img2))
+	p.killedThenRestored(img2)
 }
 
 // TestZeroPages: pages written with zeros are left out of the image
