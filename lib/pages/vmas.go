@@ -71,6 +71,11 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 		if err := refuseVmFlags(pid, m); err != nil {
 			return err
 		}
+		if v.Sysv != nil {
+			// VM_MAYWRITE: an attach without SHM_RDONLY, even where
+			// mprotect took PROT_WRITE away.
+			v.Sysv.ReadOnly = !m.HasVmFlag("mw")
+		}
 		if f.ProtectionKey != 0 {
 			return unsupported(pid, m, fmt.Sprintf("memory with protection key %d (pkey_mprotect)", f.ProtectionKey), "")
 		}
@@ -113,6 +118,7 @@ func refuseVmFlags(pid int, m *proc.Mapping) error {
 func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 	root := fmt.Sprintf("/proc/%d/root", pid)
 	stats := map[string]*unix.Stat_t{}
+	sysvSegs := sysvTable(pid)
 	out := make([]vma, 0, len(maps))
 	for i := range maps {
 		m := &maps[i]
@@ -168,21 +174,20 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
+		case isSysvPath(m): // sysv.go
+			if err := sysvVma(pid, &x, sysvSegs); err != nil {
+				return nil, err
+			}
 		case isGhostMapping(m): // ghost.go
 			if err := ghostVma(pid, &x); err != nil {
 				return nil, err
 			}
 		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
-			// The hint fits a deleted file only: a program cannot do without
-			// its System V segment or memfd by being restarted.
-			what, hint := fmt.Sprintf("mapping of deleted file %s", m.Path), "restart the process so that it maps files that exist, then checkpoint"
-			switch {
-			case strings.HasPrefix(m.Path, "/memfd:"):
-				what, hint = fmt.Sprintf("memfd mapping %s", m.Path), ""
-			case strings.HasPrefix(m.Path, "/SYSV"):
-				what, hint = fmt.Sprintf("System V shared memory mapping %s (shmat)", m.Path), ""
+			if strings.HasPrefix(m.Path, "/memfd:") {
+				// Restarting would not take it away.
+				return nil, unsupported(pid, m, fmt.Sprintf("memfd mapping %s", m.Path), "")
 			}
-			return nil, unsupported(pid, m, what, hint)
+			return nil, unsupported(pid, m, fmt.Sprintf("mapping of deleted file %s", m.Path), "restart the process so that it maps files that exist, then checkpoint")
 		default:
 			st, err := statMapped(pid, root, m, stats)
 			if err != nil {

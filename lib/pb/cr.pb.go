@@ -37,6 +37,7 @@ const (
 	VmaKind_VMA_VVAR         VmaKind = 5
 	VmaKind_VMA_VVAR_VCLOCK  VmaKind = 6
 	VmaKind_VMA_VSYSCALL     VmaKind = 7
+	VmaKind_VMA_SYSV_SHM     VmaKind = 8 // a System V shared memory segment (Vma.sysv)
 )
 
 // Enum value maps for VmaKind.
@@ -50,6 +51,7 @@ var (
 		5: "VMA_VVAR",
 		6: "VMA_VVAR_VCLOCK",
 		7: "VMA_VSYSCALL",
+		8: "VMA_SYSV_SHM",
 	}
 	VmaKind_value = map[string]int32{
 		"VMA_ANON":         0,
@@ -60,6 +62,7 @@ var (
 		"VMA_VVAR":         5,
 		"VMA_VVAR_VCLOCK":  6,
 		"VMA_VSYSCALL":     7,
+		"VMA_SYSV_SHM":     8,
 	}
 )
 
@@ -1093,8 +1096,12 @@ type Vma struct {
 	// They are not in the page records: a restore forks this process from
 	// its parent once the parent's memory is filled, keeps these ranges, and
 	// clears the rest of the VMA before writing the process's own pages.
-	Inherited     []*PageRange `protobuf:"bytes,14,rep,name=inherited,proto3" json:"inherited,omitempty"`
-	Advice        uint32       `protobuf:"varint,15,opt,name=advice,proto3" json:"advice,omitempty"` // Advice* bits (lib/pb/vma.go): mlock and madvise state from smaps' VmFlags
+	Inherited []*PageRange `protobuf:"bytes,14,rep,name=inherited,proto3" json:"inherited,omitempty"`
+	Advice    uint32       `protobuf:"varint,15,opt,name=advice,proto3" json:"advice,omitempty"` // Advice* bits (lib/pb/vma.go): mlock and madvise state from smaps' VmFlags
+	// sysv: for VMA_SYSV_SHM, the System V shared memory segment this VMA
+	// attaches (shmat) as a whole; dev and inode name the segment as they
+	// name the object of a VMA_SHARED_ANON (the inode is its id).
+	Sysv          *SysvShm `protobuf:"bytes,16,opt,name=sysv,proto3" json:"sysv,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1234,6 +1241,123 @@ func (x *Vma) GetAdvice() uint32 {
 	return 0
 }
 
+func (x *Vma) GetSysv() *SysvShm {
+	if x != nil {
+		return x.Sysv
+	}
+	return nil
+}
+
+// SysvShm is a System V shared memory segment (shmget) as /proc/sysvipc/shm
+// shows it, and how one VMA attaches it.
+type SysvShm struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`     // shmid, which the program keeps and a restore gives again
+	Key           int32                  `protobuf:"varint,2,opt,name=key,proto3" json:"key,omitempty"`   // IPC_PRIVATE (0) or the key of shmget
+	Size          uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"` // bytes, as given to shmget
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (0777)
+	Uid           uint32                 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`   // owner (IPC_SET)
+	Gid           uint32                 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	Removed       bool                   `protobuf:"varint,7,opt,name=removed,proto3" json:"removed,omitempty"`                   // marked for removal (IPC_RMID): it ends with its last detach
+	Locked        bool                   `protobuf:"varint,8,opt,name=locked,proto3" json:"locked,omitempty"`                     // SHM_LOCK
+	ReadOnly      bool                   `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"` // this attach: SHM_RDONLY
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SysvShm) Reset() {
+	*x = SysvShm{}
+	mi := &file_cr_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SysvShm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SysvShm) ProtoMessage() {}
+
+func (x *SysvShm) ProtoReflect() protoreflect.Message {
+	mi := &file_cr_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SysvShm.ProtoReflect.Descriptor instead.
+func (*SysvShm) Descriptor() ([]byte, []int) {
+	return file_cr_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SysvShm) GetId() int32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SysvShm) GetKey() int32 {
+	if x != nil {
+		return x.Key
+	}
+	return 0
+}
+
+func (x *SysvShm) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SysvShm) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *SysvShm) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *SysvShm) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *SysvShm) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *SysvShm) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *SysvShm) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
 // PageRange is [start, end), page aligned.
 type PageRange struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1245,7 +1369,7 @@ type PageRange struct {
 
 func (x *PageRange) Reset() {
 	*x = PageRange{}
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1381,7 @@ func (x *PageRange) String() string {
 func (*PageRange) ProtoMessage() {}
 
 func (x *PageRange) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1394,7 @@ func (x *PageRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRange.ProtoReflect.Descriptor instead.
 func (*PageRange) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{10}
+	return file_cr_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PageRange) GetStart() uint64 {
@@ -1315,7 +1439,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1451,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1464,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{11}
+	return file_cr_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Mm) GetPid() uint32 {
@@ -1484,7 +1608,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1620,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1633,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{12}
+	return file_cr_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1612,7 +1736,7 @@ type Files struct {
 
 func (x *Files) Reset() {
 	*x = Files{}
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1748,7 @@ func (x *Files) String() string {
 func (*Files) ProtoMessage() {}
 
 func (x *Files) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1761,7 @@ func (x *Files) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Files.ProtoReflect.Descriptor instead.
 func (*Files) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{13}
+	return file_cr_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Files) GetPid() uint32 {
@@ -1702,7 +1826,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_cr_proto_msgTypes[14]
+	mi := &file_cr_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1838,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[14]
+	mi := &file_cr_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1851,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{14}
+	return file_cr_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *End) GetFrames() uint64 {
@@ -1848,7 +1972,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x03 \x01(\x04R\rclearChildTid\x120\n" +
 	"\n" +
 	"sigactions\x18\x04 \x03(\v2\x10.cr.v1.SigactionR\n" +
-	"sigactions\"\xf2\x02\n" +
+	"sigactions\"\x96\x03\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -1866,7 +1990,18 @@ const file_cr_proto_rawDesc = "" +
 	"\thas_pages\x18\f \x01(\bR\bhasPages\x12\x12\n" +
 	"\x04huge\x18\r \x01(\bR\x04huge\x12.\n" +
 	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\x12\x16\n" +
-	"\x06advice\x18\x0f \x01(\rR\x06advice\"3\n" +
+	"\x06advice\x18\x0f \x01(\rR\x06advice\x12\"\n" +
+	"\x04sysv\x18\x10 \x01(\v2\x0e.cr.v1.SysvShmR\x04sysv\"\xc6\x01\n" +
+	"\aSysvShm\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\x05R\x03key\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\rR\x03gid\x12\x18\n" +
+	"\aremoved\x18\a \x01(\bR\aremoved\x12\x16\n" +
+	"\x06locked\x18\b \x01(\bR\x06locked\x12\x1b\n" +
+	"\tread_only\x18\t \x01(\bR\breadOnly\"3\n" +
 	"\tPageRange\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\"\xad\x03\n" +
@@ -1921,7 +2056,7 @@ const file_cr_proto_rawDesc = "" +
 	"pageFrames\x12\x1d\n" +
 	"\n" +
 	"page_bytes\x18\x03 \x01(\x04R\tpageBytes\x12\x1a\n" +
-	"\bcomplete\x18\x04 \x01(\bR\bcomplete*\x9a\x01\n" +
+	"\bcomplete\x18\x04 \x01(\bR\bcomplete*\xac\x01\n" +
 	"\aVmaKind\x12\f\n" +
 	"\bVMA_ANON\x10\x00\x12\x14\n" +
 	"\x10VMA_FILE_PRIVATE\x10\x01\x12\x13\n" +
@@ -1930,7 +2065,8 @@ const file_cr_proto_rawDesc = "" +
 	"\bVMA_VDSO\x10\x04\x12\f\n" +
 	"\bVMA_VVAR\x10\x05\x12\x13\n" +
 	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
-	"\fVMA_VSYSCALL\x10\a*\x90\x02\n" +
+	"\fVMA_VSYSCALL\x10\a\x12\x10\n" +
+	"\fVMA_SYSV_SHM\x10\b*\x90\x02\n" +
 	"\x06FdKind\x12\x0e\n" +
 	"\n" +
 	"FD_REGULAR\x10\x00\x12\x0e\n" +
@@ -1974,7 +2110,7 @@ func file_cr_proto_rawDescGZIP() []byte {
 }
 
 var file_cr_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_cr_proto_goTypes = []any{
 	(VmaKind)(0),       // 0: cr.v1.VmaKind
 	(FdKind)(0),        // 1: cr.v1.FdKind
@@ -1988,27 +2124,29 @@ var file_cr_proto_goTypes = []any{
 	(*Sigaction)(nil),  // 9: cr.v1.Sigaction
 	(*TaskState)(nil),  // 10: cr.v1.TaskState
 	(*Vma)(nil),        // 11: cr.v1.Vma
-	(*PageRange)(nil),  // 12: cr.v1.PageRange
-	(*Mm)(nil),         // 13: cr.v1.Mm
-	(*Fd)(nil),         // 14: cr.v1.Fd
-	(*Files)(nil),      // 15: cr.v1.Files
-	(*End)(nil),        // 16: cr.v1.End
-	(*FileLock)(nil),   // 17: cr.v1.FileLock
+	(*SysvShm)(nil),    // 12: cr.v1.SysvShm
+	(*PageRange)(nil),  // 13: cr.v1.PageRange
+	(*Mm)(nil),         // 14: cr.v1.Mm
+	(*Fd)(nil),         // 15: cr.v1.Fd
+	(*Files)(nil),      // 16: cr.v1.Files
+	(*End)(nil),        // 17: cr.v1.End
+	(*FileLock)(nil),   // 18: cr.v1.FileLock
 }
 var file_cr_proto_depIdxs = []int32{
 	4,  // 0: cr.v1.Freeze.original:type_name -> cr.v1.TaskCgroup
 	6,  // 1: cr.v1.ThreadCore.regs:type_name -> cr.v1.X86Regs
 	7,  // 2: cr.v1.ThreadCore.rseq:type_name -> cr.v1.Rseq
 	9,  // 3: cr.v1.TaskState.sigactions:type_name -> cr.v1.Sigaction
-	12, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
-	11, // 5: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
-	14, // 6: cr.v1.Files.fds:type_name -> cr.v1.Fd
-	17, // 7: cr.v1.Files.locks:type_name -> cr.v1.FileLock
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	13, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
+	12, // 5: cr.v1.Vma.sysv:type_name -> cr.v1.SysvShm
+	11, // 6: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
+	15, // 7: cr.v1.Files.fds:type_name -> cr.v1.Fd
+	18, // 8: cr.v1.Files.locks:type_name -> cr.v1.FileLock
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_cr_proto_init() }
@@ -2023,7 +2161,7 @@ func file_cr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cr_proto_rawDesc), len(file_cr_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

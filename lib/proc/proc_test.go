@@ -1,9 +1,11 @@
 package proc
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -108,5 +110,31 @@ func TestLive(t *testing.T) {
 	}
 	if id, err := BootID(); err != nil || len(id) != 36 {
 		t.Fatalf("boot id %q %v", id, err)
+	}
+}
+
+func TestParseSysvShm(t *testing.T) {
+	text := `       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap
+  10084832         16   600                    56 32746 32750      0   101   104   101   104 1795695893 1795695897 1795695891                  4096                     0
+         0      32769  3644               1048576   811   811      2     0     0     0     0          0          0 1795695891               1048576                     0
+`
+	segs, err := ParseSysvShm(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []SysvShm{
+		{Key: 10084832, ID: 16, Mode: 0o600, Size: 56, Nattch: 0, UID: 101, GID: 104},
+		{Key: 0, ID: 32769, Mode: 0o644 | ShmDest | ShmLocked, Size: 1 << 20, Nattch: 2},
+	}
+	if !reflect.DeepEqual(segs, want) {
+		t.Errorf("got %+v, want %+v", segs, want)
+	}
+	for _, bad := range []string{"", "garbage\n", "key shmid\n 1 2 3\n", "key\n 1 2 9 4 5 6 7 8 9\n", "key\n x 2 600 4 5 6 7 8 9\n"} {
+		if _, err := ParseSysvShm(strings.NewReader(bad)); !errors.Is(err, ErrMapsSyntax) {
+			t.Errorf("%q: %v, want ErrMapsSyntax", bad, err)
+		}
+	}
+	if _, err := ReadSysvShm(); err != nil {
+		t.Errorf("ReadSysvShm: %v", err)
 	}
 }

@@ -234,6 +234,14 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	fileOf := map[*pb.Vma]int{}
 	for _, v := range mm.Vmas {
 		k := pb.VmaKind(v.Kind)
+		if k == pb.VmaKind_VMA_SYSV_SHM {
+			seg, err := rc.sysvSegment(v)
+			if err != nil {
+				return fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
+			}
+			t.sysv = append(t.sysv, sysvAttach{v, seg})
+			continue
+		}
 		if k == pb.VmaKind_VMA_SHARED_ANON {
 			f, err := rc.sharedAnon(v)
 			if err != nil {
@@ -275,6 +283,11 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	for _, v := range mm.Vmas {
 		k := pb.VmaKind(v.Kind)
 		if isVdsoKind(k) {
+			continue
+		}
+		if k == pb.VmaKind_VMA_SYSV_SHM { // its pages go straight into the segment (sysv.go)
+			calls = append(calls, attachCalls(v)...)
+			calls = append(calls, thpAdvice(v)...)
 			continue
 		}
 		prot := uint64(v.Prot)
@@ -330,6 +343,9 @@ func (t *task) writePages(addr uint64, data []byte) error {
 	end := addr + uint64(len(data))
 	i := sort.Search(len(t.writable), func(i int) bool { return t.writable[i].End > addr })
 	if i == len(t.writable) || addr < t.writable[i].Start || end > t.writable[i].End {
+		if done, err := t.writeSysvPages(addr, data); done {
+			return err
+		}
 		return fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
 	}
 	v := t.writable[i]

@@ -63,6 +63,7 @@ type task struct {
 	scratch  uint64
 	stacks   uint64            // thread stacks, inside the hole
 	writable []*pb.Vma         // the VMAs pages are written into, by address
+	sysv     []sysvAttach      // the VMAs that attach System V segments (sysv.go)
 	uffd     *uffdFill         // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
 	ctlFd    int               // the task's end of its control socket
 	threads  []*thread         // all but the leader

@@ -430,14 +430,15 @@ func TestNumaPolicy(t *testing.T) {
 	p.terminate(at)
 }
 
-// TestVmaRefused: memory with a protection key of its own, and a System V
-// shared memory segment, are refused at dump time, naming the process and
-// the mapping, and the process goes on running.
+// TestVmaRefused: memory with a protection key of its own, and a part of a
+// System V shared memory segment (shmat maps only whole ones), are refused
+// at dump time, naming the process and the mapping, and the process goes
+// on running.
 func TestVmaRefused(t *testing.T) {
 	need(t, "cr-dump")
 	for _, c := range []struct{ mode, what string }{
 		{"pkey", `memory with protection key [1-9][0-9]* \(pkey_mprotect\)`},
-		{"sysv", `System V shared memory mapping /SYSV00000000 \(shmat\)`},
+		{"sysv", `a part of System V shared memory segment \d+ \(61440 of its 65536 bytes mapped; the rest was unmapped\)`},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
@@ -459,6 +460,62 @@ func TestVmaRefused(t *testing.T) {
 			p.terminate(0)
 		})
 	}
+}
+
+// TestSysvShm: System V shared memory (test/progs/sysvshm.c: a segment
+// with a key, locked, attached read-write and read-only; a removed one)
+// comes back under the same ids with its contents. On the same machine the
+// segment that outlived the killed process is taken again; when it is gone
+// too it is made again. A restore beside the running original, whose
+// segments are in use, is refused and leaves no segment behind.
+func TestSysvShm(t *testing.T) {
+	key := 0x43520000 | os.Getpid()&0xffff
+	removeKey := func() {
+		if id, err := unix.SysvShmGet(key, 0, 0); err == nil {
+			unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+		}
+	}
+	removeKey()
+	t.Cleanup(removeKey)
+	p := startStateProg(t, "sysvshm", strconv.Itoa(key))
+	idA, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpKillRestore(t, p) // A outlived the kill: taken again
+	if id, err := unix.SysvShmGet(key, 0, 0); id != idA || err != nil {
+		t.Fatalf("after restore the key names segment %d (%v), not %d", id, err, idA)
+	}
+
+	img := filepath.Join(p.dir, "img2")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	if _, err := unix.SysvShmCtl(idA, unix.IPC_RMID, nil); err != nil {
+		t.Fatal(err)
+	}
+	at := p.mustProgress()
+	p.restoreDetached(img) // A made again
+	p.checkProgressFrom(at)
+
+	segs := func() int {
+		s, err := proc.ReadSysvShm()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(s)
+	}
+	before := segs()
+	img3 := filepath.Join(p.dir, "img3")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img3))
+	r := shell(t, 60*time.Second, "cr-restore --pidns -d -i "+img3)
+	if r.err == nil || !regexp.MustCompile(`System V shared memory segment \d+ \(key 0x[0-9a-f]+\): in use here \(nattch \d+\)`).Match(r.stderr) {
+		t.Errorf("a restore beside the original: %s", r)
+	}
+	if after := segs(); after != before {
+		t.Errorf("the refused restore left %d segments (%d before)", after, before)
+	}
+	p.terminate(at)
 }
 
 // TestRestoreIntoCgroup: cr-restore --cgroup starts the restored tree, every

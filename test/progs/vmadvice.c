@@ -14,9 +14,9 @@
  *   dp  MAP_DROPPABLE (Linux 6.11; the kernel may drop its contents)
  *   sl  mseal (Linux 6.10)
  * With "pkey" one more region gets a protection key of its own
- * (pkey_mprotect), with "sysv" one more is a System V shared memory
- * segment (shmat, removed at once so that it ends with the process):
- * both a dump refuses.
+ * (pkey_mprotect), with "sysv" one more is a part of a System V shared
+ * memory segment (attached, its last page unmapped; removed at once so
+ * that it ends with the process): both a dump refuses.
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
@@ -145,9 +145,9 @@ int main(int argc, char **argv)
 	if (argc > 3 && !strcmp(argv[3], "sysv")) {
 		int id = shmget(IPC_PRIVATE, SIZE, IPC_CREAT | 0600);
 		void *p = id < 0 ? (void *)-1 : shmat(id, NULL, 0);
-		if (p == (void *)-1 || shmctl(id, IPC_RMID, NULL) != 0)
+		if (p == (void *)-1 || shmctl(id, IPC_RMID, NULL) != 0 || munmap((char *)p + SIZE - 4096, 4096) != 0)
 			die("shm");
-		memset(p, 0x5a, SIZE);
+		memset(p, 0x5a, SIZE - 4096);
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
