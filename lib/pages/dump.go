@@ -75,8 +75,9 @@ type prepared struct {
 // parent, when not 0, is p's parent in the same dump: pages p still shares
 // with it since fork are left out (inherit.go). lending: p is to lend its
 // pages, so the runs to lend need not be split by sharing (sharing.go).
-// parents keeps the parents' mappings from one process to the next.
-func prepare(p *pb.Process, parent int, lending bool, parents parentVmas) (*prepared, error) {
+// parents keeps the parents' mappings from one process to the next,
+// objects what they dumped of shared memory.
+func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, objects sharedObjects) (*prepared, error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -135,7 +136,7 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas) (*prep
 	if err != nil {
 		return nil, procErr(pid, err)
 	}
-	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas))}
+	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas)), objects: objects}
 	shared, err := newSharing(pid, parent, vmas, pm, lending, parents)
 	if err != nil {
 		pm.Close()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -317,5 +318,35 @@ func TestTwoProcesses(t *testing.T) {
 		if n != c.mib<<8 {
 			t.Errorf("pid %d: %d pages of its %d MiB hog", c.p.pid, n, c.mib)
 		}
+	}
+}
+
+// TestSharedObjects: a part of a shared memory object is dumped by the
+// first process that claims it, again by that process (a second pass), and
+// by no other.
+func TestSharedObjects(t *testing.T) {
+	o := sharedObjects{}
+	k := objectKey{1, 2}
+	if got := o.missing(k, 10, 0, 8192); !reflect.DeepEqual(got, [][2]int64{{0, 8192}}) {
+		t.Fatalf("nothing claimed: %v", got)
+	}
+	o.claim(k, 10, 4096, 8192)
+	o.claim(k, 10, 12288, 16384)
+	for _, c := range []struct {
+		pid    int
+		lo, hi int64
+		want   [][2]int64
+	}{
+		{10, 0, 16384, [][2]int64{{0, 16384}}},
+		{11, 0, 16384, [][2]int64{{0, 4096}, {8192, 12288}}},
+		{11, 4096, 8192, nil},
+		{11, 6000, 20000, [][2]int64{{8192, 12288}, {16384, 20000}}},
+	} {
+		if got := o.missing(k, c.pid, c.lo, c.hi); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("pid %d [%d, %d): %v, want %v", c.pid, c.lo, c.hi, got, c.want)
+		}
+	}
+	if got := o.missing(objectKey{1, 3}, 11, 0, 4096); len(got) != 1 {
+		t.Errorf("another object: %v", got)
 	}
 }

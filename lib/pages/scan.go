@@ -47,6 +47,9 @@ type scanner struct {
 	vmas []vma
 	vec  []sys.PageRegion
 	huge []bool // per VMA: a page was mapped huge (THP)
+	// objects: what earlier processes of the dump dumped of shared memory
+	// objects (objects.go); nil: dump all.
+	objects sharedObjects
 }
 
 // maxRunLen keeps a run's page count in a uint32 (and is far above any frame).
@@ -133,9 +136,11 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 
 // shared finds the pages a shared anonymous VMA's shmem object holds: its
 // data ranges, not its page table entries, since pages of shmem can be in
-// the object without being mapped here (MADV_DONTNEED, reclaim, swap).
+// the object without being mapped here (MADV_DONTNEED, reclaim, swap);
+// those of another process of the dump dumped already left out
+// (sharedObjects).
 func (s *scanner) shared(i int, emit func(run) error) error {
-	m := s.vmas[i].m
+	m, v := s.vmas[i].m, s.vmas[i].pb
 	f, err := unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", s.pid, m.Start, m.End), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		// Without map_files (no CAP_SYS_ADMIN), what is mapped here is the best we know.
@@ -159,7 +164,24 @@ func (s *scanner) shared(i int, emit func(run) error) error {
 	}
 	defer unix.Close(f)
 	lo, hi := int64(m.Offset), int64(m.Offset+m.Len())
-	for off := lo; off < hi; {
+	parts := [][2]int64{{lo, hi}}
+	if k := (objectKey{v.Dev, v.Inode}); s.objects != nil && k.inode != 0 {
+		parts = s.objects.missing(k, s.pid, lo, hi)
+		s.objects.claim(k, s.pid, lo, hi)
+	}
+	for _, part := range parts {
+		if err := s.sharedData(f, i, lo, part[0], part[1], emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sharedData emits the data ranges in [from, hi) of the object open as f,
+// which VMA i maps from its offset lo.
+func (s *scanner) sharedData(f, i int, lo, from, hi int64, emit func(run) error) error {
+	m := s.vmas[i].m
+	for off := from; off < hi; {
 		data, err := unix.Seek(f, off, unix.SEEK_DATA)
 		if err == unix.ENXIO || (err == nil && data >= hi) {
 			break

@@ -454,7 +454,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		parents := parentVmas{}
+		parents, objects := parentVmas{}, sharedObjects{}
 		inDump := map[uint32]bool{}
 		for _, p := range procs {
 			inDump[p.Pid] = true
@@ -465,7 +465,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				parent = int(p.Ppid)
 			}
 			lending := ls.wants(int(p.Pid))
-			pr, err := prepare(p, parent, lending, parents)
+			pr, err := prepare(p, parent, lending, parents, objects)
 			if err == nil {
 				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
 				if err != nil || lending && !rd.lend {
@@ -474,7 +474,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				if err == nil && lending && !rd.lend {
 					// It refused the lender: its pages are copied, and
 					// which are shared must be known after all.
-					pr, err = prepare(p, parent, false, parents)
+					pr, err = prepare(p, parent, false, parents, objects)
 				}
 			}
 			if err == nil {

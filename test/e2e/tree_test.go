@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -138,7 +139,7 @@ func TestThreadsLeaveRunning(t *testing.T) {
 // TestSharedAnonymous: a parent and a child sharing MAP_SHARED anonymous
 // memory share it again after restore (a write in one is seen by the other),
 // as shared anonymous memory, so that the restored tree can be dumped and
-// restored again.
+// restored again. The image holds the shared pages once.
 func TestSharedAnonymous(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
 	p := start(t, "shm", func(p *target) []string { return []string{p.progress, p.verdict} })
@@ -146,6 +147,15 @@ func TestSharedAnonymous(t *testing.T) {
 	p.killRecorded(pids[1:])
 	img := filepath.Join(p.dir, "img")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	var counts []string
+	for _, l := range strings.Split(string(mustShell(t, 30*time.Second, "crit show "+img).stdout), "\n") {
+		if f := strings.Fields(l); len(f) == 7 && f[4] == "shared-anon" {
+			counts = append(counts, f[5])
+		}
+	}
+	if !reflect.DeepEqual(counts, []string{"1024", "0"}) {
+		t.Errorf("pages of the shared mapping in the parent and the child: %v, want 1024 and 0", counts)
+	}
 	p.waitKilled()
 	at := p.mustProgress()
 	p.restoreDetached(img)
