@@ -238,6 +238,11 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		return refuse(e.pid, e.fd, e.kindName(), e.link)
 	}
 	rec := &pb.FileDesc{Id: ds.id, Kind: e.pfd.Kind, Flags: e.pfd.Flags, Pos: e.fi.pos, Inode: e.st.Ino}
+	if e.pfd.Flags&unix.O_ASYNC != 0 {
+		if err := d.dumpOwner(ds, rec); err != nil { // owner.go
+			return stage.Hint(err, "clear O_ASYNC (fcntl F_SETFL) before checkpointing")
+		}
+	}
 	if e.flight != "" { // only in flight: no fd of a process has it, even one reopened by path
 		rec.InFlight = e.pfd
 		ds.rec = rec

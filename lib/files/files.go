@@ -237,10 +237,6 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	if err := refuseLease(pid, n, link, b); err != nil {
 		return nil, err
 	}
-	if fi.flags&unix.O_ASYNC != 0 {
-		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s: signal-driven I/O (O_ASYNC) is not supported yet", pid, n, link),
-			"clear O_ASYNC (fcntl F_SETFL) before checkpointing")
-	}
 	// Stat through the fd link: the open file itself, whatever its path says now.
 	if err := unix.Stat(procPath(pid, "fd", name), &e.st); err != nil {
 		if errors.Is(err, unix.ENOENT) {

@@ -283,7 +283,7 @@ func TestCannot(t *testing.T) {
 		{"scmcreds", "unix (socket:[", "queued message 1 carries the credentials of pid"},
 		{"inotifyq", "inotify (anon_inode:inotify)", "bytes of events are queued"},
 		{"epollstale", "epoll (anon_inode:[eventpoll])", "which is no longer open as fd"},
-		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) is not supported yet"},
+		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) signals process 1, which is not in the dump"},
 		{"memfdmap", "memfd (/memfd:mapped (deleted))", "also mapped by pid"},
 		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
 		{"pidfd", "pidfd (anon_inode:[pidfd])", "which is not in the dump"},

@@ -53,7 +53,9 @@ type FileDesc struct {
 	// in_flight: no process holds this description; it is in flight in a
 	// queued unix message (UnixMessage.fds). The fd as cr-files saw it (path,
 	// flags, offset, identity; fd -1) opens it as an fd of a process would.
-	InFlight      *Fd `protobuf:"bytes,28,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	InFlight *Fd `protobuf:"bytes,28,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// owner: with O_ASYNC in flags, who gets the description's signals.
+	Owner         *FdOwner `protobuf:"bytes,29,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -221,6 +223,75 @@ func (x *FileDesc) GetInFlight() *Fd {
 	return nil
 }
 
+func (x *FileDesc) GetOwner() *FdOwner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+// FdOwner is the owner of an open file description (F_GETOWN_EX) and the
+// signal it sends (F_GETSIG), for signal-driven I/O (O_ASYNC).
+type FdOwner struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`     // F_OWNER_TID (0), F_OWNER_PID (1), F_OWNER_PGRP (2)
+	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`       // the thread, process or group as dumped; 0: none
+	Signal        int32                  `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"` // F_SETSIG; 0: SIGIO
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FdOwner) Reset() {
+	*x = FdOwner{}
+	mi := &file_files_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FdOwner) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FdOwner) ProtoMessage() {}
+
+func (x *FdOwner) ProtoReflect() protoreflect.Message {
+	mi := &file_files_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FdOwner.ProtoReflect.Descriptor instead.
+func (*FdOwner) Descriptor() ([]byte, []int) {
+	return file_files_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FdOwner) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *FdOwner) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *FdOwner) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
 // FileData is a piece of an object's contents (record type 66,
 // "file-data"): a pipe's unread bytes in order, or a memfd's contents
 // (pieces that are all zero are left out; the size is MemfdState.size).
@@ -235,7 +306,7 @@ type FileData struct {
 
 func (x *FileData) Reset() {
 	*x = FileData{}
-	mi := &file_files_proto_msgTypes[1]
+	mi := &file_files_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +318,7 @@ func (x *FileData) String() string {
 func (*FileData) ProtoMessage() {}
 
 func (x *FileData) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[1]
+	mi := &file_files_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +331,7 @@ func (x *FileData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileData.ProtoReflect.Descriptor instead.
 func (*FileData) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{1}
+	return file_files_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *FileData) GetObject() uint64 {
@@ -297,7 +368,7 @@ type PipeState struct {
 
 func (x *PipeState) Reset() {
 	*x = PipeState{}
-	mi := &file_files_proto_msgTypes[2]
+	mi := &file_files_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +380,7 @@ func (x *PipeState) String() string {
 func (*PipeState) ProtoMessage() {}
 
 func (x *PipeState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[2]
+	mi := &file_files_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +393,7 @@ func (x *PipeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipeState.ProtoReflect.Descriptor instead.
 func (*PipeState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{2}
+	return file_files_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PipeState) GetSize() uint32 {
@@ -371,7 +442,7 @@ type PidfdState struct {
 
 func (x *PidfdState) Reset() {
 	*x = PidfdState{}
-	mi := &file_files_proto_msgTypes[3]
+	mi := &file_files_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +454,7 @@ func (x *PidfdState) String() string {
 func (*PidfdState) ProtoMessage() {}
 
 func (x *PidfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[3]
+	mi := &file_files_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +467,7 @@ func (x *PidfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidfdState.ProtoReflect.Descriptor instead.
 func (*PidfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{3}
+	return file_files_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PidfdState) GetPid() uint32 {
@@ -416,7 +487,7 @@ type EventfdState struct {
 
 func (x *EventfdState) Reset() {
 	*x = EventfdState{}
-	mi := &file_files_proto_msgTypes[4]
+	mi := &file_files_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +499,7 @@ func (x *EventfdState) String() string {
 func (*EventfdState) ProtoMessage() {}
 
 func (x *EventfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[4]
+	mi := &file_files_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +512,7 @@ func (x *EventfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventfdState.ProtoReflect.Descriptor instead.
 func (*EventfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{4}
+	return file_files_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EventfdState) GetCount() uint64 {
@@ -467,7 +538,7 @@ type SignalfdState struct {
 
 func (x *SignalfdState) Reset() {
 	*x = SignalfdState{}
-	mi := &file_files_proto_msgTypes[5]
+	mi := &file_files_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +550,7 @@ func (x *SignalfdState) String() string {
 func (*SignalfdState) ProtoMessage() {}
 
 func (x *SignalfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[5]
+	mi := &file_files_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +563,7 @@ func (x *SignalfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalfdState.ProtoReflect.Descriptor instead.
 func (*SignalfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{5}
+	return file_files_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SignalfdState) GetSigmask() uint64 {
@@ -515,7 +586,7 @@ type TimerfdState struct {
 
 func (x *TimerfdState) Reset() {
 	*x = TimerfdState{}
-	mi := &file_files_proto_msgTypes[6]
+	mi := &file_files_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +598,7 @@ func (x *TimerfdState) String() string {
 func (*TimerfdState) ProtoMessage() {}
 
 func (x *TimerfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[6]
+	mi := &file_files_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +611,7 @@ func (x *TimerfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimerfdState.ProtoReflect.Descriptor instead.
 func (*TimerfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{6}
+	return file_files_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TimerfdState) GetClockid() int32 {
@@ -592,7 +663,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_files_proto_msgTypes[7]
+	mi := &file_files_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +675,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[7]
+	mi := &file_files_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +688,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{7}
+	return file_files_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -671,7 +742,7 @@ type InotifyState struct {
 
 func (x *InotifyState) Reset() {
 	*x = InotifyState{}
-	mi := &file_files_proto_msgTypes[8]
+	mi := &file_files_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +754,7 @@ func (x *InotifyState) String() string {
 func (*InotifyState) ProtoMessage() {}
 
 func (x *InotifyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[8]
+	mi := &file_files_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +767,7 @@ func (x *InotifyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyState.ProtoReflect.Descriptor instead.
 func (*InotifyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{8}
+	return file_files_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InotifyState) GetWatches() []*InotifyWatch {
@@ -718,7 +789,7 @@ type MemfdState struct {
 
 func (x *MemfdState) Reset() {
 	*x = MemfdState{}
-	mi := &file_files_proto_msgTypes[9]
+	mi := &file_files_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +801,7 @@ func (x *MemfdState) String() string {
 func (*MemfdState) ProtoMessage() {}
 
 func (x *MemfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[9]
+	mi := &file_files_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +814,7 @@ func (x *MemfdState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemfdState.ProtoReflect.Descriptor instead.
 func (*MemfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{9}
+	return file_files_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MemfdState) GetName() string {
@@ -786,7 +857,7 @@ type EpollWatch struct {
 
 func (x *EpollWatch) Reset() {
 	*x = EpollWatch{}
-	mi := &file_files_proto_msgTypes[10]
+	mi := &file_files_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +869,7 @@ func (x *EpollWatch) String() string {
 func (*EpollWatch) ProtoMessage() {}
 
 func (x *EpollWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[10]
+	mi := &file_files_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +882,7 @@ func (x *EpollWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollWatch.ProtoReflect.Descriptor instead.
 func (*EpollWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{10}
+	return file_files_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EpollWatch) GetFd() int32 {
@@ -851,7 +922,7 @@ type EpollState struct {
 
 func (x *EpollState) Reset() {
 	*x = EpollState{}
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +934,7 @@ func (x *EpollState) String() string {
 func (*EpollState) ProtoMessage() {}
 
 func (x *EpollState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +947,7 @@ func (x *EpollState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollState.ProtoReflect.Descriptor instead.
 func (*EpollState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{11}
+	return file_files_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EpollState) GetWatches() []*EpollWatch {
@@ -902,7 +973,7 @@ type UnixMessage struct {
 
 func (x *UnixMessage) Reset() {
 	*x = UnixMessage{}
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +985,7 @@ func (x *UnixMessage) String() string {
 func (*UnixMessage) ProtoMessage() {}
 
 func (x *UnixMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +998,7 @@ func (x *UnixMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixMessage.ProtoReflect.Descriptor instead.
 func (*UnixMessage) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{12}
+	return file_files_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnixMessage) GetData() []byte {
@@ -978,7 +1049,7 @@ type UnixCreds struct {
 
 func (x *UnixCreds) Reset() {
 	*x = UnixCreds{}
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1061,7 @@ func (x *UnixCreds) String() string {
 func (*UnixCreds) ProtoMessage() {}
 
 func (x *UnixCreds) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1074,7 @@ func (x *UnixCreds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixCreds.ProtoReflect.Descriptor instead.
 func (*UnixCreds) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{13}
+	return file_files_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnixCreds) GetPid() uint32 {
@@ -1061,7 +1132,7 @@ type UnixSocket struct {
 
 func (x *UnixSocket) Reset() {
 	*x = UnixSocket{}
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1144,7 @@ func (x *UnixSocket) String() string {
 func (*UnixSocket) ProtoMessage() {}
 
 func (x *UnixSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1157,7 @@ func (x *UnixSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixSocket.ProtoReflect.Descriptor instead.
 func (*UnixSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{14}
+	return file_files_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UnixSocket) GetType() uint32 {
@@ -1309,7 +1380,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1392,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1405,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	return file_files_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InetSocket) GetFamily() uint32 {
@@ -1562,7 +1633,7 @@ type McastMembership struct {
 
 func (x *McastMembership) Reset() {
 	*x = McastMembership{}
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1645,7 @@ func (x *McastMembership) String() string {
 func (*McastMembership) ProtoMessage() {}
 
 func (x *McastMembership) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1658,7 @@ func (x *McastMembership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McastMembership.ProtoReflect.Descriptor instead.
 func (*McastMembership) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{16}
+	return file_files_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *McastMembership) GetIfindex() uint32 {
@@ -1642,7 +1713,7 @@ type NetlinkSocket struct {
 
 func (x *NetlinkSocket) Reset() {
 	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1725,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1738,7 @@ func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
 func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{17}
+	return file_files_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1769,7 +1840,7 @@ type TtyState struct {
 
 func (x *TtyState) Reset() {
 	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[18]
+	mi := &file_files_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1852,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[18]
+	mi := &file_files_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1865,7 @@ func (x *TtyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
 func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{18}
+	return file_files_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -1955,7 +2026,7 @@ var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
 	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xad\x05\n" +
+	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xd3\x05\n" +
 	"\bFileDesc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
@@ -1976,7 +2047,12 @@ const file_files_proto_rawDesc = "" +
 	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\x12!\n" +
 	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12'\n" +
 	"\x05pidfd\x18\x15 \x01(\v2\x11.cr.v1.PidfdStateR\x05pidfd\x12&\n" +
-	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\"N\n" +
+	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\x12$\n" +
+	"\x05owner\x18\x1d \x01(\v2\x0e.cr.v1.FdOwnerR\x05owner\"G\n" +
+	"\aFdOwner\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +
+	"\x06signal\x18\x03 \x01(\x05R\x06signal\"N\n" +
 	"\bFileData\x12\x16\n" +
 	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
@@ -2173,53 +2249,55 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_files_proto_goTypes = []any{
 	(*FileDesc)(nil),        // 0: cr.v1.FileDesc
-	(*FileData)(nil),        // 1: cr.v1.FileData
-	(*PipeState)(nil),       // 2: cr.v1.PipeState
-	(*PidfdState)(nil),      // 3: cr.v1.PidfdState
-	(*EventfdState)(nil),    // 4: cr.v1.EventfdState
-	(*SignalfdState)(nil),   // 5: cr.v1.SignalfdState
-	(*TimerfdState)(nil),    // 6: cr.v1.TimerfdState
-	(*InotifyWatch)(nil),    // 7: cr.v1.InotifyWatch
-	(*InotifyState)(nil),    // 8: cr.v1.InotifyState
-	(*MemfdState)(nil),      // 9: cr.v1.MemfdState
-	(*EpollWatch)(nil),      // 10: cr.v1.EpollWatch
-	(*EpollState)(nil),      // 11: cr.v1.EpollState
-	(*UnixMessage)(nil),     // 12: cr.v1.UnixMessage
-	(*UnixCreds)(nil),       // 13: cr.v1.UnixCreds
-	(*UnixSocket)(nil),      // 14: cr.v1.UnixSocket
-	(*InetSocket)(nil),      // 15: cr.v1.InetSocket
-	(*McastMembership)(nil), // 16: cr.v1.McastMembership
-	(*NetlinkSocket)(nil),   // 17: cr.v1.NetlinkSocket
-	(*TtyState)(nil),        // 18: cr.v1.TtyState
-	(*Fd)(nil),              // 19: cr.v1.Fd
+	(*FdOwner)(nil),         // 1: cr.v1.FdOwner
+	(*FileData)(nil),        // 2: cr.v1.FileData
+	(*PipeState)(nil),       // 3: cr.v1.PipeState
+	(*PidfdState)(nil),      // 4: cr.v1.PidfdState
+	(*EventfdState)(nil),    // 5: cr.v1.EventfdState
+	(*SignalfdState)(nil),   // 6: cr.v1.SignalfdState
+	(*TimerfdState)(nil),    // 7: cr.v1.TimerfdState
+	(*InotifyWatch)(nil),    // 8: cr.v1.InotifyWatch
+	(*InotifyState)(nil),    // 9: cr.v1.InotifyState
+	(*MemfdState)(nil),      // 10: cr.v1.MemfdState
+	(*EpollWatch)(nil),      // 11: cr.v1.EpollWatch
+	(*EpollState)(nil),      // 12: cr.v1.EpollState
+	(*UnixMessage)(nil),     // 13: cr.v1.UnixMessage
+	(*UnixCreds)(nil),       // 14: cr.v1.UnixCreds
+	(*UnixSocket)(nil),      // 15: cr.v1.UnixSocket
+	(*InetSocket)(nil),      // 16: cr.v1.InetSocket
+	(*McastMembership)(nil), // 17: cr.v1.McastMembership
+	(*NetlinkSocket)(nil),   // 18: cr.v1.NetlinkSocket
+	(*TtyState)(nil),        // 19: cr.v1.TtyState
+	(*Fd)(nil),              // 20: cr.v1.Fd
 }
 var file_files_proto_depIdxs = []int32{
-	2,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
-	4,  // 1: cr.v1.FileDesc.eventfd:type_name -> cr.v1.EventfdState
-	5,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
-	6,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
-	8,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
-	9,  // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
-	11, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
-	14, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
-	15, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	17, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	18, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
-	3,  // 11: cr.v1.FileDesc.pidfd:type_name -> cr.v1.PidfdState
-	19, // 12: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
-	7,  // 13: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	10, // 14: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	13, // 15: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
-	12, // 16: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	16, // 17: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
+	5,  // 1: cr.v1.FileDesc.eventfd:type_name -> cr.v1.EventfdState
+	6,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
+	7,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
+	9,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
+	10, // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
+	12, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
+	15, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
+	16, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
+	18, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
+	19, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	4,  // 11: cr.v1.FileDesc.pidfd:type_name -> cr.v1.PidfdState
+	20, // 12: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
+	1,  // 13: cr.v1.FileDesc.owner:type_name -> cr.v1.FdOwner
+	8,  // 14: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
+	11, // 15: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
+	14, // 16: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
+	13, // 17: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
+	17, // 18: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_files_proto_init() }
@@ -2228,14 +2306,14 @@ func file_files_proto_init() {
 		return
 	}
 	file_cr_proto_init()
-	file_files_proto_msgTypes[15].OneofWrappers = []any{}
+	file_files_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -143,9 +143,10 @@ func fileDesc(rc *Ctx, t *task, fd *pb.Fd) (*pb.FileDesc, error) {
 }
 
 // setStatusFlags gives a created file the dumped status flags that fcntl
-// can set (O_NONBLOCK, O_APPEND, O_ASYNC, O_DIRECT, O_NOATIME).
+// can set (O_NONBLOCK, O_APPEND, O_DIRECT, O_NOATIME). O_ASYNC comes last,
+// from the task (fd_owner.go).
 func setStatusFlags(f *os.File, flags uint32) error {
-	const settable = unix.O_NONBLOCK | unix.O_APPEND | unix.O_ASYNC | unix.O_DIRECT | unix.O_NOATIME
+	const settable = unix.O_NONBLOCK | unix.O_APPEND | unix.O_DIRECT | unix.O_NOATIME
 	cur, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
 	if err != nil {
 		return fmt.Errorf("F_GETFL: %w", err)

@@ -316,3 +316,28 @@ func ReadFile(path string) ([]byte, error) {
 		b = b[:len(b)+n]
 	}
 }
+
+// FileOwner is who gets the signals of an open file description
+// (struct f_owner_ex).
+type FileOwner struct {
+	Type int32 // OwnerTID, OwnerPID, OwnerPGRP
+	Pid  int32
+}
+
+// FileOwner.Type (F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP of
+// include/uapi/asm-generic/fcntl.h).
+const (
+	OwnerTID  = 0
+	OwnerPID  = 1
+	OwnerPGRP = 2
+)
+
+// GetFileOwner reads fd's owner with F_GETOWN_EX.
+func GetFileOwner(fd int) (FileOwner, error) {
+	var o FileOwner
+	_, _, errno := unix.Syscall(unix.SYS_FCNTL, uintptr(fd), unix.F_GETOWN_EX, uintptr(unsafe.Pointer(&o)))
+	if errno != 0 {
+		return o, errno
+	}
+	return o, nil
+}

@@ -146,6 +146,15 @@ func TestFdEvent(t *testing.T) {
 	t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
 }
 
+// TestFdAsync: signal-driven I/O (O_ASYNC) keeps its owner (a process, a
+// thread) and its signal, and signals new input after restore
+// (test/progs/fd_async.c).
+func TestFdAsync(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_async", "")
+	dumpRestore(t, p)
+}
+
 func TestFdMemfd(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-restore", "crit")...)
 	p := startFdProg(t, "fd_memfd", "")

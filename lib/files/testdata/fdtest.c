@@ -169,7 +169,8 @@ int main(int argc, char **argv) {
 		} else if (!strcmp(x, "async")) {
 			int p[2];
 			if (pipe(p)) die("pipe");
-			if (fcntl(report("async", p[0]), F_SETFL, O_ASYNC)) die("O_ASYNC");
+			/* Signals for process 1, which is not in the dump. */
+			if (fcntl(report("async", p[0]), F_SETFL, O_ASYNC) || fcntl(p[0], F_SETOWN, 1)) die("O_ASYNC");
 		} else if (!strcmp(x, "memfdmap")) {
 			int fd = report("memfdmap", memfd_create("mapped", 0));
 			if (ftruncate(fd, 4096) || mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap");
