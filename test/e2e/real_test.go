@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
 )
 
 // TestGoProgram: a Go program with goroutines, timers and a ticker (and so
@@ -174,5 +180,122 @@ func removeUnattached(key int32, id int) {
 	var ds unix.SysvShmDesc
 	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err == nil && ds.Perm.Key == key && ds.Nattch == 0 {
 		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+	}
+}
+
+// TestNginx: nginx (a master and two workers; a limit_req zone in shared
+// memory; the master hears its workers on socketpairs with O_ASYNC) serves
+// after a restore, reloads its configuration (SIGHUP: new workers), and
+// serves again after a dump and restore of the restored server.
+func TestNginx(t *testing.T) {
+	needTCP(t)
+	path, err := exec.LookPath("nginx")
+	if err != nil {
+		t.Skip("nginx is not installed (make test installs it)")
+	}
+	exe, _ := filepath.EvalSymlinks(path)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes 2;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s;
+  proxy_temp_path %[1]s;
+  fastcgi_temp_path %[1]s;
+  uwsgi_temp_path %[1]s;
+  scgi_temp_path %[1]s;
+  limit_req_zone $binary_remote_addr zone=one:1m rate=1000r/s;
+  server { listen 127.0.0.1:7381; location / { limit_req zone=one burst=100; return 200 "crpipe\n"; } }
+}
+`, dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns := newNetns(t, "nginx")
+	p := &target{t: t, name: "nginx", path: exe, dir: dir, exited: make(chan struct{})}
+	p.cmd = exec.Command("nsenter", "--net="+ns.path, "--", path, "-p", dir, "-c", conf)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		if p.isOurs() { // a fast shutdown takes the workers along
+			syscall.Kill(p.pid, syscall.SIGTERM)
+			for deadline := time.Now().Add(10 * time.Second); p.isOurs() && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		p.cleanup()
+	})
+	get := func(what string) {
+		t.Helper()
+		var body []byte
+		var conn net.Conn
+		err := sys.InNetns(ns.path, func() error { // dialled here: a socket stays in the namespace it was made in
+			var err error
+			conn, err = net.DialTimeout("tcp", "127.0.0.1:7381", 5*time.Second)
+			return err
+		})
+		if err == nil {
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			var r *http.Response
+			if _, err = io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n"); err == nil {
+				if r, err = http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+					body, err = io.ReadAll(r.Body)
+				}
+			}
+		}
+		if err != nil || string(body) != "crpipe\n" {
+			t.Fatalf("%s: GET: %q, %v\n%s", what, body, err, readFile(filepath.Join(dir, "error.log")))
+		}
+	}
+	workers := func() []int {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if w := descendants(p.pid); len(w) == 2 || time.Now().After(deadline) {
+				return w
+			}
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(descendants(p.pid)) < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx started no workers:\n%s", readFile(filepath.Join(dir, "error.log")))
+		}
+	}
+	get("before the dump")
+	for round := 1; round <= 2; round++ {
+		img := filepath.Join(dir, fmt.Sprintf("img%d", round))
+		before := workers()
+		mustShell(t, 60*time.Second, ns.in(fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img)))
+		if round == 1 {
+			p.waitKilled()
+		}
+		mustShell(t, 60*time.Second, ns.in("cr-restore -d -i "+img))
+		get(fmt.Sprintf("round %d, after restore", round))
+		if w := workers(); fmt.Sprint(w) != fmt.Sprint(before) {
+			t.Fatalf("round %d: workers %v after restore, %v before", round, w, before)
+		}
+		// A reload: the master starts new workers and tells the old ones
+		// to go, over the socketpairs.
+		syscall.Kill(p.pid, syscall.SIGHUP)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			w := descendants(p.pid)
+			if len(w) == 2 && w[0] != before[0] && w[0] != before[1] && w[1] != before[0] && w[1] != before[1] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: no new workers after SIGHUP: %v (before %v)\n%s", round, w, before, readFile(filepath.Join(dir, "error.log")))
+			}
+		}
+		get(fmt.Sprintf("round %d, after reload", round))
 	}
 }
