@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,12 +51,13 @@ func TestPythonThreads(t *testing.T) {
 	p.killedThenRestored(img)
 }
 
-// TestPostgreSQL: a PostgreSQL server (a postmaster and five helper
+// TestPostgreSQL: a PostgreSQL server (a postmaster and its helper
 // processes sharing 140 MiB of MAP_SHARED memory and a System V segment,
-// listening on TCP and on a unix socket) holding a table is dumped, killed
-// and restored twice (the second time from a dump of the restored server);
-// each time it serves the table and takes a write, with its segment under
-// the same id, and the image holds the shared memory once.
+// listening on TCP and on a unix socket) holding a table, with a client
+// session open over TCP, is dumped, killed and restored twice (the second
+// time from a dump of the restored server); each time it serves the table
+// and takes a write, the session goes on, the segment keeps its id, and
+// the image holds the shared memory once.
 func TestPostgreSQL(t *testing.T) {
 	needTCP(t)
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
@@ -115,6 +117,44 @@ func TestPostgreSQL(t *testing.T) {
 	}
 	key, id := postgresSegment(t, data)
 	t.Cleanup(func() { removeUnattached(key, id) })
+	// A session over TCP from outside the dump: its backend is dumped with
+	// the connection, and the client notices nothing.
+	session := exec.Command("nsenter", "--net="+ns.path, "--", filepath.Join(bin, "psql"), "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-d", "postgres", "-qAt")
+	in, err := session.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := session.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	session.Stderr = log
+	if err := session.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		in.Close()
+		session.Wait()
+	})
+	replies := bufio.NewReader(out)
+	ask := func(what, sql, want string) {
+		t.Helper()
+		got := make(chan string, 1)
+		go func() {
+			io.WriteString(in, sql+"\n")
+			line, _ := replies.ReadString('\n')
+			got <- strings.TrimSpace(line)
+		}()
+		select {
+		case line := <-got:
+			if line != want {
+				t.Fatalf("%s: the session's answer %q, want %q\n%s", what, line, want, readFile(log.Name()))
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: the session does not answer\n%s", what, readFile(log.Name()))
+		}
+	}
+	ask("before the dump", "select count(*) from t;", "10000")
 	t.Logf("postgres pid %d, %d more processes, System V segment %d (key %#x)", p.pid, len(descendants(p.pid)), id, key)
 	sum := 50005000
 	for round := 1; round <= 2; round++ {
@@ -139,6 +179,7 @@ func TestPostgreSQL(t *testing.T) {
 			t.Fatalf("round %d: after restore: %q, %v\n%s", round, out, err, readFile(log.Name()))
 		}
 		sum += round
+		ask(fmt.Sprintf("round %d", round), "select count(*) from t;", strconv.Itoa(10000+round))
 		var ds unix.SysvShmDesc
 		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil || ds.Perm.Key != key || ds.Nattch == 0 {
 			t.Errorf("round %d: segment %d: key %#x, %d attaches (%v)", round, id, ds.Perm.Key, ds.Nattch, err)
