@@ -306,14 +306,7 @@ func TestShellJob(t *testing.T) {
 	p.cmd = exec.Command(p.path, p.progress, p.verdict, dir)
 	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = slaveA, slaveA, slaveA
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = p.cmd.Process.Pid
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
+	p.launch()
 	t.Cleanup(p.cleanup)
 	p.waitProgress(50, 10*time.Second)
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))

@@ -79,14 +79,7 @@ func startPath(t *testing.T, name, path string, args func(p *target) []string) *
 	// No stdio: exec gives the child /dev/null, the only kind of fd 0-2
 	// cr-files accepts for now (besides regular files).
 	p.cmd = exec.Command(p.path, args(p)...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = p.cmd.Process.Pid
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
+	p.launch()
 	t.Cleanup(p.cleanup)
 	t.Logf("started %s as pid %d", name, p.pid)
 	// 50 ticks (0.5 s) in, so a restored counter that started afresh,
@@ -123,6 +116,31 @@ func (p *target) cleanup() {
 		syscall.Kill(p.pid, syscall.SIGKILL)
 	}
 	removeCgroup(p.t, p.cgroupDir())
+}
+
+// launch starts p.cmd, the target, and watches for its end (p.exited).
+func (p *target) launch() {
+	p.t.Helper()
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.pid = p.cmd.Process.Pid
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+}
+
+// stop ends a server (original or restored) as its administrator would,
+// with sig, waits up to 20 s for it to go, then cleans up as cleanup does.
+func (p *target) stop(sig syscall.Signal) {
+	if p.isOurs() {
+		syscall.Kill(p.pid, sig)
+		for deadline := time.Now().Add(20 * time.Second); p.isOurs() && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	p.cleanup()
 }
 
 // isOurs says whether the process now living under p.pid is this target

@@ -92,15 +92,8 @@ func TestPostgreSQL(t *testing.T) {
 	p.cmd = exec.Command("nsenter", append([]string{"--net=" + ns.path}, append(asPostgres[1:], p.path, "-D", data, "-p", "5433", "-k", dir, "-c", "listen_addresses=127.0.0.1")...)...)
 	p.cmd.Stdout, p.cmd.Stderr = log, log
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = p.cmd.Process.Pid
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() { stopPostgres(p) })
+	p.launch()
+	t.Cleanup(func() { p.stop(syscall.SIGINT) }) // a fast shutdown, which removes the segment
 	psql := func(sql string) (string, error) {
 		out, err := exec.Command(filepath.Join(bin, "psql"), "-h", dir, "-p", "5433", "-U", "postgres", "-d", "postgres", "-qAtc", sql).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
@@ -202,19 +195,6 @@ func postgresSegment(t *testing.T, data string) (key int32, id int) {
 	return int32(k), id
 }
 
-// stopPostgres shuts down the server of p (original or restored: it runs
-// from p's directory) as its administrator would (SIGINT, fast shutdown),
-// which removes its segment too.
-func stopPostgres(p *target) {
-	if p.isOurs() {
-		syscall.Kill(p.pid, syscall.SIGINT)
-		for deadline := time.Now().Add(20 * time.Second); p.isOurs() && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	p.cleanup()
-}
-
 // removeUnattached removes System V segment id if it still has key and
 // nothing attaches it: what a kill of its owner leaves.
 func removeUnattached(key int32, id int) {
@@ -260,23 +240,8 @@ http {
 	p := &target{t: t, name: "nginx", path: exe, dir: dir, exited: make(chan struct{})}
 	p.cmd = exec.Command("nsenter", "--net="+ns.path, "--", path, "-p", dir, "-c", conf)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = p.cmd.Process.Pid
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		if p.isOurs() { // a fast shutdown takes the workers along
-			syscall.Kill(p.pid, syscall.SIGTERM)
-			for deadline := time.Now().Add(10 * time.Second); p.isOurs() && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		p.cleanup()
-	})
+	p.launch()
+	t.Cleanup(func() { p.stop(syscall.SIGTERM) }) // a fast shutdown takes the workers along
 	get := func(what string) {
 		t.Helper()
 		var body []byte

@@ -797,14 +797,7 @@ func TestTCPRedis(t *testing.T) {
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
 		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.pid = p.cmd.Process.Pid
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
+	p.launch()
 	t.Cleanup(p.cleanup)
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
 	p.cgroup = string(b)
