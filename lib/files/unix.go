@@ -30,11 +30,24 @@ type unixDump struct {
 	listener map[uint64]uint64 // client inode -> listener inode, for connections not accepted yet
 }
 
+// unixSockets reads the view of the network namespace of the dump's
+// processes (cr-freeze sees that they share one), from inside it: sock_diag
+// lists the sockets of its caller's namespace, and a container's are not
+// the host's.
 func (d *dumper) unixSockets() (*unixDump, error) {
 	if d.unix != nil {
 		return d.unix, nil
 	}
-	all, err := sys.UnixSockets()
+	var all map[uint64]*sys.UnixDiag
+	ns := ""
+	if len(d.entries) > 0 {
+		ns = procPath(d.entries[0].pid, "ns", "net")
+	}
+	err := sys.InNetns(ns, func() error {
+		var err error
+		all, err = sys.UnixSockets()
+		return err
+	})
 	if err != nil {
 		return nil, stage.Hint(err, "unix sockets are dumped with sock_diag: needs CONFIG_UNIX_DIAG")
 	}
@@ -104,7 +117,7 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 	ino := e.st.Ino
 	s := u.all[ino]
 	if s == nil {
-		return stage.Hint(cannot(e, "sock_diag does not list it"), "is the process in another network namespace? cr-files dumps sockets of its own")
+		return stage.Hint(cannot(e, "sock_diag does not list it"), "is it in another network namespace than the dump's first process?")
 	}
 	rec.Object, _ = d.object(fmt.Sprintf("unix:%d", ino))
 	us := &pb.UnixSocket{Type: uint32(s.Type), State: uint32(s.State), Name: s.Name, Shutdown: uint32(s.Shutdown)}
