@@ -494,10 +494,6 @@ func TestSysvShm(t *testing.T) {
 	if _, err := unix.SysvShmCtl(idA, unix.IPC_RMID, nil); err != nil {
 		t.Fatal(err)
 	}
-	at := p.mustProgress()
-	p.restoreDetached(img) // A made again
-	p.checkProgressFrom(at)
-
 	segs := func() int {
 		s, err := proc.ReadSysvShm()
 		if err != nil {
@@ -505,7 +501,34 @@ func TestSysvShm(t *testing.T) {
 		}
 		return len(s)
 	}
+	// A restore that fails once the segments are made removes them. (Once
+	// the killed process is reaped: a restore that finds its pid still
+	// taken reads the whole stream ahead, and fails before any segment.)
+	for deadline := time.Now().Add(10 * time.Second); procState(p.pid) != ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d is not reaped", p.pid)
+		}
+	}
 	before := segs()
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := img + ".cut"
+	if err := os.WriteFile(cut, b[:len(b)-64], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := shell(t, 60*time.Second, "cr-restore -d -i "+cut); r.err == nil || !strings.Contains(string(r.stderr), "(files)") {
+		t.Fatalf("a truncated image: %s", r)
+	}
+	if after := segs(); after != before {
+		t.Errorf("the failed restore left %d segments (%d before)", after, before)
+	}
+	at := p.mustProgress()
+	p.restoreDetached(img) // A made again
+	p.checkProgressFrom(at)
+
+	before = segs()
 	img3 := filepath.Join(p.dir, "img3")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img3))
 	r := shell(t, 60*time.Second, "cr-restore --pidns -d -i "+img3)
