@@ -238,6 +238,11 @@ func TestBashPipeLoop(t *testing.T) {
 	at := p.mustProgress()
 	p.restoreDetached(img)
 	p.checkProgressFrom(at)
+	// cat writes a line after the loop counts it: wait for the lines, not
+	// only for the count, before the kill.
+	for deadline := time.Now().Add(10 * time.Second); len(strings.Fields(readFile(filepath.Join(dir, "out")))) < int(at)+10 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	syscall.Kill(-p.pid, syscall.SIGKILL)
 	out := strings.Fields(readFile(filepath.Join(dir, "out")))
 	for i, f := range out {
