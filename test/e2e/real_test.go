@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -57,7 +58,8 @@ func TestPythonThreads(t *testing.T) {
 // session open over TCP, is dumped, killed and restored twice (the second
 // time from a dump of the restored server); each time it serves the table
 // and takes a write, the session goes on, the segment keeps its id, and
-// the image holds the shared memory once.
+// the image holds the shared memory once. The first time, pgbench (4
+// clients over TCP) runs through it and no transaction fails.
 func TestPostgreSQL(t *testing.T) {
 	needTCP(t)
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
@@ -148,6 +150,35 @@ func TestPostgreSQL(t *testing.T) {
 		}
 	}
 	ask("before the dump", "select count(*) from t;", "10000")
+	// pgbench, 4 clients over TCP, runs through the first dump and restore.
+	if out, err := exec.Command(filepath.Join(bin, "pgbench"), "-h", dir, "-p", "5433", "-U", "postgres", "-i", "-s", "1", "-q", "postgres").CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	var benchOut bytes.Buffer
+	bench := exec.Command("nsenter", "--net="+ns.path, "--", filepath.Join(bin, "pgbench"), "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-c", "4", "-T", "8", "postgres")
+	bench.Stdout, bench.Stderr = &benchOut, &benchOut
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	benchDone := make(chan error, 1)
+	go func() { benchDone <- bench.Wait() }()
+	t.Cleanup(func() {
+		bench.Process.Kill()
+		<-benchDone
+	})
+	transactions := func() int {
+		out, err := psql("select count(*) from pgbench_history")
+		n, cerr := strconv.Atoi(out)
+		if err != nil || cerr != nil {
+			t.Fatalf("pgbench_history: %q, %v", out, err)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(20 * time.Second); transactions() < 100; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pgbench does not run:\n%s", benchOut.String())
+		}
+	}
 	t.Logf("postgres pid %d, %d more processes, System V segment %d (key %#x)", p.pid, len(descendants(p.pid)), id, key)
 	sum := 50005000
 	for round := 1; round <= 2; round++ {
@@ -173,6 +204,23 @@ func TestPostgreSQL(t *testing.T) {
 		}
 		sum += round
 		ask(fmt.Sprintf("round %d", round), "select count(*) from t;", strconv.Itoa(10000+round))
+		if round == 1 {
+			at := transactions()
+			select {
+			case err := <-benchDone:
+				benchDone <- err
+				if err != nil || !strings.Contains(benchOut.String(), "number of failed transactions: 0 ") {
+					t.Fatalf("pgbench across the dump and restore: %v\n%s", err, benchOut.String())
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("pgbench does not end:\n%s", benchOut.String())
+			}
+			if n := transactions(); n <= at {
+				t.Fatalf("pgbench made no transaction after the restore (%d before, %d after)\n%s", at, n, benchOut.String())
+			} else {
+				t.Logf("pgbench: %d transactions by the restore, %d in all, none failed", at, n)
+			}
+		}
 		var ds unix.SysvShmDesc
 		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil || ds.Perm.Key != key || ds.Nattch == 0 {
 			t.Errorf("round %d: segment %d: key %#x, %d attaches (%v)", round, id, ds.Perm.Key, ds.Nattch, err)
