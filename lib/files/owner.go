@@ -28,6 +28,9 @@ func (d *dumper) dumpOwner(ds *desc, rec *pb.FileDesc) error {
 	if noOwnerKinds[e.kind()] {
 		return cannot(e, "signal-driven I/O (O_ASYNC) on a %s is not supported yet", e.kindName())
 	}
+	if e.flight != "" { // the restored tasks set it, through their fds
+		return cannot(e, "signal-driven I/O (O_ASYNC) on a file in flight is not supported yet")
+	}
 	f, err := d.getfd(e)
 	if err != nil {
 		return err
