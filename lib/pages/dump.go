@@ -131,6 +131,7 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	if err := applyVmFlags(pid, vmas, <-flags); err != nil {
 		return nil, err
 	}
+	parents.keep(pid, vmas)
 
 	pm, err := sys.OpenPagemap(pid)
 	if err != nil {

@@ -3,7 +3,6 @@ package pages
 import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
-	"crpipe/lib/proc"
 	"crpipe/lib/sys"
 )
 
@@ -42,27 +41,43 @@ type sharing struct {
 // sharingChunk pages of pagemap entries are compared at a time.
 const sharingChunk = 8192
 
-// parentVmas keeps the classified mappings of the parents in a dump, read
-// once for all their children (frozen, a parent's mappings stay: the
-// parent of 99 children was 15% of cr-pages' CPU, read 99 times).
-type parentVmas map[int][]vma
-
-func (pv parentVmas) get(pid int) ([]vma, error) {
-	if v, ok := pv[pid]; ok {
-		return v, nil
-	}
-	// Without the VmFlags, like the child's VMAs at this point.
-	maps, err := proc.ReadMaps(pid)
-	if err != nil {
-		return nil, procErr(pid, err)
-	}
-	v, err := classify(pid, maps)
-	if err != nil {
-		return nil, err
-	}
-	pv[pid] = v
-	return v, nil
+// parentVmas keeps the mappings of the parents in a dump, as their own
+// prepare classified them, VmFlags applied, for their children: read once
+// for all of them (frozen, a parent's mappings stay: the parent of 99
+// children was 15% of cr-pages' CPU, read 99 times), and with the same
+// flags as the child's (CanInherit compares MAP_NORESERVE: mappings read
+// again without the VmFlags missed every page a jemalloc child shares).
+type parentVmas struct {
+	isParent map[int]bool
+	of       map[int][]vma
 }
+
+// newParentVmas keeps the mappings of the processes of procs that are the
+// parent of another.
+func newParentVmas(procs []*pb.Process) parentVmas {
+	pv := parentVmas{isParent: map[int]bool{}, of: map[int][]vma{}}
+	inDump := map[uint32]bool{}
+	for _, p := range procs {
+		inDump[p.Pid] = true
+	}
+	for _, p := range procs {
+		if inDump[p.Ppid] {
+			pv.isParent[int(p.Ppid)] = true
+		}
+	}
+	return pv
+}
+
+// keep records pid's mappings if it is a parent.
+func (pv parentVmas) keep(pid int, vmas []vma) {
+	if pv.isParent[pid] {
+		pv.of[pid] = vmas
+	}
+}
+
+// get returns pid's mappings; nil if it was not prepared (a zombie has
+// none), and then nothing is inherited from it.
+func (pv parentVmas) get(pid int) []vma { return pv.of[pid] }
 
 // newSharing prepares the split of pid's runs; parent, when not 0, is its
 // parent in the same dump, whose mappings come from parents.
@@ -71,10 +86,7 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, p
 	if parent == 0 {
 		return in, nil
 	}
-	pvmas, err := parents.get(parent)
-	if err != nil {
-		return nil, err
-	}
+	pvmas := parents.get(parent)
 	found := false
 	for i := range vmas {
 		for j := range pvmas {
@@ -85,6 +97,7 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, p
 		}
 	}
 	if found {
+		var err error
 		if in.parent, err = sys.OpenPagemap(parent); err != nil {
 			return nil, procErr(parent, err)
 		}

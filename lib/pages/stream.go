@@ -454,7 +454,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		parents, objects := parentVmas{}, sharedObjects{}
+		parents, objects := newParentVmas(procs), sharedObjects{}
 		inDump := map[uint32]bool{}
 		for _, p := range procs {
 			inDump[p.Pid] = true

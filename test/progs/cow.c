@@ -189,7 +189,7 @@ int main(int argc, char **argv)
 		return 2;
 	signal(SIGTERM, on_term);
 	npages = mib << 20 >> 12;
-	mem = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	mem = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ready = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	heap = malloc(HEAP_SIZE);
 	if (mem == MAP_FAILED || ready == MAP_FAILED || !heap)
