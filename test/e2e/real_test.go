@@ -155,7 +155,7 @@ func TestPostgreSQL(t *testing.T) {
 		t.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
 	var benchOut bytes.Buffer
-	bench := exec.Command("nsenter", "--net="+ns.path, "--", filepath.Join(bin, "pgbench"), "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-c", "4", "-T", "8", "postgres")
+	bench := exec.Command("nsenter", "--net="+ns.path, "--", filepath.Join(bin, "pgbench"), "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-c", "4", "-T", "10", "postgres")
 	bench.Stdout, bench.Stderr = &benchOut, &benchOut
 	if err := bench.Start(); err != nil {
 		t.Fatal(err)
