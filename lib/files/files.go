@@ -63,8 +63,14 @@ var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}
 // and dumps the files of those processes once the input is complete.
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
+	var maps sharedMappings // locks.go
 	return stage.Filter{
-		Observe: up.Observe,
+		Observe: func(f *image.Frame) error {
+			if err := up.Observe(f); err != nil {
+				return err
+			}
+			return maps.observe(f)
+		},
 		Finish: func(w *image.Writer) error {
 			if err := up.NeedProcs(); err != nil {
 				return err
@@ -73,6 +79,9 @@ func FilterWith(opts Options) stage.Filter {
 			d.opts, d.up = opts, up
 			defer d.close()
 			if err := d.dump(); err != nil {
+				return err
+			}
+			if err := d.refuseMappedLocks(maps); err != nil {
 				return err
 			}
 			return d.write(w)

@@ -7,8 +7,12 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // File locks. The kernel (fs/locks.c, show_fd_locks) lists in the fdinfo of
@@ -18,7 +22,8 @@ import (
 // table), shows only on that process's fds of the description it was taken
 // through. So the fdinfo lines tie every lock to its owner. A POSIX lock
 // cannot outlive its owner's last fd of the file (any close drops them all),
-// so none hides from the fdinfo; /proc/locks is not read: each read takes
+// so none hides from the fdinfo; /proc/locks is read only for a lock held
+// through a mapping alone (refuseMappedLocks, below): each read takes
 // file_rwsem for writing, an RCU grace period (12-25 ms here) per dump.
 // flock locks show the pid that took them (not an owner), OFD locks -1.
 
@@ -172,6 +177,84 @@ func refuseLease(pid, fd int, link string, info []byte) error {
 			return stage.Hint(fmt.Errorf("pid %d fd %d: %s: holds a %s lease (F_SETLEASE)", pid, fd, link, l.typeString()),
 				"release the lease (fcntl F_SETLEASE F_UNLCK) before checkpointing: a restore does not take leases")
 		}
+	}
+	return nil
+}
+
+// A flock or OFD lock belongs to an open file description, and a memory
+// mapping holds its description as well as an fd does: a program may lock
+// a file, map it shared and close the fd (a database's way). Such a lock
+// shows in no fdinfo, only in /proc/locks, and a restore, which maps the
+// file again by path, would not take it again. So where a shared mapping
+// of the dump (from cr-pages' Mm records) maps a file that no fd of the
+// dump holds, /proc/locks is read (then only: each read waits for an RCU
+// grace period, see above) and a lock on that file taken by a process of
+// the dump (flock shows its taker; an OFD lock shows none) is refused.
+// Private mappings are left out: every process maps its libraries so.
+
+// sharedMapping is a shared file mapping of a process of the dump.
+type sharedMapping struct {
+	pid        uint32
+	start, end uint64
+	path       string
+	dev, inode uint64
+}
+
+// sharedMappings collects the shared file mappings of the Mm records that
+// pass through cr-files.
+type sharedMappings []sharedMapping
+
+func (sm *sharedMappings) observe(f *image.Frame) error {
+	if f.Type != image.TypeMm {
+		return nil
+	}
+	mm := &pb.Mm{}
+	if err := image.Unmarshal(f, mm); err != nil {
+		return err
+	}
+	for _, v := range mm.Vmas {
+		if pb.VmaKind(v.Kind) == pb.VmaKind_VMA_FILE_SHARED {
+			*sm = append(*sm, sharedMapping{mm.Pid, v.Start, v.End, v.Path, v.Dev, v.Inode})
+		}
+	}
+	return nil
+}
+
+// refuseMappedLocks refuses a flock or OFD lock held through a shared
+// mapping alone.
+func (d *dumper) refuseMappedLocks(maps sharedMappings) error {
+	held := map[[2]uint64]bool{}
+	for _, e := range d.entries {
+		held[[2]uint64{e.st.Dev, e.st.Ino}] = true
+	}
+	only := map[string]sharedMapping{} // by the inode as /proc/locks prints it
+	for _, m := range maps {
+		if !held[[2]uint64{m.dev, m.inode}] {
+			only[fmt.Sprintf("%02x:%02x:%d", unix.Major(m.dev), unix.Minor(m.dev), m.inode)] = m
+		}
+	}
+	if len(only) == 0 {
+		return nil
+	}
+	b, err := sys.ReadFile("/proc/locks")
+	if err != nil {
+		return fmt.Errorf("/proc/locks: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" || strings.Contains(line, "->") { // a waiter holds nothing yet
+			continue
+		}
+		l, err := parseLockLine(line)
+		if err != nil {
+			return fmt.Errorf("/proc/locks: %w", err)
+		}
+		m, ok := only[l.inode]
+		if !ok || (l.class == "FLOCK" && !d.inTree[l.pid]) || (l.class != "FLOCK" && l.class != "OFDLCK") {
+			continue
+		}
+		return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s: a %s %s lock on it (%s) is held by no fd of the dump, only through a mapping: a restore maps the file again without the lock",
+			m.pid, m.start, m.end, m.path, l.typeString(), l.class, l.rangeString()),
+			"keep an fd of the locked file open, or unlock it before checkpointing")
 	}
 	return nil
 }

@@ -1,6 +1,20 @@
 package files
 
-import "testing"
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+)
 
 func TestParseLockLine(t *testing.T) {
 	for _, c := range []struct {
@@ -40,4 +54,55 @@ func FuzzParseLockLine(f *testing.F) {
 			t.Errorf("%q: accepted range %d-%d", s, l.start, l.end)
 		}
 	})
+}
+
+// TestMappedLockRefused: a flock or OFD lock whose fd was closed, held only
+// through a shared mapping of the file, is refused when the stream has the
+// mapping (cr-pages' Mm record); the same file mapped without a lock dumps.
+func TestMappedLockRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	for _, c := range []struct{ extra, want string }{
+		{"maplock", "a write FLOCK lock on it (bytes 0-EOF) is held by no fd of the dump, only through a mapping"},
+		{"mapofd", "a write OFDLCK lock on it (bytes 0-99) is held by no fd of the dump, only through a mapping"},
+	} {
+		t.Run(c.extra, func(t *testing.T) {
+			dir, err := filepath.EvalSymlinks(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, fds := startFdtest(t, dir, c.extra)
+			maps, err := proc.ReadMaps(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mm := &pb.Mm{Pid: uint32(pid)}
+			for _, m := range maps {
+				if m.Start == uint64(fds[c.extra]) {
+					mm.Vmas = append(mm.Vmas, &pb.Vma{Start: m.Start, End: m.End, Path: m.Path, Kind: uint32(pb.VmaKind_VMA_FILE_SHARED),
+						Dev: unix.Mkdev(m.Major, m.Minor), Inode: m.Inode})
+				}
+			}
+			if len(mm.Vmas) != 1 {
+				t.Fatalf("no mapping at %#x in pid %d's maps", fds[c.extra], pid)
+			}
+			var in, out bytes.Buffer
+			w, _ := image.NewWriter(&in, image.WriterOptions{})
+			w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
+			w.WriteMessage(image.TypeMm, mm)
+			w.Close()
+			err = stage.RunFilter(&in, &out, false, Filter())
+			prefix := fmt.Sprintf("pid %d vma %x-%x: %s: ", pid, mm.Vmas[0].Start, mm.Vmas[0].End, filepath.Join(dir, c.extra))
+			if err == nil || !strings.HasPrefix(err.Error(), prefix) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want %q ... %q", err, prefix, c.want)
+			}
+			t.Log(err)
+			// Without the Mm record, nothing shows the lock (the stream of
+			// a pipeline without cr-pages).
+			if _, err := runFilter(t, pid); err != nil {
+				t.Errorf("without the mapping: %v", err)
+			}
+		})
+	}
 }

@@ -166,6 +166,16 @@ int main(int argc, char **argv) {
 			if (epoll_ctl(ep, EPOLL_CTL_ADD, e, &ev)) die("epoll_ctl");
 			if (dup2(e, 200) < 0) die("dup2");
 			close(e);
+		} else if (!strcmp(x, "maplock") || !strcmp(x, "mapofd")) {
+			/* A lock held through a shared mapping alone: its fd closed. */
+			int fd = path_open(dir, x, O_RDWR | O_CREAT);
+			struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100 };
+			if (fd < 0 || ftruncate(fd, 4096)) die(x);
+			if (!strcmp(x, "maplock") ? flock(fd, LOCK_EX) : fcntl(fd, F_OFD_SETLK, &fl)) die("lock");
+			void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+			if (m == MAP_FAILED) die("mmap");
+			fprintf(out, "%s %lu\n", x, (unsigned long)m);
+			close(fd);
 		} else if (!strcmp(x, "async")) {
 			int p[2];
 			if (pipe(p)) die("pipe");
