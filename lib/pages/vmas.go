@@ -183,9 +183,17 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 				return nil, err
 			}
 		case m.Deleted || !strings.HasPrefix(m.Path, "/"):
-			if strings.HasPrefix(m.Path, "/memfd:") {
-				// Restarting would not take it away.
+			// Only a deleted file goes away with a restart; the kernel
+			// objects do not.
+			switch {
+			case strings.HasPrefix(m.Path, "/memfd:"):
 				return nil, unsupported(pid, m, fmt.Sprintf("memfd mapping %s", m.Path), "")
+			case m.Path == "anon_inode:[io_uring]":
+				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])", "")
+			case m.Path == "/[aio]":
+				return nil, unsupported(pid, m, "a Linux AIO ring (io_setup)", "")
+			case !strings.HasPrefix(m.Path, "/"):
+				return nil, unsupported(pid, m, fmt.Sprintf("a mapping of the kernel object %s", m.Path), "")
 			}
 			return nil, unsupported(pid, m, fmt.Sprintf("mapping of deleted file %s", m.Path), "restart the process so that it maps files that exist, then checkpoint")
 		default:

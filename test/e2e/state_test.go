@@ -430,19 +430,24 @@ func TestNumaPolicy(t *testing.T) {
 	p.terminate(at)
 }
 
-// TestVmaRefused: memory with a protection key of its own, and a part of a
-// System V shared memory segment (shmat maps only whole ones), are refused
-// at dump time, naming the process and the mapping, and the process goes
-// on running.
+// TestVmaRefused: memory with a protection key of its own, a part of a
+// System V shared memory segment (shmat maps only whole ones) and an
+// io_uring's rings are refused at dump time, naming the process and the
+// mapping, without a hint where none helps, and the process goes on
+// running.
 func TestVmaRefused(t *testing.T) {
 	need(t, "cr-dump")
 	for _, c := range []struct{ mode, what string }{
 		{"pkey", `memory with protection key [1-9][0-9]* \(pkey_mprotect\)`},
 		{"sysv", `a part of System V shared memory segment \d+ \(61440 of its 65536 bytes mapped; the rest was unmapped\)`},
+		{"uring", `an io_uring ring \(anon_inode:\[io_uring\]\)`},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
 				t.Skip("this CPU or kernel has no memory protection keys (no ospke in /proc/cpuinfo)")
+			}
+			if b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); c.mode == "uring" && (err != nil || strings.TrimSpace(string(b)) == "2") {
+				t.Skip("this kernel has no io_uring, or has it disabled (kernel.io_uring_disabled)")
 			}
 			p := startStateProg(t, "vmadvice", c.mode)
 			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))

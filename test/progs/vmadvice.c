@@ -2,7 +2,7 @@
  * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
  * a mapping must survive a checkpoint.
  *
- *   vmadvice PROGRESS VERDICT [pkey|sysv]
+ *   vmadvice PROGRESS VERDICT [pkey|sysv|uring]
  *
  * Before the first tick it maps one private anonymous region per setting,
  * 64 KiB each, fills it with a pattern of its own, and sets:
@@ -16,13 +16,16 @@
  * With "pkey" one more region gets a protection key of its own
  * (pkey_mprotect), with "sysv" one more is a part of a System V shared
  * memory segment (attached, its last page unmapped; removed at once so
- * that it ends with the process): both a dump refuses.
+ * that it ends with the process), with "uring" an io_uring's rings are
+ * mapped: each a dump refuses. "uring" exits 3 where the kernel has no
+ * io_uring (or it is disabled).
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
  */
 #include "state.h"
 
+#include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
@@ -135,7 +138,7 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring]");
 	if (argc > 3 && !strcmp(argv[3], "pkey")) {
 		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		int key = syscall(SYS_pkey_alloc, 0, 0);
@@ -148,6 +151,16 @@ int main(int argc, char **argv)
 		if (p == (void *)-1 || shmctl(id, IPC_RMID, NULL) != 0 || munmap((char *)p + SIZE - 4096, 4096) != 0)
 			die("shm");
 		memset(p, 0x5a, SIZE - 4096);
+	}
+	if (argc > 3 && !strcmp(argv[3], "uring")) {
+		struct io_uring_params up;
+		memset(&up, 0, sizeof up);
+		int fd = syscall(SYS_io_uring_setup, 4, &up);
+		if (fd < 0)
+			exit(3);
+		size_t len = up.sq_off.array + up.sq_entries * sizeof(unsigned);
+		if (mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING) == MAP_FAILED)
+			die("mmap io_uring");
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
