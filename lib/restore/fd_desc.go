@@ -167,7 +167,7 @@ func setStatusFlags(f *os.File, flags uint32) error {
 // O_NONBLOCK until its Fd method is called).
 func reopen(f *os.File, flags uint32) (*os.File, error) {
 	path := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
-	n, err := unix.Open(path, int(flags)&^creationFlags|unix.O_CLOEXEC, 0)
+	n, err := unix.Open(path, reopenFlags(flags)|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reopen %s: %w", f.Name(), err)
 	}

@@ -12,8 +12,24 @@ import (
 	"crpipe/lib/stage"
 )
 
-// openFlagsForRestore strips flags that only mean something at creation.
+// creationFlags only mean something when a file is opened first.
 const creationFlags = unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_CLOEXEC
+
+// tmpfileBit is O_TMPFILE without the O_DIRECTORY that comes with it.
+const tmpfileBit = unix.O_TMPFILE &^ unix.O_DIRECTORY
+
+// reopenFlags are the dumped flags of a file to open it again with: not
+// the creation flags, and not O_TMPFILE, which the kernel keeps in the
+// flags of a file made with it, O_DIRECTORY included, though the file is
+// a regular one (opened so, it fails with ENOTDIR; found restoring
+// MariaDB's temporary files).
+func reopenFlags(flags uint32) int {
+	f := int(flags) &^ creationFlags
+	if f&tmpfileBit != 0 {
+		f &^= unix.O_TMPFILE
+	}
+	return f
+}
 
 func init() {
 	registerFdKind(pb.FdKind_FD_REGULAR, openPath)
@@ -37,7 +53,7 @@ func openPath(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	f, err := os.OpenFile(path, int(fd.Flags)&^creationFlags, 0)
+	f, err := os.OpenFile(path, reopenFlags(fd.Flags), 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}

@@ -17,8 +17,8 @@ import (
 
 // TestFdGhost: fd_ghost's deleted files (fds with shared and separate
 // descriptions, a sparse file, shared and private mappings, a mapping
-// without an fd) come back with contents, offsets, flags and owner, and
-// each file is in the image once.
+// without an fd, a file made with O_TMPFILE) come back with contents,
+// offsets, flags and owner, and each file is in the image once.
 func TestFdGhost(t *testing.T) {
 	for _, arg := range []string{"", "fork"} {
 		t.Run("plain"+arg, func(t *testing.T) {
@@ -28,9 +28,10 @@ func TestFdGhost(t *testing.T) {
 			t.Logf("crit show fds:\n%s", strings.Join(fdLines(show), "\n"))
 			checkFdLine(t, show, 20, "ghost", p.dir+"/ghost1 (deleted)", "5.0 MiB", "in the image", "shared with fd 22")
 			checkFdLine(t, show, 23, "ghost", p.dir+"/ghost2 (deleted)", "wronly|append")
+			checkFdLine(t, show, 25, "ghost", "rdwr", "tmpfile")
 			records := mustShell(t, 30*time.Second, fmt.Sprintf("crit decode < %s | grep -c '\"type\":\"ghost-file\"'", filepath.Join(p.dir, "img")))
-			if n := strings.TrimSpace(string(records.stdout)); n != "3" {
-				t.Errorf("%s ghost-file records, want 3 (each file once, whatever holds it)", n)
+			if n := strings.TrimSpace(string(records.stdout)); n != "4" {
+				t.Errorf("%s ghost-file records, want 4 (each file once, whatever holds it)", n)
 			}
 		})
 	}

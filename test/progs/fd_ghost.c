@@ -14,6 +14,8 @@
  *       mapped private (mp, page 2 written: copied on write)
  *   --  "ghost3": 2 pages mapped private, read and exec, its fd closed and
  *       the file unlinked: only the mapping holds it
+ *   25  a file made with O_TMPFILE in DIR (never linked): 3 pages of a
+ *       pattern; the kernel keeps O_TMPFILE (and O_DIRECTORY) in its flags
  *   big: also fd 24, "big": 100 MiB, sparse, unlinked (more than the
  *        default --ghost-limit of 64 MiB)
  *   fork: a child holds all of it too (it sleeps until killed): the
@@ -89,6 +91,9 @@ static void setup(const char *arg)
 		die("mmap ghost3");
 	close(g3);
 	must(unlink("ghost3"), "unlink ghost3");
+
+	at(must(open(".", O_TMPFILE | O_RDWR, 0600), "O_TMPFILE"), 25);
+	fill(25, 0, 3 * PG, 4);
 
 	if (big) {
 		at(create("big", O_RDWR), 24);
@@ -174,6 +179,18 @@ static void check(void)
 	/* Writes still work, and 20 and 21 are one file. */
 	if (pwrite(20, "xyz", 3, 10) != 3 || pread(21, buf, 3, 10) != 3 || memcmp(buf, "xyz", 3))
 		fail("a write through fd 20 does not show through fd 21");
+
+	struct stat tst;
+	if (fstat(25, &tst) || tst.st_nlink != 0 || tst.st_size != 3 * PG || !S_ISREG(tst.st_mode) || (fcntl(25, F_GETFL) & O_ACCMODE) != O_RDWR)
+		fail("the O_TMPFILE file: nlink %ld size %ld mode %o flags %#x", (long)tst.st_nlink, (long)tst.st_size, tst.st_mode, fcntl(25, F_GETFL));
+	else if (pread(25, buf, 3 * PG, 0) != 3 * PG)
+		fail("pread the O_TMPFILE file");
+	else
+		for (long i = 0; i < 3 * PG; i++)
+			if (buf[i] != pat(i, 4)) {
+				fail("the O_TMPFILE file's byte %ld is %#x, want %#x", i, buf[i], pat(i, 4));
+				break;
+			}
 
 	check_file(23, "ghost2", 4 * PG);
 	int fl = fcntl(23, F_GETFL);
