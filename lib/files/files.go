@@ -25,6 +25,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -342,13 +343,14 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 			return nil, err
 		}
 	}
-	// A restore reopens the path as the process sees it: it must still name
-	// this file. The kernel follows renames of the file and its directories,
-	// so a path that names another file (or none) is one it could not
-	// follow: a mount on top of it since, a file outside the process's root
-	// (opened before a chroot), or a file unlinked that has another name.
+	// A restore reopens the path: it must still name this file. The kernel
+	// follows renames of the file and its directories, so a path that names
+	// another file (or none) is one it could not follow: a mount on top of
+	// it since, or a file unlinked that has another name. The path starts
+	// where proc.PathRoot says (a chrooted process's file opened before the
+	// chroot shows from our root, as the restore opens it).
 	var now unix.Stat_t
-	err = unix.Stat(filepath.Join(procPath(pid, "root"), path), &now)
+	err = unix.Stat(filepath.Join(proc.PathRoot(pid), path), &now)
 	if err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
 		if p, ok := strings.CutSuffix(link, " (deleted)"); ok {
 			return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s was deleted, but the file has %d other link(s), by name(s) cr-files cannot find", pid, n, p, st.Nlink),

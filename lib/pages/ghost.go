@@ -69,7 +69,7 @@ func ghostVma(pid int, x *vma) error {
 	// ("/i915", "/drm mm object") are not. Overlayfs maps the file of the
 	// layer below, so there the filesystem type is what tells.
 	var dir unix.Stat_t
-	root := fmt.Sprintf("/proc/%d/root", pid)
+	root := proc.PathRoot(pid)
 	dirPath := filepath.Join(root, filepath.Dir(m.Path))
 	for unix.Stat(dirPath, &dir) != nil && dirPath != root {
 		dirPath = filepath.Dir(dirPath)

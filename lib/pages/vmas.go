@@ -113,10 +113,9 @@ func refuseVmFlags(pid int, m *proc.Mapping) error {
 }
 
 // classify turns the mappings of pid into Vma records, refusing what the
-// restore cannot rebuild. root is the directory the process sees as / (its
-// /proc/PID/root), through which backing files are checked.
+// restore cannot rebuild.
 func classify(pid int, maps []proc.Mapping) ([]vma, error) {
-	root := fmt.Sprintf("/proc/%d/root", pid)
+	root := proc.PathRoot(pid) // where the paths of its maps start
 	stats := map[string]*unix.Stat_t{}
 	sysvSegs := sysvTable(pid)
 	out := make([]vma, 0, len(maps))
@@ -243,8 +242,8 @@ func isSharedAnonPath(m *proc.Mapping) bool {
 	return m.Path == "/dev/zero" && m.Deleted
 }
 
-// statMapped stats the file a mapping names, as the process sees the path,
-// and checks that the path still names the mapped file: restore opens it by
+// statMapped stats the file a mapping names, from root (proc.PathRoot), and
+// checks that the path still names the mapped file: restore opens it by
 // path.
 func statMapped(pid int, root string, m *proc.Mapping, cache map[string]*unix.Stat_t) (*unix.Stat_t, error) {
 	st, ok := cache[m.Path]

@@ -332,3 +332,20 @@ func BootID() (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
+
+// PathRoot is the directory from which the paths /proc shows of pid's files
+// (its maps, its fd links) start, for the caller: /proc prints a path as
+// its reader sees it (d_path from the reader's root). In the caller's own
+// mount namespace that is the caller's root, whatever pid's chroot
+// (postfix's chrooted daemons hold files opened outside it); in another
+// one (a container's), it is that namespace's root, which /proc/PID/root
+// reaches. A restore opens the paths from its own root, in the namespace
+// it runs in.
+func PathRoot(pid int) string {
+	theirs, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	ours, err2 := os.Readlink("/proc/self/ns/mnt")
+	if err1 == nil && err2 == nil && theirs == ours {
+		return "/"
+	}
+	return fmt.Sprintf("/proc/%d/root", pid)
+}

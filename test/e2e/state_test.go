@@ -546,6 +546,20 @@ func TestSysvShm(t *testing.T) {
 	p.terminate(at)
 }
 
+// TestChroot: a process that chroot()ed after opening a file and mapping
+// its libraries (test/progs/chrooted.c) is dumped, and restored in its
+// jail with the file open: /proc shows those paths from the dumper's root,
+// not from the jail.
+func TestChroot(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := start(t, "chrooted", func(p *target) []string { return []string{p.progress, p.verdict, p.dir} })
+	_, at := dumpKillRestore(t, p)
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", p.pid)); err != nil || root != filepath.Join(p.dir, "jail") {
+		t.Errorf("the restored process's root is %q (%v), want %s", root, err, filepath.Join(p.dir, "jail"))
+	}
+	p.terminate(at)
+}
+
 // TestRestoreIntoCgroup: cr-restore --cgroup starts the restored tree, every
 // process of it, in a cgroup v2 directory the test made (as a container
 // runtime would), and refuses a directory that is not a cgroup.
