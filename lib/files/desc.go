@@ -11,6 +11,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -74,6 +75,7 @@ type dumper struct {
 	ghosts  []ghost           // written after the Files records (ghost.go)
 	kept    []*os.File        // fd copies read as the output is written
 
+	roots  map[int]string           // proc.PathRoot of each process, read once
 	mcast  map[int][]sys.McastGroup // groups joined in a process's network namespace (inet.go)
 	queues map[uint64][]*peekedMsg  // unix receive queues by socket inode (scm.go)
 	flight []int                    // cr-files' copies of files in flight
@@ -95,6 +97,20 @@ func (d *dumper) close() {
 	for _, f := range d.kept {
 		f.Close()
 	}
+}
+
+// pathRoot is proc.PathRoot(pid), read once per process (two readlinks,
+// and a process may have thousands of files).
+func (d *dumper) pathRoot(pid int) string {
+	r, ok := d.roots[pid]
+	if !ok {
+		if d.roots == nil {
+			d.roots = map[int]string{}
+		}
+		r = proc.PathRoot(pid)
+		d.roots[pid] = r
+	}
+	return r
 }
 
 // keep holds f, a copy of an fd, until the output is written.

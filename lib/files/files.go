@@ -25,7 +25,6 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
-	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -350,7 +349,7 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	// where proc.PathRoot says (a chrooted process's file opened before the
 	// chroot shows from our root, as the restore opens it).
 	var now unix.Stat_t
-	err = unix.Stat(filepath.Join(proc.PathRoot(pid), path), &now)
+	err = unix.Stat(filepath.Join(d.pathRoot(pid), path), &now)
 	if err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
 		if p, ok := strings.CutSuffix(link, " (deleted)"); ok {
 			return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %s was deleted, but the file has %d other link(s), by name(s) cr-files cannot find", pid, n, p, st.Nlink),
