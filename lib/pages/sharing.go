@@ -53,13 +53,9 @@ type parentVmas struct {
 }
 
 // newParentVmas keeps the mappings of the processes of procs that are the
-// parent of another.
-func newParentVmas(procs []*pb.Process) parentVmas {
+// parent of another; inDump holds the pids of procs.
+func newParentVmas(procs []*pb.Process, inDump map[uint32]bool) parentVmas {
 	pv := parentVmas{isParent: map[int]bool{}, of: map[int][]vma{}}
-	inDump := map[uint32]bool{}
-	for _, p := range procs {
-		inDump[p.Pid] = true
-	}
 	for _, p := range procs {
 		if inDump[p.Ppid] {
 			pv.isParent[int(p.Ppid)] = true

@@ -454,11 +454,11 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		parents, objects := newParentVmas(procs), sharedObjects{}
 		inDump := map[uint32]bool{}
 		for _, p := range procs {
 			inDump[p.Pid] = true
 		}
+		parents, objects := newParentVmas(procs, inDump), sharedObjects{}
 		for _, p := range procs {
 			parent := 0
 			if inDump[p.Ppid] {
