@@ -119,7 +119,7 @@ func run() error {
 	}
 	fmt.Fprintf(os.Stderr, "bench: warming up %d MiB of memory...\n", warm)
 	t0 := time.Now()
-	if err := touchAndFree(int64(warm) << 20); err != nil {
+	if err := touchAndFree(int64(warm)<<20, false); err != nil {
 		return fmt.Errorf("warm-up: %v", err)
 	}
 	rep.WarmupMB, rep.WarmupSec = warm, time.Since(t0).Seconds()
@@ -157,11 +157,17 @@ func memAvailableMB() int {
 }
 
 // touchAndFree maps, touches and unmaps n bytes, so that the host backs the
-// guest memory the measurements will use.
-func touchAndFree(n int64) error {
+// guest memory the measurements will use; huge: as transparent huge pages.
+func touchAndFree(n int64, huge bool) error {
 	m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return err
+	}
+	if huge {
+		if err := unix.Madvise(m, unix.MADV_HUGEPAGE); err != nil {
+			unix.Munmap(m)
+			return fmt.Errorf("MADV_HUGEPAGE: %v", err)
+		}
 	}
 	if err := unix.Madvise(m, unix.MADV_POPULATE_WRITE); err != nil {
 		for i := 0; i < len(m); i += 4096 {

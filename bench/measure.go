@@ -121,11 +121,36 @@ func writeLimit(dir string, n uint64, src []byte) (time.Duration, error) {
 	return time.Since(t), nil
 }
 
+// rewarmHuge touches and frees n bytes (and 64 MiB more) of transparent
+// huge pages, just before a measurement that fills memory with them. This
+// machine's balloon reports free 2 MiB blocks to the host (virtio-balloon
+// free page reporting, page_reporting_order 9) two seconds after they are
+// freed, and the host takes them back: the next huge page allocated from
+// such a block costs a host fault, which doubled or tripled a THP fill
+// (doc/performance.md, Method). 4 KiB fills were measured the same either
+// way. Blocks just freed are reused first, so the measurement that follows
+// at once gets backed memory, as the warm-up meant.
+func rewarmHuge(n uint64) error {
+	if err := touchAndFree(int64(n)+64<<20, true); err != nil {
+		return fmt.Errorf("rewarming huge pages: %v", err)
+	}
+	return nil
+}
+
+// reportingDelay: free page reporting acts 2 s after blocks are freed
+// (PAGE_REPORTING_DELAY); this is a little more.
+const reportingDelay = 2500 * time.Millisecond
+
 // fill maps n fresh bytes, populates them with MADV_POPULATE_WRITE and
 // copies a 4 MiB buffer over all of them: what a restore must at least do
 // (huge: with MADV_HUGEPAGE first).
 func fill(n uint64, huge bool) (time.Duration, error) {
 	src := warmBuf(chunk)
+	if huge {
+		if err := rewarmHuge(n); err != nil {
+			return 0, err
+		}
+	}
 	t := time.Now()
 	m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {

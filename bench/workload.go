@@ -22,6 +22,7 @@ type workload struct {
 	Bytes     int64    // memory a dump copies (for GB/s)
 	Limits    bool     // measure the machine's limits on this memory too
 	ThpLimit  bool     // and the fill limit with transparent huge pages
+	Huge      bool     // the process's memory is transparent huge pages
 	Compress  bool     // also dump with --compress
 	Porcelain bool     // also cr-dump --leave-running
 	Tiny      bool     // the tiny counter: latency of dump + restore
@@ -48,7 +49,7 @@ func workloads(quick bool) []*workload {
 		}
 	}
 	ws = append(ws,
-		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, ThpLimit: true, VerifyAll: true},
+		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, ThpLimit: true, Huge: true, VerifyAll: true},
 		&workload{Name: "64 processes × 16 MiB random", Args: []string{"procs", "64", "16", "random"}, Bytes: 64 << 24, VerifyAll: true},
 		&workload{Name: "10,000 mappings of 4 KiB", Args: []string{"maps", "10000"}, Bytes: 10000 * 4096, VerifyAll: true},
 		&workload{Name: "100-process tree (1 MiB each)", Args: []string{"procs", "100", "1", "random"}, Bytes: 100 << 20, VerifyAll: true},
@@ -331,6 +332,14 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 	<-p.done
 	p.reapOthers()
 
+	if w.Huge {
+		// Let the balloon report the blocks the kill freed first, so that
+		// it does not take back the rewarmed ones during the restore.
+		time.Sleep(reportingDelay)
+		if err := rewarmHuge(p.len); err != nil {
+			return err
+		}
+	}
 	d, us, err := restore(img)
 	res.record(mRestore, d, err)
 	if err != nil {
