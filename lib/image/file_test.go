@@ -160,3 +160,162 @@ func TestFileReadsPagesInParallel(t *testing.T) {
 		}
 	}
 }
+
+// readFramesInFile is readFrames with Reader.PagesInFile: the contents of
+// a frame left in the file are read with ReadPieces, by three goroutines,
+// into the payload. It also counts the frames left in the file.
+func readFramesInFile(t *testing.T, f *os.File) ([][]byte, int, error) {
+	t.Helper()
+	rd, err := image.NewReader(f)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !rd.PagesInFile() && !rd.Compressed {
+		t.Fatal("PagesInFile refused a regular file")
+	}
+	var got [][]byte
+	inFile := 0
+	for {
+		fr, err := rd.Next()
+		if err == io.EOF {
+			return got, inFile, nil
+		}
+		if err != nil {
+			return got, inFile, err
+		}
+		payload := fr.Payload
+		if fr.InFile() {
+			inFile++
+			contents := make([]byte, fr.ContentBytes())
+			err := fr.ReadPieces(3, func(off int, piece []byte) error {
+				copy(contents[off:], piece)
+				return nil
+			})
+			if err != nil {
+				return got, inFile, err
+			}
+			payload = append(bytes.Clone(fr.Payload), contents...)
+		}
+		got = append(got, append([]byte(fmt.Sprintf("%s/%d/%d:", fr.Type, fr.Flags, fr.Offset)), payload...))
+	}
+}
+
+// TestFileReadsPagesInFile: with the contents of large pages frames read
+// by the caller (Reader.PagesInFile, Frame.ReadPieces), a file gives the
+// same frames and the same errors as the same bytes read from memory, also
+// when the stream starts in the middle of the file; a compressed stream
+// cannot be read so and is read whole.
+func TestFileReadsPagesInFile(t *testing.T) {
+	good := deferredStream(t, false)
+	off := 16
+	for i := 0; i < 2; i++ {
+		off += 16 + int(le32(good[off+8:]))
+	}
+	cases := map[string][]byte{
+		"good":             good,
+		"flipped-contents": flip(good, off+16+16+3<<20, 0x20),
+		"flipped-preamble": flip(good, off+16+9, 0x10),
+		"cut-in-contents":  good[:off+16+16+2<<20],
+		"cut-in-preamble":  good[:off+16+8],
+		"cut-in-header":    good[:off+8],
+		"parallel":         parallelStream(t),
+	}
+	for _, v := range vectors(t) {
+		cases[v.Name] = v.data
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			want, wantErr := readFrames(bytes.NewReader(data))
+			for _, prefix := range []int{0, 1000} {
+				f := tempFile(t, append(make([]byte, prefix), data...))
+				if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
+					t.Fatal(err)
+				}
+				got, inFile, err := readFramesInFile(t, f)
+				if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+					t.Errorf("prefix %d: error %v, from memory %v", prefix, err, wantErr)
+				}
+				if (name == "good" || name == "parallel") && inFile == 0 {
+					t.Errorf("prefix %d: no frame was left in the file", prefix)
+				}
+				if len(got) != len(want) {
+					t.Fatalf("prefix %d: %d frames, from memory %d", prefix, len(got), len(want))
+				}
+				for i := range got {
+					if !bytes.Equal(got[i], want[i]) {
+						t.Errorf("prefix %d: frame %d differs", prefix, i)
+					}
+				}
+			}
+		})
+	}
+	t.Run("lz4", func(t *testing.T) {
+		rd, err := image.NewReader(tempFile(t, deferredStream(t, true)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rd.PagesInFile() {
+			t.Error("PagesInFile took effect on a compressed stream")
+		}
+	})
+}
+
+// TestPagesInFileShrinks: a file cut after a frame was returned with its
+// contents in it is a truncated stream when they are read; an error of
+// the caller's stops the reading and is returned as it is.
+func TestPagesInFileShrinks(t *testing.T) {
+	good := parallelStream(t)
+	for _, cut := range []bool{true, false} {
+		f := tempFile(t, good)
+		rd, err := image.NewReader(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd.PagesInFile()
+		var fr *image.Frame
+		for fr == nil || !fr.InFile() {
+			if fr, err = rd.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		calls := 0
+		mine := errors.New("mine")
+		use := func(int, []byte) error { calls++; return nil }
+		if cut {
+			if err := os.Truncate(f.Name(), fr.Offset+16+16+4096); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			use = func(int, []byte) error { calls++; return mine }
+		}
+		err = fr.ReadPieces(1, use)
+		switch {
+		case cut && !errors.Is(err, image.ErrTruncated):
+			t.Errorf("cut: got %v", err)
+		case !cut && (err != mine || calls != 1):
+			t.Errorf("use failing: got %v after %d calls", err, calls)
+		}
+	}
+}
+
+// parallelStream holds 40 large pages frames between small frames.
+func parallelStream(t *testing.T) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	w, err := image.NewWriter(&b, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if err := w.WriteFrame(image.Type(99), uint32(i), []byte("between")); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WritePages(image.PagesHeader{Pid: 9, Addr: uint64(i) << 24}, pattern(byte(i), (128+i%3*64)*image.PageSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}

@@ -164,6 +164,8 @@ type Frame struct {
 	// preamble, and the contents, deferred bytes, are still in rd's input.
 	rd       *decoder
 	deferred int64
+	// Contents left in the input file (Reader.PagesInFile).
+	file *fileContents
 }
 
 type sumKey struct {
@@ -212,9 +214,29 @@ func (f *Frame) Pages() (PagesHeader, []byte, error) {
 	if f.deferred > 0 {
 		return PagesHeader{}, nil, fmt.Errorf("frame %d at offset %d: the contents of this pages frame were passed on unread (Reader.DeferPages)", f.Index, f.Offset)
 	}
+	if f.file != nil {
+		return PagesHeader{}, nil, fmt.Errorf("frame %d at offset %d: the contents of this pages frame are in the file (Frame.ReadPieces)", f.Index, f.Offset)
+	}
 	p := f.Payload
 	if len(p) < PagesPreamble || (len(p)-PagesPreamble)%PageSize != 0 {
 		return PagesHeader{}, nil, fmt.Errorf("frame %d at offset %d: pages payload of %d bytes is not a preamble plus whole pages: %w", f.Index, f.Offset, len(p), ErrCorrupt)
+	}
+	h, err := f.PagesHeader()
+	if err != nil {
+		return h, nil, err
+	}
+	return h, p[PagesPreamble:], nil
+}
+
+// PagesHeader reads the preamble of a TypePages payload: also of a frame
+// whose contents are elsewhere (Deferred, InFile).
+func (f *Frame) PagesHeader() (PagesHeader, error) {
+	if f.Type != TypePages {
+		return PagesHeader{}, fmt.Errorf("frame %d at offset %d: %s is not a pages frame: %w", f.Index, f.Offset, f.Type, ErrCorrupt)
+	}
+	p := f.Payload
+	if len(p) < PagesPreamble {
+		return PagesHeader{}, fmt.Errorf("frame %d at offset %d: pages payload of %d bytes is not a preamble plus whole pages: %w", f.Index, f.Offset, len(p), ErrCorrupt)
 	}
 	h := PagesHeader{
 		Pid:   binary.LittleEndian.Uint32(p[0:]),
@@ -222,9 +244,9 @@ func (f *Frame) Pages() (PagesHeader, []byte, error) {
 		Addr:  binary.LittleEndian.Uint64(p[8:]),
 	}
 	if h.Addr%PageSize != 0 {
-		return h, nil, fmt.Errorf("frame %d at offset %d: page address %#x not page aligned: %w", f.Index, f.Offset, h.Addr, ErrCorrupt)
+		return h, fmt.Errorf("frame %d at offset %d: page address %#x not page aligned: %w", f.Index, f.Offset, h.Addr, ErrCorrupt)
 	}
-	return h, p[PagesPreamble:], nil
+	return h, nil
 }
 
 func putPagesPreamble(b []byte, h PagesHeader) {

@@ -77,6 +77,9 @@ type decoder struct {
 	// The input as a regular file, while large pages frames are read in
 	// parallel (parallel.go).
 	file *fileInput
+	// Large pages frames are returned with their contents left in file
+	// (Reader.PagesInFile).
+	inFile bool
 }
 
 // Counts are what an End frame attests.
@@ -263,6 +266,9 @@ func (rd *decoder) next() (*Frame, error) {
 	}
 	if length > limit {
 		return nil, fmt.Errorf("frame %d at offset %d: %s length %d > %d: %w", f.Index, f.Offset, f.Type, length, limit, ErrTooLarge)
+	}
+	if rd.inFile && rd.file != nil && f.Type == TypePages && length >= PagesPreamble+parallelMin {
+		return rd.leavePages(f, h[:], length) // infile.go
 	}
 	if rd.move != nil && f.Type == TypePages && length >= PagesPreamble+deferMin {
 		return rd.deferPages(f, h[:], length)

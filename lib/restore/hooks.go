@@ -28,8 +28,11 @@ type Ctx struct {
 	dumpedCgroups bool
 	freeze        *pb.Freeze
 	cgroupOf      map[uint32]string
-	noUffd        bool  // --no-uffd: fill memory with process_vm_writev only
-	filling       *task // the task whose pages are being placed with UFFDIO_COPY
+	noUffd        bool // --no-uffd: fill memory with process_vm_writev only
+	// fromFile: the input is an uncompressed regular file, and large page
+	// frames are read from it where they go (image.Reader.PagesInFile).
+	fromFile bool
+	filling  *task // the task whose pages are being placed with UFFDIO_COPY
 }
 
 func (rc *Ctx) owns(f *os.File) bool {

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
 
@@ -340,33 +341,61 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 // pages and filling them; that scales with cores, so a large frame is
 // split among up to writeThreads threads.
 func (t *task) writePages(addr uint64, data []byte) error {
-	end := addr + uint64(len(data))
-	i := sort.Search(len(t.writable), func(i int) bool { return t.writable[i].End > addr })
-	if i == len(t.writable) || addr < t.writable[i].Start || end > t.writable[i].End {
-		if done, err := t.writeSysvPages(addr, data); done {
-			return err
-		}
-		return fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
+	write, err := t.pagesWriter(addr, len(data))
+	if err != nil {
+		return err
 	}
-	v := t.writable[i]
 	defer t.pagesWritten(len(data))
 	n := min(runtime.NumCPU(), writeThreads, len(data)/writeSplitMin)
 	if n < 2 {
-		return t.writeRange(v, addr, data)
+		return write(addr, data)
 	}
 	part := (len(data)/n + pageSize - 1) &^ (pageSize - 1)
 	errs := make(chan error, n)
 	for i := 1; i < n; i++ {
 		lo, hi := i*part, min((i+1)*part, len(data))
-		go func() { errs <- t.writeRange(v, addr+uint64(lo), data[lo:hi]) }()
+		go func() { errs <- write(addr+uint64(lo), data[lo:hi]) }()
 	}
-	err := t.writeRange(v, addr, data[:part])
+	err = write(addr, data[:part])
 	for i := 1; i < n; i++ {
 		if e := <-errs; err == nil {
 			err = e
 		}
 	}
 	return err
+}
+
+// placePages fills the task with the contents of a pages frame left in the
+// image file (image.Reader.PagesInFile): up to writeThreads threads each
+// read a piece, checksum it and write it while it is in the CPU's cache.
+func (t *task) placePages(addr uint64, f *image.Frame) error {
+	n := f.ContentBytes()
+	write, err := t.pagesWriter(addr, n)
+	if err == nil {
+		err = f.ReadPieces(min(runtime.NumCPU(), writeThreads), func(off int, piece []byte) error {
+			return write(addr+uint64(off), piece)
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", t.pid, err)
+	}
+	t.pagesWritten(n)
+	return nil
+}
+
+// pagesWriter returns what writes the n bytes of pages at addr, or parts
+// of them: a dumped VMA with pages, else a System V segment attached there.
+func (t *task) pagesWriter(addr uint64, n int) (func(addr uint64, data []byte) error, error) {
+	end := addr + uint64(n)
+	i := sort.Search(len(t.writable), func(i int) bool { return t.writable[i].End > addr })
+	if i == len(t.writable) || addr < t.writable[i].Start || end > t.writable[i].End {
+		if write := t.sysvWriter(addr, end); write != nil {
+			return write, nil
+		}
+		return nil, fmt.Errorf("pages %#x-%#x lie in no dumped VMA with pages", addr, end)
+	}
+	v := t.writable[i]
+	return func(addr uint64, data []byte) error { return t.writeRange(v, addr, data) }, nil
 }
 
 // writeThreads and writeSplitMin: how many threads fill a frame, and the

@@ -98,6 +98,7 @@ func Run(opts Options) (err error) {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
 	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd, dumpedCgroups: opts.DumpedCgroups}
+	rc.fromFile = rd.PagesInFile()
 	defer rc.closeAll()
 	if opts.Cgroup != "" {
 		if rc.cgroup, err = openCgroup(opts.Cgroup); err != nil {
@@ -227,7 +228,12 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 			return fmt.Errorf("input: %w", err)
 		}
 		if f.Type != image.TypeProcess && !created && len(rc.Order) > 0 {
-			if !rc.pidsFree() {
+			if !rc.pidsFree() && rc.fromFile {
+				// Nothing upstream waits for a file to be read.
+				if err := rc.waitPidsFree(opts.PidWait); err != nil {
+					return err
+				}
+			} else if !rc.pidsFree() {
 				// The dumped tree may still be alive, waiting for its dump to
 				// complete (cr-dump | cr-restore). Keep reading into a spool file
 				// so the dump can finish, then wait for the PIDs to be freed.
@@ -322,7 +328,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return err
 		}
 	case image.TypePages:
-		h, data, err := f.Pages()
+		h, err := f.PagesHeader()
 		if err != nil {
 			return err
 		}
@@ -337,6 +343,13 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			if err := rc.endFill(); err != nil {
 				return err
 			}
+		}
+		if f.InFile() {
+			return t.placePages(h.Addr, f)
+		}
+		_, data, err := f.Pages()
+		if err != nil {
+			return err
 		}
 		if err := t.writePages(h.Addr, data); err != nil {
 			return fmt.Errorf("frame %d at offset %d: pid %d: %w", f.Index, f.Offset, h.Pid, err)
@@ -464,6 +477,7 @@ func spoolRest(rd *image.Reader, first *image.Frame) (*os.File, *image.Reader, e
 	if err != nil {
 		return fail(fmt.Errorf("spool: %w", err))
 	}
+	nr.PagesInFile()
 	return f, nr, nil
 }
 

@@ -184,19 +184,19 @@ func attachCalls(v *pb.Vma) []call {
 	return calls
 }
 
-// writeSysvPages writes a frame of pages at addr into the segment t
-// attaches there; false if no attach of t holds them.
-func (t *task) writeSysvPages(addr uint64, data []byte) (bool, error) {
-	end := addr + uint64(len(data))
+// sysvWriter returns what writes pages between addr and end into the
+// segment t attaches there; nil if no attach of t holds them.
+func (t *task) sysvWriter(addr, end uint64) func(addr uint64, data []byte) error {
 	for _, a := range t.sysv {
 		if addr < a.v.Start || end > a.v.End {
 			continue
 		}
-		if _, err := a.seg.f.WriteAt(data, int64(addr-a.v.Start)); err != nil {
-			return true, fmt.Errorf("System V shared memory segment %d: %w", a.seg.id, err)
+		return func(addr uint64, data []byte) error {
+			if _, err := a.seg.f.WriteAt(data, int64(addr-a.v.Start)); err != nil {
+				return fmt.Errorf("System V shared memory segment %d: %w", a.seg.id, err)
+			}
+			return nil
 		}
-		t.pagesWritten(len(data))
-		return true, nil
 	}
-	return false, nil
+	return nil
 }

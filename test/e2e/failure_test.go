@@ -246,11 +246,15 @@ func lz4Compress(t *testing.T, b []byte) []byte {
 var frameAndOffset = regexp.MustCompile(`(frame \d+|header)\b.*\boffset \d+`)
 
 // TestBadStreams: a damaged image makes crit check and cr-restore fail
-// with an error naming the frame and offset, creates no process and leaves
-// no cgroup behind. The good image it was made from then restores.
+// with an error naming the frame and offset, leaves no process (a damage
+// found late, in the contents of a page frame, kills what the restore made
+// so far) and leaves no cgroup behind. The good image it was made from then restores.
 func TestBadStreams(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
-	p := startCounter(t, "counter", 0)
+	// 8 MiB: page frames large enough for cr-restore to read their
+	// contents from the file piece by piece, after the frame header
+	// (image.Reader.PagesInFile): their checksum is known only at the end.
+	p := startCounter(t, "counter", 8)
 	img := filepath.Join(p.dir, "good.img")
 	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
 	p.waitKilled()
