@@ -46,9 +46,11 @@ func tempFile(t *testing.T, data []byte) *os.File {
 }
 
 // TestFileReads: a stream read from a regular file (through the prefetching
-// reader) gives the same frames and the same errors
-// as the same bytes read from memory, also when the stream starts in the
-// middle of the file.
+// reader) gives the same frames and the same errors as the same bytes read
+// from memory, also when the stream starts in the middle of the file; so
+// does it with the contents of large pages frames read by the caller
+// (Reader.PagesInFile, Frame.ReadPieces), which a compressed stream
+// cannot be.
 func TestFileReads(t *testing.T) {
 	good := deferredStream(t, false)
 	off := 16
@@ -58,9 +60,12 @@ func TestFileReads(t *testing.T) {
 	cases := map[string][]byte{
 		"good":             good,
 		"flipped-contents": flip(good, off+16+16+3<<20, 0x20),
+		"flipped-preamble": flip(good, off+16+9, 0x10),
 		"cut-in-contents":  good[:off+16+16+2<<20],
+		"cut-in-preamble":  good[:off+16+8],
 		"cut-in-header":    good[:off+8],
 		"lz4":              deferredStream(t, true),
+		"parallel":         parallelStream(t),
 	}
 	for _, v := range vectors(t) {
 		cases[v.Name] = v.data
@@ -69,20 +74,26 @@ func TestFileReads(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			want, wantErr := readFrames(bytes.NewReader(data))
 			for _, prefix := range []int{0, 1000} {
-				f := tempFile(t, append(make([]byte, prefix), data...))
-				if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
-					t.Fatal(err)
-				}
-				got, err := readFrames(f)
-				if fmt.Sprint(err) != fmt.Sprint(wantErr) {
-					t.Errorf("prefix %d: error %v, from memory %v", prefix, err, wantErr)
-				}
-				if len(got) != len(want) {
-					t.Fatalf("prefix %d: %d frames, from memory %d", prefix, len(got), len(want))
-				}
-				for i := range got {
-					if !bytes.Equal(got[i], want[i]) {
-						t.Errorf("prefix %d: frame %d differs", prefix, i)
+				for _, inFile := range []bool{false, true} {
+					f := tempFile(t, append(make([]byte, prefix), data...))
+					if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
+						t.Fatal(err)
+					}
+					got, left, err := readFramesFrom(t, f, inFile)
+					how := fmt.Sprintf("prefix %d, in file %v", prefix, inFile)
+					if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+						t.Errorf("%s: error %v, from memory %v", how, err, wantErr)
+					}
+					if inFile && (name == "good" || name == "parallel") && left == 0 {
+						t.Errorf("%s: no frame was left in the file", how)
+					}
+					if len(got) != len(want) {
+						t.Fatalf("%s: %d frames, from memory %d", how, len(got), len(want))
+					}
+					for i := range got {
+						if !bytes.Equal(got[i], want[i]) {
+							t.Errorf("%s: frame %d differs", how, i)
+						}
 					}
 				}
 			}
@@ -161,103 +172,44 @@ func TestFileReadsPagesInParallel(t *testing.T) {
 	}
 }
 
-// readFramesInFile is readFrames with Reader.PagesInFile: the contents of
-// a frame left in the file are read with ReadPieces, by three goroutines,
-// into the payload. It also counts the frames left in the file.
-func readFramesInFile(t *testing.T, f *os.File) ([][]byte, int, error) {
+// readFramesFrom is readFrames from a file; with inFile, through
+// Reader.PagesInFile: the contents of a frame left in the file are read
+// with ReadPieces, by three goroutines, into the payload. It also counts
+// the frames left in the file.
+func readFramesFrom(t *testing.T, f *os.File, inFile bool) ([][]byte, int, error) {
 	t.Helper()
 	rd, err := image.NewReader(f)
 	if err != nil {
 		return nil, 0, err
 	}
-	if !rd.PagesInFile() && !rd.Compressed {
-		t.Fatal("PagesInFile refused a regular file")
+	if inFile && rd.PagesInFile() == rd.Compressed {
+		t.Fatalf("PagesInFile took effect %v on a stream compressed %v", rd.Compressed, rd.Compressed)
 	}
 	var got [][]byte
-	inFile := 0
+	left := 0
 	for {
 		fr, err := rd.Next()
 		if err == io.EOF {
-			return got, inFile, nil
+			return got, left, nil
 		}
 		if err != nil {
-			return got, inFile, err
+			return got, left, err
 		}
 		payload := fr.Payload
 		if fr.InFile() {
-			inFile++
+			left++
 			contents := make([]byte, fr.ContentBytes())
 			err := fr.ReadPieces(3, func(off int, piece []byte) error {
 				copy(contents[off:], piece)
 				return nil
 			})
 			if err != nil {
-				return got, inFile, err
+				return got, left, err
 			}
 			payload = append(bytes.Clone(fr.Payload), contents...)
 		}
 		got = append(got, append([]byte(fmt.Sprintf("%s/%d/%d:", fr.Type, fr.Flags, fr.Offset)), payload...))
 	}
-}
-
-// TestFileReadsPagesInFile: with the contents of large pages frames read
-// by the caller (Reader.PagesInFile, Frame.ReadPieces), a file gives the
-// same frames and the same errors as the same bytes read from memory, also
-// when the stream starts in the middle of the file; a compressed stream
-// cannot be read so and is read whole.
-func TestFileReadsPagesInFile(t *testing.T) {
-	good := deferredStream(t, false)
-	off := 16
-	for i := 0; i < 2; i++ {
-		off += 16 + int(le32(good[off+8:]))
-	}
-	cases := map[string][]byte{
-		"good":             good,
-		"flipped-contents": flip(good, off+16+16+3<<20, 0x20),
-		"flipped-preamble": flip(good, off+16+9, 0x10),
-		"cut-in-contents":  good[:off+16+16+2<<20],
-		"cut-in-preamble":  good[:off+16+8],
-		"cut-in-header":    good[:off+8],
-		"parallel":         parallelStream(t),
-	}
-	for _, v := range vectors(t) {
-		cases[v.Name] = v.data
-	}
-	for name, data := range cases {
-		t.Run(name, func(t *testing.T) {
-			want, wantErr := readFrames(bytes.NewReader(data))
-			for _, prefix := range []int{0, 1000} {
-				f := tempFile(t, append(make([]byte, prefix), data...))
-				if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
-					t.Fatal(err)
-				}
-				got, inFile, err := readFramesInFile(t, f)
-				if fmt.Sprint(err) != fmt.Sprint(wantErr) {
-					t.Errorf("prefix %d: error %v, from memory %v", prefix, err, wantErr)
-				}
-				if (name == "good" || name == "parallel") && inFile == 0 {
-					t.Errorf("prefix %d: no frame was left in the file", prefix)
-				}
-				if len(got) != len(want) {
-					t.Fatalf("prefix %d: %d frames, from memory %d", prefix, len(got), len(want))
-				}
-				for i := range got {
-					if !bytes.Equal(got[i], want[i]) {
-						t.Errorf("prefix %d: frame %d differs", prefix, i)
-					}
-				}
-			}
-		})
-	}
-	t.Run("lz4", func(t *testing.T) {
-		rd, err := image.NewReader(tempFile(t, deferredStream(t, true)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rd.PagesInFile() {
-			t.Error("PagesInFile took effect on a compressed stream")
-		}
-	})
 }
 
 // TestPagesInFileShrinks: a file cut after a frame was returned with its
