@@ -218,10 +218,22 @@ func openFds(t *testing.T) int {
 func TestRseq(t *testing.T) {
 	p := testprog.Start(t, "rseq")
 	time.Sleep(100 * time.Millisecond) // into the critical section
-	tg := frozen.Freeze(t, p)
-	before := takeSnapshot(t, tg.Pid)
-	if r := before.regs.Rip; r < p.RseqStart || r >= p.RseqEnd {
-		t.Skipf("frozen at %#x, outside the critical section [%#x, %#x)", r, p.RseqStart, p.RseqEnd)
+	// It spins there, but each abort (a preemption, on a busy machine
+	// often) takes it out to print a line: freeze again until it is in.
+	var tg *frozen.Target
+	var before snapshot
+	for try := 1; ; try++ {
+		tg = frozen.Freeze(t, p)
+		before = takeSnapshot(t, tg.Pid)
+		r := before.regs.Rip
+		if r >= p.RseqStart && r < p.RseqEnd {
+			break
+		}
+		if try == 50 {
+			t.Fatalf("frozen 50 times outside the critical section [%#x, %#x), last at %#x", p.RseqStart, p.RseqEnd, r)
+		}
+		tg.Thaw(t)
+		time.Sleep(time.Duration(try) * time.Millisecond)
 	}
 	cs := func() uint64 {
 		var b [8]byte
