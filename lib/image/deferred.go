@@ -70,6 +70,7 @@ func (rd *decoder) deferPages(f *Frame, h []byte, length uint32) (*Frame, error)
 		return nil, err
 	}
 	f.sum = binary.LittleEndian.Uint32(h[12:])
+	f.head = frameCRC(h, pre)
 	f.rd, f.deferred = rd, int64(length-PagesPreamble)
 	rd.pending, rd.left = f, f.deferred
 	return f, nil

@@ -1,6 +1,7 @@
 package image_test
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -74,18 +75,28 @@ func TestFileReads(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			want, wantErr := readFrames(bytes.NewReader(data))
 			for _, prefix := range []int{0, 1000} {
-				for _, inFile := range []bool{false, true} {
+				for _, way := range []string{"whole", "in file", "in pieces"} {
 					f := tempFile(t, append(make([]byte, prefix), data...))
 					if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
 						t.Fatal(err)
 					}
-					got, left, err := readFramesFrom(t, f, inFile)
-					how := fmt.Sprintf("prefix %d, in file %v", prefix, inFile)
+					var got [][]byte
+					var left int
+					var err error
+					switch way {
+					case "whole":
+						got, err = readFrames(f)
+					case "in file":
+						got, left, err = readFramesFrom(t, f, true)
+					default: // as from a pipe
+						got, left, err = readFramesFrom(t, bufio.NewReader(f), false)
+					}
+					how := fmt.Sprintf("prefix %d, %s", prefix, way)
 					if fmt.Sprint(err) != fmt.Sprint(wantErr) {
 						t.Errorf("%s: error %v, from memory %v", how, err, wantErr)
 					}
-					if inFile && (name == "good" || name == "parallel") && left == 0 {
-						t.Errorf("%s: no frame was left in the file", how)
+					if way != "whole" && (name == "good" || name == "parallel") && left == 0 {
+						t.Errorf("%s: no frame's contents were read in pieces", how)
 					}
 					if len(got) != len(want) {
 						t.Fatalf("%s: %d frames, from memory %d", how, len(got), len(want))
@@ -172,17 +183,19 @@ func TestFileReadsPagesInParallel(t *testing.T) {
 	}
 }
 
-// readFramesFrom is readFrames from a file; with inFile, through
-// Reader.PagesInFile: the contents of a frame left in the file are read
-// with ReadPieces, by three goroutines, into the payload. It also counts
-// the frames left in the file.
-func readFramesFrom(t *testing.T, f *os.File, inFile bool) ([][]byte, int, error) {
+// readFramesFrom is readFrames with the contents of large pages frames
+// read by ReadPieces, by three goroutines, into the payload: left in the
+// file (inFile, Reader.PagesInFile) or else in the input (Reader.DeferPages).
+// It also counts such frames.
+func readFramesFrom(t *testing.T, in io.Reader, inFile bool) ([][]byte, int, error) {
 	t.Helper()
-	rd, err := image.NewReader(f)
+	rd, err := image.NewReader(in)
 	if err != nil {
 		return nil, 0, err
 	}
-	if inFile && rd.PagesInFile() == rd.Compressed {
+	if !inFile {
+		rd.DeferPages(nil)
+	} else if rd.PagesInFile() == rd.Compressed {
 		t.Fatalf("PagesInFile took effect %v on a stream compressed %v", rd.Compressed, rd.Compressed)
 	}
 	var got [][]byte
@@ -196,7 +209,7 @@ func readFramesFrom(t *testing.T, f *os.File, inFile bool) ([][]byte, int, error
 			return got, left, err
 		}
 		payload := fr.Payload
-		if fr.InFile() {
+		if fr.InFile() || fr.Deferred() {
 			left++
 			contents := make([]byte, fr.ContentBytes())
 			err := fr.ReadPieces(3, func(off int, piece []byte) error {

@@ -164,6 +164,7 @@ type Frame struct {
 	// preamble, and the contents, deferred bytes, are still in rd's input.
 	rd       *decoder
 	deferred int64
+	head     uint32 // CRC-32C of the header's first 12 bytes and the preamble
 	// Contents left in the input file (Reader.PagesInFile).
 	file *fileContents
 }

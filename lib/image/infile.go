@@ -122,6 +122,8 @@ var pieceBufs = sync.Pool{New: func() any { b := make([]byte, crcPiece); return 
 
 // ReadPieces reads the contents of an InFile frame in pieces of up to 256
 // KiB with up to workers goroutines, and calls use(off, piece) for each,
+// (of a Deferred frame: reads them in order from the input, and has up to
+// workers goroutines use them; the frame is then complete, as if passed),
 // off being the piece's offset in the contents, once it is read and
 // checksummed; piece is valid during the call only, and use is called
 // from several goroutines at once. The frame's checksum is checked when
@@ -129,6 +131,9 @@ var pieceBufs = sync.Pool{New: func() any { b := make([]byte, crcPiece); return 
 // then, so the caller must not act on them before ReadPieces returns nil.
 // It must be called before the next Next.
 func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) error {
+	if f.deferred > 0 {
+		return f.readDeferred(workers, use)
+	}
 	c := f.file
 	if c == nil {
 		return fmt.Errorf("frame %d at offset %d: its contents were read already", f.Index, f.Offset)
@@ -184,6 +189,79 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 	}
 	if crc != c.sum {
 		return fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, crc, c.sum, ErrChecksum)
+	}
+	return nil
+}
+
+// readDeferred is ReadPieces for a Deferred frame: the contents are read
+// from the input in order, here, while up to workers goroutines use the
+// pieces read before (a restore from a pipe: each piece is written into
+// the task while it is still in the CPU's cache).
+func (f *Frame) readDeferred(workers int, use func(off int, piece []byte) error) error {
+	rd := f.rd
+	if rd.pending != f {
+		return fmt.Errorf("frame %d (pages) at offset %d: its contents are gone: they must be read before the next Next", f.Index, f.Offset)
+	}
+	type piece struct {
+		off int
+		b   *[]byte
+		n   int
+	}
+	workers = max(1, workers)
+	pieces := make(chan piece, workers)
+	var useErr error
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range pieces {
+				if !failed.Load() {
+					if err := use(p.off, (*p.b)[:p.n]); err != nil && !failed.Swap(true) {
+						mu.Lock()
+						useErr = err
+						mu.Unlock()
+					}
+				}
+				pieceBufs.Put(p.b)
+			}
+		}()
+	}
+	crc := f.head
+	off := 0
+	var readErr error
+	for rd.left > 0 && !failed.Load() {
+		bp := pieceBufs.Get().(*[]byte)
+		b := (*bp)[:min(rd.left, crcPiece)]
+		n, err := rd.readFull(b)
+		rd.left -= int64(n)
+		crc = crc32.Update(crc, castagnoli, b[:n])
+		if err != nil {
+			pieceBufs.Put(bp)
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			readErr = err
+			break
+		}
+		pieces <- piece{off, bp, n}
+		off += n
+	}
+	close(pieces)
+	wg.Wait()
+	switch {
+	case readErr != nil:
+		return rd.failPending(f, readErr)
+	case useErr != nil:
+		rd.failPending(f, useErr)
+		return useErr
+	}
+	rd.finishPending(io.Discard) // the contents are read: this only completes the frame
+	if crc != f.sum {
+		rd.err = fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, crc, f.sum, ErrChecksum)
+		return rd.err
 	}
 	return nil
 }

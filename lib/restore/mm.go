@@ -366,8 +366,10 @@ func (t *task) writePages(addr uint64, data []byte) error {
 }
 
 // placePages fills the task with the contents of a pages frame left in the
-// image file (image.Reader.PagesInFile): up to writeThreads threads each
-// read a piece, checksum it and write it while it is in the CPU's cache.
+// image file (image.Reader.PagesInFile: up to writeThreads threads each
+// read a piece, checksum it and write it while it is in the CPU's cache)
+// or in the input stream (image.Reader.DeferPages: the pieces are read in
+// order, and up to writeThreads threads write them as they come).
 func (t *task) placePages(addr uint64, f *image.Frame) error {
 	n := f.ContentBytes()
 	write, err := t.pagesWriter(addr, n)

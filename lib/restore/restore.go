@@ -98,7 +98,11 @@ func Run(opts Options) (err error) {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
 	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd, dumpedCgroups: opts.DumpedCgroups}
-	rc.fromFile = rd.PagesInFile()
+	// Large page frames are read where they go, a piece at a time: from an
+	// image file by several threads, else in order (doc/performance.md, 31).
+	if rc.fromFile = rd.PagesInFile(); !rc.fromFile {
+		rd.DeferPages(nil)
+	}
 	defer rc.closeAll()
 	if opts.Cgroup != "" {
 		if rc.cgroup, err = openCgroup(opts.Cgroup); err != nil {
@@ -344,7 +348,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 				return err
 			}
 		}
-		if f.InFile() {
+		if f.InFile() || f.Deferred() {
 			return t.placePages(h.Addr, f)
 		}
 		_, data, err := f.Pages()
