@@ -22,7 +22,9 @@ import (
 // checksum is checked once its last piece is in. In C on this machine,
 // reading 1 GiB of a tmpfs file in 256 KiB pieces and writing each into
 // fresh huge pages took 0.27 s on two threads, where cr-restore's frame
-// at a time took 0.57 s (doc/performance.md, 31).
+// at a time took 0.57 s (doc/performance.md, 31). From a pipe the same is
+// done in order: a Deferred frame's pieces are read one after the other
+// and used by other goroutines as they come (readDeferred).
 
 // fileContents are the page contents of a frame, left in the input file.
 type fileContents struct {
@@ -120,16 +122,16 @@ func (rd *decoder) skip(n int64) error {
 
 var pieceBufs = sync.Pool{New: func() any { b := make([]byte, crcPiece); return &b }}
 
-// ReadPieces reads the contents of an InFile frame in pieces of up to 256
-// KiB with up to workers goroutines, and calls use(off, piece) for each,
-// (of a Deferred frame: reads them in order from the input, and has up to
-// workers goroutines use them; the frame is then complete, as if passed),
-// off being the piece's offset in the contents, once it is read and
-// checksummed; piece is valid during the call only, and use is called
-// from several goroutines at once. The frame's checksum is checked when
-// every piece is in: pieces of a damaged frame have been given to use by
-// then, so the caller must not act on them before ReadPieces returns nil.
-// It must be called before the next Next.
+// ReadPieces reads the page contents of an InFile or Deferred frame in
+// pieces of up to 256 KiB, checksums each, and calls use(off, piece) for
+// it, off being the piece's offset in the contents; use is called from up
+// to workers goroutines at once, and piece is valid during the call only.
+// An InFile frame's pieces are read by those goroutines, in parallel; a
+// Deferred frame's are read in order from the input, by the caller, and
+// the frame is then complete, as if passed. The frame's checksum is
+// checked when every piece is in: pieces of a damaged frame have been
+// given to use by then, so the caller must not act on them before
+// ReadPieces returns nil. It must be called before the next Next.
 func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) error {
 	if f.deferred > 0 {
 		return f.readDeferred(workers, use)
