@@ -232,24 +232,26 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 			return fmt.Errorf("input: %w", err)
 		}
 		if f.Type != image.TypeProcess && !created && len(rc.Order) > 0 {
-			if !rc.pidsFree() && rc.fromFile {
-				// Nothing upstream waits for a file to be read.
-				if err := rc.waitPidsFree(opts.PidWait); err != nil {
-					return err
-				}
-			} else if !rc.pidsFree() {
+			if !rc.pidsFree() {
 				// The dumped tree may still be alive, waiting for its dump to
 				// complete (cr-dump | cr-restore). Keep reading into a spool file
-				// so the dump can finish, then wait for the PIDs to be freed.
-				if spool, rd, err = spoolRest(rd, f); err != nil {
-					return err
+				// so the dump can finish (nothing waits for a file to be read),
+				// then wait for the PIDs to be freed.
+				if rc.fromFile {
+					stage.Logf("pid %d (or another pid of the tree) is in use: waiting for it", rc.Order[0].proc.Pid)
+				} else {
+					stage.Logf("pid %d (or another pid of the tree) is in use: spooling the rest of the stream while waiting for it", rc.Order[0].proc.Pid)
+					if spool, rd, err = spoolRest(rd, f); err != nil {
+						return err
+					}
 				}
 				if err := rc.waitPidsFree(opts.PidWait); err != nil {
 					return err
 				}
-				f, err = rd.Next()
-				if err != nil {
-					return fmt.Errorf("spool: %w", err)
+				if !rc.fromFile {
+					if f, err = rd.Next(); err != nil {
+						return fmt.Errorf("spool: %w", err)
+					}
 				}
 			}
 			if err := rc.planTree(); err != nil {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -48,6 +50,56 @@ func TestDumpIntoRestore(t *testing.T) {
 			p.terminate(before)
 		})
 	}
+}
+
+// TestRestoreFileWaits: cr-restore -i FILE, started while the dumped
+// process still runs (cr-dump --leave-running), waits for the PID with
+// nothing created, and restores once the original is gone. From a file it
+// keeps no spool: nothing upstream waits for the file to be read. (8 MiB:
+// page frames the restore reads from the file in pieces.)
+func TestRestoreFileWaits(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", 8)
+	img := filepath.Join(p.dir, "img")
+	// The original counts on after the dump: the restored one goes on from
+	// the dump, at least from here.
+	before := p.waitProgress(50, 10*time.Second)
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+	pidfile := filepath.Join(p.dir, "restored.pid")
+	cmd := shellCmd(fmt.Sprintf("cr-restore -v -d -i %s --pidfile %s --pid-wait 30s", img, pidfile))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("cr-restore did not wait for the running original: %v\n%s", err, stderr.Bytes())
+	default:
+	}
+	if readFile(pidfile) != "" || !p.isOurs() {
+		t.Fatalf("cr-restore restored while the original ran (pidfile %q)", readFile(pidfile))
+	}
+	syscall.Kill(p.pid, syscall.SIGKILL)
+	p.waitKilled()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("cr-restore: %v\n%s", err, stderr.Bytes())
+		}
+	case <-time.After(40 * time.Second):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		t.Fatalf("cr-restore still waits 40 s after the original was killed:\n%s", stderr.Bytes())
+	}
+	if !strings.Contains(stderr.String(), "is in use: waiting for it") || strings.Contains(stderr.String(), "spool") {
+		t.Errorf("cr-restore -v does not say it waited, or says it spooled a file input:\n%s", stderr.Bytes())
+	}
+	p.checkPidfile(pidfile)
+	p.checkProgressFrom(before)
+	p.terminate(before)
 }
 
 // TestLz4InThePipe: the lz4 CLI between stages and at the end; every stage
