@@ -81,7 +81,7 @@ func FilterWith(opts Options) stage.Filter {
 			if err := d.dump(); err != nil {
 				return err
 			}
-			if err := d.refuseMappedLocks(maps); err != nil {
+			if err := d.mappedLocks(maps); err != nil {
 				return err
 			}
 			return d.write(w)

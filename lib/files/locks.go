@@ -23,7 +23,7 @@ import (
 // through. So the fdinfo lines tie every lock to its owner. A POSIX lock
 // cannot outlive its owner's last fd of the file (any close drops them all),
 // so none hides from the fdinfo; /proc/locks is read only for a lock held
-// through a mapping alone (refuseMappedLocks, below): each read takes
+// through a mapping alone (mappedLocks, below): each read takes
 // file_rwsem for writing, an RCU grace period (12-25 ms here) per dump.
 // flock locks show the pid that took them (not an owner), OFD locks -1.
 
@@ -183,14 +183,16 @@ func refuseLease(pid, fd int, link string, info []byte) error {
 
 // A flock or OFD lock belongs to an open file description, and a memory
 // mapping holds its description as well as an fd does: a program may lock
-// a file, map it shared and close the fd (a database's way). Such a lock
-// shows in no fdinfo, only in /proc/locks, and a restore, which maps the
-// file again by path, would not take it again. So where a shared mapping
-// of the dump (from cr-pages' Mm records) maps a file that no fd of the
-// dump holds, /proc/locks is read (then only: each read waits for an RCU
-// grace period, see above) and a lock on that file taken by a process of
-// the dump (flock shows its taker; an OFD lock shows none) is refused.
-// Private mappings are left out: every process maps its libraries so.
+// a file, map it shared and close the fd (a database's way; a JVM's perf
+// data file, /tmp/hsperfdata_USER/PID). Such a lock shows in no fdinfo,
+// only in /proc/locks. So where a shared mapping of the dump (from
+// cr-pages' Mm records) maps a file that no fd of the dump holds,
+// /proc/locks is read (then only: each read waits for an RCU grace
+// period, see above), and a lock on that file taken by a process of the
+// dump (flock shows its taker; an OFD lock shows none) is recorded with
+// the mapping's address (FileLock.vma_start): a restore takes it again on
+// the description it maps the file with. Private mappings are left out:
+// every process maps its libraries so.
 
 // sharedMapping is a shared file mapping of a process of the dump.
 type sharedMapping struct {
@@ -220,17 +222,19 @@ func (sm *sharedMappings) observe(f *image.Frame) error {
 	return nil
 }
 
-// refuseMappedLocks refuses a flock or OFD lock held through a shared
-// mapping alone.
-func (d *dumper) refuseMappedLocks(maps sharedMappings) error {
+// mappedLocks records every flock or OFD lock held through a shared
+// mapping alone, in the Files of a process that maps the file: the taker
+// of a flock where it maps it.
+func (d *dumper) mappedLocks(maps sharedMappings) error {
 	held := map[[2]uint64]bool{}
 	for _, e := range d.entries {
 		held[[2]uint64{e.st.Dev, e.st.Ino}] = true
 	}
-	only := map[string]sharedMapping{} // by the inode as /proc/locks prints it
+	only := map[string][]sharedMapping{} // by the inode as /proc/locks prints it
 	for _, m := range maps {
 		if !held[[2]uint64{m.dev, m.inode}] {
-			only[fmt.Sprintf("%02x:%02x:%d", unix.Major(m.dev), unix.Minor(m.dev), m.inode)] = m
+			k := fmt.Sprintf("%02x:%02x:%d", unix.Major(m.dev), unix.Minor(m.dev), m.inode)
+			only[k] = append(only[k], m)
 		}
 	}
 	if len(only) == 0 {
@@ -240,6 +244,10 @@ func (d *dumper) refuseMappedLocks(maps sharedMappings) error {
 	if err != nil {
 		return fmt.Errorf("/proc/locks: %w", err)
 	}
+	files := map[uint32]*pb.Files{}
+	for _, fs := range d.files {
+		files[fs.Pid] = fs
+	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if line == "" || strings.Contains(line, "->") { // a waiter holds nothing yet
 			continue
@@ -248,13 +256,28 @@ func (d *dumper) refuseMappedLocks(maps sharedMappings) error {
 		if err != nil {
 			return fmt.Errorf("/proc/locks: %w", err)
 		}
-		m, ok := only[l.inode]
+		ms, ok := only[l.inode]
 		if !ok || (l.class == "FLOCK" && !d.inTree[l.pid]) || (l.class != "FLOCK" && l.class != "OFDLCK") {
 			continue
 		}
-		return stage.Hint(fmt.Errorf("pid %d vma %x-%x: %s: a %s %s lock on it (%s) is held by no fd of the dump, only through a mapping: a restore maps the file again without the lock",
-			m.pid, m.start, m.end, m.path, l.typeString(), l.class, l.rangeString()),
-			"keep an fd of the locked file open, or unlock it before checkpointing")
+		m := ms[0]
+		for _, o := range ms {
+			if int(o.pid) == l.pid {
+				m = o // a flock where its taker maps the file
+			}
+		}
+		if l.mode != "ADVISORY" {
+			return fmt.Errorf("pid %d vma %x-%x: %s: holds a %s %s lock through the mapping, which is not supported", m.pid, m.start, m.end, m.path, strings.ToLower(l.mode), l.class)
+		}
+		lk := &pb.FileLock{Kind: uint32(lockKinds[l.class]), Write: l.write, Start: l.start, VmaStart: m.start}
+		if l.end >= 0 {
+			lk.Length = l.end - l.start + 1
+		}
+		fs := files[m.pid]
+		if fs == nil {
+			return fmt.Errorf("pid %d vma %x-%x: %s: a %s lock through the mapping, and no files record of the process", m.pid, m.start, m.end, m.path, l.class)
+		}
+		fs.Locks = append(fs.Locks, lk)
 	}
 	return nil
 }

@@ -77,13 +77,18 @@ func (FileLockKind) EnumDescriptor() ([]byte, []int) {
 // FileLock is one lock as the kernel lists it (split and merged ranges
 // stay as they are): a restore takes exactly these ranges.
 type FileLock struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`                   // FileLockKind
-	Write         bool                   `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`                 // F_WRLCK / LOCK_EX; else F_RDLCK / LOCK_SH
-	Start         int64                  `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`                 // first byte (POSIX, OFD)
-	Length        int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`               // bytes; 0: to the end of the file, however far it grows
-	Fd            int32                  `protobuf:"varint,5,opt,name=fd,proto3" json:"fd,omitempty"`                       // the process's fd it is taken through (for POSIX, the one the kernel shows it on)
-	DescId        uint64                 `protobuf:"varint,6,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"` // flock, OFD: Fd.desc_id of the owning description
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`                   // FileLockKind
+	Write  bool                   `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`                 // F_WRLCK / LOCK_EX; else F_RDLCK / LOCK_SH
+	Start  int64                  `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`                 // first byte (POSIX, OFD)
+	Length int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`               // bytes; 0: to the end of the file, however far it grows
+	Fd     int32                  `protobuf:"varint,5,opt,name=fd,proto3" json:"fd,omitempty"`                       // the process's fd it is taken through (for POSIX, the one the kernel shows it on)
+	DescId uint64                 `protobuf:"varint,6,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"` // flock, OFD: Fd.desc_id of the owning description
+	// flock, OFD: held through no fd of the dump but a shared mapping of the
+	// file (lock, mmap, close): the start of that mapping in this process;
+	// fd and desc_id are then 0. A restore takes it on the description it
+	// maps the file with.
+	VmaStart      uint64 `protobuf:"varint,7,opt,name=vma_start,json=vmaStart,proto3" json:"vma_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -160,18 +165,26 @@ func (x *FileLock) GetDescId() uint64 {
 	return 0
 }
 
+func (x *FileLock) GetVmaStart() uint64 {
+	if x != nil {
+		return x.VmaStart
+	}
+	return 0
+}
+
 var File_locks_proto protoreflect.FileDescriptor
 
 const file_locks_proto_rawDesc = "" +
 	"\n" +
-	"\vlocks.proto\x12\x05cr.v1\"\x8b\x01\n" +
+	"\vlocks.proto\x12\x05cr.v1\"\xa8\x01\n" +
 	"\bFileLock\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\rR\x04kind\x12\x14\n" +
 	"\x05write\x18\x02 \x01(\bR\x05write\x12\x14\n" +
 	"\x05start\x18\x03 \x01(\x03R\x05start\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x03R\x06length\x12\x0e\n" +
 	"\x02fd\x18\x05 \x01(\x05R\x02fd\x12\x17\n" +
-	"\adesc_id\x18\x06 \x01(\x04R\x06descId*<\n" +
+	"\adesc_id\x18\x06 \x01(\x04R\x06descId\x12\x1b\n" +
+	"\tvma_start\x18\a \x01(\x04R\bvmaStart*<\n" +
 	"\fFileLockKind\x12\x0e\n" +
 	"\n" +
 	"LOCK_POSIX\x10\x00\x12\x0e\n" +

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -33,8 +34,15 @@ func init() {
 const lockCall = "file lock: "
 
 func fileLocks(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
+	defer t.closeSharedFiles(rc)
 	var calls []call
 	for _, l := range t.files.Locks {
+		if l.VmaStart != 0 {
+			if err := t.mappedLock(l); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		var fd *pb.Fd
 		for _, f := range t.files.Fds {
 			if f.Fd == l.Fd {
@@ -94,4 +102,51 @@ func lockHint(_ *Ctx, err error) error {
 		return stage.Hint(err, "another process holds a conflicting lock on the file now (see /proc/locks); release it, or restore where the file is not locked")
 	}
 	return err
+}
+
+// mappedLock takes a flock or OFD lock held through a shared mapping alone
+// on the description cr-restore mapped the file with: the task's mapping
+// holds that description, as the dumped one held the locked one, and the
+// lock belongs to the description, whoever takes it.
+func (t *task) mappedLock(l *pb.FileLock) error {
+	f := t.sharedFiles[l.VmaStart]
+	kind := pb.FileLockKind(l.Kind)
+	if f == nil {
+		return fmt.Errorf("pid %d: a %s lock through the mapping at %#x, which is no shared file mapping of the image", t.pid, lockName(kind), l.VmaStart)
+	}
+	typ, op, mode := int16(unix.F_RDLCK), unix.LOCK_SH, "read"
+	if l.Write {
+		typ, op, mode = unix.F_WRLCK, unix.LOCK_EX, "write"
+	}
+	var err error
+	switch kind {
+	case pb.FileLockKind_LOCK_FLOCK:
+		err = unix.Flock(int(f.Fd()), op|unix.LOCK_NB)
+	case pb.FileLockKind_LOCK_OFD:
+		fl := unix.Flock_t{Type: typ, Whence: unix.SEEK_SET, Start: l.Start, Len: l.Length}
+		err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl)
+	default:
+		return fmt.Errorf("pid %d: a lock of kind %d through the mapping at %#x: only flock and OFD locks can be", t.pid, l.Kind, l.VmaStart)
+	}
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		what := fmt.Sprintf("%s%s %s lock on %s, through the mapping at %#x", lockCall, lockName(kind), mode, f.Name(), l.VmaStart)
+		if kind != pb.FileLockKind_LOCK_FLOCK {
+			what += ", " + lockRange(l)
+		}
+		return &SyscallError{Pid: t.pid, What: what, Errno: errno} // for lockHint
+	}
+	return err
+}
+
+// closeSharedFiles closes what mapVmas kept for mappedLock.
+func (t *task) closeSharedFiles(rc *Ctx) {
+	closed := map[*os.File]bool{} // two mappings of a file share one
+	for _, f := range t.sharedFiles {
+		if !rc.owns(f) && !closed[f] {
+			f.Close()
+			closed[f] = true
+		}
+	}
+	t.sharedFiles = nil
 }

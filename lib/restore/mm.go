@@ -225,9 +225,10 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	}
 	var files []*os.File
 	index := map[string]int{}
+	kept := map[*os.File]bool{}
 	defer func() {
 		for _, f := range files {
-			if !rc.owns(f) {
+			if !rc.owns(f) && !kept[f] {
 				f.Close()
 			}
 		}
@@ -268,6 +269,14 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		index[key] = len(files)
 		fileOf[v] = len(files)
 		files = append(files, f)
+	}
+	for v, i := range fileOf {
+		if pb.VmaKind(v.Kind) == pb.VmaKind_VMA_FILE_SHARED {
+			if t.sharedFiles == nil {
+				t.sharedFiles = map[uint64]*os.File{}
+			}
+			t.sharedFiles[v.Start], kept[files[i]] = files[i], true
+		}
 	}
 	remote, err := t.r.sendFds(files)
 	if err != nil {

@@ -61,15 +61,19 @@ type task struct {
 	hole     uint64
 	holeSize uint64
 	scratch  uint64
-	stacks   uint64            // thread stacks, inside the hole
-	writable []*pb.Vma         // the VMAs pages are written into, by address
-	sysv     []sysvAttach      // the VMAs that attach System V segments (sysv.go)
-	uffd     *uffdFill         // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
-	ctlFd    int               // the task's end of its control socket
-	threads  []*thread         // all but the leader
-	rseqCs   map[uint32]uint64 // by tid: rseq_cs as dumped, put back last (final.go)
-	inNs     bool              // in a --pidns namespace: pid (ours) differs from proc.Pid
-	done     bool
+	stacks   uint64       // thread stacks, inside the hole
+	writable []*pb.Vma    // the VMAs pages are written into, by address
+	sysv     []sysvAttach // the VMAs that attach System V segments (sysv.go)
+	uffd     *uffdFill    // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
+	// sharedFiles: the descriptions its shared file mappings were made
+	// with, by mapping start, kept until its locks are taken: a lock held
+	// through a mapping alone is taken on them (fd_locks.go).
+	sharedFiles map[uint64]*os.File
+	ctlFd       int               // the task's end of its control socket
+	threads     []*thread         // all but the leader
+	rseqCs      map[uint32]uint64 // by tid: rseq_cs as dumped, put back last (final.go)
+	inNs        bool              // in a --pidns namespace: pid (ours) differs from proc.Pid
+	done        bool
 }
 
 // thread is a non-leader thread with a restorer of its own.
@@ -205,6 +209,7 @@ func (rc *Ctx) closeAll() {
 		f.Close()
 	}
 	for _, t := range rc.Order {
+		t.closeSharedFiles(rc)
 		if t.r != nil {
 			t.r.sock.Close()
 		}

@@ -13,6 +13,9 @@
  *           OFD read lock on 300-309
  *   26      a memfd, flock LOCK_EX
  *   27      DIR itself, flock LOCK_SH
+ *   (no fd) DIR/maplocked, flock LOCK_EX, and DIR/mapofd, OFD write lock on
+ *           0-99: each file mapped shared, then its fd closed, so that only
+ *           the mapping holds the locked description (a JVM's perf data file)
  * A forked child shares 20-24 (so the flock and OFD locks are its too) and
  * takes its own POSIX write lock on 500-509 through its fd 22.
  * With "wait", two more children block: one in F_SETLKW on bytes 10-29,
@@ -88,6 +91,18 @@ static void setup(const char *arg)
 	must(flock(26, LOCK_EX | LOCK_NB), "flock memfd");
 	at(must(open(".", O_RDONLY | O_DIRECTORY), "."), 27);
 	must(flock(27, LOCK_SH | LOCK_NB), "flock DIR");
+
+	for (int i = 0; i < 2; i++) {
+		int fd = must(open(i ? "mapofd" : "maplocked", O_RDWR | O_CREAT | O_TRUNC, 0644), "mapped file");
+		must(ftruncate(fd, 4096), "ftruncate");
+		if (i)
+			posix_lock(fd, F_OFD_SETLK, F_WRLCK, 0, 100);
+		else
+			must(flock(fd, LOCK_EX | LOCK_NB), "flock maplocked");
+		if (mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+			die("mmap locked file");
+		close(fd);
+	}
 
 	if (leased) {
 		close(must(open("leased", O_WRONLY | O_CREAT | O_TRUNC, 0644), "leased"));
@@ -185,6 +200,18 @@ static void checker(pid_t parent)
 		fail("memfd: a shared flock is granted: the exclusive lock is gone");
 	if (flock(dir, LOCK_SH | LOCK_NB) != 0 || flock(dir, LOCK_EX | LOCK_NB) == 0)
 		fail("DIR: the shared flock of the directory is not held as it was");
+	int ml = must(open("maplocked", O_RDWR), "maplocked"), mo = must(open("mapofd", O_RDWR), "mapofd");
+	if (flock(ml, LOCK_SH | LOCK_NB) == 0)
+		fail("maplocked: a shared flock is granted: the lock held through the mapping is gone");
+	struct flock in = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 50, .l_len = 1 };
+	struct flock out = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 1 };
+	if (fcntl(mo, F_OFD_GETLK, &in) < 0 || fcntl(mo, F_OFD_GETLK, &out) < 0)
+		fail("mapofd: F_OFD_GETLK: %s", strerror(errno));
+	else if (in.l_type != F_WRLCK || in.l_start != 0 || in.l_len != 100 || out.l_type != F_UNLCK)
+		fail("mapofd: finds a %s lock at byte 50 (%ld+%ld) and a %s one at 100, want the write lock on 0-99 through the mapping",
+		     tname(in.l_type), (long)in.l_start, (long)in.l_len, tname(out.l_type));
+	close(ml);
+	close(mo);
 	int fd = must(open("posix", O_RDWR), "posix");
 	for (size_t i = 0; i < sizeof probes / sizeof probes[0]; i++) {
 		const struct probe *p = &probes[i];
