@@ -29,9 +29,13 @@ func showLocks(w io.Writer, f *pb.Files) {
 			}
 			line += fmt.Sprintf(" bytes %d-%s", l.Start, end)
 		}
-		line += fmt.Sprintf(" on fd %d", l.Fd)
-		if pb.FileLockKind(l.Kind) != pb.FileLockKind_LOCK_POSIX {
-			line += fmt.Sprintf(", held by desc %d", l.DescId)
+		switch {
+		case l.VmaStart != 0:
+			line += fmt.Sprintf(" through the shared mapping at %#x", l.VmaStart)
+		case pb.FileLockKind(l.Kind) != pb.FileLockKind_LOCK_POSIX:
+			line += fmt.Sprintf(" on fd %d, held by desc %d", l.Fd, l.DescId)
+		default:
+			line += fmt.Sprintf(" on fd %d", l.Fd)
 		}
 		fmt.Fprintln(w, line)
 	}
