@@ -53,17 +53,10 @@ func fileLocks(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 			return nil, fmt.Errorf("pid %d: a file lock on fd %d, which the image does not give the process", t.pid, l.Fd)
 		}
 		kind := pb.FileLockKind(l.Kind)
-		typ, op, mode := uint64(unix.F_RDLCK), uint64(unix.LOCK_SH), "read"
-		if l.Write {
-			typ, op, mode = unix.F_WRLCK, unix.LOCK_EX, "write"
-		}
-		what := fmt.Sprintf("%s%s %s lock on fd %d (%s)", lockCall, lockName(kind), mode, l.Fd, fd.Path)
-		if kind != pb.FileLockKind_LOCK_FLOCK {
-			what += ", " + lockRange(l)
-		}
+		typ, op, what := lockOp(l, fmt.Sprintf("fd %d (%s)", l.Fd, fd.Path))
 		switch kind {
 		case pb.FileLockKind_LOCK_FLOCK:
-			calls = append(calls, sc(what, unix.SYS_FLOCK, uint64(l.Fd), op|unix.LOCK_NB))
+			calls = append(calls, sc(what, unix.SYS_FLOCK, uint64(l.Fd), uint64(op|unix.LOCK_NB)))
 		case pb.FileLockKind_LOCK_POSIX, pb.FileLockKind_LOCK_OFD:
 			cmd := uint64(unix.F_SETLK)
 			if kind == pb.FileLockKind_LOCK_OFD {
@@ -86,6 +79,21 @@ func fileLocks(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 
 func lockName(k pb.FileLockKind) string {
 	return map[pb.FileLockKind]string{pb.FileLockKind_LOCK_POSIX: "POSIX", pb.FileLockKind_LOCK_FLOCK: "flock", pb.FileLockKind_LOCK_OFD: "OFD"}[k]
+}
+
+// lockOp gives the F_SETLK type and flock operation of lock l, and how
+// errors name it: "file lock: KIND MODE lock on ON[, RANGE]".
+func lockOp(l *pb.FileLock, on string) (typ uint64, op int, what string) {
+	typ, op, mode := uint64(unix.F_RDLCK), unix.LOCK_SH, "read"
+	if l.Write {
+		typ, op, mode = unix.F_WRLCK, unix.LOCK_EX, "write"
+	}
+	kind := pb.FileLockKind(l.Kind)
+	what = fmt.Sprintf("%s%s %s lock on %s", lockCall, lockName(kind), mode, on)
+	if kind != pb.FileLockKind_LOCK_FLOCK {
+		what += ", " + lockRange(l)
+	}
+	return typ, op, what
 }
 
 func lockRange(l *pb.FileLock) string {
@@ -114,26 +122,19 @@ func (t *task) mappedLock(l *pb.FileLock) error {
 	if f == nil {
 		return fmt.Errorf("pid %d: a %s lock through the mapping at %#x, which is no shared file mapping of the image", t.pid, lockName(kind), l.VmaStart)
 	}
-	typ, op, mode := int16(unix.F_RDLCK), unix.LOCK_SH, "read"
-	if l.Write {
-		typ, op, mode = unix.F_WRLCK, unix.LOCK_EX, "write"
-	}
+	typ, op, what := lockOp(l, fmt.Sprintf("%s, through the mapping at %#x", f.Name(), l.VmaStart))
 	var err error
 	switch kind {
 	case pb.FileLockKind_LOCK_FLOCK:
 		err = unix.Flock(int(f.Fd()), op|unix.LOCK_NB)
 	case pb.FileLockKind_LOCK_OFD:
-		fl := unix.Flock_t{Type: typ, Whence: unix.SEEK_SET, Start: l.Start, Len: l.Length}
+		fl := unix.Flock_t{Type: int16(typ), Whence: unix.SEEK_SET, Start: l.Start, Len: l.Length}
 		err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &fl)
 	default:
 		return fmt.Errorf("pid %d: a lock of kind %d through the mapping at %#x: only flock and OFD locks can be", t.pid, l.Kind, l.VmaStart)
 	}
 	var errno unix.Errno
 	if errors.As(err, &errno) {
-		what := fmt.Sprintf("%s%s %s lock on %s, through the mapping at %#x", lockCall, lockName(kind), mode, f.Name(), l.VmaStart)
-		if kind != pb.FileLockKind_LOCK_FLOCK {
-			what += ", " + lockRange(l)
-		}
 		return &SyscallError{Pid: t.pid, What: what, Errno: errno} // for lockHint
 	}
 	return err
