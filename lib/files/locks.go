@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -210,14 +212,74 @@ func (sm *sharedMappings) observe(f *image.Frame) error {
 	if f.Type != image.TypeMm {
 		return nil
 	}
-	mm := &pb.Mm{}
-	if err := image.Unmarshal(f, mm); err != nil {
-		return err
-	}
-	for _, v := range mm.Vmas {
-		if pb.VmaKind(v.Kind) == pb.VmaKind_VMA_FILE_SHARED {
-			*sm = append(*sm, sharedMapping{mm.Pid, v.Start, v.End, v.Path, v.Dev, v.Inode})
+	// Only the shared file mappings are decoded: an Mm record can hold
+	// 65,000 VMAs, and decoding them all made garbage of 12 MB.
+	var pid uint32
+	var shared []*pb.Vma
+	err := eachField(f.Payload, func(num protowire.Number, typ protowire.Type, b []byte) error {
+		switch {
+		case num == mmPid && typ == protowire.VarintType:
+			v, _ := protowire.ConsumeVarint(b)
+			pid = uint32(v)
+		case num == mmVmas && typ == protowire.BytesType:
+			v, _ := protowire.ConsumeBytes(b)
+			if kind, err := vmaKind(v); err != nil || kind != pb.VmaKind_VMA_FILE_SHARED {
+				return err
+			}
+			vma := &pb.Vma{}
+			if err := proto.Unmarshal(v, vma); err != nil {
+				return err
+			}
+			shared = append(shared, vma)
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("frame %d (%s) at offset %d: %v: %w", f.Index, f.Type, f.Offset, err, image.ErrCorrupt)
+	}
+	for _, v := range shared {
+		*sm = append(*sm, sharedMapping{pid, v.Start, v.End, v.Path, v.Dev, v.Inode})
+	}
+	return nil
+}
+
+// Field numbers of pb.Mm and pb.Vma that observe reads.
+var (
+	mmPid        = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("pid").Number()
+	mmVmas       = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("vmas").Number()
+	vmaKindField = (&pb.Vma{}).ProtoReflect().Descriptor().Fields().ByName("kind").Number()
+)
+
+// vmaKind reads the kind of an encoded Vma.
+func vmaKind(b []byte) (pb.VmaKind, error) {
+	kind := pb.VmaKind_VMA_ANON // the default: absent when 0
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
+		if num == vmaKindField && typ == protowire.VarintType {
+			v, _ := protowire.ConsumeVarint(field)
+			kind = pb.VmaKind(v)
+		}
+		return nil
+	})
+	return kind, err
+}
+
+// eachField calls fn with the number, type and encoded value of each field
+// of the encoded message b.
+func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return protowire.ParseError(m)
+		}
+		if err := fn(num, typ, b[:m]); err != nil {
+			return err
+		}
+		b = b[m:]
 	}
 	return nil
 }

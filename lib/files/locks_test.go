@@ -2,8 +2,10 @@ package files
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -127,5 +129,34 @@ func TestMappedLock(t *testing.T) {
 				t.Errorf("without the mapping: locks %v", fs.Locks)
 			}
 		})
+	}
+}
+
+// observe keeps the shared file mappings of an Mm record and nothing
+// else, as a whole decode would, and refuses a damaged record.
+func TestObserveSharedMappings(t *testing.T) {
+	mm := &pb.Mm{Pid: 42, Vmas: []*pb.Vma{
+		{Start: 0x1000, End: 0x2000},
+		{Start: 0x2000, End: 0x3000, Kind: uint32(pb.VmaKind_VMA_FILE_SHARED), Path: "/f", Dev: 3, Inode: 7},
+		{Start: 0x3000, End: 0x4000, Kind: uint32(pb.VmaKind_VMA_FILE_PRIVATE), Path: "/g", Dev: 3, Inode: 8},
+		{Start: 0x5000, End: 0x6000, Kind: uint32(pb.VmaKind_VMA_FILE_SHARED), Path: "/h", Dev: 4, Inode: 9},
+	}}
+	b, err := proto.Marshal(mm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sm sharedMappings
+	if err := sm.observe(&image.Frame{Type: image.TypeMm, Payload: b}); err != nil {
+		t.Fatal(err)
+	}
+	want := sharedMappings{{42, 0x2000, 0x3000, "/f", 3, 7}, {42, 0x5000, 0x6000, "/h", 4, 9}}
+	if !reflect.DeepEqual(sm, want) {
+		t.Errorf("got %+v, want %+v", sm, want)
+	}
+	for _, cut := range []int{1, len(b) - 3, len(b) - 1} { // inside a field
+		var sm sharedMappings
+		if err := sm.observe(&image.Frame{Type: image.TypeMm, Payload: b[:cut]}); !errors.Is(err, image.ErrCorrupt) {
+			t.Errorf("record cut to %d of %d bytes: %v, want ErrCorrupt", cut, len(b), err)
+		}
 	}
 }

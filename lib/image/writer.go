@@ -302,18 +302,27 @@ func gfMul(a, b uint32) uint32 {
 	return p
 }
 
-// x8nMod is x^(8n) modulo the polynomial, by squaring.
+// x8nMod is x^(8n) modulo the polynomial: the product of x^(8·2^k) for
+// the bits k of n, from a table (a frame of one page is one entry; by
+// squaring each time, 60,000 small frames spent 5% of cr-pages here).
 func x8nMod(n int64) uint32 {
-	p := uint32(1) << 31  // x^0
-	sq := uint32(1) << 23 // x^8
-	for ; n > 0; n >>= 1 {
+	p := uint32(1) << 31 // x^0
+	for k := 0; n > 0; k, n = k+1, n>>1 {
 		if n&1 != 0 {
-			p = gfMul(sq, p)
+			p = gfMul(x8Pow2[k], p)
 		}
-		sq = gfMul(sq, sq)
 	}
 	return p
 }
+
+// x8Pow2[k] is x^(8·2^k) modulo the polynomial.
+var x8Pow2 = func() (t [63]uint32) {
+	t[0] = 1 << 23 // x^8
+	for k := 1; k < len(t); k++ {
+		t[k] = gfMul(t[k-1], t[k-1])
+	}
+	return t
+}()
 
 // WritePagesSummed is WritePages with the frame's checksum computed ahead
 // (PagesSum, PagesSummer). With donate, data must be the caller's own

@@ -77,7 +77,7 @@ type prepared struct {
 // pages, so the runs to lend need not be split by sharing (sharing.go).
 // parents keeps the parents' mappings from one process to the next,
 // objects what they dumped of shared memory.
-func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, objects sharedObjects) (*prepared, error) {
+func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, objects sharedObjects) (_ *prepared, err error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -96,6 +96,16 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	if err != nil {
 		return nil, procErr(pid, err)
 	}
+	// Room in the heap for this process's mappings until its pages are
+	// read (a parent's stay: parentVmas).
+	reserved := int64(len(maps)) * stage.VmaHeap
+	stage.ReserveHeap(reserved)
+	release := func() { stage.ReserveHeap(-reserved); reserved = 0 }
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	flags := readVmFlags(pid)
 	vmas, err := classify(pid, maps)
 	if err != nil {
@@ -143,7 +153,7 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 		pm.Close()
 		return nil, err
 	}
-	each, closeAll := shared.each(sc.each), func() { shared.close(); pm.Close() }
+	each, closeAll := shared.each(sc.each), func() { shared.close(); pm.Close(); release() }
 
 	// First pass: count (the Mm record says how many pages follow and which
 	// VMAs have them) and keep the runs unless there are very many.

@@ -3,6 +3,7 @@ package pages
 import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
 
@@ -68,6 +69,7 @@ func newParentVmas(procs []*pb.Process, inDump map[uint32]bool) parentVmas {
 func (pv parentVmas) keep(pid int, vmas []vma) {
 	if pv.isParent[pid] {
 		pv.of[pid] = vmas
+		stage.ReserveHeap(int64(len(vmas)) * stage.VmaHeap)
 	}
 }
 

@@ -53,8 +53,8 @@ func readVmFlags(pid int) <-chan vmFlags {
 }
 
 type vmFlags struct {
-	byStart map[uint64]proc.VmaFlags
-	err     error
+	byAddress []proc.VmaFlags
+	err       error
 }
 
 // applyVmFlags completes the Vma records from the VmFlags: flags of the
@@ -63,9 +63,17 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	if fl.err != nil {
 		return procErr(pid, fl.err)
 	}
+	next := fl.byAddress // both by address: maps and smaps list the VMAs in order
 	for i := range vmas {
 		m, v := vmas[i].m, vmas[i].pb
-		f, ok := fl.byStart[m.Start]
+		for len(next) > 0 && next[0].Start < m.Start {
+			next = next[1:]
+		}
+		var f proc.VmaFlags
+		ok := len(next) > 0 && next[0].Start == m.Start
+		if ok {
+			f = next[0]
+		}
 		m.VmFlags = f.VmFlags
 		vmas[i].mayShare = f.MayShare || !ok
 		if err := refuseVmFlags(pid, m); err != nil {
@@ -121,7 +129,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 	out := make([]vma, 0, len(maps))
 	for i := range maps {
 		m := &maps[i]
-		v := &pb.Vma{Start: m.Start, End: m.End, Path: m.Path, Huge: m.AnonHugePages > 0}
+		v := &pb.Vma{Start: m.Start, End: m.End, Path: m.Path}
 		if m.Read {
 			v.Prot |= unix.PROT_READ
 		}

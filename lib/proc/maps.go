@@ -12,41 +12,66 @@ import (
 	"sync"
 )
 
-// Mapping is one VMA as /proc/PID/maps or /proc/PID/smaps shows it.
+// Mapping is one VMA as /proc/PID/maps or /proc/PID/smaps shows it. A
+// dump holds one per VMA, and a process can have 65,530: it is kept small.
 type Mapping struct {
 	Start, End uint64
+	Offset     uint64
+	Inode      uint64
+	Major      uint32 // device of the backing file
+	Minor      uint32
 	Read       bool
 	Write      bool
 	Exec       bool
 	Shared     bool // 's' in the permissions: MAP_SHARED
-	Offset     uint64
-	Major      uint32 // device of the backing file
-	Minor      uint32
-	Inode      uint64
+	Deleted    bool
 	// Path is the backing file, a pseudo path such as "[heap]", or "" for
 	// anonymous memory. A " (deleted)" suffix is removed and Deleted set.
 	Path    string
-	Deleted bool
-
-	// Filled from smaps only.
-	Rss           uint64 // bytes
-	Anonymous     uint64
-	AnonHugePages uint64
-	Swap          uint64
-	VmFlags       []string // two-letter flags, e.g. "gd" (grows down), "hg" (MADV_HUGEPAGE)
+	VmFlags VmFlags // from smaps only
 }
 
 // Len is the size of the mapping in bytes.
 func (m *Mapping) Len() uint64 { return m.End - m.Start }
 
 // HasVmFlag reports whether smaps listed flag (e.g. "gd") for the mapping.
-func (m *Mapping) HasVmFlag(flag string) bool {
-	for _, f := range m.VmFlags {
-		if f == flag {
-			return true
-		}
+func (m *Mapping) HasVmFlag(flag string) bool { return m.VmFlags.Has(flag) }
+
+// VmFlags are the two-letter flags of a VMA in smaps (proc(5)), one bit
+// each in the order of vmFlagNames; flags not in it are not kept.
+type VmFlags uint64
+
+var vmFlagNames = [...]string{
+	"rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "pf", "dw", "lo", "io",
+	"sr", "rr", "dc", "de", "ac", "nr", "ht", "sf", "nl", "ar", "wf", "dd", "sd",
+	"mm", "hg", "nh", "mg", "um", "uw", "ui", "ss", "sl", "bt", "mt", "lf", "dp",
+	"gu", "mp", "pk",
+}
+
+var vmFlagBits = func() map[string]VmFlags {
+	m := map[string]VmFlags{}
+	for i, n := range vmFlagNames {
+		m[n] = 1 << i
 	}
-	return false
+	return m
+}()
+
+// Has reports whether flag is set; flag must be one of vmFlagNames.
+func (f VmFlags) Has(flag string) bool {
+	b, ok := vmFlagBits[flag]
+	if !ok {
+		panic("proc: unknown VmFlag " + flag)
+	}
+	return f&b != 0
+}
+
+// parseVmFlags reads the flags of a VmFlags line (after "VmFlags:").
+func parseVmFlags(line []byte) VmFlags {
+	var f VmFlags
+	for _, w := range bytes.Fields(line) {
+		f |= vmFlagBits[string(w)]
+	}
+	return f
 }
 
 // ErrMapsSyntax is wrapped by parse errors of maps and smaps.
@@ -58,8 +83,9 @@ const maxMapsLine = 4*4096 + 256
 
 // VmaFlags is what ReadVmFlags reads of one VMA.
 type VmaFlags struct {
-	VmFlags       []string // two-letter flags, as in Mapping
-	ProtectionKey int      // pkey_mprotect(2); 0 is the default key
+	Start         uint64 // the VMA's
+	VmFlags       VmFlags
+	ProtectionKey int // pkey_mprotect(2); 0 is the default key
 	// MayShare: smaps counts pages of the VMA mapped more than once
 	// (Shared_Clean, Shared_Dirty, Shared_Hugetlb) or swapped out (Swap,
 	// whose slots fork shares too). Without it, no page of the VMA is
@@ -68,51 +94,52 @@ type VmaFlags struct {
 }
 
 // ReadVmFlags reads the VmFlags and ProtectionKey lines of every VMA in
-// /proc/PID/smaps, keyed by the VMA's start, and whether it may share
-// pages (VmaFlags.MayShare); it parses nothing else.
+// /proc/PID/smaps, in the order of the VMAs (by address), and whether
+// each may share pages (VmaFlags.MayShare); it parses nothing else.
 // smaps is the only place the kernel shows them (mlock, madvise, sealing,
 // protection keys); it is read as a stream, since with 10,000 VMAs it is
 // megabytes.
-func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
+func ReadVmFlags(pid int) ([]VmaFlags, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	flags := map[uint64]VmaFlags{}
-	seen := vmFlagLines{}
+	var flags []VmaFlags
 	sc, done := lineScanner(f)
 	defer done()
-	var start uint64
-	var inVma bool
+	cur := func(line []byte) (*VmaFlags, error) {
+		if len(flags) == 0 {
+			return nil, fmt.Errorf("pid %d: smaps: %q before any VMA: %w", pid, line, ErrMapsSyntax)
+		}
+		return &flags[len(flags)-1], nil
+	}
 	for sc.Scan() {
 		line := sc.Bytes()
 		if rest, ok := bytes.CutPrefix(line, []byte("VmFlags:")); ok {
-			if !inVma {
-				return nil, fmt.Errorf("pid %d: smaps: VmFlags before any VMA: %w", pid, ErrMapsSyntax)
+			e, err := cur(line)
+			if err != nil {
+				return nil, err
 			}
-			e := flags[start]
-			e.VmFlags = seen.fields(rest)
-			flags[start] = e
+			e.VmFlags = parseVmFlags(rest)
 			continue
 		}
 		if sharedLine(line) {
-			if !inVma {
-				return nil, fmt.Errorf("pid %d: smaps: %q before any VMA: %w", pid, line, ErrMapsSyntax)
+			e, err := cur(line)
+			if err != nil {
+				return nil, err
 			}
-			e := flags[start]
 			e.MayShare = true
-			flags[start] = e
 			continue
 		}
 		if rest, ok := bytes.CutPrefix(line, []byte("ProtectionKey:")); ok {
-			k, err := strconv.Atoi(string(bytes.TrimSpace(rest)))
-			if !inVma || err != nil {
+			e, err := cur(line)
+			if err != nil {
+				return nil, err
+			}
+			if e.ProtectionKey, err = strconv.Atoi(string(bytes.TrimSpace(rest))); err != nil {
 				return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 			}
-			e := flags[start]
-			e.ProtectionKey = k
-			flags[start] = e
 			continue
 		}
 		// A VMA's first line starts with its range; field lines with a
@@ -122,10 +149,11 @@ func ReadVmFlags(pid int) (map[uint64]VmaFlags, error) {
 		if sp <= 0 || dash <= 0 || dash > sp || line[sp-1] == ':' {
 			continue
 		}
-		if start, err = strconv.ParseUint(string(line[:dash]), 16, 64); err != nil {
+		start, err := strconv.ParseUint(string(line[:dash]), 16, 64)
+		if err != nil {
 			return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 		}
-		inVma = true
+		flags = append(flags, VmaFlags{Start: start})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("pid %d: smaps: %w", pid, err)
@@ -163,20 +191,6 @@ func lineScanner(r io.Reader) (sc *bufio.Scanner, done func()) {
 	return sc, func() { lineBufs.Put(buf) }
 }
 
-// vmFlagLines keeps one []string per distinct VmFlags line: a process's
-// VMAs have a handful of different ones, and 10,000 VMAs with a slice each
-// were 3 MB of cr-pages' heap. The slices are shared: read-only.
-type vmFlagLines map[string][]string
-
-func (seen vmFlagLines) fields(line []byte) []string {
-	if f, ok := seen[string(line)]; ok {
-		return f
-	}
-	f := strings.Fields(string(line))
-	seen[string(line)] = f
-	return f
-}
-
 // ReadSmaps reads /proc/PID/smaps.
 func ReadSmaps(pid int) ([]Mapping, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
@@ -211,6 +225,9 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 	sc, done := lineScanner(r)
 	defer done()
 	var ms []Mapping
+	// One copy of each path: a path cut from its line kept the whole
+	// line, and a file is mapped several times.
+	paths := map[string]string{}
 	n := 0
 	for sc.Scan() {
 		n++
@@ -227,8 +244,8 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 			if len(ms) == 0 {
 				return nil, fmt.Errorf("line %d: %q before any mapping: %w", n, first, ErrMapsSyntax)
 			}
-			if err := parseSmapsField(&ms[len(ms)-1], string(first[:len(first)-1]), line[len(first):]); err != nil {
-				return nil, fmt.Errorf("line %d: %v: %w", n, err, ErrMapsSyntax)
+			if string(first) == "VmFlags:" { // the counters are not needed
+				ms[len(ms)-1].VmFlags = parseVmFlags(line[len(first):])
 			}
 			continue
 		}
@@ -236,41 +253,18 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
+		if p, ok := paths[m.Path]; ok {
+			m.Path = p
+		} else if m.Path != "" {
+			m.Path = strings.Clone(m.Path)
+			paths[m.Path] = m.Path
+		}
 		ms = append(ms, m)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("line %d: %w", n+1, err)
 	}
 	return ms, nil
-}
-
-func parseSmapsField(m *Mapping, key string, rest []byte) error {
-	var dst *uint64
-	switch key {
-	case "VmFlags":
-		m.VmFlags = strings.Fields(string(rest))
-		return nil
-	case "Rss":
-		dst = &m.Rss
-	case "Anonymous":
-		dst = &m.Anonymous
-	case "AnonHugePages":
-		dst = &m.AnonHugePages
-	case "Swap":
-		dst = &m.Swap
-	default:
-		return nil // other counters are not needed (yet)
-	}
-	f := strings.Fields(string(rest))
-	if len(f) != 2 || f[1] != "kB" {
-		return fmt.Errorf("%s: %q is not a size in kB", key, rest)
-	}
-	v, err := strconv.ParseUint(f[0], 10, 64)
-	if err != nil || v > 1<<53 {
-		return fmt.Errorf("%s: %q is not a size in kB", key, rest)
-	}
-	*dst = v << 10
-	return nil
 }
 
 // ParseMapsLine parses one line of /proc/PID/maps:

@@ -13,6 +13,7 @@ package restore
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -30,19 +31,51 @@ const uffdMinBytes = 1 << 20
 // uffdFill is the memory of a task being filled by UFFDIO_COPY.
 type uffdFill struct {
 	u          *sys.Uffd
-	registered map[uint64]uint64 // start -> end of each registered VMA
-	copied     atomic.Int64      // bytes placed by UFFDIO_COPY (by the writers of a frame at once)
+	registered []span       // registered ranges, by address: eligible VMAs that touch are one range
+	copied     atomic.Int64 // bytes placed by UFFDIO_COPY (by the writers of a frame at once)
 }
 
-// uffdEligible: private anonymous memory mapped fresh for the restore.
+// uffdEligible: private anonymous memory mapped fresh for the restore
+// (with pages to place, or none: see uffdRanges).
 // Not inherited VMAs (their pages came from the parent with fork), nor
 // file, shared or droppable memory (userfaultfd's missing mode is for
 // anonymous memory; a droppable VMA refuses it), nor memory that had
 // transparent huge pages: UFFDIO_COPY places 4 KiB pages, and a 2 MiB
 // page faulted in whole is faster still.
 func uffdEligible(v *pb.Vma) bool {
-	return pb.VmaKind(v.Kind) == pb.VmaKind_VMA_ANON && v.HasPages && len(v.Inherited) == 0 &&
+	return pb.VmaKind(v.Kind) == pb.VmaKind_VMA_ANON && len(v.Inherited) == 0 &&
 		v.Flags&unix.MAP_DROPPABLE == 0 && len(thpAdvice(v)) == 0
+}
+
+// uffdRanges are the ranges of vmas (by address) to register, and the
+// bytes of their VMAs with pages: each eligible VMA, joined with the
+// eligible VMAs it touches, with pages or not (the guard page between two
+// thread stacks). One registration per range, not per VMA: 60,000 VMAs
+// took 60,000 ioctls to register and as many to unregister (0.27 s).
+func uffdRanges(vmas []*pb.Vma) (ranges []span, total uint64) {
+	withPages := false
+	for _, v := range vmas {
+		if !uffdEligible(v) {
+			continue
+		}
+		if n := len(ranges); n > 0 && ranges[n-1].hi == v.Start {
+			ranges[n-1].hi = v.End
+		} else {
+			if n > 0 && !withPages {
+				ranges = ranges[:n-1]
+			}
+			ranges, withPages = append(ranges, span{v.Start, v.End}), false
+		}
+		if v.HasPages {
+			total += v.End - v.Start
+			withPages = true
+		}
+	}
+	if n := len(ranges); n > 0 && !withPages {
+		ranges = ranges[:n-1]
+	}
+	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
+	return ranges, total
 }
 
 // startUffd registers t's eligible VMAs with a userfaultfd made by t, once
@@ -53,14 +86,7 @@ func (t *task) startUffd(rc *Ctx) error {
 	if rc.noUffd {
 		return nil
 	}
-	var vmas []*pb.Vma
-	var total uint64
-	for _, v := range t.writable {
-		if uffdEligible(v) {
-			vmas = append(vmas, v)
-			total += v.End - v.Start
-		}
-	}
+	ranges, total := uffdRanges(t.mm.Vmas)
 	if total < uffdMinBytes {
 		return nil
 	}
@@ -82,23 +108,29 @@ func (t *task) startUffd(rc *Ctx) error {
 		stage.Logf("pid %d: %v: its pages are written with process_vm_writev", t.pid, err)
 		return nil
 	}
-	fill := &uffdFill{u: u, registered: map[uint64]uint64{}}
-	for _, v := range vmas {
-		if err := u.RegisterMissing(v.Start, v.End-v.Start); err != nil {
+	fill := &uffdFill{u: u}
+	for _, r := range ranges {
+		if err := u.RegisterMissing(r.lo, r.hi-r.lo); err != nil {
 			stage.Logf("pid %d: %v: written with process_vm_writev", t.pid, err)
 			continue
 		}
-		fill.registered[v.Start] = v.End
+		fill.registered = append(fill.registered, r)
 	}
 	t.uffd = fill
 	rc.filling = t
 	return nil
 }
 
+// isRegistered: v lies in a registered range.
+func (f *uffdFill) isRegistered(v *pb.Vma) bool {
+	i := sort.Search(len(f.registered), func(i int) bool { return f.registered[i].hi > v.Start })
+	return i < len(f.registered) && f.registered[i].lo <= v.Start && v.End <= f.registered[i].hi
+}
+
 // copyPages places data at addr (inside v) by UFFDIO_COPY; it reports
 // false when v is not registered, for process_vm_writev to do it.
 func (t *task) copyPages(v *pb.Vma, addr uint64, data []byte) (bool, error) {
-	if t.uffd == nil || t.uffd.registered[v.Start] != v.End {
+	if t.uffd == nil || !t.uffd.isRegistered(v) {
 		return false, nil
 	}
 	for len(data) > 0 {
@@ -131,8 +163,8 @@ func (t *task) endUffd() error {
 	}
 	t.uffd = nil
 	var err error
-	for start, end := range f.registered {
-		if e := f.u.Unregister(start, end-start); e != nil && err == nil {
+	for _, r := range f.registered {
+		if e := f.u.Unregister(r.lo, r.hi-r.lo); e != nil && err == nil {
 			err = fmt.Errorf("pid %d: %w", t.pid, e)
 		}
 	}

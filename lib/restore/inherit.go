@@ -104,7 +104,7 @@ func (t *task) limitFork() (redo func() error, err error) {
 // its own pages are written) and its pages outside the inherited ranges
 // dropped: zeros for anonymous memory, the file's bytes for a file.
 func keepCalls(v *pb.Vma, prot uint64) []call {
-	calls := []call{sc(fmt.Sprintf("protect kept %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, prot)}
+	calls := []call{vmaCall("protect kept", v, unix.SYS_MPROTECT, v.Start, v.End-v.Start, prot)}
 	var inherited []span
 	for _, r := range v.Inherited {
 		inherited = append(inherited, span{r.Start, r.End})

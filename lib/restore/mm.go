@@ -285,9 +285,9 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	// THP disabled (or not) before any page is written, so that memory
 	// the process could not have had as huge pages does not get them;
 	// always, as a child forked from its parent's restorer inherits it.
-	var calls []call
+	calls := &batch{r: t.r}
 	if pi := states(rc).pinside[t.proc.Pid]; pi != nil {
-		calls = append(calls, sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
+		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
 			uint64(pi.ThpDisable&1), uint64(pi.ThpDisable&^1)))
 	}
 	for _, v := range mm.Vmas {
@@ -296,8 +296,8 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			continue
 		}
 		if k == pb.VmaKind_VMA_SYSV_SHM { // its pages go straight into the segment (sysv.go)
-			calls = append(calls, attachCalls(v)...)
-			calls = append(calls, thpAdvice(v)...)
+			calls.add(attachCalls(v)...)
+			calls.add(thpAdvice(v)...)
 			continue
 		}
 		prot := uint64(v.Prot)
@@ -306,8 +306,8 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			t.writable = append(t.writable, v)
 		}
 		if len(v.Inherited) > 0 {
-			calls = append(calls, keepCalls(v, prot)...)
-			calls = append(calls, thpAdvice(v)...)
+			calls.add(keepCalls(v, prot)...)
+			calls.add(thpAdvice(v)...)
 			continue
 		}
 		flags := uint64(unix.MAP_FIXED_NOREPLACE)
@@ -331,13 +331,13 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		default:
 			return fmt.Errorf("pid %d: vma %#x-%#x: unknown kind %d", t.pid, v.Start, v.End, v.Kind)
 		}
-		calls = append(calls, sc(fmt.Sprintf("map %#x-%#x %s", v.Start, v.End, v.Path), unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
-		calls = append(calls, thpAdvice(v)...)
+		calls.add(vmaCall("map", v, unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
+		calls.add(thpAdvice(v)...)
 	}
 	for _, fd := range remote {
-		calls = append(calls, sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
+		calls.add(sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
 	}
-	if _, err = t.r.run(calls...); err != nil {
+	if err := calls.flush(); err != nil {
 		return err
 	}
 	sort.Slice(t.writable, func(i, j int) bool { return t.writable[i].Start < t.writable[j].Start })
@@ -456,9 +456,9 @@ func thpAdvice(v *pb.Vma) []call {
 	huge := v.Huge && v.HasPages && (k == pb.VmaKind_VMA_ANON || k == pb.VmaKind_VMA_SHARED_ANON) && thpMode() == "madvise"
 	switch {
 	case v.Advice&pb.AdviceNoHugepage != 0:
-		return []call{sc(fmt.Sprintf("madvise %#x-%#x nohugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_NOHUGEPAGE)}
+		return []call{vmaCall("madvise nohugepage", v, unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_NOHUGEPAGE)}
 	case v.Advice&pb.AdviceHugepage != 0 || huge:
-		return []call{sc(fmt.Sprintf("madvise %#x-%#x hugepage", v.Start, v.End), unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_HUGEPAGE)}
+		return []call{vmaCall("madvise hugepage", v, unix.SYS_MADVISE, v.Start, v.End-v.Start, unix.MADV_HUGEPAGE)}
 	}
 	return nil
 }
@@ -485,10 +485,10 @@ var lateAdvice = []struct {
 // it was in the dumped tree) and its pages are written (mlock faults in
 // what is missing; nothing changes a sealed VMA).
 func (t *task) sealVmas() error {
-	var calls []call
+	calls := &batch{r: t.r}
 	for _, v := range t.writable {
 		if v.Prot&unix.PROT_WRITE == 0 {
-			calls = append(calls, sc(fmt.Sprintf("protect %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))
+			calls.add(vmaCall("protect", v, unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))
 		}
 	}
 	var seal []call
@@ -503,21 +503,21 @@ func (t *task) sealVmas() error {
 		size := v.End - v.Start
 		for _, a := range lateAdvice {
 			if v.Advice&a.bit != 0 {
-				calls = append(calls, sc(fmt.Sprintf("madvise %#x-%#x %s", v.Start, v.End, a.name), unix.SYS_MADVISE, v.Start, size, uint64(a.advice)))
+				calls.add(vmaCall("madvise "+a.name, v, unix.SYS_MADVISE, v.Start, size, uint64(a.advice)))
 			}
 		}
 		switch {
 		case v.Advice&pb.AdviceLockOnFault != 0:
-			calls = append(calls, sc(fmt.Sprintf("mlock2 %#x-%#x on fault", v.Start, v.End), unix.SYS_MLOCK2, v.Start, size, unix.MLOCK_ONFAULT))
+			calls.add(vmaCall("mlock2 on fault", v, unix.SYS_MLOCK2, v.Start, size, unix.MLOCK_ONFAULT))
 		case v.Advice&pb.AdviceLocked != 0:
-			calls = append(calls, sc(fmt.Sprintf("mlock2 %#x-%#x", v.Start, v.End), unix.SYS_MLOCK2, v.Start, size, 0))
+			calls.add(vmaCall("mlock2", v, unix.SYS_MLOCK2, v.Start, size, 0))
 		}
 		if v.Advice&pb.AdviceSealed != 0 {
-			seal = append(seal, sc(fmt.Sprintf("mseal %#x-%#x", v.Start, v.End), unix.SYS_MSEAL, v.Start, size, 0))
+			seal = append(seal, vmaCall("mseal", v, unix.SYS_MSEAL, v.Start, size, 0))
 		}
 	}
-	_, err := t.r.run(append(calls, seal...)...)
-	return err
+	calls.add(seal...)
+	return calls.flush()
 }
 
 // scratchWriter lays out argument structs in the restorer's scratch area.

@@ -332,6 +332,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return fmt.Errorf("frame %d at offset %d: second mm record for pid %d: %w", f.Index, f.Offset, mm.Pid, image.ErrCorrupt)
 		}
 		t.mm = &mm
+		stage.ReserveHeap(int64(len(mm.Vmas)) * stage.VmaHeap)
 		if err := rc.ensureCreated(t); err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 	"crpipe/pie"
 )
@@ -35,12 +36,63 @@ type call struct {
 	nr   uintptr
 	args [6]uint64
 	what string // for errors: what this call was for
+	// vma, when set, is named after what (describe): a task can have
+	// 65,000 VMAs, and a text made for each call up front was most of
+	// what a restore of so many allocated.
+	vma *pb.Vma
 }
 
 func sc(what string, nr uintptr, args ...uint64) call {
 	c := call{nr: nr, what: what}
 	copy(c.args[:], args)
 	return c
+}
+
+// vmaCall is a call on the VMA v; its errors name v's range and path.
+func vmaCall(what string, v *pb.Vma, nr uintptr, args ...uint64) call {
+	c := sc(what, nr, args...)
+	c.vma = v
+	return c
+}
+
+func (c call) describe() string {
+	if c.vma == nil {
+		return c.what
+	}
+	d := fmt.Sprintf("%s %#x-%#x", c.what, c.vma.Start, c.vma.End)
+	if c.vma.Path != "" {
+		d += " " + c.vma.Path
+	}
+	return d
+}
+
+// batch runs calls maxBatch at a time as they are added, dropping their
+// results, so that the calls for many VMAs are never all in memory. The
+// first failure stops it: later calls are not run, and flush returns it.
+type batch struct {
+	r     *restorer
+	calls []call
+	err   error
+}
+
+func (b *batch) add(cs ...call) {
+	b.calls = append(b.calls, cs...)
+	if len(b.calls) >= maxBatch {
+		b.run()
+	}
+}
+
+func (b *batch) run() {
+	if b.err == nil {
+		_, b.err = b.r.run(b.calls...)
+	}
+	b.calls = b.calls[:0]
+}
+
+// flush runs what is left and returns the first failure.
+func (b *batch) flush() error {
+	b.run()
+	return b.err
 }
 
 // restorer is the coordinator's end of one restorer's control socket.
@@ -211,7 +263,7 @@ func (r *restorer) run(calls ...call) ([]int64, error) {
 				return out, fmt.Errorf("pid %d: restorer refused a batch: %v", r.pid, unix.Errno(-rp.status))
 			}
 			c := batch[i]
-			return out, &SyscallError{Pid: r.pid, What: c.what, Nr: c.nr, Args: c.args, Errno: unix.Errno(-rp.status)}
+			return out, &SyscallError{Pid: r.pid, What: c.describe(), Nr: c.nr, Args: c.args, Errno: unix.Errno(-rp.status)}
 		}
 		out = append(out, rp.vals...)
 	}

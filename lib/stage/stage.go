@@ -95,6 +95,13 @@ var heapReserved atomic.Int64
 // (its records, its restore's state: ~40 KiB in a restore).
 const ProcessHeap = 64 << 10
 
+// VmaHeap is the heap a command may hold per VMA of a process whose
+// memory it dumps or restores: its Vma record (~180 bytes decoded) and
+// what the command keeps beside it. A process can have 65,530 VMAs
+// (vm.max_map_count), and under a limit below them the collector ran back
+// to back: half the CPU of a dump or restore of 60,000.
+const VmaHeap = 256
+
 // ReserveHeap raises the soft limit of the heap by n bytes, for state the
 // command must hold whatever it streams: a tree's records grow with the
 // tree, and under a limit below them the collector runs back to back (a
