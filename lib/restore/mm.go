@@ -6,6 +6,9 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -13,6 +16,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/stage"
 )
 
 const (
@@ -121,6 +125,29 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 		return err
 	}
 	return t.mapVmas(rc, mm)
+}
+
+// maxMapCount is vm.max_map_count: how many VMAs a task may have here.
+var maxMapCount = sync.OnceValues(func() (int, error) {
+	b, err := os.ReadFile("/proc/sys/vm/max_map_count")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+})
+
+// checkMapCount refuses a process with more VMAs than limit
+// (vm.max_map_count) before anything is mapped: a process dumped where
+// the limit was raised (Elasticsearch asks for 262,144) would otherwise
+// fail halfway with ENOMEM on one of its mappings. A restore needs no
+// more than the dumped VMAs (measured: it works with the limit at their
+// count, and fails one below).
+func checkMapCount(pid uint32, vmas, limit int) error {
+	if vmas <= limit {
+		return nil
+	}
+	return stage.Hint(fmt.Errorf("pid %d: %d VMAs, more than vm.max_map_count (%d) allows here", pid, vmas, limit),
+		fmt.Sprintf("raise it (sysctl -w vm.max_map_count=%d), then restore", vmas))
 }
 
 // moveVdso puts the running vDSO and vvar pages where the dumped process had

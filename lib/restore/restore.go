@@ -333,6 +333,11 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		}
 		t.mm = &mm
 		stage.ReserveHeap(int64(len(mm.Vmas)) * stage.VmaHeap)
+		if limit, err := maxMapCount(); err == nil {
+			if err := checkMapCount(mm.Pid, len(mm.Vmas), limit); err != nil {
+				return err
+			}
+		}
 		if err := rc.ensureCreated(t); err != nil {
 			return err
 		}
