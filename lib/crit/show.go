@@ -183,6 +183,9 @@ func (pr *proc) showMm(w io.Writer, mm *pb.Mm) {
 		if v.Pgoff != 0 {
 			path += fmt.Sprintf(" @%#x", v.Pgoff)
 		}
+		if m := v.Memfd; m != nil {
+			path += fmt.Sprintf(" [memfd %s, seals %#x]", size(uint64(max(m.Size, 0))), m.Seals)
+		}
 		if v.Advice != 0 {
 			var names []string
 			for _, a := range pb.AdviceFlags {

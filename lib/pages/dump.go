@@ -111,6 +111,9 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	if err != nil {
 		return nil, err
 	}
+	if err := checkMemfdData(pid, vmas); err != nil {
+		return nil, err
+	}
 	mm := &pb.Mm{
 		Pid:        p.Pid,
 		StartCode:  st.StartCode,

@@ -9,24 +9,27 @@ package pages
 // their size. A restore fills the object through that process's VMA, and
 // the others map the same object (doc/stream-v1.md).
 //
-// A process may be scanned twice (prepare's second pass), so a part claimed
-// by the process itself counts as not dumped yet.
+// Within a process too: a JIT maps one memfd twice, writable and
+// executable (memfd.go), and the pages go with the first VMA. A process may
+// be scanned twice (prepare's second pass), so a part claimed by the same
+// VMA counts as not dumped yet.
 type sharedObjects map[objectKey][]objectPart
 
 type objectKey struct{ dev, inode uint64 }
 
-// objectPart is [lo, hi) in bytes of the object, claimed by process pid.
+// objectPart is [lo, hi) in bytes of the object, claimed by the VMA vma
+// (its index) of process pid.
 type objectPart struct {
-	lo, hi int64
-	pid    int
+	lo, hi   int64
+	pid, vma int
 }
 
-// missing returns the parts of [lo, hi) of object k that no other process
-// than pid claimed, in order.
-func (o sharedObjects) missing(k objectKey, pid int, lo, hi int64) [][2]int64 {
+// missing returns the parts of [lo, hi) of object k that no other VMA than
+// vma of pid claimed, in order.
+func (o sharedObjects) missing(k objectKey, pid, vma int, lo, hi int64) [][2]int64 {
 	out := [][2]int64{{lo, hi}}
 	for _, c := range o[k] {
-		if c.pid == pid {
+		if c.pid == pid && c.vma == vma {
 			continue
 		}
 		var next [][2]int64
@@ -47,7 +50,7 @@ func (o sharedObjects) missing(k objectKey, pid int, lo, hi int64) [][2]int64 {
 	return out
 }
 
-// claim records that pid dumps [lo, hi) of object k.
-func (o sharedObjects) claim(k objectKey, pid int, lo, hi int64) {
-	o[k] = append(o[k], objectPart{lo, hi, pid})
+// claim records that the VMA vma of pid dumps [lo, hi) of object k.
+func (o sharedObjects) claim(k objectKey, pid, vma int, lo, hi int64) {
+	o[k] = append(o[k], objectPart{lo, hi, pid, vma})
 }

@@ -322,31 +322,32 @@ func TestTwoProcesses(t *testing.T) {
 }
 
 // TestSharedObjects: a part of a shared memory object is dumped by the
-// first process that claims it, again by that process (a second pass), and
-// by no other.
+// first VMA that claims it, again by that VMA (a second pass), and by no
+// other: of another process, or of the same one (a memfd mapped twice).
 func TestSharedObjects(t *testing.T) {
 	o := sharedObjects{}
 	k := objectKey{1, 2}
-	if got := o.missing(k, 10, 0, 8192); !reflect.DeepEqual(got, [][2]int64{{0, 8192}}) {
+	if got := o.missing(k, 10, 3, 0, 8192); !reflect.DeepEqual(got, [][2]int64{{0, 8192}}) {
 		t.Fatalf("nothing claimed: %v", got)
 	}
-	o.claim(k, 10, 4096, 8192)
-	o.claim(k, 10, 12288, 16384)
+	o.claim(k, 10, 3, 4096, 8192)
+	o.claim(k, 10, 3, 12288, 16384)
 	for _, c := range []struct {
-		pid    int
-		lo, hi int64
-		want   [][2]int64
+		pid, vma int
+		lo, hi   int64
+		want     [][2]int64
 	}{
-		{10, 0, 16384, [][2]int64{{0, 16384}}},
-		{11, 0, 16384, [][2]int64{{0, 4096}, {8192, 12288}}},
-		{11, 4096, 8192, nil},
-		{11, 6000, 20000, [][2]int64{{8192, 12288}, {16384, 20000}}},
+		{10, 3, 0, 16384, [][2]int64{{0, 16384}}},
+		{10, 4, 0, 16384, [][2]int64{{0, 4096}, {8192, 12288}}},
+		{11, 3, 0, 16384, [][2]int64{{0, 4096}, {8192, 12288}}},
+		{11, 3, 4096, 8192, nil},
+		{11, 0, 6000, 20000, [][2]int64{{8192, 12288}, {16384, 20000}}},
 	} {
-		if got := o.missing(k, c.pid, c.lo, c.hi); !reflect.DeepEqual(got, c.want) {
-			t.Errorf("pid %d [%d, %d): %v, want %v", c.pid, c.lo, c.hi, got, c.want)
+		if got := o.missing(k, c.pid, c.vma, c.lo, c.hi); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("pid %d vma %d [%d, %d): %v, want %v", c.pid, c.vma, c.lo, c.hi, got, c.want)
 		}
 	}
-	if got := o.missing(objectKey{1, 3}, 11, 0, 4096); len(got) != 1 {
+	if got := o.missing(objectKey{1, 3}, 11, 0, 0, 4096); len(got) != 1 {
 		t.Errorf("another object: %v", got)
 	}
 }

@@ -166,8 +166,8 @@ func (s *scanner) shared(i int, emit func(run) error) error {
 	lo, hi := int64(m.Offset), int64(m.Offset+m.Len())
 	parts := [][2]int64{{lo, hi}}
 	if k := (objectKey{v.Dev, v.Inode}); s.objects != nil && k.inode != 0 {
-		parts = s.objects.missing(k, s.pid, lo, hi)
-		s.objects.claim(k, s.pid, lo, hi)
+		parts = s.objects.missing(k, s.pid, i, lo, hi)
+		s.objects.claim(k, s.pid, i, lo, hi)
 	}
 	for _, part := range parts {
 		if err := s.sharedData(f, i, lo, part[0], part[1], emit); err != nil {

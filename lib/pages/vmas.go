@@ -181,6 +181,10 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
+		case m.Shared && isMemfdPath(m): // memfd.go
+			if err := memfdVma(pid, &x); err != nil {
+				return nil, err
+			}
 		case isSysvPath(m): // sysv.go
 			if err := sysvVma(pid, &x, sysvSegs); err != nil {
 				return nil, err
@@ -194,7 +198,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			// objects do not.
 			switch {
 			case strings.HasPrefix(m.Path, "/memfd:"):
-				return nil, unsupported(pid, m, fmt.Sprintf("memfd mapping %s", m.Path), "")
+				return nil, unsupported(pid, m, fmt.Sprintf("a private mapping of the memfd %s", m.Path), "")
 			case m.Path == "anon_inode:[io_uring]":
 				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])", "")
 			case m.Path == "/[aio]":

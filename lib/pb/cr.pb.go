@@ -1101,7 +1101,13 @@ type Vma struct {
 	// sysv: for VMA_SYSV_SHM, the System V shared memory segment this VMA
 	// attaches (shmat) as a whole; dev and inode name the segment as they
 	// name the object of a VMA_SHARED_ANON (the inode is its id).
-	Sysv          *SysvShm `protobuf:"bytes,16,opt,name=sysv,proto3" json:"sysv,omitempty"`
+	Sysv *SysvShm `protobuf:"bytes,16,opt,name=sysv,proto3" json:"sysv,omitempty"`
+	// memfd: for a VMA_SHARED_ANON that maps a memfd (memfd_create(2)) no
+	// fd of the dump holds: the object is made again with this name, size,
+	// mode and seals (only F_SEAL_SEAL: other seals are refused), and its
+	// pages are the VMAs', as for shared anonymous memory. A JIT maps one
+	// twice, writable and executable (Erlang's "vmem").
+	Memfd         *MemfdState `protobuf:"bytes,17,opt,name=memfd,proto3" json:"memfd,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1248,6 +1254,83 @@ func (x *Vma) GetSysv() *SysvShm {
 	return nil
 }
 
+func (x *Vma) GetMemfd() *MemfdState {
+	if x != nil {
+		return x.Memfd
+	}
+	return nil
+}
+
+// MemfdState is a memfd (memfd_create(2)): of an fd (FileDesc.memfd), or
+// of the VMAs that map it (Vma.memfd).
+type MemfdState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
+	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Seals         uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemfdState) Reset() {
+	*x = MemfdState{}
+	mi := &file_cr_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemfdState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemfdState) ProtoMessage() {}
+
+func (x *MemfdState) ProtoReflect() protoreflect.Message {
+	mi := &file_cr_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemfdState.ProtoReflect.Descriptor instead.
+func (*MemfdState) Descriptor() ([]byte, []int) {
+	return file_cr_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MemfdState) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemfdState) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *MemfdState) GetSeals() uint32 {
+	if x != nil {
+		return x.Seals
+	}
+	return 0
+}
+
+func (x *MemfdState) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
 // SysvShm is a System V shared memory segment (shmget) as /proc/sysvipc/shm
 // shows it, and how one VMA attaches it.
 type SysvShm struct {
@@ -1267,7 +1350,7 @@ type SysvShm struct {
 
 func (x *SysvShm) Reset() {
 	*x = SysvShm{}
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1362,7 @@ func (x *SysvShm) String() string {
 func (*SysvShm) ProtoMessage() {}
 
 func (x *SysvShm) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[10]
+	mi := &file_cr_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1375,7 @@ func (x *SysvShm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SysvShm.ProtoReflect.Descriptor instead.
 func (*SysvShm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{10}
+	return file_cr_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SysvShm) GetId() int32 {
@@ -1369,7 +1452,7 @@ type PageRange struct {
 
 func (x *PageRange) Reset() {
 	*x = PageRange{}
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1464,7 @@ func (x *PageRange) String() string {
 func (*PageRange) ProtoMessage() {}
 
 func (x *PageRange) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[11]
+	mi := &file_cr_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1477,7 @@ func (x *PageRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRange.ProtoReflect.Descriptor instead.
 func (*PageRange) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{11}
+	return file_cr_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PageRange) GetStart() uint64 {
@@ -1439,7 +1522,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1534,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[12]
+	mi := &file_cr_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1547,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{12}
+	return file_cr_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Mm) GetPid() uint32 {
@@ -1608,7 +1691,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1703,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[13]
+	mi := &file_cr_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1716,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{13}
+	return file_cr_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1736,7 +1819,7 @@ type Files struct {
 
 func (x *Files) Reset() {
 	*x = Files{}
-	mi := &file_cr_proto_msgTypes[14]
+	mi := &file_cr_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1831,7 @@ func (x *Files) String() string {
 func (*Files) ProtoMessage() {}
 
 func (x *Files) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[14]
+	mi := &file_cr_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1844,7 @@ func (x *Files) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Files.ProtoReflect.Descriptor instead.
 func (*Files) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{14}
+	return file_cr_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Files) GetPid() uint32 {
@@ -1826,7 +1909,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_cr_proto_msgTypes[15]
+	mi := &file_cr_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1921,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_cr_proto_msgTypes[15]
+	mi := &file_cr_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +1934,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{15}
+	return file_cr_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *End) GetFrames() uint64 {
@@ -1972,7 +2055,7 @@ const file_cr_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x03 \x01(\x04R\rclearChildTid\x120\n" +
 	"\n" +
 	"sigactions\x18\x04 \x03(\v2\x10.cr.v1.SigactionR\n" +
-	"sigactions\"\x96\x03\n" +
+	"sigactions\"\xbf\x03\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -1991,7 +2074,14 @@ const file_cr_proto_rawDesc = "" +
 	"\x04huge\x18\r \x01(\bR\x04huge\x12.\n" +
 	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\x12\x16\n" +
 	"\x06advice\x18\x0f \x01(\rR\x06advice\x12\"\n" +
-	"\x04sysv\x18\x10 \x01(\v2\x0e.cr.v1.SysvShmR\x04sysv\"\xc6\x01\n" +
+	"\x04sysv\x18\x10 \x01(\v2\x0e.cr.v1.SysvShmR\x04sysv\x12'\n" +
+	"\x05memfd\x18\x11 \x01(\v2\x11.cr.v1.MemfdStateR\x05memfd\"^\n" +
+	"\n" +
+	"MemfdState\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
+	"\x05seals\x18\x03 \x01(\rR\x05seals\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xc6\x01\n" +
 	"\aSysvShm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\x05R\x03key\x12\x12\n" +
@@ -2110,7 +2200,7 @@ func file_cr_proto_rawDescGZIP() []byte {
 }
 
 var file_cr_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_cr_proto_goTypes = []any{
 	(VmaKind)(0),       // 0: cr.v1.VmaKind
 	(FdKind)(0),        // 1: cr.v1.FdKind
@@ -2124,29 +2214,31 @@ var file_cr_proto_goTypes = []any{
 	(*Sigaction)(nil),  // 9: cr.v1.Sigaction
 	(*TaskState)(nil),  // 10: cr.v1.TaskState
 	(*Vma)(nil),        // 11: cr.v1.Vma
-	(*SysvShm)(nil),    // 12: cr.v1.SysvShm
-	(*PageRange)(nil),  // 13: cr.v1.PageRange
-	(*Mm)(nil),         // 14: cr.v1.Mm
-	(*Fd)(nil),         // 15: cr.v1.Fd
-	(*Files)(nil),      // 16: cr.v1.Files
-	(*End)(nil),        // 17: cr.v1.End
-	(*FileLock)(nil),   // 18: cr.v1.FileLock
+	(*MemfdState)(nil), // 12: cr.v1.MemfdState
+	(*SysvShm)(nil),    // 13: cr.v1.SysvShm
+	(*PageRange)(nil),  // 14: cr.v1.PageRange
+	(*Mm)(nil),         // 15: cr.v1.Mm
+	(*Fd)(nil),         // 16: cr.v1.Fd
+	(*Files)(nil),      // 17: cr.v1.Files
+	(*End)(nil),        // 18: cr.v1.End
+	(*FileLock)(nil),   // 19: cr.v1.FileLock
 }
 var file_cr_proto_depIdxs = []int32{
 	4,  // 0: cr.v1.Freeze.original:type_name -> cr.v1.TaskCgroup
 	6,  // 1: cr.v1.ThreadCore.regs:type_name -> cr.v1.X86Regs
 	7,  // 2: cr.v1.ThreadCore.rseq:type_name -> cr.v1.Rseq
 	9,  // 3: cr.v1.TaskState.sigactions:type_name -> cr.v1.Sigaction
-	13, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
-	12, // 5: cr.v1.Vma.sysv:type_name -> cr.v1.SysvShm
-	11, // 6: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
-	15, // 7: cr.v1.Files.fds:type_name -> cr.v1.Fd
-	18, // 8: cr.v1.Files.locks:type_name -> cr.v1.FileLock
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
+	13, // 5: cr.v1.Vma.sysv:type_name -> cr.v1.SysvShm
+	12, // 6: cr.v1.Vma.memfd:type_name -> cr.v1.MemfdState
+	11, // 7: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
+	16, // 8: cr.v1.Files.fds:type_name -> cr.v1.Fd
+	19, // 9: cr.v1.Files.locks:type_name -> cr.v1.FileLock
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_cr_proto_init() }
@@ -2161,7 +2253,7 @@ func file_cr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cr_proto_rawDesc), len(file_cr_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -777,74 +777,6 @@ func (x *InotifyState) GetWatches() []*InotifyWatch {
 	return nil
 }
 
-type MemfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
-	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Seals         uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
-	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MemfdState) Reset() {
-	*x = MemfdState{}
-	mi := &file_files_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MemfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MemfdState) ProtoMessage() {}
-
-func (x *MemfdState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MemfdState.ProtoReflect.Descriptor instead.
-func (*MemfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{10}
-}
-
-func (x *MemfdState) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *MemfdState) GetSize() int64 {
-	if x != nil {
-		return x.Size
-	}
-	return 0
-}
-
-func (x *MemfdState) GetSeals() uint32 {
-	if x != nil {
-		return x.Seals
-	}
-	return 0
-}
-
-func (x *MemfdState) GetMode() uint32 {
-	if x != nil {
-		return x.Mode
-	}
-	return 0
-}
-
 type EpollWatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"` // the watched fd number (in process pid)
@@ -857,7 +789,7 @@ type EpollWatch struct {
 
 func (x *EpollWatch) Reset() {
 	*x = EpollWatch{}
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +801,7 @@ func (x *EpollWatch) String() string {
 func (*EpollWatch) ProtoMessage() {}
 
 func (x *EpollWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[11]
+	mi := &file_files_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +814,7 @@ func (x *EpollWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollWatch.ProtoReflect.Descriptor instead.
 func (*EpollWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{11}
+	return file_files_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EpollWatch) GetFd() int32 {
@@ -922,7 +854,7 @@ type EpollState struct {
 
 func (x *EpollState) Reset() {
 	*x = EpollState{}
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +866,7 @@ func (x *EpollState) String() string {
 func (*EpollState) ProtoMessage() {}
 
 func (x *EpollState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[12]
+	mi := &file_files_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +879,7 @@ func (x *EpollState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollState.ProtoReflect.Descriptor instead.
 func (*EpollState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{12}
+	return file_files_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EpollState) GetWatches() []*EpollWatch {
@@ -973,7 +905,7 @@ type UnixMessage struct {
 
 func (x *UnixMessage) Reset() {
 	*x = UnixMessage{}
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +917,7 @@ func (x *UnixMessage) String() string {
 func (*UnixMessage) ProtoMessage() {}
 
 func (x *UnixMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[13]
+	mi := &file_files_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +930,7 @@ func (x *UnixMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixMessage.ProtoReflect.Descriptor instead.
 func (*UnixMessage) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{13}
+	return file_files_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnixMessage) GetData() []byte {
@@ -1049,7 +981,7 @@ type UnixCreds struct {
 
 func (x *UnixCreds) Reset() {
 	*x = UnixCreds{}
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +993,7 @@ func (x *UnixCreds) String() string {
 func (*UnixCreds) ProtoMessage() {}
 
 func (x *UnixCreds) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[14]
+	mi := &file_files_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1006,7 @@ func (x *UnixCreds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixCreds.ProtoReflect.Descriptor instead.
 func (*UnixCreds) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{14}
+	return file_files_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnixCreds) GetPid() uint32 {
@@ -1132,7 +1064,7 @@ type UnixSocket struct {
 
 func (x *UnixSocket) Reset() {
 	*x = UnixSocket{}
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1076,7 @@ func (x *UnixSocket) String() string {
 func (*UnixSocket) ProtoMessage() {}
 
 func (x *UnixSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[15]
+	mi := &file_files_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1089,7 @@ func (x *UnixSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnixSocket.ProtoReflect.Descriptor instead.
 func (*UnixSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	return file_files_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnixSocket) GetType() uint32 {
@@ -1380,7 +1312,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1324,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[16]
+	mi := &file_files_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1337,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{16}
+	return file_files_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InetSocket) GetFamily() uint32 {
@@ -1633,7 +1565,7 @@ type McastMembership struct {
 
 func (x *McastMembership) Reset() {
 	*x = McastMembership{}
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1577,7 @@ func (x *McastMembership) String() string {
 func (*McastMembership) ProtoMessage() {}
 
 func (x *McastMembership) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[17]
+	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1590,7 @@ func (x *McastMembership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use McastMembership.ProtoReflect.Descriptor instead.
 func (*McastMembership) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{17}
+	return file_files_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *McastMembership) GetIfindex() uint32 {
@@ -1713,7 +1645,7 @@ type NetlinkSocket struct {
 
 func (x *NetlinkSocket) Reset() {
 	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[18]
+	mi := &file_files_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1657,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[18]
+	mi := &file_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1670,7 @@ func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
 func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{18}
+	return file_files_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1840,7 +1772,7 @@ type TtyState struct {
 
 func (x *TtyState) Reset() {
 	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[19]
+	mi := &file_files_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +1784,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
-	mi := &file_files_proto_msgTypes[19]
+	mi := &file_files_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +1797,7 @@ func (x *TtyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
 func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{19}
+	return file_files_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -2088,13 +2020,7 @@ const file_files_proto_rawDesc = "" +
 	"\x03dev\x18\x05 \x01(\x04R\x03dev\x12\x14\n" +
 	"\x05inode\x18\x06 \x01(\x04R\x05inode\"=\n" +
 	"\fInotifyState\x12-\n" +
-	"\awatches\x18\x01 \x03(\v2\x13.cr.v1.InotifyWatchR\awatches\"^\n" +
-	"\n" +
-	"MemfdState\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
-	"\x05seals\x18\x03 \x01(\rR\x05seals\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\"Z\n" +
+	"\awatches\x18\x01 \x03(\v2\x13.cr.v1.InotifyWatchR\awatches\"Z\n" +
 	"\n" +
 	"EpollWatch\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
@@ -2249,7 +2175,7 @@ func file_files_proto_rawDescGZIP() []byte {
 	return file_files_proto_rawDescData
 }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_files_proto_goTypes = []any{
 	(*FileDesc)(nil),        // 0: cr.v1.FileDesc
 	(*FdOwner)(nil),         // 1: cr.v1.FdOwner
@@ -2261,16 +2187,16 @@ var file_files_proto_goTypes = []any{
 	(*TimerfdState)(nil),    // 7: cr.v1.TimerfdState
 	(*InotifyWatch)(nil),    // 8: cr.v1.InotifyWatch
 	(*InotifyState)(nil),    // 9: cr.v1.InotifyState
-	(*MemfdState)(nil),      // 10: cr.v1.MemfdState
-	(*EpollWatch)(nil),      // 11: cr.v1.EpollWatch
-	(*EpollState)(nil),      // 12: cr.v1.EpollState
-	(*UnixMessage)(nil),     // 13: cr.v1.UnixMessage
-	(*UnixCreds)(nil),       // 14: cr.v1.UnixCreds
-	(*UnixSocket)(nil),      // 15: cr.v1.UnixSocket
-	(*InetSocket)(nil),      // 16: cr.v1.InetSocket
-	(*McastMembership)(nil), // 17: cr.v1.McastMembership
-	(*NetlinkSocket)(nil),   // 18: cr.v1.NetlinkSocket
-	(*TtyState)(nil),        // 19: cr.v1.TtyState
+	(*EpollWatch)(nil),      // 10: cr.v1.EpollWatch
+	(*EpollState)(nil),      // 11: cr.v1.EpollState
+	(*UnixMessage)(nil),     // 12: cr.v1.UnixMessage
+	(*UnixCreds)(nil),       // 13: cr.v1.UnixCreds
+	(*UnixSocket)(nil),      // 14: cr.v1.UnixSocket
+	(*InetSocket)(nil),      // 15: cr.v1.InetSocket
+	(*McastMembership)(nil), // 16: cr.v1.McastMembership
+	(*NetlinkSocket)(nil),   // 17: cr.v1.NetlinkSocket
+	(*TtyState)(nil),        // 18: cr.v1.TtyState
+	(*MemfdState)(nil),      // 19: cr.v1.MemfdState
 	(*Fd)(nil),              // 20: cr.v1.Fd
 }
 var file_files_proto_depIdxs = []int32{
@@ -2279,20 +2205,20 @@ var file_files_proto_depIdxs = []int32{
 	6,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
 	7,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
 	9,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
-	10, // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
-	12, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
-	15, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
-	16, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	18, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	19, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
+	19, // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
+	11, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
+	14, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
+	15, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
+	17, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
+	18, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
 	4,  // 11: cr.v1.FileDesc.pidfd:type_name -> cr.v1.PidfdState
 	20, // 12: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
 	1,  // 13: cr.v1.FileDesc.owner:type_name -> cr.v1.FdOwner
 	8,  // 14: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	11, // 15: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	14, // 16: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
-	13, // 17: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	17, // 18: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
+	10, // 15: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
+	13, // 16: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
+	12, // 17: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
+	16, // 18: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
 	19, // [19:19] is the sub-list for method output_type
 	19, // [19:19] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
@@ -2306,14 +2232,14 @@ func file_files_proto_init() {
 		return
 	}
 	file_cr_proto_init()
-	file_files_proto_msgTypes[16].OneofWrappers = []any{}
+	file_files_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

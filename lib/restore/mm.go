@@ -610,6 +610,30 @@ func newSharedAnon(size int) (*os.File, error) {
 	return mappedFile(mem)
 }
 
+// newMappedMemfd makes the memfd m again, for the VMAs that mapped it:
+// its name, size and mode; and F_SEAL_SEAL, the one seal a dump lets
+// through, by leaving out MFD_ALLOW_SEALING as its maker did.
+func newMappedMemfd(m *pb.MemfdState) (*os.File, error) {
+	flags := unix.MFD_CLOEXEC
+	if m.Seals&unix.F_SEAL_SEAL == 0 {
+		flags |= unix.MFD_ALLOW_SEALING
+	}
+	n, err := unix.MemfdCreate(m.Name, flags)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create %q: %w", m.Name, err)
+	}
+	f := os.NewFile(uintptr(n), "memfd:"+m.Name)
+	if err := f.Truncate(m.Size); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("memfd %q: size %d: %w", m.Name, m.Size, err)
+	}
+	if err := f.Chmod(os.FileMode(m.Mode & 0o777)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("memfd %q: mode %#o: %w", m.Name, m.Mode, err)
+	}
+	return f, nil
+}
+
 // mappedFile opens what is mapped at mem, in our own address space, through
 // /proc/self/map_files (which needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
 func mappedFile(mem []byte) (*os.File, error) {
@@ -630,7 +654,12 @@ func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
 	f, _ := rc.Shared[key].(*os.File)
 	if f == nil || v.Inode == 0 {
 		var err error
-		if f, err = newSharedAnon(int(v.Pgoff + v.End - v.Start)); err != nil {
+		if v.Memfd != nil {
+			f, err = newMappedMemfd(v.Memfd)
+		} else {
+			f, err = newSharedAnon(int(v.Pgoff + v.End - v.Start))
+		}
+		if err != nil {
 			return nil, err
 		}
 		if v.Inode != 0 { // without an identity, nothing can share it
@@ -642,7 +671,8 @@ func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return nil, err
 	}
-	if need := int64(v.Pgoff + v.End - v.Start); st.Size < need {
+	// A memfd keeps its size: a mapping may reach past its end (and fault there).
+	if need := int64(v.Pgoff + v.End - v.Start); st.Size < need && v.Memfd == nil {
 		if err := unix.Ftruncate(int(f.Fd()), need); err != nil {
 			return nil, fmt.Errorf("size shared memory: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -338,6 +339,54 @@ func TestVmaAdvice(t *testing.T) {
 		}
 	}
 	p.terminate(at)
+}
+
+// TestMemfdMappings: memfds mapped shared and held by no fd, one twice
+// (writable and executable, as a JIT does), come back as memfds of the same
+// names, sizes, modes and seals, one object per memfd, with their contents;
+// the pages of the memfd mapped twice are in the image once. A dump of the
+// restored process restores too (test/progs/memfd_map.c).
+func TestMemfdMappings(t *testing.T) {
+	p := startStateProg(t, "memfd_map")
+	img, at := dumpKillRestore(t, p)
+	var jit []string
+	for _, l := range strings.Split(string(mustShell(t, 30*time.Second, "crit show "+img).stdout), "\n") {
+		if f := strings.Fields(l); len(f) >= 7 && f[6] == "/memfd:jit" {
+			jit = append(jit, f[5])
+		}
+	}
+	// 4: the program's check reads the hole, and a read of shmem makes a page.
+	if !reflect.DeepEqual(jit, []string{"0", "4"}) && !reflect.DeepEqual(jit, []string{"4", "0"}) {
+		t.Errorf("pages of the jit memfd's two views: %v, want 4 in one and 0 in the other", jit)
+	}
+	img2 := filepath.Join(p.dir, "img2")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img2))
+	p.waitKilled()
+	at = max(at, p.mustProgress())
+	p.restoreDetached(img2)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// TestMemfdMappingsRefused: a mapped memfd with seals other than
+// F_SEAL_SEAL, or with data where no mapping shows it (only the mapped
+// ranges are dumped), is refused at dump time, and the process runs on.
+func TestMemfdMappingsRefused(t *testing.T) {
+	for _, c := range []struct{ mode, what string }{
+		{"sealed", `a mapping of the sealed memfd /memfd:data \(seals 0x4\)`},
+		{"outside", `the memfd /memfd:data, which holds data at offset 0x0 that no mapping of the process shows`},
+	} {
+		t.Run(c.mode, func(t *testing.T) {
+			p := startStateProg(t, "memfd_map", c.mode)
+			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+			want := regexp.MustCompile(`cr-pages: (error: )?pid ` + strconv.Itoa(p.pid) + ` vma [0-9a-f]+-[0-9a-f]+: ` + c.what + ` is not supported`)
+			if r.err == nil || !want.Match(r.stderr) {
+				t.Fatalf("cr-dump: %v, want an error matching %q:\n%s", r.err, want, r.stderr)
+			}
+			p.checkRunning()
+			p.terminate(0)
+		})
+	}
 }
 
 // TestMlockall: what mlockall(MCL_FUTURE) leaves for mappings made later
