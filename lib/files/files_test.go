@@ -284,7 +284,6 @@ func TestCannot(t *testing.T) {
 		{"inotifyq", "inotify (anon_inode:inotify)", "bytes of events are queued"},
 		{"epollstale", "epoll (anon_inode:[eventpoll])", "which is no longer open as fd"},
 		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) signals process 1, which is not in the dump"},
-		{"memfdmap", "memfd (/memfd:mapped (deleted))", "also mapped by pid"},
 		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
 		{"pidfd", "pidfd (anon_inode:[pidfd])", "which is not in the dump"},
 	} {
@@ -297,6 +296,51 @@ func TestCannot(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestMemfdMapped: a memfd that its process maps too is recorded without
+// its contents, which are the mapping's pages (cr-pages), and names the
+// mapped object for the restore.
+func TestMemfdMapped(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	pid, fds := startFdtest(t, t.TempDir(), "memfdmap")
+	var in, out bytes.Buffer
+	w, _ := image.NewWriter(&in, image.WriterOptions{})
+	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
+	w.Close()
+	if err := stage.RunFilter(&in, &out, false, Filter()); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fds["memfdmap"]), &st); err != nil {
+		t.Fatal(err)
+	}
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *pb.FileDesc
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == image.TypeFileData {
+			t.Errorf("a file-data record: the mapped memfd's contents were dumped by cr-files")
+		}
+		d := new(pb.FileDesc)
+		if f.Type == image.TypeFileDesc && image.Unmarshal(f, d) == nil && d.Memfd != nil {
+			got = d
+		}
+	}
+	if got == nil || !got.Memfd.Mapped || got.Memfd.Dev != st.Dev || got.Inode != st.Ino || got.Memfd.Name != "mapped" || got.Memfd.Size != 4096 {
+		t.Fatalf("memfd record %v, want mapped, dev %d inode %d, name \"mapped\", 4096 bytes", got, st.Dev, st.Ino)
 	}
 }
 

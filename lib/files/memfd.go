@@ -16,7 +16,9 @@ const maxMemfd = 1 << 30
 
 // dumpMemfd records a memfd description; the file (name, size, seals, mode
 // and contents) goes with its first description. Contents are read as the
-// output is written (stage.WriteContents) from a copy of the fd.
+// output is written (stage.WriteContents) from a copy of the fd; those of a
+// memfd that a process of the dump maps are in its pages instead (a JVM's
+// ZGC heap: three views of one memfd it keeps open).
 func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 	e := ds.first()
 	obj, isNew := d.object(fmt.Sprintf("memfd:%d:%d", e.st.Dev, e.st.Ino))
@@ -44,8 +46,12 @@ func (d *dumper) dumpMemfd(ds *desc, rec *pb.FileDesc) error {
 		return nil
 	}
 	if pid, ok := d.mapped(e.st.Dev, e.st.Ino); ok {
-		return stage.Hint(cannot(e, "the memfd is also mapped by pid %d: a memfd both open and mapped is not supported yet", pid),
-			"unmap it or close the fd before checkpointing")
+		// Its contents are the pages of those VMAs (cr-pages dumps every
+		// page of it that holds data, or refuses it), and a restore opens
+		// the memfd it makes for them.
+		rec.Memfd.Mapped, rec.Memfd.Dev = true, e.st.Dev
+		stage.Logf("pid %d fd %d: memfd %q: mapped by pid %d too: its contents go with the mapping", e.pid, e.fd, name, pid)
+		return nil
 	}
 	if e.st.Size > maxMemfd {
 		return stage.Hint(cannot(e, "%d bytes is more than the %d cr-files keeps of a memfd", e.st.Size, maxMemfd), "shrink or close the memfd before checkpointing")

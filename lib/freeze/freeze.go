@@ -118,7 +118,11 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 			fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
 	}
 	dir := cgroupDir(mount, pid)
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	err = os.Mkdir(dir, 0o755)
+	if errors.Is(err, os.ErrExist) && removeStale(dir, pid, st.StartTime) {
+		err = os.Mkdir(dir, 0o755)
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, stage.Hint(fmt.Errorf("pid %d: cgroup %s already exists", pid, dir),
 				fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
@@ -316,6 +320,7 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 		rec     *pb.Process
 		masters []int
 		err     error
+		gone    bool // it was exiting, and has been reaped (its parent ignores SIGCHLD)
 	}
 	err := walkTree(f.Root, func(gen []int) ([]int, error) {
 		// Read on every core; the tree is frozen.
@@ -325,6 +330,12 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 			if l.st, l.err = proc.ReadStat(pid); l.err != nil {
 				l.err = fmt.Errorf("pid %d vanished while frozen: %w", pid, l.err)
 				return nil
+			}
+			if l.st.State != 'Z' && l.st.Flags&pfExiting != 0 {
+				l.st, l.gone, l.err = awaitZombie(pid)
+				if l.gone || l.err != nil {
+					return nil
+				}
 			}
 			if l.st.State == 'Z' || !live[pid] {
 				return nil
@@ -342,6 +353,10 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 			l := looks[i]
 			if l.err != nil {
 				return nil, l.err
+			}
+			if l.gone {
+				delete(live, pid)
+				continue
 			}
 			st := l.st
 			if st.State == 'Z' {
@@ -379,6 +394,31 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 		return nil, fmt.Errorf("cgroup %s holds pid %d, which is no longer in the tree of pid %d", f.Cgroup, pid, f.Root)
 	}
 	return recs, nil
+}
+
+// pfExiting is PF_EXITING in the flags of /proc/PID/stat.
+const pfExiting = 0x4
+
+// awaitZombie waits for pid, which is exiting, to be a zombie. The freezer
+// leaves an exiting task be, so a process killed or exiting as its tree
+// froze goes on: it leaves its cgroup, then becomes a zombie (its frozen
+// parent cannot reap it), and a dump records it as one. gone: it was
+// reaped meanwhile (its parent ignores SIGCHLD), and is in no tree.
+func awaitZombie(pid int) (st *proc.Stat, gone bool, err error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; ; i++ {
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return nil, true, nil
+		}
+		if st.State == 'Z' {
+			return st, false, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, false, fmt.Errorf("pid %d has been exiting for 5 s (state %c)", pid, st.State)
+		}
+		sys.Backoff(i)
+	}
 }
 
 // check refuses, without changing anything, targets this stage cannot handle.
@@ -822,6 +862,27 @@ func strictJSON(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	return dec.Decode(v)
+}
+
+// removeStale removes dir, the transient cgroup of pid, when it is what a
+// checkpoint of an earlier process with that pid left behind: empty, and
+// recorded for another start time (the process was killed frozen, without
+// cr-freeze kill). A later process given the same pid could not be
+// checkpointed otherwise. A cgroup of this very process is never removed
+// here: that checkpoint may be in progress (cr-freeze thaw clears it).
+func removeStale(dir string, pid int, start uint64) bool {
+	tasks, err := getState(dir)
+	if err != nil || len(tasks) == 0 || tasks[0].Pid == pid && tasks[0].StartTime == start {
+		return false
+	}
+	if pids, err := readPids(filepath.Join(dir, "cgroup.procs")); err != nil || len(pids) > 0 {
+		return false
+	}
+	if os.Remove(dir) != nil {
+		return false
+	}
+	stage.Logf("pid %d: removed %s, left by a checkpoint of an earlier process %d", pid, dir, tasks[0].Pid)
+	return true
 }
 
 func setState(dir string, tasks []Task) error {

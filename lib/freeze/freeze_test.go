@@ -208,6 +208,49 @@ func TestKillReapsOrphans(t *testing.T) {
 	}
 }
 
+// TestExitingChild: a child killed as its tree freezes goes on exiting
+// (the freezer leaves an exiting task be): it leaves its cgroup, then
+// becomes a zombie that its frozen parent cannot reap. It is recorded as
+// a zombie, where the freeze failed on a process of the tree outside the
+// cgroup. The child has 1 GiB to free, so its exit overlaps the freeze.
+func TestExitingChild(t *testing.T) {
+	requireRoot(t)
+	for attempt := 1; ; attempt++ {
+		p := testprog.Start(t, "child", "1024")
+		cleanupFrozen(t, p.Pid)
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Child)); err == nil {
+				var size, rss uint64
+				if fmt.Sscan(string(b), &size, &rss); rss*4096 >= 1000<<20 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("child %d did not touch its 1 GiB", p.Child)
+			}
+		}
+		syscall.Kill(p.Child, syscall.SIGKILL)
+		st, err := proc.ReadStat(p.Child)
+		exiting := err == nil && st.State != 'Z' && st.Flags&pfExiting != 0
+		f, err := Freeze(p.Pid, Options{})
+		if err != nil {
+			t.Fatalf("freeze with child %d exiting (%v at the start): %v", p.Child, exiting, err)
+		}
+		if len(f.Procs) != 2 || f.Procs[1].Pid != uint32(p.Child) || f.Procs[1].State != "Z" {
+			t.Fatalf("records %v: want the root and its child as a zombie", f.Procs)
+		}
+		if did, err := ThawPid(p.Pid); !did || err != nil {
+			t.Fatalf("thaw: %v %v", did, err)
+		}
+		if exiting {
+			return
+		}
+		if attempt == 5 {
+			t.Fatal("in 5 attempts the child had always finished exiting before the freeze")
+		}
+	}
+}
+
 func TestKillPid(t *testing.T) {
 	requireRoot(t)
 	p := testprog.Start(t, "tick")
@@ -326,6 +369,50 @@ func TestThawLeftover(t *testing.T) {
 	}
 	if err := KillPid(pid); !errors.Is(err, ErrNotFrozen) {
 		t.Fatalf("kill: %v", err)
+	}
+}
+
+// TestStaleCgroup: the transient cgroup an earlier process with the same
+// pid left (killed while frozen) is removed by the next freeze; one
+// recorded for this very process is not (its checkpoint may be under way).
+func TestStaleCgroup(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "tick")
+	cleanupFrozen(t, p.Pid)
+	mount, _ := proc.Cgroup2Mount()
+	dir := cgroupDir(mount, p.Pid)
+	st, err := proc.ReadStat(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		start uint64
+		stale bool
+	}{{st.StartTime, false}, {st.StartTime - 1, true}} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(dir) })
+		if err := setState(dir, []Task{{Pid: p.Pid, StartTime: c.start}}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Freeze(p.Pid, Options{})
+		if !c.stale {
+			if err == nil || !strings.Contains(err.Error(), "already exists") {
+				t.Fatalf("a cgroup recorded for this process: %v, want a refusal", err)
+			}
+			os.Remove(dir)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("a stale cgroup: %v", err)
+		}
+		if did, err := ThawPid(p.Pid); !did || err != nil {
+			t.Fatalf("thaw: %v %v", did, err)
+		}
+	}
+	if !p.Ticks(2 * time.Second) {
+		t.Fatal("not ticking after the thaw")
 	}
 }
 

@@ -13,12 +13,13 @@ import (
 
 // Shared mappings of a memfd (memfd_create(2)) that no fd holds any more:
 // a JIT's double mapping, one view writable and one executable, of a memfd
-// it closed (Erlang's "/memfd:vmem"; .NET's double mapper). The memfd is a
-// shmem object as shared anonymous memory is, and is dumped as one (every
-// page it holds in the mapped range, once per dump: objects.go), with its
-// name, size, mode and seals (Vma.memfd); a restore makes a memfd again.
-// A memfd that an fd of the dump holds too is cr-files' (and refused there
-// when it is also mapped); a private mapping of one is refused.
+// it closed (Erlang's "/memfd:vmem"; .NET's double mapper), or keeps (a
+// JVM's ZGC heap, mapped three times). The memfd is a shmem object as
+// shared anonymous memory is, and is dumped as one (every page it holds in
+// the mapped range, once per dump: objects.go), with its name, size, mode
+// and seals (Vma.memfd); a restore makes a memfd again. An fd of it is
+// cr-files' (MemfdState.mapped: its contents are these pages). A private
+// mapping of one is refused.
 
 // isMemfdPath: the name the kernel gives a mapping of a memfd.
 func isMemfdPath(m *proc.Mapping) bool {

@@ -1264,11 +1264,16 @@ func (x *Vma) GetMemfd() *MemfdState {
 // MemfdState is a memfd (memfd_create(2)): of an fd (FileDesc.memfd), or
 // of the VMAs that map it (Vma.memfd).
 type MemfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
-	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Seals         uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
-	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
+	Size  int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Seals uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
+	Mode  uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
+	// mapped (of a file-desc's memfd): VMAs of the dump map this memfd too
+	// (Vma.memfd, whose dev and inode are this dev and the file-desc's
+	// inode); its contents are their pages, and no file-data follows.
+	Mapped        bool   `protobuf:"varint,5,opt,name=mapped,proto3" json:"mapped,omitempty"`
+	Dev           uint64 `protobuf:"varint,6,opt,name=dev,proto3" json:"dev,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1327,6 +1332,20 @@ func (x *MemfdState) GetSeals() uint32 {
 func (x *MemfdState) GetMode() uint32 {
 	if x != nil {
 		return x.Mode
+	}
+	return 0
+}
+
+func (x *MemfdState) GetMapped() bool {
+	if x != nil {
+		return x.Mapped
+	}
+	return false
+}
+
+func (x *MemfdState) GetDev() uint64 {
+	if x != nil {
+		return x.Dev
 	}
 	return 0
 }
@@ -2075,13 +2094,15 @@ const file_cr_proto_rawDesc = "" +
 	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\x12\x16\n" +
 	"\x06advice\x18\x0f \x01(\rR\x06advice\x12\"\n" +
 	"\x04sysv\x18\x10 \x01(\v2\x0e.cr.v1.SysvShmR\x04sysv\x12'\n" +
-	"\x05memfd\x18\x11 \x01(\v2\x11.cr.v1.MemfdStateR\x05memfd\"^\n" +
+	"\x05memfd\x18\x11 \x01(\v2\x11.cr.v1.MemfdStateR\x05memfd\"\x88\x01\n" +
 	"\n" +
 	"MemfdState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
 	"\x05seals\x18\x03 \x01(\rR\x05seals\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xc6\x01\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x16\n" +
+	"\x06mapped\x18\x05 \x01(\bR\x06mapped\x12\x10\n" +
+	"\x03dev\x18\x06 \x01(\x04R\x03dev\"\xc6\x01\n" +
 	"\aSysvShm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\x05R\x03key\x12\x12\n" +

@@ -6,13 +6,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
 
 // memfd: created when its first description's record arrives, sized, and
 // filled by the FileData records that follow; mode and seals are set when
 // the first fd is installed (every byte has arrived by then), and each
-// description gets its own offset and flags.
+// description gets its own offset and flags. A memfd that VMAs of the dump
+// map too is the one made for them (MemfdState.mapped).
 
 func init() {
 	registerFdKind(pb.FdKind_FD_MEMFD, openMemfd)
@@ -40,6 +42,20 @@ func prepareMemfd(rc *Ctx, d *pb.FileDesc) error {
 	}
 	key := objectKey(d.Object)
 	if _, ok := rc.Shared[key]; ok {
+		return nil
+	}
+	if d.Memfd.Mapped {
+		// Made for the VMAs that map it (Mm records come first), with its
+		// name, size, mode and seals, and filled with their pages.
+		mapped, ok := rc.Shared[shmemKey(d.Memfd.Dev, d.Inode)].(*os.File)
+		if !ok {
+			return fmt.Errorf("memfd %q (dev %d inode %d): no VMA of the stream maps it: %w", d.Memfd.Name, d.Memfd.Dev, d.Inode, image.ErrCorrupt)
+		}
+		f, err := dupOf(mapped)
+		if err != nil {
+			return fmt.Errorf("memfd %q: %w", d.Memfd.Name, err)
+		}
+		rc.Shared[key] = &memfdObj{f: f, sealed: true}
 		return nil
 	}
 	n, err := unix.MemfdCreate(d.Memfd.Name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)

@@ -646,11 +646,15 @@ func mappedFile(mem []byte) (*os.File, error) {
 	return f, nil
 }
 
+// shmemKey names in Ctx.Shared the file made for the shared memory object
+// dev:inode of the dump.
+func shmemKey(dev, inode uint64) string { return fmt.Sprintf("shmem:%d:%d", dev, inode) }
+
 // sharedAnon returns the file that stands for one MAP_SHARED anonymous
 // object of the dumped tree: every VMA that showed the object maps it, so
 // the processes share that memory again. It grows to cover every VMA.
 func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
-	key := fmt.Sprintf("shmem:%d:%d", v.Dev, v.Inode)
+	key := shmemKey(v.Dev, v.Inode)
 	f, _ := rc.Shared[key].(*os.File)
 	if f == nil || v.Inode == 0 {
 		var err error

@@ -346,8 +346,16 @@ func TestVmaAdvice(t *testing.T) {
 // names, sizes, modes and seals, one object per memfd, with their contents;
 // the pages of the memfd mapped twice are in the image once. A dump of the
 // restored process restores too (test/progs/memfd_map.c).
+// With "fd" the process keeps an fd of one memfd too: it comes back as an
+// fd of the mapped memfd, at its offset.
 func TestMemfdMappings(t *testing.T) {
-	p := startStateProg(t, "memfd_map")
+	for _, mode := range []string{"", "fd"} {
+		t.Run("mode="+mode, func(t *testing.T) { testMemfdMappings(t, mode) })
+	}
+}
+
+func testMemfdMappings(t *testing.T, mode string) {
+	p := startStateProg(t, "memfd_map", mode)
 	img, at := dumpKillRestore(t, p)
 	var jit []string
 	for _, l := range strings.Split(string(mustShell(t, 30*time.Second, "crit show "+img).stdout), "\n") {

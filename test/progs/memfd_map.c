@@ -3,7 +3,7 @@
  * them (Erlang's "/memfd:vmem": one view writable, one executable), must
  * survive a checkpoint.
  *
- *   memfd_map PROGRESS VERDICT [sealed|outside]
+ *   memfd_map PROGRESS VERDICT [fd|sealed|outside]
  *
  * "jit": a memfd made without MFD_ALLOW_SEALING (so it has F_SEAL_SEAL),
  * 4 pages, mapped twice whole, read-write and read-execute; the fd is
@@ -17,6 +17,9 @@
  * view, that both views are one object (a word written through one is read
  * through the other), the names in /proc/self/maps, and each memfd's
  * seals, size, mode and identity (through /proc/self/map_files).
+ * "fd" keeps the data memfd's fd too, at offset 123 (a JVM's ZGC heap is a
+ * memfd kept open and mapped three times): it must be the mapped object,
+ * at the same offset.
  * "sealed" seals the data memfd against growing (F_SEAL_GROW); "outside"
  * writes its unmapped first page (through a mapping made and unmapped
  * again): each a dump refuses.
@@ -30,6 +33,7 @@
 #define MAGIC 0x5eed1234u
 
 static char *rw, *rx, *data;
+static int data_fd = -1; /* "fd" */
 
 static uint64_t pattern(int obj, size_t i)
 {
@@ -111,12 +115,27 @@ static const char *check(char *why, size_t n)
 		return bad;
 	if (a != b || a == c)
 		return "the memfds' identities are mixed up";
+	if (data_fd >= 0) {
+		struct stat st;
+		uint64_t word;
+		if (fstat(data_fd, &st) != 0 || st.st_ino != c)
+			return "the data memfd's fd is not the mapped memfd";
+		if (lseek(data_fd, 0, SEEK_CUR) != 123)
+			return "the data memfd's fd moved";
+		if (pread(data_fd, &word, 8, PG + 16) != 8 || word != pattern(2, 2))
+			return "the data memfd's fd reads another contents than the mapping";
+		word = ~word;
+		int same = pwrite(data_fd, &word, 8, PG + 16) == 8 && ((uint64_t *)data)[2] == word;
+		word = ~word;
+		if (pwrite(data_fd, &word, 8, PG + 16) != 8 || !same)
+			return "a write through the data memfd's fd does not show in the mapping";
+	}
 	return NULL;
 }
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "memfd_map PROGRESS VERDICT [sealed|outside]");
+	state_init(argc, argv, 3, "memfd_map PROGRESS VERDICT [fd|sealed|outside]");
 	const char *mode = argc > 3 ? argv[3] : "";
 
 	int jit = memfd_create("jit", MFD_CLOEXEC);
@@ -154,7 +173,13 @@ int main(int argc, char **argv)
 		first[0] = 1;
 		munmap(first, PG);
 	}
-	close(d);
+	if (!strcmp(mode, "fd")) {
+		if (lseek(d, 123, SEEK_SET) != 123)
+			die("lseek");
+		data_fd = d;
+	} else {
+		close(d);
+	}
 	if (!strcmp(mode, "sealed") || !strcmp(mode, "outside")) {
 		/* The check's seals and contents are those of the plain case. */
 		while (!got_term) {

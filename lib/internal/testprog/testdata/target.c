@@ -7,7 +7,7 @@
  *   busy N    an LCG run N*10^8 steps in registers; print "busy x=HEX"
  *   tick      print "tick N" every 20 ms until killed
  *   thread    start a second thread, then tick
- *   child     fork a child that pauses, then tick
+ *   child [MB] fork a child that pauses (after touching MB MiB), then tick
  *   pause     pause() until killed
  *   rseq      spin forever inside an rseq critical section (glibc's
  *             registration, or its own); print "rseq cs=0x... start=0x...
@@ -154,6 +154,11 @@ int main(int argc, char **argv) {
 		fflush(stdout);
 		pid_t c = fork();
 		if (c == 0) {
+			/* child MB: the child touches MB MiB first (its exit takes a while) */
+			size_t len = argc > 2 ? strtoul(argv[2], 0, 10) << 20 : 0;
+			char *m = len ? malloc(len) : 0;
+			for (size_t i = 0; m && i < len; i += 4096)
+				m[i] = 1;
 			for (;;) pause();
 		}
 		printf("child %d\n", c);
