@@ -114,29 +114,11 @@ func startFdtest(t *testing.T, dir string, extras ...string) (pid int, fds map[s
 
 func runFilter(t *testing.T, pid int) (*pb.Files, error) {
 	t.Helper()
-	var in, out bytes.Buffer
-	w, _ := image.NewWriter(&in, image.WriterOptions{})
-	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
-	w.Close()
-	if err := stage.RunFilter(&in, &out, false, Filter()); err != nil {
-		return nil, err
-	}
-	r, err := image.NewReader(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var files *pb.Files
 	var types []image.Type
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	err := filterFrames(t, pid, func(f *image.Frame) {
 		if f.Type == image.TypeEnd {
-			continue
+			return
 		}
 		types = append(types, f.Type)
 		if f.Type == image.TypeFiles {
@@ -145,6 +127,9 @@ func runFilter(t *testing.T, pid int) (*pb.Files, error) {
 				t.Fatal(err)
 			}
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(types) < 2 || types[0] != image.TypeProcess || types[1] != image.TypeFiles {
 		t.Fatalf("output frames %v, want [process files ...]", types)
@@ -155,6 +140,33 @@ func runFilter(t *testing.T, pid int) (*pb.Files, error) {
 		}
 	}
 	return files, nil
+}
+
+// filterFrames runs cr-files' filter on a stream of one process record
+// and calls use with each frame it writes (valid until use returns).
+func filterFrames(t *testing.T, pid int, use func(*image.Frame)) error {
+	t.Helper()
+	var in, out bytes.Buffer
+	w, _ := image.NewWriter(&in, image.WriterOptions{})
+	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
+	w.Close()
+	if err := stage.RunFilter(&in, &out, false, Filter()); err != nil {
+		return err
+	}
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		use(f)
+	}
 }
 
 func TestFiles(t *testing.T) {
@@ -307,30 +319,8 @@ func TestMemfdMapped(t *testing.T) {
 		t.Skip("needs root")
 	}
 	pid, fds := startFdtest(t, t.TempDir(), "memfdmap")
-	var in, out bytes.Buffer
-	w, _ := image.NewWriter(&in, image.WriterOptions{})
-	w.WriteMessage(image.TypeProcess, &pb.Process{Pid: uint32(pid)})
-	w.Close()
-	if err := stage.RunFilter(&in, &out, false, Filter()); err != nil {
-		t.Fatal(err)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fds["memfdmap"]), &st); err != nil {
-		t.Fatal(err)
-	}
-	r, err := image.NewReader(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got *pb.FileDesc
-	for {
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	err := filterFrames(t, pid, func(f *image.Frame) {
 		if f.Type == image.TypeFileData {
 			t.Errorf("a file-data record: the mapped memfd's contents were dumped by cr-files")
 		}
@@ -338,6 +328,13 @@ func TestMemfdMapped(t *testing.T) {
 		if f.Type == image.TypeFileDesc && image.Unmarshal(f, d) == nil && d.Memfd != nil {
 			got = d
 		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, fds["memfdmap"]), &st); err != nil {
+		t.Fatal(err)
 	}
 	if got == nil || !got.Memfd.Mapped || got.Memfd.Dev != st.Dev || got.Inode != st.Ino || got.Memfd.Name != "mapped" || got.Memfd.Size != 4096 {
 		t.Fatalf("memfd record %v, want mapped, dev %d inode %d, name \"mapped\", 4096 bytes", got, st.Dev, st.Ino)
