@@ -253,7 +253,8 @@ func (d *dumper) dumpDesc(ds *desc) error {
 	if !restorable[e.kind()] {
 		return refuse(e.pid, e.fd, e.kindName(), e.link)
 	}
-	rec := &pb.FileDesc{Id: ds.id, Kind: e.pfd.Kind, Flags: e.pfd.Flags, Pos: e.fi.pos, Inode: e.st.Ino}
+	rec := &pb.FileDesc{Id: ds.id, Kind: e.pfd.Kind, Flags: e.pfd.Flags, Pos: e.fi.pos, Inode: e.st.Ino,
+		SocketFilter: e.sock.filter, SocketFilterLocked: e.sock.filterLocked}
 	if e.pfd.Flags&unix.O_ASYNC != 0 {
 		if err := d.dumpOwner(ds, rec); err != nil { // owner.go
 			return stage.Hint(err, "clear O_ASYNC (fcntl F_SETFL) before checkpointing")

@@ -298,6 +298,7 @@ func TestCannot(t *testing.T) {
 		{"async", "pipe:[", "signal-driven I/O (O_ASYNC) signals process 1, which is not in the dump"},
 		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
 		{"pidfd", "pidfd (anon_inode:[pidfd])", "which is not in the dump"},
+		{"unixfilter", "unix socket with a socket filter (SO_ATTACH_FILTER) (socket:[", "is not supported yet"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)

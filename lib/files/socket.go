@@ -1,12 +1,14 @@
 package files
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // familyNames name the socket families cr-files refuses.
@@ -26,6 +28,8 @@ func familyName(f int) string {
 // sockType is what getsockopt says about a socket.
 type sockType struct {
 	family, typ, protocol int
+	filter                []byte // classic BPF (sys.SocketFilter)
+	filterLocked          bool
 }
 
 // classifySocket sets the kind of a socket fd from its family, type and
@@ -62,5 +66,19 @@ func (d *dumper) classifySocket(e *entry) error {
 			e.pid, e.fd, e.link, familyName(st.family), st.typ, st.protocol),
 			"cr-files handles unix, UDP and netlink sockets (TCP via cr-tcp); close this socket before checkpointing")
 	}
+	// A filter decides what the socket receives: restored without it, the
+	// program would get what it filtered out (libudev filters its netlink
+	// socket so).
+	prog, locked, err := sys.SocketFilter(fd)
+	if errors.Is(err, sys.ErrEBPFFilter) {
+		return refuse(e.pid, e.fd, "socket with "+err.Error(), e.link)
+	}
+	if err != nil {
+		return cannot(e, "%v", err)
+	}
+	if prog != nil && e.kind() != pb.FdKind_FD_UDP && e.kind() != pb.FdKind_FD_NETLINK {
+		return refuse(e.pid, e.fd, fmt.Sprintf("%s socket with a socket filter (SO_ATTACH_FILTER)", e.kindName()), e.link)
+	}
+	e.sock.filter, e.sock.filterLocked = prog, locked
 	return nil
 }

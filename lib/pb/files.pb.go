@@ -55,9 +55,16 @@ type FileDesc struct {
 	// flags, offset, identity; fd -1) opens it as an fd of a process would.
 	InFlight *Fd `protobuf:"bytes,28,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	// owner: with O_ASYNC in flags, who gets the description's signals.
-	Owner         *FdOwner `protobuf:"bytes,29,opt,name=owner,proto3" json:"owner,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Owner *FdOwner `protobuf:"bytes,29,opt,name=owner,proto3" json:"owner,omitempty"`
+	// socket_filter: the classic BPF program attached to the socket
+	// (SO_ATTACH_FILTER, read back with SO_GET_FILTER): struct sock_filter
+	// entries, 8 bytes each; socket_filter_locked: SO_LOCK_FILTER. UDP and
+	// netlink sockets only: a producer refuses a filter on another kind, and
+	// an eBPF one (SO_ATTACH_BPF), which cannot be read back.
+	SocketFilter       []byte `protobuf:"bytes,30,opt,name=socket_filter,json=socketFilter,proto3" json:"socket_filter,omitempty"`
+	SocketFilterLocked bool   `protobuf:"varint,31,opt,name=socket_filter_locked,json=socketFilterLocked,proto3" json:"socket_filter_locked,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *FileDesc) Reset() {
@@ -228,6 +235,20 @@ func (x *FileDesc) GetOwner() *FdOwner {
 		return x.Owner
 	}
 	return nil
+}
+
+func (x *FileDesc) GetSocketFilter() []byte {
+	if x != nil {
+		return x.SocketFilter
+	}
+	return nil
+}
+
+func (x *FileDesc) GetSocketFilterLocked() bool {
+	if x != nil {
+		return x.SocketFilterLocked
+	}
+	return false
 }
 
 // FdOwner is the owner of an open file description (F_GETOWN_EX) and the
@@ -1958,7 +1979,7 @@ var File_files_proto protoreflect.FileDescriptor
 
 const file_files_proto_rawDesc = "" +
 	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xd3\x05\n" +
+	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xaa\x06\n" +
 	"\bFileDesc\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
@@ -1980,7 +2001,9 @@ const file_files_proto_rawDesc = "" +
 	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12'\n" +
 	"\x05pidfd\x18\x15 \x01(\v2\x11.cr.v1.PidfdStateR\x05pidfd\x12&\n" +
 	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\x12$\n" +
-	"\x05owner\x18\x1d \x01(\v2\x0e.cr.v1.FdOwnerR\x05owner\"G\n" +
+	"\x05owner\x18\x1d \x01(\v2\x0e.cr.v1.FdOwnerR\x05owner\x12#\n" +
+	"\rsocket_filter\x18\x1e \x01(\fR\fsocketFilter\x120\n" +
+	"\x14socket_filter_locked\x18\x1f \x01(\bR\x12socketFilterLocked\"G\n" +
 	"\aFdOwner\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +

@@ -54,6 +54,9 @@ func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %s: %w", where, what, err)
 	}
+	if err := setFilter(n, d); err != nil {
+		return fail("socket filter", err)
+	}
 	b := boolInt
 	opts := []intOpt{
 		{unix.SOL_SOCKET, unix.SO_REUSEADDR, b(in.Reuseaddr), "SO_REUSEADDR"},
@@ -200,6 +203,15 @@ func setBuffers(fd int, snd, rcv uint32) error {
 	return nil
 }
 
+// setFilter attaches the socket filter the description had, before the
+// socket is bound: nothing it would have filtered out gets in meanwhile.
+func setFilter(n int, d *pb.FileDesc) error {
+	if len(d.SocketFilter) == 0 {
+		return nil
+	}
+	return sys.AttachSocketFilter(n, d.SocketFilter, d.SocketFilterLocked)
+}
+
 func openNetlink(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	d, err := fileDesc(rc, t, fd)
 	if err != nil {
@@ -222,6 +234,9 @@ func openNetlink(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	fail := func(what string, err error) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: netlink: %s: %w", where, what, err)
+	}
+	if err := setFilter(n, d); err != nil {
+		return fail("socket filter", err)
 	}
 	if err := setBuffers(n, nl.Sndbuf, nl.Rcvbuf); err != nil {
 		return fail("buffer sizes", err)

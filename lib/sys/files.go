@@ -275,6 +275,67 @@ func GetsockoptBytes(fd, level, opt int, buf []byte) (int, error) {
 	return int(l), nil
 }
 
+// ErrEBPFFilter: the socket has an eBPF filter (SO_ATTACH_BPF), which
+// SO_GET_FILTER cannot read back.
+var ErrEBPFFilter = errors.New("an eBPF socket filter (SO_ATTACH_BPF) is attached")
+
+// SocketFilter returns the classic BPF program attached to socket fd
+// (SO_ATTACH_FILTER) as struct sock_filter entries, 8 bytes each (nil:
+// none), and whether it is locked (SO_LOCK_FILTER).
+func SocketFilter(fd int) (prog []byte, locked bool, err error) {
+	// SO_GET_FILTER counts in entries, not bytes: asked with no room, it
+	// says how many there are.
+	get := func(buf []byte, entries int) (int, error) {
+		l := uint32(entries)
+		var p unsafe.Pointer
+		if len(buf) > 0 {
+			p = unsafe.Pointer(&buf[0])
+		}
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_GET_FILTER, uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			return 0, e
+		}
+		return int(l), nil
+	}
+	n, err := get(nil, 0)
+	if err == unix.EACCES {
+		return nil, false, ErrEBPFFilter
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("SO_GET_FILTER: %w", err)
+	}
+	if n > 0 {
+		prog = make([]byte, 8*n)
+		if n, err = get(prog, n); err != nil {
+			return nil, false, fmt.Errorf("SO_GET_FILTER: %w", err)
+		}
+		prog = prog[:8*n]
+	}
+	l, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_LOCK_FILTER)
+	if err != nil {
+		return nil, false, fmt.Errorf("SO_LOCK_FILTER: %w", err)
+	}
+	return prog, l != 0, nil
+}
+
+// AttachSocketFilter attaches prog (as SocketFilter returns it) to socket
+// fd, and locks it with locked.
+func AttachSocketFilter(fd int, prog []byte, locked bool) error {
+	if len(prog) == 0 || len(prog)%8 != 0 || len(prog)/8 > 0xffff {
+		return fmt.Errorf("socket filter of %d bytes: not whole 8-byte entries", len(prog))
+	}
+	fp := unix.SockFprog{Len: uint16(len(prog) / 8), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fp); err != nil {
+		return fmt.Errorf("SO_ATTACH_FILTER: %w", err)
+	}
+	if locked {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_LOCK_FILTER, 1); err != nil {
+			return fmt.Errorf("SO_LOCK_FILTER: %w", err)
+		}
+	}
+	return nil
+}
+
 // PtyPeer opens the slave of pty master fd (TIOCGPTPEER, Linux 4.13)
 // without a path lookup, with open flags (O_RDWR|O_NOCTTY ...).
 func PtyPeer(master int, flags int) (*os.File, error) {

@@ -6,21 +6,25 @@
  *
  *   20  UDP, 127.0.0.1, a port the kernel chose, connected to 21
  *   21  UDP, 127.0.0.1, another such port, SO_REUSEADDR, SO_MARK 7,
- *       SO_PRIORITY 5, IP_TOS 0x10, IP_PKTINFO, IP_RECVERR, SO_RCVTIMEO 3.24 s
+ *       SO_PRIORITY 5, IP_TOS 0x10, IP_PKTINFO, IP_RECVERR, SO_RCVTIMEO 3.24 s,
+ *       a classic socket filter (accept the whole datagram), unlocked
  *   22  UDP over IPv6, [::1], IPV6_V6ONLY, not connected, SO_RCVBUF 64 KiB,
  *       IPV6_TCLASS 0x20, IPV6_RECVPKTINFO, SO_SNDTIMEO 0.76 s (multiples of 20 ms,
  *       which the kernel keeps exactly)
- *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR
+ *   23  NETLINK_ROUTE bound with groups RTMGRP_LINK, joined RTNLGRP_IPV4_IFADDR,
+ *       a locked classic socket filter (accept 0xffff bytes)
  *   24  UDP on lo for multicast: joined 239.1.2.3 (any source) and
  *       239.1.2.4 (only from 127.0.0.9), IP_MULTICAST_TTL 7, LOOP 0, ALL 0,
  *       IF 127.0.0.1; 22 joined ff15::1234 on lo, IPV6_MULTICAST_HOPS 9
  *       (IPV6_MULTICAST_ALL left on)
  * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
- * (sendto) carry datagrams; 23 has its port id and groups.
+ * (sendto) carry datagrams; 23 has its port id and groups; the filters are
+ * the same programs, locked or not as they were.
  */
 #include "fdprog.h"
 
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
@@ -31,6 +35,34 @@
 #endif
 
 static struct sockaddr_in a20, a21;
+
+/* The socket filters of 21 and 23: classic BPF, read back with SO_GET_FILTER. */
+static struct sock_filter filter21[] = {
+	BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+	BPF_STMT(BPF_RET | BPF_A, 0),
+};
+static struct sock_filter filter23[] = { BPF_STMT(BPF_RET | BPF_K, 0xffff) };
+
+static void set_filter(int fd, struct sock_filter *f, unsigned short n, int lock)
+{
+	struct sock_fprog prog = { .len = n, .filter = f };
+	must(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog), "SO_ATTACH_FILTER");
+	if (lock)
+		must(setsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &lock, sizeof lock), "SO_LOCK_FILTER");
+}
+
+/* same_filter checks fd's filter (SO_GET_FILTER counts in entries) and lock. */
+static void same_filter(int fd, struct sock_filter *want, unsigned short n, int lock)
+{
+	struct sock_filter got[8];
+	socklen_t l = 8;
+	int v;
+	socklen_t vl = sizeof v;
+	if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, got, &l) || l != n || memcmp(got, want, n * sizeof *want))
+		fail("fd %d: its socket filter is not the one attached (%u entries)", fd, (unsigned)l);
+	if (getsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &v, &vl) || v != lock)
+		fail("fd %d: SO_LOCK_FILTER is %d, want %d", fd, v, lock);
+}
 static struct sockaddr_in6 a22;
 static struct sockaddr_nl n23;
 
@@ -82,6 +114,7 @@ static void setup(const char *arg)
 		must(setsockopt(21, opts21[k].level, opts21[k].opt, &opts21[k].val, sizeof(int)), opts21[k].name);
 	struct timeval rt = { 3, 240000 };
 	must(setsockopt(21, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof rt), "SO_RCVTIMEO");
+	set_filter(21, filter21, 2, 0);
 	must(bind(21, (struct sockaddr *)&lo, sizeof lo), "bind 21");
 	l = sizeof a21;
 	getsockname(21, (struct sockaddr *)&a21, &l);
@@ -130,6 +163,7 @@ static void setup(const char *arg)
 	must(bind(23, (struct sockaddr *)&nl, sizeof nl), "bind netlink");
 	int g = RTNLGRP_IPV4_IFADDR;
 	must(setsockopt(23, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g, sizeof g), "join");
+	set_filter(23, filter23, 1, 1);
 	l = sizeof n23;
 	getsockname(23, (struct sockaddr *)&n23, &l);
 }
@@ -248,4 +282,6 @@ static void check(void)
 	uint32_t want = (1u << (RTNLGRP_LINK - 1)) | (1u << (RTNLGRP_IPV4_IFADDR - 1));
 	if (groups[0] != want)
 		fail("netlink groups %#x, want %#x", groups[0], want);
+	same_filter(21, filter21, 2, 0);
+	same_filter(23, filter23, 1, 1);
 }

@@ -4,6 +4,7 @@
 //   fdtest DIR [pipe|socket|packet|deleted|eventfd|mqueue|pidfd|userfaultfd|tty]...   extras
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,13 @@ int main(int argc, char **argv) {
 		} else if (!strcmp(x, "memfdmap")) {
 			int fd = report("memfdmap", memfd_create("mapped", 0));
 			if (ftruncate(fd, 4096) || mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED) die("mmap");
+		} else if (!strcmp(x, "unixfilter")) {
+			/* A socket filter on a unix socket: not restored, so refused. */
+			int sv[2];
+			struct sock_filter f[] = { BPF_STMT(BPF_RET | BPF_K, 0xffff) };
+			struct sock_fprog prog = { .len = 1, .filter = f };
+			if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) || setsockopt(sv[0], SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog)) die("filter");
+			report("unixfilter", sv[0]);
 		} else if (!strcmp(x, "eventfd")) {
 			report("eventfd", eventfd(0, 0));
 		} else if (!strcmp(x, "console")) {
