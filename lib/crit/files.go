@@ -190,6 +190,10 @@ func (r *fileRecords) target(fd *pb.Fd) string {
 	case d.Inet != nil:
 		in := d.Inet
 		s := fmt.Sprintf("udp %s", inetAddrPort(in.LocalAddr, in.LocalPort))
+		if pb.FdKind(d.Kind) == pb.FdKind_FD_INET_RAW {
+			// Its "port" is the protocol.
+			s = fmt.Sprintf("raw %s", inetAddrPort(in.LocalAddr, in.LocalPort))
+		}
 		if in.Connected {
 			s += " -> " + inetAddrPort(in.RemoteAddr, in.RemotePort)
 		}

@@ -288,7 +288,7 @@ func (d *dumper) dumpDesc(ds *desc) error {
 		err = d.dumpEpoll(ds, rec)
 	case pb.FdKind_FD_UNIX:
 		err = d.dumpUnix(ds, rec)
-	case pb.FdKind_FD_UDP:
+	case pb.FdKind_FD_UDP, pb.FdKind_FD_INET_RAW:
 		err = d.dumpInet(ds, rec)
 	case pb.FdKind_FD_NETLINK:
 		err = d.dumpNetlink(ds, rec)
@@ -313,7 +313,7 @@ var restorable = map[pb.FdKind]bool{
 	pb.FdKind_FD_REGULAR: true, pb.FdKind_FD_DIRECTORY: true, pb.FdKind_FD_CHARDEV: true,
 	pb.FdKind_FD_PIPE: true, pb.FdKind_FD_EVENTFD: true, pb.FdKind_FD_SIGNALFD: true, pb.FdKind_FD_TIMERFD: true,
 	pb.FdKind_FD_MEMFD: true, pb.FdKind_FD_INOTIFY: true, pb.FdKind_FD_EPOLL: true, pb.FdKind_FD_UNIX: true,
-	pb.FdKind_FD_UDP: true, pb.FdKind_FD_NETLINK: true,
+	pb.FdKind_FD_UDP: true, pb.FdKind_FD_INET_RAW: true, pb.FdKind_FD_NETLINK: true,
 	pb.FdKind_FD_TCP: true, // cr-tcp records the socket by Fd.inode; cr-restore rebuilds it (lib/restore/tcp_*.go)
 	pb.FdKind_FD_TTY: true, pb.FdKind_FD_DEVTTY: true, pb.FdKind_FD_GHOST: true, pb.FdKind_FD_PIDFD: true,
 }

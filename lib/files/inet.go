@@ -3,6 +3,7 @@ package files
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 
 	"golang.org/x/sys/unix"
@@ -26,8 +27,8 @@ func (o *sockopts) get(level, opt int) int {
 	return v
 }
 
-// dumpInet records a UDP socket: its local and remote addresses and the
-// options a restore sets again. Datagrams waiting in its receive queue are
+// dumpInet records a UDP or raw IP socket: its local and remote addresses
+// and the options a restore sets again. Datagrams waiting in its receive queue are
 // not kept: UDP may lose datagrams anyway, and a restore could not send
 // them again from their senders' addresses.
 func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
@@ -50,6 +51,11 @@ func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
 		in.RemoteAddr, in.RemotePort = inetAddr(pa)
 	} else if !errors.Is(err, unix.ENOTCONN) {
 		return cannot(e, "getpeername: %v", err)
+	} else if e.sock.typ == unix.SOCK_RAW {
+		// A raw socket has no port, and getpeername never answers for it.
+		if in.RemoteAddr, in.Connected, err = sys.RawPeer(e.pid, e.sock.family, e.st.Ino); err != nil {
+			return cannot(e, "%v", err)
+		}
 	}
 	o := sockopts{fd: fd}
 	geti := o.get
@@ -73,6 +79,11 @@ func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
 	if o.err != nil {
 		return cannot(e, "getsockopt: %v", o.err)
 	}
+	if e.sock.typ == unix.SOCK_RAW {
+		if err := dumpRaw(fd, in); err != nil {
+			return cannot(e, "%v", err)
+		}
+	}
 	if in.RcvtimeoUs, in.SndtimeoUs, err = sys.SocketTimeouts(fd); err != nil {
 		return cannot(e, "%v", err)
 	}
@@ -85,6 +96,35 @@ func (d *dumper) dumpInet(ds *desc, rec *pb.FileDesc) error {
 	if n, err := unix.IoctlGetInt(fd, unix.SIOCINQ); err == nil && n > 0 {
 		in.DroppedBytes = uint32(n)
 		stage.Logf("pid %d fd %d: UDP socket: the queued datagrams (the first of %d bytes) are not kept", e.pid, e.fd, n)
+	}
+	return nil
+}
+
+// dumpRaw records the options of a raw socket: IP_HDRINCL, and the ICMP
+// types an ICMP socket drops (ICMP_FILTER, ICMP6_FILTER), or where the
+// kernel fills in the checksum (IPV6_CHECKSUM).
+func dumpRaw(fd int, in *pb.InetSocket) error {
+	o := sockopts{fd: fd}
+	switch {
+	case in.Family == unix.AF_INET:
+		in.Hdrincl = o.get(unix.IPPROTO_IP, unix.IP_HDRINCL) != 0
+		if in.Protocol == unix.IPPROTO_ICMP {
+			v := uint32(o.get(unix.SOL_RAW, unix.ICMP_FILTER))
+			in.IcmpFilter = &v
+		}
+	case in.Protocol == unix.IPPROTO_ICMPV6:
+		f := make([]byte, 32)
+		n, err := sys.GetsockoptBytes(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, f)
+		if err != nil {
+			return fmt.Errorf("ICMPV6_FILTER: %w", err)
+		}
+		in.Icmp6Filter = f[:n]
+	default:
+		v := int32(o.get(unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM))
+		in.Checksum = &v
+	}
+	if o.err != nil {
+		return fmt.Errorf("getsockopt: %w", o.err)
 	}
 	return nil
 }

@@ -59,12 +59,14 @@ func (d *dumper) classifySocket(e *entry) error {
 		e.setKind(pb.FdKind_FD_TCP)
 	case (st.family == unix.AF_INET || st.family == unix.AF_INET6) && st.typ == unix.SOCK_DGRAM && st.protocol == unix.IPPROTO_UDP:
 		e.setKind(pb.FdKind_FD_UDP)
+	case (st.family == unix.AF_INET || st.family == unix.AF_INET6) && st.typ == unix.SOCK_RAW:
+		e.setKind(pb.FdKind_FD_INET_RAW)
 	case st.family == unix.AF_NETLINK && st.typ == unix.SOCK_RAW || st.family == unix.AF_NETLINK && st.typ == unix.SOCK_DGRAM:
 		e.setKind(pb.FdKind_FD_NETLINK)
 	default:
 		return stage.Hint(fmt.Errorf("pid %d fd %d: socket (%s, %s, type %d, protocol %d) is not supported",
 			e.pid, e.fd, e.link, familyName(st.family), st.typ, st.protocol),
-			"cr-files handles unix, UDP and netlink sockets (TCP via cr-tcp); close this socket before checkpointing")
+			"cr-files handles unix, UDP, raw IP and netlink sockets (TCP via cr-tcp); close this socket before checkpointing")
 	}
 	// A filter decides what the socket receives: restored without it, the
 	// program would get what it filtered out (libudev filters its netlink
@@ -76,7 +78,7 @@ func (d *dumper) classifySocket(e *entry) error {
 	if err != nil {
 		return cannot(e, "%v", err)
 	}
-	if prog != nil && e.kind() != pb.FdKind_FD_UDP && e.kind() != pb.FdKind_FD_NETLINK {
+	if k := e.kind(); prog != nil && k != pb.FdKind_FD_UDP && k != pb.FdKind_FD_INET_RAW && k != pb.FdKind_FD_NETLINK {
 		return refuse(e.pid, e.fd, fmt.Sprintf("%s socket with a socket filter (SO_ATTACH_FILTER)", e.kindName()), e.link)
 	}
 	e.sock.filter, e.sock.filterLocked = prog, locked

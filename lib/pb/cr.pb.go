@@ -114,6 +114,7 @@ const (
 	FdKind_FD_GHOST     FdKind = 15 // regular file unlinked while open: Fd.dev and Fd.inode name its GhostFile record (ghost.proto)
 	FdKind_FD_DEVTTY    FdKind = 18 // /dev/tty: the controlling terminal it was opened on (FileDesc.tty: index, external, session)
 	FdKind_FD_PIDFD     FdKind = 19 // pidfd of a process (or zombie) of the dump (FileDesc.pidfd); PIDFD_THREAD and PIDFD_NONBLOCK in the flags
+	FdKind_FD_INET_RAW  FdKind = 20 // raw (SOCK_RAW) or ping (SOCK_DGRAM, IPPROTO_ICMP or ICMPV6) socket, IPv4 or IPv6 (FileDesc.inet)
 )
 
 // Enum value maps for FdKind.
@@ -137,6 +138,7 @@ var (
 		15: "FD_GHOST",
 		18: "FD_DEVTTY",
 		19: "FD_PIDFD",
+		20: "FD_INET_RAW",
 	}
 	FdKind_value = map[string]int32{
 		"FD_REGULAR":   0,
@@ -157,6 +159,7 @@ var (
 		"FD_GHOST":     15,
 		"FD_DEVTTY":    18,
 		"FD_PIDFD":     19,
+		"FD_INET_RAW":  20,
 	}
 )
 
@@ -2177,7 +2180,7 @@ const file_cr_proto_rawDesc = "" +
 	"\bVMA_VVAR\x10\x05\x12\x13\n" +
 	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
 	"\fVMA_VSYSCALL\x10\a\x12\x10\n" +
-	"\fVMA_SYSV_SHM\x10\b*\x90\x02\n" +
+	"\fVMA_SYSV_SHM\x10\b*\xa1\x02\n" +
 	"\x06FdKind\x12\x0e\n" +
 	"\n" +
 	"FD_REGULAR\x10\x00\x12\x0e\n" +
@@ -2206,7 +2209,8 @@ const file_cr_proto_rawDesc = "" +
 	"\x06FD_TTY\x10\x0e\x12\f\n" +
 	"\bFD_GHOST\x10\x0f\x12\r\n" +
 	"\tFD_DEVTTY\x10\x12\x12\f\n" +
-	"\bFD_PIDFD\x10\x13B\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	"\bFD_PIDFD\x10\x13\x12\x0f\n" +
+	"\vFD_INET_RAW\x10\x14B\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_cr_proto_rawDescOnce sync.Once

@@ -1296,37 +1296,42 @@ func (x *UnixSocket) GetSndtimeoUs() uint64 {
 }
 
 type InetSocket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Family        uint32                 `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"` // AF_INET, AF_INET6
-	Type          uint32                 `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
-	Protocol      uint32                 `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
-	LocalAddr     []byte                 `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
-	LocalPort     uint32                 `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
-	RemoteAddr    []byte                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"` // connected only
-	RemotePort    uint32                 `protobuf:"varint,7,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
-	Connected     bool                   `protobuf:"varint,8,opt,name=connected,proto3" json:"connected,omitempty"`
-	Reuseaddr     bool                   `protobuf:"varint,9,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
-	Reuseport     bool                   `protobuf:"varint,10,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
-	Broadcast     bool                   `protobuf:"varint,11,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
-	V6Only        bool                   `protobuf:"varint,12,opt,name=v6only,proto3" json:"v6only,omitempty"`
-	Sndbuf        uint32                 `protobuf:"varint,13,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
-	Rcvbuf        uint32                 `protobuf:"varint,14,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Shutdown      uint32                 `protobuf:"varint,15,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
-	BindDevice    string                 `protobuf:"bytes,16,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`        // SO_BINDTODEVICE
-	DroppedBytes  uint32                 `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
-	RcvtimeoUs    uint64                 `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
-	SndtimeoUs    uint64                 `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
-	Mark          uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`                                     // SO_MARK
-	Priority      uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"`                             // SO_PRIORITY
-	Tos           uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`                                       // IP_TOS or IPV6_TCLASS
-	Pktinfo       bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`                               // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
-	Recverr       bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`                               // IP_RECVERR or IPV6_RECVERR
-	Mcast         []*McastMembership     `protobuf:"bytes,25,rep,name=mcast,proto3" json:"mcast,omitempty"`                                    // multicast groups joined
-	McastTtl      *int32                 `protobuf:"varint,26,opt,name=mcast_ttl,json=mcastTtl,proto3,oneof" json:"mcast_ttl,omitempty"`       // IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS
-	McastLoop     *bool                  `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
-	McastIfAddr   []byte                 `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
-	McastIfindex  uint32                 `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
-	McastAll      *bool                  `protobuf:"varint,30,opt,name=mcast_all,json=mcastAll,proto3,oneof" json:"mcast_all,omitempty"`       // IP_MULTICAST_ALL or IPV6_MULTICAST_ALL: also receive the groups other sockets joined
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Family       uint32                 `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"` // AF_INET, AF_INET6
+	Type         uint32                 `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
+	Protocol     uint32                 `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	LocalAddr    []byte                 `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
+	LocalPort    uint32                 `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr   []byte                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"` // connected only
+	RemotePort   uint32                 `protobuf:"varint,7,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	Connected    bool                   `protobuf:"varint,8,opt,name=connected,proto3" json:"connected,omitempty"`
+	Reuseaddr    bool                   `protobuf:"varint,9,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
+	Reuseport    bool                   `protobuf:"varint,10,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
+	Broadcast    bool                   `protobuf:"varint,11,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	V6Only       bool                   `protobuf:"varint,12,opt,name=v6only,proto3" json:"v6only,omitempty"`
+	Sndbuf       uint32                 `protobuf:"varint,13,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
+	Rcvbuf       uint32                 `protobuf:"varint,14,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Shutdown     uint32                 `protobuf:"varint,15,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	BindDevice   string                 `protobuf:"bytes,16,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`        // SO_BINDTODEVICE
+	DroppedBytes uint32                 `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
+	RcvtimeoUs   uint64                 `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs   uint64                 `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	Mark         uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`                                     // SO_MARK
+	Priority     uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"`                             // SO_PRIORITY
+	Tos          uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`                                       // IP_TOS or IPV6_TCLASS
+	Pktinfo      bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`                               // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
+	Recverr      bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`                               // IP_RECVERR or IPV6_RECVERR
+	Mcast        []*McastMembership     `protobuf:"bytes,25,rep,name=mcast,proto3" json:"mcast,omitempty"`                                    // multicast groups joined
+	McastTtl     *int32                 `protobuf:"varint,26,opt,name=mcast_ttl,json=mcastTtl,proto3,oneof" json:"mcast_ttl,omitempty"`       // IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS
+	McastLoop    *bool                  `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
+	McastIfAddr  []byte                 `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
+	McastIfindex uint32                 `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
+	McastAll     *bool                  `protobuf:"varint,30,opt,name=mcast_all,json=mcastAll,proto3,oneof" json:"mcast_all,omitempty"`       // IP_MULTICAST_ALL or IPV6_MULTICAST_ALL: also receive the groups other sockets joined
+	// Raw sockets (FD_INET_RAW, SOCK_RAW) only:
+	Hdrincl       bool    `protobuf:"varint,31,opt,name=hdrincl,proto3" json:"hdrincl,omitempty"`                               // IP_HDRINCL (IPv4)
+	IcmpFilter    *uint32 `protobuf:"varint,32,opt,name=icmp_filter,json=icmpFilter,proto3,oneof" json:"icmp_filter,omitempty"` // ICMP_FILTER (IPv4, IPPROTO_ICMP): the ICMP types dropped, one bit each
+	Icmp6Filter   []byte  `protobuf:"bytes,33,opt,name=icmp6_filter,json=icmp6Filter,proto3" json:"icmp6_filter,omitempty"`     // ICMP6_FILTER (IPv6, IPPROTO_ICMPV6): struct icmp6_filter, 32 bytes
+	Checksum      *int32  `protobuf:"varint,34,opt,name=checksum,proto3,oneof" json:"checksum,omitempty"`                       // IPV6_CHECKSUM (IPv6, other protocols): offset of the checksum the kernel fills (-1: none)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1569,6 +1574,34 @@ func (x *InetSocket) GetMcastAll() bool {
 		return *x.McastAll
 	}
 	return false
+}
+
+func (x *InetSocket) GetHdrincl() bool {
+	if x != nil {
+		return x.Hdrincl
+	}
+	return false
+}
+
+func (x *InetSocket) GetIcmpFilter() uint32 {
+	if x != nil && x.IcmpFilter != nil {
+		return *x.IcmpFilter
+	}
+	return 0
+}
+
+func (x *InetSocket) GetIcmp6Filter() []byte {
+	if x != nil {
+		return x.Icmp6Filter
+	}
+	return nil
+}
+
+func (x *InetSocket) GetChecksum() int32 {
+	if x != nil && x.Checksum != nil {
+		return *x.Checksum
+	}
+	return 0
 }
 
 // McastMembership is one multicast group a socket joined on an interface,
@@ -2096,7 +2129,7 @@ const file_files_proto_rawDesc = "" +
 	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
 	"rcvtimeoUs\x12\x1f\n" +
 	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
-	"sndtimeoUs\"\xb8\a\n" +
+	"sndtimeoUs\"\xd9\b\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
@@ -2137,12 +2170,19 @@ const file_files_proto_rawDesc = "" +
 	"mcast_loop\x18\x1b \x01(\bH\x01R\tmcastLoop\x88\x01\x01\x12\"\n" +
 	"\rmcast_if_addr\x18\x1c \x01(\fR\vmcastIfAddr\x12#\n" +
 	"\rmcast_ifindex\x18\x1d \x01(\rR\fmcastIfindex\x12 \n" +
-	"\tmcast_all\x18\x1e \x01(\bH\x02R\bmcastAll\x88\x01\x01B\f\n" +
+	"\tmcast_all\x18\x1e \x01(\bH\x02R\bmcastAll\x88\x01\x01\x12\x18\n" +
+	"\ahdrincl\x18\x1f \x01(\bR\ahdrincl\x12$\n" +
+	"\vicmp_filter\x18  \x01(\rH\x03R\n" +
+	"icmpFilter\x88\x01\x01\x12!\n" +
+	"\ficmp6_filter\x18! \x01(\fR\vicmp6Filter\x12\x1f\n" +
+	"\bchecksum\x18\" \x01(\x05H\x04R\bchecksum\x88\x01\x01B\f\n" +
 	"\n" +
 	"_mcast_ttlB\r\n" +
 	"\v_mcast_loopB\f\n" +
 	"\n" +
-	"_mcast_all\"\x89\x01\n" +
+	"_mcast_allB\x0e\n" +
+	"\f_icmp_filterB\v\n" +
+	"\t_checksum\"\x89\x01\n" +
 	"\x0fMcastMembership\x12\x18\n" +
 	"\aifindex\x18\x01 \x01(\rR\aifindex\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +

@@ -17,6 +17,7 @@ import (
 
 func init() {
 	registerFdKind(pb.FdKind_FD_UDP, openUDP)
+	registerFdKind(pb.FdKind_FD_INET_RAW, openUDP)
 	registerFdKind(pb.FdKind_FD_NETLINK, openNetlink)
 }
 
@@ -56,6 +57,9 @@ func openUDP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	}
 	if err := setFilter(n, d); err != nil {
 		return fail("socket filter", err)
+	}
+	if err := setRaw(n, in); err != nil {
+		return fail("raw socket options", err)
 	}
 	b := boolInt
 	opts := []intOpt{
@@ -198,6 +202,31 @@ func setBuffers(fd int, snd, rcv uint32) error {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.opt, int(o.v/2)); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// setRaw sets the options of a raw socket (dumpRaw in lib/files).
+func setRaw(fd int, in *pb.InetSocket) error {
+	if in.Hdrincl {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
+			return fmt.Errorf("IP_HDRINCL: %w", err)
+		}
+	}
+	if in.IcmpFilter != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_RAW, unix.ICMP_FILTER, int(*in.IcmpFilter)); err != nil {
+			return fmt.Errorf("ICMP_FILTER: %w", err)
+		}
+	}
+	if len(in.Icmp6Filter) > 0 {
+		if err := unix.SetsockoptString(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, string(in.Icmp6Filter)); err != nil {
+			return fmt.Errorf("ICMPV6_FILTER: %w", err)
+		}
+	}
+	if in.Checksum != nil && *in.Checksum >= 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM, int(*in.Checksum)); err != nil {
+			return fmt.Errorf("IPV6_CHECKSUM: %w", err)
 		}
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -273,6 +275,45 @@ func GetsockoptBytes(fd, level, opt int, buf []byte) (int, error) {
 		return 0, e
 	}
 	return int(l), nil
+}
+
+// RawPeer reads the destination a raw IP socket was connected to, which
+// getpeername does not give (a raw socket has no port), from
+// /proc/PID/net/raw or raw6 (pid's network namespace): the line of the
+// socket's inode, in state 01 (connected), with the remote address as
+// /proc/net/tcp writes it (32-bit words in host byte order, in hex).
+func RawPeer(pid, family int, inode uint64) (addr []byte, connected bool, err error) {
+	file := fmt.Sprintf("/proc/%d/net/raw", pid)
+	if family == unix.AF_INET6 {
+		file += "6"
+	}
+	b, err := ReadFile(file)
+	if err != nil {
+		return nil, false, err
+	}
+	want := strconv.FormatUint(inode, 10)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[9] != want {
+			continue
+		}
+		if f[3] != "01" {
+			return nil, false, nil
+		}
+		hexAddr, _, _ := strings.Cut(f[2], ":")
+		if len(hexAddr)%8 != 0 {
+			return nil, false, fmt.Errorf("%s: %q: bad address", file, line)
+		}
+		for i := 0; i < len(hexAddr); i += 8 {
+			w, err := strconv.ParseUint(hexAddr[i:i+8], 16, 32)
+			if err != nil {
+				return nil, false, fmt.Errorf("%s: %q: bad address", file, line)
+			}
+			addr = binary.LittleEndian.AppendUint32(addr, uint32(w))
+		}
+		return addr, true, nil
+	}
+	return nil, false, fmt.Errorf("%s: no socket of inode %d", file, inode)
 }
 
 // ErrEBPFFilter: the socket has an eBPF filter (SO_ATTACH_BPF), which

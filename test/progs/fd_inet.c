@@ -17,6 +17,10 @@
  *       239.1.2.4 (only from 127.0.0.9), IP_MULTICAST_TTL 7, LOOP 0, ALL 0,
  *       IF 127.0.0.1; 22 joined ff15::1234 on lo, IPV6_MULTICAST_HOPS 9
  *       (IPV6_MULTICAST_ALL left on)
+ *   25  raw ICMP, bound to 127.0.0.1, ICMP_FILTER: only echo replies pass
+ *   26  raw ICMPv6, ICMP6_FILTER: only echo replies (129) pass
+ *   27  raw IPv6, protocol 253, IPV6_CHECKSUM at offset 4
+ *   28  raw IPv4, protocol 253, IP_HDRINCL, connected to 127.0.0.1
  * Check: same addresses, ports, peer and options; 20 -> 21 and 21 -> 20
  * (sendto) carry datagrams; 23 has its port id and groups; the filters are
  * the same programs, locked or not as they were.
@@ -25,10 +29,13 @@
 
 #include <arpa/inet.h>
 #include <linux/filter.h>
+#include <linux/icmp.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <netinet/icmp6.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #ifndef IPV6_MULTICAST_ALL
 #define IPV6_MULTICAST_ALL 29 /* Linux 4.20 */
@@ -63,6 +70,25 @@ static void same_filter(int fd, struct sock_filter *want, unsigned short n, int 
 	if (getsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &v, &vl) || v != lock)
 		fail("fd %d: SO_LOCK_FILTER is %d, want %d", fd, v, lock);
 }
+/* raw_connected: /proc/self/net/raw shows fd (a raw socket, which
+ * getpeername never answers for) connected (state 01) to rem, the start of
+ * its remote address as the file writes it. */
+static int raw_connected(int fd, const char *rem)
+{
+	struct stat st;
+	FILE *f = fopen("/proc/self/net/raw", "r");
+	if (!f || fstat(fd, &st))
+		return 0;
+	char line[256], r[64], state[8];
+	unsigned long ino;
+	int ok = 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "%*s %*s %63s %7s %*s %*s %*s %*s %*s %lu", r, state, &ino) == 3 && ino == st.st_ino)
+			ok = !strcmp(state, "01") && !strncmp(r, rem, strlen(rem));
+	fclose(f);
+	return ok;
+}
+
 static struct sockaddr_in6 a22;
 static struct sockaddr_nl n23;
 
@@ -166,6 +192,23 @@ static void setup(const char *arg)
 	set_filter(23, filter23, 1, 1);
 	l = sizeof n23;
 	getsockname(23, (struct sockaddr *)&n23, &l);
+
+	at(must(socket(AF_INET, SOCK_RAW, IPPROTO_ICMP), "raw icmp"), 25);
+	struct sockaddr_in lo25 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	must(bind(25, (struct sockaddr *)&lo25, sizeof lo25), "bind 25");
+	uint32_t drop = ~(1u << ICMP_ECHOREPLY);
+	must(setsockopt(25, SOL_RAW, ICMP_FILTER, &drop, sizeof drop), "ICMP_FILTER");
+	at(must(socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6), "raw icmpv6"), 26);
+	struct icmp6_filter f6;
+	ICMP6_FILTER_SETBLOCKALL(&f6);
+	ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &f6);
+	must(setsockopt(26, IPPROTO_ICMPV6, ICMP6_FILTER, &f6, sizeof f6), "ICMP6_FILTER");
+	at(must(socket(AF_INET6, SOCK_RAW, 253), "raw ipv6"), 27);
+	int off = 4;
+	must(setsockopt(27, IPPROTO_IPV6, IPV6_CHECKSUM, &off, sizeof off), "IPV6_CHECKSUM");
+	at(must(socket(AF_INET, SOCK_RAW, 253), "raw ipv4"), 28);
+	must(setsockopt(28, IPPROTO_IP, IP_HDRINCL, &one, sizeof one), "IP_HDRINCL");
+	must(connect(28, (struct sockaddr *)&lo25, sizeof lo25), "connect 28");
 }
 
 static void check(void)
@@ -284,4 +327,31 @@ static void check(void)
 		fail("netlink groups %#x, want %#x", groups[0], want);
 	same_filter(21, filter21, 2, 0);
 	same_filter(23, filter23, 1, 1);
+
+	struct sockaddr_in r;
+	l = sizeof r;
+	if (getsockname(25, (struct sockaddr *)&r, &l) || r.sin_addr.s_addr != htonl(INADDR_LOOPBACK))
+		fail("fd 25 is not bound to 127.0.0.1");
+	uint32_t drop = 0;
+	l = sizeof drop;
+	if (getsockopt(25, SOL_RAW, ICMP_FILTER, &drop, &l) || drop != ~(1u << ICMP_ECHOREPLY))
+		fail("fd 25: ICMP_FILTER %#x", drop);
+	struct icmp6_filter f6, want6;
+	ICMP6_FILTER_SETBLOCKALL(&want6);
+	ICMP6_FILTER_SETPASS(ICMP6_ECHO_REPLY, &want6);
+	l = sizeof f6;
+	if (getsockopt(26, IPPROTO_ICMPV6, ICMP6_FILTER, &f6, &l) || memcmp(&f6, &want6, sizeof f6))
+		fail("fd 26: ICMP6_FILTER is not the one set");
+	l = sizeof v;
+	if (getsockopt(27, IPPROTO_IPV6, IPV6_CHECKSUM, &v, &l) || v != 4)
+		fail("fd 27: IPV6_CHECKSUM %d, want 4", v);
+	l = sizeof v;
+	if (getsockopt(28, IPPROTO_IP, IP_HDRINCL, &v, &l) || v != 1)
+		fail("fd 28: IP_HDRINCL %d, want 1", v);
+	if (!raw_connected(28, "0100007F:"))
+		fail("fd 28 is not connected to 127.0.0.1 (/proc/self/net/raw)");
+	int type;
+	l = sizeof type;
+	if (getsockopt(28, SOL_SOCKET, SO_TYPE, &type, &l) || type != SOCK_RAW || getsockopt(28, SOL_SOCKET, SO_PROTOCOL, &v, &l) || v != 253)
+		fail("fd 28 is not a raw socket of protocol 253");
 }
