@@ -167,7 +167,10 @@ func setStatusFlags(f *os.File, flags uint32) error {
 // O_NONBLOCK until its Fd method is called).
 func reopen(f *os.File, flags uint32) (*os.File, error) {
 	path := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
-	n, err := unix.Open(path, reopenFlags(flags)|unix.O_CLOEXEC, 0)
+	// Not O_NOFOLLOW, which the kernel keeps in the flags of a file opened
+	// with it (mkstemp does): the path is a link to the file, and would
+	// fail with ELOOP (found restoring gunicorn's worker heartbeat files).
+	n, err := unix.Open(path, reopenFlags(flags)&^unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reopen %s: %w", f.Name(), err)
 	}

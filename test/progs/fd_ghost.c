@@ -4,9 +4,9 @@
  *
  *   fd_ghost PROGRESS VERDICT DIR [big|fork]
  *
- *   20  "ghost1", unlinked: 1 MiB of a pattern, a hole of 4 MiB, 4 KiB of
- *       another pattern at 5 MiB + 123; mode 0640, owner 1234:5678,
- *       offset 777
+ *   20  "ghost1", opened with O_NOFOLLOW (as mkstemp does), unlinked: 1 MiB
+ *       of a pattern, a hole of 4 MiB, 4 KiB of another pattern at
+ *       5 MiB + 123; mode 0640, owner 1234:5678, offset 777
  *   21  a second, read-only description of it (/proc/self/fd/20), offset 42
  *   22  a dup of 20 (one description)
  *   23  "ghost2", write-only and O_APPEND, unlinked: 4 pages; pages 1-2
@@ -59,7 +59,7 @@ static void setup(const char *arg)
 	if (!getcwd(dir, sizeof dir))
 		die("getcwd");
 
-	at(create("ghost1", O_RDWR), 20);
+	at(create("ghost1", O_RDWR | O_NOFOLLOW), 20); /* as mkstemp makes it */
 	fill(20, 0, MIB, 0);
 	fill(20, TAIL_OFF, PG, 1);
 	must(fchown(20, 1234, 5678), "fchown");
