@@ -265,7 +265,14 @@ func PidfdGetfd(pidfd, fd int) (*os.File, error) {
 // kernel reports, which may exceed len(buf) for options that say how much
 // room they need (NETLINK_LIST_MEMBERSHIPS).
 func GetsockoptBytes(fd, level, opt int, buf []byte) (int, error) {
-	l := uint32(len(buf))
+	return getsockopt(fd, level, opt, buf, len(buf))
+}
+
+// getsockopt reads a socket option into buf with optlen as the length
+// given to the kernel (in bytes for most options, in entries for
+// SO_GET_FILTER) and returns the length it reports.
+func getsockopt(fd, level, opt int, buf []byte, optlen int) (int, error) {
+	l := uint32(optlen)
 	var p unsafe.Pointer
 	if len(buf) > 0 {
 		p = unsafe.Pointer(&buf[0])
@@ -327,16 +334,7 @@ func SocketFilter(fd int) (prog []byte, locked bool, err error) {
 	// SO_GET_FILTER counts in entries, not bytes: asked with no room, it
 	// says how many there are.
 	get := func(buf []byte, entries int) (int, error) {
-		l := uint32(entries)
-		var p unsafe.Pointer
-		if len(buf) > 0 {
-			p = unsafe.Pointer(&buf[0])
-		}
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_GET_FILTER, uintptr(p), uintptr(unsafe.Pointer(&l)), 0)
-		if e != 0 {
-			return 0, e
-		}
-		return int(l), nil
+		return getsockopt(fd, unix.SOL_SOCKET, unix.SO_GET_FILTER, buf, entries)
 	}
 	n, err := get(nil, 0)
 	if err == unix.EACCES {
