@@ -1019,9 +1019,13 @@ type ProcessInside struct {
 	ThpDisable     uint32                 `protobuf:"varint,7,opt,name=thp_disable,json=thpDisable,proto3" json:"thp_disable,omitempty"`             // PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2)
 	// What mlockall(2) left in force for mappings made later (the mm's
 	// default flags): 0, or MCL_FUTURE (2), with MCL_ONFAULT (4) when given.
-	Mlockall      uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
-	Mdwe          uint32 `protobuf:"varint,9,opt,name=mdwe,proto3" json:"mdwe,omitempty"`                                   // PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2)
-	MemoryMerge   bool   `protobuf:"varint,10,opt,name=memory_merge,json=memoryMerge,proto3" json:"memory_merge,omitempty"` // PR_GET_MEMORY_MERGE: KSM for every mapping of the process
+	Mlockall    uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
+	Mdwe        uint32 `protobuf:"varint,9,opt,name=mdwe,proto3" json:"mdwe,omitempty"`                                   // PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1), PR_MDWE_NO_INHERIT (2)
+	MemoryMerge bool   `protobuf:"varint,10,opt,name=memory_merge,json=memoryMerge,proto3" json:"memory_merge,omitempty"` // PR_GET_MEMORY_MERGE: KSM for every mapping of the process
+	// The mappings with a NUMA memory policy of their own (mbind(2); for
+	// shared memory, the object's policy where it is mapped), by address.
+	// A reader older than this field restores them with the default policy.
+	VmaPolicies   []*VmaPolicy `protobuf:"bytes,11,rep,name=vma_policies,json=vmaPolicies,proto3" json:"vma_policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1126,6 +1130,75 @@ func (x *ProcessInside) GetMemoryMerge() bool {
 	return false
 }
 
+func (x *ProcessInside) GetVmaPolicies() []*VmaPolicy {
+	if x != nil {
+		return x.VmaPolicies
+	}
+	return nil
+}
+
+// VmaPolicy is the memory policy of the mapping [start, end): what
+// get_mempolicy(MPOL_F_ADDR) says of its first page.
+type VmaPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Policy        *Mempolicy             `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VmaPolicy) Reset() {
+	*x = VmaPolicy{}
+	mi := &file_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VmaPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VmaPolicy) ProtoMessage() {}
+
+func (x *VmaPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VmaPolicy.ProtoReflect.Descriptor instead.
+func (*VmaPolicy) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *VmaPolicy) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *VmaPolicy) GetEnd() uint64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *VmaPolicy) GetPolicy() *Mempolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_state_proto protoreflect.FileDescriptor
 
 const file_state_proto_rawDesc = "" +
@@ -1218,7 +1291,7 @@ const file_state_proto_rawDesc = "" +
 	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
 	"\vinterval_ns\x18\a \x01(\x04R\n" +
 	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xf0\x02\n" +
+	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xa5\x03\n" +
 	"\rProcessInside\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
 	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
@@ -1231,7 +1304,12 @@ const file_state_proto_rawDesc = "" +
 	"\bmlockall\x18\b \x01(\rR\bmlockall\x12\x12\n" +
 	"\x04mdwe\x18\t \x01(\rR\x04mdwe\x12!\n" +
 	"\fmemory_merge\x18\n" +
-	" \x01(\bR\vmemoryMergeB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+	" \x01(\bR\vmemoryMerge\x123\n" +
+	"\fvma_policies\x18\v \x03(\v2\x10.cr.v1.VmaPolicyR\vvmaPolicies\"]\n" +
+	"\tVmaPolicy\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\x12(\n" +
+	"\x06policy\x18\x03 \x01(\v2\x10.cr.v1.MempolicyR\x06policyB\x0fZ\rcrpipe/lib/pbb\x06proto3"
 
 var (
 	file_state_proto_rawDescOnce sync.Once
@@ -1245,7 +1323,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_state_proto_goTypes = []any{
 	(*SchedAttr)(nil),     // 0: cr.v1.SchedAttr
 	(*Creds)(nil),         // 1: cr.v1.Creds
@@ -1260,6 +1338,7 @@ var file_state_proto_goTypes = []any{
 	(*Itimer)(nil),        // 10: cr.v1.Itimer
 	(*PosixTimer)(nil),    // 11: cr.v1.PosixTimer
 	(*ProcessInside)(nil), // 12: cr.v1.ProcessInside
+	(*VmaPolicy)(nil),     // 13: cr.v1.VmaPolicy
 }
 var file_state_proto_depIdxs = []int32{
 	0,  // 0: cr.v1.ThreadState.sched:type_name -> cr.v1.SchedAttr
@@ -1272,11 +1351,13 @@ var file_state_proto_depIdxs = []int32{
 	10, // 7: cr.v1.ProcessInside.itimers:type_name -> cr.v1.Itimer
 	11, // 8: cr.v1.ProcessInside.posix_timers:type_name -> cr.v1.PosixTimer
 	6,  // 9: cr.v1.ProcessInside.shared_pending:type_name -> cr.v1.Siginfo
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 10: cr.v1.ProcessInside.vma_policies:type_name -> cr.v1.VmaPolicy
+	9,  // 11: cr.v1.VmaPolicy.policy:type_name -> cr.v1.Mempolicy
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -1291,7 +1372,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

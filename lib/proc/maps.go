@@ -191,6 +191,57 @@ func lineScanner(r io.Reader) (sc *bufio.Scanner, done func()) {
 	return sc, func() { lineBufs.Put(buf) }
 }
 
+// Range is the address range [Start, End) of a mapping.
+type Range struct{ Start, End uint64 }
+
+// ReadRanges reads the address range of each mapping of pid, in order, and
+// nothing else: where only the ranges count, it costs a fraction of
+// ReadMaps (no Mapping, no string per line).
+func ReadRanges(pid int) ([]Range, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc, done := lineScanner(f)
+	defer done()
+	var rs []Range
+	for sc.Scan() {
+		line := sc.Bytes()
+		lo, rest, ok1 := bytes.Cut(line, []byte("-"))
+		hi, _, ok2 := bytes.Cut(rest, []byte(" "))
+		start, ok3 := parseHex(lo)
+		end, ok4 := parseHex(hi)
+		if !ok1 || !ok2 || !ok3 || !ok4 || end < start {
+			return nil, fmt.Errorf("/proc/%d/maps: %q: bad address range: %w", pid, line, ErrMapsSyntax)
+		}
+		rs = append(rs, Range{start, end})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("/proc/%d/maps: %w", pid, err)
+	}
+	return rs, nil
+}
+
+// parseHex parses a lower-case hexadecimal number of 1 to 16 digits.
+func parseHex(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		switch {
+		case '0' <= c && c <= '9':
+			n = n<<4 | uint64(c-'0')
+		case 'a' <= c && c <= 'f':
+			n = n<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return n, true
+}
+
 // ReadSmaps reads /proc/PID/smaps.
 func ReadSmaps(pid int) ([]Mapping, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))

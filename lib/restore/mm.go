@@ -312,6 +312,10 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	// THP disabled (or not) before any page is written, so that memory
 	// the process could not have had as huge pages does not get them;
 	// always, as a child forked from its parent's restorer inherits it.
+	policies, err := newVmaPolicies(rc, t)
+	if err != nil {
+		return err
+	}
 	calls := &batch{r: t.r}
 	if pi := states(rc).pinside[t.proc.Pid]; pi != nil {
 		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
@@ -324,6 +328,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		}
 		if k == pb.VmaKind_VMA_SYSV_SHM { // its pages go straight into the segment (sysv.go)
 			calls.add(attachCalls(v)...)
+			calls.add(policies.calls(v, false)...)
 			calls.add(thpAdvice(v)...)
 			continue
 		}
@@ -334,6 +339,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		}
 		if len(v.Inherited) > 0 {
 			calls.add(keepCalls(v, prot)...)
+			calls.add(policies.calls(v, true)...)
 			calls.add(thpAdvice(v)...)
 			continue
 		}
@@ -359,7 +365,11 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			return fmt.Errorf("pid %d: vma %#x-%#x: unknown kind %d", t.pid, v.Start, v.End, v.Kind)
 		}
 		calls.add(vmaCall("map", v, unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, off))
+		calls.add(policies.calls(v, false)...)
 		calls.add(thpAdvice(v)...)
+	}
+	if err := policies.check(t.pid); err != nil {
+		return err
 	}
 	for _, fd := range remote {
 		calls.add(sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))

@@ -245,14 +245,9 @@ func threadLast(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error) 
 // restore's own allocations in the thread are not bound by it. A node the
 // machine lacks makes set_mempolicy fail, and the restore with it.
 func mempolicyCall(s *scratchWriter, tid uint32, p *pb.Mempolicy) call {
-	nodes := append([]byte(nil), p.Nodes...)
-	for len(nodes)%8 != 0 {
-		nodes = append(nodes, 0) // the kernel reads whole words
-	}
 	var mask, maxnode uint64
-	if len(nodes) > 0 {
-		// set_mempolicy reads maxnode - 1 bits.
-		mask, maxnode = s.put(nodes), uint64(len(nodes))*8+1
+	if len(p.Nodes) > 0 {
+		mask, maxnode = nodeMask(s, p.Nodes)
 	}
 	return sc(fmt.Sprintf("tid %d: set_mempolicy %#x", tid, p.Mode), unix.SYS_SET_MEMPOLICY, uint64(uint32(p.Mode)), mask, maxnode)
 }
