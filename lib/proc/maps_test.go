@@ -101,6 +101,37 @@ func TestReadMapsSelf(t *testing.T) {
 	}
 }
 
+// TestReadRanges: the ranges are those ReadMaps reads (the process maps
+// nothing in between: its other goroutines are idle).
+func TestReadRanges(t *testing.T) {
+	maps, err := ReadMaps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranges, err := ReadRanges(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ranges) != len(maps) {
+		t.Fatalf("%d ranges, %d mappings", len(ranges), len(maps))
+	}
+	for i, r := range ranges {
+		if r.Start != maps[i].Start || r.End != maps[i].End {
+			t.Errorf("range %d: %x-%x, ReadMaps %x-%x", i, r.Start, r.End, maps[i].Start, maps[i].End)
+		}
+	}
+	for _, c := range []struct {
+		in string
+		ok bool
+		n  uint64
+	}{{"ffffffffff600000", true, 0xffffffffff600000}, {"0", true, 0}, {"7f3a", true, 0x7f3a},
+		{"", false, 0}, {"1g", false, 0}, {"1A", false, 0}, {"10000000000000000", false, 0}} {
+		if n, ok := parseHex([]byte(c.in)); ok != c.ok || n != c.n {
+			t.Errorf("parseHex(%q) = %x, %v; want %x, %v", c.in, n, ok, c.n, c.ok)
+		}
+	}
+}
+
 func FuzzParseSmaps(f *testing.F) {
 	f.Add([]byte(smapsSample))
 	if b, err := os.ReadFile("/proc/self/smaps"); err == nil {
