@@ -6,9 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 )
 
@@ -65,11 +64,29 @@ func (f VmFlags) Has(flag string) bool {
 	return f&b != 0
 }
 
+// vmFlagByCode is vmFlagBits by the two letters of a flag's name: a
+// VmFlags line is parsed for every VMA, with no map lookup per flag.
+var vmFlagByCode = func() (t [26][26]VmFlags) {
+	for i, n := range vmFlagNames {
+		t[n[0]-'a'][n[1]-'a'] = 1 << i
+	}
+	return t
+}()
+
 // parseVmFlags reads the flags of a VmFlags line (after "VmFlags:").
 func parseVmFlags(line []byte) VmFlags {
 	var f VmFlags
-	for _, w := range bytes.Fields(line) {
-		f |= vmFlagBits[string(w)]
+	for len(line) > 0 {
+		line = bytes.TrimLeft(line, " \t")
+		w := line
+		if i := bytes.IndexAny(line, " \t"); i >= 0 {
+			w, line = line[:i], line[i:]
+		} else {
+			line = nil
+		}
+		if len(w) == 2 && 'a' <= w[0] && w[0] <= 'z' && 'a' <= w[1] && w[1] <= 'z' {
+			f |= vmFlagByCode[w[0]-'a'][w[1]-'a']
+		}
 	}
 	return f
 }
@@ -137,9 +154,11 @@ func ReadVmFlags(pid int) ([]VmaFlags, error) {
 			if err != nil {
 				return nil, err
 			}
-			if e.ProtectionKey, err = strconv.Atoi(string(bytes.TrimSpace(rest))); err != nil {
+			key, ok := parseDecimal(bytes.TrimSpace(rest))
+			if !ok || key > math.MaxInt32 {
 				return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 			}
+			e.ProtectionKey = int(key)
 			continue
 		}
 		// A VMA's first line starts with its range; field lines with a
@@ -149,8 +168,8 @@ func ReadVmFlags(pid int) ([]VmaFlags, error) {
 		if sp <= 0 || dash <= 0 || dash > sp || line[sp-1] == ':' {
 			continue
 		}
-		start, err := strconv.ParseUint(string(line[:dash]), 16, 64)
-		if err != nil {
+		start, ok := parseHex(line[:dash])
+		if !ok {
 			return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 		}
 		flags = append(flags, VmaFlags{Start: start})
@@ -276,9 +295,16 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 	sc, done := lineScanner(r)
 	defer done()
 	var ms []Mapping
-	// One copy of each path: a path cut from its line kept the whole
-	// line, and a file is mapped several times.
+	// One copy of each path: a file is mapped several times.
 	paths := map[string]string{}
+	intern := func(b []byte) string {
+		if p, ok := paths[string(b)]; ok {
+			return p
+		}
+		p := string(b)
+		paths[p] = p
+		return p
+	}
 	n := 0
 	for sc.Scan() {
 		n++
@@ -300,15 +326,9 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 			}
 			continue
 		}
-		m, err := ParseMapsLine(line)
+		m, err := parseMapsLine(line, intern)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
-		}
-		if p, ok := paths[m.Path]; ok {
-			m.Path = p
-		} else if m.Path != "" {
-			m.Path = strings.Clone(m.Path)
-			paths[m.Path] = m.Path
 		}
 		ms = append(ms, m)
 	}
@@ -322,63 +342,83 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 //
 //	7f1c2a000000-7f1c2a021000 rw-p 00000000 00:00 0                          [heap]
 func ParseMapsLine(line []byte) (Mapping, error) {
+	return parseMapsLine(line, func(b []byte) string { return string(b) })
+}
+
+// parseMapsLine is ParseMapsLine with the path made a string by str. It
+// makes nothing else: 65,530 lines are parsed per process at most.
+func parseMapsLine(line []byte, str func([]byte) string) (Mapping, error) {
 	var m Mapping
-	s := string(line)
-	fields := make([]string, 0, 5)
-	for i := 0; i < 5; i++ {
-		s = strings.TrimLeft(s, " ")
-		j := strings.IndexByte(s, ' ')
+	var f [5][]byte // range, permissions, offset, device, inode
+	rest := line
+	for i := range f {
+		rest = bytes.TrimLeft(rest, " ")
+		j := bytes.IndexByte(rest, ' ')
 		if j < 0 {
-			if i == 4 { // inode is last when there is no path
-				fields = append(fields, s)
-				s = ""
+			if i == len(f)-1 { // inode is last when there is no path
+				f[i], rest = rest, nil
 				break
 			}
 			return m, fmt.Errorf("%q: too few fields: %w", line, ErrMapsSyntax)
 		}
-		fields = append(fields, s[:j])
-		s = s[j+1:]
+		f[i], rest = rest[:j], rest[j+1:]
 	}
 	bad := func(what string) (Mapping, error) {
 		return Mapping{}, fmt.Errorf("%q: bad %s: %w", line, what, ErrMapsSyntax)
 	}
-	lo, hi, ok := strings.Cut(fields[0], "-")
+	lo, hi, ok := bytes.Cut(f[0], []byte("-"))
 	if !ok {
 		return bad("address range")
 	}
-	var err error
-	if m.Start, err = strconv.ParseUint(lo, 16, 64); err != nil {
+	if m.Start, ok = parseHex(lo); !ok {
 		return bad("start address")
 	}
-	if m.End, err = strconv.ParseUint(hi, 16, 64); err != nil || m.End < m.Start {
+	if m.End, ok = parseHex(hi); !ok || m.End < m.Start {
 		return bad("end address")
 	}
-	p := fields[1]
-	if len(p) != 4 || !strings.Contains("r-", p[0:1]) || !strings.Contains("w-", p[1:2]) || !strings.Contains("x-", p[2:3]) || !strings.Contains("sp", p[3:4]) {
+	p := f[1]
+	if len(p) != 4 || p[0] != 'r' && p[0] != '-' || p[1] != 'w' && p[1] != '-' || p[2] != 'x' && p[2] != '-' || p[3] != 's' && p[3] != 'p' {
 		return bad("permissions")
 	}
 	m.Read, m.Write, m.Exec, m.Shared = p[0] == 'r', p[1] == 'w', p[2] == 'x', p[3] == 's'
-	if m.Offset, err = strconv.ParseUint(fields[2], 16, 64); err != nil {
+	if m.Offset, ok = parseHex(f[2]); !ok {
 		return bad("offset")
 	}
-	maj, min, ok := strings.Cut(fields[3], ":")
-	if !ok {
-		return bad("device")
-	}
-	ma, err1 := strconv.ParseUint(maj, 16, 32)
-	mi, err2 := strconv.ParseUint(min, 16, 32)
-	if err1 != nil || err2 != nil {
+	maj, min, ok := bytes.Cut(f[3], []byte(":"))
+	ma, ok1 := parseHex(maj)
+	mi, ok2 := parseHex(min)
+	if !ok || !ok1 || !ok2 || ma > math.MaxUint32 || mi > math.MaxUint32 {
 		return bad("device")
 	}
 	m.Major, m.Minor = uint32(ma), uint32(mi)
-	if m.Inode, err = strconv.ParseUint(fields[4], 10, 64); err != nil {
+	if m.Inode, ok = parseDecimal(f[4]); !ok {
 		return bad("inode")
 	}
-	path := strings.TrimLeft(s, " ")
-	if p, ok := strings.CutSuffix(path, " (deleted)"); ok {
+	path := bytes.TrimLeft(rest, " ")
+	if p, ok := bytes.CutSuffix(path, []byte(" (deleted)")); ok {
 		path, m.Deleted = p, true
 	}
 	// The kernel escapes newlines in paths as \012.
-	m.Path = strings.ReplaceAll(path, `\012`, "\n")
+	if bytes.Contains(path, []byte(`\012`)) {
+		path = bytes.ReplaceAll(path, []byte(`\012`), []byte("\n"))
+	}
+	if len(path) > 0 {
+		m.Path = str(path)
+	}
 	return m, nil
+}
+
+// parseDecimal parses an unsigned decimal number that fits 64 bits.
+func parseDecimal(b []byte) (uint64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' || n > (math.MaxUint64-uint64(c-'0'))/10 {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
 }
