@@ -200,7 +200,8 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			case strings.HasPrefix(m.Path, "/memfd:"):
 				return nil, unsupported(pid, m, fmt.Sprintf("a private mapping of the memfd %s", m.Path), "")
 			case m.Path == "anon_inode:[io_uring]":
-				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])", "")
+				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])",
+					"the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)")
 			case m.Path == "/[aio]":
 				return nil, unsupported(pid, m, "a Linux AIO ring (io_setup)", "")
 			case !strings.HasPrefix(m.Path, "/"):
