@@ -309,14 +309,14 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 	if err != nil {
 		return err
 	}
-	// THP disabled (or not) before any page is written, so that memory
-	// the process could not have had as huge pages does not get them;
-	// always, as a child forked from its parent's restorer inherits it.
 	policies, err := newVmaPolicies(rc, t)
 	if err != nil {
 		return err
 	}
 	calls := &batch{r: t.r}
+	// THP disabled (or not) before any page is written, so that memory
+	// the process could not have had as huge pages does not get them;
+	// always, as a child forked from its parent's restorer inherits it.
 	if pi := states(rc).pinside[t.proc.Pid]; pi != nil {
 		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
 			uint64(pi.ThpDisable&1), uint64(pi.ThpDisable&^1)))
