@@ -437,7 +437,7 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 		}
 		if tr.Process != nil {
 			tr.Process.Mlockall = mlock
-			if tr.Process.VmaPolicies, err = r.proc.policies.masks(func(calls []inject.Call) error { return run(s, calls) }); err != nil {
+			if tr.Process.VmaPolicies, err = vmaPolicies(pid, func(calls []inject.Call) error { return run(s, calls) }); err != nil {
 				return nil, where(err)
 			}
 		}

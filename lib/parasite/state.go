@@ -170,7 +170,6 @@ type processReads struct {
 	dumpable, subreaper, thp int
 	mdwe, merge              int
 	sigactions, signos       []int
-	policies                 vmaPolicies
 }
 
 func planProcess(r *reads, pid int) (*processReads, error) {
@@ -190,9 +189,6 @@ func planProcess(r *reads, pid int) (*processReads, error) {
 	p.thp = r.add("prctl(PR_GET_THP_DISABLE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_THP_DISABLE)
 	p.mdwe = r.add("prctl(PR_GET_MDWE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_MDWE)
 	p.merge = r.add("prctl(PR_GET_MEMORY_MERGE)", 0, 0, unix.SYS_PRCTL, unix.PR_GET_MEMORY_MERGE)
-	if err := p.policies.plan(r, pid); err != nil {
-		return nil, err
-	}
 	for sig := 1; sig <= 64; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
@@ -257,9 +253,6 @@ func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, er
 		return nil, err
 	}
 	pi.MemoryMerge = merge != 0
-	if err := p.policies.decode(r); err != nil {
-		return nil, err
-	}
 	le := binary.LittleEndian
 	for k, i := range p.sigactions {
 		_, b, err := r.result(i)
