@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/inject"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -59,7 +60,7 @@ func vmaPolicies(pid int, run func([]inject.Call) error) ([]*pb.VmaPolicy, error
 				return nil, nil // a kernel without NUMA
 			}
 			if err != nil {
-				return nil, fmt.Errorf("vma %#x-%#x: %w", m.Start, m.End, err)
+				return nil, fmt.Errorf("vma %x-%x: %w", m.Start, m.End, err)
 			}
 			if mode := int32(binary.LittleEndian.Uint32(out)); mode != unix.MPOL_DEFAULT {
 				found = append(found, &pb.VmaPolicy{Start: m.Start, End: m.End, Policy: &pb.Mempolicy{Mode: mode}})
@@ -74,21 +75,35 @@ func vmaPolicies(pid int, run func([]inject.Call) error) ([]*pb.VmaPolicy, error
 	return found, nil
 }
 
-// readNodeMasks reads the node mask of each mapping of ps.
+// readNodeMasks reads the node mask of each mapping of ps, and refuses a
+// mapping whose last page has another policy than its first. A mapping has
+// one policy, but shared memory keeps its policies by range in the object:
+// another process may have set one on a part of what this mapping shows
+// (its mapping split there, this one not), and one mbind over the whole
+// mapping would restore it wrong, for both.
 func readNodeMasks(ps []*pb.VmaPolicy, run func([]inject.Call) error) error {
 	var r reads
 	for _, p := range ps {
+		last := p.End - image.PageSize
 		r.add("get_mempolicy(MPOL_F_ADDR, nodes)", nodeMaskBits/8, 1, unix.SYS_GET_MEMPOLICY, 0, 0, nodeMaskBits, p.Start, unix.MPOL_F_ADDR)
+		r.add("get_mempolicy(MPOL_F_ADDR) of the last page", 4, 0, unix.SYS_GET_MEMPOLICY, 0, 0, 0, last, unix.MPOL_F_ADDR)
+		r.add("get_mempolicy(MPOL_F_ADDR, nodes) of the last page", nodeMaskBits/8, 1, unix.SYS_GET_MEMPOLICY, 0, 0, nodeMaskBits, last, unix.MPOL_F_ADDR)
 	}
 	if err := run(r.calls); err != nil {
 		return err
 	}
 	for i, p := range ps {
-		_, nodes, err := r.result(i)
-		if err != nil {
-			return fmt.Errorf("vma %#x-%#x: %w", p.Start, p.End, err)
+		var out [3][]byte
+		for k := range out {
+			var err error
+			if _, out[k], err = r.result(3*i + k); err != nil {
+				return fmt.Errorf("vma %x-%x: %w", p.Start, p.End, err)
+			}
 		}
-		p.Policy.Nodes = append([]byte(nil), bytes.TrimRight(nodes, "\x00")...)
+		if int32(binary.LittleEndian.Uint32(out[1])) != p.Policy.Mode || !bytes.Equal(out[0], out[2]) {
+			return fmt.Errorf("vma %x-%x: a memory policy that differs within the mapping (shared memory whose policy another mapping set on a part of it) is not supported yet", p.Start, p.End)
+		}
+		p.Policy.Nodes = append([]byte(nil), bytes.TrimRight(out[0], "\x00")...)
 	}
 	return nil
 }

@@ -487,6 +487,24 @@ func TestNumaPolicy(t *testing.T) {
 	p.terminate(at)
 }
 
+// TestNumaPolicyPartial: shared memory whose policy the parent set on the
+// first page of a mapping its child shows whole (numapol.c "partial") is
+// refused at dump time, naming the child's mapping, and the tree goes on.
+func TestNumaPolicyPartial(t *testing.T) {
+	need(t, "cr-dump")
+	p := startStateProg(t, "numapol", "partial")
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatal("the mapping with a policy on a part of it was dumped")
+	}
+	want := regexp.MustCompile(`cr-parasite: (error: )?pid \d+ tid \d+: vma [0-9a-f]+-[0-9a-f]+: a memory policy that differs within the mapping \(shared memory whose policy another mapping set on a part of it\) is not supported yet`)
+	if !want.Match(r.stderr) {
+		t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+	}
+	p.checkRunning()
+	p.terminate(0)
+}
+
 // TestVmaRefused: memory with a protection key of its own, a part of a
 // System V shared memory segment (shmat maps only whole ones) and an
 // io_uring's rings are refused at dump time, naming the process and the

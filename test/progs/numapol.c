@@ -18,6 +18,10 @@
  * the shared and local mappings, but puts the middle private page back to
  * the default: its look, every tick, is part of the check. A kernel
  * without NUMA skips it all.
+ *
+ * With "partial", the parent also binds the first page of a three-page
+ * shared mapping after the fork: the child's mapping of it, not split, has
+ * a policy on its first page only, which a dump must refuse.
  */
 #include "state.h"
 
@@ -96,7 +100,7 @@ static int filled(const char *p, size_t len, int seed)
 	return 1;
 }
 
-static void map_with_policies(void)
+static void map_with_policies(int partial)
 {
 	pg = sysconf(_SC_PAGESIZE);
 	priv = mmap(NULL, 3 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -113,11 +117,16 @@ static void map_with_policies(void)
 	child_looks = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (child_looks == MAP_FAILED)
 		die("mmap");
+	char *part = mmap(NULL, 3 * pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (part == MAP_FAILED)
+		die("mmap");
 	pid_t pid = fork();
 	if (pid < 0)
 		die("fork");
 	if (pid == 0)
 		child();
+	if (partial)
+		mbind_or_die(part, pg, MPOL_BIND, 1);
 }
 
 /* child looks at its own policies every tick: those of the parent but
@@ -204,14 +213,14 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "numapol PROGRESS VERDICT");
+	state_init(argc, argv, 3, "numapol PROGRESS VERDICT [partial]");
 	int mode;
 	if (syscall(SYS_get_mempolicy, &mode, NULL, 0, NULL, 0) != 0 && errno == ENOSYS) {
 		fprintf(stderr, "numapol: no NUMA in this kernel: not checked\n");
 		numa = 0;
 	}
 	if (numa) {
-		map_with_policies();
+		map_with_policies(argc > 3 && !strcmp(argv[3], "partial"));
 		set_policy(MPOL_INTERLEAVE);
 		pthread_t t;
 		if (pthread_create(&t, NULL, second, NULL) != 0)
