@@ -15,9 +15,8 @@ import (
 // is set to the task's own, or to the default where the parent had
 // policies and the task has none there.
 type vmaPolicies struct {
-	own           map[uint64]*pb.Mempolicy // by start address
-	used          map[uint64]bool
-	masks         map[string]uint64 // node mask → its address in scratch
+	own           map[uint64]*pb.Mempolicy // by start address, until given
+	masks         map[string]uint64        // node mask → its address in scratch
 	parentHasSome bool
 }
 
@@ -25,7 +24,7 @@ type vmaPolicies struct {
 // them there.
 func newVmaPolicies(rc *Ctx, t *task) (*vmaPolicies, error) {
 	si := states(rc)
-	vp := &vmaPolicies{own: map[uint64]*pb.Mempolicy{}, used: map[uint64]bool{}, masks: map[string]uint64{}}
+	vp := &vmaPolicies{own: map[uint64]*pb.Mempolicy{}, masks: map[string]uint64{}}
 	if t.parent != nil {
 		if pi := si.pinside[t.parent.proc.Pid]; pi != nil {
 			vp.parentHasSome = len(pi.VmaPolicies) > 0
@@ -57,7 +56,7 @@ func newVmaPolicies(rc *Ctx, t *task) (*vmaPolicies, error) {
 func (vp *vmaPolicies) calls(v *pb.Vma, kept bool) []call {
 	p := vp.own[v.Start]
 	if p != nil {
-		vp.used[v.Start] = true
+		delete(vp.own, v.Start)
 	} else {
 		if !kept || !vp.parentHasSome {
 			return nil
@@ -87,12 +86,11 @@ func nodeMask(s *scratchWriter, nodes []byte) (addr, maxnode uint64) {
 func nodeMaskBits(nodes []byte) uint64 { return uint64((len(nodes)+7)&^7)*8 + 1 }
 
 // check refuses policies recorded for mappings the image does not have
-// (a damaged or mismatched image): their memory would go elsewhere.
+// (a damaged or mismatched image): their memory would go elsewhere. calls
+// has taken out of own those it gave.
 func (vp *vmaPolicies) check(pid int) error {
 	for start, p := range vp.own {
-		if !vp.used[start] {
-			return fmt.Errorf("pid %d: a memory policy %#x is recorded for a mapping at %#x, which the image does not have", pid, p.Mode, start)
-		}
+		return fmt.Errorf("pid %d: a memory policy %#x is recorded for a mapping at %#x, which the image does not have", pid, p.Mode, start)
 	}
 	return nil
 }
