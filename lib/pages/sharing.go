@@ -84,14 +84,18 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, p
 	if parent == 0 {
 		return in, nil
 	}
+	// Both in address order: the one parent VMA that could hold a VMA is
+	// the first that ends after its start. (Comparing every pair took
+	// 0.4 s for a parent and child with 16,000 mappings each.)
 	pvmas := parents.get(parent)
 	found := false
+	j := 0
 	for i := range vmas {
-		for j := range pvmas {
-			if vmas[i].pb.CanInherit(pvmas[j].pb) {
-				in.from[i], found = pvmas[j].pb, true
-				break
-			}
+		for j < len(pvmas) && pvmas[j].pb.End <= vmas[i].pb.Start {
+			j++
+		}
+		if j < len(pvmas) && vmas[i].pb.CanInherit(pvmas[j].pb) {
+			in.from[i], found = pvmas[j].pb, true
 		}
 	}
 	if found {

@@ -23,7 +23,7 @@ func (t *task) keptSpans() ([]span, error) {
 		return nil, nil
 	}
 	var kept []span
-	for _, v := range t.mm.Vmas {
+	for _, v := range t.mm.Vmas { // in address order (setupMm checks)
 		if len(v.Inherited) == 0 {
 			continue
 		}
@@ -32,7 +32,6 @@ func (t *task) keptSpans() ([]span, error) {
 		}
 		kept = append(kept, span{v.Start, v.End})
 	}
-	sort.Slice(kept, func(i, j int) bool { return kept[i].lo < kept[j].lo })
 	return kept, nil
 }
 
@@ -41,14 +40,13 @@ func (t *task) checkInherited(v *pb.Vma) error {
 	if p == nil || p.mm == nil {
 		return fmt.Errorf("pages inherited from the parent, whose memory the stream has not restored before (stream out of order)")
 	}
-	found := false
-	for _, pv := range p.mm.Vmas {
-		if v.CanInherit(pv) {
-			found = true
-			break
-		}
-	}
-	if !found {
+	// The one parent VMA that could hold v: the first that ends after v's
+	// start (the parent's VMAs are in address order, checked when its
+	// memory was restored). A scan of all of them for each VMA took
+	// seconds for a child of a parent with 16,000 mappings.
+	pvmas := p.mm.Vmas
+	i := sort.Search(len(pvmas), func(i int) bool { return pvmas[i].End > v.Start })
+	if i == len(pvmas) || !v.CanInherit(pvmas[i]) {
 		return fmt.Errorf("pages inherited from pid %d, which has no matching mapping there", p.proc.Pid)
 	}
 	last := v.Start
@@ -130,13 +128,14 @@ func mergeSpans(in []span) []span {
 }
 
 // subtractSpans returns the parts of s outside cut (sorted, not
-// overlapping).
+// overlapping). It looks only at the cuts that overlap s: it is called once
+// per VMA with the kept VMAs as cut, 16,000 of each in a large fork.
 func subtractSpans(s span, cut []span) []span {
 	var out []span
 	lo := s.lo
-	for _, c := range cut {
-		if c.hi <= lo || c.lo >= s.hi {
-			continue
+	for _, c := range cut[sort.Search(len(cut), func(i int) bool { return cut[i].hi > s.lo }):] {
+		if c.lo >= s.hi {
+			break
 		}
 		if c.lo > lo {
 			out = append(out, span{lo, c.lo})

@@ -79,6 +79,11 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 		if v.End <= v.Start || v.Start%pageSize != 0 || v.End%pageSize != 0 {
 			return fmt.Errorf("pid %d: vma %#x-%#x: not page aligned", t.pid, v.Start, v.End)
 		}
+		// In address order, as maps lists them: what is kept from the
+		// parent is looked up by address (inherit.go).
+		if n := len(used); n > 0 && v.Start < used[n-1].hi {
+			return fmt.Errorf("pid %d: vma %#x-%#x: not after the vma before it, which ends at %#x", t.pid, v.Start, v.End, used[n-1].hi)
+		}
 		used = append(used, span{v.Start, v.End})
 	}
 	for _, v := range cur {

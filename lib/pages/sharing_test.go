@@ -1,0 +1,50 @@
+package pages
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+)
+
+// Each VMA of a child is matched with the one VMA of its parent that holds
+// it and maps the same thing, among many, or with none.
+func TestSharingMatchesParentVmas(t *testing.T) {
+	const n = 20000
+	anon := func(start, end uint64) vma {
+		return vma{pb: &pb.Vma{Start: start, End: end, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}}
+	}
+	var pvmas, vmas []vma
+	for i := uint64(0); i < n; i++ {
+		start := 0x10000000 + i*2*image.PageSize // two pages, each VMA right after the one before
+		pvmas = append(pvmas, anon(start, start+2*image.PageSize))
+		switch i % 4 {
+		case 0: // the same
+			vmas = append(vmas, anon(start, start+2*image.PageSize))
+		case 1: // its second page
+			vmas = append(vmas, anon(start+image.PageSize, start+2*image.PageSize))
+		case 2: // reaching into the next
+			vmas = append(vmas, anon(start+image.PageSize, start+3*image.PageSize))
+		case 3: // not private anonymous memory there
+			v := anon(start, start+2*image.PageSize)
+			v.pb.Flags = unix.MAP_SHARED | unix.MAP_ANONYMOUS
+			vmas = append(vmas, v)
+		}
+	}
+	parent := os.Getpid() // its pagemap is opened: any process will do
+	parents := parentVmas{isParent: map[int]bool{parent: true}, of: map[int][]vma{parent: pvmas}}
+	in, err := newSharing(parent+1, parent, vmas, nil, false, parents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	for i := range vmas {
+		want := i%4 < 2
+		if got := in.from[i]; (got != nil) != want || got != nil && got != pvmas[i].pb {
+			t.Fatalf("vma %d (%#x-%#x): inherits from %v, want %v", i, vmas[i].pb.Start, vmas[i].pb.End, got, want)
+		}
+	}
+}
