@@ -75,10 +75,14 @@ type dumper struct {
 	ghosts  []ghost           // written after the Files records (ghost.go)
 	kept    []*os.File        // fd copies read as the output is written
 
-	roots  map[int]string           // proc.PathRoot of each process, read once
-	mcast  map[int][]sys.McastGroup // groups joined in a process's network namespace (inet.go)
-	queues map[uint64][]*peekedMsg  // unix receive queues by socket inode (scm.go)
-	flight []int                    // cr-files' copies of files in flight
+	roots   map[int]string           // proc.PathRoot of each process, read once
+	mcast   map[int][]sys.McastGroup // groups joined in a process's network namespace (inet.go)
+	queues  map[uint64][]*peekedMsg  // unix receive queues by socket inode (scm.go)
+	flight  []int                    // cr-files' copies of files in flight
+	peekBuf []byte                   // for the messages of a unix queue (scm.go)
+	// pipeReaders: the first description that can read each pipe, by
+	// device and inode (pipe.go), once d.descs is complete.
+	pipeReaders map[[2]uint64]*entry
 }
 
 func newDumper(procs []*pb.Process) *dumper {

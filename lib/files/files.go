@@ -12,6 +12,7 @@
 package files
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -242,7 +243,9 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pid %d fd %d: %w", pid, n, err)
 	}
-	e := &entry{pid: pid, fd: n, link: link, fi: fi, info: b}
+	// The entry keeps the text, not the read's buffer (512 bytes, most of
+	// them unused): a process can have tens of thousands of fds.
+	e := &entry{pid: pid, fd: n, link: link, fi: fi, info: bytes.Clone(b)}
 	if err := refuseLease(pid, n, link, b); err != nil {
 		return nil, err
 	}
