@@ -144,75 +144,108 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		return err
 	}
 
-	var files []*os.File
-	defer func() {
-		closed := map[*os.File]bool{} // an opener may share one file between fds
-		for _, f := range files {
-			if !closed[f] {
-				closed[f] = true
-				f.Close()
+	// Received files take the lowest free numbers, which may be dumped fd
+	// numbers still to be installed: each batch is moved above the table
+	// first, then installed. A batch at a time, so that cr-restore holds
+	// the files of one batch, not of the whole table, on top of the
+	// descriptions it keeps for other fds (a process with 14,000 fds
+	// failed with EMFILE under a limit of 20,000).
+	base := uint64(max(maxTarget, t.ctlFd) + 1)
+	for i := 0; i < len(fl.Fds); i += fdInstallBatch {
+		batch := fl.Fds[i:min(i+fdInstallBatch, len(fl.Fds))]
+		files := make([]*os.File, 0, len(batch))
+		for _, fd := range batch {
+			f, err := openFd(rc, t, fd)
+			if err != nil {
+				closeFiles(files)
+				return err
 			}
+			files = append(files, f)
 		}
-	}()
-	for _, fd := range fl.Fds {
-		f, err := openFd(rc, t, fd)
+		high, err := t.moveAbove(files, base)
 		if err != nil {
 			return err
 		}
-		files = append(files, f)
+		calls = calls[:0]
+		for j, fd := range batch {
+			flags := uint64(0)
+			if fd.Cloexec {
+				flags = unix.O_CLOEXEC
+			}
+			calls = append(calls, sc(fmt.Sprintf("install fd %d", fd.Fd), unix.SYS_DUP3, uint64(high[j]), uint64(fd.Fd), flags),
+				sc("close moved file", unix.SYS_CLOSE, uint64(high[j])))
+		}
+		if _, err := t.r.run(calls...); err != nil {
+			return err
+		}
 	}
+
+	dirs := make([]*os.File, 0, 2)
 	cwd, err := os.OpenFile(fl.Cwd, unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return fmt.Errorf("pid %d: cwd: %w", t.pid, err)
 	}
-	files = append(files, cwd)
+	dirs = append(dirs, cwd)
 	if fl.Root != "" && fl.Root != "/" {
 		root, err := os.OpenFile(fl.Root, unix.O_PATH|unix.O_DIRECTORY, 0)
 		if err != nil {
+			closeFiles(dirs)
 			return fmt.Errorf("pid %d: root: %w", t.pid, err)
 		}
-		files = append(files, root)
+		dirs = append(dirs, root)
 	}
-	remote, err := t.r.sendFds(files)
-	if err != nil {
-		return err
-	}
-	// Received files take the lowest free numbers, which may be dumped fd
-	// numbers still to be installed: move them all above the table first.
-	base := uint64(max(maxTarget, t.ctlFd) + 1)
-	calls = calls[:0]
-	for _, r := range remote {
-		calls = append(calls, sc("move received file", unix.SYS_FCNTL, uint64(r), unix.F_DUPFD_CLOEXEC, base))
-	}
-	high, err := t.r.run(calls...)
+	high, err := t.moveAbove(dirs, base)
 	if err != nil {
 		return err
 	}
 	calls = calls[:0]
-	for _, r := range remote {
-		calls = append(calls, sc("close received file", unix.SYS_CLOSE, uint64(r)))
-	}
-	for i, fd := range fl.Fds {
-		flags := uint64(0)
-		if fd.Cloexec {
-			flags = unix.O_CLOEXEC
-		}
-		calls = append(calls, sc(fmt.Sprintf("install fd %d", fd.Fd), unix.SYS_DUP3, uint64(high[i]), uint64(fd.Fd), flags))
-	}
-	n := len(fl.Fds)
-	if len(remote) > n+1 { // a root other than /
-		rootFd := uint64(high[n+1])
+	if len(high) > 1 { // a root other than /
 		dot := scratchWriter{base: t.scratch}
 		addr := dot.putString(".")
 		if err := t.flushScratch(&dot); err != nil {
 			return err
 		}
-		calls = append(calls, sc("enter root", unix.SYS_FCHDIR, rootFd), sc("chroot "+fl.Root, unix.SYS_CHROOT, addr))
+		calls = append(calls, sc("enter root", unix.SYS_FCHDIR, uint64(high[1])), sc("chroot "+fl.Root, unix.SYS_CHROOT, addr))
 	}
-	calls = append(calls, sc("chdir "+fl.Cwd, unix.SYS_FCHDIR, uint64(high[n])))
+	calls = append(calls, sc("chdir "+fl.Cwd, unix.SYS_FCHDIR, uint64(high[0])))
 	for _, h := range high {
 		calls = append(calls, sc("close moved file", unix.SYS_CLOSE, uint64(h)))
 	}
 	_, err = t.r.run(calls...)
 	return err
+}
+
+// fdInstallBatch is how many fds restoreFiles opens, sends and installs at
+// a time.
+const fdInstallBatch = 256
+
+// moveAbove sends files to the task, closes them here, and moves the
+// received files to numbers from base up (closing where they landed). It
+// returns their new numbers, in order.
+func (t *task) moveAbove(files []*os.File, base uint64) ([]int, error) {
+	remote, err := t.r.sendFds(files)
+	closeFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	calls := make([]call, 0, 2*len(remote))
+	for _, r := range remote {
+		calls = append(calls, sc("move received file", unix.SYS_FCNTL, uint64(r), unix.F_DUPFD_CLOEXEC, base))
+	}
+	high, err := t.r.run(calls...)
+	if err != nil {
+		return nil, err
+	}
+	calls = calls[:0]
+	for _, r := range remote {
+		calls = append(calls, sc("close received file", unix.SYS_CLOSE, uint64(r)))
+	}
+	if _, err := t.r.run(calls...); err != nil {
+		return nil, err
+	}
+	moved := make([]int, len(high))
+	for i, h := range high {
+		moved[i] = int(h)
+	}
+	return moved, nil
 }

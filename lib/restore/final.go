@@ -36,6 +36,7 @@ func (rc *Ctx) finish() error {
 	if err := rc.endFill(); err != nil {
 		return err
 	}
+	rc.countDescUses()
 	var live []*task
 	for _, t := range rc.Order {
 		if t.zombie() {

@@ -33,6 +33,9 @@ type Ctx struct {
 	// frames are read from it where they go (image.Reader.PagesInFile).
 	fromFile bool
 	filling  *task // the task whose pages are being placed with UFFDIO_COPY
+	// descUses: how many times each open file description is opened, once
+	// the whole stream is read (fd_desc.go); nil before.
+	descUses map[uint64]int
 }
 
 func (rc *Ctx) owns(f *os.File) bool {

@@ -119,6 +119,11 @@ func Run(opts Options) (err error) {
 		for _, abort := range aborters {
 			err = abort(rc, err)
 		}
+		if errors.Is(err, unix.EMFILE) {
+			var lim unix.Rlimit
+			unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+			err = stage.Hint(err, fmt.Sprintf("cr-restore keeps a file of each pipe end, and of each open file description that several fds share, until every process runs, and opens up to %d more at a time; %d files are its limit: raise RLIMIT_NOFILE (ulimit -Hn)", fdInstallBatch, lim.Cur))
+		}
 		return err
 	}
 	root := rc.Order[0]

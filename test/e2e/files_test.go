@@ -555,3 +555,35 @@ func (p *target) checkStateCopy() {
 	}
 	p.checkCopy(copyPid)
 }
+
+// A process with 4,600 fds, each its own open file description, restores
+// under a limit of open files for cr-restore that one that held each
+// description's file twice (and a whole fd table at once) would pass: 6,000.
+// Under a limit too low even for the pipes, the restore fails with a hint
+// and leaves nothing behind.
+func TestFdMany(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "prlimit")...)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max < 6000 {
+		t.Skipf("the hard RLIMIT_NOFILE here (%d, %v) is below the 6,000 this test gives cr-restore", lim.Max, err)
+	}
+	p := startFdProg(t, "fd_many", "")
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 120*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	mustShell(t, 30*time.Second, "cr-freeze kill < "+img)
+	p.waitKilled()
+	p.checkNoCgroup()
+	at := p.mustProgress()
+
+	r := shell(t, 60*time.Second, fmt.Sprintf("prlimit --nofile=2000:2000 cr-restore -d -i %s", img))
+	if r.err == nil || !strings.Contains(string(r.stderr), "hint: cr-restore keeps a file of each pipe end") {
+		t.Fatalf("restore under a limit of 2,000 files: %s", r)
+	}
+	p.checkPidFree()
+
+	pidfile := filepath.Join(p.dir, "restored.pid")
+	mustShell(t, 120*time.Second, fmt.Sprintf("prlimit --nofile=6000:6000 cr-restore -d -i %s --pidfile %s", img, pidfile))
+	p.checkPidfile(pidfile)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
