@@ -61,7 +61,7 @@ func Command() *cli.App {
 		Usage:     "checkpoint a process through the stage pipeline, then kill it (or leave it running)",
 		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress] [--shell-job] [--ghost-limit SIZE]",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "tree", Aliases: []string{"t"}, Usage: "pid of the process to checkpoint", Required: true},
+			&cli.IntFlag{Name: "tree", Aliases: []string{"t", "pid", "p"}, Usage: "pid of the process to checkpoint (the root of the tree); --pid as for cr-freeze", Required: true},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the image to `FILE` (default stdout)"},
 			&cli.BoolFlag{Name: "leave-running", Aliases: []string{"R"}, Usage: "thaw the process after the dump instead of killing it"},
 			&cli.BoolFlag{Name: "shell-job", Usage: "the process is a job of an interactive shell: accept its terminal (restore with cr-restore --shell-job)"},

@@ -64,7 +64,7 @@ func TestRestoreFileWaits(t *testing.T) {
 	// The original counts on after the dump: the restored one goes on from
 	// the dump, at least from here.
 	before := p.waitProgress(50, 10*time.Second)
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o %s", p.pid, img))
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump --pid %d --leave-running -o %s", p.pid, img))
 	pidfile := filepath.Join(p.dir, "restored.pid")
 	cmd := shellCmd(fmt.Sprintf("cr-restore -v -d -i %s --pidfile %s --pid-wait 30s", img, pidfile))
 	var stderr bytes.Buffer
