@@ -224,10 +224,7 @@ func vmaKindName(k pb.VmaKind) string {
 // openMapped opens the file behind a file VMA, refusing a file that changed
 // since the dump: mapping a different file would restore wrong memory.
 func openMapped(rc *Ctx, pid int, v *pb.Vma) (*os.File, error) {
-	flags := os.O_RDONLY
-	if v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
-		flags = os.O_RDWR
-	}
+	flags := mappedOpenFlags(v)
 	if f, ok, err := rc.mappedGhost(pid, v, flags); ok { // a deleted file (fd_ghost.go)
 		return f, err
 	}
@@ -249,14 +246,28 @@ func openMapped(rc *Ctx, pid int, v *pb.Vma) (*os.File, error) {
 	return f, nil
 }
 
+// mappedOpenFlags: a shared writable mapping needs its file open for
+// writing; every other mapping only for reading.
+func mappedOpenFlags(v *pb.Vma) int {
+	if v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
+		return os.O_RDWR
+	}
+	return os.O_RDONLY
+}
+
 // mapVmas maps every dumped VMA at its address.
 func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
+	// A file is opened once for the VMAs that map it the same way. (By
+	// path and shared bit alone, a shared writable mapping after a
+	// read-only one of the same file got the read-only file: EACCES.)
 	type fileKey struct {
-		path  string
-		flags int
+		path        string
+		flags       int
+		shared      bool
+		size, mtime int64
 	}
 	var files []*os.File
-	index := map[string]int{}
+	index := map[fileKey]int{}
 	kept := map[*os.File]bool{}
 	defer func() {
 		for _, f := range files {
@@ -288,15 +299,14 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED || len(v.Inherited) > 0 {
 			continue
 		}
+		key := fileKey{v.Path, mappedOpenFlags(v), v.Flags&unix.MAP_SHARED != 0, v.FileSize, v.MtimeNsec}
+		if i, ok := index[key]; ok {
+			fileOf[v] = i
+			continue
+		}
 		f, err := openMapped(rc, t.pid, v)
 		if err != nil {
 			return err
-		}
-		key := fmt.Sprintf("%s\x00%d", v.Path, v.Flags&unix.MAP_SHARED)
-		if i, ok := index[key]; ok {
-			f.Close()
-			fileOf[v] = i
-			continue
 		}
 		index[key] = len(files)
 		fileOf[v] = len(files)

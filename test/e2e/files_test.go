@@ -587,3 +587,14 @@ func TestFdMany(t *testing.T) {
 	p.checkProgressFrom(at)
 	p.terminate(at)
 }
+
+// A file mapped shared twice, read-only below and writable above: the
+// restore opens it for each way it is mapped (once for both, the writable
+// view failed to map: EACCES). The program checks that both views are the
+// file's pages.
+func TestFileMappedTwoWays(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "filemap", "")
+	p.waitProgress(5, 10*time.Second)
+	dumpRestore(t, p)
+}
