@@ -49,9 +49,9 @@ func (rc *Ctx) owns(f *os.File) bool {
 
 // fdOpener returns the file to install as fd in t. The file is passed over
 // SCM_RIGHTS and installed at fd.Fd with its close-on-exec flag; restore
-// closes its own copy afterwards (an opener that shares one open file
-// description between fds caches the *os.File in Ctx.Shared and returns it
-// again: restore does not close it twice).
+// closes it then, so an opener returns a file of the caller's own, never
+// one it keeps (shareDesc keeps a copy of a description that other fds or
+// messages use, and returns duplicates of it).
 type fdOpener func(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error)
 
 var fdOpeners = map[pb.FdKind]fdOpener{}
