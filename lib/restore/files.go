@@ -122,6 +122,9 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		}
 		maxTarget = max(maxTarget, int(fd.Fd))
 	}
+	if err := raiseNofile(t.pid, uint64(max(maxTarget, 0))+3+fdInstallBatch); err != nil {
+		return err
+	}
 	if t.ctlFd <= maxTarget {
 		if err := t.r.setCtl(maxTarget + 1); err != nil {
 			return err
@@ -213,6 +216,26 @@ func (rc *Ctx) restoreFiles(t *task) error {
 	}
 	_, err = t.r.run(calls...)
 	return err
+}
+
+// raiseNofile raises the task's soft limit of open files to need (or its
+// hard limit) while its fd table is installed: the task starts with the
+// soft limit cr-restore was started with (a shell's 1,024), and the dumped
+// fds, its control socket above them and a batch in flight above that must
+// fit. The dumped limits are set after the files (state_last.go).
+func raiseNofile(pid int, need uint64) error {
+	var lim unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		return fmt.Errorf("pid %d: read RLIMIT_NOFILE: %w", pid, err)
+	}
+	if lim.Cur >= need || lim.Cur == lim.Max {
+		return nil
+	}
+	lim.Cur = min(need, lim.Max)
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		return fmt.Errorf("pid %d: raise RLIMIT_NOFILE to %d for its fds: %w", pid, lim.Cur, err)
+	}
+	return nil
 }
 
 // fdInstallBatch is how many fds restoreFiles opens, sends and installs at
