@@ -228,10 +228,14 @@ func raiseNofile(pid int, need uint64) error {
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
 		return fmt.Errorf("pid %d: read RLIMIT_NOFILE: %w", pid, err)
 	}
-	if lim.Cur >= need || lim.Cur == lim.Max {
+	if lim.Cur >= need {
 		return nil
 	}
-	lim.Cur = min(need, lim.Max)
+	if lim.Max < need {
+		return stage.Hint(fmt.Errorf("pid %d: its fds need a limit of %d open files while they are installed, above the hard limit of %d cr-restore gives it", pid, need, lim.Max),
+			"run cr-restore with a higher hard limit of open files (prlimit --nofile, ulimit -Hn)")
+	}
+	lim.Cur = need
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
 		return fmt.Errorf("pid %d: raise RLIMIT_NOFILE to %d for its fds: %w", pid, lim.Cur, err)
 	}
