@@ -72,9 +72,6 @@ func (d *dumper) dumpPipe(ds *desc, rec *pb.FileDesc) error {
 	return nil
 }
 
-// peekPipe returns the unread contents of the pipe r reads, leaving them in
-// the pipe: tee(2) duplicates the pipe's buffers into a private pipe of the
-// same size, which is then read.
 // pipeReader returns the first description of the dump (in d.descs'
 // order) that can read the pipe dev:ino, or nil. The index is made once:
 // a search of every description for each pipe took most of cr-files' time
@@ -93,6 +90,9 @@ func (d *dumper) pipeReader(dev, ino uint64) *entry {
 	return d.pipeReaders[[2]uint64{dev, ino}]
 }
 
+// peekPipe returns the unread contents of the pipe r reads, leaving them in
+// the pipe: tee(2) duplicates the pipe's buffers into a private pipe of the
+// same size, which is then read.
 func peekPipe(r *os.File, size int) ([]byte, error) {
 	n, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ)
 	if err != nil {

@@ -153,10 +153,11 @@ func (d *dumper) peekQueue(e *entry) error {
 	// One buffer for every queue peeked (each message is copied out of
 	// it): one of ~200 KiB per socket made 200 MB of garbage for a process
 	// with 1,000 queues.
-	if n := max(rcvbuf, 1<<16) + 1; len(d.peekBuf) < n {
-		d.peekBuf = make([]byte, n)
+	size := max(rcvbuf, 1<<16) + 1
+	if len(d.peekBuf) < size {
+		d.peekBuf = make([]byte, size)
 	}
-	buf := d.peekBuf[:max(rcvbuf, 1<<16)+1]
+	buf := d.peekBuf[:size]
 	oob := make([]byte, unix.CmsgSpace(scmMaxFds*4)+unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4))
 	var msgs []*peekedMsg
 	// The first datagram is peeked without an offset: the kernel skips an

@@ -68,7 +68,6 @@ func shareDesc(open fdOpener) fdOpener {
 	}
 }
 
-// dupFile returns a new *os.File for the same open file description.
 // countDescUses sets rc.descUses once the whole stream is read: each fd of
 // every process opens its description once, and so does each queued unix
 // message that carries it. A description used once need not be kept.
@@ -93,6 +92,7 @@ func (rc *Ctx) countDescUses() {
 	rc.descUses = uses
 }
 
+// dupFile returns a new *os.File for the same open file description.
 func dupFile(f *os.File, t *task, fd *pb.Fd) (*os.File, error) {
 	n, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
