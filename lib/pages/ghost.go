@@ -49,6 +49,19 @@ func mapFile(pid int, m *proc.Mapping) string {
 	return fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End)
 }
 
+const deletedSuffix = " (deleted)"
+
+// namedDeleted reports whether m, which maps shows as deleted, maps a file
+// whose name ends in " (deleted)": /proc cannot tell the two apart, but
+// the path with the suffix then names the mapped file itself.
+func namedDeleted(pid int, root string, m *proc.Mapping) bool {
+	var named, mapped unix.Stat_t
+	if unix.Stat(filepath.Join(root, m.Path+deletedSuffix), &named) != nil || unix.Stat(mapFile(pid, m), &mapped) != nil {
+		return false
+	}
+	return named.Dev == mapped.Dev && named.Ino == mapped.Ino
+}
+
 // ghostVma fills in the VMA of a mapping of a deleted file, or refuses it.
 func ghostVma(pid int, x *vma) error {
 	m, v := x.m, x.pb

@@ -129,6 +129,9 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 	out := make([]vma, 0, len(maps))
 	for i := range maps {
 		m := &maps[i]
+		if m.Deleted && namedDeleted(pid, root, m) {
+			m.Path, m.Deleted = m.Path+deletedSuffix, false
+		}
 		v := &pb.Vma{Start: m.Start, End: m.End, Path: m.Path}
 		if m.Read {
 			v.Prot |= unix.PROT_READ

@@ -221,9 +221,9 @@ func (rc *Ctx) mappedGhost(pid int, v *pb.Vma, flags int) (*os.File, bool, error
 		return nil, true, fmt.Errorf("%s: %w", where, err)
 	}
 	if !ok {
-		if strings.HasSuffix(v.Path, " (deleted)") {
-			return nil, true, fmt.Errorf("%s: %s: no ghost-file record for dev:inode %d:%d before the mm record: %w", where, v.Path, v.Dev, v.Inode, image.ErrCorrupt)
-		}
+		// Not a ghost: opened by its path, even one that ends in
+		// " (deleted)", which a file may be named (cr-pages tells them
+		// apart).
 		return nil, false, nil
 	}
 	f, err := reopen(g.f, uint32(flags))

@@ -600,3 +600,13 @@ func TestFileMappedTwoWays(t *testing.T) {
 	p.waitProgress(5, 10*time.Second)
 	dumpRestore(t, p)
 }
+
+// Files named with a space, a newline, a tab, " (deleted)" (a live file,
+// which /proc shows as deleted files are shown), and a long path, each
+// open and mapped shared: the names, offsets and mapped pages come back.
+// A file named "x (deleted)" was refused as a deleted file linked elsewhere.
+func TestFdNames(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	p := startFdProg(t, "fd_names", "")
+	dumpRestore(t, p)
+}
