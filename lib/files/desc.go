@@ -23,7 +23,7 @@ type entry struct {
 	link string // /proc/PID/fd/N
 	fi   fdinfo
 	info []byte // the whole fdinfo text, for kind-specific lines
-	st   unix.Stat_t
+	st   fileStat
 	pfd  *pb.Fd
 	fifo bool     // an FD_PIPE opened by path
 	sock sockType // sockets: family, type, protocol
@@ -31,6 +31,14 @@ type entry struct {
 	// flight: a file in flight in a queued unix message (scm.go), which
 	// cr-files' peek installed as fd; names it in messages.
 	flight string
+}
+
+// fileStat is what cr-files keeps of an fd's stat(2): 48 bytes, not
+// Stat_t's 144, for each fd of a dump (tens of thousands in a large tree).
+type fileStat struct {
+	Dev, Ino, Rdev, Nlink uint64
+	Size                  int64
+	Mode                  uint32
 }
 
 func (e *entry) setKind(k pb.FdKind) { e.pfd.Kind = uint32(k) }

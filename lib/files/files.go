@@ -250,12 +250,14 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 		return nil, err
 	}
 	// Stat through the fd link: the open file itself, whatever its path says now.
-	if err := unix.Stat(procPath(pid, "fd", name), &e.st); err != nil {
+	var full unix.Stat_t
+	if err := unix.Stat(procPath(pid, "fd", name), &full); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, os.ErrNotExist
 		}
 		return nil, fmt.Errorf("pid %d fd %d: %s: %w", pid, n, link, err)
 	}
+	e.st = fileStat{Dev: full.Dev, Ino: full.Ino, Rdev: full.Rdev, Nlink: full.Nlink, Size: full.Size, Mode: full.Mode}
 	e.pfd = &pb.Fd{
 		Fd:      int32(n),
 		Cloexec: fi.flags&unix.O_CLOEXEC != 0,

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
@@ -41,7 +43,12 @@ func (d *dumper) dumpGhost(ds *desc) error {
 	if err != nil {
 		return err
 	}
-	d.ghosts = append(d.ghosts, ghost{rec: stage.NewGhost(obj, path, &e.st), f: d.keep(f)})
+	var st unix.Stat_t // owner and times too, which the entry does not keep
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return fmt.Errorf("pid %d fd %d: fstat: %w", e.pid, e.fd, err)
+	}
+	d.ghosts = append(d.ghosts, ghost{rec: stage.NewGhost(obj, path, &st), f: d.keep(f)})
 	return nil
 }
 
