@@ -122,7 +122,9 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		}
 		maxTarget = max(maxTarget, int(fd.Fd))
 	}
-	if err := raiseNofile(t.pid, uint64(max(maxTarget, 0))+3+fdInstallBatch); err != nil {
+	// Above the table (and the control socket, moved above it where
+	// needed), a batch moved in: base + fdInstallBatch, base as below.
+	if err := raiseNofile(t.pid, uint64(max(maxTarget, t.ctlFd))+2+fdInstallBatch); err != nil {
 		return err
 	}
 	if t.ctlFd <= maxTarget {

@@ -23,12 +23,17 @@ func (t *task) keptSpans() ([]span, error) {
 		return nil, nil
 	}
 	var kept []span
-	for _, v := range t.mm.Vmas { // in address order (setupMm checks)
+	for _, v := range t.mm.Vmas {
 		if len(v.Inherited) == 0 {
 			continue
 		}
 		if err := t.checkInherited(v); err != nil {
 			return nil, fmt.Errorf("pid %d: vma %#x-%#x: %w", t.proc.Pid, v.Start, v.End, err)
+		}
+		// In address order, which subtractSpans needs: limitFork asks
+		// before t's own setupMm has checked its VMAs.
+		if n := len(kept); n > 0 && v.Start < kept[n-1].hi {
+			return nil, fmt.Errorf("pid %d: vma %#x-%#x: not after the vma before it, which ends at %#x", t.proc.Pid, v.Start, v.End, kept[n-1].hi)
 		}
 		kept = append(kept, span{v.Start, v.End})
 	}
