@@ -440,12 +440,6 @@ func check(pid int) (*proc.Stat, error) {
 	if st.State == 'Z' || st.State == 'X' {
 		return nil, noProcess(pid, fmt.Errorf("pid %d (%s) is a zombie: %w", pid, st.Comm, proc.ErrNoProcess))
 	}
-	if st.State == 'T' {
-		// A group-stopped task re-enters its stop whenever ptrace resumes
-		// it, so nothing can be injected; restoring the stop is not done yet.
-		return nil, stage.Hint(refuse("pid %d (%s) is stopped (state T): stopped processes are not supported yet", pid, st.Comm),
-			fmt.Sprintf("continue it first (kill -CONT %d)", pid))
-	}
 	if selfAndAncestors()[pid] {
 		return nil, stage.Hint(refuse("pid %d (%s) is cr-freeze itself or one of its ancestors", pid, st.Comm),
 			"freezing it would freeze this pipeline; run the checkpoint from outside the target's process tree")

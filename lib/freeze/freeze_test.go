@@ -328,9 +328,12 @@ func TestNoSuchProcess(t *testing.T) {
 	}
 }
 
-func TestRefuseStopped(t *testing.T) {
+// TestFreezeStopped: a stopped process freezes, its record says so (the
+// restore stops it again), and the thaw leaves it stopped as it was.
+func TestFreezeStopped(t *testing.T) {
 	requireRoot(t)
 	p := testprog.Start(t, "tick")
+	orig := origCgroup(t, p)
 	cleanupFrozen(t, p.Pid)
 	syscall.Kill(p.Pid, syscall.SIGSTOP)
 	for i := 0; i < 200; i++ {
@@ -339,9 +342,25 @@ func TestRefuseStopped(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	_, err := Freeze(p.Pid, Options{})
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "stopped") {
-		t.Fatalf("got %v", err)
+	f, err := Freeze(p.Pid, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fr, procs := f.Records()
+	if len(procs) != 1 || procs[0].State != "T" {
+		t.Fatalf("process records %v, want one in state T", procs)
+	}
+	if err := Thaw(fr, procs); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupOf(t, p.Pid); got != orig {
+		t.Fatalf("back in %s, want %s", got, orig)
+	}
+	if st, _ := proc.ReadStat(p.Pid); st == nil || st.State != 'T' {
+		t.Fatalf("state %v after the thaw, want still stopped (T)", st)
+	}
+	if p.Ticks(300 * time.Millisecond) {
+		t.Fatal("ticking after the thaw: it was continued")
 	}
 	syscall.Kill(p.Pid, syscall.SIGCONT)
 	if !p.Ticks(2 * time.Second) {

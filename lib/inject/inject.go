@@ -62,6 +62,9 @@ type Session struct {
 	saved []scratchSave
 	ended bool
 	sig   int // a SIGSTOP met at an unexpected stop, passed on by End
+	// The process is in a group stop (state T): a SIGSTOP still queued
+	// for it can only be discarded, by the SIGCONT that ends the stop.
+	groupStop bool
 	// The rseq_cs field of the thread's struct rseq (0: none registered)
 	// and its value at Begin.
 	rseqCsAddr, rseqCs uint64
@@ -84,7 +87,11 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask}
+	stopSig, err := sys.PtraceStopSignal(tid)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask, groupStop: stopSig != unix.SIGTRAP}
 	// Kernels before 5.13 cannot tell; they have no way to restore it either.
 	if rs, err := sys.PtraceGetRseqConfig(tid); err == nil && rs.AbiPointer != 0 {
 		s.rseqCsAddr = RseqCsAddr(rs.AbiPointer)
@@ -186,14 +193,22 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 
 // step resumes the task to its next syscall stop.
 func (s *Session) step(want state) error {
-	if err := sys.PtraceSyscall(s.tid, 0); err != nil {
-		s.state = elsewhere
-		return err
-	}
-	st, err := sys.PtraceWait(s.tid)
-	if err != nil {
-		s.state = elsewhere
-		return err
+	var st sys.Stop
+	for {
+		if err := sys.PtraceSyscall(s.tid, 0); err != nil {
+			s.state = elsewhere
+			return err
+		}
+		var err error
+		if st, err = sys.PtraceWait(s.tid); err != nil {
+			s.state = elsewhere
+			return err
+		}
+		// A stopped process's queued SIGSTOP (kill -STOP sent twice)
+		// meets the first resume; discarded, as SIGCONT would.
+		if !(s.groupStop && st.Kind == sys.StopSignal && st.Sig == unix.SIGSTOP) {
+			break
+		}
 	}
 	if st.Kind == sys.StopSyscall {
 		s.state = want

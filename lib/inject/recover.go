@@ -203,11 +203,7 @@ func RecoverStub(pid int) (bool, error) {
 // seizeForRecovery seizes tid, stops it and begins a session on it, the
 // stub's own syscall instruction serving the unmap.
 func seizeForRecovery(tid int, base uint64) (*Session, error) {
-	if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
-		return nil, err
-	}
-	if err := sys.PtraceInterrupt(tid); err != nil {
-		sys.PtraceDetach(tid, 0)
+	if err := sys.PtraceSeizeStop(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
 		return nil, err
 	}
 	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)

@@ -111,6 +111,7 @@ type target struct {
 	insn    uint64
 	tids    []int
 	seccomp []bool
+	stopped bool // in a group stop (state T)
 	res     []*ThreadResult
 }
 
@@ -235,7 +236,7 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	tg := &target{pid: pid, insn: insn}
+	tg := &target{pid: pid, insn: insn, stopped: p.State == "T"}
 	tids := p.Threads
 	if len(tids) == 0 {
 		tids = []uint32{p.Pid}
@@ -309,13 +310,10 @@ func (tg *target) seize(seized *[]int) error {
 			// fatal in strict mode.
 			opts |= unix.PTRACE_O_SUSPEND_SECCOMP
 		}
-		if err := sys.PtraceSeize(tid, opts); err != nil {
+		if err := sys.PtraceSeizeStop(tid, opts); err != nil {
 			return seizeError(tg.pid, tid, err)
 		}
 		*seized = append(*seized, tid)
-		if err := sys.PtraceInterrupt(tid); err != nil {
-			return fmt.Errorf("pid %d tid %d: %w", tg.pid, tid, err)
-		}
 	}
 	return nil
 }
@@ -347,11 +345,11 @@ func (w *worker) inject() error {
 		}
 		for _, r := range res {
 			pid, tid := int(r.State.Pid), int(r.State.Tid)
-			if r.Inside.Pending, err = pendingSignals(pid, tid, false); err != nil {
+			if r.Inside.Pending, err = pendingSignals(pid, tid, false, tg.stopped); err != nil {
 				return err
 			}
 			if r.Process != nil {
-				if r.Process.SharedPending, err = pendingSignals(pid, tid, true); err != nil {
+				if r.Process.SharedPending, err = pendingSignals(pid, tid, true, tg.stopped); err != nil {
 					return err
 				}
 			}

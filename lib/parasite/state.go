@@ -279,7 +279,9 @@ func (p *processReads) decode(r *reads, st *pb.TaskState) (*pb.ProcessInside, er
 // pendingSignals reads a stopped thread's queued signals (shared: its
 // process's). Read after the timers, so that a timer expiring between the
 // two reads shows up as a pending signal rather than being lost.
-func pendingSignals(pid, tid int, shared bool) ([]*pb.Siginfo, error) {
+// stopped: the process is in a group stop, where a queued SIGSTOP can
+// only be discarded (by the SIGCONT that ends the stop): left out.
+func pendingSignals(pid, tid int, shared, stopped bool) ([]*pb.Siginfo, error) {
 	raws, err := sys.PtracePeekSiginfo(tid, shared)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
@@ -291,6 +293,9 @@ func pendingSignals(pid, tid int, shared bool) ([]*pb.Siginfo, error) {
 		case unix.SIGKILL:
 			return nil, fmt.Errorf("pid %d tid %d: SIGKILL is pending: the process is being killed", pid, tid)
 		case unix.SIGSTOP:
+			if stopped {
+				continue
+			}
 			return nil, stage.Hint(fmt.Errorf("pid %d tid %d: SIGSTOP is pending: not supported", pid, tid),
 				"checkpoint after the process stopped and was continued, or before the signal is sent")
 		}

@@ -313,6 +313,17 @@ func resumeAll(tasks []*task, seized *[]int) error {
 			}
 		}
 	}
+	for _, t := range tasks {
+		if t.stopped() {
+			// Dumped in a group stop: stopped again before any of its
+			// threads runs a user instruction. The SIGSTOP waits while
+			// they are traced; once detached, each is inside get_signal,
+			// where the first to look dequeues it and stops them all.
+			if err := unix.Kill(t.pid, unix.SIGSTOP); err != nil {
+				return fmt.Errorf("pid %d: stop it as dumped: %w", t.pid, err)
+			}
+		}
+	}
 	for len(*seized) > 0 {
 		tid := (*seized)[0]
 		if err := sys.PtraceDetach(tid, 0); err != nil {

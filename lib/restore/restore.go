@@ -86,6 +86,10 @@ type thread struct {
 
 func (t *task) zombie() bool { return t.proc.State == "Z" }
 
+// stopped: the process was in a group stop (SIGSTOP, or SIGTSTP, SIGTTIN,
+// SIGTTOU at their default action) when it was dumped.
+func (t *task) stopped() bool { return t.proc.State == "T" }
+
 // Run restores the stream described by opts.
 func Run(opts Options) (err error) {
 	in, err := stage.Input(opts.Input)

@@ -155,15 +155,10 @@ func Process(p *pb.Process) (*State, error) {
 		if err := checkTracer(pid, tid); err != nil {
 			return nil, err
 		}
-		if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+		if err := sys.PtraceSeizeStop(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
 			return nil, seizeError(pid, tid, err)
 		}
 		seized = append(seized, tid)
-	}
-	for _, tid := range tids {
-		if err := sys.PtraceInterrupt(tid); err != nil {
-			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
-		}
 	}
 	for _, tid := range tids {
 		if err := WaitInterrupt(pid, tid); err != nil {

@@ -41,6 +41,43 @@ func PtraceInterrupt(tid int) error {
 	return nil
 }
 
+// PtraceSeizeStop seizes tid and brings it to a PTRACE_EVENT_STOP, which
+// the caller then waits for. A task in a group stop (state T) traps on
+// the attach itself, and the kernel waits for that trap before
+// PTRACE_SEIZE returns; an interrupt on top of it would stay pending and
+// trap the task again at its first resume. So the interrupt is asked
+// only when no stop is reported yet.
+func PtraceSeizeStop(tid int, opts int) error {
+	if err := PtraceSeize(tid, opts); err != nil {
+		return err
+	}
+	reported, err := stopReported(tid)
+	if err == nil && !reported {
+		err = PtraceInterrupt(tid)
+	}
+	if err != nil {
+		PtraceDetach(tid, 0) // best effort: an exiting tracer detaches too
+	}
+	return err
+}
+
+// stopReported says whether a stop of tid waits to be collected, without
+// collecting it (waitid with WNOWAIT).
+func stopReported(tid int) (bool, error) {
+	var info [128]byte // siginfo_t; si_signo first, 0 when nothing waits
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_PID, uintptr(tid), uintptr(unsafe.Pointer(&info)),
+			unix.WSTOPPED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return false, fmt.Errorf("waitid %d: %w", tid, e)
+		}
+		return *(*int32)(unsafe.Pointer(&info[0])) != 0, nil
+	}
+}
+
 // PtraceCont resumes a stopped tracee, delivering sig (0 for none).
 func PtraceCont(tid int, sig int) error {
 	if err := ptrace(unix.PTRACE_CONT, tid, 0, uintptr(sig)); err != nil {
@@ -291,6 +328,17 @@ func PtraceGetSigmask(tid int) (uint64, error) {
 		return 0, fmt.Errorf("ptrace getsigmask %d: %w", tid, err)
 	}
 	return m, nil
+}
+
+// PtraceStopSignal is the signal of the stop tid sits in
+// (PTRACE_GETSIGINFO's si_signo). At a PTRACE_EVENT_STOP it is SIGTRAP,
+// or the stop signal when the tracee's process is in a group stop.
+func PtraceStopSignal(tid int) (unix.Signal, error) {
+	var info [128]byte // siginfo_t, si_signo first
+	if err := ptrace(unix.PTRACE_GETSIGINFO, tid, 0, uintptr(unsafe.Pointer(&info))); err != nil {
+		return 0, fmt.Errorf("ptrace getsiginfo %d: %w", tid, err)
+	}
+	return unix.Signal(*(*int32)(unsafe.Pointer(&info[0]))), nil
 }
 
 // PtraceSetSigmask sets the blocked-signal mask of a stopped tracee. The

@@ -388,47 +388,6 @@ func TestDumpNotPermitted(t *testing.T) {
 	p.terminate(1)
 }
 
-// TestRefuseStopped: a stopped process (state T) is refused by cr-freeze
-// and cr-dump with a one-line error naming it, and is left as it was:
-// stopped, in its cgroup; once continued it runs on.
-func TestRefuseStopped(t *testing.T) {
-	for _, tool := range []string{"cr-freeze", "cr-dump"} {
-		t.Run(tool, func(t *testing.T) {
-			if tool == "cr-dump" {
-				need(t, append(pipelineCmds, "cr-dump")...)
-			} else {
-				need(t, tool)
-			}
-			p := startCounter(t, "counter", 0)
-			if err := syscall.Kill(p.pid, syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
-			for i := 0; procState(p.pid) != "T" && i < 1000; i++ {
-				time.Sleep(time.Millisecond)
-			}
-			img := filepath.Join(p.dir, "img")
-			script := fmt.Sprintf("cr-freeze --pid %d > %s", p.pid, img)
-			if tool == "cr-dump" {
-				script = fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img)
-			}
-			r := shell(t, 30*time.Second, script)
-			if r.err == nil || r.state.ExitCode() != 1 {
-				t.Fatalf("%s: %v, want exit status 1 (refused)", script, r.err)
-			}
-			checkErrorLine(t, tool, r.stderr, regexp.MustCompile(`\b`+strconv.Itoa(p.pid)+`\b.*(?i)stopped`))
-			if st := procState(p.pid); st != "T" {
-				t.Fatalf("pid %d is in state %q after the refusal, want still stopped (T)", p.pid, st)
-			}
-			p.checkNoCgroup()
-			if err := syscall.Kill(p.pid, syscall.SIGCONT); err != nil {
-				t.Fatal(err)
-			}
-			p.checkRunning()
-			p.terminate(0)
-		})
-	}
-}
-
 // TestParasiteDiesInStub: cr-parasite dies (CRPIPE_FAULT makes it exit
 // as if killed) once the first thread of a multi-threaded target has run
 // its batch and parks in the stub, with the stub's registers, and every
