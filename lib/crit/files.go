@@ -262,13 +262,21 @@ func unixAddr(name []byte) string {
 	return string(bytes.TrimRight(name, "\x00"))
 }
 
+// fromDir says where a unix name is bound from (UnixSocket.name_dir).
+func fromDir(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	return " (from " + dir + ")"
+}
+
 func (r *fileRecords) unixTarget(d *pb.FileDesc) string {
 	u := d.Unix
 	typ := unixTypes[u.Type]
 	if typ == "" {
 		typ = fmt.Sprintf("type-%d", u.Type)
 	}
-	s := fmt.Sprintf("unix %s socket:[%d] %s", typ, d.Inode, unixAddr(u.Name))
+	s := fmt.Sprintf("unix %s socket:[%d] %s", typ, d.Inode, unixAddr(u.Name)) + fromDir(u.NameDir)
 	switch {
 	case u.State == 10:
 		s += fmt.Sprintf(", listening (backlog %d, %d waiting)", u.Backlog, len(u.Pending))
@@ -278,7 +286,7 @@ func (r *fileRecords) unixTarget(d *pb.FileDesc) string {
 			s += " (" + h + ")"
 		}
 	case len(u.PeerName) > 0:
-		s += ", connected to " + unixAddr(u.PeerName)
+		s += ", connected to " + unixAddr(u.PeerName) + fromDir(u.PeerNameDir)
 	case u.Connecting:
 		s += fmt.Sprintf(", waiting to be accepted by socket:[%d]", u.Listener)
 	case u.PeerGone:

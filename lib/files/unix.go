@@ -164,9 +164,21 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 			ps := u.all[s.Peer]
 			if s.Type == unix.SOCK_DGRAM && ps != nil && len(ps.Name) > 0 {
 				// A datagram socket connected to a server outside the dump
-				// (e.g. /dev/log) is connected again by name.
+				// (e.g. /dev/log) is connected again by name, from where
+				// the name gives the server's socket file now. (Not found,
+				// an absolute name is connected to from the restore's root,
+				// to whatever serves it then: a syslog daemon restarted.)
 				us.Peer = 0
 				us.PeerName = ps.Name
+				name := string(bytes.TrimRight(ps.Name, "\x00"))
+				if ps.Name[0] != 0 {
+					dir, _, ok := d.nameDir(e, name, ps.VfsDev, ps.VfsInode)
+					if !ok && !filepath.IsAbs(name) {
+						return stage.Hint(cannot(e, "it is connected to %s by the relative path %q, which names that socket's file from the working directory of no process of the dump", describeSocket(s.Peer, ps), name),
+							"checkpoint while a process of the dump is in the directory the name is relative to")
+					}
+					us.PeerNameDir = dir
+				}
 			} else {
 				return stage.Hint(cannot(e, "its peer %s is not in the dump", describeSocket(s.Peer, ps)),
 					"dump the process tree that holds both ends, or close the connection before checkpointing")
@@ -190,24 +202,77 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 }
 
 // unixNameState checks that a socket bound to a path can be bound again: the
-// socket file must still be there (a restore replaces it), as an absolute path.
+// socket file must still be there (a restore replaces it), where a restore
+// can bind the name again (nameDir).
 func (d *dumper) unixNameState(e *entry, s *sys.UnixDiag, us *pb.UnixSocket) error {
 	if len(s.Name) == 0 || s.Name[0] == 0 {
 		return nil
 	}
 	path := string(bytes.TrimRight(s.Name, "\x00"))
-	if !filepath.IsAbs(path) {
-		return stage.Hint(cannot(e, "it is bound to the relative path %q", path), "bind unix sockets to absolute paths (a restore binds from another directory)")
-	}
-	var st unix.Stat_t
-	err := unix.Lstat(filepath.Join(procPath(e.pid, "root"), path), &st)
-	if err != nil || st.Ino != s.VfsInode || st.Dev != s.VfsDev {
+	dir, st, ok := d.nameDir(e, path, s.VfsDev, s.VfsInode)
+	if !ok {
+		if !filepath.IsAbs(path) {
+			return stage.Hint(cannot(e, "it is bound to the relative path %q, which names its socket file from the working directory of no process of the dump", path),
+				"a restore binds the name from the directory it names the file from; checkpoint while a process of the dump is in that directory")
+		}
 		return stage.Hint(cannot(e, "its socket file %s has been removed or replaced", path),
 			"a restore binds the name again; leave the socket file in place while the socket lives")
 	}
+	us.NameDir = dir
 	us.NameDev, us.NameInode = st.Dev, st.Ino
 	us.NameMode, us.NameUid, us.NameGid = st.Mode&0o7777, st.Uid, st.Gid
 	return nil
+}
+
+// nameDir finds where name, bound to the socket file dev:ino, lies as a
+// restore sees it (UnixSocket.name_dir): the kernel keeps a name as bind(2)
+// was given it, relative to the binder's working directory, or absolute
+// from its root, which a chroot moves. So a relative name is looked up
+// from the working directory of a process of the dump, an absolute one
+// from its root; those holding the socket are tried first. dir is ""
+// where the restore's own root is the place (a root of "/", or another
+// mount namespace, in which a restore runs). ok is false when no process
+// gives the file.
+func (d *dumper) nameDir(e *entry, name string, dev, ino uint64) (dir string, st unix.Stat_t, ok bool) {
+	link := "cwd"
+	if filepath.IsAbs(name) {
+		link = "root"
+	}
+	var pids []int
+	if e.desc != nil {
+		for _, h := range e.desc.fds {
+			pids = append(pids, h.pid)
+		}
+	}
+	pids = append(pids, e.pid)
+	for _, p := range d.procs {
+		pids = append(pids, int(p.Pid))
+	}
+	tried := map[string]bool{}
+	for _, pid := range pids {
+		base := procPath(pid, link)
+		if d.pathRoot(pid) == "/" {
+			b, err := os.Readlink(base)
+			if err != nil {
+				continue
+			}
+			base = b
+		} else if link == "cwd" {
+			continue // a path in another mount namespace: not ours to give
+		}
+		if tried[base] {
+			continue
+		}
+		tried[base] = true
+		if unix.Lstat(filepath.Join(base, name), &st) != nil || st.Ino != ino || st.Dev != dev {
+			continue
+		}
+		if link == "root" && (base == "/" || d.pathRoot(pid) != "/") {
+			return "", st, true
+		}
+		return base, st, true
+	}
+	return "", st, false
 }
 
 func unixOptions(e *entry, fd int, us *pb.UnixSocket) error {

@@ -1052,33 +1052,40 @@ func (x *UnixCreds) GetGid() uint32 {
 }
 
 type UnixSocket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`                      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
-	State         uint32                 `protobuf:"varint,2,opt,name=state,proto3" json:"state,omitempty"`                    // sock_diag state: 1 established, 7 close, 10 listen
-	Name          []byte                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                       // bound address (sun_path bytes; abstract names start with 0)
-	NameDev       uint64                 `protobuf:"varint,4,opt,name=name_dev,json=nameDev,proto3" json:"name_dev,omitempty"` // the socket file bound to a path (UNIX_DIAG_VFS)
-	NameInode     uint64                 `protobuf:"varint,5,opt,name=name_inode,json=nameInode,proto3" json:"name_inode,omitempty"`
-	NameMode      uint32                 `protobuf:"varint,6,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"` // its permission bits and owner
-	NameUid       uint32                 `protobuf:"varint,7,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
-	NameGid       uint32                 `protobuf:"varint,8,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
-	Peer          uint64                 `protobuf:"varint,9,opt,name=peer,proto3" json:"peer,omitempty"`                       // the peer socket's inode; 0 when none
-	Shutdown      uint32                 `protobuf:"varint,10,opt,name=shutdown,proto3" json:"shutdown,omitempty"`              // RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
-	Backlog       uint32                 `protobuf:"varint,11,opt,name=backlog,proto3" json:"backlog,omitempty"`                // listening: listen(2) backlog
-	Pending       []uint64               `protobuf:"varint,12,rep,packed,name=pending,proto3" json:"pending,omitempty"`         // listening: the clients waiting to be accepted, in queue order
-	Queue         []*UnixMessage         `protobuf:"bytes,13,rep,name=queue,proto3" json:"queue,omitempty"`                     // receive queue, in order
-	PeekOff       int32                  `protobuf:"varint,14,opt,name=peek_off,json=peekOff,proto3" json:"peek_off,omitempty"` // SO_PEEK_OFF
-	Passcred      bool                   `protobuf:"varint,15,opt,name=passcred,proto3" json:"passcred,omitempty"`              // SO_PASSCRED
-	Passsec       bool                   `protobuf:"varint,16,opt,name=passsec,proto3" json:"passsec,omitempty"`                // SO_PASSSEC
-	Sndbuf        uint32                 `protobuf:"varint,17,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`                  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them
-	Rcvbuf        uint32                 `protobuf:"varint,18,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Connecting    bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`                         // connected to a listener that has not accepted it yet
-	Listener      uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                             // connecting: the listening socket's inode
-	PeerGone      bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"`             // connected once; the peer is closed
-	PeerName      []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
-	Passpidfd     bool                   `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
-	NoPassrights  bool                   `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
-	RcvtimeoUs    uint64                 `protobuf:"varint,25,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
-	SndtimeoUs    uint64                 `protobuf:"varint,26,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Type         uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`                      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+	State        uint32                 `protobuf:"varint,2,opt,name=state,proto3" json:"state,omitempty"`                    // sock_diag state: 1 established, 7 close, 10 listen
+	Name         []byte                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                       // bound address (sun_path bytes; abstract names start with 0)
+	NameDev      uint64                 `protobuf:"varint,4,opt,name=name_dev,json=nameDev,proto3" json:"name_dev,omitempty"` // the socket file bound to a path (UNIX_DIAG_VFS)
+	NameInode    uint64                 `protobuf:"varint,5,opt,name=name_inode,json=nameInode,proto3" json:"name_inode,omitempty"`
+	NameMode     uint32                 `protobuf:"varint,6,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"` // its permission bits and owner
+	NameUid      uint32                 `protobuf:"varint,7,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
+	NameGid      uint32                 `protobuf:"varint,8,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
+	Peer         uint64                 `protobuf:"varint,9,opt,name=peer,proto3" json:"peer,omitempty"`                       // the peer socket's inode; 0 when none
+	Shutdown     uint32                 `protobuf:"varint,10,opt,name=shutdown,proto3" json:"shutdown,omitempty"`              // RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
+	Backlog      uint32                 `protobuf:"varint,11,opt,name=backlog,proto3" json:"backlog,omitempty"`                // listening: listen(2) backlog
+	Pending      []uint64               `protobuf:"varint,12,rep,packed,name=pending,proto3" json:"pending,omitempty"`         // listening: the clients waiting to be accepted, in queue order
+	Queue        []*UnixMessage         `protobuf:"bytes,13,rep,name=queue,proto3" json:"queue,omitempty"`                     // receive queue, in order
+	PeekOff      int32                  `protobuf:"varint,14,opt,name=peek_off,json=peekOff,proto3" json:"peek_off,omitempty"` // SO_PEEK_OFF
+	Passcred     bool                   `protobuf:"varint,15,opt,name=passcred,proto3" json:"passcred,omitempty"`              // SO_PASSCRED
+	Passsec      bool                   `protobuf:"varint,16,opt,name=passsec,proto3" json:"passsec,omitempty"`                // SO_PASSSEC
+	Sndbuf       uint32                 `protobuf:"varint,17,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`                  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them
+	Rcvbuf       uint32                 `protobuf:"varint,18,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Connecting   bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`                         // connected to a listener that has not accepted it yet
+	Listener     uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                             // connecting: the listening socket's inode
+	PeerGone     bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"`             // connected once; the peer is closed
+	PeerName     []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
+	Passpidfd    bool                   `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
+	NoPassrights bool                   `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
+	RcvtimeoUs   uint64                 `protobuf:"varint,25,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs   uint64                 `protobuf:"varint,26,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	// name_dir: where a restore binds name from, as its own root sees it:
+	// the working directory for a relative name, the root for an absolute
+	// name bound inside a chroot; empty: from the restore's own root. The
+	// kernel keeps a name as bind(2) was given it, so it is bound from
+	// there again, where the dumped socket file was.
+	NameDir       string `protobuf:"bytes,27,opt,name=name_dir,json=nameDir,proto3" json:"name_dir,omitempty"`
+	PeerNameDir   string `protobuf:"bytes,28,opt,name=peer_name_dir,json=peerNameDir,proto3" json:"peer_name_dir,omitempty"` // the same for peer_name
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1293,6 +1300,20 @@ func (x *UnixSocket) GetSndtimeoUs() uint64 {
 		return x.SndtimeoUs
 	}
 	return 0
+}
+
+func (x *UnixSocket) GetNameDir() string {
+	if x != nil {
+		return x.NameDir
+	}
+	return ""
+}
+
+func (x *UnixSocket) GetPeerNameDir() string {
+	if x != nil {
+		return x.PeerNameDir
+	}
+	return ""
 }
 
 type InetSocket struct {
@@ -2095,7 +2116,7 @@ const file_files_proto_rawDesc = "" +
 	"\tUnixCreds\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xe1\x05\n" +
+	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xa0\x06\n" +
 	"\n" +
 	"UnixSocket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
@@ -2129,7 +2150,9 @@ const file_files_proto_rawDesc = "" +
 	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
 	"rcvtimeoUs\x12\x1f\n" +
 	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
-	"sndtimeoUs\"\xd9\b\n" +
+	"sndtimeoUs\x12\x19\n" +
+	"\bname_dir\x18\x1b \x01(\tR\anameDir\x12\"\n" +
+	"\rpeer_name_dir\x18\x1c \x01(\tR\vpeerNameDir\"\xd9\b\n" +
 	"\n" +
 	"InetSocket\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +

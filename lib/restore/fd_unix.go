@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -101,6 +103,46 @@ func sockaddr(name []byte) *unix.SockaddrUnix {
 	return &unix.SockaddrUnix{Name: sockName(name)}
 }
 
+// fromDir runs f, a bind or connect of the unix socket name name, from
+// dir (UnixSocket.name_dir): the working directory for a relative name,
+// the root for an absolute one. The kernel keeps a name as the dumped
+// process gave it, so it must name the socket file from there again. f
+// runs on an OS thread of its own (CLONE_FS: its working directory and
+// root are its alone), which ends with it.
+func fromDir(dir string, name []byte, f func() error) error {
+	if dir == "" || len(name) == 0 || name[0] == 0 {
+		return f()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_FS); err != nil {
+				return fmt.Errorf("unshare CLONE_FS: %w", err)
+			}
+			if name[0] == '/' {
+				if err := unix.Chroot(dir); err != nil {
+					return fmt.Errorf("chroot %s: %w", dir, err)
+				}
+			} else if err := unix.Chdir(dir); err != nil {
+				return fmt.Errorf("chdir %s: %w", dir, err)
+			}
+			return f()
+		}()
+	}()
+	return <-errc
+}
+
+// connectName connects f to the socket bound to name from dir (fromDir).
+func connectName(f *os.File, name []byte, dir string) error {
+	return fromDir(dir, name, func() error { return unix.Connect(int(f.Fd()), sockaddr(name)) })
+}
+
+// nameFile is where the socket file of name, bound from dir, lies for us.
+func nameFile(name []byte, dir string) string {
+	return filepath.Join(dir, sockName(name))
+}
+
 func (w *unixWorld) build(rc *Ctx) error {
 	for k, v := range rc.Shared {
 		d, ok := v.(*pb.FileDesc)
@@ -163,7 +205,7 @@ func (w *unixWorld) build(rc *Ctx) error {
 			if err := cs.create(); err != nil {
 				return err
 			}
-			if err := unix.Connect(int(cs.f.Fd()), sockaddr(l.s.Name)); err != nil {
+			if err := connectName(cs.f, l.s.Name, l.s.NameDir); err != nil {
 				return fmt.Errorf("%s: connect to %s: %w", cs, l, err)
 			}
 		}
@@ -184,16 +226,17 @@ func (w *unixWorld) build(rc *Ctx) error {
 			continue
 		}
 		var to []byte
+		var dir string
 		if p := w.socks[s.s.Peer]; p != nil && !(p.s.Peer == s.ino && len(s.s.Name) == 0 && len(p.s.Name) == 0) {
-			to = p.s.Name
+			to, dir = p.s.Name, p.s.NameDir
 			if len(to) == 0 {
 				return fmt.Errorf("%s: connected to unnamed socket %s", s, p)
 			}
 		} else if len(s.s.PeerName) > 0 {
-			to = s.s.PeerName
+			to, dir = s.s.PeerName, s.s.PeerNameDir
 		}
 		if to != nil {
-			if err := unix.Connect(int(s.f.Fd()), sockaddr(to)); err != nil {
+			if err := connectName(s.f, to, dir); err != nil {
 				return fmt.Errorf("%s: connect to %s: %w", s, sockName(to), err)
 			}
 		}
@@ -308,7 +351,7 @@ func (w *unixWorld) connectPair(a, b *unixSock) error {
 		lf = l.f
 	} else {
 		// A listener for the moment, bound where the original was.
-		tmp := &unixSock{d: server.d, s: &pb.UnixSocket{Type: server.s.Type, Name: server.s.Name, NameInode: server.s.NameInode,
+		tmp := &unixSock{d: server.d, s: &pb.UnixSocket{Type: server.s.Type, Name: server.s.Name, NameDir: server.s.NameDir, NameInode: server.s.NameInode,
 			NameDev: server.s.NameDev, NameMode: server.s.NameMode, NameUid: server.s.NameUid, NameGid: server.s.NameGid}, ino: server.ino}
 		if err := tmp.create(); err != nil {
 			return fmt.Errorf("%s: a listener to accept it: %w", server, err)
@@ -319,7 +362,7 @@ func (w *unixWorld) connectPair(a, b *unixSock) error {
 		}
 		lf = tmp.f
 	}
-	if err := unix.Connect(int(cf.Fd()), sockaddr(server.s.Name)); err != nil {
+	if err := connectName(cf, server.s.Name, server.s.NameDir); err != nil {
 		return fmt.Errorf("%s: connect to %s: %w", server, sockName(server.s.Name), err)
 	}
 	nfd, _, err := unix.Accept4(int(lf.Fd()), unix.SOCK_CLOEXEC)
@@ -343,9 +386,9 @@ func (w *unixWorld) listenerNamed(name []byte) *unixSock {
 	return nil
 }
 
-// bind binds s to its name. A path still holding the dumped socket file
-// (the original socket is gone) is unlinked first; anything else there is
-// an error, never removed.
+// bind binds s to its name, from its name_dir (fromDir). A path still
+// holding the dumped socket file (the original socket is gone) is
+// unlinked first; anything else there is an error, never removed.
 func (s *unixSock) bind() error {
 	name := s.s.Name
 	if len(name) == 0 {
@@ -353,7 +396,7 @@ func (s *unixSock) bind() error {
 	}
 	path := ""
 	if name[0] != 0 {
-		path = string(bytes.TrimRight(name, "\x00"))
+		path = nameFile(name, s.s.NameDir)
 		var st unix.Stat_t
 		err := unix.Lstat(path, &st)
 		switch {
@@ -368,7 +411,7 @@ func (s *unixSock) bind() error {
 			return fmt.Errorf("%s: %s exists and is not the socket file of the dump (inode %d, was %d)", s, path, st.Ino, s.s.NameInode)
 		}
 	}
-	if err := unix.Bind(int(s.f.Fd()), sockaddr(name)); err != nil {
+	if err := fromDir(s.s.NameDir, name, func() error { return unix.Bind(int(s.f.Fd()), sockaddr(name)) }); err != nil {
 		return fmt.Errorf("%s: bind: %w", s, err)
 	}
 	if path != "" && s.s.NameInode != 0 {

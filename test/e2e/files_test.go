@@ -610,3 +610,78 @@ func TestFdNames(t *testing.T) {
 	p := startFdProg(t, "fd_names", "")
 	dumpRestore(t, p)
 }
+
+// Unix socket names bound relative to the working directory, and absolute
+// inside a chroot (a child jailed in EXTDIR/jail), as a mail server's
+// master and its jailed daemons bind them; datagram sockets connected by
+// such names to servers outside the dump. The restore binds and connects
+// each name from where it was bound, so the program finds its sockets by
+// the same names and the servers get its datagrams. Relative names were
+// refused before; an absolute name in a chroot was bound from the
+// restore's own root, outside the jail.
+func TestUnixNamesFromDirs(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-restore", "crit")...)
+	ext, servers := unixDirsServers(t)
+	p := startFdProg(t, "fd_unixdirs", ext)
+	checkUnixDirs(t, ext, dumpRestore(t, p), servers)
+}
+
+// unixDirsServers makes fd_unixdirs' EXTDIR and binds its two datagram
+// servers there.
+func unixDirsServers(t *testing.T) (string, map[string]*os.File) {
+	t.Helper()
+	ext := t.TempDir()
+	servers := map[string]*os.File{}
+	for _, d := range []string{"run", "jail"} {
+		if err := os.Mkdir(filepath.Join(ext, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		servers[d] = os.NewFile(uintptr(fd), d)
+		t.Cleanup(func() { servers[d].Close() })
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: filepath.Join(ext, d, "ext.dgram")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ext, servers
+}
+
+// checkUnixDirs checks crit show's fd lines say where the names are
+// bound from, and that both servers got the restored program's datagram.
+func checkUnixDirs(t *testing.T, ext, show string, servers map[string]*os.File) {
+	t.Helper()
+	if !strings.Contains(show, "run/rel.sock (from "+ext+")") || !strings.Contains(show, "/jail.sock (from "+filepath.Join(ext, "jail")+")") {
+		t.Errorf("crit show does not say where run/rel.sock and /jail.sock are bound from:\n%s", show)
+	}
+	for d, want := range map[string]string{"run": "from outside parent", "jail": "from jail"} {
+		fd := int(servers[d].Fd())
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5})
+		buf := make([]byte, 64)
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || string(buf[:max(n, 0)]) != want {
+			t.Errorf("%s/ext.dgram got %q (%v), want %q", d, buf[:max(n, 0)], err, want)
+		}
+	}
+}
+
+// TestUnixNameRelativeRefused: a name bound relative to a directory no
+// process of the dump is in any more is refused, naming the process, the
+// fd and the name; the program runs on.
+func TestUnixNameRelativeRefused(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	ext, _ := unixDirsServers(t)
+	p := startFdProg(t, "fd_unixdirs", ext+",moved")
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatal("a socket bound to a relative name nobody can resolve was dumped")
+	}
+	want := regexp.MustCompile(`cr-files: (error: )?pid ` + strconv.Itoa(p.pid) + ` fd 2[0-4]: .*relative path "run/rel\.(sock|dgram)"`)
+	if !want.Match(r.stderr) {
+		t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+	}
+	p.checkRunning()
+	p.terminate(0)
+}
