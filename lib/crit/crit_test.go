@@ -238,9 +238,9 @@ func TestShow(t *testing.T) {
 		"SIGTERM  handler 0x555555555100  flags SA_RESTORER",
 		"SIGPIPE  ignore",
 		// fd, kind, path, flags, offset
-		"1  regular  /tmp/counter.log        wronly|append  offset 8192",
-		"3  regular  /var/lib/counter/state  rdwr           offset 17  cloexec",
-		"0  chardev  /dev/null",
+		"1  regular  wronly|append  offset 8192  /tmp/counter.log",
+		"3  regular  rdwr           offset 17    /var/lib/counter/state  cloexec",
+		"0  chardev  rdonly         offset 0     /dev/null",
 		"cwd /var/lib/counter",
 	} {
 		if !strings.Contains(s, want) {

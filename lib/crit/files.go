@@ -108,7 +108,9 @@ func (r *fileRecords) showFds(w io.Writer, f *pb.Files) {
 				extra += " shared with " + strings.Join(others, ", ")
 			}
 		}
-		fmt.Fprintf(tw, "    %d\t%s\t%s\t%s\toffset %d%s\n", fd.Fd, fdKind(fd.Kind), r.target(fd), openFlagString(fd.Flags), fd.Offset, extra)
+		// The target last, out of the aligned columns: an epoll's lists
+		// every watch, and would pad every line to its length.
+		fmt.Fprintf(tw, "    %d\t%s\t%s\toffset %d\t%s%s\n", fd.Fd, fdKind(fd.Kind), openFlagString(fd.Flags), fd.Offset, r.target(fd), extra)
 	}
 	tw.Flush()
 	showLocks(w, f)
