@@ -356,8 +356,17 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 
 func startStage(opt Options, r *stageRun) error {
 	// A stage dies with cr-dump: the guard can then thaw the target
-	// without a stage still at work in it.
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// without a stage still at work in it. Except cr-parasite, which is
+	// asked to stop: killed between two injected system calls, it would
+	// leave a thread with borrowed registers or every signal blocked,
+	// running (the cgroup is thawed while it injects) where no record of
+	// its stub can put it back. On SIGTERM it puts the process at hand
+	// back and exits; the guard waits for it to let go.
+	sig := syscall.SIGKILL
+	if r.name == "cr-parasite" {
+		sig = syscall.SIGTERM
+	}
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: sig}
 	if opt.Verbose {
 		r.cmd.Stderr = io.MultiWriter(&r.stderr, opt.Stderr)
 	} else {

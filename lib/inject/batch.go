@@ -134,6 +134,12 @@ var ErrNoStub = errors.New("the process cannot map the batch stub")
 // StubTimeout bounds one batch: the calls are quick and never block.
 var StubTimeout = 10 * time.Second
 
+// faultDumpDiesMapping: CRPIPE_FAULT=dump-dies-while-mapping-stub makes
+// the tracer kill its parent (cr-dump) right after the stub's mmap, the
+// one injected call no recovery record covers yet (fault injection for
+// the test of cr-dump's death).
+var faultDumpDiesMapping = os.Getenv("CRPIPE_FAULT") == "dump-dies-while-mapping-stub"
+
 // MapStub maps a Stub into the process of s's thread, with a recovery
 // record for each of sessions, the sessions on its threads (recover.go).
 // On failure nothing is left mapped.
@@ -148,6 +154,12 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 		return nil, fmt.Errorf("tid %d: mmap: %w: %w", s.tid, err, ErrNoStub)
 	}
 	st := &Stub{tid: s.tid, base: uint64(ret), size: size}
+	if faultDumpDiesMapping {
+		// The thread has borrowed registers and every signal blocked, and
+		// no record says so yet.
+		unix.Kill(os.Getppid(), unix.SIGKILL)
+		time.Sleep(200 * time.Millisecond) // for the parent-death signal
+	}
 	err = st.setup(s)
 	if err == nil {
 		err = WriteMem(s.tid, st.base+stubSize, records(sessions))

@@ -416,6 +416,42 @@ func TestParasiteDiesInStub(t *testing.T) {
 	p.terminate(p.mustProgress())
 }
 
+// TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
+// has a thread with borrowed registers and every signal blocked, just
+// after the stub's mmap, before any recovery record exists (the cgroup is
+// thawed meanwhile). cr-parasite, told by its parent-death signal, puts
+// the process back before it exits, and the guard thaws it: the program
+// runs on with its mappings and per-thread state intact. (Killed with
+// SIGKILL, as the other stages are, it left the thread to run on with the
+// mmap's registers.)
+func TestDumpDiesWhileMappingStub(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := startStateProg(t, "threadstate")
+	maps := fmt.Sprintf("/proc/%d/maps", p.pid)
+	before, masks := readFile(maps), threadMasks(t, p.pid)
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=dump-dies-while-mapping-stub cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatalf("cr-dump succeeded though it was killed")
+	}
+	// The guard thaws it once cr-parasite lets go.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(p.cgroupDir()); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guard did not thaw pid %d within 20 s", p.pid)
+		}
+	}
+	if after := readFile(maps); after != before {
+		t.Errorf("the mappings changed (a stub left behind?): %s", firstDiff(before, after))
+	}
+	if after := threadMasks(t, p.pid); after != masks {
+		t.Errorf("the threads' blocked signals changed: %s", firstDiff(masks, after))
+	}
+	p.checkRunning()
+	p.terminate(p.mustProgress())
+}
+
 // threadMasks lists each thread of pid with its blocked signals (SigBlk).
 func threadMasks(t *testing.T, pid int) string {
 	t.Helper()
