@@ -16,6 +16,10 @@ const (
 	AdviceSealed                  // sl: mseal(2), sealed again once the VMA is complete
 )
 
+// AdviceKnown is every Advice bit above: a restore refuses others, whose
+// meaning it cannot give back.
+const AdviceKnown = AdviceSealed<<1 - 1
+
 // AdviceFlags are the VmFlags names of the Advice bits, in bit order.
 var AdviceFlags = []struct {
 	Flag string

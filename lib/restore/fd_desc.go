@@ -33,7 +33,10 @@ func objectKey(n uint64) string    { return fmt.Sprintf("object:%d", n) }
 // closeShared once every task runs (or when cr-restore exits).
 type sharedCloser interface{ closeShared() }
 
-type sharedFile struct{ *os.File }
+type sharedFile struct {
+	*os.File
+	kind uint32 // the pb.FdKind of the fd that opened it
+}
 
 func (f sharedFile) closeShared() { f.File.Close() }
 
@@ -46,6 +49,10 @@ func shareDesc(open fdOpener) fdOpener {
 		}
 		key := descFileKey(fd.DescId)
 		if f, ok := rc.Shared[key].(sharedFile); ok {
+			if f.kind != fd.Kind {
+				return nil, fmt.Errorf("pid %d fd %d: a %v, of description %d, which another fd opened as a %v: %w",
+					t.pid, fd.Fd, pb.FdKind(fd.Kind), fd.DescId, pb.FdKind(f.kind), image.ErrCorrupt)
+			}
 			return dupFile(f.File, t, fd)
 		}
 		if rc.descUses != nil && rc.descUses[fd.DescId] == 1 {
@@ -63,7 +70,7 @@ func shareDesc(open fdOpener) fdOpener {
 			f.Close()
 			return dupFile(g.File, t, fd)
 		}
-		rc.Shared[key] = sharedFile{f}
+		rc.Shared[key] = sharedFile{f, fd.Kind}
 		return dupFile(f, t, fd)
 	}
 }

@@ -82,7 +82,7 @@ func devTtyCalls(rc *Ctx, t *task, _ *scratchWriter) ([]call, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
-			sf = sharedFile{f}
+			sf = sharedFile{File: f}
 			rc.Shared[devTtyKey(d.Id)] = sf
 		}
 		remote, err := t.r.sendFds([]*os.File{sf.File})

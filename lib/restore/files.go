@@ -3,11 +3,13 @@ package restore
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 )
@@ -116,11 +118,21 @@ func procPidPath(rc *Ctx, t *task, fd *pb.Fd) (string, error) {
 func (rc *Ctx) restoreFiles(t *task) error {
 	fl := t.files
 	maxTarget := -1
-	for _, fd := range fl.Fds {
+	nums := make([]int32, len(fl.Fds))
+	for i, fd := range fl.Fds {
 		if fd.Fd < 0 {
 			return fmt.Errorf("pid %d: negative fd number %d in the image", t.pid, fd.Fd)
 		}
 		maxTarget = max(maxTarget, int(fd.Fd))
+		nums[i] = fd.Fd
+	}
+	// Installed one after another, a number given twice would leave the
+	// first fd replaced by the second, and no error.
+	slices.Sort(nums)
+	for i := 1; i < len(nums); i++ {
+		if nums[i] == nums[i-1] {
+			return fmt.Errorf("pid %d: fd %d appears twice in the image: %w", t.pid, nums[i], image.ErrCorrupt)
+		}
 	}
 	// Above the table (and the control socket, moved above it where
 	// needed), a batch moved in: base + fdInstallBatch, base as below.

@@ -80,7 +80,7 @@ func TestCheckInherited(t *testing.T) {
 // before the task is touched.
 func TestSetupMmRefusesVmasOutOfOrder(t *testing.T) {
 	vma := func(start, end uint64) *pb.Vma {
-		return &pb.Vma{Start: start, End: end, Kind: uint32(pb.VmaKind_VMA_ANON)}
+		return &pb.Vma{Start: start, End: end, Kind: uint32(pb.VmaKind_VMA_ANON), Prot: 3, Flags: 0x22}
 	}
 	for name, vmas := range map[string][]*pb.Vma{
 		"out of order": {vma(0x20000, 0x21000), vma(0x10000, 0x11000)},

@@ -65,6 +65,9 @@ var vdsoNames = map[string]pb.VmaKind{
 	"[vsyscall]":    pb.VmaKind_VMA_VSYSCALL,
 }
 
+// vmaFlagsKnown are the Vma.flags cr-pages writes.
+const vmaFlagsKnown = unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_DROPPABLE | unix.MAP_ANONYMOUS | unix.MAP_GROWSDOWN | unix.MAP_NORESERVE
+
 // setupMm turns the fresh task into an empty copy of the dumped address
 // space: the restorer moves to a hole, everything else of the helper's is
 // unmapped, the vDSO moves to its dumped place, and every dumped VMA is
@@ -78,6 +81,15 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 	for _, v := range mm.Vmas {
 		if v.End <= v.Start || v.Start%pageSize != 0 || v.End%pageSize != 0 {
 			return fmt.Errorf("pid %d: vma %#x-%#x: not page aligned", t.pid, v.Start, v.End)
+		}
+		// Bits this restore does not know would be dropped, or passed to
+		// mmap as something else: a protection or a mapping not dumped.
+		// cr-pages writes a droppable mapping as private with MAP_DROPPABLE.
+		typ := v.Flags & 0x0f // MAP_TYPE
+		known := typ == unix.MAP_SHARED || typ == unix.MAP_PRIVATE || typ == unix.MAP_PRIVATE|unix.MAP_DROPPABLE
+		if !known || v.Prot&^(unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC) != 0 || v.Flags&^vmaFlagsKnown != 0 || v.Advice&^pb.AdviceKnown != 0 {
+			return fmt.Errorf("pid %d: vma %#x-%#x: protection %#x, flags %#x or advice %#x with bits this restore does not know: %w",
+				t.pid, v.Start, v.End, v.Prot, v.Flags, v.Advice, image.ErrCorrupt)
 		}
 		// In address order, as maps lists them: what is kept from the
 		// parent is looked up by address (inherit.go).

@@ -390,6 +390,16 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 			return err
 		}
 		t.files = &fl
+	case image.TypeInventory:
+		var inv pb.Inventory
+		if err := image.Unmarshal(f, &inv); err != nil {
+			return err
+		}
+		// Pages are laid out, and VMAs aligned, in the dumping machine's
+		// page size.
+		if inv.PageSize != 0 && int(inv.PageSize) != os.Getpagesize() {
+			return fmt.Errorf("frame %d: the image was made on a machine with %d-byte pages, this one has %d", f.Index, inv.PageSize, os.Getpagesize())
+		}
 	case image.TypeEnd:
 	default:
 		if h, ok := recordHandlers[f.Type]; ok {

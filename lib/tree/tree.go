@@ -58,6 +58,10 @@ func Check(procs []*pb.Process) error {
 		byPid[p.Pid] = p
 	}
 	for _, p := range procs {
+		if p.Sid == p.Pid && p.Pgid != p.Pid {
+			// setpgid refuses a session leader: no process is ever so.
+			return fmt.Errorf("pid %d leads session %d but is in process group %d", p.Pid, p.Sid, p.Pgid)
+		}
 		parent, ok := byPid[p.Ppid]
 		if !ok {
 			continue // the root
