@@ -6,6 +6,7 @@ import (
 
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
+	"crpipe/lib/seize"
 	"crpipe/lib/sys"
 )
 
@@ -15,10 +16,11 @@ import (
 // while nothing else runs: Run's life cycle, for a caller that injects on
 // its own schedule.
 type Held struct {
-	fr     *pb.Freeze
-	seized []int
-	thawed bool
-	Procs  []HeldProcess
+	fr      *pb.Freeze
+	seized  []int
+	targets []*target
+	thawed  bool
+	Procs   []HeldProcess
 }
 
 // HeldProcess is a held process, its threads, and a syscall instruction
@@ -43,7 +45,6 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 			h = nil
 		}
 	}()
-	var targets []*target
 	for _, p := range procs {
 		if p.State == "Z" {
 			continue
@@ -52,12 +53,12 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 		if err != nil {
 			return h, err
 		}
+		h.targets = append(h.targets, tg)
 		if err := tg.seize(&h.seized); err != nil {
 			return h, err
 		}
-		targets = append(targets, tg)
 	}
-	for _, tg := range targets {
+	for _, tg := range h.targets {
 		if err := tg.waitStops(); err != nil {
 			return h, err
 		}
@@ -89,7 +90,7 @@ func (h *Held) Release() error {
 	}
 	for _, tid := range h.seized {
 		if err := sys.PtraceDetach(tid, 0); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, seize.ThreadError(pidOf(h.targets, tid), tid, err))
 		}
 	}
 	h.seized = nil

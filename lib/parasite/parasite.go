@@ -37,6 +37,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -49,6 +50,7 @@ import (
 	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
+	"crpipe/lib/seize"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -234,7 +236,10 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
 	pid := int(p.Pid)
 	insn, err := inject.FindSyscallInsn(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
+		if seize.Exiting(pid, pid) {
+			return nil, exitedError(pid)
+		}
+		return nil, err
 	}
 	tg := &target{pid: pid, insn: insn, stopped: p.State == "T"}
 	tids := p.Threads
@@ -278,10 +283,20 @@ func (w *worker) run() {
 	var errs []error
 	for _, tid := range seized {
 		if err := sys.PtraceDetach(tid, 0); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, seize.ThreadError(pidOf(w.targets, tid), tid, err))
 		}
 	}
 	w.out <- errors.Join(errs...)
+}
+
+// pidOf is the process of tid among targets.
+func pidOf(targets []*target, tid int) int {
+	for _, tg := range targets {
+		if slices.Contains(tg.tids, tid) {
+			return tg.pid
+		}
+	}
+	return 0
 }
 
 // seize seizes every thread of the worker's processes and waits for each
@@ -311,7 +326,7 @@ func (tg *target) seize(seized *[]int) error {
 			opts |= unix.PTRACE_O_SUSPEND_SECCOMP
 		}
 		if err := sys.PtraceSeizeStop(tid, opts); err != nil {
-			return seizeError(tg.pid, tid, err)
+			return seize.ThreadError(tg.pid, tid, err)
 		}
 		*seized = append(*seized, tid)
 	}
@@ -458,15 +473,8 @@ func waitInterrupt(pid, tid int) error {
 	return fmt.Errorf("pid %d tid %d: %v instead of an interrupt stop (is the task frozen?)", pid, tid, st)
 }
 
-func seizeError(pid, tid int, err error) error {
-	err = fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
-	switch {
-	case errors.Is(err, unix.ESRCH):
-		return stage.Hint(err, "the thread exited; was the process thawed or killed during the checkpoint?")
-	case errors.Is(err, unix.EPERM):
-		return stage.Hint(err, "another tracer holds the thread, or ptrace is not permitted (run as root; check kernel.yama.ptrace_scope)")
-	}
-	return err
+func exitedError(pid int) error {
+	return stage.Hint(fmt.Errorf("pid %d: the process exited during the checkpoint", pid), "was it killed meanwhile? checkpoint again")
 }
 
 // checkFrozen verifies identity and that the process sits in the frozen
@@ -477,6 +485,9 @@ func checkFrozen(p *pb.Process, fr *pb.Freeze, mount string) error {
 	st, err := proc.ReadStat(pid)
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", pid, proc.ErrNoProcess)
+	}
+	if seize.Exiting(pid, pid) {
+		return exitedError(pid)
 	}
 	if st.StartTime != p.StartTime {
 		return fmt.Errorf("pid %d: started at %d, not %d as recorded: the process was replaced", pid, st.StartTime, p.StartTime)

@@ -156,7 +156,7 @@ func Process(p *pb.Process) (*State, error) {
 			return nil, err
 		}
 		if err := sys.PtraceSeizeStop(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
-			return nil, seizeError(pid, tid, err)
+			return nil, ThreadError(pid, tid, err)
 		}
 		seized = append(seized, tid)
 	}
@@ -188,22 +188,37 @@ func Process(p *pb.Process) (*State, error) {
 	for len(seized) > 0 {
 		tid := seized[0]
 		if err := sys.PtraceDetach(tid, 0); err != nil {
-			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+			return nil, ThreadError(pid, tid, err)
 		}
 		seized = seized[1:]
 	}
 	return st, nil
 }
 
-func seizeError(pid, tid int, err error) error {
+// Exiting reports a thread that is gone, a zombie, or on its way out
+// (PF_EXITING: killed while frozen, it exits once thawed or traced).
+func Exiting(pid, tid int) bool {
+	const pfExiting = 0x4
+	st, err := proc.ReadTaskStat(pid, tid)
+	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
+}
+
+// ThreadError explains a ptrace request refused for a thread of the dump.
+// A thread killed while frozen is exiting, and ptrace refuses it with
+// EPERM (or ESRCH once it is gone): that says so, rather than blame a
+// tracer. Otherwise EPERM means another tracer, or no permission.
+func ThreadError(pid, tid int, err error) error {
 	err = fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
-	switch {
-	case errors.Is(err, unix.ESRCH):
-		return stage.Hint(err, "the thread exited; was the process thawed or killed during the checkpoint?")
-	case errors.Is(err, unix.EPERM):
-		return stage.Hint(err, "another tracer (a debugger, or a stage left attached) holds the thread, or ptrace is not permitted (run as root; check kernel.yama.ptrace_scope)")
+	if !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EPERM) {
+		return err
 	}
-	return err
+	if Exiting(pid, tid) {
+		return stage.Hint(fmt.Errorf("%w: the thread exited during the checkpoint", err), "was the process killed meanwhile? checkpoint again")
+	}
+	if errors.Is(err, unix.ESRCH) {
+		return stage.Hint(err, "the thread exited; was the process thawed or killed during the checkpoint?")
+	}
+	return stage.Hint(err, "another tracer (a debugger, or a stage left attached) holds the thread, or ptrace is not permitted (run as root; check kernel.yama.ptrace_scope)")
 }
 
 // WaitInterrupt waits for the PTRACE_EVENT_STOP that PTRACE_INTERRUPT asked

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -181,4 +182,39 @@ func tidsOf(pid int) []string {
 		out = append(out, e.Name())
 	}
 	return out
+}
+
+// TestKilledWhileFrozen: a process of the dump SIGKILLed while frozen
+// (its parent, frozen too, cannot reap it) before cr-seize, or before
+// cr-parasite: the stage says the process exited during the checkpoint,
+// naming it, instead of blaming another tracer or the lack of a syscall
+// instruction; the thaw then puts the rest back, leaving no cgroup.
+func TestKilledWhileFrozen(t *testing.T) {
+	need(t, pipelineCmds...)
+	for _, c := range []struct{ before, stages string }{
+		{"cr-seize", "cr-freeze --pid %d > %s"},
+		{"cr-parasite", "cr-freeze --pid %d | cr-seize > %s"},
+	} {
+		t.Run(c.before, func(t *testing.T) {
+			p, job := startJobstop(t)
+			f := filepath.Join(p.dir, "frozen")
+			mustShell(t, 60*time.Second, fmt.Sprintf(c.stages, p.pid, f))
+			if err := syscall.Kill(job, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(10 * time.Second); taskState(job, strconv.Itoa(job)) != "Z"; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the job did not die: %s", describe(job))
+				}
+			}
+			r := shell(t, 60*time.Second, fmt.Sprintf("%s < %s > /dev/null", c.before, f))
+			if r.err == nil {
+				t.Fatalf("%s went on with a process gone", c.before)
+			}
+			checkErrorLine(t, c.before, r.stderr, regexp.MustCompile(`pid `+strconv.Itoa(job)+`\b.* exited during the checkpoint`))
+			mustShell(t, 60*time.Second, "cr-freeze thaw < "+f)
+			p.checkNoCgroup()
+			p.waitProgress(p.mustProgress()+10, 10*time.Second)
+		})
+	}
 }
