@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -84,6 +85,16 @@ func (rc *Ctx) finish() error {
 	// seccomp filters that must not apply to the restorer's own calls.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	// From here on tasks are released one by one, and TCP connections stay
+	// locked until the last step: Ctrl-C or SIGTERM, which would kill us
+	// half way, leaving some tasks running and some not, wait for the end,
+	// which then kills everything made (Run).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	defer signal.Stop(sigs)
+	if faultSignalledAtEnd {
+		unix.Kill(os.Getpid(), unix.SIGTERM)
+	}
 	seized, err := seizeAll(live)
 	defer func() {
 		for _, tid := range seized {
@@ -125,8 +136,18 @@ func (rc *Ctx) finish() error {
 			return err
 		}
 	}
+	select {
+	case s := <-sigs:
+		return fmt.Errorf("interrupted by %v while the processes were released: all are killed", s)
+	default:
+	}
 	return nil
 }
+
+// faultSignalledAtEnd: CRPIPE_FAULT=restore-signalled-at-end makes
+// cr-restore send itself SIGTERM as it starts releasing the tasks (fault
+// injection for the test of that window).
+var faultSignalledAtEnd = os.Getenv("CRPIPE_FAULT") == "restore-signalled-at-end"
 
 func (t *task) runWithScratch(r *restorer, s *scratchWriter, calls []call) error {
 	if err := t.flushScratch(s); err != nil {

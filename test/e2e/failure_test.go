@@ -397,8 +397,7 @@ func TestDumpNotPermitted(t *testing.T) {
 // checks its whole per-thread state (test/progs/threadstate.c).
 func TestParasiteDiesInStub(t *testing.T) {
 	p := startStateProg(t, "threadstate")
-	maps := fmt.Sprintf("/proc/%d/maps", p.pid)
-	before, masks := readFile(maps), threadMasks(t, p.pid)
+	before := takeSnapshot(t, p.pid)
 	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though its cr-parasite died")
@@ -406,12 +405,7 @@ func TestParasiteDiesInStub(t *testing.T) {
 	if !strings.Contains(string(r.stderr), "its threads are put back as they were") {
 		t.Errorf("the thaw does not say it put back the threads a dead stage left:\n%s", r.stderr)
 	}
-	if after := readFile(maps); after != before {
-		t.Errorf("the mappings changed (a stub left behind?): %s", firstDiff(before, after))
-	}
-	if after := threadMasks(t, p.pid); after != masks {
-		t.Errorf("the threads' blocked signals changed: %s", firstDiff(masks, after))
-	}
+	before.check(t)
 	p.checkRunning()
 	p.terminate(p.mustProgress())
 }
@@ -427,8 +421,7 @@ func TestParasiteDiesInStub(t *testing.T) {
 func TestDumpDiesWhileMappingStub(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := startStateProg(t, "threadstate")
-	maps := fmt.Sprintf("/proc/%d/maps", p.pid)
-	before, masks := readFile(maps), threadMasks(t, p.pid)
+	before := takeSnapshot(t, p.pid)
 	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=dump-dies-while-mapping-stub cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though it was killed")
@@ -442,14 +435,63 @@ func TestDumpDiesWhileMappingStub(t *testing.T) {
 			t.Fatalf("the guard did not thaw pid %d within 20 s", p.pid)
 		}
 	}
-	if after := readFile(maps); after != before {
-		t.Errorf("the mappings changed (a stub left behind?): %s", firstDiff(before, after))
-	}
-	if after := threadMasks(t, p.pid); after != masks {
-		t.Errorf("the threads' blocked signals changed: %s", firstDiff(masks, after))
-	}
+	before.check(t)
 	p.checkRunning()
 	p.terminate(p.mustProgress())
+}
+
+// TestRestoreSignalledAtEnd: SIGTERM reaches cr-restore as it starts
+// releasing the restored tasks (CRPIPE_FAULT=restore-signalled-at-end).
+// It finishes that step, then kills what it made and says why, instead
+// of dying half way (some tasks released, TCP connections still locked);
+// the image then restores.
+func TestRestoreSignalledAtEnd(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	at := p.mustProgress()
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=restore-signalled-at-end cr-restore -d -i %s", img))
+	if r.err == nil || r.state.ExitCode() != 1 {
+		t.Fatalf("cr-restore: %v, want exit status 1", r.err)
+	}
+	checkErrorLine(t, "cr-restore", r.stderr, regexp.MustCompile(`interrupted by terminated while the processes were released: all are killed`))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", p.pid)); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still exists after the interrupted restore: %s", p.pid, describe(p.pid))
+		}
+	}
+	p.restoreDetached(img)
+	p.checkProgressFrom(at)
+	p.terminate(at)
+}
+
+// snapshot is what a failed dump must leave as it was in a process: its
+// mappings (no stub left behind) and each thread's blocked signals.
+type snapshot struct {
+	pid         int
+	maps, masks string
+}
+
+func takeSnapshot(t *testing.T, pid int) snapshot {
+	t.Helper()
+	return snapshot{pid, readFile(fmt.Sprintf("/proc/%d/maps", pid)), threadMasks(t, pid)}
+}
+
+// check compares the process with the snapshot.
+func (s snapshot) check(t *testing.T) {
+	t.Helper()
+	now := takeSnapshot(t, s.pid)
+	if now.maps != s.maps {
+		t.Errorf("pid %d: the mappings changed (a stub left behind?): %s", s.pid, firstDiff(s.maps, now.maps))
+	}
+	if now.masks != s.masks {
+		t.Errorf("pid %d: the threads' blocked signals changed: %s", s.pid, firstDiff(s.masks, now.masks))
+	}
 }
 
 // threadMasks lists each thread of pid with its blocked signals (SigBlk).

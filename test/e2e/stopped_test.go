@@ -154,8 +154,7 @@ func TestStoppedJob(t *testing.T) {
 func TestStoppedJobDumpFails(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p, job := startJobstop(t)
-	maps := fmt.Sprintf("/proc/%d/maps", job)
-	before, masks := readFile(maps), threadMasks(t, job)
+	before := takeSnapshot(t, job)
 	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump -v -t %d -o %s", job, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though its cr-parasite died")
@@ -164,12 +163,7 @@ func TestStoppedJobDumpFails(t *testing.T) {
 		t.Errorf("the thaw does not say it put back the threads a dead stage left:\n%s", r.stderr)
 	}
 	checkStillStopped(t, job)
-	if after := readFile(maps); after != before {
-		t.Errorf("the job's mappings changed (a stub left behind?): %s", firstDiff(before, after))
-	}
-	if after := threadMasks(t, job); after != masks {
-		t.Errorf("the job's blocked signals changed: %s", firstDiff(masks, after))
-	}
+	before.check(t)
 	p.checkRunning()
 	p.terminate(p.mustProgress())
 }
