@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -151,10 +152,15 @@ var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_
 func rlimitCalls(s *scratchWriter, pid uint32, lims []*pb.Rlimit) ([]call, error) {
 	canRaise := ownCap(unix.CAP_SYS_RESOURCE)
 	var calls []call
+	var seen uint32 // a limit given twice would leave another unset
 	for _, l := range lims {
 		if int(l.Resource) >= len(rlimitNames) || l.Cur > l.Max {
-			return nil, fmt.Errorf("pid %d: resource limit %d (%d/%d) in the image", pid, l.Resource, l.Cur, l.Max)
+			return nil, fmt.Errorf("pid %d: resource limit %d (%d/%d) in the image: %w", pid, l.Resource, l.Cur, l.Max, image.ErrCorrupt)
 		}
+		if seen&(1<<l.Resource) != 0 {
+			return nil, fmt.Errorf("pid %d: resource limit %s given twice in the image: %w", pid, rlimitNames[l.Resource], image.ErrCorrupt)
+		}
+		seen |= 1 << l.Resource
 		name := rlimitNames[l.Resource]
 		var ours unix.Rlimit
 		if err := unix.Getrlimit(int(l.Resource), &ours); err == nil && l.Max > ours.Max && !canRaise {

@@ -16,7 +16,8 @@ import (
 // or the kernel: cr-restore refuses each with one error line saying what,
 // and leaves no process and no cgroup. Each of these restored before,
 // wrongly: the second fd of a number replaced the first, an fd of one
-// kind became a duplicate of a file of another, a session leader
+// kind became a duplicate of a file of another, a resource limit given
+// twice left another one unset, a session leader
 // came back in a group of its own, a protection with unknown bits was
 // passed to mmap and mprotect, a mapping both shared and private was
 // mapped as the kernel's MAP_SHARED_VALIDATE, and pages of another page
@@ -50,6 +51,10 @@ func TestInconsistentImages(t *testing.T) {
 			}
 			t.Fatal("no fd of another kind than fd 0")
 		}, `a FD_\w+, of description \d+, which another fd opened as a FD_\w+`},
+		{"rlimit-twice", "process-state", func(m map[string]any) {
+			lims := m["rlimits"].([]any)
+			lims[1].(map[string]any)["resource"] = lims[0].(map[string]any)["resource"] // nil: 0, the default
+		}, `resource limit RLIMIT_CPU given twice`},
 		{"leader-in-another-group", "process", func(m map[string]any) {
 			m["pgid"] = 1
 		}, `leads session \d+ but is in process group 1`},
