@@ -154,8 +154,12 @@ func rlimitCalls(s *scratchWriter, pid uint32, lims []*pb.Rlimit) ([]call, error
 	var calls []call
 	var seen uint32 // a limit given twice would leave another unset
 	for _, l := range lims {
-		if int(l.Resource) >= len(rlimitNames) || l.Cur > l.Max {
-			return nil, fmt.Errorf("pid %d: resource limit %d (%d/%d) in the image: %w", pid, l.Resource, l.Cur, l.Max, image.ErrCorrupt)
+		if int(l.Resource) >= len(rlimitNames) {
+			return nil, fmt.Errorf("pid %d: resource limit %d, which no kernel knows, in the image: %w", pid, l.Resource, image.ErrCorrupt)
+		}
+		if l.Cur > l.Max {
+			return nil, fmt.Errorf("pid %d: resource limit %s with its soft limit %s above its hard limit %s in the image: %w",
+				pid, rlimitNames[l.Resource], rlimString(l.Cur), rlimString(l.Max), image.ErrCorrupt)
 		}
 		if seen&(1<<l.Resource) != 0 {
 			return nil, fmt.Errorf("pid %d: resource limit %s given twice in the image: %w", pid, rlimitNames[l.Resource], image.ErrCorrupt)

@@ -3,10 +3,15 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -115,4 +120,119 @@ func rewriteImage(t *testing.T, in, out, typ string, change func(msg map[string]
 		t.Fatal(err)
 	}
 	mustShell(t, 30*time.Second, fmt.Sprintf("crit encode < %s > %s", jsonl, out))
+}
+
+// TestMutatedImages: a fuzzer of the records' meaning. Each round changes
+// one number of one record of a good image (to 0, ±1, ×4096, or a large
+// value), re-encodes it (crit encode writes the right checksums) and
+// restores it. Whatever the change, cr-restore must not panic or hang:
+// it refuses the image (exit status 1, one error line), or the process
+// comes back, runs or dies of its wrong state; and nothing is left once
+// it is gone. A failure names the seed and the change.
+func TestMutatedImages(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
+	p := startCounter(t, "counter", 0)
+	img := filepath.Join(p.dir, "good.img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	good := strings.Split(strings.TrimSpace(string(mustShell(t, 30*time.Second, "crit decode "+img).stdout)), "\n")
+	for seed := int64(1); seed <= 40; seed++ {
+		lines, what := mutate(t, good, seed)
+		jsonl, f := filepath.Join(p.dir, "mut.jsonl"), filepath.Join(p.dir, "mut.img")
+		if err := os.WriteFile(jsonl, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if r := shell(t, 30*time.Second, fmt.Sprintf("crit encode < %s > %s", jsonl, f)); r.err != nil {
+			continue // not a valid record any more (a uint32 out of range)
+		}
+		// Without -d, cr-restore waits for the process and reaps it: the
+		// pid is free at once when it ends.
+		cmd := exec.Command(bin("cr-restore"), "-i", f)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(300 * time.Millisecond):
+			// Restored and running: end it by its pid, if it is ours.
+			if p.isOurs() {
+				syscall.Kill(p.pid, syscall.SIGKILL)
+			}
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("seed %d (%s): cr-restore hangs: %s", seed, what, stderr.String())
+			}
+		}
+		if strings.Contains(stderr.String(), "panic") || strings.Contains(stderr.String(), "goroutine ") {
+			t.Fatalf("seed %d (%s): cr-restore panicked:\n%s", seed, what, stderr.String())
+		}
+		if code := cmd.ProcessState.ExitCode(); code == 1 {
+			checkErrorLine(t, "cr-restore", []byte(stderr.String()), nil)
+		} else if err != nil && !cmd.ProcessState.Exited() {
+			t.Fatalf("seed %d (%s): cr-restore itself died: %v", seed, what, err)
+		}
+		p.checkPidFree()
+		t.Logf("seed %d: %s: %v %s", seed, what, err, firstLine([]byte(stderr.String())))
+	}
+}
+
+// mutate changes one number in one record of lines (crit decode's),
+// chosen by seed, and says which.
+func mutate(t *testing.T, lines []string, seed int64) ([]string, string) {
+	t.Helper()
+	rnd := rand.New(rand.NewSource(seed))
+	type leaf struct {
+		rec  int
+		set  func(any)
+		path string
+		v    uint64
+	}
+	var leaves []leaf
+	recs := make([]map[string]any, len(lines))
+	var walk func(rec int, o any, path string, set func(any))
+	walk = func(rec int, o any, path string, set func(any)) {
+		switch o := o.(type) {
+		case map[string]any:
+			for k, v := range o {
+				walk(rec, v, path+"."+k, func(n any) { o[k] = n })
+			}
+		case []any:
+			for i, v := range o {
+				walk(rec, v, fmt.Sprintf("%s.%d", path, i), func(n any) { o[i] = n })
+			}
+		case float64: // 32-bit numbers: exact
+			leaves = append(leaves, leaf{rec, set, path, uint64(o)})
+		case string: // 64-bit numbers are strings in protobuf's JSON
+			if n, err := strconv.ParseUint(o, 10, 64); err == nil {
+				leaves = append(leaves, leaf{rec, func(v any) { set(fmt.Sprint(v)) }, path, n})
+			}
+		}
+	}
+	for i, l := range lines {
+		if err := json.Unmarshal([]byte(l), &recs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if typ, _ := recs[i]["type"].(string); typ != "" && typ != "pages" && typ != "end" {
+			walk(i, recs[i]["msg"], typ, nil)
+		}
+	}
+	slices.SortFunc(leaves, func(a, b leaf) int { return strings.Compare(a.path, b.path) }) // maps iterate in random order
+	l := leaves[rnd.Intn(len(leaves))]
+	n := l.v
+	to := []uint64{0, 1, n + 1, n - 1, n * 4096, 1<<31 - 1, 1<<32 + 5, 1<<63 - 1, rnd.Uint64()}[rnd.Intn(9)]
+	l.set(to)
+	out := slices.Clone(lines)
+	b, err := json.Marshal(recs[l.rec])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out[l.rec] = string(b)
+	return out, fmt.Sprintf("%s %d -> %d", l.path, n, to)
 }
