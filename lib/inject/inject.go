@@ -148,6 +148,10 @@ func (s *Session) Sigmask() uint64 { return s.mask }
 // not lead it (a signal, an exit).
 var ErrUnexpectedStop = errors.New("unexpected stop")
 
+// ErrSigstop is wrapped, beside ErrUnexpectedStop, when the unexpected
+// stop is a SIGSTOP someone sent the task meanwhile (End passes it on).
+var ErrSigstop = errors.New("SIGSTOP sent during the injection")
+
 // Syscall runs syscall nr with up to six arguments in the task and returns
 // the raw rax (a negative errno on failure; see Errno).
 func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
@@ -230,6 +234,9 @@ func (s *Session) stopped(st sys.Stop) error {
 	s.state = elsewhere
 	if st.IsEventStop() {
 		s.state = atEventStop
+	}
+	if s.sig == int(unix.SIGSTOP) {
+		return fmt.Errorf("tid %d: %v where a syscall stop was due: %w: %w", s.tid, st, ErrUnexpectedStop, ErrSigstop)
 	}
 	return fmt.Errorf("tid %d: %v where a syscall stop was due: %w", s.tid, st, ErrUnexpectedStop)
 }

@@ -355,6 +355,10 @@ func (w *worker) inject() error {
 			return nil // another worker failed and says why
 		}
 		res, err := Process(tg.pid, tg.tids, tg.insn, w.opt)
+		if errors.Is(err, inject.ErrSigstop) {
+			// Put back, the process stops as the signal asks once thawed.
+			return stage.Hint(err, "the process was sent SIGSTOP during the checkpoint; checkpoint it again once it has stopped (a stopped process is dumped as it is)")
+		}
 		if err != nil {
 			return err
 		}

@@ -212,3 +212,30 @@ func TestKilledWhileFrozen(t *testing.T) {
 		})
 	}
 }
+
+// TestSigstopDuringDump: SIGSTOP reaches a frozen, running process
+// before cr-parasite injects into it. The injection meets it; cr-parasite
+// puts the process back, passes the signal on and says what happened, so
+// that once thawed the process stops as the signal asks (and is then
+// dumped as it is).
+func TestSigstopDuringDump(t *testing.T) {
+	need(t, pipelineCmds...)
+	p := startCounter(t, "counter", 0)
+	f := filepath.Join(p.dir, "frozen")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d > %s", p.pid, f))
+	if err := syscall.Kill(p.pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-seize < %s | cr-parasite > /dev/null", f))
+	if r.err == nil {
+		t.Fatal("cr-parasite went on though a SIGSTOP came")
+	}
+	checkErrorLine(t, "cr-parasite", r.stderr, regexp.MustCompile(`pid `+strconv.Itoa(p.pid)+`\b.*SIGSTOP sent during the injection`))
+	mustShell(t, 60*time.Second, "cr-freeze thaw < "+f)
+	p.checkNoCgroup()
+	waitStopped(t, p.pid)
+	checkStillStopped(t, p.pid)
+	syscall.Kill(p.pid, syscall.SIGCONT)
+	p.checkRunning()
+	p.terminate(0)
+}
