@@ -490,7 +490,7 @@ func checkFrozen(p *pb.Process, fr *pb.Freeze, mount string) error {
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", pid, proc.ErrNoProcess)
 	}
-	if seize.Exiting(pid, pid) {
+	if seize.StatExiting(st) {
 		return exitedError(pid)
 	}
 	if st.StartTime != p.StartTime {

@@ -198,9 +198,14 @@ func Process(p *pb.Process) (*State, error) {
 // Exiting reports a thread that is gone, a zombie, or on its way out
 // (PF_EXITING: killed while frozen, it exits once thawed or traced).
 func Exiting(pid, tid int) bool {
-	const pfExiting = 0x4
 	st, err := proc.ReadTaskStat(pid, tid)
-	return err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
+	return err != nil || StatExiting(st)
+}
+
+// StatExiting is Exiting for a stat already read.
+func StatExiting(st *proc.Stat) bool {
+	const pfExiting = 0x4
+	return st.State == 'Z' || st.State == 'X' || st.Flags&pfExiting != 0
 }
 
 // ThreadError explains a ptrace request refused for a thread of the dump.

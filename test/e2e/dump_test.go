@@ -148,10 +148,7 @@ func TestLeaveRunning(t *testing.T) {
 func TestRestoreWaits(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
 	p := startCounter(t, "counter", 0)
-	img := filepath.Join(p.dir, "img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.waitKilled()
-	at := p.mustProgress()
+	img, at := p.dumpKilled("img")
 
 	var stderr bytes.Buffer
 	cmd, done, waitErr := restoreWaiting(t, &stderr, "-i", img)
@@ -210,6 +207,16 @@ func (p *target) killedThenRestored(img string) {
 	p.restoreDetached(img)
 	p.checkProgressFrom(at)
 	p.terminate(at)
+}
+
+// dumpKilled dumps p with cr-dump into p.dir/name, which kills it, and
+// returns the image and the progress the counter had reached.
+func (p *target) dumpKilled(name string) (img string, at uint64) {
+	p.t.Helper()
+	img = filepath.Join(p.dir, name)
+	mustShell(p.t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
+	p.waitKilled()
+	return img, p.mustProgress()
 }
 
 // mustProgress reads the counter's final progress (after the dump killed it).

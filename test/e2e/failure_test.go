@@ -255,10 +255,7 @@ func TestBadStreams(t *testing.T) {
 	// contents from the file piece by piece, after the frame header
 	// (image.Reader.PagesInFile): their checksum is known only at the end.
 	p := startCounter(t, "counter", 8)
-	img := filepath.Join(p.dir, "good.img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.waitKilled()
-	at := p.mustProgress()
+	img, at := p.dumpKilled("good.img")
 	good, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)
@@ -448,10 +445,7 @@ func TestDumpDiesWhileMappingStub(t *testing.T) {
 func TestRestoreSignalledAtEnd(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
 	p := startCounter(t, "counter", 0)
-	img := filepath.Join(p.dir, "img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.waitKilled()
-	at := p.mustProgress()
+	img, at := p.dumpKilled("img")
 	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=restore-signalled-at-end cr-restore -d -i %s", img))
 	if r.err == nil || r.state.ExitCode() != 1 {
 		t.Fatalf("cr-restore: %v, want exit status 1", r.err)

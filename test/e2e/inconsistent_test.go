@@ -30,10 +30,7 @@ import (
 func TestInconsistentImages(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	p := startCounter(t, "counter", 0)
-	img := filepath.Join(p.dir, "good.img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.waitKilled()
-	at := p.mustProgress()
+	img, at := p.dumpKilled("good.img")
 	for _, c := range []struct {
 		name   string
 		record string
@@ -132,9 +129,7 @@ func rewriteImage(t *testing.T, in, out, typ string, change func(msg map[string]
 func TestMutatedImages(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	p := startCounter(t, "counter", 0)
-	img := filepath.Join(p.dir, "good.img")
-	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, img))
-	p.waitKilled()
+	img, _ := p.dumpKilled("good.img")
 	good := strings.Split(strings.TrimSpace(string(mustShell(t, 30*time.Second, "crit decode "+img).stdout)), "\n")
 	for seed := int64(1); seed <= 40; seed++ {
 		lines, what := mutate(t, good, seed)
