@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -63,7 +65,7 @@ func DumpProcesses(w *image.Writer, procs []*pb.Process, done func(*pb.Process, 
 type prepared struct {
 	p      *pb.Process
 	pid    int
-	mm     *pb.Mm
+	mm     []byte // the Mm record, encoded (encodeMm)
 	vmas   []vma
 	source func(func(run) error) error
 	stats  Stats
@@ -150,7 +152,7 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	if err != nil {
 		return nil, procErr(pid, err)
 	}
-	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), huge: make([]bool, len(vmas)), objects: objects}
+	sc := &scanner{pid: pid, pm: pm, vmas: vmas, vec: make([]sys.PageRegion, vecLen), objects: objects}
 	shared, err := newSharing(pid, parent, vmas, pm, lending, parents)
 	if err != nil {
 		pm.Close()
@@ -162,11 +164,10 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	// VMAs have them) and keep the runs unless there are very many.
 	var runs []run
 	stored := true
-	vmaPages := make([]uint64, len(vmas))
 	err = each(func(r run) error {
 		stats.Runs++
 		stats.Pages += uint64(r.pages)
-		vmaPages[r.vma] += uint64(r.pages)
+		vmas[r.vma].hasPages = true
 		if stored {
 			if len(runs) == maxStoredRuns {
 				runs, stored = nil, false
@@ -184,14 +185,14 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 		closeAll()
 		return nil, err
 	}
-	for i := range vmas {
-		vmas[i].pb.HasPages = vmaPages[i] > 0
-		vmas[i].pb.Huge = vmas[i].pb.Huge || sc.huge[i]
-		mm.Vmas = append(mm.Vmas, vmas[i].pb)
-	}
 	// An upper bound: pages of zeros are left out while streaming.
 	mm.PagesTotal = stats.Pages
 	stats.Vmas = len(vmas)
+	record, err := encodeMm(mm, vmas, shared.inherited)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
 
 	source := func(emit func(run) error) error {
 		for _, r := range runs {
@@ -205,7 +206,38 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 		stage.Logf("pid %d: more than %d page runs: scanning again while streaming", pid, maxStoredRuns)
 		source = each
 	}
-	return &prepared{p: p, pid: pid, mm: mm, vmas: vmas, source: source, stats: stats, t0: t0, close: closeAll}, nil
+	return &prepared{p: p, pid: pid, mm: record, vmas: vmas, source: source, stats: stats, t0: t0, close: closeAll}, nil
+}
+
+// mmVmasField is the field number of Mm.vmas.
+var mmVmasField = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("vmas").Number()
+
+// encodeMm encodes mm, whose Vmas are left empty, with the records of
+// vmas (and the ranges each inherits), byte for byte as proto.Marshal of
+// mm with them in its Vmas would: its fields in the order of their
+// numbers, as image.Writer.WriteMessage writes every record. Each Vma
+// record lives only while it is encoded.
+func encodeMm(mm *pb.Mm, vmas []vma, inherited map[uint32][]*pb.PageRange) ([]byte, error) {
+	opts := proto.MarshalOptions{Deterministic: true}
+	head, tail := &pb.Mm{Pid: mm.Pid}, proto.Clone(mm).(*pb.Mm)
+	tail.Pid, tail.Vmas = 0, nil
+	b, err := opts.MarshalAppend(nil, head)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
+	}
+	var v pb.Vma
+	for i := range vmas {
+		vmas[i].fill(&v, inherited[uint32(i)])
+		b = protowire.AppendTag(b, mmVmasField, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(opts.Size(&v)))
+		if b, err = opts.MarshalAppend(b, &v); err != nil {
+			return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
+		}
+	}
+	if b, err = opts.MarshalAppend(b, tail); err != nil {
+		return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
+	}
+	return b, nil
 }
 
 func procErr(pid int, err error) error {

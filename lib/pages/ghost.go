@@ -64,7 +64,7 @@ func namedDeleted(pid int, root string, m *proc.Mapping) bool {
 
 // ghostVma fills in the VMA of a mapping of a deleted file, or refuses it.
 func ghostVma(pid int, x *vma) error {
-	m, v := x.m, x.pb
+	m := x.m
 	var st unix.Stat_t
 	if err := unix.Stat(mapFile(pid, m), &st); err != nil {
 		return fmt.Errorf("pid %d vma %x-%x: deleted file %s: %w", pid, m.Start, m.End, m.Path, err)
@@ -92,17 +92,11 @@ func ghostVma(pid int, x *vma) error {
 		return unsupported(pid, m, fmt.Sprintf("mapping of %s (deleted), which is not a file of the filesystem at that path", m.Path),
 			"the program maps a kernel object (a device's memory?); restart it without, then checkpoint")
 	}
-	x.scan = scanFilePrivate
-	v.Path = m.Path + " (deleted)"
-	v.Dev, v.Inode = st.Dev, st.Ino
-	v.FileSize = st.Size
-	v.MtimeNsec = st.Mtim.Nano()
-	v.Pgoff = m.Offset
-	v.Kind = uint32(pb.VmaKind_VMA_FILE_PRIVATE)
+	// Its record names it with the suffix (vma.fill).
+	x.file, x.scan, x.kind = &st, scanFilePrivate, pb.VmaKind_VMA_FILE_PRIVATE
 	if m.Shared {
 		// Shared pages live in the file, whose contents the image has.
-		v.Kind = uint32(pb.VmaKind_VMA_FILE_SHARED)
-		x.scan = scanNone
+		x.kind, x.scan = pb.VmaKind_VMA_FILE_SHARED, scanNone
 	}
 	return nil
 }
@@ -126,16 +120,18 @@ func newGhosts(opts Options, up *stage.Upstream) *ghosts {
 func (g *ghosts) write(w *image.Writer, pr *prepared) error {
 	byPath := map[string]stage.GhostKey{}
 	for i := range pr.vmas {
-		m, v := pr.vmas[i].m, pr.vmas[i].pb
-		if !m.Deleted || (v.Kind != uint32(pb.VmaKind_VMA_FILE_PRIVATE) && v.Kind != uint32(pb.VmaKind_VMA_FILE_SHARED)) {
+		x := &pr.vmas[i]
+		m := x.m
+		if !m.Deleted || (x.kind != pb.VmaKind_VMA_FILE_PRIVATE && x.kind != pb.VmaKind_VMA_FILE_SHARED) {
 			continue
 		}
-		key := stage.GhostKey{Dev: v.Dev, Ino: v.Inode}
+		dev, ino := x.object()
+		key, path := stage.GhostKey{Dev: dev, Ino: ino}, m.Path+deletedSuffix
 		// A restore opens a process's mapped files once per path.
-		if k, ok := byPath[v.Path]; ok && k != key {
-			return unsupported(pr.pid, m, fmt.Sprintf("mapping of %s, a second deleted file of that name", v.Path), "restart the process, then checkpoint")
+		if k, ok := byPath[path]; ok && k != key {
+			return unsupported(pr.pid, m, fmt.Sprintf("mapping of %s, a second deleted file of that name", path), "restart the process, then checkpoint")
 		}
-		byPath[v.Path] = key
+		byPath[path] = key
 		if _, ok := g.up.Ghosts[key]; ok || g.written[key] {
 			continue
 		}

@@ -28,7 +28,7 @@ func isMemfdPath(m *proc.Mapping) bool {
 
 // memfdVma completes x, a shared mapping of a memfd, or refuses it.
 func memfdVma(pid int, x *vma) error {
-	m, v := x.m, x.pb
+	m := x.m
 	fd, err := unix.Open(mapFile(pid, m), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return procErr(pid, fmt.Errorf("vma %x-%x: %s: %w", m.Start, m.End, m.Path, err))
@@ -54,11 +54,10 @@ func memfdVma(pid int, x *vma) error {
 	if seals&^unix.F_SEAL_SEAL != 0 {
 		return unsupported(pid, m, fmt.Sprintf("a mapping of the sealed memfd %s (seals %#x)", m.Path, seals), "")
 	}
-	v.Kind = uint32(pb.VmaKind_VMA_SHARED_ANON)
-	v.Pgoff = m.Offset
-	// The object's identity, as for shared anonymous memory.
-	v.Dev, v.Inode = unix.Mkdev(m.Major, m.Minor), m.Inode
-	v.Memfd = &pb.MemfdState{Name: strings.TrimPrefix(m.Path, "/memfd:"), Size: st.Size, Seals: uint32(seals), Mode: st.Mode & 0o7777}
+	// Its device and inode are the object's identity, as for shared
+	// anonymous memory.
+	x.kind = pb.VmaKind_VMA_SHARED_ANON
+	x.memfd = &pb.MemfdState{Name: strings.TrimPrefix(m.Path, "/memfd:"), Size: st.Size, Seals: uint32(seals), Mode: st.Mode & 0o7777}
 	x.scan = scanShared
 	return nil
 }
@@ -69,14 +68,14 @@ func memfdVma(pid int, x *vma) error {
 func checkMemfdData(pid int, vmas []vma) error {
 	byInode := map[uint64][]*vma{}
 	for i := range vmas {
-		if vmas[i].pb.Memfd != nil {
-			byInode[vmas[i].pb.Inode] = append(byInode[vmas[i].pb.Inode], &vmas[i])
+		if vmas[i].memfd != nil {
+			byInode[vmas[i].m.Inode] = append(byInode[vmas[i].m.Inode], &vmas[i])
 		}
 	}
 	for _, xs := range byInode {
 		var mapped [][2]int64
 		for _, x := range xs {
-			off := int64(x.pb.Pgoff)
+			off := int64(x.m.Offset)
 			mapped = append(mapped, [2]int64{off, off + int64(x.m.Len())})
 		}
 		sort.Slice(mapped, func(i, j int) bool { return mapped[i][0] < mapped[j][0] })
@@ -85,7 +84,7 @@ func checkMemfdData(pid int, vmas []vma) error {
 		if err != nil {
 			return procErr(pid, fmt.Errorf("vma %x-%x: %s: %w", m.Start, m.End, m.Path, err))
 		}
-		off, err := unmappedData(fd, xs[0].pb.Memfd.Size, mapped)
+		off, err := unmappedData(fd, xs[0].memfd.Size, mapped)
 		unix.Close(fd)
 		if err != nil {
 			return fmt.Errorf("pid %d vma %x-%x: %s: %w", pid, m.Start, m.End, m.Path, err)

@@ -46,7 +46,6 @@ type scanner struct {
 	pm   *sys.Pagemap
 	vmas []vma
 	vec  []sys.PageRegion
-	huge []bool // per VMA: a page was mapped huge (THP)
 	// objects: what earlier processes of the dump dumped of shared memory
 	// objects (objects.go); nil: dump all.
 	objects sharedObjects
@@ -117,7 +116,7 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 				}
 				end := min(r.End, v.End)
 				if r.Categories&sys.PageIsHuge != 0 {
-					s.huge[k] = true
+					s.vmas[k].huge = true
 				}
 				if err := emitRange(r.Start, end, uint32(k), emit); err != nil {
 					return err
@@ -140,7 +139,7 @@ func (s *scanner) private(i, j int, emit func(run) error) error {
 // those of another process of the dump dumped already left out
 // (sharedObjects).
 func (s *scanner) shared(i int, emit func(run) error) error {
-	m, v := s.vmas[i].m, s.vmas[i].pb
+	m := s.vmas[i].m
 	f, err := unix.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", s.pid, m.Start, m.End), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		// Without map_files (no CAP_SYS_ADMIN), what is mapped here is the best we know.
@@ -165,7 +164,9 @@ func (s *scanner) shared(i int, emit func(run) error) error {
 	defer unix.Close(f)
 	lo, hi := int64(m.Offset), int64(m.Offset+m.Len())
 	parts := [][2]int64{{lo, hi}}
-	if k := (objectKey{v.Dev, v.Inode}); s.objects != nil && k.inode != 0 {
+	var k objectKey
+	k.dev, k.inode = s.vmas[i].object()
+	if s.objects != nil && k.inode != 0 {
 		parts = s.objects.missing(k, s.pid, i, lo, hi)
 		s.objects.claim(k, s.pid, i, lo, hi)
 	}

@@ -33,10 +33,13 @@ import (
 type sharing struct {
 	child, parent *sys.Pagemap
 	vmas          []vma
-	from          []*pb.Vma // per child VMA: the parent VMA it inherits from, or nil
-	recording     bool      // the first walk records the ranges; later walks only filter
-	lending       bool      // the process is to lend its pages: lendable runs pass whole
+	from          []*vma // per child VMA: the parent VMA it inherits from, or nil
+	recording     bool   // the first walk records the ranges; later walks only filter
+	lending       bool   // the process is to lend its pages: lendable runs pass whole
 	ce, pe        []uint64
+	// inherited: per child VMA, the ranges it shares with the parent
+	// (Vma.inherited), recorded by the first walk.
+	inherited map[uint32][]*pb.PageRange
 }
 
 // sharingChunk pages of pagemap entries are compared at a time.
@@ -80,7 +83,7 @@ func (pv parentVmas) get(pid int) []vma { return pv.of[pid] }
 // newSharing prepares the split of pid's runs; parent, when not 0, is its
 // parent in the same dump, whose mappings come from parents.
 func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, parents parentVmas) (*sharing, error) {
-	in := &sharing{child: child, vmas: vmas, from: make([]*pb.Vma, len(vmas)), recording: true, lending: lending}
+	in := &sharing{child: child, vmas: vmas, from: make([]*vma, len(vmas)), recording: true, lending: lending, inherited: map[uint32][]*pb.PageRange{}}
 	if parent == 0 {
 		return in, nil
 	}
@@ -90,12 +93,18 @@ func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, p
 	pvmas := parents.get(parent)
 	found := false
 	j := 0
+	var c, p pb.Vma
 	for i := range vmas {
-		for j < len(pvmas) && pvmas[j].pb.End <= vmas[i].pb.Start {
+		for j < len(pvmas) && pvmas[j].m.End <= vmas[i].m.Start {
 			j++
 		}
-		if j < len(pvmas) && vmas[i].pb.CanInherit(pvmas[j].pb) {
-			in.from[i], found = pvmas[j].pb, true
+		if j == len(pvmas) {
+			break
+		}
+		vmas[i].fill(&c, nil)
+		pvmas[j].fill(&p, nil)
+		if c.CanInherit(&p) {
+			in.from[i], found = &pvmas[j], true
 		}
 	}
 	if found {
@@ -197,10 +206,10 @@ func sharedEntry(c, p uint64) bool {
 
 // record adds the page at a to its VMA's inherited ranges.
 func (in *sharing) record(i uint32, a uint64) {
-	v := in.vmas[i].pb
-	if n := len(v.Inherited); n > 0 && v.Inherited[n-1].End == a {
-		v.Inherited[n-1].End += image.PageSize
+	rs := in.inherited[i]
+	if n := len(rs); n > 0 && rs[n-1].End == a {
+		rs[n-1].End += image.PageSize
 		return
 	}
-	v.Inherited = append(v.Inherited, &pb.PageRange{Start: a, End: a + image.PageSize})
+	in.inherited[i] = append(rs, &pb.PageRange{Start: a, End: a + image.PageSize})
 }

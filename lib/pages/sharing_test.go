@@ -8,6 +8,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 )
 
 // Each VMA of a child is matched with the one VMA of its parent that holds
@@ -15,7 +16,7 @@ import (
 func TestSharingMatchesParentVmas(t *testing.T) {
 	const n = 20000
 	anon := func(start, end uint64) vma {
-		return vma{pb: &pb.Vma{Start: start, End: end, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}}
+		return vma{m: &proc.Mapping{Start: start, End: end, Read: true}, kind: pb.VmaKind_VMA_ANON, flags: unix.MAP_PRIVATE | unix.MAP_ANONYMOUS}
 	}
 	var pvmas, vmas []vma
 	for i := uint64(0); i < n; i++ {
@@ -30,7 +31,7 @@ func TestSharingMatchesParentVmas(t *testing.T) {
 			vmas = append(vmas, anon(start+image.PageSize, start+3*image.PageSize))
 		case 3: // not private anonymous memory there
 			v := anon(start, start+2*image.PageSize)
-			v.pb.Flags = unix.MAP_SHARED | unix.MAP_ANONYMOUS
+			v.flags = unix.MAP_SHARED | unix.MAP_ANONYMOUS
 			vmas = append(vmas, v)
 		}
 	}
@@ -43,8 +44,8 @@ func TestSharingMatchesParentVmas(t *testing.T) {
 	defer in.close()
 	for i := range vmas {
 		want := i%4 < 2
-		if got := in.from[i]; (got != nil) != want || got != nil && got != pvmas[i].pb {
-			t.Fatalf("vma %d (%#x-%#x): inherits from %v, want %v", i, vmas[i].pb.Start, vmas[i].pb.End, got, want)
+		if got := in.from[i]; (got != nil) != want || got != nil && got != &pvmas[i] {
+			t.Fatalf("vma %d (%#x-%#x): inherits from %v, want %v", i, vmas[i].m.Start, vmas[i].m.End, got, want)
 		}
 	}
 }

@@ -521,7 +521,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 			if err := gh.write(w, cur); err != nil { // the deleted files it maps (ghost.go)
 				return err
 			}
-			if err := w.WriteMessage(image.TypeMm, cur.mm); err != nil {
+			if err := w.WriteFrame(image.TypeMm, 0, cur.mm); err != nil {
 				return fmt.Errorf("output: %w", err)
 			}
 			prog = stage.NewProgress(fmt.Sprintf("pid %d", cur.pid), int64(cur.stats.Pages)*image.PageSize)

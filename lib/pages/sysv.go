@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -31,7 +29,7 @@ func isSysvPath(m *proc.Mapping) bool {
 // sysvVma completes x, an attach of a System V segment, from segs (read
 // once per process: ReadSysvShm).
 func sysvVma(pid int, x *vma, segs func() ([]proc.SysvShm, error)) error {
-	m, v := x.m, x.pb
+	m := x.m
 	all, err := segs()
 	if err != nil {
 		return procErr(pid, err)
@@ -51,9 +49,8 @@ func sysvVma(pid int, x *vma, segs func() ([]proc.SysvShm, error)) error {
 	if size := (seg.Size + image.PageSize - 1) &^ (image.PageSize - 1); m.Offset != 0 || m.Len() != size {
 		return unsupported(pid, m, fmt.Sprintf("a part of System V shared memory segment %d (%d of its %d bytes mapped; the rest was unmapped)", seg.ID, m.Len(), seg.Size), "")
 	}
-	v.Kind = uint32(pb.VmaKind_VMA_SYSV_SHM)
-	v.Dev, v.Inode = unix.Mkdev(m.Major, m.Minor), m.Inode
-	v.Sysv = &pb.SysvShm{Id: seg.ID, Key: seg.Key, Size: seg.Size, Mode: seg.Mode & 0o777, Uid: seg.UID, Gid: seg.GID,
+	x.kind = pb.VmaKind_VMA_SYSV_SHM
+	x.sysv = &pb.SysvShm{Id: seg.ID, Key: seg.Key, Size: seg.Size, Mode: seg.Mode & 0o777, Uid: seg.UID, Gid: seg.GID,
 		Removed: seg.Mode&proc.ShmDest != 0, Locked: seg.Mode&proc.ShmLocked != 0}
 	x.scan = scanShared
 	return nil

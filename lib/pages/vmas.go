@@ -14,17 +14,27 @@ import (
 	"crpipe/lib/stage"
 )
 
-// vma is one mapping with what the dump decided about it.
+// vma is one mapping with what the dump decided about it. Its Vma record
+// is made from it only as the Mm record is encoded (fill): a process can
+// have 65,530 mappings, and a decoded record for each (~190 bytes) was
+// half of cr-pages' heap then.
 type vma struct {
-	m    *proc.Mapping // in the slice ReadMaps returned: not copied
-	pb   *pb.Vma
-	scan scanKind
+	m     *proc.Mapping // in the slice ReadMaps returned: not copied
+	file  *unix.Stat_t  // the mapped file (file kinds), shared by the VMAs of a path
+	sysv  *pb.SysvShm
+	memfd *pb.MemfdState
+	// flags are its MAP_* bits, advice its pb.Advice* bits.
+	flags, advice uint32
+	kind          pb.VmaKind
+	scan          scanKind
 	// mayShare: smaps says some page of it may be shared with another
 	// process (proc.VmaFlags.MayShare); sharing.go looks no further where not.
 	mayShare bool
+	hasPages bool // page records may follow for it
+	huge     bool // a page of it was mapped huge (THP)
 }
 
-type scanKind int
+type scanKind uint8
 
 const (
 	scanNone        scanKind = iota // no contents in the image (file-backed, vdso...)
@@ -32,6 +42,46 @@ const (
 	scanFilePrivate                 // private file: as scanAnon, but only pages that are anonymous (COWed)
 	scanShared                      // shared anonymous (shmem): every page the object holds
 )
+
+// object is the device and inode of what x maps: the file, or the shmem,
+// memfd or System V object.
+func (x *vma) object() (dev, inode uint64) {
+	if x.file != nil {
+		return x.file.Dev, x.file.Ino
+	}
+	return unix.Mkdev(x.m.Major, x.m.Minor), x.m.Inode
+}
+
+// fill sets v to x's Vma record, with the ranges it inherits from its
+// parent (sharing.go).
+func (x *vma) fill(v *pb.Vma, inherited []*pb.PageRange) {
+	m := x.m
+	*v = pb.Vma{Start: m.Start, End: m.End, Path: m.Path, Kind: uint32(x.kind), Flags: x.flags, Advice: x.advice,
+		HasPages: x.hasPages, Huge: x.huge, Sysv: x.sysv, Memfd: x.memfd, Inherited: inherited}
+	if m.Read {
+		v.Prot |= unix.PROT_READ
+	}
+	if m.Write {
+		v.Prot |= unix.PROT_WRITE
+	}
+	if m.Exec {
+		v.Prot |= unix.PROT_EXEC
+	}
+	switch x.kind {
+	case pb.VmaKind_VMA_FILE_PRIVATE, pb.VmaKind_VMA_FILE_SHARED:
+		v.Pgoff = m.Offset
+		v.Dev, v.Inode = x.object()
+		v.FileSize, v.MtimeNsec = x.file.Size, x.file.Mtim.Nano()
+		if m.Deleted { // a ghost (ghost.go)
+			v.Path += deletedSuffix
+		}
+	case pb.VmaKind_VMA_SHARED_ANON:
+		v.Pgoff = m.Offset
+		v.Dev, v.Inode = x.object()
+	case pb.VmaKind_VMA_SYSV_SHM:
+		v.Dev, v.Inode = x.object()
+	}
+}
 
 // unsupported builds the error for a mapping cr-pages cannot dump (yet).
 func unsupported(pid int, m *proc.Mapping, what, hint string) error {
@@ -65,7 +115,8 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	}
 	next := fl.byAddress // both by address: maps and smaps list the VMAs in order
 	for i := range vmas {
-		m, v := vmas[i].m, vmas[i].pb
+		x := &vmas[i]
+		m := x.m
 		for len(next) > 0 && next[0].Start < m.Start {
 			next = next[1:]
 		}
@@ -75,14 +126,14 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 			f = next[0]
 		}
 		m.VmFlags = f.VmFlags
-		vmas[i].mayShare = f.MayShare || !ok
+		x.mayShare = f.MayShare || !ok
 		if err := refuseVmFlags(pid, m); err != nil {
 			return err
 		}
-		if v.Sysv != nil {
+		if x.sysv != nil {
 			// VM_MAYWRITE: an attach without SHM_RDONLY, even where
 			// mprotect took PROT_WRITE away.
-			v.Sysv.ReadOnly = !m.HasVmFlag("mw")
+			x.sysv.ReadOnly = !m.HasVmFlag("mw")
 		}
 		if f.ProtectionKey != 0 {
 			return unsupported(pid, m, fmt.Sprintf("memory with protection key %d (pkey_mprotect)", f.ProtectionKey), "")
@@ -92,12 +143,12 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 			bit  uint32
 		}{{"gd", unix.MAP_GROWSDOWN}, {"nr", unix.MAP_NORESERVE}, {"dp", unix.MAP_DROPPABLE}} {
 			if m.HasVmFlag(b.flag) {
-				v.Flags |= b.bit
+				x.flags |= b.bit
 			}
 		}
 		for _, a := range pb.AdviceFlags {
 			if m.HasVmFlag(a.Flag) {
-				v.Advice |= a.Bit
+				x.advice |= a.Bit
 			}
 		}
 	}
@@ -132,53 +183,40 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 		if m.Deleted && namedDeleted(pid, root, m) {
 			m.Path, m.Deleted = m.Path+deletedSuffix, false
 		}
-		v := &pb.Vma{Start: m.Start, End: m.End, Path: m.Path}
-		if m.Read {
-			v.Prot |= unix.PROT_READ
-		}
-		if m.Write {
-			v.Prot |= unix.PROT_WRITE
-		}
-		if m.Exec {
-			v.Prot |= unix.PROT_EXEC
-		}
+		x := vma{m: m, flags: unix.MAP_PRIVATE}
 		if m.Shared {
-			v.Flags |= unix.MAP_SHARED
-		} else {
-			v.Flags |= unix.MAP_PRIVATE
+			x.flags = unix.MAP_SHARED
 		}
 		// The rest of the VmFlags come later (applyVmFlags); the one VMA
 		// that grows down in practice is the main stack.
 		if m.Path == "[stack]" {
-			v.Flags |= unix.MAP_GROWSDOWN
+			x.flags |= unix.MAP_GROWSDOWN
 		}
-		x := vma{m: m, pb: v}
 		switch {
 		case m.Path == "[vdso]":
-			v.Kind = uint32(pb.VmaKind_VMA_VDSO)
+			x.kind = pb.VmaKind_VMA_VDSO
 		case m.Path == "[vvar]":
-			v.Kind = uint32(pb.VmaKind_VMA_VVAR)
+			x.kind = pb.VmaKind_VMA_VVAR
 		case m.Path == "[vvar_vclock]":
-			v.Kind = uint32(pb.VmaKind_VMA_VVAR_VCLOCK)
+			x.kind = pb.VmaKind_VMA_VVAR_VCLOCK
 		case m.Path == "[vsyscall]":
-			v.Kind = uint32(pb.VmaKind_VMA_VSYSCALL)
+			x.kind = pb.VmaKind_VMA_VSYSCALL
 		case m.Shared && (isSharedAnonPath(m) || strings.HasPrefix(m.Path, "[anon_shmem:")):
 			// MAP_SHARED|MAP_ANONYMOUS is a shmem object the kernel names
 			// "/dev/zero (deleted)"; its offset is the position in that object.
-			v.Kind = uint32(pb.VmaKind_VMA_SHARED_ANON)
-			v.Flags |= unix.MAP_ANONYMOUS
-			v.Pgoff = m.Offset
-			// The object's identity: VMAs of several processes that show
-			// the same one share memory, and must again after restore.
-			v.Dev, v.Inode = unix.Mkdev(m.Major, m.Minor), m.Inode
+			// Its device and inode are the object's identity: VMAs of
+			// several processes that show the same one share memory, and
+			// must again after restore.
+			x.kind = pb.VmaKind_VMA_SHARED_ANON
+			x.flags |= unix.MAP_ANONYMOUS
 			x.scan = scanShared
 		case m.Inode == 0 && (m.Path == "" || m.Path == "[heap]" || m.Path == "[stack]" || strings.HasPrefix(m.Path, "[anon:")):
 			if m.Shared {
 				return nil, unsupported(pid, m, "a shared mapping without a backing object", "")
 			}
 			// An anonymous VMA's offset is its address in pages: meaningless to restore.
-			v.Kind = uint32(pb.VmaKind_VMA_ANON)
-			v.Flags |= unix.MAP_ANONYMOUS
+			x.kind = pb.VmaKind_VMA_ANON
+			x.flags |= unix.MAP_ANONYMOUS
 			x.scan = scanAnon
 		case m.Path == "/anon_hugepage" && m.Deleted:
 			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
@@ -230,17 +268,14 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			default:
 				return nil, unsupported(pid, m, fmt.Sprintf("mapping of %s (mode %#o)", m.Path, st.Mode), "")
 			}
-			v.Dev, v.Inode = st.Dev, st.Ino
-			v.FileSize = st.Size
-			v.MtimeNsec = st.Mtim.Nano()
-			v.Pgoff = m.Offset
+			x.file = st
 			if m.Shared {
 				// Shared file pages live in the file: never in the image.
-				v.Kind = uint32(pb.VmaKind_VMA_FILE_SHARED)
+				x.kind = pb.VmaKind_VMA_FILE_SHARED
 				x.scan = scanNone
 			} else {
 				// Private file pages that were written (COWed) are anonymous now.
-				v.Kind = uint32(pb.VmaKind_VMA_FILE_PRIVATE)
+				x.kind = pb.VmaKind_VMA_FILE_PRIVATE
 			}
 		}
 		out = append(out, x)
