@@ -216,12 +216,12 @@ func (sm *sharedMappings) observe(f *image.Frame) error {
 	// 65,000 VMAs, and decoding them all made garbage of 12 MB.
 	var pid uint32
 	var shared []*pb.Vma
-	err := eachField(f.Payload, func(num protowire.Number, typ protowire.Type, b []byte) error {
+	err := pb.EachField(f.Payload, func(num protowire.Number, typ protowire.Type, b []byte) error {
 		switch {
 		case num == mmPid && typ == protowire.VarintType:
 			v, _ := protowire.ConsumeVarint(b)
 			pid = uint32(v)
-		case num == mmVmas && typ == protowire.BytesType:
+		case num == pb.MmVmasField && typ == protowire.BytesType:
 			v, _ := protowire.ConsumeBytes(b)
 			if kind, err := vmaKind(v); err != nil || kind != pb.VmaKind_VMA_FILE_SHARED {
 				return err
@@ -235,7 +235,7 @@ func (sm *sharedMappings) observe(f *image.Frame) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("frame %d (%s) at offset %d: %v: %w", f.Index, f.Type, f.Offset, err, image.ErrCorrupt)
+		return image.CorruptFrame(f, err)
 	}
 	for _, v := range shared {
 		*sm = append(*sm, sharedMapping{pid, v.Start, v.End, v.Path, v.Dev, v.Inode})
@@ -246,14 +246,13 @@ func (sm *sharedMappings) observe(f *image.Frame) error {
 // Field numbers of pb.Mm and pb.Vma that observe reads.
 var (
 	mmPid        = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("pid").Number()
-	mmVmas       = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("vmas").Number()
 	vmaKindField = (&pb.Vma{}).ProtoReflect().Descriptor().Fields().ByName("kind").Number()
 )
 
 // vmaKind reads the kind of an encoded Vma.
 func vmaKind(b []byte) (pb.VmaKind, error) {
 	kind := pb.VmaKind_VMA_ANON // the default: absent when 0
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
+	err := pb.EachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
 		if num == vmaKindField && typ == protowire.VarintType {
 			v, _ := protowire.ConsumeVarint(field)
 			kind = pb.VmaKind(v)
@@ -261,27 +260,6 @@ func vmaKind(b []byte) (pb.VmaKind, error) {
 		return nil
 	})
 	return kind, err
-}
-
-// eachField calls fn with the number, type and encoded value of each field
-// of the encoded message b.
-func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if m < 0 {
-			return protowire.ParseError(m)
-		}
-		if err := fn(num, typ, b[:m]); err != nil {
-			return err
-		}
-		b = b[m:]
-	}
-	return nil
 }
 
 // mappedLocks records every flock or OFD lock held through a shared

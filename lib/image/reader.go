@@ -435,7 +435,12 @@ func (rd *Reader) Offset() int64 {
 // Unmarshal decodes a metadata frame into m, naming the frame on failure.
 func Unmarshal(f *Frame, m proto.Message) error {
 	if err := proto.Unmarshal(f.Payload, m); err != nil {
-		return fmt.Errorf("frame %d (%s) at offset %d: %v: %w", f.Index, f.Type, f.Offset, err, ErrCorrupt)
+		return CorruptFrame(f, err)
 	}
 	return nil
+}
+
+// CorruptFrame is the error for frame f, whose record err could not decode.
+func CorruptFrame(f *Frame, err error) error {
+	return fmt.Errorf("frame %d (%s) at offset %d: %v: %w", f.Index, f.Type, f.Offset, err, ErrCorrupt)
 }

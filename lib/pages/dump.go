@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -209,32 +207,12 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 	return &prepared{p: p, pid: pid, mm: record, vmas: vmas, source: source, stats: stats, t0: t0, close: closeAll}, nil
 }
 
-// mmVmasField is the field number of Mm.vmas.
-var mmVmasField = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("vmas").Number()
-
-// encodeMm encodes mm, whose Vmas are left empty, with the records of
-// vmas (and the ranges each inherits), byte for byte as proto.Marshal of
-// mm with them in its Vmas would: its fields in the order of their
-// numbers, as image.Writer.WriteMessage writes every record. Each Vma
-// record lives only while it is encoded.
+// encodeMm encodes mm, whose Vmas are left empty, with the Vma records
+// of vmas (and the ranges each inherits), each made only while it is
+// encoded.
 func encodeMm(mm *pb.Mm, vmas []vma, inherited map[uint32][]*pb.PageRange) ([]byte, error) {
-	opts := proto.MarshalOptions{Deterministic: true}
-	head, tail := &pb.Mm{Pid: mm.Pid}, proto.Clone(mm).(*pb.Mm)
-	tail.Pid, tail.Vmas = 0, nil
-	b, err := opts.MarshalAppend(nil, head)
+	b, err := pb.MarshalMm(mm, len(vmas), func(i int, v *pb.Vma) { vmas[i].fill(v, inherited[uint32(i)]) })
 	if err != nil {
-		return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
-	}
-	var v pb.Vma
-	for i := range vmas {
-		vmas[i].fill(&v, inherited[uint32(i)])
-		b = protowire.AppendTag(b, mmVmasField, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(opts.Size(&v)))
-		if b, err = opts.MarshalAppend(b, &v); err != nil {
-			return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
-		}
-	}
-	if b, err = opts.MarshalAppend(b, tail); err != nil {
 		return nil, fmt.Errorf("pid %d: encode Mm: %w", mm.Pid, err)
 	}
 	return b, nil

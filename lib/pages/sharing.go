@@ -33,7 +33,7 @@ import (
 type sharing struct {
 	child, parent *sys.Pagemap
 	vmas          []vma
-	from          []*vma // per child VMA: the parent VMA it inherits from, or nil
+	from          []*vma // per child VMA: the parent VMA it inherits from, or nil (nil: no parent)
 	recording     bool   // the first walk records the ranges; later walks only filter
 	lending       bool   // the process is to lend its pages: lendable runs pass whole
 	ce, pe        []uint64
@@ -83,10 +83,11 @@ func (pv parentVmas) get(pid int) []vma { return pv.of[pid] }
 // newSharing prepares the split of pid's runs; parent, when not 0, is its
 // parent in the same dump, whose mappings come from parents.
 func newSharing(pid, parent int, vmas []vma, child *sys.Pagemap, lending bool, parents parentVmas) (*sharing, error) {
-	in := &sharing{child: child, vmas: vmas, from: make([]*vma, len(vmas)), recording: true, lending: lending, inherited: map[uint32][]*pb.PageRange{}}
+	in := &sharing{child: child, vmas: vmas, recording: true, lending: lending, inherited: map[uint32][]*pb.PageRange{}}
 	if parent == 0 {
 		return in, nil
 	}
+	in.from = make([]*vma, len(vmas))
 	// Both in address order: the one parent VMA that could hold a VMA is
 	// the first that ends after its start. (Comparing every pair took
 	// 0.4 s for a parent and child with 16,000 mappings each.)
@@ -148,7 +149,7 @@ func (in *sharing) split(r run, emit func(run) error) error {
 	if !in.vmas[r.vma].mayShare {
 		return emit(r)
 	}
-	inherits := in.from[r.vma] != nil
+	inherits := in.from != nil && in.from[r.vma] != nil
 	if !inherits && in.lending && lendable(&in.vmas[r.vma], r) {
 		return emit(r)
 	}

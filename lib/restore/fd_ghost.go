@@ -214,9 +214,9 @@ func openGhostFd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 
 // mappedGhost opens the ghost file a file VMA maps, if it maps one, for
 // openMapped (mm.go).
-func (rc *Ctx) mappedGhost(pid int, v *pb.Vma, flags int) (*os.File, bool, error) {
+func (rc *Ctx) mappedGhost(pid int, v *vma, flags int) (*os.File, bool, error) {
 	where := fmt.Sprintf("pid %d: vma %#x-%#x", pid, v.Start, v.End)
-	g, ok, err := rc.ghostFile(v.Dev, v.Inode)
+	g, ok, err := rc.ghostFile(v.dev(), v.inode())
 	if err != nil {
 		return nil, true, fmt.Errorf("%s: %w", where, err)
 	}
@@ -240,7 +240,8 @@ func (rc *Ctx) openExe(t *task, exe string) (*os.File, error) {
 	if !strings.HasSuffix(exe, " (deleted)") {
 		return os.Open(exe)
 	}
-	for _, v := range t.mm.Vmas {
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		if v.Path != exe {
 			continue
 		}

@@ -42,8 +42,8 @@ type uffdFill struct {
 // anonymous memory; a droppable VMA refuses it), nor memory that had
 // transparent huge pages: UFFDIO_COPY places 4 KiB pages, and a 2 MiB
 // page faulted in whole is faster still.
-func uffdEligible(v *pb.Vma) bool {
-	return pb.VmaKind(v.Kind) == pb.VmaKind_VMA_ANON && len(v.Inherited) == 0 &&
+func uffdEligible(v *vma) bool {
+	return pb.VmaKind(v.Kind) == pb.VmaKind_VMA_ANON && len(v.inherited()) == 0 &&
 		v.Flags&unix.MAP_DROPPABLE == 0 && len(thpAdvice(v)) == 0
 }
 
@@ -52,9 +52,10 @@ func uffdEligible(v *pb.Vma) bool {
 // eligible VMAs it touches, with pages or not (the guard page between two
 // thread stacks). One registration per range, not per VMA: 60,000 VMAs
 // took 60,000 ioctls to register and as many to unregister (0.27 s).
-func uffdRanges(vmas []*pb.Vma) (ranges []span, total uint64) {
+func uffdRanges(vmas []vma) (ranges []span, total uint64) {
 	withPages := false
-	for _, v := range vmas {
+	for i := range vmas {
+		v := &vmas[i]
 		if !uffdEligible(v) {
 			continue
 		}
@@ -86,7 +87,7 @@ func (t *task) startUffd(rc *Ctx) error {
 	if rc.noUffd {
 		return nil
 	}
-	ranges, total := uffdRanges(t.mm.Vmas)
+	ranges, total := uffdRanges(t.vmas)
 	if total < uffdMinBytes {
 		return nil
 	}
@@ -122,14 +123,14 @@ func (t *task) startUffd(rc *Ctx) error {
 }
 
 // isRegistered: v lies in a registered range.
-func (f *uffdFill) isRegistered(v *pb.Vma) bool {
+func (f *uffdFill) isRegistered(v *vma) bool {
 	i := sort.Search(len(f.registered), func(i int) bool { return f.registered[i].hi > v.Start })
 	return i < len(f.registered) && f.registered[i].lo <= v.Start && v.End <= f.registered[i].hi
 }
 
 // copyPages places data at addr (inside v) by UFFDIO_COPY; it reports
 // false when v is not registered, for process_vm_writev to do it.
-func (t *task) copyPages(v *pb.Vma, addr uint64, data []byte) (bool, error) {
+func (t *task) copyPages(v *vma, addr uint64, data []byte) (bool, error) {
 	if t.uffd == nil || !t.uffd.isRegistered(v) {
 		return false, nil
 	}

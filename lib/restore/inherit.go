@@ -23,8 +23,9 @@ func (t *task) keptSpans() ([]span, error) {
 		return nil, nil
 	}
 	var kept []span
-	for _, v := range t.mm.Vmas {
-		if len(v.Inherited) == 0 {
+	for i := range t.vmas {
+		v := &t.vmas[i]
+		if len(v.inherited()) == 0 {
 			continue
 		}
 		if err := t.checkInherited(v); err != nil {
@@ -40,7 +41,7 @@ func (t *task) keptSpans() ([]span, error) {
 	return kept, nil
 }
 
-func (t *task) checkInherited(v *pb.Vma) error {
+func (t *task) checkInherited(v *vma) error {
 	p := t.parent
 	if p == nil || p.mm == nil {
 		return fmt.Errorf("pages inherited from the parent, whose memory the stream has not restored before (stream out of order)")
@@ -49,13 +50,13 @@ func (t *task) checkInherited(v *pb.Vma) error {
 	// start (the parent's VMAs are in address order, checked when its
 	// memory was restored). A scan of all of them for each VMA took
 	// seconds for a child of a parent with 16,000 mappings.
-	pvmas := p.mm.Vmas
+	pvmas := p.vmas
 	i := sort.Search(len(pvmas), func(i int) bool { return pvmas[i].End > v.Start })
-	if i == len(pvmas) || !v.CanInherit(pvmas[i]) {
+	if i == len(pvmas) || !v.canInherit(&pvmas[i]) {
 		return fmt.Errorf("pages inherited from pid %d, which has no matching mapping there", p.proc.Pid)
 	}
 	last := v.Start
-	for _, r := range v.Inherited {
+	for _, r := range v.inherited() {
 		if r.Start < last || r.End <= r.Start || r.End > v.End || r.Start%pageSize != 0 || r.End%pageSize != 0 {
 			return fmt.Errorf("inherited range %#x-%#x is not page aligned, in order and inside the vma", r.Start, r.End)
 		}
@@ -78,7 +79,8 @@ func (t *task) limitFork() (redo func() error, err error) {
 		return nil, err
 	}
 	var parentSpans []span
-	for _, v := range t.parent.mm.Vmas {
+	for i := range t.parent.vmas {
+		v := &t.parent.vmas[i]
 		if !isVdsoKind(pb.VmaKind(v.Kind)) {
 			parentSpans = append(parentSpans, span{v.Start, v.End})
 		}
@@ -106,10 +108,10 @@ func (t *task) limitFork() (redo func() error, err error) {
 // keepCalls prepare an inherited VMA: its dumped protection (writable while
 // its own pages are written) and its pages outside the inherited ranges
 // dropped: zeros for anonymous memory, the file's bytes for a file.
-func keepCalls(v *pb.Vma, prot uint64) []call {
+func keepCalls(v *vma, prot uint64) []call {
 	calls := []call{vmaCall("protect kept", v, unix.SYS_MPROTECT, v.Start, v.End-v.Start, prot)}
 	var inherited []span
-	for _, r := range v.Inherited {
+	for _, r := range v.inherited() {
 		inherited = append(inherited, span{r.Start, r.End})
 	}
 	for _, s := range subtractSpans(span{v.Start, v.End}, inherited) {

@@ -48,29 +48,29 @@ func TestCheckInherited(t *testing.T) {
 	parent := &task{proc: &pb.Process{Pid: 10}, mm: &pb.Mm{}}
 	for i := uint64(0); i < n; i++ {
 		start := 0x10000000 + i*2*pageSize // a gap after each
-		parent.mm.Vmas = append(parent.mm.Vmas, &pb.Vma{Start: start, End: start + pageSize, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: 0x22})
+		parent.vmas = append(parent.vmas, newVma(&pb.Vma{Start: start, End: start + pageSize, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: 0x22}))
 	}
 	child := &task{proc: &pb.Process{Pid: 11}, parent: parent, mm: &pb.Mm{}}
-	for _, v := range parent.mm.Vmas {
-		child.mm.Vmas = append(child.mm.Vmas, &pb.Vma{Start: v.Start, End: v.End, Kind: v.Kind, Flags: v.Flags,
-			Inherited: []*pb.PageRange{{Start: v.Start, End: v.End}}})
+	for _, v := range parent.vmas {
+		child.vmas = append(child.vmas, newVma(&pb.Vma{Start: v.Start, End: v.End, Kind: v.Kind, Flags: v.Flags,
+			Inherited: []*pb.PageRange{{Start: v.Start, End: v.End}}}))
 	}
 	kept, err := child.keptSpans()
-	if err != nil || len(kept) != n || kept[n-1] != (span{parent.mm.Vmas[n-1].Start, parent.mm.Vmas[n-1].End}) {
+	if err != nil || len(kept) != n || kept[n-1] != (span{parent.vmas[n-1].Start, parent.vmas[n-1].End}) {
 		t.Fatalf("kept: %d spans, %v", len(kept), err)
 	}
 	for _, c := range []struct {
 		name       string
 		start, end uint64
 	}{
-		{"in a gap", parent.mm.Vmas[7].End, parent.mm.Vmas[8].Start},
-		{"across a gap", parent.mm.Vmas[7].Start, parent.mm.Vmas[8].End},
-		{"after the last", parent.mm.Vmas[n-1].End, parent.mm.Vmas[n-1].End + pageSize},
-		{"before the first", parent.mm.Vmas[0].Start - pageSize, parent.mm.Vmas[0].Start},
+		{"in a gap", parent.vmas[7].End, parent.vmas[8].Start},
+		{"across a gap", parent.vmas[7].Start, parent.vmas[8].End},
+		{"after the last", parent.vmas[n-1].End, parent.vmas[n-1].End + pageSize},
+		{"before the first", parent.vmas[0].Start - pageSize, parent.vmas[0].Start},
 	} {
-		v := &pb.Vma{Start: c.start, End: c.end, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: 0x22,
-			Inherited: []*pb.PageRange{{Start: c.start, End: c.end}}}
-		if err := child.checkInherited(v); err == nil || !strings.Contains(err.Error(), "no matching mapping") {
+		v := newVma(&pb.Vma{Start: c.start, End: c.end, Kind: uint32(pb.VmaKind_VMA_ANON), Flags: 0x22,
+			Inherited: []*pb.PageRange{{Start: c.start, End: c.end}}})
+		if err := child.checkInherited(&v); err == nil || !strings.Contains(err.Error(), "no matching mapping") {
 			t.Errorf("%s: %v", c.name, err)
 		}
 	}
@@ -86,8 +86,8 @@ func TestSetupMmRefusesVmasOutOfOrder(t *testing.T) {
 		"out of order": {vma(0x20000, 0x21000), vma(0x10000, 0x11000)},
 		"overlapping":  {vma(0x10000, 0x12000), vma(0x11000, 0x13000)},
 	} {
-		tk := &task{pid: os.Getpid(), proc: &pb.Process{Pid: 1}}
-		err := tk.setupMm(nil, &pb.Mm{Vmas: vmas})
+		tk := &task{pid: os.Getpid(), proc: &pb.Process{Pid: 1}, vmas: vmasOf(vmas...)}
+		err := tk.setupMm(nil)
 		if err == nil || !strings.Contains(err.Error(), "not after the vma before it") {
 			t.Errorf("%s: %v", name, err)
 		}

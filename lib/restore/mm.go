@@ -72,13 +72,14 @@ const vmaFlagsKnown = unix.MAP_SHARED | unix.MAP_PRIVATE | unix.MAP_DROPPABLE | 
 // space: the restorer moves to a hole, everything else of the helper's is
 // unmapped, the vDSO moves to its dumped place, and every dumped VMA is
 // mapped (writable for now where pages will be written into it).
-func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
+func (t *task) setupMm(rc *Ctx) error {
 	cur, err := taskMaps(t.pid)
 	if err != nil {
 		return err
 	}
 	var used []span
-	for _, v := range mm.Vmas {
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		if v.End <= v.Start || v.Start%pageSize != 0 || v.End%pageSize != 0 {
 			return fmt.Errorf("pid %d: vma %#x-%#x: not page aligned", t.pid, v.Start, v.End)
 		}
@@ -138,10 +139,10 @@ func (t *task) setupMm(rc *Ctx, mm *pb.Mm) error {
 	if _, err := t.r.run(calls...); err != nil {
 		return err
 	}
-	if err := t.moveVdso(mm, curVdso, used); err != nil {
+	if err := t.moveVdso(curVdso, used); err != nil {
 		return err
 	}
-	return t.mapVmas(rc, mm)
+	return t.mapVmas(rc)
 }
 
 // maxMapCount is vm.max_map_count: how many VMAs a task may have here.
@@ -170,9 +171,10 @@ func checkMapCount(pid uint32, vmas, limit int) error {
 // moveVdso puts the running vDSO and vvar pages where the dumped process had
 // them. They are moved in two steps through a free area, so that no
 // destination overlaps a part not yet moved.
-func (t *task) moveVdso(mm *pb.Mm, cur map[pb.VmaKind]taskVma, used []span) error {
-	dumped := map[pb.VmaKind]*pb.Vma{}
-	for _, v := range mm.Vmas {
+func (t *task) moveVdso(cur map[pb.VmaKind]taskVma, used []span) error {
+	dumped := map[pb.VmaKind]*vma{}
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		if isVdsoKind(pb.VmaKind(v.Kind)) && pb.VmaKind(v.Kind) != pb.VmaKind_VMA_VSYSCALL {
 			dumped[pb.VmaKind(v.Kind)] = v
 		}
@@ -235,7 +237,7 @@ func vmaKindName(k pb.VmaKind) string {
 
 // openMapped opens the file behind a file VMA, refusing a file that changed
 // since the dump: mapping a different file would restore wrong memory.
-func openMapped(rc *Ctx, pid int, v *pb.Vma) (*os.File, error) {
+func openMapped(rc *Ctx, pid int, v *vma) (*os.File, error) {
 	flags := mappedOpenFlags(v)
 	if f, ok, err := rc.mappedGhost(pid, v, flags); ok { // a deleted file (fd_ghost.go)
 		return f, err
@@ -250,17 +252,17 @@ func openMapped(rc *Ctx, pid int, v *pb.Vma) (*os.File, error) {
 		return nil, err
 	}
 	mtime := st.Mtim.Nano()
-	if (v.FileSize != 0 || v.MtimeNsec != 0) && (st.Size != v.FileSize || mtime != v.MtimeNsec) {
+	if (v.fileSize() != 0 || v.mtimeNsec() != 0) && (st.Size != v.fileSize() || mtime != v.mtimeNsec()) {
 		f.Close()
 		return nil, fmt.Errorf("pid %d: vma %#x-%#x: %s changed since the dump (size %d, mtime %d; dumped size %d, mtime %d)",
-			pid, v.Start, v.End, v.Path, st.Size, mtime, v.FileSize, v.MtimeNsec)
+			pid, v.Start, v.End, v.Path, st.Size, mtime, v.fileSize(), v.mtimeNsec())
 	}
 	return f, nil
 }
 
 // mappedOpenFlags: a shared writable mapping needs its file open for
 // writing; every other mapping only for reading.
-func mappedOpenFlags(v *pb.Vma) int {
+func mappedOpenFlags(v *vma) int {
 	if v.Flags&unix.MAP_SHARED != 0 && v.Prot&unix.PROT_WRITE != 0 {
 		return os.O_RDWR
 	}
@@ -268,7 +270,7 @@ func mappedOpenFlags(v *pb.Vma) int {
 }
 
 // mapVmas maps every dumped VMA at its address.
-func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
+func (t *task) mapVmas(rc *Ctx) error {
 	// A file is opened once for the VMAs that map it the same way. (By
 	// path and shared bit alone, a shared writable mapping after a
 	// read-only one of the same file got the read-only file: EACCES.)
@@ -288,8 +290,9 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			}
 		}
 	}()
-	fileOf := map[*pb.Vma]int{}
-	for _, v := range mm.Vmas {
+	fileOf := map[*vma]int{}
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		k := pb.VmaKind(v.Kind)
 		if k == pb.VmaKind_VMA_SYSV_SHM {
 			seg, err := rc.sysvSegment(v)
@@ -308,10 +311,10 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			files = append(files, f)
 			continue
 		}
-		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED || len(v.Inherited) > 0 {
+		if k != pb.VmaKind_VMA_FILE_PRIVATE && k != pb.VmaKind_VMA_FILE_SHARED || len(v.inherited()) > 0 {
 			continue
 		}
-		key := fileKey{v.Path, mappedOpenFlags(v), v.Flags&unix.MAP_SHARED != 0, v.FileSize, v.MtimeNsec}
+		key := fileKey{v.Path, mappedOpenFlags(v), v.Flags&unix.MAP_SHARED != 0, v.fileSize(), v.mtimeNsec()}
 		if i, ok := index[key]; ok {
 			fileOf[v] = i
 			continue
@@ -348,7 +351,8 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
 			uint64(pi.ThpDisable&1), uint64(pi.ThpDisable&^1)))
 	}
-	for _, v := range mm.Vmas {
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		k := pb.VmaKind(v.Kind)
 		if isVdsoKind(k) {
 			continue
@@ -364,7 +368,7 @@ func (t *task) mapVmas(rc *Ctx, mm *pb.Mm) error {
 			prot |= unix.PROT_WRITE
 			t.writable = append(t.writable, v)
 		}
-		if len(v.Inherited) > 0 {
+		if len(v.inherited()) > 0 {
 			calls.add(keepCalls(v, prot)...)
 			calls.add(policies.calls(v, true)...)
 			calls.add(thpAdvice(v)...)
@@ -482,7 +486,7 @@ const (
 
 // writeRange places data at addr, inside v: with UFFDIO_COPY where v is
 // registered for it (fill_uffd.go), else with process_vm_writev.
-func (t *task) writeRange(v *pb.Vma, addr uint64, data []byte) error {
+func (t *task) writeRange(v *vma, addr uint64, data []byte) error {
 	if done, err := t.copyPages(v, addr, data); done {
 		return err
 	}
@@ -515,7 +519,7 @@ func (t *task) writev(addr uint64, data []byte) error {
 // a 2 MiB page is faulted in and zeroed in one go (doc/performance.md).
 // Where THP is "madvise", the dumped VMA can only have had them by
 // MADV_HUGEPAGE; under "always" it gets them anyway.
-func thpAdvice(v *pb.Vma) []call {
+func thpAdvice(v *vma) []call {
 	k := pb.VmaKind(v.Kind)
 	huge := v.Huge && v.HasPages && (k == pb.VmaKind_VMA_ANON || k == pb.VmaKind_VMA_SHARED_ANON) && thpMode() == "madvise"
 	switch {
@@ -556,11 +560,8 @@ func (t *task) sealVmas() error {
 		}
 	}
 	var seal []call
-	var vmas []*pb.Vma
-	if t.mm != nil {
-		vmas = t.mm.Vmas
-	}
-	for _, v := range vmas {
+	for i := range t.vmas {
+		v := &t.vmas[i]
 		if isVdsoKind(pb.VmaKind(v.Kind)) || v.Advice == 0 {
 			continue
 		}
@@ -690,20 +691,20 @@ func shmemKey(dev, inode uint64) string { return fmt.Sprintf("shmem:%d:%d", dev,
 // sharedAnon returns the file that stands for one MAP_SHARED anonymous
 // object of the dumped tree: every VMA that showed the object maps it, so
 // the processes share that memory again. It grows to cover every VMA.
-func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
-	key := shmemKey(v.Dev, v.Inode)
+func (rc *Ctx) sharedAnon(v *vma) (*os.File, error) {
+	key := shmemKey(v.dev(), v.inode())
 	f, _ := rc.Shared[key].(*os.File)
-	if f == nil || v.Inode == 0 {
+	if f == nil || v.inode() == 0 {
 		var err error
-		if v.Memfd != nil {
-			f, err = newMappedMemfd(v.Memfd)
+		if v.memfd() != nil {
+			f, err = newMappedMemfd(v.memfd())
 		} else {
 			f, err = newSharedAnon(int(v.Pgoff + v.End - v.Start))
 		}
 		if err != nil {
 			return nil, err
 		}
-		if v.Inode != 0 { // without an identity, nothing can share it
+		if v.inode() != 0 { // without an identity, nothing can share it
 			rc.Shared[key] = f
 		}
 		rc.owned = append(rc.owned, f)
@@ -713,7 +714,7 @@ func (rc *Ctx) sharedAnon(v *pb.Vma) (*os.File, error) {
 		return nil, err
 	}
 	// A memfd keeps its size: a mapping may reach past its end (and fault there).
-	if need := int64(v.Pgoff + v.End - v.Start); st.Size < need && v.Memfd == nil {
+	if need := int64(v.Pgoff + v.End - v.Start); st.Size < need && v.memfd() == nil {
 		if err := unix.Ftruncate(int(f.Fd()), need); err != nil {
 			return nil, fmt.Errorf("size shared memory: %w", err)
 		}

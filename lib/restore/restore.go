@@ -56,13 +56,14 @@ type task struct {
 	parent   *task
 	cores    map[uint32]*pb.ThreadCore // by tid
 	states   map[uint32]*pb.TaskState  // by tid
-	mm       *pb.Mm
+	mm       *pb.Mm                    // without its VMAs: vmas
+	vmas     []vma                     // in address order (setupMm)
 	files    *pb.Files
 	hole     uint64
 	holeSize uint64
 	scratch  uint64
 	stacks   uint64       // thread stacks, inside the hole
-	writable []*pb.Vma    // the VMAs pages are written into, by address
+	writable []*vma       // the VMAs pages are written into, by address
 	sysv     []sysvAttach // the VMAs that attach System V segments (sysv.go)
 	uffd     *uffdFill    // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
 	// sharedFiles: the descriptions its shared file mappings were made
@@ -329,8 +330,8 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		}
 		t.states[s.Tid] = &s
 	case image.TypeMm:
-		var mm pb.Mm
-		if err := image.Unmarshal(f, &mm); err != nil {
+		mm, vmas, err := decodeMm(f)
+		if err != nil {
 			return err
 		}
 		t, err := rc.taskFor(f, mm.Pid)
@@ -340,17 +341,17 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		if t.mm != nil {
 			return fmt.Errorf("frame %d at offset %d: second mm record for pid %d: %w", f.Index, f.Offset, mm.Pid, image.ErrCorrupt)
 		}
-		t.mm = &mm
-		stage.ReserveHeap(int64(len(mm.Vmas)) * stage.VmaHeap)
+		t.mm, t.vmas = mm, vmas
+		stage.ReserveHeap(int64(len(vmas)) * stage.VmaHeap)
 		if limit, err := maxMapCount(); err == nil {
-			if err := checkMapCount(mm.Pid, len(mm.Vmas), limit); err != nil {
+			if err := checkMapCount(mm.Pid, len(vmas), limit); err != nil {
 				return err
 			}
 		}
 		if err := rc.ensureCreated(t); err != nil {
 			return err
 		}
-		if err := t.setupMm(rc, &mm); err != nil {
+		if err := t.setupMm(rc); err != nil {
 			return err
 		}
 	case image.TypePages:

@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 	"crpipe/pie"
 )
@@ -39,7 +38,7 @@ type call struct {
 	// vma, when set, is named after what (describe): a task can have
 	// 65,000 VMAs, and a text made for each call up front was most of
 	// what a restore of so many allocated.
-	vma *pb.Vma
+	vma *vma
 }
 
 func sc(what string, nr uintptr, args ...uint64) call {
@@ -49,7 +48,7 @@ func sc(what string, nr uintptr, args ...uint64) call {
 }
 
 // vmaCall is a call on the VMA v; its errors name v's range and path.
-func vmaCall(what string, v *pb.Vma, nr uintptr, args ...uint64) call {
+func vmaCall(what string, v *vma, nr uintptr, args ...uint64) call {
 	c := sc(what, nr, args...)
 	c.vma = v
 	return c

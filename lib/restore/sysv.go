@@ -34,7 +34,7 @@ type sysvSeg struct {
 // sysvAttach is a VMA of a task that attaches seg: its pages are written
 // through seg.f.
 type sysvAttach struct {
-	v   *pb.Vma
+	v   *vma
 	seg *sysvSeg
 }
 
@@ -70,8 +70,8 @@ func sysvSegs(rc *Ctx) []*sysvSeg {
 }
 
 // sysvSegment returns the segment v attaches, made (or found) on first use.
-func (rc *Ctx) sysvSegment(v *pb.Vma) (*sysvSeg, error) {
-	d := v.Sysv
+func (rc *Ctx) sysvSegment(v *vma) (*sysvSeg, error) {
+	d := v.sysv()
 	if d == nil || d.Id < 0 || d.Size == 0 || v.End-v.Start != (d.Size+pageSize-1)&^(pageSize-1) {
 		return nil, fmt.Errorf("a System V shared memory attach whose segment record does not fit it")
 	}
@@ -172,12 +172,12 @@ func createSysvSeg(s *sysvSeg, d *pb.SysvShm) error {
 
 // attachCalls attach v's segment in the task where it was, with the dumped
 // protection.
-func attachCalls(v *pb.Vma) []call {
+func attachCalls(v *vma) []call {
 	flags, prot := uint64(0), uint64(unix.PROT_READ|unix.PROT_WRITE)
-	if v.Sysv.ReadOnly {
+	if v.sysv().ReadOnly {
 		flags, prot = unix.SHM_RDONLY, unix.PROT_READ
 	}
-	calls := []call{sc(fmt.Sprintf("shmat %d at %#x", v.Sysv.Id, v.Start), unix.SYS_SHMAT, uint64(v.Sysv.Id), v.Start, flags)}
+	calls := []call{sc(fmt.Sprintf("shmat %d at %#x", v.sysv().Id, v.Start), unix.SYS_SHMAT, uint64(v.sysv().Id), v.Start, flags)}
 	if uint64(v.Prot) != prot {
 		calls = append(calls, sc(fmt.Sprintf("protect %#x-%#x", v.Start, v.End), unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))
 	}

@@ -53,7 +53,7 @@ func newVmaPolicies(rc *Ctx, t *task) (*vmaPolicies, error) {
 
 // calls are those that give v its policy (none where it keeps the default;
 // kept tells that v was kept from the parent).
-func (vp *vmaPolicies) calls(v *pb.Vma, kept bool) []call {
+func (vp *vmaPolicies) calls(v *vma, kept bool) []call {
 	p := vp.own[v.Start]
 	if p != nil {
 		delete(vp.own, v.Start)

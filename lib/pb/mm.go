@@ -1,0 +1,82 @@
+package pb
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// An Mm record can hold 65,530 Vma records (vm.max_map_count), and a
+// decoded record takes ~190 bytes: 12 MB that a stage would hold at once.
+// MarshalMm and UnmarshalMm handle them one at a time, so that the stages
+// keep their VMAs in a form of their own.
+
+// MmVmasField is the field number of Mm.vmas (cr.proto; TestMmVmasField).
+const MmVmasField protowire.Number = 2
+
+// MarshalMm encodes mm, whose Vmas must be empty, with n Vma records that
+// fill(i, v) sets in turn, byte for byte as a deterministic proto.Marshal
+// of mm with them in its Vmas: its fields in the order of their numbers.
+func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
+	opts := proto.MarshalOptions{Deterministic: true}
+	tail := proto.Clone(mm).(*Mm)
+	tail.Pid, tail.Vmas = 0, nil
+	b, err := opts.MarshalAppend(nil, &Mm{Pid: mm.Pid})
+	if err != nil {
+		return nil, err
+	}
+	var v Vma
+	for i := range n {
+		fill(i, &v)
+		b = protowire.AppendTag(b, MmVmasField, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(opts.Size(&v)))
+		if b, err = opts.MarshalAppend(b, &v); err != nil {
+			return nil, err
+		}
+	}
+	return opts.MarshalAppend(b, tail)
+}
+
+// UnmarshalMm decodes the Mm record b into mm, but for its Vma records,
+// which it passes to each in turn. The record it passes is reused: each
+// keeps what it needs of it (the messages it points to stay its own).
+func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
+	var rest []byte
+	var v Vma
+	err := EachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
+		if num != MmVmasField || typ != protowire.BytesType {
+			rest = protowire.AppendTag(rest, num, typ)
+			rest = append(rest, field...)
+			return nil
+		}
+		rec, _ := protowire.ConsumeBytes(field)
+		if err := proto.Unmarshal(rec, &v); err != nil {
+			return err
+		}
+		return each(&v)
+	})
+	if err != nil {
+		return err
+	}
+	return proto.Unmarshal(rest, mm)
+}
+
+// EachField calls fn with the number, type and encoded value of each field
+// of the encoded message b.
+func EachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return protowire.ParseError(m)
+		}
+		if err := fn(num, typ, b[:m]); err != nil {
+			return err
+		}
+		b = b[m:]
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package restore
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
+)
+
+// vma is a Vma record as the restore keeps it, for the life of its task.
+// A task can have 65,530 VMAs, and their decoded records (~190 bytes each,
+// with protobuf's state) were two thirds of cr-restore's heap then: this
+// takes 72 bytes, what most VMAs lack (a file, a segment, pages inherited)
+// behind one pointer.
+type vma struct {
+	Start, End, Pgoff         uint64
+	Prot, Flags, Kind, Advice uint32
+	HasPages, Huge            bool
+	Path                      string
+	more                      *vmaMore // nil where all of it is zero
+}
+
+type vmaMore struct {
+	dev, inode      uint64
+	fileSize, mtime int64
+	inherited       []*pb.PageRange
+	sysv            *pb.SysvShm
+	memfd           *pb.MemfdState
+}
+
+var noMore vmaMore
+
+func (v *vma) ext() *vmaMore {
+	if v.more == nil {
+		return &noMore
+	}
+	return v.more
+}
+
+func (v *vma) dev() uint64                { return v.ext().dev }
+func (v *vma) inode() uint64              { return v.ext().inode }
+func (v *vma) fileSize() int64            { return v.ext().fileSize }
+func (v *vma) mtimeNsec() int64           { return v.ext().mtime }
+func (v *vma) inherited() []*pb.PageRange { return v.ext().inherited }
+func (v *vma) sysv() *pb.SysvShm          { return v.ext().sysv }
+func (v *vma) memfd() *pb.MemfdState      { return v.ext().memfd }
+
+// canInherit: pb.Vma.CanInherit.
+func (v *vma) canInherit(p *vma) bool { return v.record().CanInherit(p.record()) }
+
+// newVma keeps what restore needs of the record r.
+func newVma(r *pb.Vma) vma {
+	v := vma{Start: r.Start, End: r.End, Pgoff: r.Pgoff, Prot: r.Prot, Flags: r.Flags, Kind: r.Kind, Advice: r.Advice,
+		HasPages: r.HasPages, Huge: r.Huge, Path: r.Path}
+	if r.Dev != 0 || r.Inode != 0 || r.FileSize != 0 || r.MtimeNsec != 0 || len(r.Inherited) > 0 || r.Sysv != nil || r.Memfd != nil {
+		v.more = &vmaMore{dev: r.Dev, inode: r.Inode, fileSize: r.FileSize, mtime: r.MtimeNsec,
+			inherited: r.Inherited, sysv: r.Sysv, memfd: r.Memfd}
+	}
+	return v
+}
+
+// record is v's Vma record again.
+func (v *vma) record() *pb.Vma {
+	x := v.ext()
+	return &pb.Vma{Start: v.Start, End: v.End, Pgoff: v.Pgoff, Prot: v.Prot, Flags: v.Flags, Kind: v.Kind, Advice: v.Advice,
+		HasPages: v.HasPages, Huge: v.Huge, Path: v.Path, Dev: x.dev, Inode: x.inode, FileSize: x.fileSize, MtimeNsec: x.mtime,
+		Inherited: x.inherited, Sysv: x.sysv, Memfd: x.memfd}
+}
+
+// decodeMm decodes an Mm record, its VMAs kept as vma.
+func decodeMm(f *image.Frame) (*pb.Mm, []vma, error) {
+	mm := new(pb.Mm)
+	// Counted first: a slice grown by append would leave its earlier
+	// arrays to the collector, 4 MB with 60,000 VMAs.
+	n := 0
+	pb.EachField(f.Payload, func(num protowire.Number, _ protowire.Type, _ []byte) error {
+		if num == pb.MmVmasField {
+			n++
+		}
+		return nil
+	})
+	vmas := make([]vma, 0, n)
+	err := pb.UnmarshalMm(f.Payload, mm, func(r *pb.Vma) error {
+		vmas = append(vmas, newVma(r))
+		return nil
+	})
+	if err != nil {
+		return nil, nil, image.CorruptFrame(f, err)
+	}
+	return mm, vmas, nil
+}
