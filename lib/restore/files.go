@@ -134,16 +134,22 @@ func (rc *Ctx) restoreFiles(t *task) error {
 			return fmt.Errorf("pid %d: fd %d appears twice in the image: %w", t.pid, nums[i], image.ErrCorrupt)
 		}
 	}
-	// Above the table (and the control socket, moved above it where
-	// needed), a batch moved in: base + fdInstallBatch, base as below.
-	if err := raiseNofile(t.pid, uint64(max(maxTarget, t.ctlFd))+2+fdInstallBatch); err != nil {
+	// The control socket goes above the table where it is in its way, and
+	// each batch passes through a holding area (holdingArea): the limit
+	// must cover all three.
+	ctl := t.ctlFd
+	if ctl <= maxTarget {
+		ctl = maxTarget + 1
+	}
+	base := holdingArea(nums, ctl)
+	if err := raiseNofile(t.pid, max(uint64(ctl)+1, base+holdingSize)); err != nil {
 		return err
 	}
-	if t.ctlFd <= maxTarget {
-		if err := t.r.setCtl(maxTarget + 1); err != nil {
+	if ctl != t.ctlFd {
+		if err := t.r.setCtl(ctl); err != nil {
 			return err
 		}
-		t.ctlFd = maxTarget + 1
+		t.ctlFd = ctl
 	}
 	// Close what the helper left open (its stdio), keeping the control socket.
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", t.pid))
@@ -162,12 +168,11 @@ func (rc *Ctx) restoreFiles(t *task) error {
 	}
 
 	// Received files take the lowest free numbers, which may be dumped fd
-	// numbers still to be installed: each batch is moved above the table
-	// first, then installed. A batch at a time, so that cr-restore holds
-	// the files of one batch, not of the whole table, on top of the
+	// numbers still to be installed: each batch is moved to the holding
+	// area first, then installed. A batch at a time, so that cr-restore
+	// holds the files of one batch, not of the whole table, on top of the
 	// descriptions it keeps for other fds (a process with 14,000 fds
 	// failed with EMFILE under a limit of 20,000).
-	base := uint64(max(maxTarget, t.ctlFd) + 1)
 	for i := 0; i < len(fl.Fds); i += fdInstallBatch {
 		batch := fl.Fds[i:min(i+fdInstallBatch, len(fl.Fds))]
 		files := make([]*os.File, 0, len(batch))
@@ -235,7 +240,7 @@ func (rc *Ctx) restoreFiles(t *task) error {
 // raiseNofile raises the task's soft limit of open files to need (or its
 // hard limit) while its fd table is installed: the task starts with the
 // soft limit cr-restore was started with (a shell's 1,024), and the dumped
-// fds, its control socket above them and a batch in flight above that must
+// fds, its control socket and the holding area of a batch in flight must
 // fit. The dumped limits are set after the files (state_last.go).
 func raiseNofile(pid int, need uint64) error {
 	var lim unix.Rlimit
@@ -259,6 +264,30 @@ func raiseNofile(pid int, need uint64) error {
 // fdInstallBatch is how many fds restoreFiles opens, sends and installs at
 // a time.
 const fdInstallBatch = 256
+
+// holdingSize: a batch received (at the lowest free numbers) and moved
+// (to the lowest free from the area's start) fits in the area wherever it
+// landed.
+const holdingSize = 2 * fdInstallBatch
+
+// holdingArea is the lowest fd number from which holdingSize numbers are
+// neither a dumped fd (targets, sorted) nor the control socket: there a
+// batch waits to be installed without being overwritten by an fd of its
+// own. Above the whole table it would need a limit of open files a batch
+// above the highest fd: valgrind keeps its own fds right under the hard
+// limit, and a restore under the same limit failed.
+func holdingArea(targets []int32, ctl int) uint64 {
+	taken := append(slices.Clone(targets), int32(ctl))
+	slices.Sort(taken)
+	lo := 0
+	for _, n := range taken {
+		if int(n)-lo >= holdingSize {
+			break
+		}
+		lo = max(lo, int(n)+1)
+	}
+	return uint64(lo)
+}
 
 // moveAbove sends files to the task, closes them here, and moves the
 // received files to numbers from base up (closing where they landed). It

@@ -36,3 +36,29 @@ func TestRaiseNofile(t *testing.T) {
 		t.Fatalf("past the hard limit: %v", err)
 	}
 }
+
+// The holding area of a batch is the lowest run of free numbers long
+// enough, below the table where there is one.
+func TestHoldingArea(t *testing.T) {
+	valgrind := []int32{0, 1, 2, 3, 251, 19990, 19991, 19992, 19993, 19994}
+	dense := make([]int32, 1000)
+	for i := range dense {
+		dense[i] = int32(i)
+	}
+	for _, c := range []struct {
+		name    string
+		targets []int32
+		ctl     int
+		want    uint64
+	}{
+		{"valgrind's fds under the limit", valgrind, 19995, 252},
+		{"none", nil, 3, 4},
+		{"a dense table", dense, 1000, 1001},
+		{"a gap just large enough", []int32{0, 1 + holdingSize, 2 + holdingSize}, 5000, 1},
+		{"a gap one too small", []int32{0, holdingSize, 2000}, 5000, holdingSize + 1},
+	} {
+		if got := holdingArea(c.targets, c.ctl); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+}

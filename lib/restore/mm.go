@@ -182,12 +182,20 @@ func (t *task) moveVdso(cur map[pb.VmaKind]taskVma, used []span) error {
 	kinds := []pb.VmaKind{pb.VmaKind_VMA_VVAR, pb.VmaKind_VMA_VVAR_VCLOCK, pb.VmaKind_VMA_VDSO}
 	same := true
 	var total uint64
+	var drop []call
 	for _, k := range kinds {
 		c, haveCur := cur[k]
 		d, haveDumped := dumped[k]
-		if haveCur != haveDumped {
-			return fmt.Errorf("pid %d: the dumped process %s %s, this kernel's does not: restore on the kernel it was dumped on",
-				t.pid, map[bool]string{true: "had", false: "had no"}[haveDumped], vmaKindName(k))
+		if haveDumped && !haveCur {
+			return fmt.Errorf("pid %d: the dumped process had %s, this kernel's processes do not: restore on the kernel it was dumped on",
+				t.pid, vmaKindName(k))
+		}
+		if haveCur && !haveDumped {
+			// The process had unmapped it (valgrind unmaps the vDSO of
+			// the program it runs): so does its restored self.
+			drop = append(drop, sc("unmap "+vmaKindName(k), unix.SYS_MUNMAP, c.start, c.end-c.start))
+			delete(cur, k)
+			continue
 		}
 		if !haveCur {
 			continue
@@ -200,6 +208,9 @@ func (t *task) moveVdso(cur map[pb.VmaKind]taskVma, used []span) error {
 			same = false
 		}
 		total += c.end - c.start
+	}
+	if _, err := t.r.run(drop...); err != nil {
+		return err
 	}
 	if same {
 		return nil

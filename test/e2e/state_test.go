@@ -419,6 +419,17 @@ func TestMlockall(t *testing.T) {
 	}
 }
 
+// TestNoVdso: a process laid out as valgrind leaves the program it runs,
+// its vDSO unmapped and an fd right under the hard limit of open files
+// (test/progs/novdso.c), comes back so: no vDSO mapped over its memory,
+// and its fds installed under the same limit. Both failed the restore
+// before.
+func TestNoVdso(t *testing.T) {
+	p := startStateProg(t, "novdso")
+	_, at := dumpKillRestore(t, p)
+	p.terminate(at)
+}
+
 // TestMlockallNoRoom: a process whose soft RLIMIT_AS leaves no room for
 // cr-parasite's stub still has its mlockall(MCL_FUTURE) seen (a page
 // mapped to look, its soft limits raised to the hard ones for that moment)
