@@ -49,7 +49,7 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 		if p.State == "Z" {
 			continue
 		}
-		tg, err := prepare(p, fr, mount)
+		tg, err := prepare(p, fr, mount, nil)
 		if err != nil {
 			return h, err
 		}

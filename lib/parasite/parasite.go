@@ -112,6 +112,7 @@ type target struct {
 	pid     int
 	insn    uint64
 	tids    []int
+	ids     [][2]int // per thread: real uid and gid (its witness's)
 	seccomp []bool
 	stopped bool // in a group stop (state T)
 	res     []*ThreadResult
@@ -159,8 +160,10 @@ func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, 
 	}
 	nw := min(runtime.GOMAXPROCS(0), len(live))
 	targets := make([]*target, len(live))
+	wit := &witnesses{} // started as the threads' credentials are read
+	defer wit.close()
 	if err := par.For(len(live), nw, func(i int) (err error) {
-		targets[i], err = prepare(live[i], fr, mount)
+		targets[i], err = prepare(live[i], fr, mount, wit)
 		return err
 	}); err != nil {
 		return nil, err
@@ -176,7 +179,7 @@ func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, 
 	ws := make([]*worker, nw)
 	aborted := new(atomic.Bool)
 	for i := range ws {
-		ws[i] = &worker{sigs: sigs, aborted: aborted, opt: opt, in: make(chan bool), out: make(chan error)}
+		ws[i] = &worker{sigs: sigs, aborted: aborted, opt: opt, wit: wit, in: make(chan bool), out: make(chan error)}
 		for j := i; j < len(targets); j += nw {
 			ws[i].targets = append(ws[i].targets, targets[j])
 		}
@@ -228,8 +231,9 @@ func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, 
 	return res, nil
 }
 
-// prepare checks one process and finds what its injection needs.
-func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
+// prepare checks one process and finds what its injection needs; wit,
+// when not nil, gets the witnesses of its threads started.
+func prepare(p *pb.Process, fr *pb.Freeze, mount string, wit *witnesses) (*target, error) {
 	if err := checkFrozen(p, fr, mount); err != nil {
 		return nil, err
 	}
@@ -252,7 +256,11 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
 			return nil, err
 		}
 		tg.tids = append(tg.tids, int(t))
+		tg.ids = append(tg.ids, [2]int{sec.Uid[0], sec.Gid[0]})
 		tg.seccomp = append(tg.seccomp, sec.Seccomp != 0)
+		if wit != nil {
+			wit.start(sec.Uid[0], sec.Gid[0])
+		}
 	}
 	return tg, nil
 }
@@ -261,6 +269,7 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string) (*target, error) {
 type worker struct {
 	targets []*target
 	opt     Options
+	wit     *witnesses
 	sigs    chan os.Signal
 	aborted *atomic.Bool // set when a worker fails: the others stop at their next process
 	in      chan bool    // go on to the next phase (false: to detaching)
@@ -354,7 +363,14 @@ func (w *worker) inject() error {
 		if w.aborted.Load() {
 			return nil // another worker failed and says why
 		}
-		res, err := Process(tg.pid, tg.tids, tg.insn, w.opt)
+		witness := make([]int, len(tg.tids))
+		for i, id := range tg.ids {
+			var err error
+			if witness[i], err = w.wit.pid(id[0], id[1]); err != nil {
+				return fmt.Errorf("pid %d tid %d: %w", tg.pid, tg.tids[i], err)
+			}
+		}
+		res, err := Process(tg.pid, tg.tids, tg.insn, w.opt, witness)
 		if errors.Is(err, inject.ErrSigstop) {
 			// Put back, the process stops as the signal asks once thawed.
 			return stage.Hint(err, "the process was sent SIGSTOP during the checkpoint; checkpoint it again once it has stopped (a stopped process is dumped as it is)")
@@ -382,8 +398,9 @@ func (w *worker) inject() error {
 // process pid, which the calling locked OS thread holds in
 // PTRACE_EVENT_STOPs, and puts every thread back as it was (End), and
 // the process's memory, whatever happens. insn is a syscall instruction
-// in the process.
-func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult, err error) {
+// in the process. witness gives, per thread, the witness it looks at for
+// a sandbox (landlock.go; 0: none).
+func Process(pid int, tids []int, insn uint64, opt Options, witness []int) (res []*ThreadResult, err error) {
 	var sessions []*inject.Session
 	defer func() {
 		for _, s := range sessions {
@@ -439,9 +456,9 @@ func Process(pid int, tids []int, insn uint64, opt Options) (res []*ThreadResult
 			return nil, err
 		}
 	}
-	for _, s := range sessions {
+	for i, s := range sessions {
 		where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, s.Tid(), err) }
-		r, err := planThread(pid, s.Tid(), s.Tid() == pid)
+		r, err := planThread(pid, s.Tid(), s.Tid() == pid, witness[i])
 		if err != nil {
 			return nil, where(err)
 		}

@@ -188,7 +188,7 @@ func TestThreadFailure(t *testing.T) {
 			}
 			defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
 			// The stack is not executable: the "syscall" faults.
-			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, opt)
+			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, opt, []int{0})
 			if err == nil {
 				t.Fatal("injection at a non-executable address succeeded")
 			}

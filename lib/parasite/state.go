@@ -84,6 +84,7 @@ type threadReads struct {
 	tidAddr, altstack, pdeath, secure, slack int
 	ssb, ibrs                                int
 	polMode, polNodes                        int
+	witness, sandbox                         int // the witness's pid (0: none), the kcmp call (landlock.go)
 	proc                                     *processReads
 }
 
@@ -91,8 +92,11 @@ type threadReads struct {
 // kernel's MAX_NUMNODES (1 << CONFIG_NODES_SHIFT, at most 1024).
 const nodeMaskBits = 1024
 
-func planThread(pid, tid int, leader bool) (*threadReads, error) {
-	r := &threadReads{pid: pid, tid: tid}
+func planThread(pid, tid int, leader bool, witness int) (*threadReads, error) {
+	r := &threadReads{pid: pid, tid: tid, witness: witness}
+	if witness != 0 {
+		r.sandbox = r.add("kcmp(KCMP_VM) of the witness", 0, 0, unix.SYS_KCMP, uint64(pid), uint64(witness), sys.KcmpVM, 0, 0)
+	}
 	r.tidAddr = r.add("prctl(PR_GET_TID_ADDRESS)", 8, 1, unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS)
 	r.altstack = r.add("sigaltstack", sys.StackTSize, 1, unix.SYS_SIGALTSTACK, 0)
 	r.pdeath = r.add("prctl(PR_GET_PDEATHSIG)", 4, 1, unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG)
@@ -116,6 +120,11 @@ func (r *threadReads) decode() (*ThreadResult, error) {
 	st := &pb.TaskState{Pid: uint32(r.pid), Tid: uint32(r.tid)}
 	ti := &pb.ThreadInside{Pid: uint32(r.pid), Tid: uint32(r.tid)}
 	res := &ThreadResult{State: st, Inside: ti}
+	if r.witness != 0 {
+		if err := sandboxed(r.calls[r.sandbox].Ret); err != nil {
+			return nil, err
+		}
+	}
 	_, b, err := r.result(r.tidAddr)
 	if err != nil {
 		return nil, err

@@ -556,6 +556,33 @@ func TestVmaRefused(t *testing.T) {
 	}
 }
 
+// TestLandlockRefused: a process sandboxed with Landlock, in its main
+// thread or in another one (test/progs/landlocked.c), is refused by
+// cr-parasite, whose witness it may not look at; no interface shows a
+// sandbox, and a restore would have given it back without one. The
+// process runs on in its sandbox.
+func TestLandlockRefused(t *testing.T) {
+	need(t, "cr-dump")
+	if abi, _, errno := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, 1); errno != 0 || int(abi) < 1 {
+		t.Skipf("this kernel has no Landlock (landlock_create_ruleset: %v)", errno)
+	}
+	for _, mode := range []string{"process", "thread"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startStateProg(t, "landlocked", mode)
+			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+			if r.err == nil {
+				t.Fatal("the sandboxed process was dumped")
+			}
+			want := regexp.MustCompile(`cr-parasite: pid ` + strconv.Itoa(p.pid) + ` tid \d+: the thread is sandboxed \(Landlock, or another LSM confines it\)`)
+			if !want.Match(r.stderr) {
+				t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+			}
+			p.checkRunning()
+			p.terminate(0)
+		})
+	}
+}
+
 // TestSysvShm: System V shared memory (test/progs/sysvshm.c: a segment
 // with a key, locked, attached read-write and read-only; a removed one)
 // comes back under the same ids with its contents. On the same machine the
