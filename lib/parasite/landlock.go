@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/inject"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
 
@@ -69,6 +70,14 @@ func (ws *witnesses) start(uid, gid int) {
 // whatever runs cr-parasite's code (a test binary ran its tests again,
 // each run starting witnesses of its own).
 var witnessShell = []string{"/bin/sh", "-c", "echo ready; read line"}
+
+// startFor starts the witness of pid's leader, when its credentials can
+// be read (prepare starts those of every thread anyway).
+func (ws *witnesses) startFor(pid int) {
+	if sec, err := proc.ReadSecurity(pid, pid); err == nil {
+		ws.start(sec.Uid[0], sec.Gid[0])
+	}
+}
 
 func (wt *witness) run(uid, gid int) {
 	defer close(wt.ready)

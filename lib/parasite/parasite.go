@@ -73,9 +73,22 @@ func Command() *cli.App {
 // Filter is the stage without its command line.
 func Filter(opt Options) stage.Filter {
 	up := &stage.Upstream{}
+	wit := &witnesses{}
 	return stage.Filter{
-		Observe: up.Observe,
+		Observe: func(f *image.Frame) error {
+			if err := up.Observe(f); err != nil {
+				return err
+			}
+			// The witness of each process's leader starts as its record
+			// passes, while the stages before still work: a tiny process
+			// is injected into sooner than a shell starts.
+			if f.Type == image.TypeProcess && len(up.Procs) > 0 {
+				wit.startFor(int(up.Procs[len(up.Procs)-1].Pid))
+			}
+			return nil
+		},
 		Finish: func(w *image.Writer) error {
+			defer wit.close()
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
@@ -83,7 +96,7 @@ func Filter(opt Options) stage.Filter {
 			if err := up.NeedFreeze(); err != nil {
 				return err
 			}
-			res, err := Run(fr, procs, opt)
+			res, err := run(fr, procs, opt, wit)
 			if err != nil {
 				return err
 			}
@@ -145,6 +158,13 @@ type Options struct {
 // workers hold theirs and the cgroup is thawed, and detaches them once it
 // is frozen again.
 func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, err error) {
+	wit := &witnesses{}
+	defer wit.close()
+	return run(fr, procs, opt, wit)
+}
+
+// run is Run with the witnesses (landlock.go) started so far.
+func run(fr *pb.Freeze, procs []*pb.Process, opt Options, wit *witnesses) (res []*ThreadResult, err error) {
 	var live []*pb.Process
 	for _, p := range procs {
 		if p.State != "Z" { // a zombie runs nothing and keeps no state but its exit code
@@ -160,8 +180,6 @@ func Run(fr *pb.Freeze, procs []*pb.Process, opt Options) (res []*ThreadResult, 
 	}
 	nw := min(runtime.GOMAXPROCS(0), len(live))
 	targets := make([]*target, len(live))
-	wit := &witnesses{} // started as the threads' credentials are read
-	defer wit.close()
 	if err := par.For(len(live), nw, func(i int) (err error) {
 		targets[i], err = prepare(live[i], fr, mount, wit)
 		return err
