@@ -24,6 +24,13 @@ const (
 	// core): each holds a 4 MiB buffer, and peak RSS must stay small.
 	maxCopiers = 3
 	iovMax     = 1024 // UIO_MAXIOV
+	// batchMaxPieces bounds the ranges of a batch: a batch of one-page
+	// runs (a process of many small mappings) fills a quarter of its
+	// buffer, not all of it, and the buffers of such a dump stay a
+	// quarter resident (60,000 one-page mappings: cr-pages 40-42 MB ->
+	// 36-39, 10,000: 25 -> 19 MB; doc/performance.md, 37). Long runs fill
+	// a buffer in a few pieces, as before.
+	batchMaxPieces = 256
 	// maxStoredRuns bounds the runs the first scan keeps (16 bytes each);
 	// a process with more scattered pages is scanned a second time while
 	// streaming instead.

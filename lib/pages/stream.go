@@ -146,7 +146,7 @@ func (rd *reader) addCopied(start, left uint64, vma uint32, viaMem, zero bool) e
 		}
 		b := rd.cur
 		space := uint64(len(b.buf) - b.used)
-		if space == 0 || len(b.pieces) == iovMax {
+		if space == 0 || len(b.pieces) == batchMaxPieces {
 			if err := rd.flushCopied(); err != nil {
 				return err
 			}
