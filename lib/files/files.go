@@ -342,6 +342,9 @@ func (d *dumper) dumpFd(pid, n int) (*entry, error) {
 	default:
 		return nil, refuse(pid, n, "special file", fmt.Sprintf("%s, mode %#o", link, st.Mode))
 	}
+	if fsType == unix.SECRETMEM_MAGIC {
+		return nil, refuse(pid, n, "memfd_secret(2) file", "its memory no other process can read")
+	}
 	if fsType == unix.PROC_SUPER_MAGIC {
 		if err := d.procPidFile(e, path); err != nil {
 			return nil, err

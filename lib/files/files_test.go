@@ -299,8 +299,16 @@ func TestCannot(t *testing.T) {
 		{"devttylost", "devtty (/dev/tty)", "has no controlling terminal"},
 		{"pidfd", "pidfd (anon_inode:[pidfd])", "which is not in the dump"},
 		{"unixfilter", "unix socket with a socket filter (SO_ATTACH_FILTER) (socket:[", "is not supported yet"},
+		{"secretfd", "memfd_secret(2) file (its memory no other process can read)", "is not supported yet"},
 	} {
 		t.Run(c.extra, func(t *testing.T) {
+			if c.extra == "secretfd" {
+				fd, _, errno := unix.Syscall(unix.SYS_MEMFD_SECRET, unix.O_CLOEXEC, 0, 0)
+				if errno != 0 {
+					t.Skipf("this kernel has no memfd_secret (%v; secretmem.enable=0?)", errno)
+				}
+				unix.Close(int(fd))
+			}
 			pid, fds := startFdtest(t, t.TempDir(), c.extra)
 			_, err := runFilter(t, pid)
 			prefix := fmt.Sprintf("pid %d fd %d: ", pid, fds[c.extra])

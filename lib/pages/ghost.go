@@ -69,6 +69,11 @@ func ghostVma(pid int, x *vma) error {
 	if err := unix.Stat(mapFile(pid, m), &st); err != nil {
 		return fmt.Errorf("pid %d vma %x-%x: deleted file %s: %w", pid, m.Start, m.End, m.Path, err)
 	}
+	if fsType(mapFile(pid, m)) == unix.SECRETMEM_MAGIC {
+		// Its pages are taken out of the kernel's own mapping: nothing
+		// but the process can read them (process_vm_readv fails).
+		return unsupported(pid, m, "memory of memfd_secret(2) (/secretmem), which no other process can read", "")
+	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || hugetlbfs(mapFile(pid, m)) {
 		return unsupported(pid, m, fmt.Sprintf("mapping of deleted %s (mode %#o, not a regular file or on hugetlbfs)", m.Path, st.Mode), "")
 	}

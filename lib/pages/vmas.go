@@ -284,9 +284,15 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 }
 
 // hugetlbfs reports whether path is on a hugetlbfs mount.
-func hugetlbfs(path string) bool {
+func hugetlbfs(path string) bool { return fsType(path) == unix.HUGETLBFS_MAGIC }
+
+// fsType is the magic number of the filesystem path is on, or 0.
+func fsType(path string) int64 {
 	var fs unix.Statfs_t
-	return unix.Statfs(path, &fs) == nil && fs.Type == unix.HUGETLBFS_MAGIC
+	if unix.Statfs(path, &fs) != nil {
+		return 0
+	}
+	return fs.Type
 }
 
 func isSharedAnonPath(m *proc.Mapping) bool {

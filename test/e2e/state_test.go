@@ -527,6 +527,7 @@ func TestVmaRefused(t *testing.T) {
 		{"pkey", `memory with protection key [1-9][0-9]* \(pkey_mprotect\)`, ""},
 		{"sysv", `a part of System V shared memory segment \d+ \(61440 of its 65536 bytes mapped; the rest was unmapped\)`, ""},
 		{"uring", `an io_uring ring \(anon_inode:\[io_uring\]\)`, "hint: the kernel can neither show an io_uring's state nor build it again; run the program without io_uring"},
+		{"secret", `memory of memfd_secret\(2\) \(/secretmem\), which no other process can read`, ""},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
@@ -534,6 +535,13 @@ func TestVmaRefused(t *testing.T) {
 			}
 			if b, err := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); c.mode == "uring" && (err != nil || strings.TrimSpace(string(b)) == "2") {
 				t.Skip("this kernel has no io_uring, or has it disabled (kernel.io_uring_disabled)")
+			}
+			if c.mode == "secret" {
+				fd, _, errno := unix.Syscall(unix.SYS_MEMFD_SECRET, unix.O_CLOEXEC, 0, 0)
+				if errno != 0 {
+					t.Skipf("this kernel has no memfd_secret (%v; secretmem.enable=0?)", errno)
+				}
+				unix.Close(int(fd))
 			}
 			p := startStateProg(t, "vmadvice", c.mode)
 			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))

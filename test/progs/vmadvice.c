@@ -2,7 +2,7 @@
  * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
  * a mapping must survive a checkpoint.
  *
- *   vmadvice PROGRESS VERDICT [pkey|sysv|uring]
+ *   vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret]
  *
  * Before the first tick it maps one private anonymous region per setting,
  * 64 KiB each, fills it with a pattern of its own, and sets:
@@ -17,8 +17,9 @@
  * (pkey_mprotect), with "sysv" one more is a part of a System V shared
  * memory segment (attached, its last page unmapped; removed at once so
  * that it ends with the process), with "uring" an io_uring's rings are
- * mapped: each a dump refuses. "uring" exits 3 where the kernel has no
- * io_uring (or it is disabled).
+ * mapped, with "secret" a page of memfd_secret(2) memory: each a dump
+ * refuses. "uring" exits 3 where the kernel has no io_uring (or it is
+ * disabled), "secret" where it has no memfd_secret.
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
@@ -138,7 +139,7 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret]");
 	if (argc > 3 && !strcmp(argv[3], "pkey")) {
 		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		int key = syscall(SYS_pkey_alloc, 0, 0);
@@ -161,6 +162,15 @@ int main(int argc, char **argv)
 		size_t len = up.sq_off.array + up.sq_entries * sizeof(unsigned);
 		if (mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING) == MAP_FAILED)
 			die("mmap io_uring");
+	}
+	if (argc > 3 && !strcmp(argv[3], "secret")) {
+		int fd = syscall(447 /* SYS_memfd_secret */, 0);
+		if (fd < 0)
+			exit(3);
+		char *p = ftruncate(fd, 4096) == 0 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+		if (p == MAP_FAILED)
+			die("memfd_secret");
+		strcpy(p, "secret");
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];

@@ -192,6 +192,9 @@ int main(int argc, char **argv) {
 			struct sock_fprog prog = { .len = 1, .filter = f };
 			if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) || setsockopt(sv[0], SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog)) die("filter");
 			report("unixfilter", sv[0]);
+		} else if (!strcmp(x, "secretfd")) {
+			/* memfd_secret(2): no other process can read its memory. */
+			report("secretfd", syscall(447 /* SYS_memfd_secret */, 0));
 		} else if (!strcmp(x, "eventfd")) {
 			report("eventfd", eventfd(0, 0));
 		} else if (!strcmp(x, "console")) {
