@@ -64,17 +64,18 @@ func namedDeleted(pid int, root string, m *proc.Mapping) bool {
 
 // ghostVma fills in the VMA of a mapping of a deleted file, or refuses it.
 func ghostVma(pid int, x *vma) error {
-	m := x.m
+	m, mapped := x.m, mapFile(pid, x.m)
 	var st unix.Stat_t
-	if err := unix.Stat(mapFile(pid, m), &st); err != nil {
+	if err := unix.Stat(mapped, &st); err != nil {
 		return fmt.Errorf("pid %d vma %x-%x: deleted file %s: %w", pid, m.Start, m.End, m.Path, err)
 	}
-	if fsType(mapFile(pid, m)) == unix.SECRETMEM_MAGIC {
+	fsMagic := fsType(mapped)
+	if fsMagic == unix.SECRETMEM_MAGIC {
 		// Its pages are taken out of the kernel's own mapping: nothing
 		// but the process can read them (process_vm_readv fails).
 		return unsupported(pid, m, "memory of memfd_secret(2) (/secretmem), which no other process can read", "")
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || hugetlbfs(mapFile(pid, m)) {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || fsMagic == unix.HUGETLBFS_MAGIC {
 		return unsupported(pid, m, fmt.Sprintf("mapping of deleted %s (mode %#o, not a regular file or on hugetlbfs)", m.Path, st.Mode), "")
 	}
 	if st.Nlink > 0 {
@@ -92,8 +93,7 @@ func ghostVma(pid int, x *vma) error {
 	for unix.Stat(dirPath, &dir) != nil && dirPath != root {
 		dirPath = filepath.Dir(dirPath)
 	}
-	var fs unix.Statfs_t
-	if dir.Dev != st.Dev && (unix.Statfs(dirPath, &fs) != nil || fs.Type != unix.OVERLAYFS_SUPER_MAGIC) {
+	if dir.Dev != st.Dev && fsType(dirPath) != unix.OVERLAYFS_SUPER_MAGIC {
 		return unsupported(pid, m, fmt.Sprintf("mapping of %s (deleted), which is not a file of the filesystem at that path", m.Path),
 			"the program maps a kernel object (a device's memory?); restart it without, then checkpoint")
 	}
