@@ -230,8 +230,7 @@ func TestExitingChild(t *testing.T) {
 			}
 		}
 		syscall.Kill(p.Child, syscall.SIGKILL)
-		st, err := proc.ReadStat(p.Child)
-		exiting := err == nil && st.State != 'Z' && st.Flags&pfExiting != 0
+		exiting := waitExiting(p.Child)
 		f, err := Freeze(p.Pid, Options{})
 		if err != nil {
 			t.Fatalf("freeze with child %d exiting (%v at the start): %v", p.Child, exiting, err)
@@ -243,12 +242,29 @@ func TestExitingChild(t *testing.T) {
 			t.Fatalf("thaw: %v %v", did, err)
 		}
 		if exiting {
+			t.Logf("child seen exiting at attempt %d", attempt)
 			return
 		}
-		if attempt == 5 {
-			t.Fatal("in 5 attempts the child had always finished exiting before the freeze")
+		if attempt == 10 {
+			t.Fatal("in 10 attempts the child was never seen exiting before the freeze")
 		}
 	}
+}
+
+// waitExiting reports whether pid, just sent SIGKILL, is seen in its exit
+// (PF_EXITING, not yet a zombie). The kill only queues the signal: on a
+// busy machine the child may not have run yet when stat is first read.
+func waitExiting(pid int) bool {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		st, err := proc.ReadStat(pid)
+		if err != nil || st.State == 'Z' {
+			return false
+		}
+		if st.Flags&pfExiting != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func TestKillPid(t *testing.T) {

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/rseq.h>
 #include <sys/syscall.h>
@@ -154,9 +155,12 @@ int main(int argc, char **argv) {
 		fflush(stdout);
 		pid_t c = fork();
 		if (c == 0) {
-			/* child MB: the child touches MB MiB first (its exit takes a while) */
+			/* child MB: the child touches MB MiB first (its exit takes a
+			 * while), in 4 KiB pages: huge pages would free at once */
 			size_t len = argc > 2 ? strtoul(argv[2], 0, 10) << 20 : 0;
-			char *m = len ? malloc(len) : 0;
+			char *m = len ? mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : 0;
+			if (m == MAP_FAILED) { perror("mmap"); _exit(1); }
+			if (m) madvise(m, len, MADV_NOHUGEPAGE);
 			for (size_t i = 0; m && i < len; i += 4096)
 				m[i] = 1;
 			for (;;) pause();
