@@ -31,7 +31,7 @@ const (
 	// 36-39, 10,000: 25 -> 19 MB; doc/performance.md, 37). Long runs fill
 	// a buffer in a few pieces, as before.
 	batchMaxPieces = 256
-	// maxStoredRuns bounds the runs the first scan keeps (16 bytes each);
+	// maxStoredRuns bounds the runs the first scan keeps (24 bytes each);
 	// a process with more scattered pages is scanned a second time while
 	// streaming instead.
 	maxStoredRuns = 1 << 18
@@ -167,7 +167,9 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 
 	// First pass: count (the Mm record says how many pages follow and which
 	// VMAs have them) and keep the runs unless there are very many.
-	var runs []run
+	// As many runs as VMAs at first: one each where most have a page or
+	// two (a process of many small mappings), the slice grown otherwise.
+	runs := make([]run, 0, min(len(vmas), maxStoredRuns))
 	stored := true
 	err = each(func(r run) error {
 		stats.Runs++

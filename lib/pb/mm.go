@@ -13,6 +13,12 @@ import (
 // MmVmasField is the field number of Mm.vmas (cr.proto; TestMmVmasField).
 const MmVmasField protowire.Number = 2
 
+// vmaSizeGuess is what a Vma record of anonymous memory takes, with its
+// tag and length: the record's buffer is sized for n of them at first,
+// not grown from nothing (10 MB allocated for 60,000 VMAs, for a record
+// of 1.8 MB).
+const vmaSizeGuess = 32
+
 // MarshalMm encodes mm, whose Vmas must be empty, with n Vma records that
 // fill(i, v) sets in turn, byte for byte as a deterministic proto.Marshal
 // of mm with them in its Vmas: its fields in the order of their numbers.
@@ -20,7 +26,8 @@ func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
 	opts := proto.MarshalOptions{Deterministic: true}
 	tail := proto.Clone(mm).(*Mm)
 	tail.Pid, tail.Vmas = 0, nil
-	b, err := opts.MarshalAppend(nil, &Mm{Pid: mm.Pid})
+	b := make([]byte, 0, 16+n*vmaSizeGuess+opts.Size(tail))
+	b, err := opts.MarshalAppend(b, &Mm{Pid: mm.Pid})
 	if err != nil {
 		return nil, err
 	}

@@ -122,14 +122,15 @@ func ReadVmFlags(pid int) ([]VmaFlags, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var flags []VmaFlags
+	var flags gather[VmaFlags]
 	sc, done := lineScanner(f)
 	defer done()
 	cur := func(line []byte) (*VmaFlags, error) {
-		if len(flags) == 0 {
+		e := flags.last()
+		if e == nil {
 			return nil, fmt.Errorf("pid %d: smaps: %q before any VMA: %w", pid, line, ErrMapsSyntax)
 		}
-		return &flags[len(flags)-1], nil
+		return e, nil
 	}
 	for sc.Scan() {
 		line := sc.Bytes()
@@ -172,12 +173,12 @@ func ReadVmFlags(pid int) ([]VmaFlags, error) {
 		if !ok {
 			return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 		}
-		flags = append(flags, VmaFlags{Start: start})
+		flags.add(VmaFlags{Start: start})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("pid %d: smaps: %w", pid, err)
 	}
-	return flags, nil
+	return flags.slice(), nil
 }
 
 // sharedLine: a line of smaps that counts, above 0 kB, pages that may be
@@ -225,7 +226,7 @@ func ReadRanges(pid int) ([]Range, error) {
 	defer f.Close()
 	sc, done := lineScanner(f)
 	defer done()
-	var rs []Range
+	var rs gather[Range]
 	for sc.Scan() {
 		line := sc.Bytes()
 		lo, rest, ok1 := bytes.Cut(line, []byte("-"))
@@ -235,12 +236,12 @@ func ReadRanges(pid int) ([]Range, error) {
 		if !ok1 || !ok2 || !ok3 || !ok4 || end < start {
 			return nil, fmt.Errorf("/proc/%d/maps: %q: bad address range: %w", pid, line, ErrMapsSyntax)
 		}
-		rs = append(rs, Range{start, end})
+		rs.add(Range{start, end})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("/proc/%d/maps: %w", pid, err)
 	}
-	return rs, nil
+	return rs.slice(), nil
 }
 
 // parseHex parses a lower-case hexadecimal number of 1 to 16 digits.
@@ -295,7 +296,7 @@ func ReadMaps(pid int) ([]Mapping, error) {
 func ParseSmaps(r io.Reader) ([]Mapping, error) {
 	sc, done := lineScanner(r)
 	defer done()
-	var ms []Mapping
+	var ms gather[Mapping]
 	// One copy of each path: a file is mapped several times.
 	paths := map[string]string{}
 	intern := func(b []byte) string {
@@ -319,11 +320,12 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 			first = line[:sp]
 		}
 		if len(first) > 0 && first[len(first)-1] == ':' {
-			if len(ms) == 0 {
+			m := ms.last()
+			if m == nil {
 				return nil, fmt.Errorf("line %d: %q before any mapping: %w", n, first, ErrMapsSyntax)
 			}
 			if string(first) == "VmFlags:" { // the counters are not needed
-				ms[len(ms)-1].VmFlags = parseVmFlags(line[len(first):])
+				m.VmFlags = parseVmFlags(line[len(first):])
 			}
 			continue
 		}
@@ -331,12 +333,12 @@ func ParseSmaps(r io.Reader) ([]Mapping, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		ms = append(ms, m)
+		ms.add(m)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("line %d: %w", n+1, err)
 	}
-	return ms, nil
+	return ms.slice(), nil
 }
 
 // ParseMapsLine parses one line of /proc/PID/maps:

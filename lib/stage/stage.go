@@ -88,29 +88,44 @@ func limitMemory() {
 	}
 }
 
-// heapReserved is what ReserveHeap added to the soft limit.
+// heapReserved is the state ReserveHeap was told the command holds.
 var heapReserved atomic.Int64
+
+// heapHeadroom is the room for garbage above the reserved state: the
+// collector runs when the heap has grown by about that much. The soft
+// limit is the larger of memoryLimit and the reserved state plus this.
+// A limit far above the live heap also keeps freed spans resident (the
+// scavenger returns memory only near it): with 60,000 mappings cr-pages
+// peaked at 35 MB under a limit of 35 MiB, 29-31 MB under 21 MiB, at
+// the same CPU (doc/performance.md, 38).
+const heapHeadroom = 10 << 20
 
 // ProcessHeap is the heap a command may hold per process of the tree
 // (its records, its restore's state: ~40 KiB in a restore).
 const ProcessHeap = 64 << 10
 
-// VmaHeap is the heap a command may hold per VMA of a process whose
-// memory it dumps or restores: its Vma record (~180 bytes decoded) and
-// what the command keeps beside it. A process can have 65,530 VMAs
+// VmaHeap is the heap a command holds per VMA of a process whose memory
+// it dumps or restores (measured with 60,000 one-page mappings: cr-pages
+// ~175 bytes live, its maps entry, VMA, runs and encoded Mm record;
+// cr-restore about the same). A process can have 65,530 VMAs
 // (vm.max_map_count), and under a limit below them the collector ran back
 // to back: half the CPU of a dump or restore of 60,000.
-const VmaHeap = 256
+const VmaHeap = 192
 
-// ReserveHeap raises the soft limit of the heap by n bytes, for state the
-// command must hold whatever it streams: a tree's records grow with the
-// tree, and under a limit below them the collector runs back to back (a
-// restore of 600 processes took 4.5 s, half of it collecting, against
-// 2.1 s with the room).
+// ReserveHeap tells the soft limit of the heap that the command holds n
+// more bytes (or n fewer), state it must hold whatever it streams: a
+// tree's records grow with the tree, and under a limit below them the
+// collector runs back to back (a restore of 600 processes took 4.5 s,
+// half of it collecting, against 2.1 s with the room).
 func ReserveHeap(n int64) {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit + heapReserved.Add(n))
+		debug.SetMemoryLimit(softLimit(heapReserved.Add(n)))
 	}
+}
+
+// softLimit is the heap's soft limit with reserved bytes of state held.
+func softLimit(reserved int64) int64 {
+	return max(memoryLimit, reserved+heapHeadroom)
 }
 
 // Report prints err the house way and returns the exit status.

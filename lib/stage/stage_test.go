@@ -328,17 +328,30 @@ func TestAwaitRoom(t *testing.T) {
 	}
 }
 
-// TestReserveHeap: the soft limit grows by what is reserved, from the
-// stages' own limit.
+// TestReserveHeap: the soft limit stays the stages' own while the
+// reserved state fits in it with room for garbage, and grows with it
+// beyond; given back, it comes down again.
 func TestReserveHeap(t *testing.T) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		t.Skip("GOMEMLIMIT is set: the user's limit stays")
 	}
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	limitMemory()
-	before := heapReserved.Load()
+	before := heapReserved.Load() // other tests' trees
+	if before > 4<<20 {
+		t.Fatalf("%d bytes reserved before the test", before)
+	}
+	limit := func() int64 { return debug.SetMemoryLimit(-1) }
 	ReserveHeap(10 * ProcessHeap)
-	if got, want := debug.SetMemoryLimit(-1), int64(memoryLimit)+before+10*ProcessHeap; got != want {
-		t.Fatalf("soft limit %d, want %d", got, want)
+	if got := limit(); got != memoryLimit {
+		t.Fatalf("soft limit %d with 640 KiB reserved, want %d", got, memoryLimit)
+	}
+	ReserveHeap(60000 * VmaHeap)
+	if got, want := limit(), before+10*ProcessHeap+60000*VmaHeap+heapHeadroom; got != want || got <= memoryLimit {
+		t.Fatalf("soft limit %d with 60,000 VMAs reserved, want %d", got, want)
+	}
+	ReserveHeap(-60000*VmaHeap - 10*ProcessHeap)
+	if got := limit(); got != memoryLimit {
+		t.Fatalf("soft limit %d after all was given back, want %d", got, memoryLimit)
 	}
 }
