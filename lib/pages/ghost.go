@@ -98,7 +98,7 @@ func ghostVma(pid int, x *vma) error {
 			"the program maps a kernel object (a device's memory?); restart it without, then checkpoint")
 	}
 	// Its record names it with the suffix (vma.fill).
-	x.file, x.scan, x.kind = &st, scanFilePrivate, pb.VmaKind_VMA_FILE_PRIVATE
+	x.obj, x.scan, x.kind = &vmaObject{file: &st}, scanFilePrivate, pb.VmaKind_VMA_FILE_PRIVATE
 	if m.Shared {
 		// Shared pages live in the file, whose contents the image has.
 		x.kind, x.scan = pb.VmaKind_VMA_FILE_SHARED, scanNone

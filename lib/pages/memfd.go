@@ -57,7 +57,7 @@ func memfdVma(pid int, x *vma) error {
 	// Its device and inode are the object's identity, as for shared
 	// anonymous memory.
 	x.kind = pb.VmaKind_VMA_SHARED_ANON
-	x.memfd = &pb.MemfdState{Name: strings.TrimPrefix(m.Path, "/memfd:"), Size: st.Size, Seals: uint32(seals), Mode: st.Mode & 0o7777}
+	x.obj = &vmaObject{memfd: &pb.MemfdState{Name: strings.TrimPrefix(m.Path, "/memfd:"), Size: st.Size, Seals: uint32(seals), Mode: st.Mode & 0o7777}}
 	x.scan = scanShared
 	return nil
 }
@@ -68,7 +68,7 @@ func memfdVma(pid int, x *vma) error {
 func checkMemfdData(pid int, vmas []vma) error {
 	byInode := map[uint64][]*vma{}
 	for i := range vmas {
-		if vmas[i].memfd != nil {
+		if vmas[i].memfd() != nil {
 			byInode[vmas[i].m.Inode] = append(byInode[vmas[i].m.Inode], &vmas[i])
 		}
 	}
@@ -84,7 +84,7 @@ func checkMemfdData(pid int, vmas []vma) error {
 		if err != nil {
 			return procErr(pid, fmt.Errorf("vma %x-%x: %s: %w", m.Start, m.End, m.Path, err))
 		}
-		off, err := unmappedData(fd, xs[0].memfd.Size, mapped)
+		off, err := unmappedData(fd, xs[0].memfd().Size, mapped)
 		unix.Close(fd)
 		if err != nil {
 			return fmt.Errorf("pid %d vma %x-%x: %s: %w", pid, m.Start, m.End, m.Path, err)

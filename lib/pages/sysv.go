@@ -50,8 +50,8 @@ func sysvVma(pid int, x *vma, segs func() ([]proc.SysvShm, error)) error {
 		return unsupported(pid, m, fmt.Sprintf("a part of System V shared memory segment %d (%d of its %d bytes mapped; the rest was unmapped)", seg.ID, m.Len(), seg.Size), "")
 	}
 	x.kind = pb.VmaKind_VMA_SYSV_SHM
-	x.sysv = &pb.SysvShm{Id: seg.ID, Key: seg.Key, Size: seg.Size, Mode: seg.Mode & 0o777, Uid: seg.UID, Gid: seg.GID,
-		Removed: seg.Mode&proc.ShmDest != 0, Locked: seg.Mode&proc.ShmLocked != 0}
+	x.obj = &vmaObject{sysv: &pb.SysvShm{Id: seg.ID, Key: seg.Key, Size: seg.Size, Mode: seg.Mode & 0o777, Uid: seg.UID, Gid: seg.GID,
+		Removed: seg.Mode&proc.ShmDest != 0, Locked: seg.Mode&proc.ShmLocked != 0}}
 	x.scan = scanShared
 	return nil
 }

@@ -19,10 +19,8 @@ import (
 // have 65,530 mappings, and a decoded record for each (~190 bytes) was
 // half of cr-pages' heap then.
 type vma struct {
-	m     *proc.Mapping // in the slice ReadMaps returned: not copied
-	file  *unix.Stat_t  // the mapped file (file kinds), shared by the VMAs of a path
-	sysv  *pb.SysvShm
-	memfd *pb.MemfdState
+	m   *proc.Mapping // in the slice ReadMaps returned: not copied
+	obj *vmaObject    // what it maps, for a file, segment or memfd; nil for anonymous memory
 	// flags are its MAP_* bits, advice its pb.Advice* bits.
 	flags, advice uint32
 	kind          pb.VmaKind
@@ -32,6 +30,35 @@ type vma struct {
 	mayShare bool
 	hasPages bool // page records may follow for it
 	huge     bool // a page of it was mapped huge (THP)
+}
+
+// vmaObject is what a VMA maps, one of them: most VMAs map none, and
+// with one pointer for all three a vma takes 32 bytes, not 48.
+type vmaObject struct {
+	file  *unix.Stat_t // the mapped file (file kinds), shared by the VMAs of a path
+	sysv  *pb.SysvShm
+	memfd *pb.MemfdState
+}
+
+func (x *vma) file() *unix.Stat_t {
+	if x.obj == nil {
+		return nil
+	}
+	return x.obj.file
+}
+
+func (x *vma) sysv() *pb.SysvShm {
+	if x.obj == nil {
+		return nil
+	}
+	return x.obj.sysv
+}
+
+func (x *vma) memfd() *pb.MemfdState {
+	if x.obj == nil {
+		return nil
+	}
+	return x.obj.memfd
 }
 
 type scanKind uint8
@@ -46,8 +73,8 @@ const (
 // object is the device and inode of what x maps: the file, or the shmem,
 // memfd or System V object.
 func (x *vma) object() (dev, inode uint64) {
-	if x.file != nil {
-		return x.file.Dev, x.file.Ino
+	if f := x.file(); f != nil {
+		return f.Dev, f.Ino
 	}
 	return unix.Mkdev(x.m.Major, x.m.Minor), x.m.Inode
 }
@@ -57,7 +84,7 @@ func (x *vma) object() (dev, inode uint64) {
 func (x *vma) fill(v *pb.Vma, inherited []*pb.PageRange) {
 	m := x.m
 	*v = pb.Vma{Start: m.Start, End: m.End, Path: m.Path, Kind: uint32(x.kind), Flags: x.flags, Advice: x.advice,
-		HasPages: x.hasPages, Huge: x.huge, Sysv: x.sysv, Memfd: x.memfd, Inherited: inherited}
+		HasPages: x.hasPages, Huge: x.huge, Sysv: x.sysv(), Memfd: x.memfd(), Inherited: inherited}
 	if m.Read {
 		v.Prot |= unix.PROT_READ
 	}
@@ -71,7 +98,7 @@ func (x *vma) fill(v *pb.Vma, inherited []*pb.PageRange) {
 	case pb.VmaKind_VMA_FILE_PRIVATE, pb.VmaKind_VMA_FILE_SHARED:
 		v.Pgoff = m.Offset
 		v.Dev, v.Inode = x.object()
-		v.FileSize, v.MtimeNsec = x.file.Size, x.file.Mtim.Nano()
+		v.FileSize, v.MtimeNsec = x.file().Size, x.file().Mtim.Nano()
 		if m.Deleted { // a ghost (ghost.go)
 			v.Path += deletedSuffix
 		}
@@ -130,10 +157,10 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 		if err := refuseVmFlags(pid, m); err != nil {
 			return err
 		}
-		if x.sysv != nil {
+		if seg := x.sysv(); seg != nil {
 			// VM_MAYWRITE: an attach without SHM_RDONLY, even where
 			// mprotect took PROT_WRITE away.
-			x.sysv.ReadOnly = !m.HasVmFlag("mw")
+			seg.ReadOnly = !m.HasVmFlag("mw")
 		}
 		if f.ProtectionKey != 0 {
 			return unsupported(pid, m, fmt.Sprintf("memory with protection key %d (pkey_mprotect)", f.ProtectionKey), "")
@@ -268,7 +295,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			default:
 				return nil, unsupported(pid, m, fmt.Sprintf("mapping of %s (mode %#o)", m.Path, st.Mode), "")
 			}
-			x.file = st
+			x.obj = &vmaObject{file: st}
 			if m.Shared {
 				// Shared file pages live in the file: never in the image.
 				x.kind = pb.VmaKind_VMA_FILE_SHARED

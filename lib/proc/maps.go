@@ -102,7 +102,7 @@ const maxMapsLine = 4*4096 + 256
 type VmaFlags struct {
 	Start         uint64 // the VMA's
 	VmFlags       VmFlags
-	ProtectionKey int // pkey_mprotect(2); 0 is the default key
+	ProtectionKey int32 // pkey_mprotect(2); 0 is the default key (int32: 24 bytes an entry, not 32)
 	// MayShare: smaps counts pages of the VMA mapped more than once
 	// (Shared_Clean, Shared_Dirty, Shared_Hugetlb) or swapped out (Swap,
 	// whose slots fork shares too). Without it, no page of the VMA is
@@ -159,7 +159,7 @@ func ReadVmFlags(pid int) ([]VmaFlags, error) {
 			if !ok || key > math.MaxInt32 {
 				return nil, fmt.Errorf("pid %d: smaps line %q: %w", pid, line, ErrMapsSyntax)
 			}
-			e.ProtectionKey = int(key)
+			e.ProtectionKey = int32(key)
 			continue
 		}
 		// A VMA's first line starts with its range; field lines with a

@@ -95,22 +95,23 @@ var heapReserved atomic.Int64
 // collector runs when the heap has grown by about that much. The soft
 // limit is the larger of memoryLimit and the reserved state plus this.
 // A limit far above the live heap also keeps freed spans resident (the
-// scavenger returns memory only near it): with 60,000 mappings cr-pages
-// peaked at 35 MB under a limit of 35 MiB, 29-31 MB under 21 MiB, at
-// the same CPU (doc/performance.md, 38).
-const heapHeadroom = 10 << 20
+// scavenger returns memory only near it): with 65,000 mappings cr-pages
+// peaked at 35-38 MB under a limit of 35 MiB, at 28 MB under 20 MiB with
+// the same CPU, and under 18 MiB the collector doubled its CPU
+// (doc/performance.md, 38).
+const heapHeadroom = 8 << 20
 
 // ProcessHeap is the heap a command may hold per process of the tree
 // (its records, its restore's state: ~40 KiB in a restore).
 const ProcessHeap = 64 << 10
 
 // VmaHeap is the heap a command holds per VMA of a process whose memory
-// it dumps or restores (measured with 60,000 one-page mappings: cr-pages
-// ~175 bytes live, its maps entry, VMA, runs and encoded Mm record;
-// cr-restore about the same). A process can have 65,530 VMAs
-// (vm.max_map_count), and under a limit below them the collector ran back
-// to back: half the CPU of a dump or restore of 60,000.
-const VmaHeap = 192
+// it dumps or restores (measured with 65,000 one-page mappings: cr-pages
+// ~170 bytes live, its maps entry, VMA, runs and encoded Mm record;
+// cr-restore less). A process can have 65,530 VMAs (vm.max_map_count),
+// and under a limit below them the collector ran back to back: half the
+// CPU of a dump or restore of 60,000.
+const VmaHeap = 176
 
 // ReserveHeap tells the soft limit of the heap that the command holds n
 // more bytes (or n fewer), state it must hold whatever it streams: a
