@@ -121,18 +121,22 @@ func writeLimit(dir string, n uint64, src []byte) (time.Duration, error) {
 	return time.Since(t), nil
 }
 
-// rewarmHuge touches and frees n bytes (and 64 MiB more) of transparent
-// huge pages, just before a measurement that fills memory with them. This
+// rewarm touches and frees n bytes (and 64 MiB more), in 4 KiB or in
+// transparent huge pages, just before a measurement that takes n bytes of
+// fresh memory: a fill, a file written to tmpfs, a restore. This
 // machine's balloon reports free 2 MiB blocks to the host (virtio-balloon
 // free page reporting, page_reporting_order 9) two seconds after they are
-// freed, and the host takes them back: the next huge page allocated from
-// such a block costs a host fault, which doubled or tripled a THP fill
-// (doc/performance.md, Method). 4 KiB fills were measured the same either
-// way. Blocks just freed are reused first, so the measurement that follows
-// at once gets backed memory, as the warm-up meant.
-func rewarmHuge(n uint64) error {
-	if err := touchAndFree(int64(n)+64<<20, true); err != nil {
-		return fmt.Errorf("rewarming huge pages: %v", err)
+// freed, and the host takes them back: memory allocated from them costs a
+// host fault again. Huge pages came back two or three times slower
+// (doc/performance.md, Method); 4 KiB pages too when the host is short of
+// memory (session 16: a 1 GiB write to tmpfs took 2.3-3.6 s right after
+// another GiB was allocated, 0.37-0.68 s after a rewarm). Blocks just
+// freed are reused first, so the measurement that follows at once gets
+// backed memory, as the warm-up meant, whichever it is: the limit or
+// crpipe.
+func rewarm(n uint64, huge bool) error {
+	if err := touchAndFree(int64(n)+64<<20, huge); err != nil {
+		return fmt.Errorf("rewarming memory: %v", err)
 	}
 	return nil
 }
@@ -146,10 +150,8 @@ const reportingDelay = 2500 * time.Millisecond
 // (huge: with MADV_HUGEPAGE first).
 func fill(n uint64, huge bool) (time.Duration, error) {
 	src := warmBuf(chunk)
-	if huge {
-		if err := rewarmHuge(n); err != nil {
-			return 0, err
-		}
+	if err := rewarm(n, huge); err != nil {
+		return 0, err
 	}
 	t := time.Now()
 	m, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)

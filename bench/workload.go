@@ -21,6 +21,7 @@ type workload struct {
 	Args      []string // benchload's mode and arguments
 	Bytes     int64    // memory a dump copies (for GB/s)
 	Limits    bool     // measure the machine's limits on this memory too
+	Fresh     bool     // its dump → tmpfs and restore take its size of fresh memory (rewarm first)
 	ThpLimit  bool     // and the fill limit with transparent huge pages
 	Huge      bool     // the process's memory is transparent huge pages
 	Compress  bool     // also dump with --compress
@@ -41,6 +42,7 @@ func workloads(quick bool) []*workload {
 				Args:      []string{"procs", "1", strconv.FormatInt(mb, 10), kind},
 				Bytes:     mb << 20,
 				Limits:    true,
+				Fresh:     kind != "zero",
 				ThpLimit:  mb == 1024 && kind == "random",
 				Compress:  mb == 1024 && kind != "zero" || mb == 4096 && kind == "compressible",
 				Porcelain: mb == 1024 && kind == "random",
@@ -285,8 +287,15 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		res.record(mPVR, d, err)
 		d, err = memcpyLimit(p.len)
 		res.record(mMemcpy, d, err)
-		d, err = writeLimit(h.tmp, p.len, memory(p.len))
+		src := memory(p.len) // before the rewarm: it is kept
+		if err := rewarm(p.len, false); err != nil {
+			return err
+		}
+		d, err = writeLimit(h.tmp, p.len, src)
 		res.record(mWrite, d, err)
+		if err := rewarm(p.len, false); err != nil {
+			return err
+		}
 		d, err = writeLimit(h.tmp, p.len, warmBuf(chunk))
 		res.record(mWriteHot, d, err)
 		d, err = fill(p.len, false)
@@ -304,6 +313,11 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		return fmt.Errorf("thaw: %v", err)
 	}
 	if w.Compress {
+		if w.Fresh {
+			if err := rewarm(p.len, false); err != nil {
+				return err
+			}
+		}
 		img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-lz4.img", os.Getpid()))
 		run := h.pipeline(p.pid, img, true)
 		res.recordRun(mDumpComp, run)
@@ -320,6 +334,11 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 
 	img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d.img", os.Getpid()))
 	defer os.Remove(img)
+	if w.Fresh {
+		if err := rewarm(p.len, false); err != nil {
+			return err
+		}
+	}
 	run = h.pipeline(p.pid, img, false)
 	res.recordRun(mDumpFile, run)
 	if run.err != nil {
@@ -336,7 +355,11 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		// Let the balloon report the blocks the kill freed first, so that
 		// it does not take back the rewarmed ones during the restore.
 		time.Sleep(reportingDelay)
-		if err := rewarmHuge(p.len); err != nil {
+		if err := rewarm(p.len, true); err != nil {
+			return err
+		}
+	} else if w.Fresh {
+		if err := rewarm(p.len, false); err != nil {
 			return err
 		}
 	}
