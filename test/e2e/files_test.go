@@ -448,10 +448,8 @@ func TestShellJobDevTty(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
-	for deadline := time.Now().Add(30 * time.Second); readFile(pidfile) == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("cr-restore did not restore the job: %s", errb.String())
-		}
+	if !awaitFile(pidfile, 30*time.Second) {
+		t.Fatalf("cr-restore did not restore the job: %s", errb.String())
 	}
 	p.checkPidfile(pidfile)
 	p.checkProgressFrom(at)

@@ -354,6 +354,17 @@ func readFile(path string) string {
 	return string(b)
 }
 
+// awaitFile waits until path has contents (a pidfile, a ready or verdict
+// file) and says whether it got them within timeout.
+func awaitFile(path string, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); readFile(path) == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
 // result of a shell command.
 type result struct {
 	stdout, stderr []byte

@@ -47,10 +47,8 @@ func TestManyMappingsRSS(t *testing.T) {
 	p.cmd = exec.Command(p.path, ready, p.verdict, "maps", strconv.Itoa(mappings))
 	p.launch()
 	t.Cleanup(p.cleanup)
-	for deadline := time.Now().Add(30 * time.Second); readFile(ready) == ""; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("benchload %d did not map its %d pages", p.pid, mappings)
-		}
+	if !awaitFile(ready, 30*time.Second) {
+		t.Fatalf("benchload %d did not map its %d pages", p.pid, mappings)
 	}
 
 	rss := filepath.Join(dir, "rss")
@@ -88,10 +86,8 @@ func TestManyMappingsRSS(t *testing.T) {
 	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); readFile(p.verdict) == ""; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("restored pid %d gave no verdict", p.pid)
-		}
+	if !awaitFile(p.verdict, 30*time.Second) {
+		t.Fatalf("restored pid %d gave no verdict", p.pid)
 	}
 	if v := strings.TrimSpace(readFile(p.verdict)); v != "PASS" {
 		t.Fatalf("restored process says %q", v)

@@ -757,10 +757,8 @@ func restoreFill(t *testing.T, bigMiB, runs int) {
 	}
 	defer logf.Close()
 	restoreWaiting(t, logf, "-v", "-i", img, "--pidfile", pidfile) // it stays while the process runs
-	for deadline := time.Now().Add(30 * time.Second); readFile(pidfile) == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no pidfile after 30 s; cr-restore says:\n%s", readFile(log))
-		}
+	if !awaitFile(pidfile, 30*time.Second) {
+		t.Fatalf("no pidfile after 30 s; cr-restore says:\n%s", readFile(log))
 	}
 	p.checkPidfile(pidfile)
 	p.checkProgressFrom(at)
