@@ -82,9 +82,10 @@ type prepared struct {
 // parent, when not 0, is p's parent in the same dump: pages p still shares
 // with it since fork are left out (inherit.go). lending: p is to lend its
 // pages, so the runs to lend need not be split by sharing (sharing.go).
+// fast: where to read the VmFlags from first (readVmFlags).
 // parents keeps the parents' mappings from one process to the next,
 // objects what they dumped of shared memory.
-func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, objects sharedObjects) (_ *prepared, err error) {
+func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, objects sharedObjects, fast *proc.FastVmFlags) (_ *prepared, err error) {
 	t0 := time.Now()
 	pid := int(p.Pid)
 	var stats Stats
@@ -113,7 +114,7 @@ func prepare(p *pb.Process, parent int, lending bool, parents parentVmas, object
 			release()
 		}
 	}()
-	flags := readVmFlags(pid)
+	flags := readVmFlags(pid, fast)
 	vmas, err := classify(pid, maps)
 	if err != nil {
 		return nil, err

@@ -55,6 +55,7 @@ const lendMaxFrame = bufSize &^ (image.PageSize - 1)
 type lenders struct {
 	reqs chan func()
 	want map[int]bool
+	fast func() *proc.FastVmFlags // see fastVmFlags
 	// The writer's: a process's frames were written (faultFailWhileLending).
 	writtenFirst bool
 	// On the lenders' thread only:
@@ -77,12 +78,12 @@ type lender struct {
 
 // startLenders holds the tree for lending from the processes of procs
 // worth it. It returns nil (copy everything) when there is none.
-func startLenders(fr *pb.Freeze, procs []*pb.Process) (*lenders, error) {
+func startLenders(fr *pb.Freeze, procs []*pb.Process, fast func() *proc.FastVmFlags) (*lenders, error) {
 	if !inject.LendUsable() {
 		stage.Logf("--lend: this CPU has no crc32 instruction; copying")
 		return nil, nil
 	}
-	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}}
+	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}, fast: fast}
 	for _, p := range procs {
 		if p.State == "Z" {
 			continue
@@ -137,6 +138,19 @@ func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
 
 // wants: pid is worth lending from (it lends unless it refuses the lender).
 func (ls *lenders) wants(pid int) bool { return ls != nil && ls.want[pid] }
+
+// fastVmFlags is where prepare reads the VmFlags of a process from first
+// (nil: smaps). Only for one that lends and has no parent in the dump:
+// the BPF iterator cannot tell which VMAs may share pages, so it says all
+// may (proc.FastVmFlags), which costs nothing there (a lent run is not
+// looked at for sharing, and nothing is inherited: sharing.go) but a
+// pagemap read of every page copied or inherited elsewhere.
+func (ls *lenders) fastVmFlags(parent int, lending bool) *proc.FastVmFlags {
+	if ls == nil || ls.fast == nil || parent != 0 || !lending {
+		return nil
+	}
+	return ls.fast()
+}
 
 // begin sets up pid's lender, if pid is worth lending from, once its
 // memory has been looked at (prepare): the lender's own mappings must not

@@ -31,6 +31,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
 
@@ -56,9 +57,18 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 // is complete.
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
+	fast := func() *proc.FastVmFlags { return nil }
+	if opts.Lend {
+		fast = startFastVmFlags()
+	}
 	return stage.Filter{
 		Observe: up.Observe,
 		Finish: func(w *image.Writer) (err error) {
+			defer func() {
+				if f := fast(); f != nil {
+					f.Close()
+				}
+			}()
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
@@ -67,7 +77,7 @@ func FilterWith(opts Options) stage.Filter {
 				if err := up.NeedFreeze(); err != nil {
 					return err
 				}
-				if ls, err = startLenders(up.Freeze, up.Procs); err != nil {
+				if ls, err = startLenders(up.Freeze, up.Procs, fast); err != nil {
 					return err
 				}
 				defer func() {

@@ -465,7 +465,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				parent = int(p.Ppid)
 			}
 			lending := ls.wants(int(p.Pid))
-			pr, err := prepare(p, parent, lending, parents, objects)
+			pr, err := prepare(p, parent, lending, parents, objects, ls.fastVmFlags(parent, lending))
 			if err == nil {
 				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
 				if err != nil || lending && !rd.lend {
@@ -474,7 +474,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				if err == nil && lending && !rd.lend {
 					// It refused the lender: its pages are copied, and
 					// which are shared must be known after all.
-					pr, err = prepare(p, parent, false, parents, objects)
+					pr, err = prepare(p, parent, false, parents, objects, nil)
 				}
 			}
 			if err == nil {

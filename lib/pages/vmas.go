@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -119,14 +120,41 @@ func unsupported(pid int, m *proc.Mapping, what, hint string) error {
 // beside the other files prepare reads. smaps walks every page table entry
 // (24 ms per GiB resident here); the PAGEMAP_SCAN pass waits for it, since
 // what it says of sharing saves the pass a pagemap read of the same cost
-// (sharing.go). The result is taken by applyVmFlags.
-func readVmFlags(pid int) <-chan vmFlags {
+// (sharing.go). fast, when not nil, is asked first (lenders.fastVmFlags
+// says for which processes). The result is taken by applyVmFlags.
+func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 	ch := make(chan vmFlags, 1)
 	go func() {
+		if fast != nil {
+			if f, ok := fast.Read(pid); ok {
+				ch <- vmFlags{byAddress: f}
+				return
+			}
+			stage.Logf("pid %d: VmFlags from smaps (a VMA has a flag not checked)", pid)
+		}
 		f, err := proc.ReadVmFlags(pid)
 		ch <- vmFlags{f, err}
 	}()
 	return ch
+}
+
+// startFastVmFlags sets proc.FastVmFlags up in the background, while the
+// stage waits for its input (4-10 ms: the kernel's BTF, the BPF program,
+// the check on probe mappings); what it returns waits for the set-up.
+// CRPIPE_VMFLAGS=smaps leaves it out.
+func startFastVmFlags() func() *proc.FastVmFlags {
+	if os.Getenv("CRPIPE_VMFLAGS") == "smaps" {
+		return func() *proc.FastVmFlags { return nil }
+	}
+	ch := make(chan *proc.FastVmFlags, 1)
+	go func() {
+		f, err := proc.NewFastVmFlags()
+		if err != nil {
+			stage.Logf("VmFlags from smaps: %v", err)
+		}
+		ch <- f
+	}()
+	return sync.OnceValue(func() *proc.FastVmFlags { return <-ch })
 }
 
 type vmFlags struct {

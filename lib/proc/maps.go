@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"sync"
 )
 
@@ -62,6 +63,17 @@ func (f VmFlags) Has(flag string) bool {
 		panic("proc: unknown VmFlag " + flag)
 	}
 	return f&b != 0
+}
+
+// String lists the flags as smaps does, two letters each.
+func (f VmFlags) String() string {
+	var names []string
+	for i, n := range vmFlagNames {
+		if f&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, " ")
 }
 
 // vmFlagByCode is vmFlagBits by the two letters of a flag's name: a

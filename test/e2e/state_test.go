@@ -329,16 +329,34 @@ func TestStateRefuseSharedTables(t *testing.T) {
 // THP and read-ahead advice, MAP_DROPPABLE and mseal come back on their
 // mappings, with their contents, and a fork after the restore leaves out
 // the DONTFORK mapping and wipes the WIPEONFORK one (test/progs/vmadvice.c).
+// "big": 12 MiB of such mappings, which cr-pages --lend (cr-dump) has the
+// process lend, its VmFlags read through the BPF VMA iterator.
 func TestVmaAdvice(t *testing.T) {
-	p := startStateProg(t, "vmadvice")
-	img, at := dumpKillRestore(t, p)
+	for _, size := range []string{"small", "big"} {
+		t.Run(size, func(t *testing.T) { testVmaAdvice(t, size) })
+	}
+}
+
+func testVmaAdvice(t *testing.T, size string) {
+	var img string
+	var at uint64
+	if size == "big" {
+		p := startStateProg(t, "vmadvice", "big")
+		img, at = p.dumpKilled("img")
+		p.checkNoCgroup()
+		p.restoreDetached(img)
+		defer p.terminate(at)
+	} else {
+		p := startStateProg(t, "vmadvice")
+		img, at = dumpKillRestore(t, p)
+		defer p.terminate(at)
+	}
 	out := mustShell(t, 30*time.Second, "crit show "+img).stdout
 	for _, want := range []string{"[advice lo]", "[advice lo lf]", "[advice dc]", "[advice wf]", "[advice rr]"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("crit show does not list %s:\n%s", want, out)
 		}
 	}
-	p.terminate(at)
 }
 
 // TestMemfdMappings: memfds mapped shared and held by no fd, one twice
@@ -517,10 +535,14 @@ func TestNumaPolicyPartial(t *testing.T) {
 }
 
 // TestVmaRefused: memory with a protection key of its own, a part of a
-// System V shared memory segment (shmat maps only whole ones) and an
-// io_uring's rings are refused at dump time, naming the process and the
+// System V shared memory segment (shmat maps only whole ones), an
+// io_uring's rings, memfd_secret memory and a mapping registered with
+// userfaultfd are refused at dump time, naming the process and the
 // mapping, without a hint where none helps (an io_uring's says how to do
-// without one), and the process goes on running.
+// without one), and the process goes on running. The userfaultfd case
+// runs with 12 MiB more ("big"), so that cr-pages has the process lend
+// its pages and tries the BPF VMA iterator first, whose check never sees
+// that flag: smaps must still be read, and the refusal made.
 func TestVmaRefused(t *testing.T) {
 	need(t, "cr-dump")
 	for _, c := range []struct{ mode, what, hint string }{
@@ -528,6 +550,7 @@ func TestVmaRefused(t *testing.T) {
 		{"sysv", `a part of System V shared memory segment \d+ \(61440 of its 65536 bytes mapped; the rest was unmapped\)`, ""},
 		{"uring", `an io_uring ring \(anon_inode:\[io_uring\]\)`, "hint: the kernel can neither show an io_uring's state nor build it again; run the program without io_uring"},
 		{"secret", `memory of memfd_secret\(2\) \(/secretmem\), which no other process can read`, ""},
+		{"uffd", `a mapping registered with userfaultfd`, "hint: unregister it (UFFDIO_UNREGISTER) before checkpointing"},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
@@ -543,7 +566,11 @@ func TestVmaRefused(t *testing.T) {
 				}
 				unix.Close(int(fd))
 			}
-			p := startStateProg(t, "vmadvice", c.mode)
+			args := []string{c.mode}
+			if c.mode == "uffd" {
+				args = append(args, "big")
+			}
+			p := startStateProg(t, "vmadvice", args...)
 			r := shell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
 			if r.err == nil {
 				t.Fatalf("the %s mapping was dumped", c.mode)

@@ -2,7 +2,7 @@
  * vmadvice: what mlock(2), madvise(2), MAP_DROPPABLE and mseal(2) leave on
  * a mapping must survive a checkpoint.
  *
- *   vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret]
+ *   vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd] [big]
  *
  * Before the first tick it maps one private anonymous region per setting,
  * 64 KiB each, fills it with a pattern of its own, and sets:
@@ -18,8 +18,10 @@
  * memory segment (attached, its last page unmapped; removed at once so
  * that it ends with the process), with "uring" an io_uring's rings are
  * mapped, with "secret" a page of memfd_secret(2) memory: each a dump
- * refuses. "uring" exits 3 where the kernel has no io_uring (or it is
- * disabled), "secret" where it has no memfd_secret.
+ * refuses, and so with "uffd" one more registered with userfaultfd. "uring"
+ * exits 3 where the kernel has no io_uring (or it is disabled), "secret"
+ * where it has no memfd_secret. With "big" each region is 1 MiB: a
+ * process that cr-pages --lend has lend its pages.
  * On SIGTERM it checks each region's VmFlags in /proc/self/smaps and its
  * pattern, and that a fork leaves out the DONTFORK region and gives the
  * child zeros in the WIPEONFORK one.
@@ -27,6 +29,8 @@
 #include "state.h"
 
 #include <linux/io_uring.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
@@ -40,6 +44,8 @@
 #endif
 
 #define SIZE (64 << 10)
+
+static size_t size = SIZE; /* of each region: 1 MiB with "big" */
 
 struct region {
 	const char *flag; /* as smaps names it */
@@ -63,13 +69,13 @@ static struct region *region(const char *flag)
 
 static void fill(struct region *r, unsigned i)
 {
-	for (size_t k = 0; k < SIZE; k += 8)
+	for (size_t k = 0; k < size; k += 8)
 		*(uint64_t *)(r->p + k) = (uint64_t)(i + 1) << 32 | k;
 }
 
 static int filled(struct region *r, unsigned i)
 {
-	for (size_t k = 0; k < SIZE; k += 8)
+	for (size_t k = 0; k < size; k += 8)
 		if (*(uint64_t *)(r->p + k) != ((uint64_t)(i + 1) << 32 | k))
 			return 0;
 	return 1;
@@ -79,11 +85,11 @@ static int set(struct region *r)
 {
 	const char *f = r->flag;
 	if (!strcmp(f, "lo"))
-		return mlock(r->p, SIZE);
+		return mlock(r->p, size);
 	if (!strcmp(f, "lf"))
-		return syscall(SYS_mlock2, r->p, SIZE, MLOCK_ONFAULT);
+		return syscall(SYS_mlock2, r->p, size, MLOCK_ONFAULT);
 	if (!strcmp(f, "sl")) {
-		if (syscall(462 /* mseal */, r->p, SIZE, 0) != 0 && errno == ENOSYS)
+		if (syscall(462 /* mseal */, r->p, size, 0) != 0 && errno == ENOSYS)
 			r->skip = 1; /* before Linux 6.10 */
 		return r->skip ? 0 : (vma_has_flag(r->p, "sl") == 1 ? 0 : -1);
 	}
@@ -91,7 +97,7 @@ static int set(struct region *r)
 		   : !strcmp(f, "dd") ? MADV_DONTDUMP : !strcmp(f, "mg") ? MADV_MERGEABLE
 		   : !strcmp(f, "hg") ? MADV_HUGEPAGE : !strcmp(f, "nh") ? MADV_NOHUGEPAGE
 		   : !strcmp(f, "sr") ? MADV_SEQUENTIAL : MADV_RANDOM;
-	if (madvise(r->p, SIZE, advice) != 0) {
+	if (madvise(r->p, size, advice) != 0) {
 		if ((advice == MADV_MERGEABLE || advice == MADV_HUGEPAGE || advice == MADV_NOHUGEPAGE) && errno == EINVAL) {
 			r->skip = 1; /* a kernel without KSM or THP */
 			return 0;
@@ -124,8 +130,8 @@ static const char *check(char *why, size_t n)
 	}
 	if (child == 0) {
 		/* The child must see no DONTFORK region and a zeroed WIPEONFORK one. */
-		int bad = msync(dc, SIZE, MS_ASYNC) == 0 || errno != ENOMEM;
-		for (size_t k = 0; k < SIZE; k++)
+		int bad = msync(dc, size, MS_ASYNC) == 0 || errno != ENOMEM;
+		for (size_t k = 0; k < size; k++)
 			bad |= wf[k] != 0;
 		_exit(bad);
 	}
@@ -139,7 +145,11 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd] [big]");
+	if (!strcmp(argv[argc - 1], "big")) {
+		size = 1 << 20;
+		argc--;
+	}
 	if (argc > 3 && !strcmp(argv[3], "pkey")) {
 		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		int key = syscall(SYS_pkey_alloc, 0, 0);
@@ -172,10 +182,18 @@ int main(int argc, char **argv)
 			die("memfd_secret");
 		strcpy(p, "secret");
 	}
+	if (argc > 3 && !strcmp(argv[3], "uffd")) {
+		int fd = syscall(SYS_userfaultfd, O_CLOEXEC);
+		struct uffdio_api api = { .api = UFFD_API };
+		char *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		struct uffdio_register reg = { .range = { (unsigned long)p, SIZE }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+		if (fd < 0 || p == MAP_FAILED || ioctl(fd, UFFDIO_API, &api) != 0 || ioctl(fd, UFFDIO_REGISTER, &reg) != 0)
+			die("userfaultfd");
+	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
 		int type = strcmp(r->flag, "dp") ? MAP_PRIVATE : MAP_DROPPABLE;
-		r->p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, type | MAP_ANONYMOUS, -1, 0);
+		r->p = mmap(NULL, size, PROT_READ | PROT_WRITE, type | MAP_ANONYMOUS, -1, 0);
 		if (r->p == MAP_FAILED && type == MAP_DROPPABLE && errno == EINVAL) {
 			r->skip = 1; /* before Linux 6.11 */
 			continue;
