@@ -127,13 +127,13 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 	go func() {
 		if fast != nil {
 			if f, ok := fast.Read(pid); ok {
-				ch <- vmFlags{byAddress: f}
+				ch <- vmFlags{byAddress: f, fast: true}
 				return
 			}
 			stage.Logf("pid %d: VmFlags from smaps (a VMA has a flag not checked)", pid)
 		}
 		f, err := proc.ReadVmFlags(pid)
-		ch <- vmFlags{f, err}
+		ch <- vmFlags{byAddress: f, err: err}
 	}()
 	return ch
 }
@@ -160,11 +160,34 @@ func startFastVmFlags() func() *proc.FastVmFlags {
 type vmFlags struct {
 	byAddress []proc.VmaFlags
 	err       error
+	fast      bool // from proc.FastVmFlags
+}
+
+// listsAll: fl has an entry for each of vmas but [vsyscall] (in no
+// process's address space, which the VMA iterator does not list).
+func (fl vmFlags) listsAll(vmas []vma) bool {
+	next := fl.byAddress
+	for i := range vmas {
+		if vmas[i].kind == pb.VmaKind_VMA_VSYSCALL {
+			continue
+		}
+		for len(next) > 0 && next[0].Start < vmas[i].m.Start {
+			next = next[1:]
+		}
+		if len(next) == 0 || next[0].Start != vmas[i].m.Start {
+			return false
+		}
+	}
+	return true
 }
 
 // applyVmFlags completes the Vma records from the VmFlags: flags of the
 // mapping, advice, and refusals.
 func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
+	if fl.err == nil && fl.fast && !fl.listsAll(vmas) {
+		stage.Logf("pid %d: VmFlags from smaps (the VMA iterator missed a mapping)", pid)
+		fl.byAddress, fl.err = proc.ReadVmFlags(pid)
+	}
 	if fl.err != nil {
 		return procErr(pid, fl.err)
 	}

@@ -87,6 +87,10 @@ func (it *VmaIter) Close() error { return unix.Close(it.prog) }
 
 // Read returns the VMAs of pid's thread pid (its whole address space), in
 // address order.
+//
+// The kernel's iterator of one task starts over once it has listed the
+// VMAs, when they took more than one read (Linux 6.18; 10,000 VMAs went
+// round and round): the list ends where an address goes back.
 func (it *VmaIter) Read(pid int) ([]RawVma, error) {
 	var info [iterLinkInfo]byte
 	binary.LittleEndian.PutUint32(info[0:], uint32(pid)) // task.tid: this task only
@@ -118,7 +122,11 @@ func (it *VmaIter) Read(pid int) ([]RawVma, error) {
 		have += n
 		k := have - have%rawVmaSize
 		for b := buf[:k]; len(b) > 0; b = b[rawVmaSize:] {
-			out = append(out, RawVma{Start: le.Uint64(b), End: le.Uint64(b[8:]), Flags: le.Uint64(b[16:])})
+			v := RawVma{Start: le.Uint64(b), End: le.Uint64(b[8:]), Flags: le.Uint64(b[16:])}
+			if v.End <= v.Start || len(out) > 0 && v.Start < out[len(out)-1].End {
+				return out, nil // round again
+			}
+			out = append(out, v)
 		}
 		have = copy(buf, buf[k:have])
 		if err == io.EOF {

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"errors"
+	"os/exec"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"crpipe/lib/proc"
 	"crpipe/lib/sys"
@@ -46,41 +49,62 @@ func TestFastVmFlags(t *testing.T) {
 		t.Run(c.prog+fmtArgs(c.args), func(t *testing.T) {
 			p := startStateProg(t, c.prog, c.args...)
 			defer p.terminate(0)
-			got, ok := fast.Read(p.pid)
-			shown, err := proc.ReadVmFlags(p.pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.fallback {
-				if ok {
-					t.Fatalf("the iterator answered for pid %d, whose flags it cannot all tell", p.pid)
-				}
-				return
-			}
-			if !ok {
-				t.Fatalf("the iterator left pid %d to smaps", p.pid)
-			}
-			byStart := map[uint64]proc.VmFlags{}
-			for _, g := range got {
-				byStart[g.Start] = g.VmFlags
-			}
-			n := 0
-			for _, s := range shown {
-				if s.Start == vsyscallStart {
-					continue
-				}
-				n++
-				f, found := byStart[s.Start]
-				if !found {
-					t.Errorf("VMA at %#x: smaps lists it, the iterator does not", s.Start)
-				} else if f != s.VmFlags {
-					t.Errorf("VMA at %#x: the iterator says %q, smaps %q", s.Start, f, s.VmFlags)
-				}
-			}
-			if n != len(got) {
-				t.Errorf("the iterator lists %d VMAs, smaps %d", len(got), n)
-			}
+			compareVmFlags(t, fast, p.pid, c.fallback)
 		})
+	}
+	// More VMAs than one read of the iterator takes (it went round and
+	// round in the kernel's 6.18: sys.VmaIter.Read).
+	t.Run("benchload/maps", func(t *testing.T) {
+		dir := t.TempDir()
+		p := &target{t: t, name: "benchload", path: prog("benchload"), dir: dir, verdict: filepath.Join(dir, "verdict"), exited: make(chan struct{})}
+		ready := filepath.Join(dir, "ready")
+		p.cmd = exec.Command(p.path, ready, p.verdict, "maps", "10000")
+		p.launch()
+		t.Cleanup(p.cleanup)
+		if !awaitFile(ready, 30*time.Second) {
+			t.Fatalf("benchload %d did not map its pages", p.pid)
+		}
+		compareVmFlags(t, fast, p.pid, false)
+	})
+}
+
+// compareVmFlags checks fast reads pid's VmFlags as smaps shows them, or,
+// with fallback, leaves pid to smaps.
+func compareVmFlags(t *testing.T, fast *proc.FastVmFlags, pid int, fallback bool) {
+	t.Helper()
+	got, ok := fast.Read(pid)
+	shown, err := proc.ReadVmFlags(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fallback {
+		if ok {
+			t.Fatalf("the iterator answered for pid %d, whose flags it cannot all tell", pid)
+		}
+		return
+	}
+	if !ok {
+		t.Fatalf("the iterator left pid %d to smaps", pid)
+	}
+	byStart := map[uint64]proc.VmFlags{}
+	for _, g := range got {
+		byStart[g.Start] = g.VmFlags
+	}
+	n := 0
+	for _, s := range shown {
+		if s.Start == vsyscallStart {
+			continue
+		}
+		n++
+		f, found := byStart[s.Start]
+		if !found {
+			t.Errorf("VMA at %#x: smaps lists it, the iterator does not", s.Start)
+		} else if f != s.VmFlags {
+			t.Errorf("VMA at %#x: the iterator says %q, smaps %q", s.Start, f, s.VmFlags)
+		}
+	}
+	if n != len(got) {
+		t.Errorf("the iterator lists %d VMAs, smaps %d", len(got), n)
 	}
 }
 
