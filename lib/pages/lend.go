@@ -85,10 +85,7 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process, fast func() *proc.FastVmFl
 	}
 	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}, fast: fast}
 	for _, p := range procs {
-		if p.State == "Z" {
-			continue
-		}
-		if st, err := proc.ReadStatus(int(p.Pid)); err == nil && st.RssAnon<<10 >= lendMinAnon {
+		if worthLending(p) {
 			ls.want[int(p.Pid)] = true
 		}
 	}
@@ -104,6 +101,15 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process, fast func() *proc.FastVmFl
 	// The first lender waits for the hold (begin), the copies do not.
 	ls.async(func() { ls.holdErr = ls.hold(fr, procs) })
 	return ls, nil
+}
+
+// worthLending: p has enough private anonymous memory resident to lend it.
+func worthLending(p *pb.Process) bool {
+	if p.State == "Z" {
+		return false
+	}
+	st, err := proc.ReadStatus(int(p.Pid))
+	return err == nil && st.RssAnon<<10 >= lendMinAnon
 }
 
 // faultFailWhileLending: CRPIPE_FAULT=pages-fails-while-lending makes the

@@ -31,7 +31,6 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
-	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
 
@@ -57,18 +56,24 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 // is complete.
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
-	fast := func() *proc.FastVmFlags { return nil }
+	fast := &fastSetup{}
+	observe := up.Observe
 	if opts.Lend {
-		fast = startFastVmFlags()
+		observe = func(f *image.Frame) error {
+			n := len(up.Procs)
+			if err := up.Observe(f); err != nil {
+				return err
+			}
+			if len(up.Procs) > n && worthLending(up.Procs[n]) {
+				fast.start()
+			}
+			return nil
+		}
 	}
 	return stage.Filter{
-		Observe: up.Observe,
+		Observe: observe,
 		Finish: func(w *image.Writer) (err error) {
-			defer func() {
-				if f := fast(); f != nil {
-					f.Close()
-				}
-			}()
+			defer fast.close()
 			if err := up.NeedProcs(); err != nil {
 				return err
 			}
@@ -77,7 +82,7 @@ func FilterWith(opts Options) stage.Filter {
 				if err := up.NeedFreeze(); err != nil {
 					return err
 				}
-				if ls, err = startLenders(up.Freeze, up.Procs, fast); err != nil {
+				if ls, err = startLenders(up.Freeze, up.Procs, fast.get); err != nil {
 					return err
 				}
 				defer func() {
