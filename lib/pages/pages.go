@@ -64,7 +64,7 @@ func FilterWith(opts Options) stage.Filter {
 			if err := up.Observe(f); err != nil {
 				return err
 			}
-			if len(up.Procs) > n && worthLending(up.Procs[n]) {
+			if len(up.Procs) > n && !fast.requested && worthLending(up.Procs[n]) {
 				fast.start()
 			}
 			return nil

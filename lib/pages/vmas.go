@@ -144,12 +144,15 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 // for the rest of it: a dump with nothing to lend (the tiny counter's)
 // does without. CRPIPE_VMFLAGS=smaps leaves it out.
 type fastSetup struct {
-	started, taken sync.Once
-	ch             chan *proc.FastVmFlags // nil: not started
-	f              *proc.FastVmFlags
+	requested bool // start was called (by the stage's reading goroutine)
+	started   sync.Once
+	taken     sync.Once
+	ch        chan *proc.FastVmFlags // nil: not started
+	f         *proc.FastVmFlags
 }
 
 func (fs *fastSetup) start() {
+	fs.requested = true
 	fs.started.Do(func() {
 		if os.Getenv("CRPIPE_VMFLAGS") == "smaps" {
 			return

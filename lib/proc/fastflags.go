@@ -20,7 +20,6 @@ import (
 type FastVmFlags struct {
 	it    *sys.VmaIter
 	known uint64 // raw bits seen set, with smaps agreeing
-
 }
 
 // rawVmFlagGuess is where the kernel keeps each flag in vm_flags on

@@ -94,6 +94,11 @@ func (rc *Ctx) finish() error {
 	defer signal.Stop(sigs)
 	if faultSignalledAtEnd {
 		unix.Kill(os.Getpid(), unix.SIGTERM)
+		// The runtime passes a signal on to the channel from a goroutine
+		// of its own: wait until it has, so that the check at the end
+		// sees it however fast the release (on a busy machine it once
+		// came too late).
+		sigs <- <-sigs
 	}
 	seized, err := seizeAll(live)
 	defer func() {

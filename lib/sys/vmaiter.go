@@ -60,19 +60,19 @@ func NewVmaIter() (*VmaIter, error) {
 	log := make([]byte, bpfLogSize)
 	// union bpf_attr for BPF_PROG_LOAD, up to attach_btf_obj_fd.
 	var attr [120]byte
+	var pin runtime.Pinner
+	defer pin.Unpin()
 	le := binary.LittleEndian
 	le.PutUint32(attr[0:], unix.BPF_PROG_TYPE_TRACING)
 	le.PutUint32(attr[4:], uint32(len(insns)/8))
-	le.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&insns[0]))))
-	le.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
+	le.PutUint64(attr[8:], pinned(&pin, insns))
+	le.PutUint64(attr[16:], pinned(&pin, license))
 	le.PutUint32(attr[24:], 1) // log_level: only read on failure
 	le.PutUint32(attr[28:], uint32(len(log)))
-	le.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&log[0]))))
+	le.PutUint64(attr[32:], pinned(&pin, log))
 	le.PutUint32(attr[68:], unix.BPF_TRACE_ITER)
 	le.PutUint32(attr[108:], fn)
 	fd, err := bpf(unix.BPF_PROG_LOAD, attr[:])
-	runtime.KeepAlive(insns)
-	runtime.KeepAlive(license)
 	if err != nil {
 		if n := bytes.IndexByte(log, 0); n > 0 {
 			return nil, fmt.Errorf("%w: BPF_PROG_LOAD: %v: %s", ErrNoVmaIter, err, bytes.TrimSpace(log[:n]))
@@ -92,16 +92,17 @@ func (it *VmaIter) Close() error { return unix.Close(it.prog) }
 // VMAs, when they took more than one read (Linux 6.18; 10,000 VMAs went
 // round and round): the list ends where an address goes back.
 func (it *VmaIter) Read(pid int) ([]RawVma, error) {
-	var info [iterLinkInfo]byte
+	info := make([]byte, iterLinkInfo)
 	binary.LittleEndian.PutUint32(info[0:], uint32(pid)) // task.tid: this task only
 	var attr [32]byte
+	var pin runtime.Pinner
+	defer pin.Unpin()
 	le := binary.LittleEndian
 	le.PutUint32(attr[0:], uint32(it.prog))
 	le.PutUint32(attr[8:], unix.BPF_TRACE_ITER)
-	le.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&info[0]))))
+	le.PutUint64(attr[16:], pinned(&pin, info))
 	le.PutUint32(attr[24:], uint32(len(info)))
 	link, err := bpf(unix.BPF_LINK_CREATE, attr[:])
-	runtime.KeepAlive(&info)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: BPF_LINK_CREATE for its VMAs: %w", pid, err)
 	}
@@ -191,6 +192,14 @@ func vmaIterProgram(off [3]int16) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(i.imm))
 	}
 	return b
+}
+
+// pinned is the address of b's bytes for a field of a bpf_attr: pinned,
+// so that the object is on the heap and stays where the kernel is told
+// it is (a stack may move at the next call).
+func pinned(pin *runtime.Pinner, b []byte) uint64 {
+	pin.Pin(&b[0])
+	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
 
 func bpf(cmd int, attr []byte) (int, error) {
