@@ -34,22 +34,8 @@ func TestManyMappingsRSS(t *testing.T) {
 			mappings = max - 530
 		}
 	}
-	dir := t.TempDir()
-	p := &target{
-		t:       t,
-		name:    "benchload",
-		path:    prog("benchload"),
-		dir:     dir,
-		verdict: filepath.Join(dir, "verdict"),
-		exited:  make(chan struct{}),
-	}
-	ready := filepath.Join(dir, "ready")
-	p.cmd = exec.Command(p.path, ready, p.verdict, "maps", strconv.Itoa(mappings))
-	p.launch()
-	t.Cleanup(p.cleanup)
-	if !awaitFile(ready, 30*time.Second) {
-		t.Fatalf("benchload %d did not map its %d pages", p.pid, mappings)
-	}
+	p := startManyMappings(t, mappings)
+	dir := p.dir
 
 	rss := filepath.Join(dir, "rss")
 	timed := func(cmd string) string {
@@ -92,4 +78,27 @@ func TestManyMappingsRSS(t *testing.T) {
 	if v := strings.TrimSpace(readFile(p.verdict)); v != "PASS" {
 		t.Fatalf("restored process says %q", v)
 	}
+}
+
+// startManyMappings starts test/progs/benchload with n one-page mappings
+// and waits until it has mapped them.
+func startManyMappings(t *testing.T, n int) *target {
+	t.Helper()
+	dir := t.TempDir()
+	p := &target{
+		t:       t,
+		name:    "benchload",
+		path:    prog("benchload"),
+		dir:     dir,
+		verdict: filepath.Join(dir, "verdict"),
+		exited:  make(chan struct{}),
+	}
+	ready := filepath.Join(dir, "ready")
+	p.cmd = exec.Command(p.path, ready, p.verdict, "maps", strconv.Itoa(n))
+	p.launch()
+	t.Cleanup(p.cleanup)
+	if !awaitFile(ready, 30*time.Second) {
+		t.Fatalf("benchload %d did not map its %d pages", p.pid, n)
+	}
+	return p
 }

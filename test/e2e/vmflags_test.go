@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"errors"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"crpipe/lib/proc"
 	"crpipe/lib/sys"
@@ -55,16 +52,7 @@ func TestFastVmFlags(t *testing.T) {
 	// More VMAs than one read of the iterator takes (it went round and
 	// round in the kernel's 6.18: sys.VmaIter.Read).
 	t.Run("benchload/maps", func(t *testing.T) {
-		dir := t.TempDir()
-		p := &target{t: t, name: "benchload", path: prog("benchload"), dir: dir, verdict: filepath.Join(dir, "verdict"), exited: make(chan struct{})}
-		ready := filepath.Join(dir, "ready")
-		p.cmd = exec.Command(p.path, ready, p.verdict, "maps", "10000")
-		p.launch()
-		t.Cleanup(p.cleanup)
-		if !awaitFile(ready, 30*time.Second) {
-			t.Fatalf("benchload %d did not map its pages", p.pid)
-		}
-		compareVmFlags(t, fast, p.pid, false)
+		compareVmFlags(t, fast, startManyMappings(t, 10000).pid, false)
 	})
 }
 
