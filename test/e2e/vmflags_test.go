@@ -21,10 +21,13 @@ const vsyscallStart = 0xffffffffff600000
 // mapping registered with userfaultfd) is left to smaps.
 func TestFastVmFlags(t *testing.T) {
 	fast, err := proc.NewFastVmFlags()
-	if errors.Is(err, sys.ErrNoVmaIter) {
+	switch {
+	case errors.Is(err, sys.ErrNoVmaIter):
 		t.Skipf("no BPF VMA iterator on this machine: %v", err)
-	}
-	if err != nil {
+	case errors.Is(err, proc.ErrFlagsDisagree):
+		// cr-pages reads smaps then, as without the iterator.
+		t.Skipf("the iterator's bits are not where this build expects them here: %v", err)
+	case err != nil:
 		t.Fatal(err)
 	}
 	defer fast.Close()
