@@ -152,7 +152,7 @@ func (ls *lenders) wants(pid int) bool { return ls != nil && ls.want[pid] }
 // looked at for sharing, and nothing is inherited: sharing.go) but a
 // pagemap read of every page copied or inherited elsewhere.
 func (ls *lenders) fastVmFlags(parent int, lending bool) *proc.FastVmFlags {
-	if ls == nil || ls.fast == nil || parent != 0 || !lending {
+	if parent != 0 || !lending { // lending: ls is not nil (wants)
 		return nil
 	}
 	return ls.fast()
