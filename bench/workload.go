@@ -282,10 +282,24 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		return err
 	}
 	defer p.kill()
+	pidArg := strconv.Itoa(p.pid)
+	// The dump → /dev/null reads what process_vm_readv reads and allocates
+	// nothing: it runs right after it, before the limits below allocate and
+	// free the workload's size again and again. Memory freed here is taken
+	// back by the host for seconds after (free page reporting, then the
+	// host's own work), which slowed whatever read memory then by a third
+	// and more (doc/performance.md, Method).
 	if w.Limits {
 		d, err := pvr(p.pid, p.addr, p.len)
 		res.record(mPVR, d, err)
-		d, err = memcpyLimit(p.len)
+	}
+	run := h.pipeline(p.pid, os.DevNull, false)
+	res.recordRun(mDumpNull, run)
+	if err := runQuiet("cr-freeze", "thaw", "--pid", pidArg); err != nil {
+		return fmt.Errorf("thaw: %v", err)
+	}
+	if w.Limits {
+		d, err := memcpyLimit(p.len)
 		res.record(mMemcpy, d, err)
 		src := memory(p.len) // before the rewarm: it is kept
 		if err := rewarm(p.len, false); err != nil {
@@ -304,13 +318,6 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 			d, err = fill(p.len, true)
 			res.record(mFillHuge, d, err)
 		}
-	}
-	pidArg := strconv.Itoa(p.pid)
-
-	run := h.pipeline(p.pid, os.DevNull, false)
-	res.recordRun(mDumpNull, run)
-	if err := runQuiet("cr-freeze", "thaw", "--pid", pidArg); err != nil {
-		return fmt.Errorf("thaw: %v", err)
 	}
 	if w.Compress {
 		if w.Fresh {
