@@ -301,17 +301,6 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 	if w.Limits {
 		d, err := memcpyLimit(p.len)
 		res.record(mMemcpy, d, err)
-		src := memory(p.len) // before the rewarm: it is kept
-		if err := rewarm(p.len, false); err != nil {
-			return err
-		}
-		d, err = writeLimit(h.tmp, p.len, src)
-		res.record(mWrite, d, err)
-		if err := rewarm(p.len, false); err != nil {
-			return err
-		}
-		d, err = writeLimit(h.tmp, p.len, warmBuf(chunk))
-		res.record(mWriteHot, d, err)
 		d, err = fill(p.len, false)
 		res.record(mFill, d, err)
 		if w.ThpLimit {
@@ -341,16 +330,47 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 
 	img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d.img", os.Getpid()))
 	defer os.Remove(img)
-	if w.Fresh {
-		if err := rewarm(p.len, false); err != nil {
-			return err
+	dumpToFile := func() error {
+		if w.Fresh {
+			if err := rewarm(p.len, false); err != nil {
+				return err
+			}
+		}
+		run := h.pipeline(p.pid, img, false)
+		res.recordRun(mDumpFile, run)
+		return run.err
+	}
+	writeLimits := func() error {
+		limits := []struct {
+			name string
+			src  []byte
+		}{
+			{mWrite, memory(p.len)}, // before the rewarm: it is kept
+			{mWriteHot, warmBuf(chunk)},
+		}
+		for _, l := range limits {
+			if err := rewarm(p.len, false); err != nil {
+				return err
+			}
+			d, err := writeLimit(h.tmp, p.len, l.src)
+			res.record(l.name, d, err)
+		}
+		return nil
+	}
+	// The write limits and the dump → tmpfs next to each other, taking
+	// turns at going first: each follows the other's frees as often.
+	steps := []func() error{dumpToFile}
+	if w.Limits {
+		steps = []func() error{writeLimits, dumpToFile}
+		if rep%2 == 0 {
+			steps[0], steps[1] = steps[1], steps[0]
 		}
 	}
-	run = h.pipeline(p.pid, img, false)
-	res.recordRun(mDumpFile, run)
-	if run.err != nil {
-		runQuiet("cr-freeze", "thaw", "--pid", pidArg)
-		return run.err
+	for _, step := range steps {
+		if err := step(); err != nil {
+			runQuiet("cr-freeze", "thaw", "--pid", pidArg)
+			return err
+		}
 	}
 	if err := runQuiet("cr-freeze", "kill", "--pid", pidArg); err != nil {
 		return fmt.Errorf("kill: %v", err)
