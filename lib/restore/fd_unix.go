@@ -386,9 +386,12 @@ func (w *unixWorld) listenerNamed(name []byte) *unixSock {
 	return nil
 }
 
-// bind binds s to its name, from its name_dir (fromDir). A path still
-// holding the dumped socket file (the original socket is gone) is
-// unlinked first; anything else there is an error, never removed.
+// bind binds s to its name, from its name_dir (fromDir). A socket file
+// there that no socket is bound to any more (the dumped one, its process
+// gone, or one an earlier restore of the same image left) is unlinked
+// first. Anything else there is an error, never removed: a live socket's
+// file (the original may still run) or another kind of file. (Matching
+// the dumped inode number is not enough: tmpfs gives freed numbers again.)
 func (s *unixSock) bind() error {
 	name := s.s.Name
 	if len(name) == 0 {
@@ -403,12 +406,14 @@ func (s *unixSock) bind() error {
 		case errors.Is(err, unix.ENOENT):
 		case err != nil:
 			return fmt.Errorf("%s: %w", s, err)
-		case st.Mode&unix.S_IFMT == unix.S_IFSOCK && st.Ino == s.s.NameInode && st.Dev == s.s.NameDev:
+		case st.Mode&unix.S_IFMT != unix.S_IFSOCK:
+			return fmt.Errorf("%s: %s exists and is not a socket file", s, path)
+		case !staleSocketFile(s.s.NameDir, name):
+			return fmt.Errorf("%s: %s is the file of a live socket (another process is bound to it)", s, path)
+		default:
 			if err := unix.Unlink(path); err != nil {
 				return fmt.Errorf("%s: remove the old socket file: %w", s, err)
 			}
-		default:
-			return fmt.Errorf("%s: %s exists and is not the socket file of the dump (inode %d, was %d)", s, path, st.Ino, s.s.NameInode)
 		}
 	}
 	if err := fromDir(s.s.NameDir, name, func() error { return unix.Bind(int(s.f.Fd()), sockaddr(name)) }); err != nil {
@@ -423,6 +428,20 @@ func (s *unixSock) bind() error {
 		}
 	}
 	return nil
+}
+
+// staleSocketFile: no socket is bound to the socket file at name (from
+// dir): its socket is closed. A datagram connect tells without touching a
+// live socket of any type: only where none is bound does it fail with
+// ECONNREFUSED (a stream socket there refuses the type, EPROTOTYPE).
+func staleSocketFile(dir string, name []byte) bool {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	err = fromDir(dir, name, func() error { return unix.Connect(fd, sockaddr(name)) })
+	return errors.Is(err, unix.ECONNREFUSED)
 }
 
 // firstOptions are set before any data arrives: buffer sizes (the kernel

@@ -62,3 +62,52 @@ func TestHoldingArea(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleSocketFile: a socket file is stale only once its socket is
+// closed, whatever the type bound there, and the check leaves a live
+// listener without a connection to accept.
+func TestStaleSocketFile(t *testing.T) {
+	dir := t.TempDir()
+	for _, typ := range []struct {
+		name string
+		typ  int
+	}{{"stream", unix.SOCK_STREAM}, {"seqpacket", unix.SOCK_SEQPACKET}, {"dgram", unix.SOCK_DGRAM}} {
+		t.Run(typ.name, func(t *testing.T) {
+			name := []byte(typ.name + ".sock")
+			fd, err := unix.Socket(unix.AF_UNIX, typ.typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closed := false
+			defer func() {
+				if !closed {
+					unix.Close(fd)
+				}
+			}()
+			if err := fromDir(dir, name, func() error { return unix.Bind(fd, sockaddr(name)) }); err != nil {
+				t.Fatal(err)
+			}
+			if typ.typ != unix.SOCK_DGRAM {
+				if err := unix.Listen(fd, 5); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if staleSocketFile(dir, name) {
+				t.Errorf("a bound %s socket's file is called stale", typ.name)
+			}
+			if typ.typ != unix.SOCK_DGRAM {
+				if _, _, err := unix.Accept(fd); !errors.Is(err, unix.EAGAIN) {
+					t.Errorf("accept after the check: %v, want EAGAIN (no connection made)", err)
+				}
+			}
+			unix.Close(fd)
+			closed = true
+			if !staleSocketFile(dir, name) {
+				t.Errorf("the file of a closed %s socket is not called stale", typ.name)
+			}
+		})
+	}
+	if staleSocketFile(dir, []byte("missing.sock")) {
+		t.Errorf("a missing file is called stale")
+	}
+}

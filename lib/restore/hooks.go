@@ -36,6 +36,9 @@ type Ctx struct {
 	// descUses: how many times each open file description is opened, once
 	// the whole stream is read (fd_desc.go); nil before.
 	descUses map[uint64]int
+	// inventory: the stream's inventory frame was read (and its page size
+	// is this machine's)
+	inventory bool
 }
 
 func (rc *Ctx) owns(f *os.File) bool {

@@ -302,6 +302,11 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		if created {
 			return fmt.Errorf("frame %d at offset %d: process record for pid %d after the tree was built: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
 		}
+		// Without the inventory the page size the pages were laid out in
+		// is unknown: cr-freeze writes it first in every stream.
+		if !rc.inventory {
+			return fmt.Errorf("frame %d at offset %d: process record before any inventory record: %w", f.Index, f.Offset, image.ErrCorrupt)
+		}
 		if _, dup := rc.Tasks[p.Pid]; dup || p.Pid == 0 {
 			return fmt.Errorf("frame %d at offset %d: duplicate or zero pid %d: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
 		}
@@ -398,9 +403,13 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		}
 		// Pages are laid out, and VMAs aligned, in the dumping machine's
 		// page size.
-		if inv.PageSize != 0 && int(inv.PageSize) != os.Getpagesize() {
+		if inv.PageSize == 0 {
+			return fmt.Errorf("frame %d at offset %d: inventory without a page size: %w", f.Index, f.Offset, image.ErrCorrupt)
+		}
+		if int(inv.PageSize) != os.Getpagesize() {
 			return fmt.Errorf("frame %d: the image was made on a machine with %d-byte pages, this one has %d", f.Index, inv.PageSize, os.Getpagesize())
 		}
+		rc.inventory = true
 	case image.TypeEnd:
 	default:
 		if h, ok := recordHandlers[f.Type]; ok {

@@ -194,6 +194,22 @@ func TestFdUnix(t *testing.T) {
 	}
 }
 
+// TestFdUnixRestoredTwice: one image restores twice, as a snapshot
+// started again does. The first restore binds the named sockets anew, so
+// when it ends their files are not the dump's; the second finds them with
+// no socket bound and replaces them (it refused them before).
+func TestFdUnixRestoredTwice(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
+	p := startFdProg(t, "fd_unix", "")
+	img, at := p.dumpKilled("img")
+	for range 2 {
+		os.Remove(p.verdict)
+		p.restoreDetached(img)
+		p.checkProgressFrom(at)
+		p.terminate(at)
+	}
+}
+
 func TestFdInet(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-restore", "crit")...)
 	p := startFdProg(t, "fd_inet", "")
