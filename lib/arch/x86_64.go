@@ -14,6 +14,28 @@ import (
 	"crpipe/lib/pb"
 )
 
+// The code and stack segments of a 64-bit task in user space (the
+// kernel's __USER_CS and __USER_DS). A dump takes only such tasks; other
+// values are a 32-bit task or a segment of the task's own LDT, neither of
+// which is dumped, and a thread given them dies on its way back to user
+// space.
+const (
+	UserCS = 0x33
+	UserSS = 0x2b
+)
+
+// CheckSegments refuses registers whose code or stack segment is not a
+// 64-bit task's.
+func CheckSegments(cs, ss uint64) error {
+	if cs != UserCS {
+		return fmt.Errorf("code segment %#x: only 64-bit tasks (%#x) are supported", cs, UserCS)
+	}
+	if ss != UserSS {
+		return fmt.Errorf("stack segment %#x: only the 64-bit user stack segment (%#x) is supported, not one of the task's own", ss, UserSS)
+	}
+	return nil
+}
+
 // RegsToPB converts the registers ptrace returned into the image record.
 func RegsToPB(r *unix.PtraceRegs) *pb.X86Regs {
 	return &pb.X86Regs{

@@ -107,3 +107,15 @@ func TestHostXsave(t *testing.T) {
 	}
 	t.Logf("XCR0 %#x, xsave area %d bytes (ptrace %d)", xcr0, size, n)
 }
+
+// TestCheckSegments: only a 64-bit task's code and stack segments pass.
+func TestCheckSegments(t *testing.T) {
+	for _, c := range []struct {
+		cs, ss uint64
+		ok     bool
+	}{{UserCS, UserSS, true}, {0x23, UserSS, false}, {UserCS, 0, false}, {UserCS, 0xffff, false}, {0x7fffffffffffffff, UserSS, false}} {
+		if err := CheckSegments(c.cs, c.ss); (err == nil) != c.ok {
+			t.Errorf("CheckSegments(%#x, %#x) = %v, want ok %v", c.cs, c.ss, err, c.ok)
+		}
+	}
+}

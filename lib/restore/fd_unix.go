@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/sys"
 )
@@ -155,6 +156,9 @@ func (w *unixWorld) build(rc *Ctx) error {
 		if w.socks[d.Inode] != nil {
 			return fmt.Errorf("two descriptions of socket %d", d.Inode)
 		}
+		if err := checkUnix(d.Unix); err != nil {
+			return fmt.Errorf("description %d: %w: %w", d.Id, err, image.ErrCorrupt)
+		}
 		s := &unixSock{d: d, s: d.Unix, ino: d.Inode}
 		w.socks[s.ino] = s
 		w.order = append(w.order, s)
@@ -182,6 +186,8 @@ func (w *unixWorld) build(rc *Ctx) error {
 		switch p := w.socks[s.s.Peer]; {
 		case s.s.Peer != 0 && p == nil:
 			err = fmt.Errorf("%s: its peer socket %d is not in the image", s, s.s.Peer)
+		case p != nil && p.s.Type != s.s.Type:
+			err = fmt.Errorf("%s: connected to %s, a socket of another type: %w", s, p, image.ErrCorrupt)
 		case p != nil && p.s.Peer == s.ino && s.s.Type != unix.SOCK_DGRAM:
 			err = w.connectPair(s, p)
 		case p != nil && p.s.Peer == s.ino && len(s.s.Name) == 0 && len(p.s.Name) == 0:
@@ -257,7 +263,30 @@ func (w *unixWorld) build(rc *Ctx) error {
 	return nil
 }
 
-const sockListen = 10 // sock_diag state of a listening socket
+// sock_diag's states of a unix socket (the TCP names the kernel uses)
+const (
+	sockEstablished = 1
+	sockClose       = 7
+	sockListen      = 10
+)
+
+// checkUnix refuses a socket no dump makes: of a type or in a state a unix
+// socket does not have, or a listening datagram socket. (Restored, such a
+// socket came back as another: an unknown state as one alone.)
+func checkUnix(u *pb.UnixSocket) error {
+	switch u.Type {
+	case unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_SEQPACKET:
+	default:
+		return fmt.Errorf("unix socket of type %d", u.Type)
+	}
+	switch {
+	case u.State != sockEstablished && u.State != sockClose && u.State != sockListen:
+		return fmt.Errorf("unix socket in state %d", u.State)
+	case u.State == sockListen && u.Type == unix.SOCK_DGRAM:
+		return fmt.Errorf("listening unix datagram socket")
+	}
+	return nil
+}
 
 // shutdownHow converts sk_shutdown bits (RCV 1, SEND 2) to shutdown(2)'s how.
 func shutdownHow(bits uint32) int {

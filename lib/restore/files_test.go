@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/pb"
 	"crpipe/lib/stage"
 )
 
@@ -109,5 +110,28 @@ func TestStaleSocketFile(t *testing.T) {
 	}
 	if staleSocketFile(dir, []byte("missing.sock")) {
 		t.Errorf("a missing file is called stale")
+	}
+}
+
+// TestCheckUnix: the types and states a dump records pass; others, which
+// restored as another socket, are refused.
+func TestCheckUnix(t *testing.T) {
+	for _, c := range []struct {
+		typ, state uint32
+		ok         bool
+	}{
+		{unix.SOCK_STREAM, sockListen, true},
+		{unix.SOCK_STREAM, sockEstablished, true},
+		{unix.SOCK_SEQPACKET, sockClose, true},
+		{unix.SOCK_DGRAM, sockEstablished, true},
+		{unix.SOCK_DGRAM, sockListen, false},
+		{unix.SOCK_RAW, sockClose, false},
+		{1<<31 - 1, sockClose, false},
+		{unix.SOCK_STREAM, 2, false},
+		{unix.SOCK_STREAM, 1<<31 - 1, false},
+	} {
+		if err := checkUnix(&pb.UnixSocket{Type: c.typ, State: c.state}); (err == nil) != c.ok {
+			t.Errorf("type %d state %d: %v, want ok %v", c.typ, c.state, err, c.ok)
+		}
 	}
 }

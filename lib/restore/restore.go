@@ -323,6 +323,13 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		if err != nil {
 			return err
 		}
+		// Checked here, before anything is made: given to a thread at the
+		// end, such segments kill it on its way back to user space.
+		if c.Regs != nil {
+			if err := arch.CheckSegments(c.Regs.Cs, c.Regs.Ss); err != nil {
+				return fmt.Errorf("frame %d at offset %d: pid %d tid %d: %w: %w", f.Index, f.Offset, c.Pid, c.Tid, err, image.ErrCorrupt)
+			}
+		}
 		t.cores[c.Tid] = &c
 	case image.TypeTaskState:
 		var s pb.TaskState

@@ -255,8 +255,8 @@ func ReadThread(pid, tid int) (*pb.ThreadCore, error) {
 	if err != nil {
 		return nil, where(err)
 	}
-	if regs.Cs != 0x33 {
-		return nil, where(fmt.Errorf("code segment %#x: only 64-bit tasks are supported", regs.Cs))
+	if err := arch.CheckSegments(regs.Cs, regs.Ss); err != nil {
+		return nil, where(err)
 	}
 	buf := make([]byte, arch.XsaveBufSize)
 	n, err := sys.PtraceGetRegset(tid, sys.NT_X86_XSTATE, buf)

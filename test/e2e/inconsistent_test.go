@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -27,7 +28,8 @@ import (
 // passed to mmap and mprotect, a mapping both shared and private was
 // mapped as the kernel's MAP_SHARED_VALIDATE, pages of another page
 // size were laid out in this one's, and so were those of an image without
-// an inventory or without its page size (the check was skipped).
+// an inventory or without its page size (the check was skipped); a thread
+// given a stack segment not its kernel's died as it was let go.
 func TestInconsistentImages(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	p := startCounter(t, "counter", 0)
@@ -70,6 +72,9 @@ func TestInconsistentImages(t *testing.T) {
 		{"other-page-size", "inventory", func(m map[string]any) {
 			m["page_size"] = 16384
 		}, `made on a machine with 16384-byte pages, this one has 4096`},
+		{"stack-segment", "thread-core", func(m map[string]any) {
+			m["regs"].(map[string]any)["ss"] = "65535"
+		}, `stack segment 0xffff: only the 64-bit user stack segment`},
 		{"no-page-size", "inventory", func(m map[string]any) {
 			delete(m, "page_size")
 		}, `inventory without a page size`},
@@ -199,9 +204,20 @@ func TestMutatedImages(t *testing.T) {
 			checkErrorLine(t, "cr-restore", []byte(stderr.String()), nil)
 		} else if err != nil && !cmd.ProcessState.Exited() {
 			t.Fatalf("seed %d (%s): cr-restore itself died: %v", seed, what, err)
+		} else {
+			// Restored: the root ended (it died of the change), and its
+			// children, reparented, may run on. A refused image (status 1)
+			// must have left nothing.
+			for _, pid := range pids {
+				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)) // the change may have zeroed the arguments
+				if bytes.Contains(cmdline, []byte(p.dir)) || exe == p.path {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
 		}
 		for _, pid := range pids {
-			waitPidFree(t, pid, fmt.Sprintf("seed %d (%s)", seed, what))
+			waitPidFree(t, pid, fmt.Sprintf("seed %d (%s; cr-restore: %v %s)", seed, what, err, firstLine([]byte(stderr.String()))))
 		}
 		t.Logf("seed %d: %s: %v %s", seed, what, err, firstLine([]byte(stderr.String())))
 	}
