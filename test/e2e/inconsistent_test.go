@@ -144,8 +144,10 @@ func rewriteImage(t *testing.T, in, out, typ string, change func(msg map[string]
 // its wrong state; and nothing is left once it is gone. A failure names
 // the seed and the change.
 // By hand, for a longer campaign: CRPIPE_MUTATE_ROUNDS=N runs N rounds
-// instead of 40, and CRPIPE_MUTATE_PROG=NAME[:ARG] mutates an image of
-// the fd test program NAME (test/progs/NAME.c) instead of the counter.
+// instead of 40, and CRPIPE_MUTATE_PROG=NAME[:ARGS] mutates an image of
+// the test program NAME (test/progs/NAME.c) instead of the counter: an fd
+// program (fd_*) takes ARGS after its directory, any other after its
+// progress and verdict files.
 func TestMutatedImages(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	rounds := int64(40)
@@ -155,7 +157,11 @@ func TestMutatedImages(t *testing.T) {
 	var p *target
 	if prog := os.Getenv("CRPIPE_MUTATE_PROG"); prog != "" {
 		name, arg, _ := strings.Cut(prog, ":")
-		p = startFdProg(t, name, arg)
+		if strings.HasPrefix(name, "fd_") {
+			p = startFdProg(t, name, arg)
+		} else {
+			p = startStateProg(t, name, strings.Fields(arg)...)
+		}
 	} else {
 		p = startCounter(t, "counter", 0)
 	}
