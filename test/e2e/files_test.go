@@ -194,19 +194,44 @@ func TestFdUnix(t *testing.T) {
 	}
 }
 
-// TestFdUnixRestoredTwice: one image restores twice, as a snapshot
-// started again does. The first restore binds the named sockets anew, so
-// when it ends their files are not the dump's; the second finds them with
-// no socket bound and replaces them (it refused them before).
-func TestFdUnixRestoredTwice(t *testing.T) {
+// TestRestoredAgain: one image restores again after the process its
+// first restore made was killed, as a snapshot started again after a
+// crash is. What the first one left must not stand in the way: socket
+// files it bound anew (not the dump's inode: refused before session 19),
+// locks it held, ptys, ghost files it made again, a TCP listener's port.
+// Each program checks its whole fd state at the end of the second run.
+// A program that wrote to a file it maps shared is refused the second
+// time: the file is no longer the one its memory was dumped with.
+func TestRestoredAgain(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
-	p := startFdProg(t, "fd_unix", "")
-	img, at := p.dumpKilled("img")
-	for range 2 {
-		os.Remove(p.verdict)
-		p.restoreDetached(img)
-		p.checkProgressFrom(at)
-		p.terminate(at)
+	for _, c := range []struct{ name, arg string }{
+		{"fd_unix", ""}, {"fd_unix", "fork"}, {"fd_pipe", "fork"}, {"fd_ghost", "fork"},
+		{"fd_locks", ""}, {"fd_inet", ""}, {"fd_pty", "fork"}, {"fd_memfd", ""}, {"filemap", ""},
+	} {
+		t.Run(c.name+c.arg, func(t *testing.T) {
+			p := startFdProg(t, c.name, c.arg)
+			img, at := p.dumpKilled("img")
+			p.restoreDetached(img)
+			p.checkProgressFrom(at)
+			killDescendants(t, p)
+			if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitPidFree(t, p.pid, "the first restored process, killed")
+			os.Remove(p.verdict)
+			if c.name == "filemap" {
+				r := shell(t, 60*time.Second, "cr-restore -d -i "+img)
+				if r.err == nil || r.state.ExitCode() != 1 {
+					t.Fatalf("cr-restore of a process whose shared file changed since: %v, want exit status 1", r.err)
+				}
+				checkErrorLine(t, "cr-restore", r.stderr, regexp.MustCompile(`/data changed since the dump`))
+				p.checkPidFree()
+				return
+			}
+			p.restoreDetached(img)
+			p.checkProgressFrom(at)
+			p.terminate(at)
+		})
 	}
 }
 
