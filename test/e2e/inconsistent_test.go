@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -214,13 +213,7 @@ func TestMutatedImages(t *testing.T) {
 			// Restored: the root ended (it died of the change), and its
 			// children, reparented, may run on. A refused image (status 1)
 			// must have left nothing.
-			for _, pid := range pids {
-				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)) // the change may have zeroed the arguments
-				if bytes.Contains(cmdline, []byte(p.dir)) || exe == p.path {
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
+			p.killOurs(pids)
 		}
 		for _, pid := range pids {
 			waitPidFree(t, pid, fmt.Sprintf("seed %d (%s; cr-restore: %v %s)", seed, what, err, firstLine([]byte(stderr.String()))))

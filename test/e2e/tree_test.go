@@ -30,15 +30,22 @@ func descendants(pid int) []int {
 }
 
 // killRecorded kills, at cleanup, the recorded pids that still run this
-// test's program (its command line names the test's own directory).
+// test's program (killOurs).
 func (p *target) killRecorded(pids []int) {
-	p.t.Cleanup(func() {
-		for _, pid := range pids {
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmdline, []byte(p.dir)) {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+	p.t.Cleanup(func() { p.killOurs(pids) })
+}
+
+// killOurs kills those of pids that run this test's program: its command
+// line names the test's own directory, or (a restore may have left out
+// the page of the arguments) its exe is the program.
+func (p *target) killOurs(pids []int) {
+	for _, pid := range pids {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if bytes.Contains(cmdline, []byte(p.dir)) || exe == p.path {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
-	})
+	}
 }
 
 // treeShape is each process's pid, ppid, pgid, sid and whether it is a zombie.
