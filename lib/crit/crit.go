@@ -115,7 +115,7 @@ func withUsageErrors(cmds []*cli.Command) []*cli.Command {
 	return cmds
 }
 
-func warn(msg string) { fmt.Fprintf(os.Stderr, "crit: warning: %s\n", msg) }
+func warn(msg string) { fmt.Fprintf(os.Stderr, "crit: warning: %s\n", stage.OneLine(msg)) }
 
 func oneArg(c *cli.Context) (string, error) {
 	if c.NArg() > 1 {

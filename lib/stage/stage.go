@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"sync/atomic"
 
 	"github.com/urfave/cli/v2"
@@ -52,7 +53,7 @@ var Verbose bool
 // Logf prints a diagnostic line on stderr when -v is given.
 func Logf(format string, a ...any) {
 	if Verbose {
-		fmt.Fprintf(os.Stderr, "%s: %s\n", filepath.Base(os.Args[0]), fmt.Sprintf(format, a...))
+		fmt.Fprintf(os.Stderr, "%s: %s\n", filepath.Base(os.Args[0]), OneLine(fmt.Sprintf(format, a...)))
 	}
 }
 
@@ -129,15 +130,41 @@ func softLimit(reserved int64) int64 {
 	return max(memoryLimit, reserved+heapHeadroom)
 }
 
+// OneLine escapes the control characters of s (\n as `\n`, others as
+// `\xNN`): an error or a log line stays one line whatever a file or
+// socket name in it holds (a name may contain a newline), for readers and
+// for cr-dump, which reads its stages' errors line by line.
+func OneLine(s string) string {
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case isControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
 // Report prints err the house way and returns the exit status.
 func Report(name string, err error) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "%s: error: %v\n", name, err)
+	fmt.Fprintf(os.Stderr, "%s: error: %s\n", name, OneLine(err.Error()))
 	var h *HintError
 	if errors.As(err, &h) && h.Hint != "" {
-		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, h.Hint)
+		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, OneLine(h.Hint))
 	}
 	var u *UsageError
 	if errors.As(err, &u) {

@@ -356,3 +356,36 @@ func TestReserveHeap(t *testing.T) {
 		t.Fatalf("soft limit %d after all was given back, want %d", got, memoryLimit)
 	}
 }
+
+// A name may hold any byte but '/' and NUL: an error that quotes one
+// must stay one line, for the user and for cr-dump, which reads its
+// stages' stderr line by line.
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":                       "plain",
+		"/tmp/new\nline is not it":    `/tmp/new\nline is not it`,
+		"tab\there\r\x1b[2J\x7f":      `tab\there\x0d\x1b[2J\x7f`,
+		"ünïcode stays, \x00 escaped": `ünïcode stays, \x00 escaped`,
+	} {
+		if got := OneLine(in); got != want {
+			t.Errorf("OneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestReportIsOneLine(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := os.Stderr
+	os.Stderr = w
+	code := Report("cr-test", Hint(fmt.Errorf("pid 1 fd 3: %s is not the file that was dumped", "/tmp/new\nline"), "look at\nthe file"))
+	os.Stderr = stderr
+	w.Close()
+	out, _ := io.ReadAll(r)
+	want := "cr-test: error: pid 1 fd 3: /tmp/new\\nline is not the file that was dumped\ncr-test: hint: look at\\nthe file\n"
+	if code != 1 || string(out) != want {
+		t.Errorf("Report: status %d, printed %q; want 1 and %q", code, out, want)
+	}
+}

@@ -650,6 +650,29 @@ func TestFdNames(t *testing.T) {
 	dumpRestore(t, p)
 }
 
+// A name with a newline in an error: the file "new\nline" (mapped and
+// open) replaced after the dump is refused in one line, the newline
+// written as \n (it split the error in two: found by TestMutatedImages
+// on fd_names).
+func TestFdNamesInErrors(t *testing.T) {
+	need(t, "cr-dump", "cr-restore")
+	p := startFdProg(t, "fd_names", "")
+	img, _ := p.dumpKilled("img")
+	name := filepath.Join(p.dir, "new\nline")
+	if err := os.Rename(name, name+".dumped"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := shell(t, 30*time.Second, "cr-restore -d -i "+img)
+	if r.err == nil {
+		t.Fatalf("restore with a replaced file went through: %s", r)
+	}
+	checkErrorLine(t, "cr-restore", r.stderr, regexp.MustCompile(`\S*/new\\nline (is not the file that was dumped|changed since the dump)`))
+	p.checkPidFree()
+}
+
 // Unix socket names bound relative to the working directory, and absolute
 // inside a chroot (a child jailed in EXTDIR/jail), as a mail server's
 // master and its jailed daemons bind them; datagram sockets connected by
