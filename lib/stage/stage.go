@@ -13,6 +13,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync/atomic"
+	"unicode"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -130,12 +131,13 @@ func softLimit(reserved int64) int64 {
 	return max(memoryLimit, reserved+heapHeadroom)
 }
 
-// OneLine escapes the control characters of s (\n as `\n`, others as
-// `\xNN`): an error or a log line stays one line whatever a file or
-// socket name in it holds (a name may contain a newline), for readers and
-// for cr-dump, which reads its stages' errors line by line.
+// OneLine escapes the control characters of s (\n as `\n`, the others,
+// C1 ones too, which a terminal acts on, as `\xNN`): an error or a log
+// line stays one line whatever a file or socket name in it holds (a name
+// may contain a newline), for readers and for cr-dump, which reads its
+// stages' errors line by line.
 func OneLine(s string) string {
-	if !strings.ContainsFunc(s, isControl) {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
 		return s
 	}
 	var b strings.Builder
@@ -145,7 +147,7 @@ func OneLine(s string) string {
 			b.WriteString(`\n`)
 		case r == '\t':
 			b.WriteString(`\t`)
-		case isControl(r):
+		case unicode.IsControl(r):
 			fmt.Fprintf(&b, `\x%02x`, r)
 		default:
 			b.WriteRune(r)
@@ -153,8 +155,6 @@ func OneLine(s string) string {
 	}
 	return b.String()
 }
-
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // Report prints err the house way and returns the exit status.
 func Report(name string, err error) int {

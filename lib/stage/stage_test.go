@@ -366,6 +366,7 @@ func TestOneLine(t *testing.T) {
 		"/tmp/new\nline is not it":    `/tmp/new\nline is not it`,
 		"tab\there\r\x1b[2J\x7f":      `tab\there\x0d\x1b[2J\x7f`,
 		"ünïcode stays, \x00 escaped": `ünïcode stays, \x00 escaped`,
+		"C1 \u009b2J too":             `C1 \x9b2J too`,
 	} {
 		if got := OneLine(in); got != want {
 			t.Errorf("OneLine(%q) = %q, want %q", in, got, want)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -145,8 +146,8 @@ func rewriteImage(t *testing.T, in, out, typ string, change func(msg map[string]
 // By hand, for a longer campaign: CRPIPE_MUTATE_ROUNDS=N runs N rounds
 // instead of 40, and CRPIPE_MUTATE_PROG=NAME[:ARGS] mutates an image of
 // the test program NAME (test/progs/NAME.c) instead of the counter: an fd
-// program (fd_*) takes ARGS after its directory, any other after its
-// progress and verdict files.
+// program (one built on fdprog.h: fd_*, filemap) takes ARGS after its
+// directory, any other after its progress and verdict files.
 func TestMutatedImages(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore", "crit")...)
 	rounds := int64(40)
@@ -156,7 +157,7 @@ func TestMutatedImages(t *testing.T) {
 	var p *target
 	if prog := os.Getenv("CRPIPE_MUTATE_PROG"); prog != "" {
 		name, arg, _ := strings.Cut(prog, ":")
-		if strings.HasPrefix(name, "fd_") {
+		if src, _ := os.ReadFile(filepath.Join(repoRoot, "test", "progs", name+".c")); bytes.Contains(src, []byte(`#include "fdprog.h"`)) {
 			p = startFdProg(t, name, arg)
 		} else {
 			p = startStateProg(t, name, strings.Fields(arg)...)
