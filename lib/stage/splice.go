@@ -40,6 +40,9 @@ func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 		return image.CopyMover(dst, src, n)
 	}
 	dfd, sfd := int(df.Fd()), int(sf.Fd())
+	if isRegularFile(dfd) && isPipe(sfd) {
+		return relayMove(df, sf, n)
+	}
 	var moved int64
 	for moved < n {
 		awaitRoom(dfd)
@@ -61,6 +64,92 @@ func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 		moved += m
 	}
 	return moved, nil
+}
+
+// The relay: a pipe of this stage's own between its input pipe and a
+// regular output file. A splice from a pipe into a file holds the pipe's
+// mutex for the whole copy into the file, so the stage before could not
+// put the next pages into the input pipe while this one copies: the two
+// took turns. From pipe to pipe, splice moves page references in a
+// moment; the input pipe is then free again while the pages are copied
+// out of the relay. A C model of the last two processes of a dump (a
+// child vmsplicing 1 GiB, the parent splicing it to tmpfs, 10 rounds):
+// 0.423 / 0.45 s (min / median) through a relay, 0.474 / 0.50 without;
+// write(2) of the same memory 0.344 / 0.36. See doc/performance.md.
+var relay struct {
+	sync.Mutex
+	r, w *os.File
+}
+
+func relayMove(df, sf *os.File, n int64) (int64, error) {
+	relay.Lock()
+	defer relay.Unlock()
+	if relay.r == nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		growPipe(w)
+		relay.r, relay.w = r, w
+	}
+	var moved int64
+	for moved < n {
+		m, err := unix.Splice(int(sf.Fd()), nil, int(relay.w.Fd()), nil, int(min(n-moved, pipeSize)), 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return moved, &os.PathError{Op: "splice", Path: sf.Name(), Err: err}
+		case m == 0:
+			return moved, io.ErrUnexpectedEOF
+		}
+		if err := drainRelay(df, m); err != nil {
+			return moved, err
+		}
+		moved += m
+	}
+	return moved, nil
+}
+
+// drainRelay moves the relay's n bytes into df. On failure the relay is
+// dropped with what is left in it: the stage fails, and nothing stale
+// may reach the next frame.
+func drainRelay(df *os.File, n int64) error {
+	for n > 0 {
+		m, err := unix.Splice(int(relay.r.Fd()), nil, int(df.Fd()), nil, int(n), 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EINVAL:
+			// A file that splice cannot write (O_APPEND, a file system
+			// without splice): copy the rest out of the relay.
+			_, err = image.CopyMover(df, relay.r, n)
+			if err == nil {
+				return nil
+			}
+		case err == nil && m == 0:
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			relay.r.Close()
+			relay.w.Close()
+			relay.r, relay.w = nil, nil
+			return &os.PathError{Op: "splice", Path: df.Name(), Err: err}
+		}
+		n -= int64(m)
+	}
+	return nil
+}
+
+func isRegularFile(fd int) bool { return fdType(fd) == unix.S_IFREG }
+func isPipe(fd int) bool        { return fdType(fd) == unix.S_IFIFO }
+
+func fdType(fd int) uint32 {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return 0
+	}
+	return st.Mode & unix.S_IFMT
 }
 
 // awaitRoom waits until the output pipe fd has room, asleep. A splice into

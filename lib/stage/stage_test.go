@@ -99,15 +99,29 @@ var endpoints = []endpoint{
 	},
 }
 
+// appendFile is an output that splice refuses (EINVAL): the relay's pages
+// are copied out instead.
+var appendFile = endpoint{
+	name: "append",
+	out: func(t *testing.T) (*os.File, func() []byte) {
+		name := filepath.Join(t.TempDir(), "out")
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f, func() []byte { f.Close(); b, _ := os.ReadFile(name); return b }
+	},
+}
+
 // TestRunFilterMovesPages: every combination of pipe and file on either
-// side (splice where one side is a pipe, copying otherwise) passes the
-// stream through byte for byte, and Observe never sees pages frames it did
-// not ask for.
+// side (splice where one side is a pipe, through the relay from a pipe
+// to a file, copying otherwise) passes the stream through byte for byte,
+// and Observe never sees pages frames it did not ask for.
 func TestRunFilterMovesPages(t *testing.T) {
 	data := testStream(t)
 	for _, verify := range []bool{false, true} {
 		for _, in := range endpoints {
-			for _, out := range endpoints {
+			for _, out := range append(endpoints, appendFile) {
 				t.Run(in.name+"-to-"+out.name, func(t *testing.T) {
 					if verify {
 						t.Setenv("CRPIPE_VERIFY", "1")
