@@ -162,7 +162,14 @@ func setMulticast(fd int, in *pb.InetSocket) error {
 			return fmt.Errorf("interface %s: %w", net.IP(in.McastIfAddr), err)
 		}
 	}
+	groupLen := 4
+	if v6 {
+		groupLen = 16
+	}
 	for _, m := range in.Mcast {
+		if len(m.Group) != groupLen {
+			return fmt.Errorf("a group address of %d bytes in a socket of family %d", len(m.Group), in.Family)
+		}
 		ifc, err := net.InterfaceByName(m.Device)
 		if err != nil {
 			return fmt.Errorf("group %s: interface %s: %w", net.IP(m.Group), m.Device, err)

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -132,6 +133,26 @@ func TestCheckUnix(t *testing.T) {
 	} {
 		if err := checkUnix(&pb.UnixSocket{Type: c.typ, State: c.state}); (err == nil) != c.ok {
 			t.Errorf("type %d state %d: %v, want ok %v", c.typ, c.state, err, c.ok)
+		}
+	}
+}
+
+// TestMulticastGroupLength: a group address of the wrong length (an
+// edited image) is refused by its length, for both families.
+func TestMulticastGroupLength(t *testing.T) {
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		for _, group := range [][]byte{nil, {224, 0, 0}, make([]byte, 20)} {
+			in := &pb.InetSocket{Family: uint32(family), Mcast: []*pb.McastMembership{{Device: "lo", Group: group}}}
+			err := setMulticast(fd, in)
+			want := fmt.Sprintf("a group address of %d bytes", len(group))
+			if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "<nil>") {
+				t.Errorf("family %d, group of %d bytes: %v (want %q)", family, len(group), err, want)
+			}
 		}
 	}
 }
