@@ -23,8 +23,11 @@ type lz4Writer struct {
 	slots chan struct{} // bounds the blocks in flight (memory)
 	pool  sync.Pool     // block buffers
 	done  chan error    // the writing goroutine's end
-	mu    sync.Mutex    // guards err
-	err   error         // the first write error
+	// The header and blocks handed to the writing goroutine and not yet
+	// written: a stored block written by MoveFrom waits for them.
+	unwritten sync.WaitGroup
+	mu        sync.Mutex // guards err
+	err       error      // the first write error
 }
 
 // lz4Work is what a compressing goroutine needs, kept for the next block.
@@ -56,6 +59,7 @@ type lz4Job struct {
 func newLz4Writer(out io.Writer, concurrency int) *lz4Writer {
 	w := &lz4Writer{out: out, order: make(chan *lz4Job, concurrency+1), slots: make(chan struct{}, concurrency+1), done: make(chan error, 1)}
 	w.pool.New = func() any { b := make([]byte, 0, lz4Block); return &b }
+	w.unwritten.Add(1) // the frame header
 	go w.writeBlocks()
 	return w
 }
@@ -104,6 +108,81 @@ func (w *lz4Writer) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
+// A RawSink is an output that can store page contents as they are
+// without reading them into memory: lz4 when the contents do not
+// compress. peek copies the next bytes of src into p without consuming
+// them; move moves bytes from src to the sink's own output. lib/stage
+// gives tee(2) and splice(2) for a pipe.
+type RawSink interface {
+	MoveFrom(src io.Reader, n int64, peek func(p []byte) (int, error), move Mover) (int64, error)
+}
+
+// lz4Sample is how much of each 1 MiB of contents is tried before the
+// rest is read (1/32 of the block: compressing it costs little, reading
+// the block into memory and writing it out again, a copy per byte, does).
+const lz4Sample = 32 << 10
+
+// MoveFrom writes n bytes of src into blocks, deciding 1 MiB at a time
+// from a sample of its first 32 KiB: contents whose sample compresses are
+// read into blocks and compressed as Write's; the others become a block
+// stored as it is that move carries from src to the output, never read
+// here (random memory then costs what it costs uncompressed: one copy,
+// into the file). A block mixing both is judged by its start.
+func (w *lz4Writer) MoveFrom(src io.Reader, n int64, peek func([]byte) (int, error), move Mover) (int64, error) {
+	work := lz4Works.Get().(*lz4Work)
+	defer lz4Works.Put(work)
+	var sample [lz4Sample]byte
+	var moved int64
+	for moved < n {
+		chunk := min(n-moved, lz4Block)
+		k, err := peek(sample[:min(chunk, lz4Sample)])
+		if err != nil {
+			return moved, err
+		}
+		if c, err := work.c.CompressBlock(sample[:k], work.dst[:k]); err == nil && c > 0 && c < k-k/16 {
+			m, err := CopyMover(w, src, chunk) // ReadFrom: into blocks
+			moved += m
+			if err != nil {
+				return moved, err
+			}
+			continue
+		}
+		m, err := w.storeRaw(src, chunk, move)
+		moved += m
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// storeRaw ends the current block (a block may be shorter than the
+// frame's 1 MiB), waits until the writing goroutine has written every
+// block before, and writes n bytes of src out as a stored block itself,
+// moved by move.
+func (w *lz4Writer) storeRaw(src io.Reader, n int64, move Mover) (int64, error) {
+	if len(w.cur) > 0 {
+		if err := w.submit(); err != nil {
+			return 0, err
+		}
+	}
+	w.unwritten.Wait()
+	if err := w.failed(); err != nil {
+		return 0, err
+	}
+	var size [4]byte
+	binary.LittleEndian.PutUint32(size[:], uint32(n)|1<<31)
+	_, err := w.out.Write(size[:])
+	var m int64
+	if err == nil {
+		m, err = move(w.out, src, n)
+	}
+	if err != nil {
+		w.setErr(err)
+	}
+	return m, err
+}
+
 // submit hands the current block to a compressing goroutine.
 func (w *lz4Writer) submit() error {
 	if err := w.failed(); err != nil {
@@ -111,6 +190,7 @@ func (w *lz4Writer) submit() error {
 	}
 	j := &lz4Job{src: w.cur, ready: make(chan struct{})}
 	w.cur = nil
+	w.unwritten.Add(1)
 	w.slots <- struct{}{}
 	w.order <- j
 	go func() {
@@ -132,6 +212,7 @@ func (w *lz4Writer) writeBlocks() {
 		w.setErr(err)
 	}
 	var size [4]byte
+	w.unwritten.Done()
 	for j := range w.order {
 		<-j.ready
 		if err == nil {
@@ -151,6 +232,7 @@ func (w *lz4Writer) writeBlocks() {
 		w.pool.Put(&src)
 		lz4Works.Put(j.work)
 		<-w.slots
+		w.unwritten.Done()
 	}
 	if err == nil {
 		_, err = w.out.Write(make([]byte, 4)) // end mark

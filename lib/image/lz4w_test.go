@@ -63,6 +63,84 @@ func TestLz4Writer(t *testing.T) {
 	}
 }
 
+// peekReader is a Reader whose next bytes can be looked at (as tee(2)
+// does for a pipe); it counts the bytes moved by a Mover rather than read.
+type peekReader struct {
+	b     []byte
+	moved int
+}
+
+func (r *peekReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+func (r *peekReader) peek(p []byte) (int, error) { return copy(p, r.b), nil }
+
+// TestLz4WriterMoveFrom: contents whose sample compresses are compressed,
+// the others are stored as they are and moved, not read, by the Mover,
+// after the blocks before them; the frame reads back unchanged, with
+// Writes between moves. A source that ends early is an error.
+func TestLz4WriterMoveFrom(t *testing.T) {
+	rnd := make([]byte, 2*lz4Block+5*PageSize)
+	rand.New(rand.NewSource(2)).Read(rnd)
+	pat := bytes.Repeat([]byte("crpipe pages ..."), (3*lz4Block+PageSize)/16)
+	var out, want bytes.Buffer
+	w := newLz4Writer(&out, 2)
+	src := &peekReader{}
+	moved := 0
+	move := func(dst io.Writer, r io.Reader, n int64) (int64, error) {
+		moved += int(n)
+		return CopyMover(dst, r, n)
+	}
+	for _, part := range []struct {
+		write []byte // then
+		move  []byte
+	}{
+		{[]byte("header one"), pat},
+		{[]byte("header two"), rnd},
+		{nil, pat[:5*PageSize]},
+		{[]byte("header three"), rnd[:PageSize]},
+	} {
+		if _, err := w.Write(part.write); err != nil {
+			t.Fatal(err)
+		}
+		want.Write(part.write)
+		src.b = part.move
+		if n, err := w.MoveFrom(src, int64(len(part.move)), src.peek, move); err != nil || n != int64(len(part.move)) {
+			t.Fatalf("MoveFrom: %d of %d, %v", n, len(part.move), err)
+		}
+		want.Write(part.move)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(out.Bytes())))
+	if err != nil {
+		t.Fatalf("lz4 reader: %v", err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("read back %d bytes, wrote %d", len(got), want.Len())
+	}
+	if moved != len(rnd)+PageSize {
+		t.Errorf("the Mover moved %d bytes, want the %d random ones", moved, len(rnd)+PageSize)
+	}
+	if limit := len(rnd) + PageSize + len(pat)/10; out.Len() > limit {
+		t.Errorf("%d bytes written, want at most %d (compressible parts compressed)", out.Len(), limit)
+	}
+
+	w = newLz4Writer(io.Discard, 2)
+	src.b = rnd[:PageSize]
+	if _, err := w.MoveFrom(src, 2*PageSize, src.peek, move); err == nil {
+		t.Error("MoveFrom of a source that ends early: no error")
+	}
+	w.Close()
+}
+
 // TestLz4WriterError: a failing output is reported, not lost.
 func TestLz4WriterError(t *testing.T) {
 	w := newLz4Writer(failWriter{}, 2)

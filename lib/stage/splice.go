@@ -33,9 +33,15 @@ func growPipe(f *os.File) {
 // the output with splice(2) when both are files and one is a pipe: from
 // pipe to pipe the kernel passes page references, and the bytes are never
 // copied, not even into this process. Anything else is copied.
+//
+// Into a compressing output (image.RawSink) from a pipe, contents that do
+// not compress are stored as they are, spliced, never read here (peek).
 func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 	df, ok := dst.(*os.File)
 	sf, ok2 := src.(*os.File)
+	if sink, isSink := dst.(image.RawSink); isSink && ok2 && isPipe(int(sf.Fd())) {
+		return sink.MoveFrom(sf, n, func(p []byte) (int, error) { return peek(sf, p) }, SpliceMover)
+	}
 	if !ok || !ok2 {
 		return image.CopyMover(dst, src, n)
 	}
@@ -139,6 +145,40 @@ func drainRelay(df *os.File, n int64) error {
 		n -= int64(m)
 	}
 	return nil
+}
+
+// peek copies the next bytes of the pipe src into p without consuming
+// them: tee(2) duplicates them into a pipe of this stage's own, read back
+// at once. It waits for the first bytes; 0 means src ended.
+func peek(src *os.File, p []byte) (int, error) {
+	sample.Lock()
+	defer sample.Unlock()
+	if sample.r == nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return 0, err
+		}
+		growPipe(w)
+		sample.r, sample.w = r, w
+	}
+	for {
+		n, err := unix.Tee(int(src.Fd()), int(sample.w.Fd()), len(p), 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, &os.PathError{Op: "tee", Path: src.Name(), Err: err}
+		}
+		if _, err := io.ReadFull(sample.r, p[:n]); err != nil {
+			return 0, err
+		}
+		return int(n), nil
+	}
+}
+
+var sample struct {
+	sync.Mutex
+	r, w *os.File
 }
 
 func isRegularFile(fd int) bool { return fdType(fd) == unix.S_IFREG }

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"testing"
 	"time"
 
+	"github.com/pierrec/lz4/v4"
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
@@ -144,6 +146,56 @@ func TestRunFilterMovesPages(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// TestRunFilterCompressed: a compressing stage's output decompresses to
+// its input byte for byte from a pipe or a file, into a pipe or a file:
+// from a pipe, contents that do not compress are stored as they are
+// (tee and splice); the compressible ones shrink.
+func TestRunFilterCompressed(t *testing.T) {
+	var b bytes.Buffer
+	w, err := image.NewWriter(&b, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 3<<20)
+	rand.New(rand.NewSource(3)).Read(rnd)
+	pat := bytes.Repeat([]byte("compressible...."), 2<<20/16)
+	for _, err := range []error{
+		w.WriteMessage(image.TypeProcess, &pb.Process{Pid: 5, Comm: "t"}),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0x400000}, rnd),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0x900000}, pat),
+		w.WritePages(image.PagesHeader{Pid: 5, Addr: 0xc00000}, rnd[:300*image.PageSize]),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := b.Bytes()
+	for _, in := range endpoints {
+		for _, out := range endpoints {
+			t.Run(in.name+"-to-"+out.name, func(t *testing.T) {
+				dst, written := out.out(t)
+				if err := RunFilter(in.in(t, data), dst, true, Filter{}); err != nil {
+					t.Fatal(err)
+				}
+				lz := written()
+				got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(lz)))
+				if err != nil {
+					t.Fatalf("lz4: %v", err)
+				}
+				if !bytes.Equal(got, data) {
+					t.Fatalf("stream changed: %d bytes in, %d decompressed", len(data), len(got))
+				}
+				if limit := len(rnd) + 300*image.PageSize + len(pat)/10; len(lz) > limit {
+					t.Errorf("%d bytes compressed, want at most %d", len(lz), limit)
+				}
+			})
 		}
 	}
 }
