@@ -82,22 +82,42 @@ func SpliceMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
 // child vmsplicing 1 GiB, the parent splicing it to tmpfs, 10 rounds):
 // 0.423 / 0.45 s (min / median) through a relay, 0.474 / 0.50 without;
 // write(2) of the same memory 0.344 / 0.36. See doc/performance.md.
-var relay struct {
+var relay ownPipe
+
+// ownPipe is a pipe of this stage's own, made when first used.
+type ownPipe struct {
 	sync.Mutex
 	r, w *os.File
 }
 
-func relayMove(df, sf *os.File, n int64) (int64, error) {
-	relay.Lock()
-	defer relay.Unlock()
-	if relay.r == nil {
-		r, w, err := os.Pipe()
-		if err != nil {
-			return 0, err
-		}
-		growPipe(w)
-		relay.r, relay.w = r, w
+// lock locks the pipe, making it first if need be.
+func (p *ownPipe) lock() error {
+	p.Lock()
+	if p.r != nil {
+		return nil
 	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		p.Unlock()
+		return err
+	}
+	growPipe(w)
+	p.r, p.w = r, w
+	return nil
+}
+
+// drop closes the pipe with whatever it holds; the next lock makes another.
+func (p *ownPipe) drop() {
+	p.r.Close()
+	p.w.Close()
+	p.r, p.w = nil, nil
+}
+
+func relayMove(df, sf *os.File, n int64) (int64, error) {
+	if err := relay.lock(); err != nil {
+		return 0, err
+	}
+	defer relay.Unlock()
 	var moved int64
 	for moved < n {
 		m, err := unix.Splice(int(sf.Fd()), nil, int(relay.w.Fd()), nil, int(min(n-moved, pipeSize)), 0)
@@ -137,9 +157,7 @@ func drainRelay(df *os.File, n int64) error {
 			err = io.ErrShortWrite
 		}
 		if err != nil {
-			relay.r.Close()
-			relay.w.Close()
-			relay.r, relay.w = nil, nil
+			relay.drop()
 			return &os.PathError{Op: "splice", Path: df.Name(), Err: err}
 		}
 		n -= int64(m)
@@ -151,16 +169,10 @@ func drainRelay(df *os.File, n int64) error {
 // them: tee(2) duplicates them into a pipe of this stage's own, read back
 // at once. It waits for the first bytes; 0 means src ended.
 func peek(src *os.File, p []byte) (int, error) {
-	sample.Lock()
-	defer sample.Unlock()
-	if sample.r == nil {
-		r, w, err := os.Pipe()
-		if err != nil {
-			return 0, err
-		}
-		growPipe(w)
-		sample.r, sample.w = r, w
+	if err := sample.lock(); err != nil {
+		return 0, err
 	}
+	defer sample.Unlock()
 	for {
 		n, err := unix.Tee(int(src.Fd()), int(sample.w.Fd()), len(p), 0)
 		switch {
@@ -170,16 +182,14 @@ func peek(src *os.File, p []byte) (int, error) {
 			return 0, &os.PathError{Op: "tee", Path: src.Name(), Err: err}
 		}
 		if _, err := io.ReadFull(sample.r, p[:n]); err != nil {
+			sample.drop()
 			return 0, err
 		}
 		return int(n), nil
 	}
 }
 
-var sample struct {
-	sync.Mutex
-	r, w *os.File
-}
+var sample ownPipe
 
 func isRegularFile(fd int) bool { return fdType(fd) == unix.S_IFREG }
 func isPipe(fd int) bool        { return fdType(fd) == unix.S_IFIFO }
