@@ -21,9 +21,15 @@ type Mover func(dst io.Writer, src io.Reader, n int64) (int64, error)
 // CopyMover is the Mover that copies through memory, in pieces of up to
 // 1 MiB (few system calls; lz4 takes 1 MiB blocks).
 func CopyMover(dst io.Writer, src io.Reader, n int64) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	m, err := io.CopyBuffer(dst, io.LimitReader(src, n), *bp)
+	var m int64
+	var err error
+	if lz, ok := dst.(*lz4Writer); ok {
+		m, err = lz.ReadFrom(io.LimitReader(src, n)) // into its blocks: no buffer
+	} else {
+		bp := copyBufs.Get().(*[]byte)
+		m, err = io.CopyBuffer(dst, io.LimitReader(src, n), *bp)
+		copyBufs.Put(bp)
+	}
 	if err == nil && m < n {
 		err = io.ErrUnexpectedEOF
 	}

@@ -26,8 +26,9 @@ type lz4Writer struct {
 	// The header and blocks handed to the writing goroutine and not yet
 	// written: a stored block written by MoveFrom waits for them.
 	unwritten sync.WaitGroup
-	mu        sync.Mutex // guards err
-	err       error      // the first write error
+	sampler   *lz4Sampler // MoveFrom's
+	mu        sync.Mutex  // guards err
+	err       error       // the first write error
 }
 
 // lz4Work is what a compressing goroutine needs, kept for the next block.
@@ -122,6 +123,12 @@ type RawSink interface {
 // the block into memory and writing it out again, a copy per byte, does).
 const lz4Sample = 32 << 10
 
+// lz4Sampler is what MoveFrom needs to try a sample.
+type lz4Sampler struct {
+	c       lz4.Compressor
+	in, out [lz4Sample]byte
+}
+
 // MoveFrom writes n bytes of src into blocks, deciding 1 MiB at a time
 // from a sample of its first 32 KiB: contents whose sample compresses are
 // read into blocks and compressed as Write's; the others become a block
@@ -129,17 +136,18 @@ const lz4Sample = 32 << 10
 // here (random memory then costs what it costs uncompressed: one copy,
 // into the file). A block mixing both is judged by its start.
 func (w *lz4Writer) MoveFrom(src io.Reader, n int64, peek func([]byte) (int, error), move Mover) (int64, error) {
-	work := lz4Works.Get().(*lz4Work)
-	defer lz4Works.Put(work)
-	var sample [lz4Sample]byte
+	if w.sampler == nil {
+		w.sampler = new(lz4Sampler)
+	}
+	s := w.sampler
 	var moved int64
 	for moved < n {
 		chunk := min(n-moved, lz4Block)
-		k, err := peek(sample[:min(chunk, lz4Sample)])
+		k, err := peek(s.in[:min(chunk, lz4Sample)])
 		if err != nil {
 			return moved, err
 		}
-		if c, err := work.c.CompressBlock(sample[:k], work.dst[:k]); err == nil && c > 0 && c < k-k/16 {
+		if c, err := s.c.CompressBlock(s.in[:k], s.out[:k]); err == nil && c > 0 && c < k-k/16 {
 			m, err := CopyMover(w, src, chunk) // ReadFrom: into blocks
 			moved += m
 			if err != nil {
