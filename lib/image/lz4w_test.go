@@ -43,16 +43,7 @@ func TestLz4Writer(t *testing.T) {
 				}
 				want.Write(c.from)
 			}
-			if err := w.Close(); err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(out.Bytes())))
-			if err != nil {
-				t.Fatalf("lz4 reader: %v", err)
-			}
-			if !bytes.Equal(got, want.Bytes()) {
-				t.Fatalf("read back %d bytes, wrote %d", len(got), want.Len())
-			}
+			closeAndReadBack(t, w, &out, &want)
 			if c.name == "compressible" && out.Len() > want.Len()/10 {
 				t.Errorf("compressible data: %d bytes for %d", out.Len(), want.Len())
 			}
@@ -116,16 +107,7 @@ func TestLz4WriterMoveFrom(t *testing.T) {
 		}
 		want.Write(part.move)
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(out.Bytes())))
-	if err != nil {
-		t.Fatalf("lz4 reader: %v", err)
-	}
-	if !bytes.Equal(got, want.Bytes()) {
-		t.Fatalf("read back %d bytes, wrote %d", len(got), want.Len())
-	}
+	closeAndReadBack(t, w, &out, &want)
 	if moved != len(rnd)+PageSize {
 		t.Errorf("the Mover moved %d bytes, want the %d random ones", moved, len(rnd)+PageSize)
 	}
@@ -139,6 +121,22 @@ func TestLz4WriterMoveFrom(t *testing.T) {
 		t.Error("MoveFrom of a source that ends early: no error")
 	}
 	w.Close()
+}
+
+// closeAndReadBack closes w and reads its frame in out back with the lz4
+// package's reader: it must be want.
+func closeAndReadBack(t *testing.T, w *lz4Writer, out, want *bytes.Buffer) {
+	t.Helper()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(lz4.NewReader(bytes.NewReader(out.Bytes())))
+	if err != nil {
+		t.Fatalf("lz4 reader: %v", err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("read back %d bytes, wrote %d", len(got), want.Len())
+	}
 }
 
 // TestLz4WriterError: a failing output is reported, not lost.
