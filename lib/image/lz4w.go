@@ -123,6 +123,9 @@ type RawSink interface {
 // the block into memory and writing it out again, a copy per byte, does).
 const lz4Sample = 32 << 10
 
+// lz4MinSample: a smaller sample is not judged (see MoveFrom).
+const lz4MinSample = 4 << 10
+
 // lz4Sampler is what MoveFrom needs to try a sample.
 type lz4Sampler struct {
 	c       lz4.Compressor
@@ -147,7 +150,10 @@ func (w *lz4Writer) MoveFrom(src io.Reader, n int64, peek func([]byte) (int, err
 		if err != nil {
 			return moved, err
 		}
-		if c, err := s.c.CompressBlock(s.in[:k], s.out[:k]); err == nil && c > 0 && c < k-k/16 {
+		// A sample of less than a page (the pipe held only the end of one)
+		// tells nothing: such a MiB is compressed, which is always right.
+		judged := int64(k) >= min(chunk, lz4MinSample)
+		if c, err := s.c.CompressBlock(s.in[:k], s.out[:k]); !judged || err == nil && c > 0 && c < k-k/16 {
 			m, err := CopyMover(w, src, chunk) // ReadFrom: into blocks
 			moved += m
 			if err != nil {

@@ -115,6 +115,20 @@ func TestLz4WriterMoveFrom(t *testing.T) {
 		t.Errorf("%d bytes written, want at most %d (compressible parts compressed)", out.Len(), limit)
 	}
 
+	// A sample of less than a page (the pipe held only the end of one) is
+	// not judged: compressible contents behind it are compressed.
+	out.Reset()
+	w, moved = newLz4Writer(&out, 2), 0
+	src.b = pat
+	stingy := func(p []byte) (int, error) { return src.peek(p[:min(len(p), 32)]) }
+	if n, err := w.MoveFrom(src, int64(len(pat)), stingy, move); err != nil || n != int64(len(pat)) {
+		t.Fatalf("MoveFrom with 32-byte samples: %d of %d, %v", n, len(pat), err)
+	}
+	closeAndReadBack(t, w, &out, bytes.NewBuffer(pat))
+	if moved != 0 || out.Len() > len(pat)/10 {
+		t.Errorf("with 32-byte samples: %d bytes stored as they are, %d written for %d compressible", moved, out.Len(), len(pat))
+	}
+
 	w = newLz4Writer(io.Discard, 2)
 	src.b = rnd[:PageSize]
 	if _, err := w.MoveFrom(src, 2*PageSize, src.peek, move); err == nil {
