@@ -148,11 +148,12 @@ func drainRelay(df *os.File, n int64) error {
 			continue
 		case err == unix.EINVAL:
 			// A file that splice cannot write (O_APPEND, a file system
-			// without splice): copy the rest out of the relay.
-			_, err = image.CopyMover(df, relay.r, n)
-			if err == nil {
-				return nil
+			// without splice): copy the rest out of the relay. (Its
+			// errors name the read or write that failed.)
+			if _, err = image.CopyMover(df, relay.r, n); err != nil {
+				relay.drop()
 			}
+			return err
 		case err == nil && m == 0:
 			err = io.ErrShortWrite
 		}
