@@ -40,6 +40,7 @@ var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-pages", "cr-fi
 // Options configure a dump.
 type Options struct {
 	Pid          int
+	Cgroup       string // cr-freeze --cgroup: the tree's own cgroup, frozen in place
 	Output       string // file; "" for stdout
 	LeaveRunning bool
 	Compress     bool
@@ -59,9 +60,10 @@ func Command() *cli.App {
 	return &cli.App{
 		Name:      "cr-dump",
 		Usage:     "checkpoint a process through the stage pipeline, then kill it (or leave it running)",
-		UsageText: "cr-dump -t PID [-o FILE] [--leave-running] [--compress] [--shell-job] [--ghost-limit SIZE]",
+		UsageText: "cr-dump -t PID [--cgroup DIR] [-o FILE] [--leave-running] [--compress] [--shell-job] [--ghost-limit SIZE]",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "tree", Aliases: []string{"t", "pid", "p"}, Usage: "pid of the process to checkpoint (the root of the tree); --pid as for cr-freeze", Required: true},
+			freeze.CgroupFlag,
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the image to `FILE` (default stdout)"},
 			&cli.BoolFlag{Name: "leave-running", Aliases: []string{"R"}, Usage: "thaw the process after the dump instead of killing it"},
 			&cli.BoolFlag{Name: "shell-job", Usage: "the process is a job of an interactive shell: accept its terminal (restore with cr-restore --shell-job)"},
@@ -80,6 +82,7 @@ func Command() *cli.App {
 			}
 			return Run(Options{
 				Pid:          c.Int("tree"),
+				Cgroup:       c.String("cgroup"),
 				Output:       c.String("output"),
 				LeaveRunning: c.Bool("leave-running"),
 				Compress:     c.Bool("compress"),
@@ -296,6 +299,9 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		var args []string
 		if i == 0 {
 			args = append(args, "--pid", strconv.Itoa(opt.Pid))
+			if opt.Cgroup != "" {
+				args = append(args, "--cgroup", opt.Cgroup)
+			}
 		}
 		if opt.Verbose {
 			args = append(args, "-v")

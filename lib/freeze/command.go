@@ -23,9 +23,10 @@ func Command() *cli.App {
 	return &cli.App{
 		Name:      "cr-freeze",
 		Usage:     "freeze a process and start an image stream on stdout",
-		UsageText: "cr-freeze --pid PID [--timeout D] [--compress] > stream\n   cr-freeze thaw|kill [--pid PID | FILE] < stream",
+		UsageText: "cr-freeze --pid PID [--cgroup DIR] [--timeout D] [--compress] > stream\n   cr-freeze thaw|kill [--pid PID | FILE] < stream",
 		Flags: []cli.Flag{
 			pidFlag,
+			CgroupFlag,
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "how long to wait for the cgroup to freeze"},
 			stage.CompressFlag,
 		},
@@ -61,6 +62,9 @@ func Command() *cli.App {
 	}
 }
 
+// CgroupFlag is cr-freeze's and cr-dump's --cgroup.
+var CgroupFlag = &cli.StringFlag{Name: "cgroup", Usage: "freeze the cgroup v2 directory `DIR` where it is, a cgroup that holds the tree of --pid and nothing else (a container's, a service's), instead of moving the tree into a cgroup of its own: no process is moved, which is faster"}
+
 func runFreeze(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return stage.Usagef("unexpected argument %q (subcommands are thaw and kill)", c.Args().First())
@@ -77,7 +81,7 @@ func runFreeze(c *cli.Context) error {
 	// silent death by SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
 	pid := c.Int("pid")
-	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout")})
+	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout"), Cgroup: c.String("cgroup")})
 	if err != nil {
 		return err
 	}
@@ -87,7 +91,7 @@ func runFreeze(c *cli.Context) error {
 		err = stage.EndOutput()
 	}
 	if err != nil {
-		if terr := thawDir(f.Cgroup, f.Tasks); terr != nil {
+		if terr := f.Undo(); terr != nil {
 			return fmt.Errorf("output: %w (and thawing failed: %v)", err, terr)
 		}
 		return fmt.Errorf("output: %w (pid %d thawed)", err, pid)
@@ -130,7 +134,7 @@ func dispose(c *cli.Context, kill bool) error {
 		}
 		did, err := ThawPid(pid)
 		if err == nil && !did {
-			fmt.Fprintf(os.Stderr, "%s: pid %d is not frozen by cr-freeze (no %s%d cgroup); nothing to thaw\n", filepath.Base(os.Args[0]), pid, Prefix, pid)
+			fmt.Fprintf(os.Stderr, "%s: pid %d is not frozen by cr-freeze (no %s%d cgroup, and its own is not frozen in place); nothing to thaw\n", filepath.Base(os.Args[0]), pid, Prefix, pid)
 		}
 		return err
 	}

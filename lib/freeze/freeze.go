@@ -1,13 +1,14 @@
 // Package freeze starts a checkpoint: it freezes a process in a transient
-// cgroup v2 group with the cgroup freezer, records what it froze (Inventory,
+// cgroup v2 group with the cgroup freezer (or, with --cgroup, the cgroup
+// that holds its tree, where it is), records what it froze (Inventory,
 // Freeze and Process records), and later applies the disposition: thaw
 // (everything back where it was) or kill.
 //
 // The frozen state lives in the kernel, not in cr-freeze: the stages that
 // follow attach, read and detach while the tasks stay frozen. What thaw and
 // kill need is in the stream's Freeze and Process records, and also in a
-// user.crpipe.freeze xattr on the transient cgroup, so `--pid` works
-// without the stream.
+// user.crpipe.freeze xattr on the frozen cgroup, so `--pid` works without
+// the stream.
 package freeze
 
 import (
@@ -38,7 +39,7 @@ import (
 // Prefix names transient cgroups, so leftovers are easy to spot.
 const Prefix = "crpipe-"
 
-// xattrName holds the thaw/kill state on the transient cgroup directory.
+// xattrName holds the thaw/kill state on the frozen cgroup directory.
 const xattrName = "user.crpipe.freeze"
 
 // ToolVersion is recorded in the Inventory.
@@ -48,6 +49,10 @@ const ToolVersion = "crpipe-dev"
 type Options struct {
 	// Timeout bounds the wait for the cgroup to report frozen.
 	Timeout time.Duration
+	// Cgroup, when set, is a cgroup v2 directory that holds the tree and
+	// nothing else (a container's, a service's): it is frozen where it is
+	// (freezeInPlace).
+	Cgroup string
 }
 
 // Task is one frozen process and where it lived before.
@@ -59,10 +64,11 @@ type Task struct {
 
 // Frozen is the result of a successful Freeze.
 type Frozen struct {
-	Root   int
-	Cgroup string // absolute directory of the transient cgroup
-	Tasks  []Task
-	Procs  []*pb.Process
+	Root    int
+	Cgroup  string // absolute directory of the frozen cgroup
+	InPlace bool   // Cgroup is the tree's own, frozen where it is; else transient
+	Tasks   []Task
+	Procs   []*pb.Process
 }
 
 // ErrRefused marks a target cr-freeze will not checkpoint (yet); nothing
@@ -94,11 +100,15 @@ func isTransient(mount, dir string) bool {
 	return ok && err == nil && filepath.Dir(dir) == filepath.Clean(mount)
 }
 
-// Freeze moves pid into a fresh transient cgroup and freezes it. On any
-// error everything is put back as it was.
+// Freeze moves pid into a fresh transient cgroup and freezes it, or with
+// opt.Cgroup freezes that cgroup in place. On any error everything is put
+// back as it was.
 func Freeze(pid int, opt Options) (*Frozen, error) {
 	if opt.Timeout <= 0 {
 		opt.Timeout = 10 * time.Second
+	}
+	if opt.Cgroup != "" {
+		return freezeInPlace(pid, opt)
 	}
 	st, err := check(pid)
 	if err != nil {
@@ -175,22 +185,189 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if err := f.describe(procs); err != nil {
+		return fail(err)
+	}
+	return f, nil
+}
+
+// describe makes the records of the frozen tree, whose live processes are
+// procs (the cgroup's), and refuses a tree that cannot be restored.
+func (f *Frozen) describe(procs []int) error {
 	recs, err := f.records(procs)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	ordered, err := tree.Order(recs)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	if err := tree.Check(ordered); err != nil {
-		return fail(stage.Hint(refuse("%v", err), "checkpoint a tree whose sessions and process groups are its own"))
+		return stage.Hint(refuse("%v", err), "checkpoint a tree whose sessions and process groups are its own")
 	}
 	if err := checkNamespaces(ordered); err != nil {
-		return fail(err)
+		return err
 	}
 	f.Procs = ordered
+	return nil
+}
+
+// freezeInPlace freezes opt.Cgroup where it is. No process moves: no
+// write to cgroup.procs, and none of the RCU grace period a move can wait
+// for (10-18 ms here, doc/performance.md), nor the moves back at thaw.
+// The cgroup must hold pid's tree and nothing else, every process directly
+// in it. One frozen already is refused: someone else froze it, and the
+// thaw after the checkpoint would undo that. On any error it is thawed
+// again, as it was.
+func freezeInPlace(pid int, opt Options) (*Frozen, error) {
+	st, err := check(pid)
+	if err != nil {
+		return nil, err
+	}
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		return nil, stage.Hint(err, "mount cgroup2 (e.g. mount -t cgroup2 none /sys/fs/cgroup/unified)")
+	}
+	dir, err := inPlaceDir(mount, opt.Cgroup)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return nil, noProcess(pid, err)
+	}
+	if got := filepath.Join(mount, rel); got != dir {
+		return nil, stage.Usagef("pid %d is in cgroup %s, not in %s", pid, got, dir)
+	}
+	if self, err := proc.Cgroup2Of(os.Getpid()); err == nil && inside(filepath.Join(mount, self), dir) {
+		return nil, stage.Hint(refuse("cr-freeze runs in cgroup %s itself: freezing it would freeze this pipeline", dir),
+			"run the checkpoint from outside the cgroup")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.freeze"))
+	if err != nil {
+		return nil, permission(pid, err)
+	}
+	if strings.TrimSpace(string(b)) != "0" {
+		return nil, stage.Hint(refuse("cgroup %s is frozen already: someone else froze it", dir),
+			fmt.Sprintf("thaw it (echo 0 > %s/cgroup.freeze) and checkpoint again: cr-freeze freezes it itself, and thaws it after", dir))
+	}
+	if tasks, err := getState(dir); err == nil && len(tasks) > 0 {
+		if cur, err := proc.ReadStat(tasks[0].Pid); err == nil && cur.StartTime == tasks[0].StartTime {
+			return nil, stage.Hint(refuse("cgroup %s: a checkpoint of pid %d is in progress or was left over", dir, tasks[0].Pid),
+				fmt.Sprintf("run cr-freeze thaw --pid %d", tasks[0].Pid))
+		}
+		removeState(dir) // left by a checkpoint of a process long gone
+	}
+	f := &Frozen{Root: pid, Cgroup: dir, InPlace: true, Tasks: []Task{{Pid: pid, StartTime: st.StartTime, Cgroup2: dir}}}
+	// Recorded before frozen: a thaw after a crash finds it.
+	if err := setState(dir, f.Tasks); err != nil {
+		return nil, permission(pid, fmt.Errorf("pid %d: record state on %s: %w", pid, dir, err))
+	}
+	fail := func(err error) (*Frozen, error) {
+		if uerr := thawInPlace(dir, pid); uerr != nil {
+			err = fmt.Errorf("%w (and undoing the freeze failed: %v)", err, uerr)
+		}
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
+		return fail(fmt.Errorf("pid %d: freeze %s: %w", pid, dir, err))
+	}
+	if err := waitEvent(dir, "frozen", "1", opt.Timeout); err != nil {
+		return fail(stage.Hint(fmt.Errorf("pid %d: %w", pid, err), "a task in uninterruptible sleep (state D) cannot freeze; retry later"))
+	}
+	if err := refuseNested(dir); err != nil {
+		return fail(err)
+	}
+	procs, err := readPids(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return fail(err)
+	}
+	if err := f.checkAll(procs, dir); err != nil {
+		return fail(err)
+	}
+	if err := setState(dir, f.Tasks); err != nil {
+		return fail(err)
+	}
+	if err := f.describe(procs); err != nil {
+		return fail(stage.Hint(err, "a cgroup frozen in place must hold the tree of --pid and nothing else; leave out --cgroup to freeze the tree alone"))
+	}
 	return f, nil
+}
+
+// inPlaceDir checks that dir is a cgroup v2 directory that can be frozen in
+// place, and returns its absolute path.
+func inPlaceDir(mount, dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", stage.Usagef("--cgroup %s: %v", dir, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(abs, &fs); err != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return "", stage.Hint(stage.Usagef("--cgroup %s: not a cgroup v2 directory", dir), "give a directory under the cgroup2 mount "+mount)
+	}
+	if !inside(abs, filepath.Clean(mount)) || abs == filepath.Clean(mount) {
+		return "", stage.Usagef("--cgroup %s: the root cgroup cannot be frozen; give the tree's own cgroup under %s", dir, mount)
+	}
+	if isTransient(mount, abs) {
+		return "", stage.Usagef("--cgroup %s: a transient cgroup of cr-freeze's", dir)
+	}
+	return abs, nil
+}
+
+// inside: cgroup directory d is dir or below it.
+func inside(d, dir string) bool { return d == dir || strings.HasPrefix(d, dir+"/") }
+
+// refuseNested refuses a cgroup with processes in a cgroup below it: the
+// stages find every process of the tree in the frozen cgroup itself.
+func refuseNested(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		sub := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(filepath.Join(sub, "cgroup.events"))
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(b), "populated 1") {
+			return stage.Hint(refuse("cgroup %s holds processes in %s below it: not supported", dir, sub),
+				"freeze the cgroup of the processes, or leave out --cgroup to freeze the tree in a cgroup of its own")
+		}
+	}
+	return nil
+}
+
+// checkAll checks every process of procs but the root, recorded already,
+// as the root was, and records them (their cgroup is dir).
+func (f *Frozen) checkAll(procs []int, dir string) error {
+	sts := make([]*proc.Stat, len(procs))
+	err := par.For(len(procs), runtime.GOMAXPROCS(0), func(i int) error {
+		if procs[i] == f.Root {
+			return nil
+		}
+		st, err := check(procs[i])
+		if err != nil {
+			if st, serr := proc.ReadStat(procs[i]); serr != nil || st.State == 'Z' {
+				return nil // exiting as it froze: describe records a zombie
+			}
+			return err
+		}
+		sts[i] = st
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, pid := range procs {
+		if sts[i] != nil {
+			f.Tasks = append(f.Tasks, Task{Pid: pid, StartTime: sts[i].StartTime, Cgroup2: dir})
+		}
+	}
+	return nil
 }
 
 // adoptStable moves descendants into dir until a round finds none.
@@ -391,7 +568,7 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 		}
 	}
 	for pid := range live {
-		return nil, fmt.Errorf("cgroup %s holds pid %d, which is no longer in the tree of pid %d", f.Cgroup, pid, f.Root)
+		return nil, fmt.Errorf("cgroup %s holds pid %d, which is not in the tree of pid %d", f.Cgroup, pid, f.Root)
 	}
 	return recs, nil
 }
@@ -485,6 +662,14 @@ func processRecord(pid int, st *proc.Stat) (*pb.Process, error) {
 	return p, nil
 }
 
+// Undo thaws what Freeze froze, as it was before.
+func (f *Frozen) Undo() error {
+	if f.InPlace {
+		return thawInPlace(f.Cgroup, f.Root)
+	}
+	return thawDir(f.Cgroup, f.Tasks)
+}
+
 // Records returns the records that open the stream.
 func (f *Frozen) Records() (*pb.Inventory, *pb.Freeze, []*pb.Process) {
 	inv := &pb.Inventory{
@@ -500,6 +685,9 @@ func (f *Frozen) Records() (*pb.Inventory, *pb.Freeze, []*pb.Process) {
 	}
 	inv.BootId, _ = proc.BootID()
 	fr := &pb.Freeze{Method: "cgroup2-transient", Cgroup: f.Cgroup, Transient: true}
+	if f.InPlace {
+		fr.Method, fr.Transient = "cgroup2-given", false
+	}
 	for _, t := range f.Tasks {
 		fr.Original = append(fr.Original, &pb.TaskCgroup{Pid: uint32(t.Pid), Cgroup2: t.Cgroup2})
 	}
@@ -507,27 +695,15 @@ func (f *Frozen) Records() (*pb.Inventory, *pb.Freeze, []*pb.Process) {
 }
 
 // Thaw undoes a Freeze described by a stream's records: unfreeze, move the
-// processes back to their original cgroups, remove the transient cgroup.
+// processes back to their original cgroups, remove the transient cgroup
+// (or, frozen in place, unfreeze it and remove the state).
 // procs (optional) supply start times so a reused pid is never moved.
 func Thaw(fr *pb.Freeze, procs []*pb.Process) error {
-	if fr == nil || fr.Cgroup == "" {
+	if fr == nil || fr.Cgroup == "" || len(fr.Original) == 0 {
 		return errors.New("the stream has no freeze record")
 	}
 	if !fr.Transient {
-		if len(procs) > 0 {
-			var pids []int
-			for _, p := range procs {
-				pids = append(pids, int(p.Pid))
-			}
-			if err := releaseNetwork(netlock.TableName(int(procs[0].Pid)), pids); err != nil {
-				return err
-			}
-			if err := writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0"); err != nil {
-				return err
-			}
-			return recoverStubs(pids)
-		}
-		return writeFile(filepath.Join(fr.Cgroup, "cgroup.freeze"), "0")
+		return thawInPlace(fr.Cgroup, int(fr.Original[0].Pid))
 	}
 	return thawDir(fr.Cgroup, tasksOf(fr, procs))
 }
@@ -544,10 +720,10 @@ func tasksOf(fr *pb.Freeze, procs []*pb.Process) []Task {
 	return ts
 }
 
-// ThawPid thaws the transient cgroup of pid using the state recorded on it.
+// ThawPid thaws the cgroup pid was frozen in, using the state recorded on it.
 // A pid that is not frozen is not an error: thaw is idempotent.
 func ThawPid(pid int) (bool, error) {
-	dir, tasks, err := findPid(pid)
+	dir, tasks, inPlace, err := findPid(pid)
 	if errors.Is(err, errNoState) {
 		// cr-freeze died between creating the cgroup and recording its
 		// state: nothing can have been moved in yet unless it is populated.
@@ -563,23 +739,68 @@ func ThawPid(pid int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if inPlace {
+		return true, thawInPlace(dir, pid)
+	}
 	return true, thawDir(dir, tasks)
 }
 
-func findPid(pid int) (string, []Task, error) {
+// findPid finds the cgroup pid was frozen in, and its recorded tasks:
+// the transient cgroup named after it, or (inPlace) its own cgroup, frozen
+// in place with pid as the root.
+func findPid(pid int) (dir string, tasks []Task, inPlace bool, err error) {
 	mount, err := proc.Cgroup2Mount()
 	if err != nil {
-		return "", nil, err
+		return "", nil, false, err
 	}
-	dir := cgroupDir(mount, pid)
+	dir = cgroupDir(mount, pid)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return "", nil, fmt.Errorf("pid %d: no cgroup %s: %w", pid, dir, ErrNotFrozen)
+		if own, tasks, ok := inPlaceOf(mount, pid); ok {
+			return own, tasks, true, nil
+		}
+		return "", nil, false, fmt.Errorf("pid %d: no cgroup %s, and its own is not frozen by cr-freeze --cgroup: %w", pid, dir, ErrNotFrozen)
 	}
-	tasks, err := getState(dir)
+	tasks, err = getState(dir)
 	if err != nil {
-		return dir, nil, fmt.Errorf("pid %d: %s has no crpipe state (%v): %w", pid, dir, err, errNoState)
+		return dir, nil, false, fmt.Errorf("pid %d: %s has no crpipe state (%v): %w", pid, dir, err, errNoState)
 	}
-	return dir, tasks, nil
+	return dir, tasks, false, nil
+}
+
+// inPlaceOf finds the state of a freeze in place whose root is pid, on
+// the cgroup pid is in.
+func inPlaceOf(mount string, pid int) (string, []Task, bool) {
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return "", nil, false
+	}
+	dir := filepath.Join(mount, rel)
+	tasks, err := getState(dir)
+	if err != nil || len(tasks) == 0 || tasks[0].Pid != pid {
+		return "", nil, false
+	}
+	if st, err := proc.ReadStat(pid); err != nil || st.StartTime != tasks[0].StartTime {
+		return "", nil, false // the state of an earlier process with that pid
+	}
+	return dir, tasks, true
+}
+
+// thawInPlace undoes a freeze in place of dir, whose tree's root is root:
+// the TCP connections released, the cgroup thawed, what a dead stage left
+// put back, the state removed.
+func thawInPlace(dir string, root int) error {
+	pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return fmt.Errorf("thaw %s: %w", dir, err)
+	}
+	// Stopped at a failure here, the tree stays frozen for another try.
+	if err := releaseNetwork(netlock.TableName(root), pids); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil {
+		return fmt.Errorf("thaw %s: %w", dir, err)
+	}
+	return errors.Join(recoverStubs(pids), removeState(dir))
 }
 
 // thawDir unfreezes dir, moves every process in it back to where it came
@@ -676,13 +897,13 @@ func Kill(fr *pb.Freeze, procs []*pb.Process) error {
 	return killDir(fr.Cgroup, tasksOf(fr, procs), fr.Transient)
 }
 
-// KillPid kills the processes in the transient cgroup of pid.
+// KillPid kills the processes in the cgroup pid was frozen in.
 func KillPid(pid int) error {
-	dir, tasks, err := findPid(pid)
+	dir, tasks, inPlace, err := findPid(pid)
 	if err != nil {
 		return stage.Hint(err, "only a process frozen by cr-freeze --pid can be killed this way")
 	}
-	return killDir(dir, tasks, true)
+	return killDir(dir, tasks, !inPlace)
 }
 
 func killDir(dir string, tasks []Task, transient bool) error {
@@ -718,11 +939,20 @@ func killDir(dir string, tasks []Task, transient bool) error {
 			orphans = append(orphans, st)
 		}
 	}
-	if err := writeFile(filepath.Join(dir, "cgroup.kill"), "1"); err != nil {
+	// A cgroup frozen in place is someone else's, and on Linux 6.18 a
+	// write to cgroup.kill leaves it killing every process cloned into it
+	// later (CLONE_INTO_CGROUP, as container runtimes and cr-restore
+	// start processes): its processes are signalled one by one instead,
+	// as where cgroup.kill is missing (before Linux 5.14). Frozen, none
+	// can fork meanwhile, and none was added (checked above).
+	err = os.ErrNotExist
+	if transient {
+		err = writeFile(filepath.Join(dir, "cgroup.kill"), "1")
+	}
+	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("kill %s: %w", dir, err)
 		}
-		// cgroup.kill needs Linux 5.14: signal each process instead.
 		for _, pid := range pids {
 			unix.Kill(pid, unix.SIGKILL)
 		}
@@ -733,7 +963,12 @@ func killDir(dir string, tasks []Task, transient bool) error {
 	}
 	waitReaped(orphans, 2*time.Second)
 	if !transient {
-		return nil
+		// Frozen in place: the cgroup is someone else's, left as it was
+		// before, thawed (empty now) and without the state.
+		if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil {
+			return fmt.Errorf("thaw %s after the kill: %w", dir, err)
+		}
+		return removeState(dir)
 	}
 	return rmdirWait(dir)
 }
@@ -826,7 +1061,7 @@ func encodeState(tasks []Task) ([]byte, error) {
 	b, err := json.Marshal(st)
 	if err == nil && len(b) > maxStateSize {
 		return nil, stage.Hint(refuse("%d processes are too many to record where they came from (%d bytes, at most %d)", len(tasks), len(b), maxStateSize),
-			"put the tree in a cgroup of its own and freeze that with --cgroup")
+			"cr-freeze records at most about 2,700 processes per checkpoint")
 	}
 	return b, err
 }
@@ -885,6 +1120,14 @@ func setState(dir string, tasks []Task) error {
 		return err
 	}
 	return unix.Setxattr(dir, xattrName, b, 0)
+}
+
+// removeState removes the state of a freeze in place; none is no error.
+func removeState(dir string) error {
+	if err := unix.Removexattr(dir, xattrName); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("remove the state on %s: %w", dir, err)
+	}
+	return nil
 }
 
 func getState(dir string) ([]Task, error) {

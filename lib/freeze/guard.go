@@ -79,7 +79,7 @@ func Guard(pid int, in io.Reader, partial string) error {
 // waitUntraced waits until no thread of the processes in pid's transient
 // cgroup has a tracer (a stage on its way out), or for limit.
 func waitUntraced(pid int, limit time.Duration) {
-	_, tasks, err := findPid(pid)
+	_, tasks, _, err := findPid(pid)
 	if err != nil {
 		return
 	}

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 	"crpipe/pie"
 )
 
@@ -107,6 +109,37 @@ type restorer struct {
 // CLONE_INTO_CGROUP, Linux 5.7), and so does everything it clones: no
 // process is moved, which would cost an RCU grace period (doc/performance.md).
 func startHelper(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
+	r, cmd, err := startHelperIn(pidns, cgroup)
+	if err != nil || cgroup == nil {
+		return r, cmd, err
+	}
+	// Start returns once the child has exec'd or died, and one killed at
+	// birth may not be a zombie yet: ask it something.
+	if _, err := r.run(sc("getpid", unix.SYS_GETPID)); err == nil {
+		return r, cmd, nil
+	}
+	r.sock.Close()
+	cmd.Wait()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		return nil, nil, fmt.Errorf("the restorer started in %s died: %v", cgroup.Name(), cmd.ProcessState)
+	}
+	// Linux 6.18 kills a child cloned into a cgroup that cgroup.kill was
+	// ever written to (it compares the cgroup's kill count with the
+	// parent's cgroup's): start outside and move in, which that spares.
+	stage.Logf("a process cloned into %s is killed at once (a cgroup that was killed with cgroup.kill): the restorer starts outside and moves in", cgroup.Name())
+	if r, cmd, err = startHelperIn(pidns, nil); err != nil {
+		return nil, nil, err
+	}
+	if err := sys.CgroupWrite(cgroup.Name(), "cgroup.procs", strconv.Itoa(cmd.Process.Pid)); err != nil {
+		r.sock.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, nil, fmt.Errorf("move the restorer into %s: %w", cgroup.Name(), err)
+	}
+	return r, cmd, nil
+}
+
+func startHelperIn(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
 	layout, err := pie.RestorerLayout()
 	if err != nil {
 		return nil, nil, err

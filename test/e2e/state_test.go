@@ -818,6 +818,7 @@ func testCgroup(t *testing.T, mount, name string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0) // a test that failed frozen
 		var err error
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 			if err = os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
