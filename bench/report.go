@@ -303,8 +303,8 @@ func printReport(w io.Writer, rep *report) {
 	}
 	for _, r := range rep.Workloads {
 		if t := r.byName[mTinyTotal]; t != nil {
-			fmt.Fprintf(w, "\nTiny counter, stages run bare: dump %s s, restore %s s, dump + restore %s s (min / median).\n",
-				secs(r.byName[mTinyDump]), secs(r.byName[mTinyRest]), secs(t))
+			fmt.Fprintf(w, "\n%s, stages run bare: dump %s s, restore %s s, dump + restore %s s (min / median).\n",
+				r.Name, secs(r.byName[mTinyDump]), secs(r.byName[mTinyRest]), secs(t))
 		}
 		if p := r.byName[mDumpPorc]; p != nil {
 			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s).\n", r.Name, mDumpPorc, secs(p), gbps(p))

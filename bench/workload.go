@@ -27,6 +27,7 @@ type workload struct {
 	Compress  bool     // also dump with --compress
 	Porcelain bool     // also cr-dump --leave-running
 	Tiny      bool     // the tiny counter: latency of dump + restore
+	OwnCgroup bool     // started alone in a cgroup, as a container or service, frozen there (--cgroup)
 	VerifyAll bool     // check the restored memory every repetition (else the first only)
 }
 
@@ -57,6 +58,7 @@ func workloads(quick bool) []*workload {
 		&workload{Name: "100-process tree (1 MiB each)", Args: []string{"procs", "100", "1", "random"}, Bytes: 100 << 20, VerifyAll: true},
 		&workload{Name: "500 threads (16 MiB)", Args: []string{"threads", "500", "16", "random"}, Bytes: 16 << 20, VerifyAll: true},
 		&workload{Name: "tiny counter", Tiny: true, VerifyAll: true},
+		&workload{Name: "tiny counter in a cgroup of its own", Tiny: true, OwnCgroup: true, VerifyAll: true},
 	)
 	return ws
 }
@@ -93,9 +95,10 @@ type proc struct {
 	verdict   string
 	dir       string
 	done      chan struct{}
-	pids      []int // the tree, root first, once ready
-	fds       []int // pidfds of pids[1:]
-	gone      bool  // killed and reaped
+	pids      []int  // the tree, root first, once ready
+	fds       []int  // pidfds of pids[1:]
+	gone      bool   // killed and reaped
+	cgroup    string // its own cgroup (OwnCgroup), made for it, removed by kill
 }
 
 func (h *harness) start(w *workload) (*proc, error) {
@@ -114,8 +117,18 @@ func (h *harness) start(w *workload) (*proc, error) {
 	} else {
 		p.cmd = exec.Command(filepath.Join(h.bin, "test", "benchload"), append([]string{ready, p.verdict}, w.Args...)...)
 	}
+	if w.OwnCgroup {
+		cg, err := h.ownCgroup(p.cmd)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		defer cg.Close()
+		p.cgroup = cg.Name()
+	}
 	if err := p.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
+		p.removeCgroup()
 		return nil, err
 	}
 	p.pid = p.cmd.Process.Pid
@@ -182,6 +195,36 @@ func (p *proc) kill() {
 		p.reapOthers()
 	}
 	os.RemoveAll(p.dir)
+}
+
+// ownCgroup makes a cgroup for the workload cmd starts, which starts in it.
+func (h *harness) ownCgroup(cmd *exec.Cmd) (*os.File, error) {
+	dir := filepath.Join(h.cgroup2, fmt.Sprintf("crpipe-bench-%d-own", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cg, err := os.Open(dir)
+	if err != nil {
+		os.Remove(dir)
+		return nil, err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	return cg, nil
+}
+
+// removeCgroup removes the workload's own cgroup once what ran in it (the
+// workload, its restored copy) is killed: it may take a moment to leave.
+func (p *proc) removeCgroup() {
+	if p.cgroup == "" {
+		return
+	}
+	for i := 0; i < 200; i++ {
+		if err := os.Remove(p.cgroup); err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "bench: cannot remove %s\n", p.cgroup)
 }
 
 // reapOthers kills and reaps the root's descendants (reparented to us).
@@ -415,11 +458,16 @@ func (h *harness) measureTiny(w *workload, res *wresult, rep int) error {
 	if err != nil {
 		return err
 	}
+	defer p.removeCgroup() // after both kills
 	defer p.kill()
 	img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-tiny.img", os.Getpid()))
 	defer os.Remove(img)
+	freeze, restoreArgs := "", []string{"-d", "-i", img}
+	if p.cgroup != "" {
+		freeze, restoreArgs = " --cgroup "+p.cgroup, append(restoreArgs, "--cgroup", p.cgroup)
+	}
 	t0 := time.Now()
-	err = runQuiet("sh", "-c", fmt.Sprintf("cr-freeze --pid %d | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp > %s", p.pid, img))
+	err = runQuiet("sh", "-c", fmt.Sprintf("cr-freeze --pid %d%s | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp > %s", p.pid, freeze, img))
 	dump := time.Since(t0)
 	res.record(mTinyDump, dump, err)
 	if err != nil {
@@ -432,7 +480,7 @@ func (h *harness) measureTiny(w *workload, res *wresult, rep int) error {
 	<-p.done
 	p.reapOthers()
 	t1 := time.Now()
-	err = runQuiet("cr-restore", "-d", "-i", img)
+	err = runQuiet("cr-restore", restoreArgs...)
 	rest := time.Since(t1)
 	res.record(mTinyRest, rest, err)
 	if err != nil {
