@@ -285,6 +285,12 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 		}
 	}
 	if fl.Finish != nil {
+		// What came from upstream goes on now, not behind this stage's own
+		// work: the stages after it can start theirs (cr-pages sets up its
+		// VMA iterator as soon as it sees a process worth lending).
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("output: %w", err)
+		}
 		if err := fl.Finish(w); err != nil {
 			return err
 		}
