@@ -176,13 +176,19 @@ func (rc *Ctx) restoreFiles(t *task) error {
 	for i := 0; i < len(fl.Fds); i += fdInstallBatch {
 		batch := fl.Fds[i:min(i+fdInstallBatch, len(fl.Fds))]
 		files := make([]*os.File, 0, len(batch))
-		for _, fd := range batch {
-			f, err := openFd(rc, t, fd)
-			if err != nil {
-				closeFiles(files)
-				return err
+		err := rc.locked(func() error {
+			for _, fd := range batch {
+				f, err := openFd(rc, t, fd)
+				if err != nil {
+					return err
+				}
+				files = append(files, f)
 			}
-			files = append(files, f)
+			return nil
+		})
+		if err != nil {
+			closeFiles(files)
+			return err
 		}
 		high, err := t.moveAbove(files, base)
 		if err != nil {

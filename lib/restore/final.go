@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/inject"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/sys"
 )
 
@@ -51,34 +52,10 @@ func (rc *Ctx) finish() error {
 	if err := rc.completeTree(); err != nil {
 		return err
 	}
-	for _, t := range live {
-		if err := t.sealVmas(); err != nil {
-			return err
-		}
-		if err := rc.restoreFiles(t); err != nil {
-			return err
-		}
-		s := &scratchWriter{base: t.scratch}
-		calls, err := t.processCalls(rc, s)
-		if err != nil {
-			return err
-		}
-		for _, st := range processStates {
-			c, err := st(rc, t, s)
-			if err != nil {
-				return err
-			}
-			calls = append(calls, c...)
-		}
-		if err := t.runWithScratch(t.r, s, calls); err != nil {
-			return err
-		}
-		if err := t.createThreads(); err != nil {
-			return err
-		}
-		if err := rc.threadCalls(t, s); err != nil {
-			return err
-		}
+	// Files, per-process state and threads, a task per core at a time:
+	// it is mostly round trips to the tasks, each waiting for the other.
+	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error { return rc.finishTask(live[i]) }); err != nil {
+		return err
 	}
 	// Every thread is seized (not stopped: the restorers go on serving)
 	// with PTRACE_O_SUSPEND_SECCOMP before the last states, which install
@@ -170,7 +147,11 @@ func (t *task) processCalls(rc *Ctx, s *scratchWriter) ([]call, error) {
 	if exe == "" {
 		exe = t.files.Exe
 	}
-	exeFile, err := rc.openExe(t, exe)
+	var exeFile *os.File
+	err := rc.locked(func() (err error) {
+		exeFile, err = rc.openExe(t, exe)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: exe: %w", t.pid, err)
 	}
@@ -282,18 +263,61 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 			}
 			calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
 		}
-		for _, st := range threadStates {
-			c, err := st(rc, t, o.tid, s)
-			if err != nil {
-				return err
+		err := rc.locked(func() error {
+			for _, st := range threadStates {
+				c, err := st(rc, t, o.tid, s)
+				if err != nil {
+					return err
+				}
+				calls = append(calls, c...)
 			}
-			calls = append(calls, c...)
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		if err := t.runWithScratch(o.r, s, calls); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// finishTask gives t its files, its per-process state and its threads.
+// Tasks are finished in parallel: what they share in rc is used under
+// rc.mu.
+func (rc *Ctx) finishTask(t *task) error {
+	if err := t.sealVmas(); err != nil {
+		return err
+	}
+	if err := rc.restoreFiles(t); err != nil {
+		return err
+	}
+	s := &scratchWriter{base: t.scratch}
+	calls, err := t.processCalls(rc, s)
+	if err != nil {
+		return err
+	}
+	err = rc.locked(func() error {
+		for _, st := range processStates {
+			c, err := st(rc, t, s)
+			if err != nil {
+				return err
+			}
+			calls = append(calls, c...)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := t.runWithScratch(t.r, s, calls); err != nil {
+		return err
+	}
+	if err := t.createThreads(); err != nil {
+		return err
+	}
+	return rc.threadCalls(t, s)
 }
 
 // seizeAll attaches to every thread of tasks without stopping them. The

@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"os"
+	"sync"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -39,6 +40,17 @@ type Ctx struct {
 	// inventory: the stream's inventory frame was read (and its page size
 	// is this machine's)
 	inventory bool
+	// mu guards all of the above while tasks are finished in parallel
+	// (finishTask): held while a file is opened or a state's calls made,
+	// not during the round trips to the tasks.
+	mu sync.Mutex
+}
+
+// locked runs f holding rc.mu.
+func (rc *Ctx) locked(f func() error) error {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return f()
 }
 
 func (rc *Ctx) owns(f *os.File) bool {
