@@ -232,38 +232,32 @@ func (t *task) createThreads() error {
 }
 
 // threadCalls runs, in every thread, what only the thread itself can set.
-func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
-	type one struct {
-		tid uint32
-		r   *restorer
-	}
-	all := []one{{t.proc.Pid, t.r}}
-	for _, th := range t.threads {
-		all = append(all, one{th.inner, th.r})
-	}
-	for _, o := range all {
+func (rc *Ctx) threadCalls(t *task) error {
+	all := append([]threadRef{{t.proc.Pid, t.r}}, t.threadRefs()...)
+	return t.eachThread(all, func(o threadRef, s *scratchWriter) error {
 		var calls []call
-		if st := t.states[o.tid]; st != nil {
-			calls = append(calls, sc("set_tid_address", unix.SYS_SET_TID_ADDRESS, st.ClearChildTid))
-		}
-		if rs := t.cores[o.tid].Rseq; rs != nil && rs.AbiPointer != 0 {
-			// The registration makes the kernel look at rseq_cs as the
-			// restorer returns to user space, outside any critical section,
-			// and clear it: keep the dumped pointer (the thread's own memory
-			// is filled by now) for setThreadState to put back.
-			cs, err := inject.ReadRseqCs(t.pid, inject.RseqCsAddr(rs.AbiPointer))
-			if err != nil {
-				return fmt.Errorf("pid %d tid %d: %w", t.pid, o.tid, err)
-			}
-			if cs != 0 {
-				if t.rseqCs == nil {
-					t.rseqCs = map[uint32]uint64{}
-				}
-				t.rseqCs[o.tid] = cs
-			}
-			calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
-		}
 		err := rc.locked(func() error {
+			if st := t.states[o.tid]; st != nil {
+				calls = append(calls, sc("set_tid_address", unix.SYS_SET_TID_ADDRESS, st.ClearChildTid))
+			}
+			if rs := t.cores[o.tid].Rseq; rs != nil && rs.AbiPointer != 0 {
+				// The registration makes the kernel look at rseq_cs as the
+				// restorer returns to user space, outside any critical
+				// section, and clear it: keep the dumped pointer (the
+				// thread's own memory is filled by now) for setThreadState
+				// to put back.
+				cs, err := inject.ReadRseqCs(t.pid, inject.RseqCsAddr(rs.AbiPointer))
+				if err != nil {
+					return fmt.Errorf("pid %d tid %d: %w", t.pid, o.tid, err)
+				}
+				if cs != 0 {
+					if t.rseqCs == nil {
+						t.rseqCs = map[uint32]uint64{}
+					}
+					t.rseqCs[o.tid] = cs
+				}
+				calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
+			}
 			for _, st := range threadStates {
 				c, err := st(rc, t, o.tid, s)
 				if err != nil {
@@ -276,11 +270,38 @@ func (rc *Ctx) threadCalls(t *task, s *scratchWriter) error {
 		if err != nil {
 			return err
 		}
-		if err := t.runWithScratch(o.r, s, calls); err != nil {
-			return err
-		}
+		return t.runWithScratch(o.r, s, calls)
+	})
+}
+
+// threadRef is a thread of a task: its tid as dumped, and its restorer.
+type threadRef struct {
+	tid uint32
+	r   *restorer
+}
+
+// threadRefs are t's threads but the leader.
+func (t *task) threadRefs() []threadRef {
+	refs := make([]threadRef, len(t.threads))
+	for i, th := range t.threads {
+		refs[i] = threadRef{th.inner, th.r}
 	}
-	return nil
+	return refs
+}
+
+// threadWorkers: threads are given their state this many at a time (a
+// round trip each, mostly waiting), each worker with its own part of the
+// scratch area (a process's seccomp filters, its largest arguments, take
+// at most 256 KiB).
+const threadWorkers = 2
+
+// eachThread runs f for each of ths, threadWorkers at a time, each worker
+// laying out its arguments in a part of the scratch area of its own.
+func (t *task) eachThread(ths []threadRef, f func(o threadRef, s *scratchWriter) error) error {
+	part := uint64(scratchSize / threadWorkers)
+	return par.ForWorker(len(ths), threadWorkers, func(w, i int) error {
+		return f(ths[i], &scratchWriter{base: t.scratch + uint64(w)*part, size: part})
+	})
 }
 
 // finishTask gives t its files, its per-process state and its threads.
@@ -317,7 +338,7 @@ func (rc *Ctx) finishTask(t *task) error {
 	if err := t.createThreads(); err != nil {
 		return err
 	}
-	return rc.threadCalls(t, s)
+	return rc.threadCalls(t)
 }
 
 // seizeAll attaches to every thread of tasks without stopping them. The

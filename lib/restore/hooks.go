@@ -130,36 +130,33 @@ func registerFinisher(f func(rc *Ctx) error) {
 }
 
 // runLastThreadStates runs the lastThreadStates in every thread of t, the
-// leader last. The threads share the scratch area and run one after the
-// other, so each lays out its arguments from the start of it.
+// leader last: every thread's new credentials reset the process's dumpable
+// flag, which the leader's set.
 func (rc *Ctx) runLastThreadStates(t *task) error {
 	if len(lastThreadStates) == 0 {
 		return nil
 	}
-	type one struct {
-		tid uint32
-		r   *restorer
-	}
-	var all []one
-	for _, th := range t.threads {
-		all = append(all, one{th.inner, th.r})
-	}
-	all = append(all, one{t.proc.Pid, t.r})
-	for _, o := range all {
-		s := &scratchWriter{base: t.scratch}
+	run := func(o threadRef, s *scratchWriter) error {
 		var calls []call
-		for _, st := range lastThreadStates {
-			c, err := st(rc, t, o.tid, s)
-			if err != nil {
-				return err
+		err := rc.locked(func() error {
+			for _, st := range lastThreadStates {
+				c, err := st(rc, t, o.tid, s)
+				if err != nil {
+					return err
+				}
+				calls = append(calls, c...)
 			}
-			calls = append(calls, c...)
-		}
-		if err := t.runWithScratch(o.r, s, calls); err != nil {
+			return nil
+		})
+		if err != nil {
 			return err
 		}
+		return t.runWithScratch(o.r, s, calls)
 	}
-	return nil
+	if err := t.eachThread(t.threadRefs(), run); err != nil {
+		return err
+	}
+	return run(threadRef{t.proc.Pid, t.r}, &scratchWriter{base: t.scratch})
 }
 
 func registerAborter(f func(rc *Ctx, err error) error) { aborters = append(aborters, f) }

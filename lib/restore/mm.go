@@ -596,10 +596,12 @@ func (t *task) sealVmas() error {
 	return calls.flush()
 }
 
-// scratchWriter lays out argument structs in the restorer's scratch area.
+// scratchWriter lays out argument structs in the restorer's scratch area,
+// or in size bytes of it from base (0: all of it, scratchSize).
 type scratchWriter struct {
 	base, off uint64
 	buf       []byte
+	size      uint64
 }
 
 func (s *scratchWriter) put(b []byte) uint64 {
@@ -625,8 +627,12 @@ func (s *scratchWriter) putString(str string) uint64 { return s.put(append([]byt
 
 // flushScratch writes the laid out bytes into the task's scratch area.
 func (t *task) flushScratch(s *scratchWriter) error {
-	if uint64(len(s.buf)) > scratchSize {
-		return fmt.Errorf("pid %d: restore arguments need %d bytes, more than the %d of the scratch area", t.pid, len(s.buf), scratchSize)
+	size := s.size
+	if size == 0 {
+		size = scratchSize
+	}
+	if uint64(len(s.buf)) > size {
+		return fmt.Errorf("pid %d: restore arguments need %d bytes, more than the %d of the scratch area", t.pid, len(s.buf), size)
 	}
 	return writeMem(t.pid, s)
 }

@@ -31,6 +31,7 @@ import (
 	"crpipe/lib/arch"
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
 
@@ -75,6 +76,7 @@ type task struct {
 	rseqCs      map[uint32]uint64 // by tid: rseq_cs as dumped, put back last (final.go)
 	inNs        bool              // in a --pidns namespace: pid (ours) differs from proc.Pid
 	done        bool
+	restorerSec *proc.Security // its restorer's own credentials (restorerSecurity)
 }
 
 // thread is a non-leader thread with a restorer of its own.

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -303,7 +304,7 @@ func credCalls(s *scratchWriter, t *task, tid uint32, c *pb.Creds, securebits ui
 	if len(c.Uids) != 4 || len(c.Gids) != 4 {
 		return nil, fmt.Errorf("pid %d tid %d: credentials with %d uids and %d gids in the image", pid, tid, len(c.Uids), len(c.Gids))
 	}
-	cur, err := proc.ReadSecurity(t.pid, t.pid)
+	cur, err := t.restorerSecurity()
 	if err != nil {
 		return nil, err
 	}
@@ -362,7 +363,7 @@ func credCalls(s *scratchWriter, t *task, tid uint32, c *pb.Creds, securebits ui
 	return calls, nil
 }
 
-func lastCapability() (int, error) {
+var lastCapability = sync.OnceValues(func() (int, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
 	if err != nil {
 		return 0, err
@@ -372,4 +373,18 @@ func lastCapability() (int, error) {
 		return 0, fmt.Errorf("/proc/sys/kernel/cap_last_cap: %q", b)
 	}
 	return n, nil
+})
+
+// restorerSecurity is the credentials t's restorer started with
+// (cr-restore's), read once for all its threads: each thread changes only
+// its own, and the leader's come last. Under rc.mu.
+func (t *task) restorerSecurity() (*proc.Security, error) {
+	if t.restorerSec == nil {
+		sec, err := proc.ReadSecurity(t.pid, t.pid)
+		if err != nil {
+			return nil, err
+		}
+		t.restorerSec = sec
+	}
+	return t.restorerSec, nil
 }

@@ -7,6 +7,12 @@ import "sync"
 // w+workers, ...) and returns the error of the lowest i that failed, so
 // that the error reported does not depend on timing.
 func For(n, workers int, f func(i int) error) error {
+	return ForWorker(n, workers, func(_, i int) error { return f(i) })
+}
+
+// ForWorker is For with the index of the worker that runs f(i) (one of
+// 0 ... workers-1): what a worker owns, pieces of it never run at once.
+func ForWorker(n, workers int, f func(w, i int) error) error {
 	errs := make([]error, n)
 	workers = max(1, min(workers, n))
 	var wg sync.WaitGroup
@@ -15,7 +21,7 @@ func For(n, workers int, f func(i int) error) error {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += workers {
-				errs[i] = f(i)
+				errs[i] = f(w, i)
 			}
 		}()
 	}
