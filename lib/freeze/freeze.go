@@ -110,19 +110,10 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 	if opt.Cgroup != "" {
 		return freezeInPlace(pid, opt)
 	}
-	st, err := check(pid)
+	st, mount, orig, err := target(pid)
 	if err != nil {
 		return nil, err
 	}
-	mount, err := proc.Cgroup2Mount()
-	if err != nil {
-		return nil, stage.Hint(err, "mount cgroup2 (e.g. mount -t cgroup2 none /sys/fs/cgroup/unified)")
-	}
-	rel, err := proc.Cgroup2Of(pid)
-	if err != nil {
-		return nil, noProcess(pid, err)
-	}
-	orig := filepath.Join(mount, rel)
 	if isTransient(mount, orig) {
 		return nil, stage.Hint(refuse("pid %d: already in transient cgroup %s", pid, orig),
 			fmt.Sprintf("a checkpoint is in progress or was left over; run cr-freeze thaw --pid %d", pid))
@@ -191,6 +182,22 @@ func Freeze(pid int, opt Options) (*Frozen, error) {
 	return f, nil
 }
 
+// target checks pid (check) and finds the cgroup2 mount and the cgroup
+// directory pid is in.
+func target(pid int) (st *proc.Stat, mount, cgroup string, err error) {
+	if st, err = check(pid); err != nil {
+		return nil, "", "", err
+	}
+	if mount, err = proc.Cgroup2Mount(); err != nil {
+		return nil, "", "", stage.Hint(err, "mount cgroup2 (e.g. mount -t cgroup2 none /sys/fs/cgroup/unified)")
+	}
+	rel, err := proc.Cgroup2Of(pid)
+	if err != nil {
+		return nil, "", "", noProcess(pid, err)
+	}
+	return st, mount, filepath.Join(mount, rel), nil
+}
+
 // describe makes the records of the frozen tree, whose live processes are
 // procs (the cgroup's), and refuses a tree that cannot be restored.
 func (f *Frozen) describe(procs []int) error {
@@ -220,23 +227,15 @@ func (f *Frozen) describe(procs []int) error {
 // thaw after the checkpoint would undo that. On any error it is thawed
 // again, as it was.
 func freezeInPlace(pid int, opt Options) (*Frozen, error) {
-	st, err := check(pid)
+	st, mount, got, err := target(pid)
 	if err != nil {
 		return nil, err
-	}
-	mount, err := proc.Cgroup2Mount()
-	if err != nil {
-		return nil, stage.Hint(err, "mount cgroup2 (e.g. mount -t cgroup2 none /sys/fs/cgroup/unified)")
 	}
 	dir, err := inPlaceDir(mount, opt.Cgroup)
 	if err != nil {
 		return nil, err
 	}
-	rel, err := proc.Cgroup2Of(pid)
-	if err != nil {
-		return nil, noProcess(pid, err)
-	}
-	if got := filepath.Join(mount, rel); got != dir {
+	if got != dir {
 		return nil, stage.Usagef("pid %d is in cgroup %s, not in %s", pid, got, dir)
 	}
 	if self, err := proc.Cgroup2Of(os.Getpid()); err == nil && inside(filepath.Join(mount, self), dir) {

@@ -258,20 +258,28 @@ func (rc *Ctx) threadCalls(t *task) error {
 				}
 				calls = append(calls, sc("rseq", sysRseq, rs.AbiPointer, uint64(rs.AbiSize), 0, uint64(rs.Signature)))
 			}
-			for _, st := range threadStates {
-				c, err := st(rc, t, o.tid, s)
-				if err != nil {
-					return err
-				}
-				calls = append(calls, c...)
-			}
-			return nil
+			var err error
+			calls, err = threadStateCalls(rc, t, o.tid, s, threadStates, calls)
+			return err
 		})
 		if err != nil {
 			return err
 		}
 		return t.runWithScratch(o.r, s, calls)
 	})
+}
+
+// threadStateCalls appends to calls those of the states sts for thread tid
+// of t (under rc.mu).
+func threadStateCalls(rc *Ctx, t *task, tid uint32, s *scratchWriter, sts []threadState, calls []call) ([]call, error) {
+	for _, st := range sts {
+		c, err := st(rc, t, tid, s)
+		if err != nil {
+			return nil, err
+		}
+		calls = append(calls, c...)
+	}
+	return calls, nil
 }
 
 // threadRef is a thread of a task: its tid as dumped, and its restorer.

@@ -138,15 +138,9 @@ func (rc *Ctx) runLastThreadStates(t *task) error {
 	}
 	run := func(o threadRef, s *scratchWriter) error {
 		var calls []call
-		err := rc.locked(func() error {
-			for _, st := range lastThreadStates {
-				c, err := st(rc, t, o.tid, s)
-				if err != nil {
-					return err
-				}
-				calls = append(calls, c...)
-			}
-			return nil
+		err := rc.locked(func() (err error) {
+			calls, err = threadStateCalls(rc, t, o.tid, s, lastThreadStates, nil)
+			return err
 		})
 		if err != nil {
 			return err
