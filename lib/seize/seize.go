@@ -151,8 +151,12 @@ func Process(p *pb.Process) (*State, error) {
 			sys.PtraceDetach(tid, 0)
 		}
 	}()
-	for _, tid := range tids {
-		if err := checkTracer(pid, tid); err != nil {
+	// A thread's credentials are read once, before it is seized: frozen,
+	// it cannot change them.
+	secs := make([]*proc.Security, len(tids))
+	for i, tid := range tids {
+		var err error
+		if secs[i], err = checkTracer(pid, tid); err != nil {
 			return nil, err
 		}
 		if err := sys.PtraceSeizeStop(tid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
@@ -166,13 +170,13 @@ func Process(p *pb.Process) (*State, error) {
 		}
 	}
 	st := &State{}
-	for _, tid := range tids {
+	for i, tid := range tids {
 		c, err := ReadThread(pid, tid)
 		if err != nil {
 			return nil, err
 		}
 		st.Cores = append(st.Cores, c)
-		ts, err := ReadThreadState(pid, tid)
+		ts, err := ReadThreadState(pid, tid, secs[i])
 		if err != nil {
 			return nil, err
 		}

@@ -20,10 +20,11 @@ const rlimitCount = 16
 
 // checkTracer refuses a thread that another tracer holds: PTRACE_SEIZE
 // would fail with a bare EPERM, and restore could not rebuild the tracing.
-func checkTracer(pid, tid int) error {
+// It returns the thread's credentials, which it reads for that.
+func checkTracer(pid, tid int) (*proc.Security, error) {
 	sec, err := proc.ReadSecurity(pid, tid)
 	if err != nil {
-		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+		return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 	}
 	if sec.TracerPid != 0 {
 		// TracerPid is the tracing thread; name its process.
@@ -31,10 +32,10 @@ func checkTracer(pid, tid int) error {
 		if st, err := proc.ReadStatus(tracer); err == nil {
 			tracer, comm = st.Tgid, " ("+st.Name+")"
 		}
-		return stage.Hint(fmt.Errorf("pid %d tid %d is traced by pid %d%s: a traced task cannot be checkpointed", pid, tid, tracer, comm),
+		return nil, stage.Hint(fmt.Errorf("pid %d tid %d is traced by pid %d%s: a traced task cannot be checkpointed", pid, tid, tracer, comm),
 			"detach the debugger or tracer (gdb, strace) first")
 	}
-	return nil
+	return sec, nil
 }
 
 // CheckShared refuses processes that share with another process what a
@@ -90,8 +91,9 @@ func CheckShared(procs []*pb.Process) error {
 // ReadThreadState reads the per-thread state that can be read from
 // outside: name, scheduling, affinity, I/O priority, robust futex list, credentials and
 // seccomp filters. The thread must sit in a ptrace stop of the caller (the
-// seccomp filters can only be read then).
-func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
+// seccomp filters can only be read then). sec, when not nil, is its
+// credentials, read already.
+func ReadThreadState(pid, tid int, sec *proc.Security) (*pb.ThreadState, error) {
 	where := func(err error) error { return fmt.Errorf("pid %d tid %d: %w", pid, tid, err) }
 	ts := &pb.ThreadState{Pid: uint32(pid), Tid: uint32(tid)}
 	var err error
@@ -115,9 +117,10 @@ func ReadThreadState(pid, tid int) (*pb.ThreadState, error) {
 	if ts.RobustList, ts.RobustListLen, err = sys.GetRobustList(tid); err != nil {
 		return nil, where(err)
 	}
-	sec, err := proc.ReadSecurity(pid, tid)
-	if err != nil {
-		return nil, where(err)
+	if sec == nil {
+		if sec, err = proc.ReadSecurity(pid, tid); err != nil {
+			return nil, where(err)
+		}
 	}
 	ts.Creds = &pb.Creds{
 		Uids:   []uint32{uint32(sec.Uid[0]), uint32(sec.Uid[1]), uint32(sec.Uid[2]), uint32(sec.Uid[3])},
