@@ -304,8 +304,11 @@ func inPlaceDir(mount, dir string) (string, error) {
 	if err := unix.Statfs(abs, &fs); err != nil || fs.Type != unix.CGROUP2_SUPER_MAGIC {
 		return "", stage.Hint(stage.Usagef("--cgroup %s: not a cgroup v2 directory", dir), "give a directory under the cgroup2 mount "+mount)
 	}
-	if !inside(abs, filepath.Clean(mount)) || abs == filepath.Clean(mount) {
+	switch mount = filepath.Clean(mount); {
+	case abs == mount:
 		return "", stage.Usagef("--cgroup %s: the root cgroup cannot be frozen; give the tree's own cgroup under %s", dir, mount)
+	case !inside(abs, mount):
+		return "", stage.Usagef("--cgroup %s: not under the cgroup2 mount cr-freeze uses, %s", dir, mount)
 	}
 	if isTransient(mount, abs) {
 		return "", stage.Usagef("--cgroup %s: a transient cgroup of cr-freeze's", dir)

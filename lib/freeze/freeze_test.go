@@ -529,3 +529,46 @@ func TestState(t *testing.T) {
 		}
 	}
 }
+
+// TestInPlaceDir: --cgroup takes a cgroup v2 directory under the mount
+// cr-freeze uses, and says which rule a refused one breaks.
+func TestInPlaceDir(t *testing.T) {
+	requireRoot(t)
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup2 mount: %v", err)
+	}
+	own := filepath.Join(mount, fmt.Sprintf("crtest-%d-inplace", os.Getpid()))
+	if err := os.Mkdir(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rmdirWait(own) })
+	transient := cgroupDir(mount, os.Getpid())
+	if err := os.Mkdir(transient, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rmdirWait(transient) })
+	if got, err := inPlaceDir(mount, own+"/"); err != nil || got != own {
+		t.Errorf("inPlaceDir(%s/) = %q, %v; want %s", own, got, err, own)
+	}
+	for _, c := range []struct{ dir, want string }{
+		{"/tmp", "not a cgroup v2 directory"},
+		{mount, "the root cgroup cannot be frozen"},
+		{transient, "a transient cgroup of cr-freeze's"},
+		{own + "/missing", "not a cgroup v2 directory"},
+	} {
+		if _, err := inPlaceDir(mount, c.dir); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("inPlaceDir(%s): %v; want an error saying %q", c.dir, err, c.want)
+		}
+	}
+	// Another cgroup2 mount than the one cr-freeze uses.
+	other := t.TempDir()
+	if err := unix.Mount("none", other, "cgroup2", 0, ""); err != nil {
+		t.Logf("no second cgroup2 mount (%v): that case left out", err)
+		return
+	}
+	t.Cleanup(func() { unix.Unmount(other, unix.MNT_DETACH) })
+	if _, err := inPlaceDir(mount, filepath.Join(other, filepath.Base(own))); err == nil || !strings.Contains(err.Error(), "not under the cgroup2 mount") {
+		t.Errorf("a cgroup under another mount: %v", err)
+	}
+}
