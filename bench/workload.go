@@ -154,6 +154,7 @@ func (h *harness) start(w *workload) (*proc, error) {
 		case <-p.done:
 			p.gone = true
 			os.RemoveAll(dir)
+			p.removeCgroup()
 			return nil, fmt.Errorf("%s exited: %v", w.Name, p.cmd.ProcessState)
 		default:
 		}
@@ -195,6 +196,7 @@ func (p *proc) kill() {
 		p.reapOthers()
 	}
 	os.RemoveAll(p.dir)
+	p.removeCgroup()
 }
 
 // ownCgroup makes a cgroup for the workload cmd starts, which starts in it.
@@ -212,8 +214,9 @@ func (h *harness) ownCgroup(cmd *exec.Cmd) (*os.File, error) {
 	return cg, nil
 }
 
-// removeCgroup removes the workload's own cgroup once what ran in it (the
-// workload, its restored copy) is killed: it may take a moment to leave.
+// removeCgroup removes the workload's own cgroup (none: nothing) once what
+// ran in it (the workload, its restored copy) is killed: it may take a
+// moment to leave.
 func (p *proc) removeCgroup() {
 	if p.cgroup == "" {
 		return
@@ -458,8 +461,7 @@ func (h *harness) measureTiny(w *workload, res *wresult, rep int) error {
 	if err != nil {
 		return err
 	}
-	defer p.removeCgroup() // after both kills
-	defer p.kill()
+	defer p.kill() // after the restored copy's, which runs in its cgroup too
 	img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-tiny.img", os.Getpid()))
 	defer os.Remove(img)
 	freeze, restoreArgs := "", []string{"-d", "-i", img}
