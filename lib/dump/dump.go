@@ -7,8 +7,9 @@
 // all-or-nothing disposition: the target is killed only once the whole
 // image is written (and fsynced when it is a file); if any stage fails the
 // target is thawed in its original cgroup and no output file is left.
-// Since the target dies, cr-pages gets --lend (its processes put their own
-// pages into the stream, not copies); not with --leave-running.
+// cr-pages gets --lend (its processes put their own pages into the stream,
+// not copies) when the target dies, or, with --leave-running, when the
+// image goes into a regular file (lendSafe).
 package dump
 
 import (
@@ -312,9 +313,7 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		if (name == "cr-pages" || name == "cr-files") && opt.GhostLimit != "" {
 			args = append(args, "--ghost-limit", opt.GhostLimit)
 		}
-		if name == "cr-pages" && !opt.LeaveRunning {
-			// The processes die once the image is out: they may lend their
-			// pages instead of copies (lib/pages/lend.go).
+		if name == "cr-pages" && lendSafe(opt, out) {
 			args = append(args, "--lend")
 		}
 		last := i == len(Stages)-1
@@ -358,6 +357,20 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 		runs = append(runs, r)
 	}
 	return runs, nil
+}
+
+// lendSafe says whether cr-pages may have the processes lend their pages
+// instead of copies (lib/pages/lend.go): the stream then refers to their
+// memory until it is read. They die once the image is out; or, left
+// running, they are thawed only after every stage has ended, and a last
+// stage writing into a regular file has copied every page into it by then.
+// Into a pipe or a device, pages could still wait there after the thaw.
+func lendSafe(opt Options, out *os.File) bool {
+	if !opt.LeaveRunning {
+		return true
+	}
+	fi, err := out.Stat()
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func startStage(opt Options, r *stageRun) error {

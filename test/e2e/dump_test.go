@@ -153,6 +153,40 @@ func TestLeaveRunning(t *testing.T) {
 	p.killedThenRestored(img2)
 }
 
+// TestLeaveRunningLends: cr-dump --leave-running into a file has the
+// process lend its pages, and thaws it only once the last stage has copied
+// them into the file. scribble rewrites its memory page after page from
+// the moment it runs again; the image still holds the moment of the freeze
+// (crit check: each lent frame's checksum was taken in the process), the
+// original runs on with no lender left behind, and a copy restored beside
+// it checks that every page holds what it held when frozen.
+func TestLeaveRunningLends(t *testing.T) {
+	p := startStateProg(t, "scribble", "24")
+	need(t, "cr-dump")
+	before := p.layout()
+	img := filepath.Join(p.dir, "img")
+	r := mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -v -t %d --leave-running -o %s", p.pid, img))
+	if !strings.Contains(string(r.stderr), "lends its private anonymous pages") {
+		t.Errorf("cr-dump --leave-running into a file did not have the process lend its pages:\n%s", r.stderr)
+	}
+	p.checkLayout(before)
+	p.checkRunning()
+	mustShell(t, 30*time.Second, "crit check "+img)
+	// Into a pipe, the pages could wait there after the thaw: copied.
+	r = mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -v -t %d --leave-running | crit check", p.pid))
+	if strings.Contains(string(r.stderr), "lends its private anonymous pages") {
+		t.Errorf("cr-dump --leave-running into a pipe had the process lend its pages:\n%s", r.stderr)
+	}
+	p.checkRunning()
+	// Both write their verdict at the start of one file (checkStateCopy).
+	copyPid := p.restoreBeside(img)
+	p.terminate(1)
+	if err := os.Truncate(p.verdict, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.checkCopy(copyPid)
+}
+
 // TestRestoreWaits: cr-restore without -d waits for the restored process
 // and exits with its status (0 after PASS).
 func TestRestoreWaits(t *testing.T) {
