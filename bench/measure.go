@@ -255,7 +255,7 @@ func (h *harness) pipeline(pid int, out string, compress bool) runResult {
 	var frozenAt atomic.Int64
 	stop := make(chan struct{})
 	probeDone := make(chan struct{})
-	go h.watchFrozen(pid, &frozenAt, stop, probeDone)
+	go h.watchFrozen(pid, &frozenAt, nil, stop, probeDone)
 	t := time.Now()
 	for i, c := range cmds {
 		if err := c.Start(); err != nil {
@@ -300,27 +300,72 @@ func (h *harness) pipeline(pid int, out string, compress bool) runResult {
 }
 
 // watchFrozen polls the transient cgroup's cgroup.events and records when
-// it first says frozen.
-func (h *harness) watchFrozen(pid int, at *atomic.Int64, stop, done chan struct{}) {
+// it first says frozen (at) and, given thawedAt, when it last stopped
+// saying so (or went) before it was removed.
+func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done chan struct{}) {
 	defer close(done)
 	events := filepath.Join(h.cgroup2, fmt.Sprintf("crpipe-%d", pid), "cgroup.events")
 	buf := make([]byte, 256)
+	frozen := false
 	for {
 		select {
 		case <-stop:
 			return
 		default:
 		}
-		if fd, err := unix.Open(events, unix.O_RDONLY, 0); err == nil {
+		fd, err := unix.Open(events, unix.O_RDONLY, 0)
+		if err == nil {
 			n, _ := unix.Read(fd, buf)
 			unix.Close(fd)
-			if n > 0 && bytes.Contains(buf[:n], []byte("frozen 1")) {
+			now := n > 0 && bytes.Contains(buf[:n], []byte("frozen 1"))
+			switch {
+			case now && at.Load() == 0:
 				at.Store(time.Now().UnixNano())
-				return
+				if thawedAt == nil {
+					return
+				}
+			case !now && frozen:
+				// The stages thaw the cgroup for moments (their tasks stay
+				// stopped by ptrace meanwhile): the last thaw counts.
+				thawedAt.Store(time.Now().UnixNano())
 			}
+			frozen = now
+		} else if frozen {
+			thawedAt.Store(time.Now().UnixNano()) // thawed and removed between two looks
+			return
+		} else if at.Load() != 0 {
+			return // removed after its thaw
 		}
-		time.Sleep(200 * time.Microsecond)
+		if at.Load() == 0 {
+			time.Sleep(200 * time.Microsecond)
+		} else {
+			time.Sleep(time.Millisecond) // a lighter look while the dump runs
+		}
 	}
+}
+
+// snapshot takes a snapshot as a user would, cr-dump --leave-running into
+// a tmpfs file (the processes lend their pages: lib/dump lendSafe), and
+// times it whole and from the freeze to the thaw (runResult.frozen).
+func (h *harness) snapshot(pid int) runResult {
+	var res runResult
+	out := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-snapshot.img", os.Getpid()))
+	defer os.Remove(out)
+	var frozenAt, thawedAt atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go h.watchFrozen(pid, &frozenAt, &thawedAt, stop, done)
+	t := time.Now()
+	res.err = runQuiet("cr-dump", "-t", strconv.Itoa(pid), "--leave-running", "-o", out)
+	res.d = time.Since(t)
+	close(stop)
+	<-done
+	if f, th := frozenAt.Load(), thawedAt.Load(); f != 0 && th > f {
+		res.frozen = time.Duration(th - f)
+	}
+	if fi, err := os.Stat(out); err == nil {
+		res.imageBytes = fi.Size()
+	}
+	return res
 }
 
 // timeFile is where /usr/bin/time writes a stage's figures.

@@ -309,6 +309,9 @@ func printReport(w io.Writer, rep *report) {
 		if p := r.byName[mDumpPorc]; p != nil {
 			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s).\n", r.Name, mDumpPorc, secs(p), gbps(p))
 		}
+		if p := r.byName[mSnapshot]; p != nil {
+			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s), frozen %.3f / %.3f s.\n", r.Name, mSnapshot, secs(p), gbps(p), p.FrozenMin, p.FrozenMedian)
+		}
 	}
 
 	fmt.Fprintln(w, "\nLimits of the machine, measured beside each workload (min / median s, GB/s from the minimum):")

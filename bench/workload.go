@@ -74,6 +74,7 @@ const (
 	mDumpNull  = "dump → /dev/null"
 	mDumpComp  = "dump --compress → tmpfs"
 	mDumpPorc  = "cr-dump --leave-running → /dev/null"
+	mSnapshot  = "cr-dump --leave-running → tmpfs"
 	mDumpFile  = "dump → tmpfs"
 	mRestore   = "restore ← tmpfs"
 	mTinyDump  = "tiny: dump → tmpfs"
@@ -372,6 +373,12 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		t := time.Now()
 		err := runQuiet("sh", "-c", fmt.Sprintf("cr-dump -t %d --leave-running > /dev/null", p.pid))
 		res.record(mDumpPorc, time.Since(t), err)
+		if w.Fresh {
+			if err := rewarm(p.len, false); err != nil {
+				return err
+			}
+		}
+		res.recordRun(mSnapshot, h.snapshot(p.pid))
 	}
 
 	img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d.img", os.Getpid()))
