@@ -257,6 +257,13 @@ func Run(opt Options) error {
 		copyStderr(opt.Stderr, r)
 	}
 
+	// A process left running goes on whatever becomes of the image: it
+	// stands still for the pipeline, not while the image goes to disk
+	// (an image read to its end no longer refers to its memory: lendSafe).
+	var thawErr error
+	if opt.LeaveRunning {
+		thawErr = dispose(opt, false)
+	}
 	// The image is complete: make it durable before the process dies.
 	if tmpName != "" {
 		if err := out.Sync(); err != nil {
@@ -276,8 +283,8 @@ func Run(opt Options) error {
 		}
 	}
 	if opt.LeaveRunning {
-		if err := dispose(opt, false); err != nil {
-			return fmt.Errorf("image written, but thawing pid %d failed: %w", opt.Pid, err)
+		if thawErr != nil {
+			return fmt.Errorf("image written, but thawing pid %d failed: %w", opt.Pid, thawErr)
 		}
 		return nil
 	}
