@@ -300,13 +300,15 @@ func (h *harness) pipeline(pid int, out string, compress bool) runResult {
 }
 
 // watchFrozen polls the transient cgroup's cgroup.events and records when
-// it first says frozen (at) and, given thawedAt, when it last stopped
-// saying so (or went) before it was removed.
+// it first says frozen (at) and, given thawedAt, when the cgroup is gone
+// after that: after the thaw and the moves back out of it. (Not the last
+// "frozen 0": the stages thaw the cgroup for moments while their ptrace
+// stops hold the tasks, and a look every millisecond can miss the last
+// freeze before the thaw.)
 func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done chan struct{}) {
 	defer close(done)
 	events := filepath.Join(h.cgroup2, fmt.Sprintf("crpipe-%d", pid), "cgroup.events")
 	buf := make([]byte, 256)
-	frozen := false
 	for {
 		select {
 		case <-stop:
@@ -314,27 +316,19 @@ func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done ch
 		default:
 		}
 		fd, err := unix.Open(events, unix.O_RDONLY, 0)
-		if err == nil {
+		switch {
+		case err == nil:
 			n, _ := unix.Read(fd, buf)
 			unix.Close(fd)
-			now := n > 0 && bytes.Contains(buf[:n], []byte("frozen 1"))
-			switch {
-			case now && at.Load() == 0:
+			if at.Load() == 0 && n > 0 && bytes.Contains(buf[:n], []byte("frozen 1")) {
 				at.Store(time.Now().UnixNano())
 				if thawedAt == nil {
 					return
 				}
-			case !now && frozen:
-				// The stages thaw the cgroup for moments (their tasks stay
-				// stopped by ptrace meanwhile): the last thaw counts.
-				thawedAt.Store(time.Now().UnixNano())
 			}
-			frozen = now
-		} else if frozen {
-			thawedAt.Store(time.Now().UnixNano()) // thawed and removed between two looks
+		case at.Load() != 0 && thawedAt != nil:
+			thawedAt.Store(time.Now().UnixNano())
 			return
-		} else if at.Load() != 0 {
-			return // removed after its thaw
 		}
 		if at.Load() == 0 {
 			time.Sleep(200 * time.Microsecond)
@@ -346,7 +340,8 @@ func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done ch
 
 // snapshot takes a snapshot as a user would, cr-dump --leave-running into
 // a tmpfs file (the processes lend their pages: lib/dump lendSafe), and
-// times it whole and from the freeze to the thaw (runResult.frozen).
+// times it whole and from the freeze to the transient cgroup's removal
+// (runResult.frozen: the pause, with the moves back after the thaw).
 func (h *harness) snapshot(pid int) runResult {
 	var res runResult
 	out := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-snapshot.img", os.Getpid()))

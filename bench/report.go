@@ -310,7 +310,7 @@ func printReport(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s).\n", r.Name, mDumpPorc, secs(p), gbps(p))
 		}
 		if p := r.byName[mSnapshot]; p != nil {
-			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s), frozen %.3f / %.3f s.\n", r.Name, mSnapshot, secs(p), gbps(p), p.FrozenMin, p.FrozenMedian)
+			fmt.Fprintf(w, "\n%s, %s: %s s (%s GB/s), frozen %.3f / %.3f s (to the cgroup's removal, after the thaw).\n", r.Name, mSnapshot, secs(p), gbps(p), p.FrozenMin, p.FrozenMedian)
 		}
 	}
 
