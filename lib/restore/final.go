@@ -435,6 +435,7 @@ func (t *task) tids() []tidPair {
 	return tids
 }
 
+// interruptStop stops a seized thread inside get_signal and waits for it.
 func interruptStop(tid int) error {
 	if err := sys.PtraceInterrupt(tid); err != nil {
 		return err
