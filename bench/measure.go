@@ -186,7 +186,7 @@ type usage struct {
 // harness thaws the process for the next measurement.
 var dumpStages = [][]string{
 	{"cr-freeze", "--pid", "PID"},
-	{"cr-seize"}, {"cr-parasite"}, {"cr-pages", "--lend"}, {"cr-files"}, {"cr-tcp"},
+	{"cr-seize"}, {"cr-parasite"}, {"cr-files"}, {"cr-tcp"}, {"cr-pages", "--lend"},
 }
 
 func stageNames() []string {

@@ -476,7 +476,7 @@ func (h *harness) measureTiny(w *workload, res *wresult, rep int) error {
 		freeze, restoreArgs = " --cgroup "+p.cgroup, append(restoreArgs, "--cgroup", p.cgroup)
 	}
 	t0 := time.Now()
-	err = runQuiet("sh", "-c", fmt.Sprintf("cr-freeze --pid %d%s | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp > %s", p.pid, freeze, img))
+	err = runQuiet("sh", "-c", fmt.Sprintf("cr-freeze --pid %d%s | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages > %s", p.pid, freeze, img))
 	dump := time.Since(t0)
 	res.record(mTinyDump, dump, err)
 	if err != nil {

@@ -1,5 +1,5 @@
 // Command cr-dump checkpoints a process by running the stage pipeline
-// (cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp) and
+// (cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages) and
 // kills it once the image is complete, or thaws it on any failure.
 package main
 

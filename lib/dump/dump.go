@@ -1,7 +1,7 @@
 // Package dump is cr-dump, the porcelain that runs the canonical dump
 // pipeline
 //
-//	cr-freeze --pid P | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp
+//	cr-freeze --pid P | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages
 //
 // with the stage binaries found next to its own executable, and applies an
 // all-or-nothing disposition: the target is killed only once the whole
@@ -35,8 +35,10 @@ import (
 	"crpipe/lib/stage"
 )
 
-// Stages are the pipeline's binaries, in order.
-var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-pages", "cr-files", "cr-tcp"}
+// Stages are the pipeline's binaries, in order. cr-pages comes last: it
+// writes the pages into the output itself, where before cr-files and
+// cr-tcp each passed them on (doc/performance.md, 50).
+var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-files", "cr-tcp", "cr-pages"}
 
 // Options configure a dump.
 type Options struct {
@@ -369,8 +371,9 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 // lendSafe says whether cr-pages may have the processes lend their pages
 // instead of copies (lib/pages/lend.go): the stream then refers to their
 // memory until it is read. They die once the image is out; or, left
-// running, they are thawed only after every stage has ended, and a last
-// stage writing into a regular file has copied every page into it by then.
+// running, they are thawed only after every stage has ended, and cr-pages
+// (the last) writing into a regular file has copied every page into it by
+// then.
 // Into a pipe or a device, pages could still wait there after the thaw.
 func lendSafe(opt Options, out *os.File) bool {
 	if !opt.LeaveRunning {

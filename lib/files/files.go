@@ -64,14 +64,8 @@ var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}
 // and dumps the files of those processes once the input is complete.
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
-	var maps sharedMappings // locks.go
 	return stage.Filter{
-		Observe: func(f *image.Frame) error {
-			if err := up.Observe(f); err != nil {
-				return err
-			}
-			return maps.observe(f)
-		},
+		Observe: up.Observe,
 		Finish: func(w *image.Writer) error {
 			if err := up.NeedProcs(); err != nil {
 				return err
@@ -82,7 +76,7 @@ func FilterWith(opts Options) stage.Filter {
 			if err := d.dump(); err != nil {
 				return err
 			}
-			if err := d.mappedLocks(maps); err != nil {
+			if err := d.mappedLocks(); err != nil {
 				return err
 			}
 			return d.write(w)
@@ -185,6 +179,10 @@ var refuseHints = map[string]string{
 	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"console":      "only pseudo-terminals (/dev/ptmx, /dev/pts/N) and /dev/tty on one are restored; a console or virtual terminal stays with its machine: start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"deleted file": "only deleted regular files are kept in an image; close it before checkpointing",
+	// cr-pages gives the same words for their mappings (lib/pages/vmas.go).
+	"io_uring":             "the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)",
+	"userfaultfd":          "unregister its ranges (UFFDIO_UNREGISTER) and close it before checkpointing",
+	"memfd_secret(2) file": "", // its memory is the program's secret: nothing helps
 }
 
 // refuse is the error for an fd cr-files cannot dump (yet).
@@ -193,7 +191,11 @@ func refuse(pid, fd int, kind, detail string) error {
 	if !ok {
 		hint = "close this fd before checkpointing"
 	}
-	return stage.Hint(fmt.Errorf("pid %d fd %d: %s (%s) is not supported yet", pid, fd, kind, detail), hint)
+	err := fmt.Errorf("pid %d fd %d: %s (%s) is not supported yet", pid, fd, kind, detail)
+	if hint == "" {
+		return err
+	}
+	return stage.Hint(err, hint)
 }
 
 // cannot is the error for an fd of a supported kind in a state a restore

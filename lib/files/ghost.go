@@ -3,6 +3,7 @@ package files
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -39,14 +40,20 @@ func (d *dumper) dumpGhost(ds *desc) error {
 	if e.st.Size > d.opts.GhostLimit {
 		return stage.GhostTooBig(fmt.Sprintf("pid %d fd %d", e.pid, e.fd), path, e.st.Size, d.opts.GhostLimit)
 	}
-	f, err := d.getfd(e)
+	// Read through a description of cr-files' own: the process's may be
+	// write-only (/proc/PID/fd/N opens the deleted file itself).
+	f, err := os.OpenFile(procPath(e.pid, "fd", strconv.Itoa(e.fd)), os.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("pid %d fd %d: deleted file %s: %w", e.pid, e.fd, path, err)
 	}
 	var st unix.Stat_t // owner and times too, which the entry does not keep
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
 		return fmt.Errorf("pid %d fd %d: fstat: %w", e.pid, e.fd, err)
+	}
+	if st.Dev != e.st.Dev || st.Ino != e.st.Ino {
+		f.Close()
+		return fmt.Errorf("pid %d fd %d: deleted file %s: /proc opened another file (dev %d inode %d, not %d %d)", e.pid, e.fd, path, st.Dev, st.Ino, e.st.Dev, e.st.Ino)
 	}
 	d.ghosts = append(d.ghosts, ghost{rec: stage.NewGhost(obj, path, &st), f: d.keep(f)})
 	return nil

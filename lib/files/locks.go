@@ -8,11 +8,9 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
-	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
@@ -187,16 +185,19 @@ func refuseLease(pid, fd int, link string, info []byte) error {
 // mapping holds its description as well as an fd does: a program may lock
 // a file, map it shared and close the fd (a database's way; a JVM's perf
 // data file, /tmp/hsperfdata_USER/PID). Such a lock shows in no fdinfo,
-// only in /proc/locks. So where a shared mapping of the dump (from
-// cr-pages' Mm records) maps a file that no fd of the dump holds,
-// /proc/locks is read (then only: each read waits for an RCU grace
-// period, see above), and a lock on that file taken by a process of the
-// dump (flock shows its taker; an OFD lock shows none) is recorded with
-// the mapping's address (FileLock.vma_start): a restore takes it again on
-// the description it maps the file with. Private mappings are left out:
-// every process maps its libraries so.
+// only in /proc/locks. So where a shared mapping of a process of the dump
+// maps a file that no fd of the dump holds, /proc/locks is read (then
+// only: each read waits for an RCU grace period, see above), and a lock on
+// that file taken by a process of the dump (flock shows its taker; an OFD
+// lock shows none) is recorded with the mapping's address
+// (FileLock.vma_start): a restore takes it again on the description it
+// maps the file with. Private mappings are left out: every process maps
+// its libraries so. cr-files reads the mappings from /proc itself, not
+// from cr-pages' Mm records, so that it may come before cr-pages in the
+// pipeline (doc/performance.md, 50).
 
-// sharedMapping is a shared file mapping of a process of the dump.
+// sharedMapping is a shared file mapping of a process of the dump, with
+// the device and inode of the mapped file as fstat shows them.
 type sharedMapping struct {
 	pid        uint32
 	start, end uint64
@@ -204,68 +205,39 @@ type sharedMapping struct {
 	dev, inode uint64
 }
 
-// sharedMappings collects the shared file mappings of the Mm records that
-// pass through cr-files.
-type sharedMappings []sharedMapping
-
-func (sm *sharedMappings) observe(f *image.Frame) error {
-	if f.Type != image.TypeMm {
-		return nil
-	}
-	// Only the shared file mappings are decoded: an Mm record can hold
-	// 65,000 VMAs, and decoding them all made garbage of 12 MB.
-	var pid uint32
-	var shared []*pb.Vma
-	err := pb.EachField(f.Payload, func(num protowire.Number, typ protowire.Type, b []byte) error {
-		switch {
-		case num == mmPid && typ == protowire.VarintType:
-			v, _ := protowire.ConsumeVarint(b)
-			pid = uint32(v)
-		case num == pb.MmVmasField && typ == protowire.BytesType:
-			v, _ := protowire.ConsumeBytes(b)
-			if kind, err := vmaKind(v); err != nil || kind != pb.VmaKind_VMA_FILE_SHARED {
-				return err
-			}
-			vma := &pb.Vma{}
-			if err := proto.Unmarshal(v, vma); err != nil {
-				return err
-			}
-			shared = append(shared, vma)
+// sharedMappings reads the shared file mappings of every live process of
+// the dump.
+func (d *dumper) sharedMappings() ([]sharedMapping, error) {
+	var out []sharedMapping
+	for _, p := range d.procs {
+		if p.State == "Z" {
+			continue
 		}
-		return nil
-	})
-	if err != nil {
-		return image.CorruptFrame(f, err)
-	}
-	for _, v := range shared {
-		*sm = append(*sm, sharedMapping{pid, v.Start, v.End, v.Path, v.Dev, v.Inode})
-	}
-	return nil
-}
-
-// Field numbers of pb.Mm and pb.Vma that observe reads.
-var (
-	mmPid        = (&pb.Mm{}).ProtoReflect().Descriptor().Fields().ByName("pid").Number()
-	vmaKindField = (&pb.Vma{}).ProtoReflect().Descriptor().Fields().ByName("kind").Number()
-)
-
-// vmaKind reads the kind of an encoded Vma.
-func vmaKind(b []byte) (pb.VmaKind, error) {
-	kind := pb.VmaKind_VMA_ANON // the default: absent when 0
-	err := pb.EachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
-		if num == vmaKindField && typ == protowire.VarintType {
-			v, _ := protowire.ConsumeVarint(field)
-			kind = pb.VmaKind(v)
+		ms, err := proc.ReadSharedFileMaps(int(p.Pid))
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: %w", p.Pid, err)
 		}
-		return nil
-	})
-	return kind, err
+		for _, m := range ms {
+			// map_files is the mapped file itself, where maps may show
+			// another layer's device (overlayfs).
+			var st unix.Stat_t
+			if err := unix.Stat(fmt.Sprintf("/proc/%d/map_files/%x-%x", p.Pid, m.Start, m.End), &st); err != nil {
+				return nil, fmt.Errorf("pid %d vma %x-%x: %s: %w", p.Pid, m.Start, m.End, m.Path, err)
+			}
+			out = append(out, sharedMapping{p.Pid, m.Start, m.End, m.Path, st.Dev, st.Ino})
+		}
+	}
+	return out, nil
 }
 
 // mappedLocks records every flock or OFD lock held through a shared
 // mapping alone, in the Files of a process that maps the file: the taker
 // of a flock where it maps it.
-func (d *dumper) mappedLocks(maps sharedMappings) error {
+func (d *dumper) mappedLocks() error {
+	maps, err := d.sharedMappings()
+	if err != nil || len(maps) == 0 {
+		return err
+	}
 	held := map[[2]uint64]bool{}
 	for _, e := range d.entries {
 		held[[2]uint64{e.st.Dev, e.st.Ino}] = true

@@ -256,6 +256,50 @@ func ReadRanges(pid int) ([]Range, error) {
 	return rs.slice(), nil
 }
 
+// ReadSharedFileMaps reads the mappings of pid that map a named file
+// shared (MAP_SHARED; the file may be deleted), and nothing else. The
+// shmem objects the kernel names like files are left out: shared
+// anonymous memory (/dev/zero), memfds, System V segments, hugetlb.
+// Only the lines with 's' in their permissions are parsed.
+func ReadSharedFileMaps(pid int) ([]Mapping, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc, done := lineScanner(f)
+	defer done()
+	var out []Mapping
+	for sc.Scan() {
+		line := sc.Bytes()
+		_, rest, _ := bytes.Cut(line, []byte(" "))
+		if len(rest) < 4 || rest[3] != 's' {
+			continue
+		}
+		m, err := ParseMapsLine(line)
+		if err != nil {
+			return nil, fmt.Errorf("/proc/%d/maps: %w", pid, err)
+		}
+		if m.Inode != 0 && strings.HasPrefix(m.Path, "/") && !m.shmemObject() {
+			out = append(out, m)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("/proc/%d/maps: %w", pid, err)
+	}
+	return out, nil
+}
+
+// shmemObject: a mapping of memory the kernel shows under a file name of
+// its own making, not of a file.
+func (m *Mapping) shmemObject() bool {
+	if !m.Deleted {
+		return false
+	}
+	return m.Path == "/dev/zero" || m.Path == "/anon_hugepage" ||
+		strings.HasPrefix(m.Path, "/memfd:") || strings.HasPrefix(m.Path, "/SYSV")
+}
+
 // parseHex parses a lower-case hexadecimal number of 1 to 16 digits.
 func parseHex(b []byte) (uint64, bool) {
 	if len(b) == 0 || len(b) > 16 {

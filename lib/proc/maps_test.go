@@ -132,6 +132,66 @@ func TestReadRanges(t *testing.T) {
 	}
 }
 
+// ReadSharedFileMaps finds this process's shared mappings of files, of a
+// deleted file too, and none of its shmem objects, private mappings or
+// anonymous memory.
+func TestReadSharedFileMaps(t *testing.T) {
+	dir := t.TempDir()
+	mapFile := func(name string, flags int) uintptr {
+		f, err := os.Create(dir + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(4096); err != nil {
+			t.Fatal(err)
+		}
+		return mapFd(t, int(f.Fd()), flags)
+	}
+	shared := mapFile("shared", unix.MAP_SHARED)
+	mapFile("private", unix.MAP_PRIVATE)
+	deleted := mapFile("deleted", unix.MAP_SHARED)
+	if err := os.Remove(dir + "/deleted"); err != nil {
+		t.Fatal(err)
+	}
+	memfd, err := unix.MemfdCreate("shared", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(memfd)
+	if err := unix.Ftruncate(memfd, 4096); err != nil {
+		t.Fatal(err)
+	}
+	mapFd(t, memfd, unix.MAP_SHARED)
+	mapFd(t, -1, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+
+	ms, err := ReadSharedFileMaps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uintptr]string{}
+	for _, m := range ms {
+		got[uintptr(m.Start)] = m.Path
+		if !m.Shared || m.Inode == 0 {
+			t.Errorf("%x-%x %s: shared %v, inode %d", m.Start, m.End, m.Path, m.Shared, m.Inode)
+		}
+	}
+	if got[shared] != dir+"/shared" || got[deleted] != dir+"/deleted" || len(got) != 2 {
+		t.Errorf("shared file mappings %v, want %s at %#x and %s at %#x alone", got, dir+"/shared", shared, dir+"/deleted", deleted)
+	}
+}
+
+// mapFd maps a page of fd (or anonymous memory), unmapped at the test's end.
+func mapFd(t *testing.T, fd, flags int) uintptr {
+	t.Helper()
+	b, err := unix.Mmap(fd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return uintptr(unsafe.Pointer(&b[0]))
+}
+
 func FuzzParseSmaps(f *testing.F) {
 	f.Add([]byte(smapsSample))
 	if b, err := os.ReadFile("/proc/self/smaps"); err == nil {

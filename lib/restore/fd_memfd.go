@@ -45,11 +45,22 @@ func prepareMemfd(rc *Ctx, d *pb.FileDesc) error {
 		return nil
 	}
 	if d.Memfd.Mapped {
-		// Made for the VMAs that map it (Mm records come first), with its
-		// name, size, mode and seals, and filled with their pages.
-		mapped, ok := rc.Shared[shmemKey(d.Memfd.Dev, d.Inode)].(*os.File)
+		// Made for the VMAs that map it, with its name, size, mode and
+		// seals, and filled with their pages: by the first of them (cr-pages
+		// before cr-files), or here for them to map (cr-files first).
+		shmem := shmemKey(d.Memfd.Dev, d.Inode)
+		mapped, ok := rc.Shared[shmem].(*os.File)
 		if !ok {
-			return fmt.Errorf("memfd %q (dev %d inode %d): no VMA of the stream maps it: %w", d.Memfd.Name, d.Memfd.Dev, d.Inode, image.ErrCorrupt)
+			var err error
+			if mapped, err = newMappedMemfd(d.Memfd); err != nil {
+				return err
+			}
+			rc.Shared[shmem] = mapped
+			rc.owned = append(rc.owned, mapped)
+			if rc.awaitingVma == nil {
+				rc.awaitingVma = map[string]string{}
+			}
+			rc.awaitingVma[shmem] = fmt.Sprintf("memfd %q (dev %d inode %d)", d.Memfd.Name, d.Memfd.Dev, d.Inode)
 		}
 		f, err := dupOf(mapped)
 		if err != nil {
@@ -68,6 +79,15 @@ func prepareMemfd(rc *Ctx, d *pb.FileDesc) error {
 		return fmt.Errorf("memfd %q: size %d: %w", d.Memfd.Name, d.Memfd.Size, err)
 	}
 	rc.Shared[key] = m
+	return nil
+}
+
+// checkMemfdsMapped refuses a stream whose description of a memfd said
+// VMAs map it where none did: its contents were in no record.
+func (rc *Ctx) checkMemfdsMapped() error {
+	for _, what := range rc.awaitingVma {
+		return fmt.Errorf("%s: its description says VMAs map it, and none of the stream does: %w", what, image.ErrCorrupt)
+	}
 	return nil
 }
 

@@ -38,6 +38,9 @@ func (rc *Ctx) finish() error {
 	if err := rc.endFill(); err != nil {
 		return err
 	}
+	if err := rc.checkMemfdsMapped(); err != nil {
+		return err
+	}
 	rc.countDescUses()
 	var live []*task
 	for _, t := range rc.Order {

@@ -40,6 +40,11 @@ type Ctx struct {
 	// inventory: the stream's inventory frame was read (and its page size
 	// is this machine's)
 	inventory bool
+	// awaitingVma: memfds made for a description that says VMAs map them,
+	// before any did (cr-files before cr-pages), by Shared key; each VMA
+	// that maps one takes it off, and finish refuses any left
+	// (fd_memfd.go).
+	awaitingVma map[string]string
 	// mu guards all of the above while tasks are finished in parallel
 	// (finishTask): held while a file is opened or a state's calls made,
 	// not during the round trips to the tasks.

@@ -711,6 +711,7 @@ func shmemKey(dev, inode uint64) string { return fmt.Sprintf("shmem:%d:%d", dev,
 func (rc *Ctx) sharedAnon(v *vma) (*os.File, error) {
 	key := shmemKey(v.dev(), v.inode())
 	f, _ := rc.Shared[key].(*os.File)
+	delete(rc.awaitingVma, key)
 	if f == nil || v.inode() == 0 {
 		var err error
 		if v.memfd() != nil {

@@ -284,7 +284,7 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 		return fmt.Errorf("input: the stream holds no process")
 	}
 	if !created {
-		return stage.Hint(fmt.Errorf("input: the stream holds only process records"), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
+		return stage.Hint(fmt.Errorf("input: the stream holds only process records"), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
 	}
 	return rc.finish()
 }
@@ -457,7 +457,7 @@ func (t *task) complete() error {
 		}
 	}
 	if missing != "" {
-		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.proc.Pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp")
+		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.proc.Pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
 	}
 	return nil
 }

@@ -54,8 +54,14 @@ func killDescendants(t *testing.T, p *target) {
 // returns crit show's output.
 func dumpRestore(t *testing.T, p *target) string {
 	t.Helper()
+	return dumpRestoreWith(t, p, dumpStages)
+}
+
+// dumpRestoreWith is dumpRestore through the given stages.
+func dumpRestoreWith(t *testing.T, p *target, stages string) string {
+	t.Helper()
 	img := filepath.Join(p.dir, "img")
-	r := shell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, dumpStages, img))
+	r := shell(t, 60*time.Second, fmt.Sprintf("cr-freeze --pid %d | %s > %s", p.pid, stages, img))
 	if r.err != nil {
 		if kids, _ := proc.Children(p.pid); len(kids) > 0 && !strings.HasPrefix(string(r.stderr), "cr-files:") {
 			// Issue 4 (another engineer's) brings trees to every stage.

@@ -29,12 +29,16 @@ func checkLockLines(t *testing.T, show string, want ...string) {
 
 func TestFdLocks(t *testing.T) {
 	// "wait": two more children blocked on the locks (F_SETLKW, flock
-	// without LOCK_NB) wait again after the restore.
-	for _, arg := range []string{"", "wait"} {
-		t.Run("plain"+arg, func(t *testing.T) {
+	// without LOCK_NB) wait again after the restore. "brief": the stages in
+	// the brief's order, where cr-pages comes before cr-files: the same
+	// locks, those held through a mapping alone too.
+	for _, c := range []struct{ name, arg, stages string }{
+		{"plain", "", dumpStages}, {"plainwait", "wait", dumpStages}, {"brief", "", briefStages},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			need(t, append(pipelineCmds, "cr-restore", "crit")...)
-			p := startFdProg(t, "fd_locks", arg)
-			show := dumpRestore(t, p)
+			p := startFdProg(t, "fd_locks", c.arg)
+			show := dumpRestoreWith(t, p, c.stages)
 			checkLockLines(t, show,
 				"flock read on fd 20, held by desc ",
 				"flock write on fd 21, held by desc ",

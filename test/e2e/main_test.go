@@ -164,8 +164,13 @@ func need(t *testing.T, cmds ...string) {
 	}
 }
 
-// dumpStages is the explicit pipeline, as a user types it.
-const dumpStages = "cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp"
+// dumpStages is the explicit pipeline, as a user types it, in cr-dump's
+// order (cr-pages last); briefStages in the order of the project's brief
+// (cr-pages before cr-files and cr-tcp), which works as well.
+const (
+	dumpStages  = "cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages"
+	briefStages = "cr-seize | cr-parasite | cr-pages | cr-files | cr-tcp"
+)
 
 // pipelineCmds are the commands the explicit pipeline and its disposition need.
 var pipelineCmds = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-pages", "cr-files", "cr-tcp"}

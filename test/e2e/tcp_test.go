@@ -506,53 +506,58 @@ func TestTCPLeaveRunning(t *testing.T) {
 }
 
 // TestTCPFailedDump: cr-tcp dies (SIGKILL) after it locked the
-// connections and put them in repair mode; cr-dump thaws the server, which
-// takes them out of repair and lifts the lock: the transfer goes on.
+// connections and put them in repair mode, or cr-pages, which comes after
+// it, does; cr-dump thaws the server, which takes them out of repair and
+// lifts the lock: the transfer goes on.
 func TestTCPFailedDump(t *testing.T) {
 	needTCP(t)
-	ns := newNetns(t, "fail")
-	const total = "12000000"
-	srv := startTCP(t, ns, "server", "127.0.0.1", "7005", "2", total, total, "65536")
-	cli := startTCP(t, ns, "client", "127.0.0.1", "7005", "2", total, total, "65536")
-	srv.waitBytes(1<<20, 20*time.Second)
-	// A bin directory whose cr-tcp does its whole job, then is killed.
-	dir := t.TempDir()
-	for _, name := range pipelineCmds {
-		if name == "cr-tcp" {
-			continue
-		}
-		if err := os.Symlink(bin(name), filepath.Join(dir, name)); err != nil {
-			t.Fatal(err)
-		}
+	for _, killed := range []string{"cr-tcp", "cr-pages"} {
+		t.Run(killed, func(t *testing.T) {
+			ns := newNetns(t, "fail")
+			const total = "12000000"
+			srv := startTCP(t, ns, "server", "127.0.0.1", "7005", "2", total, total, "65536")
+			cli := startTCP(t, ns, "client", "127.0.0.1", "7005", "2", total, total, "65536")
+			srv.waitBytes(1<<20, 20*time.Second)
+			// A bin directory whose stage does its whole job, then is killed.
+			dir := t.TempDir()
+			for _, name := range pipelineCmds {
+				if name == killed {
+					continue
+				}
+				if err := os.Symlink(bin(name), filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := os.ReadFile(bin("cr-dump")) // cr-dump finds its stages next to its own (resolved) path
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "cr-dump"), b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			wrapper := fmt.Sprintf("#!/bin/sh\n%s \"$@\" >/dev/null || exit 1\nkill -KILL $$\n", bin(killed))
+			if err := os.WriteFile(filepath.Join(dir, killed), []byte(wrapper), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			img := filepath.Join(srv.dir, "img")
+			r := shell(t, 60*time.Second, fmt.Sprintf("%s/cr-dump -t %d -o %s", dir, srv.pid, img))
+			if r.err == nil {
+				t.Fatal("the dump succeeded")
+			}
+			if !strings.Contains(string(r.stderr), killed+": killed by SIGKILL") {
+				t.Errorf("cr-dump does not blame %s: %s", killed, r.stderr)
+			}
+			if _, err := os.Stat(img); err == nil {
+				t.Errorf("an image was left behind")
+			}
+			if tables := ns.nftTables(); len(tables) > 0 {
+				t.Errorf("lock tables left after the failed dump: %v", tables)
+			}
+			srv.checkNoCgroup()
+			srv.waitVerdict("PASS", 60*time.Second)
+			cli.waitVerdict("PASS", 60*time.Second)
+		})
 	}
-	b, err := os.ReadFile(bin("cr-dump")) // cr-dump finds its stages next to its own (resolved) path
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cr-dump"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	wrapper := fmt.Sprintf("#!/bin/sh\n%s \"$@\" >/dev/null || exit 1\nkill -KILL $$\n", bin("cr-tcp"))
-	if err := os.WriteFile(filepath.Join(dir, "cr-tcp"), []byte(wrapper), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(srv.dir, "img")
-	r := shell(t, 60*time.Second, fmt.Sprintf("%s/cr-dump -t %d -o %s", dir, srv.pid, img))
-	if r.err == nil {
-		t.Fatal("the dump succeeded")
-	}
-	if !strings.Contains(string(r.stderr), "cr-tcp: killed by SIGKILL") {
-		t.Errorf("cr-dump does not blame cr-tcp: %s", r.stderr)
-	}
-	if _, err := os.Stat(img); err == nil {
-		t.Errorf("an image was left behind")
-	}
-	if tables := ns.nftTables(); len(tables) > 0 {
-		t.Errorf("lock tables left after the failed dump: %v", tables)
-	}
-	srv.checkNoCgroup()
-	srv.waitVerdict("PASS", 60*time.Second)
-	cli.waitVerdict("PASS", 60*time.Second)
 }
 
 // TestTCPPendingAccept: connections waiting in a listener's accept queue
