@@ -62,7 +62,7 @@ func DumpProcess(w *image.Writer, p *pb.Process) (Stats, error) {
 // large process. done, when not nil, is called for each process once its
 // last frame is written.
 func DumpProcesses(w *image.Writer, procs []*pb.Process, done func(*pb.Process, Stats)) error {
-	return stream(w, procs, newGhosts(defaultOptions, nil), nil, done)
+	return stream(w, procs, newGhosts(defaultOptions, nil), nil, nil, done)
 }
 
 // prepared is a process ready to stream: its Mm record, and the runs of

@@ -31,6 +31,9 @@ type Options struct {
 	// instead of their being copied (lend.go): for a dump whose processes
 	// are killed, or stay frozen, until the image is read to the end.
 	Lend bool
+	// LendMin: a smaller process is copied all the same (LendMin; 0:
+	// lendMinAnon).
+	LendMin int64
 }
 
 var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}

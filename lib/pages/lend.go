@@ -40,8 +40,24 @@ import (
 // back (finish); what fails there fails the dump at close.
 
 // lendMinAnon: a process with less private anonymous memory resident
-// (RssAnon) is copied, not lent.
-const lendMinAnon = 8 << 20
+// (RssAnon) is copied, not lent: putting a lender in, and the hold of the
+// tree it needs, cost more than copying less than this (64 × 16 MiB →
+// /dev/null 0.229 s copied against 0.254 lent; 16 × 64 MiB the same;
+// doc/performance.md, 51). CRPIPE_LEND_MIN=SIZE (8M, 1G) sets another.
+const lendMinAnon = 64 << 20
+
+// LendMin is lendMinAnon, or the size CRPIPE_LEND_MIN gives.
+func LendMin() (int64, error) {
+	s := os.Getenv("CRPIPE_LEND_MIN")
+	if s == "" {
+		return lendMinAnon, nil
+	}
+	n, err := stage.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("CRPIPE_LEND_MIN: %w", err)
+	}
+	return n, nil
+}
 
 // lendMinRun: shorter runs are copied. Each lent frame costs a few system
 // calls of its own; the copiers put many short runs into one batch.
@@ -55,7 +71,6 @@ const lendMaxFrame = bufSize &^ (image.PageSize - 1)
 type lenders struct {
 	reqs chan func()
 	want map[int]bool
-	fast func() *proc.FastVmFlags // see fastVmFlags
 	// The writer's: a process's frames were written (faultFailWhileLending).
 	writtenFirst bool
 	// On the lenders' thread only:
@@ -78,14 +93,14 @@ type lender struct {
 
 // startLenders holds the tree for lending from the processes of procs
 // worth it. It returns nil (copy everything) when there is none.
-func startLenders(fr *pb.Freeze, procs []*pb.Process, fast func() *proc.FastVmFlags) (*lenders, error) {
+func startLenders(fr *pb.Freeze, procs []*pb.Process, min int64) (*lenders, error) {
 	if !inject.LendUsable() {
 		stage.Logf("--lend: this CPU has no crc32 instruction; copying")
 		return nil, nil
 	}
-	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}, fast: fast}
+	ls := &lenders{reqs: make(chan func()), want: map[int]bool{}, procs: map[int]parasite.HeldProcess{}, byPid: map[int]*lender{}}
 	for _, p := range procs {
-		if worthLending(p) {
+		if hasAnon(p, min) {
 			ls.want[int(p.Pid)] = true
 		}
 	}
@@ -103,13 +118,14 @@ func startLenders(fr *pb.Freeze, procs []*pb.Process, fast func() *proc.FastVmFl
 	return ls, nil
 }
 
-// worthLending: p has enough private anonymous memory resident to lend it.
-func worthLending(p *pb.Process) bool {
+// hasAnon: p has at least min bytes of private anonymous memory resident
+// (worth lending, or the BPF iterator's setup: fastMinAnon).
+func hasAnon(p *pb.Process, min int64) bool {
 	if p.State == "Z" {
 		return false
 	}
 	st, err := proc.ReadStatus(int(p.Pid))
-	return err == nil && st.RssAnon<<10 >= lendMinAnon
+	return err == nil && int64(st.RssAnon)<<10 >= min
 }
 
 // faultFailWhileLending: CRPIPE_FAULT=pages-fails-while-lending makes the
@@ -144,19 +160,6 @@ func (ls *lenders) hold(fr *pb.Freeze, procs []*pb.Process) (err error) {
 
 // wants: pid is worth lending from (it lends unless it refuses the lender).
 func (ls *lenders) wants(pid int) bool { return ls != nil && ls.want[pid] }
-
-// fastVmFlags is where prepare reads the VmFlags of a process from first
-// (nil: smaps). Only for one that lends and has no parent in the dump:
-// the BPF iterator cannot tell which VMAs may share pages, so it says all
-// may (proc.FastVmFlags), which costs nothing there (a lent run is not
-// looked at for sharing, and nothing is inherited: sharing.go) but a
-// pagemap read of every page copied or inherited elsewhere.
-func (ls *lenders) fastVmFlags(parent int, lending bool) *proc.FastVmFlags {
-	if parent != 0 || !lending { // lending: ls is not nil (wants)
-		return nil
-	}
-	return ls.fast()
-}
 
 // begin sets up pid's lender, if pid is worth lending from, once its
 // memory has been looked at (prepare): the lender's own mappings must not

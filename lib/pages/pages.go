@@ -22,6 +22,7 @@ package pages
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -44,7 +45,11 @@ func Command() *cli.App {
 			if err != nil {
 				return stage.Filter{}, err
 			}
-			return FilterWith(Options{GhostLimit: limit, Lend: c.Bool("lend")}), nil
+			lendMin, err := LendMin()
+			if err != nil {
+				return stage.Filter{}, stage.Usagef("%v", err)
+			}
+			return FilterWith(Options{GhostLimit: limit, Lend: c.Bool("lend"), LendMin: lendMin}), nil
 		})
 }
 
@@ -57,6 +62,7 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	fast := &fastSetup{}
+	lendMin := cmp.Or(opts.LendMin, lendMinAnon)
 	observe := up.Observe
 	if opts.Lend {
 		observe = func(f *image.Frame) error {
@@ -64,7 +70,7 @@ func FilterWith(opts Options) stage.Filter {
 			if err := up.Observe(f); err != nil {
 				return err
 			}
-			if len(up.Procs) > n && !fast.requested && worthLending(up.Procs[n]) {
+			if len(up.Procs) > n && !fast.requested && hasAnon(up.Procs[n], fastMinAnon) {
 				fast.start()
 			}
 			return nil
@@ -82,7 +88,7 @@ func FilterWith(opts Options) stage.Filter {
 				if err := up.NeedFreeze(); err != nil {
 					return err
 				}
-				if ls, err = startLenders(up.Freeze, up.Procs, fast.get); err != nil {
+				if ls, err = startLenders(up.Freeze, up.Procs, lendMin); err != nil {
 					return err
 				}
 				defer func() {
@@ -91,7 +97,7 @@ func FilterWith(opts Options) stage.Filter {
 					}
 				}()
 			}
-			err = stream(w, up.Procs, newGhosts(opts, up), ls, func(p *pb.Process, st Stats) {
+			err = stream(w, up.Procs, newGhosts(opts, up), ls, fast.get, func(p *pb.Process, st Stats) {
 				mib := float64(st.Pages) * image.PageSize / (1 << 20)
 				stage.Logf("pid %d: %d vmas, %d pages (%.1f MiB; %d of zeros left out) in %d frames, %v (%.2f GB/s)", p.Pid, st.Vmas, st.Pages, mib, st.Zero, st.Frames,
 					st.Elapsed.Round(100_000), float64(st.Pages)*image.PageSize/st.Elapsed.Seconds()/1e9)

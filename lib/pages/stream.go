@@ -16,6 +16,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
 	"crpipe/lib/pb"
+	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
 
@@ -400,7 +401,7 @@ func (rd *copier) readMem(addr uint64, dst []byte) error {
 // processes and assigning their runs to batches (a goroutine), copying and
 // checksumming batches (copiers, one per core) and writing (this
 // goroutine) overlap, also from one process to the next.
-func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done func(*pb.Process, Stats)) (err error) {
+func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, fast func() *proc.FastVmFlags, done func(*pb.Process, Stats)) (err error) {
 	copiers := min(runtime.GOMAXPROCS(0), maxCopiers)
 	nbuf := copiers + 1
 	free := make(chan *batch, nbuf)
@@ -465,7 +466,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, done 
 				parent = int(p.Ppid)
 			}
 			lending := ls.wants(int(p.Pid))
-			pr, err := prepare(p, parent, lending, parents, objects, ls.fastVmFlags(parent, lending))
+			pr, err := prepare(p, parent, lending, parents, objects, fastFor(fast, parent))
 			if err == nil {
 				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
 				if err != nil || lending && !rd.lend {

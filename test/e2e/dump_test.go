@@ -178,6 +178,16 @@ func TestLeaveRunningLends(t *testing.T) {
 		t.Errorf("cr-dump --leave-running into a pipe had the process lend its pages:\n%s", r.stderr)
 	}
 	p.checkRunning()
+	// By default only a process of 64 MiB or more lends (the tests set
+	// CRPIPE_LEND_MIN=8M: TestMain); this one, of 24 MiB, is copied.
+	r = mustShell(t, 60*time.Second, fmt.Sprintf("env -u CRPIPE_LEND_MIN cr-dump -v -t %d --leave-running -o %s.default", p.pid, img))
+	if strings.Contains(string(r.stderr), "lends its private anonymous pages") {
+		t.Errorf("cr-dump of a process of 24 MiB had it lend its pages by default:\n%s", r.stderr)
+	}
+	if r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_LEND_MIN=lots cr-dump -t %d --leave-running -o %s.bad", p.pid, img)); r.err == nil || !strings.Contains(string(r.stderr), "CRPIPE_LEND_MIN") {
+		t.Errorf("CRPIPE_LEND_MIN=lots: %s", r)
+	}
+	p.checkRunning()
 	// Both write their verdict at the start of one file (checkStateCopy).
 	copyPid := p.restoreBeside(img)
 	p.terminate(1)

@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 	// Whatever started the tests may have leaked fds (a shell's pipes):
 	// test programs must start with stdio only, or cr-files refuses them.
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	// The test programs are small: cr-pages --lend has them lend their
+	// pages from 8 MiB, not from the default 64 (lib/pages lendMinAnon;
+	// TestLeaveRunningLends checks the default too).
+	os.Setenv("CRPIPE_LEND_MIN", "8M")
 	os.Exit(setupAndRun(m))
 }
 
