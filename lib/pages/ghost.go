@@ -31,12 +31,12 @@ type Options struct {
 	// instead of their being copied (lend.go): for a dump whose processes
 	// are killed, or stay frozen, until the image is read to the end.
 	Lend bool
-	// LendMin: a smaller process is copied all the same (LendMin; 0:
-	// lendMinAnon).
+	// LendMin: a process with less private anonymous memory is copied
+	// all the same (lendMinAnon, or CRPIPE_LEND_MIN).
 	LendMin int64
 }
 
-var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}
+var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit, LendMin: lendMinAnon}
 
 // isGhostMapping: a deleted file that may have been a real file at its
 // path (kernel-internal objects with made-up names are sorted out by

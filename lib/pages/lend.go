@@ -46,8 +46,9 @@ import (
 // doc/performance.md, 51). CRPIPE_LEND_MIN=SIZE (8M, 1G) sets another.
 const lendMinAnon = 64 << 20
 
-// LendMin is lendMinAnon, or the size CRPIPE_LEND_MIN gives.
-func LendMin() (int64, error) {
+// lendMinFromEnv is lendMinAnon, or the size CRPIPE_LEND_MIN gives (0:
+// every process worth lending at all).
+func lendMinFromEnv() (int64, error) {
 	s := os.Getenv("CRPIPE_LEND_MIN")
 	if s == "" {
 		return lendMinAnon, nil

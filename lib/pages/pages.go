@@ -22,7 +22,6 @@ package pages
 
 import (
 	"bytes"
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -45,7 +44,7 @@ func Command() *cli.App {
 			if err != nil {
 				return stage.Filter{}, err
 			}
-			lendMin, err := LendMin()
+			lendMin, err := lendMinFromEnv()
 			if err != nil {
 				return stage.Filter{}, stage.Usagef("%v", err)
 			}
@@ -62,7 +61,6 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	fast := &fastSetup{}
-	lendMin := cmp.Or(opts.LendMin, lendMinAnon)
 	observe := up.Observe
 	if opts.Lend {
 		observe = func(f *image.Frame) error {
@@ -88,7 +86,7 @@ func FilterWith(opts Options) stage.Filter {
 				if err := up.NeedFreeze(); err != nil {
 					return err
 				}
-				if ls, err = startLenders(up.Freeze, up.Procs, lendMin); err != nil {
+				if ls, err = startLenders(up.Freeze, up.Procs, opts.LendMin); err != nil {
 					return err
 				}
 				defer func() {

@@ -284,7 +284,7 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 		return fmt.Errorf("input: the stream holds no process")
 	}
 	if !created {
-		return stage.Hint(fmt.Errorf("input: the stream holds only process records"), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
+		return stage.Hint(fmt.Errorf("input: the stream holds only process records"), throughEveryStage)
 	}
 	return rc.finish()
 }
@@ -429,6 +429,13 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 	return nil
 }
 
+// dumpPipeline is the pipeline as cr-dump runs it, for hints about an
+// image that missed a stage.
+const (
+	dumpPipeline      = "cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages"
+	throughEveryStage = "the image must come through every stage: " + dumpPipeline
+)
+
 func (rc *Ctx) taskFor(f *image.Frame, pid uint32) (*task, error) {
 	t := rc.Tasks[pid]
 	if t == nil {
@@ -457,7 +464,7 @@ func (t *task) complete() error {
 		}
 	}
 	if missing != "" {
-		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.proc.Pid, missing), "the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
+		return stage.Hint(fmt.Errorf("pid %d: the stream has no %s", t.proc.Pid, missing), throughEveryStage)
 	}
 	return nil
 }

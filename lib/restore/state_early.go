@@ -46,7 +46,7 @@ func blockAll(s *scratchWriter) call {
 // and without its limits, timers and pending signals.
 func missingState(pid, tid uint32, what string) error {
 	return stage.Hint(fmt.Errorf("pid %d tid %d: the stream has no %s", pid, tid, what),
-		"the image must come through every stage: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
+		throughEveryStage)
 }
 
 func processEarly(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {

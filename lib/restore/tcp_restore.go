@@ -195,7 +195,7 @@ func openTCP(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	s, ok := ts.socks[fd.Inode]
 	if !ok || s.file == nil {
 		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: the stream has no tcp-socket record for socket %d", t.pid, fd.Fd, fd.Inode),
-			"the image must come through cr-tcp: cr-freeze | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages")
+			"the image must come through cr-tcp: "+dumpPipeline)
 	}
 	if err := setStatusFlags(s.file, fd.Flags); err != nil {
 		return nil, fmt.Errorf("pid %d fd %d: %w", t.pid, fd.Fd, err)
