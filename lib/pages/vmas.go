@@ -301,6 +301,7 @@ func refuseVmFlags(pid int, m *proc.Mapping) error {
 func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 	root := proc.PathRoot(pid) // where the paths of its maps start
 	stats := map[string]*unix.Stat_t{}
+	onHugetlbfs := map[uint64]bool{} // by device: a library maps several VMAs
 	sysvSegs := sysvTable(pid)
 	out := make([]vma, 0, len(maps))
 	for i := range maps {
@@ -382,7 +383,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			x.scan = scanFilePrivate
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
-				if hugetlbfs(filepath.Join(root, m.Path)) {
+				if hugetlbfsDev(filepath.Join(root, m.Path), st.Dev, onHugetlbfs) {
 					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), "")
 				}
 			case unix.S_IFCHR:
@@ -408,8 +409,16 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 	return out, nil
 }
 
-// hugetlbfs reports whether path is on a hugetlbfs mount.
-func hugetlbfs(path string) bool { return fsType(path) == unix.HUGETLBFS_MAGIC }
+// hugetlbfsDev reports whether path, on device dev, is on a hugetlbfs
+// mount; known holds the answers for devices asked before.
+func hugetlbfsDev(path string, dev uint64, known map[uint64]bool) bool {
+	is, ok := known[dev]
+	if !ok {
+		is = fsType(path) == unix.HUGETLBFS_MAGIC
+		known[dev] = is
+	}
+	return is
+}
 
 // fsType is the magic number of the filesystem path is on, or 0.
 func fsType(path string) int64 {

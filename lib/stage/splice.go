@@ -236,9 +236,10 @@ func donor() image.Donor {
 	if !thpUsable() || verifyAll() {
 		return nil
 	}
+	var notPipe *os.File // found once: each batch need not ask again
 	return func(dst io.Writer, p []byte) (bool, error) {
 		f, ok := dst.(*os.File)
-		if !ok || len(p) == 0 {
+		if !ok || len(p) == 0 || f == notPipe {
 			return false, nil
 		}
 		fd := int(f.Fd())
@@ -251,7 +252,8 @@ func donor() image.Donor {
 			case err == unix.EINTR:
 				continue
 			case first && (err == unix.EBADF || err == unix.EINVAL):
-				return false, nil // not a pipe
+				notPipe = f
+				return false, nil
 			case err != nil:
 				return true, &os.PathError{Op: "vmsplice", Path: f.Name(), Err: err}
 			}

@@ -456,3 +456,37 @@ func TestReportIsOneLine(t *testing.T) {
 		t.Errorf("Report: status %d, printed %q; want 1 and %q", code, out, want)
 	}
 }
+
+// TestDonorDeclinesNonPipe: a regular file is not given pages (the caller
+// writes them), every time it is asked, and a pipe after it still is.
+func TestDonorDeclinesNonPipe(t *testing.T) {
+	give := donor()
+	if give == nil {
+		t.Skip("transparent huge pages are disabled: stages copy instead of donating")
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	for i := 0; i < 2; i++ {
+		if given, err := give(f, page); given || err != nil {
+			t.Fatalf("a regular file, call %d: given %v, error %v", i+1, given, err)
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	mem, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if given, err := give(w, mem); !given || err != nil {
+		t.Fatalf("a pipe: given %v, error %v", given, err)
+	}
+}

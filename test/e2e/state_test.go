@@ -556,8 +556,9 @@ func TestNumaPolicyPartial(t *testing.T) {
 
 // TestVmaRefused: memory with a protection key of its own, a part of a
 // System V shared memory segment (shmat maps only whole ones), an
-// io_uring's rings, memfd_secret memory and a mapping registered with
-// userfaultfd are refused at dump time, naming the process and the
+// io_uring's rings, memfd_secret memory, a mapping registered with
+// userfaultfd and hugetlb memory (anonymous, and a file on a hugetlbfs
+// mount the test makes) are refused at dump time, naming the process and the
 // mapping (cr-pages) or the fd the program holds of the object (cr-files,
 // first in cr-dump), without a hint where none helps (an io_uring's says
 // how to do without one), and the process goes on running. The userfaultfd case
@@ -578,6 +579,8 @@ func TestVmaRefused(t *testing.T) {
 			`memfd_secret\(2\) file \(its memory no other process can read\)`, ""},
 		{"uffd", `a mapping registered with userfaultfd`, "hint: unregister it (UFFDIO_UNREGISTER) before checkpointing",
 			`userfaultfd \(anon_inode:\[userfaultfd\]\)`, "hint: unregister its ranges (UFFDIO_UNREGISTER) and close it before checkpointing"},
+		{"hugetlb", `a hugetlb mapping \(MAP_HUGETLB\)`, "", "", ""},
+		{"hugetlbfs", `a hugetlbfs mapping of /\S+/huge/file`, "", "", ""},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
@@ -596,6 +599,9 @@ func TestVmaRefused(t *testing.T) {
 			args := []string{c.mode}
 			if c.mode == "uffd" {
 				args = append(args, "big")
+			}
+			if c.mode == "hugetlbfs" {
+				args = append(args, mountHugetlbfs(t)+"/file")
 			}
 			p := startStateProg(t, "vmadvice", args...)
 			checkRefusal := func(r result, want *regexp.Regexp, hint string) {
@@ -627,6 +633,28 @@ func TestVmaRefused(t *testing.T) {
 			p.terminate(0)
 		})
 	}
+}
+
+// mountHugetlbfs mounts a hugetlbfs of the test's own, unmounted at its
+// end, or skips where the kernel has none. (The programs map its files
+// MAP_NORESERVE: no huge page need be reserved.)
+func mountHugetlbfs(t *testing.T) string {
+	dir := filepath.Join(t.TempDir(), "huge")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("crpipe-test", dir, "hugetlbfs", 0, ""); err != nil {
+		if err == unix.ENODEV {
+			t.Skip("this kernel has no hugetlbfs")
+		}
+		t.Fatalf("mount hugetlbfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
 }
 
 // TestLandlockRefused: a process sandboxed with Landlock, in its main

@@ -145,7 +145,7 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd] [big]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd|hugetlb|hugetlbfs FILE] [big]");
 	if (!strcmp(argv[argc - 1], "big")) {
 		size = 1 << 20;
 		argc--;
@@ -189,6 +189,19 @@ int main(int argc, char **argv)
 		struct uffdio_register reg = { .range = { (unsigned long)p, SIZE }, .mode = UFFDIO_REGISTER_MODE_MISSING };
 		if (fd < 0 || p == MAP_FAILED || ioctl(fd, UFFDIO_API, &api) != 0 || ioctl(fd, UFFDIO_REGISTER, &reg) != 0)
 			die("userfaultfd");
+	}
+	/* Huge pages reserved by nobody: MAP_NORESERVE maps them all the same
+	 * (a touch would fault), which is all the refusal needs. */
+	if (argc > 3 && !strcmp(argv[3], "hugetlb")) {
+		if (mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+			die("mmap MAP_HUGETLB");
+	}
+	if (argc > 4 && !strcmp(argv[3], "hugetlbfs")) {
+		int fd = open(argv[4], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (fd < 0 || ftruncate(fd, 2 << 20) != 0 ||
+		    mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
+			die("hugetlbfs file");
+		close(fd);
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
