@@ -183,6 +183,7 @@ var refuseHints = map[string]string{
 	"io_uring":             "the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)",
 	"userfaultfd":          "unregister its ranges (UFFDIO_UNREGISTER) and close it before checkpointing",
 	"memfd_secret(2) file": "", // its memory is the program's secret: nothing helps
+	"hugetlb memfd":        "run the program without hugetlb pages if it can (PostgreSQL: huge_pages = off; Java: -XX:-UseLargePages); transparent huge pages are dumped and restored",
 }
 
 // refuse is the error for an fd cr-files cannot dump (yet).

@@ -43,7 +43,7 @@ func memfdVma(pid int, x *vma) error {
 		return fmt.Errorf("pid %d vma %x-%x: fstatfs %s: %w", pid, m.Start, m.End, m.Path, err)
 	}
 	if fs.Type == unix.HUGETLBFS_MAGIC {
-		return unsupported(pid, m, fmt.Sprintf("a mapping of the hugetlb memfd %s", m.Path), "")
+		return unsupported(pid, m, fmt.Sprintf("a mapping of the hugetlb memfd %s", m.Path), hugetlbHint)
 	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {

@@ -280,10 +280,14 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	return nil
 }
 
+// hugetlbHint: what to do about a refused hugetlb mapping (cr-files gives
+// the same words for an fd of a hugetlb memfd).
+const hugetlbHint = "run the program without hugetlb pages if it can (PostgreSQL: huge_pages = off; Java: -XX:-UseLargePages); transparent huge pages are dumped and restored"
+
 // refuseVmFlags refuses VMAs whose state a restore cannot build again.
 func refuseVmFlags(pid int, m *proc.Mapping) error {
 	for _, r := range []struct{ flag, what, hint string }{
-		{"ht", "a hugetlbfs mapping", ""},
+		{"ht", "a hugetlbfs mapping", hugetlbHint},
 		{"ss", "a shadow stack", ""},
 		{"um", "a mapping registered with userfaultfd", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
 		{"uw", "a mapping registered with userfaultfd (write protection)", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
@@ -345,7 +349,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			x.flags |= unix.MAP_ANONYMOUS
 			x.scan = scanAnon
 		case m.Path == "/anon_hugepage" && m.Deleted:
-			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", "")
+			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", hugetlbHint)
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
 		case m.Shared && isMemfdPath(m): // memfd.go
@@ -384,7 +388,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
 				if hugetlbfsDev(filepath.Join(root, m.Path), st.Dev, onHugetlbfs) {
-					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), "")
+					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), hugetlbHint)
 				}
 			case unix.S_IFCHR:
 				if st.Rdev != unix.Mkdev(1, 5) || m.Shared {

@@ -557,8 +557,8 @@ func TestNumaPolicyPartial(t *testing.T) {
 // TestVmaRefused: memory with a protection key of its own, a part of a
 // System V shared memory segment (shmat maps only whole ones), an
 // io_uring's rings, memfd_secret memory, a mapping registered with
-// userfaultfd and hugetlb memory (anonymous, and a file on a hugetlbfs
-// mount the test makes) are refused at dump time, naming the process and the
+// userfaultfd and hugetlb memory (anonymous, a file on a hugetlbfs mount
+// the test makes, a memfd made with MFD_HUGETLB) are refused at dump time, naming the process and the
 // mapping (cr-pages) or the fd the program holds of the object (cr-files,
 // first in cr-dump), without a hint where none helps (an io_uring's says
 // how to do without one), and the process goes on running. The userfaultfd case
@@ -567,6 +567,7 @@ func TestNumaPolicyPartial(t *testing.T) {
 // that flag: smaps must still be read, and the refusal made.
 func TestVmaRefused(t *testing.T) {
 	need(t, "cr-dump")
+	const hugeHint = "hint: run the program without hugetlb pages if it can"
 	// fdWhat: the program holds an fd of the object too, which cr-files,
 	// before cr-pages in cr-dump, refuses first; cr-pages' refusal of the
 	// mapping is then checked in a pipeline without cr-files.
@@ -579,8 +580,9 @@ func TestVmaRefused(t *testing.T) {
 			`memfd_secret\(2\) file \(its memory no other process can read\)`, ""},
 		{"uffd", `a mapping registered with userfaultfd`, "hint: unregister it (UFFDIO_UNREGISTER) before checkpointing",
 			`userfaultfd \(anon_inode:\[userfaultfd\]\)`, "hint: unregister its ranges (UFFDIO_UNREGISTER) and close it before checkpointing"},
-		{"hugetlb", `a hugetlb mapping \(MAP_HUGETLB\)`, "", "", ""},
-		{"hugetlbfs", `a hugetlbfs mapping of /\S+/huge/file`, "", "", ""},
+		{"hugetlb", `a hugetlb mapping \(MAP_HUGETLB\)`, hugeHint, "", ""},
+		{"hugetlbfs", `a hugetlbfs mapping of /\S+/huge/file`, hugeHint, "", ""},
+		{"hugememfd", `a mapping of the hugetlb memfd /memfd:huge`, hugeHint, `hugetlb memfd \(/memfd:huge \(deleted\)\)`, hugeHint},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			if b, err := os.ReadFile("/proc/cpuinfo"); c.mode == "pkey" && (err != nil || !regexp.MustCompile(`\bospke\b`).Match(b)) {
@@ -595,6 +597,13 @@ func TestVmaRefused(t *testing.T) {
 					t.Skipf("this kernel has no memfd_secret (%v; secretmem.enable=0?)", errno)
 				}
 				unix.Close(int(fd))
+			}
+			if c.mode == "hugememfd" {
+				fd, err := unix.MemfdCreate("probe", unix.MFD_CLOEXEC|unix.MFD_HUGETLB)
+				if err != nil {
+					t.Skipf("this kernel makes no hugetlb memfd (%v)", err)
+				}
+				unix.Close(fd)
 			}
 			args := []string{c.mode}
 			if c.mode == "uffd" {

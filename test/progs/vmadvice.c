@@ -145,7 +145,7 @@ static const char *check(char *why, size_t n)
 
 int main(int argc, char **argv)
 {
-	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd|hugetlb|hugetlbfs FILE] [big]");
+	state_init(argc, argv, 3, "vmadvice PROGRESS VERDICT [pkey|sysv|uring|secret|uffd|hugetlb|hugetlbfs FILE|hugememfd] [big]");
 	if (!strcmp(argv[argc - 1], "big")) {
 		size = 1 << 20;
 		argc--;
@@ -202,6 +202,14 @@ int main(int argc, char **argv)
 		    mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
 			die("hugetlbfs file");
 		close(fd);
+	}
+	if (argc > 3 && !strcmp(argv[3], "hugememfd")) { /* kept open and mapped */
+		int fd = memfd_create("huge", MFD_CLOEXEC | MFD_HUGETLB);
+		if (fd < 0 && errno == EINVAL)
+			exit(3);
+		if (fd < 0 || ftruncate(fd, 2 << 20) != 0 ||
+		    mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0) == MAP_FAILED)
+			die("hugetlb memfd");
 	}
 	for (unsigned i = 0; i < NREGIONS; i++) {
 		struct region *r = &regions[i];
