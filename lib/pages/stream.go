@@ -460,13 +460,17 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, fast 
 			inDump[p.Pid] = true
 		}
 		parents, objects := newParentVmas(procs, inDump), sharedObjects{}
+		var fastFlags *proc.FastVmFlags // nil: smaps
+		if fast != nil {
+			fastFlags = fast()
+		}
 		for _, p := range procs {
 			parent := 0
 			if inDump[p.Ppid] {
 				parent = int(p.Ppid)
 			}
 			lending := ls.wants(int(p.Pid))
-			pr, err := prepare(p, parent, lending, parents, objects, fastFor(fast, parent))
+			pr, err := prepare(p, parent, lending, parents, objects, fastFlags)
 			if err == nil {
 				rd.lend, rd.keepOut, err = ls.begin(pr.pid)
 				if err != nil || lending && !rd.lend {

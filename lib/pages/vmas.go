@@ -120,8 +120,8 @@ func unsupported(pid int, m *proc.Mapping, what, hint string) error {
 // beside the other files prepare reads. smaps walks every page table entry
 // (24 ms per GiB resident here); the PAGEMAP_SCAN pass waits for it, since
 // what it says of sharing saves the pass a pagemap read of the same cost
-// (sharing.go). fast, when not nil, is asked first (fastFor
-// says for which processes). The result is taken by applyVmFlags.
+// (sharing.go). fast, when not nil, is asked first (see fastMinAnon).
+// The result is taken by applyVmFlags.
 func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 	ch := make(chan vmFlags, 1)
 	go func() {
@@ -139,24 +139,18 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 }
 
 // fastMinAnon: the BPF iterator is set up (2-5 ms of CPU) once a process
-// with this much private anonymous memory resident shows in the input.
+// with this much private anonymous memory resident shows in the input;
+// then it gives the VmFlags of every process of the dump. It cannot tell
+// which VMAs may share pages, so it says all may (proc.FastVmFlags). That
+// costs nothing for a lent run (not looked at for sharing), and for a
+// copied one a pagemap read of every page (20 ms per GiB; the parent's too
+// where a VMA may inherit from it), where smaps walks every page as well
+// (30 ms per GiB) and writes text for every VMA: 10,000 VMAs of 4 KiB
+// 0.105 / 0.111 s against 0.130 / 0.152 with smaps; cr-pages on 64
+// processes of 16 MiB 0.133 / 0.157 s against 0.144 / 0.167, on the cow
+// tree (8 processes sharing 256 MiB since fork) 0.158 / 0.255 against
+// 0.186 / 0.292 (doc/performance.md, 51 and 53).
 const fastMinAnon = 8 << 20
-
-// fastFor is where prepare reads the VmFlags of a process from first (nil:
-// smaps): the BPF iterator, once set up (fast), for a process without a
-// parent in the dump. The iterator cannot tell which VMAs may share
-// pages, so it says all may (proc.FastVmFlags). That costs nothing for a
-// lent run (not looked at for sharing) and, with no parent to inherit
-// from, a pagemap read of every page copied (20 ms per GiB) where smaps
-// walks every page too (30 ms per GiB) and writes text for every VMA
-// (10,000 VMAs of 4 KiB: 0.112 / 0.116 s lent, 0.130 / 0.152 copied with
-// smaps; doc/performance.md, 51).
-func fastFor(fast func() *proc.FastVmFlags, parent int) *proc.FastVmFlags {
-	if parent != 0 || fast == nil {
-		return nil
-	}
-	return fast()
-}
 
 // fastSetup sets proc.FastVmFlags up in the background (2-5 ms of CPU:
 // the kernel's BTF, the BPF program, the check on probe mappings), once a
