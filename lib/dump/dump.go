@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/freeze"
+	"crpipe/lib/image"
 	"crpipe/lib/stage"
 )
 
@@ -477,26 +478,34 @@ func stopAll(runs []*stageRun, grace time.Duration) {
 }
 
 // culprit picks the stage whose failure caused the others: stages we
-// stopped, and stages that only lost their reader (broken pipe), are
-// consequences; of the rest the most upstream one failed first, since a
-// stage's failure truncates the input of every stage after it.
+// stopped, stages that only lost their reader (broken pipe) and stages
+// whose input ended early are consequences; of the rest the most upstream
+// one failed first, since a stage's failure truncates the input of every
+// stage after it. A truncated input is a consequence even where no stage
+// before it failed on its own: we stop every stage once one fails, and
+// the stage after one we stopped may read the end of its input before it
+// reads our signal (cr-pages refusing its environment at once, last in
+// the pipeline, had cr-files blamed for the end of its input).
 func culprit(runs []*stageRun) *stageRun {
-	var failed, pipeOnly []*stageRun
+	var failed, pipeOnly, cutOff []*stageRun
 	for _, r := range runs {
-		if r.err == nil || stoppedByUs(r) {
-			continue
-		}
-		if brokenPipe(r) {
+		switch {
+		case r.err == nil || stoppedByUs(r):
+		case brokenPipe(r):
 			pipeOnly = append(pipeOnly, r)
-			continue
+		case inputTruncated(r):
+			cutOff = append(cutOff, r)
+		default:
+			failed = append(failed, r)
 		}
-		failed = append(failed, r)
 	}
-	if len(failed) > 0 {
+	switch {
+	case len(failed) > 0:
 		return failed[0]
-	}
-	if len(pipeOnly) > 0 {
+	case len(pipeOnly) > 0:
 		return pipeOnly[len(pipeOnly)-1]
+	case len(cutOff) > 0:
+		return cutOff[0]
 	}
 	return nil
 }
@@ -518,6 +527,12 @@ func stoppedByUs(r *stageRun) bool {
 		}
 	}
 	return strings.Contains(r.stderr.String(), ": error: interrupted by ")
+}
+
+// inputTruncated reports a stage that failed because its input ended
+// without an end frame (image.ErrTruncated).
+func inputTruncated(r *stageRun) bool {
+	return strings.Contains(r.stderr.String(), image.ErrTruncated.Error())
 }
 
 func brokenPipe(r *stageRun) bool {

@@ -138,6 +138,43 @@ func TestDumpStageFails(t *testing.T) {
 	thawedAndRunning(t, p, orig)
 }
 
+// TestDumpBlamesFirstFailure: a stage fails and the stages after the
+// ones it made us stop find their input truncated; the stage that failed
+// on its own is blamed, not the one whose input ended. The fake cr-files
+// outlives our SIGTERM, so it always reads the end of its input first.
+func TestDumpBlamesFirstFailure(t *testing.T) {
+	requireRoot(t)
+	truncated := "trap '' TERM; cat >/dev/null; echo 'cr-files: error: input: frame 6 at offset 3284: stream truncated' >&2; exit 1"
+	for _, tc := range []struct {
+		name   string
+		fakes  map[string]string
+		blamed string
+	}{
+		// The last stage refuses its environment at once; we stop the rest.
+		{"downstream", map[string]string{
+			"cr-files": truncated,
+			"cr-pages": "echo 'cr-pages: error: CRPIPE_LEND_MIN: bad size' >&2; exit 1",
+		}, "cr-pages: CRPIPE_LEND_MIN: bad size"},
+		// A stage before cr-files fails and ends cr-files' input itself.
+		{"upstream", map[string]string{
+			"cr-parasite": "head -c 100 >/dev/null; echo 'cr-parasite: error: pid 1 tid 1: the thread is sandboxed' >&2; exit 1",
+			"cr-files":    truncated,
+		}, "cr-parasite: pid 1 tid 1: the thread is sandboxed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testprog.StartFile(t, "tick")
+			orig := p.OwnCgroup(t)
+			out := t.TempDir()
+			err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: stages(t, tc.fakes)})
+			if err == nil || !strings.HasPrefix(err.Error(), tc.blamed) {
+				t.Fatalf("got %v, want it to start %q", err, tc.blamed)
+			}
+			dirEmpty(t, out)
+			thawedAndRunning(t, p, orig)
+		})
+	}
+}
+
 func TestDumpNoSuchPid(t *testing.T) {
 	requireRoot(t)
 	p := testprog.Start(t, "pause")
