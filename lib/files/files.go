@@ -179,11 +179,11 @@ var refuseHints = map[string]string{
 	"terminal":     "terminals come with a later version; start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"console":      "only pseudo-terminals (/dev/ptmx, /dev/pts/N) and /dev/tty on one are restored; a console or virtual terminal stays with its machine: start the process detached, e.g. setsid CMD </dev/null >LOG 2>&1",
 	"deleted file": "only deleted regular files are kept in an image; close it before checkpointing",
-	// cr-pages gives the same words for their mappings (lib/pages/vmas.go).
-	"io_uring":             "the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)",
+	// cr-pages gives the same words for their mappings (stage.Hint*).
+	"io_uring":             stage.HintIoUring,
 	"userfaultfd":          "unregister its ranges (UFFDIO_UNREGISTER) and close it before checkpointing",
 	"memfd_secret(2) file": "", // its memory is the program's secret: nothing helps
-	"hugetlb memfd":        "run the program without hugetlb pages if it can (PostgreSQL: huge_pages = off; Java: -XX:-UseLargePages); transparent huge pages are dumped and restored",
+	"hugetlb memfd":        stage.HintHugetlb,
 }
 
 // refuse is the error for an fd cr-files cannot dump (yet).

@@ -9,6 +9,7 @@ import (
 
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
+	"crpipe/lib/stage"
 )
 
 // Shared mappings of a memfd (memfd_create(2)) that no fd holds any more:
@@ -43,7 +44,7 @@ func memfdVma(pid int, x *vma) error {
 		return fmt.Errorf("pid %d vma %x-%x: fstatfs %s: %w", pid, m.Start, m.End, m.Path, err)
 	}
 	if fs.Type == unix.HUGETLBFS_MAGIC {
-		return unsupported(pid, m, fmt.Sprintf("a mapping of the hugetlb memfd %s", m.Path), hugetlbHint)
+		return unsupported(pid, m, fmt.Sprintf("a mapping of the hugetlb memfd %s", m.Path), stage.HintHugetlb)
 	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {

@@ -274,14 +274,10 @@ func applyVmFlags(pid int, vmas []vma, fl vmFlags) error {
 	return nil
 }
 
-// hugetlbHint: what to do about a refused hugetlb mapping (cr-files gives
-// the same words for an fd of a hugetlb memfd).
-const hugetlbHint = "run the program without hugetlb pages if it can (PostgreSQL: huge_pages = off; Java: -XX:-UseLargePages); transparent huge pages are dumped and restored"
-
 // refuseVmFlags refuses VMAs whose state a restore cannot build again.
 func refuseVmFlags(pid int, m *proc.Mapping) error {
 	for _, r := range []struct{ flag, what, hint string }{
-		{"ht", "a hugetlbfs mapping", hugetlbHint},
+		{"ht", "a hugetlbfs mapping", stage.HintHugetlb},
 		{"ss", "a shadow stack", ""},
 		{"um", "a mapping registered with userfaultfd", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
 		{"uw", "a mapping registered with userfaultfd (write protection)", "unregister it (UFFDIO_UNREGISTER) before checkpointing"},
@@ -343,7 +339,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			x.flags |= unix.MAP_ANONYMOUS
 			x.scan = scanAnon
 		case m.Path == "/anon_hugepage" && m.Deleted:
-			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", hugetlbHint)
+			return nil, unsupported(pid, m, "a hugetlb mapping (MAP_HUGETLB)", stage.HintHugetlb)
 		case strings.HasPrefix(m.Path, "["):
 			return nil, unsupported(pid, m, fmt.Sprintf("special mapping %s", m.Path), "")
 		case m.Shared && isMemfdPath(m): // memfd.go
@@ -365,8 +361,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			case strings.HasPrefix(m.Path, "/memfd:"):
 				return nil, unsupported(pid, m, fmt.Sprintf("a private mapping of the memfd %s", m.Path), "")
 			case m.Path == "anon_inode:[io_uring]":
-				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])",
-					"the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)")
+				return nil, unsupported(pid, m, "an io_uring ring (anon_inode:[io_uring])", stage.HintIoUring)
 			case m.Path == "/[aio]":
 				return nil, unsupported(pid, m, "a Linux AIO ring (io_setup)", "")
 			case !strings.HasPrefix(m.Path, "/"):
@@ -382,7 +377,7 @@ func classify(pid int, maps []proc.Mapping) ([]vma, error) {
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
 				if hugetlbfsDev(filepath.Join(root, m.Path), st.Dev, onHugetlbfs) {
-					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), hugetlbHint)
+					return nil, unsupported(pid, m, fmt.Sprintf("a hugetlbfs mapping of %s", m.Path), stage.HintHugetlb)
 				}
 			case unix.S_IFCHR:
 				if st.Rdev != unix.Mkdev(1, 5) || m.Shared {

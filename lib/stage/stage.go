@@ -45,6 +45,13 @@ type UsageError struct{ Err error }
 func (e *UsageError) Error() string { return e.Err.Error() }
 func (e *UsageError) Unwrap() error { return e.Err }
 
+// Hints that cr-files (for an fd) and cr-pages (for a mapping) both give
+// about the same kernel object.
+const (
+	HintIoUring = "the kernel can neither show an io_uring's state nor build it again; run the program without io_uring if it can (MariaDB: innodb_use_native_aio=0)"
+	HintHugetlb = "run the program without hugetlb pages if it can (PostgreSQL: huge_pages = off; Java: -XX:-UseLargePages); transparent huge pages are dumped and restored"
+)
+
 // Usagef reports misuse of a command.
 func Usagef(format string, a ...any) error { return &UsageError{fmt.Errorf(format, a...)} }
 
