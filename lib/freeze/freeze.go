@@ -802,7 +802,7 @@ func thawInPlace(dir string, root int) error {
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil {
 		return fmt.Errorf("thaw %s: %w", dir, err)
 	}
-	return errors.Join(recoverStubs(pids), removeState(dir))
+	return errors.Join(recoverStubs(dir, pids), removeState(dir))
 }
 
 // thawDir unfreezes dir, moves every process in it back to where it came
@@ -823,7 +823,7 @@ func thawDir(dir string, tasks []Task) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	laterErr = errors.Join(laterErr, recoverStubs(pids))
+	laterErr = errors.Join(laterErr, recoverStubs(dir, pids))
 	var errs []error
 	for _, pid := range pids {
 		dst := ""
@@ -854,8 +854,9 @@ func thawDir(dir string, tasks []Task) error {
 
 // recoverStubs puts back the threads a stage that died while its code ran
 // in them left behind (lib/inject/recover.go), once they are thawed: the
-// recovery runs code in them.
-func recoverStubs(pids []int) error {
+// recovery runs code in them. Then the signal masks a dead stage left
+// blocked, from the records on dir, the frozen cgroup (inject.KeepMasks).
+func recoverStubs(dir string, pids []int) error {
 	var errs []error
 	for _, pid := range pids {
 		found, err := inject.RecoverStub(pid)
@@ -865,6 +866,13 @@ func recoverStubs(pids []int) error {
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("pid %d: putting back what a dead stage left: %w", pid, err))
 		}
+	}
+	fixed, err := inject.PutBackMasks(dir)
+	for _, pid := range fixed {
+		fmt.Fprintf(os.Stderr, "%s: pid %d: a stage died with the process's signals blocked; its threads' signal masks are put back\n", filepath.Base(os.Args[0]), pid)
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("putting back the signal masks a dead stage left: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -1124,12 +1132,13 @@ func setState(dir string, tasks []Task) error {
 	return unix.Setxattr(dir, xattrName, b, 0)
 }
 
-// removeState removes the state of a freeze in place; none is no error.
+// removeState removes the state of a freeze in place, and any record of
+// signal masks a dead stage left on it; none is no error.
 func removeState(dir string) error {
 	if err := unix.Removexattr(dir, xattrName); err != nil && !errors.Is(err, unix.ENODATA) {
 		return fmt.Errorf("remove the state on %s: %w", dir, err)
 	}
-	return nil
+	return inject.ForgetMasks(dir)
 }
 
 func getState(dir string) ([]Task, error) {

@@ -222,8 +222,18 @@ func (st *Stub) Unmap(s *Session) error {
 	if err := Errno(ret); err != nil {
 		return fmt.Errorf("tid %d: munmap of the batch stub at %#x: %w", s.tid, st.base, err)
 	}
+	if faultDieUnmapped {
+		os.Exit(70) // as if killed: no stub, no record in the process
+	}
 	return nil
 }
+
+// faultDieUnmapped: CRPIPE_FAULT=parasite-dies-after-unmap makes a tracer
+// exit as if killed right after the stub's munmap, its sessions not ended:
+// every thread with all signals blocked, one at the munmap's syscall-exit
+// stop (fault injection for the test of KeepMasks and parked).
+var faultDieUnmapped = os.Getenv("CRPIPE_FAULT") == "parasite-dies-after-unmap"
+
 
 // Run runs calls in s's thread (of the stub's process) through the stub,
 // in pieces that fit its data pages. A failed call is recorded in its Ret;
@@ -304,6 +314,9 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 		os.Exit(70) // as if killed: the kernel detaches every task where it is
 	}
 	if err := s.toEventStop(); err != nil {
+		return err
+	}
+	if err := s.holdOwn(); err != nil {
 		return err
 	}
 	if err := ReadMem(s.tid, data, buf); err != nil {

@@ -57,6 +57,7 @@ type Session struct {
 	tid   int
 	insn  uint64
 	regs  unix.PtraceRegs // as found at Begin
+	park  unix.PtraceRegs // parked(regs): held between injected calls
 	mask  uint64          // as found at Begin
 	state state
 	saved []scratchSave
@@ -91,7 +92,7 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask, groupStop: stopSig != unix.SIGTRAP}
+	s := &Session{tid: tid, insn: syscallInsn, regs: regs, park: parked(regs), mask: mask, groupStop: stopSig != unix.SIGTRAP}
 	// Kernels before 5.13 cannot tell; they have no way to restore it either.
 	if rs, err := sys.PtraceGetRseqConfig(tid); err == nil && rs.AbiPointer != 0 {
 		s.rseqCsAddr = RseqCsAddr(rs.AbiPointer)
@@ -192,7 +193,41 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := sys.PtraceSetRegs(s.tid, &s.park); err != nil {
+		return 0, err
+	}
 	return int64(got.Rax), nil
+}
+
+// The syscall-restart codes of an interrupted call (include/linux/errno.h),
+// negated in its rax.
+const (
+	ErrRestartSys          = 512
+	ErrRestartNoIntr       = 513
+	ErrRestartNoHand       = 514
+	ErrRestartRestartBlock = 516
+)
+
+// parked is what a thread holds at the syscall-exit stop of an injected
+// call until the next one starts: its own registers (regs, as at Begin)
+// with an interrupted syscall restarted the way the kernel restarts it
+// when no handler runs, and nothing left to restart (orig_rax -1). A
+// tracer that dies there (kill -9) lets the thread go on with them, back
+// to its own code as if the session had ended, not on to the instruction
+// after the borrowed syscall with borrowed registers (a crash). End puts
+// the exact registers back, for the kernel's own restart.
+func parked(regs unix.PtraceRegs) unix.PtraceRegs {
+	r := regs
+	if int64(r.Orig_rax) >= 0 {
+		switch -int64(r.Rax) {
+		case ErrRestartSys, ErrRestartNoIntr, ErrRestartNoHand:
+			r.Rax, r.Rip = r.Orig_rax, r.Rip-2
+		case ErrRestartRestartBlock:
+			r.Rax, r.Rip = unix.SYS_RESTART_SYSCALL, r.Rip-2
+		}
+	}
+	r.Orig_rax = ^uint64(0)
+	return r
 }
 
 // step resumes the task to its next syscall stop.
@@ -297,6 +332,20 @@ func (s *Session) End(regs *unix.PtraceRegs) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// holdOwn gives the thread, back at an event stop from a batch, its own
+// registers and rseq_cs while it waits for the next batch or End: a
+// tracer that dies meanwhile lets it go on in its own code, as End would
+// but with every signal still blocked (KeepMasks), instead of in a stub
+// that may be gone by then.
+func (s *Session) holdOwn() error {
+	if s.rseqCsAddr != 0 {
+		if err := PutRseqCs(s.tid, s.rseqCsAddr, s.rseqCs); err != nil {
+			return err
+		}
+	}
+	return sys.PtraceSetRegs(s.tid, &s.regs)
 }
 
 // toEventStop leads the task back into get_signal.

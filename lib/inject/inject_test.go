@@ -259,3 +259,64 @@ func TestEndWithRegs(t *testing.T) {
 		t.Fatalf("target did not exit 7: %v", werr)
 	}
 }
+
+// TestTracerGoneBetweenCalls: the tracer lets go of the thread (as its
+// death does) at the syscall-exit stop of an injected call, without End.
+// The thread holds its own registers there (parked), so it goes on with
+// its own code: the interrupted nanosleep restarts and sleeps its full
+// time, and a computation in registers ends with the undisturbed result.
+// (With the borrowed registers it would run on after the vDSO's syscall
+// instruction and crash.)
+func TestTracerGoneBetweenCalls(t *testing.T) {
+	t.Run("sleeping", func(t *testing.T) {
+		p, insn := seizedSleeper(t)
+		s, err := Begin(p.Pid, insn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			if ret, err := s.Syscall(unix.SYS_GETPID); err != nil || ret != int64(p.Pid) {
+				t.Fatalf("getpid: %d, %v", ret, err)
+			}
+		}
+		if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+			t.Fatal(err)
+		}
+		line, err := p.Next(5 * time.Second)
+		if err != nil || line != "slept ok" {
+			t.Fatalf("target: %q, %v", line, err)
+		}
+	})
+	t.Run("busy", func(t *testing.T) {
+		p := testprog.Start(t, "busy", "5")
+		insn, err := FindSyscallInsn(p.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		seizeStop(t, p.Pid)
+		s, err := Begin(p.Pid, insn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ret, err := s.Syscall(unix.SYS_GETPPID); err != nil || ret <= 0 {
+			t.Fatalf("getppid: %d, %v", ret, err)
+		}
+		if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+			t.Fatal(err)
+		}
+		line, err := p.Next(60 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := uint64(1)
+		for i := uint64(0); i < 5*100000000; i++ {
+			x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
+		}
+		if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
+			t.Fatalf("target printed %q, want %q", line, want)
+		}
+	})
+}

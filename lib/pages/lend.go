@@ -83,6 +83,7 @@ type lenders struct {
 }
 
 type lender struct {
+	hp parasite.HeldProcess
 	s  *inject.Session
 	st *inject.Stub
 	l  *inject.Lender
@@ -191,14 +192,17 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 // newLender injects a lender into a held process, through its first
 // thread that takes a session (a leader that has exited is a zombie).
 func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
-	ld = &lender{}
+	ld = &lender{hp: hp}
 	for _, tid := range hp.Tids {
+		if err = inject.KeepMasks(hp.Cgroup, hp.Pid, []int{tid}); err != nil {
+			return nil, err
+		}
 		if ld.s, err = inject.Begin(tid, hp.Insn); err == nil {
 			break
 		}
 	}
 	if ld.s == nil {
-		return nil, fmt.Errorf("pid %d: no thread to lend pages through: %w", hp.Pid, err)
+		return nil, errors.Join(fmt.Errorf("pid %d: no thread to lend pages through: %w", hp.Pid, err), inject.DropMasks(hp.Cgroup, hp.Pid))
 	}
 	defer func() {
 		if err == nil {
@@ -234,7 +238,10 @@ func (ld *lender) undo() error {
 	if ld.st != nil {
 		errs = append(errs, ld.st.Unmap(ld.s))
 	}
-	errs = append(errs, ld.s.End(nil))
+	if err := ld.s.End(nil); err != nil {
+		return errors.Join(append(errs, err)...) // the record serves the thaw
+	}
+	errs = append(errs, inject.DropMasks(ld.hp.Cgroup, ld.hp.Pid))
 	return errors.Join(errs...)
 }
 

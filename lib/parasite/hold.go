@@ -26,9 +26,10 @@ type Held struct {
 // HeldProcess is a held process, its threads, and a syscall instruction
 // of its own.
 type HeldProcess struct {
-	Pid  int
-	Tids []int
-	Insn uint64
+	Pid    int
+	Tids   []int
+	Insn   uint64
+	Cgroup string // the frozen cgroup it is in
 }
 
 // Hold seizes every thread of the live processes of procs, which must sit
@@ -62,7 +63,7 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 		if err := tg.waitStops(); err != nil {
 			return h, err
 		}
-		h.Procs = append(h.Procs, HeldProcess{Pid: tg.pid, Tids: tg.tids, Insn: tg.insn})
+		h.Procs = append(h.Procs, HeldProcess{Pid: tg.pid, Tids: tg.tids, Insn: tg.insn, Cgroup: tg.cgroup})
 	}
 	return h, nil
 }

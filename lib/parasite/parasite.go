@@ -124,6 +124,7 @@ func Filter(opt Options) stage.Filter {
 type target struct {
 	pid     int
 	insn    uint64
+	cgroup  string // the frozen cgroup
 	tids    []int
 	ids     [][2]int // per thread: real uid and gid (its witness's)
 	seccomp []bool
@@ -263,7 +264,7 @@ func prepare(p *pb.Process, fr *pb.Freeze, mount string, wit *witnesses) (*targe
 		}
 		return nil, err
 	}
-	tg := &target{pid: pid, insn: insn, stopped: p.State == "T"}
+	tg := &target{pid: pid, insn: insn, cgroup: fr.Cgroup, stopped: p.State == "T"}
 	tids := p.Threads
 	if len(tids) == 0 {
 		tids = []uint32{p.Pid}
@@ -388,7 +389,7 @@ func (w *worker) inject() error {
 				return fmt.Errorf("pid %d tid %d: %w", tg.pid, tg.tids[i], err)
 			}
 		}
-		res, err := Process(tg.pid, tg.tids, tg.insn, w.opt, witness)
+		res, err := Process(tg.pid, tg.tids, tg.insn, tg.cgroup, w.opt, witness)
 		if errors.Is(err, inject.ErrSigstop) {
 			// Put back, the process stops as the signal asks once thawed.
 			return stage.Hint(err, "the process was sent SIGSTOP during the checkpoint; checkpoint it again once it has stopped (a stopped process is dumped as it is)")
@@ -415,16 +416,26 @@ func (w *worker) inject() error {
 // Process injects the state-reading calls into the threads tids of
 // process pid, which the calling locked OS thread holds in
 // PTRACE_EVENT_STOPs, and puts every thread back as it was (End), and
-// the process's memory, whatever happens. insn is a syscall instruction
+// the process's memory, whatever happens. cgroup is the frozen cgroup,
+// which keeps the threads' signal masks meanwhile (inject.KeepMasks). insn is a syscall instruction
 // in the process. witness gives, per thread, the witness it looks at for
 // a sandbox (landlock.go; 0: none).
-func Process(pid int, tids []int, insn uint64, opt Options, witness []int) (res []*ThreadResult, err error) {
+func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witness []int) (res []*ThreadResult, err error) {
+	if err := inject.KeepMasks(cgroup, pid, tids); err != nil {
+		return nil, err
+	}
 	var sessions []*inject.Session
 	defer func() {
+		ended := true
 		for _, s := range sessions {
 			if eerr := s.End(nil); eerr != nil {
 				err = errors.Join(err, fmt.Errorf("pid %d tid %d: restore registers: %w", pid, s.Tid(), eerr))
-				res = nil
+				res, ended = nil, false
+			}
+		}
+		if ended { // else the record serves the thaw
+			if derr := inject.DropMasks(cgroup, pid); derr != nil {
+				err, res = errors.Join(err, derr), nil
 			}
 		}
 	}()

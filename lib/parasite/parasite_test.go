@@ -188,11 +188,19 @@ func TestThreadFailure(t *testing.T) {
 			}
 			defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
 			// The stack is not executable: the "syscall" faults.
-			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, opt, []int{0})
+			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, tg.Frozen.Cgroup, opt, []int{0})
 			if err == nil {
 				t.Fatal("injection at a non-executable address succeeded")
 			}
 			t.Logf("expected failure (%+v): %v", opt, err)
+			// Every thread ended: nothing for a thaw to put back.
+			if n, _ := unix.Listxattr(tg.Frozen.Cgroup, make([]byte, 4096)); n > 0 {
+				b := make([]byte, n)
+				unix.Listxattr(tg.Frozen.Cgroup, b)
+				if strings.Contains(string(b), "crpipe.masks") {
+					t.Errorf("a record of signal masks is left on %s: %q", tg.Frozen.Cgroup, b)
+				}
+			}
 		}()
 		before.check(t, takeSnapshot(t, tg.Pid))
 	}

@@ -407,6 +407,31 @@ func TestParasiteDiesInStub(t *testing.T) {
 	p.terminate(p.mustProgress())
 }
 
+// TestParasiteDiesAfterUnmap: cr-parasite dies (CRPIPE_FAULT makes it
+// exit as if killed) right after the stub's munmap, before its sessions
+// end: no stub and no record in the process any more, every thread of the
+// multi-threaded target with all signals blocked, and the thread that ran
+// the munmap at its syscall-exit stop. That thread holds its own
+// registers there (inject.parked), so it runs on in its own code; the
+// thaw gives every thread back its signal mask from the record cr-parasite
+// kept on the frozen cgroup (inject.KeepMasks). The program runs on and
+// checks its whole per-thread state (test/progs/threadstate.c), signals
+// included.
+func TestParasiteDiesAfterUnmap(t *testing.T) {
+	p := startStateProg(t, "threadstate")
+	before := takeSnapshot(t, p.pid)
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-after-unmap cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	if r.err == nil {
+		t.Fatalf("cr-dump succeeded though its cr-parasite died")
+	}
+	if !strings.Contains(string(r.stderr), "signal masks are put back") {
+		t.Errorf("the thaw does not say it put back the signal masks a dead stage left:\n%s", r.stderr)
+	}
+	before.check(t)
+	p.checkRunning()
+	p.terminate(p.mustProgress())
+}
+
 // TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
 // has a thread with borrowed registers and every signal blocked, just
 // after the stub's mmap, before any recovery record exists (the cgroup is

@@ -1,0 +1,222 @@
+package inject
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/proc"
+	"crpipe/lib/stage"
+	"crpipe/lib/sys"
+)
+
+// A session blocks every signal of its thread (Begin) before any stub
+// can record what the thread had (recover.go), and keeps them blocked
+// after the stub is gone, until End. A tracer killed then leaves the
+// thread running its own code with every signal blocked: a SIGTERM sent
+// to end the program waits for ever. So the masks are also kept outside
+// the process, on the frozen cgroup (an xattr per process, as cr-freeze
+// keeps its own state there): KeepMasks before the sessions begin,
+// DropMasks once they have ended, and the thaw's PutBackMasks gives each
+// thread still found with every signal blocked the mask recorded for it.
+
+const masksXattr = "user.crpipe.masks." // + pid
+
+// KeepMasks records on cgroup, the directory of the frozen cgroup, the
+// signal masks of tids, threads of pid that the caller holds in ptrace
+// stops and is about to begin sessions on. A process with too many
+// threads for an xattr is not recorded, and says so in the log.
+func KeepMasks(cgroup string, pid int, tids []int) error {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	masks := make(map[uint64][]int)
+	for _, tid := range tids {
+		m, err := sys.PtraceGetSigmask(tid)
+		if err != nil {
+			return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
+		}
+		masks[m] = append(masks[m], tid)
+	}
+	err = unix.Setxattr(cgroup, masksXattr+strconv.Itoa(pid), encodeMasks(st.StartTime, masks), 0)
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
+		stage.Logf("pid %d: the signal masks of its %d threads do not fit on %s (%v); were this stage killed now, they could stay blocked", pid, len(tids), cgroup, err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pid %d: record the signal masks on %s: %w", pid, cgroup, err)
+	}
+	return nil
+}
+
+// DropMasks removes the record KeepMasks made for pid.
+func DropMasks(cgroup string, pid int) error {
+	if err := unix.Removexattr(cgroup, masksXattr+strconv.Itoa(pid)); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("pid %d: remove the record of its signal masks from %s: %w", pid, cgroup, err)
+	}
+	return nil
+}
+
+// The record: the process's start time, then for each distinct mask the
+// mask, the number of its threads and their tids (threads mostly share a
+// mask: about 4 bytes a thread).
+func encodeMasks(start uint64, masks map[uint64][]int) []byte {
+	le := binary.LittleEndian
+	b := le.AppendUint64(nil, start)
+	for _, m := range slices.Sorted(maps.Keys(masks)) {
+		b = le.AppendUint64(b, m)
+		b = le.AppendUint32(b, uint32(len(masks[m])))
+		for _, tid := range masks[m] {
+			b = le.AppendUint32(b, uint32(tid))
+		}
+	}
+	return b
+}
+
+func decodeMasks(b []byte) (start uint64, masks map[int]uint64, err error) {
+	le := binary.LittleEndian
+	bad := fmt.Errorf("malformed record of signal masks (%d bytes)", len(b))
+	if len(b) < 8 {
+		return 0, nil, bad
+	}
+	start, b = le.Uint64(b), b[8:]
+	masks = map[int]uint64{}
+	for len(b) > 0 {
+		if len(b) < 12 {
+			return 0, nil, bad
+		}
+		m, n := le.Uint64(b), uint64(le.Uint32(b[8:]))
+		b = b[12:]
+		if n*4 > uint64(len(b)) {
+			return 0, nil, bad
+		}
+		for range n {
+			masks[int(le.Uint32(b))] = m
+			b = b[4:]
+		}
+	}
+	return start, masks, nil
+}
+
+// PutBackMasks reads every record of signal masks on cgroup, gives each
+// thread of a recorded process that is untraced and has every signal
+// blocked the mask recorded for it, and removes the records. The cgroup
+// must be thawed. It returns the pids whose threads it put back.
+func PutBackMasks(cgroup string) (fixed []int, err error) {
+	names, err := masksRecords(cgroup)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, name := range names {
+		pid, _ := strconv.Atoi(strings.TrimPrefix(name, masksXattr))
+		n, err := putBackMasksOf(cgroup, name, pid)
+		if n > 0 {
+			fixed = append(fixed, pid)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
+		}
+		if err := unix.Removexattr(cgroup, name); err != nil && !errors.Is(err, unix.ENODATA) {
+			errs = append(errs, fmt.Errorf("remove %s from %s: %w", name, cgroup, err))
+		}
+	}
+	return fixed, errors.Join(errs...)
+}
+
+// ForgetMasks removes every record of signal masks from cgroup.
+func ForgetMasks(cgroup string) error {
+	names, err := masksRecords(cgroup)
+	for _, name := range names {
+		if rerr := unix.Removexattr(cgroup, name); rerr != nil && !errors.Is(rerr, unix.ENODATA) {
+			err = errors.Join(err, fmt.Errorf("remove %s from %s: %w", name, cgroup, rerr))
+		}
+	}
+	return err
+}
+
+// masksRecords lists the names of the records of signal masks on cgroup.
+func masksRecords(cgroup string) ([]string, error) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Listxattr(cgroup, buf)
+		if errors.Is(err, unix.ERANGE) && len(buf) < 1<<20 {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list the xattrs of %s: %w", cgroup, err)
+		}
+		var names []string
+		for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
+			if pid, err := strconv.Atoi(strings.TrimPrefix(name, masksXattr)); err == nil && pid > 0 && strings.HasPrefix(name, masksXattr) {
+				names = append(names, name)
+			}
+		}
+		return names, nil
+	}
+}
+
+// putBackMasksOf puts back the masks of pid's threads that record name
+// on cgroup holds, and says how many it put back.
+func putBackMasksOf(cgroup, name string, pid int) (int, error) {
+	buf := make([]byte, 64<<10) // XATTR_SIZE_MAX
+	n, err := unix.Getxattr(cgroup, name, buf)
+	if err != nil {
+		return 0, fmt.Errorf("read %s on %s: %w", name, cgroup, err)
+	}
+	start, masks, err := decodeMasks(buf[:n])
+	if err != nil {
+		return 0, err
+	}
+	if st, err := proc.ReadStat(pid); err != nil || st.StartTime != start {
+		return 0, nil // gone, or another process since
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	fixed := 0
+	var errs []error
+	for _, tid := range slices.Sorted(maps.Keys(masks)) {
+		mask := masks[tid]
+		if mask == allBlocked {
+			continue // its own: nothing to tell apart
+		}
+		st, err := proc.ReadStatus(tid)
+		if err != nil || st.Tgid != pid || st.TracerPid != 0 || st.SigBlk != allBlocked {
+			continue // gone, or held by a tracer alive, or its mask is its own
+		}
+		if err := setMaskUntraced(tid, mask); err != nil {
+			errs = append(errs, fmt.Errorf("tid %d: %w", tid, err))
+			continue
+		}
+		fixed++
+	}
+	return fixed, errors.Join(errs...)
+}
+
+// setMaskUntraced seizes tid, stops it, sets its signal mask and lets it
+// go. The calling OS thread is locked.
+func setMaskUntraced(tid int, mask uint64) error {
+	if err := sys.PtraceSeizeStop(tid, 0); err != nil {
+		return err
+	}
+	defer sys.PtraceDetach(tid, 0)
+	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return fmt.Errorf("no ptrace stop within %v", recoverStopTimeout)
+	case !st.IsEventStop():
+		return fmt.Errorf("%v instead of an interrupt stop", st)
+	}
+	return sys.PtraceSetSigmask(tid, mask)
+}
