@@ -155,16 +155,12 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	}
 	st := &Stub{tid: s.tid, base: uint64(ret), size: size}
 	if faultDumpDiesMapping {
-		// The thread has borrowed registers and every signal blocked, and
-		// no record says so yet.
+		// The stub has no records yet, and every signal of the thread is
+		// blocked.
 		unix.Kill(os.Getppid(), unix.SIGKILL)
 		time.Sleep(200 * time.Millisecond) // for the parent-death signal
 	}
-	err = st.setup(s)
-	if err == nil {
-		err = WriteMem(s.tid, st.base+stubSize, records(sessions))
-	}
-	if err != nil {
+	if err := st.setup(s, records(sessions)); err != nil {
 		if uerr := st.Unmap(s); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
@@ -173,15 +169,13 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	return st, nil
 }
 
-func (st *Stub) setup(s *Session) error {
-	ret, err := s.Syscall(unix.SYS_MPROTECT, st.base+stubCodeSize, st.size-stubCodeSize, unix.PROT_READ|unix.PROT_WRITE)
-	if err != nil {
-		return err
-	}
-	if err := Errno(ret); err != nil {
-		return fmt.Errorf("tid %d: mprotect: %w: %w", s.tid, err, ErrNoStub)
-	}
-	// The code page is not writable: write it as a debugger does.
+// setup makes the new mapping a stub: the code and the recovery records
+// written as a debugger writes (nothing of it is writable yet), then the
+// data pages made writable by the stub's own first batch, whose table
+// lies in scratch below the stack. An mprotect injected alone would be
+// one more call during which a killed tracer leaves the thread to run on
+// with borrowed registers (parked covers only the stops between calls).
+func (st *Stub) setup(s *Session, recs []byte) error {
 	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", s.tid), os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -189,6 +183,21 @@ func (st *Stub) setup(s *Session) error {
 	defer f.Close()
 	if _, err := f.WriteAt(codePage(), int64(st.base)); err != nil {
 		return fmt.Errorf("tid %d: write the batch stub: %w", s.tid, err)
+	}
+	if _, err := f.WriteAt(recs, int64(st.base+stubSize)); err != nil {
+		return fmt.Errorf("tid %d: write the stub's recovery records: %w", s.tid, err)
+	}
+	calls := []Call{{Nr: unix.SYS_MPROTECT, Args: [6]uint64{st.base + stubCodeSize, st.size - stubCodeSize, unix.PROT_READ | unix.PROT_WRITE}}}
+	size := 8 + entrySize
+	table, err := s.Scratch(size)
+	if err != nil {
+		return err
+	}
+	if err := st.run(s, calls, table, size); err != nil {
+		return err
+	}
+	if err := Errno(calls[0].Ret); err != nil {
+		return fmt.Errorf("tid %d: mprotect: %w: %w", s.tid, err, ErrNoStub)
 	}
 	return nil
 }
@@ -234,7 +243,6 @@ func (st *Stub) Unmap(s *Session) error {
 // stop (fault injection for the test of KeepMasks and parked).
 var faultDieUnmapped = os.Getenv("CRPIPE_FAULT") == "parasite-dies-after-unmap"
 
-
 // Run runs calls in s's thread (of the stub's process) through the stub,
 // in pieces that fit its data pages. A failed call is recorded in its Ret;
 // only a failure of the injection itself is an error, after which the
@@ -249,7 +257,7 @@ func (st *Stub) Run(s *Session, calls []Call) error {
 		if n == 0 {
 			return fmt.Errorf("inject: a call with %d bytes of output does not fit the stub", calls[0].Out)
 		}
-		if err := st.run(s, calls[:n], size); err != nil {
+		if err := st.run(s, calls[:n], st.base+stubCodeSize, size); err != nil {
 			return err
 		}
 		calls = calls[n:]
@@ -261,8 +269,9 @@ func (st *Stub) Run(s *Session, calls []Call) error {
 // Out bytes, 8-byte aligned.
 func outSize(c Call) int { return (c.Out + 7) &^ 7 }
 
-// run runs calls whose table and output buffers take size bytes.
-func (st *Stub) run(s *Session, calls []Call, size int) error {
+// run runs calls whose table and output buffers take size bytes at data
+// (the stub's data pages, or scratch).
+func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 	if s.ended {
 		return errors.New("inject: session already ended")
 	}
@@ -270,7 +279,6 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 		return fmt.Errorf("inject: tid %d is not at a stop where the stub can start", s.tid)
 	}
 	// The data: the done word, the table, the output buffers.
-	data := st.base + stubCodeSize
 	table := data + 8
 	le := binary.LittleEndian
 	buf := make([]byte, size)

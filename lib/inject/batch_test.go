@@ -8,7 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,47 +177,83 @@ func TestStubFault(t *testing.T) {
 	}
 }
 
-// TestStubRefused: a process that may not map executable memory (here
-// RLIMIT_AS leaves no room) refuses the stub with ErrNoStub, the caller's
-// cue to fall back to RunEach, and is left as it was.
+// TestStubRefused: a process that refuses the stub refuses it with
+// ErrNoStub, the caller's cue to fall back to RunEach, and is left as it
+// was: one that may not map more memory (RLIMIT_AS leaves no room: the
+// mmap fails) and one that may map it but not make it writable
+// (RLIMIT_DATA at what it has: the stub's first batch, the mprotect of
+// its data pages, fails, and nothing faults).
 func TestStubRefused(t *testing.T) {
-	p := testprog.Start(t, "sleep", "2")
-	insn, err := FindSyscallInsn(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vm uint64
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Pid)); err == nil {
-		fmt.Sscan(string(b), &vm)
-	}
-	lim := unix.Rlimit{Cur: vm * uint64(os.Getpagesize()), Max: unix.RLIM_INFINITY}
-	if err := unix.Prlimit(p.Pid, unix.RLIMIT_AS, &lim, nil); err != nil {
-		t.Fatal(err)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
-	before := look(t, p.Pid)
-	s, err := Begin(p.Pid, insn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := MapStub(s, []*Session{s}); !errors.Is(err, ErrNoStub) {
-		t.Fatalf("MapStub under RLIMIT_AS: %v, want ErrNoStub", err)
-	}
-	calls := batch(3)
-	if err := s.RunEach(calls); err != nil || calls[0].Ret != int64(p.Pid) {
-		t.Fatalf("RunEach: %v, getpid %d", err, calls[0].Ret)
-	}
-	if err := s.End(nil); err != nil {
-		t.Fatal(err)
-	}
-	before.check(t, look(t, p.Pid))
-	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
-		t.Fatalf("target: %q, %v", line, err)
+	for _, c := range []struct {
+		name     string
+		resource int
+		limit    func(pid int) uint64
+		call     string
+	}{
+		{"mmap", unix.RLIMIT_AS, func(pid int) uint64 {
+			var vm uint64
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid)); err == nil {
+				fmt.Sscan(string(b), &vm)
+			}
+			return vm * uint64(os.Getpagesize())
+		}, "mmap"},
+		{"mprotect", unix.RLIMIT_DATA, func(pid int) uint64 {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kb uint64
+			if m := regexp.MustCompile(`(?m)^VmData:\s*(\d+) kB`).FindSubmatch(b); m != nil {
+				kb, _ = strconv.ParseUint(string(m[1]), 10, 64)
+			}
+			if kb == 0 {
+				t.Fatalf("no VmData in the status of pid %d", pid)
+			}
+			return kb << 10
+		}, "mprotect"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := testprog.Start(t, "sleep", "2")
+			insn, err := FindSyscallInsn(p.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var old unix.Rlimit
+			lim := unix.Rlimit{Cur: c.limit(p.Pid), Max: unix.RLIM_INFINITY}
+			if err := unix.Prlimit(p.Pid, c.resource, &lim, &old); err != nil {
+				t.Fatal(err)
+			}
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			seizeStop(t, p.Pid)
+			before := look(t, p.Pid)
+			s, err := Begin(p.Pid, insn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = MapStub(s, []*Session{s})
+			if !errors.Is(err, ErrNoStub) || !strings.Contains(err.Error(), c.call) {
+				t.Fatalf("MapStub: %v, want ErrNoStub from %s", err, c.call)
+			}
+			t.Logf("refused as expected: %v", err)
+			calls := batch(3)
+			if err := s.RunEach(calls); err != nil || calls[0].Ret != int64(p.Pid) {
+				t.Fatalf("RunEach: %v, getpid %d", err, calls[0].Ret)
+			}
+			if err := s.End(nil); err != nil {
+				t.Fatal(err)
+			}
+			before.check(t, look(t, p.Pid))
+			if err := unix.Prlimit(p.Pid, c.resource, &old, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+				t.Fatal(err)
+			}
+			if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
+				t.Fatalf("target: %q, %v", line, err)
+			}
+		})
 	}
 }
 

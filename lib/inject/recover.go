@@ -17,17 +17,21 @@ import (
 )
 
 // Recovery from a tracer that dies in the middle (killed, or a crash):
-// the kernel detaches its tasks where they are. A thread that ran a batch
+// the kernel detaches its tasks where they are. A thread running a batch
 // is left parked in the stub's pause(2) with the stub's registers, for
 // good; every thread with a session is left with all signals blocked.
 // So MapStub writes, after the stub's data, a record per session of what
 // End would put back (registers, signal mask, rseq_cs), and
 // RecoverStub, which thaw runs on every process it thaws, finds a stub
 // left behind and puts its threads back from the records, then unmaps it.
-// (A death inside one of the few single injections around the stub,
-// its mmap, mprotect and munmap, is not covered: nothing records them;
-// nor one between the page lender's setup batch, its mmap and pipe2, and
-// the record of them, lend.go.)
+// Between batches and single calls a thread holds its own registers
+// (holdOwn, parked), and its mask is also kept on the frozen cgroup
+// (masks.go). Not covered: a death while one of the two single calls
+// around the stub is under way, its mmap or its munmap (the thread comes
+// back from the vDSO's syscall instruction with borrowed registers), or
+// after the mmap and before the records are written (the empty mapping
+// is left); nor one between the page lender's setup batch, its mmap and
+// pipe2, and the record of them, lend.go.
 
 const (
 	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
@@ -85,11 +89,19 @@ func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) 
 	}
 	code := make([]byte, len(stubCode))
 	for i, m := range maps {
-		if m.Path != "" || !m.Read || !m.Exec || m.Write || m.End-m.Start != stubCodeSize || i+1 == len(maps) {
+		if m.Path != "" || !m.Read || !m.Exec || m.Write {
 			continue
 		}
-		data := maps[i+1]
-		if data.Start != m.End || data.Path != "" || !data.Write || data.End-data.Start < stubDataSize+recordsHead {
+		// The stub's extent: its code page and the writable data after
+		// it, or one r-x mapping before its first batch made the data
+		// writable (setup).
+		end := m.End
+		if m.End-m.Start == stubCodeSize && i+1 < len(maps) {
+			if data := maps[i+1]; data.Start == m.End && data.Path == "" && data.Write {
+				end = data.End
+			}
+		}
+		if end-m.Start < stubSize+recordsHead {
 			continue
 		}
 		if ReadMem(pid, m.Start, code) != nil || !bytes.Equal(code, stubCode) {
@@ -101,7 +113,7 @@ func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) 
 			continue
 		}
 		n := le.Uint64(head[8:])
-		if n > maxRecords || m.Start+stubSize+recordsHead+n*recordSize > data.End {
+		if n > maxRecords || m.Start+stubSize+recordsHead+n*recordSize > end {
 			return 0, nil, lent, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
 		}
 		lr := head[lendRecordAt:]
