@@ -67,17 +67,18 @@ func (s *Session) RunEach(calls []Call) error {
 // instead of two ptrace stops per call: ~0.1 ms each, 12-15 ms for the
 // ~70 calls cr-parasite makes in a process (doc/performance.md).
 //
-// MapStub injects an mmap of one code page, read and execute only, and
-// data pages after it made read-write by an injected mprotect (so the
-// task never has a writable executable mapping, which MDWE or an LSM may
-// refuse); the code is written through /proc/PID/mem, whose writes are
-// forced. Run writes a table of calls into the data pages, points the
-// thread at the code and lets it run with every signal still blocked;
-// the code makes each call, stores each result in the table, sets a done
-// word and parks in pause(2). The tracer polls the done word, interrupts
-// the pause (a PTRACE_EVENT_STOP inside get_signal, where End can restore
-// the registers and the syscall-restart logic as for Syscall) and reads
-// the table back. Unmap injects the munmap.
+// MapStub injects an mmap of one code page and data pages after it,
+// read and execute only; the first batch's first call makes the data
+// pages read-write (so the task never has a writable executable
+// mapping, which MDWE or an LSM may refuse); the code is written
+// through /proc/PID/mem, whose writes are forced. Run writes a table of
+// calls into the data pages, points the thread at the code and lets it
+// run with every signal still blocked; the code makes each call, stores
+// each result in the table, sets a done word and parks in pause(2). The
+// tracer polls the done word, interrupts the pause (a PTRACE_EVENT_STOP
+// inside get_signal, where End can restore the registers and the
+// syscall-restart logic as for Syscall) and reads the table back. Unmap
+// injects the munmap.
 //
 // Why not end with int3 or another trap: a trap's SIGTRAP is forced on the
 // task, and forcing a blocked signal resets its disposition to SIG_DFL
@@ -91,17 +92,22 @@ type Stub struct {
 	tid  int // the thread that mapped it
 	base uint64
 	size uint64 // code, data and the recovery records (recover.go)
+	// The data pages are writable: the first batch made them so.
+	writable bool
 }
 
 // stubCode is the batch runner. On entry rbx points at the first table
 // entry, r12 just past the last and r13 at the done word. An entry is
 // eight words: nr, six arguments, and the return value the code stores.
-// The kernel preserves rbx, r12 and r13 across syscall (it clobbers only
-// rax, rcx and r11). Position independent, no stack, no memory but the
-// table and the done word.
+// r14 points at an entry that must succeed (the first batch's mprotect
+// of the data pages, which the stores need): if it fails, the code stores
+// nothing, puts its negative errno in the done word and parks (0: none).
+// The kernel preserves rbx, r12, r13 and r14 across syscall (it clobbers
+// only rax, rcx and r11). Position independent, no stack, no memory but
+// the table and the done word.
 var stubCode = []byte{
 	0x4c, 0x39, 0xe3, // loop: cmp rbx, r12
-	0x73, 0x27, //         jae done
+	0x73, 0x37, //         jae done
 	0x48, 0x8b, 0x03, //   mov rax, [rbx]       ; nr
 	0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx+8]
 	0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx+16]
@@ -110,9 +116,15 @@ var stubCode = []byte{
 	0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx+40]
 	0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx+48]
 	0x0f, 0x05, //         syscall
-	0x48, 0x89, 0x43, 0x38, // mov [rbx+56], rax ; the result
+	0x4c, 0x39, 0xf3, //   cmp rbx, r14         ; the entry that must succeed?
+	0x75, 0x05, //         jne store
+	0x48, 0x85, 0xc0, //   test rax, rax
+	0x78, 0x0a, //         js fail
+	0x48, 0x89, 0x43, 0x38, // store: mov [rbx+56], rax ; the result
 	0x48, 0x83, 0xc3, 0x40, // add rbx, 64       ; next entry
-	0xeb, 0xd4, //         jmp loop
+	0xeb, 0xca, //         jmp loop
+	0x49, 0x89, 0x45, 0x00, // fail: mov [r13], rax ; its errno
+	0xeb, 0x08, //         jmp park
 	0x49, 0xc7, 0x45, 0x00, 0x01, 0x00, 0x00, 0x00, // done: mov qword [r13], 1
 	0xb8, 0x22, 0x00, 0x00, 0x00, // park: mov eax, 34 (pause)
 	0x0f, 0x05, //         syscall
@@ -143,6 +155,15 @@ var faultDumpDiesMapping = os.Getenv("CRPIPE_FAULT") == "dump-dies-while-mapping
 // MapStub maps a Stub into the process of s's thread, with a recovery
 // record for each of sessions, the sessions on its threads (recover.go).
 // On failure nothing is left mapped.
+//
+// The mapping is not writable at first: the code and the records are
+// written as a debugger writes, and the first batch makes the data pages
+// writable, as its first call. An mprotect injected alone would be one
+// more call during which a killed tracer leaves the thread to run on with
+// borrowed registers (parked covers only the stops between calls), and a
+// batch of its own one more round trip. A process that refuses it fails
+// that first Run with ErrNoStub: the caller runs its calls one at a time
+// then (RunEach), and unmaps the stub.
 func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	size := uint64(stubSize) + recordsSize(len(sessions))
 	ret, err := s.Syscall(unix.SYS_MMAP, 0, size, unix.PROT_READ|unix.PROT_EXEC,
@@ -160,7 +181,11 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 		unix.Kill(os.Getppid(), unix.SIGKILL)
 		time.Sleep(200 * time.Millisecond) // for the parent-death signal
 	}
-	if err := st.setup(s, records(sessions)); err != nil {
+	err = forceWrite(s.tid, st.base, codePage())
+	if err == nil {
+		err = forceWrite(s.tid, st.base+stubSize, records(sessions))
+	}
+	if err != nil {
 		if uerr := st.Unmap(s); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
@@ -169,35 +194,17 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	return st, nil
 }
 
-// setup makes the new mapping a stub: the code and the recovery records
-// written as a debugger writes (nothing of it is writable yet), then the
-// data pages made writable by the stub's own first batch, whose table
-// lies in scratch below the stack. An mprotect injected alone would be
-// one more call during which a killed tracer leaves the thread to run on
-// with borrowed registers (parked covers only the stops between calls).
-func (st *Stub) setup(s *Session, recs []byte) error {
-	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", s.tid), os.O_RDWR, 0)
+// forceWrite writes b at addr of tid's memory through /proc/PID/mem,
+// whose writes are forced, as a debugger writes: into memory the task
+// itself may not write.
+func forceWrite(tid int, addr uint64, b []byte) error {
+	f, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", tid), os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.WriteAt(codePage(), int64(st.base)); err != nil {
-		return fmt.Errorf("tid %d: write the batch stub: %w", s.tid, err)
-	}
-	if _, err := f.WriteAt(recs, int64(st.base+stubSize)); err != nil {
-		return fmt.Errorf("tid %d: write the stub's recovery records: %w", s.tid, err)
-	}
-	calls := []Call{{Nr: unix.SYS_MPROTECT, Args: [6]uint64{st.base + stubCodeSize, st.size - stubCodeSize, unix.PROT_READ | unix.PROT_WRITE}}}
-	size := 8 + entrySize
-	table, err := s.Scratch(size)
-	if err != nil {
-		return err
-	}
-	if err := st.run(s, calls, table, size); err != nil {
-		return err
-	}
-	if err := Errno(calls[0].Ret); err != nil {
-		return fmt.Errorf("tid %d: mprotect: %w: %w", s.tid, err, ErrNoStub)
+	if _, err := f.WriteAt(b, int64(addr)); err != nil {
+		return fmt.Errorf("tid %d: write %d bytes of the batch stub at %#x: %w", tid, len(b), addr, err)
 	}
 	return nil
 }
@@ -246,18 +253,29 @@ var faultDieUnmapped = os.Getenv("CRPIPE_FAULT") == "parasite-dies-after-unmap"
 // Run runs calls in s's thread (of the stub's process) through the stub,
 // in pieces that fit its data pages. A failed call is recorded in its Ret;
 // only a failure of the injection itself is an error, after which the
-// thread is left for End to bring back.
+// thread is left for End to bring back. The stub's first Run makes its
+// data pages writable (MapStub), or fails with ErrNoStub.
 func (st *Stub) Run(s *Session, calls []Call) error {
+	if !st.writable {
+		unlock := Call{Nr: unix.SYS_MPROTECT, Args: [6]uint64{st.base + stubCodeSize, st.size - stubCodeSize, unix.PROT_READ | unix.PROT_WRITE}}
+		all := append([]Call{unlock}, calls...)
+		n, size, err := fit(all)
+		if err != nil {
+			return err
+		}
+		if err := st.run(s, all[:n], size); err != nil {
+			return err
+		}
+		st.writable = true
+		copy(calls, all[1:n])
+		calls = calls[n-1:]
+	}
 	for len(calls) > 0 {
-		n, size := 0, 8
-		for n < len(calls) && size+entrySize+outSize(calls[n]) <= stubDataSize {
-			size += entrySize + outSize(calls[n])
-			n++
+		n, size, err := fit(calls)
+		if err != nil {
+			return err
 		}
-		if n == 0 {
-			return fmt.Errorf("inject: a call with %d bytes of output does not fit the stub", calls[0].Out)
-		}
-		if err := st.run(s, calls[:n], st.base+stubCodeSize, size); err != nil {
+		if err := st.run(s, calls[:n], size); err != nil {
 			return err
 		}
 		calls = calls[n:]
@@ -265,13 +283,28 @@ func (st *Stub) Run(s *Session, calls []Call) error {
 	return nil
 }
 
+// fit is how many of calls fit the stub's data pages, and the bytes their
+// table and output buffers take.
+func fit(calls []Call) (n, size int, err error) {
+	size = 8
+	for n < len(calls) && size+entrySize+outSize(calls[n]) <= stubDataSize {
+		size += entrySize + outSize(calls[n])
+		n++
+	}
+	if n == 0 {
+		return 0, 0, fmt.Errorf("inject: a call with %d bytes of output does not fit the stub", calls[0].Out)
+	}
+	return n, size, nil
+}
+
 // outSize is the room a call's output buffer takes in the stub's data:
 // Out bytes, 8-byte aligned.
 func outSize(c Call) int { return (c.Out + 7) &^ 7 }
 
-// run runs calls whose table and output buffers take size bytes at data
-// (the stub's data pages, or scratch).
-func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
+// run runs calls whose table and output buffers take size bytes. Until
+// the data pages are writable, the first of calls makes them so, and
+// must succeed.
+func (st *Stub) run(s *Session, calls []Call, size int) error {
 	if s.ended {
 		return errors.New("inject: session already ended")
 	}
@@ -279,6 +312,7 @@ func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 		return fmt.Errorf("inject: tid %d is not at a stop where the stub can start", s.tid)
 	}
 	// The data: the done word, the table, the output buffers.
+	data := st.base + stubCodeSize
 	table := data + 8
 	le := binary.LittleEndian
 	buf := make([]byte, size)
@@ -298,14 +332,28 @@ func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 			le.PutUint64(e[8+8*j:], v)
 		}
 	}
-	if err := WriteMem(s.tid, data, buf); err != nil {
+	write, doneAt, mustSucceed := WriteMem, data, uint64(0)
+	if !st.writable {
+		// The table is read only until its first call has run; the
+		// done word, written whatever that call does, lies in scratch.
+		write, mustSucceed = forceWrite, table
+		var err error
+		if doneAt, err = s.Scratch(8); err != nil {
+			return err
+		}
+		if err := WriteMem(s.tid, doneAt, make([]byte, 8)); err != nil {
+			return err
+		}
+	}
+	if err := write(s.tid, data, buf); err != nil {
 		return err
 	}
 	r := s.regs
 	r.Rip = st.base
 	r.Rbx = table
 	r.R12 = table + uint64(entrySize*len(calls))
-	r.R13 = data
+	r.R13 = doneAt
+	r.R14 = mustSucceed
 	r.Orig_rax = ^uint64(0) // no syscall restart on the way out (see Syscall)
 	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
 		return err
@@ -315,7 +363,8 @@ func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 		return err
 	}
 	s.state = running
-	if err := s.awaitDone(data); err != nil {
+	done, err := s.awaitDone(doneAt)
+	if err != nil {
 		return err
 	}
 	if faultDieInStub {
@@ -326,6 +375,9 @@ func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 	}
 	if err := s.holdOwn(); err != nil {
 		return err
+	}
+	if done != 1 {
+		return fmt.Errorf("tid %d: mprotect of the stub's data pages: %w: %w", s.tid, Errno(done), ErrNoStub)
 	}
 	if err := ReadMem(s.tid, data, buf); err != nil {
 		return err
@@ -340,27 +392,29 @@ func (st *Stub) run(s *Session, calls []Call, data uint64, size int) error {
 	return nil
 }
 
-// awaitDone polls the done word of a running stub. The task is watched
-// meanwhile: an exit or a stop the stub did not lead to ends the wait.
-func (s *Session) awaitDone(done uint64) error {
+// awaitDone polls the done word of a running stub until it is set: 1,
+// or the negative errno of an entry that had to succeed. The task is
+// watched meanwhile: an exit or a stop the stub did not lead to ends the
+// wait.
+func (s *Session) awaitDone(done uint64) (int64, error) {
 	deadline := time.Now().Add(StubTimeout)
 	var w [8]byte
 	for i := 0; ; i++ {
 		if err := ReadMem(s.tid, done, w[:]); err != nil {
-			return err
+			return 0, err
 		}
-		if w[0] == 1 {
-			return nil
+		if v := int64(binary.LittleEndian.Uint64(w[:])); v != 0 {
+			return v, nil
 		}
 		st, ok, err := sys.PtracePoll(s.tid)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if ok {
-			return s.stopped(st)
+			return 0, s.stopped(st)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("tid %d: the batch stub did not finish within %v", s.tid, StubTimeout)
+			return 0, fmt.Errorf("tid %d: the batch stub did not finish within %v", s.tid, StubTimeout)
 		}
 		// The stub needs tens of microseconds once the task has a CPU.
 		sys.Backoff(i)

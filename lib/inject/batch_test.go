@@ -181,8 +181,9 @@ func TestStubFault(t *testing.T) {
 // ErrNoStub, the caller's cue to fall back to RunEach, and is left as it
 // was: one that may not map more memory (RLIMIT_AS leaves no room: the
 // mmap fails) and one that may map it but not make it writable
-// (RLIMIT_DATA at what it has: the stub's first batch, the mprotect of
-// its data pages, fails, and nothing faults).
+// (RLIMIT_DATA at what it has: the first call of the stub's first batch,
+// the mprotect of its data pages, fails; the stub stores nothing then,
+// so nothing faults).
 func TestStubRefused(t *testing.T) {
 	for _, c := range []struct {
 		name     string
@@ -231,7 +232,14 @@ func TestStubRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = MapStub(s, []*Session{s})
+			st, err := MapStub(s, []*Session{s})
+			if err == nil {
+				// Refused by its first batch (the mprotect), or not at all.
+				err = st.Run(s, batch(3))
+				if uerr := st.Unmap(s); uerr != nil {
+					t.Fatal(uerr)
+				}
+			}
 			if !errors.Is(err, ErrNoStub) || !strings.Contains(err.Error(), c.call) {
 				t.Fatalf("MapStub: %v, want ErrNoStub from %s", err, c.call)
 			}
@@ -276,9 +284,15 @@ loop:	cmp rbx, r12
 	mov r8, [rbx+40]
 	mov r9, [rbx+48]
 	syscall
-	mov [rbx+56], rax
+	cmp rbx, r14
+	jne store
+	test rax, rax
+	js fail
+store:	mov [rbx+56], rax
 	add rbx, 64
 	jmp loop
+fail:	mov [r13], rax
+	jmp park
 done:	mov qword ptr [r13], 1
 park:	mov eax, 34
 	syscall

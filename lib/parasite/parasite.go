@@ -417,9 +417,9 @@ func (w *worker) inject() error {
 // process pid, which the calling locked OS thread holds in
 // PTRACE_EVENT_STOPs, and puts every thread back as it was (End), and
 // the process's memory, whatever happens. cgroup is the frozen cgroup,
-// which keeps the threads' signal masks meanwhile (inject.KeepMasks). insn is a syscall instruction
-// in the process. witness gives, per thread, the witness it looks at for
-// a sandbox (landlock.go; 0: none).
+// which keeps the threads' signal masks meanwhile (inject.KeepMasks).
+// insn is a syscall instruction in the process. witness gives, per
+// thread, the witness it looks at for a sandbox (landlock.go; 0: none).
 func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witness []int) (res []*ThreadResult, err error) {
 	if err := inject.KeepMasks(cgroup, pid, tids); err != nil {
 		return nil, err
@@ -491,7 +491,20 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 		if err != nil {
 			return nil, where(err)
 		}
-		if err := run(s, r.calls); err != nil {
+		var pol *policies
+		if r.proc != nil {
+			if pol, err = askPolicies(pid, &r.reads); err != nil {
+				return nil, where(err)
+			}
+		}
+		err = run(s, r.calls)
+		if errors.Is(err, inject.ErrNoStub) {
+			// Its first batch could not make the stub's data writable.
+			stage.Logf("pid %d: no stub (%v): one call at a time", pid, err)
+			run = func(s *inject.Session, calls []inject.Call) error { return s.RunEach(calls) }
+			err = run(s, r.calls)
+		}
+		if err != nil {
 			return nil, where(err)
 		}
 		tr, err := r.decode()
@@ -500,7 +513,7 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 		}
 		if tr.Process != nil {
 			tr.Process.Mlockall = mlock
-			if tr.Process.VmaPolicies, err = vmaPolicies(pid, func(calls []inject.Call) error { return run(s, calls) }); err != nil {
+			if tr.Process.VmaPolicies, err = pol.finish(func(calls []inject.Call) error { return run(s, calls) }); err != nil {
 				return nil, where(err)
 			}
 		}
