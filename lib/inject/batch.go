@@ -27,7 +27,7 @@ type Call struct {
 }
 
 // RunEach runs calls one at a time, each a round trip through the
-// syscall-enter and syscall-exit stops, with their output buffers in
+// syscall-enter stop and a stop on the way out, with their output buffers in
 // scratch below the stack. It is the fallback where a Stub cannot be
 // mapped. A failed call is recorded in its Ret; only a failure of the
 // injection itself is an error.
@@ -160,7 +160,7 @@ var faultDumpDiesMapping = os.Getenv("CRPIPE_FAULT") == "dump-dies-while-mapping
 // written as a debugger writes, and the first batch makes the data pages
 // writable, as its first call. An mprotect injected alone would be one
 // more call during which a killed tracer leaves the thread to run on with
-// borrowed registers (parked covers only the stops between calls), and a
+// borrowed registers (holdOwn covers only the stops between calls), and a
 // batch of its own one more round trip. A process that refuses it fails
 // that first Run with ErrNoStub: the caller runs its calls one at a time
 // then (RunEach), and unmaps the stub.
@@ -246,8 +246,8 @@ func (st *Stub) Unmap(s *Session) error {
 
 // faultDieUnmapped: CRPIPE_FAULT=parasite-dies-after-unmap makes a tracer
 // exit as if killed right after the stub's munmap, its sessions not ended:
-// every thread with all signals blocked, one at the munmap's syscall-exit
-// stop (fault injection for the test of KeepMasks and parked).
+// every thread with all signals blocked, one just back from the munmap
+// (fault injection for the test of KeepMasks and holdOwn).
 var faultDieUnmapped = os.Getenv("CRPIPE_FAULT") == "parasite-dies-after-unmap"
 
 // Run runs calls in s's thread (of the stub's process) through the stub,
@@ -308,7 +308,7 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 	if s.ended {
 		return errors.New("inject: session already ended")
 	}
-	if s.state != atEventStop && s.state != atSyscallExit {
+	if s.state != atEventStop {
 		return fmt.Errorf("inject: tid %d is not at a stop where the stub can start", s.tid)
 	}
 	// The data: the done word, the table, the output buffers.

@@ -8,9 +8,11 @@
 // get_signal. Begin saves its registers and signal mask and blocks every
 // signal. Each Syscall points rip at a `syscall` instruction that already
 // exists in the task (FindSyscallInsn, usually in the vDSO), loads the
-// number and arguments, sets orig_rax to -1 and steps the task through the
-// syscall-enter and syscall-exit stops. End brings the task back to a stop
-// inside get_signal and restores registers and mask there.
+// number and arguments, sets orig_rax to -1, steps the task to the
+// syscall-enter stop, and lets the call run on to a stop inside
+// get_signal (PTRACE_INTERRUPT, no syscall-exit stop), where the task
+// gets its own registers back at once. End restores registers and mask
+// at such a stop.
 //
 // Why orig_rax = -1 and why End goes back to get_signal: on the way out to
 // user space the kernel applies its syscall-restart logic to a task whose
@@ -18,7 +20,10 @@
 // rewritten, and the task's own interrupted syscall (say nanosleep returning
 // -ERESTART_RESTARTBLOCK) must be restarted exactly as it would have been.
 // Putting the original registers back at a syscall-exit stop would skip
-// that logic's one chance and the task would see -516.
+// that logic's one chance and the task would see -516. The same holds
+// between calls: a tracer killed then lets the task go on with whatever
+// registers it holds, so it holds its own, in get_signal, where the
+// kernel restarts its syscall as it would after End.
 //
 // rseq: a task stopped inside a restartable sequence's critical section
 // must be aborted when it resumes, which the kernel does on its way back
@@ -46,7 +51,6 @@ type state int
 const (
 	atEventStop state = iota // inside get_signal
 	atSyscallEnter
-	atSyscallExit
 	running   // in a Stub batch
 	elsewhere // an unexpected stop; End recovers from it
 	gone
@@ -57,7 +61,6 @@ type Session struct {
 	tid   int
 	insn  uint64
 	regs  unix.PtraceRegs // as found at Begin
-	park  unix.PtraceRegs // parked(regs): held between injected calls
 	mask  uint64          // as found at Begin
 	state state
 	saved []scratchSave
@@ -92,7 +95,7 @@ func Begin(tid int, syscallInsn uint64) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{tid: tid, insn: syscallInsn, regs: regs, park: parked(regs), mask: mask, groupStop: stopSig != unix.SIGTRAP}
+	s := &Session{tid: tid, insn: syscallInsn, regs: regs, mask: mask, groupStop: stopSig != unix.SIGTRAP}
 	// Kernels before 5.13 cannot tell; they have no way to restore it either.
 	if rs, err := sys.PtraceGetRseqConfig(tid); err == nil && rs.AbiPointer != 0 {
 		s.rseqCsAddr = RseqCsAddr(rs.AbiPointer)
@@ -162,7 +165,7 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 	if len(args) > 6 {
 		return 0, fmt.Errorf("inject: %d syscall arguments, at most 6", len(args))
 	}
-	if s.state != atEventStop && s.state != atSyscallExit {
+	if s.state != atEventStop {
 		return 0, fmt.Errorf("inject: tid %d is not at a stop where a syscall can start", s.tid)
 	}
 	var a [6]uint64
@@ -186,55 +189,36 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 		s.state = elsewhere
 		return 0, fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not at %#x: %w", nr, s.tid, int64(got.Orig_rax), got.Rip-2, s.insn, ErrUnexpectedStop)
 	}
-	if err := s.step(atSyscallExit); err != nil {
+	// The call runs and the task stops on its way out, inside
+	// get_signal: the interrupt is pending and PTRACE_CONT traces no
+	// syscall exit. There it gets its own registers back (holdOwn).
+	if err := sys.PtraceInterrupt(s.tid); err != nil {
+		s.state = elsewhere
+		return 0, err
+	}
+	if err := s.step(atEventStop); err != nil {
 		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
 	}
 	got, err = sys.PtraceGetRegs(s.tid)
 	if err != nil {
 		return 0, err
 	}
-	if err := sys.PtraceSetRegs(s.tid, &s.park); err != nil {
+	if err := s.holdOwn(); err != nil {
 		return 0, err
 	}
 	return int64(got.Rax), nil
 }
 
-// The syscall-restart codes of an interrupted call (include/linux/errno.h),
-// negated in its rax.
-const (
-	ErrRestartSys          = 512
-	ErrRestartNoIntr       = 513
-	ErrRestartNoHand       = 514
-	ErrRestartRestartBlock = 516
-)
-
-// parked is what a thread holds at the syscall-exit stop of an injected
-// call until the next one starts: its own registers (regs, as at Begin)
-// with an interrupted syscall restarted the way the kernel restarts it
-// when no handler runs, and nothing left to restart (orig_rax -1). A
-// tracer that dies there (kill -9) lets the thread go on with them, back
-// to its own code as if the session had ended, not on to the instruction
-// after the borrowed syscall with borrowed registers (a crash). End puts
-// the exact registers back, for the kernel's own restart.
-func parked(regs unix.PtraceRegs) unix.PtraceRegs {
-	r := regs
-	if int64(r.Orig_rax) >= 0 {
-		switch -int64(r.Rax) {
-		case ErrRestartSys, ErrRestartNoIntr, ErrRestartNoHand:
-			r.Rax, r.Rip = r.Orig_rax, r.Rip-2
-		case ErrRestartRestartBlock:
-			r.Rax, r.Rip = unix.SYS_RESTART_SYSCALL, r.Rip-2
-		}
-	}
-	r.Orig_rax = ^uint64(0)
-	return r
-}
-
-// step resumes the task to its next syscall stop.
+// step resumes the task to its next syscall stop or, want atEventStop,
+// to the event stop of an interrupt already asked for.
 func (s *Session) step(want state) error {
+	resume := sys.PtraceSyscall
+	if want == atEventStop {
+		resume = sys.PtraceCont
+	}
 	var st sys.Stop
 	for {
-		if err := sys.PtraceSyscall(s.tid, 0); err != nil {
+		if err := resume(s.tid, 0); err != nil {
 			s.state = elsewhere
 			return err
 		}
@@ -249,7 +233,7 @@ func (s *Session) step(want state) error {
 			break
 		}
 	}
-	if st.Kind == sys.StopSyscall {
+	if want == atEventStop && st.IsEventStop() || want != atEventStop && st.Kind == sys.StopSyscall {
 		s.state = want
 		return nil
 	}

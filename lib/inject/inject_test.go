@@ -261,8 +261,8 @@ func TestEndWithRegs(t *testing.T) {
 }
 
 // TestTracerGoneBetweenCalls: the tracer lets go of the thread (as its
-// death does) at the syscall-exit stop of an injected call, without End.
-// The thread holds its own registers there (parked), so it goes on with
+// death does) at the stop after an injected call, without End. The
+// thread holds its own registers there (holdOwn), so it goes on with
 // its own code: the interrupted nanosleep restarts and sleeps its full
 // time, and a computation in registers ends with the undisturbed result.
 // (With the borrowed registers it would run on after the vDSO's syscall

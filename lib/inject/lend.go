@@ -215,7 +215,7 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	if maxFrame == 0 || maxFrame%4096 != 0 {
 		return nil, fmt.Errorf("inject: frames of %d bytes", maxFrame)
 	}
-	if s.state != atEventStop && s.state != atSyscallExit {
+	if s.state != atEventStop {
 		return nil, fmt.Errorf("inject: tid %d is not at a stop where the lender can start", s.tid)
 	}
 	le := binary.LittleEndian

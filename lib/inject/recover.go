@@ -25,7 +25,7 @@ import (
 // RecoverStub, which thaw runs on every process it thaws, finds a stub
 // left behind and puts its threads back from the records, then unmaps it.
 // Between batches and single calls a thread holds its own registers
-// (holdOwn, parked), and its mask is also kept on the frozen cgroup
+// (holdOwn), and its mask is also kept on the frozen cgroup
 // (masks.go). Not covered: a death while one of the two single calls
 // around the stub is under way, its mmap or its munmap (the thread comes
 // back from the vDSO's syscall instruction with borrowed registers), or

@@ -21,6 +21,9 @@ const (
 	prctlMmMapSz = 104 // struct prctl_mm_map
 	sysRseq      = 334
 
+	errRestartNoIntr = 513
+	errRestartBlock  = 516
+
 	allSignalsBlocked  = ^uint64(0)
 	maxSigactionSignal = 64
 
@@ -499,8 +502,8 @@ func (t *task) setThreadState(id tidPair) error {
 	}
 	// The restart_block of the interrupted syscall stayed with the dumped
 	// task; restart the syscall itself instead of restart_syscall(2).
-	if int64(regs.Orig_rax) >= 0 && int64(regs.Rax) == -inject.ErrRestartRestartBlock {
-		noIntr := int64(-inject.ErrRestartNoIntr)
+	if int64(regs.Orig_rax) >= 0 && int64(regs.Rax) == -errRestartBlock {
+		noIntr := int64(-errRestartNoIntr)
 		regs.Rax = uint64(noIntr)
 	}
 	core := t.cores[id.inner]

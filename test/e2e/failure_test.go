@@ -411,8 +411,8 @@ func TestParasiteDiesInStub(t *testing.T) {
 // exit as if killed) right after the stub's munmap, before its sessions
 // end: no stub and no record in the process any more, every thread of the
 // multi-threaded target with all signals blocked, and the thread that ran
-// the munmap at its syscall-exit stop. That thread holds its own
-// registers there (inject.parked), so it runs on in its own code; the
+// the munmap just back from it. That thread holds its own registers
+// there (inject's holdOwn), so it runs on in its own code; the
 // thaw gives every thread back its signal mask from the record cr-parasite
 // kept on the frozen cgroup (inject.KeepMasks). The program runs on and
 // checks its whole per-thread state (test/progs/threadstate.c), signals
