@@ -393,14 +393,22 @@ func TestDumpNotPermitted(t *testing.T) {
 // signal masks, rseq_cs) and unmaps the stub: the program runs on and
 // checks its whole per-thread state (test/progs/threadstate.c).
 func TestParasiteDiesInStub(t *testing.T) {
+	parasiteDies(t, "parasite-dies-in-stub", "its threads are put back as they were")
+}
+
+// parasiteDies dumps test/progs/threadstate with cr-parasite made to die
+// by CRPIPE_FAULT=fault: cr-dump fails, its thaw says putBack, and the
+// program's mappings, signal masks and own checks are as before.
+func parasiteDies(t *testing.T, fault, putBack string) {
+	t.Helper()
 	p := startStateProg(t, "threadstate")
 	before := takeSnapshot(t, p.pid)
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=%s cr-dump -v -t %d -o %s", fault, p.pid, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though its cr-parasite died")
 	}
-	if !strings.Contains(string(r.stderr), "its threads are put back as they were") {
-		t.Errorf("the thaw does not say it put back the threads a dead stage left:\n%s", r.stderr)
+	if !strings.Contains(string(r.stderr), putBack) {
+		t.Errorf("the thaw does not say %q:\n%s", putBack, r.stderr)
 	}
 	before.check(t)
 	p.checkRunning()
@@ -418,18 +426,7 @@ func TestParasiteDiesInStub(t *testing.T) {
 // checks its whole per-thread state (test/progs/threadstate.c), signals
 // included.
 func TestParasiteDiesAfterUnmap(t *testing.T) {
-	p := startStateProg(t, "threadstate")
-	before := takeSnapshot(t, p.pid)
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-after-unmap cr-dump -v -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
-	if r.err == nil {
-		t.Fatalf("cr-dump succeeded though its cr-parasite died")
-	}
-	if !strings.Contains(string(r.stderr), "signal masks are put back") {
-		t.Errorf("the thaw does not say it put back the signal masks a dead stage left:\n%s", r.stderr)
-	}
-	before.check(t)
-	p.checkRunning()
-	p.terminate(p.mustProgress())
+	parasiteDies(t, "parasite-dies-after-unmap", "signal masks are put back")
 }
 
 // TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
