@@ -29,6 +29,8 @@ import (
 
 const masksXattr = "user.crpipe.masks." // + pid
 
+func masksName(pid int) string { return masksXattr + strconv.Itoa(pid) }
+
 // KeepMasks records on cgroup, the directory of the frozen cgroup, the
 // signal masks of tids, threads of pid that the caller holds in ptrace
 // stops and is about to begin sessions on. A process with too many
@@ -46,7 +48,7 @@ func KeepMasks(cgroup string, pid int, tids []int) error {
 		}
 		masks[m] = append(masks[m], tid)
 	}
-	err = unix.Setxattr(cgroup, masksXattr+strconv.Itoa(pid), encodeMasks(st.StartTime, masks), 0)
+	err = unix.Setxattr(cgroup, masksName(pid), encodeMasks(st.StartTime, masks), 0)
 	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
 		stage.Logf("pid %d: the signal masks of its %d threads do not fit on %s (%v); were this stage killed now, they could stay blocked", pid, len(tids), cgroup, err)
 		return nil
@@ -59,7 +61,7 @@ func KeepMasks(cgroup string, pid int, tids []int) error {
 
 // DropMasks removes the record KeepMasks made for pid.
 func DropMasks(cgroup string, pid int) error {
-	if err := unix.Removexattr(cgroup, masksXattr+strconv.Itoa(pid)); err != nil && !errors.Is(err, unix.ENODATA) {
+	if err := unix.Removexattr(cgroup, masksName(pid)); err != nil && !errors.Is(err, unix.ENODATA) {
 		return fmt.Errorf("pid %d: remove the record of its signal masks from %s: %w", pid, cgroup, err)
 	}
 	return nil
@@ -111,40 +113,36 @@ func decodeMasks(b []byte) (start uint64, masks map[int]uint64, err error) {
 // blocked the mask recorded for it, and removes the records. The cgroup
 // must be thawed. It returns the pids whose threads it put back.
 func PutBackMasks(cgroup string) (fixed []int, err error) {
-	names, err := masksRecords(cgroup)
+	pids, err := masksRecords(cgroup)
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
-	for _, name := range names {
-		pid, _ := strconv.Atoi(strings.TrimPrefix(name, masksXattr))
-		n, err := putBackMasksOf(cgroup, name, pid)
+	for _, pid := range pids {
+		n, err := putBackMasksOf(cgroup, pid)
 		if n > 0 {
 			fixed = append(fixed, pid)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 		}
-		if err := unix.Removexattr(cgroup, name); err != nil && !errors.Is(err, unix.ENODATA) {
-			errs = append(errs, fmt.Errorf("remove %s from %s: %w", name, cgroup, err))
-		}
+		errs = append(errs, DropMasks(cgroup, pid))
 	}
 	return fixed, errors.Join(errs...)
 }
 
 // ForgetMasks removes every record of signal masks from cgroup.
 func ForgetMasks(cgroup string) error {
-	names, err := masksRecords(cgroup)
-	for _, name := range names {
-		if rerr := unix.Removexattr(cgroup, name); rerr != nil && !errors.Is(rerr, unix.ENODATA) {
-			err = errors.Join(err, fmt.Errorf("remove %s from %s: %w", name, cgroup, rerr))
-		}
+	pids, err := masksRecords(cgroup)
+	for _, pid := range pids {
+		err = errors.Join(err, DropMasks(cgroup, pid))
 	}
 	return err
 }
 
-// masksRecords lists the names of the records of signal masks on cgroup.
-func masksRecords(cgroup string) ([]string, error) {
+// masksRecords lists the processes with a record of signal masks on
+// cgroup.
+func masksRecords(cgroup string) ([]int, error) {
 	buf := make([]byte, 4096)
 	for {
 		n, err := unix.Listxattr(cgroup, buf)
@@ -155,23 +153,25 @@ func masksRecords(cgroup string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list the xattrs of %s: %w", cgroup, err)
 		}
-		var names []string
+		var pids []int
 		for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
-			if pid, err := strconv.Atoi(strings.TrimPrefix(name, masksXattr)); err == nil && pid > 0 && strings.HasPrefix(name, masksXattr) {
-				names = append(names, name)
+			if rest, ok := strings.CutPrefix(name, masksXattr); ok {
+				if pid, err := strconv.Atoi(rest); err == nil && pid > 0 {
+					pids = append(pids, pid)
+				}
 			}
 		}
-		return names, nil
+		return pids, nil
 	}
 }
 
-// putBackMasksOf puts back the masks of pid's threads that record name
+// putBackMasksOf puts back the masks of pid's threads that its record
 // on cgroup holds, and says how many it put back.
-func putBackMasksOf(cgroup, name string, pid int) (int, error) {
+func putBackMasksOf(cgroup string, pid int) (int, error) {
 	buf := make([]byte, 64<<10) // XATTR_SIZE_MAX
-	n, err := unix.Getxattr(cgroup, name, buf)
+	n, err := unix.Getxattr(cgroup, masksName(pid), buf)
 	if err != nil {
-		return 0, fmt.Errorf("read %s on %s: %w", name, cgroup, err)
+		return 0, fmt.Errorf("read %s on %s: %w", masksName(pid), cgroup, err)
 	}
 	start, masks, err := decodeMasks(buf[:n])
 	if err != nil {
@@ -205,18 +205,9 @@ func putBackMasksOf(cgroup, name string, pid int) (int, error) {
 // setMaskUntraced seizes tid, stops it, sets its signal mask and lets it
 // go. The calling OS thread is locked.
 func setMaskUntraced(tid int, mask uint64) error {
-	if err := sys.PtraceSeizeStop(tid, 0); err != nil {
+	if err := seizeStopped(tid, 0); err != nil {
 		return err
 	}
 	defer sys.PtraceDetach(tid, 0)
-	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)
-	switch {
-	case err != nil:
-		return err
-	case !ok:
-		return fmt.Errorf("no ptrace stop within %v", recoverStopTimeout)
-	case !st.IsEventStop():
-		return fmt.Errorf("%v instead of an interrupt stop", st)
-	}
 	return sys.PtraceSetSigmask(tid, mask)
 }

@@ -215,8 +215,22 @@ func RecoverStub(pid int) (bool, error) {
 // seizeForRecovery seizes tid, stops it and begins a session on it, the
 // stub's own syscall instruction serving the unmap.
 func seizeForRecovery(tid int, base uint64) (*Session, error) {
-	if err := sys.PtraceSeizeStop(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
+	if err := seizeStopped(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
 		return nil, err
+	}
+	s, err := Begin(tid, base+stubSyscall)
+	if err != nil {
+		sys.PtraceDetach(tid, 0)
+		return nil, err
+	}
+	return s, nil
+}
+
+// seizeStopped seizes tid with opts and waits for its interrupt stop; on
+// failure it is left untraced.
+func seizeStopped(tid, opts int) error {
+	if err := sys.PtraceSeizeStop(tid, opts); err != nil {
+		return err
 	}
 	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)
 	switch {
@@ -226,13 +240,8 @@ func seizeForRecovery(tid int, base uint64) (*Session, error) {
 	case !st.IsEventStop():
 		err = fmt.Errorf("%v instead of an interrupt stop", st)
 	}
-	var s *Session
-	if err == nil {
-		s, err = Begin(tid, base+stubSyscall)
-	}
 	if err != nil {
 		sys.PtraceDetach(tid, 0)
-		return nil, err
 	}
-	return s, nil
+	return err
 }
