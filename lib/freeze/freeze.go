@@ -867,7 +867,10 @@ func recoverStubs(dir string, pids []int) error {
 			errs = append(errs, fmt.Errorf("pid %d: putting back what a dead stage left: %w", pid, err))
 		}
 	}
-	fixed, err := inject.PutBackMasks(dir)
+	fixed, unmapped, err := inject.PutBackMasks(dir)
+	for _, pid := range unmapped {
+		fmt.Fprintf(os.Stderr, "%s: pid %d: a stage died while it mapped its code into the process; the mapping is removed\n", filepath.Base(os.Args[0]), pid)
+	}
 	for _, pid := range fixed {
 		fmt.Fprintf(os.Stderr, "%s: pid %d: a stage died with the process's signals blocked; its threads' signal masks are put back\n", filepath.Base(os.Args[0]), pid)
 	}

@@ -175,6 +175,9 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 		return nil, fmt.Errorf("tid %d: mmap: %w: %w", s.tid, err, ErrNoStub)
 	}
 	st := &Stub{tid: s.tid, base: uint64(ret), size: size}
+	if faultDieMapped {
+		os.Exit(70) // as if killed: a stub with nothing in it yet
+	}
 	if faultDumpDiesMapping {
 		// The stub has no records yet, and every signal of the thread is
 		// blocked.
@@ -243,6 +246,11 @@ func (st *Stub) Unmap(s *Session) error {
 	}
 	return nil
 }
+
+// faultDieMapped: CRPIPE_FAULT=parasite-dies-after-mmap makes a tracer
+// exit as if killed right after the stub's mmap (fault injection for the
+// test of dropEmptyStub).
+var faultDieMapped = os.Getenv("CRPIPE_FAULT") == "parasite-dies-after-mmap"
 
 // faultDieUnmapped: CRPIPE_FAULT=parasite-dies-after-unmap makes a tracer
 // exit as if killed right after the stub's munmap, its sessions not ended:

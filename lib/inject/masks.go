@@ -110,25 +110,30 @@ func decodeMasks(b []byte) (start uint64, masks map[int]uint64, err error) {
 
 // PutBackMasks reads every record of signal masks on cgroup, gives each
 // thread of a recorded process that is untraced and has every signal
-// blocked the mask recorded for it, and removes the records. The cgroup
-// must be thawed. It returns the pids whose threads it put back.
-func PutBackMasks(cgroup string) (fixed []int, err error) {
+// blocked the mask recorded for it, and removes the records; a stub left
+// empty in such a process goes too (dropEmptyStub). The cgroup must be
+// thawed. It returns the pids whose threads it put back, and those whose
+// empty stub it unmapped.
+func PutBackMasks(cgroup string) (fixed, unmapped []int, err error) {
 	pids, err := masksRecords(cgroup)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var errs []error
 	for _, pid := range pids {
-		n, err := putBackMasksOf(cgroup, pid)
+		n, dropped, err := putBackMasksOf(cgroup, pid)
 		if n > 0 {
 			fixed = append(fixed, pid)
+		}
+		if dropped {
+			unmapped = append(unmapped, pid)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 		}
 		errs = append(errs, DropMasks(cgroup, pid))
 	}
-	return fixed, errors.Join(errs...)
+	return fixed, unmapped, errors.Join(errs...)
 }
 
 // ForgetMasks removes every record of signal masks from cgroup.
@@ -166,25 +171,28 @@ func masksRecords(cgroup string) ([]int, error) {
 }
 
 // putBackMasksOf puts back the masks of pid's threads that its record
-// on cgroup holds, and says how many it put back.
-func putBackMasksOf(cgroup string, pid int) (int, error) {
+// on cgroup holds, after unmapping a stub left empty, and says how many
+// it put back and whether there was one.
+func putBackMasksOf(cgroup string, pid int) (int, bool, error) {
 	buf := make([]byte, 64<<10) // XATTR_SIZE_MAX
 	n, err := unix.Getxattr(cgroup, masksName(pid), buf)
 	if err != nil {
-		return 0, fmt.Errorf("read %s on %s: %w", masksName(pid), cgroup, err)
+		return 0, false, fmt.Errorf("read %s on %s: %w", masksName(pid), cgroup, err)
 	}
 	start, masks, err := decodeMasks(buf[:n])
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if st, err := proc.ReadStat(pid); err != nil || st.StartTime != start {
-		return 0, nil // gone, or another process since
+		return 0, false, nil // gone, or another process since
 	}
+	tids := slices.Sorted(maps.Keys(masks))
+	dropped, err := dropEmptyStub(pid, len(tids), tids)
+	errs := []error{err}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	fixed := 0
-	var errs []error
-	for _, tid := range slices.Sorted(maps.Keys(masks)) {
+	for _, tid := range tids {
 		mask := masks[tid]
 		if mask == allBlocked {
 			continue // its own: nothing to tell apart
@@ -199,7 +207,7 @@ func putBackMasksOf(cgroup string, pid int) (int, error) {
 		}
 		fixed++
 	}
-	return fixed, errors.Join(errs...)
+	return fixed, dropped, errors.Join(errs...)
 }
 
 // setMaskUntraced seizes tid, stops it, sets its signal mask and lets it

@@ -29,8 +29,8 @@ import (
 // (masks.go). Not covered: a death while one of the two single calls
 // around the stub is under way, its mmap or its munmap (the thread comes
 // back from the vDSO's syscall instruction with borrowed registers), or
-// after the mmap and before the records are written (the empty mapping
-// is left); nor one between the page lender's setup batch, its mmap and
+// after the mmap and before the records are written is seen from the
+// record of its masks (dropEmptyStub); nor one between the page lender's setup batch, its mmap and
 // pipe2, and the record of them, lend.go.
 
 const (
@@ -166,7 +166,7 @@ func RecoverStub(pid int) (bool, error) {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d", pid, rec.tid)); err != nil {
 			continue // the thread is gone
 		}
-		s, err := seizeForRecovery(rec.tid, base)
+		s, err := seizeForRecovery(rec.tid, base+stubSyscall)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("pid %d tid %d: %w", pid, rec.tid, err))
 			continue
@@ -212,13 +212,13 @@ func RecoverStub(pid int) (bool, error) {
 	return true, errors.Join(errs...)
 }
 
-// seizeForRecovery seizes tid, stops it and begins a session on it, the
-// stub's own syscall instruction serving the unmap.
-func seizeForRecovery(tid int, base uint64) (*Session, error) {
+// seizeForRecovery seizes tid, stops it and begins a session on it,
+// injecting at insn (the stub's own syscall instruction, for its unmap).
+func seizeForRecovery(tid int, insn uint64) (*Session, error) {
 	if err := seizeStopped(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
 		return nil, err
 	}
-	s, err := Begin(tid, base+stubSyscall)
+	s, err := Begin(tid, insn)
 	if err != nil {
 		sys.PtraceDetach(tid, 0)
 		return nil, err
@@ -244,4 +244,60 @@ func seizeStopped(tid, opts int) error {
 		sys.PtraceDetach(tid, 0)
 	}
 	return err
+}
+
+// dropEmptyStub unmaps a stub that a tracer which died mapped into pid
+// before it wrote the records findStub knows a stub by: an anonymous r-x
+// mapping of the size MapStub gives sessions sessions, its code page
+// empty or the stub's code. Only a process with a record of its masks
+// (KeepMasks: a stage died while it injected) is looked at. It says
+// whether there was one; tids are threads of pid, one of which runs
+// the munmap.
+func dropEmptyStub(pid, sessions int, tids []int) (bool, error) {
+	maps, err := proc.ReadMaps(pid)
+	if err != nil {
+		return false, err
+	}
+	size := stubSize + recordsSize(sessions)
+	page := make([]byte, stubCodeSize)
+	for _, m := range maps {
+		if m.Path != "" || !m.Read || !m.Exec || m.Write || m.End-m.Start != size {
+			continue
+		}
+		if ReadMem(pid, m.Start, page) != nil || !(bytes.Equal(page[:len(stubCode)], stubCode) || bytes.Count(page, []byte{0}) == len(page)) {
+			continue
+		}
+		insn, err := FindSyscallInsn(pid)
+		if err != nil {
+			return false, err
+		}
+		return true, unmapThrough(pid, tids, insn, m.Start, size)
+	}
+	return false, nil
+}
+
+// unmapThrough unmaps [addr, addr+size) in pid through a session on the
+// first of tids that takes one.
+func unmapThrough(pid int, tids []int, insn, addr, size uint64) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var errs []error
+	for _, tid := range tids {
+		s, err := seizeForRecovery(tid, insn)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tid %d: %w", tid, err))
+			continue
+		}
+		ret, err := s.Syscall(unix.SYS_MUNMAP, addr, size)
+		if err == nil {
+			err = Errno(ret)
+		}
+		err = errors.Join(err, s.End(nil))
+		sys.PtraceDetach(tid, 0)
+		if err != nil {
+			return fmt.Errorf("pid %d: munmap of the empty stub at %#x: %w", pid, addr, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("pid %d: no thread to unmap the empty stub at %#x through: %w", pid, addr, errors.Join(errs...))
 }

@@ -429,6 +429,15 @@ func TestParasiteDiesAfterUnmap(t *testing.T) {
 	parasiteDies(t, "parasite-dies-after-unmap", "signal masks are put back")
 }
 
+// TestParasiteDiesAfterMmap: cr-parasite dies right after the stub's
+// mmap, before it wrote the code or the records into it. The thaw finds
+// the empty mapping from the record of the masks (inject.dropEmptyStub)
+// and unmaps it, and puts the masks back: the program's mappings are as
+// before, and it runs on and checks itself.
+func TestParasiteDiesAfterMmap(t *testing.T) {
+	parasiteDies(t, "parasite-dies-after-mmap", "the mapping is removed")
+}
+
 // TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
 // has a thread with borrowed registers and every signal blocked, just
 // after the stub's mmap, before any recovery record exists (the cgroup is
