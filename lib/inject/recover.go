@@ -25,13 +25,13 @@ import (
 // RecoverStub, which thaw runs on every process it thaws, finds a stub
 // left behind and puts its threads back from the records, then unmaps it.
 // Between batches and single calls a thread holds its own registers
-// (holdOwn), and its mask is also kept on the frozen cgroup
-// (masks.go). Not covered: a death while one of the two single calls
-// around the stub is under way, its mmap or its munmap (the thread comes
-// back from the vDSO's syscall instruction with borrowed registers), or
-// after the mmap and before the records are written is seen from the
-// record of its masks (dropEmptyStub); nor one between the page lender's setup batch, its mmap and
-// pipe2, and the record of them, lend.go.
+// (holdOwn), and its mask is also kept on the frozen cgroup (masks.go),
+// which also tells the thaw to look for a stub mapped but not yet
+// written to (dropEmptyStub). Not covered: a death while one of the two
+// single calls around the stub is under way, its mmap or its munmap (the
+// thread comes back from the vDSO's syscall instruction with borrowed
+// registers); nor one between the page lender's setup batch, its mmap
+// and pipe2, and the record of them, lend.go.
 
 const (
 	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
@@ -255,6 +255,9 @@ func seizeStopped(tid, opts int) error {
 // the munmap.
 func dropEmptyStub(pid, sessions int, tids []int) (bool, error) {
 	maps, err := proc.ReadMaps(pid)
+	if errors.Is(err, proc.ErrNoProcess) || errors.Is(err, os.ErrNotExist) {
+		return false, nil // gone since
+	}
 	if err != nil {
 		return false, err
 	}
