@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/proc"
+	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 )
 
@@ -267,7 +268,7 @@ func dropEmptyStub(pid, sessions int, tids []int) (bool, error) {
 		if m.Path != "" || !m.Read || !m.Exec || m.Write || m.End-m.Start != size {
 			continue
 		}
-		if ReadMem(pid, m.Start, page) != nil || !(bytes.Equal(page[:len(stubCode)], stubCode) || bytes.Count(page, []byte{0}) == len(page)) {
+		if ReadMem(pid, m.Start, page) != nil || !(bytes.Equal(page[:len(stubCode)], stubCode) || stage.AllZero(page)) {
 			continue
 		}
 		insn, err := FindSyscallInsn(pid)

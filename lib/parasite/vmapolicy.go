@@ -37,7 +37,6 @@ type policies struct {
 	first int          // the index in r of the first call asking
 	asked []proc.Range // the mappings r asks about
 	rest  []proc.Range // the mappings not asked about yet
-	found []*pb.VmaPolicy
 }
 
 // askPolicies queues in r the calls that ask for the policies of the
@@ -70,6 +69,7 @@ func (p *policies) ask(r *reads) {
 // about the other mappings through run, and returns the mappings that
 // have a policy of their own (none on a kernel without NUMA).
 func (p *policies) finish(run func([]inject.Call) error) ([]*pb.VmaPolicy, error) {
+	var found []*pb.VmaPolicy
 	for {
 		for i, m := range p.asked {
 			_, out, err := p.r.result(p.first + i)
@@ -80,7 +80,7 @@ func (p *policies) finish(run func([]inject.Call) error) ([]*pb.VmaPolicy, error
 				return nil, fmt.Errorf("vma %x-%x: %w", m.Start, m.End, err)
 			}
 			if mode := int32(binary.LittleEndian.Uint32(out)); mode != unix.MPOL_DEFAULT {
-				p.found = append(p.found, &pb.VmaPolicy{Start: m.Start, End: m.End, Policy: &pb.Mempolicy{Mode: mode}})
+				found = append(found, &pb.VmaPolicy{Start: m.Start, End: m.End, Policy: &pb.Mempolicy{Mode: mode}})
 			}
 		}
 		if len(p.rest) == 0 {
@@ -93,12 +93,12 @@ func (p *policies) finish(run func([]inject.Call) error) ([]*pb.VmaPolicy, error
 			}
 		}
 	}
-	for i := 0; i < len(p.found); i += policyBatch {
-		if err := readNodeMasks(p.found[i:min(len(p.found), i+policyBatch)], run); err != nil {
+	for i := 0; i < len(found); i += policyBatch {
+		if err := readNodeMasks(found[i:min(len(found), i+policyBatch)], run); err != nil {
 			return nil, err
 		}
 	}
-	return p.found, nil
+	return found, nil
 }
 
 // readNodeMasks reads the node mask of each mapping of ps, and refuses a

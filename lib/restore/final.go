@@ -21,9 +21,8 @@ const (
 	prctlMmMapSz = 104 // struct prctl_mm_map
 	sysRseq      = 334
 
-	errRestartNoIntr = 513
-	errRestartBlock  = 516
-
+	errRestartNoIntr   = 513
+	errRestartBlock    = 516
 	allSignalsBlocked  = ^uint64(0)
 	maxSigactionSignal = 64
 

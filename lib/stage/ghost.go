@@ -103,7 +103,7 @@ func WriteContents(w *image.Writer, object uint64, r io.ReaderAt, size int64) (i
 		if err != nil && err != io.EOF {
 			return kept, fmt.Errorf("read at %d: %w", off, err)
 		}
-		if allZero(buf[:n]) {
+		if AllZero(buf[:n]) {
 			continue
 		}
 		if err := w.WriteMessage(image.TypeFileData, &pb.FileData{Object: object, Offset: off, Data: buf[:n]}); err != nil {
@@ -114,7 +114,8 @@ func WriteContents(w *image.Writer, object uint64, r io.ReaderAt, size int64) (i
 	return kept, nil
 }
 
-func allZero(b []byte) bool {
+// AllZero says whether b holds only zero bytes.
+func AllZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
 			return false
