@@ -197,6 +197,15 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	return st, nil
 }
 
+// write writes b at addr of the stub's mapping: through /proc/PID/mem
+// (forceWrite) until its first batch has made the data writable.
+func (st *Stub) write(s *Session, addr uint64, b []byte) error {
+	if !st.writable {
+		return forceWrite(s.tid, addr, b)
+	}
+	return WriteMem(s.tid, addr, b)
+}
+
 // forceWrite writes b at addr of tid's memory through /proc/PID/mem,
 // whose writes are forced, as a debugger writes: into memory the task
 // itself may not write.
@@ -340,11 +349,11 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 			le.PutUint64(e[8+8*j:], v)
 		}
 	}
-	write, doneAt, mustSucceed := WriteMem, data, uint64(0)
+	doneAt, mustSucceed := data, uint64(0)
 	if !st.writable {
 		// The table is read only until its first call has run; the
 		// done word, written whatever that call does, lies in scratch.
-		write, mustSucceed = forceWrite, table
+		mustSucceed = table
 		var err error
 		if doneAt, err = s.Scratch(8); err != nil {
 			return err
@@ -353,7 +362,7 @@ func (st *Stub) run(s *Session, calls []Call, size int) error {
 			return err
 		}
 	}
-	if err := write(s.tid, data, buf); err != nil {
+	if err := st.write(s, data, buf); err != nil {
 		return err
 	}
 	r := s.regs

@@ -94,15 +94,34 @@ type LendFrame struct {
 	Sums             [3]uint32
 }
 
+// faultDieLenderSetUp: CRPIPE_FAULT=pages-dies-after-lender-setup makes
+// the dumper exit as if killed right after the batch that maps the
+// lender's memory and makes its pipe.
+var faultDieLenderSetUp = os.Getenv("CRPIPE_FAULT") == "pages-dies-after-lender-setup"
+
 // NewLender maps the lender's memory and makes its pipe in the process of
 // s's thread (at an event stop), through st.
+//
+// The batch that does so leaves its trace in the stub before it runs: a
+// record of a lender being set up (no address yet), into which pipe2
+// writes the fds itself, so that a dumper that dies right after the batch
+// leaves the thaw all it needs (the mapping's address is then the mmap's
+// result in the batch's table: RecoverStub).
 func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
+	record := st.base + stubSize + lendRecordAt
 	calls := []Call{
 		{Nr: unix.SYS_MMAP, Args: [6]uint64{0, lendSize, unix.PROT_READ | unix.PROT_WRITE, unix.MAP_PRIVATE | unix.MAP_ANONYMOUS, ^uint64(0), 0}},
-		{Nr: unix.SYS_PIPE2, Args: [6]uint64{0, unix.O_CLOEXEC}, Out: 8, OutArg: 0},
+		{Nr: unix.SYS_PIPE2, Args: [6]uint64{record + lendFdsAt, unix.O_CLOEXEC}},
+	}
+	pending := &Lender{fdR: -1, fdW: -1}
+	if err := st.write(s, record, pending.record()); err != nil {
+		return nil, err
 	}
 	if err := st.Run(s, calls); err != nil {
 		return nil, err
+	}
+	if faultDieLenderSetUp {
+		os.Exit(70) // as if killed: the kernel detaches every task where it is
 	}
 	l = &Lender{st: st, s: s, fdR: -1, fdW: -1}
 	defer func() {
@@ -115,17 +134,21 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 		l.base, l.size = uint64(calls[0].Ret), lendSize
 	}
 	if Errno(calls[1].Ret) == nil {
-		l.fdR = int(int32(binary.LittleEndian.Uint32(calls[1].Result)))
-		l.fdW = int(int32(binary.LittleEndian.Uint32(calls[1].Result[4:])))
+		var fds [8]byte
+		if err := ReadMem(s.tid, record+lendFdsAt, fds[:]); err != nil {
+			// Close needs the fds: read them where the batch put them.
+			return l, err
+		}
+		l.fdR, l.fdW = lendFds(fds[:])
+	}
+	if err := WriteMem(s.tid, record, l.record()); err != nil {
+		return l, err
 	}
 	if err := Errno(calls[0].Ret); err != nil {
 		return l, fmt.Errorf("pid %d: mmap for the page lender: %w: %w", pid, err, ErrNoLender)
 	}
 	if err := Errno(calls[1].Ret); err != nil {
 		return l, fmt.Errorf("pid %d: pipe2 for the page lender: %w: %w", pid, err, ErrNoLender)
-	}
-	if err := WriteMem(s.tid, st.base+stubSize+lendRecordAt, l.record()); err != nil {
-		return l, err
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -140,16 +163,23 @@ func (st *Stub) NewLender(s *Session, pid int) (l *Lender, err error) {
 	return l, nil
 }
 
-// record is what RecoverStub needs to undo the lender: its mapping and
-// the pipe's fds.
+// record is what RecoverStub needs to undo the lender: its mapping
+// (address 0: none, or being set up) and the pipe's fds, as pipe2 writes
+// them (-1: none). The size says there is a record.
 func (l *Lender) record() []byte {
 	b := make([]byte, lendRecordSize)
 	le := binary.LittleEndian
 	le.PutUint64(b, l.base)
-	le.PutUint64(b[8:], l.size)
-	le.PutUint64(b[16:], uint64(int64(l.fdR)))
-	le.PutUint64(b[24:], uint64(int64(l.fdW)))
+	le.PutUint64(b[8:], lendSize)
+	le.PutUint32(b[lendFdsAt:], uint32(int32(l.fdR)))
+	le.PutUint32(b[lendFdsAt+4:], uint32(int32(l.fdW)))
 	return b
+}
+
+// lendFds are the fds (read end, write end) of a lender's record.
+func lendFds(b []byte) (int, int) {
+	le := binary.LittleEndian
+	return int(int32(le.Uint32(b))), int(int32(le.Uint32(b[4:])))
 }
 
 // Close closes the pipe and unmaps the lender's memory, through the

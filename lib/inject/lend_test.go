@@ -62,8 +62,20 @@ func TestLend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if base, _, lent, err := findStub(p.Pid); err != nil || base == 0 || lent.base != l.base || lent.fds != [2]int64{int64(l.fdR), int64(l.fdW)} {
+	if base, _, lent, err := findStub(p.Pid); err != nil || base == 0 || lent.base != l.base || lent.fds != [2]int{l.fdR, l.fdW} {
 		t.Fatalf("the stub's records do not name the lender: %#x %+v, %v", base, lent, err)
+	}
+	// As a dumper that died right after the set-up's batch leaves it: the
+	// record without the address, which the batch's table gives.
+	record := st.base + stubSize + lendRecordAt
+	if err := WriteMem(p.Pid, record, make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, lent, err := findStub(p.Pid); err != nil || lent.base != l.base || lent.size != lendSize || lent.fds != [2]int{l.fdR, l.fdW} {
+		t.Fatalf("a lender being set up: the recovery finds %+v, %v; want its mapping at %#x", lent, err, l.base)
+	}
+	if err := WriteMem(p.Pid, record, l.record()); err != nil {
+		t.Fatal(err)
 	}
 	g, err := l.Lend([]LendRun{{Addr: area, Len: 32 * 4096, Zero: true}, {Addr: area + 32*4096, Len: 32 * 4096, Zero: true}}, 4*4096)
 	if err != nil {

@@ -28,11 +28,11 @@ import (
 // Between batches and single calls a thread holds its own registers
 // (holdOwn), and its mask is also kept on the frozen cgroup (masks.go),
 // which also tells the thaw to look for a stub mapped but not yet
-// written to (dropEmptyStub). Not covered: a death while one of the two
-// single calls around the stub is under way, its mmap or its munmap (the
-// thread comes back from the vDSO's syscall instruction with borrowed
-// registers); nor one between the page lender's setup batch, its mmap
-// and pipe2, and the record of them, lend.go.
+// written to (dropEmptyStub). A page lender's mapping and pipe are in
+// the records from the moment its set-up batch runs (NewLender). Not
+// covered: a death while one of the two single calls around the stub is
+// under way, its mmap or its munmap (the thread comes back from the
+// vDSO's syscall instruction with borrowed registers).
 
 const (
 	recordMagic = 0x31545350_45504952 // "RIPEPST1": the records of a stub
@@ -48,12 +48,13 @@ const (
 var faultDieInStub = os.Getenv("CRPIPE_FAULT") == "parasite-dies-in-stub"
 
 // recordsHead: the magic, the number of records, and the page lender's
-// mapping (address, size) and pipe fds (read, write) while one is set up
-// (zeros otherwise; lend.go).
+// mapping (address, size) and pipe fds (read, write: two int32, as pipe2
+// writes them) while one is there (zeros otherwise; lend.go).
 const (
 	recordsHead    = 48
 	lendRecordAt   = 16 // after the magic and the count
 	lendRecordSize = recordsHead - lendRecordAt
+	lendFdsAt      = 16 // in the lender's record
 )
 
 func recordsSize(n int) uint64 { return (recordsHead + uint64(n)*recordSize + 4095) &^ 4095 }
@@ -118,7 +119,13 @@ func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) 
 			return 0, nil, lent, fmt.Errorf("pid %d: stub at %#x: %d recovery records do not fit its mapping", pid, m.Start, n)
 		}
 		lr := head[lendRecordAt:]
-		lent = lenderLeft{base: le.Uint64(lr), size: le.Uint64(lr[8:]), fds: [2]int64{int64(le.Uint64(lr[16:])), int64(le.Uint64(lr[24:]))}}
+		lent = lenderLeft{base: le.Uint64(lr), size: le.Uint64(lr[8:])}
+		lent.fds[0], lent.fds[1] = lendFds(lr[lendFdsAt:])
+		if lent.size != 0 && lent.base == 0 {
+			// Being set up (or its mmap failed): the mapping is the
+			// result of the batch's mmap, if any.
+			lent.base = lenderMapped(pid, m.Start, lent.size)
+		}
 		b := make([]byte, n*recordSize)
 		if err := ReadMem(pid, m.Start+stubSize+recordsHead, b); err != nil {
 			return 0, nil, lent, err
@@ -136,10 +143,30 @@ func findStub(pid int) (base uint64, recs []record, lent lenderLeft, err error) 
 }
 
 // lenderLeft is a page lender's mapping and pipe fds, as recorded (size 0:
-// none).
+// none; base 0: no mapping).
 type lenderLeft struct {
 	base, size uint64
-	fds        [2]int64
+	fds        [2]int
+}
+
+// lenderMapped is the address the stub at base mapped a lender's memory of
+// size bytes at, as its table says (NewLender's batch): 0 if that mmap has
+// not run, or failed.
+func lenderMapped(pid int, base, size uint64) uint64 {
+	const look = 4 // entries: the batch is the stub's first (mprotect, mmap, pipe2)
+	b := make([]byte, look*entrySize)
+	if ReadMem(pid, base+stubCodeSize+8, b) != nil {
+		return 0
+	}
+	le := binary.LittleEndian
+	for e := range look {
+		c := b[e*entrySize:]
+		ret := le.Uint64(c[56:])
+		if le.Uint64(c) == unix.SYS_MMAP && le.Uint64(c[8:]) == 0 && le.Uint64(c[16:]) == size && ret != 0 && Errno(int64(ret)) == nil {
+			return ret
+		}
+	}
+	return 0
 }
 
 // allBlocked is a signal mask with every signal blocked, as the kernel
@@ -188,6 +215,8 @@ func RecoverStub(pid int) (bool, error) {
 				sessions[0].Syscall(unix.SYS_CLOSE, uint64(fd))
 			}
 		}
+	}
+	if len(sessions) > 0 && lent.size != 0 && lent.base != 0 {
 		ret, err := sessions[0].Syscall(unix.SYS_MUNMAP, lent.base, lent.size)
 		if err == nil {
 			err = Errno(ret)

@@ -701,3 +701,24 @@ func treeLayout(t *testing.T, pids []int) string {
 	}
 	return out.String()
 }
+
+// TestPagesDiesSettingUpLender: cr-pages dies (CRPIPE_FAULT makes it exit
+// as if killed) right after the batch that mapped its lender's memory and
+// made its pipe in the process, before anything else: the thaw takes the
+// mapping and both fds out with the stub, and the program runs on.
+func TestPagesDiesSettingUpLender(t *testing.T) {
+	need(t, append(pipelineCmds, "cr-dump")...)
+	p := startCounter(t, "counter", bigMB)
+	before := p.layout()
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=pages-dies-after-lender-setup cr-dump -v -t %d -o %s", p.pid, filepath.Join(t.TempDir(), "img")))
+	t.Logf("cr-dump: %v\n%s", r.err, r.stderr)
+	if r.err == nil || r.state.ExitCode() != 1 {
+		t.Fatalf("cr-dump with its cr-pages dead: %v, want exit status 1", r.err)
+	}
+	if !regexp.MustCompile(`(?m)^cr-dump: error: .*cr-pages`).Match(r.stderr) {
+		t.Errorf("cr-dump's error does not name the stage that failed (cr-pages)")
+	}
+	p.checkLayout(before)
+	p.checkRunning()
+	p.terminate(1)
+}
