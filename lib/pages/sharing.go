@@ -164,14 +164,17 @@ func (in *sharing) split(r run, emit func(run) error) error {
 		if err := in.child.Entries(addr, in.ce[:n]); err != nil {
 			return err
 		}
-		if inherits {
+		// A page the parent maps too is not mapped exclusively: where all
+		// the child's are, the parent's entries need not be read.
+		chunkInherits := inherits && !allExclusive(in.ce[:n])
+		if chunkInherits {
 			if err := in.parent.Entries(addr, in.pe[:n]); err != nil {
 				return err
 			}
 		}
 		for i := range n {
 			a := addr + uint64(i)*image.PageSize
-			if inherits && sharedEntry(in.ce[i], in.pe[i]) {
+			if chunkInherits && sharedEntry(in.ce[i], in.pe[i]) {
 				if err := flush(); err != nil {
 					return err
 				}
@@ -194,6 +197,18 @@ func (in *sharing) split(r run, emit func(run) error) error {
 		done += n
 	}
 	return flush()
+}
+
+// allExclusive: every page of es that is there at all is present and
+// mapped by this process alone (pagemap sets the bit for present pages
+// only: a swapped one may be shared).
+func allExclusive(es []uint64) bool {
+	for _, e := range es {
+		if e&(sys.PagemapPresent|sys.PagemapSwapped) != 0 && e&(sys.PagemapPresent|sys.PagemapExclusive) != sys.PagemapPresent|sys.PagemapExclusive {
+			return false
+		}
+	}
+	return true
 }
 
 // sharedEntry: the same present page frame, or the same swap slot.

@@ -9,6 +9,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
+	"crpipe/lib/sys"
 )
 
 // Each VMA of a child is matched with the one VMA of its parent that holds
@@ -46,6 +47,27 @@ func TestSharingMatchesParentVmas(t *testing.T) {
 		want := i%4 < 2
 		if got := in.from[i]; (got != nil) != want || got != nil && got != &pvmas[i] {
 			t.Fatalf("vma %d (%#x-%#x): inherits from %v, want %v", i, vmas[i].m.Start, vmas[i].m.End, got, want)
+		}
+	}
+}
+
+// The parent's pagemap is read only where the child may share a page with
+// it: where one is swapped out, or present and not its own alone.
+func TestAllExclusive(t *testing.T) {
+	const p, s, x = sys.PagemapPresent, sys.PagemapSwapped, sys.PagemapExclusive
+	for _, c := range []struct {
+		es   []uint64
+		want bool
+	}{
+		{nil, true},
+		{[]uint64{0, 0}, true},                // nothing there
+		{[]uint64{p | x | 7, 0, p | x}, true}, // its own
+		{[]uint64{p | x, p | 7}, false},       // present, mapped twice
+		{[]uint64{s | 3}, false},              // swapped out: may be the parent's slot
+		{[]uint64{x}, true},                   // the bit without a page: nothing there
+	} {
+		if got := allExclusive(c.es); got != c.want {
+			t.Errorf("allExclusive(%#x) = %v, want %v", c.es, got, c.want)
 		}
 	}
 }
