@@ -11,7 +11,8 @@
  * is cut into frames of at most max_frame bytes. A frame's descriptor
  * (address, length, CRC-32C of its thirds) goes into the ring, then
  * `produced` is raised, then the frame's pages go into the pipe, where the
- * tracer reads them after the descriptor. At the end the entry code sets
+ * tracer reads them after the descriptor; while the pipe is full, the
+ * next frames are checksummed and described meanwhile (up to AHEAD). At the end the entry code sets
  * `done` and parks in pause(2), as the batch stub does.
  *
  * Freestanding: no libc, no globals, no absolute addresses; the flat binary
@@ -58,6 +59,7 @@ struct iovec_ {
 #define F_SETPIPE_SZ 1031
 #define EINTR 4
 #define EAGAIN 11
+#define SPLICE_F_NONBLOCK 2
 
 void lend_entry(void);
 __asm__(".pushsection .text.start,\"ax\",@progbits\n"
@@ -71,10 +73,10 @@ __asm__(".pushsection .text.start,\"ax\",@progbits\n"
 	"	jmp 1b\n"
 	".popsection\n");
 
-static i64 vmsplice_(u64 fd, struct iovec_ *iov)
+static i64 vmsplice_(u64 fd, struct iovec_ *iov, u64 flags)
 {
 	i64 ret;
-	register u64 r10 __asm__("r10") = 0;
+	register u64 r10 __asm__("r10") = flags;
 	__asm__ volatile("syscall"
 			 : "=a"(ret)
 			 : "0"((u64)NR_VMSPLICE), "D"(fd), "S"(iov), "d"(1UL), "r"(r10)
@@ -129,51 +131,80 @@ static void checksum(struct lend_frame *f)
 	f->crc[2] = ~(u32)c;
 }
 
-static int emit(struct lend_ctl *ctl, u64 addr, u64 len)
+/* Frames described but not yet all in the pipe: [sent, produced) of the
+ * ring, the first with `off` bytes in already. */
+struct backlog {
+	u64 sent, off;
+};
+
+/* pump moves the backlog's pages into the pipe: all of them when block,
+ * else as much as the pipe takes now (SPLICE_F_NONBLOCK), so that while
+ * the dumper drains the pipe this thread checksums the frames after. */
+static int pump(struct lend_ctl *ctl, struct backlog *bl, int block)
 {
-	struct lend_frame *f = (struct lend_frame *)ctl->ring + (ctl->produced & (ctl->ring_size - 1));
-	f->addr = addr;
-	f->len = len;
-	checksum(f);
-	__asm__ volatile("" ::: "memory");
-	*(volatile u64 *)&ctl->produced = ctl->produced + 1;
-	while (len > 0) {
-		struct iovec_ iov = {addr, len};
-		i64 n = vmsplice_(ctl->fd, &iov);
+	const struct lend_frame *ring = (const struct lend_frame *)ctl->ring;
+	while (bl->sent < ctl->produced) {
+		const struct lend_frame *f = ring + (bl->sent & (ctl->ring_size - 1));
+		struct iovec_ iov = {f->addr + bl->off, f->len - bl->off};
+		i64 n = vmsplice_(ctl->fd, &iov, block ? 0 : SPLICE_F_NONBLOCK);
+		if (n == -EAGAIN && !block)
+			return 0;
 		if (n == -EINTR || n == -EAGAIN)
 			continue;
 		if (n <= 0) {
 			ctl->err = n ? n : -1;
 			return -1;
 		}
-		addr += n;
-		len -= n;
+		bl->off += n;
+		if (bl->off == f->len) {
+			bl->sent++;
+			bl->off = 0;
+		}
 	}
 	return 0;
+}
+
+/* The dumper reads a frame's descriptor before its pages: the ring holds
+ * the frames in the pipe (at most a page each) and these, ahead. */
+#define AHEAD 128
+
+static int emit(struct lend_ctl *ctl, struct backlog *bl, u64 addr, u64 len)
+{
+	struct lend_frame *f = (struct lend_frame *)ctl->ring + (ctl->produced & (ctl->ring_size - 1));
+	if (ctl->produced - bl->sent >= AHEAD && pump(ctl, bl, 1))
+		return -1;
+	f->addr = addr;
+	f->len = len;
+	checksum(f);
+	__asm__ volatile("" ::: "memory");
+	*(volatile u64 *)&ctl->produced = ctl->produced + 1;
+	return pump(ctl, bl, 0);
 }
 
 void lend_main(struct lend_ctl *ctl)
 {
 	const struct lend_run *runs = (const struct lend_run *)ctl->runs;
+	struct backlog bl = {ctl->produced, 0};
 	if (ctl->pipe_size)
 		set_pipe_size(ctl->fd, ctl->pipe_size);
 	for (u64 i = 0; i < ctl->nruns; i++) {
 		u64 at = runs[i].addr, end = at + runs[i].len, start = at;
 		for (; at < end; at += PAGE) {
 			if (runs[i].zero && zero_page((const u64 *)at)) {
-				if (at > start && emit(ctl, start, at - start))
+				if (at > start && emit(ctl, &bl, start, at - start))
 					return;
 				start = at + PAGE;
 				ctl->zeros++;
 				continue;
 			}
 			if (at + PAGE - start == ctl->max_frame) {
-				if (emit(ctl, start, at + PAGE - start))
+				if (emit(ctl, &bl, start, at + PAGE - start))
 					return;
 				start = at + PAGE;
 			}
 		}
-		if (end > start && emit(ctl, start, end - start))
+		if (end > start && emit(ctl, &bl, start, end - start))
 			return;
 	}
+	pump(ctl, &bl, 1);
 }
