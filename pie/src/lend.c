@@ -110,18 +110,36 @@ static int zero_page(const u64 *p)
 	return acc == 0;
 }
 
+/* Frames described but not yet all in the pipe: [sent, produced) of the
+ * ring, the first with `off` bytes in already. */
+struct backlog {
+	u64 sent, off;
+};
+
+static int pump(struct lend_ctl *ctl, struct backlog *bl, int block);
+
+/* STEP words of each stream between looks at the pipe (~12 µs). */
+#define STEP 8192
+
 /* Three interleaved streams keep the crc32 unit busy (its latency is three
- * times its throughput); the tracer combines them. */
-static void checksum(struct lend_frame *f)
+ * times its throughput); the tracer combines them. Every STEP words the
+ * backlog gets whatever room the dumper made in the pipe meanwhile, so the
+ * pipe does not run dry while this runs ahead. */
+static int checksum(struct lend_ctl *ctl, struct backlog *bl, struct lend_frame *f)
 {
 	const u64 *p = (const u64 *)f->addr;
 	u64 third = (f->len / 3) & ~7UL, n = third / 8, total = f->len / 8;
 	u64 a = ~0UL & 0xffffffff, b = a, c = a;
 	const u64 *q = p + n, *r = p + 2 * n;
-	for (u64 i = 0; i < n; i++) {
-		a = crc8(a, p[i]);
-		b = crc8(b, q[i]);
-		c = crc8(c, r[i]);
+	for (u64 i = 0; i < n;) {
+		u64 end = n - i > STEP ? i + STEP : n;
+		for (; i < end; i++) {
+			a = crc8(a, p[i]);
+			b = crc8(b, q[i]);
+			c = crc8(c, r[i]);
+		}
+		if (bl->sent < ctl->produced && pump(ctl, bl, 0))
+			return -1;
 	}
 	for (u64 i = 3 * n; i < total; i++)
 		c = crc8(c, p[i]);
@@ -129,13 +147,8 @@ static void checksum(struct lend_frame *f)
 	f->crc[0] = ~(u32)a;
 	f->crc[1] = ~(u32)b;
 	f->crc[2] = ~(u32)c;
+	return 0;
 }
-
-/* Frames described but not yet all in the pipe: [sent, produced) of the
- * ring, the first with `off` bytes in already. */
-struct backlog {
-	u64 sent, off;
-};
 
 /* pump moves the backlog's pages into the pipe: all of them when block,
  * else as much as the pipe takes now (SPLICE_F_NONBLOCK), so that while
@@ -175,7 +188,8 @@ static int emit(struct lend_ctl *ctl, struct backlog *bl, u64 addr, u64 len)
 		return -1;
 	f->addr = addr;
 	f->len = len;
-	checksum(f);
+	if (checksum(ctl, bl, f))
+		return -1;
 	__asm__ volatile("" ::: "memory");
 	*(volatile u64 *)&ctl->produced = ctl->produced + 1;
 	return pump(ctl, bl, 0);
