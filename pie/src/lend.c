@@ -12,8 +12,9 @@
  * (address, length, CRC-32C of its thirds) goes into the ring, then
  * `produced` is raised, then the frame's pages go into the pipe, where the
  * tracer reads them after the descriptor; while the pipe is full, the
- * next frames are checksummed and described meanwhile (up to AHEAD). At the end the entry code sets
- * `done` and parks in pause(2), as the batch stub does.
+ * next frames are checksummed and described meanwhile (up to AHEAD). At
+ * the end the entry code sets `done` and parks in pause(2), as the batch
+ * stub does.
  *
  * Freestanding: no libc, no globals, no absolute addresses; the flat binary
  * (lend.bin) is copied into the stub's code page as it is.
