@@ -36,6 +36,17 @@ func seizedSleeper(t *testing.T) (*testprog.Proc, uint64) {
 
 // seizeStop seizes pid from the locked test thread and waits for the
 // interrupt stop. The caller has called runtime.LockOSThread.
+// seizeBegin seizes pid, stops it and begins a session injecting at insn.
+func seizeBegin(t *testing.T, pid int, insn uint64) *Session {
+	t.Helper()
+	seizeStop(t, pid)
+	s, err := Begin(pid, insn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func seizeStop(t *testing.T, pid int) {
 	t.Helper()
 	if err := sys.PtraceSeize(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
@@ -193,11 +204,7 @@ func TestInjectBusy(t *testing.T) {
 		func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			seizeStop(t, p.Pid)
-			s, err := Begin(p.Pid, insn)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := seizeBegin(t, p.Pid, insn)
 			for j := 0; j < 10; j++ {
 				if ret, err := s.Syscall(unix.SYS_GETPID); err != nil || ret != int64(p.Pid) {
 					t.Fatalf("getpid: %d, %v", ret, err)
@@ -243,11 +250,7 @@ func TestEndWithRegs(t *testing.T) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	seizeStop(t, p.Pid)
-	s, err := Begin(p.Pid, insn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := seizeBegin(t, p.Pid, insn)
 	if _, err := s.Syscall(unix.SYS_GETPID); err != nil {
 		t.Fatal(err)
 	}
@@ -303,11 +306,7 @@ func TestTracerGoneBetweenCalls(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		seizeStop(t, p.Pid)
-		s, err := Begin(p.Pid, insn)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := seizeBegin(t, p.Pid, insn)
 		if ret, err := s.Syscall(unix.SYS_GETPPID); err != nil || ret <= 0 {
 			t.Fatalf("getppid: %d, %v", ret, err)
 		}
