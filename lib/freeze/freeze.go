@@ -799,10 +799,11 @@ func thawInPlace(dir string, root int) error {
 	if err := releaseNetwork(netlock.TableName(root), pids); err != nil {
 		return err
 	}
+	callsErr := putBackCalls(dir)
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil {
 		return fmt.Errorf("thaw %s: %w", dir, err)
 	}
-	return errors.Join(recoverStubs(dir, pids), removeState(dir))
+	return errors.Join(callsErr, recoverStubs(dir, pids), removeState(dir))
 }
 
 // thawDir unfreezes dir, moves every process in it back to where it came
@@ -816,6 +817,7 @@ func thawDir(dir string, tasks []Task) error {
 	if pids, err := readPids(filepath.Join(dir, "cgroup.procs")); err == nil {
 		laterErr = releaseNetwork(filepath.Base(dir), pids)
 	}
+	laterErr = errors.Join(laterErr, putBackCalls(dir))
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("thaw %s: %w", dir, err)
 	}
@@ -850,6 +852,20 @@ func thawDir(dir string, tasks []Task) error {
 		return errors.Join(err, laterErr)
 	}
 	return laterErr
+}
+
+// putBackCalls gives the threads a stage that died in a frozen injected
+// call left trapped by the freezer their own registers back, before the
+// thaw lets them run (inject.PutBackCalls).
+func putBackCalls(dir string) error {
+	fixed, err := inject.PutBackCalls(dir)
+	for _, tid := range fixed {
+		fmt.Fprintf(os.Stderr, "%s: tid %d: a stage died while it injected a call into the thread; its registers are put back\n", filepath.Base(os.Args[0]), tid)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("putting back the threads a stage left in an injected call: %w", err)
+	}
+	return nil
 }
 
 // recoverStubs puts back the threads a stage that died while its code ran
@@ -1141,7 +1157,7 @@ func removeState(dir string) error {
 	if err := unix.Removexattr(dir, xattrName); err != nil && !errors.Is(err, unix.ENODATA) {
 		return fmt.Errorf("remove the state on %s: %w", dir, err)
 	}
-	return inject.ForgetMasks(dir)
+	return errors.Join(inject.ForgetMasks(dir), inject.ForgetCalls(dir))
 }
 
 func getState(dir string) ([]Task, error) {

@@ -51,7 +51,8 @@ type state int
 const (
 	atEventStop state = iota // inside get_signal
 	atSyscallEnter
-	running   // in a Stub batch
+	atSyscallExit // of a frozen call (frozen.go)
+	running       // in a Stub batch
 	elsewhere // an unexpected stop; End recovers from it
 	gone
 )
@@ -72,6 +73,11 @@ type Session struct {
 	// The rseq_cs field of the thread's struct rseq (0: none registered)
 	// and its value at Begin.
 	rseqCsAddr, rseqCs uint64
+	// Single calls run frozen in this cgroup where they can (frozen.go).
+	freezer  *Freezer
+	ownInsn  int8   // its rip follows a syscall instruction: 1 yes, -1 no, 0 not looked at
+	nonce    uint64 // in r8 while a frozen call is swapped in
+	callKept bool   // its registers are recorded on the cgroup
 }
 
 type scratchSave struct {
@@ -170,6 +176,9 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 	}
 	var a [6]uint64
 	copy(a[:], args)
+	if s.frozenRoute(nr, len(args), a) {
+		return s.frozenSyscall(nr, a)
+	}
 	r := s.regs
 	r.Rip = s.insn
 	r.Rax = uint64(nr)
@@ -314,6 +323,9 @@ func (s *Session) End(regs *unix.PtraceRegs) error {
 	}
 	if err := sys.PtraceSetSigmask(s.tid, s.mask); err != nil {
 		errs = append(errs, err)
+	}
+	if len(errs) == 0 { // else the record serves the thaw
+		errs = append(errs, s.dropCall())
 	}
 	return errors.Join(errs...)
 }

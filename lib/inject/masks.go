@@ -148,6 +148,18 @@ func ForgetMasks(cgroup string) error {
 // masksRecords lists the processes with a record of signal masks on
 // cgroup.
 func masksRecords(cgroup string) ([]int, error) {
+	names, err := recordNames(cgroup, masksXattr)
+	var pids []int
+	for _, name := range names {
+		if pid, err := strconv.Atoi(strings.TrimPrefix(name, masksXattr)); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, err
+}
+
+// recordNames lists the xattrs on cgroup whose names start with prefix.
+func recordNames(cgroup, prefix string) ([]string, error) {
 	buf := make([]byte, 4096)
 	for {
 		n, err := unix.Listxattr(cgroup, buf)
@@ -158,15 +170,13 @@ func masksRecords(cgroup string) ([]int, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list the xattrs of %s: %w", cgroup, err)
 		}
-		var pids []int
+		var names []string
 		for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
-			if rest, ok := strings.CutPrefix(name, masksXattr); ok {
-				if pid, err := strconv.Atoi(rest); err == nil && pid > 0 {
-					pids = append(pids, pid)
-				}
+			if strings.HasPrefix(name, prefix) {
+				names = append(names, name)
 			}
 		}
-		return pids, nil
+		return names, nil
 	}
 }
 

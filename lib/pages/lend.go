@@ -198,6 +198,7 @@ func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 			return nil, err
 		}
 		if ld.s, err = inject.Begin(tid, hp.Insn); err == nil {
+			ld.s.FreezeCallsIn(hp.Cgroup)
 			break
 		}
 	}

@@ -445,11 +445,14 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 		if err != nil {
 			return nil, fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 		}
+		s.FreezeCallsIn(cgroup)
 		sessions = append(sessions, s)
 		if tid == pid || leader == nil {
 			leader = s
 		}
 	}
+	// The stub's mmap and munmap, through a thread whose calls run frozen.
+	carrier := inject.Carrier(sessions, leader)
 	run := func(s *inject.Session, calls []inject.Call) error { return s.RunEach(calls) }
 	mlock, mlockKnown := uint32(0), false
 	if !opt.OneAtATime {
@@ -457,12 +460,12 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 		if err != nil {
 			return nil, err
 		}
-		stub, merr := inject.MapStub(leader, sessions)
+		stub, merr := inject.MapStub(carrier, sessions)
 		switch {
 		case merr == nil:
 			// Deferred after the sessions' End, so run before it.
 			defer func() {
-				if uerr := stub.Unmap(leader); uerr != nil {
+				if uerr := stub.Unmap(carrier); uerr != nil {
 					err = errors.Join(err, fmt.Errorf("pid %d: %w", pid, uerr))
 					res = nil
 				}
@@ -481,7 +484,7 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 	}
 	if !mlockKnown {
 		var err error
-		if mlock, err = probeFutureLock(leader, pid); err != nil {
+		if mlock, err = probeFutureLock(carrier, pid); err != nil {
 			return nil, err
 		}
 	}

@@ -165,48 +165,78 @@ func TestParasite(t *testing.T) {
 	}
 }
 
-// TestThreadFailure makes an injection fail (rip on a non-executable
-// address), with the stub and one call at a time: the task gets its
-// registers back and runs on undisturbed.
+// TestThreadFailure makes an injection fail (the syscall instruction it
+// is given on a non-executable address), with the stub and one call at a
+// time: the task gets its registers back and runs on undisturbed. The
+// stub's calls go through that instruction only in a thread that runs
+// its own code (busy); a thread asleep in a syscall carries them frozen,
+// through its own instruction (lib/inject/frozen.go), and only the calls
+// of more than four arguments of one at a time meet the bad address.
 func TestThreadFailure(t *testing.T) {
-	tg := frozen.Start(t, "sleep", "2")
-	before := takeSnapshot(t, tg.Pid)
-	for _, opt := range []Options{{}, {OneAtATime: true}} {
-		func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			if err := sys.PtraceSeize(tg.Pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
-				t.Fatal(err)
-			}
-			defer sys.PtraceDetach(tg.Pid, 0)
-			sys.PtraceInterrupt(tg.Pid)
-			if err := waitInterrupt(tg.Pid, tg.Pid); err != nil {
-				t.Fatal(err)
-			}
-			if err := sys.CgroupFreeze(tg.Frozen.Cgroup, false, 0); err != nil {
-				t.Fatal(err)
-			}
-			defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
-			// The stack is not executable: the "syscall" faults.
-			_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, tg.Frozen.Cgroup, opt, []int{0})
-			if err == nil {
-				t.Fatal("injection at a non-executable address succeeded")
-			}
-			t.Logf("expected failure (%+v): %v", opt, err)
-			// Every thread ended: nothing for a thaw to put back.
-			if n, _ := unix.Listxattr(tg.Frozen.Cgroup, make([]byte, 4096)); n > 0 {
-				b := make([]byte, n)
-				unix.Listxattr(tg.Frozen.Cgroup, b)
-				if strings.Contains(string(b), "crpipe.masks") {
-					t.Errorf("a record of signal masks is left on %s: %q", tg.Frozen.Cgroup, b)
-				}
-			}
-		}()
-		before.check(t, takeSnapshot(t, tg.Pid))
-	}
-	tg.Thaw(t)
-	if l, err := tg.Next(10 * time.Second); err != nil || l != "slept ok" {
+	busy := frozen.Start(t, "busy", "3")
+	failInjection(t, busy, Options{})
+	busy.Thaw(t)
+	checkBusy(t, busy, 3)
+	sleeper := frozen.Start(t, "sleep", "2")
+	failInjection(t, sleeper, Options{OneAtATime: true})
+	sleeper.Thaw(t)
+	if l, err := sleeper.Next(10 * time.Second); err != nil || l != "slept ok" {
 		t.Fatalf("target: %q %v", l, err)
+	}
+}
+
+// failInjection injects into tg's one thread with opt at a bad syscall
+// instruction, and checks that it fails and leaves the task as it was.
+func failInjection(t *testing.T, tg *frozen.Target, opt Options) {
+	t.Helper()
+	before := takeSnapshot(t, tg.Pid)
+	func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := sys.PtraceSeize(tg.Pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			t.Fatal(err)
+		}
+		defer sys.PtraceDetach(tg.Pid, 0)
+		sys.PtraceInterrupt(tg.Pid)
+		if err := waitInterrupt(tg.Pid, tg.Pid); err != nil {
+			t.Fatal(err)
+		}
+		if err := sys.CgroupFreeze(tg.Frozen.Cgroup, false, 0); err != nil {
+			t.Fatal(err)
+		}
+		defer sys.CgroupFreeze(tg.Frozen.Cgroup, true, FreezeTimeout)
+		// The stack is not executable: the "syscall" faults.
+		_, err := Process(tg.Pid, []int{tg.Pid}, before.regs.Rsp-4096, tg.Frozen.Cgroup, opt, []int{0})
+		if err == nil {
+			t.Fatalf("injection (%+v) at a non-executable address succeeded", opt)
+		}
+		t.Logf("expected failure (%+v): %v", opt, err)
+	}()
+	// Every thread ended: nothing for a thaw to put back.
+	if n, _ := unix.Listxattr(tg.Frozen.Cgroup, make([]byte, 4096)); n > 0 {
+		b := make([]byte, n)
+		unix.Listxattr(tg.Frozen.Cgroup, b)
+		if strings.Contains(string(b), "crpipe.masks") || strings.Contains(string(b), "crpipe.call") {
+			t.Errorf("a record of a session is left on %s: %q", tg.Frozen.Cgroup, b)
+		}
+	}
+	before.check(t, takeSnapshot(t, tg.Pid))
+}
+
+// checkBusy reads what testprog's busy n prints and checks it against
+// an undisturbed run of the same computation.
+func checkBusy(t *testing.T, tg *frozen.Target, n uint64) {
+	t.Helper()
+	line, err := tg.Next(60 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(1)
+	for i := uint64(0); i < n*100000000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
+	}
+	if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
+		t.Fatalf("target printed %q, want %q", line, want)
 	}
 }
 

@@ -438,6 +438,19 @@ func TestParasiteDiesAfterMmap(t *testing.T) {
 	parasiteDies(t, "parasite-dies-after-mmap", "the mapping is removed")
 }
 
+// TestParasiteDiesInFrozenCall: cr-parasite dies right after it swapped
+// a sleeping thread's own syscall for the stub's mmap, the cgroup frozen
+// for it (lib/inject/frozen.go). The mmap runs and the freezer holds the
+// thread on its way out, the mmap's result in rax. The thaw gives it its
+// own registers back before it thaws the cgroup (the record of them on
+// the cgroup), then removes the empty mapping and puts the masks back:
+// the program runs on and checks its whole per-thread state. (Before,
+// a tracer killed in that call left the thread to run on with borrowed
+// registers: a crash.)
+func TestParasiteDiesInFrozenCall(t *testing.T) {
+	parasiteDies(t, "inject-dies-in-frozen-call", "its registers are put back")
+}
+
 // TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
 // has a thread with borrowed registers and every signal blocked, just
 // after the stub's mmap, before any recovery record exists (the cgroup is
