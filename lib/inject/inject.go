@@ -53,7 +53,7 @@ const (
 	atSyscallEnter
 	atSyscallExit // of a frozen call (frozen.go)
 	running       // in a Stub batch
-	elsewhere // an unexpected stop; End recovers from it
+	elsewhere     // an unexpected stop; End recovers from it
 	gone
 )
 
