@@ -1152,7 +1152,7 @@ func setState(dir string, tasks []Task) error {
 }
 
 // removeState removes the state of a freeze in place, and any record of
-// signal masks a dead stage left on it; none is no error.
+// signal masks or registers a dead stage left on it; none is no error.
 func removeState(dir string) error {
 	if err := unix.Removexattr(dir, xattrName); err != nil && !errors.Is(err, unix.ENODATA) {
 		return fmt.Errorf("remove the state on %s: %w", dir, err)

@@ -12,7 +12,9 @@
 // syscall-enter stop, and lets the call run on to a stop inside
 // get_signal (PTRACE_INTERRUPT, no syscall-exit stop), where the task
 // gets its own registers back at once. End restores registers and mask
-// at such a stop.
+// at such a stop. A session told its cgroup (FreezeCallsIn) runs its
+// calls in place of its thread's own interrupted syscall instead, the
+// cgroup frozen meanwhile, where it can (frozen.go).
 //
 // Why orig_rax = -1 and why End goes back to get_signal: on the way out to
 // user space the kernel applies its syscall-restart logic to a task whose

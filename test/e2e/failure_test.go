@@ -452,9 +452,10 @@ func TestParasiteDiesInFrozenCall(t *testing.T) {
 }
 
 // TestDumpDiesWhileMappingStub: cr-dump is SIGKILLed while cr-parasite
-// has a thread with borrowed registers and every signal blocked, just
-// after the stub's mmap, before any recovery record exists (the cgroup is
-// thawed meanwhile). cr-parasite, told by its parent-death signal, puts
+// has every signal of a thread blocked, just after the stub's mmap,
+// before any recovery record exists (the cgroup is thawed meanwhile; the
+// thread holds its own registers since the mmap runs frozen, borrowed
+// ones in a thread that was running its own code). cr-parasite, told by its parent-death signal, puts
 // the process back before it exits, and the guard thaws it: the program
 // runs on with its mappings and per-thread state intact. (Killed with
 // SIGKILL, as the other stages are, it left the thread to run on with the
