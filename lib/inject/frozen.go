@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -48,6 +49,7 @@ type Freezer struct {
 	dir  string
 	mu   sync.Mutex
 	held int
+	fd   int // cgroup.freeze, open while held
 }
 
 var freezers sync.Map // cgroup dir → *Freezer
@@ -59,25 +61,39 @@ func (s *Session) FreezeCallsIn(cgroup string) {
 	s.freezer = f.(*Freezer)
 }
 
+// hold freezes the cgroup unless a call holds it frozen already. The
+// file is opened with open(2) itself: os.OpenFile's poller registration
+// made the two writes of a call cost ~45 µs more.
 func (f *Freezer) hold() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.held == 0 {
-		if err := sys.CgroupWrite(f.dir, "cgroup.freeze", "1"); err != nil {
+		fd, err := unix.Open(filepath.Join(f.dir, "cgroup.freeze"), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			if _, err = unix.Write(fd, []byte("1")); err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("freeze %s for an injected call: %w", f.dir, err)
 		}
+		f.fd = fd
 	}
 	f.held++
 	return nil
 }
 
+// release thaws the cgroup when the last call that holds it is done.
 func (f *Freezer) release() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.held--; f.held == 0 {
-		if err := sys.CgroupWrite(f.dir, "cgroup.freeze", "0"); err != nil {
-			return fmt.Errorf("thaw %s after an injected call: %w", f.dir, err)
-		}
+	if f.held--; f.held > 0 {
+		return nil
+	}
+	_, err := unix.Write(f.fd, []byte("0"))
+	unix.Close(f.fd)
+	if err != nil {
+		return fmt.Errorf("thaw %s after an injected call: %w", f.dir, err)
 	}
 	return nil
 }
