@@ -126,22 +126,41 @@ func (s *Session) frozenRoute(nr uintptr, n int, a [6]uint64) bool {
 // carriesFrozen says whether the thread's own registers are those of a
 // 64-bit syscall the kernel restarts, in a cgroup to freeze.
 func (s *Session) carriesFrozen() bool {
-	if s.freezer == nil || s.groupStop || int64(s.regs.Orig_rax) < 0 {
-		return false
-	}
-	switch int64(s.regs.Rax) {
-	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartBlock:
-	default:
+	if s.freezer == nil || s.groupStop {
 		return false
 	}
 	if s.ownInsn == 0 { // not looked at yet
 		s.ownInsn = -1
-		var b [2]byte
-		if ReadMem(s.tid, s.regs.Rip-2, b[:]) == nil && b == [2]byte{0x0f, 0x05} {
-			s.ownInsn = 1 // syscall, not int 0x80, whose numbers are the 32-bit ones
+		if restarts(s.tid, &s.regs) {
+			s.ownInsn = 1
 		}
 	}
 	return s.ownInsn == 1
+}
+
+// restarts says whether r, the registers of tid at an event stop, are
+// those of a 64-bit syscall the kernel restarts on the thread's resume:
+// a restart code in rax, and the `syscall` instruction before rip (not
+// int 0x80, whose numbers are the 32-bit ones).
+func restarts(tid int, r *unix.PtraceRegs) bool {
+	if int64(r.Orig_rax) < 0 {
+		return false
+	}
+	switch int64(r.Rax) {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartBlock:
+	default:
+		return false
+	}
+	var b [2]byte
+	return ReadMem(tid, r.Rip-2, b[:]) == nil && b == [2]byte{0x0f, 0x05}
+}
+
+// Restarts says whether tid, which the calling OS thread holds at an
+// event stop, sits in a syscall the kernel restarts: a thread that can
+// carry frozen calls once a session begins on it.
+func Restarts(tid int) bool {
+	r, err := sys.PtraceGetRegs(tid)
+	return err == nil && restarts(tid, &r)
 }
 
 // Carrier is the session to inject a process's single calls through:

@@ -77,7 +77,7 @@ type Session struct {
 	rseqCsAddr, rseqCs uint64
 	// Single calls run frozen in this cgroup where they can (frozen.go).
 	freezer  *Freezer
-	ownInsn  int8   // its rip follows a syscall instruction: 1 yes, -1 no, 0 not looked at
+	ownInsn  int8   // it sits in a syscall the kernel restarts: 1 yes, -1 no, 0 not looked at
 	nonce    uint64 // in r8 while a frozen call is swapped in
 	callKept bool   // its registers are recorded on the cgroup
 }

@@ -410,3 +410,28 @@ func TestFrozenCallTracerGone(t *testing.T) {
 		t.Fatalf("target: %q, %v", line, err)
 	}
 }
+
+// TestRestarts: a thread asleep in nanosleep sits in a syscall the
+// kernel restarts, and can carry frozen calls; a thread computing in
+// registers does not.
+func TestRestarts(t *testing.T) {
+	p, _ := seizedSleeper(t)
+	if !Restarts(p.Pid) {
+		t.Error("a thread asleep in nanosleep: not in a restartable syscall")
+	}
+	busy := testprog.Start(t, "busy", "1")
+	time.Sleep(50 * time.Millisecond)
+	seizeStop(t, busy.Pid)
+	if Restarts(busy.Pid) {
+		t.Error("a thread computing in registers: in a restartable syscall")
+	}
+	for _, pid := range []int{p.Pid, busy.Pid} {
+		if err := sys.PtraceDetach(pid, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBusy(t, busy, 1)
+	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
+		t.Fatalf("target: %q, %v", line, err)
+	}
+}

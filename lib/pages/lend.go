@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
@@ -190,10 +191,16 @@ func (ls *lenders) begin(pid int) (lends bool, keepOut uint64, err error) {
 }
 
 // newLender injects a lender into a held process, through its first
-// thread that takes a session (a leader that has exited is a zombie).
+// thread that takes a session (a leader that has exited is a zombie),
+// first of those asleep in a syscall, which carry the stub's mmap and
+// munmap frozen (lib/inject/frozen.go).
 func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 	ld = &lender{hp: hp}
-	for _, tid := range hp.Tids {
+	tids := hp.Tids
+	if i := slices.IndexFunc(tids, inject.Restarts); i > 0 {
+		tids = append([]int{tids[i]}, slices.Delete(slices.Clone(tids), i, i+1)...)
+	}
+	for _, tid := range tids {
 		if err = inject.KeepMasks(hp.Cgroup, hp.Pid, []int{tid}); err != nil {
 			return nil, err
 		}
