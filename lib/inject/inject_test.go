@@ -3,11 +3,9 @@ package inject
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -223,24 +221,7 @@ func TestInjectBusy(t *testing.T) {
 			}
 		}()
 	}
-	checkBusy(t, p, 20)
-}
-
-// checkBusy waits for the result of `busy n` and compares it with an
-// undisturbed run's.
-func checkBusy(t *testing.T, p *testprog.Proc, n uint64) {
-	t.Helper()
-	line, err := p.Next(60 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := uint64(1)
-	for i := uint64(0); i < n*100000000; i++ {
-		x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
-	}
-	if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
-		t.Fatalf("target printed %q, want %q", line, want)
-	}
+	p.CheckBusy(t, 20)
 }
 
 // TestEndWithRegs sets other registers at End: the task resumes there.
@@ -315,7 +296,7 @@ func TestTracerGoneBetweenCalls(t *testing.T) {
 		if err := sys.PtraceDetach(p.Pid, 0); err != nil {
 			t.Fatal(err)
 		}
-		checkBusy(t, p, 5)
+		p.CheckBusy(t, 5)
 	})
 }
 
@@ -430,7 +411,7 @@ func TestRestarts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkBusy(t, busy, 1)
+	busy.CheckBusy(t, 1)
 	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
 		t.Fatalf("target: %q, %v", line, err)
 	}

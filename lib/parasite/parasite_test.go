@@ -176,7 +176,7 @@ func TestThreadFailure(t *testing.T) {
 	busy := frozen.Start(t, "busy", "3")
 	failInjection(t, busy, Options{})
 	busy.Thaw(t)
-	checkBusy(t, busy, 3)
+	busy.CheckBusy(t, 3)
 	sleeper := frozen.Start(t, "sleep", "2")
 	failInjection(t, sleeper, Options{OneAtATime: true})
 	sleeper.Thaw(t)
@@ -221,23 +221,6 @@ func failInjection(t *testing.T, tg *frozen.Target, opt Options) {
 		}
 	}
 	before.check(t, takeSnapshot(t, tg.Pid))
-}
-
-// checkBusy reads what testprog's busy n prints and checks it against
-// an undisturbed run of the same computation.
-func checkBusy(t *testing.T, tg *frozen.Target, n uint64) {
-	t.Helper()
-	line, err := tg.Next(60 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := uint64(1)
-	for i := uint64(0); i < n*100000000; i++ {
-		x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
-	}
-	if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
-		t.Fatalf("target printed %q, want %q", line, want)
-	}
 }
 
 func openFds(t *testing.T) int {

@@ -328,3 +328,20 @@ func (p *Proc) Cgroup(t testing.TB) string {
 	}
 	return filepath.Join(mount, rel)
 }
+
+// CheckBusy reads the line `busy n` prints and checks it against an
+// undisturbed run of the same computation in registers.
+func (p *Proc) CheckBusy(t testing.TB, n uint64) {
+	t.Helper()
+	line, err := p.Next(60 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(1)
+	for i := uint64(0); i < n*100000000; i++ {
+		x = x*6364136223846793005 + 1442695040888963407 + (i >> 7)
+	}
+	if want := fmt.Sprintf("busy x=%x", x); !strings.EqualFold(line, want) {
+		t.Fatalf("target printed %q, want %q", line, want)
+	}
+}
