@@ -250,10 +250,11 @@ func (s *Session) frozenSyscall(nr uintptr, a [6]uint64) (ret int64, err error) 
 	return int64(got.Rax), s.holdOwn()
 }
 
-// The record of a thread's own registers, for the thaw: the nonce, rip,
-// then rax, orig_rax and the six argument registers.
 func callName(tid int) string { return callXattr + strconv.Itoa(tid) }
 
+// keepCall records the thread's own registers on the cgroup, for the
+// thaw, before its first frozen call: the nonce, rip, then rax, orig_rax
+// and the six argument registers.
 func (s *Session) keepCall() error {
 	if s.callKept {
 		return nil
@@ -278,8 +279,8 @@ func (s *Session) dropCall() error {
 	if !s.callKept {
 		return nil
 	}
-	if err := unix.Removexattr(s.freezer.dir, callName(s.tid)); err != nil && !errors.Is(err, unix.ENODATA) {
-		return fmt.Errorf("tid %d: remove the record of its registers from %s: %w", s.tid, s.freezer.dir, err)
+	if err := removeRecord(s.freezer.dir, callName(s.tid)); err != nil {
+		return fmt.Errorf("tid %d: %w", s.tid, err)
 	}
 	s.callKept = false
 	return nil
@@ -309,9 +310,7 @@ func PutBackCalls(cgroup string) (fixed []int, err error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("tid %d: %w", tid, err))
 		}
-		if err := unix.Removexattr(cgroup, name); err != nil && !errors.Is(err, unix.ENODATA) {
-			errs = append(errs, fmt.Errorf("remove %s from %s: %w", name, cgroup, err))
-		}
+		errs = append(errs, removeRecord(cgroup, name))
 	}
 	return fixed, errors.Join(errs...)
 }
@@ -353,9 +352,7 @@ var frozenSwapped func()
 func ForgetCalls(cgroup string) error {
 	names, err := recordNames(cgroup, callXattr)
 	for _, name := range names {
-		if rerr := unix.Removexattr(cgroup, name); rerr != nil && !errors.Is(rerr, unix.ENODATA) {
-			err = errors.Join(err, rerr)
-		}
+		err = errors.Join(err, removeRecord(cgroup, name))
 	}
 	return err
 }

@@ -61,8 +61,16 @@ func KeepMasks(cgroup string, pid int, tids []int) error {
 
 // DropMasks removes the record KeepMasks made for pid.
 func DropMasks(cgroup string, pid int) error {
-	if err := unix.Removexattr(cgroup, masksName(pid)); err != nil && !errors.Is(err, unix.ENODATA) {
-		return fmt.Errorf("pid %d: remove the record of its signal masks from %s: %w", pid, cgroup, err)
+	if err := removeRecord(cgroup, masksName(pid)); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// removeRecord removes the xattr name from cgroup; none is no error.
+func removeRecord(cgroup, name string) error {
+	if err := unix.Removexattr(cgroup, name); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("remove the record %s from %s: %w", name, cgroup, err)
 	}
 	return nil
 }
