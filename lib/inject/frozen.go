@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,27 +20,33 @@ import (
 
 // A single injected call (Syscall) runs on borrowed registers: a tracer
 // killed while it is under way lets the thread go on from there, and no
-// kernel mechanism hands it back. When the thread sits in a syscall of
-// its own that the kernel will restart (read, futex, nanosleep, ...: an
-// idle program's threads), the call runs frozen instead, in three steps:
+// kernel mechanism hands it back. A session told its cgroup runs its
+// single calls frozen instead: a tracer killed from the moment the call
+// is set up at a syscall-enter stop to the moment the thread has its own
+// registers back leaves the thread trapped by the freezer, never in user
+// space, and the thaw puts its registers back before it thaws the cgroup
+// (PutBackCalls), by a record of them on the cgroup and a nonce the call
+// carries in r8, an argument register it leaves unused.
 //
-//  1. With its own registers, the thread is resumed to the syscall-enter
-//     stop of its own syscall's restart: it runs nothing of its own, and a
-//     tracer killed now lets it restart that syscall, as End would.
-//  2. The cgroup is frozen (synchronous: every task of it is marked to
-//     trap before it next returns to user space), and the enter stop's
-//     syscall is swapped for the injected call, its unused fifth
-//     argument a nonce. A tracer killed from here on leaves the thread
-//     trapped by the freezer right after the call, never in its own code
-//     with the call's result: the thaw finds it by the record below (its
-//     own registers and the nonce, an xattr on the cgroup) and gives it
-//     its own registers back before it thaws the cgroup (PutBackCalls).
-//  3. At the call's syscall-exit stop the thread gets its own registers
-//     back and stops in get_signal, as after any injected call; the
-//     cgroup is thawed.
+// The enter stop is reached one of two ways, with the cgroup thawed (a
+// frozen thread cannot leave get_signal):
 //
-// Threads that are in no restartable syscall (running their own code)
-// keep the vDSO route, and its hole (doc/failures.md).
+//   - A thread asleep in a syscall the kernel restarts (read, futex,
+//     nanosleep, ...: an idle program's threads) is resumed with its own
+//     registers to the enter stop of that syscall's restart. It runs
+//     none of its own code on the way, and a tracer killed then lets it
+//     restart the syscall, as End would. Then the cgroup is frozen and
+//     the enter stop's syscall is swapped for the call. Nothing borrowed
+//     is ever in the thread while the cgroup is thawed.
+//   - A thread running its own code goes to the vDSO's syscall
+//     instruction on borrowed registers, as before, and the cgroup is
+//     frozen at the enter stop: the moment a tracer killed lets it run
+//     on borrowed registers shrinks from the whole call and two round
+//     trips to the way to that stop.
+//
+// From the enter stop the call runs and the thread stops in get_signal
+// (the interrupt), where it gets its own registers back; then the cgroup
+// is thawed.
 
 // Freezer freezes one cgroup for the length of the frozen calls under way
 // in it: the tracer threads of a stage share it, and the cgroup thaws
@@ -109,22 +116,23 @@ const (
 
 const (
 	callXattr       = "user.crpipe.call." // + tid
-	callRecordWords = 10
+	callRecordWords = 2 + 27              // nonce, rip after the call, user_regs_struct
 )
 
 // frozenRoute says whether nr with n arguments a can run frozen in s's
-// thread: the thread can carry frozen calls, and the call leaves r8, the
-// nonce's place, unused (at most four arguments, or an anonymous mmap,
-// whose fd the kernel ignores).
+// thread: the session knows its cgroup, the process is not in a group
+// stop, and the call leaves r8, the nonce's place, unused (at most four
+// arguments, or an anonymous mmap, whose fd the kernel ignores).
 func (s *Session) frozenRoute(nr uintptr, n int, a [6]uint64) bool {
-	if n > 4 && !(nr == unix.SYS_MMAP && a[3]&unix.MAP_ANONYMOUS != 0) {
+	if s.freezer == nil || s.groupStop {
 		return false
 	}
-	return s.carriesFrozen()
+	return n <= 4 || nr == unix.SYS_MMAP && a[3]&unix.MAP_ANONYMOUS != 0
 }
 
 // carriesFrozen says whether the thread's own registers are those of a
-// 64-bit syscall the kernel restarts, in a cgroup to freeze.
+// 64-bit syscall the kernel restarts, in a cgroup to freeze: its calls
+// then never borrow registers while the cgroup is thawed.
 func (s *Session) carriesFrozen() bool {
 	if s.freezer == nil || s.groupStop {
 		return false
@@ -157,7 +165,7 @@ func restarts(tid int, r *unix.PtraceRegs) bool {
 
 // Restarts says whether tid, which the calling OS thread holds at an
 // event stop, sits in a syscall the kernel restarts: a thread that can
-// carry frozen calls once a session begins on it.
+// carry frozen calls without borrowing registers.
 func Restarts(tid int) bool {
 	r, err := sys.PtraceGetRegs(tid)
 	return err == nil && restarts(tid, &r)
@@ -179,24 +187,38 @@ func Carrier(sessions []*Session, preferred *Session) *Session {
 
 // frozenSyscall runs nr in the thread frozen (above).
 func (s *Session) frozenSyscall(nr uintptr, a [6]uint64) (ret int64, err error) {
-	if err := s.keepCall(); err != nil {
+	r, restart := s.regs, s.carriesFrozen()
+	if restart { // the restart of its own syscall
+		if err := s.keepCall(s.regs.Rip); err != nil {
+			return 0, err
+		}
+		if err := s.step(atSyscallEnter); err != nil {
+			return 0, fmt.Errorf("inject syscall %d: to the restart of its own syscall: %w", nr, err)
+		}
+		own := int64(s.regs.Orig_rax)
+		if int64(s.regs.Rax) == errRestartBlock {
+			own = sysRestartSyscall
+		}
+		if r, err = sys.PtraceGetRegs(s.tid); err != nil {
+			return 0, err
+		}
+		if int64(r.Orig_rax) != own || r.Rip != s.regs.Rip {
+			s.state = elsewhere
+			return 0, fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not its own %d at %#x: %w",
+				nr, s.tid, int64(r.Orig_rax), r.Rip-2, own, s.regs.Rip-2, ErrUnexpectedStop)
+		}
+	} else if err := s.keepCall(s.insn + 2); err != nil {
 		return 0, err
 	}
-	if err := s.step(atSyscallEnter); err != nil {
-		return 0, fmt.Errorf("inject syscall %d: to the restart of its own syscall: %w", nr, err)
-	}
-	own := int64(s.regs.Orig_rax)
-	if int64(s.regs.Rax) == errRestartBlock {
-		own = sysRestartSyscall
-	}
-	got, err := sys.PtraceGetRegs(s.tid)
-	if err != nil {
-		return 0, err
-	}
-	if int64(got.Orig_rax) != own || got.Rip != s.regs.Rip {
-		s.state = elsewhere
-		return 0, fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not its own %d at %#x: %w",
-			nr, s.tid, int64(got.Orig_rax), got.Rip-2, own, s.regs.Rip-2, ErrUnexpectedStop)
+	// The call, its nonce in r8: swapped in at the enter stop reached,
+	// or on borrowed registers at the vDSO's instruction.
+	r.Orig_rax = uint64(nr)
+	a[4] = s.nonce
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if !restart {
+		if err := s.enterAtInsn(nr, a); err != nil {
+			return 0, err
+		}
 	}
 	if err := s.freezer.hold(); err != nil {
 		return 0, err
@@ -213,82 +235,59 @@ func (s *Session) frozenSyscall(nr uintptr, a [6]uint64) (ret int64, err error) 
 		}
 		err = errors.Join(err, s.freezer.release())
 	}()
-	r := got
-	r.Orig_rax = uint64(nr)
-	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], s.nonce, a[5]
-	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
-		return 0, err
+	if restart {
+		if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+			return 0, err
+		}
 	}
 	if faultDieFrozen {
-		os.Exit(70) // as if killed: the swapped call runs, the freezer holds the thread
+		os.Exit(70) // as if killed: the call runs, the freezer holds the thread
 	}
 	if frozenSwapped != nil {
 		frozenSwapped()
 	}
-	if err := s.step(atSyscallExit); err != nil {
-		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
-	}
-	if got, err = sys.PtraceGetRegs(s.tid); err != nil {
-		return 0, err
-	}
-	if got.Orig_rax != uint64(nr) || got.Rip != s.regs.Rip {
-		s.state = elsewhere
-		return 0, fmt.Errorf("inject syscall %d: tid %d left syscall %d at %#x: %w", nr, s.tid, int64(got.Orig_rax), got.Rip-2, ErrUnexpectedStop)
-	}
-	// Its own registers at the exit stop: the restart logic, on the way
-	// out past the interrupt's stop, sees its own interrupted syscall.
-	if err := sys.PtraceSetRegs(s.tid, &s.regs); err != nil {
-		return 0, err
-	}
-	if err := sys.PtraceInterrupt(s.tid); err != nil {
-		s.state = elsewhere
-		return 0, err
-	}
-	if err := s.step(atEventStop); err != nil {
-		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
-	}
-	return int64(got.Rax), s.holdOwn()
+	return s.runFromEnter(nr)
 }
 
 func callName(tid int) string { return callXattr + strconv.Itoa(tid) }
 
 // keepCall records the thread's own registers on the cgroup, for the
-// thaw, before its first frozen call: the nonce, rip, then rax, orig_rax
-// and the six argument registers.
-func (s *Session) keepCall() error {
-	if s.callKept {
+// thaw, before its first frozen call: the nonce, where rip stands once
+// the call has run (after), and the registers.
+func (s *Session) keepCall(after uint64) error {
+	if s.callKept == after {
 		return nil
 	}
-	s.nonce = rand.Uint64() | 1
-	le := binary.LittleEndian
-	b := make([]byte, 0, callRecordWords*8)
-	for _, w := range []uint64{s.nonce, s.regs.Rip, s.regs.Rax, s.regs.Orig_rax,
-		s.regs.Rdi, s.regs.Rsi, s.regs.Rdx, s.regs.R10, s.regs.R8, s.regs.R9} {
-		b = le.AppendUint64(b, w)
+	if s.nonce == 0 {
+		s.nonce = rand.Uint64() | 1
 	}
-	if err := unix.Setxattr(s.freezer.dir, callName(s.tid), b, 0); err != nil {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, [2]uint64{s.nonce, after})
+	binary.Write(&b, binary.LittleEndian, &s.regs)
+	if err := unix.Setxattr(s.freezer.dir, callName(s.tid), b.Bytes(), 0); err != nil {
 		return fmt.Errorf("tid %d: record its registers on %s: %w", s.tid, s.freezer.dir, err)
 	}
-	s.callKept = true
+	s.callKept = after
 	return nil
 }
 
 // dropCall removes the session's record, once the thread has its own
 // registers for good (End).
 func (s *Session) dropCall() error {
-	if !s.callKept {
+	if s.callKept == 0 {
 		return nil
 	}
 	if err := removeRecord(s.freezer.dir, callName(s.tid)); err != nil {
 		return fmt.Errorf("tid %d: %w", s.tid, err)
 	}
-	s.callKept = false
+	s.callKept = 0
 	return nil
 }
 
 // PutBackCalls gives each thread that a dead tracer left frozen right
-// after a frozen call (its rip its own, its fifth argument register the
-// nonce of its record on cgroup) its own registers back, and removes the
+// after a frozen call (its rip where the call leaves it, its fifth
+// argument register the nonce of its record on cgroup) its own registers
+// back, and removes the
 // records. The cgroup must still be frozen. It returns the tids put back.
 func PutBackCalls(cgroup string) (fixed []int, err error) {
 	names, err := recordNames(cgroup, callXattr)
@@ -324,20 +323,20 @@ func putBackCall(cgroup, name string, tid int) (bool, error) {
 	if n != len(b) {
 		return false, fmt.Errorf("malformed %s on %s (%d bytes)", name, cgroup, n)
 	}
-	var w [callRecordWords]uint64
-	for i := range w {
-		w[i] = binary.LittleEndian.Uint64(b[i*8:])
-	}
+	var head [2]uint64 // nonce, rip after the call
+	var own unix.PtraceRegs
+	rd := bytes.NewReader(b)
+	binary.Read(rd, binary.LittleEndian, &head)
+	binary.Read(rd, binary.LittleEndian, &own)
 	if seizeStopped(tid, 0) != nil {
 		return false, nil // gone, or held by a tracer alive
 	}
 	defer sys.PtraceDetach(tid, 0)
 	r, err := sys.PtraceGetRegs(tid)
-	if err != nil || r.Rip != w[1] || r.R8 != w[0] {
+	if err != nil || r.Rip != head[1] || r.R8 != head[0] {
 		return false, err // its own registers: the call did not run, or ran its course
 	}
-	r.Rax, r.Orig_rax, r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9]
-	return true, sys.PtraceSetRegs(tid, &r)
+	return true, sys.PtraceSetRegs(tid, &own)
 }
 
 // faultDieFrozen: CRPIPE_FAULT=inject-dies-in-frozen-call makes a tracer

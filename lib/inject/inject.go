@@ -53,9 +53,8 @@ type state int
 const (
 	atEventStop state = iota // inside get_signal
 	atSyscallEnter
-	atSyscallExit // of a frozen call (frozen.go)
-	running       // in a Stub batch
-	elsewhere     // an unexpected stop; End recovers from it
+	running   // in a Stub batch
+	elsewhere // an unexpected stop; End recovers from it
 	gone
 )
 
@@ -78,8 +77,8 @@ type Session struct {
 	// Single calls run frozen in this cgroup where they can (frozen.go).
 	freezer  *Freezer
 	ownInsn  int8   // it sits in a syscall the kernel restarts: 1 yes, -1 no, 0 not looked at
-	nonce    uint64 // in r8 while a frozen call is swapped in
-	callKept bool   // its registers are recorded on the cgroup
+	nonce    uint64 // in r8 while a frozen call is set up
+	callKept uint64 // its registers are recorded on the cgroup, with rip after the call this (0: not)
 }
 
 type scratchSave struct {
@@ -181,28 +180,18 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 	if s.frozenRoute(nr, len(args), a) {
 		return s.frozenSyscall(nr, a)
 	}
-	r := s.regs
-	r.Rip = s.insn
-	r.Rax = uint64(nr)
-	r.Orig_rax = ^uint64(0)
-	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+	if err := s.enterAtInsn(nr, a); err != nil {
 		return 0, err
 	}
-	if err := s.step(atSyscallEnter); err != nil {
-		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
-	}
-	got, err := sys.PtraceGetRegs(s.tid)
-	if err != nil {
-		return 0, err
-	}
-	if got.Orig_rax != uint64(nr) || got.Rip != s.insn+2 {
-		s.state = elsewhere
-		return 0, fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not at %#x: %w", nr, s.tid, int64(got.Orig_rax), got.Rip-2, s.insn, ErrUnexpectedStop)
-	}
-	// The call runs and the task stops on its way out, inside
-	// get_signal: the interrupt is pending and PTRACE_CONT traces no
-	// syscall exit. There it gets its own registers back (holdOwn).
+	return s.runFromEnter(nr)
+}
+
+// runFromEnter lets the call set up at the enter stop run. The task stops
+// on its way out, inside get_signal: the interrupt is pending and
+// PTRACE_CONT traces no syscall exit. There it gets its own registers
+// back (holdOwn), before the kernel's restart logic, which comes after
+// get_signal, looks at them. It returns the call's rax.
+func (s *Session) runFromEnter(nr uintptr) (int64, error) {
 	if err := sys.PtraceInterrupt(s.tid); err != nil {
 		s.state = elsewhere
 		return 0, err
@@ -210,14 +199,37 @@ func (s *Session) Syscall(nr uintptr, args ...uint64) (int64, error) {
 	if err := s.step(atEventStop); err != nil {
 		return 0, fmt.Errorf("inject syscall %d: %w", nr, err)
 	}
-	got, err = sys.PtraceGetRegs(s.tid)
+	got, err := sys.PtraceGetRegs(s.tid)
 	if err != nil {
 		return 0, err
 	}
-	if err := s.holdOwn(); err != nil {
-		return 0, err
+	return int64(got.Rax), s.holdOwn()
+}
+
+// enterAtInsn steps the task from its event stop to the syscall-enter
+// stop of nr with arguments a at the syscall instruction insn, on
+// borrowed registers.
+func (s *Session) enterAtInsn(nr uintptr, a [6]uint64) error {
+	r := s.regs
+	r.Rip = s.insn
+	r.Rax = uint64(nr)
+	r.Orig_rax = ^uint64(0)
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := sys.PtraceSetRegs(s.tid, &r); err != nil {
+		return err
 	}
-	return int64(got.Rax), nil
+	if err := s.step(atSyscallEnter); err != nil {
+		return fmt.Errorf("inject syscall %d: %w", nr, err)
+	}
+	got, err := sys.PtraceGetRegs(s.tid)
+	if err != nil {
+		return err
+	}
+	if got.Orig_rax != uint64(nr) || got.Rip != s.insn+2 {
+		s.state = elsewhere
+		return fmt.Errorf("inject syscall %d: tid %d entered syscall %d at %#x, not at %#x: %w", nr, s.tid, int64(got.Orig_rax), got.Rip-2, s.insn, ErrUnexpectedStop)
+	}
+	return nil
 }
 
 // step resumes the task to its next syscall stop or, want atEventStop,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -300,95 +301,119 @@ func TestTracerGoneBetweenCalls(t *testing.T) {
 	})
 }
 
-// TestFrozenCall: a thread asleep in nanosleep carries its single calls
-// frozen (frozen.go): each runs in place of the restart of its own
-// syscall, with a record of its registers on the cgroup while the
-// session lasts. The calls return what they should, the cgroup is thawed
-// between and after them, End leaves the registers as they were and
-// removes the record, and the nanosleep then sleeps out its time.
-func TestFrozenCall(t *testing.T) {
-	p, insn := seizedSleeper(t)
+// frozenTarget starts testprog with args (a sleeper or busy), seized at
+// an interrupt stop in a cgroup of its own, and begins a session on it
+// whose calls run frozen in that cgroup.
+func frozenTarget(t *testing.T, args ...string) (*testprog.Proc, *Session, string) {
+	t.Helper()
+	p := testprog.Start(t, args...)
+	time.Sleep(200 * time.Millisecond) // asleep, or computing
+	insn, err := FindSyscallInsn(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cg := p.OwnCgroup(t)
-	before, err := sys.PtraceGetRegs(p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Begin(p.Pid, insn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	runtime.LockOSThread()
+	t.Cleanup(runtime.UnlockOSThread)
+	s := seizeBegin(t, p.Pid, insn)
 	s.FreezeCallsIn(cg)
-	if !s.carriesFrozen() {
-		t.Fatalf("rax %d orig_rax %d: the sleeping thread cannot carry frozen calls", int64(before.Rax), int64(before.Orig_rax))
-	}
-	if ret, err := s.Syscall(unix.SYS_GETPID); err != nil || ret != int64(p.Pid) {
-		t.Fatalf("getpid: %d, %v", ret, err)
-	}
-	if names, err := recordNames(cg, callXattr); err != nil || len(names) != 1 || names[0] != callName(p.Pid) {
-		t.Fatalf("records on the cgroup %v, %v; want %s", names, err, callName(p.Pid))
-	}
-	addr, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil || Errno(addr) != nil {
-		t.Fatalf("mmap: %d, %v", addr, err)
-	}
-	if ret, err := s.Syscall(unix.SYS_MUNMAP, uint64(addr), 4096); err != nil || ret != 0 {
-		t.Fatalf("munmap: %d, %v", ret, err)
-	}
-	if b, err := os.ReadFile(filepath.Join(cg, "cgroup.freeze")); err != nil || string(b) != "0\n" {
-		t.Fatalf("cgroup.freeze %q, %v after the calls", b, err)
-	}
-	if err := s.End(nil); err != nil {
-		t.Fatal(err)
-	}
-	if after, _ := sys.PtraceGetRegs(p.Pid); after != before {
-		t.Fatalf("registers changed:\n%+v\n%+v", before, after)
-	}
-	if names, err := recordNames(cg, callXattr); err != nil || len(names) != 0 {
-		t.Fatalf("records left on the cgroup: %v, %v", names, err)
-	}
-	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
-		t.Fatal(err)
+	return p, s, cg
+}
+
+// checkFrozenTarget checks what the target says once it ran on: a
+// sleeper slept its full time, busy computed the undisturbed result.
+func checkFrozenTarget(t *testing.T, p *testprog.Proc, args []string) {
+	t.Helper()
+	if args[0] == "busy" {
+		n, _ := strconv.ParseUint(args[1], 10, 64)
+		p.CheckBusy(t, n)
+		return
 	}
 	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
 		t.Fatalf("target: %q, %v", line, err)
 	}
 }
 
+var frozenTargets = [][]string{{"sleep", "2"}, {"busy", "5"}}
+
+// TestFrozenCall: calls run frozen (frozen.go), in a thread asleep in
+// nanosleep in place of its restart, in a busy thread from the vDSO's
+// instruction, with a record of its registers on the cgroup while the
+// session lasts. They return what they should, the cgroup is thawed
+// between and after them, End leaves the registers as they were and
+// removes the record, and the target then runs on undisturbed.
+func TestFrozenCall(t *testing.T) {
+	for _, args := range frozenTargets {
+		t.Run(args[0], func(t *testing.T) {
+			p, s, cg := frozenTarget(t, args...)
+			before := s.Regs()
+			if s.carriesFrozen() != (args[0] == "sleep") {
+				t.Fatalf("rax %d orig_rax %d: carries frozen calls through its own syscall: %v", int64(before.Rax), int64(before.Orig_rax), s.carriesFrozen())
+			}
+			if ret, err := s.Syscall(unix.SYS_GETPID); err != nil || ret != int64(p.Pid) {
+				t.Fatalf("getpid: %d, %v", ret, err)
+			}
+			if names, err := recordNames(cg, callXattr); err != nil || len(names) != 1 || names[0] != callName(p.Pid) {
+				t.Fatalf("records on the cgroup %v, %v; want %s", names, err, callName(p.Pid))
+			}
+			addr, err := s.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+			if err != nil || Errno(addr) != nil {
+				t.Fatalf("mmap: %d, %v", addr, err)
+			}
+			if ret, err := s.Syscall(unix.SYS_MUNMAP, uint64(addr), 4096); err != nil || ret != 0 {
+				t.Fatalf("munmap: %d, %v", ret, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(cg, "cgroup.freeze")); err != nil || string(b) != "0\n" {
+				t.Fatalf("cgroup.freeze %q, %v after the calls", b, err)
+			}
+			if err := s.End(nil); err != nil {
+				t.Fatal(err)
+			}
+			if after, _ := sys.PtraceGetRegs(p.Pid); after != before {
+				t.Fatalf("registers changed:\n%+v\n%+v", before, after)
+			}
+			if names, err := recordNames(cg, callXattr); err != nil || len(names) != 0 {
+				t.Fatalf("records left on the cgroup: %v, %v", names, err)
+			}
+			if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+				t.Fatal(err)
+			}
+			checkFrozenTarget(t, p, args)
+		})
+	}
+}
+
 // TestFrozenCallTracerGone: the tracer lets go of the thread (as its
-// death does) right after it swapped the thread's own syscall for the
-// call, the cgroup frozen. The call runs and the freezer traps the
-// thread on its way out, the call's result in rax; PutBackCalls finds it
-// by its record and gives it its own registers back before the thaw, and
-// the nanosleep sleeps out its time. (Let go without PutBackCalls, the
-// thread would return from its nanosleep with getpid's result.)
+// death does) at the enter stop of the call, the cgroup frozen. The call
+// runs and the freezer traps the thread on its way out, the call's result
+// in rax (and, busy, rip in the vDSO); PutBackCalls finds it by its
+// record and gives it its own registers back before the thaw, and the
+// target runs on undisturbed. (Let go without PutBackCalls, the sleeper's
+// nanosleep returned getpid's result.)
 func TestFrozenCallTracerGone(t *testing.T) {
-	p, insn := seizedSleeper(t)
-	cg := p.OwnCgroup(t)
-	s, err := Begin(p.Pid, insn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.FreezeCallsIn(cg)
-	frozenSwapped = func() { sys.PtraceDetach(p.Pid, 0) }
-	t.Cleanup(func() { frozenSwapped = nil })
-	if _, err := s.Syscall(unix.SYS_GETPID); err == nil {
-		t.Fatal("the call went on after the tracer let go")
-	}
-	if b, err := os.ReadFile(filepath.Join(cg, "cgroup.freeze")); err != nil || string(b) != "1\n" {
-		t.Fatalf("cgroup.freeze %q, %v with a thread left in a call", b, err)
-	}
-	if err := sys.CgroupWaitEvent(cg, "frozen", "1", 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	fixed, err := PutBackCalls(cg)
-	if err != nil || len(fixed) != 1 || fixed[0] != p.Pid {
-		t.Fatalf("PutBackCalls: %v, %v; want [%d]", fixed, err, p.Pid)
-	}
-	if err := sys.CgroupFreeze(cg, false, 0); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
-		t.Fatalf("target: %q, %v", line, err)
+	for _, args := range frozenTargets {
+		t.Run(args[0], func(t *testing.T) {
+			p, s, cg := frozenTarget(t, args...)
+			frozenSwapped = func() { sys.PtraceDetach(p.Pid, 0) }
+			t.Cleanup(func() { frozenSwapped = nil })
+			if _, err := s.Syscall(unix.SYS_GETPID); err == nil {
+				t.Fatal("the call went on after the tracer let go")
+			}
+			if b, err := os.ReadFile(filepath.Join(cg, "cgroup.freeze")); err != nil || string(b) != "1\n" {
+				t.Fatalf("cgroup.freeze %q, %v with a thread left in a call", b, err)
+			}
+			if err := sys.CgroupWaitEvent(cg, "frozen", "1", 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			fixed, err := PutBackCalls(cg)
+			if err != nil || len(fixed) != 1 || fixed[0] != p.Pid {
+				t.Fatalf("PutBackCalls: %v, %v; want [%d]", fixed, err, p.Pid)
+			}
+			if err := sys.CgroupFreeze(cg, false, 0); err != nil {
+				t.Fatal(err)
+			}
+			checkFrozenTarget(t, p, args)
+		})
 	}
 }
 
