@@ -137,13 +137,13 @@ func (s *Session) carriesFrozen() bool {
 	if s.freezer == nil || s.groupStop {
 		return false
 	}
-	if s.ownInsn == 0 { // not looked at yet
-		s.ownInsn = -1
+	if s.restartable == 0 { // not looked at yet
+		s.restartable = -1
 		if restarts(s.tid, &s.regs) {
-			s.ownInsn = 1
+			s.restartable = 1
 		}
 	}
-	return s.ownInsn == 1
+	return s.restartable == 1
 }
 
 // restarts says whether r, the registers of tid at an event stop, are
@@ -229,7 +229,7 @@ func (s *Session) frozenSyscall(nr uintptr, a [6]uint64) (ret int64, err error) 
 			// if that fails too, the cgroup stays frozen for the thaw to
 			// put them back (PutBackCalls).
 			if perr := errors.Join(s.toEventStop(), s.holdOwn()); perr != nil {
-				err = errors.Join(err, perr, fmt.Errorf("tid %d may hold the call's registers: its cgroup %s is left frozen", s.tid, s.freezer.dir))
+				err = errors.Join(err, perr, fmt.Errorf("tid %d may hold the call's registers: its cgroup %s is left frozen for `cr-freeze thaw`, which puts them back", s.tid, s.freezer.dir))
 				return
 			}
 		}
@@ -298,16 +298,14 @@ func PutBackCalls(cgroup string) (fixed []int, err error) {
 	defer runtime.UnlockOSThread()
 	var errs []error
 	for _, name := range names {
-		tid, _ := strconv.Atoi(strings.TrimPrefix(name, callXattr))
-		put, err := false, error(nil)
-		if tid > 0 {
-			put, err = putBackCall(cgroup, name, tid)
-		}
-		if put {
-			fixed = append(fixed, tid)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("tid %d: %w", tid, err))
+		if tid, _ := strconv.Atoi(strings.TrimPrefix(name, callXattr)); tid > 0 {
+			put, err := putBackCall(cgroup, name, tid)
+			if put {
+				fixed = append(fixed, tid)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("tid %d: %w", tid, err))
+			}
 		}
 		errs = append(errs, removeRecord(cgroup, name))
 	}

@@ -13,8 +13,9 @@
 // get_signal (PTRACE_INTERRUPT, no syscall-exit stop), where the task
 // gets its own registers back at once. End restores registers and mask
 // at such a stop. A session told its cgroup (FreezeCallsIn) runs its
-// calls in place of its thread's own interrupted syscall instead, the
-// cgroup frozen meanwhile, where it can (frozen.go).
+// calls with the cgroup frozen from their enter stop on, and reaches
+// that stop through the restart of its thread's own interrupted syscall
+// where it can (frozen.go).
 //
 // Why orig_rax = -1 and why End goes back to get_signal: on the way out to
 // user space the kernel applies its syscall-restart logic to a task whose
@@ -75,10 +76,10 @@ type Session struct {
 	// and its value at Begin.
 	rseqCsAddr, rseqCs uint64
 	// Single calls run frozen in this cgroup where they can (frozen.go).
-	freezer  *Freezer
-	ownInsn  int8   // it sits in a syscall the kernel restarts: 1 yes, -1 no, 0 not looked at
-	nonce    uint64 // in r8 while a frozen call is set up
-	callKept uint64 // its registers are recorded on the cgroup, with rip after the call this (0: not)
+	freezer     *Freezer
+	restartable int8   // it sits in a syscall the kernel restarts: 1 yes, -1 no, 0 not looked at
+	nonce       uint64 // in r8 while a frozen call is set up
+	callKept    uint64 // the rip after the call its record on the cgroup holds (0: no record)
 }
 
 type scratchSave struct {

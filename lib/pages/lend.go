@@ -198,7 +198,7 @@ func newLender(hp parasite.HeldProcess) (ld *lender, err error) {
 	ld = &lender{hp: hp}
 	tids := hp.Tids
 	if i := slices.IndexFunc(tids, inject.Restarts); i > 0 {
-		tids = append([]int{tids[i]}, slices.Delete(slices.Clone(tids), i, i+1)...)
+		tids = slices.Concat(tids[i:i+1], tids[:i], tids[i+1:])
 	}
 	for _, tid := range tids {
 		if err = inject.KeepMasks(hp.Cgroup, hp.Pid, []int{tid}); err != nil {
