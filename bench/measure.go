@@ -208,8 +208,9 @@ type runResult struct {
 
 // pipeline runs cr-freeze --pid PID | cr-seize | ... | cr-tcp > out with
 // each stage a child of the harness under /usr/bin/time, as a shell would.
-// compress adds --compress to the last stage.
-func (h *harness) pipeline(pid int, out string, compress bool) runResult {
+// compress adds --compress to the last stage; oneCPU runs every stage on
+// CPU 0 (taskset).
+func (h *harness) pipeline(pid int, out string, compress, oneCPU bool) runResult {
 	var res runResult
 	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -232,6 +233,9 @@ func (h *harness) pipeline(pid int, out string, compress bool) runResult {
 			args = append(args, "--compress")
 		}
 		c := timed(s[0], args...)
+		if oneCPU {
+			c = exec.Command("taskset", append([]string{"-c", "0"}, c.Args...)...)
+		}
 		errs[i] = &bytes.Buffer{}
 		c.Stderr = errs[i]
 		if prev != nil {

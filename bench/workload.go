@@ -28,6 +28,7 @@ type workload struct {
 	Porcelain bool     // also cr-dump --leave-running
 	Tiny      bool     // the tiny counter: latency of dump + restore
 	OwnCgroup bool     // started alone in a cgroup, as a container or service, frozen there (--cgroup)
+	OneCPU    bool     // also dumped → /dev/null with the workload and every stage on one CPU
 	VerifyAll bool     // check the restored memory every repetition (else the first only)
 }
 
@@ -53,7 +54,7 @@ func workloads(quick bool) []*workload {
 	}
 	ws = append(ws,
 		&workload{Name: "1 GiB random, THP", Args: []string{"procs", "1", "1024", "random-thp"}, Bytes: 1 << 30, Limits: true, ThpLimit: true, Huge: true, VerifyAll: true},
-		&workload{Name: "64 processes × 16 MiB random", Args: []string{"procs", "64", "16", "random"}, Bytes: 64 << 24, VerifyAll: true},
+		&workload{Name: "64 processes × 16 MiB random", Args: []string{"procs", "64", "16", "random"}, Bytes: 64 << 24, VerifyAll: true, OneCPU: true},
 		&workload{Name: "10,000 mappings of 4 KiB", Args: []string{"maps", "10000"}, Bytes: 10000 * 4096, VerifyAll: true},
 		&workload{Name: "100-process tree (1 MiB each)", Args: []string{"procs", "100", "1", "random"}, Bytes: 100 << 20, VerifyAll: true},
 		&workload{Name: "500 threads (16 MiB)", Args: []string{"threads", "500", "16", "random"}, Bytes: 16 << 20, VerifyAll: true},
@@ -72,6 +73,7 @@ const (
 	mFill      = "limit: fill fresh memory (populate + memcpy)"
 	mFillHuge  = "limit: fill fresh THP memory (MADV_HUGEPAGE, populate + memcpy)"
 	mDumpNull  = "dump → /dev/null"
+	mDumpOne   = "dump → /dev/null on one CPU"
 	mDumpComp  = "dump --compress → tmpfs"
 	mDumpPorc  = "cr-dump --leave-running → /dev/null"
 	mSnapshot  = "cr-dump --leave-running → tmpfs"
@@ -340,10 +342,15 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		d, err := pvr(p.pid, p.addr, p.len)
 		res.record(mPVR, d, err)
 	}
-	run := h.pipeline(p.pid, os.DevNull, false)
+	run := h.pipeline(p.pid, os.DevNull, false, false)
 	res.recordRun(mDumpNull, run)
 	if err := runQuiet("cr-freeze", "thaw", "--pid", pidArg); err != nil {
 		return fmt.Errorf("thaw: %v", err)
+	}
+	if w.OneCPU {
+		if err := h.dumpOnOneCPU(p, res); err != nil {
+			return err
+		}
 	}
 	if w.Limits {
 		d, err := memcpyLimit(p.len)
@@ -362,7 +369,7 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 			}
 		}
 		img := filepath.Join(h.tmp, fmt.Sprintf("crpipe-bench-%d-lz4.img", os.Getpid()))
-		run := h.pipeline(p.pid, img, true)
+		run := h.pipeline(p.pid, img, true, false)
 		res.recordRun(mDumpComp, run)
 		os.Remove(img)
 		if err := runQuiet("cr-freeze", "thaw", "--pid", pidArg); err != nil {
@@ -389,7 +396,7 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 				return err
 			}
 		}
-		run := h.pipeline(p.pid, img, false)
+		run := h.pipeline(p.pid, img, false, false)
 		res.recordRun(mDumpFile, run)
 		return run.err
 	}
@@ -518,3 +525,57 @@ func runQuiet(name string, args ...string) error {
 }
 
 var _ = syscall.SIGKILL
+
+// dumpOnOneCPU dumps p → /dev/null with its every thread and every stage
+// on CPU 0: against the same dump on all CPUs, how the dump scales with
+// cores. p's threads get their own CPUs back after (the thaw follows).
+func (h *harness) dumpOnOneCPU(p *proc, res *wresult) error {
+	back, err := pinTree(p.pids, 0)
+	if err != nil {
+		return err
+	}
+	run := h.pipeline(p.pid, os.DevNull, false, true)
+	if err := back(); err != nil {
+		return err
+	}
+	res.recordRun(mDumpOne, run)
+	if err := runQuiet("cr-freeze", "thaw", "--pid", strconv.Itoa(p.pid)); err != nil {
+		return fmt.Errorf("thaw: %v", err)
+	}
+	return nil
+}
+
+// pinTree puts every thread of pids on cpu alone; back gives each the
+// CPUs it had.
+func pinTree(pids []int, cpu int) (back func() error, err error) {
+	had := map[int]unix.CPUSet{}
+	back = func() error {
+		var errs []error
+		for tid, set := range had {
+			if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+				errs = append(errs, fmt.Errorf("tid %d: sched_setaffinity: %v", tid, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	for _, pid := range pids {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return nil, errors.Join(err, back())
+		}
+		for _, t := range tasks {
+			tid, _ := strconv.Atoi(t.Name())
+			var set unix.CPUSet
+			if err := unix.SchedGetaffinity(tid, &set); err != nil {
+				return nil, errors.Join(fmt.Errorf("tid %d: sched_getaffinity: %v", tid, err), back())
+			}
+			had[tid] = set
+			if err := unix.SchedSetaffinity(tid, &one); err != nil {
+				return nil, errors.Join(fmt.Errorf("tid %d: sched_setaffinity: %v", tid, err), back())
+			}
+		}
+	}
+	return back, nil
+}
