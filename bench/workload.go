@@ -535,14 +535,12 @@ func (h *harness) dumpOnOneCPU(p *proc, res *wresult) error {
 		return err
 	}
 	run := h.pipeline(p.pid, os.DevNull, false, true)
-	if err := back(); err != nil {
-		return err
-	}
 	res.recordRun(mDumpOne, run)
+	backErr := back()
 	if err := runQuiet("cr-freeze", "thaw", "--pid", strconv.Itoa(p.pid)); err != nil {
-		return fmt.Errorf("thaw: %v", err)
+		return errors.Join(fmt.Errorf("thaw: %v", err), backErr)
 	}
-	return nil
+	return backErr
 }
 
 // pinTree puts every thread of pids on cpu alone; back gives each the
