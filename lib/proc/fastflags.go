@@ -15,8 +15,9 @@ import (
 // and configurations, so a bit is used only once it was seen on a
 // mapping of this process whose smaps line agreed (NewFastVmFlags). A
 // process with a VMA carrying any other bit is left to smaps (Read says
-// so), as is everything smaps alone tells: protection keys (their bits
-// are never among the checked ones here) and whether pages are shared.
+// so), as is what smaps alone tells: protection keys (their bits are
+// never among the checked ones here). Whether pages may be shared it
+// tells by the VMA's anon_vma (Read).
 type FastVmFlags struct {
 	it    *sys.VmaIter
 	known uint64 // raw bits seen set, with smaps agreeing
@@ -109,19 +110,24 @@ func guessFlags(raw uint64) VmFlags {
 }
 
 // Read returns pid's VMAs as ReadVmFlags would, with MayShare set on
-// every one (it cannot tell). ok is false when some VMA carries a bit not
-// checked, or when the iterator failed: then read smaps.
+// every one but those whose anonymous pages no other VMA can map
+// (sys.RawVma.Alone), private and not merged by KSM: smaps would count
+// its file pages (a library's) shared, but the dump reads only the
+// anonymous ones of a private mapping. ok is false when some VMA carries
+// a bit not checked, or when the iterator failed: then read smaps.
 func (f *FastVmFlags) Read(pid int) (flags []VmaFlags, ok bool) {
 	raw, err := f.it.Read(pid)
 	if err != nil || len(raw) == 0 {
 		return nil, false
 	}
 	out := make([]VmaFlags, len(raw))
+	mayShare := vmFlagBits["sh"] | vmFlagBits["mg"]
 	for i, r := range raw {
 		if r.Flags&^f.known != 0 {
 			return nil, false
 		}
-		out[i] = VmaFlags{Start: r.Start, VmFlags: guessFlags(r.Flags), MayShare: true}
+		fl := guessFlags(r.Flags)
+		out[i] = VmaFlags{Start: r.Start, VmFlags: fl, MayShare: !r.Alone || fl&mayShare != 0}
 	}
 	return out, true
 }

@@ -164,6 +164,7 @@ func ProbePagemapScan() error {
 const (
 	PagemapPresent   = 1 << 63
 	PagemapSwapped   = 1 << 62
+	PagemapFile      = 1 << 61   // a page of a file, or shared anonymous memory
 	PagemapExclusive = 1 << 56   // mapped by this process only
 	PagemapPFNMask   = 1<<55 - 1 // PFN when present (root only), swap type and offset when swapped
 )

@@ -29,6 +29,15 @@ type VmaIter struct {
 // RawVma is one VMA as the iterator reports it.
 type RawVma struct {
 	Start, End, Flags uint64
+	// Alone: no other VMA can map an anonymous page of this one. It has
+	// an anon_vma, the one entry of its anon_vma_chain links it to that
+	// anon_vma alone, and that anon_vma's interval tree holds that entry
+	// alone: every anonymous page of the VMA belongs to an anon_vma in its
+	// chain, and every VMA that maps such a page has an entry in that
+	// anon_vma's tree (the rmap walk finds mappings so). A VMA whose
+	// pages are shared since fork, or split in two, is not alone; nor is
+	// one the iterator could not judge (NewVmaIter).
+	Alone bool
 }
 
 // ErrNoVmaIter wraps the reason the iterator cannot be had here.
@@ -38,7 +47,7 @@ const (
 	btfPath       = "/sys/kernel/btf/vmlinux"
 	iterFunc      = "bpf_iter_task_vma"
 	bpfSeqWrite   = 127 // BPF_FUNC_seq_write
-	rawVmaSize    = 24
+	rawVmaSize    = 32
 	iterLinkInfo  = 16             // sizeof(union bpf_iter_link_info)
 	bpfLicense    = "Dual MIT/GPL" // bpf_seq_write is for GPL-compatible programs
 	bpfLogSize    = 4096
@@ -48,14 +57,29 @@ const (
 )
 
 // NewVmaIter loads the iterator's program: it writes start, end and
-// vm_flags of each VMA, whose offsets in struct vm_area_struct come from
-// the kernel's BTF.
+// vm_flags of each VMA, and whether it is alone (RawVma.Alone), with the
+// offsets of the kernel's structures taken from its BTF. Where the
+// verifier refuses the part that follows pointers (it compares kernel
+// pointers, which needs CAP_PERFMON), the program without it is loaded
+// and no VMA is alone.
 func NewVmaIter() (*VmaIter, error) {
-	fn, off, err := vmaLayout()
+	l, err := readVmaLayout()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoVmaIter, err)
 	}
-	insns := vmaIterProgram(off)
+	fd, err := loadVmaIter(l, true)
+	if err != nil {
+		fd, err = loadVmaIter(l, false)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &VmaIter{prog: fd}, nil
+}
+
+// loadVmaIter loads vmaIterProgram(l, alone).
+func loadVmaIter(l vmaLayout, alone bool) (int, error) {
+	insns := vmaIterProgram(l, alone)
 	license := append([]byte(bpfLicense), 0)
 	log := make([]byte, bpfLogSize)
 	// union bpf_attr for BPF_PROG_LOAD, up to attach_btf_obj_fd.
@@ -71,15 +95,15 @@ func NewVmaIter() (*VmaIter, error) {
 	le.PutUint32(attr[28:], uint32(len(log)))
 	le.PutUint64(attr[32:], pinned(&pin, log))
 	le.PutUint32(attr[68:], unix.BPF_TRACE_ITER)
-	le.PutUint32(attr[108:], fn)
+	le.PutUint32(attr[108:], l.fn)
 	fd, err := bpf(unix.BPF_PROG_LOAD, attr[:])
 	if err != nil {
 		if n := bytes.IndexByte(log, 0); n > 0 {
-			return nil, fmt.Errorf("%w: BPF_PROG_LOAD: %v: %s", ErrNoVmaIter, err, bytes.TrimSpace(log[:n]))
+			return -1, fmt.Errorf("%w: BPF_PROG_LOAD: %v: %s", ErrNoVmaIter, err, bytes.TrimSpace(log[:n]))
 		}
-		return nil, fmt.Errorf("%w: BPF_PROG_LOAD: %v", ErrNoVmaIter, err)
+		return -1, fmt.Errorf("%w: BPF_PROG_LOAD: %v", ErrNoVmaIter, err)
 	}
-	return &VmaIter{prog: fd}, nil
+	return fd, nil
 }
 
 // Close unloads the program.
@@ -123,7 +147,7 @@ func (it *VmaIter) Read(pid int) ([]RawVma, error) {
 		have += n
 		k := have - have%rawVmaSize
 		for b := buf[:k]; len(b) > 0; b = b[rawVmaSize:] {
-			v := RawVma{Start: le.Uint64(b), End: le.Uint64(b[8:]), Flags: le.Uint64(b[16:])}
+			v := RawVma{Start: le.Uint64(b), End: le.Uint64(b[8:]), Flags: le.Uint64(b[16:]), Alone: le.Uint64(b[24:]) == 1}
 			if v.End <= v.Start || len(out) > 0 && v.Start < out[len(out)-1].End {
 				return out, nil // round again
 			}
@@ -143,23 +167,38 @@ func (it *VmaIter) Read(pid int) ([]RawVma, error) {
 	return out, nil
 }
 
-// vmaIterProgram is, in BPF instructions:
+// vmaIterProgram is, in BPF instructions (alone: with the part that
+// follows pointers; loads through them cannot fault, the verifier makes
+// them probing reads):
 //
 //	r6 = ctx->meta; r7 = ctx->vma; if r7 == 0 goto out
-//	stack[-24..] = r7->vm_start, r7->vm_end, r7->vm_flags
-//	bpf_seq_write(r6->seq, r10-24, 24)
+//	stack[-32..] = r7->vm_start, r7->vm_end, r7->vm_flags, 0
+//	r2 = r7->anon_vma; if r2 == 0 goto write
+//	r3 = r7->anon_vma_chain.next; r4 = &r7->anon_vma_chain
+//	if r3 == r4 goto write; r3 = r3->next; if r3 != r4 goto write
+//	r3 = r2->rb_root.rb_root.rb_node; if r3 == 0 goto write
+//	r5 = r3->rb_left; if r5 != 0 goto write
+//	r5 = r3->rb_right; if r5 != 0 goto write
+//	stack[-8] = 1
+//	write: bpf_seq_write(r6->seq, r10-32, 32)
 //	out: return 0
-func vmaIterProgram(off [3]int16) []byte {
+func vmaIterProgram(l vmaLayout, alone bool) []byte {
 	type insn struct {
 		code     uint8
 		dst, src uint8
 		off      int16
 		imm      int32
+		to       string // jumps: the label to go to
+		label    string // this instruction's label
 	}
 	const (
 		ldxDW  = 0x79 // BPF_LDX|BPF_MEM|BPF_DW
 		stxDW  = 0x7b // BPF_STX|BPF_MEM|BPF_DW
+		stDW   = 0x7a // BPF_ST|BPF_MEM|BPF_DW
 		jeqK   = 0x15 // BPF_JMP|BPF_JEQ|BPF_K
+		jneK   = 0x55 // BPF_JMP|BPF_JNE|BPF_K
+		jeqX   = 0x1d // BPF_JMP|BPF_JEQ|BPF_X
+		jneX   = 0x5d // BPF_JMP|BPF_JNE|BPF_X
 		movX   = 0xbf // BPF_ALU64|BPF_MOV|BPF_X
 		movK   = 0xb7 // BPF_ALU64|BPF_MOV|BPF_K
 		addK   = 0x07 // BPF_ALU64|BPF_ADD|BPF_K
@@ -170,26 +209,57 @@ func vmaIterProgram(off [3]int16) []byte {
 	prog := []insn{
 		{code: ldxDW, dst: 6, src: 1, off: 0},
 		{code: ldxDW, dst: 7, src: 1, off: ctxVma},
-		{code: jeqK, dst: 7, off: 11, imm: 0},
-		{code: ldxDW, dst: 2, src: 7, off: off[0]},
+		{code: jeqK, dst: 7, to: "out", imm: 0},
+		{code: ldxDW, dst: 2, src: 7, off: l.start},
+		{code: stxDW, dst: 10, src: 2, off: -32},
+		{code: ldxDW, dst: 2, src: 7, off: l.end},
 		{code: stxDW, dst: 10, src: 2, off: -24},
-		{code: ldxDW, dst: 2, src: 7, off: off[1]},
+		{code: ldxDW, dst: 2, src: 7, off: l.flags},
 		{code: stxDW, dst: 10, src: 2, off: -16},
-		{code: ldxDW, dst: 2, src: 7, off: off[2]},
-		{code: stxDW, dst: 10, src: 2, off: -8},
-		{code: ldxDW, dst: 1, src: 6, off: 0}, // meta->seq
-		{code: movX, dst: 2, src: 10},
-		{code: addK, dst: 2, imm: -rawVmaSize},
-		{code: movK, dst: 3, imm: rawVmaSize},
-		{code: call, imm: bpfSeqWrite},
-		{code: movK, dst: 0, imm: 0}, // out
-		{code: exit},
+		{code: stDW, dst: 10, off: -8, imm: 0},
+	}
+	if alone {
+		prog = append(prog,
+			insn{code: ldxDW, dst: 2, src: 7, off: l.anonVma},
+			insn{code: jeqK, dst: 2, to: "write", imm: 0},
+			insn{code: ldxDW, dst: 3, src: 7, off: l.chain},
+			insn{code: movX, dst: 4, src: 7},
+			insn{code: addK, dst: 4, imm: int32(l.chain)},
+			insn{code: jeqX, dst: 3, src: 4, to: "write"},
+			insn{code: ldxDW, dst: 3, src: 3, off: 0}, // list_head.next
+			insn{code: jneX, dst: 3, src: 4, to: "write"},
+			insn{code: ldxDW, dst: 3, src: 2, off: l.tree},
+			insn{code: jeqK, dst: 3, to: "write", imm: 0},
+			insn{code: ldxDW, dst: 5, src: 3, off: l.left},
+			insn{code: jneK, dst: 5, to: "write", imm: 0},
+			insn{code: ldxDW, dst: 5, src: 3, off: l.right},
+			insn{code: jneK, dst: 5, to: "write", imm: 0},
+			insn{code: stDW, dst: 10, off: -8, imm: 1},
+		)
+	}
+	prog = append(prog,
+		insn{label: "write", code: ldxDW, dst: 1, src: 6, off: 0}, // meta->seq
+		insn{code: movX, dst: 2, src: 10},
+		insn{code: addK, dst: 2, imm: -rawVmaSize},
+		insn{code: movK, dst: 3, imm: rawVmaSize},
+		insn{code: call, imm: bpfSeqWrite},
+		insn{label: "out", code: movK, dst: 0, imm: 0},
+		insn{code: exit},
+	)
+	at := map[string]int{}
+	for i, in := range prog {
+		if in.label != "" {
+			at[in.label] = i
+		}
 	}
 	b := make([]byte, 0, 8*len(prog))
-	for _, i := range prog {
-		b = append(b, i.code, i.dst|i.src<<4)
-		b = binary.LittleEndian.AppendUint16(b, uint16(i.off))
-		b = binary.LittleEndian.AppendUint32(b, uint32(i.imm))
+	for i, in := range prog {
+		if in.to != "" {
+			in.off = int16(at[in.to] - i - 1)
+		}
+		b = append(b, in.code, in.dst|in.src<<4)
+		b = binary.LittleEndian.AppendUint16(b, uint16(in.off))
+		b = binary.LittleEndian.AppendUint32(b, uint32(in.imm))
 	}
 	return b
 }
@@ -211,36 +281,73 @@ func bpf(cmd int, attr []byte) (int, error) {
 	return int(fd), nil
 }
 
-// vmaLayout finds, in the kernel's BTF, the type id of the iterator's
-// function and the byte offsets of vm_start, vm_end and vm_flags in
-// struct vm_area_struct (inside anonymous unions and structs on recent
-// kernels).
-func vmaLayout() (fn uint32, off [3]int16, err error) {
+// vmaLayout is where the iterator's program finds what it reads: the
+// type id of the iterator's function, and byte offsets in the kernel's
+// structures.
+type vmaLayout struct {
+	fn                uint32
+	start, end, flags int16 // in struct vm_area_struct
+	anonVma, chain    int16 // in struct vm_area_struct: anon_vma, anon_vma_chain
+	tree              int16 // in struct anon_vma: rb_root.rb_root.rb_node
+	left, right       int16 // in struct rb_node
+}
+
+// readVmaLayout finds the layout in the kernel's BTF (the members of
+// struct vm_area_struct sit inside anonymous unions and structs on
+// recent kernels).
+func readVmaLayout() (l vmaLayout, err error) {
 	raw, release, err := readBTF()
 	if err != nil {
-		return 0, off, err
+		return l, err
 	}
 	defer release()
 	b, err := parseBTF(raw)
 	if err != nil {
-		return 0, off, err
+		return l, err
 	}
-	vma := b.find(btfKindStruct, "vm_area_struct")
-	fn = b.find(btfKindFunc, iterFunc)
+	ids := b.findAll([]btfName{
+		{btfKindFunc, iterFunc}, {btfKindStruct, "vm_area_struct"}, {btfKindStruct, "anon_vma"},
+		{btfKindStruct, "rb_node"}, {btfKindStruct, "rb_root_cached"}, {btfKindStruct, "rb_root"}, {btfKindStruct, "list_head"},
+	})
 	if b.err != nil {
-		return 0, off, fmt.Errorf("%s: %w", btfPath, b.err)
+		return l, fmt.Errorf("%s: %w", btfPath, b.err)
 	}
+	fn, vma, anon, node, cached, root, list := ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6]
 	if fn == 0 || vma == 0 {
-		return 0, off, fmt.Errorf("%s: no %s or struct vm_area_struct", btfPath, iterFunc)
+		return l, fmt.Errorf("%s: no %s or struct vm_area_struct", btfPath, iterFunc)
 	}
-	for i, name := range []string{"vm_start", "vm_end", "vm_flags"} {
-		o, ok := b.member(vma, name, 0, 0)
+	l.fn = fn
+	off := func(id uint32, name string) (int16, error) {
+		o, ok := b.member(id, name, 0, 0)
 		if !ok || o%64 != 0 || o/8 > 1<<15-1 {
-			return 0, off, fmt.Errorf("%s: struct vm_area_struct has no aligned %s", btfPath, name)
+			return 0, fmt.Errorf("%s: no aligned %s in struct type %d", btfPath, name, id)
 		}
-		off[i] = int16(o / 8)
+		return int16(o / 8), nil
 	}
-	return fn, off, nil
+	for _, m := range []struct {
+		id   uint32
+		name string
+		to   *int16
+	}{
+		{vma, "vm_start", &l.start}, {vma, "vm_end", &l.end}, {vma, "vm_flags", &l.flags},
+		{vma, "anon_vma", &l.anonVma}, {vma, "anon_vma_chain", &l.chain}, {anon, "rb_root", &l.tree},
+		{node, "rb_left", &l.left}, {node, "rb_right", &l.right},
+	} {
+		if *m.to, err = off(m.id, m.name); err != nil {
+			return l, err
+		}
+	}
+	// The program reads the tree's root node and a list's next pointer at
+	// the start of their structures.
+	for _, m := range []struct {
+		id   uint32
+		name string
+	}{{cached, "rb_root"}, {root, "rb_node"}, {list, "next"}} {
+		if o, err := off(m.id, m.name); err != nil || o != 0 {
+			return l, fmt.Errorf("%s: %s not first in struct type %d", btfPath, m.name, m.id)
+		}
+	}
+	return l, nil
 }
 
 // readBTF maps the kernel's BTF (Linux 6.16), or reads it: 5 MB, in
@@ -347,18 +454,32 @@ func (b *btf) name(off uint32) []byte {
 	return nil
 }
 
-// find returns the id of the first type of kind named name, 0 if none.
-func (b *btf) find(kind int, name string) uint32 {
+// btfName is a type to look for: its kind and name.
+type btfName struct {
+	kind int
+	name string
+}
+
+// findAll returns the id of the first type of each kind and name in
+// want, 0 for those not there, in one pass over the types.
+func (b *btf) findAll(want []btfName) []uint32 {
 	le := binary.LittleEndian
-	for id := uint32(1); ; id++ { // types start at id 1
+	ids := make([]uint32, len(want))
+	left := len(want)
+	for id := uint32(1); left > 0; id++ { // types start at id 1
 		t := b.typ(id)
 		if t == nil {
-			return 0
+			break
 		}
-		if int(le.Uint32(t[4:])>>24&0x1f) == kind && string(b.name(le.Uint32(t))) == name {
-			return id
+		kind, name := int(le.Uint32(t[4:])>>24&0x1f), b.name(le.Uint32(t))
+		for i, w := range want {
+			if ids[i] == 0 && w.kind == kind && string(name) == w.name {
+				ids[i] = id
+				left--
+			}
 		}
 	}
+	return ids
 }
 
 // member returns the bit offset of member name in struct or union id,
