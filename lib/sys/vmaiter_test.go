@@ -71,6 +71,34 @@ func TestVmaIter(t *testing.T) {
 	}
 }
 
+// TestVmaIterPlain: the program without the part that follows pointers
+// (loaded where the verifier refuses that part) lists the VMAs and calls
+// none alone.
+func TestVmaIterPlain(t *testing.T) {
+	l, err := readVmaLayout()
+	if err != nil {
+		t.Skipf("no kernel BTF: %v", err)
+	}
+	fd, err := loadVmaIter(l, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it := &VmaIter{prog: fd}
+	defer it.Close()
+	got, err := it.Read(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) < 5 {
+		t.Fatalf("%d VMAs listed", len(got))
+	}
+	for _, v := range got {
+		if v.Alone || v.End <= v.Start {
+			t.Errorf("%#x-%#x flags %#x alone %v", v.Start, v.End, v.Flags, v.Alone)
+		}
+	}
+}
+
 // TestParseBTFDamaged: a BTF blob cut short or with sections out of bounds
 // is refused with an error, never a panic (the kernel's own is whole, and
 // lookups parse only as far as they need).
