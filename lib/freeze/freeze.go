@@ -467,13 +467,21 @@ func walkTree(root int, visit func(gen []int) (descend []int, err error)) error 
 		if err != nil {
 			return err
 		}
-		gen = nil
-		for _, pid := range descend {
-			kids, err := proc.Children(pid)
-			if err != nil && !errors.Is(err, proc.ErrNoProcess) {
-				return err
+		// Read on every core: a wide generation has as many lists of children.
+		kids := make([][]int, len(descend))
+		err = par.For(len(descend), runtime.GOMAXPROCS(0), func(i int) (err error) {
+			kids[i], err = proc.Children(descend[i])
+			if errors.Is(err, proc.ErrNoProcess) {
+				err = nil
 			}
-			for _, k := range kids {
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		gen = nil
+		for _, ks := range kids {
+			for _, k := range ks {
 				if !seen[k] {
 					seen[k] = true
 					gen = append(gen, k)
