@@ -58,16 +58,19 @@ const (
 
 // NewVmaIter loads the iterator's program: it writes start, end and
 // vm_flags of each VMA, and whether it is alone (RawVma.Alone), with the
-// offsets of the kernel's structures taken from its BTF. Where the
-// verifier refuses the part that follows pointers (it compares kernel
-// pointers, which needs CAP_PERFMON), the program without it is loaded
-// and no VMA is alone.
+// offsets of the kernel's structures taken from its BTF. Where the BTF
+// lacks what the part that follows pointers reads, or the verifier
+// refuses that part (it compares kernel pointers, which needs
+// CAP_PERFMON), the program without it is loaded and no VMA is alone.
 func NewVmaIter() (*VmaIter, error) {
 	l, err := readVmaLayout()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoVmaIter, err)
 	}
-	fd, err := loadVmaIter(l, true)
+	fd, err := -1, ErrNoVmaIter
+	if l.alone {
+		fd, err = loadVmaIter(l, true)
+	}
 	if err != nil {
 		fd, err = loadVmaIter(l, false)
 	}
@@ -287,9 +290,12 @@ func bpf(cmd int, attr []byte) (int, error) {
 type vmaLayout struct {
 	fn                uint32
 	start, end, flags int16 // in struct vm_area_struct
-	anonVma, chain    int16 // in struct vm_area_struct: anon_vma, anon_vma_chain
-	tree              int16 // in struct anon_vma: rb_root.rb_root.rb_node
-	left, right       int16 // in struct rb_node
+	// alone: the BTF gives the offsets below, which the part of the
+	// program that tells RawVma.Alone reads.
+	alone          bool
+	anonVma, chain int16 // in struct vm_area_struct: anon_vma, anon_vma_chain
+	tree           int16 // in struct anon_vma: rb_root.rb_root.rb_node
+	left, right    int16 // in struct rb_node
 }
 
 // readVmaLayout finds the layout in the kernel's BTF (the members of
@@ -324,29 +330,29 @@ func readVmaLayout() (l vmaLayout, err error) {
 		}
 		return int16(o / 8), nil
 	}
-	for _, m := range []struct {
+	type member struct {
 		id   uint32
 		name string
 		to   *int16
-	}{
-		{vma, "vm_start", &l.start}, {vma, "vm_end", &l.end}, {vma, "vm_flags", &l.flags},
-		{vma, "anon_vma", &l.anonVma}, {vma, "anon_vma_chain", &l.chain}, {anon, "rb_root", &l.tree},
-		{node, "rb_left", &l.left}, {node, "rb_right", &l.right},
-	} {
+	}
+	for _, m := range []member{{vma, "vm_start", &l.start}, {vma, "vm_end", &l.end}, {vma, "vm_flags", &l.flags}} {
 		if *m.to, err = off(m.id, m.name); err != nil {
 			return l, err
 		}
 	}
 	// The program reads the tree's root node and a list's next pointer at
-	// the start of their structures.
-	for _, m := range []struct {
-		id   uint32
-		name string
-	}{{cached, "rb_root"}, {root, "rb_node"}, {list, "next"}} {
-		if o, err := off(m.id, m.name); err != nil || o != 0 {
-			return l, fmt.Errorf("%s: %s not first in struct type %d", btfPath, m.name, m.id)
+	// the start of their structures (offset 0).
+	var first int16
+	for _, m := range []member{
+		{vma, "anon_vma", &l.anonVma}, {vma, "anon_vma_chain", &l.chain}, {anon, "rb_root", &l.tree},
+		{node, "rb_left", &l.left}, {node, "rb_right", &l.right},
+		{cached, "rb_root", &first}, {root, "rb_node", &first}, {list, "next", &first},
+	} {
+		if *m.to, err = off(m.id, m.name); err != nil || first != 0 {
+			return l, nil // no VMA is alone
 		}
 	}
+	l.alone = true
 	return l, nil
 }
 
