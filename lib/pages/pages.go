@@ -61,18 +61,15 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	fast := &fastSetup{}
-	observe := up.Observe
-	if opts.Lend {
-		observe = func(f *image.Frame) error {
-			n := len(up.Procs)
-			if err := up.Observe(f); err != nil {
-				return err
-			}
-			if len(up.Procs) > n && !fast.requested && hasAnon(up.Procs[n], fastMinAnon) {
-				fast.start()
-			}
-			return nil
+	observe := func(f *image.Frame) error {
+		n := len(up.Procs)
+		if err := up.Observe(f); err != nil {
+			return err
 		}
+		if len(up.Procs) > n && !fast.requested && (len(up.Procs) >= fastMinProcs || hasAnon(up.Procs[n], fastMinAnon)) {
+			fast.start()
+		}
+		return nil
 	}
 	return stage.Filter{
 		Observe: observe,

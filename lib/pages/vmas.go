@@ -139,8 +139,9 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 }
 
 // fastMinAnon: the BPF iterator is set up (2-5 ms of CPU) once a process
-// with this much private anonymous memory resident shows in the input;
-// then it gives the VmFlags of every process of the dump. Which VMAs may
+// with this much private anonymous memory resident shows in the input,
+// or fastMinProcs processes; then it gives the VmFlags of every process
+// of the dump. Which VMAs may
 // share pages it tells by their anon_vma (proc.FastVmFlags): a VMA whose
 // pages no other VMA can map is read without looking at its pagemap.
 // Every other one costs nothing for a lent run (not looked at for
@@ -154,11 +155,16 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 // 0.186 / 0.292 (doc/performance.md, 51 and 53).
 const fastMinAnon = 8 << 20
 
+// fastMinProcs: smaps of a small process costs ~0.2 ms (its walk and the
+// text of every VMA): a tree of 100 processes of 1 MiB, cr-pages alone,
+// 46 / 63 ms with the iterator against 65 / 70 (doc/performance.md, 60).
+const fastMinProcs = 8
+
 // fastSetup sets proc.FastVmFlags up in the background (2-5 ms of CPU:
 // the kernel's BTF, the BPF program, the check on probe mappings), once a
-// process worth lending shows in the input, while the stage still waits
-// for the rest of it: a dump with nothing to lend (the tiny counter's)
-// does without. CRPIPE_VMFLAGS=smaps leaves it out.
+// process with much memory or the tree's eighth process shows in the
+// input, while the stage still waits for the rest of it: a dump of a few
+// small processes (the tiny counter's) does without. CRPIPE_VMFLAGS=smaps leaves it out.
 type fastSetup struct {
 	requested bool // start was called (by the stage's reading goroutine)
 	started   sync.Once
