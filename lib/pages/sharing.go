@@ -24,9 +24,8 @@ import (
 // Both need a pagemap read of every page (20 ms per GiB), which is skipped
 // where it cannot find anything:
 //   - in a VMA of which smaps counts no page mapped twice and none swapped
-//     out, or whose anon_vma links it to no other VMA (the BPF iterator:
-//     proc.FastVmFlags) (vma.mayShare): no page of it is shared with
-//     anyone;
+//     out, or whose anon_vma links it to no other VMA (proc.FastVmFlags):
+//     no page of it is shared with anyone (vma.mayShare false);
 //   - in runs to lend (lend.go), unless the process may inherit them from
 //     its parent: vmsplice(2) takes references to the pages without
 //     pinning them, so a page shared since fork stays shared.

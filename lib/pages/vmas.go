@@ -141,9 +141,9 @@ func readVmFlags(pid int, fast *proc.FastVmFlags) <-chan vmFlags {
 // fastMinAnon: the BPF iterator is set up (2-5 ms of CPU) once a process
 // with this much private anonymous memory resident shows in the input,
 // or fastMinProcs processes; then it gives the VmFlags of every process
-// of the dump. Which VMAs may
-// share pages it tells by their anon_vma (proc.FastVmFlags): a VMA whose
-// pages no other VMA can map is read without looking at its pagemap.
+// of the dump. Which VMAs may share pages it tells by their anon_vma
+// (proc.FastVmFlags): a VMA whose pages no other VMA can map is read
+// without looking at its pagemap.
 // Every other one costs nothing for a lent run (not looked at for
 // sharing), and for a copied one a pagemap read of every page (20 ms per
 // GiB; the parent's too where a VMA may inherit from it), where smaps
@@ -157,14 +157,15 @@ const fastMinAnon = 8 << 20
 
 // fastMinProcs: smaps of a small process costs ~0.2 ms (its walk and the
 // text of every VMA): a tree of 100 processes of 1 MiB, cr-pages alone,
-// 46 / 63 ms with the iterator against 65 / 70 (doc/performance.md, 60).
+// 48 / 64.5 ms with the iterator against 58 / 68.5 (doc/performance.md, 60).
 const fastMinProcs = 8
 
 // fastSetup sets proc.FastVmFlags up in the background (2-5 ms of CPU:
 // the kernel's BTF, the BPF program, the check on probe mappings), once a
 // process with much memory or the tree's eighth process shows in the
 // input, while the stage still waits for the rest of it: a dump of a few
-// small processes (the tiny counter's) does without. CRPIPE_VMFLAGS=smaps leaves it out.
+// small processes (the tiny counter's) does without. CRPIPE_VMFLAGS=smaps
+// leaves it out.
 type fastSetup struct {
 	requested bool // start was called (by the stage's reading goroutine)
 	started   sync.Once
