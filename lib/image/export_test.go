@@ -5,6 +5,3 @@ func SetPrefetchAlways(on bool) (was bool) {
 	was, prefetchAlways = prefetchAlways, on
 	return was
 }
-
-// CrcCombine is crcCombine, for its test.
-var CrcCombine = crcCombine

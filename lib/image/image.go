@@ -15,10 +15,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"strconv"
 	"strings"
 	"unsafe"
+
+	"crpipe/lib/internal/crc32c"
 )
 
 // Magic opens every stream. Like PNG's, it catches text-mode mangling.
@@ -137,13 +138,11 @@ var (
 	ErrTrailing  = errors.New("data after end frame")
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // frameCRC covers type, flags and length (the first 12 header bytes) and the payload.
 func frameCRC(hdr []byte, payloads ...[]byte) uint32 {
-	c := crc32.Update(0, castagnoli, hdr[:12])
+	c := crc32c.Update(0, hdr[:12])
 	for _, p := range payloads {
-		c = crc32.Update(c, castagnoli, p)
+		c = crc32c.Update(c, p)
 	}
 	return c
 }

@@ -3,7 +3,6 @@ package image_test
 import (
 	"bytes"
 	"errors"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -346,17 +345,3 @@ func TestUnmarshalNamesFrame(t *testing.T) {
 }
 
 func readFileVector(name string) ([]byte, error) { return os.ReadFile(filepath.Join("testdata", name)) }
-
-// TestCrcCombine: the checksum of a followed by b, from theirs, is the
-// checksum of the whole, for lengths around the powers of two.
-func TestCrcCombine(t *testing.T) {
-	data := pattern(7, 3<<20)
-	for _, cut := range []int{0, 1, 7, 4095, 4096, 65537, 1 << 20, 3<<20 - 1, 3 << 20} {
-		whole := crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))
-		a := crc32.Update(0, crc32.MakeTable(crc32.Castagnoli), data[:cut])
-		b := crc32.Update(0, crc32.MakeTable(crc32.Castagnoli), data[cut:])
-		if got := image.CrcCombine(a, b, int64(len(data)-cut)); got != whole {
-			t.Errorf("cut at %d: combined %08x, whole %08x", cut, got, whole)
-		}
-	}
-}

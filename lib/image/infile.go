@@ -4,11 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
+
+	"crpipe/lib/internal/crc32c"
 )
 
 // Page contents left in the image file (issue 10, speed). A restore that
@@ -163,7 +164,7 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 				}
 				return fmt.Errorf("%s: %w", what, err)
 			}
-			sums[i] = crc32.Update(0, castagnoli, b)
+			sums[i] = crc32c.Update(0, b)
 			if err := use(int(lo), b); err != nil {
 				failed.Store(true)
 				return err
@@ -187,7 +188,7 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 	}
 	crc := c.head
 	for i, s := range sums {
-		crc = crcCombine(crc, s, min(c.n-int64(i)*crcPiece, crcPiece))
+		crc = crc32c.Combine(crc, s, min(c.n-int64(i)*crcPiece, crcPiece))
 	}
 	if crc != c.sum {
 		return fmt.Errorf("frame %d (%s) at offset %d: crc32c %08x, header says %08x: %w", f.Index, f.Type, f.Offset, crc, c.sum, ErrChecksum)
@@ -239,7 +240,7 @@ func (f *Frame) readDeferred(workers int, use func(off int, piece []byte) error)
 		b := (*bp)[:min(rd.left, crcPiece)]
 		n, err := rd.readFull(b)
 		rd.left -= int64(n)
-		crc = crc32.Update(crc, castagnoli, b[:n])
+		crc = crc32c.Update(crc, b[:n])
 		if err != nil {
 			pieceBufs.Put(bp)
 			if err == io.EOF {

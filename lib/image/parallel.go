@@ -2,9 +2,10 @@ package image
 
 import (
 	"errors"
-	"hash/crc32"
 	"io"
 	"os"
+
+	"crpipe/lib/internal/crc32c"
 )
 
 // Reading the page contents of an image file on two cores (issue 10,
@@ -62,7 +63,7 @@ func (rd *decoder) readSplit(b []byte, off int64, crc uint32) ([]byte, uint32, i
 		for r.n < len(second) && r.err == nil {
 			var m int
 			m, r.err = rd.file.f.ReadAt(second[r.n:min(len(second), r.n+crcPiece)], rd.file.base+off+int64(half+r.n))
-			r.crc = crc32.Update(r.crc, castagnoli, second[r.n:r.n+m])
+			r.crc = crc32c.Update(r.crc, second[r.n:r.n+m])
 			r.n += m
 		}
 		if r.n == len(second) {
@@ -84,5 +85,5 @@ func (rd *decoder) readSplit(b []byte, off int64, crc uint32) ([]byte, uint32, i
 	if errors.Is(r.err, io.EOF) {
 		r.err = io.ErrUnexpectedEOF
 	}
-	return b, crcCombine(crc, r.crc, int64(len(second))), half + r.n, r.err
+	return b, crc32c.Combine(crc, r.crc, int64(len(second))), half + r.n, r.err
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/pierrec/lz4/v4"
 	"google.golang.org/protobuf/proto"
 
+	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/pb"
 )
 
@@ -274,7 +274,7 @@ func (rd *decoder) next() (*Frame, error) {
 		return rd.deferPages(f, h[:], length)
 	}
 	var got uint32
-	f.Payload, got, n, err = rd.readPayload(int(length), f.Type == TypePages, crc32.Update(0, castagnoli, h[:12]))
+	f.Payload, got, n, err = rd.readPayload(int(length), f.Type == TypePages, crc32c.Update(0, h[:12]))
 	if err != nil {
 		return nil, rd.readErr(err, n, fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset), length)
 	}
@@ -347,12 +347,12 @@ func (rd *decoder) readPayload(length int, pages bool, crc uint32) ([]byte, uint
 func (rd *decoder) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int, error) {
 	n := copy(b[from:], rd.rb[rd.rpos:rd.rend])
 	rd.rpos += n
-	crc = crc32.Update(crc, castagnoli, b[from:from+n])
+	crc = crc32c.Update(crc, b[from:from+n])
 	for from+n < len(b) {
 		at := from + n
 		if len(b)-at < len(rd.rb) {
 			m, err := rd.readFull(b[at:])
-			crc = crc32.Update(crc, castagnoli, b[at:at+m])
+			crc = crc32c.Update(crc, b[at:at+m])
 			n += m
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
@@ -360,7 +360,7 @@ func (rd *decoder) readInto(b []byte, from int, crc uint32) ([]byte, uint32, int
 			return b, crc, n, err
 		}
 		m, err := rd.src.Read(b[at:min(len(b), at+crcPiece)])
-		crc = crc32.Update(crc, castagnoli, b[at:at+m])
+		crc = crc32c.Update(crc, b[at:at+m])
 		n += m
 		if err == io.EOF {
 			if m > 0 {

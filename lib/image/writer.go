@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"runtime"
 
 	"google.golang.org/protobuf/proto"
 
+	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/pb"
 )
 
@@ -256,14 +256,14 @@ type PagesSummer struct {
 
 // Add continues the checksum over the next part of the contents.
 func (s *PagesSummer) Add(p []byte) {
-	s.crc = crc32.Update(s.crc, castagnoli, p)
+	s.crc = crc32c.Update(s.crc, p)
 	s.n += int64(len(p))
 }
 
 // AddSum continues the checksum over the next n bytes of the contents,
 // given their own CRC-32C (computed elsewhere: cr-pages' page lender).
 func (s *PagesSummer) AddSum(crc uint32, n int64) {
-	s.crc = crcCombine(s.crc, crc, n)
+	s.crc = crc32c.Combine(s.crc, crc, n)
 	s.n += n
 }
 
@@ -272,57 +272,8 @@ func (s *PagesSummer) Sum(h PagesHeader) uint32 {
 	var pre [PagesPreamble]byte
 	putPagesPreamble(pre[:], h)
 	hdr := pagesHeader(int(s.n), 0)
-	return crcCombine(frameCRC(hdr[:], pre[:]), s.crc, s.n)
+	return crc32c.Combine(frameCRC(hdr[:], pre[:]), s.crc, s.n)
 }
-
-// crcCombine returns the CRC-32C of a‖b from the CRC-32C of a, that of b,
-// and b's length: a's checksum is carried over len(b) zero bits (a
-// multiplication by x^(8·len) modulo the polynomial) and added to b's.
-func crcCombine(a, b uint32, n int64) uint32 {
-	return gfMul(x8nMod(n), a) ^ b
-}
-
-// castagnoliRev is the CRC-32C polynomial, bit-reversed (as crc32 uses it).
-const castagnoliRev = 0x82f63b78
-
-// gfMul multiplies a and b modulo the polynomial, both bit-reversed
-// (x^0 is the top bit).
-func gfMul(a, b uint32) uint32 {
-	var p uint32
-	for m := uint32(1) << 31; m != 0; m >>= 1 {
-		if a&m != 0 {
-			p ^= b
-		}
-		if b&1 != 0 {
-			b = b>>1 ^ castagnoliRev
-		} else {
-			b >>= 1
-		}
-	}
-	return p
-}
-
-// x8nMod is x^(8n) modulo the polynomial: the product of x^(8·2^k) for
-// the bits k of n, from a table (a frame of one page is one entry; by
-// squaring each time, 60,000 small frames spent 5% of cr-pages here).
-func x8nMod(n int64) uint32 {
-	p := uint32(1) << 31 // x^0
-	for k := 0; n > 0; k, n = k+1, n>>1 {
-		if n&1 != 0 {
-			p = gfMul(x8Pow2[k], p)
-		}
-	}
-	return p
-}
-
-// x8Pow2[k] is x^(8·2^k) modulo the polynomial.
-var x8Pow2 = func() (t [63]uint32) {
-	t[0] = 1 << 23 // x^8
-	for k := 1; k < len(t); k++ {
-		t[k] = gfMul(t[k-1], t[k-1])
-	}
-	return t
-}()
 
 // WritePagesSummed is WritePages with the frame's checksum computed ahead
 // (PagesSum, PagesSummer). With donate, data must be the caller's own
