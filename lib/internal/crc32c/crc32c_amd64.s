@@ -1,5 +1,17 @@
 #include "textflag.h"
 
+// FOLD(k, a, t, next): a = a moved forward by k (crc32c.go), XOR next.
+#define FOLD(k, a, t, next) \
+	VPCLMULQDQ $0x00, k, a, t; \
+	VPCLMULQDQ $0x11, k, a, a; \
+	VPTERNLOGQ $0x96, next, t, a
+
+// FOLDINTO(k, a, t, u, into): into ^= a moved forward by k.
+#define FOLDINTO(k, a, t, u, into) \
+	VPCLMULQDQ $0x00, k, a, t; \
+	VPCLMULQDQ $0x11, k, a, u; \
+	VPTERNLOGQ $0x96, u, t, into
+
 // func updateFold(crc uint32, p []byte) uint32
 // len(p) >= 256. The method: crc32c.go.
 TEXT ·updateFold(SB), NOSPLIT, $0-36
@@ -22,18 +34,10 @@ TEXT ·updateFold(SB), NOSPLIT, $0-36
 loop256:
 	CMPQ CX, $256
 	JB   fold64
-	VPCLMULQDQ $0x00, Z8, Z0, Z4
-	VPCLMULQDQ $0x11, Z8, Z0, Z0
-	VPTERNLOGQ $0x96, 0(SI), Z4, Z0
-	VPCLMULQDQ $0x00, Z8, Z1, Z5
-	VPCLMULQDQ $0x11, Z8, Z1, Z1
-	VPTERNLOGQ $0x96, 64(SI), Z5, Z1
-	VPCLMULQDQ $0x00, Z8, Z2, Z6
-	VPCLMULQDQ $0x11, Z8, Z2, Z2
-	VPTERNLOGQ $0x96, 128(SI), Z6, Z2
-	VPCLMULQDQ $0x00, Z8, Z3, Z7
-	VPCLMULQDQ $0x11, Z8, Z3, Z3
-	VPTERNLOGQ $0x96, 192(SI), Z7, Z3
+	FOLD(Z8, Z0, Z4, 0(SI))
+	FOLD(Z8, Z1, Z5, 64(SI))
+	FOLD(Z8, Z2, Z6, 128(SI))
+	FOLD(Z8, Z3, Z7, 192(SI))
 	ADDQ $256, SI
 	SUBQ $256, CX
 	JMP  loop256
@@ -41,15 +45,9 @@ loop256:
 fold64:
 	// Each accumulator into the next, 64 bytes on.
 	VBROADCASTI32X4 ·foldConsts+16(SB), Z8
-	VPCLMULQDQ $0x00, Z8, Z0, Z4
-	VPCLMULQDQ $0x11, Z8, Z0, Z5
-	VPTERNLOGQ $0x96, Z5, Z4, Z1
-	VPCLMULQDQ $0x00, Z8, Z1, Z4
-	VPCLMULQDQ $0x11, Z8, Z1, Z5
-	VPTERNLOGQ $0x96, Z5, Z4, Z2
-	VPCLMULQDQ $0x00, Z8, Z2, Z4
-	VPCLMULQDQ $0x11, Z8, Z2, Z5
-	VPTERNLOGQ $0x96, Z5, Z4, Z3
+	FOLDINTO(Z8, Z0, Z4, Z5, Z1)
+	FOLDINTO(Z8, Z1, Z4, Z5, Z2)
+	FOLDINTO(Z8, Z2, Z4, Z5, Z3)
 
 	// The four lanes of Z3 into its last.
 	VMOVDQU64 ·foldConsts+32(SB), Z8
@@ -66,9 +64,7 @@ fold64:
 loop16:
 	CMPQ CX, $16
 	JB   last
-	VPCLMULQDQ $0x00, X8, X0, X4
-	VPCLMULQDQ $0x11, X8, X0, X0
-	VPTERNLOGQ $0x96, 0(SI), X4, X0
+	FOLD(X8, X0, X4, 0(SI))
 	ADDQ $16, SI
 	SUBQ $16, CX
 	JMP  loop16

@@ -7,11 +7,21 @@ import (
 )
 
 // TestUpdate: every length up to a few KiB, every alignment of the start
-// and initial values, against hash/crc32.
+// and initial values, against hash/crc32; folded where the CPU can, and
+// without.
 func TestUpdate(t *testing.T) {
 	if !canFold {
 		t.Logf("this CPU has no 512-bit carry-less multiply: hash/crc32 serves every length")
 	}
+	testUpdate(t)
+	if canFold {
+		canFold = false
+		defer func() { canFold = true }()
+		testUpdate(t)
+	}
+}
+
+func testUpdate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 20000)
 	for i := range buf {
