@@ -22,6 +22,9 @@ func TestUpdate(t *testing.T) {
 }
 
 func testUpdate(t *testing.T) {
+	if c := Checksum([]byte("123456789")); c != 0xe3069283 { // doc/stream-v1.md's check value
+		t.Fatalf("check value %#x, want 0xe3069283", c)
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 20000)
 	for i := range buf {
