@@ -71,8 +71,7 @@ func init() {
 		c := foldConst(d)
 		copy(foldConsts[2*i:], c[:])
 	}
-	c := foldConst(16 * 8)
-	copy(foldConsts[12:], c[:])
+	copy(foldConsts[12:], foldConsts[8:10]) // by 16 bytes, as lane 2's
 }
 
 // Combine returns the CRC-32C of a‖b from the CRC-32C of a, that of b,
