@@ -32,7 +32,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/freeze"
-	"crpipe/lib/image"
 	"crpipe/lib/stage"
 )
 
@@ -526,15 +525,18 @@ func stoppedByUs(r *stageRun) bool {
 			return true
 		}
 	}
-	return strings.Contains(r.stderr.String(), ": error: interrupted by ")
+	return exitStatus(r) == stage.ExitInterrupted
 }
 
 // inputTruncated reports a stage that failed because its input ended
 // without an end frame (image.ErrTruncated).
 func inputTruncated(r *stageRun) bool {
-	return strings.Contains(r.stderr.String(), image.ErrTruncated.Error())
+	return exitStatus(r) == stage.ExitInputTruncated
 }
 
+// brokenPipe reports a stage that failed because the reader of its output
+// went away: killed by SIGPIPE (a write to stdout through os.File) or
+// saying so in its status.
 func brokenPipe(r *stageRun) bool {
 	var ee *exec.ExitError
 	if errors.As(r.err, &ee) {
@@ -542,7 +544,17 @@ func brokenPipe(r *stageRun) bool {
 			return true
 		}
 	}
-	return strings.Contains(r.stderr.String(), "broken pipe")
+	return exitStatus(r) == stage.ExitOutputClosed
+}
+
+// exitStatus is the status a stage that failed exited with (-1: it did
+// not exit, or was killed by a signal).
+func exitStatus(r *stageRun) int {
+	var ee *exec.ExitError
+	if errors.As(r.err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
 }
 
 // fail thaws the target, removes partial output and reports the culprit.

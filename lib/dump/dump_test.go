@@ -16,6 +16,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/internal/testprog"
+	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 )
@@ -142,9 +143,10 @@ func TestDumpStageFails(t *testing.T) {
 // ones it made us stop find their input truncated; the stage that failed
 // on its own is blamed, not the one whose input ended. The fake cr-files
 // outlives our SIGTERM, so it always reads the end of its input first.
+// What a stage's status says counts, not its words.
 func TestDumpBlamesFirstFailure(t *testing.T) {
 	requireRoot(t)
-	truncated := "trap '' TERM; cat >/dev/null; echo 'cr-files: error: input: frame 6 at offset 3284: stream truncated' >&2; exit 1"
+	truncated := fmt.Sprintf("trap '' TERM; cat >/dev/null; echo 'cr-files: error: input: frame 6 at offset 3284: stream truncated' >&2; exit %d", stage.ExitInputTruncated)
 	for _, tc := range []struct {
 		name   string
 		fakes  map[string]string
@@ -160,6 +162,12 @@ func TestDumpBlamesFirstFailure(t *testing.T) {
 			"cr-parasite": "head -c 100 >/dev/null; echo 'cr-parasite: error: pid 1 tid 1: the thread is sandboxed' >&2; exit 1",
 			"cr-files":    truncated,
 		}, "cr-parasite: pid 1 tid 1: the thread is sandboxed"},
+		// cr-files fails on its own in words a truncated input would use;
+		// cr-parasite, whose reader it was, finds its output closed.
+		{"words", map[string]string{
+			"cr-parasite": fmt.Sprintf("trap '' TERM; cat; echo 'cr-parasite: error: output: write /dev/stdout: broken pipe' >&2; exit %d", stage.ExitOutputClosed),
+			"cr-files":    "head -c 100 >/dev/null; echo 'cr-files: error: pid 1 fd 3: the queue of its peer: stream truncated' >&2; exit 1",
+		}, "cr-files: pid 1 fd 3: the queue of its peer: stream truncated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := testprog.StartFile(t, "tick")
@@ -172,6 +180,34 @@ func TestDumpBlamesFirstFailure(t *testing.T) {
 			dirEmpty(t, out)
 			thawedAndRunning(t, p, orig)
 		})
+	}
+}
+
+// TestStagesSayTheirInputEnded: each stage after cr-freeze, given a
+// stream that ends without its end frame, exits with the status that
+// says so (what culprit reads), not only the words.
+func TestStagesSayTheirInputEnded(t *testing.T) {
+	var cut bytes.Buffer
+	w, err := image.NewWriter(&cut, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteMessage(image.TypeInventory, &pb.Inventory{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Stages[1:] {
+		cmd := exec.Command(filepath.Join(binDir, s))
+		cmd.Stdin = bytes.NewReader(cut.Bytes())
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != stage.ExitInputTruncated || !strings.Contains(stderr.String(), image.ErrTruncated.Error()) {
+			t.Errorf("%s on a cut stream: %v, %q; want exit status %d", s, err, stderr.String(), stage.ExitInputTruncated)
+		}
 	}
 }
 

@@ -91,7 +91,7 @@ func dumpPtyData(e *entry, ts *pb.TtyState, tio *unix.Termios, mf, sf *os.File) 
 	}
 	select {
 	case sig := <-sigs:
-		return fmt.Errorf("interrupted by %v", sig)
+		return stage.Interrupted(sig, "")
 	default:
 	}
 	ts.InputLines, ts.Input, ts.Output = q.Lines, q.Rest, o

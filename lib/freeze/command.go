@@ -94,7 +94,7 @@ func runFreeze(c *cli.Context) error {
 		if terr := f.Undo(); terr != nil {
 			return fmt.Errorf("output: %w (and thawing failed: %v)", err, terr)
 		}
-		return fmt.Errorf("output: %w (pid %d thawed)", err, pid)
+		return stage.NeighbourStatus(fmt.Errorf("output: %w (pid %d thawed)", err, pid))
 	}
 	return nil
 }

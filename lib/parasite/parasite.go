@@ -222,7 +222,7 @@ func run(fr *pb.Freeze, procs []*pb.Process, opt Options, wit *witnesses) (res [
 	}
 	select {
 	case s := <-sigs:
-		errs = append(errs, fmt.Errorf("interrupted by %v; tasks left frozen", s))
+		errs = append(errs, stage.Interrupted(s, "tasks left frozen"))
 	default:
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -376,7 +376,7 @@ func (w *worker) inject() error {
 	for _, tg := range w.targets {
 		select {
 		case s := <-w.sigs:
-			return fmt.Errorf("interrupted by %v; tasks restored and left frozen", s)
+			return stage.Interrupted(s, "tasks restored and left frozen")
 		default:
 		}
 		if w.aborted.Load() {

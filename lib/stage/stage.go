@@ -174,14 +174,69 @@ func Report(name string, err error) int {
 		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, OneLine(h.Hint))
 	}
 	var u *UsageError
-	if errors.As(err, &u) {
-		return 2
-	}
 	var ee *ExitStatus
-	if errors.As(err, &ee) {
+	var ns *neighbourError
+	switch {
+	case errors.As(err, &u):
+		return 2
+	case errors.As(err, &ee):
 		return ee.Code
+	case errors.As(err, &ns):
+		return ns.code
 	}
 	return 1
+}
+
+// Exit statuses of a stage of the dump pipeline beyond 0, 1 (failed) and
+// 2 (usage). A stage that failed only because a neighbour did says so in
+// its status, not just in words, so that cr-dump blames the stage that
+// failed first (lib/dump) even when that one's message holds the same
+// words. crit and cr-restore, whose input is the image itself, exit 1 on
+// a truncated one.
+const (
+	ExitInputTruncated = 3 // its input ended without an end frame (image.ErrTruncated)
+	ExitOutputClosed   = 4 // the reader of its output went away (EPIPE)
+	ExitInterrupted    = 5 // SIGTERM, SIGINT or SIGHUP: it put back what it held and stopped
+)
+
+// NeighbourStatus gives err, the failure of a stage of the dump pipeline,
+// the exit status that says it failed only because a neighbour did, if it
+// did (found in err's chain, not its words).
+func NeighbourStatus(err error) error {
+	code := 0
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrInterrupted):
+		code = ExitInterrupted
+	case errors.Is(err, unix.EPIPE):
+		code = ExitOutputClosed
+	case errors.Is(err, image.ErrTruncated):
+		code = ExitInputTruncated
+	default:
+		return err
+	}
+	return &neighbourError{err, code}
+}
+
+type neighbourError struct {
+	error
+	code int
+}
+
+func (e *neighbourError) Unwrap() error { return e.error }
+
+// ErrInterrupted is wrapped by the error of a stage stopped by a signal
+// it caught (Interrupted).
+var ErrInterrupted = errors.New("interrupted")
+
+// Interrupted is the error of a stage that stopped on sig, caught once
+// what it held was put back; then says what it left, if anything.
+func Interrupted(sig os.Signal, then string) error {
+	if then != "" {
+		then = "; " + then
+	}
+	return fmt.Errorf("%w by %v%s", ErrInterrupted, sig, then)
 }
 
 // ExitStatus makes a command exit with a given code (cr-restore passes the
@@ -332,10 +387,10 @@ func FilterCommand(name, usage string, flags []cli.Flag, build func(c *cli.Conte
 				return err
 			}
 			if err := RunFilter(in, out, c.Bool("compress"), fl); err != nil {
-				return err
+				return NeighbourStatus(err)
 			}
 			if err := EndOutput(); err != nil {
-				return fmt.Errorf("output: %w", err)
+				return NeighbourStatus(fmt.Errorf("output: %w", err))
 			}
 			return nil
 		},

@@ -2,6 +2,7 @@ package stage
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -454,6 +455,45 @@ func TestReportIsOneLine(t *testing.T) {
 	want := "cr-test: error: pid 1 fd 3: /tmp/new\\nline is not the file that was dumped\ncr-test: hint: look at\\nthe file\n"
 	if code != 1 || string(out) != want {
 		t.Errorf("Report: status %d, printed %q; want 1 and %q", code, out, want)
+	}
+}
+
+// TestReportStatus: a stage of the dump pipeline that failed only because
+// a neighbour did says so in its exit status, found in the error's chain;
+// words alone do not.
+func TestReportStatus(t *testing.T) {
+	stderr := os.Stderr
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	os.Stderr = devNull
+	defer func() { os.Stderr = stderr }()
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"truncated input", fmt.Errorf("input: frame 6 at offset 3284: %w", image.ErrTruncated), ExitInputTruncated},
+		{"closed output", fmt.Errorf("output: %w", &os.PathError{Op: "write", Path: "/dev/stdout", Err: unix.EPIPE}), ExitOutputClosed},
+		{"interrupted", Interrupted(unix.SIGTERM, "tasks left frozen"), ExitInterrupted},
+		{"interrupted, its input cut too", errors.Join(Interrupted(unix.SIGTERM, ""), fmt.Errorf("input: %w", image.ErrTruncated)), ExitInterrupted},
+		{"the words of a truncated stream", errors.New("pid 1 fd 3: its queue: stream truncated"), 1},
+		{"the words of a broken pipe", errors.New("pid 1 fd 4: write: broken pipe"), 1},
+		{"usage", Usagef("unexpected argument %q", "x"), 2},
+		{"a status to pass on", &ExitStatus{Code: 3}, 3},
+	} {
+		if got := Report("cr-test", NeighbourStatus(tc.err)); got != tc.want {
+			t.Errorf("%s: status %d, want %d", tc.name, got, tc.want)
+		}
+	}
+	// crit and cr-restore: a truncated image is their failure itself.
+	if got := Report("crit", fmt.Errorf("frame 6 at offset 3284: %w", image.ErrTruncated)); got != 1 {
+		t.Errorf("a truncated image outside the pipeline: status %d, want 1", got)
+	}
+	if got, want := Interrupted(unix.SIGTERM, "tasks left frozen").Error(), "interrupted by terminated; tasks left frozen"; got != want {
+		t.Errorf("Interrupted: %q, want %q", got, want)
 	}
 }
 

@@ -75,7 +75,7 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 	interrupted := func() error {
 		select {
 		case sig := <-sigs:
-			return fmt.Errorf("interrupted by %v", sig)
+			return stage.Interrupted(sig, "")
 		default:
 			return nil
 		}
