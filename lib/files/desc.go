@@ -3,13 +3,16 @@ package files
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/image"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -82,6 +85,7 @@ type dumper struct {
 	unix    *unixDump         // sock_diag view, read once when the dump has unix sockets
 	ghosts  []ghost           // written after the Files records (ghost.go)
 	kept    []*os.File        // fd copies read as the output is written
+	mu      sync.Mutex        // pidfds and roots, which the tables read at once share
 
 	roots   map[int]string           // proc.PathRoot of each process, read once
 	mcast   map[int][]sys.McastGroup // groups joined in a process's network namespace (inet.go)
@@ -114,6 +118,8 @@ func (d *dumper) close() {
 // pathRoot is proc.PathRoot(pid), read once per process (two readlinks,
 // and a process may have thousands of files).
 func (d *dumper) pathRoot(pid int) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	r, ok := d.roots[pid]
 	if !ok {
 		if d.roots == nil {
@@ -134,16 +140,19 @@ func (d *dumper) keep(f *os.File) *os.File {
 // dump reads every live process's fd table, groups the fds into open file
 // descriptions and dumps the state of each.
 func (d *dumper) dump() error {
-	for _, p := range d.procs {
-		if p.State == "Z" {
-			continue // a zombie has no files
-		}
-		fs, err := d.dumpTable(int(p.Pid))
-		if err != nil {
-			return err
-		}
+	live := d.live()
+	tables := make([]*pb.Files, len(live))
+	entries := make([][]*entry, len(live))
+	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) (err error) {
+		tables[i], entries[i], err = d.dumpTable(int(live[i].Pid))
+		return err
+	}); err != nil {
+		return err
+	}
+	for i, fs := range tables {
 		d.files = append(d.files, fs)
-		stage.Logf("pid %d: %d fds, cwd %s", p.Pid, len(fs.Fds), fs.Cwd)
+		d.entries = append(d.entries, entries[i]...)
+		stage.Logf("pid %d: %d fds, cwd %s", fs.Pid, len(fs.Fds), fs.Cwd)
 	}
 	if err := d.peekQueues(); err != nil {
 		return err
@@ -237,20 +246,41 @@ func (d *dumper) object(key string) (uint64, bool) {
 // open file description, so reading its state needs no code in the task.
 // The caller closes it.
 func (d *dumper) getfd(e *entry) (*os.File, error) {
-	pfd, ok := d.pidfds[e.pid]
-	if !ok {
-		n, err := unix.PidfdOpen(e.pid, 0)
-		if err != nil {
-			return nil, procErr(e.pid, fmt.Errorf("pidfd_open: %w", err))
-		}
-		d.pidfds[e.pid] = n
-		pfd = n
+	pfd, err := d.pidfd(e.pid)
+	if err != nil {
+		return nil, err
 	}
 	f, err := sys.PidfdGetfd(pfd, e.fd)
 	if err != nil {
 		return nil, stage.Hint(fmt.Errorf("pid %d fd %d: %w", e.pid, e.fd, err), "pidfd_getfd needs Linux 5.6 and ptrace access to the process (root)")
 	}
 	return f, nil
+}
+
+// pidfd is a pidfd of pid, opened once.
+func (d *dumper) pidfd(pid int) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if pfd, ok := d.pidfds[pid]; ok {
+		return pfd, nil
+	}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1, procErr(pid, fmt.Errorf("pidfd_open: %w", err))
+	}
+	d.pidfds[pid] = pfd
+	return pfd, nil
+}
+
+// live is the processes of the dump but the zombies, which have no files.
+func (d *dumper) live() []*pb.Process {
+	var live []*pb.Process
+	for _, p := range d.procs {
+		if p.State != "Z" {
+			live = append(live, p)
+		}
+	}
+	return live
 }
 
 // dumpDesc records the state of one description of a kind that needs more

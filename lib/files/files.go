@@ -96,51 +96,53 @@ func Dump(pid int) (*pb.Files, error) {
 }
 
 // dumpTable reads the fd table and filesystem context of pid: the Files
-// record, and an entry per fd for the descriptions to be grouped.
-func (d *dumper) dumpTable(pid int) (*pb.Files, error) {
+// record, and an entry per fd for the descriptions to be grouped. Tables
+// of several processes are read at once (dump).
+func (d *dumper) dumpTable(pid int) (*pb.Files, []*entry, error) {
 	fs := &pb.Files{Pid: uint32(pid)}
 	var err error
 	if fs.Cwd, err = dirLink(pid, "cwd"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if fs.Root, err = dirLink(pid, "root"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if fs.Exe, err = os.Readlink(procPath(pid, "exe")); err != nil {
-		return nil, procErr(pid, err)
+		return nil, nil, procErr(pid, err)
 	}
 	status, err := sys.ReadFile(procPath(pid, "status"))
 	if err != nil {
-		return nil, procErr(pid, err)
+		return nil, nil, procErr(pid, err)
 	}
 	if fs.Umask, err = parseUmask(status); err != nil {
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
+		return nil, nil, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	ents, err := os.ReadDir(procPath(pid, "fd"))
 	if err != nil {
-		return nil, procErr(pid, err)
+		return nil, nil, procErr(pid, err)
 	}
 	fds := make([]int, 0, len(ents))
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
 		if err != nil || n < 0 {
-			return nil, fmt.Errorf("pid %d: unexpected entry %q in /proc/%d/fd", pid, e.Name(), pid)
+			return nil, nil, fmt.Errorf("pid %d: unexpected entry %q in /proc/%d/fd", pid, e.Name(), pid)
 		}
 		fds = append(fds, n)
 	}
 	sort.Ints(fds)
+	var entries []*entry
 	for _, n := range fds {
 		e, err := d.dumpFd(pid, n)
 		if errors.Is(err, os.ErrNotExist) {
 			continue // closed since the listing: the process is not frozen
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		fs.Fds = append(fs.Fds, e.pfd)
-		d.entries = append(d.entries, e)
+		entries = append(entries, e)
 	}
-	return fs, nil
+	return fs, entries, nil
 }
 
 func procPath(pid int, elem ...string) string {

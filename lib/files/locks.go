@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
@@ -208,26 +211,28 @@ type sharedMapping struct {
 // sharedMappings reads the shared file mappings of every live process of
 // the dump.
 func (d *dumper) sharedMappings() ([]sharedMapping, error) {
-	var out []sharedMapping
-	for _, p := range d.procs {
-		if p.State == "Z" {
-			continue
-		}
-		ms, err := proc.ReadSharedFileMaps(int(p.Pid))
+	live := d.live()
+	of := make([][]sharedMapping, len(live))
+	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error {
+		pid := live[i].Pid
+		ms, err := proc.ReadSharedFileMaps(int(pid))
 		if err != nil {
-			return nil, fmt.Errorf("pid %d: %w", p.Pid, err)
+			return fmt.Errorf("pid %d: %w", pid, err)
 		}
 		for _, m := range ms {
 			// map_files is the mapped file itself, where maps may show
 			// another layer's device (overlayfs).
 			var st unix.Stat_t
-			if err := unix.Stat(fmt.Sprintf("/proc/%d/map_files/%x-%x", p.Pid, m.Start, m.End), &st); err != nil {
-				return nil, fmt.Errorf("pid %d vma %x-%x: %s: %w", p.Pid, m.Start, m.End, m.Path, err)
+			if err := unix.Stat(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End), &st); err != nil {
+				return fmt.Errorf("pid %d vma %x-%x: %s: %w", pid, m.Start, m.End, m.Path, err)
 			}
-			out = append(out, sharedMapping{p.Pid, m.Start, m.End, m.Path, st.Dev, st.Ino})
+			of[i] = append(of[i], sharedMapping{pid, m.Start, m.End, m.Path, st.Dev, st.Ino})
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	return out, nil
+	return slices.Concat(of...), nil
 }
 
 // mappedLocks records every flock or OFD lock held through a shared
