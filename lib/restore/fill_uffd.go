@@ -80,28 +80,34 @@ func uffdRanges(vmas []vma) (ranges []span, total uint64) {
 	return ranges, total
 }
 
-// startUffd registers t's eligible VMAs with a userfaultfd made by t, once
-// they are mapped. Where userfaultfd is not available (an old kernel, a
-// seccomp policy) the pages are written with process_vm_writev, as they
-// are everywhere else.
-func (t *task) startUffd(rc *Ctx) error {
+// makeUffd is the call that makes t's userfaultfd, with the ranges to
+// register, or false where t's pages are not placed by UFFDIO_COPY. It
+// runs last in the batch that maps t's VMAs (mapVmas), a round trip less.
+func (t *task) makeUffd(rc *Ctx) (call, []span, bool) {
 	if rc.noUffd {
-		return nil
+		return call{}, nil, false
 	}
 	ranges, total := uffdRanges(t.vmas)
 	if total < uffdMinBytes {
-		return nil
+		return call{}, nil, false
 	}
-	r, err := t.r.run(sc("userfaultfd", unix.SYS_USERFAULTFD, unix.O_CLOEXEC|sys.UffdUserModeOnly))
+	return sc("userfaultfd", unix.SYS_USERFAULTFD, unix.O_CLOEXEC|sys.UffdUserModeOnly), ranges, true
+}
+
+// startUffd registers ranges of t, mapped, with the userfaultfd that
+// makeUffd's call made as fd in t, or gave err. Where userfaultfd is not
+// available (an old kernel, a seccomp policy) the pages are written with
+// process_vm_writev, as they are everywhere else.
+func (t *task) startUffd(rc *Ctx, fd int64, ranges []span, err error) error {
 	var se *SyscallError
-	if errors.As(err, &se) {
+	if errors.As(err, &se) && se.Nr == unix.SYS_USERFAULTFD {
 		stage.Logf("pid %d: userfaultfd: %v: its pages are written with process_vm_writev", t.pid, se.Errno)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	f, err := t.takeFd(int(r[0]), "its userfaultfd")
+	f, err := t.takeFd(int(fd), "its userfaultfd")
 	if err != nil {
 		return err
 	}

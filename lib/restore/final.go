@@ -89,22 +89,11 @@ func (rc *Ctx) finish() error {
 	if err != nil {
 		return err
 	}
-	for _, t := range live {
-		s := &scratchWriter{base: t.scratch}
-		var calls []call
-		for _, st := range lastStates {
-			c, err := st(rc, t, s)
-			if err != nil {
-				return err
-			}
-			calls = append(calls, c...)
-		}
-		if err := t.runWithScratch(t.r, s, calls); err != nil {
-			return err
-		}
-		if err := rc.runLastThreadStates(t); err != nil {
-			return err
-		}
+	// The last states are round trips to the restorers, like finishTask's
+	// work: a task per core at a time. Only the seizes and what follows
+	// need this locked thread, the tracer.
+	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error { return rc.finishLast(live[i]) }); err != nil {
+		return err
 	}
 	if err := resumeAll(live, &seized); err != nil {
 		return err
@@ -330,8 +319,39 @@ func (rc *Ctx) finishTask(t *task) error {
 	if err != nil {
 		return err
 	}
-	err = rc.locked(func() error {
-		for _, st := range processStates {
+	more, err := rc.stateCalls(t, s, processStates)
+	if err != nil {
+		return err
+	}
+	calls = append(calls, more...)
+	if err := t.runWithScratch(t.r, s, calls); err != nil {
+		return err
+	}
+	if err := t.createThreads(); err != nil {
+		return err
+	}
+	return rc.threadCalls(t)
+}
+
+// finishLast runs t's lastStates in its leader, then its lastThreadStates.
+func (rc *Ctx) finishLast(t *task) error {
+	s := &scratchWriter{base: t.scratch}
+	calls, err := rc.stateCalls(t, s, lastStates)
+	if err != nil {
+		return err
+	}
+	if err := t.runWithScratch(t.r, s, calls); err != nil {
+		return err
+	}
+	return rc.runLastThreadStates(t)
+}
+
+// stateCalls are the calls of states for t, made under rc.mu: tasks are
+// finished in parallel.
+func (rc *Ctx) stateCalls(t *task, s *scratchWriter, states []processState) ([]call, error) {
+	var calls []call
+	err := rc.locked(func() error {
+		for _, st := range states {
 			c, err := st(rc, t, s)
 			if err != nil {
 				return err
@@ -340,16 +360,7 @@ func (rc *Ctx) finishTask(t *task) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if err := t.runWithScratch(t.r, s, calls); err != nil {
-		return err
-	}
-	if err := t.createThreads(); err != nil {
-		return err
-	}
-	return rc.threadCalls(t)
+	return calls, err
 }
 
 // seizeAll attaches to every thread of tasks without stopping them. The

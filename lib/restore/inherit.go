@@ -2,6 +2,7 @@ package restore
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"golang.org/x/sys/unix"
@@ -67,20 +68,21 @@ func (t *task) checkInherited(v *vma) error {
 
 // limitFork keeps everything of the parent's dumped memory but t's
 // inherited VMAs out of the fork that creates t (MADV_DONTFORK), so a fork
-// copies page tables only for what t keeps. The returned function puts the
-// parent back as it was.
-func (t *task) limitFork() (redo func() error, err error) {
-	noop := func() error { return nil }
-	if t.parent == nil || t.parent.mm == nil {
-		return noop, nil
+// copies page tables only for what t keeps. The parent keeps them out
+// until a child needs another set, or its VMAs are sealed (sealVmas puts
+// them back first): siblings that keep the same spans cost no round trip.
+func (t *task) limitFork() error {
+	p := t.parent
+	if p == nil || p.mm == nil {
+		return nil
 	}
 	kept, err := t.keptSpans()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var parentSpans []span
-	for i := range t.parent.vmas {
-		v := &t.parent.vmas[i]
+	for i := range p.vmas {
+		v := &p.vmas[i]
 		if !isVdsoKind(pb.VmaKind(v.Kind)) {
 			parentSpans = append(parentSpans, span{v.Start, v.End})
 		}
@@ -89,20 +91,29 @@ func (t *task) limitFork() (redo func() error, err error) {
 	for _, s := range mergeSpans(parentSpans) {
 		out = append(out, subtractSpans(s, kept)...)
 	}
-	advise := func(advice int, what string) []call {
-		calls := make([]call, 0, len(out))
-		for _, s := range out {
-			calls = append(calls, sc(fmt.Sprintf("%s %#x-%#x", what, s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, uint64(advice)))
-		}
-		return calls
+	if slices.Equal(out, p.forkOut) {
+		return nil
 	}
-	if _, err := t.parent.r.run(advise(unix.MADV_DONTFORK, "keep out of the fork")...); err != nil {
-		return nil, err
+	calls := p.forkBack()
+	for _, s := range out {
+		calls = append(calls, sc(fmt.Sprintf("keep out of the fork %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DONTFORK))
 	}
-	return func() error {
-		_, err := t.parent.r.run(advise(unix.MADV_DOFORK, "back into forks")...)
+	if _, err := p.r.run(calls...); err != nil {
 		return err
-	}, nil
+	}
+	p.forkOut = out
+	return nil
+}
+
+// forkBack are the calls that put what limitFork kept out of forks back
+// in; t's forkOut is then empty.
+func (t *task) forkBack() []call {
+	calls := make([]call, 0, len(t.forkOut))
+	for _, s := range t.forkOut {
+		calls = append(calls, sc(fmt.Sprintf("back into forks %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DOFORK))
+	}
+	t.forkOut = nil
+	return calls
 }
 
 // keepCalls prepare an inherited VMA: its dumped protection (writable while

@@ -416,11 +416,14 @@ func (t *task) mapVmas(rc *Ctx) error {
 	for _, fd := range remote {
 		calls.add(sc("close mapped file", unix.SYS_CLOSE, uint64(fd)))
 	}
-	if err := calls.flush(); err != nil {
-		return err
-	}
 	sort.Slice(t.writable, func(i, j int) bool { return t.writable[i].Start < t.writable[j].Start })
-	return t.startUffd(rc)
+	mk, ranges, uffd := t.makeUffd(rc)
+	if !uffd {
+		return calls.flush()
+	}
+	calls.add(mk)
+	fd, err := calls.flushLast()
+	return t.startUffd(rc, fd, ranges, err)
 }
 
 // writePages copies one page frame's contents into the task.
@@ -565,6 +568,7 @@ var lateAdvice = []struct {
 // what is missing; nothing changes a sealed VMA).
 func (t *task) sealVmas() error {
 	calls := &batch{r: t.r}
+	calls.add(t.forkBack()...)
 	for _, v := range t.writable {
 		if v.Prot&unix.PROT_WRITE == 0 {
 			calls.add(vmaCall("protect", v, unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)))

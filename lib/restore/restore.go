@@ -67,6 +67,7 @@ type task struct {
 	writable []*vma       // the VMAs pages are written into, by address
 	sysv     []sysvAttach // the VMAs that attach System V segments (sysv.go)
 	uffd     *uffdFill    // while its pages are placed with UFFDIO_COPY (fill_uffd.go)
+	forkOut  []span       // its memory kept out of its children's forks (inherit.go)
 	// sharedFiles: the descriptions its shared file mappings were made
 	// with, by mapping start, kept until its locks are taken: a lock held
 	// through a mapping alone is taken on them (fd_locks.go).

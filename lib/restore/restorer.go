@@ -74,6 +74,7 @@ type batch struct {
 	r     *restorer
 	calls []call
 	err   error
+	last  int64 // the result of the last call run
 }
 
 func (b *batch) add(cs ...call) {
@@ -84,8 +85,13 @@ func (b *batch) add(cs ...call) {
 }
 
 func (b *batch) run() {
-	if b.err == nil {
-		_, b.err = b.r.run(b.calls...)
+	if b.err == nil && len(b.calls) > 0 {
+		var vals []int64
+		if vals, b.err = b.r.run(b.calls...); b.err == nil && len(vals) == len(b.calls) {
+			b.last = vals[len(vals)-1]
+		} else if b.err == nil {
+			b.err = fmt.Errorf("pid %d: restorer gave %d results for %d calls", b.r.pid, len(vals), len(b.calls))
+		}
 	}
 	b.calls = b.calls[:0]
 }
@@ -94,6 +100,12 @@ func (b *batch) run() {
 func (b *batch) flush() error {
 	b.run()
 	return b.err
+}
+
+// flushLast is flush, with the result of the last call.
+func (b *batch) flushLast() (int64, error) {
+	err := b.flush()
+	return b.last, err
 }
 
 // restorer is the coordinator's end of one restorer's control socket.

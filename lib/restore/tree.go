@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/tree"
@@ -83,8 +85,10 @@ func (rc *Ctx) completeTree() error {
 			return err
 		}
 	}
-	// Leaders first, then their members.
+	// Leaders first, then their members; each a round trip to its own
+	// restorer, a task per core at a time.
 	for _, leaders := range []bool{true, false} {
+		var join []*task
 		for _, t := range rc.Order {
 			if (t.proc.Pgid == t.proc.Pid) != leaders || t.proc.Sid == t.proc.Pid {
 				continue
@@ -92,9 +96,14 @@ func (rc *Ctx) completeTree() error {
 			if rc.Tasks[t.proc.Pgid] == nil {
 				continue // the group is outside the tree: inherited (the root joins ours)
 			}
-			if _, err := t.r.run(sc(fmt.Sprintf("setpgid %d", t.proc.Pgid), unix.SYS_SETPGID, 0, uint64(t.proc.Pgid))); err != nil {
-				return err
-			}
+			join = append(join, t)
+		}
+		if err := par.For(len(join), runtime.GOMAXPROCS(0), func(i int) error {
+			t := join[i]
+			_, err := t.r.run(sc(fmt.Sprintf("setpgid %d", t.proc.Pgid), unix.SYS_SETPGID, 0, uint64(t.proc.Pgid)))
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	for _, t := range rc.Order {
@@ -145,13 +154,11 @@ func (rc *Ctx) create(t *task) error {
 		ours.Close()
 		return err
 	}
-	redo, err := t.limitFork()
-	if err != nil {
+	if err := t.limitFork(); err != nil {
 		ours.Close()
 		return err
 	}
 	inner, err := parent.clone(cloneReq{exitSignal: uint64(unix.SIGCHLD), tid: int(t.proc.Pid), childCtl: n[0]})
-	redoErr := redo()
 	if err != nil {
 		ours.Close()
 		return fmt.Errorf("pid %d: %w", t.proc.Pid, err)
@@ -166,7 +173,7 @@ func (rc *Ctx) create(t *task) error {
 	}
 	t.r = &restorer{sock: ours, pid: pid, layout: parent.layout}
 	t.pid, t.ctlFd = pid, n[0]
-	return redoErr
+	return nil
 }
 
 // startInit starts a helper as init of a new PID namespace (and mount

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -280,10 +281,31 @@ func pssKiB(t *testing.T, pid int) uint64 {
 	return sum
 }
 
+// dontfork lists, per process of the tree at pid (by its place in it),
+// the mappings whose VmFlags say DONTFORK ("dc").
+func dontfork(pid int) []string {
+	var out []string
+	for i, p := range append([]int{pid}, descendants(pid)...) {
+		start := ""
+		for _, line := range strings.Split(readFile(fmt.Sprintf("/proc/%d/smaps", p)), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) > 0 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+				start = f[0]
+			case len(f) > 0 && f[0] == "VmFlags:" && slices.Contains(f[1:], "dc"):
+				out = append(out, fmt.Sprintf("process %d: %s", i, start))
+			}
+		}
+	}
+	return out
+}
+
 // TestCopyOnWriteTree: 8 processes that inherited 256 MiB of private memory
 // over fork (each made a few MiB its own) use about as much memory after
 // restore as before, not a copy each, and every process finds every page
-// of its memory as it was (the program checks itself).
+// of its memory as it was (the program checks itself). The parents'
+// mappings kept out of their children's forks while the restore made
+// them are back in (none is DONTFORK, as before the dump).
 func TestCopyOnWriteTree(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump", "cr-restore")...)
 	p := start(t, "cow", func(p *target) []string { return []string{p.progress, p.verdict, "256"} })
@@ -292,6 +314,7 @@ func TestCopyOnWriteTree(t *testing.T) {
 		t.Fatalf("the tree has %d descendants, want 7", n)
 	}
 	before := pssKiB(t, p.pid)
+	dcBefore := dontfork(p.pid)
 	// A dump reads shared pages without pinning them: the live tree
 	// keeps sharing them (process_vm_readv would give each reader a copy).
 	mustShell(t, 120*time.Second, fmt.Sprintf("cr-dump -t %d --leave-running -o /dev/null", p.pid))
@@ -317,6 +340,9 @@ func TestCopyOnWriteTree(t *testing.T) {
 		float64(st.Size())/(1<<20), float64(before)/1024, float64(after)/1024, float64(after)/float64(before))
 	if float64(after) > 1.1*float64(before) {
 		t.Errorf("the restored tree uses %.2fx the memory it used before (at most 1.1x)", float64(after)/float64(before))
+	}
+	if dc := dontfork(p.pid); !slices.Equal(dc, dcBefore) {
+		t.Errorf("mappings with DONTFORK before the dump: %q; after restore: %q", dcBefore, dc)
 	}
 	p.terminate(at)
 }
