@@ -125,7 +125,6 @@ func (t *task) startUffd(rc *Ctx, fd int64, ranges []span, err error) error {
 		fill.registered = append(fill.registered, r)
 	}
 	t.uffd = fill
-	rc.filling = t
 	return nil
 }
 
@@ -181,15 +180,4 @@ func (t *task) endUffd() error {
 	}
 	stage.Logf("pid %d: %d MiB of pages placed with UFFDIO_COPY", t.pid, f.copied.Load()>>20)
 	return err
-}
-
-// endFill ends the filling of the task whose pages were last written, if
-// any: called before every frame that is not one of its page frames.
-func (rc *Ctx) endFill() error {
-	t := rc.filling
-	rc.filling = nil
-	if t == nil {
-		return nil
-	}
-	return t.endUffd()
 }

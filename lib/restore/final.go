@@ -35,7 +35,7 @@ const (
 // files, its per-process state and its threads, then all of them their
 // registers, and only then does any of them run.
 func (rc *Ctx) finish() error {
-	if err := rc.endFill(); err != nil {
+	if err := rc.waitFills(); err != nil {
 		return err
 	}
 	if err := rc.checkMemfdsMapped(); err != nil {

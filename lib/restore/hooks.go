@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -33,7 +34,12 @@ type Ctx struct {
 	// fromFile: the input is an uncompressed regular file, and large page
 	// frames are read from it where they go (image.Reader.PagesInFile).
 	fromFile bool
-	filling  *task // the task whose pages are being placed with UFFDIO_COPY
+	// fills: the tasks' fills under way or not waited for, in stream order;
+	// open: the one the next pages frames of its task go to (fill.go).
+	fills      []*fill
+	open       *fill
+	stopFills  atomic.Bool
+	fillCopied atomic.Int64 // bytes of small frames copied for fills
 	// descUses: how many times each open file description is opened, once
 	// the whole stream is read (fd_desc.go); nil before.
 	descUses map[uint64]int

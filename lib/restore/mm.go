@@ -280,35 +280,26 @@ func mappedOpenFlags(v *vma) int {
 	return os.O_RDONLY
 }
 
-// mapVmas maps every dumped VMA at its address.
-func (t *task) mapVmas(rc *Ctx) error {
-	// A file is opened once for the VMAs that map it the same way. (By
-	// path and shared bit alone, a shared writable mapping after a
-	// read-only one of the same file got the read-only file: EACCES.)
+// mappedFiles opens the files t's VMAs map (a file once for the VMAs
+// that map it the same way: by path and shared bit alone, a shared
+// writable mapping after a read-only one of the same file got the
+// read-only file, EACCES), and gives each VMA's place in them.
+func (t *task) mappedFiles(rc *Ctx) (files []*os.File, fileOf map[*vma]int, err error) {
 	type fileKey struct {
 		path        string
 		flags       int
 		shared      bool
 		size, mtime int64
 	}
-	var files []*os.File
 	index := map[fileKey]int{}
-	kept := map[*os.File]bool{}
-	defer func() {
-		for _, f := range files {
-			if !rc.owns(f) && !kept[f] {
-				f.Close()
-			}
-		}
-	}()
-	fileOf := map[*vma]int{}
+	fileOf = map[*vma]int{}
 	for i := range t.vmas {
 		v := &t.vmas[i]
 		k := pb.VmaKind(v.Kind)
 		if k == pb.VmaKind_VMA_SYSV_SHM {
 			seg, err := rc.sysvSegment(v)
 			if err != nil {
-				return fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
+				return files, nil, fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
 			}
 			t.sysv = append(t.sysv, sysvAttach{v, seg})
 			continue
@@ -316,7 +307,7 @@ func (t *task) mapVmas(rc *Ctx) error {
 		if k == pb.VmaKind_VMA_SHARED_ANON {
 			f, err := rc.sharedAnon(v)
 			if err != nil {
-				return fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
+				return files, nil, fmt.Errorf("pid %d: vma %#x-%#x: %w", t.pid, v.Start, v.End, err)
 			}
 			fileOf[v] = len(files)
 			files = append(files, f)
@@ -332,11 +323,41 @@ func (t *task) mapVmas(rc *Ctx) error {
 		}
 		f, err := openMapped(rc, t.pid, v)
 		if err != nil {
-			return err
+			return files, nil, err
 		}
 		index[key] = len(files)
 		fileOf[v] = len(files)
 		files = append(files, f)
+	}
+	return files, fileOf, nil
+}
+
+// mapVmas maps every dumped VMA at its address.
+func (t *task) mapVmas(rc *Ctx) error {
+	// What tasks share (shared memory, System V segments, deleted files)
+	// is looked up under rc.mu: tasks are mapped in parallel (fill.go).
+	var files []*os.File
+	var fileOf map[*vma]int
+	var policies *vmaPolicies
+	var inside *pb.ProcessInside
+	err := rc.locked(func() (err error) {
+		inside = states(rc).pinside[t.proc.Pid]
+		if files, fileOf, err = t.mappedFiles(rc); err == nil {
+			policies, err = newVmaPolicies(rc, t)
+		}
+		return err
+	})
+	kept := map[*os.File]bool{}
+	defer rc.locked(func() error {
+		for _, f := range files {
+			if !rc.owns(f) && !kept[f] {
+				f.Close()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for v, i := range fileOf {
 		if pb.VmaKind(v.Kind) == pb.VmaKind_VMA_FILE_SHARED {
@@ -350,15 +371,11 @@ func (t *task) mapVmas(rc *Ctx) error {
 	if err != nil {
 		return err
 	}
-	policies, err := newVmaPolicies(rc, t)
-	if err != nil {
-		return err
-	}
 	calls := &batch{r: t.r}
 	// THP disabled (or not) before any page is written, so that memory
 	// the process could not have had as huge pages does not get them;
 	// always, as a child forked from its parent's restorer inherits it.
-	if pi := states(rc).pinside[t.proc.Pid]; pi != nil {
+	if pi := inside; pi != nil {
 		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
 			uint64(pi.ThpDisable&1), uint64(pi.ThpDisable&^1)))
 	}

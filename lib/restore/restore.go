@@ -123,6 +123,7 @@ func Run(opts Options) (err error) {
 		rc.owned = append(rc.owned, rc.cgroup)
 	}
 	if err := rc.restoreStream(rd, opts); err != nil {
+		rc.abortFills()
 		rc.killAll()
 		for _, abort := range aborters {
 			err = abort(rc, err)
@@ -214,7 +215,7 @@ func (rc *Ctx) killAll() {
 }
 
 func (rc *Ctx) closeAll() {
-	rc.endFill()
+	rc.abortFills()
 	if rc.init != nil {
 		rc.init.sock.Close()
 	}
@@ -291,8 +292,12 @@ func (rc *Ctx) restoreStream(rd *image.Reader, opts Options) error {
 }
 
 func (rc *Ctx) handle(f *image.Frame, created bool) error {
-	if f.Type != image.TypePages {
-		if err := rc.endFill(); err != nil {
+	if err := rc.fillFailed(); err != nil {
+		return err
+	}
+	// A record other than memory waits for every task's memory (fill.go).
+	if f.Type != image.TypePages && f.Type != image.TypeMm {
+		if err := rc.waitFills(); err != nil {
 			return err
 		}
 	}
@@ -363,12 +368,11 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 				return err
 			}
 		}
+		rc.closeFill() // the task before has all its pages
 		if err := rc.ensureCreated(t); err != nil {
 			return err
 		}
-		if err := t.setupMm(rc); err != nil {
-			return err
-		}
+		return rc.startFill(t, true)
 	case image.TypePages:
 		h, err := f.PagesHeader()
 		if err != nil {
@@ -381,21 +385,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		if t.mm == nil {
 			return fmt.Errorf("frame %d at offset %d: pages before the mm record of pid %d: %w", f.Index, f.Offset, h.Pid, image.ErrCorrupt)
 		}
-		if rc.filling != t {
-			if err := rc.endFill(); err != nil {
-				return err
-			}
-		}
-		if f.InFile() || f.Deferred() {
-			return t.placePages(h.Addr, f)
-		}
-		_, data, err := f.Pages()
-		if err != nil {
-			return err
-		}
-		if err := t.writePages(h.Addr, data); err != nil {
-			return fmt.Errorf("frame %d at offset %d: pid %d: %w", f.Index, f.Offset, h.Pid, err)
-		}
+		return rc.fillPages(t, h.Addr, f)
 	case image.TypeFiles:
 		var fl pb.Files
 		if err := image.Unmarshal(f, &fl); err != nil {

@@ -71,7 +71,9 @@ func (rc *Ctx) ensureCreated(t *task) error {
 		if _, err := t.r.run(sc("setsid", unix.SYS_SETSID)); err != nil {
 			return err
 		}
-		return rc.earlyCtty(t) // fd_tty.go: before the children, who inherit it
+		// fd_tty.go: before the children, who inherit it; under rc.mu, as
+		// other tasks are mapped meanwhile (fill.go).
+		return rc.locked(func() error { return rc.earlyCtty(t) })
 	}
 	return nil
 }
@@ -137,6 +139,10 @@ func (rc *Ctx) create(t *task) error {
 	}
 	parent := rc.init
 	if t.parent != nil {
+		// The fork shares the parent's memory as it is: filled.
+		if err := rc.waitFillOf(t.parent); err != nil {
+			return err
+		}
 		parent = t.parent.r
 	} else if parent == nil {
 		var err error
