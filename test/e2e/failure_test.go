@@ -736,3 +736,116 @@ func TestPagesDiesSettingUpLender(t *testing.T) {
 	p.checkRunning()
 	p.terminate(1)
 }
+
+// TestBadPagesInTree: a damaged pages frame of a process in the middle of
+// a tree, found while the processes after it are being mapped (cr-restore
+// maps the next tasks while one takes its pages): the restore fails with
+// one error line naming the frame, and no process of the tree is left.
+// Both kinds of frame: one read from the image file piece by piece, and a
+// small one read whole. The good image then restores, and the tree checks
+// its memory.
+func TestBadPagesInTree(t *testing.T) {
+	need(t, "cr-dump", "cr-restore")
+	dir := t.TempDir()
+	ready, verdict := filepath.Join(dir, "ready"), filepath.Join(dir, "verdict")
+	cmd := exec.Command(prog("benchload"), ready, verdict, "procs", "8", "1", "random")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	var pids []int
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == prog("benchload") {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	pids = []int{cmd.Process.Pid}
+	for deadline := time.Now().Add(20 * time.Second); readFile(ready) == ""; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("benchload did not get ready")
+		}
+	}
+	pids = append(pids, descendants(cmd.Process.Pid)...)
+	if len(pids) != 8 {
+		t.Fatalf("benchload runs %d processes, want 8", len(pids))
+	}
+	img := filepath.Join(dir, "good.img")
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-dump -t %d -o %s", pids[0], img))
+	good, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pages frames of the fourth process whose pages come.
+	r, err := image.NewReader(bytes.NewReader(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []uint32
+	var large, small *image.Frame
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type != image.TypePages {
+			continue
+		}
+		h, _ := f.PagesHeader()
+		if len(order) == 0 || order[len(order)-1] != h.Pid {
+			order = append(order, h.Pid)
+		}
+		switch {
+		case len(order) != 4:
+		case len(f.Payload) >= image.PagesPreamble+256<<10 && large == nil:
+			large = f
+		case len(f.Payload) < image.PagesPreamble+256<<10 && small == nil:
+			small = f
+		}
+	}
+	if large == nil || small == nil {
+		t.Fatalf("no large and small pages frames for the fourth process of the stream (%v)", order)
+	}
+	for _, c := range []struct {
+		name string
+		f    *image.Frame
+	}{{"large", large}, {"small", small}} {
+		t.Run(c.name, func(t *testing.T) {
+			bad := append([]byte(nil), good...)
+			bad[c.f.Offset+image.FrameHeaderSize+image.PagesPreamble+100] ^= 0x40
+			f := filepath.Join(dir, c.name+".img")
+			if err := os.WriteFile(f, bad, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := shell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s --pidfile %s.pid", f, f))
+			if res.err == nil {
+				t.Fatalf("cr-restore succeeded on an image with a damaged frame %d", c.f.Index)
+			} else if code := res.state.ExitCode(); code != 1 {
+				t.Errorf("exit status %d, want 1", code)
+			}
+			checkErrorLine(t, "cr-restore", res.stderr, regexp.MustCompile(fmt.Sprintf(`frame %d\b.*\boffset %d\b`, c.f.Index, c.f.Offset)))
+			for _, pid := range pids {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+					t.Errorf("pid %d of the tree exists after the failed restore (%s)", pid, procState(pid))
+				}
+			}
+			if _, err := os.Stat(f + ".pid"); err == nil {
+				t.Errorf("cr-restore wrote a pidfile for a failed restore")
+			}
+		})
+	}
+	// The control: the image they came from restores, and its memory checks.
+	mustShell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s", img))
+	if err := syscall.Kill(pids[0], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(readFile(verdict), "PASS"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored tree's verdict: %q", readFile(verdict))
+		}
+	}
+}
