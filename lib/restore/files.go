@@ -151,20 +151,18 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		}
 		t.ctlFd = ctl
 	}
-	// Close what the helper left open (its stdio), keeping the control socket.
+	// Close what the helper left open (its stdio), keeping the control
+	// socket: with the first files moved (moveAbove), which land elsewhere.
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", t.pid))
 	if err != nil {
 		return err
 	}
-	var calls []call
+	var inherited, calls []call
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
 		if err == nil && n != t.ctlFd {
-			calls = append(calls, sc("close inherited fd", unix.SYS_CLOSE, uint64(n)))
+			inherited = append(inherited, sc("close inherited fd", unix.SYS_CLOSE, uint64(n)))
 		}
-	}
-	if _, err := t.r.run(calls...); err != nil {
-		return err
 	}
 
 	// Received files take the lowest free numbers, which may be dumped fd
@@ -190,11 +188,11 @@ func (rc *Ctx) restoreFiles(t *task) error {
 			closeFiles(files)
 			return err
 		}
-		high, err := t.moveAbove(files, base)
+		high, landed, err := t.moveAbove(files, base, inherited)
 		if err != nil {
 			return err
 		}
-		calls = calls[:0]
+		inherited, calls = nil, landed
 		for j, fd := range batch {
 			flags := uint64(0)
 			if fd.Cloexec {
@@ -222,11 +220,11 @@ func (rc *Ctx) restoreFiles(t *task) error {
 		}
 		dirs = append(dirs, root)
 	}
-	high, err := t.moveAbove(dirs, base)
+	high, landed, err := t.moveAbove(dirs, base, inherited)
 	if err != nil {
 		return err
 	}
-	calls = calls[:0]
+	calls = landed
 	if len(high) > 1 { // a root other than /
 		dot := scratchWriter{base: t.scratch}
 		addr := dot.putString(".")
@@ -296,32 +294,27 @@ func holdingArea(targets []int32, ctl int) uint64 {
 }
 
 // moveAbove sends files to the task, closes them here, and moves the
-// received files to numbers from base up (closing where they landed). It
-// returns their new numbers, in order.
-func (t *task) moveAbove(files []*os.File, base uint64) ([]int, error) {
+// received files to numbers from base up, after the calls before, in the
+// same round trip. It returns their new numbers, in order, and the calls
+// that close where they landed, for the caller's next batch to begin with
+// (before it installs anything there).
+func (t *task) moveAbove(files []*os.File, base uint64, before []call) (moved []int, landed []call, err error) {
 	remote, err := t.r.sendFds(files)
 	closeFiles(files)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	calls := make([]call, 0, 2*len(remote))
+	calls := append(make([]call, 0, len(before)+len(remote)), before...)
 	for _, r := range remote {
 		calls = append(calls, sc("move received file", unix.SYS_FCNTL, uint64(r), unix.F_DUPFD_CLOEXEC, base))
+		landed = append(landed, sc("close received file", unix.SYS_CLOSE, uint64(r)))
 	}
-	high, err := t.r.run(calls...)
+	vals, err := t.r.run(calls...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	calls = calls[:0]
-	for _, r := range remote {
-		calls = append(calls, sc("close received file", unix.SYS_CLOSE, uint64(r)))
+	for _, h := range vals[len(before):] {
+		moved = append(moved, int(h))
 	}
-	if _, err := t.r.run(calls...); err != nil {
-		return nil, err
-	}
-	moved := make([]int, len(high))
-	for i, h := range high {
-		moved[i] = int(h)
-	}
-	return moved, nil
+	return moved, landed, nil
 }

@@ -87,10 +87,8 @@ func (b *batch) add(cs ...call) {
 func (b *batch) run() {
 	if b.err == nil && len(b.calls) > 0 {
 		var vals []int64
-		if vals, b.err = b.r.run(b.calls...); b.err == nil && len(vals) == len(b.calls) {
+		if vals, b.err = b.r.run(b.calls...); b.err == nil {
 			b.last = vals[len(vals)-1]
-		} else if b.err == nil {
-			b.err = fmt.Errorf("pid %d: restorer gave %d results for %d calls", b.r.pid, len(vals), len(b.calls))
 		}
 	}
 	b.calls = b.calls[:0]
@@ -308,6 +306,9 @@ func (r *restorer) run(calls ...call) ([]int64, error) {
 			}
 			c := batch[i]
 			return out, &SyscallError{Pid: r.pid, What: c.describe(), Nr: c.nr, Args: c.args, Errno: unix.Errno(-rp.status)}
+		}
+		if len(rp.vals) != n {
+			return out, fmt.Errorf("pid %d: restorer answered %d calls with %d results", r.pid, n, len(rp.vals))
 		}
 		out = append(out, rp.vals...)
 	}
