@@ -60,11 +60,6 @@ func (rc *Ctx) finish() error {
 	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error { return rc.finishTask(live[i]) }); err != nil {
 		return err
 	}
-	// Every thread is seized (not stopped: the restorers go on serving)
-	// with PTRACE_O_SUSPEND_SECCOMP before the last states, which install
-	// seccomp filters that must not apply to the restorer's own calls.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	// From here on tasks are released one by one, and TCP connections stay
 	// locked until the last step: Ctrl-C or SIGTERM, which would kill us
 	// half way, leaving some tasks running and some not, wait for the end,
@@ -80,22 +75,33 @@ func (rc *Ctx) finish() error {
 		// came too late).
 		sigs <- <-sigs
 	}
-	seized, err := seizeAll(live)
-	defer func() {
-		for _, tid := range seized {
-			sys.PtraceDetach(tid, 0)
-		}
-	}()
-	if err != nil {
+	// Every thread is seized (not stopped: the restorers go on serving)
+	// before the last states, by the tracers (tracers.go).
+	trs := startTracers(live, runtime.GOMAXPROCS(0))
+	defer stopTracers(trs)
+	if err := eachTask(trs, (*tracer).seize); err != nil {
 		return err
 	}
 	// The last states are round trips to the restorers, like finishTask's
-	// work: a task per core at a time. Only the seizes and what follows
-	// need this locked thread, the tracer.
+	// work: a task per core at a time.
 	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error { return rc.finishLast(live[i]) }); err != nil {
 		return err
 	}
-	if err := resumeAll(live, &seized); err != nil {
+	if err := eachTask(trs, (*tracer).ready); err != nil {
+		return err
+	}
+	for _, t := range live {
+		if t.stopped() {
+			// Dumped in a group stop: stopped again before any of its
+			// threads runs a user instruction. The SIGSTOP waits while
+			// they are traced; once detached, each is inside get_signal,
+			// where the first to look dequeues it and stops them all.
+			if err := unix.Kill(t.pid, unix.SIGSTOP); err != nil {
+				return fmt.Errorf("pid %d: stop it as dumped: %w", t.pid, err)
+			}
+		}
+	}
+	if err := eachTask(trs, (*tracer).release); err != nil {
 		return err
 	}
 	if rc.init != nil {
@@ -361,77 +367,6 @@ func (rc *Ctx) stateCalls(t *task, s *scratchWriter, states []processState) ([]c
 		return nil
 	})
 	return calls, err
-}
-
-// seizeAll attaches to every thread of tasks without stopping them. The
-// caller's OS thread stays locked until resumeAll detaches them.
-func seizeAll(tasks []*task) (seized []int, err error) {
-	for _, t := range tasks {
-		for _, id := range t.tids() {
-			tid := id.outer
-			if err := sys.PtraceSeize(tid, unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_SUSPEND_SECCOMP); err != nil {
-				return seized, fmt.Errorf("pid %d tid %d: %w", t.pid, tid, err)
-			}
-			seized = append(seized, tid)
-		}
-	}
-	return seized, nil
-}
-
-// resumeAll unmaps every restorer and puts the dumped registers in place.
-// Each thread, seized by seizeAll, sits in its restorer's recvmsg;
-// PTRACE_INTERRUPT stops it inside get_signal. Once a task's other threads
-// are stopped, its leader's restorer, still serving, closes their control
-// sockets in one batch (a restorer whose recvmsg fails ends the process:
-// never before its thread is stopped). The leader's last syscalls (close
-// its own control socket, unmap the restorer) are injected at the
-// restorer's own syscall instruction: the syscall-exit stop comes before
-// the unmapped code after it could run. No task is detached, so none runs,
-// before every task is ready. Detached tids are removed from *seized.
-func resumeAll(tasks []*task, seized *[]int) error {
-	for _, t := range tasks {
-		ids := t.tids()
-		for _, id := range ids[1:] {
-			if err := interruptStop(id.outer); err != nil {
-				return err
-			}
-		}
-		if err := t.closeThreadControls(); err != nil {
-			return err
-		}
-		if err := interruptStop(ids[0].outer); err != nil {
-			return err
-		}
-	}
-	for _, t := range tasks {
-		if err := t.dropRestorer(); err != nil {
-			return err
-		}
-		for _, id := range t.tids() {
-			if err := t.setThreadState(id); err != nil {
-				return err
-			}
-		}
-	}
-	for _, t := range tasks {
-		if t.stopped() {
-			// Dumped in a group stop: stopped again before any of its
-			// threads runs a user instruction. The SIGSTOP waits while
-			// they are traced; once detached, each is inside get_signal,
-			// where the first to look dequeues it and stops them all.
-			if err := unix.Kill(t.pid, unix.SIGSTOP); err != nil {
-				return fmt.Errorf("pid %d: stop it as dumped: %w", t.pid, err)
-			}
-		}
-	}
-	for len(*seized) > 0 {
-		tid := (*seized)[0]
-		if err := sys.PtraceDetach(tid, 0); err != nil {
-			return fmt.Errorf("tid %d: %w", tid, err)
-		}
-		*seized = (*seized)[1:]
-	}
-	return nil
 }
 
 // tidPair is a thread as we see it (outer) and as it was dumped (inner);
