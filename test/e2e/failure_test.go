@@ -157,29 +157,43 @@ type damaged struct {
 
 // damage makes the broken streams of issue 3 from a good image: truncated,
 // a flipped byte, a wrong magic, a future major version.
-func damage(t *testing.T, good []byte) []damaged {
+// frameInfo is where a frame of an image lies, and what it is.
+type frameInfo struct {
+	typ       image.Type
+	off, plen int64 // its offset, and its payload's length
+	index     uint64
+	pid       uint32 // a pages frame's
+}
+
+// readFrames reads where every frame of the image b lies.
+func readFrames(t *testing.T, b []byte) []frameInfo {
 	t.Helper()
-	type frame struct {
-		typ       image.Type
-		off, plen int64
-		index     uint64
-	}
-	r, err := image.NewReader(bytes.NewReader(good))
+	r, err := image.NewReader(bytes.NewReader(b))
 	if err != nil {
-		t.Fatalf("the good image does not read: %v", err)
+		t.Fatalf("the image does not read: %v", err)
 	}
-	var frames []frame
+	var frames []frameInfo
 	for {
 		f, err := r.Next()
 		if err == io.EOF {
-			break
+			return frames
 		}
 		if err != nil {
-			t.Fatalf("the good image does not read: %v", err)
+			t.Fatalf("the image does not read: %v", err)
 		}
-		frames = append(frames, frame{f.Type, f.Offset, int64(len(f.Payload)), f.Index})
+		fi := frameInfo{f.Type, f.Offset, int64(len(f.Payload)), f.Index, 0}
+		if f.Type == image.TypePages {
+			h, _ := f.PagesHeader()
+			fi.pid = h.Pid
+		}
+		frames = append(frames, fi)
 	}
-	var pages, lastPages, meta, end *frame
+}
+
+func damage(t *testing.T, good []byte) []damaged {
+	t.Helper()
+	frames := readFrames(t, good)
+	var pages, lastPages, meta, end *frameInfo
 	for i := range frames {
 		f := &frames[i]
 		switch {
@@ -778,32 +792,22 @@ func TestBadPagesInTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The pages frames of the fourth process whose pages come.
-	r, err := image.NewReader(bytes.NewReader(good))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var order []uint32
-	var large, small *image.Frame
-	for {
-		f, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.Type != image.TypePages {
+	var large, small *frameInfo
+	frames := readFrames(t, good)
+	for i := range frames {
+		f := &frames[i]
+		if f.typ != image.TypePages {
 			continue
 		}
-		h, _ := f.PagesHeader()
-		if len(order) == 0 || order[len(order)-1] != h.Pid {
-			order = append(order, h.Pid)
+		if len(order) == 0 || order[len(order)-1] != f.pid {
+			order = append(order, f.pid)
 		}
 		switch {
 		case len(order) != 4:
-		case len(f.Payload) >= image.PagesPreamble+256<<10 && large == nil:
+		case f.plen >= image.PagesPreamble+256<<10 && large == nil:
 			large = f
-		case len(f.Payload) < image.PagesPreamble+256<<10 && small == nil:
+		case f.plen < image.PagesPreamble+256<<10 && small == nil:
 			small = f
 		}
 	}
@@ -812,22 +816,22 @@ func TestBadPagesInTree(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name string
-		f    *image.Frame
+		f    *frameInfo
 	}{{"large", large}, {"small", small}} {
 		t.Run(c.name, func(t *testing.T) {
 			bad := append([]byte(nil), good...)
-			bad[c.f.Offset+image.FrameHeaderSize+image.PagesPreamble+100] ^= 0x40
+			bad[c.f.off+image.FrameHeaderSize+image.PagesPreamble+100] ^= 0x40
 			f := filepath.Join(dir, c.name+".img")
 			if err := os.WriteFile(f, bad, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			res := shell(t, 60*time.Second, fmt.Sprintf("cr-restore -d -i %s --pidfile %s.pid", f, f))
 			if res.err == nil {
-				t.Fatalf("cr-restore succeeded on an image with a damaged frame %d", c.f.Index)
+				t.Fatalf("cr-restore succeeded on an image with a damaged frame %d", c.f.index)
 			} else if code := res.state.ExitCode(); code != 1 {
 				t.Errorf("exit status %d, want 1", code)
 			}
-			checkErrorLine(t, "cr-restore", res.stderr, regexp.MustCompile(fmt.Sprintf(`frame %d\b.*\boffset %d\b`, c.f.Index, c.f.Offset)))
+			checkErrorLine(t, "cr-restore", res.stderr, regexp.MustCompile(fmt.Sprintf(`frame %d\b.*\boffset %d\b`, c.f.index, c.f.off)))
 			for _, pid := range pids {
 				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 					t.Errorf("pid %d of the tree exists after the failed restore (%s)", pid, procState(pid))
