@@ -14,8 +14,9 @@ import (
 // while the task before it still takes its pages. Pages are still placed
 // one task after the other, in stream order: a fill maps first, then waits
 // for the fill before it to end. A frame whose contents lie in the image
-// file is a reference to them (image.Reader.PagesInFile) and is queued;
-// any other is placed before the next frame is read.
+// file is a reference to them (image.Reader.PagesInFile) and is queued, a
+// small frame read whole is copied (up to fillCopyMax in all); any other
+// is placed before the next frame is read.
 //
 // A task is forked from its parent once the parent's fill has ended (its
 // memory is what the fork shares), and every other record waits for all
@@ -79,6 +80,7 @@ func (fl *fill) run(rc *Ctx, mapping bool) {
 	}
 	if fl.prev != nil {
 		fl.prev.wait()
+		fl.prev = nil // not a chain of every fill of the restore
 	}
 	for pf := range fl.frames {
 		if fl.err == nil && !rc.stopFills.Load() {
