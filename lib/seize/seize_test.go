@@ -50,7 +50,7 @@ func procSyscall(t *testing.T, pid int) []uint64 {
 }
 
 func TestSeize(t *testing.T) {
-	tg := frozen.Start(t, "sleep", "3")
+	tg := frozen.StartAsleep(t, "sleep", "3")
 	sc := procSyscall(t, tg.Pid)
 
 	fds := openFds(t)

@@ -4,9 +4,15 @@ package frozen
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"crpipe/lib/freeze"
 	"crpipe/lib/image"
@@ -28,6 +34,26 @@ func Start(t testing.TB, args ...string) *Target {
 		t.Skip("needs root (cgroups, ptrace)")
 	}
 	return Freeze(t, testprog.Start(t, args...))
+}
+
+// StartAsleep is Start for a target that sleeps ("sleep N"), frozen once
+// it sits in its nanosleep: its registers are then the sleep's, not those
+// of its start-up (a freeze right after the exec caught it there).
+func StartAsleep(t testing.TB, args ...string) *Target {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (cgroups, ptrace)")
+	}
+	p := testprog.Start(t, args...)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", p.Pid))
+		if f := strings.Fields(string(b)); len(f) > 0 && (f[0] == strconv.Itoa(unix.SYS_NANOSLEEP) || f[0] == strconv.Itoa(unix.SYS_CLOCK_NANOSLEEP)) {
+			return Freeze(t, p)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d is not in nanosleep after 10 s: /proc/PID/syscall says %q", p.Pid, b)
+		}
+	}
 }
 
 // Freeze freezes a running target, as Start does.
