@@ -94,10 +94,7 @@ func (t *task) limitFork() error {
 	if slices.Equal(out, p.forkOut) {
 		return nil
 	}
-	calls := p.forkBack()
-	for _, s := range out {
-		calls = append(calls, sc(fmt.Sprintf("keep out of the fork %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DONTFORK))
-	}
+	calls := append(p.forkBack(), adviseSpans("keep out of the fork", out, unix.MADV_DONTFORK)...)
 	if _, err := p.r.run(calls...); err != nil {
 		return err
 	}
@@ -108,11 +105,17 @@ func (t *task) limitFork() error {
 // forkBack are the calls that put what limitFork kept out of forks back
 // in; t's forkOut is then empty.
 func (t *task) forkBack() []call {
-	calls := make([]call, 0, len(t.forkOut))
-	for _, s := range t.forkOut {
-		calls = append(calls, sc(fmt.Sprintf("back into forks %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DOFORK))
-	}
+	calls := adviseSpans("back into forks", t.forkOut, unix.MADV_DOFORK)
 	t.forkOut = nil
+	return calls
+}
+
+// adviseSpans are the madvise calls that give spans advice.
+func adviseSpans(what string, spans []span, advice int) []call {
+	calls := make([]call, 0, len(spans))
+	for _, s := range spans {
+		calls = append(calls, sc(fmt.Sprintf("%s %#x-%#x", what, s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, uint64(advice)))
+	}
 	return calls
 }
 

@@ -375,9 +375,9 @@ func (t *task) mapVmas(rc *Ctx) error {
 	// THP disabled (or not) before any page is written, so that memory
 	// the process could not have had as huge pages does not get them;
 	// always, as a child forked from its parent's restorer inherits it.
-	if pi := inside; pi != nil {
-		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", pi.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
-			uint64(pi.ThpDisable&1), uint64(pi.ThpDisable&^1)))
+	if inside != nil {
+		calls.add(sc(fmt.Sprintf("prctl PR_SET_THP_DISABLE %#x", inside.ThpDisable), unix.SYS_PRCTL, unix.PR_SET_THP_DISABLE,
+			uint64(inside.ThpDisable&1), uint64(inside.ThpDisable&^1)))
 	}
 	for i := range t.vmas {
 		v := &t.vmas[i]

@@ -30,10 +30,15 @@ type Target struct {
 // (before the process is killed).
 func Start(t testing.TB, args ...string) *Target {
 	t.Helper()
+	needRoot(t)
+	return Freeze(t, testprog.Start(t, args...))
+}
+
+func needRoot(t testing.TB) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (cgroups, ptrace)")
 	}
-	return Freeze(t, testprog.Start(t, args...))
 }
 
 // StartAsleep is Start for a target that sleeps ("sleep N"), frozen once
@@ -41,9 +46,7 @@ func Start(t testing.TB, args ...string) *Target {
 // of its start-up (a freeze right after the exec caught it there).
 func StartAsleep(t testing.TB, args ...string) *Target {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (cgroups, ptrace)")
-	}
+	needRoot(t)
 	p := testprog.Start(t, args...)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", p.Pid))
