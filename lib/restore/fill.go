@@ -3,6 +3,8 @@ package restore
 import (
 	"errors"
 	"fmt"
+	"math/bits"
+	"sync"
 
 	"crpipe/lib/image"
 )
@@ -24,6 +26,11 @@ import (
 
 // fillsInFlight: how many fills may be under way at once.
 const fillsInFlight = 3
+
+// fillQueue: how many frames may wait in a fill (up to 128 MiB of frames
+// left in the image file). A channel is made per fill: 256 of them took
+// 12 KB, a tenth of a small process's garbage.
+const fillQueue = 32
 
 // fill maps and fills one task.
 type fill struct {
@@ -62,7 +69,7 @@ func (rc *Ctx) startFill(t *task, mapping bool) error {
 		}
 		rc.fills = rc.fills[1:]
 	}
-	fl := &fill{t: t, frames: make(chan pageFrame, 256), done: make(chan struct{})}
+	fl := &fill{t: t, frames: make(chan pageFrame, fillQueue), done: make(chan struct{})}
 	if n := len(rc.fills); n > 0 {
 		fl.prev = rc.fills[n-1]
 	}
@@ -90,6 +97,7 @@ func (fl *fill) run(rc *Ctx, mapping bool) {
 			close(pf.ack)
 		}
 		rc.fillCopied.Add(-int64(len(pf.data)))
+		putCopy(pf.data)
 	}
 	fl.err = errors.Join(fl.err, t.endUffd())
 }
@@ -132,7 +140,8 @@ func (rc *Ctx) fillPages(t *task, addr uint64, f *image.Frame) error {
 		if err != nil {
 			return err
 		}
-		pf.data = append([]byte(nil), data...)
+		pf.data = getCopy(len(data))
+		copy(pf.data, data)
 		rc.fillCopied.Add(int64(len(pf.data)))
 	} else if !f.InFile() {
 		pf.ack = make(chan struct{})
@@ -146,6 +155,33 @@ func (rc *Ctx) fillPages(t *task, addr uint64, f *image.Frame) error {
 		return fl.err
 	}
 	return nil
+}
+
+// copyBufs keep the buffers of small frames' copies for the next frames,
+// by size, a power of two pages: a copy allocated per frame was a quarter
+// of the garbage of a restore of small processes (~45 KB a process, each
+// a few frames of a page or two), and the collector ran for it.
+var copyBufs [7]sync.Pool // 1 to 64 pages: a frame read whole is smaller
+
+func copyClass(n int) int { return bits.Len(uint(max(n-1, 0) / pageSize)) }
+
+// getCopy returns a buffer of n bytes for a copy.
+func getCopy(n int) []byte {
+	c := copyClass(n)
+	if c >= len(copyBufs) {
+		return make([]byte, n)
+	}
+	if b, ok := copyBufs[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, pageSize<<c)
+}
+
+// putCopy keeps b, from getCopy, for another copy.
+func putCopy(b []byte) {
+	if c := copyClass(cap(b)); c < len(copyBufs) && cap(b) == pageSize<<c {
+		copyBufs[c].Put(&b)
+	}
 }
 
 // failed is the fill's error if it has ended, or failed already.

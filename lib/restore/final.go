@@ -452,11 +452,15 @@ func (t *task) setThreadState(id tidPair) error {
 		regs.Rax = uint64(noIntr)
 	}
 	core := t.cores[id.inner]
+	xsave, err := t.xsaves[id.inner].bytes()
+	if err != nil {
+		return fmt.Errorf("pid %d tid %d: xsave area: %w", t.pid, tid, err)
+	}
 	if err := sys.PtraceSetRegs(tid, &regs); err != nil {
 		return fmt.Errorf("pid %d tid %d: set registers: %w", t.pid, tid, err)
 	}
-	if len(core.Xsave) > 0 {
-		if err := sys.PtraceSetRegset(tid, sys.NT_X86_XSTATE, core.Xsave); err != nil {
+	if len(xsave) > 0 {
+		if err := sys.PtraceSetRegset(tid, sys.NT_X86_XSTATE, xsave); err != nil {
 			return fmt.Errorf("pid %d tid %d: set FPU/xsave state: %w", t.pid, tid, err)
 		}
 	}

@@ -51,6 +51,10 @@ type Ctx struct {
 	// that maps one takes it off, and finish refuses any left
 	// (fd_memfd.go).
 	awaitingVma map[string]string
+	// holder keeps the records held encoded (held.go), and vmaPaths the
+	// VMAs' paths, one copy of each (decodeMm), for the reader.
+	holder   holder
+	vmaPaths map[string]string
 	// mu guards all of the above while tasks are finished in parallel
 	// (finishTask): held while a file is opened or a state's calls made,
 	// not during the round trips to the tasks.

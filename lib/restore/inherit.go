@@ -58,10 +58,10 @@ func (t *task) checkInherited(v *vma) error {
 	}
 	last := v.Start
 	for _, r := range v.inherited() {
-		if r.Start < last || r.End <= r.Start || r.End > v.End || r.Start%pageSize != 0 || r.End%pageSize != 0 {
-			return fmt.Errorf("inherited range %#x-%#x is not page aligned, in order and inside the vma", r.Start, r.End)
+		if r.lo < last || r.hi <= r.lo || r.hi > v.End || r.lo%pageSize != 0 || r.hi%pageSize != 0 {
+			return fmt.Errorf("inherited range %#x-%#x is not page aligned, in order and inside the vma", r.lo, r.hi)
 		}
-		last = r.End
+		last = r.hi
 	}
 	return nil
 }
@@ -124,11 +124,7 @@ func adviseSpans(what string, spans []span, advice int) []call {
 // dropped: zeros for anonymous memory, the file's bytes for a file.
 func keepCalls(v *vma, prot uint64) []call {
 	calls := []call{vmaCall("protect kept", v, unix.SYS_MPROTECT, v.Start, v.End-v.Start, prot)}
-	var inherited []span
-	for _, r := range v.inherited() {
-		inherited = append(inherited, span{r.Start, r.End})
-	}
-	for _, s := range subtractSpans(span{v.Start, v.End}, inherited) {
+	for _, s := range subtractSpans(span{v.Start, v.End}, v.inherited()) {
 		calls = append(calls, sc(fmt.Sprintf("clear %#x-%#x", s.lo, s.hi), unix.SYS_MADVISE, s.lo, s.hi-s.lo, unix.MADV_DONTNEED))
 	}
 	return calls

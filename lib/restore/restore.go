@@ -55,7 +55,8 @@ type task struct {
 	pid      int
 	r        *restorer
 	parent   *task
-	cores    map[uint32]*pb.ThreadCore // by tid
+	cores    map[uint32]*pb.ThreadCore // by tid, without their xsave areas
+	xsaves   map[uint32]held           // by tid: ThreadCore.Xsave (held.go)
 	states   map[uint32]*pb.TaskState  // by tid
 	mm       *pb.Mm                    // without its VMAs: vmas
 	vmas     []vma                     // in address order (setupMm)
@@ -109,7 +110,7 @@ func Run(opts Options) (err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl child subreaper: %w", err)
 	}
-	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, pidns: opts.PidNS, noUffd: opts.NoUffd, dumpedCgroups: opts.DumpedCgroups}
+	rc := &Ctx{Tasks: map[uint32]*task{}, Shared: map[string]any{}, vmaPaths: map[string]string{}, pidns: opts.PidNS, noUffd: opts.NoUffd, dumpedCgroups: opts.DumpedCgroups}
 	// Large page frames are read where they go, a piece at a time: from an
 	// image file by several threads, else in order (doc/performance.md, 31).
 	if rc.fromFile = rd.PagesInFile(); !rc.fromFile {
@@ -318,7 +319,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		if _, dup := rc.Tasks[p.Pid]; dup || p.Pid == 0 {
 			return fmt.Errorf("frame %d at offset %d: duplicate or zero pid %d: %w", f.Index, f.Offset, p.Pid, image.ErrCorrupt)
 		}
-		t := &task{proc: &p, cores: map[uint32]*pb.ThreadCore{}, states: map[uint32]*pb.TaskState{}}
+		t := &task{proc: &p, cores: map[uint32]*pb.ThreadCore{}, xsaves: map[uint32]held{}, states: map[uint32]*pb.TaskState{}}
 		stage.ReserveHeap(stage.ProcessHeap)
 		rc.Tasks[p.Pid] = t
 		rc.Order = append(rc.Order, t)
@@ -338,6 +339,8 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 				return fmt.Errorf("frame %d at offset %d: pid %d tid %d: %w: %w", f.Index, f.Offset, c.Pid, c.Tid, err, image.ErrCorrupt)
 			}
 		}
+		t.xsaves[c.Tid] = rc.holder.hold(c.Xsave)
+		c.Xsave = nil
 		t.cores[c.Tid] = &c
 	case image.TypeTaskState:
 		var s pb.TaskState
@@ -350,7 +353,7 @@ func (rc *Ctx) handle(f *image.Frame, created bool) error {
 		}
 		t.states[s.Tid] = &s
 	case image.TypeMm:
-		mm, vmas, err := decodeMm(f)
+		mm, vmas, err := decodeMm(f, rc.vmaPaths)
 		if err != nil {
 			return err
 		}

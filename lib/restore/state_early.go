@@ -52,14 +52,18 @@ func missingState(pid, tid uint32, what string) error {
 func processEarly(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 	si := states(rc)
 	pid := t.proc.Pid
+	ps, err := si.processState(t)
+	if err != nil {
+		return nil, err
+	}
+	pi := si.pinside[pid]
 	switch {
-	case si.procs[pid] == nil:
+	case ps == nil:
 		return nil, missingState(pid, pid, "process state (cr-seize)")
-	case si.pinside[pid] == nil:
+	case pi == nil:
 		return nil, missingState(pid, pid, "process state read from inside (cr-parasite)")
 	}
 	calls := []call{blockAll(s)}
-	ps, pi := si.procs[pid], si.pinside[pid]
 	calls = append(calls, sc(fmt.Sprintf("personality %#x", ps.Personality), unix.SYS_PERSONALITY, uint64(ps.Personality)))
 	if pi.ChildSubreaper {
 		calls = append(calls, sc("prctl PR_SET_CHILD_SUBREAPER", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1))
@@ -87,30 +91,32 @@ func threadEarly(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error)
 	si := states(rc)
 	pid := t.proc.Pid
 	where := fmt.Sprintf("tid %d: ", tid)
+	ts, err := si.threadState(t, tid)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case si.threads[tid] == nil:
+	case ts == nil:
 		return nil, missingState(pid, tid, "thread state (cr-seize)")
 	case si.inside[tid] == nil:
 		return nil, missingState(pid, tid, "thread state read from inside (cr-parasite)")
 	}
 	calls := []call{blockAll(s)}
-	if ts := si.threads[tid]; ts != nil {
-		if ts.Comm != "" {
-			calls = append(calls, sc(where+"set name", unix.SYS_PRCTL, unix.PR_SET_NAME, s.putString(ts.Comm)))
-		}
-		if a := ts.Sched; a != nil {
-			attr := sys.SchedAttr(a.Policy, a.Flags&schedFlags, a.Nice, a.Priority, a.Runtime, a.Deadline, a.Period)
-			calls = append(calls, sc(fmt.Sprintf("%ssched_setattr policy %d nice %d priority %d", where, a.Policy, a.Nice, a.Priority),
-				unix.SYS_SCHED_SETATTR, 0, s.put(attr), 0))
-		}
-		// Always: 0 (never set) must not stay what cr-restore had.
-		calls = append(calls, sc(fmt.Sprintf("%sioprio_set %#x", where, ts.Ioprio), unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, uint64(ts.Ioprio)))
-		if mask := affinity(pid, tid, ts.Affinity); mask != nil {
-			calls = append(calls, sc(where+"sched_setaffinity", unix.SYS_SCHED_SETAFFINITY, 0, uint64(len(mask)), s.put(mask)))
-		}
-		if ts.RobustList != 0 {
-			calls = append(calls, sc(where+"set_robust_list", unix.SYS_SET_ROBUST_LIST, ts.RobustList, ts.RobustListLen))
-		}
+	if ts.Comm != "" {
+		calls = append(calls, sc(where+"set name", unix.SYS_PRCTL, unix.PR_SET_NAME, s.putString(ts.Comm)))
+	}
+	if a := ts.Sched; a != nil {
+		attr := sys.SchedAttr(a.Policy, a.Flags&schedFlags, a.Nice, a.Priority, a.Runtime, a.Deadline, a.Period)
+		calls = append(calls, sc(fmt.Sprintf("%ssched_setattr policy %d nice %d priority %d", where, a.Policy, a.Nice, a.Priority),
+			unix.SYS_SCHED_SETATTR, 0, s.put(attr), 0))
+	}
+	// Always: 0 (never set) must not stay what cr-restore had.
+	calls = append(calls, sc(fmt.Sprintf("%sioprio_set %#x", where, ts.Ioprio), unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, uint64(ts.Ioprio)))
+	if mask := affinity(pid, tid, ts.Affinity); mask != nil {
+		calls = append(calls, sc(where+"sched_setaffinity", unix.SYS_SCHED_SETAFFINITY, 0, uint64(len(mask)), s.put(mask)))
+	}
+	if ts.RobustList != 0 {
+		calls = append(calls, sc(where+"set_robust_list", unix.SYS_SET_ROBUST_LIST, ts.RobustList, ts.RobustListLen))
 	}
 	ti := si.inside[tid]
 	if ti != nil {

@@ -73,14 +73,22 @@ func processLast(rc *Ctx, t *task, s *scratchWriter) ([]call, error) {
 		}
 		calls = append(calls, c...)
 	}
-	if ps := si.procs[pid]; ps != nil {
+	ps, err := si.processState(t)
+	if err != nil {
+		return nil, err
+	}
+	if ps != nil {
 		c, err := rlimitCalls(s, pid, ps.Rlimits)
 		if err != nil {
 			return nil, err
 		}
 		calls = append(calls, c...)
 	}
-	if ts := si.threads[pid]; ts != nil && ts.SeccompMode == 2 {
+	ts, err := si.threadState(t, pid)
+	if err != nil {
+		return nil, err
+	}
+	if ts != nil && ts.SeccompMode == 2 {
 		for i, f := range ts.SeccompFilters {
 			n := len(f.Prog) / sys.SockFilterSize
 			if n == 0 || len(f.Prog)%sys.SockFilterSize != 0 || n > 4096 {
@@ -200,7 +208,11 @@ const (
 func threadLast(rc *Ctx, t *task, tid uint32, s *scratchWriter) ([]call, error) {
 	si := states(rc)
 	pid := t.proc.Pid
-	ts, ti := si.threads[tid], si.inside[tid]
+	ts, err := si.threadState(t, tid)
+	if err != nil {
+		return nil, err
+	}
+	ti := si.inside[tid]
 	var calls []call
 	if ts != nil && ts.Creds != nil {
 		var securebits uint32

@@ -14,9 +14,11 @@ import (
 // here until the state hooks (state_*.go) turn them into syscalls.
 
 // stateImage holds the task state records of one restore, by pid and tid.
+// The larger two, ThreadState and ProcessState (its limits), are held
+// encoded (held.go): threadState and processState decode them.
 type stateImage struct {
-	threads map[uint32]*pb.ThreadState  // by tid
-	procs   map[uint32]*pb.ProcessState // by pid
+	threads map[uint32]held             // ThreadState by tid
+	procs   map[uint32]held             // ProcessState by pid
 	inside  map[uint32]*pb.ThreadInside // by tid
 	pinside map[uint32]*pb.ProcessInside
 }
@@ -28,8 +30,8 @@ func states(rc *Ctx) *stateImage {
 		return si
 	}
 	si := &stateImage{
-		threads: map[uint32]*pb.ThreadState{},
-		procs:   map[uint32]*pb.ProcessState{},
+		threads: map[uint32]held{},
+		procs:   map[uint32]held{},
 		inside:  map[uint32]*pb.ThreadInside{},
 		pinside: map[uint32]*pb.ProcessInside{},
 	}
@@ -40,11 +42,11 @@ func states(rc *Ctx) *stateImage {
 func init() {
 	registerRecord(image.TypeThreadState, func(rc *Ctx, f *image.Frame) error {
 		m := &pb.ThreadState{}
-		return storeState(rc, f, m, func(si *stateImage) { si.threads[m.Tid] = m })
+		return storeState(rc, f, m, func(si *stateImage) { si.threads[m.Tid] = rc.holder.hold(f.Payload) })
 	})
 	registerRecord(image.TypeProcessState, func(rc *Ctx, f *image.Frame) error {
 		m := &pb.ProcessState{}
-		return storeState(rc, f, m, func(si *stateImage) { si.procs[m.Pid] = m })
+		return storeState(rc, f, m, func(si *stateImage) { si.procs[m.Pid] = rc.holder.hold(f.Payload) })
 	})
 	registerRecord(image.TypeThreadInside, func(rc *Ctx, f *image.Frame) error {
 		m := &pb.ThreadInside{}
@@ -72,6 +74,34 @@ func storeState(rc *Ctx, f *image.Frame, m proto.Message, store func(*stateImage
 	}
 	store(states(rc))
 	return nil
+}
+
+// threadState is the ThreadState of thread tid of t, nil where the
+// stream had none.
+func (si *stateImage) threadState(t *task, tid uint32) (*pb.ThreadState, error) {
+	return heldIn[pb.ThreadState](si.threads, tid, t, tid)
+}
+
+// processState is the ProcessState of t, nil where the stream had none.
+func (si *stateImage) processState(t *task) (*pb.ProcessState, error) {
+	return heldIn[pb.ProcessState](si.procs, t.proc.Pid, t, t.proc.Pid)
+}
+
+// heldIn decodes the record hs holds for id, if it holds one, of thread
+// tid of t.
+func heldIn[T any, M interface {
+	*T
+	proto.Message
+}](hs map[uint32]held, id uint32, t *task, tid uint32) (M, error) {
+	h, ok := hs[id]
+	if !ok {
+		return nil, nil
+	}
+	m := M(new(T))
+	if err := h.decode(m); err != nil {
+		return nil, fmt.Errorf("pid %d tid %d: %w", t.proc.Pid, tid, err)
+	}
+	return m, nil
 }
 
 func ids(m proto.Message) (pid, tid uint32) {

@@ -110,9 +110,14 @@ var heapReserved atomic.Int64
 // (doc/performance.md, 38).
 const heapHeadroom = 8 << 20
 
-// ProcessHeap is the heap a command may hold per process of the tree
-// (its records, its restore's state: ~40 KiB in a restore).
-const ProcessHeap = 64 << 10
+// ProcessHeap is the heap a command may hold per process of the tree,
+// besides its VMAs (VmaHeap): its records, its restore's state. Measured
+// with 1,000 single-threaded processes: cr-restore ~4.5 KB (its large
+// records held encoded), cr-seize ~3 KB (a thread's xsave area), the other
+// stages 1-3 KB; the rest is room for the collector (doc/performance.md,
+// 64). With 64 KiB a process the heap grew to twice what it held, and
+// cr-restore peaked at 41 MB there.
+const ProcessHeap = 10 << 10
 
 // VmaHeap is the heap a command holds per VMA of a process whose memory
 // it dumps or restores (measured with 65,000 one-page mappings: cr-pages

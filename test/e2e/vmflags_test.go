@@ -55,7 +55,7 @@ func TestFastVmFlags(t *testing.T) {
 	// More VMAs than one read of the iterator takes (it went round and
 	// round in the kernel's 6.18: sys.VmaIter.Read).
 	t.Run("benchload/maps", func(t *testing.T) {
-		compareVmFlags(t, fast, startManyMappings(t, 10000).pid, false)
+		compareVmFlags(t, fast, startBenchload(t, "maps", "10000").pid, false)
 	})
 }
 

@@ -1,0 +1,66 @@
+package restore
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/pierrec/lz4/v4"
+	"google.golang.org/protobuf/proto"
+)
+
+// A tree's records are held from the stream's reading to the tasks' last
+// states. Decoded, a process's took ~13 KB of cr-restore's heap, and a
+// restore of 1,000 processes peaked at 41 MB (doc/performance.md, 64).
+// The larger parts are held as bytes instead, compressed where that pays,
+// and decoded where they are used: a thread's xsave area (~2.6 KB, mostly
+// zeros) takes ~300 bytes as an lz4 block, a ProcessState (its limits)
+// ~160 bytes against ~1.3 KB decoded.
+
+// held is bytes (an encoded record, an xsave area), as an lz4 block where
+// that halves them.
+type held struct {
+	data []byte
+	size int // their length where data is their lz4 block, else 0
+}
+
+// holder makes helds; one goroutine at a time uses it.
+type holder struct {
+	c   lz4.Compressor
+	buf []byte
+}
+
+// hold keeps a copy of b.
+func (h *holder) hold(b []byte) held {
+	if n := lz4.CompressBlockBound(len(b)); cap(h.buf) < n {
+		h.buf = make([]byte, n)
+	}
+	n, err := h.c.CompressBlock(b, h.buf[:cap(h.buf)])
+	if err != nil || n == 0 || n > len(b)/2 {
+		return held{data: bytes.Clone(b)}
+	}
+	return held{data: bytes.Clone(h.buf[:n]), size: len(b)}
+}
+
+// bytes returns the held bytes (nil for none).
+func (h held) bytes() ([]byte, error) {
+	if h.size == 0 {
+		return h.data, nil
+	}
+	b := make([]byte, h.size)
+	if n, err := lz4.UncompressBlock(h.data, b); err != nil || n != h.size {
+		return nil, fmt.Errorf("held lz4 block of %d bytes gave %d of %d: %v", len(h.data), n, h.size, err)
+	}
+	return b, nil
+}
+
+// decode decodes the held record into m.
+func (h held) decode(m proto.Message) error {
+	b, err := h.bytes()
+	if err == nil {
+		err = proto.Unmarshal(b, m)
+	}
+	if err != nil {
+		return fmt.Errorf("held %s record: %w", m.ProtoReflect().Descriptor().Name(), err)
+	}
+	return nil
+}
