@@ -60,24 +60,20 @@ func Filter() stage.Filter {
 				return err
 			}
 			// Each process is seized, read and detached on its own: one
-			// tracer thread per core, each taking every nth process.
-			states := make([]*State, len(procs))
-			if err := par.For(len(procs), runtime.GOMAXPROCS(0), func(i int) (err error) {
+			// tracer thread per core, each taking every nth process. Its
+			// records are written once those before it are: a thread's
+			// xsave area is held only until then, not to the end.
+			return par.Ordered(len(procs), runtime.GOMAXPROCS(0), func(i int) (*State, error) {
 				if procs[i].State == "Z" {
-					return nil // a zombie has no threads to read
+					return nil, nil // a zombie has no threads to read
 				}
 				if err := CheckFrozen(procs[i], fr, mount); err != nil {
-					return err
+					return nil, err
 				}
-				states[i], err = Process(procs[i])
-				return err
-			}); err != nil {
-				return err
-			}
-			for i, p := range procs {
-				st := states[i]
+				return Process(procs[i])
+			}, func(i int, st *State) error {
 				if st == nil {
-					continue
+					return nil
 				}
 				for _, c := range st.Cores {
 					if err := w.WriteMessage(image.TypeThreadCore, c); err != nil {
@@ -92,9 +88,9 @@ func Filter() stage.Filter {
 				if err := w.WriteMessage(image.TypeProcessState, st.Process); err != nil {
 					return fmt.Errorf("output: %w", err)
 				}
-				stage.Logf("pid %d: %d thread(s) read", p.Pid, len(st.Cores))
-			}
-			return nil
+				stage.Logf("pid %d: %d thread(s) read", procs[i].Pid, len(st.Cores))
+				return nil
+			})
 		},
 	}
 }

@@ -33,3 +33,36 @@ func ForWorker(n, workers int, f func(w, i int) error) error {
 	}
 	return nil
 }
+
+// Ordered runs f(0) ... f(n-1) as For does and hands each result to use,
+// one at a time and in index order, as soon as it and every result before
+// it are in, so that the results need not all be held at once. Past the
+// first failure in index order (of f, or of use) use is not called again;
+// that failure is returned once every f has run.
+func Ordered[T any](n, workers int, f func(i int) (T, error), use func(i int, v T) error) error {
+	var (
+		mu    sync.Mutex
+		vals  = make([]T, n)
+		errs  = make([]error, n)
+		done  = make([]bool, n)
+		next  int
+		first error
+	)
+	ForWorker(n, workers, func(_, i int) error {
+		v, err := f(i)
+		mu.Lock()
+		defer mu.Unlock()
+		vals[i], errs[i], done[i] = v, err, true
+		for ; next < n && done[next]; next++ {
+			if first == nil {
+				if first = errs[next]; first == nil {
+					first = use(next, vals[next])
+				}
+			}
+			var zero T
+			vals[next] = zero
+		}
+		return nil
+	})
+	return first
+}

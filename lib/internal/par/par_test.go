@@ -30,3 +30,46 @@ func TestFor(t *testing.T) {
 		t.Errorf("no pieces: %v", err)
 	}
 }
+
+func TestOrdered(t *testing.T) {
+	for _, workers := range []int{0, 1, 2, 7, 100} {
+		var got []int
+		err := Ordered(50, workers, func(i int) (int, error) { return i * i, nil }, func(i, v int) error {
+			if v != i*i || i != len(got) {
+				t.Errorf("%d workers: use(%d, %d) after %d results", workers, i, v, len(got))
+			}
+			got = append(got, v)
+			return nil
+		})
+		if err != nil || len(got) != 50 {
+			t.Errorf("%d workers: %v, %d results used, want 50", workers, err, len(got))
+		}
+		// The first failure in index order, of f or of use, ends the uses.
+		used := 0
+		err = Ordered(50, workers, func(i int) (int, error) {
+			if i == 30 {
+				return 0, fmt.Errorf("piece %d", i)
+			}
+			return i, nil
+		}, func(i, v int) error {
+			used++
+			if i == 20 {
+				return fmt.Errorf("use %d", i)
+			}
+			return nil
+		})
+		if err == nil || err.Error() != "use 20" || used != 21 {
+			t.Errorf("%d workers: error %v after %d uses, want use 20 after 21", workers, err, used)
+		}
+		used = 0
+		err = Ordered(50, workers, func(i int) (int, error) {
+			if i%10 == 7 {
+				return 0, fmt.Errorf("piece %d", i)
+			}
+			return i, nil
+		}, func(int, int) error { used++; return nil })
+		if err == nil || err.Error() != "piece 7" || used != 7 {
+			t.Errorf("%d workers: error %v after %d uses, want piece 7 after 7", workers, err, used)
+		}
+	}
+}
