@@ -79,21 +79,21 @@ func storeState(rc *Ctx, f *image.Frame, m proto.Message, store func(*stateImage
 // threadState is the ThreadState of thread tid of t, nil where the
 // stream had none.
 func (si *stateImage) threadState(t *task, tid uint32) (*pb.ThreadState, error) {
-	return heldIn[pb.ThreadState](si.threads, tid, t, tid)
+	return heldIn[pb.ThreadState](si.threads, t, tid)
 }
 
 // processState is the ProcessState of t, nil where the stream had none.
 func (si *stateImage) processState(t *task) (*pb.ProcessState, error) {
-	return heldIn[pb.ProcessState](si.procs, t.proc.Pid, t, t.proc.Pid)
+	return heldIn[pb.ProcessState](si.procs, t, t.proc.Pid)
 }
 
-// heldIn decodes the record hs holds for id, if it holds one, of thread
-// tid of t.
+// heldIn decodes the record hs holds for tid (a thread of t, or t's pid),
+// if it holds one.
 func heldIn[T any, M interface {
 	*T
 	proto.Message
-}](hs map[uint32]held, id uint32, t *task, tid uint32) (M, error) {
-	h, ok := hs[id]
+}](hs map[uint32]held, t *task, tid uint32) (M, error) {
+	h, ok := hs[tid]
 	if !ok {
 		return nil, nil
 	}
