@@ -50,7 +50,7 @@ func Hold(fr *pb.Freeze, procs []*pb.Process) (h *Held, err error) {
 		if p.State == "Z" {
 			continue
 		}
-		tg, err := prepare(p, fr, mount, nil)
+		tg, err := prepare(p, fr, mount, nil, nil)
 		if err != nil {
 			return h, err
 		}
