@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -102,7 +101,7 @@ func FindSyscallInsn(pid int) (uint64, error) {
 // scanSyscallInsn looks through every readable executable mapping the
 // maps list, the vDSO first.
 func scanSyscallInsn(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	b, err := sys.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return 0, err
 	}

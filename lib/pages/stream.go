@@ -18,6 +18,7 @@ import (
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 // processVMReadv is replaced by tests to provoke short reads.
@@ -380,7 +381,7 @@ func (rd *copier) read(buf []byte, ps []piece) error {
 
 func (rd *copier) readMem(addr uint64, dst []byte) error {
 	if rd.mem == nil {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/mem", rd.pid))
+		f, err := sys.Open(fmt.Sprintf("/proc/%d/mem", rd.pid), unix.O_RDONLY)
 		if err != nil {
 			return fmt.Errorf("pid %d: %w", rd.pid, err)
 		}

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
 )
 
 // Mapping is one VMA as /proc/PID/maps or /proc/PID/smaps shows it. A
@@ -129,7 +132,7 @@ type VmaFlags struct {
 // protection keys); it is read as a stream, since with 10,000 VMAs it is
 // megabytes.
 func ReadVmFlags(pid int) ([]VmaFlags, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	f, err := sys.Open(fmt.Sprintf("/proc/%d/smaps", pid), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +272,7 @@ func ReadSharedFileMaps(pid int) ([]Mapping, error) {
 // eachMapsLine calls f with each line of /proc/PID/maps (valid only during
 // the call); the first error ends the scan.
 func eachMapsLine(pid int, f func(line []byte) error) error {
-	file, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	file, err := sys.Open(fmt.Sprintf("/proc/%d/maps", pid), unix.O_RDONLY)
 	if err != nil {
 		return err
 	}
@@ -318,7 +321,7 @@ func parseHex(b []byte) (uint64, bool) {
 
 // ReadSmaps reads /proc/PID/smaps.
 func ReadSmaps(pid int) ([]Mapping, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	f, err := sys.Open(fmt.Sprintf("/proc/%d/smaps", pid), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +335,7 @@ func ReadSmaps(pid int) ([]Mapping, error) {
 
 // ReadMaps reads /proc/PID/maps.
 func ReadMaps(pid int) ([]Mapping, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	f, err := sys.Open(fmt.Sprintf("/proc/%d/maps", pid), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}

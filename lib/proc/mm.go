@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 
 	"crpipe/lib/sys"
@@ -82,14 +80,9 @@ const maxAuxv = 4096
 // ReadAuxv returns the raw auxiliary vector of pid (pairs of native words,
 // ending with AT_NULL).
 func ReadAuxv(pid int) ([]byte, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/auxv", pid))
+	b, err := sys.ReadFile(fmt.Sprintf("/proc/%d/auxv", pid))
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxAuxv+1))
-	if err != nil {
-		return nil, fmt.Errorf("/proc/%d/auxv: %w", pid, err)
 	}
 	if len(b) > maxAuxv {
 		return nil, fmt.Errorf("/proc/%d/auxv: longer than %d bytes", pid, maxAuxv)

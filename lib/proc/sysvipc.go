@@ -3,9 +3,12 @@ package proc
 import (
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
 )
 
 // SysvShm is one System V shared memory segment as /proc/sysvipc/shm shows
@@ -30,7 +33,7 @@ const (
 // ReadSysvShm reads the System V shared memory segments of the IPC
 // namespace of the caller (not of the process that opens the proc mount).
 func ReadSysvShm() ([]SysvShm, error) {
-	f, err := os.Open("/proc/sysvipc/shm")
+	f, err := sys.Open("/proc/sysvipc/shm", unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}

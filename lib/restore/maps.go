@@ -2,9 +2,10 @@ package restore
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
+
+	"crpipe/lib/sys"
 )
 
 // taskVma is one mapping of the task being rebuilt, as /proc/PID/maps shows it.
@@ -33,7 +34,7 @@ func parseRange(line string, lo, hi *uint64) bool {
 
 // taskMaps reads the current mappings of a task we created.
 func taskMaps(pid int) ([]taskVma, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	b, err := sys.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return nil, err
 	}

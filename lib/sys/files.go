@@ -385,6 +385,20 @@ func PtyPeer(master int, flags int) (*os.File, error) {
 	return os.NewFile(r, "pty-slave"), nil
 }
 
+// Open opens a file of procfs or sysfs (or a device) with flag, as
+// os.OpenFile does but without the runtime poller (ReadFile): for files
+// read as a stream (smaps, maps) or at offsets (pagemap, mem).
+func Open(path string, flag int) (*os.File, error) {
+	fd, err := unix.Open(path, flag|unix.O_CLOEXEC, 0)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, flag|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
 // ReadFile reads a small file (of procfs or sysfs) whole, as os.ReadFile
 // does but without the runtime poller: os.Open tries to register every
 // file with epoll and sets it non-blocking and back, four system calls

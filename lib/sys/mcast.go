@@ -33,7 +33,7 @@ type McastGroup struct {
 // namespace (a kernel without IPv6 has no igmp6).
 func McastGroups(pid int) ([]McastGroup, error) {
 	var gs []McastGroup
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/igmp", pid))
+	b, err := ReadFile(fmt.Sprintf("/proc/%d/net/igmp", pid))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -42,7 +42,7 @@ func McastGroups(pid int) ([]McastGroup, error) {
 		return nil, err
 	}
 	gs = append(gs, v4...)
-	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/net/igmp6", pid))
+	b, err = ReadFile(fmt.Sprintf("/proc/%d/net/igmp6", pid))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}

@@ -82,7 +82,7 @@ type Pagemap struct {
 
 // OpenPagemap opens /proc/PID/pagemap (needs PTRACE_MODE_READ on pid).
 func OpenPagemap(pid int) (*Pagemap, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	f, err := Open(fmt.Sprintf("/proc/%d/pagemap", pid), unix.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}

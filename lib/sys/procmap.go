@@ -57,7 +57,7 @@ type Vma struct {
 // QueryVma returns the VMA of pid that covers addr and has at least the
 // protections want (Vma* bits). os.ErrNotExist when there is none.
 func QueryVma(pid int, addr, want uint64) (Vma, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	f, err := Open(fmt.Sprintf("/proc/%d/maps", pid), unix.O_RDONLY)
 	if err != nil {
 		return Vma{}, err
 	}
