@@ -163,9 +163,12 @@ func TestDumpBlamesFirstFailure(t *testing.T) {
 			"cr-files":    truncated,
 		}, "cr-parasite: pid 1 tid 1: the thread is sandboxed"},
 		// cr-files fails on its own in words a truncated input would use;
-		// cr-parasite, whose reader it was, finds its output closed.
+		// cr-parasite, whose reader it was, finds its output closed. It
+		// writes more than a pipe holds, so that its write fails only
+		// once cr-files is gone, as a real stage's would (a fake that
+		// said so once its input ended failed first on a loaded machine).
 		{"words", map[string]string{
-			"cr-parasite": fmt.Sprintf("trap '' TERM; cat; echo 'cr-parasite: error: output: write /dev/stdout: broken pipe' >&2; exit %d", stage.ExitOutputClosed),
+			"cr-parasite": fmt.Sprintf("trap '' TERM; { cat; head -c 1048576 /dev/zero; } || { echo 'cr-parasite: error: output: write /dev/stdout: broken pipe' >&2; exit %d; }", stage.ExitOutputClosed),
 			"cr-files":    "head -c 100 >/dev/null; echo 'cr-files: error: pid 1 fd 3: the queue of its peer: stream truncated' >&2; exit 1",
 		}, "cr-files: pid 1 fd 3: the queue of its peer: stream truncated"},
 	} {
