@@ -4,9 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -210,28 +208,15 @@ func (st *Stub) write(s *Session, addr uint64, b []byte) error {
 
 // forceWrite writes b at addr of tid's memory through /proc/PID/mem,
 // whose writes are forced, as a debugger writes: into memory the task
-// itself may not write. It calls open(2) and pwrite(2) itself:
-// os.OpenFile's poller registration costs three more system calls, each
-// a trap to the host on a PVM guest.
+// itself may not write.
 func forceWrite(tid int, addr uint64, b []byte) error {
-	path := "/proc/" + strconv.Itoa(tid) + "/mem"
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	f, err := sys.Open(fmt.Sprintf("/proc/%d/mem", tid), unix.O_RDWR)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: path, Err: err}
+		return err
 	}
-	defer unix.Close(fd)
-	for done := 0; done < len(b); {
-		n, err := unix.Pwrite(fd, b[done:], int64(addr)+int64(done))
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == nil && n == 0:
-			err = io.ErrShortWrite
-		}
-		if err != nil {
-			return fmt.Errorf("tid %d: write %d bytes of the batch stub at %#x: %w", tid, len(b)-done, addr+uint64(done), err)
-		}
-		done += n
+	defer f.Close()
+	if _, err := f.WriteAt(b, int64(addr)); err != nil {
+		return fmt.Errorf("tid %d: write %d bytes of the batch stub at %#x: %w", tid, len(b), addr, err)
 	}
 	return nil
 }
