@@ -3,11 +3,13 @@ package parasite
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/internal/frozen"
@@ -72,5 +74,41 @@ func TestPendingSignals(t *testing.T) {
 	tg.Thaw(t)
 	if !tg.Ticks(10 * time.Second) {
 		t.Fatal("the target does not tick after the thaw")
+	}
+}
+
+// TestThreadIDs: a thread's ids come from cr-seize's ThreadState record
+// when one passed (no /proc read: the tid here exists nowhere), from its
+// status otherwise; a record without credentials is not used, and a
+// damaged one is an error naming its frame.
+func TestThreadIDs(t *testing.T) {
+	frame := func(ts *pb.ThreadState) *image.Frame {
+		b, err := proto.Marshal(ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &image.Frame{Type: image.TypeThreadState, Payload: b}
+	}
+	const gone = 1 << 30 // above pid_max: no such thread
+	seen := threadIDs{}
+	creds := &pb.Creds{Uids: []uint32{1000, 0, 0, 0}, Gids: []uint32{100, 0, 0, 0}}
+	if err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone, Creds: creds, SeccompMode: 2})); err != nil {
+		t.Fatal(err)
+	}
+	if err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone + 1})); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := seen.of(gone, gone); err != nil || id != (threadID{uid: 1000, gid: 100, seccomp: true}) {
+		t.Errorf("recorded thread: %+v, %v", id, err)
+	}
+	if _, err := seen.of(gone, gone+1); err == nil {
+		t.Errorf("a record without credentials was used")
+	}
+	self := os.Getpid()
+	if id, err := seen.of(self, self); err != nil || id.uid != os.Getuid() || id.gid != os.Getgid() {
+		t.Errorf("unrecorded thread (this process): %+v, %v; want uid %d gid %d", id, err, os.Getuid(), os.Getgid())
+	}
+	if err := seen.observe(&image.Frame{Type: image.TypeThreadState, Payload: []byte{0xff}}); !errors.Is(err, image.ErrCorrupt) {
+		t.Errorf("damaged record: %v", err)
 	}
 }
