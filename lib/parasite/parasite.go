@@ -80,14 +80,19 @@ func Filter(opt Options) stage.Filter {
 			if err := up.Observe(f); err != nil {
 				return err
 			}
-			if f.Type == image.TypeThreadState {
-				return seen.observe(f)
-			}
-			// The witness of each process's leader starts as its record
-			// passes, while the stages before still work: a tiny process
-			// is injected into sooner than a shell starts.
-			if f.Type == image.TypeProcess && len(up.Procs) > 0 {
-				wit.startFor(int(up.Procs[len(up.Procs)-1].Pid))
+			// The witnesses start while the stages before still work (a
+			// tiny process is injected into sooner than a shell starts):
+			// the first process's as its record passes, the others' from
+			// the ids in cr-seize's records, with no /proc read.
+			switch {
+			case f.Type == image.TypeThreadState:
+				id, ok, err := seen.observe(f)
+				if ok {
+					wit.start(id.uid, id.gid)
+				}
+				return err
+			case f.Type == image.TypeProcess && len(up.Procs) == 1:
+				wit.startFor(int(up.Procs[0].Pid))
 			}
 			return nil
 		},
@@ -302,15 +307,20 @@ type threadID struct {
 // between the stages, so the ids cannot have changed since.
 type threadIDs map[int]threadID
 
-func (m threadIDs) observe(f *image.Frame) error {
+// observe keeps the ids of a ThreadState record, and returns them (ok
+// false: the record has no credentials).
+func (m threadIDs) observe(f *image.Frame) (id threadID, ok bool, err error) {
 	ts := &pb.ThreadState{}
 	if err := image.Unmarshal(f, ts); err != nil {
-		return err
+		return threadID{}, false, err
 	}
-	if c := ts.Creds; c != nil && len(c.Uids) > 0 && len(c.Gids) > 0 {
-		m[int(ts.Tid)] = threadID{uid: int(c.Uids[0]), gid: int(c.Gids[0]), seccomp: ts.SeccompMode != 0}
+	c := ts.Creds
+	if c == nil || len(c.Uids) == 0 || len(c.Gids) == 0 {
+		return threadID{}, false, nil
 	}
-	return nil
+	id = threadID{uid: int(c.Uids[0]), gid: int(c.Gids[0]), seccomp: ts.SeccompMode != 0}
+	m[int(ts.Tid)] = id
+	return id, true, nil
 }
 
 // of is tid's ids, read from its status where no record gave them (a

@@ -92,11 +92,11 @@ func TestThreadIDs(t *testing.T) {
 	const gone = 1 << 30 // above pid_max: no such thread
 	seen := threadIDs{}
 	creds := &pb.Creds{Uids: []uint32{1000, 0, 0, 0}, Gids: []uint32{100, 0, 0, 0}}
-	if err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone, Creds: creds, SeccompMode: 2})); err != nil {
-		t.Fatal(err)
+	if _, ok, err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone, Creds: creds, SeccompMode: 2})); !ok || err != nil {
+		t.Fatal(ok, err)
 	}
-	if err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone + 1})); err != nil {
-		t.Fatal(err)
+	if _, ok, err := seen.observe(frame(&pb.ThreadState{Pid: gone, Tid: gone + 1})); ok || err != nil {
+		t.Fatal(ok, err)
 	}
 	if id, err := seen.of(gone, gone); err != nil || id != (threadID{uid: 1000, gid: 100, seccomp: true}) {
 		t.Errorf("recorded thread: %+v, %v", id, err)
@@ -108,7 +108,7 @@ func TestThreadIDs(t *testing.T) {
 	if id, err := seen.of(self, self); err != nil || id.uid != os.Getuid() || id.gid != os.Getgid() {
 		t.Errorf("unrecorded thread (this process): %+v, %v; want uid %d gid %d", id, err, os.Getuid(), os.Getgid())
 	}
-	if err := seen.observe(&image.Frame{Type: image.TypeThreadState, Payload: []byte{0xff}}); !errors.Is(err, image.ErrCorrupt) {
+	if _, _, err := seen.observe(&image.Frame{Type: image.TypeThreadState, Payload: []byte{0xff}}); !errors.Is(err, image.ErrCorrupt) {
 		t.Errorf("damaged record: %v", err)
 	}
 }
