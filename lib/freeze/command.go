@@ -81,12 +81,21 @@ func runFreeze(c *cli.Context) error {
 	// silent death by SIGPIPE.
 	signal.Ignore(syscall.SIGPIPE)
 	pid := c.Int("pid")
+	// The tree is frozen once every stage after this one is ready for it
+	// (lib/stage/ready.go), not while they start.
+	w, err := image.NewWriter(out, image.WriterOptions{Compress: c.Bool("compress")})
+	if err != nil {
+		return err
+	}
+	if err := stage.AnnounceOutput(w, out, c.Bool("compress")); err != nil {
+		return stage.NeighbourStatus(fmt.Errorf("output: %w (pid %d not frozen)", err, pid))
+	}
 	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout"), Cgroup: c.String("cgroup")})
 	if err != nil {
 		return err
 	}
 	stage.Logf("pid %d frozen in %s", pid, f.Cgroup)
-	err = writeRecords(out, f, c.Bool("compress"))
+	err = writeRecords(w, f)
 	if err == nil {
 		err = stage.EndOutput()
 	}
@@ -99,11 +108,7 @@ func runFreeze(c *cli.Context) error {
 	return nil
 }
 
-func writeRecords(out io.Writer, f *Frozen, compress bool) error {
-	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress})
-	if err != nil {
-		return err
-	}
+func writeRecords(w *image.Writer, f *Frozen) error {
 	inv, fr, procs := f.Records()
 	if err := w.WriteMessage(image.TypeInventory, inv); err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
 	"crpipe/lib/internal/testprog"
 	"crpipe/lib/pb"
 	"crpipe/lib/proc"
@@ -107,7 +108,11 @@ func TestFreezeThaw(t *testing.T) {
 			} else {
 				// Through the stream, as cr-freeze thaw does.
 				var buf bytes.Buffer
-				if err := writeRecords(&buf, f, false); err != nil {
+				w, err := image.NewWriter(&buf, image.WriterOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := writeRecords(w, f); err != nil {
 					t.Fatal(err)
 				}
 				fr2, procs2, err := ReadRecords(&buf)

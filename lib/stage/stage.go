@@ -320,16 +320,20 @@ func verifyAll() bool { return os.Getenv("CRPIPE_VERIFY") == "1" }
 
 // RunFilter runs a Filter from in to out.
 func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
+	// The header goes out before anything is read (ready.go).
+	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress, Donate: donor()})
+	if err != nil {
+		return err
+	}
+	if err := AnnounceOutput(w, out, compress); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
 	r, err := image.NewReader(in)
 	if err != nil {
 		return fmt.Errorf("input: %w", err)
 	}
 	if !fl.ObservePages && !verifyAll() {
 		r.DeferPages(SpliceMover)
-	}
-	w, err := image.NewWriter(out, image.WriterOptions{Compress: compress, Donate: donor()})
-	if err != nil {
-		return err
 	}
 	for {
 		f, err := r.Next()

@@ -1,0 +1,75 @@
+package stage
+
+import (
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/image"
+)
+
+// The stages of a pipeline start together, and each takes a while to start
+// (a Go process, its packages' initialisation: ~15-30 ms of CPU each on
+// the PVM guest, doc/performance.md 66). cr-freeze used to freeze the tree
+// as soon as it had started itself, so the tree stayed frozen while the
+// stages after it were still starting, competing for the CPUs with the
+// ones doing its dump. Now every stage writes its stream header before it
+// reads anything, and waits for its reader to take it (AnnounceOutput):
+// the last stage, writing into a file, takes its input's header once it
+// has started; the stage before it sees its header taken, reads its own
+// input's, and so on up to cr-freeze, which freezes only then, with every
+// stage of the pipeline waiting for its records.
+
+// readerWait bounds the wait for a reader: one that does not read (a
+// program reading only later) delays the dump by that much, no more.
+var readerWait = time.Second
+
+// AnnounceOutput writes w's buffered stream header out and, when out is a
+// pipe, waits until its reader has taken it (AwaitReader). A compressing
+// writer keeps its header in its first lz4 block: no wait then.
+func AnnounceOutput(w *image.Writer, out io.Writer, compress bool) error {
+	if compress {
+		return nil
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	AwaitReader(out)
+	return nil
+}
+
+// AwaitReader waits, when out is a pipe, until its reader has read
+// everything written into it, the reader has gone (the next write fails,
+// and says so), or readerWait has passed. Anything else returns at once.
+func AwaitReader(out io.Writer) {
+	f, ok := out.(*os.File)
+	if !ok {
+		return
+	}
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return
+	}
+	// No event says a pipe is empty (POLLOUT only says there is room), so
+	// look: ~50 looks in the ~50 ms a pipeline takes to start.
+	deadline := time.Now().Add(readerWait)
+	step := 50 * time.Microsecond
+	for {
+		unread, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+		if err != nil || unread == 0 {
+			return
+		}
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		if _, err := unix.Poll(p, 0); err != nil || p[0].Revents&unix.POLLERR != 0 {
+			return // no reader left
+		}
+		if !time.Now().Before(deadline) {
+			return
+		}
+		time.Sleep(step)
+		step = min(2*step, time.Millisecond)
+	}
+}
