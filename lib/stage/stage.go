@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 )
@@ -312,6 +313,10 @@ type Filter struct {
 	ObservePages bool
 	// Finish appends the stage's own records once the input is complete.
 	Finish func(w *image.Writer) error
+	// Records are the messages the stage decodes or writes besides the
+	// Inventory, Freeze, Process and End every stage handles: their
+	// protobuf code is set up before the tree is frozen (warm.go).
+	Records []proto.Message
 }
 
 // verifyAll is CRPIPE_VERIFY=1: every stage reads and verifies every
@@ -325,7 +330,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	if err != nil {
 		return err
 	}
-	if err := AnnounceOutput(w, out, compress); err != nil {
+	if err := AnnounceOutput(w, out, compress, fl.Records...); err != nil {
 		return fmt.Errorf("output: %w", err)
 	}
 	r, err := image.NewReader(in)
