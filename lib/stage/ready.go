@@ -30,7 +30,7 @@ var readerWait = time.Second
 // AnnounceOutput writes w's buffered stream header out, sets up the
 // protobuf code of the records the stage will handle (warm: the records
 // every stage handles, and records), then, when out is a pipe, waits until
-// its reader has taken the header (AwaitReader). A compressing writer
+// its reader has taken the header (awaitReader). A compressing writer
 // keeps its header in its first lz4 block: no wait then.
 func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...proto.Message) error {
 	if !compress {
@@ -40,15 +40,15 @@ func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...pr
 	}
 	warm(records)
 	if !compress {
-		AwaitReader(out)
+		awaitReader(out)
 	}
 	return nil
 }
 
-// AwaitReader waits, when out is a pipe, until its reader has read
+// awaitReader waits, when out is a pipe, until its reader has read
 // everything written into it, the reader has gone (the next write fails,
 // and says so), or readerWait has passed. Anything else returns at once.
-func AwaitReader(out io.Writer) {
+func awaitReader(out io.Writer) {
 	f, ok := out.(*os.File)
 	if !ok {
 		return

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// awaitFor runs AwaitReader on out with readerWait set to wait and
+// awaitFor runs awaitReader on out with readerWait set to wait and
 // returns how long it took.
 func awaitFor(t *testing.T, out *os.File, wait time.Duration) time.Duration {
 	t.Helper()
@@ -15,7 +15,7 @@ func awaitFor(t *testing.T, out *os.File, wait time.Duration) time.Duration {
 	readerWait = wait
 	t.Cleanup(func() { readerWait = was })
 	start := time.Now()
-	AwaitReader(out)
+	awaitReader(out)
 	return time.Since(start)
 }
 

@@ -1,6 +1,8 @@
 package stage
 
 import (
+	"slices"
+
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -46,7 +48,7 @@ func heldRecords(ms []proto.Message) []protoreflect.Message {
 			}
 		}
 	}
-	for _, m := range append(everyStageRecords[:len(everyStageRecords):len(everyStageRecords)], ms...) {
+	for _, m := range slices.Concat(everyStageRecords, ms) {
 		visit(m.ProtoReflect())
 	}
 	return all
