@@ -102,8 +102,10 @@ func FilterWith(opts Options) stage.Filter {
 			if err != nil {
 				return err
 			}
-			if hwm, err := peakRSS(); err == nil {
-				stage.Logf("peak RSS %.1f MB", float64(hwm)/1e6)
+			if stage.Verbose { // not a /proc read on the frozen tree's path for nothing
+				if hwm, err := peakRSS(); err == nil {
+					stage.Logf("peak RSS %.1f MB", float64(hwm)/1e6)
+				}
 			}
 			return nil
 		},
