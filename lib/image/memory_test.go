@@ -1,6 +1,7 @@
 package image_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"io"
 	"runtime"
@@ -126,5 +127,49 @@ func TestConstantMemory(t *testing.T) {
 		if growth > limit {
 			t.Errorf("compress=%v: heap grew by %d MiB while streaming 1 GiB", compress, growth>>20)
 		}
+	}
+}
+
+// TestSmallFramesSmallBuffer: a stream of small pages frames (a tiny
+// process's: 4 KiB to 200 KiB) is read with a payload buffer the size of
+// its frames, not one of 4 MiB, which made a small restore collect its
+// garbage (doc/performance.md, 69).
+func TestSmallFramesSmallBuffer(t *testing.T) {
+	var stream bytes.Buffer
+	w, err := image.NewWriter(&stream, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range []int{4 << 10, 64 << 10, 200 << 10, 8 << 10} {
+		if err := w.WritePages(image.PagesHeader{Pid: 1, Addr: uint64(i) << 20}, bytes.Repeat([]byte{byte(i + 1)}, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r, err := image.NewReader(bytes.NewReader(stream.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := 0
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == image.TypePages {
+			frames++
+		}
+	}
+	runtime.ReadMemStats(&after)
+	allocated := after.TotalAlloc - before.TotalAlloc
+	if frames != 4 || allocated > 1<<20 {
+		t.Fatalf("read %d pages frames of at most 200 KiB allocating %d KiB: want 4 frames and under 1 MiB", frames, allocated>>10)
 	}
 }

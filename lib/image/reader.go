@@ -28,6 +28,8 @@ var lz4FrameMagic = []byte{0x04, 0x22, 0x4d, 0x18}
 const (
 	readAhead = 64 << 10
 	crcPiece  = 256 << 10
+	// smallPayload: the payload buffer's middle size (readPayload).
+	smallPayload = parallelMin + PagesPreamble
 )
 
 // Reader decodes a stream frame by frame.
@@ -307,12 +309,19 @@ func (rd *decoder) next() (*Frame, error) {
 // input holds, not the cap.
 func (rd *decoder) readPayload(length int, pages bool, crc uint32) ([]byte, uint32, int, error) {
 	if cap(rd.buf) < length && length <= MaxPagesPayload {
-		// Up to a full pages frame the buffer is made at once, at the size
-		// of one (4 MiB: the cost of a hostile length is bounded, and
-		// growing would leave garbage behind, which is peak RSS).
+		// Up to a full pages frame the buffer is made at once, in one of
+		// three sizes: growing by small steps would leave garbage behind,
+		// which is peak RSS, and a hostile length costs at most 4 MiB.
+		// The middle size holds every pages frame a file's reader takes
+		// in (larger ones stay in the file: PagesInFile), so that a small
+		// restore does not make 4 MiB for a frame of 64 KiB and collect
+		// garbage for it.
 		c := MaxPagesPayload
-		if length <= 64<<10 {
-			c = 64 << 10
+		switch {
+		case length <= readAhead:
+			c = readAhead
+		case length <= smallPayload:
+			c = smallPayload
 		}
 		rd.buf = make([]byte, 0, c)
 	}
