@@ -25,12 +25,27 @@ type held struct {
 
 // holder makes helds; one goroutine at a time uses it.
 type holder struct {
-	c   lz4.Compressor
-	buf []byte
+	c     *lz4.Compressor // made once holdPlain bytes are held
+	plain int             // bytes held as they came, before c
+	buf   []byte
 }
+
+// holdPlain: the first bytes held are kept as they came. A small tree's
+// records are a few KB, and the compressor's table (128 KiB, faulted in
+// as it is used) cost the counter's restore more than they would save
+// (doc/performance.md, 69); a large tree's first 256 KiB held plain are
+// a small part of its heap.
+const holdPlain = 256 << 10
 
 // hold keeps a copy of b.
 func (h *holder) hold(b []byte) held {
+	if h.c == nil {
+		if h.plain+len(b) <= holdPlain {
+			h.plain += len(b)
+			return held{data: bytes.Clone(b)}
+		}
+		h.c = new(lz4.Compressor)
+	}
 	if n := lz4.CompressBlockBound(len(b)); cap(h.buf) < n {
 		h.buf = make([]byte, n)
 	}
