@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 
 	"golang.org/x/sys/unix"
 
@@ -150,7 +150,8 @@ func (d *dumper) dumpMulticast(e *entry, fd int, in *pb.InetSocket) error {
 		}
 		member, mode, sources, err := sys.McastMembership(fd, family, g.Ifindex, g.Group)
 		if err != nil {
-			return cannot(e, "multicast group %s on %s: %v", net.IP(g.Group), g.Device, err)
+			group, _ := netip.AddrFromSlice(g.Group)
+			return cannot(e, "multicast group %s on %s: %v", group, g.Device, err)
 		}
 		if member {
 			in.Mcast = append(in.Mcast, &pb.McastMembership{Ifindex: uint32(g.Ifindex), Device: g.Device, Group: g.Group, Fmode: mode, Sources: sources})

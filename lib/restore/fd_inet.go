@@ -2,7 +2,7 @@ package restore
 
 import (
 	"fmt"
-	"net"
+	"net/netip"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -159,7 +159,7 @@ func setMulticast(fd int, in *pb.InetSocket) error {
 		}
 	case !v6 && len(in.McastIfAddr) == 4:
 		if err := unix.SetsockoptInet4Addr(fd, level, ifopt, [4]byte(in.McastIfAddr)); err != nil {
-			return fmt.Errorf("interface %s: %w", net.IP(in.McastIfAddr), err)
+			return fmt.Errorf("interface %s: %w", netip.AddrFrom4([4]byte(in.McastIfAddr)), err)
 		}
 	}
 	groupLen := 4
@@ -170,12 +170,13 @@ func setMulticast(fd int, in *pb.InetSocket) error {
 		if len(m.Group) != groupLen {
 			return fmt.Errorf("a group address of %d bytes in a socket of family %d", len(m.Group), in.Family)
 		}
-		ifc, err := net.InterfaceByName(m.Device)
+		group, _ := netip.AddrFromSlice(m.Group) // its length checked above
+		ifindex, err := sys.InterfaceIndex(fd, m.Device)
 		if err != nil {
-			return fmt.Errorf("group %s: interface %s: %w", net.IP(m.Group), m.Device, err)
+			return fmt.Errorf("group %s: interface %s: %w", group, m.Device, err)
 		}
-		if err := sys.McastJoin(fd, int(in.Family), ifc.Index, m.Group, m.Fmode, m.Sources); err != nil {
-			return fmt.Errorf("group %s on %s: %w", net.IP(m.Group), m.Device, err)
+		if err := sys.McastJoin(fd, int(in.Family), ifindex, m.Group, m.Fmode, m.Sources); err != nil {
+			return fmt.Errorf("group %s on %s: %w", group, m.Device, err)
 		}
 	}
 	return nil

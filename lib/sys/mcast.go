@@ -215,3 +215,17 @@ func storageAddr(b []byte, family int) []byte {
 	}
 	return append([]byte(nil), b[4:8]...)
 }
+
+// InterfaceIndex is the index of the network interface name in the network
+// namespace of socket fd (SIOCGIFINDEX): the restored socket's own, where
+// its groups are joined again.
+func InterfaceIndex(fd int, name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}

@@ -2,7 +2,11 @@ package sys
 
 import (
 	"bytes"
+	"errors"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -53,5 +57,29 @@ func TestMcastMembership(t *testing.T) {
 	defer unix.Close(other)
 	if member, _, _, err := McastMembership(other, unix.AF_INET, 1, group); err != nil || member {
 		t.Errorf("a socket that joined nothing: member %v, %v", member, err)
+	}
+}
+
+// InterfaceIndex finds lo where /sys says it is, and refuses a name no
+// interface has.
+func TestInterfaceIndex(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	b, err := os.ReadFile("/sys/class/net/lo/ifindex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := InterfaceIndex(fd, "lo"); err != nil || got != want {
+		t.Errorf("InterfaceIndex(lo) = %d, %v; want %d", got, err, want)
+	}
+	if got, err := InterfaceIndex(fd, "crpipe-none0"); !errors.Is(err, unix.ENODEV) {
+		t.Errorf("InterfaceIndex of a missing interface = %d, %v; want ENODEV", got, err)
 	}
 }
