@@ -10,3 +10,9 @@ var canFold = cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VPCL
 //
 //go:noescape
 func updateFold(crc uint32, p []byte) uint32
+
+// updateShort is Update for len(p) < foldMin where the CPU folds (it has
+// the crc32 instruction then).
+//
+//go:noescape
+func updateShort(crc uint32, p []byte) uint32

@@ -90,3 +90,32 @@ done:
 	NOTL AX
 	MOVL AX, ret+32(FP)
 	RET
+
+// func updateShort(crc uint32, p []byte) uint32
+// The crc32 instruction, 8 bytes at a time, then the last bytes one by one.
+TEXT ·updateShort(SB), NOSPLIT, $0-36
+	MOVL crc+0(FP), AX
+	NOTL AX
+	MOVQ p_base+8(FP), SI
+	MOVQ p_len+16(FP), CX
+
+short8:
+	CMPQ CX, $8
+	JB   short1
+	CRC32Q (SI), AX
+	ADDQ $8, SI
+	SUBQ $8, CX
+	JMP  short8
+
+short1:
+	TESTQ CX, CX
+	JZ    shortdone
+	CRC32B (SI), AX
+	INCQ  SI
+	DECQ  CX
+	JMP   short1
+
+shortdone:
+	NOTL AX
+	MOVL AX, ret+32(FP)
+	RET

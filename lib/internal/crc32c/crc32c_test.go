@@ -36,12 +36,12 @@ func testUpdate(t *testing.T) {
 		off := rng.IntN(64)
 		init := rng.Uint32()
 		p := buf[off : off+n]
-		if got, want := Update(init, p), crc32.Update(init, table, p); got != want {
+		if got, want := Update(init, p), crc32.Update(init, table(), p); got != want {
 			t.Fatalf("len %d at +%d from %#x: %#x, want %#x", n, off, init, got, want)
 		}
 	}
 	for _, n := range []int{1 << 14, 19999} {
-		if got, want := Checksum(buf[:n]), crc32.Checksum(buf[:n], table); got != want {
+		if got, want := Checksum(buf[:n]), crc32.Checksum(buf[:n], table()); got != want {
 			t.Fatalf("len %d: %#x, want %#x", n, got, want)
 		}
 	}
@@ -54,7 +54,7 @@ func TestUpdateSplit(t *testing.T) {
 	for i := range buf {
 		buf[i] = byte(rng.Uint32())
 	}
-	want := crc32.Checksum(buf, table)
+	want := crc32.Checksum(buf, table())
 	for range 200 {
 		var c uint32
 		for p := buf; len(p) > 0; {
@@ -88,7 +88,7 @@ func TestNoOverread(t *testing.T) {
 	}
 	for n := 0; n <= len(data); n += 1 + n/64 {
 		for _, p := range [][]byte{data[:n], data[len(data)-n:]} {
-			if got, want := Checksum(p), crc32.Checksum(p, table); got != want {
+			if got, want := Checksum(p), crc32.Checksum(p, table()); got != want {
 				t.Fatalf("%d bytes: %#x, want %#x", n, got, want)
 			}
 		}
@@ -103,7 +103,7 @@ func TestZeros(t *testing.T) {
 			p[i] = b
 		}
 		for _, n := range []int{256, 257, 511, 512, 4096, 5000} {
-			if got, want := Checksum(p[:n]), crc32.Checksum(p[:n], table); got != want {
+			if got, want := Checksum(p[:n]), crc32.Checksum(p[:n], table()); got != want {
 				t.Fatalf("%d bytes of %#x: %#x, want %#x", n, b, got, want)
 			}
 		}
@@ -127,10 +127,10 @@ func BenchmarkChecksum256M(b *testing.B) {
 	benchmark(b, 256<<20, Checksum)
 }
 func BenchmarkHashCRC32_64K(b *testing.B) {
-	benchmark(b, 64<<10, func(p []byte) uint32 { return crc32.Checksum(p, table) })
+	benchmark(b, 64<<10, func(p []byte) uint32 { return crc32.Checksum(p, table()) })
 }
 func BenchmarkHashCRC32_256M(b *testing.B) {
-	benchmark(b, 256<<20, func(p []byte) uint32 { return crc32.Checksum(p, table) })
+	benchmark(b, 256<<20, func(p []byte) uint32 { return crc32.Checksum(p, table()) })
 }
 
 // TestCombine: the checksum of a followed by b, from theirs, is the
@@ -140,7 +140,7 @@ func TestCombine(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i*7 + i>>12)
 	}
-	whole := crc32.Checksum(data, table)
+	whole := crc32.Checksum(data, table())
 	for _, cut := range []int{0, 1, 7, 4095, 4096, 65537, 1 << 20, 3<<20 - 1, 3 << 20} {
 		a, b := Checksum(data[:cut]), Checksum(data[cut:])
 		if got := Combine(a, b, int64(len(data)-cut)); got != whole {
