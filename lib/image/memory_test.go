@@ -150,24 +150,11 @@ func TestSmallFramesSmallBuffer(t *testing.T) {
 	}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	r, err := image.NewReader(bytes.NewReader(stream.Bytes()))
+	_, frames, err := readAll(stream.Bytes())
+	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)
 	}
-	frames := 0
-	for {
-		f, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.Type == image.TypePages {
-			frames++
-		}
-	}
-	runtime.ReadMemStats(&after)
 	allocated := after.TotalAlloc - before.TotalAlloc
 	if frames != 4 || allocated > 1<<20 {
 		t.Fatalf("read %d pages frames of at most 200 KiB allocating %d KiB: want 4 frames and under 1 MiB", frames, allocated>>10)
