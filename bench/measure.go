@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/dump"
 )
 
 // chunk is the buffer the limit measurements copy through: the page frame
@@ -233,6 +235,7 @@ func (h *harness) pipeline(pid int, out string, compress, oneCPU bool) runResult
 			args = append(args, "--compress")
 		}
 		c := timed(s[0], args...)
+		c.Env = dump.StageEnv(s[0], os.Environ())
 		if oneCPU {
 			c = exec.Command("taskset", append([]string{"-c", "0"}, c.Args...)...)
 		}

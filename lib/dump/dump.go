@@ -22,6 +22,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +34,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/freeze"
+	"crpipe/lib/internal/par"
 	"crpipe/lib/stage"
 )
 
@@ -39,6 +42,19 @@ import (
 // writes the pages into the output itself, where before cr-files and
 // cr-tcp each passed them on (doc/performance.md, 50).
 var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-files", "cr-tcp", "cr-pages"}
+
+// StageEnv is the environment of stage name, from environ (cr-dump's
+// own): unless it sets GOMAXPROCS, each stage but cr-pages starts with one
+// P and is told in par.EnvCPUs how many CPUs it may widen to when it has
+// several processes to work on. A Go runtime starts ~9% cheaper with one
+// P, a cost a small dump pays five times over (doc/performance.md, 70);
+// cr-pages copies and checksums on every CPU from its first process on.
+func StageEnv(name string, environ []string) []string {
+	if name == "cr-pages" || slices.ContainsFunc(environ, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
+		return environ
+	}
+	return append(slices.Clip(environ), "GOMAXPROCS=1", par.EnvCPUs+"="+strconv.Itoa(runtime.GOMAXPROCS(0)))
+}
 
 // Options configure a dump.
 type Options struct {
@@ -330,6 +346,7 @@ func start(opt Options, out *os.File) ([]*stageRun, error) {
 			args = append(args, "--compress")
 		}
 		cmd := exec.Command(filepath.Join(opt.BinDir, name), args...)
+		cmd.Env = StageEnv(name, os.Environ())
 		r := &stageRun{name: name, cmd: cmd, done: make(chan struct{})}
 		if in != nil {
 			cmd.Stdin = in

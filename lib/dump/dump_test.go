@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -305,5 +307,30 @@ func TestDumpLeaveRunning(t *testing.T) {
 		}
 		checkImage(t, img)
 		thawedAndRunning(t, p, orig)
+	}
+}
+
+func TestStageEnv(t *testing.T) {
+	base := []string{"PATH=/usr/bin", "HOME=/root"}
+	cpus := "CRPIPE_CPUS=" + strconv.Itoa(runtime.GOMAXPROCS(0))
+	for _, name := range Stages {
+		env := StageEnv(name, base)
+		if name == "cr-pages" {
+			if !slices.Equal(env, base) {
+				t.Errorf("cr-pages: %q, want the caller's environment as it is", env)
+			}
+			continue
+		}
+		if want := append(slices.Clone(base), "GOMAXPROCS=1", cpus); !slices.Equal(env, want) {
+			t.Errorf("%s: %q, want %q", name, env, want)
+		}
+	}
+	if env := StageEnv("cr-freeze", base); &env[0] == &base[0] || len(base) != 2 {
+		t.Errorf("the caller's slice was written to")
+	}
+	// A user's GOMAXPROCS reaches every stage as it is.
+	own := append(slices.Clone(base), "GOMAXPROCS=4")
+	if env := StageEnv("cr-seize", own); !slices.Equal(env, own) {
+		t.Errorf("with GOMAXPROCS=4 set: %q", env)
 	}
 }

@@ -3,7 +3,6 @@ package files
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -143,7 +142,7 @@ func (d *dumper) dump() error {
 	live := d.live()
 	tables := make([]*pb.Files, len(live))
 	entries := make([][]*entry, len(live))
-	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) (err error) {
+	if err := par.For(len(live), par.Workers(len(live)), func(i int) (err error) {
 		tables[i], entries[i], err = d.dumpTable(int(live[i].Pid))
 		return err
 	}); err != nil {

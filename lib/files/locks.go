@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -213,7 +212,7 @@ type sharedMapping struct {
 func (d *dumper) sharedMappings() ([]sharedMapping, error) {
 	live := d.live()
 	of := make([][]sharedMapping, len(live))
-	if err := par.For(len(live), runtime.GOMAXPROCS(0), func(i int) error {
+	if err := par.For(len(live), par.Workers(len(live)), func(i int) error {
 		pid := live[i].Pid
 		ms, err := proc.ReadSharedFileMaps(int(pid))
 		if err != nil {

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -347,7 +346,7 @@ func refuseNested(dir string) error {
 // as the root was, and records them (their cgroup is dir).
 func (f *Frozen) checkAll(procs []int, dir string) error {
 	sts := make([]*proc.Stat, len(procs))
-	err := par.For(len(procs), runtime.GOMAXPROCS(0), func(i int) error {
+	err := par.For(len(procs), par.Workers(len(procs)), func(i int) error {
 		if procs[i] == f.Root {
 			return nil
 		}
@@ -402,7 +401,7 @@ func (f *Frozen) adopt(dir string) (int, error) {
 	}
 	err := walkTree(f.Root, func(gen []int) ([]int, error) {
 		looks := make([]look, len(gen))
-		par.For(len(gen), runtime.GOMAXPROCS(0), func(i int) error {
+		par.For(len(gen), par.Workers(len(gen)), func(i int) error {
 			pid, l := gen[i], &looks[i]
 			if known[pid] {
 				return nil
@@ -469,7 +468,7 @@ func walkTree(root int, visit func(gen []int) (descend []int, err error)) error 
 		}
 		// Read on every core: a wide generation has as many lists of children.
 		kids := make([][]int, len(descend))
-		err = par.For(len(descend), runtime.GOMAXPROCS(0), func(i int) (err error) {
+		err = par.For(len(descend), par.Workers(len(descend)), func(i int) (err error) {
 			kids[i], err = proc.Children(descend[i])
 			if errors.Is(err, proc.ErrNoProcess) {
 				err = nil
@@ -512,7 +511,7 @@ func (f *Frozen) records(inCgroup []int) ([]*pb.Process, error) {
 	err := walkTree(f.Root, func(gen []int) ([]int, error) {
 		// Read on every core; the tree is frozen.
 		looks := make([]look, len(gen))
-		par.For(len(gen), runtime.GOMAXPROCS(0), func(i int) error {
+		par.For(len(gen), par.Workers(len(gen)), func(i int) error {
 			pid, l := gen[i], &looks[i]
 			if l.st, l.err = proc.ReadStat(pid); l.err != nil {
 				l.err = fmt.Errorf("pid %d vanished while frozen: %w", pid, l.err)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"runtime"
 	"slices"
 
 	"crpipe/lib/internal/par"
@@ -64,7 +63,7 @@ func checkNamespaces(procs []*pb.Process) error {
 		threads []map[string]string // of p.Threads[1:]
 	}
 	all := make([]links, len(procs))
-	err := par.For(len(procs), runtime.GOMAXPROCS(0), func(i int) error {
+	err := par.For(len(procs), par.Workers(len(procs)), func(i int) error {
 		p := procs[i]
 		if p.State == "Z" || len(p.Threads) == 0 {
 			return nil // a zombie has no namespaces left

@@ -191,7 +191,7 @@ func run(fr *pb.Freeze, procs []*pb.Process, opt Options, wit *witnesses, seen t
 	if err != nil {
 		return nil, err
 	}
-	nw := min(runtime.GOMAXPROCS(0), len(live))
+	nw := par.Workers(len(live))
 	targets := make([]*target, len(live))
 	if err := par.For(len(live), nw, func(i int) (err error) {
 		targets[i], err = prepare(live[i], fr, mount, wit, seen)

@@ -65,7 +65,7 @@ func Filter() stage.Filter {
 			// tracer thread per core, each taking every nth process. Its
 			// records are written once those before it are: a thread's
 			// xsave area is held only until then, not to the end.
-			return par.Ordered(len(procs), runtime.GOMAXPROCS(0), func(i int) (*State, error) {
+			return par.Ordered(len(procs), par.Workers(len(procs)), func(i int) (*State, error) {
 				if procs[i].State == "Z" {
 					return nil, nil // a zombie has no threads to read
 				}

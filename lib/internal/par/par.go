@@ -1,7 +1,12 @@
 // Package par runs independent pieces of work on several goroutines.
 package par
 
-import "sync"
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+)
 
 // For runs f(0) ... f(n-1) on up to workers goroutines (worker w takes w,
 // w+workers, ...) and returns the error of the lowest i that failed, so
@@ -65,4 +70,30 @@ func Ordered[T any](n, workers int, f func(i int) (T, error), use func(i int, v 
 		return nil
 	})
 	return first
+}
+
+// EnvCPUs names the variable with which cr-dump tells a stage it started
+// with one P (GOMAXPROCS=1: a Go runtime starts ~9% cheaper so, which a
+// dump of one small process pays five times over) how many CPUs it may
+// widen to when it has parallel work.
+const EnvCPUs = "CRPIPE_CPUS"
+
+var widen = sync.OnceValue(func() int {
+	n, err := strconv.Atoi(os.Getenv(EnvCPUs))
+	n = min(n, runtime.NumCPU()) // a stage held to fewer CPUs (taskset)
+	if err != nil || n <= runtime.GOMAXPROCS(0) {
+		return runtime.GOMAXPROCS(0)
+	}
+	runtime.GOMAXPROCS(n)
+	return n
+})
+
+// Workers is how many goroutines n independent pieces of work get: one
+// per CPU the stage may use, and no more than n. Two pieces or more widen
+// a stage that cr-dump started narrow (EnvCPUs).
+func Workers(n int) int {
+	if n < 2 {
+		return 1
+	}
+	return min(widen(), n)
 }

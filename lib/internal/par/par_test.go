@@ -3,6 +3,9 @@ package par
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
 	"sync/atomic"
 	"testing"
 )
@@ -71,5 +74,38 @@ func TestOrdered(t *testing.T) {
 		if err == nil || err.Error() != "piece 7" || used != 7 {
 			t.Errorf("%d workers: error %v after %d uses, want piece 7 after 7", workers, err, used)
 		}
+	}
+}
+
+// TestWorkersWiden runs itself again as a stage that cr-dump started
+// narrow: one P until there are two pieces of work, then the CPUs it was
+// told of (at most those it may run on).
+func TestWorkersWiden(t *testing.T) {
+	if os.Getenv("PAR_WIDEN_CHILD") == "1" {
+		if got := Workers(1); got != 1 || runtime.GOMAXPROCS(0) != 1 {
+			fmt.Printf("Workers(1) = %d with GOMAXPROCS %d, want 1 and 1\n", got, runtime.GOMAXPROCS(0))
+			os.Exit(1)
+		}
+		want := min(3, runtime.NumCPU())
+		if got := Workers(10); got != want || runtime.GOMAXPROCS(0) != want {
+			fmt.Printf("Workers(10) = %d with GOMAXPROCS %d, want %d and %d\n", got, runtime.GOMAXPROCS(0), want, want)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: nothing to widen to")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestWorkersWiden$")
+	cmd.Env = append(os.Environ(), "PAR_WIDEN_CHILD=1", "GOMAXPROCS=1", EnvCPUs+"=3")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	// Not narrowed: every P from the start, and never more pieces than work.
+	if got := Workers(runtime.GOMAXPROCS(0) + 5); got != runtime.GOMAXPROCS(0) {
+		t.Errorf("Workers = %d, want GOMAXPROCS %d", got, runtime.GOMAXPROCS(0))
+	}
+	if got := Workers(0); got != 1 {
+		t.Errorf("Workers(0) = %d, want 1", got)
 	}
 }
