@@ -9,6 +9,8 @@ import (
 	"golang.org/x/sys/cpu"
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/arch"
+	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/sys"
 )
 
@@ -38,19 +40,26 @@ type Lender struct {
 	size     uint64
 	fdW, fdR int      // the pipe's ends in the process
 	Pipe     *os.File // the read end, in this process
+	// The thread's xsave area before the lender first folded on it: put
+	// back after every run (Lending.Finish).
+	xstate []byte
 }
 
-// The lender's mapping: control block, runs, frame ring, stack.
+// The lender's mapping: control block, runs, frame ring, the thread's
+// vector registers as they were (xsaveHead, then the xsave area: for
+// RecoverStub), stack.
 const (
 	lendCodeOffset = 1024 // of the lender's code in the stub's code page
-	lendCtlSize    = 128
+	lendCtlSize    = 256
 	lendRunSize    = 24
 	lendFrameSize  = 40
 	lendRing       = 512 // frames; the pipe (at most 256 pages) bounds how far the code runs ahead
 	lendStack      = 16 << 10
 	// MaxLendRuns is how many runs one Lend takes.
 	MaxLendRuns = 4096
-	lendSize    = (lendCtlSize + MaxLendRuns*lendRunSize + lendRing*lendFrameSize + lendStack + 4095) &^ 4095
+	lendXsaveAt = lendCtlSize + MaxLendRuns*lendRunSize + lendRing*lendFrameSize
+	xsaveHead   = 16 // the thread's tid and the area's length (0: not saved)
+	lendSize    = (lendXsaveAt + xsaveHead + arch.XsaveBufSize + lendStack + 4095) &^ 4095
 	lendPipe    = 1 << 20
 )
 
@@ -73,6 +82,8 @@ const (
 	ctlZeros    = 64
 	ctlErr      = 72
 	ctlPipeSize = 80
+	ctlFoldOK   = 88
+	ctlFold     = 96 // 14 words
 )
 
 // LendUsable says whether this machine can run the lender (its checksum
@@ -262,6 +273,15 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	// Fewer, larger moves (the lender asks; a process under a smaller
 	// pipe-max-size keeps the default).
 	le.PutUint64(b[ctlPipeSize:], lendPipe)
+	if k, ok := crc32c.FoldConstants(); ok && !lendNoFold {
+		if err := l.saveXstate(); err != nil {
+			return nil, err
+		}
+		le.PutUint64(b[ctlFoldOK:], 1)
+		for i, c := range k {
+			le.PutUint64(b[ctlFold+8*i:], c)
+		}
+	}
 	for i, r := range runs {
 		e := b[lendCtlSize+i*lendRunSize:]
 		le.PutUint64(e, r.Addr)
@@ -288,6 +308,36 @@ func (l *Lender) Lend(runs []LendRun, maxFrame uint64) (*Lending, error) {
 	}
 	s.state = running
 	return &Lending{l: l}, nil
+}
+
+// lendNoFold: CRPIPE_LEND_FOLD=0 has the lender checksum with the crc32
+// instruction alone, as where the CPU cannot fold (for comparisons).
+var lendNoFold = os.Getenv("CRPIPE_LEND_FOLD") == "0"
+
+// saveXstate keeps the thread's xsave area, which the lender's fold
+// overwrites in part (its vector registers), here and in the lender's
+// mapping, where RecoverStub finds it if this tracer dies.
+func (l *Lender) saveXstate() error {
+	if l.xstate != nil {
+		return nil
+	}
+	buf := make([]byte, arch.XsaveBufSize)
+	n, err := sys.PtraceGetRegset(l.s.tid, sys.NT_X86_XSTATE, buf)
+	if err != nil {
+		return err
+	}
+	if n >= len(buf) {
+		return fmt.Errorf("tid %d: xsave area larger than %d bytes", l.s.tid, len(buf))
+	}
+	rec := make([]byte, xsaveHead+n)
+	binary.LittleEndian.PutUint64(rec, uint64(l.s.tid))
+	binary.LittleEndian.PutUint64(rec[8:], uint64(n))
+	copy(rec[xsaveHead:], buf[:n])
+	if err := WriteMem(l.s.tid, l.base+lendXsaveAt, rec); err != nil {
+		return err
+	}
+	l.xstate = buf[:n]
+	return nil
 }
 
 // Next waits for the next frame; false when the lender is done.
@@ -359,5 +409,11 @@ func (g *Lending) Finish() error {
 			return err
 		}
 	}
-	return s.toEventStop()
+	if err := s.toEventStop(); err != nil {
+		return err
+	}
+	if g.l.xstate != nil {
+		return sys.PtraceSetRegset(s.tid, sys.NT_X86_XSTATE, g.l.xstate)
+	}
+	return nil
 }

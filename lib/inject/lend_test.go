@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/arch"
+	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/sys"
 )
 
@@ -20,11 +22,30 @@ import (
 // between the zeros of the first run, 8 for the 31 pages of the second) cover exactly the pages that are
 // not zeros, each frame's bytes come through the pipe as the task has them,
 // each third's checksum is right, and afterwards the task has the same
-// registers, mappings, fds and stack, and goes on as before.
+// registers (its vector registers too, which the fold uses), mappings, fds
+// and stack, and goes on as before. Once with the fold where the CPU has
+// it, once with the crc32 instruction alone.
 func TestLend(t *testing.T) {
 	if !LendUsable() {
 		t.Skip("no SSE 4.2 crc32 on this CPU: the lender cannot run")
 	}
+	for _, noFold := range []bool{false, true} {
+		name := "fold"
+		if noFold {
+			name = "crc32"
+		}
+		t.Run(name, func(t *testing.T) {
+			if _, ok := crc32c.FoldConstants(); !ok && !noFold {
+				t.Skip("this CPU cannot fold: the crc32 run covers it")
+			}
+			defer func(old bool) { lendNoFold = old }(lendNoFold)
+			lendNoFold = noFold
+			testLend(t)
+		})
+	}
+}
+
+func testLend(t *testing.T) {
 	p, insn := seizedSleeper(t)
 	fdsBefore := fdList(t, p.Pid)
 	before := look(t, p.Pid)
@@ -77,6 +98,15 @@ func TestLend(t *testing.T) {
 	if err := WriteMem(p.Pid, record, l.record()); err != nil {
 		t.Fatal(err)
 	}
+	xstate := func() []byte {
+		buf := make([]byte, arch.XsaveBufSize)
+		n, err := sys.PtraceGetRegset(p.Pid, sys.NT_X86_XSTATE, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:n]
+	}
+	xsBefore := xstate()
 	g, err := l.Lend([]LendRun{{Addr: area, Len: 32 * 4096, Zero: true}, {Addr: area + 32*4096, Len: 32 * 4096, Zero: true}}, 4*4096)
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +145,9 @@ func TestLend(t *testing.T) {
 	}
 	if err := g.Finish(); err != nil {
 		t.Fatal(err)
+	}
+	if !bytes.Equal(xstate(), xsBefore) {
+		t.Errorf("the lender's thread has other vector registers (xsave area) than before")
 	}
 	for pg := range pages {
 		if covered[pg] == zeroPages[pg] {
@@ -160,4 +193,74 @@ func fdList(t *testing.T, pid int) string {
 		names = append(names, e.Name())
 	}
 	return strings.Join(names, " ")
+}
+
+// TestLendRecovered: a tracer that dies while its lender folds (here:
+// the thread stopped wherever it is and let go, as the kernel lets go of
+// a dead tracer's tasks) leaves the thread's vector registers in the
+// lender's mapping, and RecoverStub puts them back with the rest.
+func TestLendRecovered(t *testing.T) {
+	if _, ok := crc32c.FoldConstants(); !ok || !LendUsable() {
+		t.Skip("this CPU cannot fold: the lender leaves the vector registers alone")
+	}
+	p, insn := seizedSleeper(t)
+	xstate := func() []byte {
+		buf := make([]byte, arch.XsaveBufSize)
+		n, err := sys.PtraceGetRegset(p.Pid, sys.NT_X86_XSTATE, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:n]
+	}
+	xsBefore := xstate()
+	s, err := Begin(p.Pid, insn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pages = 64
+	ret, err := s.Syscall(unix.SYS_MMAP, 0, pages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil || Errno(ret) != nil {
+		t.Fatal(ret, err)
+	}
+	if err := WriteMem(p.Pid, uint64(ret), bytes.Repeat([]byte("crpipe.."), pages*4096/8)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := MapStub(s, []*Session{s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.NewLender(s, p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := l.Lend([]LendRun{{Addr: uint64(ret), Len: pages * 4096}}, 4*4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := g.Next(); !ok || err != nil {
+		t.Fatalf("the first frame: %v %v", ok, err)
+	}
+	if err := s.toEventStop(); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(xstate(), xsBefore) {
+		t.Fatal("the fold left the vector registers as they were: nothing to recover")
+	}
+	l.Pipe.Close()
+	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := RecoverStub(p.Pid); !found || err != nil {
+		t.Fatalf("RecoverStub: found %v, %v", found, err)
+	}
+	seizeStop(t, p.Pid)
+	if !bytes.Equal(xstate(), xsBefore) {
+		t.Errorf("after the recovery, the thread's vector registers (xsave area) are not as before")
+	}
+	if err := sys.PtraceDetach(p.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
+		t.Fatalf("target: %q, %v", line, err)
+	}
 }

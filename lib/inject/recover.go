@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/arch"
 	"crpipe/lib/proc"
 	"crpipe/lib/stage"
 	"crpipe/lib/sys"
@@ -217,6 +218,9 @@ func RecoverStub(pid int) (bool, error) {
 		}
 	}
 	if len(sessions) > 0 && lent.size != 0 && lent.base != 0 {
+		if err := putXstateBack(pid, lent.base, sessions); err != nil {
+			errs = append(errs, err)
+		}
 		ret, err := sessions[0].Syscall(unix.SYS_MUNMAP, lent.base, lent.size)
 		if err == nil {
 			err = Errno(ret)
@@ -240,6 +244,36 @@ func RecoverStub(pid int) (bool, error) {
 		}
 	}
 	return true, errors.Join(errs...)
+}
+
+// putXstateBack gives the lender's thread back the vector registers its
+// fold overwrote, from the copy in the lender's mapping at base (Lend's
+// saveXstate; none if the lender never folded).
+func putXstateBack(pid int, base uint64, sessions []*Session) error {
+	var head [xsaveHead]byte
+	if err := ReadMem(pid, base+lendXsaveAt, head[:]); err != nil {
+		return err
+	}
+	tid, n := int(binary.LittleEndian.Uint64(head[:])), binary.LittleEndian.Uint64(head[8:])
+	if tid == 0 {
+		return nil
+	}
+	if n == 0 || n > arch.XsaveBufSize {
+		return fmt.Errorf("pid %d: the page lender's copy of tid %d's xsave area says %d bytes", pid, tid, n)
+	}
+	for _, s := range sessions {
+		if s.tid != tid {
+			continue
+		}
+		buf := make([]byte, n)
+		if err := ReadMem(pid, base+lendXsaveAt+xsaveHead, buf); err != nil {
+			return err
+		}
+		if err := sys.PtraceSetRegset(tid, sys.NT_X86_XSTATE, buf); err != nil {
+			return fmt.Errorf("pid %d: the vector registers of the page lender's thread: %w", pid, err)
+		}
+	}
+	return nil
 }
 
 // seizeForRecovery seizes tid, stops it and begins a session on it,

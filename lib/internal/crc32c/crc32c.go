@@ -130,3 +130,8 @@ var x8Pow2 = func() (t [63]uint32) {
 	}
 	return t
 }()
+
+// FoldConstants are the constants of the fold (foldConsts) for code
+// elsewhere that folds the same way, the page lender in a dumped process
+// (pie/src/lend.c); ok is false where this CPU cannot fold.
+func FoldConstants() (c [14]uint64, ok bool) { return foldConsts, canFold }
