@@ -56,11 +56,7 @@ func testLend(t *testing.T) {
 	}
 	// The memory to lend: 64 pages, filled from here.
 	const pages = 64
-	ret, err := s.Syscall(unix.SYS_MMAP, 0, pages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil || Errno(ret) != nil {
-		t.Fatal(ret, err)
-	}
-	area := uint64(ret)
+	area := mapIn(t, s, pages)
 	want := make([]byte, pages*4096)
 	zeroPages := map[int]bool{0: true, 3: true, 10: true, 11: true, 12: true, 63: true}
 	for pg := range pages {
@@ -75,14 +71,7 @@ func testLend(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := MapStub(s, []*Session{s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := st.NewLender(s, p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, l := lenderIn(t, s, p.Pid)
 	if base, _, lent, err := findStub(p.Pid); err != nil || base == 0 || lent.base != l.base || lent.fds != [2]int{l.fdR, l.fdW} {
 		t.Fatalf("the stub's records do not name the lender: %#x %+v, %v", base, lent, err)
 	}
@@ -98,14 +87,7 @@ func testLend(t *testing.T) {
 	if err := WriteMem(p.Pid, record, l.record()); err != nil {
 		t.Fatal(err)
 	}
-	xstate := func() []byte {
-		buf := make([]byte, arch.XsaveBufSize)
-		n, err := sys.PtraceGetRegset(p.Pid, sys.NT_X86_XSTATE, buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return buf[:n]
-	}
+	xstate := func() []byte { return xstateOf(t, p.Pid) }
 	xsBefore := xstate()
 	g, err := l.Lend([]LendRun{{Addr: area, Len: 32 * 4096, Zero: true}, {Addr: area + 32*4096, Len: 32 * 4096, Zero: true}}, 4*4096)
 	if err != nil {
@@ -163,7 +145,7 @@ func testLend(t *testing.T) {
 	if err := st.Unmap(s); err != nil {
 		t.Fatal(err)
 	}
-	ret, err = s.Syscall(unix.SYS_MUNMAP, area, pages*4096)
+	ret, err := s.Syscall(unix.SYS_MUNMAP, area, pages*4096)
 	if err != nil || Errno(ret) != nil {
 		t.Fatal(ret, err)
 	}
@@ -204,36 +186,19 @@ func TestLendRecovered(t *testing.T) {
 		t.Skip("this CPU cannot fold: the lender leaves the vector registers alone")
 	}
 	p, insn := seizedSleeper(t)
-	xstate := func() []byte {
-		buf := make([]byte, arch.XsaveBufSize)
-		n, err := sys.PtraceGetRegset(p.Pid, sys.NT_X86_XSTATE, buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return buf[:n]
-	}
+	xstate := func() []byte { return xstateOf(t, p.Pid) }
 	xsBefore := xstate()
 	s, err := Begin(p.Pid, insn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const pages = 64
-	ret, err := s.Syscall(unix.SYS_MMAP, 0, pages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
-	if err != nil || Errno(ret) != nil {
-		t.Fatal(ret, err)
-	}
-	if err := WriteMem(p.Pid, uint64(ret), bytes.Repeat([]byte("crpipe.."), pages*4096/8)); err != nil {
+	area := mapIn(t, s, pages)
+	if err := WriteMem(p.Pid, area, bytes.Repeat([]byte("crpipe.."), pages*4096/8)); err != nil {
 		t.Fatal(err)
 	}
-	st, err := MapStub(s, []*Session{s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := st.NewLender(s, p.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := l.Lend([]LendRun{{Addr: uint64(ret), Len: pages * 4096}}, 4*4096)
+	_, l := lenderIn(t, s, p.Pid)
+	g, err := l.Lend([]LendRun{{Addr: area, Len: pages * 4096}}, 4*4096)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,4 +228,39 @@ func TestLendRecovered(t *testing.T) {
 	if line, err := p.Next(5 * time.Second); err != nil || line != "slept ok" {
 		t.Fatalf("target: %q, %v", line, err)
 	}
+}
+
+// xstateOf is the xsave area of tid, at a ptrace stop.
+func xstateOf(t *testing.T, tid int) []byte {
+	t.Helper()
+	buf := make([]byte, arch.XsaveBufSize)
+	n, err := sys.PtraceGetRegset(tid, sys.NT_X86_XSTATE, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n]
+}
+
+// lenderIn maps a stub through s and sets up a lender in pid with it.
+func lenderIn(t *testing.T, s *Session, pid int) (*Stub, *Lender) {
+	t.Helper()
+	st, err := MapStub(s, []*Session{s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := st.NewLender(s, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, l
+}
+
+// mapIn maps pages of fresh anonymous memory through s's thread.
+func mapIn(t *testing.T, s *Session, pages uint64) uint64 {
+	t.Helper()
+	ret, err := s.Syscall(unix.SYS_MMAP, 0, pages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	if err != nil || Errno(ret) != nil {
+		t.Fatal(ret, err)
+	}
+	return uint64(ret)
 }
