@@ -19,10 +19,10 @@
  * Where the CPU has 512-bit carry-less multiplies, the tracer sets
  * fold_ok and the fold constants (lib/internal/crc32c's), and the
  * checksum folds 256 bytes at a time in vector registers: ~3 times the
- * crc32 instruction's speed on memory, which made this thread the bound of
- * a large dump. The tracer saves the thread's vector registers before
- * and puts them back after (lib/inject/lend.go); everything else here uses
- * general registers only.
+ * crc32 instruction's speed in the caches, the speed of reading memory
+ * outside them (doc/performance.md, 71). The tracer saves the thread's
+ * vector registers before and puts them back after (lib/inject/lend.go);
+ * everything else here uses general registers only.
  *
  * Freestanding: no libc, no globals, no absolute addresses; the flat binary
  * (lend.bin) is copied into the stub's code page as it is.
@@ -188,19 +188,16 @@ static int checksum(struct lend_ctl *ctl, struct backlog *bl, struct lend_frame 
 	const u64 *p = (const u64 *)f->addr;
 	u64 third = (f->len / 3) & ~7UL, n = third / 8, total = f->len / 8;
 	if (ctl->fold_ok) {
-		/* Each third in pieces of STEP words, the backlog pumped between. */
+		/* Each third in pieces of STEP words, the backlog pumped between;
+		 * frames are whole pages, so a third, and its last piece, hold
+		 * the 256 bytes fold needs. */
 		for (int k = 0; k < 3; k++) {
 			const unsigned char *at = (const unsigned char *)f->addr + k * third;
 			u64 left = k < 2 ? third : f->len - 2 * third;
 			u32 c = ~0U;
 			while (left) {
 				u64 piece = left >= 2 * STEP * 8 ? STEP * 8 : left;
-				if (piece >= 256) {
-					c = fold(c, at, piece, ctl->fold);
-				} else {
-					for (u64 i = 0; i < piece / 8; i++)
-						c = (u32)crc8(c, ((const u64 *)at)[i]);
-				}
+				c = fold(c, at, piece, ctl->fold);
 				at += piece;
 				left -= piece;
 				if (bl->sent < ctl->produced && pump(ctl, bl, 0))
