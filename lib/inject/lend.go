@@ -321,22 +321,17 @@ func (l *Lender) saveXstate() error {
 	if l.xstate != nil {
 		return nil
 	}
-	buf := make([]byte, arch.XsaveBufSize)
-	n, err := sys.PtraceGetRegset(l.s.tid, sys.NT_X86_XSTATE, buf)
+	rec := make([]byte, xsaveHead+arch.XsaveBufSize)
+	xs, err := sys.PtraceGetXstate(l.s.tid, rec[xsaveHead:])
 	if err != nil {
 		return err
 	}
-	if n >= len(buf) {
-		return fmt.Errorf("tid %d: xsave area larger than %d bytes", l.s.tid, len(buf))
-	}
-	rec := make([]byte, xsaveHead+n)
 	binary.LittleEndian.PutUint64(rec, uint64(l.s.tid))
-	binary.LittleEndian.PutUint64(rec[8:], uint64(n))
-	copy(rec[xsaveHead:], buf[:n])
-	if err := WriteMem(l.s.tid, l.base+lendXsaveAt, rec); err != nil {
+	binary.LittleEndian.PutUint64(rec[8:], uint64(len(xs)))
+	if err := WriteMem(l.s.tid, l.base+lendXsaveAt, rec[:xsaveHead+len(xs)]); err != nil {
 		return err
 	}
-	l.xstate = buf[:n]
+	l.xstate = xs
 	return nil
 }
 

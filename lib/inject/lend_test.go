@@ -233,12 +233,11 @@ func TestLendRecovered(t *testing.T) {
 // xstateOf is the xsave area of tid, at a ptrace stop.
 func xstateOf(t *testing.T, tid int) []byte {
 	t.Helper()
-	buf := make([]byte, arch.XsaveBufSize)
-	n, err := sys.PtraceGetRegset(tid, sys.NT_X86_XSTATE, buf)
+	xs, err := sys.PtraceGetXstate(tid, make([]byte, arch.XsaveBufSize))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buf[:n]
+	return xs
 }
 
 // lenderIn maps a stub through s and sets up a lender in pid with it.

@@ -269,15 +269,11 @@ func ReadThread(pid, tid int) (*pb.ThreadCore, error) {
 	}
 	bufp := xsaveBufs.Get().(*[arch.XsaveBufSize]byte)
 	defer xsaveBufs.Put(bufp)
-	buf := bufp[:]
-	n, err := sys.PtraceGetRegset(tid, sys.NT_X86_XSTATE, buf)
+	xsave, err := sys.PtraceGetXstate(tid, bufp[:])
 	if err != nil {
 		return nil, where(err)
 	}
-	if n >= len(buf) {
-		return nil, where(fmt.Errorf("xsave area larger than %d bytes", len(buf)))
-	}
-	if _, err := arch.ParseXsave(buf[:n]); err != nil {
+	if _, err := arch.ParseXsave(xsave); err != nil {
 		return nil, where(err)
 	}
 	mask, err := sys.PtraceGetSigmask(tid)
@@ -288,7 +284,7 @@ func ReadThread(pid, tid int) (*pb.ThreadCore, error) {
 		Pid:     uint32(pid),
 		Tid:     uint32(tid),
 		Regs:    arch.RegsToPB(&regs),
-		Xsave:   bytes.Clone(buf[:n]),
+		Xsave:   bytes.Clone(xsave),
 		Sigmask: mask,
 	}
 	rs, err := sys.PtraceGetRseqConfig(tid)

@@ -307,6 +307,20 @@ func PtraceGetRegset(tid int, nt int, buf []byte) (int, error) {
 	return int(iov.Len), nil
 }
 
+// PtraceGetXstate reads tid's xsave area (NT_X86_XSTATE) into buf and
+// returns the part of buf it took. An area that fills buf may have been
+// cut short, and is refused.
+func PtraceGetXstate(tid int, buf []byte) ([]byte, error) {
+	n, err := PtraceGetRegset(tid, NT_X86_XSTATE, buf)
+	if err != nil {
+		return nil, err
+	}
+	if n >= len(buf) {
+		return nil, fmt.Errorf("ptrace getregset %d: xsave area larger than %d bytes", tid, len(buf))
+	}
+	return buf[:n], nil
+}
+
 // PtraceSetRegset writes register set nt from buf.
 func PtraceSetRegset(tid int, nt int, buf []byte) error {
 	if len(buf) == 0 {

@@ -80,8 +80,11 @@ const EnvCPUs = "CRPIPE_CPUS"
 
 var widen = sync.OnceValue(func() int {
 	n, err := strconv.Atoi(os.Getenv(EnvCPUs))
+	if err != nil {
+		return runtime.GOMAXPROCS(0)
+	}
 	n = min(n, runtime.NumCPU()) // a stage held to fewer CPUs (taskset)
-	if err != nil || n <= runtime.GOMAXPROCS(0) {
+	if n <= runtime.GOMAXPROCS(0) {
 		return runtime.GOMAXPROCS(0)
 	}
 	runtime.GOMAXPROCS(n)
