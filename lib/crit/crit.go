@@ -80,7 +80,7 @@ func Command() *cli.App {
 						defer f.Close()
 						in = f
 					}
-					out, err := stage.Output()
+					out, err := stage.Output(c)
 					if err != nil {
 						return err
 					}

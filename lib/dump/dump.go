@@ -3,8 +3,10 @@
 //
 //	cr-freeze --pid P | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages
 //
-// with the stage binaries found next to its own executable, and applies an
-// all-or-nothing disposition: the target is killed only once the whole
+// on goroutines of its own process (stage.RunIn; with --stage-processes,
+// the stage binaries found next to its own executable, each a process of
+// its own, as a shell would run them), and applies an all-or-nothing
+// disposition: the target is killed only once the whole
 // image is written (and fsynced when it is a file); if any stage fails the
 // target is thawed in its original cgroup and no output file is left.
 // cr-pages gets --lend (its processes put their own pages into the stream,
@@ -33,15 +35,32 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/files"
 	"crpipe/lib/freeze"
 	"crpipe/lib/internal/par"
+	"crpipe/lib/pages"
+	"crpipe/lib/parasite"
+	"crpipe/lib/proc"
+	"crpipe/lib/seize"
 	"crpipe/lib/stage"
+	"crpipe/lib/tcp"
 )
 
 // Stages are the pipeline's binaries, in order. cr-pages comes last: it
 // writes the pages into the output itself, where before cr-files and
 // cr-tcp each passed them on (doc/performance.md, 50).
 var Stages = []string{"cr-freeze", "cr-seize", "cr-parasite", "cr-files", "cr-tcp", "cr-pages"}
+
+// stageCommands build the stages' commands, for the stages run in this
+// process: the same code as their binaries'.
+var stageCommands = map[string]func() *cli.App{
+	"cr-freeze":   freeze.Command,
+	"cr-seize":    seize.Command,
+	"cr-parasite": parasite.Command,
+	"cr-files":    files.Command,
+	"cr-tcp":      tcp.Command,
+	"cr-pages":    pages.Command,
+}
 
 // StageEnv is the environment of stage name, from environ (cr-dump's
 // own): unless it sets GOMAXPROCS, each stage but cr-pages starts with one
@@ -66,9 +85,14 @@ type Options struct {
 	ShellJob     bool   // cr-files --shell-job: the job's terminal belongs to its shell
 	GhostLimit   string // cr-pages and cr-files --ghost-limit, when not ""
 	Verbose      bool
-	// BinDir holds the stage binaries (default: the directory of this executable).
+	// StageProcesses runs each stage as a process of its own (a binary in
+	// BinDir) instead of on goroutines of this one.
+	StageProcesses bool
+	// BinDir holds the stage binaries and cr-freeze for the guard
+	// (default: the directory of this executable).
 	BinDir string
-	// Stderr receives stage diagnostics (default os.Stderr).
+	// Stderr receives the diagnostics of stages run as processes (default
+	// os.Stderr); stages run here write to os.Stderr.
 	Stderr io.Writer
 	// Grace is how long stages get to exit after SIGTERM before SIGKILL.
 	Grace time.Duration
@@ -88,6 +112,7 @@ func Command() *cli.App {
 			&cli.BoolFlag{Name: "shell-job", Usage: "the process is a job of an interactive shell: accept its terminal (restore with cr-restore --shell-job)"},
 			stage.GhostLimitFlag,
 			stage.CompressFlag,
+			&cli.BoolFlag{Name: "stage-processes", Usage: "run each stage as a process of its own, as a shell pipeline of cr-freeze, cr-seize, ... would (slower to start; a stage that crashes takes only itself down, and cr-parasite, asked by its parent-death signal, puts back the process at hand even when cr-dump is killed)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -108,6 +133,8 @@ func Command() *cli.App {
 				ShellJob:     c.Bool("shell-job"),
 				GhostLimit:   c.String("ghost-limit"),
 				Verbose:      stage.Verbose,
+
+				StageProcesses: c.Bool("stage-processes"),
 			})
 		},
 	}
@@ -116,11 +143,11 @@ func Command() *cli.App {
 // stageRun is one running stage.
 type stageRun struct {
 	name     string
-	cmd      *exec.Cmd
-	stderr   tail
-	err      error // from Wait
-	signaled bool  // we asked it to stop
-	killed   bool  // we killed it after the grace period
+	cmd      *exec.Cmd // nil for a stage run in this process
+	stderr   tail      // a stage process's
+	err      error     // from Wait, or the error of a stage run here
+	signaled bool      // we asked it to stop
+	killed   bool      // we killed it after the grace period
 	done     chan struct{}
 }
 
@@ -163,7 +190,11 @@ func Run(opt Options) error {
 		}
 		opt.BinDir = filepath.Dir(exe)
 	}
-	for _, name := range Stages {
+	binaries := Stages
+	if !opt.StageProcesses {
+		binaries = []string{"cr-freeze"} // the guard's
+	}
+	for _, name := range binaries {
 		if _, err := os.Stat(filepath.Join(opt.BinDir, name)); err != nil {
 			return stage.Hint(fmt.Errorf("stage %s not found in %s", name, opt.BinDir), "build every command into one directory (make), and run cr-dump from there")
 		}
@@ -173,7 +204,7 @@ func Run(opt Options) error {
 	var out *os.File
 	var tmpName string
 	if opt.Output == "" {
-		w, err := stage.Output()
+		w, err := stage.Output(nil)
 		if err != nil {
 			return err
 		}
@@ -209,12 +240,15 @@ func Run(opt Options) error {
 	if err != nil {
 		return err
 	}
+	leftToGuard := false
 	defer func() {
 		if r := recover(); r != nil {
 			g.w.Close() // no done: the guard thaws the target
 			panic(r)
 		}
-		g.done()
+		if !leftToGuard {
+			g.done()
+		}
 	}()
 
 	// Ctrl-C and friends become a failure: stop the stages, thaw.
@@ -224,12 +258,19 @@ func Run(opt Options) error {
 	// Our own stdout may be a pipe whose reader goes away.
 	signal.Ignore(syscall.SIGPIPE)
 
+	start := startProcesses
+	if !opt.StageProcesses && !parentOf(opt.Pid) {
+		// One set of stages at a time here: stage.Interrupt is for all.
+		runningHere.Lock()
+		defer runningHere.Unlock()
+		stage.ClearInterrupt()
+		start = startHere
+	}
 	runs, startErr := start(opt, out)
 	failed := make(chan *stageRun, len(runs))
 	for _, r := range runs {
 		go func(r *stageRun) {
-			r.err = r.cmd.Wait()
-			close(r.done)
+			<-r.done
 			if r.err != nil {
 				failed <- r
 			}
@@ -267,7 +308,12 @@ func Run(opt Options) error {
 		}
 	}
 	if !ok {
-		stopAll(runs, opt.Grace)
+		if stuck := stopAll(runs, opt.Grace); stuck != nil {
+			// A stage here cannot be killed: exit, and the guard, seeing
+			// no done, thaws the target once this process is gone.
+			leftToGuard = true
+			return fmt.Errorf("%s did not stop within %v of the failure (%s): cr-dump exits, and its guard thaws pid %d", stuck.name, opt.Grace, failure(runs, cause), opt.Pid)
+		}
 		<-allDone
 		return fail(opt, runs, cause)
 	}
@@ -317,40 +363,117 @@ func Run(opt Options) error {
 	return nil
 }
 
-// start launches the stages connected by pipes; the last one writes to out.
-func start(opt Options, out *os.File) ([]*stageRun, error) {
+// stageArgs are the arguments of stage i, whose output goes (if last) to out.
+func stageArgs(opt Options, i int, out *os.File) []string {
+	name := Stages[i]
+	var args []string
+	if i == 0 {
+		args = append(args, "--pid", strconv.Itoa(opt.Pid))
+		if opt.Cgroup != "" {
+			args = append(args, "--cgroup", opt.Cgroup)
+		}
+	}
+	if opt.Verbose {
+		args = append(args, "-v")
+	}
+	if name == "cr-files" && opt.ShellJob {
+		args = append(args, "--shell-job")
+	}
+	if (name == "cr-pages" || name == "cr-files") && opt.GhostLimit != "" {
+		args = append(args, "--ghost-limit", opt.GhostLimit)
+	}
+	if name == "cr-pages" && lendSafe(opt, out) {
+		args = append(args, "--lend")
+	}
+	if i == len(Stages)-1 && opt.Compress {
+		args = append(args, "--compress")
+	}
+	return args
+}
+
+// startHere runs the stages on goroutines of this process, connected by
+// pipes as a shell connects processes, the last one writing to out: one
+// Go program started instead of six (each ~20 ms of wall and ~30 of CPU
+// on the PVM guest, doc/performance.md 72). Each stage owns its two ends
+// and closes them when it ends, as a process's exit would: its neighbours
+// see the end of their input, or lose their reader, as they would.
+func startHere(opt Options, out *os.File) ([]*stageRun, error) {
 	var runs []*stageRun
 	var in *os.File // read end feeding the next stage; nil for the first
 	for i, name := range Stages {
-		var args []string
-		if i == 0 {
-			args = append(args, "--pid", strconv.Itoa(opt.Pid))
-			if opt.Cgroup != "" {
-				args = append(args, "--cgroup", opt.Cgroup)
+		var next, w *os.File
+		var err error
+		if i == len(Stages)-1 {
+			// The stage closes its output when done (stage.EndOutput):
+			// a copy, so that out stays open for the sync.
+			w, err = dupFile(out)
+		} else {
+			next, w, err = pipe(name)
+		}
+		if err != nil {
+			if in != nil {
+				in.Close()
 			}
+			return runs, err
 		}
-		if opt.Verbose {
-			args = append(args, "-v")
-		}
-		if name == "cr-files" && opt.ShellJob {
-			args = append(args, "--shell-job")
-		}
-		if (name == "cr-pages" || name == "cr-files") && opt.GhostLimit != "" {
-			args = append(args, "--ghost-limit", opt.GhostLimit)
-		}
-		if name == "cr-pages" && lendSafe(opt, out) {
-			args = append(args, "--lend")
-		}
-		last := i == len(Stages)-1
-		if last && opt.Compress {
-			args = append(args, "--compress")
-		}
-		cmd := exec.Command(filepath.Join(opt.BinDir, name), args...)
+		r := &stageRun{name: name, done: make(chan struct{})}
+		go func(app *cli.App, args []string, in, w *os.File) {
+			r.err = stage.RunIn(app, args, in, w)
+			if in != nil {
+				in.Close()
+			}
+			w.Close()
+			close(r.done)
+		}(stageCommands[name](), stageArgs(opt, i, out), in, w)
+		runs = append(runs, r)
+		in = next
+	}
+	return runs, nil
+}
+
+// parentOf says whether this process is pid's parent. Its stages then
+// run as processes: this process's waits for its child (os/exec's) would
+// take the child's ptrace stops from the stages' tracers, were they its
+// threads (a Go program dumping a child it started, the tests).
+func parentOf(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.Ppid == os.Getpid()
+}
+
+// runningHere is held while stages run in this process.
+var runningHere sync.Mutex
+
+// pipe makes a pipe whose ends block, as a shell's do: the stages splice
+// on the files' descriptors.
+func pipe(name string) (r, w *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe for %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fds[0]), "|"+name), os.NewFile(uintptr(fds[1]), name+"|"), nil
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("output: %w", err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// startProcesses launches the stages as processes connected by pipes; the
+// last one writes to out.
+func startProcesses(opt Options, out *os.File) ([]*stageRun, error) {
+	var runs []*stageRun
+	var in *os.File // read end feeding the next stage; nil for the first
+	for i, name := range Stages {
+		cmd := exec.Command(filepath.Join(opt.BinDir, name), stageArgs(opt, i, out)...)
 		cmd.Env = StageEnv(name, os.Environ())
 		r := &stageRun{name: name, cmd: cmd, done: make(chan struct{})}
 		if in != nil {
 			cmd.Stdin = in
 		}
+		last := i == len(Stages)-1
 		var pr, pw *os.File
 		if last {
 			cmd.Stdout = out
@@ -421,6 +544,10 @@ func startStage(opt Options, r *stageRun) error {
 	if err := r.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", r.name, err)
 	}
+	go func() {
+		r.err = r.cmd.Wait()
+		close(r.done)
+	}()
 	return nil
 }
 
@@ -470,27 +597,41 @@ func (g *guard) done() {
 	g.cmd.Wait()
 }
 
-// stopAll asks the stages still running to stop (SIGTERM: cr-parasite
-// finishes restoring the task at hand first), then kills what is left.
-func stopAll(runs []*stageRun, grace time.Duration) {
+// stopAll asks the stages still running to stop (SIGTERM, or
+// stage.Interrupt for those run here: cr-parasite finishes restoring the
+// task at hand first), then kills the processes left after grace. A stage
+// run here cannot be killed: the first still running then is returned.
+func stopAll(runs []*stageRun, grace time.Duration) (stuck *stageRun) {
 	for _, r := range runs {
 		select {
 		case <-r.done:
 		default:
 			r.signaled = true
-			r.cmd.Process.Signal(syscall.SIGTERM)
+			if r.cmd != nil {
+				r.cmd.Process.Signal(syscall.SIGTERM)
+			} else {
+				stage.Interrupt(syscall.SIGTERM)
+			}
 		}
 	}
-	deadline := time.After(grace)
+	expired := make(chan struct{})
+	defer time.AfterFunc(grace, func() { close(expired) }).Stop()
 	for _, r := range runs {
 		select {
 		case <-r.done:
-		case <-deadline:
+		case <-expired:
+			if r.cmd == nil {
+				if stuck == nil {
+					stuck = r
+				}
+				continue
+			}
 			r.killed = true
 			r.cmd.Process.Kill()
 			<-r.done
 		}
 	}
+	return stuck
 }
 
 // culprit picks the stage whose failure caused the others: stages we
@@ -533,7 +674,7 @@ func stoppedByUs(r *stageRun) bool {
 		return false
 	}
 	var ee *exec.ExitError
-	if errors.As(r.err, &ee) {
+	if r.cmd != nil && errors.As(r.err, &ee) {
 		// Only the signal we sent counts: a stage that died of a SIGKILL of
 		// its own before we noticed (its waiter had not returned yet when we
 		// signalled) is a culprit, not a consequence.
@@ -556,7 +697,7 @@ func inputTruncated(r *stageRun) bool {
 // saying so in its status.
 func brokenPipe(r *stageRun) bool {
 	var ee *exec.ExitError
-	if errors.As(r.err, &ee) {
+	if r.cmd != nil && errors.As(r.err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGPIPE {
 			return true
 		}
@@ -564,9 +705,12 @@ func brokenPipe(r *stageRun) bool {
 	return exitStatus(r) == stage.ExitOutputClosed
 }
 
-// exitStatus is the status a stage that failed exited with (-1: it did
-// not exit, or was killed by a signal).
+// exitStatus is the status a stage that failed exited with, or would
+// have, run here (-1: it did not exit, or was killed by a signal).
 func exitStatus(r *stageRun) int {
+	if r.cmd == nil {
+		return stage.Status(r.err)
+	}
 	var ee *exec.ExitError
 	if errors.As(r.err, &ee) {
 		return ee.ExitCode()
@@ -582,10 +726,8 @@ func fail(opt Options, runs []*stageRun, cause string) error {
 	case c != nil:
 		msg, hint = describe(opt.Stderr, c, !opt.Verbose)
 		msg = c.name + ": " + msg
-	case cause != "":
-		msg = cause
 	default:
-		msg = "a stage failed"
+		msg = failure(runs, cause)
 	}
 	for _, r := range runs {
 		if r != c && r.err != nil {
@@ -607,6 +749,27 @@ func fail(opt Options, runs []*stageRun, cause string) error {
 	return stage.Hint(fmt.Errorf("%s (%s)", msg, disp), hint)
 }
 
+// failure names what failed, before every stage has ended: the culprit
+// among those that have, else cause.
+func failure(runs []*stageRun, cause string) string {
+	var ended []*stageRun
+	for _, r := range runs {
+		select {
+		case <-r.done:
+			ended = append(ended, r)
+		default:
+		}
+	}
+	switch c := culprit(ended); {
+	case c != nil:
+		msg, _ := describe(io.Discard, c, false)
+		return c.name + ": " + msg
+	case cause != "":
+		return cause
+	}
+	return "a stage failed"
+}
+
 // failAfter handles a failure after every stage succeeded.
 func failAfter(opt Options, err error) error {
 	if terr := dispose(opt, false); terr != nil {
@@ -618,6 +781,9 @@ func failAfter(opt Options, err error) error {
 // describe turns a failed stage's stderr into one message and hint, and
 // passes its other lines on (when they were not already shown live).
 func describe(w io.Writer, r *stageRun, passOthers bool) (msg, hint string) {
+	if r.cmd == nil {
+		return stage.OneLine(r.err.Error()), stage.OneLine(stage.HintOf(r.err))
+	}
 	sc := bufio.NewScanner(strings.NewReader(r.stderr.String()))
 	var others bytes.Buffer
 	for sc.Scan() {

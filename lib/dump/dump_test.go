@@ -113,7 +113,7 @@ func TestDumpStageKilled(t *testing.T) {
 	out := t.TempDir()
 	// cr-pages reads part of its input, then dies by SIGKILL mid-stream.
 	bin := stages(t, map[string]string{"cr-pages": "head -c 100 >/dev/null; kill -9 $$"})
-	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin})
+	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin, StageProcesses: true})
 	if err == nil {
 		t.Fatal("dump succeeded")
 	}
@@ -132,7 +132,7 @@ func TestDumpStageFails(t *testing.T) {
 	bin := stages(t, map[string]string{
 		"cr-tcp": "cat >/dev/null; echo 'cr-tcp: error: pid 1 fd 3: boom' >&2; echo 'cr-tcp: hint: try again' >&2; exit 1",
 	})
-	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin})
+	err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: bin, StageProcesses: true})
 	var h *stage.HintError
 	if err == nil || !strings.HasPrefix(err.Error(), "cr-tcp: pid 1 fd 3: boom") || !errors.As(err, &h) || h.Hint != "try again" {
 		t.Fatalf("got %v", err)
@@ -178,7 +178,7 @@ func TestDumpBlamesFirstFailure(t *testing.T) {
 			p := testprog.StartFile(t, "tick")
 			orig := p.OwnCgroup(t)
 			out := t.TempDir()
-			err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: stages(t, tc.fakes)})
+			err, _ := run(t, Options{Pid: p.Pid, Output: filepath.Join(out, "img"), BinDir: stages(t, tc.fakes), StageProcesses: true})
 			if err == nil || !strings.HasPrefix(err.Error(), tc.blamed) {
 				t.Fatalf("got %v, want it to start %q", err, tc.blamed)
 			}
@@ -333,4 +333,64 @@ func TestStageEnv(t *testing.T) {
 	if env := StageEnv("cr-seize", own); !slices.Equal(env, own) {
 		t.Errorf("with GOMAXPROCS=4 set: %q", env)
 	}
+}
+
+// TestCulpritHere: stages run in this process are blamed by their errors'
+// statuses as stage processes are by their exit statuses: the stage that
+// failed on its own, not those that lost their reader or their input, nor
+// those we stopped; its message and hint are the error's own.
+func TestCulpritHere(t *testing.T) {
+	ran := func(name string, err error, signaled bool) *stageRun {
+		return &stageRun{name: name, err: err, signaled: signaled}
+	}
+	truncated := stage.NeighbourStatus(fmt.Errorf("input: frame 6: %w", image.ErrTruncated))
+	closed := stage.NeighbourStatus(fmt.Errorf("output: %w", syscall.EPIPE))
+	own := stage.Hint(errors.New("pid 1 tid 1: the thread is\nsandboxed"), "run it elsewhere")
+	runs := []*stageRun{
+		ran("cr-freeze", nil, false),
+		ran("cr-seize", closed, false),
+		ran("cr-parasite", stage.NeighbourStatus(stage.Interrupted(syscall.SIGTERM, "")), true),
+		ran("cr-files", own, false),
+		ran("cr-tcp", truncated, true),
+		ran("cr-pages", truncated, false),
+	}
+	c := culprit(runs)
+	if c == nil || c.name != "cr-files" {
+		t.Fatalf("culprit %v, want cr-files", c)
+	}
+	if msg, hint := describe(io.Discard, c, false); msg != `pid 1 tid 1: the thread is\nsandboxed` || hint != "run it elsewhere" {
+		t.Errorf("described as %q, hint %q", msg, hint)
+	}
+	// Only consequences: the last stage that lost its reader.
+	runs[3].err = nil
+	if c := culprit(runs); c == nil || c.name != "cr-seize" {
+		t.Errorf("culprit %v, want cr-seize", c)
+	}
+}
+
+// TestStopAllHere: stages run here are asked to stop through
+// stage.Interrupt; one that does not end within the grace is returned,
+// not waited for.
+func TestStopAllHere(t *testing.T) {
+	t.Cleanup(stage.ClearInterrupt)
+	quits := &stageRun{name: "cr-parasite", done: make(chan struct{})}
+	stuck := &stageRun{name: "cr-pages", done: make(chan struct{})}
+	go func() {
+		sigs := make(chan os.Signal, 1)
+		stage.NotifyInterrupt(sigs)
+		defer stage.StopInterrupt(sigs)
+		quits.err = stage.NeighbourStatus(stage.Interrupted(<-sigs, ""))
+		close(quits.done)
+	}()
+	t0 := time.Now()
+	if got := stopAll([]*stageRun{quits, stuck}, 200*time.Millisecond); got != stuck {
+		t.Fatalf("stopAll returned %v, want the stuck stage", got)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("stopAll took %v", d)
+	}
+	if !errors.Is(quits.err, stage.ErrInterrupted) || !quits.signaled || !stoppedByUs(quits) {
+		t.Errorf("the stage that stopped: %v, signaled %v", quits.err, quits.signaled)
+	}
+	close(stuck.done)
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 
 	"golang.org/x/sys/unix"
 
@@ -71,8 +70,8 @@ func dumpPtyData(e *entry, ts *pb.TtyState, tio *unix.Termios, mf, sf *os.File) 
 	// From here a signal (cr-dump stopping its stages) waits until the data
 	// is back.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	defer signal.Stop(sigs)
+	stage.NotifyInterrupt(sigs)
+	defer stage.StopInterrupt(sigs)
 	q, takeIn := sys.TakeTtyInput(sf)
 	o, takeOut := sys.TakePtyOutput(mf)
 	putIn := sys.PutTtyInput(sf, q)

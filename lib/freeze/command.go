@@ -73,7 +73,7 @@ func runFreeze(c *cli.Context) error {
 		return stage.Usagef("--pid is required")
 	}
 	// Refuse a terminal before touching the target.
-	out, err := stage.Output()
+	out, err := stage.Output(c)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func runFreeze(c *cli.Context) error {
 	stage.Logf("pid %d frozen in %s", pid, f.Cgroup)
 	err = writeRecords(w, f)
 	if err == nil {
-		err = stage.EndOutput()
+		err = stage.EndOutput(c)
 	}
 	if err != nil {
 		if terr := f.Undo(); terr != nil {

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/stage"
 	"crpipe/lib/sys"
 	"crpipe/pie"
 )
@@ -147,9 +148,10 @@ var ErrNoStub = errors.New("the process cannot map the batch stub")
 var StubTimeout = 10 * time.Second
 
 // faultDumpDiesMapping: CRPIPE_FAULT=dump-dies-while-mapping-stub makes
-// the tracer kill its parent (cr-dump) right after the stub's mmap, the
-// one injected call no recovery record covers yet (fault injection for
-// the test of cr-dump's death).
+// the tracer kill cr-dump (its parent, or its own process when the stages
+// run in cr-dump's) right after the stub's mmap, the one injected call no
+// recovery record covers yet (fault injection for the test of cr-dump's
+// death).
 var faultDumpDiesMapping = os.Getenv("CRPIPE_FAULT") == "dump-dies-while-mapping-stub"
 
 // MapStub maps a Stub into the process of s's thread, with a recovery
@@ -181,7 +183,11 @@ func MapStub(s *Session, sessions []*Session) (*Stub, error) {
 	if faultDumpDiesMapping {
 		// The stub has no records yet, and every signal of the thread is
 		// blocked.
-		unix.Kill(os.Getppid(), unix.SIGKILL)
+		dump := os.Getppid()
+		if stage.InDump() {
+			dump = os.Getpid()
+		}
+		unix.Kill(dump, unix.SIGKILL)
 		time.Sleep(200 * time.Millisecond) // for the parent-death signal
 	}
 	err = forceWrite(s.tid, st.base, codePage())

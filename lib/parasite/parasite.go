@@ -34,12 +34,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -205,8 +203,8 @@ func run(fr *pb.Freeze, procs []*pb.Process, opt Options, wit *witnesses, seen t
 	// syscalls: a task would be left with borrowed registers. Finish the
 	// processes at hand, put everything back, then give up.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	stage.NotifyInterrupt(sigs)
+	defer stage.StopInterrupt(sigs)
 	ws := make([]*worker, nw)
 	aborted := new(atomic.Bool)
 	for i := range ws {

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unicode"
 
@@ -75,15 +76,81 @@ func Main(app *cli.App) {
 	if app.Name == "" {
 		app.Name = name
 	}
-	app.HideHelpCommand = true
-	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print diagnostics on stderr", Destination: &Verbose})
-	app.ExitErrHandler = func(*cli.Context, error) {}
-	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &UsageError{err} }
+	setUp(app, &Verbose)
 	limitMemory()
 	stop := startProfiling(name)
 	err := app.Run(os.Args)
 	stop()
 	os.Exit(Report(name, err))
+}
+
+// setUp gives app the flags and conventions every command shares; -v sets
+// *verbose, if not nil.
+func setUp(app *cli.App, verbose *bool) {
+	app.HideHelpCommand = true
+	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print diagnostics on stderr", Destination: verbose})
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &UsageError{err} }
+}
+
+// RunIn runs app, a stage of the dump pipeline, in this process, with in
+// and out where Main's stage has stdin and stdout: cr-dump runs its
+// stages so, each on goroutines of its own, one Go program to start
+// instead of six (lib/dump). args follow the program's name. The stage's
+// error is returned, not printed (Status gives its exit status); a panic
+// of the goroutine that runs it becomes its error, the stack printed.
+// RunIn closes neither file; the stage closes out once its stream is
+// complete (EndOutput). Verbose is the caller's: -v is accepted, and
+// changes nothing.
+func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
+	here.Store(true)
+	setUp(app, nil)
+	app.Metadata = map[string]any{streamsKey: streams{in, out}}
+	// The stages share flag values (CompressFlag, ...), which parsing
+	// writes to: one stage parses at a time.
+	parsing.Lock()
+	parsed := false
+	if action := app.Action; action != nil {
+		app.Action = func(c *cli.Context) error {
+			parsed = true
+			parsing.Unlock()
+			return action(c)
+		}
+	}
+	defer func() {
+		if !parsed {
+			parsing.Unlock()
+		}
+		if r := recover(); r != nil {
+			fmt.Fprintf(os.Stderr, "%s: panic: %v\n%s", app.Name, r, debug.Stack())
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return app.Run(append([]string{app.Name}, args...))
+}
+
+var parsing sync.Mutex
+
+// here is set once a stage has run in this process (RunIn).
+var here atomic.Bool
+
+// InDump says whether the stages run in cr-dump's own process (RunIn),
+// not each in a process of its own.
+func InDump() bool { return here.Load() }
+
+// streams are the files a stage reads its stream from and writes it to:
+// stdin and stdout, or the pipes RunIn was given.
+type streams struct{ in, out *os.File }
+
+const streamsKey = "crpipe/stage.streams"
+
+func streamsOf(c *cli.Context) streams {
+	if c != nil {
+		if s, ok := c.App.Metadata[streamsKey].(streams); ok {
+			return s
+		}
+	}
+	return streams{os.Stdin, os.Stdout}
 }
 
 // memoryLimit is the soft limit of the Go heap of every command (unless
@@ -175,9 +242,25 @@ func Report(name string, err error) int {
 		return 0
 	}
 	fmt.Fprintf(os.Stderr, "%s: error: %s\n", name, OneLine(err.Error()))
+	if h := HintOf(err); h != "" {
+		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, OneLine(h))
+	}
+	return Status(err)
+}
+
+// HintOf is the hint attached to err, if any.
+func HintOf(err error) string {
 	var h *HintError
-	if errors.As(err, &h) && h.Hint != "" {
-		fmt.Fprintf(os.Stderr, "%s: hint: %s\n", name, OneLine(h.Hint))
+	if errors.As(err, &h) {
+		return h.Hint
+	}
+	return ""
+}
+
+// Status is the exit status of a command that failed with err.
+func Status(err error) int {
+	if err == nil {
+		return 0
 	}
 	var u *UsageError
 	var ee *ExitStatus
@@ -273,13 +356,15 @@ func startProfiling(name string) func() {
 	}
 }
 
-// Output returns stdout for a stream, refusing a terminal.
-func Output() (io.Writer, error) {
-	if isTerminal(os.Stdout) {
+// Output returns the stage's stdout (c's under RunIn; nil c: the
+// process's) for a stream, refusing a terminal.
+func Output(c *cli.Context) (io.Writer, error) {
+	out := streamsOf(c).out
+	if isTerminal(out) {
 		return nil, Hint(errors.New("refusing to write a binary image stream to a terminal"), "redirect stdout to a file or pipe it into the next stage")
 	}
-	growPipe(os.Stdout)
-	return os.Stdout, nil
+	growPipe(out)
+	return out, nil
 }
 
 // Input returns the stream to read: FILE when given, else stdin (refusing a terminal).
@@ -287,11 +372,15 @@ func Input(path string) (io.ReadCloser, error) {
 	if path != "" && path != "-" {
 		return os.Open(path)
 	}
-	if isTerminal(os.Stdin) {
+	return stdinStream(os.Stdin)
+}
+
+func stdinStream(in *os.File) (io.ReadCloser, error) {
+	if isTerminal(in) {
 		return nil, Hint(errors.New("no image stream on stdin (it is a terminal)"), "pipe a stream in, e.g. cr-freeze --pid PID | ..., or give a file")
 	}
-	growPipe(os.Stdin)
-	return os.Stdin, nil
+	growPipe(in)
+	return in, nil
 }
 
 func isTerminal(f *os.File) bool {
@@ -345,6 +434,9 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 		if err != nil {
 			return fmt.Errorf("input: %w", err)
 		}
+		if sig := InterruptSent(); sig != nil {
+			return Interrupted(sig, "")
+		}
 		if f.Type == image.TypeEnd {
 			break
 		}
@@ -392,18 +484,18 @@ func FilterCommand(name, usage string, flags []cli.Flag, build func(c *cli.Conte
 			if err != nil {
 				return err
 			}
-			in, err := Input("")
+			in, err := stdinStream(streamsOf(c).in)
 			if err != nil {
 				return err
 			}
-			out, err := Output()
+			out, err := Output(c)
 			if err != nil {
 				return err
 			}
 			if err := RunFilter(in, out, c.Bool("compress"), fl); err != nil {
 				return NeighbourStatus(err)
 			}
-			if err := EndOutput(); err != nil {
+			if err := EndOutput(c); err != nil {
 				return NeighbourStatus(fmt.Errorf("output: %w", err))
 			}
 			return nil
@@ -411,8 +503,8 @@ func FilterCommand(name, usage string, flags []cli.Flag, build func(c *cli.Conte
 	}
 }
 
-// EndOutput closes stdout once the stream on it is complete. The next
-// stage sees the end of its input at once, not when this process has
-// exited: each stage waits for its predecessor's end of file, and a Go
-// process takes 1-5 ms to exit (doc/performance.md).
-func EndOutput() error { return os.Stdout.Close() }
+// EndOutput closes the stage's stdout once the stream on it is complete.
+// The next stage sees the end of its input at once, not when this process
+// has exited: each stage waits for its predecessor's end of file, and a
+// Go process takes 1-5 ms to exit (doc/performance.md).
+func EndOutput(c *cli.Context) error { return streamsOf(c).out.Close() }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,8 +69,8 @@ func Dump(root int, pids []int, w *image.Writer) (err error) {
 	// From here a signal (cr-dump stopping its stages) is an error at the
 	// next step, so that what was taken is given back (release) first.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	defer signal.Stop(sigs)
+	stage.NotifyInterrupt(sigs)
+	defer stage.StopInterrupt(sigs)
 	interrupted := func() error {
 		select {
 		case sig := <-sigs:

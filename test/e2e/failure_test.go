@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -412,21 +413,31 @@ func TestParasiteDiesInStub(t *testing.T) {
 
 // parasiteDies dumps test/progs/threadstate with cr-parasite made to die
 // by CRPIPE_FAULT=fault: cr-dump fails, its thaw says putBack, and the
-// program's mappings, signal masks and own checks are as before.
+// program's mappings, signal masks and own checks are as before. Twice:
+// cr-parasite a process of its own (cr-dump thaws), and cr-parasite run
+// in cr-dump's process, which then dies with it (the guard thaws once
+// cr-dump is gone).
 func parasiteDies(t *testing.T, fault, putBack string) {
 	t.Helper()
-	p := startStateProg(t, "threadstate")
-	before := takeSnapshot(t, p.pid)
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=%s cr-dump -v -t %d -o %s", fault, p.pid, filepath.Join(p.dir, "img")))
-	if r.err == nil {
-		t.Fatalf("cr-dump succeeded though its cr-parasite died")
+	for _, mode := range []string{"--stage-processes", ""} {
+		t.Run(strings.TrimPrefix(cmp.Or(mode, "in-dump"), "--"), func(t *testing.T) {
+			p := startStateProg(t, "threadstate")
+			before := takeSnapshot(t, p.pid)
+			r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=%s cr-dump %s -v -t %d -o %s", fault, mode, p.pid, filepath.Join(p.dir, "img")))
+			if r.err == nil {
+				t.Fatalf("cr-dump succeeded though its cr-parasite died")
+			}
+			if mode == "" {
+				waitThawed(t, p)
+			}
+			if !strings.Contains(string(r.stderr), putBack) {
+				t.Errorf("the thaw does not say %q:\n%s", putBack, r.stderr)
+			}
+			before.check(t)
+			p.checkRunning()
+			p.terminate(p.mustProgress())
+		})
 	}
-	if !strings.Contains(string(r.stderr), putBack) {
-		t.Errorf("the thaw does not say %q:\n%s", putBack, r.stderr)
-	}
-	before.check(t)
-	p.checkRunning()
-	p.terminate(p.mustProgress())
 }
 
 // TestParasiteDiesAfterUnmap: cr-parasite dies (CRPIPE_FAULT makes it
@@ -478,22 +489,29 @@ func TestDumpDiesWhileMappingStub(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := startStateProg(t, "threadstate")
 	before := takeSnapshot(t, p.pid)
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=dump-dies-while-mapping-stub cr-dump -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=dump-dies-while-mapping-stub cr-dump --stage-processes -t %d -o %s", p.pid, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though it was killed")
 	}
 	// The guard thaws it once cr-parasite lets go.
+	waitThawed(t, p)
+	before.check(t)
+	p.checkRunning()
+	p.terminate(p.mustProgress())
+}
+
+// waitThawed waits until the guard of a cr-dump that died has thawed p
+// (its transient cgroup gone).
+func waitThawed(t *testing.T, p *target) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, err := os.Stat(p.cgroupDir()); err != nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the guard did not thaw pid %d within 20 s", p.pid)
 		}
 	}
-	before.check(t)
-	p.checkRunning()
-	p.terminate(p.mustProgress())
 }
 
 // TestRestoreSignalledAtEnd: SIGTERM reaches cr-restore as it starts
@@ -738,7 +756,7 @@ func TestPagesDiesSettingUpLender(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := startCounter(t, "counter", bigMB)
 	before := p.layout()
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=pages-dies-after-lender-setup cr-dump -v -t %d -o %s", p.pid, filepath.Join(t.TempDir(), "img")))
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=pages-dies-after-lender-setup cr-dump --stage-processes -v -t %d -o %s", p.pid, filepath.Join(t.TempDir(), "img")))
 	t.Logf("cr-dump: %v\n%s", r.err, r.stderr)
 	if r.err == nil || r.state.ExitCode() != 1 {
 		t.Fatalf("cr-dump with its cr-pages dead: %v, want exit status 1", r.err)

@@ -155,7 +155,7 @@ func TestStoppedJobDumpFails(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p, job := startJobstop(t)
 	before := takeSnapshot(t, job)
-	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump -v -t %d -o %s", job, filepath.Join(p.dir, "img")))
+	r := shell(t, 60*time.Second, fmt.Sprintf("CRPIPE_FAULT=parasite-dies-in-stub cr-dump --stage-processes -v -t %d -o %s", job, filepath.Join(p.dir, "img")))
 	if r.err == nil {
 		t.Fatalf("cr-dump succeeded though its cr-parasite died")
 	}
