@@ -345,6 +345,27 @@ func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done ch
 	}
 }
 
+// porcelain runs cr-dump --leave-running -o out under /usr/bin/time: its
+// time, CPU and peak RSS (the stages all run in its process).
+func (h *harness) porcelain(pid int, out string) runResult {
+	var res runResult
+	var stderr bytes.Buffer
+	c := timed("cr-dump", "-t", strconv.Itoa(pid), "--leave-running", "-o", out)
+	c.Stderr = &stderr
+	t := time.Now()
+	err := c.Run()
+	res.d = time.Since(t)
+	if err != nil {
+		res.err = fmt.Errorf("cr-dump: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	u, uerr := timeUsage("cr-dump", c)
+	if uerr != nil && res.err == nil {
+		res.err = uerr
+	}
+	res.usage = []usage{u}
+	return res
+}
+
 // snapshot takes a snapshot as a user would, cr-dump --leave-running into
 // a tmpfs file (the processes lend their pages: lib/dump lendSafe), and
 // times it whole and from the freeze to the transient cgroup's removal

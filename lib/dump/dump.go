@@ -11,7 +11,7 @@
 // target is thawed in its original cgroup and no output file is left.
 // cr-pages gets --lend (its processes put their own pages into the stream,
 // not copies) when the target dies, or, with --leave-running, when the
-// image goes into a regular file (lendSafe).
+// image goes into a regular file or /dev/null (lendSafe).
 package dump
 
 import (
@@ -514,13 +514,23 @@ func startProcesses(opt Options, out *os.File) ([]*stageRun, error) {
 // running, they are thawed only after every stage has ended, and cr-pages
 // (the last) writing into a regular file has copied every page into it by
 // then.
-// Into a pipe or a device, pages could still wait there after the thaw.
+// So does /dev/null, which drops them as they come. Into a pipe or
+// another device, pages could still wait there after the thaw.
 func lendSafe(opt Options, out *os.File) bool {
 	if !opt.LeaveRunning {
 		return true
 	}
-	fi, err := out.Stat()
-	return err == nil && fi.Mode().IsRegular()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(out.Fd()), &st); err != nil {
+		return false
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return true
+	case unix.S_IFCHR:
+		return st.Rdev == unix.Mkdev(1, 3) // the null device
+	}
+	return false
 }
 
 func startStage(opt Options, r *stageRun) error {

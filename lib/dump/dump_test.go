@@ -394,3 +394,40 @@ func TestStopAllHere(t *testing.T) {
 	}
 	close(stuck.done)
 }
+
+// TestLendSafe: a dump that leaves the tree running lends pages only into
+// what holds no reference to them once cr-pages has ended: a regular file
+// (its pages copied in) or the null device, not a pipe nor another device.
+func TestLendSafe(t *testing.T) {
+	open := func(name string, flag int) *os.File {
+		f, err := os.OpenFile(name, flag, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	for _, tc := range []struct {
+		name string
+		out  *os.File
+		want bool
+	}{
+		{"file", open(filepath.Join(t.TempDir(), "img"), os.O_CREATE|os.O_WRONLY), true},
+		{"/dev/null", open(os.DevNull, os.O_WRONLY), true},
+		{"/dev/zero", open("/dev/zero", os.O_WRONLY), false},
+		{"pipe", pw, false},
+	} {
+		if got := lendSafe(Options{LeaveRunning: true}, tc.out); got != tc.want {
+			t.Errorf("left running, into %s: %v, want %v", tc.name, got, tc.want)
+		}
+		if !lendSafe(Options{}, tc.out) {
+			t.Errorf("killed, into %s: not lent", tc.name)
+		}
+	}
+}

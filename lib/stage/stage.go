@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -63,8 +64,30 @@ var Verbose bool
 // Logf prints a diagnostic line on stderr when -v is given.
 func Logf(format string, a ...any) {
 	if Verbose {
-		fmt.Fprintf(os.Stderr, "%s: %s\n", filepath.Base(os.Args[0]), OneLine(fmt.Sprintf(format, a...)))
+		fmt.Fprintf(os.Stderr, "%s: %s\n", logName(), OneLine(fmt.Sprintf(format, a...)))
 	}
+}
+
+// logName names the command on Logf's lines: the program's, or, for a
+// stage run in cr-dump's process (RunIn), the stage's, which is the
+// package of Logf's caller (crpipe/lib/tcp for cr-tcp); a package the
+// stages share logs as cr-dump.
+func logName() string {
+	name := filepath.Base(os.Args[0])
+	if !InDump() {
+		return name
+	}
+	pc, _, _, ok := runtime.Caller(2)
+	if f := runtime.FuncForPC(pc); ok && f != nil {
+		if rest, ok := strings.CutPrefix(f.Name(), "crpipe/lib/"); ok {
+			if pkg, _, ok := strings.Cut(rest, "."); ok && !strings.Contains(pkg, "/") {
+				if _, ran := ranHere.Load("cr-" + pkg); ran {
+					return "cr-" + pkg
+				}
+			}
+		}
+	}
+	return name
 }
 
 // CompressFlag is --compress, shared by every stage that writes a stream.
@@ -104,6 +127,7 @@ func setUp(app *cli.App, verbose *bool) {
 // changes nothing.
 func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 	here.Store(true)
+	ranHere.Store(app.Name, true)
 	setUp(app, nil)
 	app.Metadata = map[string]any{streamsKey: streams{in, out}}
 	// The stages share flag values (CompressFlag, ...), which parsing
@@ -131,8 +155,12 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 
 var parsing sync.Mutex
 
-// here is set once a stage has run in this process (RunIn).
-var here atomic.Bool
+// here is set once a stage has run in this process (RunIn); ranHere
+// holds the names of those that have.
+var (
+	here    atomic.Bool
+	ranHere sync.Map
+)
 
 // InDump says whether the stages run in cr-dump's own process (RunIn),
 // not each in a process of its own.

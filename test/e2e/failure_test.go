@@ -31,18 +31,21 @@ const bigMB = 256
 
 // killStageWhileStreaming reads stdout of a running dump until at least
 // 16 MiB have come out, stops reading (the pipe's back-pressure then holds
-// cr-pages mid-memory), SIGKILLs the cr-pages that descends from the dump,
-// then drains the rest.
-func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader) {
+// cr-pages mid-memory), SIGKILLs the process named stage that descends
+// from the dump (the dump itself for ""), then drains the rest.
+func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader, stage string) {
 	t.Helper()
 	if n, err := io.CopyN(io.Discard, out, 16<<20); err != nil {
 		t.Fatalf("the dump wrote only %d bytes before ending (%v): want a dump still streaming memory", n, err)
 	}
-	pages := descendant(cmd.Process.Pid, "cr-pages")
-	if pages == 0 {
-		t.Fatalf("no cr-pages running under the dump (pid %d) after 16 MiB of output", cmd.Process.Pid)
+	pages := cmd.Process.Pid
+	if stage != "" {
+		pages = descendant(cmd.Process.Pid, stage)
 	}
-	t.Logf("SIGKILL cr-pages (pid %d) mid-dump", pages)
+	if pages == 0 {
+		t.Fatalf("no %s running under the dump (pid %d) after 16 MiB of output", stage, cmd.Process.Pid)
+	}
+	t.Logf("SIGKILL %s (pid %d) mid-dump", cmp.Or(stage, "cr-dump"), pages)
 	if err := syscall.Kill(pages, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -52,12 +55,23 @@ func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader) {
 // TestKillPagesMidDump: cr-pages killed while memory streams through
 // cr-dump (the counter's memory lent: cr-dump runs cr-pages --lend); cr-dump
 // fails and leaves the target thawed, in its original cgroup, with the
-// lender and its pipe gone, running on with its state intact.
+// lender and its pipe gone, running on with its state intact. Then
+// cr-dump killed itself, cr-pages running in it: its guard thaws, as
+// cr-dump would have.
 func TestKillPagesMidDump(t *testing.T) {
+	t.Run("stage-processes", func(t *testing.T) { killPagesMidDump(t, true) })
+	t.Run("in-dump", func(t *testing.T) { killPagesMidDump(t, false) })
+}
+
+func killPagesMidDump(t *testing.T, stageProcesses bool) {
 	need(t, append(pipelineCmds, "cr-dump")...)
 	p := startCounter(t, "counter", bigMB)
 	before := p.layout()
-	cmd := exec.Command(bin("cr-dump"), "-v", "-t", strconv.Itoa(p.pid))
+	args, victim := []string{"-v", "-t", strconv.Itoa(p.pid)}, ""
+	if stageProcesses {
+		args, victim = append(args, "--stage-processes"), "cr-pages"
+	}
+	cmd := exec.Command(bin("cr-dump"), args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 10 * time.Second
@@ -69,14 +83,18 @@ func TestKillPagesMidDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	killStageWhileStreaming(t, cmd, out)
+	killStageWhileStreaming(t, cmd, out, victim)
 	err = cmd.Wait()
 	t.Logf("cr-dump: %v\n%s", err, stderr.Bytes())
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+	if !stageProcesses {
+		if !errors.As(err, &ee) || ee.ExitCode() != -1 {
+			t.Fatalf("cr-dump killed: %v", err)
+		}
+		p.waitThawed()
+	} else if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 		t.Fatalf("cr-dump with its cr-pages killed: %v, want exit status 1", err)
-	}
-	if !regexp.MustCompile(`(?m)^cr-dump: error: .*cr-pages`).Match(stderr.Bytes()) {
+	} else if !regexp.MustCompile(`(?m)^cr-dump: error: .*cr-pages`).Match(stderr.Bytes()) {
 		t.Errorf("cr-dump's error does not name the stage that failed (cr-pages):\n%s", stderr.Bytes())
 	}
 	if !strings.Contains(stderr.String(), "its threads are put back as they were") {
@@ -139,7 +157,7 @@ func killPagesMidPipeline(t *testing.T, stages string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
-	killStageWhileStreaming(t, cmd, out)
+	killStageWhileStreaming(t, cmd, out, "cr-pages")
 	if err := cmd.Wait(); err == nil {
 		t.Fatalf("the pipeline succeeded with cr-pages killed\n%s", stderr.Bytes())
 	}
@@ -428,7 +446,7 @@ func parasiteDies(t *testing.T, fault, putBack string) {
 				t.Fatalf("cr-dump succeeded though its cr-parasite died")
 			}
 			if mode == "" {
-				waitThawed(t, p)
+				p.waitThawed()
 			}
 			if !strings.Contains(string(r.stderr), putBack) {
 				t.Errorf("the thaw does not say %q:\n%s", putBack, r.stderr)
@@ -494,7 +512,7 @@ func TestDumpDiesWhileMappingStub(t *testing.T) {
 		t.Fatalf("cr-dump succeeded though it was killed")
 	}
 	// The guard thaws it once cr-parasite lets go.
-	waitThawed(t, p)
+	p.waitThawed()
 	before.check(t)
 	p.checkRunning()
 	p.terminate(p.mustProgress())
@@ -502,7 +520,8 @@ func TestDumpDiesWhileMappingStub(t *testing.T) {
 
 // waitThawed waits until the guard of a cr-dump that died has thawed p
 // (its transient cgroup gone).
-func waitThawed(t *testing.T, p *target) {
+func (p *target) waitThawed() {
+	t := p.t
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, err := os.Stat(p.cgroupDir()); err != nil {

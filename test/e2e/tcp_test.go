@@ -540,7 +540,7 @@ func TestTCPFailedDump(t *testing.T) {
 				t.Fatal(err)
 			}
 			img := filepath.Join(srv.dir, "img")
-			r := shell(t, 60*time.Second, fmt.Sprintf("%s/cr-dump -t %d -o %s", dir, srv.pid, img))
+			r := shell(t, 60*time.Second, fmt.Sprintf("%s/cr-dump --stage-processes -t %d -o %s", dir, srv.pid, img))
 			if r.err == nil {
 				t.Fatal("the dump succeeded")
 			}
