@@ -6,9 +6,9 @@
 // on goroutines of its own process (stage.RunIn; with --stage-processes,
 // the stage binaries found next to its own executable, each a process of
 // its own, as a shell would run them), and applies an all-or-nothing
-// disposition: the target is killed only once the whole
-// image is written (and fsynced when it is a file); if any stage fails the
-// target is thawed in its original cgroup and no output file is left.
+// disposition: the target is killed only once the whole image is written
+// (and fsynced when it is a file); if any stage fails the target is
+// thawed in its original cgroup and no output file is left.
 // cr-pages gets --lend (its processes put their own pages into the stream,
 // not copies) when the target dies, or, with --leave-running, when the
 // image goes into a regular file or /dev/null (lendSafe).
