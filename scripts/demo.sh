@@ -40,7 +40,7 @@ sleep 2.2
 show "tail -n 3 $log"
 tail -n 3 "$log"
 
-step "Checkpoint it: cr-dump runs cr-freeze --pid $pid | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages"
+step "Checkpoint it: cr-dump runs cr-freeze --pid $pid | cr-seize | cr-parasite | cr-files | cr-tcp | cr-pages, the stages in its own process"
 echo "   and kills the process only once the image is complete and synced"
 show "cr-dump -t $pid -o $img"
 cr-dump -t "$pid" -o "$img"
