@@ -24,7 +24,10 @@ const (
 // Kcmp compares kernel objects of two processes (Linux 3.5,
 // CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE): it returns 0 when they are the
 // same, 1 or 2 for an ordering that is stable while both exist (the kernel
-// orders obfuscated pointers), so it can sort.
+// orders obfuscated pointers), so it can sort. idx2 may be a pointer
+// converted to uintptr (see ptrace).
+//
+//go:uintptrescapes
 func Kcmp(pid1, pid2, typ int, idx1, idx2 uintptr) (int, error) {
 	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid1), uintptr(pid2), uintptr(typ), idx1, idx2, 0)
 	if e != 0 {

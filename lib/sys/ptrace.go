@@ -15,6 +15,13 @@ import (
 // All ptrace requests for a tracee must come from the OS thread that seized
 // it: callers wrap attach..detach in runtime.LockOSThread.
 
+// ptrace's addr and data may be pointers converted to uintptr: the
+// directive puts what they point to on the heap. On a goroutine's stack,
+// moved when the call grew it, the kernel would write to the old copy,
+// and the caller read the value it had before (a thread's registers
+// read as nothing; seen as an xsave area that "filled" its buffer).
+//
+//go:uintptrescapes
 func ptrace(req int, tid int, addr, data uintptr) error {
 	_, _, e := unix.Syscall6(unix.SYS_PTRACE, uintptr(req), uintptr(tid), addr, data, 0, 0)
 	if e != 0 {

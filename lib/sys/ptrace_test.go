@@ -100,3 +100,65 @@ func TestDecodeWaitStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestPtraceStackMoves: what ptrace writes into the caller's variables
+// reaches them even when the call grows (moves) the goroutine's stack:
+// the calls are made at every depth of a recursion that crosses the
+// stack's growth points, the stack shrunk again by a collection after
+// each. (Without go:uintptrescapes on ptrace, registers came back as
+// zeros and an xsave area the size of its buffer where a growth hit the
+// call.)
+func TestPtraceStackMoves(t *testing.T) {
+	cmd := exec.Command("/bin/sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := PtraceSeize(pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := PtraceInterrupt(pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := PtraceWait(pid); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16<<10)
+	const depths = 600
+	bad := 0
+	for depth := range depths {
+		var regs unix.PtraceRegs
+		var err error
+		atDepth(depth, func() {
+			if regs, err = PtraceGetRegs(pid); err == nil {
+				_, err = PtraceGetXstate(pid, buf)
+			}
+		})
+		if err != nil || regs.Rip == 0 || regs.Rsp == 0 {
+			if bad++; bad < 4 {
+				t.Errorf("at depth %d: rip %#x rsp %#x, %v", depth, regs.Rip, regs.Rsp, err)
+			}
+		}
+		runtime.GC() // shrinks the stack again
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d calls read wrong", bad, depths)
+	}
+}
+
+// atDepth calls f depth frames down.
+//
+//go:noinline
+func atDepth(depth int, f func()) {
+	var pad [24]byte
+	if depth > 0 {
+		atDepth(depth-1, f)
+		pad[depth%len(pad)]++
+		runtime.KeepAlive(pad)
+		return
+	}
+	f()
+}
