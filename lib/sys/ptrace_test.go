@@ -8,17 +8,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestPtraceSeizeInterrupt(t *testing.T) {
+// seizedSleeper starts /bin/sleep, seizes it with opts from this thread
+// (the caller has it locked) and interrupts it; it returns the process
+// and the stop.
+func seizedSleeper(t *testing.T, opts int) (*exec.Cmd, Stop) {
+	t.Helper()
 	cmd := exec.Command("/bin/sleep", "100")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	pid := cmd.Process.Pid
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := PtraceSeize(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+	if err := PtraceSeize(pid, opts); err != nil {
 		t.Fatal(err)
 	}
 	if err := PtraceInterrupt(pid); err != nil {
@@ -28,6 +29,14 @@ func TestPtraceSeizeInterrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cmd, st
+}
+
+func TestPtraceSeizeInterrupt(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd, st := seizedSleeper(t, unix.PTRACE_O_TRACESYSGOOD)
+	pid := cmd.Process.Pid
 	if !st.IsInterrupt() {
 		t.Fatalf("got %v, want an interrupt event stop", st)
 	}
@@ -109,23 +118,10 @@ func TestDecodeWaitStatus(t *testing.T) {
 // zeros and an xsave area the size of its buffer where a growth hit the
 // call.)
 func TestPtraceStackMoves(t *testing.T) {
-	cmd := exec.Command("/bin/sleep", "100")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if err := PtraceSeize(pid, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := PtraceInterrupt(pid); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := PtraceWait(pid); err != nil {
-		t.Fatal(err)
-	}
+	cmd, _ := seizedSleeper(t, 0)
+	pid := cmd.Process.Pid
 	buf := make([]byte, 16<<10)
 	const depths = 600
 	bad := 0
