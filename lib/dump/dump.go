@@ -43,6 +43,7 @@ import (
 	"crpipe/lib/proc"
 	"crpipe/lib/seize"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 	"crpipe/lib/tcp"
 )
 
@@ -406,9 +407,11 @@ func startHere(opt Options, out *os.File) ([]*stageRun, error) {
 		if i == len(Stages)-1 {
 			// The stage closes its output when done (stage.EndOutput):
 			// a copy, so that out stays open for the sync.
-			w, err = dupFile(out)
-		} else {
-			next, w, err = pipe(name)
+			if w, err = sys.Dup(out); err != nil {
+				err = fmt.Errorf("output: %w", err)
+			}
+		} else if next, w, err = sys.Pipe(name); err != nil {
+			err = fmt.Errorf("%s: %w", name, err)
 		}
 		if err != nil {
 			if in != nil {
@@ -442,24 +445,6 @@ func parentOf(pid int) bool {
 
 // runningHere is held while stages run in this process.
 var runningHere sync.Mutex
-
-// pipe makes a pipe whose ends block, as a shell's do: the stages splice
-// on the files' descriptors.
-func pipe(name string) (r, w *os.File, err error) {
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-		return nil, nil, fmt.Errorf("pipe for %s: %w", name, err)
-	}
-	return os.NewFile(uintptr(fds[0]), "|"+name), os.NewFile(uintptr(fds[1]), name+"|"), nil
-}
-
-func dupFile(f *os.File) (*os.File, error) {
-	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("output: %w", err)
-	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
-}
 
 // startProcesses launches the stages as processes connected by pipes; the
 // last one writes to out.

@@ -8,6 +8,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/sys"
 )
 
 // Open file descriptions (cr-files, issue 5). Every dumped fd names its
@@ -101,11 +102,11 @@ func (rc *Ctx) countDescUses() {
 
 // dupFile returns a new *os.File for the same open file description.
 func dupFile(f *os.File, t *task, fd *pb.Fd) (*os.File, error) {
-	n, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	d, err := sys.Dup(f)
 	if err != nil {
-		return nil, fmt.Errorf("pid %d fd %d: dup: %w", t.pid, fd.Fd, err)
+		return nil, fmt.Errorf("pid %d fd %d: %w", t.pid, fd.Fd, err)
 	}
-	return os.NewFile(uintptr(n), f.Name()), nil
+	return d, nil
 }
 
 // closeShared closes the coordinator's copies of descriptions and objects.

@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/pb"
+	"crpipe/lib/sys"
 )
 
 // Pipes and FIFOs. The coordinator creates each pipe once (a FIFO: opens
@@ -72,11 +73,10 @@ func preparePipe(rc *Ctx, d *pb.FileDesc) error {
 	}
 	p := &pipeObj{fifo: d.Pipe.Fifo}
 	if p.fifo == "" {
-		var fds [2]int
-		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
-			return fmt.Errorf("pipe: %w", err)
+		var err error
+		if p.r, p.w, err = sys.Pipe("pipe"); err != nil {
+			return err
 		}
-		p.r, p.w = os.NewFile(uintptr(fds[0]), "pipe"), os.NewFile(uintptr(fds[1]), "pipe")
 	} else {
 		fd, err := unix.Open(p.fifo, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -148,10 +148,4 @@ func openPipe(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 }
 
 // dupOf returns a second *os.File for f's open file description.
-func dupOf(f *os.File) (*os.File, error) {
-	n, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("dup: %w", err)
-	}
-	return os.NewFile(uintptr(n), f.Name()), nil
-}
+func dupOf(f *os.File) (*os.File, error) { return sys.Dup(f) }

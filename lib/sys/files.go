@@ -458,3 +458,23 @@ func GetFileOwner(fd int) (FileOwner, error) {
 	}
 	return o, nil
 }
+
+// Dup returns a second *os.File, close-on-exec, for f's open file
+// description.
+func Dup(f *os.File) (*os.File, error) {
+	n, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	return os.NewFile(uintptr(n), f.Name()), nil
+}
+
+// Pipe makes a pipe, close-on-exec, whose ends block as a shell's do
+// (their users splice on the descriptors); name names both files.
+func Pipe(name string) (r, w *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), name), os.NewFile(uintptr(fds[1]), name), nil
+}
