@@ -431,3 +431,52 @@ func TestLendSafe(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardWatch: the shell that watches cr-dump exits on done, and on an
+// end of its input without it hands `cr-freeze guard` the pid, the
+// unfinished image and what it read (complete, or nothing).
+func TestGuardWatch(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "cr-freeze")
+	log := filepath.Join(dir, "log")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+log+"\ncat >>"+log+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ input, partial, want string }{
+		{"done\n", "", ""},
+		{"complete\ndone\n", "", ""},
+		{"", "/x/.img.partial-1", "guard --pid 42 --remove /x/.img.partial-1\n"},
+		{"", "", "guard --pid 42\n"},
+		{"complete\n", "", "guard --pid 42\ncomplete\n"},
+	} {
+		os.Remove(log)
+		cmd := exec.Command(shell, "-c", guardWatch, "cr-dump-guard", fake, "42", tc.partial)
+		cmd.Stdin = strings.NewReader(tc.input)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("input %q: %v: %s", tc.input, err, out)
+		}
+		got, _ := os.ReadFile(log)
+		if string(got) != tc.want {
+			t.Errorf("input %q, partial %q: cr-freeze got %q, want %q", tc.input, tc.partial, got, tc.want)
+		}
+	}
+}
+
+// TestGuardWithoutShell: without /bin/sh, cr-freeze guard watches the
+// dump itself, told the pid and the unfinished image, and ends on done.
+func TestGuardWithoutShell(t *testing.T) {
+	defer func(s string) { shell = s }(shell)
+	shell = filepath.Join(t.TempDir(), "no-sh")
+	g, err := startGuard(Options{Pid: 42, BinDir: binDir}, "/x/.img.partial-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(binDir, "cr-freeze"), "guard", "--pid", "42", "--remove", "/x/.img.partial-1"}
+	if !slices.Equal(g.cmd.Args, want) {
+		t.Errorf("guard %q, want %q", g.cmd.Args, want)
+	}
+	g.done()
+	if !g.cmd.ProcessState.Success() {
+		t.Errorf("the guard told done: %v", g.cmd.ProcessState)
+	}
+}
