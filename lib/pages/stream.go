@@ -519,6 +519,11 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, fast 
 	var written uint64
 	defer func() { prog.Done() }()
 	for it := range order {
+		// Run in cr-dump's process, nothing else stops this loop when
+		// cr-dump stops its stages (a process would die of SIGTERM).
+		if sig := stage.InterruptSent(); sig != nil {
+			return stage.Interrupted(sig, "")
+		}
 		switch {
 		case it.err != nil:
 			return it.err

@@ -34,6 +34,11 @@ const bigMB = 256
 // cr-pages mid-memory), SIGKILLs the process named stage that descends
 // from the dump (the dump itself for ""), then drains the rest.
 func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader, stage string) {
+	signalWhileStreaming(t, cmd, out, stage, syscall.SIGKILL)
+}
+
+// signalWhileStreaming is killStageWhileStreaming with sig.
+func signalWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader, stage string, sig syscall.Signal) {
 	t.Helper()
 	if n, err := io.CopyN(io.Discard, out, 16<<20); err != nil {
 		t.Fatalf("the dump wrote only %d bytes before ending (%v): want a dump still streaming memory", n, err)
@@ -45,8 +50,8 @@ func killStageWhileStreaming(t *testing.T, cmd *exec.Cmd, out io.Reader, stage s
 	if pages == 0 {
 		t.Fatalf("no %s running under the dump (pid %d) after 16 MiB of output", stage, cmd.Process.Pid)
 	}
-	t.Logf("SIGKILL %s (pid %d) mid-dump", cmp.Or(stage, "cr-dump"), pages)
-	if err := syscall.Kill(pages, syscall.SIGKILL); err != nil {
+	t.Logf("%v to %s (pid %d) mid-dump", sig, cmp.Or(stage, "cr-dump"), pages)
+	if err := syscall.Kill(pages, sig); err != nil {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, out)
@@ -103,6 +108,52 @@ func killPagesMidDump(t *testing.T, stageProcesses bool) {
 	p.checkLayout(before)
 	p.checkRunning()
 	p.terminate(1)
+}
+
+// TestDumpSignalledMidDump: SIGTERM (as Ctrl-C's SIGINT) reaches cr-dump
+// while memory streams: it stops its stages (cr-pages mid-memory, its
+// lender at work), thaws the target itself and says it was interrupted;
+// the target runs on as it was. With the stages in cr-dump's process and
+// as processes.
+func TestDumpSignalledMidDump(t *testing.T) {
+	for _, mode := range []string{"--stage-processes", ""} {
+		t.Run(strings.TrimPrefix(cmp.Or(mode, "in-dump"), "--"), func(t *testing.T) {
+			need(t, append(pipelineCmds, "cr-dump")...)
+			p := startCounter(t, "counter", bigMB)
+			before := p.layout()
+			cmd := exec.Command(bin("cr-dump"), "-v", "-t", strconv.Itoa(p.pid))
+			if mode != "" {
+				cmd.Args = append(cmd.Args, mode)
+			}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			cmd.WaitDelay = 10 * time.Second
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			signalWhileStreaming(t, cmd, out, "", syscall.SIGTERM)
+			err = cmd.Wait()
+			t.Logf("cr-dump: %v\n%s", err, stderr.Bytes())
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("cr-dump signalled: %v, want exit status 1", err)
+			}
+			if !regexp.MustCompile(`(?m)^cr-dump: error: .*interrupted by terminated.*pid \d+ thawed`).Match(stderr.Bytes()) {
+				t.Errorf("cr-dump does not say it was interrupted and thawed the target:\n%s", stderr.Bytes())
+			}
+			if _, err := os.Stat(p.cgroupDir()); err == nil {
+				t.Errorf("the target is still in %s after cr-dump ended", p.cgroupDir())
+			}
+			p.checkLayout(before)
+			p.checkRunning()
+			p.terminate(1)
+		})
+	}
 }
 
 // layout is what a failed dump must leave as it was besides the state the
