@@ -76,20 +76,9 @@ func killPagesMidDump(t *testing.T, stageProcesses bool) {
 	if stageProcesses {
 		args, victim = append(args, "--stage-processes"), "cr-pages"
 	}
-	cmd := exec.Command(bin("cr-dump"), args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = 10 * time.Second
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd, out, stderr := startDumpToPipe(t, args...)
 	killStageWhileStreaming(t, cmd, out, victim)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	t.Logf("cr-dump: %v\n%s", err, stderr.Bytes())
 	var ee *exec.ExitError
 	if !stageProcesses {
@@ -110,6 +99,25 @@ func killPagesMidDump(t *testing.T, stageProcesses bool) {
 	p.terminate(1)
 }
 
+// startDumpToPipe starts cr-dump args with its stream on a pipe the caller
+// reads, and its stderr kept.
+func startDumpToPipe(t *testing.T, args ...string) (*exec.Cmd, io.Reader, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(bin("cr-dump"), args...)
+	stderr := new(bytes.Buffer)
+	cmd.Stderr = stderr
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, out, stderr
+}
+
 // TestDumpSignalledMidDump: SIGTERM (as Ctrl-C's SIGINT) reaches cr-dump
 // while memory streams: it stops its stages (cr-pages mid-memory, its
 // lender at work), thaws the target itself and says it was interrupted;
@@ -121,23 +129,13 @@ func TestDumpSignalledMidDump(t *testing.T) {
 			need(t, append(pipelineCmds, "cr-dump")...)
 			p := startCounter(t, "counter", bigMB)
 			before := p.layout()
-			cmd := exec.Command(bin("cr-dump"), "-v", "-t", strconv.Itoa(p.pid))
+			args := []string{"-v", "-t", strconv.Itoa(p.pid)}
 			if mode != "" {
-				cmd.Args = append(cmd.Args, mode)
+				args = append(args, mode)
 			}
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			cmd.WaitDelay = 10 * time.Second
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			cmd, out, stderr := startDumpToPipe(t, args...)
 			signalWhileStreaming(t, cmd, out, "", syscall.SIGTERM)
-			err = cmd.Wait()
+			err := cmd.Wait()
 			t.Logf("cr-dump: %v\n%s", err, stderr.Bytes())
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
