@@ -555,24 +555,7 @@ type guard struct {
 	cmd *exec.Cmd
 }
 
-// guardWatch is the guard while all goes well: a shell that reads what
-// cr-dump writes, ~1 ms to start where a Go program takes ~17 ms of CPU
-// here, beside cr-dump's own start (doc/performance.md 72). Should its
-// input end without done, it hands what it read to `cr-freeze guard`
-// ($1 the binary, $2 the pid, $3 the unfinished image or ""), which
-// thaws the target, or kills it once the image was complete.
-const guardWatch = `b=$1 p=$2 f=$3 s=
-while IFS= read -r l; do
-	case $l in
-	` + freeze.GuardDone + `) exit 0 ;;
-	` + freeze.GuardComplete + `) s=$l ;;
-	esac
-done
-if [ -n "$f" ]; then set -- --remove "$f"; else set --; fi
-{ [ -z "$s" ] || echo "$s"; } | "$b" guard --pid "$p" "$@"
-`
-
-// shell runs guardWatch; without it, cr-freeze guard watches itself.
+// shell runs the guard's watch (freeze.GuardCommand).
 var shell = "/bin/sh"
 
 func startGuard(opt Options, partial string) (*guard, error) {
@@ -581,17 +564,7 @@ func startGuard(opt Options, partial string) (*guard, error) {
 		return nil, err
 	}
 	defer r.Close()
-	crFreeze := filepath.Join(opt.BinDir, "cr-freeze")
-	var cmd *exec.Cmd
-	if _, err := os.Stat(shell); err == nil {
-		cmd = exec.Command(shell, "-c", guardWatch, "cr-dump-guard", crFreeze, strconv.Itoa(opt.Pid), partial)
-	} else {
-		args := []string{"guard", "--pid", strconv.Itoa(opt.Pid)}
-		if partial != "" {
-			args = append(args, "--remove", partial)
-		}
-		cmd = exec.Command(crFreeze, args...)
-	}
+	cmd := freeze.GuardCommand(shell, filepath.Join(opt.BinDir, "cr-freeze"), opt.Pid, partial)
 	cmd.Stdin = r
 	cmd.Stderr = os.Stderr // not opt.Stderr: it outlives this process
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

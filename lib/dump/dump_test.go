@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"crpipe/lib/freeze"
 	"crpipe/lib/image"
 	"crpipe/lib/internal/testprog"
 	"crpipe/lib/pb"
@@ -450,7 +451,7 @@ func TestGuardWatch(t *testing.T) {
 		{"complete\n", "", "guard --pid 42\ncomplete\n"},
 	} {
 		os.Remove(log)
-		cmd := exec.Command(shell, "-c", guardWatch, "cr-dump-guard", fake, "42", tc.partial)
+		cmd := freeze.GuardCommand(shell, fake, 42, tc.partial)
 		cmd.Stdin = strings.NewReader(tc.input)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("input %q: %v: %s", tc.input, err, out)
