@@ -433,6 +433,18 @@ func (rd *Reader) End() *pb.End {
 	return rd.d.end
 }
 
+// Drained says whether nothing read from the input is left undecoded:
+// the next Next waits for the input (or finds its end). A filter flushes
+// what it passed on then, so that the stages after it see every frame as
+// soon as this one has (lz4 may still hold decompressed bytes: then a
+// flush is only early).
+func (rd *Reader) Drained() bool {
+	if rd.pf != nil {
+		return len(rd.pf.out) == 0
+	}
+	return rd.d.rpos == rd.d.rend
+}
+
 // Offset is the stream offset of the next frame.
 func (rd *Reader) Offset() int64 {
 	if rd.pf != nil {

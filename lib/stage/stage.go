@@ -479,11 +479,20 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 				return err
 			}
 		}
+		// What came from upstream goes on as soon as nothing more is at
+		// hand, not when the input ends: the stages after this one see a
+		// Process record while the ones before them still work on it
+		// (cr-pages sets up its VMA iterator as soon as it sees a process
+		// worth lending), instead of after the last of them has finished.
+		if r.Drained() {
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("output: %w", err)
+			}
+		}
 	}
 	if fl.Finish != nil {
-		// What came from upstream goes on now, not behind this stage's own
-		// work: the stages after it can start theirs (cr-pages sets up its
-		// VMA iterator as soon as it sees a process worth lending).
+		// The frames that came with the End go on too, not behind this
+		// stage's own work.
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("output: %w", err)
 		}

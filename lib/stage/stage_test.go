@@ -239,6 +239,59 @@ func TestRunFilterTruncated(t *testing.T) {
 	}
 }
 
+// TestRunFilterPassesFramesOn: a frame goes on as soon as the filter has
+// read it and nothing more is at hand, not when the input ends (cr-pages
+// learns of a large process while the stages before it still work).
+func TestRunFilterPassesFramesOn(t *testing.T) {
+	var b bytes.Buffer
+	w, err := image.NewWriter(&b, image.WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteMessage(image.TypeProcess, &pb.Process{Pid: 5, Comm: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil { // the header and the frame; no End yet
+		t.Fatal(err)
+	}
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- RunFilter(inR, outW, false, Filter{})
+		inR.Close()
+		outW.Close()
+	}()
+	if _, err := inW.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if err := outR.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := image.NewReader(outR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := r.Next()
+	if err != nil {
+		t.Fatalf("the frame did not come out before the input ended: %v", err)
+	}
+	if f.Type != image.TypeProcess {
+		t.Errorf("got a %s frame", f.Type)
+	}
+	inW.Close()
+	if err := <-done; err == nil || !errors.Is(err, image.ErrTruncated) {
+		t.Errorf("input cut before its End: %v", err)
+	}
+}
+
 func readStream(b []byte) (*image.Reader, int, error) {
 	r, err := image.NewReader(bytes.NewReader(b))
 	if err != nil {
