@@ -125,7 +125,8 @@ func TestParseBTFDamaged(t *testing.T) {
 		"wrong magic":       append([]byte{0, 0}, raw[2:64]...),
 		"type length large": func() []byte { b := append([]byte(nil), raw[:4096]...); le.PutUint32(b[12:], 1<<31); return b }(),
 		"type cut mid-way": func() []byte {
-			cut := whole.at[10] + 5 // inside the tenth type's header
+			at, _ := whole.offset(10)
+			cut := uint32(at) + 5 // inside the tenth type's header
 			b := append([]byte(nil), raw[:hdr+cut]...)
 			le.PutUint32(b[8:], 0)
 			le.PutUint32(b[12:], cut)
@@ -146,7 +147,25 @@ func TestParseBTFDamaged(t *testing.T) {
 }
 
 func (b *btf) parseAll() error {
-	for b.parseNext() {
+	for {
+		if _, ok := b.parseNext(); !ok {
+			return b.err
+		}
 	}
-	return b.err
+}
+
+// BenchmarkVmaLayout: finding vm_area_struct's layout in the kernel's BTF,
+// done once per dump that sets the iterator up (4.3 ms before it stopped
+// indexing every type and reading every name, 1.8 after, on the PVM guest).
+func BenchmarkVmaLayout(b *testing.B) {
+	if _, release, err := readBTF(); err != nil {
+		b.Skipf("no kernel BTF: %v", err)
+	} else {
+		release()
+	}
+	for b.Loop() {
+		if _, err := readVmaLayout(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
