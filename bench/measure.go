@@ -347,10 +347,19 @@ func (h *harness) watchFrozen(pid int, at, thawedAt *atomic.Int64, stop, done ch
 
 // porcelain runs cr-dump --leave-running -o out under /usr/bin/time: its
 // time, CPU and peak RSS (the stages all run in its process).
-func (h *harness) porcelain(pid int, out string) runResult {
+func (h *harness) porcelain(pid int, out string) runResult { return h.porcelainOn(-1, pid, out) }
+
+// porcelainOn is porcelain with cr-dump on CPU cpu alone (-1: anywhere).
+func (h *harness) porcelainOn(cpu, pid int, out string) runResult {
 	var res runResult
 	var stderr bytes.Buffer
 	c := timed("cr-dump", "-t", strconv.Itoa(pid), "--leave-running", "-o", out)
+	if cpu >= 0 {
+		c.Args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, c.Args...)
+		if c.Path, res.err = exec.LookPath("taskset"); res.err != nil {
+			return res
+		}
+	}
 	c.Stderr = &stderr
 	t := time.Now()
 	err := c.Run()

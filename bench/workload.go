@@ -76,6 +76,7 @@ const (
 	mDumpOne   = "dump → /dev/null on one CPU"
 	mDumpComp  = "dump --compress → tmpfs"
 	mDumpPorc  = "cr-dump --leave-running → /dev/null"
+	mPorcOne   = "cr-dump --leave-running → /dev/null on one CPU"
 	mSnapshot  = "cr-dump --leave-running → tmpfs"
 	mDumpFile  = "dump → tmpfs"
 	mRestore   = "restore ← tmpfs"
@@ -371,7 +372,7 @@ func (h *harness) measure(w *workload, res *wresult, rep int) error {
 		}
 	}
 	if w.OneCPU {
-		if err := h.dumpOnOneCPU(p, res); err != nil {
+		if err := h.dumpOnOneCPU(p, res, w.Porcelain); err != nil {
 			return err
 		}
 	}
@@ -545,18 +546,22 @@ var _ = syscall.SIGKILL
 // dumpOnOneCPU dumps p → /dev/null with its every thread and every stage
 // on CPU 0: against the same dump on all CPUs, how the dump scales with
 // cores. p's threads get their own CPUs back after (the thaw follows).
-func (h *harness) dumpOnOneCPU(p *proc, res *wresult) error {
+// With porcelain, cr-dump's own dump is measured so too (taskset: its Go
+// runtime then runs one P, as on a machine of one CPU).
+func (h *harness) dumpOnOneCPU(p *proc, res *wresult, porcelain bool) error {
 	back, err := pinTree(p.pids, 0)
 	if err != nil {
 		return err
 	}
 	run := h.pipeline(p.pid, os.DevNull, false, true)
 	res.recordRun(mDumpOne, run)
-	backErr := back()
-	if err := runQuiet("cr-freeze", "thaw", "--pid", strconv.Itoa(p.pid)); err != nil {
-		return errors.Join(fmt.Errorf("thaw: %v", err), backErr)
+	err = runQuiet("cr-freeze", "thaw", "--pid", strconv.Itoa(p.pid))
+	if err != nil {
+		err = fmt.Errorf("thaw: %v", err)
+	} else if porcelain {
+		res.recordRun(mPorcOne, h.porcelainOn(0, p.pid, os.DevNull))
 	}
-	return backErr
+	return errors.Join(err, back())
 }
 
 // pinTree puts every thread of pids on cpu alone; back gives each the
