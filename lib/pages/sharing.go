@@ -1,6 +1,8 @@
 package pages
 
 import (
+	"sync"
+
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
@@ -38,6 +40,7 @@ type sharing struct {
 	recording     bool   // the first walk records the ranges; later walks only filter
 	lending       bool   // the process is to lend its pages: lendable runs pass whole
 	ce, pe        []uint64
+	bufs          *[]uint64 // ce and pe, from sharingBufs until close
 	// inherited: per child VMA, the ranges it shares with the parent
 	// (Vma.inherited), recorded by the first walk.
 	inherited map[uint32][]*pb.PageRange
@@ -45,6 +48,16 @@ type sharing struct {
 
 // sharingChunk pages of pagemap entries are compared at a time.
 const sharingChunk = 8192
+
+// sharingBufs hold the entries of a chunk of the child's and the parent's
+// pages, taken by a process's first split and given back at its close:
+// 128 KiB made anew for every process were a third of what a dump of 64
+// processes of 16 MiB allocated, and most of its collections
+// (doc/performance.md, 74).
+var sharingBufs = sync.Pool{New: func() any {
+	b := make([]uint64, 2*sharingChunk)
+	return &b
+}}
 
 // parentVmas keeps the mappings of the parents in a dump, as their own
 // prepare classified them, VmFlags applied, for their children: read once
@@ -122,6 +135,10 @@ func (in *sharing) close() {
 	if in.parent != nil {
 		in.parent.Close()
 	}
+	if in.bufs != nil {
+		sharingBufs.Put(in.bufs)
+		in.bufs, in.ce, in.pe = nil, nil, nil
+	}
 }
 
 // each wraps a walk over runs: runs pass with their inherited pages taken
@@ -154,9 +171,10 @@ func (in *sharing) split(r run, emit func(run) error) error {
 	if !inherits && in.lending && lendable(&in.vmas[r.vma], r) {
 		return emit(r)
 	}
-	if in.ce == nil {
-		// Only now: most processes never get here (128 KiB each).
-		in.ce, in.pe = make([]uint64, sharingChunk), make([]uint64, sharingChunk)
+	if in.bufs == nil {
+		// Only now: most processes never get here.
+		in.bufs = sharingBufs.Get().(*[]uint64)
+		in.ce, in.pe = (*in.bufs)[:sharingChunk], (*in.bufs)[sharingChunk:]
 	}
 	for done := uint32(0); done < r.pages; {
 		n := min(r.pages-done, sharingChunk)

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -448,6 +449,56 @@ func TestAwaitRoom(t *testing.T) {
 	}
 }
 
+// TestFirstCollectionDeferred: until the first collection the collector
+// waits for the heap to near firstCollectionAt (GOGC off, the soft limit
+// at most that); once it has run, GOGC is 100 and the limit the soft
+// limit again.
+func TestFirstCollectionDeferred(t *testing.T) {
+	if os.Getenv("GOMEMLIMIT") != "" || os.Getenv("GOGC") != "" {
+		t.Skip("GOMEMLIMIT or GOGC is set: the user's pacing stays")
+	}
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	limitMemory()
+	if p := gcPercent(); p != -1 {
+		t.Errorf("GOGC %d before the first collection, want off", p)
+	}
+	if got, want := debug.SetMemoryLimit(-1), min(softLimit(heapReserved.Load()), firstCollectionAt); got != want {
+		t.Errorf("soft limit %d before the first collection, want %d", got, want)
+	}
+	collectFirst(t)
+	if p := gcPercent(); p != 100 {
+		t.Errorf("GOGC %d after the first collection, want 100", p)
+	}
+	if got, want := debug.SetMemoryLimit(-1), softLimit(heapReserved.Load()); got != want {
+		t.Errorf("soft limit %d after the first collection, want %d", got, want)
+	}
+}
+
+func gcPercent() int {
+	p := debug.SetGCPercent(-1)
+	debug.SetGCPercent(p)
+	return p
+}
+
+// collectFirst runs a collection and waits for deferFirstCollection's
+// cleanup, which runs on a goroutine of its own.
+func collectFirst(t *testing.T) {
+	t.Helper()
+	runtime.GC()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		limitMu.Lock()
+		pending := firstPending
+		limitMu.Unlock()
+		if !pending {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first collection's cleanup did not run")
+		}
+	}
+}
+
 // TestReserveHeap: the soft limit stays the stages' own while the
 // reserved state fits in it with room for garbage, and grows with it
 // beyond; given back, it comes down again.
@@ -457,6 +508,7 @@ func TestReserveHeap(t *testing.T) {
 	}
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	limitMemory()
+	collectFirst(t)               // the limit is then the soft limit alone
 	before := heapReserved.Load() // other tests' trees
 	if before > 4<<20 {
 		t.Fatalf("%d bytes reserved before the test", before)
