@@ -506,12 +506,16 @@ func (b *btf) findAll(want []btfName) []uint32 {
 	le := binary.LittleEndian
 	ids := make([]uint32, len(want))
 	left := len(want)
-	var ok bool
 	for id := uint32(1); left > 0; id++ { // types start at id 1
-		var p int
+		// The next type straight from the parse: offset would walk from
+		// the last mark again.
+		p, ok := 0, false
 		if id <= b.parsed {
-			p, _ = b.offset(id)
-		} else if p, ok = b.parseNext(); !ok {
+			p, ok = b.offset(id)
+		} else {
+			p, ok = b.parseNext()
+		}
+		if !ok {
 			break
 		}
 		t := b.types[p:]
