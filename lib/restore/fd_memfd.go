@@ -8,6 +8,7 @@ import (
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	"crpipe/lib/sys"
 )
 
 // memfd: created when its first description's record arrives, sized, and
@@ -62,7 +63,7 @@ func prepareMemfd(rc *Ctx, d *pb.FileDesc) error {
 			}
 			rc.awaitingVma[shmem] = fmt.Sprintf("memfd %q (dev %d inode %d)", d.Memfd.Name, d.Memfd.Dev, d.Inode)
 		}
-		f, err := dupOf(mapped)
+		f, err := sys.Dup(mapped)
 		if err != nil {
 			return fmt.Errorf("memfd %q: %w", d.Memfd.Name, err)
 		}
@@ -116,7 +117,7 @@ func openMemfd(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	var f *os.File
 	if d.Flags&unix.O_ACCMODE == unix.O_RDWR && !m.usedRW {
 		m.usedRW = true
-		f, err = dupOf(m.f)
+		f, err = sys.Dup(m.f)
 	} else {
 		f, err = reopen(m.f, d.Flags&^unix.O_NONBLOCK)
 	}

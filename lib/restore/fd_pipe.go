@@ -128,10 +128,10 @@ func openPipe(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	switch {
 	case p.fifo == "" && acc == unix.O_RDONLY && !p.usedR:
 		p.usedR = true
-		f, err = dupOf(p.r)
+		f, err = sys.Dup(p.r)
 	case p.fifo == "" && acc == unix.O_WRONLY && !p.usedW:
 		p.usedW = true
-		f, err = dupOf(p.w)
+		f, err = sys.Dup(p.w)
 	case acc == unix.O_WRONLY:
 		f, err = reopen(p.w, d.Flags&^unix.O_NONBLOCK)
 	default: // another description of a read end, or O_RDWR
@@ -146,6 +146,3 @@ func openPipe(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	}
 	return f, nil
 }
-
-// dupOf returns a second *os.File for f's open file description.
-func dupOf(f *os.File) (*os.File, error) { return sys.Dup(f) }

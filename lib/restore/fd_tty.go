@@ -72,7 +72,7 @@ func openTty(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 			return nil, fmt.Errorf("%s: a second open file description of the master of /dev/pts/%d cannot be made", where, ts.Index)
 		}
 		p.masterUsed = true
-		f, err = dupOf(p.master)
+		f, err = sys.Dup(p.master)
 	} else {
 		m := int(p.master.Fd())
 		if ts.Locked {

@@ -74,7 +74,7 @@ func openUnix(rc *Ctx, t *task, fd *pb.Fd) (*os.File, error) {
 	if s == nil || s.f == nil {
 		return nil, fmt.Errorf("pid %d fd %d: unix socket %d was not built", t.pid, fd.Fd, d.Inode)
 	}
-	f, err := dupOf(s.f)
+	f, err := sys.Dup(s.f)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d fd %d: %w", t.pid, fd.Fd, err)
 	}
