@@ -437,9 +437,10 @@ func (rd *Reader) End() *pb.End {
 // the next Next waits for the input (or finds its end). A filter flushes
 // what it passed on then, so that the stages after it see every frame as
 // soon as this one has (lz4 may still hold decompressed bytes: then a
-// flush is only early).
+// flush is only early). Before the first Next, what was read with the
+// header is the decoder's.
 func (rd *Reader) Drained() bool {
-	if rd.pf != nil {
+	if rd.pf != nil && rd.begun {
 		return len(rd.pf.out) == 0
 	}
 	return rd.d.rpos == rd.d.rend

@@ -1,6 +1,7 @@
 package stage
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -77,4 +78,41 @@ func awaitReader(out io.Writer) {
 		time.Sleep(step)
 		step = min(2*step, time.Millisecond)
 	}
+}
+
+// awaitInput parks the calling goroutine until in, a pipe, has something
+// to read (or no writer), on the runtime's poller, through a second open
+// file description of the pipe (opened non-blocking: in stays blocking,
+// as the stages' splices need). A stage waits so for its first frame,
+// until the tree is frozen and the stages before it have worked on it,
+// rather than in a read(2): cr-dump's stages share two Ps of the Go
+// runtime, and a goroutine blocked in a system call keeps its P, with the
+// P's timers, until the runtime's monitor takes it back, up to ~20 ms
+// later; with two stages blocked so, the others' sleeps in awaitReader
+// overslept by 10-16 ms (doc/performance.md, 75).
+func awaitInput(in io.Reader) {
+	f, ok := in.(*os.File)
+	if !ok {
+		return
+	}
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return
+	}
+	pfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return // the read waits instead
+	}
+	p := os.NewFile(uintptr(pfd), "input")
+	defer p.Close()
+	rc, err := p.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Read(func(fd uintptr) bool {
+		ready := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(ready, 0)
+		return n != 0 || (err != nil && err != unix.EINTR)
+	})
 }

@@ -3,8 +3,14 @@ package stage
 import (
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"crpipe/lib/sys"
 )
 
 // awaitFor runs awaitReader on out with readerWait set to wait and
@@ -73,4 +79,79 @@ func TestAwaitReaderReturnsAtOnce(t *testing.T) {
 			t.Errorf("%s: waited %v", name, took)
 		}
 	}
+}
+
+// awaitInput parks its goroutine on the runtime's poller ("IO wait"), not
+// in a read(2) ("syscall", which keeps a P of the runtime), until the pipe
+// has something to read, leaves that unread and the pipe blocking, and
+// returns when the writer goes; anything not a pipe returns at once.
+func TestAwaitInput(t *testing.T) {
+	r, w, err := sys.Pipe("input")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		awaitInput(r)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !parkedIn("IO wait", "crpipe/lib/stage.awaitInput(") {
+		if time.Now().After(deadline) {
+			t.Fatalf("awaitInput is not parked on the poller:\n%s", goroutines())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-done:
+		t.Fatal("awaitInput returned before there was input")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := w.WriteString("frame"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("awaitInput did not return once there was input")
+	}
+	if fl, err := unix.FcntlInt(r.Fd(), unix.F_GETFL, 0); err != nil || fl&unix.O_NONBLOCK != 0 {
+		t.Errorf("the input's flags %#x, %v: it must stay blocking", fl, err)
+	}
+	if n, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ); err != nil || n != len("frame") {
+		t.Errorf("%d bytes left to read, %v; want the 5 written", n, err)
+	}
+
+	r2, w2, err := sys.Pipe("input")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	time.AfterFunc(100*time.Millisecond, func() { w2.Close() })
+	awaitInput(r2) // returns once the writer is gone
+	w.Close()
+
+	file, err := os.Create(filepath.Join(t.TempDir(), "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	awaitInput(file)
+}
+
+// goroutines is the stacks of every goroutine.
+func goroutines() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// parkedIn: a goroutine in state waits with fn on its stack.
+func parkedIn(state, fn string) bool {
+	for _, g := range strings.Split(goroutines(), "\n\n") {
+		if strings.Contains(g, "["+state) && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }

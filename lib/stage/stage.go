@@ -505,6 +505,9 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	if !fl.ObservePages && !verifyAll() {
 		r.DeferPages(SpliceMover)
 	}
+	if r.Drained() { // nothing read with the header waits
+		awaitInput(in)
+	}
 	for {
 		f, err := r.Next()
 		if err != nil {
