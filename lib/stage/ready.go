@@ -50,13 +50,8 @@ func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...pr
 // everything written into it, the reader has gone (the next write fails,
 // and says so), or readerWait has passed. Anything else returns at once.
 func awaitReader(out io.Writer) {
-	f, ok := out.(*os.File)
+	fd, ok := pipeFd(out)
 	if !ok {
-		return
-	}
-	fd := int(f.Fd())
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
 		return
 	}
 	// No event says a pipe is empty (POLLOUT only says there is room), so
@@ -91,13 +86,8 @@ func awaitReader(out io.Writer) {
 // later; with two stages blocked so, the others' sleeps in awaitReader
 // overslept by 10-16 ms (doc/performance.md, 75).
 func awaitInput(in io.Reader) {
-	f, ok := in.(*os.File)
+	fd, ok := pipeFd(in)
 	if !ok {
-		return
-	}
-	fd := int(f.Fd())
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
 		return
 	}
 	pfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
@@ -115,4 +105,18 @@ func awaitInput(in io.Reader) {
 		n, err := unix.Poll(ready, 0)
 		return n != 0 || (err != nil && err != unix.EINTR)
 	})
+}
+
+// pipeFd is the fd of stream, when it is a pipe.
+func pipeFd(stream any) (int, bool) {
+	f, ok := stream.(*os.File)
+	if !ok {
+		return -1, false
+	}
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return -1, false
+	}
+	return fd, true
 }
