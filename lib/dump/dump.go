@@ -412,6 +412,8 @@ func startHere(opt Options, out *os.File) ([]*stageRun, error) {
 			}
 		} else if next, w, err = sys.Pipe(name); err != nil {
 			err = fmt.Errorf("%s: %w", name, err)
+		} else {
+			stage.LinkPipe(next, w)
 		}
 		if err != nil {
 			if in != nil {

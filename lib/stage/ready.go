@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,13 @@ func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...pr
 // everything written into it, the reader has gone (the next write fails,
 // and says so), or readerWait has passed. Anything else returns at once.
 func awaitReader(out io.Writer) {
+	if t := linkOf(out); t != nil {
+		select {
+		case <-t.read:
+		case <-time.After(readerWait):
+		}
+		return
+	}
 	fd, ok := pipeFd(out)
 	if !ok {
 		return
@@ -72,6 +80,44 @@ func awaitReader(out io.Writer) {
 		}
 		time.Sleep(step)
 		step = min(2*step, time.Millisecond)
+	}
+}
+
+// Between two stages run in this process (cr-dump's, RunIn) the reader
+// also says through a channel that it has taken the header: awaitReader's
+// looks at the pipe come up to a millisecond apart once it has waited a
+// while, and a dump's announce chain has five links, each of which waited
+// so (doc/performance.md, 76).
+var links sync.Map // either end of a pipe between stages run here -> *link
+
+type link struct {
+	once sync.Once
+	read chan struct{} // closed once the reader has the header, or ends
+}
+
+// LinkPipe says that r and w are the ends of a pipe between two stages run
+// in this process: the writer's stage waits for its reader's word
+// (HeaderRead) instead of looking at the pipe. The link goes when the
+// stages end (RunIn).
+func LinkPipe(r, w *os.File) {
+	l := &link{read: make(chan struct{})}
+	links.Store(r, l)
+	links.Store(w, l)
+}
+
+func linkOf(stream any) *link {
+	if f, ok := stream.(*os.File); ok {
+		if l, ok := links.Load(f); ok {
+			return l.(*link)
+		}
+	}
+	return nil
+}
+
+// headerRead: the stage reading in has taken its header, or is ending.
+func headerRead(in io.Reader) {
+	if l := linkOf(in); l != nil {
+		l.once.Do(func() { close(l.read) })
 	}
 }
 

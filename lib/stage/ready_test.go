@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/sys"
@@ -154,4 +155,38 @@ func parkedIn(state, fn string) bool {
 		}
 	}
 	return false
+}
+
+// Between stages linked as cr-dump links them (LinkPipe), the writer's
+// wait ends on the reader's word, not on what is left in the pipe: at
+// once when the reader says so (the header here still unread, so a look
+// at the pipe would have waited on), when the reader's stage fails
+// before reading, and never before; the links go with the stages.
+func TestAwaitLinkedReader(t *testing.T) {
+	r, w := pipeWith(t, "header")
+	LinkPipe(r, w)
+	t.Cleanup(func() { links.Delete(r); links.Delete(w) })
+	const delay = 200 * time.Millisecond
+	go func() {
+		time.Sleep(delay)
+		headerRead(r)
+	}()
+	if took := awaitFor(t, w, 20*time.Second); took < delay || took > 10*time.Second {
+		t.Fatalf("returned after %v; the reader said it had the header after %v", took, delay)
+	}
+
+	r2, w2 := pipeWith(t, "header")
+	LinkPipe(r2, w2)
+	stage := FilterCommand("cr-test", "", nil, func(*cli.Context) (Filter, error) { return Filter{}, nil })
+	go RunIn(stage, []string{"--nope"}, r2, nil) // a usage error: no header read
+	if took := awaitFor(t, w2, 20*time.Second); took > 10*time.Second {
+		t.Fatalf("the reader's stage failed, and the writer waited %v", took)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for linkOf(r2) != nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if linkOf(r2) != nil {
+		t.Error("the reader's link is left after its stage ended")
+	}
 }

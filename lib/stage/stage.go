@@ -145,6 +145,9 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 		if !parsed {
 			parsing.Unlock()
 		}
+		headerRead(in) // a stage that failed early: its writer waits no more
+		links.Delete(in)
+		links.Delete(out)
 		if r := recover(); r != nil {
 			fmt.Fprintf(os.Stderr, "%s: panic: %v\n%s", app.Name, r, debug.Stack())
 			err = fmt.Errorf("panic: %v", r)
@@ -499,6 +502,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 		return fmt.Errorf("output: %w", err)
 	}
 	r, err := image.NewReader(in)
+	headerRead(in)
 	if err != nil {
 		return fmt.Errorf("input: %w", err)
 	}
