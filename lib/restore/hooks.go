@@ -25,6 +25,7 @@ type Ctx struct {
 	pidns  bool       // --pidns: the tree goes into a new PID namespace
 	init   *restorer  // that namespace's init (the root's parent)
 	cgroup *os.File   // --cgroup: the directory the helper starts in
+	early  *early     // the root's helper, started with the restore; nil once taken
 	// --dumped-cgroups: each live process's dumped cgroup directory, from
 	// the freeze record (cgroups.go)
 	dumpedCgroups bool

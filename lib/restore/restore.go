@@ -123,6 +123,9 @@ func Run(opts Options) (err error) {
 		}
 		rc.owned = append(rc.owned, rc.cgroup)
 	}
+	if !opts.PidNS && !opts.DumpedCgroups { // else its namespace or cgroup is not known yet
+		rc.early = startEarly(rc.cgroup)
+	}
 	if err := rc.restoreStream(rd, opts); err != nil {
 		rc.abortFills()
 		rc.killAll()
@@ -217,6 +220,9 @@ func (rc *Ctx) killAll() {
 
 func (rc *Ctx) closeAll() {
 	rc.abortFills()
+	if rc.early != nil {
+		rc.early.drop()
+	}
 	if rc.init != nil {
 		rc.init.sock.Close()
 	}

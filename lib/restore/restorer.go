@@ -149,6 +149,45 @@ func startHelper(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
 	return r, cmd, nil
 }
 
+// early is the root's helper, started as the restore starts: its fork
+// and exec, and the exec of the blob, overlap the reading of the first
+// records instead of following them (doc/performance.md, 77).
+type early struct {
+	done   chan struct{}
+	r      *restorer
+	helper *exec.Cmd
+	err    error
+}
+
+func startEarly(cgroup *os.File) *early {
+	e := &early{done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		e.r, e.helper, e.err = startHelper(false, cgroup)
+	}()
+	return e
+}
+
+// rootHelper is the helper the root is cloned from: the early one.
+func (rc *Ctx) rootHelper() (*restorer, *exec.Cmd, error) {
+	e := rc.early
+	if e == nil {
+		return startHelper(false, rc.cgroup)
+	}
+	rc.early = nil
+	<-e.done
+	return e.r, e.helper, e.err
+}
+
+// drop ends an early helper never used (the helper exits on EOF).
+func (e *early) drop() {
+	<-e.done
+	if e.err == nil {
+		e.r.sock.Close()
+		e.helper.Wait()
+	}
+}
+
 func startHelperIn(pidns bool, cgroup *os.File) (*restorer, *exec.Cmd, error) {
 	layout, err := pie.RestorerLayout()
 	if err != nil {

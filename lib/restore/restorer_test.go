@@ -175,3 +175,36 @@ func TestNewSharedAnon(t *testing.T) {
 	}
 	t.Errorf("no line for %s in /proc/self/maps", start)
 }
+
+// The root's helper, started with the restore: taken once (it answers),
+// then a second root would get a fresh one; one never taken ends and is
+// reaped when the restore ends.
+func TestEarlyHelper(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the helper is the restorer blob, which runs as a restore does")
+	}
+	rc := &Ctx{early: startEarly(nil)}
+	r, helper, err := rc.rootHelper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.run(sc("getpid", unix.SYS_GETPID)); err != nil || got[0] != int64(helper.Process.Pid) {
+		t.Errorf("the early helper's getpid: %v, %v; want %d", got, err, helper.Process.Pid)
+	}
+	r.sock.Close()
+	helper.Wait()
+	if rc.early != nil {
+		t.Error("the early helper is still there once taken")
+	}
+
+	unused := startEarly(nil)
+	<-unused.done
+	if unused.err != nil {
+		t.Fatal(unused.err)
+	}
+	pid := unused.helper.Process.Pid
+	unused.drop()
+	if err := unix.Kill(pid, 0); err != unix.ESRCH {
+		t.Errorf("the helper never taken, pid %d, is left after drop (kill 0: %v)", pid, err)
+	}
+}

@@ -122,7 +122,7 @@ func (rc *Ctx) completeTree() error {
 // the init of a new PID namespace), the others from their parent.
 func (rc *Ctx) create(t *task) error {
 	if t.parent == nil && !rc.pidns {
-		r, helper, err := startHelper(false, rc.cgroup)
+		r, helper, err := rc.rootHelper()
 		if err != nil {
 			return err
 		}
