@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -87,12 +88,16 @@ func awaitReader(out io.Writer) {
 // also says through a channel that it has taken the header: awaitReader's
 // looks at the pipe come up to a millisecond apart once it has waited a
 // while, and a dump's announce chain has five links, each of which waited
-// so (doc/performance.md, 76).
+// so (doc/performance.md, 76). The writer says so when it has written its
+// first frames: the runtime's poller, where awaitInput otherwise waits, is
+// looked at only by a P with nothing to run, and while the tree is worked
+// on none may be idle for milliseconds (doc/performance.md, 78).
 var links sync.Map // either end of a pipe between stages run here -> *link
 
 type link struct {
-	once sync.Once
-	read chan struct{} // closed once the reader has the header, or ends
+	readOnce, writtenOnce sync.Once
+	read                  chan struct{} // closed once the reader has the header, or ends
+	written               chan struct{} // closed once frames follow the header, or the writer ends
 }
 
 // LinkPipe says that r and w are the ends of a pipe between two stages run
@@ -100,7 +105,7 @@ type link struct {
 // (HeaderRead) instead of looking at the pipe. The link goes when the
 // stages end (RunIn).
 func LinkPipe(r, w *os.File) {
-	l := &link{read: make(chan struct{})}
+	l := &link{read: make(chan struct{}), written: make(chan struct{})}
 	links.Store(r, l)
 	links.Store(w, l)
 }
@@ -117,7 +122,20 @@ func linkOf(stream any) *link {
 // headerRead: the stage reading in has taken its header, or is ending.
 func headerRead(in io.Reader) {
 	if l := linkOf(in); l != nil {
-		l.once.Do(func() { close(l.read) })
+		l.readOnce.Do(func() { close(l.read) })
+	}
+}
+
+// framesWritten: the stage writing out has written frames after the
+// header (or is ending). Its reader, when it waits for them, runs next on
+// this P: this goroutine yields it.
+func framesWritten(out io.Writer) {
+	if l := linkOf(out); l != nil {
+		first := false
+		l.writtenOnce.Do(func() { close(l.written); first = true })
+		if first {
+			runtime.Gosched()
+		}
 	}
 }
 
@@ -132,6 +150,10 @@ func headerRead(in io.Reader) {
 // later; with two stages blocked so, the others' sleeps in awaitReader
 // overslept by 10-16 ms (doc/performance.md, 75).
 func awaitInput(in io.Reader) {
+	if l := linkOf(in); l != nil {
+		<-l.written
+		return
+	}
 	fd, ok := pipeFd(in)
 	if !ok {
 		return

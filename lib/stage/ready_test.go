@@ -190,3 +190,43 @@ func TestAwaitLinkedReader(t *testing.T) {
 		t.Error("the reader's link is left after its stage ended")
 	}
 }
+
+// Between linked stages the reader's wait for its first frames ends on
+// the writer's word (framesWritten after a flush), not before it, and
+// when the writer's stage ends without a word.
+func TestAwaitLinkedInput(t *testing.T) {
+	r, w := pipeWith(t, "")
+	LinkPipe(r, w)
+	t.Cleanup(func() { links.Delete(r); links.Delete(w) })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		awaitInput(r)
+	}()
+	select {
+	case <-done:
+		t.Fatal("awaitInput returned before the writer said anything")
+	case <-time.After(200 * time.Millisecond):
+	}
+	framesWritten(w)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("awaitInput did not return once the writer said it wrote")
+	}
+
+	r2, w2 := pipeWith(t, "")
+	LinkPipe(r2, w2)
+	done2 := make(chan struct{})
+	go func() {
+		defer close(done2)
+		awaitInput(r2)
+	}()
+	stage := FilterCommand("cr-test", "", nil, func(*cli.Context) (Filter, error) { return Filter{}, nil })
+	go RunIn(stage, []string{"--nope"}, nil, w2) // a usage error: nothing written
+	select {
+	case <-done2:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer's stage ended, and its reader still waits")
+	}
+}

@@ -146,6 +146,7 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 			parsing.Unlock()
 		}
 		headerRead(in) // a stage that failed early: its writer waits no more
+		framesWritten(out) // nor its reader, which sees the end
 		links.Delete(in)
 		links.Delete(out)
 		if r := recover(); r != nil {
@@ -543,6 +544,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 			if err := w.Flush(); err != nil {
 				return fmt.Errorf("output: %w", err)
 			}
+			framesWritten(out)
 		}
 	}
 	if fl.Finish != nil {
@@ -551,6 +553,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("output: %w", err)
 		}
+		framesWritten(out)
 		if err := fl.Finish(w); err != nil {
 			return err
 		}
