@@ -417,6 +417,7 @@ func startHere(opt Options, out *os.File) ([]*stageRun, error) {
 		}
 		if err != nil {
 			if in != nil {
+				stage.DropLink(in)
 				in.Close()
 			}
 			return runs, err

@@ -126,6 +126,15 @@ func headerRead(in io.Reader) {
 	}
 }
 
+// DropLink says that the stage that was to use end (either end of a
+// linked pipe) will not run, cr-dump having failed to start it: the stage
+// at the other end waits for no word from it.
+func DropLink(end *os.File) {
+	headerRead(end)
+	framesWritten(end)
+	links.Delete(end)
+}
+
 // framesWritten: the stage writing out has written frames after the
 // header (or is ending). Its reader, when it waits for them, runs next on
 // this P: this goroutine yields it.

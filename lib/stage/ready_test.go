@@ -182,6 +182,13 @@ func TestAwaitLinkedReader(t *testing.T) {
 	if took := awaitFor(t, w2, 20*time.Second); took > 10*time.Second {
 		t.Fatalf("the reader's stage failed, and the writer waited %v", took)
 	}
+	r3, w3 := pipeWith(t, "header")
+	LinkPipe(r3, w3)
+	t.Cleanup(func() { links.Delete(w3) })
+	DropLink(r3) // its stage never started
+	if took := awaitFor(t, w3, 20*time.Second); took > 10*time.Second {
+		t.Fatalf("the reader's stage never started, and the writer waited %v", took)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for linkOf(r2) != nil && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
