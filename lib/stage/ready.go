@@ -52,9 +52,9 @@ func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...pr
 // everything written into it, the reader has gone (the next write fails,
 // and says so), or readerWait has passed. Anything else returns at once.
 func awaitReader(out io.Writer) {
-	if t := linkOf(out); t != nil {
+	if l := linkOf(out); l != nil {
 		select {
-		case <-t.read:
+		case <-l.read:
 		case <-time.After(readerWait):
 		}
 		return
@@ -102,7 +102,8 @@ type link struct {
 
 // LinkPipe says that r and w are the ends of a pipe between two stages run
 // in this process: the writer's stage waits for its reader's word
-// (HeaderRead) instead of looking at the pipe. The link goes when the
+// (headerRead) instead of looking at the pipe, and the reader for the
+// writer's (framesWritten) as well as the pipe. The link goes when the
 // stages end (RunIn).
 func LinkPipe(r, w *os.File) {
 	l := &link{read: make(chan struct{}), written: make(chan struct{})}
@@ -159,10 +160,6 @@ func framesWritten(out io.Writer) {
 // later; with two stages blocked so, the others' sleeps in awaitReader
 // overslept by 10-16 ms (doc/performance.md, 75).
 func awaitInput(in io.Reader) {
-	if l := linkOf(in); l != nil {
-		<-l.written
-		return
-	}
 	fd, ok := pipeFd(in)
 	if !ok {
 		return
@@ -176,6 +173,19 @@ func awaitInput(in io.Reader) {
 	rc, err := p.SyscallConn()
 	if err != nil {
 		return
+	}
+	if l := linkOf(in); l != nil {
+		// The writer's word ends the wait at once (links above); the pipe
+		// still ends it too, should the writer fill it before a word.
+		waiting := make(chan struct{})
+		defer close(waiting)
+		go func() {
+			select {
+			case <-l.written:
+				p.SetReadDeadline(time.Now())
+			case <-waiting:
+			}
+		}()
 	}
 	rc.Read(func(fd uintptr) bool {
 		ready := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

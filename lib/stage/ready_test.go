@@ -200,7 +200,9 @@ func TestAwaitLinkedReader(t *testing.T) {
 
 // Between linked stages the reader's wait for its first frames ends on
 // the writer's word (framesWritten after a flush), not before it, and
-// when the writer's stage ends without a word.
+// when the writer's stage ends without a word; and on frames in the pipe
+// without a word (a writer that fills the pipe before it says anything
+// must not wait on its reader for ever).
 func TestAwaitLinkedInput(t *testing.T) {
 	r, w := pipeWith(t, "")
 	LinkPipe(r, w)
@@ -235,5 +237,23 @@ func TestAwaitLinkedInput(t *testing.T) {
 	case <-done2:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the writer's stage ended, and its reader still waits")
+	}
+
+	r3, w3 := pipeWith(t, "")
+	LinkPipe(r3, w3)
+	t.Cleanup(func() { links.Delete(r3); links.Delete(w3) })
+	done3 := make(chan struct{})
+	go func() {
+		defer close(done3)
+		awaitInput(r3)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := w3.WriteString("frames"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done3:
+	case <-time.After(10 * time.Second):
+		t.Fatal("frames in the pipe without a word, and the reader still waits")
 	}
 }

@@ -145,7 +145,7 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 		if !parsed {
 			parsing.Unlock()
 		}
-		headerRead(in) // a stage that failed early: its writer waits no more
+		headerRead(in)     // a stage that failed early: its writer waits no more
 		framesWritten(out) // nor its reader, which sees the end
 		links.Delete(in)
 		links.Delete(out)
