@@ -207,53 +207,50 @@ func TestAwaitLinkedInput(t *testing.T) {
 	r, w := pipeWith(t, "")
 	LinkPipe(r, w)
 	t.Cleanup(func() { links.Delete(r); links.Delete(w) })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		awaitInput(r)
-	}()
+	done := awaitingInput(r)
 	select {
 	case <-done:
 		t.Fatal("awaitInput returned before the writer said anything")
 	case <-time.After(200 * time.Millisecond):
 	}
 	framesWritten(w)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("awaitInput did not return once the writer said it wrote")
-	}
+	ends(t, done, "awaitInput did not return once the writer said it wrote")
 
 	r2, w2 := pipeWith(t, "")
 	LinkPipe(r2, w2)
-	done2 := make(chan struct{})
-	go func() {
-		defer close(done2)
-		awaitInput(r2)
-	}()
+	done = awaitingInput(r2)
 	stage := FilterCommand("cr-test", "", nil, func(*cli.Context) (Filter, error) { return Filter{}, nil })
 	go RunIn(stage, []string{"--nope"}, nil, w2) // a usage error: nothing written
-	select {
-	case <-done2:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the writer's stage ended, and its reader still waits")
-	}
+	ends(t, done, "the writer's stage ended, and its reader still waits")
 
 	r3, w3 := pipeWith(t, "")
 	LinkPipe(r3, w3)
 	t.Cleanup(func() { links.Delete(r3); links.Delete(w3) })
-	done3 := make(chan struct{})
-	go func() {
-		defer close(done3)
-		awaitInput(r3)
-	}()
+	done = awaitingInput(r3)
 	time.Sleep(100 * time.Millisecond)
 	if _, err := w3.WriteString("frames"); err != nil {
 		t.Fatal(err)
 	}
+	ends(t, done, "frames in the pipe without a word, and the reader still waits")
+}
+
+// awaitingInput runs awaitInput(r) on a goroutine of its own; the channel
+// is closed when it returns.
+func awaitingInput(r *os.File) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		awaitInput(r)
+	}()
+	return done
+}
+
+// ends fails t with why unless done is closed within 10 s.
+func ends(t *testing.T, done <-chan struct{}, why string) {
+	t.Helper()
 	select {
-	case <-done3:
+	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("frames in the pipe without a word, and the reader still waits")
+		t.Fatal(why)
 	}
 }
