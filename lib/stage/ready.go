@@ -49,8 +49,9 @@ func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...pr
 }
 
 // awaitReader waits, when out is a pipe, until its reader has read
-// everything written into it, the reader has gone (the next write fails,
-// and says so), or readerWait has passed. Anything else returns at once.
+// everything written into it (between linked stages: until the reader says
+// it has the header), the reader has gone (the next write fails, and says
+// so), or readerWait has passed. Anything else returns at once.
 func awaitReader(out io.Writer) {
 	if l := linkOf(out); l != nil {
 		select {
