@@ -17,10 +17,13 @@ var everyStageRecords = []proto.Message{&pb.Inventory{}, &pb.Freeze{}, &pb.Proce
 // it waits for the freeze. The protobuf runtime does it lazily, at a
 // type's first use: ~0.3-0.7 ms for the first type of a .proto file and
 // ~0.05-0.3 ms for each other on the PVM guest, paid on the frozen tree's
-// path as the first records came (doc/performance.md 68).
+// path as the first records came (doc/performance.md 68). It decodes into
+// new messages only: cr-dump's stages warm at once in one process, and
+// Unmarshal resets its message, leaving it for an instant without its type
+// (another stage's warm of the same shared record then panicked).
 func warm(ms []proto.Message) {
 	for _, m := range heldRecords(ms) {
-		proto.Unmarshal(nil, m.Interface()) // sets up the type's code; nothing to decode
+		proto.Unmarshal(nil, m.Type().New().Interface()) // sets up the type's code; nothing to decode
 	}
 }
 

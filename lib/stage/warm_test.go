@@ -2,6 +2,7 @@ package stage
 
 import (
 	"slices"
+	"sync"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -33,4 +34,23 @@ func TestHeldRecords(t *testing.T) {
 		t.Errorf("a type twice in %v", names)
 	}
 	warm(nil) // and setting them up does not fail
+}
+
+// TestWarmAtOnce: cr-dump's stages warm their records at once in one
+// process; warming the same shared messages from many goroutines must
+// neither panic nor touch those messages.
+func TestWarmAtOnce(t *testing.T) {
+	files := &pb.Files{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 300 {
+				warm([]proto.Message{files, &pb.ThreadState{}})
+			}
+		})
+	}
+	wg.Wait()
+	if !proto.Equal(files, &pb.Files{}) {
+		t.Errorf("warm changed a shared record: %v", files)
+	}
 }
