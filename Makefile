@@ -6,7 +6,7 @@
 #   make demo       checkpoint and restore a counting process, step by step
 #   make bench      dump/restore throughput against the machine's limits
 #   make fuzz       short runs of every fuzz target (FUZZTIME=10s each)
-#   make generate   regenerate lib/pb/cr.pb.go from lib/pb/cr.proto
+#   make generate   regenerate lib/pb/*.pb.go from lib/pb/*.proto
 #   make pie        rebuild the restorer blob (pie/, needs gcc)
 
 SHELL := bash
@@ -29,6 +29,10 @@ BENCH_FLAGS ?=
 # initialisation (blackfriday) took 0.7 ms of every command's 2.5 ms start,
 # six times per dump (doc/performance.md).
 GOBUILDFLAGS ?= -tags urfave_cli_no_docs
+
+# The encoders and decoders of the records, generated beside *.pb.go
+# (lib/pb/codec.go); lib/pb/generate_test.go names the same.
+VTPROTO_FEATURES := marshal+unmarshal+size
 
 PROG_SRCS := $(wildcard test/progs/*.c)
 PROGS := $(patsubst test/progs/%.c,$(TESTBIN)/%,$(PROG_SRCS)) $(TESTBIN)/counter-static
@@ -69,7 +73,10 @@ pie:
 generate:
 	@scripts/deps.sh generate
 	protoc -I lib/pb --plugin=protoc-gen-go="$$(scripts/deps.sh protoc-gen-go)" \
-		--go_out=lib/pb --go_opt=paths=source_relative lib/pb/*.proto
+		--plugin=protoc-gen-go-vtproto="$$(scripts/deps.sh protoc-gen-go-vtproto)" \
+		--go_out=lib/pb --go_opt=paths=source_relative \
+		--go-vtproto_out=lib/pb --go-vtproto_opt=paths=source_relative,features=$(VTPROTO_FEATURES) \
+		lib/pb/*.proto
 
 deps:
 	@scripts/deps.sh test

@@ -4,11 +4,14 @@
 # one line per install and nothing when all is there.
 #
 #   scripts/deps.sh test            tools the tests use (lz4, protoc, gcc, ...)
-#   scripts/deps.sh generate        protoc and protoc-gen-go for make generate
+#   scripts/deps.sh generate        protoc and both plugins for make generate
 #   scripts/deps.sh protoc-gen-go   ensure protoc-gen-go and print its path
+#   scripts/deps.sh protoc-gen-go-vtproto
+#                                   ensure protoc-gen-go-vtproto, print its path
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12
+PROTOC_GEN_GO_VTPROTO_VERSION=v0.6.0
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -24,19 +27,29 @@ apt_install() {
 	apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# protoc_gen_go prints the path of a protoc-gen-go of the pinned version,
-# installing it with go install when there is none.
-protoc_gen_go() {
-	local p
-	for p in "$(command -v protoc-gen-go 2>/dev/null || true)" "$(go env GOPATH)/bin/protoc-gen-go"; do
-		if [ -n "$p" ] && [ -x "$p" ] && [ "$("$p" --version 2>/dev/null)" = "protoc-gen-go $PROTOC_GEN_GO_VERSION" ]; then
+# plugin NAME PACKAGE VERSION prints the path of protoc plugin NAME built
+# from PACKAGE's module at VERSION (as the binary's build information says:
+# protoc-gen-go-vtproto has no --version), installing PACKAGE@VERSION with
+# go install when there is none.
+plugin() {
+	local name=$1 pkg=$2 version=$3 p
+	for p in "$(command -v "$name" 2>/dev/null || true)" "$(go env GOPATH)/bin/$name"; do
+		if [ -n "$p" ] && [ -x "$p" ] && [ "$(go version -m "$p" 2>/dev/null | awk '$1 == "mod" { print $3 }')" = "$version" ]; then
 			echo "$p"
 			return
 		fi
 	done
-	echo "deps: go install google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION" >&2
-	GOBIN="$(go env GOPATH)/bin" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION" >&2
-	echo "$(go env GOPATH)/bin/protoc-gen-go"
+	echo "deps: go install $pkg@$version" >&2
+	GOBIN="$(go env GOPATH)/bin" go install "$pkg@$version" >&2
+	echo "$(go env GOPATH)/bin/$name"
+}
+
+protoc_gen_go() {
+	plugin protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
+}
+
+protoc_gen_go_vtproto() {
+	plugin protoc-gen-go-vtproto github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto "$PROTOC_GEN_GO_VTPROTO_VERSION"
 }
 
 case "${1:-test}" in
@@ -57,16 +70,21 @@ test)
 	[ -x /usr/bin/time ] || need+=(time)
 	apt_install "${need[@]}"
 	protoc_gen_go >/dev/null
+	protoc_gen_go_vtproto >/dev/null
 	;;
 generate)
 	have protoc || apt_install protobuf-compiler
 	protoc_gen_go >/dev/null
+	protoc_gen_go_vtproto >/dev/null
 	;;
 protoc-gen-go)
 	protoc_gen_go
 	;;
+protoc-gen-go-vtproto)
+	protoc_gen_go_vtproto
+	;;
 *)
-	echo "usage: $0 [test|generate|protoc-gen-go]" >&2
+	echo "usage: $0 [test|generate|protoc-gen-go|protoc-gen-go-vtproto]" >&2
 	exit 2
 	;;
 esac

@@ -23,7 +23,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -66,7 +65,6 @@ var defaultOptions = Options{GhostLimit: stage.DefaultGhostLimit}
 func FilterWith(opts Options) stage.Filter {
 	up := &stage.Upstream{}
 	return stage.Filter{
-		Records: []proto.Message{&pb.Files{}, &pb.FileDesc{}, &pb.FileData{}, &pb.GhostFile{}},
 		Observe: up.Observe,
 		Finish: func(w *image.Writer) error {
 			if err := up.NeedProcs(); err != nil {

@@ -400,7 +400,7 @@ func (rd *decoder) readErr(err error, n int, what string, want uint32) error {
 
 func (rd *decoder) checkEnd(f *Frame) error {
 	var end pb.End
-	if err := proto.Unmarshal(f.Payload, &end); err != nil {
+	if err := pb.Unmarshal(f.Payload, &end); err != nil {
 		return fmt.Errorf("frame %d (end) at offset %d: %v: %w", f.Index, f.Offset, err, ErrCorrupt)
 	}
 	c := rd.counts
@@ -456,7 +456,7 @@ func (rd *Reader) Offset() int64 {
 
 // Unmarshal decodes a metadata frame into m, naming the frame on failure.
 func Unmarshal(f *Frame, m proto.Message) error {
-	if err := proto.Unmarshal(f.Payload, m); err != nil {
+	if err := pb.Unmarshal(f.Payload, m); err != nil {
 		return CorruptFrame(f, err)
 	}
 	return nil

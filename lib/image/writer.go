@@ -217,7 +217,7 @@ func (w *Writer) passDeferred(f *Frame) error {
 // WriteMessage writes a metadata frame. Marshalling is deterministic so
 // that the same state gives the same bytes.
 func (w *Writer) WriteMessage(t Type, m proto.Message) error {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	b, err := pb.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("image: encode %s: %w", t, err)
 	}
@@ -377,7 +377,7 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	end := &pb.End{Frames: w.counts.Frames, PageFrames: w.counts.PageFrames, PageBytes: w.counts.PageBytes, Complete: true}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(end)
+	b, err := pb.Marshal(end)
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,6 @@ import (
 	"strconv"
 
 	"github.com/urfave/cli/v2"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -73,7 +72,6 @@ func FilterWith(opts Options) stage.Filter {
 		return nil
 	}
 	return stage.Filter{
-		Records: []proto.Message{&pb.Mm{}},
 		Observe: observe,
 		Finish: func(w *image.Writer) (err error) {
 			defer fast.close()

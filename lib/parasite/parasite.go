@@ -42,7 +42,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
@@ -75,7 +74,6 @@ func Filter(opt Options) stage.Filter {
 	wit := &witnesses{}
 	seen := threadIDs{}
 	return stage.Filter{
-		Records: []proto.Message{&pb.ThreadState{}, &pb.TaskState{}, &pb.ThreadInside{}, &pb.ProcessInside{}},
 		Observe: func(f *image.Frame) error {
 			if err := up.Observe(f); err != nil {
 				return err

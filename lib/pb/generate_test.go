@@ -11,42 +11,53 @@ import (
 	"testing"
 )
 
-// protocGenGoVersion is the plugin version cr.pb.go is generated with (also
-// pinned in scripts/deps.sh).
-const protocGenGoVersion = "v1.36.12"
+// The plugins the *.pb.go and *_vtproto.pb.go files are generated with,
+// and the generated codec's features: pinned alike in scripts/deps.sh and
+// the Makefile.
+const (
+	protocGenGoVersion        = "v1.36.12"
+	protocGenGoVtprotoVersion = "v0.6.0"
+	vtprotoFeatures           = "marshal+unmarshal+size"
+)
 
-// TestGeneratedCodeIsCurrent regenerates every *.pb.go from its .proto into
-// a temporary directory and fails when a committed file differs: someone
-// edited a .proto without `make generate`, or edited the generated code.
+// TestGeneratedCodeIsCurrent regenerates every *.pb.go and *_vtproto.pb.go
+// from its .proto into a temporary directory and fails when a committed
+// file differs: someone edited a .proto without `make generate`, or edited
+// the generated code.
 func TestGeneratedCodeIsCurrent(t *testing.T) {
 	protoc := findProtoc(t)
-	plugin := findProtocGenGo(t)
+	goPlugin := findPlugin(t, "protoc-gen-go", "google.golang.org/protobuf/cmd/protoc-gen-go", protocGenGoVersion)
+	vtPlugin := findPlugin(t, "protoc-gen-go-vtproto", "github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto", protocGenGoVtprotoVersion)
 	out := t.TempDir()
 	protos, err := filepath.Glob("*.proto")
 	if err != nil || len(protos) == 0 {
 		t.Fatalf("no .proto files: %v", err)
 	}
-	args := append([]string{"-I", ".", "--plugin=protoc-gen-go=" + plugin,
-		"--go_out=" + out, "--go_opt=paths=source_relative"}, protos...)
+	args := append([]string{"-I", ".",
+		"--plugin=protoc-gen-go=" + goPlugin, "--go_out=" + out, "--go_opt=paths=source_relative",
+		"--plugin=protoc-gen-go-vtproto=" + vtPlugin, "--go-vtproto_out=" + out,
+		"--go-vtproto_opt=paths=source_relative,features=" + vtprotoFeatures}, protos...)
 	cmd := exec.Command(protoc, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, b)
 	}
 	for _, proto := range protos {
-		gen := strings.TrimSuffix(proto, ".proto") + ".pb.go"
-		fresh, err := os.ReadFile(filepath.Join(out, gen))
-		if err != nil {
-			t.Fatal(err)
-		}
-		committed, err := os.ReadFile(gen)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The protoc version is only named in a comment; another protoc release
-		// producing the same code is not a difference.
-		if !bytes.Equal(normalize(fresh), normalize(committed)) {
-			t.Fatalf("lib/pb/%s is not what %s generates; run `make generate` and commit the result\n%s",
-				gen, proto, firstDiff(normalize(committed), normalize(fresh)))
+		for _, suffix := range []string{".pb.go", "_vtproto.pb.go"} {
+			gen := strings.TrimSuffix(proto, ".proto") + suffix
+			fresh, err := os.ReadFile(filepath.Join(out, gen))
+			if err != nil {
+				t.Fatal(err)
+			}
+			committed, err := os.ReadFile(gen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The protoc version is only named in a comment; another protoc release
+			// producing the same code is not a difference.
+			if !bytes.Equal(normalize(fresh), normalize(committed)) {
+				t.Fatalf("lib/pb/%s is not what %s generates; run `make generate` and commit the result\n%s",
+					gen, proto, firstDiff(normalize(committed), normalize(fresh)))
+			}
 		}
 	}
 }
@@ -98,19 +109,33 @@ func findProtoc(t *testing.T) string {
 	return p
 }
 
-// findProtocGenGo returns a protoc-gen-go of the pinned version, installing
-// it into a temporary GOBIN when the one on PATH is missing or another version.
-func findProtocGenGo(t *testing.T) string {
-	if p, err := exec.LookPath("protoc-gen-go"); err == nil {
-		if b, err := exec.Command(p, "--version").Output(); err == nil && strings.TrimSpace(string(b)) == "protoc-gen-go "+protocGenGoVersion {
-			return p
-		}
+// findPlugin returns protoc plugin name built from its module at version
+// (the binary's build information says so), installing pkg@version into a
+// temporary GOBIN when the one on PATH is missing or another version.
+func findPlugin(t *testing.T, name, pkg, version string) string {
+	if p, err := exec.LookPath(name); err == nil && moduleVersion(p) == version {
+		return p
 	}
 	gobin := t.TempDir()
-	cmd := exec.Command("go", "install", "google.golang.org/protobuf/cmd/protoc-gen-go@"+protocGenGoVersion)
+	cmd := exec.Command("go", "install", pkg+"@"+version)
 	cmd.Env = append(os.Environ(), "GOBIN="+gobin)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, b)
 	}
-	return filepath.Join(gobin, "protoc-gen-go")
+	return filepath.Join(gobin, name)
+}
+
+// moduleVersion is the version of the main module binary p was built from,
+// or "" when it does not say.
+func moduleVersion(p string) string {
+	b, err := exec.Command("go", "version", "-m", p).Output()
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "mod" {
+			return f[2]
+		}
+	}
+	return ""
 }

@@ -2,7 +2,6 @@ package pb
 
 import (
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // An Mm record can hold 65,530 Vma records (vm.max_map_count), and a
@@ -23,11 +22,11 @@ const vmaSizeGuess = 32
 // fill(i, v) sets in turn, byte for byte as a deterministic proto.Marshal
 // of mm with them in its Vmas: its fields in the order of their numbers.
 func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
-	opts := proto.MarshalOptions{Deterministic: true}
-	tail := proto.Clone(mm).(*Mm)
-	tail.Pid, tail.Vmas = 0, nil
-	b := make([]byte, 0, 16+n*vmaSizeGuess+opts.Size(tail))
-	b, err := opts.MarshalAppend(b, &Mm{Pid: mm.Pid})
+	pid, vmas := mm.Pid, mm.Vmas
+	mm.Pid, mm.Vmas = 0, nil // mm without them is the record's tail
+	defer func() { mm.Pid, mm.Vmas = pid, vmas }()
+	b := make([]byte, 0, 16+n*vmaSizeGuess+Size(mm))
+	b, err := MarshalAppend(b, &Mm{Pid: pid})
 	if err != nil {
 		return nil, err
 	}
@@ -35,12 +34,12 @@ func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
 	for i := range n {
 		fill(i, &v)
 		b = protowire.AppendTag(b, MmVmasField, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(opts.Size(&v)))
-		if b, err = opts.MarshalAppend(b, &v); err != nil {
+		b = protowire.AppendVarint(b, uint64(Size(&v)))
+		if b, err = MarshalAppend(b, &v); err != nil {
 			return nil, err
 		}
 	}
-	return opts.MarshalAppend(b, tail)
+	return MarshalAppend(b, mm)
 }
 
 // UnmarshalMm decodes the Mm record b into mm, but for its Vma records,
@@ -56,7 +55,7 @@ func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
 			return nil
 		}
 		rec, _ := protowire.ConsumeBytes(field)
-		if err := proto.Unmarshal(rec, &v); err != nil {
+		if err := Unmarshal(rec, &v); err != nil {
 			return err
 		}
 		return each(&v)
@@ -64,7 +63,7 @@ func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
 	if err != nil {
 		return err
 	}
-	return proto.Unmarshal(rest, mm)
+	return Unmarshal(rest, mm)
 }
 
 // EachField calls fn with the number, type and encoded value of each field

@@ -6,6 +6,8 @@ import (
 
 	"github.com/pierrec/lz4/v4"
 	"google.golang.org/protobuf/proto"
+
+	"crpipe/lib/pb"
 )
 
 // A tree's records are held from the stream's reading to the tasks' last
@@ -72,7 +74,7 @@ func (h held) bytes() ([]byte, error) {
 func (h held) decode(m proto.Message) error {
 	b, err := h.bytes()
 	if err == nil {
-		err = proto.Unmarshal(b, m)
+		err = pb.Unmarshal(b, m)
 	}
 	if err != nil {
 		return fmt.Errorf("held %s record: %w", m.ProtoReflect().Descriptor().Name(), err)

@@ -23,7 +23,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/arch"
 	"crpipe/lib/image"
@@ -47,7 +46,6 @@ func Command() *cli.App {
 func Filter() stage.Filter {
 	up := &stage.Upstream{}
 	return stage.Filter{
-		Records: []proto.Message{&pb.ThreadCore{}, &pb.ThreadState{}, &pb.ProcessState{}},
 		Observe: up.Observe,
 		Finish: func(w *image.Writer) error {
 			if err := up.NeedProcs(); err != nil {

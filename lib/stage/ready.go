@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 )
@@ -30,21 +29,17 @@ import (
 // program reading only later) delays the dump by that much, no more.
 var readerWait = time.Second
 
-// AnnounceOutput writes w's buffered stream header out, sets up the
-// protobuf code of the records the stage will handle (warm: the records
-// every stage handles, and records), then, when out is a pipe, waits until
-// its reader has taken the header (awaitReader). A compressing writer
-// keeps its header in its first lz4 block: no wait then.
-func AnnounceOutput(w *image.Writer, out io.Writer, compress bool, records ...proto.Message) error {
-	if !compress {
-		if err := w.Flush(); err != nil {
-			return err
-		}
+// AnnounceOutput writes w's buffered stream header out, then, when out is
+// a pipe, waits until its reader has taken it (awaitReader). A compressing
+// writer keeps its header in its first lz4 block: no wait then.
+func AnnounceOutput(w *image.Writer, out io.Writer, compress bool) error {
+	if compress {
+		return nil
 	}
-	warm(records)
-	if !compress {
-		awaitReader(out)
+	if err := w.Flush(); err != nil {
+		return err
 	}
+	awaitReader(out)
 	return nil
 }
 

@@ -19,7 +19,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 )
@@ -482,10 +481,6 @@ type Filter struct {
 	ObservePages bool
 	// Finish appends the stage's own records once the input is complete.
 	Finish func(w *image.Writer) error
-	// Records are the messages the stage decodes or writes besides the
-	// Inventory, Freeze, Process and End every stage handles: their
-	// protobuf code is set up before the tree is frozen (warm.go).
-	Records []proto.Message
 }
 
 // verifyAll is CRPIPE_VERIFY=1: every stage reads and verifies every
@@ -499,7 +494,7 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	if err != nil {
 		return err
 	}
-	if err := AnnounceOutput(w, out, compress, fl.Records...); err != nil {
+	if err := AnnounceOutput(w, out, compress); err != nil {
 		return fmt.Errorf("output: %w", err)
 	}
 	r, err := image.NewReader(in)

@@ -17,7 +17,6 @@ package tcp
 
 import (
 	"github.com/urfave/cli/v2"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -38,7 +37,6 @@ func Filter() stage.Filter {
 	var root uint32
 	var procs []*pb.Process
 	return stage.Filter{
-		Records: []proto.Message{&pb.TcpLock{}, &pb.TcpSocket{}, &pb.TcpQueue{}},
 		Observe: func(f *image.Frame) error {
 			switch f.Type {
 			case image.TypeInventory:

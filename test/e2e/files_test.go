@@ -647,9 +647,12 @@ func TestFileMappedTwoWays(t *testing.T) {
 }
 
 // Files named with a space, a newline, a tab, " (deleted)" (a live file,
-// which /proc shows as deleted files are shown), and a long path, each
-// open and mapped shared: the names, offsets and mapped pages come back.
-// A file named "x (deleted)" was refused as a deleted file linked elsewhere.
+// which /proc shows as deleted files are shown), bytes that are not UTF-8,
+// and a long path, each open and mapped shared: the names, offsets and
+// mapped pages come back. A file named "x (deleted)" was refused as a
+// deleted file linked elsewhere; one named in Latin-1 could not be encoded
+// (the protobuf runtime refused its string: "string field contains invalid
+// UTF-8").
 func TestFdNames(t *testing.T) {
 	need(t, append(pipelineCmds, "cr-restore", "crit")...)
 	p := startFdProg(t, "fd_names", "")

@@ -6,16 +6,17 @@
  *
  *   "with space", "new\nline" (maps shows it as new\012line), "x (deleted)"
  *   (a live file: maps and fd links show deleted files so), "tab\there",
- *   and a path of two 200-character directory names.
+ *   "latin1-\xe9t\xe9" (not UTF-8: Linux names are bytes), and a path of two
+ *   200-character directory names.
  */
 #include "fdprog.h"
 
 #include <sys/mman.h>
 
 #define PG 4096
-#define N 5
+#define N 6
 
-static const char *names[N] = {"with space", "new\nline", "x (deleted)", "tab\there", NULL};
+static const char *names[N] = {"with space", "new\nline", "x (deleted)", "tab\there", "latin1-\xe9t\xe9", NULL};
 static char longname[512];
 static char *maps[N];
 static char dir[4096];
