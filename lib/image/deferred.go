@@ -60,6 +60,27 @@ func (rd *Reader) DeferPages(move Mover) {
 	}
 }
 
+// WaitBeforeRead makes the Reader call wait before each read of its input
+// (not of a compressed one: lz4 reads it); before the first Next. A stage
+// parks so on the runtime's poller until its input pipe has something,
+// rather than block in read(2) holding one of the runtime's Ps (lib/stage,
+// pipeWaiter). Deferred page contents still move from the input itself.
+func (rd *Reader) WaitBeforeRead(wait func()) {
+	if !rd.begun && !rd.d.compressed {
+		rd.d.src = waitingReader{rd.d.src, wait}
+	}
+}
+
+type waitingReader struct {
+	io.Reader
+	wait func()
+}
+
+func (w waitingReader) Read(p []byte) (int, error) {
+	w.wait()
+	return w.Reader.Read(p)
+}
+
 func (rd *decoder) deferPages(f *Frame, h []byte, length uint32) (*Frame, error) {
 	if cap(rd.buf) < PagesPreamble {
 		rd.buf = make([]byte, 0, PagesPreamble)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -145,49 +146,84 @@ func framesWritten(out io.Writer) {
 	}
 }
 
-// awaitInput parks the calling goroutine until in, a pipe, has something
-// to read (or no writer), on the runtime's poller, through a second open
-// file description of the pipe (opened non-blocking: in stays blocking,
-// as the stages' splices need). A stage waits so for its first frame,
-// until the tree is frozen and the stages before it have worked on it,
-// rather than in a read(2): cr-dump's stages share two Ps of the Go
-// runtime, and a goroutine blocked in a system call keeps its P, with the
-// P's timers, until the runtime's monitor takes it back, up to ~20 ms
-// later; with two stages blocked so, the others' sleeps in awaitReader
-// overslept by 10-16 ms (doc/performance.md, 75).
-func awaitInput(in io.Reader) {
+// A pipeWaiter parks the calling goroutine until a pipe has something to
+// read (or no writer), on the runtime's poller, through a second open file
+// description of the pipe (opened non-blocking: the pipe itself stays
+// blocking, as the stages' splices need). cr-dump's stages share two Ps of
+// the Go runtime, and a goroutine blocked in a system call keeps its P,
+// with the P's timers and run queue, until the runtime's monitor takes it
+// back, up to ~20 ms later: with two stages blocked in read(2) on their
+// inputs, the others' sleeps in awaitReader overslept by 10-16 ms
+// (doc/performance.md 75), and cr-seize's tracers, started once its input
+// ended, waited 10-12 ms for a P in one dump of the counter in six (80).
+type pipeWaiter struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+// newPipeWaiter returns a waiter for in, or nil when in is not a pipe (or
+// the second description cannot be had: reads then block as before).
+func newPipeWaiter(in io.Reader) *pipeWaiter {
 	fd, ok := pipeFd(in)
 	if !ok {
-		return
+		return nil
 	}
 	pfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return // the read waits instead
+		return nil
 	}
-	p := os.NewFile(uintptr(pfd), "input")
-	defer p.Close()
-	rc, err := p.SyscallConn()
+	f := os.NewFile(uintptr(pfd), "input")
+	rc, err := f.SyscallConn()
 	if err != nil {
-		return
+		f.Close()
+		return nil
 	}
-	if l := linkOf(in); l != nil {
-		// The writer's word ends the wait at once (links above); the pipe
-		// still ends it too, should the writer fill it before a word.
-		waiting := make(chan struct{})
-		defer close(waiting)
-		go func() {
-			select {
-			case <-l.written:
-				p.SetReadDeadline(time.Now())
-			case <-waiting:
-			}
-		}()
-	}
-	rc.Read(func(fd uintptr) bool {
+	return &pipeWaiter{f: f, rc: rc}
+}
+
+// wait returns once the pipe has something to read or no writer, or the
+// description's read deadline has passed.
+func (pw *pipeWaiter) wait() {
+	pw.rc.Read(func(fd uintptr) bool {
 		ready := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		n, err := unix.Poll(ready, 0)
 		return n != 0 || (err != nil && err != unix.EINTR)
 	})
+}
+
+func (pw *pipeWaiter) close() { pw.f.Close() }
+
+// awaitFirst is wait for a stage's first frame, until the tree is frozen
+// and the stages before it have worked on it. Between linked stages the
+// writer's word ends it at once (links above); the pipe still ends it too,
+// should the writer fill the pipe before a word.
+func (pw *pipeWaiter) awaitFirst(in io.Reader) {
+	l := linkOf(in)
+	if l == nil {
+		pw.wait()
+		return
+	}
+	waiting, cut := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(cut)
+		select {
+		case <-l.written:
+			pw.f.SetReadDeadline(time.Now())
+		case <-waiting:
+		}
+	}()
+	pw.wait()
+	close(waiting)
+	<-cut
+	pw.f.SetReadDeadline(time.Time{}) // the later waits wait again
+}
+
+// awaitInput is awaitFirst on a waiter of its own.
+func awaitInput(in io.Reader) {
+	if pw := newPipeWaiter(in); pw != nil {
+		defer pw.close()
+		pw.awaitFirst(in)
+	}
 }
 
 // pipeFd is the fd of stream, when it is a pipe.

@@ -11,6 +11,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"crpipe/lib/image"
+	"crpipe/lib/pb"
 	"crpipe/lib/sys"
 )
 
@@ -252,5 +254,86 @@ func ends(t *testing.T, done <-chan struct{}, why string) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal(why)
+	}
+}
+
+// After its first frames, a filter waits for more on the runtime's poller
+// ("IO wait"), not in read(2) ("syscall", keeping a P): two of cr-dump's
+// stages blocked so held both Ps, and a third's new goroutines waited
+// 10-20 ms for one (doc/performance.md 80). Between linked stages too: the
+// first frames' word, which cuts the first wait short, must not cut the
+// later ones.
+func TestRunFilterWaitsOnThePoller(t *testing.T) {
+	for _, linked := range []bool{false, true} {
+		t.Run(map[bool]string{false: "pipe", true: "linked"}[linked], func(t *testing.T) {
+			inR, inW, err := sys.Pipe("input")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer inW.Close()
+			outR, outW, err := os.Pipe() // outR on the poller: read with a deadline
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer outR.Close()
+			if linked {
+				LinkPipe(inR, inW)
+				defer DropLink(inR)
+			}
+			done := make(chan error, 1)
+			go func() {
+				done <- RunFilter(inR, outW, false, Filter{})
+				inR.Close()
+				outW.Close()
+			}()
+			if err := outR.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			r, err := image.NewReader(outR) // its header taken: AnnounceOutput waits for no one
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := image.NewWriter(inW, image.WriterOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(); err != nil { // the header alone: the filter waits for its first frame
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !parkedIn("IO wait", "crpipe/lib/stage.(*pipeWaiter).awaitFirst(") {
+				if time.Now().After(deadline) {
+					t.Fatalf("the filter does not wait for its first frame on the poller:\n%s", goroutines())
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if err := w.WriteMessage(image.TypeProcess, &pb.Process{Pid: 5, Comm: "t"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			framesWritten(inW)
+			if f, err := r.Next(); err != nil || f.Type != image.TypeProcess {
+				t.Fatalf("the Process frame did not come through: %v", err)
+			}
+			deadline = time.Now().Add(10 * time.Second)
+			for !parkedIn("IO wait", "crpipe/lib/image.waitingReader.Read(") {
+				if time.Now().After(deadline) {
+					t.Fatalf("the filter does not wait for its input on the poller:\n%s", goroutines())
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if err := w.Close(); err != nil { // the End
+				t.Fatal(err)
+			}
+			inW.Close()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if f, err := r.Next(); err != nil || f.Type != image.TypeEnd {
+				t.Fatalf("after the Process frame %v, %v; want the End", f, err)
+			}
+		})
 	}
 }

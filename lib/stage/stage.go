@@ -505,8 +505,12 @@ func RunFilter(in io.Reader, out io.Writer, compress bool, fl Filter) error {
 	if !fl.ObservePages && !verifyAll() {
 		r.DeferPages(SpliceMover)
 	}
-	if r.Drained() { // nothing read with the header waits
-		awaitInput(in)
+	if pw := newPipeWaiter(in); pw != nil {
+		defer pw.close()
+		if r.Drained() { // nothing read with the header waits
+			pw.awaitFirst(in)
+		}
+		r.WaitBeforeRead(pw.wait)
 	}
 	for {
 		f, err := r.Next()
