@@ -155,7 +155,7 @@ func framesWritten(out io.Writer) {
 // back, up to ~20 ms later: with two stages blocked in read(2) on their
 // inputs, the others' sleeps in awaitReader overslept by 10-16 ms
 // (doc/performance.md 75), and cr-seize's tracers, started once its input
-// ended, waited 10-12 ms for a P in one dump of the counter in six (80).
+// ended, waited 10-21 ms for a P in 7 dumps of the counter in 44 (80).
 type pipeWaiter struct {
 	f  *os.File
 	rc syscall.RawConn
