@@ -86,7 +86,7 @@ func awaitReader(out io.Writer) {
 // looks at the pipe come up to a millisecond apart once it has waited a
 // while, and a dump's announce chain has five links, each of which waited
 // so (doc/performance.md, 76). The writer says so when it has written its
-// first frames: the runtime's poller, where awaitInput otherwise waits, is
+// first frames: the runtime's poller, where pipeWaiter otherwise waits, is
 // looked at only by a P with nothing to run, and while the tree is worked
 // on none may be idle for milliseconds (doc/performance.md, 78).
 var links sync.Map // either end of a pipe between stages run here -> *link
@@ -216,14 +216,6 @@ func (pw *pipeWaiter) awaitFirst(in io.Reader) {
 	close(waiting)
 	<-cut
 	pw.f.SetReadDeadline(time.Time{}) // the later waits wait again
-}
-
-// awaitInput is awaitFirst on a waiter of its own.
-func awaitInput(in io.Reader) {
-	if pw := newPipeWaiter(in); pw != nil {
-		defer pw.close()
-		pw.awaitFirst(in)
-	}
 }
 
 // pipeFd is the fd of stream, when it is a pipe.

@@ -1,6 +1,7 @@
 package stage
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -141,6 +142,15 @@ func TestAwaitInput(t *testing.T) {
 	}
 	defer file.Close()
 	awaitInput(file)
+}
+
+// awaitInput is what RunFilter does before its first frame: awaitFirst on
+// a waiter of its own.
+func awaitInput(in io.Reader) {
+	if pw := newPipeWaiter(in); pw != nil {
+		defer pw.close()
+		pw.awaitFirst(in)
+	}
 }
 
 // goroutines is the stacks of every goroutine.
