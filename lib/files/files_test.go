@@ -21,6 +21,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 var (
@@ -515,5 +516,35 @@ func TestParseKindLines(t *testing.T) {
 	}
 	if _, err := parseInotify([]byte("inotify wd:1 ino:2\n")); !errors.Is(err, errFdinfoSyntax) {
 		t.Errorf("inotify without handle: %v", err)
+	}
+}
+
+// listingAll lists again while a socket of the dump is missing from the
+// listing, three times at most, and stops at the first whole one.
+func TestListingAll(t *testing.T) {
+	want := map[uint64]bool{7: true, 9: true}
+	for _, c := range []struct {
+		name      string
+		listings  []map[uint64]*sys.UnixDiag
+		calls, of int // calls made; sockets of want in the result
+	}{
+		{"whole at once", []map[uint64]*sys.UnixDiag{{7: {}, 9: {}, 11: {}}}, 1, 2},
+		{"one missed once", []map[uint64]*sys.UnixDiag{{7: {}}, {7: {}, 9: {}}}, 2, 2},
+		{"missed every time", []map[uint64]*sys.UnixDiag{{7: {}}, {7: {}}, {7: {}}, {7: {}, 9: {}}}, 3, 1},
+	} {
+		calls := 0
+		all, err := listingAll(func() (map[uint64]*sys.UnixDiag, error) {
+			calls++
+			return c.listings[calls-1], nil
+		}, want)
+		of := 0
+		for ino := range want {
+			if all[ino] != nil {
+				of++
+			}
+		}
+		if err != nil || calls != c.calls || of != c.of {
+			t.Errorf("%s: %d listings, %d of 2 sockets, %v; want %d listings, %d", c.name, calls, of, err, c.calls, c.of)
+		}
 	}
 }
