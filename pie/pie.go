@@ -6,8 +6,9 @@ package pie
 
 import (
 	"bytes"
-	"debug/elf"
 	_ "embed"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 )
@@ -43,29 +44,76 @@ func RestorerLayout() (Layout, error) {
 	return layout, layoutErr
 }
 
+// readLayout finds the two symbols in the blob's symbol table. The ELF is
+// read by hand, not with debug/elf: that package (with debug/dwarf and a
+// zstd decoder it brings) made every command larger and took ~1 ms of
+// cr-restore's start on the PVM guest to parse 2 KiB (doc/performance.md,
+// 81). TestLayout checks this reading against debug/elf's.
 func readLayout(blob []byte) (Layout, error) {
-	f, err := elf.NewFile(bytes.NewReader(blob))
+	syms, err := elfSymbols(blob)
 	if err != nil {
 		return Layout{}, fmt.Errorf("restorer blob: %w", err)
 	}
-	syms, err := f.Symbols()
-	if err != nil {
-		return Layout{}, fmt.Errorf("restorer blob: %w", err)
-	}
-	var l Layout
-	found := 0
-	for _, s := range syms {
-		switch s.Name {
-		case "_end":
-			l.ImageSize = s.Value
-			found++
-		case "crp_syscall_insn":
-			l.SyscallInsn = s.Value
-			found++
-		}
-	}
-	if found != 2 {
+	end, ok1 := syms["_end"]
+	insn, ok2 := syms["crp_syscall_insn"]
+	if !ok1 || !ok2 {
 		return Layout{}, fmt.Errorf("restorer blob: symbols _end and crp_syscall_insn not found")
 	}
-	return l, nil
+	return Layout{ImageSize: end, SyscallInsn: insn}, nil
+}
+
+// ELF64 little-endian, as the Makefile builds it for x86-64.
+const (
+	elfHeaderSize  = 64
+	elfSectionSize = 64
+	elfSymbolSize  = 24
+	elfSymtab      = 2 // SHT_SYMTAB
+)
+
+var errNotElf = errors.New("not a 64-bit little-endian ELF file")
+
+// elfSymbols returns the value of each named symbol of the blob's symbol
+// table, refusing offsets outside the blob.
+func elfSymbols(b []byte) (map[string]uint64, error) {
+	if len(b) < elfHeaderSize || string(b[:4]) != "\x7fELF" || b[4] != 2 || b[5] != 1 {
+		return nil, errNotElf
+	}
+	le := binary.LittleEndian
+	shoff, shentsize, shnum := le.Uint64(b[0x28:]), uint64(le.Uint16(b[0x3a:])), uint64(le.Uint16(b[0x3c:]))
+	if shentsize != elfSectionSize || shoff > uint64(len(b)) || shnum > (uint64(len(b))-shoff)/elfSectionSize {
+		return nil, errors.New("section headers outside the file")
+	}
+	section := func(i uint64) (typ uint32, off, size uint64, link uint64) {
+		h := b[shoff+i*elfSectionSize:]
+		return le.Uint32(h[4:]), le.Uint64(h[0x18:]), le.Uint64(h[0x20:]), uint64(le.Uint32(h[0x28:]))
+	}
+	within := func(off, size uint64) bool { return off <= uint64(len(b)) && size <= uint64(len(b))-off }
+	for i := range shnum {
+		typ, off, size, link := section(i)
+		if typ != elfSymtab {
+			continue
+		}
+		if link >= shnum || !within(off, size) {
+			return nil, errors.New("symbol table outside the file")
+		}
+		_, stroff, strsize, _ := section(link)
+		if !within(stroff, strsize) {
+			return nil, errors.New("string table outside the file")
+		}
+		strs := b[stroff : stroff+strsize]
+		syms := map[string]uint64{}
+		for s := off; s+elfSymbolSize <= off+size; s += elfSymbolSize {
+			name := uint64(le.Uint32(b[s:]))
+			if name >= uint64(len(strs)) {
+				return nil, errors.New("symbol name outside the string table")
+			}
+			n := strs[name:]
+			if z := bytes.IndexByte(n, 0); z >= 0 {
+				n = n[:z]
+			}
+			syms[string(n)] = le.Uint64(b[s+8:])
+		}
+		return syms, nil
+	}
+	return nil, errors.New("no symbol table")
 }

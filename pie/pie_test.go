@@ -2,6 +2,7 @@ package pie
 
 import (
 	"bytes"
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,5 +47,59 @@ func TestLayout(t *testing.T) {
 	}
 	if b := Restorer()[l.SyscallInsn : l.SyscallInsn+2]; b[0] != 0x0f || b[1] != 0x05 {
 		t.Fatalf("crp_syscall_insn points at %x, not a syscall instruction", b)
+	}
+}
+
+// TestLayoutAgreesWithDebugElf: the blob's symbols read by hand are those
+// debug/elf reads.
+func TestLayoutAgreesWithDebugElf(t *testing.T) {
+	f, err := elf.NewFile(bytes.NewReader(Restorer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Layout{}
+	for _, s := range syms {
+		switch s.Name {
+		case "_end":
+			want.ImageSize = s.Value
+		case "crp_syscall_insn":
+			want.SyscallInsn = s.Value
+		}
+	}
+	got, err := readLayout(Restorer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("read by hand %+v, debug/elf %+v", got, want)
+	}
+}
+
+// TestLayoutRefusesDamage: a truncated or damaged blob gives an error,
+// never a panic.
+func TestLayoutRefusesDamage(t *testing.T) {
+	blob := Restorer()
+	for n := 0; n < len(blob); n += 7 {
+		if _, err := readLayout(blob[:n]); err == nil {
+			t.Fatalf("a blob cut at %d bytes of %d was read", n, len(blob))
+		}
+	}
+	for i := range len(blob) {
+		b := bytes.Clone(blob)
+		b[i] ^= 0xff
+		readLayout(b) // must not panic
+	}
+	for _, field := range []int{0x28, 0x3c} { // e_shoff, e_shnum
+		b := bytes.Clone(blob)
+		for j := range 2 {
+			b[field+j] = 0xff
+		}
+		if _, err := readLayout(b); err == nil {
+			t.Errorf("a blob with its byte %#x damaged was read", field)
+		}
 	}
 }
