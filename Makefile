@@ -77,6 +77,7 @@ generate:
 		--go_out=lib/pb --go_opt=paths=source_relative \
 		--go-vtproto_out=lib/pb --go-vtproto_opt=paths=source_relative,features=$(VTPROTO_FEATURES) \
 		lib/pb/*.proto
+	$(GO) run ./lib/pb/internal/lazyinit lib/pb/*.pb.go
 
 deps:
 	@scripts/deps.sh test

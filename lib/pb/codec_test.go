@@ -16,6 +16,7 @@ import (
 
 // recordTypes are the message types of lib/pb's .proto files.
 func recordTypes(t *testing.T) []protoreflect.MessageType {
+	BuildDescriptors() // registered at their first use (descriptors.go)
 	var types []protoreflect.MessageType
 	protoregistry.GlobalTypes.RangeMessages(func(mt protoreflect.MessageType) bool {
 		if strings.HasPrefix(string(mt.Descriptor().FullName()), "cr.v1.") {

@@ -77,10 +77,12 @@ func (x VmaKind) String() string {
 }
 
 func (VmaKind) Descriptor() protoreflect.EnumDescriptor {
+	buildDescriptors()
 	return file_cr_proto_enumTypes[0].Descriptor()
 }
 
 func (VmaKind) Type() protoreflect.EnumType {
+	buildDescriptors()
 	return &file_cr_proto_enumTypes[0]
 }
 
@@ -174,10 +176,12 @@ func (x FdKind) String() string {
 }
 
 func (FdKind) Descriptor() protoreflect.EnumDescriptor {
+	buildDescriptors()
 	return file_cr_proto_enumTypes[1].Descriptor()
 }
 
 func (FdKind) Type() protoreflect.EnumType {
+	buildDescriptors()
 	return &file_cr_proto_enumTypes[1]
 }
 
@@ -218,6 +222,7 @@ func (x *Inventory) String() string {
 func (*Inventory) ProtoMessage() {}
 
 func (x *Inventory) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -308,6 +313,7 @@ func (x *Freeze) String() string {
 func (*Freeze) ProtoMessage() {}
 
 func (x *Freeze) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -375,6 +381,7 @@ func (x *TaskCgroup) String() string {
 func (*TaskCgroup) ProtoMessage() {}
 
 func (x *TaskCgroup) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -440,6 +447,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -574,6 +582,7 @@ func (x *X86Regs) String() string {
 func (*X86Regs) ProtoMessage() {}
 
 func (x *X86Regs) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -803,6 +812,7 @@ func (x *Rseq) String() string {
 func (*Rseq) ProtoMessage() {}
 
 func (x *Rseq) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -874,6 +884,7 @@ func (x *ThreadCore) String() string {
 func (*ThreadCore) ProtoMessage() {}
 
 func (x *ThreadCore) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -957,6 +968,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1034,6 +1046,7 @@ func (x *TaskState) String() string {
 func (*TaskState) ProtoMessage() {}
 
 func (x *TaskState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1129,6 +1142,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1295,6 +1309,7 @@ func (x *MemfdState) String() string {
 func (*MemfdState) ProtoMessage() {}
 
 func (x *MemfdState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1384,6 +1399,7 @@ func (x *SysvShm) String() string {
 func (*SysvShm) ProtoMessage() {}
 
 func (x *SysvShm) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1486,6 +1502,7 @@ func (x *PageRange) String() string {
 func (*PageRange) ProtoMessage() {}
 
 func (x *PageRange) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1556,6 +1573,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1725,6 +1743,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1853,6 +1872,7 @@ func (x *Files) String() string {
 func (*Files) ProtoMessage() {}
 
 func (x *Files) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1943,6 +1963,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_cr_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -2266,7 +2287,8 @@ var file_cr_proto_depIdxs = []int32{
 	0,  // [0:10] is the sub-list for field type_name
 }
 
-func init() { file_cr_proto_init() }
+var _ = lazily(file_cr_proto_init)
+
 func file_cr_proto_init() {
 	if File_cr_proto != nil {
 		return

@@ -81,6 +81,7 @@ func (x *FileDesc) String() string {
 func (*FileDesc) ProtoMessage() {}
 
 func (x *FileDesc) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -276,6 +277,7 @@ func (x *FdOwner) String() string {
 func (*FdOwner) ProtoMessage() {}
 
 func (x *FdOwner) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -339,6 +341,7 @@ func (x *FileData) String() string {
 func (*FileData) ProtoMessage() {}
 
 func (x *FileData) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -401,6 +404,7 @@ func (x *PipeState) String() string {
 func (*PipeState) ProtoMessage() {}
 
 func (x *PipeState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -475,6 +479,7 @@ func (x *PidfdState) String() string {
 func (*PidfdState) ProtoMessage() {}
 
 func (x *PidfdState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -520,6 +525,7 @@ func (x *EventfdState) String() string {
 func (*EventfdState) ProtoMessage() {}
 
 func (x *EventfdState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -571,6 +577,7 @@ func (x *SignalfdState) String() string {
 func (*SignalfdState) ProtoMessage() {}
 
 func (x *SignalfdState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -619,6 +626,7 @@ func (x *TimerfdState) String() string {
 func (*TimerfdState) ProtoMessage() {}
 
 func (x *TimerfdState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -696,6 +704,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -775,6 +784,7 @@ func (x *InotifyState) String() string {
 func (*InotifyState) ProtoMessage() {}
 
 func (x *InotifyState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -822,6 +832,7 @@ func (x *EpollWatch) String() string {
 func (*EpollWatch) ProtoMessage() {}
 
 func (x *EpollWatch) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -887,6 +898,7 @@ func (x *EpollState) String() string {
 func (*EpollState) ProtoMessage() {}
 
 func (x *EpollState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -938,6 +950,7 @@ func (x *UnixMessage) String() string {
 func (*UnixMessage) ProtoMessage() {}
 
 func (x *UnixMessage) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1014,6 +1027,7 @@ func (x *UnixCreds) String() string {
 func (*UnixCreds) ProtoMessage() {}
 
 func (x *UnixCreds) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1104,6 +1118,7 @@ func (x *UnixSocket) String() string {
 func (*UnixSocket) ProtoMessage() {}
 
 func (x *UnixSocket) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1371,6 +1386,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1652,6 +1668,7 @@ func (x *McastMembership) String() string {
 func (*McastMembership) ProtoMessage() {}
 
 func (x *McastMembership) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1732,6 +1749,7 @@ func (x *NetlinkSocket) String() string {
 func (*NetlinkSocket) ProtoMessage() {}
 
 func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1859,6 +1877,7 @@ func (x *TtyState) String() string {
 func (*TtyState) ProtoMessage() {}
 
 func (x *TtyState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_files_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -2312,7 +2331,8 @@ var file_files_proto_depIdxs = []int32{
 	0,  // [0:19] is the sub-list for field type_name
 }
 
-func init() { file_files_proto_init() }
+var _ = lazily(file_files_proto_init)
+
 func file_files_proto_init() {
 	if File_files_proto != nil {
 		return

@@ -41,6 +41,15 @@ func TestGeneratedCodeIsCurrent(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", cmd, err, b)
 	}
+	// Then, as `make generate` does, the descriptors made lazy.
+	fresh, err := filepath.Glob(filepath.Join(out, "*.pb.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command("go", append([]string{"run", "./internal/lazyinit"}, fresh...)...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmd, err, b)
+	}
 	for _, proto := range protos {
 		for _, suffix := range []string{".pb.go", "_vtproto.pb.go"} {
 			gen := strings.TrimSuffix(proto, ".proto") + suffix

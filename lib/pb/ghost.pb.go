@@ -62,6 +62,7 @@ func (x *GhostFile) String() string {
 func (*GhostFile) ProtoMessage() {}
 
 func (x *GhostFile) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_ghost_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -192,7 +193,8 @@ var file_ghost_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for field type_name
 }
 
-func init() { file_ghost_proto_init() }
+var _ = lazily(file_ghost_proto_init)
+
 func file_ghost_proto_init() {
 	if File_ghost_proto != nil {
 		return

@@ -58,10 +58,12 @@ func (x FileLockKind) String() string {
 }
 
 func (FileLockKind) Descriptor() protoreflect.EnumDescriptor {
+	buildDescriptors()
 	return file_locks_proto_enumTypes[0].Descriptor()
 }
 
 func (FileLockKind) Type() protoreflect.EnumType {
+	buildDescriptors()
 	return &file_locks_proto_enumTypes[0]
 }
 
@@ -107,6 +109,7 @@ func (x *FileLock) String() string {
 func (*FileLock) ProtoMessage() {}
 
 func (x *FileLock) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_locks_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -218,7 +221,8 @@ var file_locks_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for field type_name
 }
 
-func init() { file_locks_proto_init() }
+var _ = lazily(file_locks_proto_init)
+
 func file_locks_proto_init() {
 	if File_locks_proto != nil {
 		return

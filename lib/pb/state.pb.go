@@ -55,6 +55,7 @@ func (x *SchedAttr) String() string {
 func (*SchedAttr) ProtoMessage() {}
 
 func (x *SchedAttr) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -150,6 +151,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -252,6 +254,7 @@ func (x *SeccompFilter) String() string {
 func (*SeccompFilter) ProtoMessage() {}
 
 func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -315,6 +318,7 @@ func (x *ThreadState) String() string {
 func (*ThreadState) ProtoMessage() {}
 
 func (x *ThreadState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -432,6 +436,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -498,6 +503,7 @@ func (x *ProcessState) String() string {
 func (*ProcessState) ProtoMessage() {}
 
 func (x *ProcessState) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -573,6 +579,7 @@ func (x *Siginfo) String() string {
 func (*Siginfo) ProtoMessage() {}
 
 func (x *Siginfo) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -634,6 +641,7 @@ func (x *Sigaltstack) String() string {
 func (*Sigaltstack) ProtoMessage() {}
 
 func (x *Sigaltstack) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -705,6 +713,7 @@ func (x *ThreadInside) String() string {
 func (*ThreadInside) ProtoMessage() {}
 
 func (x *ThreadInside) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -814,6 +823,7 @@ func (x *Mempolicy) String() string {
 func (*Mempolicy) ProtoMessage() {}
 
 func (x *Mempolicy) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -868,6 +878,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -934,6 +945,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1044,6 +1056,7 @@ func (x *ProcessInside) String() string {
 func (*ProcessInside) ProtoMessage() {}
 
 func (x *ProcessInside) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1162,6 +1175,7 @@ func (x *VmaPolicy) String() string {
 func (*VmaPolicy) ProtoMessage() {}
 
 func (x *VmaPolicy) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1360,7 +1374,8 @@ var file_state_proto_depIdxs = []int32{
 	0,  // [0:12] is the sub-list for field type_name
 }
 
-func init() { file_state_proto_init() }
+var _ = lazily(file_state_proto_init)
+
 func file_state_proto_init() {
 	if File_state_proto != nil {
 		return

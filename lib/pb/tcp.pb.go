@@ -56,6 +56,7 @@ func (x *TcpLock) String() string {
 func (*TcpLock) ProtoMessage() {}
 
 func (x *TcpLock) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -126,6 +127,7 @@ func (x *TcpFlow) String() string {
 func (*TcpFlow) ProtoMessage() {}
 
 func (x *TcpFlow) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -205,6 +207,7 @@ func (x *TcpSocket) String() string {
 func (*TcpSocket) ProtoMessage() {}
 
 func (x *TcpSocket) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -372,6 +375,7 @@ func (x *TcpSockopts) String() string {
 func (*TcpSockopts) ProtoMessage() {}
 
 func (x *TcpSockopts) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -648,6 +652,7 @@ func (x *TcpConnection) String() string {
 func (*TcpConnection) ProtoMessage() {}
 
 func (x *TcpConnection) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -816,6 +821,7 @@ func (x *TcpWindow) String() string {
 func (*TcpWindow) ProtoMessage() {}
 
 func (x *TcpWindow) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -893,6 +899,7 @@ func (x *TcpQueue) String() string {
 func (*TcpQueue) ProtoMessage() {}
 
 func (x *TcpQueue) ProtoReflect() protoreflect.Message {
+	buildDescriptors()
 	mi := &file_tcp_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1083,7 +1090,8 @@ var file_tcp_proto_depIdxs = []int32{
 	0, // [0:4] is the sub-list for field type_name
 }
 
-func init() { file_tcp_proto_init() }
+var _ = lazily(file_tcp_proto_init)
+
 func file_tcp_proto_init() {
 	if File_tcp_proto != nil {
 		return
