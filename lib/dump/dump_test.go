@@ -477,6 +477,7 @@ func TestGuardWithoutShell(t *testing.T) {
 		t.Errorf("guard %q, want %q", g.cmd.Args, want)
 	}
 	g.done()
+	<-g.reaped
 	if !g.cmd.ProcessState.Success() {
 		t.Errorf("the guard told done: %v", g.cmd.ProcessState)
 	}
