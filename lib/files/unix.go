@@ -112,10 +112,12 @@ const unixListings = 3
 // listingAll lists the unix sockets with list until the listing holds
 // every socket of want, unixListings times at most (then the last
 // listing: dumpUnix names what it lacks). A sock_diag dump is read in
-// several parts, and sockets that programs outside the dump open and close
-// meanwhile in the namespace can make it pass over one of the frozen
-// tree's (a backend's socket missed once in the e2e runs, pgbench working
-// beside a frozen PostgreSQL).
+// several parts, each resuming at a position in a hash bucket: sockets
+// that programs outside the dump close meanwhile in the namespace can
+// make it pass over one of the frozen tree's. (A socket of another
+// namespace is never listed: a server's accepted socket belongs to the
+// namespace of the client that connected by path, which is what failed
+// TestPostgreSQL twice, a backend of the test's own psql still exiting.)
 func listingAll[E any](list func() (map[uint64]*sys.UnixDiag, error), want map[uint64]E) (map[uint64]*sys.UnixDiag, error) {
 	for i := 1; ; i++ {
 		all, err := list()
