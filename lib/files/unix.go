@@ -137,6 +137,26 @@ func listingAll[E any](list func() (map[uint64]*sys.UnixDiag, error), want map[u
 	}
 }
 
+// unlisted is the refusal of a unix socket that sock_diag does not list in
+// the dump's network namespace. One of another namespace is named so: the
+// accepted end of a connection made by path belongs to the namespace of
+// the client, which may be outside the container.
+func (d *dumper) unlisted(e *entry) error {
+	if f, err := d.getfd(e); err == nil {
+		defer f.Close()
+		ns, ino, err := sys.SocketNetns(int(f.Fd()))
+		if err == nil {
+			ns.Close()
+			ours, err := sys.NetnsInode(procPath(d.entries[0].pid, "ns", "net"))
+			if err == nil && ino != ours {
+				return stage.Hint(cannot(e, "it belongs to network namespace net:[%d], not the dump's net:[%d]", ino, ours),
+					"a connection accepted from a client that connected by the socket's path from another namespace is that namespace's, which a restore cannot give it: let the client disconnect first")
+			}
+		}
+	}
+	return stage.Hint(cannot(e, "sock_diag does not list it"), "is it in another network namespace than the dump's first process?")
+}
+
 // dumpUnix records a unix socket: what sock_diag says (type, state, name,
 // peer, connections waiting to be accepted, shutdown), its receive queue
 // read without consuming it (peekQueue, scm.go), and its options. Every peer must be in the dump, except the named peer of a
@@ -150,7 +170,7 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 	ino := e.st.Ino
 	s := u.all[ino]
 	if s == nil {
-		return stage.Hint(cannot(e, "sock_diag does not list it"), "is it in another network namespace than the dump's first process?")
+		return d.unlisted(e)
 	}
 	rec.Object, _ = d.object(fmt.Sprintf("unix:%d", ino))
 	us := &pb.UnixSocket{Type: uint32(s.Type), State: uint32(s.State), Name: s.Name, Shutdown: uint32(s.Shutdown)}

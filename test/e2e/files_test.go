@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -755,4 +757,72 @@ func TestUnixNameRelativeRefused(t *testing.T) {
 	}
 	p.checkRunning()
 	p.terminate(0)
+}
+
+// TestUnixSocketOfAnotherNetnsRefused: a server in a network namespace that
+// accepted a connection made by its socket's path from another namespace
+// holds a socket of that other namespace (the client's, as the kernel makes
+// it). cr-dump refuses it, naming both namespaces, and the server runs on,
+// thawed: it still echoes on that connection.
+func TestUnixSocketOfAnotherNetnsRefused(t *testing.T) {
+	needTCP(t)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed (make test installs it)")
+	}
+	ns := newNetns(t, "unix")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "echo.sock")
+	const echo = `import socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+c, _ = s.accept()
+while True:
+    b = c.recv(64)
+    if not b: break
+    c.sendall(b)`
+	p := &target{t: t, name: "python3", path: python, dir: dir, exited: make(chan struct{})}
+	p.cmd = exec.Command("nsenter", "--net="+ns.path, "--", python, "-c", echo, sock)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	p.launch()
+	t.Cleanup(func() { p.stop(syscall.SIGKILL) })
+	var conn net.Conn
+	for deadline := time.Now().Add(10 * time.Second); conn == nil; time.Sleep(20 * time.Millisecond) {
+		if conn, err = net.Dial("unix", sock); err != nil && time.Now().After(deadline) {
+			t.Fatalf("the server in %s does not listen: %v", ns.name, err)
+		}
+	}
+	defer conn.Close()
+	roundTrip := func(msg string) {
+		t.Helper()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, len(msg))
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
+			t.Fatalf("echo of %q: %q, %v", msg, got, err)
+		}
+	}
+	roundTrip("accepted")
+	before, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := shell(t, 60*time.Second, ns.in(fmt.Sprintf("cr-dump -t %d -o %s", p.pid, filepath.Join(dir, "img"))))
+	if r.err == nil {
+		t.Fatal("a socket of another network namespace was dumped")
+	}
+	ours, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile(fmt.Sprintf(`pid %d fd \d+: unix .*: it belongs to network namespace net:\[%d\], not the dump's net:\[\d+\]`,
+		p.pid, ours.Sys().(*syscall.Stat_t).Ino))
+	if !want.Match(r.stderr) {
+		t.Errorf("cr-dump's errors do not match %q:\n%s", want, r.stderr)
+	}
+	if after, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.pid)); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("pid %d is not back in its cgroup: %q, was %q (%v)", p.pid, after, before, err)
+	}
+	roundTrip("still running") // thawed: it answers
 }
