@@ -28,6 +28,7 @@ type unixDump struct {
 	all      map[uint64]*sys.UnixDiag
 	inDump   map[uint64]*entry // by socket inode
 	listener map[uint64]uint64 // client inode -> listener inode, for connections not accepted yet
+	netns    string            // the namespace listed (/proc/PID/ns/net), "" for this process's
 }
 
 // unixSockets reads the view of the network namespace of the dump's
@@ -43,7 +44,7 @@ func (d *dumper) unixSockets() (*unixDump, error) {
 	if len(d.entries) > 0 {
 		ns = procPath(d.entries[0].pid, "ns", "net")
 	}
-	u := &unixDump{inDump: map[uint64]*entry{}, listener: map[uint64]uint64{}}
+	u := &unixDump{inDump: map[uint64]*entry{}, listener: map[uint64]uint64{}, netns: ns}
 	for _, e := range d.entries {
 		if e.kind() == pb.FdKind_FD_UNIX {
 			u.inDump[e.st.Ino] = e
@@ -141,13 +142,17 @@ func listingAll[E any](list func() (map[uint64]*sys.UnixDiag, error), want map[u
 // the dump's network namespace. One of another namespace is named so: the
 // accepted end of a connection made by path belongs to the namespace of
 // the client, which may be outside the container.
-func (d *dumper) unlisted(e *entry) error {
+func (d *dumper) unlisted(e *entry, u *unixDump) error {
+	listed := u.netns
+	if listed == "" {
+		listed = "/proc/self/ns/net"
+	}
 	if f, err := d.getfd(e); err == nil {
 		defer f.Close()
 		ns, ino, err := sys.SocketNetns(int(f.Fd()))
 		if err == nil {
 			ns.Close()
-			ours, err := sys.NetnsInode(procPath(d.entries[0].pid, "ns", "net"))
+			ours, err := sys.NetnsInode(listed)
 			if err == nil && ino != ours {
 				return stage.Hint(cannot(e, "it belongs to network namespace net:[%d], not the dump's net:[%d]", ino, ours),
 					"a connection accepted from a client that connected by the socket's path from another namespace is that namespace's, which a restore cannot give it: let the client disconnect first")
@@ -170,7 +175,7 @@ func (d *dumper) dumpUnix(ds *desc, rec *pb.FileDesc) error {
 	ino := e.st.Ino
 	s := u.all[ino]
 	if s == nil {
-		return d.unlisted(e)
+		return d.unlisted(e, u)
 	}
 	rec.Object, _ = d.object(fmt.Sprintf("unix:%d", ino))
 	us := &pb.UnixSocket{Type: uint32(s.Type), State: uint32(s.State), Name: s.Name, Shutdown: uint32(s.Shutdown)}
