@@ -296,7 +296,7 @@ func seizeStopped(tid, opts int) error {
 	if err := sys.PtraceSeizeStop(tid, opts); err != nil {
 		return err
 	}
-	st, ok, err := sys.PtraceWaitTimeout(tid, recoverStopTimeout)
+	st, ok, err := sys.PtraceWaitSeized(tid, recoverStopTimeout)
 	switch {
 	case err != nil:
 	case !ok:

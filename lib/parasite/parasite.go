@@ -576,7 +576,7 @@ func Process(pid int, tids []int, insn uint64, cgroup string, opt Options, witne
 }
 
 func waitInterrupt(pid, tid int) error {
-	st, ok, err := sys.PtraceWaitTimeout(tid, StopTimeout)
+	st, ok, err := sys.PtraceWaitSeized(tid, StopTimeout)
 	if err != nil {
 		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 	}

@@ -232,7 +232,7 @@ func ThreadError(pid, tid int, err error) error {
 // for. A frozen task reports nothing else first: the freezer keeps it from
 // dequeuing signals.
 func WaitInterrupt(pid, tid int) error {
-	st, ok, err := sys.PtraceWaitTimeout(tid, StopTimeout)
+	st, ok, err := sys.PtraceWaitSeized(tid, StopTimeout)
 	if err != nil {
 		return fmt.Errorf("pid %d tid %d: %w", pid, tid, err)
 	}

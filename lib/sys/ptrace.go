@@ -48,41 +48,40 @@ func PtraceInterrupt(tid int) error {
 	return nil
 }
 
-// PtraceSeizeStop seizes tid and brings it to a PTRACE_EVENT_STOP, which
-// the caller then waits for. A task in a group stop (state T) traps on
-// the attach itself, and the kernel waits for that trap before
-// PTRACE_SEIZE returns; an interrupt on top of it would stay pending and
-// trap the task again at its first resume. So the interrupt is asked
-// only when no stop is reported yet.
+// PtraceSeizeStop seizes tid and asks it for a PTRACE_EVENT_STOP, which
+// the caller collects with PtraceWaitSeized.
 func PtraceSeizeStop(tid int, opts int) error {
 	if err := PtraceSeize(tid, opts); err != nil {
 		return err
 	}
-	reported, err := stopReported(tid)
-	if err == nil && !reported {
-		err = PtraceInterrupt(tid)
-	}
-	if err != nil {
+	if err := PtraceInterrupt(tid); err != nil {
 		PtraceDetach(tid, 0) // best effort: an exiting tracer detaches too
+		return err
 	}
-	return err
+	return nil
 }
 
-// stopReported says whether a stop of tid waits to be collected, without
-// collecting it (waitid with WNOWAIT).
-func stopReported(tid int) (bool, error) {
-	var info [128]byte // siginfo_t; si_signo first, 0 when nothing waits
-	for {
-		_, _, e := unix.Syscall6(unix.SYS_WAITID, unix.P_PID, uintptr(tid), uintptr(unsafe.Pointer(&info)),
-			unix.WSTOPPED|unix.WNOHANG|unix.WNOWAIT|unix.WALL, 0, 0)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return false, fmt.Errorf("waitid %d: %w", tid, e)
-		}
-		return *(*int32)(unsafe.Pointer(&info[0])) != 0, nil
+// PtraceWaitSeized collects the stop PtraceSeizeStop asked for, within d
+// (ok false: none came). A task in a group stop (state T) traps on its
+// own, on the attach or, detached a moment ago by another tracer, on its
+// way back to the stop; the interrupt may land after that trap and stay
+// pending, to trap the task again at its first resume, before any
+// syscall stop. No check made before the interrupt can tell (the trap
+// may come between the check and the interrupt), so after a group stop's
+// trap (its signal not SIGTRAP) the task is resumed with an interrupt
+// asked: one trap takes the pending one, if any, and the new one alike.
+func PtraceWaitSeized(tid int, d time.Duration) (Stop, bool, error) {
+	st, ok, err := PtraceWaitTimeout(tid, d)
+	if err != nil || !ok || !st.IsEventStop() || st.Sig == unix.SIGTRAP {
+		return st, ok, err
 	}
+	if err := PtraceInterrupt(tid); err != nil {
+		return st, false, err
+	}
+	if err := PtraceCont(tid, 0); err != nil {
+		return st, false, err
+	}
+	return PtraceWaitTimeout(tid, d)
 }
 
 // PtraceCont resumes a stopped tracee, delivering sig (0 for none).

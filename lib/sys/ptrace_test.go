@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"runtime"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -157,4 +158,47 @@ func atDepth(depth int, f func()) {
 		return
 	}
 	f()
+}
+
+// TestSeizeStoppedAgain: a stopped process seized, detached and seized
+// again at once, as one stage hands it to the next. Detached, the task
+// goes back to its group stop on its own; a seize meeting it on the way
+// must not leave a second trap pending, which would stop its first
+// resume before the syscall-enter stop an injection steps to.
+func TestSeizeStoppedAgain(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd := exec.Command("/bin/sleep", "100")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, unix.WUNTRACED, nil); err != nil || !ws.Stopped() {
+		t.Fatalf("sleep did not stop: %v %v", ws, err)
+	}
+	for i := 0; i < 300; i++ {
+		if err := PtraceSeizeStop(pid, unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			t.Fatal(err)
+		}
+		st, ok, err := PtraceWaitSeized(pid, 10*time.Second)
+		if err != nil || !ok || !st.IsEventStop() || st.Sig != unix.SIGSTOP {
+			t.Fatalf("round %d: %v %v %v, want the group stop's event stop", i, st, ok, err)
+		}
+		// Resumed, the task restarts its nanosleep: the next stop is
+		// that syscall's enter stop.
+		if err := PtraceSyscall(pid, 0); err != nil {
+			t.Fatal(err)
+		}
+		if st, err = PtraceWait(pid); err != nil || st.Kind != StopSyscall {
+			t.Fatalf("round %d: %v %v after the first resume, want a syscall stop", i, st, err)
+		}
+		if err := PtraceDetach(pid, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
