@@ -59,6 +59,7 @@ func Filter() stage.Filter { return FilterWith(defaultOptions) }
 // record (a zombie has no memory) and dumps those processes once the input
 // is complete.
 func FilterWith(opts Options) stage.Filter {
+	go WarmBuffers() // while the tree is not frozen yet
 	up := &stage.Upstream{}
 	fast := &fastSetup{}
 	observe := func(f *image.Frame) error {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -349,5 +350,43 @@ func TestSharedObjects(t *testing.T) {
 	}
 	if got := o.missing(objectKey{1, 3}, 11, 0, 0, 4096); len(got) != 1 {
 		t.Errorf("another object: %v", got)
+	}
+}
+
+// TestWarmBuffers: the buffers warmed while a pipeline starts are the
+// ones the stream then takes, the first huge page already in.
+func TestWarmBuffers(t *testing.T) {
+	bufCache.Lock()
+	if bufCache.inUse {
+		bufCache.Unlock()
+		t.Fatal("buffers in use")
+	}
+	if bufCache.release != nil {
+		bufCache.release()
+	}
+	bufCache.bufs, bufCache.release = nil, nil
+	bufCache.Unlock()
+
+	WarmBuffers()
+	_, n := copierCount()
+	bufs, release, err := buffers(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	bufCache.Lock()
+	warmed := bufCache.bufs
+	bufCache.Unlock()
+	if len(warmed) != n || &bufs[0][0] != &warmed[0][0] {
+		t.Fatalf("the stream took other buffers than the warmed ones")
+	}
+	vec := make([]byte, hugePage/image.PageSize)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&bufs[0][0])), hugePage, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	for i, v := range vec {
+		if v&1 == 0 {
+			t.Fatalf("page %d of the first buffer's huge page is not resident", i)
+		}
 	}
 }
