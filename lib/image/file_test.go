@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"crpipe/lib/image"
 )
@@ -283,4 +285,63 @@ func parallelStream(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// TestGivePieceBuffers: pieces are read into the buffers given first,
+// read right, and every given buffer is free again once read.
+func TestGivePieceBuffers(t *testing.T) {
+	image.ForgetGivenPieces()
+	t.Cleanup(image.ForgetGivenPieces)
+	mem := make([]byte, 4*image.PieceSize+100) // the rest is not a piece
+	image.GivePieceBuffers(mem)
+	if n := image.GivenPiecesFree(); n != 4 {
+		t.Fatalf("%d given buffers free, want 4", n)
+	}
+	lo, hi := uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&mem[0]))+uintptr(len(mem))
+	for _, inFile := range []bool{true, false} {
+		rd, err := image.NewReader(tempFile(t, parallelStream(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inFile {
+			rd.PagesInFile()
+		} else {
+			rd.DeferPages(nil)
+		}
+		var given atomic.Int64
+		frames := 0
+		for {
+			fr, err := rd.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !fr.InFile() && !fr.Deferred() {
+				continue
+			}
+			contents := make([]byte, fr.ContentBytes())
+			err = fr.ReadPieces(3, func(off int, piece []byte) error {
+				if p := uintptr(unsafe.Pointer(&piece[0])); p >= lo && p < hi {
+					given.Add(1)
+				}
+				copy(contents[off:], piece)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := pattern(byte(frames), len(contents)); !bytes.Equal(contents, want) {
+				t.Fatalf("in file %v: frame of pages %d read wrong", inFile, frames)
+			}
+			frames++
+		}
+		if frames != 40 || given.Load() == 0 {
+			t.Fatalf("in file %v: %d frames of pages, %d pieces in the given buffers", inFile, frames, given.Load())
+		}
+		if n := image.GivenPiecesFree(); n != 4 {
+			t.Fatalf("in file %v: %d given buffers free after the reads, want 4", inFile, n)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"crpipe/lib/internal/crc32c"
 )
@@ -123,6 +124,68 @@ func (rd *decoder) skip(n int64) error {
 
 var pieceBufs = sync.Pool{New: func() any { b := make([]byte, crcPiece); return &b }}
 
+// PieceSize is the size of the pieces ReadPieces reads.
+const PieceSize = crcPiece
+
+// givenPieces are buffers a caller gave ReadPieces (GivePieceBuffers),
+// taken before the pool's; givenBase..givenEnd is where they lie.
+var givenPieces struct {
+	sync.Mutex
+	free                []*[]byte
+	givenBase, givenEnd uintptr // 0, 0: none given
+}
+
+// GivePieceBuffers gives ReadPieces mem, a multiple of PieceSize, to read
+// pieces into before any buffer of its own: memory the caller has made
+// cheap to write into (cr-restore's, faulted in ahead in huge pages).
+// It is given once, for good.
+func GivePieceBuffers(mem []byte) {
+	if len(mem) < PieceSize {
+		return
+	}
+	g := &givenPieces
+	g.Lock()
+	defer g.Unlock()
+	if g.givenEnd != 0 {
+		return
+	}
+	g.givenBase = uintptr(unsafe.Pointer(&mem[0]))
+	g.givenEnd = g.givenBase + uintptr(len(mem)/PieceSize*PieceSize)
+	for off := 0; off+PieceSize <= len(mem); off += PieceSize {
+		b := mem[off : off+PieceSize : off+PieceSize]
+		g.free = append(g.free, &b)
+	}
+}
+
+// getPiece returns a buffer of PieceSize bytes: a given one if one is free.
+func getPiece() *[]byte {
+	g := &givenPieces
+	g.Lock()
+	if n := len(g.free); n > 0 {
+		b := g.free[n-1]
+		g.free = g.free[:n-1]
+		g.Unlock()
+		return b
+	}
+	g.Unlock()
+	return pieceBufs.Get().(*[]byte)
+}
+
+// putPiece takes back a buffer from getPiece.
+func putPiece(b *[]byte) {
+	g := &givenPieces
+	p := uintptr(unsafe.Pointer(&(*b)[:1][0]))
+	g.Lock()
+	given := p >= g.givenBase && p < g.givenEnd
+	if given {
+		g.free = append(g.free, b)
+	}
+	g.Unlock()
+	if !given {
+		pieceBufs.Put(b)
+	}
+}
+
 // ReadPieces reads the page contents of an InFile or Deferred frame in
 // pieces of up to 256 KiB, checksums each, and calls use(off, piece) for
 // it, off being the piece's offset in the contents; use is called from up
@@ -146,8 +209,8 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 	var next atomic.Int64
 	var failed atomic.Bool
 	work := func() error {
-		bp := pieceBufs.Get().(*[]byte)
-		defer pieceBufs.Put(bp)
+		bp := getPiece()
+		defer putPiece(bp)
 		for !failed.Load() {
 			i := int(next.Add(1) - 1)
 			if i >= pieces {
@@ -228,7 +291,7 @@ func (f *Frame) readDeferred(workers int, use func(off int, piece []byte) error)
 						mu.Unlock()
 					}
 				}
-				pieceBufs.Put(p.b)
+				putPiece(p.b)
 			}
 		}()
 	}
@@ -236,13 +299,13 @@ func (f *Frame) readDeferred(workers int, use func(off int, piece []byte) error)
 	off := 0
 	var readErr error
 	for rd.left > 0 && !failed.Load() {
-		bp := pieceBufs.Get().(*[]byte)
+		bp := getPiece()
 		b := (*bp)[:min(rd.left, crcPiece)]
 		n, err := rd.readFull(b)
 		rd.left -= int64(n)
 		crc = crc32c.Update(crc, b[:n])
 		if err != nil {
-			pieceBufs.Put(bp)
+			putPiece(bp)
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -609,13 +608,12 @@ func copierCount() (copiers, buffers int) {
 }
 
 // WarmBuffers maps the read buffers ahead and faults in the huge page
-// the first batch is read into, for a stage to run while the stages of
-// its pipeline start, before the tree is frozen: a huge page of a block
-// the guest gave back to the host takes ~6 ms to fault in (its zeroing
-// faults on the host; doc/performance.md, Running the benchmark), and
-// the first batch of a dump met one in 4 of 12 dumps of the tiny counter
-// (its 1.2 MiB read in 5-7.5 ms instead of 0.5-1.1; 85). Concurrent use
-// is safe: a stream waits for it, and populating writes nothing.
+// the first batch is read into (sys.WarmHuge), for a stage to run while
+// the stages of its pipeline start, before the tree is frozen: the first
+// batch of a dump met a cold huge page in 4 of 12 dumps of the tiny
+// counter (its 1.2 MiB read in 5-7.5 ms instead of 0.5-1.1;
+// doc/performance.md 85). Concurrent use is safe: a stream waits for it,
+// and populating writes nothing.
 func WarmBuffers() {
 	bufCache.Lock()
 	defer bufCache.Unlock()
@@ -628,7 +626,7 @@ func WarmBuffers() {
 		return // the stream says why
 	}
 	bufCache.bufs, bufCache.release = bufs, release
-	unix.Madvise(bufs[0][:hugePage], unix.MADV_POPULATE_WRITE) // best effort
+	sys.WarmHuge(bufs[0][:hugePage])
 }
 
 // bufCache keeps the read buffers from one process to the next: a tree of
@@ -672,20 +670,17 @@ func buffers(n int) ([][]byte, func(), error) {
 // gives their pages to the output pipe (image.Writer.WritePagesSummed),
 // refilling a buffer faults in fresh pages, and a fresh 2 MiB page costs a
 // fifth of what 512 fresh 4 KiB pages do (doc/performance.md).
-const hugePage = 2 << 20
+const hugePage = sys.HugePage
 
 func allocBuffers(n, size int) ([][]byte, func(), error) {
-	const huge = hugePage
-	mem, err := unix.Mmap(-1, 0, n*size+huge, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	all, unmap, err := sys.MapHugeAligned(n * size)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read buffers: %w", err)
 	}
-	skip := int((huge - uintptr(unsafe.Pointer(&mem[0]))%huge) % huge)
-	all := mem[skip : skip+n*size]
 	unix.Madvise(all, unix.MADV_HUGEPAGE) // best effort
 	bufs := make([][]byte, n)
 	for i := range bufs {
 		bufs[i] = all[i*size : (i+1)*size : (i+1)*size]
 	}
-	return bufs, func() { unix.Munmap(mem) }, nil
+	return bufs, unmap, nil
 }

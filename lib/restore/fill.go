@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"crpipe/lib/image"
+	"crpipe/lib/sys"
 )
 
 // A task's memory is mapped and filled by a goroutine of its own (a fill),
@@ -156,6 +157,20 @@ func (rc *Ctx) fillPages(t *task, addr uint64, f *image.Frame) error {
 	}
 	return nil
 }
+
+// warmPieces gives the image reader a huge page, faulted in ahead, to
+// read page frames into (image.GivePieceBuffers), once per process: the
+// buffers it allocates otherwise are fresh heap, ~22 µs a 4 KiB page at
+// its first write on the PVM guest (doc/performance.md 86). Run starts it
+// first, to run while the helper starts and the tree is planned.
+var warmPieces = sync.OnceFunc(func() {
+	mem, _, err := sys.MapHugeAligned(sys.HugePage) // kept for good
+	if err != nil {
+		return // pieces come from the heap, as before
+	}
+	sys.WarmHuge(mem)
+	image.GivePieceBuffers(mem)
+})
 
 // copyBufs keep the buffers of small frames' copies for the next frames,
 // by size, a power of two pages: a copy allocated per frame was a quarter

@@ -97,6 +97,7 @@ func (t *task) stopped() bool { return t.proc.State == "T" }
 
 // Run restores the stream described by opts.
 func Run(opts Options) (err error) {
+	go warmPieces()
 	// Orphans of a tree killed after a failure come back to us to be reaped.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl child subreaper: %w", err)
