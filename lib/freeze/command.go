@@ -82,7 +82,12 @@ func runFreeze(c *cli.Context) error {
 	signal.Ignore(syscall.SIGPIPE)
 	pid := c.Int("pid")
 	// The tree is frozen once every stage after this one is ready for it
-	// (lib/stage/ready.go), not while they start.
+	// (lib/stage/ready.go), not while they start; what does not depend on
+	// it is done meanwhile.
+	mount, err := Prepare()
+	if err != nil {
+		return err
+	}
 	w, err := image.NewWriter(out, image.WriterOptions{Compress: c.Bool("compress")})
 	if err != nil {
 		return err
@@ -90,7 +95,7 @@ func runFreeze(c *cli.Context) error {
 	if err := stage.AnnounceOutput(w, out, c.Bool("compress")); err != nil {
 		return stage.NeighbourStatus(fmt.Errorf("output: %w (pid %d not frozen)", err, pid))
 	}
-	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout"), Cgroup: c.String("cgroup")})
+	f, err := Freeze(pid, Options{Timeout: c.Duration("timeout"), Cgroup: c.String("cgroup"), Mount: mount})
 	if err != nil {
 		return err
 	}

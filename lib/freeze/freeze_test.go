@@ -577,3 +577,40 @@ func TestInPlaceDir(t *testing.T) {
 		t.Errorf("a cgroup under another mount: %v", err)
 	}
 }
+
+// TestPrepare: the mount Prepare finds is the one a freeze finds, and a
+// freeze uses the one it is given (a wrong one fails it, the target
+// untouched).
+func TestPrepare(t *testing.T) {
+	requireRoot(t)
+	mount, err := Prepare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := proc.Cgroup2Mount(); mount != want {
+		t.Fatalf("Prepare found %q, want %q", mount, want)
+	}
+	p := testprog.Start(t, "tick")
+	cleanupFrozen(t, p.Pid)
+	before := cgroupOf(t, p.Pid)
+	wrong := t.TempDir()
+	if _, err = Freeze(p.Pid, Options{Mount: wrong}); err == nil || !strings.Contains(err.Error(), wrong) {
+		t.Fatalf("a freeze given the mount %s: %v", wrong, err)
+	}
+	if _, err := os.Stat(cgroupDir(wrong, p.Pid)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the failed freeze left %s: %v", cgroupDir(wrong, p.Pid), err)
+	}
+	if got := cgroupOf(t, p.Pid); got != before || !p.Ticks(2*time.Second) {
+		t.Fatalf("after the failed freeze: in %s (was %s), or not ticking", got, before)
+	}
+	f, err := Freeze(p.Pid, Options{Mount: mount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(f.Cgroup) != mount {
+		t.Fatalf("frozen in %s, not under %s", f.Cgroup, mount)
+	}
+	if did, err := ThawPid(p.Pid); !did || err != nil {
+		t.Fatalf("thaw: %v %v", did, err)
+	}
+}
