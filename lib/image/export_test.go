@@ -17,5 +17,5 @@ func GivenPiecesFree() int {
 func ForgetGivenPieces() {
 	givenPieces.Lock()
 	defer givenPieces.Unlock()
-	givenPieces.free, givenPieces.givenBase, givenPieces.givenEnd = nil, 0, 0
+	givenPieces.free, givenPieces.base, givenPieces.end = nil, 0, 0
 }

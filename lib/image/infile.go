@@ -128,11 +128,11 @@ var pieceBufs = sync.Pool{New: func() any { b := make([]byte, crcPiece); return 
 const PieceSize = crcPiece
 
 // givenPieces are buffers a caller gave ReadPieces (GivePieceBuffers),
-// taken before the pool's; givenBase..givenEnd is where they lie.
+// taken before the pool's; base..end is where they lie.
 var givenPieces struct {
 	sync.Mutex
-	free                []*[]byte
-	givenBase, givenEnd uintptr // 0, 0: none given
+	free      []*[]byte
+	base, end uintptr // 0, 0: none given
 }
 
 // GivePieceBuffers gives ReadPieces mem, a multiple of PieceSize, to read
@@ -146,11 +146,11 @@ func GivePieceBuffers(mem []byte) {
 	g := &givenPieces
 	g.Lock()
 	defer g.Unlock()
-	if g.givenEnd != 0 {
+	if g.end != 0 {
 		return
 	}
-	g.givenBase = uintptr(unsafe.Pointer(&mem[0]))
-	g.givenEnd = g.givenBase + uintptr(len(mem)/PieceSize*PieceSize)
+	g.base = uintptr(unsafe.Pointer(&mem[0]))
+	g.end = g.base + uintptr(len(mem)/PieceSize*PieceSize)
 	for off := 0; off+PieceSize <= len(mem); off += PieceSize {
 		b := mem[off : off+PieceSize : off+PieceSize]
 		g.free = append(g.free, &b)
@@ -176,7 +176,7 @@ func putPiece(b *[]byte) {
 	g := &givenPieces
 	p := uintptr(unsafe.Pointer(&(*b)[:1][0]))
 	g.Lock()
-	given := p >= g.givenBase && p < g.givenEnd
+	given := p >= g.base && p < g.end
 	if given {
 		g.free = append(g.free, b)
 	}
