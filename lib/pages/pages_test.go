@@ -380,8 +380,8 @@ func TestWarmBuffers(t *testing.T) {
 	if len(warmed) != n || &bufs[0][0] != &warmed[0][0] {
 		t.Fatalf("the stream took other buffers than the warmed ones")
 	}
-	vec := make([]byte, hugePage/image.PageSize)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&bufs[0][0])), hugePage, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+	vec := make([]byte, sys.HugePage/image.PageSize)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&bufs[0][0])), sys.HugePage, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
 		t.Fatal(e)
 	}
 	for i, v := range vec {

@@ -581,7 +581,7 @@ func stream(w *image.Writer, procs []*pb.Process, gh *ghosts, ls *lenders, fast 
 				// (whole huge pages, which keeps them whole) and fault fresh
 				// ones in here, so that the next copy into the buffer does
 				// not stop to (zeroing runs on this core, beside the copies).
-				used := b.buf[:min(len(b.buf), (b.used+hugePage-1)&^(hugePage-1))]
+				used := b.buf[:min(len(b.buf), (b.used+sys.HugePage-1)&^(sys.HugePage-1))]
 				if err := unix.Madvise(used, unix.MADV_DONTNEED); err != nil {
 					return fmt.Errorf("dropping pages given to the output: %w", err)
 				}
@@ -626,7 +626,7 @@ func WarmBuffers() {
 		return // the stream says why
 	}
 	bufCache.bufs, bufCache.release = bufs, release
-	sys.WarmHuge(bufs[0][:hugePage])
+	sys.WarmHuge(bufs[0][:sys.HugePage])
 }
 
 // bufCache keeps the read buffers from one process to the next: a tree of
@@ -670,8 +670,6 @@ func buffers(n int) ([][]byte, func(), error) {
 // gives their pages to the output pipe (image.Writer.WritePagesSummed),
 // refilling a buffer faults in fresh pages, and a fresh 2 MiB page costs a
 // fifth of what 512 fresh 4 KiB pages do (doc/performance.md).
-const hugePage = sys.HugePage
-
 func allocBuffers(n, size int) ([][]byte, func(), error) {
 	all, unmap, err := sys.MapHugeAligned(n * size)
 	if err != nil {
