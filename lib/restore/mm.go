@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +16,7 @@ import (
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
+	"crpipe/lib/sys"
 )
 
 const (
@@ -516,33 +516,21 @@ const (
 )
 
 // writeRange places data at addr, inside v: with UFFDIO_COPY where v is
-// registered for it (fill_uffd.go), else with process_vm_writev.
+// registered for it (fill_uffd.go), else with process_vm_writev, made raw
+// into private anonymous memory (sys.WriteAnonMemory: transparent huge
+// pages are filled so).
 func (t *task) writeRange(v *vma, addr uint64, data []byte) error {
 	if done, err := t.copyPages(v, addr, data); done {
 		return err
+	}
+	if pb.VmaKind(v.Kind) == pb.VmaKind_VMA_ANON {
+		return sys.WriteAnonMemory(t.pid, addr, data)
 	}
 	return t.writev(addr, data)
 }
 
 func (t *task) writev(addr uint64, data []byte) error {
-	for len(data) > 0 {
-		local := []unix.Iovec{{Base: &data[0]}}
-		local[0].SetLen(len(data))
-		rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(data)}}
-		n, err := unix.ProcessVMWritev(t.pid, local, rem, 0)
-		if err != nil {
-			if err == syscall.EINTR {
-				continue
-			}
-			return fmt.Errorf("process_vm_writev %#x+%d: %w", addr, len(data), err)
-		}
-		if n <= 0 {
-			return fmt.Errorf("process_vm_writev %#x: wrote nothing", addr)
-		}
-		data = data[n:]
-		addr += uint64(n)
-	}
-	return nil
+	return sys.WriteMemory(t.pid, addr, data)
 }
 
 // thpAdvice is a VMA's transparent huge page advice, given before its pages
@@ -660,13 +648,7 @@ func (t *task) flushScratch(s *scratchWriter) error {
 
 // writeMem writes what s laid out into task pid at s.base.
 func writeMem(pid int, s *scratchWriter) error {
-	if len(s.buf) == 0 {
-		return nil
-	}
-	local := []unix.Iovec{{Base: &s.buf[0]}}
-	local[0].SetLen(len(s.buf))
-	_, err := unix.ProcessVMWritev(pid, local, []unix.RemoteIovec{{Base: uintptr(s.base), Len: len(s.buf)}}, 0)
-	if err != nil {
+	if err := sys.WriteMemory(pid, s.base, s.buf); err != nil {
 		return fmt.Errorf("pid %d: write argument memory: %w", pid, err)
 	}
 	return nil
