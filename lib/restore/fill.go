@@ -90,9 +90,15 @@ func (fl *fill) run(rc *Ctx, mapping bool) {
 		fl.prev.wait()
 		fl.prev = nil // not a chain of every fill of the restore
 	}
+	var ahead placing
 	for pf := range fl.frames {
 		if fl.err == nil && !rc.stopFills.Load() {
-			fl.err = t.place(pf)
+			if pf.data == nil && pf.f.InFile() {
+				lo := pf.addr
+				fl.err = ahead.start(lo, lo+uint64(pf.f.ContentBytes()), func() error { return t.place(pf) })
+			} else if fl.err = ahead.wait(); fl.err == nil {
+				fl.err = t.place(pf)
+			}
 		}
 		if pf.ack != nil {
 			close(pf.ack)
@@ -100,7 +106,60 @@ func (fl *fill) run(rc *Ctx, mapping bool) {
 		rc.fillCopied.Add(-int64(len(pf.data)))
 		putCopy(pf.data)
 	}
-	fl.err = errors.Join(fl.err, t.endUffd())
+	fl.err = errors.Join(fl.err, ahead.wait(), t.endUffd())
+}
+
+// framesAhead: how many frames left in the image file a fill places at
+// once. Each is read in pieces by a goroutine per CPU (placePages), which
+// wait for one another at its end: with the next frame under way, the
+// CPUs do not (doc/performance.md 89).
+const framesAhead = 2
+
+// placing are the frames left in the image file that a fill is placing.
+type placing struct{ under []placed }
+
+type placed struct {
+	lo, hi uint64
+	done   chan error
+}
+
+// start runs place, which writes the frame of pages at lo..hi, on a
+// goroutine of its own, once fewer than framesAhead are under way and
+// none of them writes where it does (a later frame's pages replace an
+// earlier one's). It returns the error of one it waited for, if any.
+func (a *placing) start(lo, hi uint64, place func() error) error {
+	for len(a.under) > 0 && (len(a.under) >= framesAhead || a.overlaps(lo, hi)) {
+		err := <-a.under[0].done
+		a.under = a.under[1:]
+		if err != nil {
+			return err
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- place() }()
+	a.under = append(a.under, placed{lo, hi, done})
+	return nil
+}
+
+func (a *placing) overlaps(lo, hi uint64) bool {
+	for _, p := range a.under {
+		if lo < p.hi && p.lo < hi {
+			return true
+		}
+	}
+	return false
+}
+
+// wait waits for the frames under way and returns the first error.
+func (a *placing) wait() error {
+	var err error
+	for _, p := range a.under {
+		if e := <-p.done; err == nil {
+			err = e
+		}
+	}
+	a.under = a.under[:0]
+	return err
 }
 
 // wait waits for the fill to end (its frames must be closed).
