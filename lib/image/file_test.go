@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"crpipe/lib/image"
+	"crpipe/lib/sys"
 )
 
 // readFrames reads every frame from r, keeping copies of the payloads.
@@ -48,6 +49,27 @@ func tempFile(t *testing.T, data []byte) *os.File {
 	return f
 }
 
+// shmFile is tempFile on tmpfs (/dev/shm), whose page contents are read
+// with raw calls (sys.PreadInMemory), or nil where there is none.
+func shmFile(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp("/dev/shm", "crpipe-test-")
+	if err != nil {
+		return nil
+	}
+	t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
+	if !sys.InMemoryFile(f) {
+		return nil
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestFileReads: a stream read from a regular file (through the prefetching
 // reader) gives the same frames and the same errors as the same bytes read
 // from memory, also when the stream starts in the middle of the file; so
@@ -77,8 +99,13 @@ func TestFileReads(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			want, wantErr := readFrames(bytes.NewReader(data))
 			for _, prefix := range []int{0, 1000} {
-				for _, way := range []string{"whole", "in file", "in pieces"} {
+				for _, way := range []string{"whole", "in file", "in file on tmpfs", "in pieces"} {
 					f := tempFile(t, append(make([]byte, prefix), data...))
+					if way == "in file on tmpfs" {
+						if f = shmFile(t, append(make([]byte, prefix), data...)); f == nil {
+							continue // no tmpfs here
+						}
+					}
 					if _, err := f.Seek(int64(prefix), io.SeekStart); err != nil {
 						t.Fatal(err)
 					}
@@ -88,7 +115,7 @@ func TestFileReads(t *testing.T) {
 					switch way {
 					case "whole":
 						got, err = readFrames(f)
-					case "in file":
+					case "in file", "in file on tmpfs":
 						got, left, err = readFramesFrom(t, f, true)
 					default: // as from a pipe
 						got, left, err = readFramesFrom(t, bufio.NewReader(f), false)

@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"crpipe/lib/internal/crc32c"
+	"crpipe/lib/sys"
 )
 
 // Page contents left in the image file (issue 10, speed). A restore that
@@ -30,11 +31,12 @@ import (
 
 // fileContents are the page contents of a frame, left in the input file.
 type fileContents struct {
-	f    *os.File
-	at   int64  // file offset of the first content byte
-	n    int64  // content bytes
-	head uint32 // CRC-32C of the header's first 12 bytes and the preamble
-	sum  uint32 // the checksum the header gives
+	f        *os.File
+	inMemory bool   // f is read with raw calls (fileInput)
+	at       int64  // file offset of the first content byte
+	n        int64  // content bytes
+	head     uint32 // CRC-32C of the header's first 12 bytes and the preamble
+	sum      uint32 // the checksum the header gives
 }
 
 // PagesInFile asks that pages frames with at least parallelMin content
@@ -90,7 +92,7 @@ func (rd *decoder) leavePages(f *Frame, h []byte, length uint32) (*Frame, error)
 		return nil, rd.readErr(err, PagesPreamble, what, length)
 	}
 	f.Payload = pre
-	f.file = &fileContents{f: rd.file.f, at: at, n: n, head: frameCRC(h, pre), sum: binary.LittleEndian.Uint32(h[12:])}
+	f.file = &fileContents{f: rd.file.f, inMemory: rd.file.inMemory, at: at, n: n, head: frameCRC(h, pre), sum: binary.LittleEndian.Uint32(h[12:])}
 	if n%PageSize != 0 {
 		err = fmt.Errorf("frame %d at offset %d: pages payload of %d bytes is not a preamble plus whole pages: %w", f.Index, f.Offset, length, ErrCorrupt)
 	} else {
@@ -208,6 +210,10 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 	sums := make([]uint32, pieces)
 	var next atomic.Int64
 	var failed atomic.Bool
+	readAt := c.f.ReadAt
+	if c.inMemory {
+		readAt = func(b []byte, off int64) (int, error) { return sys.PreadInMemory(c.f, b, off) }
+	}
 	work := func() error {
 		bp := getPiece()
 		defer putPiece(bp)
@@ -218,7 +224,7 @@ func (f *Frame) ReadPieces(workers int, use func(off int, piece []byte) error) e
 			}
 			lo := int64(i) * crcPiece
 			b := (*bp)[:min(c.n-lo, crcPiece)]
-			if m, err := c.f.ReadAt(b, c.at+lo); err != nil {
+			if m, err := readAt(b, c.at+lo); err != nil {
 				failed.Store(true)
 				what := fmt.Sprintf("frame %d (%s) at offset %d: payload", f.Index, f.Type, f.Offset)
 				length := uint32(PagesPreamble + c.n)

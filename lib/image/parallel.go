@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"crpipe/lib/internal/crc32c"
+	"crpipe/lib/sys"
 )
 
 // Reading the page contents of an image file on two cores (issue 10,
@@ -27,6 +28,9 @@ const parallelMin = 256 << 10 // smaller payloads are read in one piece
 type fileInput struct {
 	f    *os.File
 	base int64
+	// inMemory: f is on tmpfs (or ramfs), read with raw calls
+	// (sys.PreadInMemory).
+	inMemory bool
 }
 
 // regularFile returns in as a fileInput when it is a regular file.
@@ -42,7 +46,7 @@ func regularFile(in io.Reader) *fileInput {
 	if err != nil {
 		return nil
 	}
-	return &fileInput{f: f, base: base}
+	return &fileInput{f: f, base: base, inMemory: sys.InMemoryFile(f)}
 }
 
 // readSplit fills b, the payload that starts at stream offset off, and

@@ -2,6 +2,8 @@ package sys
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"runtime"
 	"unsafe"
 
@@ -54,4 +56,48 @@ func writeMemory(pid int, addr uint64, data []byte, raw bool) error {
 		addr += uint64(n)
 	}
 	return nil
+}
+
+// InMemoryFile reports whether f's contents live in memory only (tmpfs,
+// ramfs): a read of it waits for no device.
+func InMemoryFile(f *os.File) bool {
+	c, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var st unix.Statfs_t
+	c.Control(func(fd uintptr) { err = unix.Fstatfs(int(fd), &st) })
+	return err == nil && (st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC)
+}
+
+// PreadInMemory reads len(b) bytes of f at off, f a file of InMemoryFile,
+// with raw pread(2) calls (WriteAnonMemory says why): short only at the
+// end of the file, with io.EOF, as os.File.ReadAt.
+func PreadInMemory(f *os.File, b []byte, off int64) (int, error) {
+	c, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	var rerr error
+	err = c.Control(func(fd uintptr) { // the file stays open through the reads
+		for done < len(b) {
+			n, _, e := unix.RawSyscall6(unix.SYS_PREAD64, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(len(b)-done), uintptr(off+int64(done)), 0, 0)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e != 0:
+				rerr = &os.PathError{Op: "read", Path: f.Name(), Err: e}
+				return
+			case n == 0:
+				rerr = io.EOF
+				return
+			}
+			done += int(n)
+		}
+	})
+	if err != nil {
+		return done, err
+	}
+	return done, rerr
 }

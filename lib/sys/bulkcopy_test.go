@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"strings"
@@ -63,5 +64,50 @@ func TestWriteMemory(t *testing.T) {
 				t.Fatalf("write into no process: %v, want ESRCH", err)
 			}
 		})
+	}
+}
+
+// TestPreadInMemory reads a tmpfs file as os.File.ReadAt does: whole
+// pieces, a short one at the end with io.EOF, an error on a closed file;
+// a file on another filesystem is not InMemoryFile.
+func TestPreadInMemory(t *testing.T) {
+	f, err := os.CreateTemp("/dev/shm", "crpipe-test-")
+	if err != nil {
+		t.Skipf("no /dev/shm here: %v", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if !InMemoryFile(f) {
+		t.Skipf("/dev/shm is not tmpfs here")
+	}
+	src := make([]byte, 1<<20+100)
+	for i := range src {
+		src[i] = byte(rand.Uint32())
+	}
+	if _, err := f.Write(src); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 256<<10)
+	if n, err := PreadInMemory(f, b, 4096); err != nil || n != len(b) || !bytes.Equal(b, src[4096:4096+len(b)]) {
+		t.Fatalf("a whole piece: %d bytes, %v, or other bytes", n, err)
+	}
+	n, err := PreadInMemory(f, b, int64(len(src)-1000))
+	if n != 1000 || err != io.EOF || !bytes.Equal(b[:n], src[len(src)-1000:]) {
+		t.Fatalf("the last piece: %d bytes, %v; want 1000, EOF", n, err)
+	}
+
+	g, err := os.CreateTemp(t.TempDir(), "crpipe-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var st unix.Statfs_t
+	if unix.Fstatfs(int(g.Fd()), &st) == nil && st.Type != unix.TMPFS_MAGIC && InMemoryFile(g) {
+		t.Fatalf("%s is not on tmpfs, but InMemoryFile says it is", g.Name())
+	}
+
+	f.Close()
+	if _, err := PreadInMemory(f, b, 0); err == nil {
+		t.Fatal("a closed file read without an error")
 	}
 }
