@@ -34,17 +34,8 @@ func ReadMem(pid int, addr uint64, buf []byte) error {
 // WriteMem writes buf at addr of process pid (process_vm_writev; the
 // target memory must be writable).
 func WriteMem(pid int, addr uint64, buf []byte) error {
-	for done := 0; done < len(buf); {
-		n, err := unix.ProcessVMWritev(pid,
-			[]unix.Iovec{{Base: &buf[done], Len: uint64(len(buf) - done)}},
-			[]unix.RemoteIovec{{Base: uintptr(addr) + uintptr(done), Len: len(buf) - done}}, 0)
-		if err != nil {
-			return fmt.Errorf("pid %d: write %d bytes at %#x: %w", pid, len(buf)-done, addr+uint64(done), err)
-		}
-		if n == 0 {
-			return fmt.Errorf("pid %d: write at %#x: short write", pid, addr+uint64(done))
-		}
-		done += n
+	if err := sys.WriteMemory(pid, addr, buf); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
 	}
 	return nil
 }
