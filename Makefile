@@ -25,10 +25,7 @@ PROG_CFLAGS ?= -O2 -g -Wall -Wextra -Werror -pthread
 TEST_TIMEOUT ?= 20m
 FUZZTIME ?= 10s
 BENCH_FLAGS ?=
-# urfave/cli without its man page and markdown generators: their package
-# initialisation (blackfriday) took 0.7 ms of every command's 2.5 ms start,
-# six times per dump (doc/performance.md).
-GOBUILDFLAGS ?= -tags urfave_cli_no_docs
+GOBUILDFLAGS ?=
 
 # The encoders and decoders of the records, generated beside *.pb.go
 # (lib/pb/codec.go); lib/pb/generate_test.go names the same.

@@ -10,8 +10,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/urfave/cli/v2"
 	"google.golang.org/protobuf/proto"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -31,7 +32,7 @@ func Command() *cli.App {
 			}
 			return stage.Usagef("a command is needed: show, decode, encode or check")
 		},
-		Commands: withUsageErrors([]*cli.Command{
+		Commands: []*cli.Command{
 			{
 				Name:      "show",
 				Usage:     "print a human summary: processes, memory, threads, signal handlers, files",
@@ -102,17 +103,8 @@ func Command() *cli.App {
 					})
 				},
 			},
-		}),
+		},
 	}
-}
-
-// withUsageErrors makes a subcommand's flag errors misuse (exit 2), as
-// stage.Main does for the command's own flags.
-func withUsageErrors(cmds []*cli.Command) []*cli.Command {
-	for _, c := range cmds {
-		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &stage.UsageError{Err: err} }
-	}
-	return cmds
 }
 
 func warn(msg string) { fmt.Fprintf(os.Stderr, "crit: warning: %s\n", stage.OneLine(msg)) }

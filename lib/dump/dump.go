@@ -32,8 +32,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/files"
 	"crpipe/lib/freeze"

@@ -21,8 +21,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"

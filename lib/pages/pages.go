@@ -27,7 +27,7 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/urfave/cli/v2"
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"

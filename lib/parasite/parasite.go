@@ -40,8 +40,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/inject"

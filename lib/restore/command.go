@@ -3,7 +3,7 @@ package restore
 import (
 	"time"
 
-	"github.com/urfave/cli/v2"
+	"crpipe/lib/cli"
 
 	"crpipe/lib/stage"
 )

@@ -21,8 +21,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/arch"
 	"crpipe/lib/image"

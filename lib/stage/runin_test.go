@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"

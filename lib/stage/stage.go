@@ -17,8 +17,9 @@ import (
 	"sync/atomic"
 	"unicode"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
+
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 )
@@ -41,11 +42,9 @@ func Hint(err error, hint string) error {
 	return &HintError{Err: err, Hint: hint}
 }
 
-// UsageError marks misuse (exit status 2).
-type UsageError struct{ Err error }
-
-func (e *UsageError) Error() string { return e.Err.Error() }
-func (e *UsageError) Unwrap() error { return e.Err }
+// UsageError marks misuse (exit status 2); lib/cli returns one for every
+// mistake on a command line.
+type UsageError = cli.UsageError
 
 // Hints that cr-files (for an fd) and cr-pages (for a mapping) both give
 // about the same kernel object.
@@ -55,7 +54,7 @@ const (
 )
 
 // Usagef reports misuse of a command.
-func Usagef(format string, a ...any) error { return &UsageError{fmt.Errorf(format, a...)} }
+func Usagef(format string, a ...any) error { return &UsageError{Err: fmt.Errorf(format, a...)} }
 
 // Verbose is set by -v on every command.
 var Verbose bool
@@ -109,10 +108,7 @@ func Main(app *cli.App) {
 // setUp gives app the flags and conventions every command shares; -v sets
 // *verbose, if not nil.
 func setUp(app *cli.App, verbose *bool) {
-	app.HideHelpCommand = true
 	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "print diagnostics on stderr", Destination: verbose})
-	app.ExitErrHandler = func(*cli.Context, error) {}
-	app.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return &UsageError{err} }
 }
 
 // RunIn runs app, a stage of the dump pipeline, in this process, with in
@@ -129,21 +125,7 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 	ranHere.Store(app.Name, true)
 	setUp(app, nil)
 	app.Metadata = map[string]any{streamsKey: streams{in, out}}
-	// The stages share flag values (CompressFlag, ...), which parsing
-	// writes to: one stage parses at a time.
-	parsing.Lock()
-	parsed := false
-	if action := app.Action; action != nil {
-		app.Action = func(c *cli.Context) error {
-			parsed = true
-			parsing.Unlock()
-			return action(c)
-		}
-	}
 	defer func() {
-		if !parsed {
-			parsing.Unlock()
-		}
 		headerRead(in)     // a stage that failed early: its writer waits no more
 		framesWritten(out) // nor its reader, which sees the end
 		links.Delete(in)
@@ -155,8 +137,6 @@ func RunIn(app *cli.App, args []string, in, out *os.File) (err error) {
 	}()
 	return app.Run(append([]string{app.Name}, args...))
 }
-
-var parsing sync.Mutex
 
 // here is set once a stage has run in this process (RunIn); ranHere
 // holds the names of those that have.

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/urfave/cli/v2"
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/netlock"

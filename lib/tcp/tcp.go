@@ -16,7 +16,7 @@
 package tcp
 
 import (
-	"github.com/urfave/cli/v2"
+	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
