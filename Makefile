@@ -27,10 +27,6 @@ FUZZTIME ?= 10s
 BENCH_FLAGS ?=
 GOBUILDFLAGS ?=
 
-# The encoders and decoders of the records, generated beside *.pb.go
-# (lib/pb/codec.go); lib/pb/generate_test.go names the same.
-VTPROTO_FEATURES := marshal+unmarshal+size
-
 PROG_SRCS := $(wildcard test/progs/*.c)
 PROGS := $(patsubst test/progs/%.c,$(TESTBIN)/%,$(PROG_SRCS)) $(TESTBIN)/counter-static
 HAVE_CC := $(shell command -v $(CC) 2>/dev/null)
@@ -69,12 +65,7 @@ pie:
 
 generate:
 	@scripts/deps.sh generate
-	protoc -I lib/pb --plugin=protoc-gen-go="$$(scripts/deps.sh protoc-gen-go)" \
-		--plugin=protoc-gen-go-vtproto="$$(scripts/deps.sh protoc-gen-go-vtproto)" \
-		--go_out=lib/pb --go_opt=paths=source_relative \
-		--go-vtproto_out=lib/pb --go-vtproto_opt=paths=source_relative,features=$(VTPROTO_FEATURES) \
-		lib/pb/*.proto
-	$(GO) run ./lib/pb/internal/lazyinit lib/pb/*.pb.go
+	scripts/pbgen.sh lib/pb
 
 deps:
 	@scripts/deps.sh test

@@ -10,8 +10,6 @@ import (
 	"io"
 	"os"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/cli"
 
 	"crpipe/lib/image"
@@ -144,7 +142,7 @@ func withHint(err error) error {
 
 // newMessage returns an empty message for a metadata frame type, nil for
 // pages and unknown types.
-func newMessage(t image.Type) proto.Message {
+func newMessage(t image.Type) pb.Message {
 	switch t {
 	case image.TypeInventory:
 		return &pb.Inventory{}

@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/crit"
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
@@ -155,7 +153,7 @@ func TestRoundTripEveryRecordType(t *testing.T) {
 		}
 		msgs := []struct {
 			t image.Type
-			m proto.Message
+			m pb.Message
 		}{
 			{image.TypeInventory, &pb.Inventory{RootPid: 9, Hostname: "h", Kernel: "6.18", CreatedUnixNano: -5, ToolVersion: "v", BootId: "b", PageSize: 4096}},
 			{image.TypeFreeze, &pb.Freeze{Method: "cgroup2-given", Cgroup: "/c", Original: []*pb.TaskCgroup{{Pid: 9, Cgroup2: "/o"}}}},

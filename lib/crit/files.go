@@ -9,8 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -18,7 +16,7 @@ import (
 // Open file descriptions (cr-files, lib/pb/files.proto): each fd line says
 // what the fd is (its target), and which other fds share its description.
 
-func newFilesMessage(t image.Type) proto.Message {
+func newFilesMessage(t image.Type) pb.Message {
 	switch t {
 	case image.TypeFileDesc:
 		return &pb.FileDesc{}
@@ -45,7 +43,7 @@ type fileRecords struct {
 	showing map[uint64]bool             // descs in flight being shown (a socket may be in its own queue)
 }
 
-func (r *fileRecords) add(m proto.Message) {
+func (r *fileRecords) add(m pb.Message) {
 	switch m := m.(type) {
 	case *pb.FileDesc:
 		if r.descs == nil {

@@ -15,9 +15,12 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
+	_ "crpipe/lib/pb/protomsg" // the records as protobuf messages: reflecting
 )
 
 // The JSON lines format (crit decode writes it, crit encode reads it):
@@ -73,10 +76,25 @@ var (
 	binOut  = proto.MarshalOptions{Deterministic: true}
 )
 
+// reflecting returns an empty record of a metadata frame type as a
+// protobuf message (lib/pb/protomsg), for protojson; nil for pages and
+// unknown types.
+func reflecting(t image.Type) proto.Message {
+	m := newMessage(t)
+	if m == nil {
+		return nil
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(m.MessageName()))
+	if err != nil {
+		panic(fmt.Sprintf("%s is not in lib/pb/protomsg: %v", m.MessageName(), err)) // generated together
+	}
+	return mt.New().Interface()
+}
+
 // msgJSON renders a payload as protojson. exact says whether encode, given
 // only that JSON, writes back the same bytes.
 func msgJSON(t image.Type, payload []byte) (js []byte, exact bool, err error) {
-	m := newMessage(t)
+	m := reflecting(t)
 	if err := proto.Unmarshal(payload, m); err != nil {
 		return nil, false, err
 	}
@@ -98,7 +116,7 @@ func msgJSON(t image.Type, payload []byte) (js []byte, exact bool, err error) {
 
 // msgFromJSON is what encode does with msg.
 func msgFromJSON(t image.Type, js []byte) ([]byte, error) {
-	m := newMessage(t)
+	m := reflecting(t)
 	if err := jsonIn.Unmarshal(js, m); err != nil {
 		return nil, err
 	}
@@ -356,7 +374,7 @@ func encodeFrame(w *image.Writer, l *inLine) (*pb.End, error) {
 	}
 	if t == image.TypeEnd {
 		var end pb.End
-		if err := proto.Unmarshal(payload, &end); err != nil {
+		if err := pb.Unmarshal(payload, &end); err != nil {
 			return nil, fmt.Errorf("end: %v", err)
 		}
 		return &end, nil
@@ -395,7 +413,7 @@ func payloadOf(t image.Type, l *inLine) ([]byte, error) {
 // sameMessage refuses a line whose msg no longer says what its raw says:
 // someone edited msg and would lose the edit silently.
 func sameMessage(t image.Type, raw []byte, js json.RawMessage) error {
-	m := newMessage(t)
+	m := reflecting(t)
 	if proto.Unmarshal(raw, m) != nil {
 		// raw is not a valid message (decode said so in "error"); msg
 		// cannot describe it, so there is nothing to compare.
@@ -406,7 +424,7 @@ func sameMessage(t image.Type, raw []byte, js json.RawMessage) error {
 	if err != nil {
 		return nil
 	}
-	a, b := newMessage(t), newMessage(t)
+	a, b := reflecting(t), reflecting(t)
 	if jsonIn.Unmarshal(rawJS, a) != nil {
 		return nil
 	}

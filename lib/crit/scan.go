@@ -5,8 +5,6 @@ import (
 	"io"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -115,7 +113,7 @@ func scan(in io.Reader, keep bool) (*stream, error) {
 	}
 }
 
-func (s *stream) add(m proto.Message) {
+func (s *stream) add(m pb.Message) {
 	switch m := m.(type) {
 	case *pb.Inventory:
 		s.inventory = append(s.inventory, m)

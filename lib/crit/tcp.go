@@ -6,15 +6,13 @@ import (
 	"net/netip"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
 
 // TCP records (cr-tcp, lib/pb/tcp.proto).
 
-func newTCPMessage(t image.Type) proto.Message {
+func newTCPMessage(t image.Type) pb.Message {
 	switch t {
 	case image.TypeTcpLock:
 		return &pb.TcpLock{}
@@ -33,7 +31,7 @@ type tcpRecords struct {
 	queued map[uint64]uint64 // bytes of queue records per socket inode
 }
 
-func (r *tcpRecords) add(m proto.Message) {
+func (r *tcpRecords) add(m pb.Message) {
 	switch m := m.(type) {
 	case *pb.TcpLock:
 		r.locks = append(r.locks, m)

@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/pb"
 )
 
@@ -78,7 +76,7 @@ func TestMappedLock(t *testing.T) {
 			}
 			want := c.want
 			want.VmaStart = uint64(fds[c.extra])
-			if len(fs.Locks) != 1 || !proto.Equal(fs.Locks[0], want) {
+			if len(fs.Locks) != 1 || !pb.Equal(fs.Locks[0], want) {
 				t.Fatalf("locks of pid %d: %v; want %v", pid, fs.Locks, want)
 			}
 		})

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -73,12 +71,12 @@ func TestRoundTrip(t *testing.T) {
 			wantOff += image.FrameHeaderSize + int64(len(f.Payload))
 			switch i {
 			case 0, 1:
-				var m proto.Message = &pb.Process{}
-				want := proto.Message(proc)
+				var m pb.Message = &pb.Process{}
+				want := pb.Message(proc)
 				if i == 1 {
 					m, want = &pb.Mm{}, mm
 				}
-				if err := image.Unmarshal(f, m); err != nil || !proto.Equal(m, want) {
+				if err := image.Unmarshal(f, m); err != nil || !pb.Equal(m, want) {
 					t.Errorf("frame %d: %v %v", i, m, err)
 				}
 			case 2, 3, 4:

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/pierrec/lz4/v4"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/pb"
@@ -455,7 +454,7 @@ func (rd *Reader) Offset() int64 {
 }
 
 // Unmarshal decodes a metadata frame into m, naming the frame on failure.
-func Unmarshal(f *Frame, m proto.Message) error {
+func Unmarshal(f *Frame, m pb.Message) error {
 	if err := pb.Unmarshal(f.Payload, m); err != nil {
 		return CorruptFrame(f, err)
 	}

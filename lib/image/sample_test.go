@@ -6,8 +6,6 @@ import (
 	"hash/crc32"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -49,8 +47,8 @@ func rawPages(pid, flags uint32, addr uint64, data []byte) []byte {
 	return append(b, data...)
 }
 
-func mustMarshal(m proto.Message) []byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+func mustMarshal(m pb.Message) []byte {
+	b, err := pb.Marshal(m)
 	if err != nil {
 		panic(err)
 	}
@@ -94,7 +92,7 @@ func sampleFrames() []sampleFrame {
 		stack = 0x7ffffffde000
 		vdso  = 0x7ffff7fc5000
 	)
-	msg := func(t image.Type, m proto.Message) sampleFrame { return sampleFrame{t, 0, mustMarshal(m)} }
+	msg := func(t image.Type, m pb.Message) sampleFrame { return sampleFrame{t, 0, mustMarshal(m)} }
 	return []sampleFrame{
 		msg(image.TypeInventory, &pb.Inventory{RootPid: samplePid, Hostname: "vectors", Kernel: "6.18.0", CreatedUnixNano: 1700000000000000000, ToolVersion: "crpipe-test", BootId: "6f1c2b4e-0000-4000-8000-000000000001", PageSize: 4096}),
 		msg(image.TypeFreeze, &pb.Freeze{Method: "cgroup2-transient", Cgroup: "/sys/fs/cgroup/unified/crpipe-4242", Transient: true, Original: []*pb.TaskCgroup{{Pid: samplePid, Cgroup2: "/sys/fs/cgroup/unified/user.slice"}}}),

@@ -7,8 +7,6 @@ import (
 	"io"
 	"runtime"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/internal/crc32c"
 	"crpipe/lib/pb"
 )
@@ -216,7 +214,7 @@ func (w *Writer) passDeferred(f *Frame) error {
 
 // WriteMessage writes a metadata frame. Marshalling is deterministic so
 // that the same state gives the same bytes.
-func (w *Writer) WriteMessage(t Type, m proto.Message) error {
+func (w *Writer) WriteMessage(t Type, m pb.Message) error {
 	b, err := pb.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("image: encode %s: %w", t, err)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/image"
 	"crpipe/lib/internal/frozen"
@@ -83,7 +82,7 @@ func TestPendingSignals(t *testing.T) {
 // damaged one is an error naming its frame.
 func TestThreadIDs(t *testing.T) {
 	frame := func(ts *pb.ThreadState) *image.Frame {
-		b, err := proto.Marshal(ts)
+		b, err := pb.Marshal(ts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,20 +12,26 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	_ "crpipe/lib/pb/protomsg" // registers the records as protobuf messages
 )
 
-// recordTypes are the message types of lib/pb's .proto files.
+// recordTypes are the message types of lib/pb's .proto files, as
+// protobuf messages (lib/pb/protomsg), each with the plain record of the
+// same name (records_gen.go).
 func recordTypes(t *testing.T) []protoreflect.MessageType {
-	BuildDescriptors() // registered at their first use (descriptors.go)
 	var types []protoreflect.MessageType
 	protoregistry.GlobalTypes.RangeMessages(func(mt protoreflect.MessageType) bool {
-		if strings.HasPrefix(string(mt.Descriptor().FullName()), "cr.v1.") {
+		if name := string(mt.Descriptor().FullName()); strings.HasPrefix(name, "cr.v1.") {
+			if newRecord(name) == nil {
+				t.Fatalf("%s has no plain record: run `make generate`", name)
+			}
 			types = append(types, mt)
 		}
 		return true
 	})
-	if len(types) < 50 {
-		t.Fatalf("only %d record types registered", len(types))
+	if len(types) != len(recordNames) || len(types) < 50 {
+		t.Fatalf("%d record types registered, %d plain ones: run `make generate`", len(types), len(recordNames))
 	}
 	// The registry's order is a map's: the fuzzer's workers must agree on it.
 	slices.SortFunc(types, func(a, b protoreflect.MessageType) int {
@@ -34,25 +40,26 @@ func recordTypes(t *testing.T) []protoreflect.MessageType {
 	return types
 }
 
-// TestCodecAgreesWithProto: every record type has the generated codec, and
-// for messages with random values in every field (nested, repeated, zero
-// or not, unknown enum values, unknown fields) it gives the bytes of a
-// deterministic proto.Marshal, and decodes them, and proto.Marshal's, to
-// an equal message.
+func plainOf(mt protoreflect.MessageType) Message {
+	return newRecord(string(mt.Descriptor().FullName()))
+}
+
+// TestCodecAgreesWithProto: for messages with random values in every field
+// (nested, repeated, zero or not, unknown enum values, unknown fields), the
+// plain record decodes the bytes of a deterministic proto.Marshal, whatever
+// it held before, and encodes them back byte for byte, its Size their
+// length; and a record cut short is refused, naming its type.
 func TestCodecAgreesWithProto(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	det := proto.MarshalOptions{Deterministic: true}
 	for _, mt := range recordTypes(t) {
 		name := mt.Descriptor().FullName()
-		if _, ok := mt.New().Interface().(fastCodec); !ok {
-			t.Errorf("%s has no generated codec: run `make generate`", name)
-			continue
-		}
 		// A length past the end: refused, naming the message.
-		if err := Unmarshal([]byte{0x0a, 0x05}, mt.New().Interface()); err == nil ||
+		if err := Unmarshal([]byte{0x0a, 0x05}, plainOf(mt)); err == nil ||
 			!strings.HasPrefix(err.Error(), "proto: cannot decode "+string(name)+": ") {
 			t.Errorf("%s: a truncated record gave %v", name, err)
 		}
+		back := plainOf(mt)
 		for i := range 40 {
 			m := mt.New()
 			fillRandom(rnd, m, 3)
@@ -63,52 +70,65 @@ func TestCodecAgreesWithProto(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: proto.Marshal: %v", name, err)
 			}
-			got, err := Marshal(m.Interface())
+			// back still holds the record before: Unmarshal resets it.
+			if err := Unmarshal(want, back); err != nil {
+				t.Fatalf("%s: Unmarshal: %v", name, err)
+			}
+			got, err := Marshal(back)
 			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("%s: Marshal = %x, %v; proto.Marshal gives %x", name, got, err, want)
 			}
-			if Size(m.Interface()) != len(want) {
-				t.Fatalf("%s: Size %d, encoding %d bytes", name, Size(m.Interface()), len(want))
+			if Size(back) != len(want) {
+				t.Fatalf("%s: Size %d, encoding %d bytes", name, Size(back), len(want))
 			}
-			back := mt.New().Interface()
-			fillRandom(rnd, back.ProtoReflect(), 1) // Unmarshal resets what was there
-			if err := Unmarshal(want, back); err != nil || !proto.Equal(back, m.Interface()) {
-				t.Fatalf("%s: Unmarshal: %v\n got  %v\n want %v", name, err, back, m.Interface())
-			}
-			appended, err := MarshalAppend([]byte("head"), m.Interface())
+			appended, err := MarshalAppend([]byte("head"), back)
 			if err != nil || string(appended[:4]) != "head" || !bytes.Equal(appended[4:], want) {
 				t.Fatalf("%s: MarshalAppend = %x, %v", name, appended, err)
+			}
+			if i%8 == 0 {
+				other := plainOf(mt)
+				if !Equal(other, plainOf(mt)) || (len(want) > 0) == Equal(back, other) {
+					t.Fatalf("%s: Equal of an empty record and one of %d bytes is %v", name, len(want), Equal(back, other))
+				}
 			}
 		}
 	}
 }
 
-// FuzzCodecUnmarshal: whatever the protobuf runtime decodes, the generated
-// code decodes to an equal message, but for a known field with another wire
-// type, which the runtime keeps as an unknown field and the generated code
-// refuses (only a writer that changed a field's type, which the stream's
-// rules forbid, would write it). The other way, the generated code is the
-// more lenient: it does not check that strings are UTF-8, nor the tenth
-// byte of a varint; the frames' checksums stand before it, and the stages
-// check the values they use. Neither panics.
+// FuzzCodecUnmarshal: whatever the protobuf runtime decodes, the plain
+// record decodes to the same message (encoded, and decoded by the
+// runtime), but for a known field with another wire type, which the
+// runtime keeps as an unknown field and the generated code refuses (only a
+// writer that changed a field's type, which the stream's rules forbid,
+// would write it). The other way, the generated code is the more lenient:
+// it does not check that strings are UTF-8, nor the tenth byte of a
+// varint; the frames' checksums stand before it, and the stages check the
+// values they use. Neither panics.
 func FuzzCodecUnmarshal(f *testing.F) {
 	rnd := rand.New(rand.NewPCG(3, 4))
 	types := recordTypes(&testing.T{})
 	for i, mt := range types {
 		m := mt.New()
 		fillRandom(rnd, m, 2)
-		b, _ := Marshal(m.Interface())
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m.Interface())
 		f.Add(uint8(i), b)
 	}
 	f.Fuzz(func(t *testing.T, which uint8, b []byte) {
 		mt := types[int(which)%len(types)]
-		fast, slow := mt.New().Interface(), mt.New().Interface()
+		fast, slow := plainOf(mt), mt.New().Interface()
 		fastErr, slowErr := Unmarshal(b, fast), proto.Unmarshal(b, slow)
 		switch {
 		case slowErr == nil && fastErr != nil && !strings.Contains(fastErr.Error(), "wrong wireType"):
 			t.Fatalf("%s: Unmarshal refuses what proto.Unmarshal decodes: %v", mt.Descriptor().FullName(), fastErr)
-		case slowErr == nil && fastErr == nil && !proto.Equal(normalized(fast), normalized(slow)):
-			t.Fatalf("%s: decoded differently:\n %v\n %v", mt.Descriptor().FullName(), fast, slow)
+		case slowErr == nil && fastErr == nil:
+			enc, err := Marshal(fast)
+			if err != nil {
+				t.Fatalf("%s: Marshal of what Unmarshal decoded: %v", mt.Descriptor().FullName(), err)
+			}
+			again := mt.New().Interface()
+			if err := proto.Unmarshal(enc, again); err != nil || !proto.Equal(normalized(again), normalized(slow)) {
+				t.Fatalf("%s: decoded differently (%v):\n %v\n %v", mt.Descriptor().FullName(), err, again, slow)
+			}
 		}
 	})
 }

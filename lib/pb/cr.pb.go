@@ -9,22 +9,11 @@
 // 	protoc        v3.21.12
 // source: cr.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
 
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
+import "strconv"
 
 type VmaKind int32
 
@@ -70,29 +59,6 @@ func (x VmaKind) Enum() *VmaKind {
 	p := new(VmaKind)
 	*p = x
 	return p
-}
-
-func (x VmaKind) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (VmaKind) Descriptor() protoreflect.EnumDescriptor {
-	buildDescriptors()
-	return file_cr_proto_enumTypes[0].Descriptor()
-}
-
-func (VmaKind) Type() protoreflect.EnumType {
-	buildDescriptors()
-	return &file_cr_proto_enumTypes[0]
-}
-
-func (x VmaKind) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use VmaKind.Descriptor instead.
-func (VmaKind) EnumDescriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{0}
 }
 
 type FdKind int32
@@ -171,72 +137,16 @@ func (x FdKind) Enum() *FdKind {
 	return p
 }
 
-func (x FdKind) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (FdKind) Descriptor() protoreflect.EnumDescriptor {
-	buildDescriptors()
-	return file_cr_proto_enumTypes[1].Descriptor()
-}
-
-func (FdKind) Type() protoreflect.EnumType {
-	buildDescriptors()
-	return &file_cr_proto_enumTypes[1]
-}
-
-func (x FdKind) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use FdKind.Descriptor instead.
-func (FdKind) EnumDescriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{1}
-}
-
 // Inventory is the first record of every stream (written by cr-freeze).
 type Inventory struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	RootPid         uint32                 `protobuf:"varint,1,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
-	Hostname        string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Kernel          string                 `protobuf:"bytes,3,opt,name=kernel,proto3" json:"kernel,omitempty"` // uname release
-	CreatedUnixNano int64                  `protobuf:"varint,4,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	ToolVersion     string                 `protobuf:"bytes,5,opt,name=tool_version,json=toolVersion,proto3" json:"tool_version,omitempty"`
-	BootId          string                 `protobuf:"bytes,6,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"` // /proc/sys/kernel/random/boot_id: PIDs mean nothing on another boot
-	PageSize        uint32                 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
-}
-
-func (x *Inventory) Reset() {
-	*x = Inventory{}
-	mi := &file_cr_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Inventory) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Inventory) ProtoMessage() {}
-
-func (x *Inventory) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Inventory.ProtoReflect.Descriptor instead.
-func (*Inventory) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{0}
+	RootPid         uint32 `protobuf:"varint,1,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	Hostname        string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Kernel          string `protobuf:"bytes,3,opt,name=kernel,proto3" json:"kernel,omitempty"` // uname release
+	CreatedUnixNano int64  `protobuf:"varint,4,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	ToolVersion     string `protobuf:"bytes,5,opt,name=tool_version,json=toolVersion,proto3" json:"tool_version,omitempty"`
+	BootId          string `protobuf:"bytes,6,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"` // /proc/sys/kernel/random/boot_id: PIDs mean nothing on another boot
+	PageSize        uint32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields   []byte
 }
 
 func (x *Inventory) GetRootPid() uint32 {
@@ -290,44 +200,11 @@ func (x *Inventory) GetPageSize() uint32 {
 
 // Freeze says how the tree was frozen, so thaw and kill can undo exactly it.
 type Freeze struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`        // "cgroup2-transient", "cgroup2-given"
-	Cgroup        string                 `protobuf:"bytes,2,opt,name=cgroup,proto3" json:"cgroup,omitempty"`        // absolute path of the frozen cgroup directory
-	Transient     bool                   `protobuf:"varint,3,opt,name=transient,proto3" json:"transient,omitempty"` // created by cr-freeze: removed on thaw or kill
-	Original      []*TaskCgroup          `protobuf:"bytes,4,rep,name=original,proto3" json:"original,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Freeze) Reset() {
-	*x = Freeze{}
-	mi := &file_cr_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Freeze) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Freeze) ProtoMessage() {}
-
-func (x *Freeze) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Freeze.ProtoReflect.Descriptor instead.
-func (*Freeze) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{1}
+	Method        string        `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`        // "cgroup2-transient", "cgroup2-given"
+	Cgroup        string        `protobuf:"bytes,2,opt,name=cgroup,proto3" json:"cgroup,omitempty"`        // absolute path of the frozen cgroup directory
+	Transient     bool          `protobuf:"varint,3,opt,name=transient,proto3" json:"transient,omitempty"` // created by cr-freeze: removed on thaw or kill
+	Original      []*TaskCgroup `protobuf:"bytes,4,rep,name=original,proto3" json:"original,omitempty"`
+	unknownFields []byte
 }
 
 func (x *Freeze) GetMethod() string {
@@ -360,42 +237,9 @@ func (x *Freeze) GetOriginal() []*TaskCgroup {
 
 // TaskCgroup is where a process lived before cr-freeze moved it.
 type TaskCgroup struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Cgroup2       string                 `protobuf:"bytes,2,opt,name=cgroup2,proto3" json:"cgroup2,omitempty"` // absolute directory of its cgroup v2 group
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TaskCgroup) Reset() {
-	*x = TaskCgroup{}
-	mi := &file_cr_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TaskCgroup) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TaskCgroup) ProtoMessage() {}
-
-func (x *TaskCgroup) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TaskCgroup.ProtoReflect.Descriptor instead.
-func (*TaskCgroup) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{2}
+	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Cgroup2       string `protobuf:"bytes,2,opt,name=cgroup2,proto3" json:"cgroup2,omitempty"` // absolute directory of its cgroup v2 group
+	unknownFields []byte
 }
 
 func (x *TaskCgroup) GetPid() uint32 {
@@ -414,54 +258,21 @@ func (x *TaskCgroup) GetCgroup2() string {
 
 // Process identifies one process of the tree (written by cr-freeze).
 type Process struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Pid       uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Ppid      uint32                 `protobuf:"varint,2,opt,name=ppid,proto3" json:"ppid,omitempty"`
-	Pgid      uint32                 `protobuf:"varint,3,opt,name=pgid,proto3" json:"pgid,omitempty"`
-	Sid       uint32                 `protobuf:"varint,4,opt,name=sid,proto3" json:"sid,omitempty"`
-	Threads   []uint32               `protobuf:"varint,5,rep,packed,name=threads,proto3" json:"threads,omitempty"` // tids, the thread group leader first
-	Comm      string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
-	StartTime uint64                 `protobuf:"varint,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"` // /proc/PID/stat field 22: guards against PID reuse
-	State     string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`                           // /proc/PID/stat state letter at freeze time
-	ExitCode  int32                  `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`    // zombies: the wait status (/proc/PID/stat field 52)
+	Pid       uint32   `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid      uint32   `protobuf:"varint,2,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Pgid      uint32   `protobuf:"varint,3,opt,name=pgid,proto3" json:"pgid,omitempty"`
+	Sid       uint32   `protobuf:"varint,4,opt,name=sid,proto3" json:"sid,omitempty"`
+	Threads   []uint32 `protobuf:"varint,5,rep,packed,name=threads,proto3" json:"threads,omitempty"` // tids, the thread group leader first
+	Comm      string   `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
+	StartTime uint64   `protobuf:"varint,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"` // /proc/PID/stat field 22: guards against PID reuse
+	State     string   `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`                           // /proc/PID/stat state letter at freeze time
+	ExitCode  int32    `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`    // zombies: the wait status (/proc/PID/stat field 52)
 	// ctty_pty: 1 + the index of the pty that is the process's controlling
 	// terminal, when a process of the dump holds that pty's master; 0
 	// otherwise. A restore gives it to a session leader before its children
 	// exist, so that they inherit it as they did.
 	CttyPty       uint32 `protobuf:"varint,10,opt,name=ctty_pty,json=cttyPty,proto3" json:"ctty_pty,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Process) Reset() {
-	*x = Process{}
-	mi := &file_cr_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Process) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Process) ProtoMessage() {}
-
-func (x *Process) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Process.ProtoReflect.Descriptor instead.
-func (*Process) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{3}
+	unknownFields []byte
 }
 
 func (x *Process) GetPid() uint32 {
@@ -536,67 +347,34 @@ func (x *Process) GetCttyPty() uint32 {
 
 // X86Regs is struct user_regs_struct of x86_64.
 type X86Regs struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	R15           uint64                 `protobuf:"varint,1,opt,name=r15,proto3" json:"r15,omitempty"`
-	R14           uint64                 `protobuf:"varint,2,opt,name=r14,proto3" json:"r14,omitempty"`
-	R13           uint64                 `protobuf:"varint,3,opt,name=r13,proto3" json:"r13,omitempty"`
-	R12           uint64                 `protobuf:"varint,4,opt,name=r12,proto3" json:"r12,omitempty"`
-	Rbp           uint64                 `protobuf:"varint,5,opt,name=rbp,proto3" json:"rbp,omitempty"`
-	Rbx           uint64                 `protobuf:"varint,6,opt,name=rbx,proto3" json:"rbx,omitempty"`
-	R11           uint64                 `protobuf:"varint,7,opt,name=r11,proto3" json:"r11,omitempty"`
-	R10           uint64                 `protobuf:"varint,8,opt,name=r10,proto3" json:"r10,omitempty"`
-	R9            uint64                 `protobuf:"varint,9,opt,name=r9,proto3" json:"r9,omitempty"`
-	R8            uint64                 `protobuf:"varint,10,opt,name=r8,proto3" json:"r8,omitempty"`
-	Rax           uint64                 `protobuf:"varint,11,opt,name=rax,proto3" json:"rax,omitempty"`
-	Rcx           uint64                 `protobuf:"varint,12,opt,name=rcx,proto3" json:"rcx,omitempty"`
-	Rdx           uint64                 `protobuf:"varint,13,opt,name=rdx,proto3" json:"rdx,omitempty"`
-	Rsi           uint64                 `protobuf:"varint,14,opt,name=rsi,proto3" json:"rsi,omitempty"`
-	Rdi           uint64                 `protobuf:"varint,15,opt,name=rdi,proto3" json:"rdi,omitempty"`
-	OrigRax       uint64                 `protobuf:"varint,16,opt,name=orig_rax,json=origRax,proto3" json:"orig_rax,omitempty"`
-	Rip           uint64                 `protobuf:"varint,17,opt,name=rip,proto3" json:"rip,omitempty"`
-	Cs            uint64                 `protobuf:"varint,18,opt,name=cs,proto3" json:"cs,omitempty"`
-	Eflags        uint64                 `protobuf:"varint,19,opt,name=eflags,proto3" json:"eflags,omitempty"`
-	Rsp           uint64                 `protobuf:"varint,20,opt,name=rsp,proto3" json:"rsp,omitempty"`
-	Ss            uint64                 `protobuf:"varint,21,opt,name=ss,proto3" json:"ss,omitempty"`
-	FsBase        uint64                 `protobuf:"varint,22,opt,name=fs_base,json=fsBase,proto3" json:"fs_base,omitempty"`
-	GsBase        uint64                 `protobuf:"varint,23,opt,name=gs_base,json=gsBase,proto3" json:"gs_base,omitempty"`
-	Ds            uint64                 `protobuf:"varint,24,opt,name=ds,proto3" json:"ds,omitempty"`
-	Es            uint64                 `protobuf:"varint,25,opt,name=es,proto3" json:"es,omitempty"`
-	Fs            uint64                 `protobuf:"varint,26,opt,name=fs,proto3" json:"fs,omitempty"`
-	Gs            uint64                 `protobuf:"varint,27,opt,name=gs,proto3" json:"gs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *X86Regs) Reset() {
-	*x = X86Regs{}
-	mi := &file_cr_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *X86Regs) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*X86Regs) ProtoMessage() {}
-
-func (x *X86Regs) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use X86Regs.ProtoReflect.Descriptor instead.
-func (*X86Regs) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{4}
+	R15           uint64 `protobuf:"varint,1,opt,name=r15,proto3" json:"r15,omitempty"`
+	R14           uint64 `protobuf:"varint,2,opt,name=r14,proto3" json:"r14,omitempty"`
+	R13           uint64 `protobuf:"varint,3,opt,name=r13,proto3" json:"r13,omitempty"`
+	R12           uint64 `protobuf:"varint,4,opt,name=r12,proto3" json:"r12,omitempty"`
+	Rbp           uint64 `protobuf:"varint,5,opt,name=rbp,proto3" json:"rbp,omitempty"`
+	Rbx           uint64 `protobuf:"varint,6,opt,name=rbx,proto3" json:"rbx,omitempty"`
+	R11           uint64 `protobuf:"varint,7,opt,name=r11,proto3" json:"r11,omitempty"`
+	R10           uint64 `protobuf:"varint,8,opt,name=r10,proto3" json:"r10,omitempty"`
+	R9            uint64 `protobuf:"varint,9,opt,name=r9,proto3" json:"r9,omitempty"`
+	R8            uint64 `protobuf:"varint,10,opt,name=r8,proto3" json:"r8,omitempty"`
+	Rax           uint64 `protobuf:"varint,11,opt,name=rax,proto3" json:"rax,omitempty"`
+	Rcx           uint64 `protobuf:"varint,12,opt,name=rcx,proto3" json:"rcx,omitempty"`
+	Rdx           uint64 `protobuf:"varint,13,opt,name=rdx,proto3" json:"rdx,omitempty"`
+	Rsi           uint64 `protobuf:"varint,14,opt,name=rsi,proto3" json:"rsi,omitempty"`
+	Rdi           uint64 `protobuf:"varint,15,opt,name=rdi,proto3" json:"rdi,omitempty"`
+	OrigRax       uint64 `protobuf:"varint,16,opt,name=orig_rax,json=origRax,proto3" json:"orig_rax,omitempty"`
+	Rip           uint64 `protobuf:"varint,17,opt,name=rip,proto3" json:"rip,omitempty"`
+	Cs            uint64 `protobuf:"varint,18,opt,name=cs,proto3" json:"cs,omitempty"`
+	Eflags        uint64 `protobuf:"varint,19,opt,name=eflags,proto3" json:"eflags,omitempty"`
+	Rsp           uint64 `protobuf:"varint,20,opt,name=rsp,proto3" json:"rsp,omitempty"`
+	Ss            uint64 `protobuf:"varint,21,opt,name=ss,proto3" json:"ss,omitempty"`
+	FsBase        uint64 `protobuf:"varint,22,opt,name=fs_base,json=fsBase,proto3" json:"fs_base,omitempty"`
+	GsBase        uint64 `protobuf:"varint,23,opt,name=gs_base,json=gsBase,proto3" json:"gs_base,omitempty"`
+	Ds            uint64 `protobuf:"varint,24,opt,name=ds,proto3" json:"ds,omitempty"`
+	Es            uint64 `protobuf:"varint,25,opt,name=es,proto3" json:"es,omitempty"`
+	Fs            uint64 `protobuf:"varint,26,opt,name=fs,proto3" json:"fs,omitempty"`
+	Gs            uint64 `protobuf:"varint,27,opt,name=gs,proto3" json:"gs,omitempty"`
+	unknownFields []byte
 }
 
 func (x *X86Regs) GetR15() uint64 {
@@ -789,44 +567,11 @@ func (x *X86Regs) GetGs() uint64 {
 }
 
 type Rseq struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AbiPointer    uint64                 `protobuf:"varint,1,opt,name=abi_pointer,json=abiPointer,proto3" json:"abi_pointer,omitempty"`
-	AbiSize       uint32                 `protobuf:"varint,2,opt,name=abi_size,json=abiSize,proto3" json:"abi_size,omitempty"`
-	Flags         uint32                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
-	Signature     uint32                 `protobuf:"varint,4,opt,name=signature,proto3" json:"signature,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Rseq) Reset() {
-	*x = Rseq{}
-	mi := &file_cr_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Rseq) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Rseq) ProtoMessage() {}
-
-func (x *Rseq) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Rseq.ProtoReflect.Descriptor instead.
-func (*Rseq) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{5}
+	AbiPointer    uint64 `protobuf:"varint,1,opt,name=abi_pointer,json=abiPointer,proto3" json:"abi_pointer,omitempty"`
+	AbiSize       uint32 `protobuf:"varint,2,opt,name=abi_size,json=abiSize,proto3" json:"abi_size,omitempty"`
+	Flags         uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Signature     uint32 `protobuf:"varint,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields []byte
 }
 
 func (x *Rseq) GetAbiPointer() uint64 {
@@ -859,46 +604,13 @@ func (x *Rseq) GetSignature() uint32 {
 
 // ThreadCore is the CPU state of one thread (written by cr-seize).
 type ThreadCore struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tid           uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
-	Regs          *X86Regs               `protobuf:"bytes,3,opt,name=regs,proto3" json:"regs,omitempty"`
-	Xsave         []byte                 `protobuf:"bytes,4,opt,name=xsave,proto3" json:"xsave,omitempty"`      // NT_X86_XSTATE as the kernel returned it
-	Sigmask       uint64                 `protobuf:"varint,5,opt,name=sigmask,proto3" json:"sigmask,omitempty"` // blocked signals, bit n-1 for signal n
-	Rseq          *Rseq                  `protobuf:"bytes,6,opt,name=rseq,proto3" json:"rseq,omitempty"`        // absent when the thread registered none
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ThreadCore) Reset() {
-	*x = ThreadCore{}
-	mi := &file_cr_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ThreadCore) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ThreadCore) ProtoMessage() {}
-
-func (x *ThreadCore) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ThreadCore.ProtoReflect.Descriptor instead.
-func (*ThreadCore) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{6}
+	Pid           uint32   `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tid           uint32   `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
+	Regs          *X86Regs `protobuf:"bytes,3,opt,name=regs,proto3" json:"regs,omitempty"`
+	Xsave         []byte   `protobuf:"bytes,4,opt,name=xsave,proto3" json:"xsave,omitempty"`      // NT_X86_XSTATE as the kernel returned it
+	Sigmask       uint64   `protobuf:"varint,5,opt,name=sigmask,proto3" json:"sigmask,omitempty"` // blocked signals, bit n-1 for signal n
+	Rseq          *Rseq    `protobuf:"bytes,6,opt,name=rseq,proto3" json:"rseq,omitempty"`        // absent when the thread registered none
+	unknownFields []byte
 }
 
 func (x *ThreadCore) GetPid() uint32 {
@@ -944,45 +656,12 @@ func (x *ThreadCore) GetRseq() *Rseq {
 }
 
 type Sigaction struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Signo         uint32                 `protobuf:"varint,1,opt,name=signo,proto3" json:"signo,omitempty"`
-	Handler       uint64                 `protobuf:"varint,2,opt,name=handler,proto3" json:"handler,omitempty"` // SIG_DFL 0, SIG_IGN 1, else an address
-	Flags         uint64                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
-	Restorer      uint64                 `protobuf:"varint,4,opt,name=restorer,proto3" json:"restorer,omitempty"`
-	Mask          uint64                 `protobuf:"varint,5,opt,name=mask,proto3" json:"mask,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Sigaction) Reset() {
-	*x = Sigaction{}
-	mi := &file_cr_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Sigaction) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Sigaction) ProtoMessage() {}
-
-func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
-func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{7}
+	Signo         uint32 `protobuf:"varint,1,opt,name=signo,proto3" json:"signo,omitempty"`
+	Handler       uint64 `protobuf:"varint,2,opt,name=handler,proto3" json:"handler,omitempty"` // SIG_DFL 0, SIG_IGN 1, else an address
+	Flags         uint64 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Restorer      uint64 `protobuf:"varint,4,opt,name=restorer,proto3" json:"restorer,omitempty"`
+	Mask          uint64 `protobuf:"varint,5,opt,name=mask,proto3" json:"mask,omitempty"`
+	unknownFields []byte
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -1023,44 +702,11 @@ func (x *Sigaction) GetMask() uint64 {
 // TaskState is state read from inside a thread (written by cr-parasite).
 // Sigactions are per process: only the thread group leader's record has them.
 type TaskState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tid           uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
-	ClearChildTid uint64                 `protobuf:"varint,3,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
-	Sigactions    []*Sigaction           `protobuf:"bytes,4,rep,name=sigactions,proto3" json:"sigactions,omitempty"` // only non-default dispositions
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TaskState) Reset() {
-	*x = TaskState{}
-	mi := &file_cr_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TaskState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TaskState) ProtoMessage() {}
-
-func (x *TaskState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TaskState.ProtoReflect.Descriptor instead.
-func (*TaskState) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{8}
+	Pid           uint32       `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tid           uint32       `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
+	ClearChildTid uint64       `protobuf:"varint,3,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
+	Sigactions    []*Sigaction `protobuf:"bytes,4,rep,name=sigactions,proto3" json:"sigactions,omitempty"` // only non-default dispositions
+	unknownFields []byte
 }
 
 func (x *TaskState) GetPid() uint32 {
@@ -1093,20 +739,19 @@ func (x *TaskState) GetSigactions() []*Sigaction {
 
 // Vma is one line of /proc/PID/maps with what restore needs to rebuild it.
 type Vma struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Start     uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
-	End       uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
-	Prot      uint32                 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`   // PROT_* bits
-	Flags     uint32                 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"` // MAP_SHARED/MAP_PRIVATE, MAP_GROWSDOWN
-	Pgoff     uint64                 `protobuf:"varint,5,opt,name=pgoff,proto3" json:"pgoff,omitempty"` // file offset in bytes
-	Path      string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`    // backing file, or "[heap]", "[stack]", "[vdso]", ...
-	Kind      uint32                 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`   // VmaKind
-	Dev       uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`     // backing file's device and inode, checked on restore
-	Inode     uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
-	FileSize  int64                  `protobuf:"varint,10,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
-	MtimeNsec int64                  `protobuf:"varint,11,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
-	HasPages  bool                   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records may follow for this VMA (none when all were zeros)
-	Huge      bool                   `protobuf:"varint,13,opt,name=huge,proto3" json:"huge,omitempty"`                         // had AnonHugePages
+	Start     uint64 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End       uint64 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Prot      uint32 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`   // PROT_* bits
+	Flags     uint32 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"` // MAP_SHARED/MAP_PRIVATE, MAP_GROWSDOWN
+	Pgoff     uint64 `protobuf:"varint,5,opt,name=pgoff,proto3" json:"pgoff,omitempty"` // file offset in bytes
+	Path      string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`    // backing file, or "[heap]", "[stack]", "[vdso]", ...
+	Kind      uint32 `protobuf:"varint,7,opt,name=kind,proto3" json:"kind,omitempty"`   // VmaKind
+	Dev       uint64 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`     // backing file's device and inode, checked on restore
+	Inode     uint64 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
+	FileSize  int64  `protobuf:"varint,10,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
+	MtimeNsec int64  `protobuf:"varint,11,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
+	HasPages  bool   `protobuf:"varint,12,opt,name=has_pages,json=hasPages,proto3" json:"has_pages,omitempty"` // page records may follow for this VMA (none when all were zeros)
+	Huge      bool   `protobuf:"varint,13,opt,name=huge,proto3" json:"huge,omitempty"`                         // had AnonHugePages
 	// inherited: private pages still shared copy-on-write with the parent
 	// process since fork (same page frame at the same address in both).
 	// They are not in the page records: a restore forks this process from
@@ -1124,39 +769,7 @@ type Vma struct {
 	// pages are the VMAs', as for shared anonymous memory. A JIT maps one
 	// twice, writable and executable (Erlang's "vmem").
 	Memfd         *MemfdState `protobuf:"bytes,17,opt,name=memfd,proto3" json:"memfd,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Vma) Reset() {
-	*x = Vma{}
-	mi := &file_cr_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Vma) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Vma) ProtoMessage() {}
-
-func (x *Vma) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Vma.ProtoReflect.Descriptor instead.
-func (*Vma) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{9}
+	unknownFields []byte
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -1281,49 +894,16 @@ func (x *Vma) GetMemfd() *MemfdState {
 // MemfdState is a memfd (memfd_create(2)): of an fd (FileDesc.memfd), or
 // of the VMAs that map it (Vma.memfd).
 type MemfdState struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
-	Size  int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Seals uint32                 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
-	Mode  uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
+	Name  string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // without the "memfd:" prefix
+	Size  int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Seals uint32 `protobuf:"varint,3,opt,name=seals,proto3" json:"seals,omitempty"` // F_GET_SEALS
+	Mode  uint32 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`   // permission bits
 	// mapped (of a file-desc's memfd): VMAs of the dump map this memfd too
 	// (Vma.memfd, whose dev and inode are this dev and the file-desc's
 	// inode); its contents are their pages, and no file-data follows.
 	Mapped        bool   `protobuf:"varint,5,opt,name=mapped,proto3" json:"mapped,omitempty"`
 	Dev           uint64 `protobuf:"varint,6,opt,name=dev,proto3" json:"dev,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MemfdState) Reset() {
-	*x = MemfdState{}
-	mi := &file_cr_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MemfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MemfdState) ProtoMessage() {}
-
-func (x *MemfdState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MemfdState.ProtoReflect.Descriptor instead.
-func (*MemfdState) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{10}
+	unknownFields []byte
 }
 
 func (x *MemfdState) GetName() string {
@@ -1371,49 +951,16 @@ func (x *MemfdState) GetDev() uint64 {
 // SysvShm is a System V shared memory segment (shmget) as /proc/sysvipc/shm
 // shows it, and how one VMA attaches it.
 type SysvShm struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`     // shmid, which the program keeps and a restore gives again
-	Key           int32                  `protobuf:"varint,2,opt,name=key,proto3" json:"key,omitempty"`   // IPC_PRIVATE (0) or the key of shmget
-	Size          uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"` // bytes, as given to shmget
-	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (0777)
-	Uid           uint32                 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`   // owner (IPC_SET)
-	Gid           uint32                 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
-	Removed       bool                   `protobuf:"varint,7,opt,name=removed,proto3" json:"removed,omitempty"`                   // marked for removal (IPC_RMID): it ends with its last detach
-	Locked        bool                   `protobuf:"varint,8,opt,name=locked,proto3" json:"locked,omitempty"`                     // SHM_LOCK
-	ReadOnly      bool                   `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"` // this attach: SHM_RDONLY
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SysvShm) Reset() {
-	*x = SysvShm{}
-	mi := &file_cr_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SysvShm) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SysvShm) ProtoMessage() {}
-
-func (x *SysvShm) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SysvShm.ProtoReflect.Descriptor instead.
-func (*SysvShm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{11}
+	Id            int32  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`     // shmid, which the program keeps and a restore gives again
+	Key           int32  `protobuf:"varint,2,opt,name=key,proto3" json:"key,omitempty"`   // IPC_PRIVATE (0) or the key of shmget
+	Size          uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"` // bytes, as given to shmget
+	Mode          uint32 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (0777)
+	Uid           uint32 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`   // owner (IPC_SET)
+	Gid           uint32 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	Removed       bool   `protobuf:"varint,7,opt,name=removed,proto3" json:"removed,omitempty"`                   // marked for removal (IPC_RMID): it ends with its last detach
+	Locked        bool   `protobuf:"varint,8,opt,name=locked,proto3" json:"locked,omitempty"`                     // SHM_LOCK
+	ReadOnly      bool   `protobuf:"varint,9,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"` // this attach: SHM_RDONLY
+	unknownFields []byte
 }
 
 func (x *SysvShm) GetId() int32 {
@@ -1481,42 +1028,9 @@ func (x *SysvShm) GetReadOnly() bool {
 
 // PageRange is [start, end), page aligned.
 type PageRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
-	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PageRange) Reset() {
-	*x = PageRange{}
-	mi := &file_cr_proto_msgTypes[12]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PageRange) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PageRange) ProtoMessage() {}
-
-func (x *PageRange) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[12]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PageRange.ProtoReflect.Descriptor instead.
-func (*PageRange) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{12}
+	Start         uint64 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields []byte
 }
 
 func (x *PageRange) GetStart() uint64 {
@@ -1535,59 +1049,26 @@ func (x *PageRange) GetEnd() uint64 {
 
 // Mm is the address space of one process (written by cr-pages before its pages).
 type Mm struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Pid        uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Vmas       []*Vma                 `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
-	StartCode  uint64                 `protobuf:"varint,3,opt,name=start_code,json=startCode,proto3" json:"start_code,omitempty"`
-	EndCode    uint64                 `protobuf:"varint,4,opt,name=end_code,json=endCode,proto3" json:"end_code,omitempty"`
-	StartData  uint64                 `protobuf:"varint,5,opt,name=start_data,json=startData,proto3" json:"start_data,omitempty"`
-	EndData    uint64                 `protobuf:"varint,6,opt,name=end_data,json=endData,proto3" json:"end_data,omitempty"`
-	StartBrk   uint64                 `protobuf:"varint,7,opt,name=start_brk,json=startBrk,proto3" json:"start_brk,omitempty"`
-	Brk        uint64                 `protobuf:"varint,8,opt,name=brk,proto3" json:"brk,omitempty"`
-	StartStack uint64                 `protobuf:"varint,9,opt,name=start_stack,json=startStack,proto3" json:"start_stack,omitempty"`
-	ArgStart   uint64                 `protobuf:"varint,10,opt,name=arg_start,json=argStart,proto3" json:"arg_start,omitempty"`
-	ArgEnd     uint64                 `protobuf:"varint,11,opt,name=arg_end,json=argEnd,proto3" json:"arg_end,omitempty"`
-	EnvStart   uint64                 `protobuf:"varint,12,opt,name=env_start,json=envStart,proto3" json:"env_start,omitempty"`
-	EnvEnd     uint64                 `protobuf:"varint,13,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
-	Auxv       []byte                 `protobuf:"bytes,14,opt,name=auxv,proto3" json:"auxv,omitempty"`
-	Exe        string                 `protobuf:"bytes,15,opt,name=exe,proto3" json:"exe,omitempty"` // /proc/PID/exe target
+	Pid        uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Vmas       []*Vma `protobuf:"bytes,2,rep,name=vmas,proto3" json:"vmas,omitempty"`
+	StartCode  uint64 `protobuf:"varint,3,opt,name=start_code,json=startCode,proto3" json:"start_code,omitempty"`
+	EndCode    uint64 `protobuf:"varint,4,opt,name=end_code,json=endCode,proto3" json:"end_code,omitempty"`
+	StartData  uint64 `protobuf:"varint,5,opt,name=start_data,json=startData,proto3" json:"start_data,omitempty"`
+	EndData    uint64 `protobuf:"varint,6,opt,name=end_data,json=endData,proto3" json:"end_data,omitempty"`
+	StartBrk   uint64 `protobuf:"varint,7,opt,name=start_brk,json=startBrk,proto3" json:"start_brk,omitempty"`
+	Brk        uint64 `protobuf:"varint,8,opt,name=brk,proto3" json:"brk,omitempty"`
+	StartStack uint64 `protobuf:"varint,9,opt,name=start_stack,json=startStack,proto3" json:"start_stack,omitempty"`
+	ArgStart   uint64 `protobuf:"varint,10,opt,name=arg_start,json=argStart,proto3" json:"arg_start,omitempty"`
+	ArgEnd     uint64 `protobuf:"varint,11,opt,name=arg_end,json=argEnd,proto3" json:"arg_end,omitempty"`
+	EnvStart   uint64 `protobuf:"varint,12,opt,name=env_start,json=envStart,proto3" json:"env_start,omitempty"`
+	EnvEnd     uint64 `protobuf:"varint,13,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
+	Auxv       []byte `protobuf:"bytes,14,opt,name=auxv,proto3" json:"auxv,omitempty"`
+	Exe        string `protobuf:"bytes,15,opt,name=exe,proto3" json:"exe,omitempty"` // /proc/PID/exe target
 	// An upper bound: pages in the dumped ranges. Pages of zeros of private
 	// anonymous memory may be left out, so the page records may hold fewer
 	// (doc/stream-v1.md, section 6).
 	PagesTotal    uint64 `protobuf:"varint,16,opt,name=pages_total,json=pagesTotal,proto3" json:"pages_total,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Mm) Reset() {
-	*x = Mm{}
-	mi := &file_cr_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Mm) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Mm) ProtoMessage() {}
-
-func (x *Mm) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Mm.ProtoReflect.Descriptor instead.
-func (*Mm) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{13}
+	unknownFields []byte
 }
 
 func (x *Mm) GetPid() uint32 {
@@ -1704,17 +1185,16 @@ func (x *Mm) GetPagesTotal() uint64 {
 
 // Fd is one entry of a process's fd table.
 type Fd struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Fd      int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
-	Cloexec bool                   `protobuf:"varint,2,opt,name=cloexec,proto3" json:"cloexec,omitempty"`
-	Kind    uint32                 `protobuf:"varint,3,opt,name=kind,proto3" json:"kind,omitempty"` // FdKind
-	Path    string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
-	Flags   uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"` // open flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...)
-	Offset  int64                  `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
-	Rdev    uint64                 `protobuf:"varint,7,opt,name=rdev,proto3" json:"rdev,omitempty"` // character devices
-	Dev     uint64                 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`
-	Inode   uint64                 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
-	Mode    uint32                 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
+	Fd      int32  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	Cloexec bool   `protobuf:"varint,2,opt,name=cloexec,proto3" json:"cloexec,omitempty"`
+	Kind    uint32 `protobuf:"varint,3,opt,name=kind,proto3" json:"kind,omitempty"` // FdKind
+	Path    string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	Flags   uint32 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"` // open flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...)
+	Offset  int64  `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
+	Rdev    uint64 `protobuf:"varint,7,opt,name=rdev,proto3" json:"rdev,omitempty"` // character devices
+	Dev     uint64 `protobuf:"varint,8,opt,name=dev,proto3" json:"dev,omitempty"`
+	Inode   uint64 `protobuf:"varint,9,opt,name=inode,proto3" json:"inode,omitempty"`
+	Mode    uint32 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
 	// desc_id names the open file description (cr-files numbers them from 1
 	// across the whole dump): fds with one desc_id share it (offset, status
 	// flags), in one process or across processes. Kinds that need more than a
@@ -1725,39 +1205,7 @@ type Fd struct {
 	// a restore opens the restored process's file by the same path below
 	// /proc/<its pid>/ without comparing dev and inode.
 	ProcPid       uint32 `protobuf:"varint,12,opt,name=proc_pid,json=procPid,proto3" json:"proc_pid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Fd) Reset() {
-	*x = Fd{}
-	mi := &file_cr_proto_msgTypes[14]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Fd) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Fd) ProtoMessage() {}
-
-func (x *Fd) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[14]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Fd.ProtoReflect.Descriptor instead.
-func (*Fd) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{14}
+	unknownFields []byte
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1846,47 +1294,14 @@ func (x *Fd) GetProcPid() uint32 {
 
 // Files is the fd table and filesystem context of one process (cr-files).
 type Files struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Fds           []*Fd                  `protobuf:"bytes,2,rep,name=fds,proto3" json:"fds,omitempty"`
-	Cwd           string                 `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Root          string                 `protobuf:"bytes,4,opt,name=root,proto3" json:"root,omitempty"`
-	Exe           string                 `protobuf:"bytes,5,opt,name=exe,proto3" json:"exe,omitempty"`
-	Umask         uint32                 `protobuf:"varint,6,opt,name=umask,proto3" json:"umask,omitempty"`
-	Locks         []*FileLock            `protobuf:"bytes,7,rep,name=locks,proto3" json:"locks,omitempty"` // locks this process takes again (locks.proto)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Files) Reset() {
-	*x = Files{}
-	mi := &file_cr_proto_msgTypes[15]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Files) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Files) ProtoMessage() {}
-
-func (x *Files) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[15]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Files.ProtoReflect.Descriptor instead.
-func (*Files) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{15}
+	Pid           uint32      `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Fds           []*Fd       `protobuf:"bytes,2,rep,name=fds,proto3" json:"fds,omitempty"`
+	Cwd           string      `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Root          string      `protobuf:"bytes,4,opt,name=root,proto3" json:"root,omitempty"`
+	Exe           string      `protobuf:"bytes,5,opt,name=exe,proto3" json:"exe,omitempty"`
+	Umask         uint32      `protobuf:"varint,6,opt,name=umask,proto3" json:"umask,omitempty"`
+	Locks         []*FileLock `protobuf:"bytes,7,rep,name=locks,proto3" json:"locks,omitempty"` // locks this process takes again (locks.proto)
+	unknownFields []byte
 }
 
 func (x *Files) GetPid() uint32 {
@@ -1940,44 +1355,11 @@ func (x *Files) GetLocks() []*FileLock {
 
 // End closes a stream; a reader checks the counts against what it read.
 type End struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Frames        uint64                 `protobuf:"varint,1,opt,name=frames,proto3" json:"frames,omitempty"` // frames before this one
-	PageFrames    uint64                 `protobuf:"varint,2,opt,name=page_frames,json=pageFrames,proto3" json:"page_frames,omitempty"`
-	PageBytes     uint64                 `protobuf:"varint,3,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
-	Complete      bool                   `protobuf:"varint,4,opt,name=complete,proto3" json:"complete,omitempty"` // false: a stage gave up and the stream must not be restored
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *End) Reset() {
-	*x = End{}
-	mi := &file_cr_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *End) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*End) ProtoMessage() {}
-
-func (x *End) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_cr_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use End.ProtoReflect.Descriptor instead.
-func (*End) Descriptor() ([]byte, []int) {
-	return file_cr_proto_rawDescGZIP(), []int{16}
+	Frames        uint64 `protobuf:"varint,1,opt,name=frames,proto3" json:"frames,omitempty"` // frames before this one
+	PageFrames    uint64 `protobuf:"varint,2,opt,name=page_frames,json=pageFrames,proto3" json:"page_frames,omitempty"`
+	PageBytes     uint64 `protobuf:"varint,3,opt,name=page_bytes,json=pageBytes,proto3" json:"page_bytes,omitempty"`
+	Complete      bool   `protobuf:"varint,4,opt,name=complete,proto3" json:"complete,omitempty"` // false: a stage gave up and the stream must not be restored
+	unknownFields []byte
 }
 
 func (x *End) GetFrames() uint64 {
@@ -2008,308 +1390,120 @@ func (x *End) GetComplete() bool {
 	return false
 }
 
-var File_cr_proto protoreflect.FileDescriptor
-
-const file_cr_proto_rawDesc = "" +
-	"\n" +
-	"\bcr.proto\x12\x05cr.v1\x1a\vlocks.proto\"\xdf\x01\n" +
-	"\tInventory\x12\x19\n" +
-	"\broot_pid\x18\x01 \x01(\rR\arootPid\x12\x1a\n" +
-	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
-	"\x06kernel\x18\x03 \x01(\tR\x06kernel\x12*\n" +
-	"\x11created_unix_nano\x18\x04 \x01(\x03R\x0fcreatedUnixNano\x12!\n" +
-	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12\x17\n" +
-	"\aboot_id\x18\x06 \x01(\tR\x06bootId\x12\x1b\n" +
-	"\tpage_size\x18\a \x01(\rR\bpageSize\"\x85\x01\n" +
-	"\x06Freeze\x12\x16\n" +
-	"\x06method\x18\x01 \x01(\tR\x06method\x12\x16\n" +
-	"\x06cgroup\x18\x02 \x01(\tR\x06cgroup\x12\x1c\n" +
-	"\ttransient\x18\x03 \x01(\bR\ttransient\x12-\n" +
-	"\boriginal\x18\x04 \x03(\v2\x11.cr.v1.TaskCgroupR\boriginal\"8\n" +
-	"\n" +
-	"TaskCgroup\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x18\n" +
-	"\acgroup2\x18\x02 \x01(\tR\acgroup2\"\xf0\x01\n" +
-	"\aProcess\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
-	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
-	"\x04pgid\x18\x03 \x01(\rR\x04pgid\x12\x10\n" +
-	"\x03sid\x18\x04 \x01(\rR\x03sid\x12\x18\n" +
-	"\athreads\x18\x05 \x03(\rR\athreads\x12\x12\n" +
-	"\x04comm\x18\x06 \x01(\tR\x04comm\x12\x1d\n" +
-	"\n" +
-	"start_time\x18\a \x01(\x04R\tstartTime\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\x12\x1b\n" +
-	"\texit_code\x18\t \x01(\x05R\bexitCode\x12\x19\n" +
-	"\bctty_pty\x18\n" +
-	" \x01(\rR\acttyPty\"\xfc\x03\n" +
-	"\aX86Regs\x12\x10\n" +
-	"\x03r15\x18\x01 \x01(\x04R\x03r15\x12\x10\n" +
-	"\x03r14\x18\x02 \x01(\x04R\x03r14\x12\x10\n" +
-	"\x03r13\x18\x03 \x01(\x04R\x03r13\x12\x10\n" +
-	"\x03r12\x18\x04 \x01(\x04R\x03r12\x12\x10\n" +
-	"\x03rbp\x18\x05 \x01(\x04R\x03rbp\x12\x10\n" +
-	"\x03rbx\x18\x06 \x01(\x04R\x03rbx\x12\x10\n" +
-	"\x03r11\x18\a \x01(\x04R\x03r11\x12\x10\n" +
-	"\x03r10\x18\b \x01(\x04R\x03r10\x12\x0e\n" +
-	"\x02r9\x18\t \x01(\x04R\x02r9\x12\x0e\n" +
-	"\x02r8\x18\n" +
-	" \x01(\x04R\x02r8\x12\x10\n" +
-	"\x03rax\x18\v \x01(\x04R\x03rax\x12\x10\n" +
-	"\x03rcx\x18\f \x01(\x04R\x03rcx\x12\x10\n" +
-	"\x03rdx\x18\r \x01(\x04R\x03rdx\x12\x10\n" +
-	"\x03rsi\x18\x0e \x01(\x04R\x03rsi\x12\x10\n" +
-	"\x03rdi\x18\x0f \x01(\x04R\x03rdi\x12\x19\n" +
-	"\borig_rax\x18\x10 \x01(\x04R\aorigRax\x12\x10\n" +
-	"\x03rip\x18\x11 \x01(\x04R\x03rip\x12\x0e\n" +
-	"\x02cs\x18\x12 \x01(\x04R\x02cs\x12\x16\n" +
-	"\x06eflags\x18\x13 \x01(\x04R\x06eflags\x12\x10\n" +
-	"\x03rsp\x18\x14 \x01(\x04R\x03rsp\x12\x0e\n" +
-	"\x02ss\x18\x15 \x01(\x04R\x02ss\x12\x17\n" +
-	"\afs_base\x18\x16 \x01(\x04R\x06fsBase\x12\x17\n" +
-	"\ags_base\x18\x17 \x01(\x04R\x06gsBase\x12\x0e\n" +
-	"\x02ds\x18\x18 \x01(\x04R\x02ds\x12\x0e\n" +
-	"\x02es\x18\x19 \x01(\x04R\x02es\x12\x0e\n" +
-	"\x02fs\x18\x1a \x01(\x04R\x02fs\x12\x0e\n" +
-	"\x02gs\x18\x1b \x01(\x04R\x02gs\"v\n" +
-	"\x04Rseq\x12\x1f\n" +
-	"\vabi_pointer\x18\x01 \x01(\x04R\n" +
-	"abiPointer\x12\x19\n" +
-	"\babi_size\x18\x02 \x01(\rR\aabiSize\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x1c\n" +
-	"\tsignature\x18\x04 \x01(\rR\tsignature\"\xa5\x01\n" +
-	"\n" +
-	"ThreadCore\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
-	"\x03tid\x18\x02 \x01(\rR\x03tid\x12\"\n" +
-	"\x04regs\x18\x03 \x01(\v2\x0e.cr.v1.X86RegsR\x04regs\x12\x14\n" +
-	"\x05xsave\x18\x04 \x01(\fR\x05xsave\x12\x18\n" +
-	"\asigmask\x18\x05 \x01(\x04R\asigmask\x12\x1f\n" +
-	"\x04rseq\x18\x06 \x01(\v2\v.cr.v1.RseqR\x04rseq\"\x81\x01\n" +
-	"\tSigaction\x12\x14\n" +
-	"\x05signo\x18\x01 \x01(\rR\x05signo\x12\x18\n" +
-	"\ahandler\x18\x02 \x01(\x04R\ahandler\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\x04R\x05flags\x12\x1a\n" +
-	"\brestorer\x18\x04 \x01(\x04R\brestorer\x12\x12\n" +
-	"\x04mask\x18\x05 \x01(\x04R\x04mask\"\x89\x01\n" +
-	"\tTaskState\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
-	"\x03tid\x18\x02 \x01(\rR\x03tid\x12&\n" +
-	"\x0fclear_child_tid\x18\x03 \x01(\x04R\rclearChildTid\x120\n" +
-	"\n" +
-	"sigactions\x18\x04 \x03(\v2\x10.cr.v1.SigactionR\n" +
-	"sigactions\"\xbf\x03\n" +
-	"\x03Vma\x12\x14\n" +
-	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
-	"\x04prot\x18\x03 \x01(\rR\x04prot\x12\x14\n" +
-	"\x05flags\x18\x04 \x01(\rR\x05flags\x12\x14\n" +
-	"\x05pgoff\x18\x05 \x01(\x04R\x05pgoff\x12\x12\n" +
-	"\x04path\x18\x06 \x01(\tR\x04path\x12\x12\n" +
-	"\x04kind\x18\a \x01(\rR\x04kind\x12\x10\n" +
-	"\x03dev\x18\b \x01(\x04R\x03dev\x12\x14\n" +
-	"\x05inode\x18\t \x01(\x04R\x05inode\x12\x1b\n" +
-	"\tfile_size\x18\n" +
-	" \x01(\x03R\bfileSize\x12\x1d\n" +
-	"\n" +
-	"mtime_nsec\x18\v \x01(\x03R\tmtimeNsec\x12\x1b\n" +
-	"\thas_pages\x18\f \x01(\bR\bhasPages\x12\x12\n" +
-	"\x04huge\x18\r \x01(\bR\x04huge\x12.\n" +
-	"\tinherited\x18\x0e \x03(\v2\x10.cr.v1.PageRangeR\tinherited\x12\x16\n" +
-	"\x06advice\x18\x0f \x01(\rR\x06advice\x12\"\n" +
-	"\x04sysv\x18\x10 \x01(\v2\x0e.cr.v1.SysvShmR\x04sysv\x12'\n" +
-	"\x05memfd\x18\x11 \x01(\v2\x11.cr.v1.MemfdStateR\x05memfd\"\x88\x01\n" +
-	"\n" +
-	"MemfdState\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x14\n" +
-	"\x05seals\x18\x03 \x01(\rR\x05seals\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x16\n" +
-	"\x06mapped\x18\x05 \x01(\bR\x06mapped\x12\x10\n" +
-	"\x03dev\x18\x06 \x01(\x04R\x03dev\"\xc6\x01\n" +
-	"\aSysvShm\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\x05R\x03key\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
-	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
-	"\x03uid\x18\x05 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x06 \x01(\rR\x03gid\x12\x18\n" +
-	"\aremoved\x18\a \x01(\bR\aremoved\x12\x16\n" +
-	"\x06locked\x18\b \x01(\bR\x06locked\x12\x1b\n" +
-	"\tread_only\x18\t \x01(\bR\breadOnly\"3\n" +
-	"\tPageRange\x12\x14\n" +
-	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\x04R\x03end\"\xad\x03\n" +
-	"\x02Mm\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1e\n" +
-	"\x04vmas\x18\x02 \x03(\v2\n" +
-	".cr.v1.VmaR\x04vmas\x12\x1d\n" +
-	"\n" +
-	"start_code\x18\x03 \x01(\x04R\tstartCode\x12\x19\n" +
-	"\bend_code\x18\x04 \x01(\x04R\aendCode\x12\x1d\n" +
-	"\n" +
-	"start_data\x18\x05 \x01(\x04R\tstartData\x12\x19\n" +
-	"\bend_data\x18\x06 \x01(\x04R\aendData\x12\x1b\n" +
-	"\tstart_brk\x18\a \x01(\x04R\bstartBrk\x12\x10\n" +
-	"\x03brk\x18\b \x01(\x04R\x03brk\x12\x1f\n" +
-	"\vstart_stack\x18\t \x01(\x04R\n" +
-	"startStack\x12\x1b\n" +
-	"\targ_start\x18\n" +
-	" \x01(\x04R\bargStart\x12\x17\n" +
-	"\aarg_end\x18\v \x01(\x04R\x06argEnd\x12\x1b\n" +
-	"\tenv_start\x18\f \x01(\x04R\benvStart\x12\x17\n" +
-	"\aenv_end\x18\r \x01(\x04R\x06envEnd\x12\x12\n" +
-	"\x04auxv\x18\x0e \x01(\fR\x04auxv\x12\x10\n" +
-	"\x03exe\x18\x0f \x01(\tR\x03exe\x12\x1f\n" +
-	"\vpages_total\x18\x10 \x01(\x04R\n" +
-	"pagesTotal\"\x88\x02\n" +
-	"\x02Fd\x12\x0e\n" +
-	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x18\n" +
-	"\acloexec\x18\x02 \x01(\bR\acloexec\x12\x12\n" +
-	"\x04kind\x18\x03 \x01(\rR\x04kind\x12\x12\n" +
-	"\x04path\x18\x04 \x01(\tR\x04path\x12\x14\n" +
-	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x16\n" +
-	"\x06offset\x18\x06 \x01(\x03R\x06offset\x12\x12\n" +
-	"\x04rdev\x18\a \x01(\x04R\x04rdev\x12\x10\n" +
-	"\x03dev\x18\b \x01(\x04R\x03dev\x12\x14\n" +
-	"\x05inode\x18\t \x01(\x04R\x05inode\x12\x12\n" +
-	"\x04mode\x18\n" +
-	" \x01(\rR\x04mode\x12\x17\n" +
-	"\adesc_id\x18\v \x01(\x04R\x06descId\x12\x19\n" +
-	"\bproc_pid\x18\f \x01(\rR\aprocPid\"\xab\x01\n" +
-	"\x05Files\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
-	"\x03fds\x18\x02 \x03(\v2\t.cr.v1.FdR\x03fds\x12\x10\n" +
-	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x12\n" +
-	"\x04root\x18\x04 \x01(\tR\x04root\x12\x10\n" +
-	"\x03exe\x18\x05 \x01(\tR\x03exe\x12\x14\n" +
-	"\x05umask\x18\x06 \x01(\rR\x05umask\x12%\n" +
-	"\x05locks\x18\a \x03(\v2\x0f.cr.v1.FileLockR\x05locks\"y\n" +
-	"\x03End\x12\x16\n" +
-	"\x06frames\x18\x01 \x01(\x04R\x06frames\x12\x1f\n" +
-	"\vpage_frames\x18\x02 \x01(\x04R\n" +
-	"pageFrames\x12\x1d\n" +
-	"\n" +
-	"page_bytes\x18\x03 \x01(\x04R\tpageBytes\x12\x1a\n" +
-	"\bcomplete\x18\x04 \x01(\bR\bcomplete*\xac\x01\n" +
-	"\aVmaKind\x12\f\n" +
-	"\bVMA_ANON\x10\x00\x12\x14\n" +
-	"\x10VMA_FILE_PRIVATE\x10\x01\x12\x13\n" +
-	"\x0fVMA_FILE_SHARED\x10\x02\x12\x13\n" +
-	"\x0fVMA_SHARED_ANON\x10\x03\x12\f\n" +
-	"\bVMA_VDSO\x10\x04\x12\f\n" +
-	"\bVMA_VVAR\x10\x05\x12\x13\n" +
-	"\x0fVMA_VVAR_VCLOCK\x10\x06\x12\x10\n" +
-	"\fVMA_VSYSCALL\x10\a\x12\x10\n" +
-	"\fVMA_SYSV_SHM\x10\b*\xa1\x02\n" +
-	"\x06FdKind\x12\x0e\n" +
-	"\n" +
-	"FD_REGULAR\x10\x00\x12\x0e\n" +
-	"\n" +
-	"FD_CHARDEV\x10\x01\x12\x10\n" +
-	"\fFD_DIRECTORY\x10\x02\x12\v\n" +
-	"\aFD_PIPE\x10\x03\x12\x0e\n" +
-	"\n" +
-	"FD_EVENTFD\x10\x04\x12\x0f\n" +
-	"\vFD_SIGNALFD\x10\x05\x12\x0e\n" +
-	"\n" +
-	"FD_TIMERFD\x10\x06\x12\x0e\n" +
-	"\n" +
-	"FD_INOTIFY\x10\a\x12\f\n" +
-	"\bFD_MEMFD\x10\b\x12\f\n" +
-	"\bFD_EPOLL\x10\t\x12\v\n" +
-	"\aFD_UNIX\x10\n" +
-	"\x12\n" +
-	"\n" +
-	"\x06FD_UDP\x10\v\x12\x0e\n" +
-	"\n" +
-	"FD_NETLINK\x10\f\x12\n" +
-	"\n" +
-	"\x06FD_TCP\x10\r\x12\n" +
-	"\n" +
-	"\x06FD_TTY\x10\x0e\x12\f\n" +
-	"\bFD_GHOST\x10\x0f\x12\r\n" +
-	"\tFD_DEVTTY\x10\x12\x12\f\n" +
-	"\bFD_PIDFD\x10\x13\x12\x0f\n" +
-	"\vFD_INET_RAW\x10\x14B\x0fZ\rcrpipe/lib/pbb\x06proto3"
-
-var (
-	file_cr_proto_rawDescOnce sync.Once
-	file_cr_proto_rawDescData []byte
-)
-
-func file_cr_proto_rawDescGZIP() []byte {
-	file_cr_proto_rawDescOnce.Do(func() {
-		file_cr_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_cr_proto_rawDesc), len(file_cr_proto_rawDesc)))
-	})
-	return file_cr_proto_rawDescData
-}
-
-var file_cr_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cr_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
-var file_cr_proto_goTypes = []any{
-	(VmaKind)(0),       // 0: cr.v1.VmaKind
-	(FdKind)(0),        // 1: cr.v1.FdKind
-	(*Inventory)(nil),  // 2: cr.v1.Inventory
-	(*Freeze)(nil),     // 3: cr.v1.Freeze
-	(*TaskCgroup)(nil), // 4: cr.v1.TaskCgroup
-	(*Process)(nil),    // 5: cr.v1.Process
-	(*X86Regs)(nil),    // 6: cr.v1.X86Regs
-	(*Rseq)(nil),       // 7: cr.v1.Rseq
-	(*ThreadCore)(nil), // 8: cr.v1.ThreadCore
-	(*Sigaction)(nil),  // 9: cr.v1.Sigaction
-	(*TaskState)(nil),  // 10: cr.v1.TaskState
-	(*Vma)(nil),        // 11: cr.v1.Vma
-	(*MemfdState)(nil), // 12: cr.v1.MemfdState
-	(*SysvShm)(nil),    // 13: cr.v1.SysvShm
-	(*PageRange)(nil),  // 14: cr.v1.PageRange
-	(*Mm)(nil),         // 15: cr.v1.Mm
-	(*Fd)(nil),         // 16: cr.v1.Fd
-	(*Files)(nil),      // 17: cr.v1.Files
-	(*End)(nil),        // 18: cr.v1.End
-	(*FileLock)(nil),   // 19: cr.v1.FileLock
-}
-var file_cr_proto_depIdxs = []int32{
-	4,  // 0: cr.v1.Freeze.original:type_name -> cr.v1.TaskCgroup
-	6,  // 1: cr.v1.ThreadCore.regs:type_name -> cr.v1.X86Regs
-	7,  // 2: cr.v1.ThreadCore.rseq:type_name -> cr.v1.Rseq
-	9,  // 3: cr.v1.TaskState.sigactions:type_name -> cr.v1.Sigaction
-	14, // 4: cr.v1.Vma.inherited:type_name -> cr.v1.PageRange
-	13, // 5: cr.v1.Vma.sysv:type_name -> cr.v1.SysvShm
-	12, // 6: cr.v1.Vma.memfd:type_name -> cr.v1.MemfdState
-	11, // 7: cr.v1.Mm.vmas:type_name -> cr.v1.Vma
-	16, // 8: cr.v1.Files.fds:type_name -> cr.v1.Fd
-	19, // 9: cr.v1.Files.locks:type_name -> cr.v1.FileLock
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
-}
-
-var _ = lazily(file_cr_proto_init)
-
-func file_cr_proto_init() {
-	if File_cr_proto != nil {
-		return
+// String is the name of x in the .proto, or its number.
+func (x VmaKind) String() string {
+	if s, ok := VmaKind_name[int32(x)]; ok {
+		return s
 	}
-	file_locks_proto_init()
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cr_proto_rawDesc), len(file_cr_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   17,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_cr_proto_goTypes,
-		DependencyIndexes: file_cr_proto_depIdxs,
-		EnumInfos:         file_cr_proto_enumTypes,
-		MessageInfos:      file_cr_proto_msgTypes,
-	}.Build()
-	File_cr_proto = out.File
-	file_cr_proto_goTypes = nil
-	file_cr_proto_depIdxs = nil
+	return strconv.Itoa(int(x))
 }
+
+// String is the name of x in the .proto, or its number.
+func (x FdKind) String() string {
+	if s, ok := FdKind_name[int32(x)]; ok {
+		return s
+	}
+	return strconv.Itoa(int(x))
+}
+
+// Reset clears x.
+func (x *Inventory) Reset() { *x = Inventory{} }
+
+// MessageName is the full name of Inventory in the .proto files.
+func (*Inventory) MessageName() string { return "cr.v1.Inventory" }
+
+// Reset clears x.
+func (x *Freeze) Reset() { *x = Freeze{} }
+
+// MessageName is the full name of Freeze in the .proto files.
+func (*Freeze) MessageName() string { return "cr.v1.Freeze" }
+
+// Reset clears x.
+func (x *TaskCgroup) Reset() { *x = TaskCgroup{} }
+
+// MessageName is the full name of TaskCgroup in the .proto files.
+func (*TaskCgroup) MessageName() string { return "cr.v1.TaskCgroup" }
+
+// Reset clears x.
+func (x *Process) Reset() { *x = Process{} }
+
+// MessageName is the full name of Process in the .proto files.
+func (*Process) MessageName() string { return "cr.v1.Process" }
+
+// Reset clears x.
+func (x *X86Regs) Reset() { *x = X86Regs{} }
+
+// MessageName is the full name of X86Regs in the .proto files.
+func (*X86Regs) MessageName() string { return "cr.v1.X86Regs" }
+
+// Reset clears x.
+func (x *Rseq) Reset() { *x = Rseq{} }
+
+// MessageName is the full name of Rseq in the .proto files.
+func (*Rseq) MessageName() string { return "cr.v1.Rseq" }
+
+// Reset clears x.
+func (x *ThreadCore) Reset() { *x = ThreadCore{} }
+
+// MessageName is the full name of ThreadCore in the .proto files.
+func (*ThreadCore) MessageName() string { return "cr.v1.ThreadCore" }
+
+// Reset clears x.
+func (x *Sigaction) Reset() { *x = Sigaction{} }
+
+// MessageName is the full name of Sigaction in the .proto files.
+func (*Sigaction) MessageName() string { return "cr.v1.Sigaction" }
+
+// Reset clears x.
+func (x *TaskState) Reset() { *x = TaskState{} }
+
+// MessageName is the full name of TaskState in the .proto files.
+func (*TaskState) MessageName() string { return "cr.v1.TaskState" }
+
+// Reset clears x.
+func (x *Vma) Reset() { *x = Vma{} }
+
+// MessageName is the full name of Vma in the .proto files.
+func (*Vma) MessageName() string { return "cr.v1.Vma" }
+
+// Reset clears x.
+func (x *MemfdState) Reset() { *x = MemfdState{} }
+
+// MessageName is the full name of MemfdState in the .proto files.
+func (*MemfdState) MessageName() string { return "cr.v1.MemfdState" }
+
+// Reset clears x.
+func (x *SysvShm) Reset() { *x = SysvShm{} }
+
+// MessageName is the full name of SysvShm in the .proto files.
+func (*SysvShm) MessageName() string { return "cr.v1.SysvShm" }
+
+// Reset clears x.
+func (x *PageRange) Reset() { *x = PageRange{} }
+
+// MessageName is the full name of PageRange in the .proto files.
+func (*PageRange) MessageName() string { return "cr.v1.PageRange" }
+
+// Reset clears x.
+func (x *Mm) Reset() { *x = Mm{} }
+
+// MessageName is the full name of Mm in the .proto files.
+func (*Mm) MessageName() string { return "cr.v1.Mm" }
+
+// Reset clears x.
+func (x *Fd) Reset() { *x = Fd{} }
+
+// MessageName is the full name of Fd in the .proto files.
+func (*Fd) MessageName() string { return "cr.v1.Fd" }
+
+// Reset clears x.
+func (x *Files) Reset() { *x = Files{} }
+
+// MessageName is the full name of Files in the .proto files.
+func (*Files) MessageName() string { return "cr.v1.Files" }
+
+// Reset clears x.
+func (x *End) Reset() { *x = End{} }
+
+// MessageName is the full name of End in the .proto files.
+func (*End) MessageName() string { return "cr.v1.End" }

@@ -12,44 +12,30 @@
 // 	protoc        v3.21.12
 // source: files.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
-
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
 
 // FileDesc is one open file description (record type 65, "file-desc").
 type FileDesc struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Id       uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`         // Fd.desc_id of every fd that shares it
-	Kind     uint32                 `protobuf:"varint,2,opt,name=kind,proto3" json:"kind,omitempty"`     // FdKind
-	Flags    uint32                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`   // file status flags: O_ACCMODE, O_NONBLOCK, O_APPEND ... (no O_CLOEXEC)
-	Pos      int64                  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`       // file position, where it means something
-	Object   uint64                 `protobuf:"varint,5,opt,name=object,proto3" json:"object,omitempty"` // kernel object (pipe, memfd, socket), numbered by cr-files from 1
-	Inode    uint64                 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`   // inode of the object on its own filesystem (pipefs, sockfs, shmem)
-	Pipe     *PipeState             `protobuf:"bytes,10,opt,name=pipe,proto3" json:"pipe,omitempty"`
-	Eventfd  *EventfdState          `protobuf:"bytes,11,opt,name=eventfd,proto3" json:"eventfd,omitempty"`
-	Signalfd *SignalfdState         `protobuf:"bytes,12,opt,name=signalfd,proto3" json:"signalfd,omitempty"`
-	Timerfd  *TimerfdState          `protobuf:"bytes,13,opt,name=timerfd,proto3" json:"timerfd,omitempty"`
-	Inotify  *InotifyState          `protobuf:"bytes,14,opt,name=inotify,proto3" json:"inotify,omitempty"`
-	Memfd    *MemfdState            `protobuf:"bytes,15,opt,name=memfd,proto3" json:"memfd,omitempty"`
-	Epoll    *EpollState            `protobuf:"bytes,16,opt,name=epoll,proto3" json:"epoll,omitempty"`
-	Unix     *UnixSocket            `protobuf:"bytes,17,opt,name=unix,proto3" json:"unix,omitempty"`
-	Inet     *InetSocket            `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
-	Netlink  *NetlinkSocket         `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
-	Tty      *TtyState              `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
-	Pidfd    *PidfdState            `protobuf:"bytes,21,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
+	Id       uint64         `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`         // Fd.desc_id of every fd that shares it
+	Kind     uint32         `protobuf:"varint,2,opt,name=kind,proto3" json:"kind,omitempty"`     // FdKind
+	Flags    uint32         `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`   // file status flags: O_ACCMODE, O_NONBLOCK, O_APPEND ... (no O_CLOEXEC)
+	Pos      int64          `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`       // file position, where it means something
+	Object   uint64         `protobuf:"varint,5,opt,name=object,proto3" json:"object,omitempty"` // kernel object (pipe, memfd, socket), numbered by cr-files from 1
+	Inode    uint64         `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`   // inode of the object on its own filesystem (pipefs, sockfs, shmem)
+	Pipe     *PipeState     `protobuf:"bytes,10,opt,name=pipe,proto3" json:"pipe,omitempty"`
+	Eventfd  *EventfdState  `protobuf:"bytes,11,opt,name=eventfd,proto3" json:"eventfd,omitempty"`
+	Signalfd *SignalfdState `protobuf:"bytes,12,opt,name=signalfd,proto3" json:"signalfd,omitempty"`
+	Timerfd  *TimerfdState  `protobuf:"bytes,13,opt,name=timerfd,proto3" json:"timerfd,omitempty"`
+	Inotify  *InotifyState  `protobuf:"bytes,14,opt,name=inotify,proto3" json:"inotify,omitempty"`
+	Memfd    *MemfdState    `protobuf:"bytes,15,opt,name=memfd,proto3" json:"memfd,omitempty"`
+	Epoll    *EpollState    `protobuf:"bytes,16,opt,name=epoll,proto3" json:"epoll,omitempty"`
+	Unix     *UnixSocket    `protobuf:"bytes,17,opt,name=unix,proto3" json:"unix,omitempty"`
+	Inet     *InetSocket    `protobuf:"bytes,18,opt,name=inet,proto3" json:"inet,omitempty"`
+	Netlink  *NetlinkSocket `protobuf:"bytes,19,opt,name=netlink,proto3" json:"netlink,omitempty"`
+	Tty      *TtyState      `protobuf:"bytes,20,opt,name=tty,proto3" json:"tty,omitempty"`
+	Pidfd    *PidfdState    `protobuf:"bytes,21,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
 	// in_flight: no process holds this description; it is in flight in a
 	// queued unix message (UnixMessage.fds). The fd as cr-files saw it (path,
 	// flags, offset, identity; fd -1) opens it as an fd of a process would.
@@ -63,39 +49,7 @@ type FileDesc struct {
 	// an eBPF one (SO_ATTACH_BPF), which cannot be read back.
 	SocketFilter       []byte `protobuf:"bytes,30,opt,name=socket_filter,json=socketFilter,proto3" json:"socket_filter,omitempty"`
 	SocketFilterLocked bool   `protobuf:"varint,31,opt,name=socket_filter_locked,json=socketFilterLocked,proto3" json:"socket_filter_locked,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
-}
-
-func (x *FileDesc) Reset() {
-	*x = FileDesc{}
-	mi := &file_files_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FileDesc) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FileDesc) ProtoMessage() {}
-
-func (x *FileDesc) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FileDesc.ProtoReflect.Descriptor instead.
-func (*FileDesc) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{0}
+	unknownFields      []byte
 }
 
 func (x *FileDesc) GetId() uint64 {
@@ -255,43 +209,10 @@ func (x *FileDesc) GetSocketFilterLocked() bool {
 // FdOwner is the owner of an open file description (F_GETOWN_EX) and the
 // signal it sends (F_GETSIG), for signal-driven I/O (O_ASYNC).
 type FdOwner struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`     // F_OWNER_TID (0), F_OWNER_PID (1), F_OWNER_PGRP (2)
-	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`       // the thread, process or group as dumped; 0: none
-	Signal        int32                  `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"` // F_SETSIG; 0: SIGIO
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *FdOwner) Reset() {
-	*x = FdOwner{}
-	mi := &file_files_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FdOwner) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FdOwner) ProtoMessage() {}
-
-func (x *FdOwner) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FdOwner.ProtoReflect.Descriptor instead.
-func (*FdOwner) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{1}
+	Type          uint32 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`     // F_OWNER_TID (0), F_OWNER_PID (1), F_OWNER_PGRP (2)
+	Pid           int32  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`       // the thread, process or group as dumped; 0: none
+	Signal        int32  `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"` // F_SETSIG; 0: SIGIO
+	unknownFields []byte
 }
 
 func (x *FdOwner) GetType() uint32 {
@@ -319,43 +240,10 @@ func (x *FdOwner) GetSignal() int32 {
 // "file-data"): a pipe's unread bytes in order, or a memfd's contents
 // (pieces that are all zero are left out; the size is MemfdState.size).
 type FileData struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Object        uint64                 `protobuf:"varint,1,opt,name=object,proto3" json:"object,omitempty"` // FileDesc.object
-	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"` // memfd: offset in the file; pipe: bytes before this piece
-	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`      // at most 1 MiB
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *FileData) Reset() {
-	*x = FileData{}
-	mi := &file_files_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FileData) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FileData) ProtoMessage() {}
-
-func (x *FileData) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FileData.ProtoReflect.Descriptor instead.
-func (*FileData) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{2}
+	Object        uint64 `protobuf:"varint,1,opt,name=object,proto3" json:"object,omitempty"` // FileDesc.object
+	Offset        int64  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"` // memfd: offset in the file; pipe: bytes before this piece
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`      // at most 1 MiB
+	unknownFields []byte
 }
 
 func (x *FileData) GetObject() uint64 {
@@ -380,45 +268,12 @@ func (x *FileData) GetData() []byte {
 }
 
 type PipeState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Size          uint32                 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`                      // buffer size (F_GETPIPE_SZ)
-	Fifo          string                 `protobuf:"bytes,2,opt,name=fifo,proto3" json:"fifo,omitempty"`                       // a named FIFO's path; empty for an anonymous pipe
-	FifoDev       uint64                 `protobuf:"varint,3,opt,name=fifo_dev,json=fifoDev,proto3" json:"fifo_dev,omitempty"` // the FIFO's device and inode, checked on restore
-	FifoInode     uint64                 `protobuf:"varint,4,opt,name=fifo_inode,json=fifoInode,proto3" json:"fifo_inode,omitempty"`
-	DataBytes     uint32                 `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"` // unread bytes, in the FileData records of the object
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PipeState) Reset() {
-	*x = PipeState{}
-	mi := &file_files_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PipeState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PipeState) ProtoMessage() {}
-
-func (x *PipeState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PipeState.ProtoReflect.Descriptor instead.
-func (*PipeState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{3}
+	Size          uint32 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`                      // buffer size (F_GETPIPE_SZ)
+	Fifo          string `protobuf:"bytes,2,opt,name=fifo,proto3" json:"fifo,omitempty"`                       // a named FIFO's path; empty for an anonymous pipe
+	FifoDev       uint64 `protobuf:"varint,3,opt,name=fifo_dev,json=fifoDev,proto3" json:"fifo_dev,omitempty"` // the FIFO's device and inode, checked on restore
+	FifoInode     uint64 `protobuf:"varint,4,opt,name=fifo_inode,json=fifoInode,proto3" json:"fifo_inode,omitempty"`
+	DataBytes     uint32 `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"` // unread bytes, in the FileData records of the object
+	unknownFields []byte
 }
 
 func (x *PipeState) GetSize() uint32 {
@@ -459,41 +314,8 @@ func (x *PipeState) GetDataBytes() uint32 {
 // PidfdState is what a pidfd refers to: a process of the dump, by its
 // pid (the thread group leader's tid for a PIDFD_THREAD pidfd).
 type PidfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PidfdState) Reset() {
-	*x = PidfdState{}
-	mi := &file_files_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PidfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PidfdState) ProtoMessage() {}
-
-func (x *PidfdState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PidfdState.ProtoReflect.Descriptor instead.
-func (*PidfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{4}
+	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields []byte
 }
 
 func (x *PidfdState) GetPid() uint32 {
@@ -504,42 +326,9 @@ func (x *PidfdState) GetPid() uint32 {
 }
 
 type EventfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Count         uint64                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
-	Semaphore     bool                   `protobuf:"varint,2,opt,name=semaphore,proto3" json:"semaphore,omitempty"` // EFD_SEMAPHORE
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EventfdState) Reset() {
-	*x = EventfdState{}
-	mi := &file_files_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EventfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EventfdState) ProtoMessage() {}
-
-func (x *EventfdState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EventfdState.ProtoReflect.Descriptor instead.
-func (*EventfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{5}
+	Count         uint64 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Semaphore     bool   `protobuf:"varint,2,opt,name=semaphore,proto3" json:"semaphore,omitempty"` // EFD_SEMAPHORE
+	unknownFields []byte
 }
 
 func (x *EventfdState) GetCount() uint64 {
@@ -557,41 +346,8 @@ func (x *EventfdState) GetSemaphore() bool {
 }
 
 type SignalfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sigmask       uint64                 `protobuf:"varint,1,opt,name=sigmask,proto3" json:"sigmask,omitempty"` // bit n-1 for signal n
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SignalfdState) Reset() {
-	*x = SignalfdState{}
-	mi := &file_files_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SignalfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SignalfdState) ProtoMessage() {}
-
-func (x *SignalfdState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SignalfdState.ProtoReflect.Descriptor instead.
-func (*SignalfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{6}
+	Sigmask       uint64 `protobuf:"varint,1,opt,name=sigmask,proto3" json:"sigmask,omitempty"` // bit n-1 for signal n
+	unknownFields []byte
 }
 
 func (x *SignalfdState) GetSigmask() uint64 {
@@ -602,45 +358,12 @@ func (x *SignalfdState) GetSigmask() uint64 {
 }
 
 type TimerfdState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Clockid       int32                  `protobuf:"varint,1,opt,name=clockid,proto3" json:"clockid,omitempty"`
-	Ticks         uint64                 `protobuf:"varint,2,opt,name=ticks,proto3" json:"ticks,omitempty"`                                   // expirations not yet read
-	SettimeFlags  uint32                 `protobuf:"varint,3,opt,name=settime_flags,json=settimeFlags,proto3" json:"settime_flags,omitempty"` // TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET
-	ValueNsec     int64                  `protobuf:"varint,4,opt,name=value_nsec,json=valueNsec,proto3" json:"value_nsec,omitempty"`          // time left until the next expiration (0: disarmed)
-	IntervalNsec  int64                  `protobuf:"varint,5,opt,name=interval_nsec,json=intervalNsec,proto3" json:"interval_nsec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TimerfdState) Reset() {
-	*x = TimerfdState{}
-	mi := &file_files_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TimerfdState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TimerfdState) ProtoMessage() {}
-
-func (x *TimerfdState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TimerfdState.ProtoReflect.Descriptor instead.
-func (*TimerfdState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{7}
+	Clockid       int32  `protobuf:"varint,1,opt,name=clockid,proto3" json:"clockid,omitempty"`
+	Ticks         uint64 `protobuf:"varint,2,opt,name=ticks,proto3" json:"ticks,omitempty"`                                   // expirations not yet read
+	SettimeFlags  uint32 `protobuf:"varint,3,opt,name=settime_flags,json=settimeFlags,proto3" json:"settime_flags,omitempty"` // TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET
+	ValueNsec     int64  `protobuf:"varint,4,opt,name=value_nsec,json=valueNsec,proto3" json:"value_nsec,omitempty"`          // time left until the next expiration (0: disarmed)
+	IntervalNsec  int64  `protobuf:"varint,5,opt,name=interval_nsec,json=intervalNsec,proto3" json:"interval_nsec,omitempty"`
+	unknownFields []byte
 }
 
 func (x *TimerfdState) GetClockid() int32 {
@@ -679,46 +402,13 @@ func (x *TimerfdState) GetIntervalNsec() int64 {
 }
 
 type InotifyWatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Wd            int32                  `protobuf:"varint,1,opt,name=wd,proto3" json:"wd,omitempty"`
-	Mask          uint32                 `protobuf:"varint,2,opt,name=mask,proto3" json:"mask,omitempty"` // events and flags as the kernel keeps them
-	IgnoredMask   uint32                 `protobuf:"varint,3,opt,name=ignored_mask,json=ignoredMask,proto3" json:"ignored_mask,omitempty"`
-	Path          string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"` // resolved from the file handle at dump time
-	Dev           uint64                 `protobuf:"varint,5,opt,name=dev,proto3" json:"dev,omitempty"`  // the watched inode, checked on restore
-	Inode         uint64                 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *InotifyWatch) Reset() {
-	*x = InotifyWatch{}
-	mi := &file_files_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *InotifyWatch) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*InotifyWatch) ProtoMessage() {}
-
-func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
-func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{8}
+	Wd            int32  `protobuf:"varint,1,opt,name=wd,proto3" json:"wd,omitempty"`
+	Mask          uint32 `protobuf:"varint,2,opt,name=mask,proto3" json:"mask,omitempty"` // events and flags as the kernel keeps them
+	IgnoredMask   uint32 `protobuf:"varint,3,opt,name=ignored_mask,json=ignoredMask,proto3" json:"ignored_mask,omitempty"`
+	Path          string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"` // resolved from the file handle at dump time
+	Dev           uint64 `protobuf:"varint,5,opt,name=dev,proto3" json:"dev,omitempty"`  // the watched inode, checked on restore
+	Inode         uint64 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`
+	unknownFields []byte
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -764,41 +454,8 @@ func (x *InotifyWatch) GetInode() uint64 {
 }
 
 type InotifyState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Watches       []*InotifyWatch        `protobuf:"bytes,1,rep,name=watches,proto3" json:"watches,omitempty"` // in ascending wd order
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *InotifyState) Reset() {
-	*x = InotifyState{}
-	mi := &file_files_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *InotifyState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*InotifyState) ProtoMessage() {}
-
-func (x *InotifyState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use InotifyState.ProtoReflect.Descriptor instead.
-func (*InotifyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{9}
+	Watches       []*InotifyWatch `protobuf:"bytes,1,rep,name=watches,proto3" json:"watches,omitempty"` // in ascending wd order
+	unknownFields []byte
 }
 
 func (x *InotifyState) GetWatches() []*InotifyWatch {
@@ -809,44 +466,11 @@ func (x *InotifyState) GetWatches() []*InotifyWatch {
 }
 
 type EpollWatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"` // the watched fd number (in process pid)
-	Events        uint32                 `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
-	Data          uint64                 `protobuf:"varint,3,opt,name=data,proto3" json:"data,omitempty"`
-	Pid           uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // the process whose fd table holds fd
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EpollWatch) Reset() {
-	*x = EpollWatch{}
-	mi := &file_files_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EpollWatch) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EpollWatch) ProtoMessage() {}
-
-func (x *EpollWatch) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EpollWatch.ProtoReflect.Descriptor instead.
-func (*EpollWatch) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{10}
+	Fd            int32  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"` // the watched fd number (in process pid)
+	Events        uint32 `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
+	Data          uint64 `protobuf:"varint,3,opt,name=data,proto3" json:"data,omitempty"`
+	Pid           uint32 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // the process whose fd table holds fd
+	unknownFields []byte
 }
 
 func (x *EpollWatch) GetFd() int32 {
@@ -878,41 +502,8 @@ func (x *EpollWatch) GetPid() uint32 {
 }
 
 type EpollState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Watches       []*EpollWatch          `protobuf:"bytes,1,rep,name=watches,proto3" json:"watches,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EpollState) Reset() {
-	*x = EpollState{}
-	mi := &file_files_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EpollState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EpollState) ProtoMessage() {}
-
-func (x *EpollState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EpollState.ProtoReflect.Descriptor instead.
-func (*EpollState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{11}
+	Watches       []*EpollWatch `protobuf:"bytes,1,rep,name=watches,proto3" json:"watches,omitempty"`
+	unknownFields []byte
 }
 
 func (x *EpollState) GetWatches() []*EpollWatch {
@@ -926,45 +517,12 @@ func (x *EpollState) GetWatches() []*EpollWatch {
 // socket's bytes are one message, split only after files in flight and
 // where credentials change.
 type UnixMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	Sender        []byte                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`                               // datagram: the sender's address (sun_path bytes), when it had one
-	SenderInode   uint64                 `protobuf:"varint,3,opt,name=sender_inode,json=senderInode,proto3" json:"sender_inode,omitempty"` // datagram: the sending socket, when it is in the dump
-	Fds           []uint64               `protobuf:"varint,4,rep,packed,name=fds,proto3" json:"fds,omitempty"`                             // files in flight (SCM_RIGHTS), in order: their FileDesc ids (Fd.desc_id)
-	Creds         *UnixCreds             `protobuf:"bytes,5,opt,name=creds,proto3" json:"creds,omitempty"`                                 // SCM_CREDENTIALS, when the receiver has SO_PASSCRED
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *UnixMessage) Reset() {
-	*x = UnixMessage{}
-	mi := &file_files_proto_msgTypes[12]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *UnixMessage) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*UnixMessage) ProtoMessage() {}
-
-func (x *UnixMessage) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[12]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use UnixMessage.ProtoReflect.Descriptor instead.
-func (*UnixMessage) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{12}
+	Data          []byte     `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Sender        []byte     `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`                               // datagram: the sender's address (sun_path bytes), when it had one
+	SenderInode   uint64     `protobuf:"varint,3,opt,name=sender_inode,json=senderInode,proto3" json:"sender_inode,omitempty"` // datagram: the sending socket, when it is in the dump
+	Fds           []uint64   `protobuf:"varint,4,rep,packed,name=fds,proto3" json:"fds,omitempty"`                             // files in flight (SCM_RIGHTS), in order: their FileDesc ids (Fd.desc_id)
+	Creds         *UnixCreds `protobuf:"bytes,5,opt,name=creds,proto3" json:"creds,omitempty"`                                 // SCM_CREDENTIALS, when the receiver has SO_PASSCRED
+	unknownFields []byte
 }
 
 func (x *UnixMessage) GetData() []byte {
@@ -1005,43 +563,10 @@ func (x *UnixMessage) GetCreds() *UnixCreds {
 // UnixCreds are the credentials a queued unix message carries, as the
 // receiver reads them (pid in the pid namespace of the dump's processes).
 type UnixCreds struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *UnixCreds) Reset() {
-	*x = UnixCreds{}
-	mi := &file_files_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *UnixCreds) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*UnixCreds) ProtoMessage() {}
-
-func (x *UnixCreds) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use UnixCreds.ProtoReflect.Descriptor instead.
-func (*UnixCreds) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{13}
+	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Uid           uint32 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32 `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	unknownFields []byte
 }
 
 func (x *UnixCreds) GetPid() uint32 {
@@ -1066,33 +591,32 @@ func (x *UnixCreds) GetGid() uint32 {
 }
 
 type UnixSocket struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Type         uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`                      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
-	State        uint32                 `protobuf:"varint,2,opt,name=state,proto3" json:"state,omitempty"`                    // sock_diag state: 1 established, 7 close, 10 listen
-	Name         []byte                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                       // bound address (sun_path bytes; abstract names start with 0)
-	NameDev      uint64                 `protobuf:"varint,4,opt,name=name_dev,json=nameDev,proto3" json:"name_dev,omitempty"` // the socket file bound to a path (UNIX_DIAG_VFS)
-	NameInode    uint64                 `protobuf:"varint,5,opt,name=name_inode,json=nameInode,proto3" json:"name_inode,omitempty"`
-	NameMode     uint32                 `protobuf:"varint,6,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"` // its permission bits and owner
-	NameUid      uint32                 `protobuf:"varint,7,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
-	NameGid      uint32                 `protobuf:"varint,8,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
-	Peer         uint64                 `protobuf:"varint,9,opt,name=peer,proto3" json:"peer,omitempty"`                       // the peer socket's inode; 0 when none
-	Shutdown     uint32                 `protobuf:"varint,10,opt,name=shutdown,proto3" json:"shutdown,omitempty"`              // RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
-	Backlog      uint32                 `protobuf:"varint,11,opt,name=backlog,proto3" json:"backlog,omitempty"`                // listening: listen(2) backlog
-	Pending      []uint64               `protobuf:"varint,12,rep,packed,name=pending,proto3" json:"pending,omitempty"`         // listening: the clients waiting to be accepted, in queue order
-	Queue        []*UnixMessage         `protobuf:"bytes,13,rep,name=queue,proto3" json:"queue,omitempty"`                     // receive queue, in order
-	PeekOff      int32                  `protobuf:"varint,14,opt,name=peek_off,json=peekOff,proto3" json:"peek_off,omitempty"` // SO_PEEK_OFF
-	Passcred     bool                   `protobuf:"varint,15,opt,name=passcred,proto3" json:"passcred,omitempty"`              // SO_PASSCRED
-	Passsec      bool                   `protobuf:"varint,16,opt,name=passsec,proto3" json:"passsec,omitempty"`                // SO_PASSSEC
-	Sndbuf       uint32                 `protobuf:"varint,17,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`                  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them
-	Rcvbuf       uint32                 `protobuf:"varint,18,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Connecting   bool                   `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`                         // connected to a listener that has not accepted it yet
-	Listener     uint64                 `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                             // connecting: the listening socket's inode
-	PeerGone     bool                   `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"`             // connected once; the peer is closed
-	PeerName     []byte                 `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
-	Passpidfd    bool                   `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
-	NoPassrights bool                   `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
-	RcvtimeoUs   uint64                 `protobuf:"varint,25,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
-	SndtimeoUs   uint64                 `protobuf:"varint,26,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	Type         uint32         `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`                      // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+	State        uint32         `protobuf:"varint,2,opt,name=state,proto3" json:"state,omitempty"`                    // sock_diag state: 1 established, 7 close, 10 listen
+	Name         []byte         `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                       // bound address (sun_path bytes; abstract names start with 0)
+	NameDev      uint64         `protobuf:"varint,4,opt,name=name_dev,json=nameDev,proto3" json:"name_dev,omitempty"` // the socket file bound to a path (UNIX_DIAG_VFS)
+	NameInode    uint64         `protobuf:"varint,5,opt,name=name_inode,json=nameInode,proto3" json:"name_inode,omitempty"`
+	NameMode     uint32         `protobuf:"varint,6,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"` // its permission bits and owner
+	NameUid      uint32         `protobuf:"varint,7,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
+	NameGid      uint32         `protobuf:"varint,8,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
+	Peer         uint64         `protobuf:"varint,9,opt,name=peer,proto3" json:"peer,omitempty"`                       // the peer socket's inode; 0 when none
+	Shutdown     uint32         `protobuf:"varint,10,opt,name=shutdown,proto3" json:"shutdown,omitempty"`              // RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2
+	Backlog      uint32         `protobuf:"varint,11,opt,name=backlog,proto3" json:"backlog,omitempty"`                // listening: listen(2) backlog
+	Pending      []uint64       `protobuf:"varint,12,rep,packed,name=pending,proto3" json:"pending,omitempty"`         // listening: the clients waiting to be accepted, in queue order
+	Queue        []*UnixMessage `protobuf:"bytes,13,rep,name=queue,proto3" json:"queue,omitempty"`                     // receive queue, in order
+	PeekOff      int32          `protobuf:"varint,14,opt,name=peek_off,json=peekOff,proto3" json:"peek_off,omitempty"` // SO_PEEK_OFF
+	Passcred     bool           `protobuf:"varint,15,opt,name=passcred,proto3" json:"passcred,omitempty"`              // SO_PASSCRED
+	Passsec      bool           `protobuf:"varint,16,opt,name=passsec,proto3" json:"passsec,omitempty"`                // SO_PASSSEC
+	Sndbuf       uint32         `protobuf:"varint,17,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`                  // SO_SNDBUF and SO_RCVBUF as getsockopt reports them
+	Rcvbuf       uint32         `protobuf:"varint,18,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Connecting   bool           `protobuf:"varint,19,opt,name=connecting,proto3" json:"connecting,omitempty"`                         // connected to a listener that has not accepted it yet
+	Listener     uint64         `protobuf:"varint,20,opt,name=listener,proto3" json:"listener,omitempty"`                             // connecting: the listening socket's inode
+	PeerGone     bool           `protobuf:"varint,21,opt,name=peer_gone,json=peerGone,proto3" json:"peer_gone,omitempty"`             // connected once; the peer is closed
+	PeerName     []byte         `protobuf:"bytes,22,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`              // datagram: connected to this name, outside the dump
+	Passpidfd    bool           `protobuf:"varint,23,opt,name=passpidfd,proto3" json:"passpidfd,omitempty"`                           // SO_PASSPIDFD (Linux 6.5)
+	NoPassrights bool           `protobuf:"varint,24,opt,name=no_passrights,json=noPassrights,proto3" json:"no_passrights,omitempty"` // SO_PASSRIGHTS turned off (Linux 6.16): SCM_RIGHTS refused
+	RcvtimeoUs   uint64         `protobuf:"varint,25,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs   uint64         `protobuf:"varint,26,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
 	// name_dir: where a restore binds name from, as its own root sees it:
 	// the working directory for a relative name, the root for an absolute
 	// name bound inside a chroot; empty: from the restore's own root. The
@@ -1100,39 +624,7 @@ type UnixSocket struct {
 	// there again, where the dumped socket file was.
 	NameDir       string `protobuf:"bytes,27,opt,name=name_dir,json=nameDir,proto3" json:"name_dir,omitempty"`
 	PeerNameDir   string `protobuf:"bytes,28,opt,name=peer_name_dir,json=peerNameDir,proto3" json:"peer_name_dir,omitempty"` // the same for peer_name
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *UnixSocket) Reset() {
-	*x = UnixSocket{}
-	mi := &file_files_proto_msgTypes[14]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *UnixSocket) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*UnixSocket) ProtoMessage() {}
-
-func (x *UnixSocket) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[14]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use UnixSocket.ProtoReflect.Descriptor instead.
-func (*UnixSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{14}
+	unknownFields []byte
 }
 
 func (x *UnixSocket) GetType() uint32 {
@@ -1332,75 +824,42 @@ func (x *UnixSocket) GetPeerNameDir() string {
 }
 
 type InetSocket struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Family       uint32                 `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"` // AF_INET, AF_INET6
-	Type         uint32                 `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
-	Protocol     uint32                 `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
-	LocalAddr    []byte                 `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
-	LocalPort    uint32                 `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
-	RemoteAddr   []byte                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"` // connected only
-	RemotePort   uint32                 `protobuf:"varint,7,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
-	Connected    bool                   `protobuf:"varint,8,opt,name=connected,proto3" json:"connected,omitempty"`
-	Reuseaddr    bool                   `protobuf:"varint,9,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
-	Reuseport    bool                   `protobuf:"varint,10,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
-	Broadcast    bool                   `protobuf:"varint,11,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
-	V6Only       bool                   `protobuf:"varint,12,opt,name=v6only,proto3" json:"v6only,omitempty"`
-	Sndbuf       uint32                 `protobuf:"varint,13,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
-	Rcvbuf       uint32                 `protobuf:"varint,14,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Shutdown     uint32                 `protobuf:"varint,15,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
-	BindDevice   string                 `protobuf:"bytes,16,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`        // SO_BINDTODEVICE
-	DroppedBytes uint32                 `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
-	RcvtimeoUs   uint64                 `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
-	SndtimeoUs   uint64                 `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
-	Mark         uint32                 `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`                                     // SO_MARK
-	Priority     uint32                 `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"`                             // SO_PRIORITY
-	Tos          uint32                 `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`                                       // IP_TOS or IPV6_TCLASS
-	Pktinfo      bool                   `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`                               // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
-	Recverr      bool                   `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`                               // IP_RECVERR or IPV6_RECVERR
-	Mcast        []*McastMembership     `protobuf:"bytes,25,rep,name=mcast,proto3" json:"mcast,omitempty"`                                    // multicast groups joined
-	McastTtl     *int32                 `protobuf:"varint,26,opt,name=mcast_ttl,json=mcastTtl,proto3,oneof" json:"mcast_ttl,omitempty"`       // IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS
-	McastLoop    *bool                  `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
-	McastIfAddr  []byte                 `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
-	McastIfindex uint32                 `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
-	McastAll     *bool                  `protobuf:"varint,30,opt,name=mcast_all,json=mcastAll,proto3,oneof" json:"mcast_all,omitempty"`       // IP_MULTICAST_ALL or IPV6_MULTICAST_ALL: also receive the groups other sockets joined
+	Family       uint32             `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"` // AF_INET, AF_INET6
+	Type         uint32             `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
+	Protocol     uint32             `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	LocalAddr    []byte             `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
+	LocalPort    uint32             `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr   []byte             `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"` // connected only
+	RemotePort   uint32             `protobuf:"varint,7,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	Connected    bool               `protobuf:"varint,8,opt,name=connected,proto3" json:"connected,omitempty"`
+	Reuseaddr    bool               `protobuf:"varint,9,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
+	Reuseport    bool               `protobuf:"varint,10,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
+	Broadcast    bool               `protobuf:"varint,11,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	V6Only       bool               `protobuf:"varint,12,opt,name=v6only,proto3" json:"v6only,omitempty"`
+	Sndbuf       uint32             `protobuf:"varint,13,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
+	Rcvbuf       uint32             `protobuf:"varint,14,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Shutdown     uint32             `protobuf:"varint,15,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	BindDevice   string             `protobuf:"bytes,16,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`        // SO_BINDTODEVICE
+	DroppedBytes uint32             `protobuf:"varint,17,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued datagrams not kept (UDP may lose them anyway)
+	RcvtimeoUs   uint64             `protobuf:"varint,18,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"`       // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs   uint64             `protobuf:"varint,19,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	Mark         uint32             `protobuf:"varint,20,opt,name=mark,proto3" json:"mark,omitempty"`                                     // SO_MARK
+	Priority     uint32             `protobuf:"varint,21,opt,name=priority,proto3" json:"priority,omitempty"`                             // SO_PRIORITY
+	Tos          uint32             `protobuf:"varint,22,opt,name=tos,proto3" json:"tos,omitempty"`                                       // IP_TOS or IPV6_TCLASS
+	Pktinfo      bool               `protobuf:"varint,23,opt,name=pktinfo,proto3" json:"pktinfo,omitempty"`                               // IP_PKTINFO or IPV6_RECVPKTINFO: recvmsg reports each datagram's destination
+	Recverr      bool               `protobuf:"varint,24,opt,name=recverr,proto3" json:"recverr,omitempty"`                               // IP_RECVERR or IPV6_RECVERR
+	Mcast        []*McastMembership `protobuf:"bytes,25,rep,name=mcast,proto3" json:"mcast,omitempty"`                                    // multicast groups joined
+	McastTtl     *int32             `protobuf:"varint,26,opt,name=mcast_ttl,json=mcastTtl,proto3,oneof" json:"mcast_ttl,omitempty"`       // IP_MULTICAST_TTL or IPV6_MULTICAST_HOPS
+	McastLoop    *bool              `protobuf:"varint,27,opt,name=mcast_loop,json=mcastLoop,proto3,oneof" json:"mcast_loop,omitempty"`    // IP_MULTICAST_LOOP or IPV6_MULTICAST_LOOP
+	McastIfAddr  []byte             `protobuf:"bytes,28,opt,name=mcast_if_addr,json=mcastIfAddr,proto3" json:"mcast_if_addr,omitempty"`   // IPv4: IP_MULTICAST_IF's address (none: the routing decides)
+	McastIfindex uint32             `protobuf:"varint,29,opt,name=mcast_ifindex,json=mcastIfindex,proto3" json:"mcast_ifindex,omitempty"` // IPv6: IPV6_MULTICAST_IF (0: the routing decides)
+	McastAll     *bool              `protobuf:"varint,30,opt,name=mcast_all,json=mcastAll,proto3,oneof" json:"mcast_all,omitempty"`       // IP_MULTICAST_ALL or IPV6_MULTICAST_ALL: also receive the groups other sockets joined
 	// Raw sockets (FD_INET_RAW, SOCK_RAW) only:
 	Hdrincl       bool    `protobuf:"varint,31,opt,name=hdrincl,proto3" json:"hdrincl,omitempty"`                               // IP_HDRINCL (IPv4)
 	IcmpFilter    *uint32 `protobuf:"varint,32,opt,name=icmp_filter,json=icmpFilter,proto3,oneof" json:"icmp_filter,omitempty"` // ICMP_FILTER (IPv4, IPPROTO_ICMP): the ICMP types dropped, one bit each
 	Icmp6Filter   []byte  `protobuf:"bytes,33,opt,name=icmp6_filter,json=icmp6Filter,proto3" json:"icmp6_filter,omitempty"`     // ICMP6_FILTER (IPv6, IPPROTO_ICMPV6): struct icmp6_filter, 32 bytes
 	Checksum      *int32  `protobuf:"varint,34,opt,name=checksum,proto3,oneof" json:"checksum,omitempty"`                       // IPV6_CHECKSUM (IPv6, other protocols): offset of the checksum the kernel fills (-1: none)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *InetSocket) Reset() {
-	*x = InetSocket{}
-	mi := &file_files_proto_msgTypes[15]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *InetSocket) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*InetSocket) ProtoMessage() {}
-
-func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[15]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
-func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{15}
+	unknownFields []byte
 }
 
 func (x *InetSocket) GetFamily() uint32 {
@@ -1644,45 +1103,12 @@ func (x *InetSocket) GetChecksum() int32 {
 // McastMembership is one multicast group a socket joined on an interface,
 // with its source filter (MCAST_MSFILTER).
 type McastMembership struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ifindex       uint32                 `protobuf:"varint,1,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"` // the interface's name: a restore looks its index up by it
-	Group         []byte                 `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`   // 4 or 16 bytes
-	Fmode         uint32                 `protobuf:"varint,4,opt,name=fmode,proto3" json:"fmode,omitempty"`  // MCAST_INCLUDE 0 (only sources), MCAST_EXCLUDE 1 (all but sources)
-	Sources       [][]byte               `protobuf:"bytes,5,rep,name=sources,proto3" json:"sources,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *McastMembership) Reset() {
-	*x = McastMembership{}
-	mi := &file_files_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *McastMembership) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*McastMembership) ProtoMessage() {}
-
-func (x *McastMembership) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use McastMembership.ProtoReflect.Descriptor instead.
-func (*McastMembership) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{16}
+	Ifindex       uint32   `protobuf:"varint,1,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Device        string   `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"` // the interface's name: a restore looks its index up by it
+	Group         []byte   `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`   // 4 or 16 bytes
+	Fmode         uint32   `protobuf:"varint,4,opt,name=fmode,proto3" json:"fmode,omitempty"`  // MCAST_INCLUDE 0 (only sources), MCAST_EXCLUDE 1 (all but sources)
+	Sources       [][]byte `protobuf:"bytes,5,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields []byte
 }
 
 func (x *McastMembership) GetIfindex() uint32 {
@@ -1721,49 +1147,16 @@ func (x *McastMembership) GetSources() [][]byte {
 }
 
 type NetlinkSocket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Protocol      uint32                 `protobuf:"varint,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
-	Portid        uint32                 `protobuf:"varint,2,opt,name=portid,proto3" json:"portid,omitempty"`
-	Groups        []uint64               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"` // bitmap of the multicast groups, 64 per word
-	DstPortid     uint32                 `protobuf:"varint,4,opt,name=dst_portid,json=dstPortid,proto3" json:"dst_portid,omitempty"`
-	DstGroup      uint32                 `protobuf:"varint,5,opt,name=dst_group,json=dstGroup,proto3" json:"dst_group,omitempty"`
-	Sndbuf        uint32                 `protobuf:"varint,6,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
-	Rcvbuf        uint32                 `protobuf:"varint,7,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	DroppedBytes  uint32                 `protobuf:"varint,8,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued messages not kept (a listener sees ENOBUFS-like loss)
-	Type          uint32                 `protobuf:"varint,9,opt,name=type,proto3" json:"type,omitempty"`                                     // SOCK_RAW or SOCK_DGRAM
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *NetlinkSocket) Reset() {
-	*x = NetlinkSocket{}
-	mi := &file_files_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *NetlinkSocket) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*NetlinkSocket) ProtoMessage() {}
-
-func (x *NetlinkSocket) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use NetlinkSocket.ProtoReflect.Descriptor instead.
-func (*NetlinkSocket) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{17}
+	Protocol      uint32   `protobuf:"varint,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Portid        uint32   `protobuf:"varint,2,opt,name=portid,proto3" json:"portid,omitempty"`
+	Groups        []uint64 `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"` // bitmap of the multicast groups, 64 per word
+	DstPortid     uint32   `protobuf:"varint,4,opt,name=dst_portid,json=dstPortid,proto3" json:"dst_portid,omitempty"`
+	DstGroup      uint32   `protobuf:"varint,5,opt,name=dst_group,json=dstGroup,proto3" json:"dst_group,omitempty"`
+	Sndbuf        uint32   `protobuf:"varint,6,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
+	Rcvbuf        uint32   `protobuf:"varint,7,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	DroppedBytes  uint32   `protobuf:"varint,8,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"` // queued messages not kept (a listener sees ENOBUFS-like loss)
+	Type          uint32   `protobuf:"varint,9,opt,name=type,proto3" json:"type,omitempty"`                                     // SOCK_RAW or SOCK_DGRAM
+	unknownFields []byte
 }
 
 func (x *NetlinkSocket) GetProtocol() uint32 {
@@ -1833,65 +1226,32 @@ func (x *NetlinkSocket) GetType() uint32 {
 // same index; the state belongs to the pair and comes with each of its
 // descriptions.
 type TtyState struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Index    uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // /dev/pts/INDEX
-	Master   bool                   `protobuf:"varint,2,opt,name=master,proto3" json:"master,omitempty"` // this description is the master (/dev/ptmx)
-	Iflag    uint32                 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`   // termios of the terminal
-	Oflag    uint32                 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
-	Cflag    uint32                 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
-	Lflag    uint32                 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
-	Line     uint32                 `protobuf:"varint,7,opt,name=line,proto3" json:"line,omitempty"`
-	Cc       []byte                 `protobuf:"bytes,8,opt,name=cc,proto3" json:"cc,omitempty"`
-	Ispeed   uint32                 `protobuf:"varint,9,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
-	Ospeed   uint32                 `protobuf:"varint,10,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
-	Rows     uint32                 `protobuf:"varint,11,opt,name=rows,proto3" json:"rows,omitempty"` // window size
-	Cols     uint32                 `protobuf:"varint,12,opt,name=cols,proto3" json:"cols,omitempty"`
-	Xpixel   uint32                 `protobuf:"varint,13,opt,name=xpixel,proto3" json:"xpixel,omitempty"`
-	Ypixel   uint32                 `protobuf:"varint,14,opt,name=ypixel,proto3" json:"ypixel,omitempty"`
-	Packet   bool                   `protobuf:"varint,15,opt,name=packet,proto3" json:"packet,omitempty"`               // TIOCPKT on the master
-	Locked   bool                   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
-	Session  uint32                 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
-	FgPgrp   uint32                 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
-	External bool                   `protobuf:"varint,19,opt,name=external,proto3" json:"external,omitempty"`           // --shell-job: the caller's terminal (its master is outside the dump); a restore uses its own
+	Index    uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // /dev/pts/INDEX
+	Master   bool   `protobuf:"varint,2,opt,name=master,proto3" json:"master,omitempty"` // this description is the master (/dev/ptmx)
+	Iflag    uint32 `protobuf:"varint,3,opt,name=iflag,proto3" json:"iflag,omitempty"`   // termios of the terminal
+	Oflag    uint32 `protobuf:"varint,4,opt,name=oflag,proto3" json:"oflag,omitempty"`
+	Cflag    uint32 `protobuf:"varint,5,opt,name=cflag,proto3" json:"cflag,omitempty"`
+	Lflag    uint32 `protobuf:"varint,6,opt,name=lflag,proto3" json:"lflag,omitempty"`
+	Line     uint32 `protobuf:"varint,7,opt,name=line,proto3" json:"line,omitempty"`
+	Cc       []byte `protobuf:"bytes,8,opt,name=cc,proto3" json:"cc,omitempty"`
+	Ispeed   uint32 `protobuf:"varint,9,opt,name=ispeed,proto3" json:"ispeed,omitempty"`
+	Ospeed   uint32 `protobuf:"varint,10,opt,name=ospeed,proto3" json:"ospeed,omitempty"`
+	Rows     uint32 `protobuf:"varint,11,opt,name=rows,proto3" json:"rows,omitempty"` // window size
+	Cols     uint32 `protobuf:"varint,12,opt,name=cols,proto3" json:"cols,omitempty"`
+	Xpixel   uint32 `protobuf:"varint,13,opt,name=xpixel,proto3" json:"xpixel,omitempty"`
+	Ypixel   uint32 `protobuf:"varint,14,opt,name=ypixel,proto3" json:"ypixel,omitempty"`
+	Packet   bool   `protobuf:"varint,15,opt,name=packet,proto3" json:"packet,omitempty"`               // TIOCPKT on the master
+	Locked   bool   `protobuf:"varint,16,opt,name=locked,proto3" json:"locked,omitempty"`               // TIOCSPTLCK
+	Session  uint32 `protobuf:"varint,17,opt,name=session,proto3" json:"session,omitempty"`             // the session (pid of its leader) whose controlling terminal it is; 0 none
+	FgPgrp   uint32 `protobuf:"varint,18,opt,name=fg_pgrp,json=fgPgrp,proto3" json:"fg_pgrp,omitempty"` // its foreground process group
+	External bool   `protobuf:"varint,19,opt,name=external,proto3" json:"external,omitempty"`           // --shell-job: the caller's terminal (its master is outside the dump); a restore uses its own
 	// Unread data of the pair, with the description cr-files read it through
 	// (the first of the pair in the dump) only: put back on restore with
 	// TIOCSTI under a termios that changes nothing (doc/files.md).
 	InputLines    [][]byte `protobuf:"bytes,20,rep,name=input_lines,json=inputLines,proto3" json:"input_lines,omitempty"` // input the slave has not read, canonical mode: complete lines as read(2) returns them (with '\n', VEOL or VEOL2; without one when VEOF ended the line)
 	Input         []byte   `protobuf:"bytes,21,opt,name=input,proto3" json:"input,omitempty"`                             // input after those lines: the unfinished line (canonical), all of it otherwise
 	Output        []byte   `protobuf:"bytes,22,opt,name=output,proto3" json:"output,omitempty"`                           // output the master has not read (after the slave's output processing)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TtyState) Reset() {
-	*x = TtyState{}
-	mi := &file_files_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TtyState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TtyState) ProtoMessage() {}
-
-func (x *TtyState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_files_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TtyState.ProtoReflect.Descriptor instead.
-func (*TtyState) Descriptor() ([]byte, []int) {
-	return file_files_proto_rawDescGZIP(), []int{18}
+	unknownFields []byte
 }
 
 func (x *TtyState) GetIndex() uint32 {
@@ -2048,312 +1408,116 @@ func (x *TtyState) GetOutput() []byte {
 	return nil
 }
 
-var File_files_proto protoreflect.FileDescriptor
+// Reset clears x.
+func (x *FileDesc) Reset() { *x = FileDesc{} }
 
-const file_files_proto_rawDesc = "" +
-	"\n" +
-	"\vfiles.proto\x12\x05cr.v1\x1a\bcr.proto\"\xaa\x06\n" +
-	"\bFileDesc\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
-	"\x04kind\x18\x02 \x01(\rR\x04kind\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
-	"\x03pos\x18\x04 \x01(\x03R\x03pos\x12\x16\n" +
-	"\x06object\x18\x05 \x01(\x04R\x06object\x12\x14\n" +
-	"\x05inode\x18\x06 \x01(\x04R\x05inode\x12$\n" +
-	"\x04pipe\x18\n" +
-	" \x01(\v2\x10.cr.v1.PipeStateR\x04pipe\x12-\n" +
-	"\aeventfd\x18\v \x01(\v2\x13.cr.v1.EventfdStateR\aeventfd\x120\n" +
-	"\bsignalfd\x18\f \x01(\v2\x14.cr.v1.SignalfdStateR\bsignalfd\x12-\n" +
-	"\atimerfd\x18\r \x01(\v2\x13.cr.v1.TimerfdStateR\atimerfd\x12-\n" +
-	"\ainotify\x18\x0e \x01(\v2\x13.cr.v1.InotifyStateR\ainotify\x12'\n" +
-	"\x05memfd\x18\x0f \x01(\v2\x11.cr.v1.MemfdStateR\x05memfd\x12'\n" +
-	"\x05epoll\x18\x10 \x01(\v2\x11.cr.v1.EpollStateR\x05epoll\x12%\n" +
-	"\x04unix\x18\x11 \x01(\v2\x11.cr.v1.UnixSocketR\x04unix\x12%\n" +
-	"\x04inet\x18\x12 \x01(\v2\x11.cr.v1.InetSocketR\x04inet\x12.\n" +
-	"\anetlink\x18\x13 \x01(\v2\x14.cr.v1.NetlinkSocketR\anetlink\x12!\n" +
-	"\x03tty\x18\x14 \x01(\v2\x0f.cr.v1.TtyStateR\x03tty\x12'\n" +
-	"\x05pidfd\x18\x15 \x01(\v2\x11.cr.v1.PidfdStateR\x05pidfd\x12&\n" +
-	"\tin_flight\x18\x1c \x01(\v2\t.cr.v1.FdR\binFlight\x12$\n" +
-	"\x05owner\x18\x1d \x01(\v2\x0e.cr.v1.FdOwnerR\x05owner\x12#\n" +
-	"\rsocket_filter\x18\x1e \x01(\fR\fsocketFilter\x120\n" +
-	"\x14socket_filter_locked\x18\x1f \x01(\bR\x12socketFilterLocked\"G\n" +
-	"\aFdOwner\x12\x12\n" +
-	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
-	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x16\n" +
-	"\x06signal\x18\x03 \x01(\x05R\x06signal\"N\n" +
-	"\bFileData\x12\x16\n" +
-	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\x8c\x01\n" +
-	"\tPipeState\x12\x12\n" +
-	"\x04size\x18\x01 \x01(\rR\x04size\x12\x12\n" +
-	"\x04fifo\x18\x02 \x01(\tR\x04fifo\x12\x19\n" +
-	"\bfifo_dev\x18\x03 \x01(\x04R\afifoDev\x12\x1d\n" +
-	"\n" +
-	"fifo_inode\x18\x04 \x01(\x04R\tfifoInode\x12\x1d\n" +
-	"\n" +
-	"data_bytes\x18\x05 \x01(\rR\tdataBytes\"\x1e\n" +
-	"\n" +
-	"PidfdState\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\"B\n" +
-	"\fEventfdState\x12\x14\n" +
-	"\x05count\x18\x01 \x01(\x04R\x05count\x12\x1c\n" +
-	"\tsemaphore\x18\x02 \x01(\bR\tsemaphore\")\n" +
-	"\rSignalfdState\x12\x18\n" +
-	"\asigmask\x18\x01 \x01(\x04R\asigmask\"\xa7\x01\n" +
-	"\fTimerfdState\x12\x18\n" +
-	"\aclockid\x18\x01 \x01(\x05R\aclockid\x12\x14\n" +
-	"\x05ticks\x18\x02 \x01(\x04R\x05ticks\x12#\n" +
-	"\rsettime_flags\x18\x03 \x01(\rR\fsettimeFlags\x12\x1d\n" +
-	"\n" +
-	"value_nsec\x18\x04 \x01(\x03R\tvalueNsec\x12#\n" +
-	"\rinterval_nsec\x18\x05 \x01(\x03R\fintervalNsec\"\x91\x01\n" +
-	"\fInotifyWatch\x12\x0e\n" +
-	"\x02wd\x18\x01 \x01(\x05R\x02wd\x12\x12\n" +
-	"\x04mask\x18\x02 \x01(\rR\x04mask\x12!\n" +
-	"\fignored_mask\x18\x03 \x01(\rR\vignoredMask\x12\x12\n" +
-	"\x04path\x18\x04 \x01(\tR\x04path\x12\x10\n" +
-	"\x03dev\x18\x05 \x01(\x04R\x03dev\x12\x14\n" +
-	"\x05inode\x18\x06 \x01(\x04R\x05inode\"=\n" +
-	"\fInotifyState\x12-\n" +
-	"\awatches\x18\x01 \x03(\v2\x13.cr.v1.InotifyWatchR\awatches\"Z\n" +
-	"\n" +
-	"EpollWatch\x12\x0e\n" +
-	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
-	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\x04R\x04data\x12\x10\n" +
-	"\x03pid\x18\x04 \x01(\rR\x03pid\"9\n" +
-	"\n" +
-	"EpollState\x12+\n" +
-	"\awatches\x18\x01 \x03(\v2\x11.cr.v1.EpollWatchR\awatches\"\x96\x01\n" +
-	"\vUnixMessage\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
-	"\x06sender\x18\x02 \x01(\fR\x06sender\x12!\n" +
-	"\fsender_inode\x18\x03 \x01(\x04R\vsenderInode\x12\x10\n" +
-	"\x03fds\x18\x04 \x03(\x04R\x03fds\x12&\n" +
-	"\x05creds\x18\x05 \x01(\v2\x10.cr.v1.UnixCredsR\x05creds\"A\n" +
-	"\tUnixCreds\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
-	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\x03 \x01(\rR\x03gid\"\xa0\x06\n" +
-	"\n" +
-	"UnixSocket\x12\x12\n" +
-	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\rR\x05state\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\fR\x04name\x12\x19\n" +
-	"\bname_dev\x18\x04 \x01(\x04R\anameDev\x12\x1d\n" +
-	"\n" +
-	"name_inode\x18\x05 \x01(\x04R\tnameInode\x12\x1b\n" +
-	"\tname_mode\x18\x06 \x01(\rR\bnameMode\x12\x19\n" +
-	"\bname_uid\x18\a \x01(\rR\anameUid\x12\x19\n" +
-	"\bname_gid\x18\b \x01(\rR\anameGid\x12\x12\n" +
-	"\x04peer\x18\t \x01(\x04R\x04peer\x12\x1a\n" +
-	"\bshutdown\x18\n" +
-	" \x01(\rR\bshutdown\x12\x18\n" +
-	"\abacklog\x18\v \x01(\rR\abacklog\x12\x18\n" +
-	"\apending\x18\f \x03(\x04R\apending\x12(\n" +
-	"\x05queue\x18\r \x03(\v2\x12.cr.v1.UnixMessageR\x05queue\x12\x19\n" +
-	"\bpeek_off\x18\x0e \x01(\x05R\apeekOff\x12\x1a\n" +
-	"\bpasscred\x18\x0f \x01(\bR\bpasscred\x12\x18\n" +
-	"\apasssec\x18\x10 \x01(\bR\apasssec\x12\x16\n" +
-	"\x06sndbuf\x18\x11 \x01(\rR\x06sndbuf\x12\x16\n" +
-	"\x06rcvbuf\x18\x12 \x01(\rR\x06rcvbuf\x12\x1e\n" +
-	"\n" +
-	"connecting\x18\x13 \x01(\bR\n" +
-	"connecting\x12\x1a\n" +
-	"\blistener\x18\x14 \x01(\x04R\blistener\x12\x1b\n" +
-	"\tpeer_gone\x18\x15 \x01(\bR\bpeerGone\x12\x1b\n" +
-	"\tpeer_name\x18\x16 \x01(\fR\bpeerName\x12\x1c\n" +
-	"\tpasspidfd\x18\x17 \x01(\bR\tpasspidfd\x12#\n" +
-	"\rno_passrights\x18\x18 \x01(\bR\fnoPassrights\x12\x1f\n" +
-	"\vrcvtimeo_us\x18\x19 \x01(\x04R\n" +
-	"rcvtimeoUs\x12\x1f\n" +
-	"\vsndtimeo_us\x18\x1a \x01(\x04R\n" +
-	"sndtimeoUs\x12\x19\n" +
-	"\bname_dir\x18\x1b \x01(\tR\anameDir\x12\"\n" +
-	"\rpeer_name_dir\x18\x1c \x01(\tR\vpeerNameDir\"\xd9\b\n" +
-	"\n" +
-	"InetSocket\x12\x16\n" +
-	"\x06family\x18\x01 \x01(\rR\x06family\x12\x12\n" +
-	"\x04type\x18\x02 \x01(\rR\x04type\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\rR\bprotocol\x12\x1d\n" +
-	"\n" +
-	"local_addr\x18\x04 \x01(\fR\tlocalAddr\x12\x1d\n" +
-	"\n" +
-	"local_port\x18\x05 \x01(\rR\tlocalPort\x12\x1f\n" +
-	"\vremote_addr\x18\x06 \x01(\fR\n" +
-	"remoteAddr\x12\x1f\n" +
-	"\vremote_port\x18\a \x01(\rR\n" +
-	"remotePort\x12\x1c\n" +
-	"\tconnected\x18\b \x01(\bR\tconnected\x12\x1c\n" +
-	"\treuseaddr\x18\t \x01(\bR\treuseaddr\x12\x1c\n" +
-	"\treuseport\x18\n" +
-	" \x01(\bR\treuseport\x12\x1c\n" +
-	"\tbroadcast\x18\v \x01(\bR\tbroadcast\x12\x16\n" +
-	"\x06v6only\x18\f \x01(\bR\x06v6only\x12\x16\n" +
-	"\x06sndbuf\x18\r \x01(\rR\x06sndbuf\x12\x16\n" +
-	"\x06rcvbuf\x18\x0e \x01(\rR\x06rcvbuf\x12\x1a\n" +
-	"\bshutdown\x18\x0f \x01(\rR\bshutdown\x12\x1f\n" +
-	"\vbind_device\x18\x10 \x01(\tR\n" +
-	"bindDevice\x12#\n" +
-	"\rdropped_bytes\x18\x11 \x01(\rR\fdroppedBytes\x12\x1f\n" +
-	"\vrcvtimeo_us\x18\x12 \x01(\x04R\n" +
-	"rcvtimeoUs\x12\x1f\n" +
-	"\vsndtimeo_us\x18\x13 \x01(\x04R\n" +
-	"sndtimeoUs\x12\x12\n" +
-	"\x04mark\x18\x14 \x01(\rR\x04mark\x12\x1a\n" +
-	"\bpriority\x18\x15 \x01(\rR\bpriority\x12\x10\n" +
-	"\x03tos\x18\x16 \x01(\rR\x03tos\x12\x18\n" +
-	"\apktinfo\x18\x17 \x01(\bR\apktinfo\x12\x18\n" +
-	"\arecverr\x18\x18 \x01(\bR\arecverr\x12,\n" +
-	"\x05mcast\x18\x19 \x03(\v2\x16.cr.v1.McastMembershipR\x05mcast\x12 \n" +
-	"\tmcast_ttl\x18\x1a \x01(\x05H\x00R\bmcastTtl\x88\x01\x01\x12\"\n" +
-	"\n" +
-	"mcast_loop\x18\x1b \x01(\bH\x01R\tmcastLoop\x88\x01\x01\x12\"\n" +
-	"\rmcast_if_addr\x18\x1c \x01(\fR\vmcastIfAddr\x12#\n" +
-	"\rmcast_ifindex\x18\x1d \x01(\rR\fmcastIfindex\x12 \n" +
-	"\tmcast_all\x18\x1e \x01(\bH\x02R\bmcastAll\x88\x01\x01\x12\x18\n" +
-	"\ahdrincl\x18\x1f \x01(\bR\ahdrincl\x12$\n" +
-	"\vicmp_filter\x18  \x01(\rH\x03R\n" +
-	"icmpFilter\x88\x01\x01\x12!\n" +
-	"\ficmp6_filter\x18! \x01(\fR\vicmp6Filter\x12\x1f\n" +
-	"\bchecksum\x18\" \x01(\x05H\x04R\bchecksum\x88\x01\x01B\f\n" +
-	"\n" +
-	"_mcast_ttlB\r\n" +
-	"\v_mcast_loopB\f\n" +
-	"\n" +
-	"_mcast_allB\x0e\n" +
-	"\f_icmp_filterB\v\n" +
-	"\t_checksum\"\x89\x01\n" +
-	"\x0fMcastMembership\x12\x18\n" +
-	"\aifindex\x18\x01 \x01(\rR\aifindex\x12\x16\n" +
-	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
-	"\x05group\x18\x03 \x01(\fR\x05group\x12\x14\n" +
-	"\x05fmode\x18\x04 \x01(\rR\x05fmode\x12\x18\n" +
-	"\asources\x18\x05 \x03(\fR\asources\"\x80\x02\n" +
-	"\rNetlinkSocket\x12\x1a\n" +
-	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x16\n" +
-	"\x06portid\x18\x02 \x01(\rR\x06portid\x12\x16\n" +
-	"\x06groups\x18\x03 \x03(\x04R\x06groups\x12\x1d\n" +
-	"\n" +
-	"dst_portid\x18\x04 \x01(\rR\tdstPortid\x12\x1b\n" +
-	"\tdst_group\x18\x05 \x01(\rR\bdstGroup\x12\x16\n" +
-	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
-	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12#\n" +
-	"\rdropped_bytes\x18\b \x01(\rR\fdroppedBytes\x12\x12\n" +
-	"\x04type\x18\t \x01(\rR\x04type\"\x8a\x04\n" +
-	"\bTtyState\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06master\x18\x02 \x01(\bR\x06master\x12\x14\n" +
-	"\x05iflag\x18\x03 \x01(\rR\x05iflag\x12\x14\n" +
-	"\x05oflag\x18\x04 \x01(\rR\x05oflag\x12\x14\n" +
-	"\x05cflag\x18\x05 \x01(\rR\x05cflag\x12\x14\n" +
-	"\x05lflag\x18\x06 \x01(\rR\x05lflag\x12\x12\n" +
-	"\x04line\x18\a \x01(\rR\x04line\x12\x0e\n" +
-	"\x02cc\x18\b \x01(\fR\x02cc\x12\x16\n" +
-	"\x06ispeed\x18\t \x01(\rR\x06ispeed\x12\x16\n" +
-	"\x06ospeed\x18\n" +
-	" \x01(\rR\x06ospeed\x12\x12\n" +
-	"\x04rows\x18\v \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\f \x01(\rR\x04cols\x12\x16\n" +
-	"\x06xpixel\x18\r \x01(\rR\x06xpixel\x12\x16\n" +
-	"\x06ypixel\x18\x0e \x01(\rR\x06ypixel\x12\x16\n" +
-	"\x06packet\x18\x0f \x01(\bR\x06packet\x12\x16\n" +
-	"\x06locked\x18\x10 \x01(\bR\x06locked\x12\x18\n" +
-	"\asession\x18\x11 \x01(\rR\asession\x12\x17\n" +
-	"\afg_pgrp\x18\x12 \x01(\rR\x06fgPgrp\x12\x1a\n" +
-	"\bexternal\x18\x13 \x01(\bR\bexternal\x12\x1f\n" +
-	"\vinput_lines\x18\x14 \x03(\fR\n" +
-	"inputLines\x12\x14\n" +
-	"\x05input\x18\x15 \x01(\fR\x05input\x12\x16\n" +
-	"\x06output\x18\x16 \x01(\fR\x06outputB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+// MessageName is the full name of FileDesc in the .proto files.
+func (*FileDesc) MessageName() string { return "cr.v1.FileDesc" }
 
-var (
-	file_files_proto_rawDescOnce sync.Once
-	file_files_proto_rawDescData []byte
-)
+// Reset clears x.
+func (x *FdOwner) Reset() { *x = FdOwner{} }
 
-func file_files_proto_rawDescGZIP() []byte {
-	file_files_proto_rawDescOnce.Do(func() {
-		file_files_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)))
-	})
-	return file_files_proto_rawDescData
-}
+// MessageName is the full name of FdOwner in the .proto files.
+func (*FdOwner) MessageName() string { return "cr.v1.FdOwner" }
 
-var file_files_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
-var file_files_proto_goTypes = []any{
-	(*FileDesc)(nil),        // 0: cr.v1.FileDesc
-	(*FdOwner)(nil),         // 1: cr.v1.FdOwner
-	(*FileData)(nil),        // 2: cr.v1.FileData
-	(*PipeState)(nil),       // 3: cr.v1.PipeState
-	(*PidfdState)(nil),      // 4: cr.v1.PidfdState
-	(*EventfdState)(nil),    // 5: cr.v1.EventfdState
-	(*SignalfdState)(nil),   // 6: cr.v1.SignalfdState
-	(*TimerfdState)(nil),    // 7: cr.v1.TimerfdState
-	(*InotifyWatch)(nil),    // 8: cr.v1.InotifyWatch
-	(*InotifyState)(nil),    // 9: cr.v1.InotifyState
-	(*EpollWatch)(nil),      // 10: cr.v1.EpollWatch
-	(*EpollState)(nil),      // 11: cr.v1.EpollState
-	(*UnixMessage)(nil),     // 12: cr.v1.UnixMessage
-	(*UnixCreds)(nil),       // 13: cr.v1.UnixCreds
-	(*UnixSocket)(nil),      // 14: cr.v1.UnixSocket
-	(*InetSocket)(nil),      // 15: cr.v1.InetSocket
-	(*McastMembership)(nil), // 16: cr.v1.McastMembership
-	(*NetlinkSocket)(nil),   // 17: cr.v1.NetlinkSocket
-	(*TtyState)(nil),        // 18: cr.v1.TtyState
-	(*MemfdState)(nil),      // 19: cr.v1.MemfdState
-	(*Fd)(nil),              // 20: cr.v1.Fd
-}
-var file_files_proto_depIdxs = []int32{
-	3,  // 0: cr.v1.FileDesc.pipe:type_name -> cr.v1.PipeState
-	5,  // 1: cr.v1.FileDesc.eventfd:type_name -> cr.v1.EventfdState
-	6,  // 2: cr.v1.FileDesc.signalfd:type_name -> cr.v1.SignalfdState
-	7,  // 3: cr.v1.FileDesc.timerfd:type_name -> cr.v1.TimerfdState
-	9,  // 4: cr.v1.FileDesc.inotify:type_name -> cr.v1.InotifyState
-	19, // 5: cr.v1.FileDesc.memfd:type_name -> cr.v1.MemfdState
-	11, // 6: cr.v1.FileDesc.epoll:type_name -> cr.v1.EpollState
-	14, // 7: cr.v1.FileDesc.unix:type_name -> cr.v1.UnixSocket
-	15, // 8: cr.v1.FileDesc.inet:type_name -> cr.v1.InetSocket
-	17, // 9: cr.v1.FileDesc.netlink:type_name -> cr.v1.NetlinkSocket
-	18, // 10: cr.v1.FileDesc.tty:type_name -> cr.v1.TtyState
-	4,  // 11: cr.v1.FileDesc.pidfd:type_name -> cr.v1.PidfdState
-	20, // 12: cr.v1.FileDesc.in_flight:type_name -> cr.v1.Fd
-	1,  // 13: cr.v1.FileDesc.owner:type_name -> cr.v1.FdOwner
-	8,  // 14: cr.v1.InotifyState.watches:type_name -> cr.v1.InotifyWatch
-	10, // 15: cr.v1.EpollState.watches:type_name -> cr.v1.EpollWatch
-	13, // 16: cr.v1.UnixMessage.creds:type_name -> cr.v1.UnixCreds
-	12, // 17: cr.v1.UnixSocket.queue:type_name -> cr.v1.UnixMessage
-	16, // 18: cr.v1.InetSocket.mcast:type_name -> cr.v1.McastMembership
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
-}
+// Reset clears x.
+func (x *FileData) Reset() { *x = FileData{} }
 
-var _ = lazily(file_files_proto_init)
+// MessageName is the full name of FileData in the .proto files.
+func (*FileData) MessageName() string { return "cr.v1.FileData" }
 
-func file_files_proto_init() {
-	if File_files_proto != nil {
-		return
-	}
-	file_cr_proto_init()
-	file_files_proto_msgTypes[15].OneofWrappers = []any{}
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_files_proto_rawDesc), len(file_files_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   19,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_files_proto_goTypes,
-		DependencyIndexes: file_files_proto_depIdxs,
-		MessageInfos:      file_files_proto_msgTypes,
-	}.Build()
-	File_files_proto = out.File
-	file_files_proto_goTypes = nil
-	file_files_proto_depIdxs = nil
-}
+// Reset clears x.
+func (x *PipeState) Reset() { *x = PipeState{} }
+
+// MessageName is the full name of PipeState in the .proto files.
+func (*PipeState) MessageName() string { return "cr.v1.PipeState" }
+
+// Reset clears x.
+func (x *PidfdState) Reset() { *x = PidfdState{} }
+
+// MessageName is the full name of PidfdState in the .proto files.
+func (*PidfdState) MessageName() string { return "cr.v1.PidfdState" }
+
+// Reset clears x.
+func (x *EventfdState) Reset() { *x = EventfdState{} }
+
+// MessageName is the full name of EventfdState in the .proto files.
+func (*EventfdState) MessageName() string { return "cr.v1.EventfdState" }
+
+// Reset clears x.
+func (x *SignalfdState) Reset() { *x = SignalfdState{} }
+
+// MessageName is the full name of SignalfdState in the .proto files.
+func (*SignalfdState) MessageName() string { return "cr.v1.SignalfdState" }
+
+// Reset clears x.
+func (x *TimerfdState) Reset() { *x = TimerfdState{} }
+
+// MessageName is the full name of TimerfdState in the .proto files.
+func (*TimerfdState) MessageName() string { return "cr.v1.TimerfdState" }
+
+// Reset clears x.
+func (x *InotifyWatch) Reset() { *x = InotifyWatch{} }
+
+// MessageName is the full name of InotifyWatch in the .proto files.
+func (*InotifyWatch) MessageName() string { return "cr.v1.InotifyWatch" }
+
+// Reset clears x.
+func (x *InotifyState) Reset() { *x = InotifyState{} }
+
+// MessageName is the full name of InotifyState in the .proto files.
+func (*InotifyState) MessageName() string { return "cr.v1.InotifyState" }
+
+// Reset clears x.
+func (x *EpollWatch) Reset() { *x = EpollWatch{} }
+
+// MessageName is the full name of EpollWatch in the .proto files.
+func (*EpollWatch) MessageName() string { return "cr.v1.EpollWatch" }
+
+// Reset clears x.
+func (x *EpollState) Reset() { *x = EpollState{} }
+
+// MessageName is the full name of EpollState in the .proto files.
+func (*EpollState) MessageName() string { return "cr.v1.EpollState" }
+
+// Reset clears x.
+func (x *UnixMessage) Reset() { *x = UnixMessage{} }
+
+// MessageName is the full name of UnixMessage in the .proto files.
+func (*UnixMessage) MessageName() string { return "cr.v1.UnixMessage" }
+
+// Reset clears x.
+func (x *UnixCreds) Reset() { *x = UnixCreds{} }
+
+// MessageName is the full name of UnixCreds in the .proto files.
+func (*UnixCreds) MessageName() string { return "cr.v1.UnixCreds" }
+
+// Reset clears x.
+func (x *UnixSocket) Reset() { *x = UnixSocket{} }
+
+// MessageName is the full name of UnixSocket in the .proto files.
+func (*UnixSocket) MessageName() string { return "cr.v1.UnixSocket" }
+
+// Reset clears x.
+func (x *InetSocket) Reset() { *x = InetSocket{} }
+
+// MessageName is the full name of InetSocket in the .proto files.
+func (*InetSocket) MessageName() string { return "cr.v1.InetSocket" }
+
+// Reset clears x.
+func (x *McastMembership) Reset() { *x = McastMembership{} }
+
+// MessageName is the full name of McastMembership in the .proto files.
+func (*McastMembership) MessageName() string { return "cr.v1.McastMembership" }
+
+// Reset clears x.
+func (x *NetlinkSocket) Reset() { *x = NetlinkSocket{} }
+
+// MessageName is the full name of NetlinkSocket in the .proto files.
+func (*NetlinkSocket) MessageName() string { return "cr.v1.NetlinkSocket" }
+
+// Reset clears x.
+func (x *TtyState) Reset() { *x = TtyState{} }
+
+// MessageName is the full name of TtyState in the .proto files.
+func (*TtyState) MessageName() string { return "cr.v1.TtyState" }

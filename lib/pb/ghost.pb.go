@@ -8,22 +8,9 @@
 // 	protoc        v3.21.12
 // source: ghost.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
-
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
 
 // GhostFile (record type 67, "ghost-file") is a regular file that was
 // unlinked (st_nlink 0) while a process of the dump held it open or mapped.
@@ -33,50 +20,17 @@ const (
 // such file an fd holds. A stream has one per file: the Fd (FD_GHOST) and
 // Vma records that use it name it by dev and inode.
 type GhostFile struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Object        uint64                 `protobuf:"varint,1,opt,name=object,proto3" json:"object,omitempty"` // FileData.object of its contents; object numbers are unique in a stream
-	Dev           uint64                 `protobuf:"varint,2,opt,name=dev,proto3" json:"dev,omitempty"`       // the file's device and inode when dumped
-	Inode         uint64                 `protobuf:"varint,3,opt,name=inode,proto3" json:"inode,omitempty"`
-	Path          string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`  // its path when it was unlinked, without " (deleted)", as the process sees it
-	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
-	Uid           uint32                 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,7,opt,name=gid,proto3" json:"gid,omitempty"`
-	Size          int64                  `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
-	AtimeNsec     int64                  `protobuf:"varint,9,opt,name=atime_nsec,json=atimeNsec,proto3" json:"atime_nsec,omitempty"`
-	MtimeNsec     int64                  `protobuf:"varint,10,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GhostFile) Reset() {
-	*x = GhostFile{}
-	mi := &file_ghost_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GhostFile) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GhostFile) ProtoMessage() {}
-
-func (x *GhostFile) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_ghost_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GhostFile.ProtoReflect.Descriptor instead.
-func (*GhostFile) Descriptor() ([]byte, []int) {
-	return file_ghost_proto_rawDescGZIP(), []int{0}
+	Object        uint64 `protobuf:"varint,1,opt,name=object,proto3" json:"object,omitempty"` // FileData.object of its contents; object numbers are unique in a stream
+	Dev           uint64 `protobuf:"varint,2,opt,name=dev,proto3" json:"dev,omitempty"`       // the file's device and inode when dumped
+	Inode         uint64 `protobuf:"varint,3,opt,name=inode,proto3" json:"inode,omitempty"`
+	Path          string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`  // its path when it was unlinked, without " (deleted)", as the process sees it
+	Mode          uint32 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"` // st_mode
+	Uid           uint32 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32 `protobuf:"varint,7,opt,name=gid,proto3" json:"gid,omitempty"`
+	Size          int64  `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	AtimeNsec     int64  `protobuf:"varint,9,opt,name=atime_nsec,json=atimeNsec,proto3" json:"atime_nsec,omitempty"`
+	MtimeNsec     int64  `protobuf:"varint,10,opt,name=mtime_nsec,json=mtimeNsec,proto3" json:"mtime_nsec,omitempty"`
+	unknownFields []byte
 }
 
 func (x *GhostFile) GetObject() uint64 {
@@ -149,71 +103,8 @@ func (x *GhostFile) GetMtimeNsec() int64 {
 	return 0
 }
 
-var File_ghost_proto protoreflect.FileDescriptor
+// Reset clears x.
+func (x *GhostFile) Reset() { *x = GhostFile{} }
 
-const file_ghost_proto_rawDesc = "" +
-	"\n" +
-	"\vghost.proto\x12\x05cr.v1\"\xe9\x01\n" +
-	"\tGhostFile\x12\x16\n" +
-	"\x06object\x18\x01 \x01(\x04R\x06object\x12\x10\n" +
-	"\x03dev\x18\x02 \x01(\x04R\x03dev\x12\x14\n" +
-	"\x05inode\x18\x03 \x01(\x04R\x05inode\x12\x12\n" +
-	"\x04path\x18\x04 \x01(\tR\x04path\x12\x12\n" +
-	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x10\n" +
-	"\x03uid\x18\x06 \x01(\rR\x03uid\x12\x10\n" +
-	"\x03gid\x18\a \x01(\rR\x03gid\x12\x12\n" +
-	"\x04size\x18\b \x01(\x03R\x04size\x12\x1d\n" +
-	"\n" +
-	"atime_nsec\x18\t \x01(\x03R\tatimeNsec\x12\x1d\n" +
-	"\n" +
-	"mtime_nsec\x18\n" +
-	" \x01(\x03R\tmtimeNsecB\x0fZ\rcrpipe/lib/pbb\x06proto3"
-
-var (
-	file_ghost_proto_rawDescOnce sync.Once
-	file_ghost_proto_rawDescData []byte
-)
-
-func file_ghost_proto_rawDescGZIP() []byte {
-	file_ghost_proto_rawDescOnce.Do(func() {
-		file_ghost_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ghost_proto_rawDesc), len(file_ghost_proto_rawDesc)))
-	})
-	return file_ghost_proto_rawDescData
-}
-
-var file_ghost_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
-var file_ghost_proto_goTypes = []any{
-	(*GhostFile)(nil), // 0: cr.v1.GhostFile
-}
-var file_ghost_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
-}
-
-var _ = lazily(file_ghost_proto_init)
-
-func file_ghost_proto_init() {
-	if File_ghost_proto != nil {
-		return
-	}
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ghost_proto_rawDesc), len(file_ghost_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   1,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_ghost_proto_goTypes,
-		DependencyIndexes: file_ghost_proto_depIdxs,
-		MessageInfos:      file_ghost_proto_msgTypes,
-	}.Build()
-	File_ghost_proto = out.File
-	file_ghost_proto_goTypes = nil
-	file_ghost_proto_depIdxs = nil
-}
+// MessageName is the full name of GhostFile in the .proto files.
+func (*GhostFile) MessageName() string { return "cr.v1.GhostFile" }

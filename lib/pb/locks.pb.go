@@ -8,22 +8,11 @@
 // 	protoc        v3.21.12
 // source: locks.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
 
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
+import "strconv"
 
 type FileLockKind int32
 
@@ -53,77 +42,21 @@ func (x FileLockKind) Enum() *FileLockKind {
 	return p
 }
 
-func (x FileLockKind) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (FileLockKind) Descriptor() protoreflect.EnumDescriptor {
-	buildDescriptors()
-	return file_locks_proto_enumTypes[0].Descriptor()
-}
-
-func (FileLockKind) Type() protoreflect.EnumType {
-	buildDescriptors()
-	return &file_locks_proto_enumTypes[0]
-}
-
-func (x FileLockKind) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use FileLockKind.Descriptor instead.
-func (FileLockKind) EnumDescriptor() ([]byte, []int) {
-	return file_locks_proto_rawDescGZIP(), []int{0}
-}
-
 // FileLock is one lock as the kernel lists it (split and merged ranges
 // stay as they are): a restore takes exactly these ranges.
 type FileLock struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Kind   uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`                   // FileLockKind
-	Write  bool                   `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`                 // F_WRLCK / LOCK_EX; else F_RDLCK / LOCK_SH
-	Start  int64                  `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`                 // first byte (POSIX, OFD)
-	Length int64                  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`               // bytes; 0: to the end of the file, however far it grows
-	Fd     int32                  `protobuf:"varint,5,opt,name=fd,proto3" json:"fd,omitempty"`                       // the process's fd it is taken through (for POSIX, the one the kernel shows it on)
-	DescId uint64                 `protobuf:"varint,6,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"` // flock, OFD: Fd.desc_id of the owning description
+	Kind   uint32 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`                   // FileLockKind
+	Write  bool   `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`                 // F_WRLCK / LOCK_EX; else F_RDLCK / LOCK_SH
+	Start  int64  `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`                 // first byte (POSIX, OFD)
+	Length int64  `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`               // bytes; 0: to the end of the file, however far it grows
+	Fd     int32  `protobuf:"varint,5,opt,name=fd,proto3" json:"fd,omitempty"`                       // the process's fd it is taken through (for POSIX, the one the kernel shows it on)
+	DescId uint64 `protobuf:"varint,6,opt,name=desc_id,json=descId,proto3" json:"desc_id,omitempty"` // flock, OFD: Fd.desc_id of the owning description
 	// flock, OFD: held through no fd of the dump but a shared mapping of the
 	// file (lock, mmap, close): the start of that mapping in this process;
 	// fd and desc_id are then 0. A restore takes it on the description it
 	// maps the file with.
 	VmaStart      uint64 `protobuf:"varint,7,opt,name=vma_start,json=vmaStart,proto3" json:"vma_start,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *FileLock) Reset() {
-	*x = FileLock{}
-	mi := &file_locks_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FileLock) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FileLock) ProtoMessage() {}
-
-func (x *FileLock) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_locks_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FileLock.ProtoReflect.Descriptor instead.
-func (*FileLock) Descriptor() ([]byte, []int) {
-	return file_locks_proto_rawDescGZIP(), []int{0}
+	unknownFields []byte
 }
 
 func (x *FileLock) GetKind() uint32 {
@@ -175,74 +108,16 @@ func (x *FileLock) GetVmaStart() uint64 {
 	return 0
 }
 
-var File_locks_proto protoreflect.FileDescriptor
-
-const file_locks_proto_rawDesc = "" +
-	"\n" +
-	"\vlocks.proto\x12\x05cr.v1\"\xa8\x01\n" +
-	"\bFileLock\x12\x12\n" +
-	"\x04kind\x18\x01 \x01(\rR\x04kind\x12\x14\n" +
-	"\x05write\x18\x02 \x01(\bR\x05write\x12\x14\n" +
-	"\x05start\x18\x03 \x01(\x03R\x05start\x12\x16\n" +
-	"\x06length\x18\x04 \x01(\x03R\x06length\x12\x0e\n" +
-	"\x02fd\x18\x05 \x01(\x05R\x02fd\x12\x17\n" +
-	"\adesc_id\x18\x06 \x01(\x04R\x06descId\x12\x1b\n" +
-	"\tvma_start\x18\a \x01(\x04R\bvmaStart*<\n" +
-	"\fFileLockKind\x12\x0e\n" +
-	"\n" +
-	"LOCK_POSIX\x10\x00\x12\x0e\n" +
-	"\n" +
-	"LOCK_FLOCK\x10\x01\x12\f\n" +
-	"\bLOCK_OFD\x10\x02B\x0fZ\rcrpipe/lib/pbb\x06proto3"
-
-var (
-	file_locks_proto_rawDescOnce sync.Once
-	file_locks_proto_rawDescData []byte
-)
-
-func file_locks_proto_rawDescGZIP() []byte {
-	file_locks_proto_rawDescOnce.Do(func() {
-		file_locks_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_locks_proto_rawDesc), len(file_locks_proto_rawDesc)))
-	})
-	return file_locks_proto_rawDescData
-}
-
-var file_locks_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_locks_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
-var file_locks_proto_goTypes = []any{
-	(FileLockKind)(0), // 0: cr.v1.FileLockKind
-	(*FileLock)(nil),  // 1: cr.v1.FileLock
-}
-var file_locks_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
-}
-
-var _ = lazily(file_locks_proto_init)
-
-func file_locks_proto_init() {
-	if File_locks_proto != nil {
-		return
+// String is the name of x in the .proto, or its number.
+func (x FileLockKind) String() string {
+	if s, ok := FileLockKind_name[int32(x)]; ok {
+		return s
 	}
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_locks_proto_rawDesc), len(file_locks_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   1,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_locks_proto_goTypes,
-		DependencyIndexes: file_locks_proto_depIdxs,
-		EnumInfos:         file_locks_proto_enumTypes,
-		MessageInfos:      file_locks_proto_msgTypes,
-	}.Build()
-	File_locks_proto = out.File
-	file_locks_proto_goTypes = nil
-	file_locks_proto_depIdxs = nil
+	return strconv.Itoa(int(x))
 }
+
+// Reset clears x.
+func (x *FileLock) Reset() { *x = FileLock{} }
+
+// MessageName is the full name of FileLock in the .proto files.
+func (*FileLock) MessageName() string { return "cr.v1.FileLock" }

@@ -1,8 +1,6 @@
 package pb
 
-import (
-	"google.golang.org/protobuf/encoding/protowire"
-)
+import "encoding/binary"
 
 // An Mm record can hold 65,530 Vma records (vm.max_map_count), and a
 // decoded record takes ~190 bytes: 12 MB that a stage would hold at once.
@@ -10,7 +8,7 @@ import (
 // keep their VMAs in a form of their own.
 
 // MmVmasField is the field number of Mm.vmas (cr.proto; TestMmVmasField).
-const MmVmasField protowire.Number = 2
+const MmVmasField FieldNumber = 2
 
 // vmaSizeGuess is what a Vma record of anonymous memory takes, with its
 // tag and length: the record's buffer is sized for n of them at first,
@@ -33,8 +31,8 @@ func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
 	var v Vma
 	for i := range n {
 		fill(i, &v)
-		b = protowire.AppendTag(b, MmVmasField, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(Size(&v)))
+		b = AppendTag(b, MmVmasField, BytesType)
+		b = binary.AppendUvarint(b, uint64(Size(&v)))
 		if b, err = MarshalAppend(b, &v); err != nil {
 			return nil, err
 		}
@@ -48,13 +46,16 @@ func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
 func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
 	var rest []byte
 	var v Vma
-	err := EachField(b, func(num protowire.Number, typ protowire.Type, field []byte) error {
-		if num != MmVmasField || typ != protowire.BytesType {
-			rest = protowire.AppendTag(rest, num, typ)
+	err := EachField(b, func(num FieldNumber, typ WireType, field []byte) error {
+		if num != MmVmasField || typ != BytesType {
+			rest = AppendTag(rest, num, typ)
 			rest = append(rest, field...)
 			return nil
 		}
-		rec, _ := protowire.ConsumeBytes(field)
+		rec, err := consumeBytes(field)
+		if err != nil {
+			return err
+		}
 		if err := Unmarshal(rec, &v); err != nil {
 			return err
 		}
@@ -64,25 +65,4 @@ func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
 		return err
 	}
 	return Unmarshal(rest, mm)
-}
-
-// EachField calls fn with the number, type and encoded value of each field
-// of the encoded message b.
-func EachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if m < 0 {
-			return protowire.ParseError(m)
-		}
-		if err := fn(num, typ, b[:m]); err != nil {
-			return err
-		}
-		b = b[m:]
-	}
-	return nil
 }

@@ -10,66 +10,20 @@
 // 	protoc        v3.21.12
 // source: state.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
-
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
 
 // SchedAttr is struct sched_attr as sched_getattr(2) returned it.
 type SchedAttr struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Policy        uint32                 `protobuf:"varint,1,opt,name=policy,proto3" json:"policy,omitempty"`     // SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6
-	Flags         uint64                 `protobuf:"varint,2,opt,name=flags,proto3" json:"flags,omitempty"`       // SCHED_FLAG_* (e.g. RESET_ON_FORK 1)
-	Nice          int32                  `protobuf:"varint,3,opt,name=nice,proto3" json:"nice,omitempty"`         // SCHED_OTHER, SCHED_BATCH
-	Priority      uint32                 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"` // SCHED_FIFO, SCHED_RR
-	Runtime       uint64                 `protobuf:"varint,5,opt,name=runtime,proto3" json:"runtime,omitempty"`   // SCHED_DEADLINE, nanoseconds
-	Deadline      uint64                 `protobuf:"varint,6,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	Period        uint64                 `protobuf:"varint,7,opt,name=period,proto3" json:"period,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SchedAttr) Reset() {
-	*x = SchedAttr{}
-	mi := &file_state_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SchedAttr) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SchedAttr) ProtoMessage() {}
-
-func (x *SchedAttr) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SchedAttr.ProtoReflect.Descriptor instead.
-func (*SchedAttr) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{0}
+	Policy        uint32 `protobuf:"varint,1,opt,name=policy,proto3" json:"policy,omitempty"`     // SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, DEADLINE 6
+	Flags         uint64 `protobuf:"varint,2,opt,name=flags,proto3" json:"flags,omitempty"`       // SCHED_FLAG_* (e.g. RESET_ON_FORK 1)
+	Nice          int32  `protobuf:"varint,3,opt,name=nice,proto3" json:"nice,omitempty"`         // SCHED_OTHER, SCHED_BATCH
+	Priority      uint32 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"` // SCHED_FIFO, SCHED_RR
+	Runtime       uint64 `protobuf:"varint,5,opt,name=runtime,proto3" json:"runtime,omitempty"`   // SCHED_DEADLINE, nanoseconds
+	Deadline      uint64 `protobuf:"varint,6,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Period        uint64 `protobuf:"varint,7,opt,name=period,proto3" json:"period,omitempty"`
+	unknownFields []byte
 }
 
 func (x *SchedAttr) GetPolicy() uint32 {
@@ -123,49 +77,16 @@ func (x *SchedAttr) GetPeriod() uint64 {
 
 // Creds are a thread's credentials (/proc/PID/task/TID/status).
 type Creds struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uids          []uint32               `protobuf:"varint,1,rep,packed,name=uids,proto3" json:"uids,omitempty"`            // real, effective, saved, filesystem
-	Gids          []uint32               `protobuf:"varint,2,rep,packed,name=gids,proto3" json:"gids,omitempty"`            // real, effective, saved, filesystem
-	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`        // supplementary groups
-	CapInh        uint64                 `protobuf:"varint,4,opt,name=cap_inh,json=capInh,proto3" json:"cap_inh,omitempty"` // capability sets, bit n for capability n
-	CapPrm        uint64                 `protobuf:"varint,5,opt,name=cap_prm,json=capPrm,proto3" json:"cap_prm,omitempty"`
-	CapEff        uint64                 `protobuf:"varint,6,opt,name=cap_eff,json=capEff,proto3" json:"cap_eff,omitempty"`
-	CapBnd        uint64                 `protobuf:"varint,7,opt,name=cap_bnd,json=capBnd,proto3" json:"cap_bnd,omitempty"`
-	CapAmb        uint64                 `protobuf:"varint,8,opt,name=cap_amb,json=capAmb,proto3" json:"cap_amb,omitempty"`
-	NoNewPrivs    bool                   `protobuf:"varint,9,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Creds) Reset() {
-	*x = Creds{}
-	mi := &file_state_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Creds) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Creds) ProtoMessage() {}
-
-func (x *Creds) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Creds.ProtoReflect.Descriptor instead.
-func (*Creds) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{1}
+	Uids          []uint32 `protobuf:"varint,1,rep,packed,name=uids,proto3" json:"uids,omitempty"`            // real, effective, saved, filesystem
+	Gids          []uint32 `protobuf:"varint,2,rep,packed,name=gids,proto3" json:"gids,omitempty"`            // real, effective, saved, filesystem
+	Groups        []uint32 `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`        // supplementary groups
+	CapInh        uint64   `protobuf:"varint,4,opt,name=cap_inh,json=capInh,proto3" json:"cap_inh,omitempty"` // capability sets, bit n for capability n
+	CapPrm        uint64   `protobuf:"varint,5,opt,name=cap_prm,json=capPrm,proto3" json:"cap_prm,omitempty"`
+	CapEff        uint64   `protobuf:"varint,6,opt,name=cap_eff,json=capEff,proto3" json:"cap_eff,omitempty"`
+	CapBnd        uint64   `protobuf:"varint,7,opt,name=cap_bnd,json=capBnd,proto3" json:"cap_bnd,omitempty"`
+	CapAmb        uint64   `protobuf:"varint,8,opt,name=cap_amb,json=capAmb,proto3" json:"cap_amb,omitempty"`
+	NoNewPrivs    bool     `protobuf:"varint,9,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	unknownFields []byte
 }
 
 func (x *Creds) GetUids() []uint32 {
@@ -233,42 +154,9 @@ func (x *Creds) GetNoNewPrivs() bool {
 
 // SeccompFilter is one classic BPF program of a thread's filter chain.
 type SeccompFilter struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Prog          []byte                 `protobuf:"bytes,1,opt,name=prog,proto3" json:"prog,omitempty"`    // struct sock_filter[], 8 bytes per instruction
-	Flags         uint64                 `protobuf:"varint,2,opt,name=flags,proto3" json:"flags,omitempty"` // SECCOMP_FILTER_FLAG_LOG as PTRACE_SECCOMP_GET_METADATA reports
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SeccompFilter) Reset() {
-	*x = SeccompFilter{}
-	mi := &file_state_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SeccompFilter) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SeccompFilter) ProtoMessage() {}
-
-func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SeccompFilter.ProtoReflect.Descriptor instead.
-func (*SeccompFilter) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{2}
+	Prog          []byte `protobuf:"bytes,1,opt,name=prog,proto3" json:"prog,omitempty"`    // struct sock_filter[], 8 bytes per instruction
+	Flags         uint64 `protobuf:"varint,2,opt,name=flags,proto3" json:"flags,omitempty"` // SECCOMP_FILTER_FLAG_LOG as PTRACE_SECCOMP_GET_METADATA reports
+	unknownFields []byte
 }
 
 func (x *SeccompFilter) GetProg() []byte {
@@ -288,51 +176,18 @@ func (x *SeccompFilter) GetFlags() uint64 {
 // ThreadState is per-thread state read from outside (written by cr-seize,
 // one per thread).
 type ThreadState struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Pid            uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tid            uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
-	Comm           string                 `protobuf:"bytes,3,opt,name=comm,proto3" json:"comm,omitempty"` // the thread's name (/proc/PID/task/TID/comm)
-	Sched          *SchedAttr             `protobuf:"bytes,4,opt,name=sched,proto3" json:"sched,omitempty"`
-	Affinity       []byte                 `protobuf:"bytes,5,opt,name=affinity,proto3" json:"affinity,omitempty"`                        // CPU mask as sched_getaffinity(2) fills it
-	RobustList     uint64                 `protobuf:"varint,6,opt,name=robust_list,json=robustList,proto3" json:"robust_list,omitempty"` // get_robust_list(2): head address, 0 for none
-	RobustListLen  uint64                 `protobuf:"varint,7,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
-	Creds          *Creds                 `protobuf:"bytes,8,opt,name=creds,proto3" json:"creds,omitempty"`
-	SeccompMode    uint32                 `protobuf:"varint,9,opt,name=seccomp_mode,json=seccompMode,proto3" json:"seccomp_mode,omitempty"`          // 0 disabled, 1 strict, 2 filter
-	SeccompFilters []*SeccompFilter       `protobuf:"bytes,10,rep,name=seccomp_filters,json=seccompFilters,proto3" json:"seccomp_filters,omitempty"` // oldest (first installed) first
-	Ioprio         uint32                 `protobuf:"varint,11,opt,name=ioprio,proto3" json:"ioprio,omitempty"`                                      // ioprio_get(2): class << 13 | level; 0 never set (follows nice)
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *ThreadState) Reset() {
-	*x = ThreadState{}
-	mi := &file_state_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ThreadState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ThreadState) ProtoMessage() {}
-
-func (x *ThreadState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ThreadState.ProtoReflect.Descriptor instead.
-func (*ThreadState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{3}
+	Pid            uint32           `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tid            uint32           `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
+	Comm           string           `protobuf:"bytes,3,opt,name=comm,proto3" json:"comm,omitempty"` // the thread's name (/proc/PID/task/TID/comm)
+	Sched          *SchedAttr       `protobuf:"bytes,4,opt,name=sched,proto3" json:"sched,omitempty"`
+	Affinity       []byte           `protobuf:"bytes,5,opt,name=affinity,proto3" json:"affinity,omitempty"`                        // CPU mask as sched_getaffinity(2) fills it
+	RobustList     uint64           `protobuf:"varint,6,opt,name=robust_list,json=robustList,proto3" json:"robust_list,omitempty"` // get_robust_list(2): head address, 0 for none
+	RobustListLen  uint64           `protobuf:"varint,7,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
+	Creds          *Creds           `protobuf:"bytes,8,opt,name=creds,proto3" json:"creds,omitempty"`
+	SeccompMode    uint32           `protobuf:"varint,9,opt,name=seccomp_mode,json=seccompMode,proto3" json:"seccomp_mode,omitempty"`          // 0 disabled, 1 strict, 2 filter
+	SeccompFilters []*SeccompFilter `protobuf:"bytes,10,rep,name=seccomp_filters,json=seccompFilters,proto3" json:"seccomp_filters,omitempty"` // oldest (first installed) first
+	Ioprio         uint32           `protobuf:"varint,11,opt,name=ioprio,proto3" json:"ioprio,omitempty"`                                      // ioprio_get(2): class << 13 | level; 0 never set (follows nice)
+	unknownFields  []byte
 }
 
 func (x *ThreadState) GetPid() uint32 {
@@ -414,43 +269,10 @@ func (x *ThreadState) GetIoprio() uint32 {
 
 // Rlimit is one resource limit (prlimit(2); RLIM_INFINITY is all ones).
 type Rlimit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Resource      uint32                 `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"` // RLIMIT_*
-	Cur           uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
-	Max           uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Rlimit) Reset() {
-	*x = Rlimit{}
-	mi := &file_state_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Rlimit) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Rlimit) ProtoMessage() {}
-
-func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
-func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{4}
+	Resource      uint32 `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"` // RLIMIT_*
+	Cur           uint64 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
+	Max           uint64 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields []byte
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -477,47 +299,14 @@ func (x *Rlimit) GetMax() uint64 {
 // ProcessState is per-process state read from outside (written by
 // cr-seize, one per process).
 type ProcessState struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Pid         uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Personality uint32                 `protobuf:"varint,2,opt,name=personality,proto3" json:"personality,omitempty"` // /proc/PID/personality
-	Rlimits     []*Rlimit              `protobuf:"bytes,3,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	OomScoreAdj int32                  `protobuf:"varint,4,opt,name=oom_score_adj,json=oomScoreAdj,proto3" json:"oom_score_adj,omitempty"` // /proc/PID/oom_score_adj
+	Pid         uint32    `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Personality uint32    `protobuf:"varint,2,opt,name=personality,proto3" json:"personality,omitempty"` // /proc/PID/personality
+	Rlimits     []*Rlimit `protobuf:"bytes,3,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	OomScoreAdj int32     `protobuf:"varint,4,opt,name=oom_score_adj,json=oomScoreAdj,proto3" json:"oom_score_adj,omitempty"` // /proc/PID/oom_score_adj
 	// /proc/PID/coredump_filter (MMF_DUMP_* bits); absent in older images,
 	// whose restores leave the restored process cr-restore's.
 	CoredumpFilter *uint32 `protobuf:"varint,5,opt,name=coredump_filter,json=coredumpFilter,proto3,oneof" json:"coredump_filter,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *ProcessState) Reset() {
-	*x = ProcessState{}
-	mi := &file_state_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ProcessState) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ProcessState) ProtoMessage() {}
-
-func (x *ProcessState) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ProcessState.ProtoReflect.Descriptor instead.
-func (*ProcessState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{5}
+	unknownFields  []byte
 }
 
 func (x *ProcessState) GetPid() uint32 {
@@ -557,43 +346,10 @@ func (x *ProcessState) GetCoredumpFilter() uint32 {
 
 // Siginfo is one queued signal as PTRACE_PEEKSIGINFO returned it.
 type Siginfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Signo         uint32                 `protobuf:"varint,1,opt,name=signo,proto3" json:"signo,omitempty"`
-	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"` // si_code (SI_USER 0, SI_QUEUE -1, SI_TIMER -2, SI_TKILL -6, ...)
-	Raw           []byte                 `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`    // struct siginfo, 128 bytes, queued again as it is
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Siginfo) Reset() {
-	*x = Siginfo{}
-	mi := &file_state_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Siginfo) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Siginfo) ProtoMessage() {}
-
-func (x *Siginfo) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Siginfo.ProtoReflect.Descriptor instead.
-func (*Siginfo) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{6}
+	Signo         uint32 `protobuf:"varint,1,opt,name=signo,proto3" json:"signo,omitempty"`
+	Code          int32  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"` // si_code (SI_USER 0, SI_QUEUE -1, SI_TIMER -2, SI_TKILL -6, ...)
+	Raw           []byte `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`    // struct siginfo, 128 bytes, queued again as it is
+	unknownFields []byte
 }
 
 func (x *Siginfo) GetSigno() uint32 {
@@ -619,43 +375,10 @@ func (x *Siginfo) GetRaw() []byte {
 
 // Sigaltstack is stack_t as sigaltstack(2) reports it.
 type Sigaltstack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sp            uint64                 `protobuf:"varint,1,opt,name=sp,proto3" json:"sp,omitempty"`
-	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Flags         uint32                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"` // SS_ONSTACK 1, SS_DISABLE 2, SS_AUTODISARM 1<<31
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Sigaltstack) Reset() {
-	*x = Sigaltstack{}
-	mi := &file_state_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Sigaltstack) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Sigaltstack) ProtoMessage() {}
-
-func (x *Sigaltstack) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Sigaltstack.ProtoReflect.Descriptor instead.
-func (*Sigaltstack) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{7}
+	Sp            uint64 `protobuf:"varint,1,opt,name=sp,proto3" json:"sp,omitempty"`
+	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Flags         uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"` // SS_ONSTACK 1, SS_DISABLE 2, SS_AUTODISARM 1<<31
+	unknownFields []byte
 }
 
 func (x *Sigaltstack) GetSp() uint64 {
@@ -682,52 +405,19 @@ func (x *Sigaltstack) GetFlags() uint32 {
 // ThreadInside is per-thread state read from inside (written by
 // cr-parasite, one per thread).
 type ThreadInside struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Pid          uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tid          uint32                 `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
-	Sigaltstack  *Sigaltstack           `protobuf:"bytes,3,opt,name=sigaltstack,proto3" json:"sigaltstack,omitempty"`
-	PdeathSignal uint32                 `protobuf:"varint,4,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"` // PR_GET_PDEATHSIG
-	Securebits   uint32                 `protobuf:"varint,5,opt,name=securebits,proto3" json:"securebits,omitempty"`                         // PR_GET_SECUREBITS
-	Pending      []*Siginfo             `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`                                // signals pending for this thread, in queue order
-	TimerslackNs uint64                 `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
+	Pid          uint32       `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Tid          uint32       `protobuf:"varint,2,opt,name=tid,proto3" json:"tid,omitempty"`
+	Sigaltstack  *Sigaltstack `protobuf:"bytes,3,opt,name=sigaltstack,proto3" json:"sigaltstack,omitempty"`
+	PdeathSignal uint32       `protobuf:"varint,4,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"` // PR_GET_PDEATHSIG
+	Securebits   uint32       `protobuf:"varint,5,opt,name=securebits,proto3" json:"securebits,omitempty"`                         // PR_GET_SECUREBITS
+	Pending      []*Siginfo   `protobuf:"bytes,6,rep,name=pending,proto3" json:"pending,omitempty"`                                // signals pending for this thread, in queue order
+	TimerslackNs uint64       `protobuf:"varint,7,opt,name=timerslack_ns,json=timerslackNs,proto3" json:"timerslack_ns,omitempty"` // PR_GET_TIMERSLACK
 	// PR_GET_SPECULATION_CTRL of PR_SPEC_STORE_BYPASS and of
 	// PR_SPEC_INDIRECT_BRANCH: PR_SPEC_* bits, 0 where the kernel cannot tell.
 	SpecStoreBypass    uint32     `protobuf:"varint,8,opt,name=spec_store_bypass,json=specStoreBypass,proto3" json:"spec_store_bypass,omitempty"`
 	SpecIndirectBranch uint32     `protobuf:"varint,9,opt,name=spec_indirect_branch,json=specIndirectBranch,proto3" json:"spec_indirect_branch,omitempty"`
 	Mempolicy          *Mempolicy `protobuf:"bytes,10,opt,name=mempolicy,proto3" json:"mempolicy,omitempty"` // absent for the default policy
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
-}
-
-func (x *ThreadInside) Reset() {
-	*x = ThreadInside{}
-	mi := &file_state_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ThreadInside) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ThreadInside) ProtoMessage() {}
-
-func (x *ThreadInside) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ThreadInside.ProtoReflect.Descriptor instead.
-func (*ThreadInside) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{8}
+	unknownFields      []byte
 }
 
 func (x *ThreadInside) GetPid() uint32 {
@@ -802,42 +492,9 @@ func (x *ThreadInside) GetMempolicy() *Mempolicy {
 
 // Mempolicy is a thread's NUMA memory policy (get_mempolicy(2)).
 type Mempolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mode          int32                  `protobuf:"varint,1,opt,name=mode,proto3" json:"mode,omitempty"`  // MPOL_* with its MPOL_F_* mode flags
-	Nodes         []byte                 `protobuf:"bytes,2,opt,name=nodes,proto3" json:"nodes,omitempty"` // the node mask, little-endian words, node n at bit n
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Mempolicy) Reset() {
-	*x = Mempolicy{}
-	mi := &file_state_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Mempolicy) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Mempolicy) ProtoMessage() {}
-
-func (x *Mempolicy) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Mempolicy.ProtoReflect.Descriptor instead.
-func (*Mempolicy) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	Mode          int32  `protobuf:"varint,1,opt,name=mode,proto3" json:"mode,omitempty"`  // MPOL_* with its MPOL_F_* mode flags
+	Nodes         []byte `protobuf:"bytes,2,opt,name=nodes,proto3" json:"nodes,omitempty"` // the node mask, little-endian words, node n at bit n
+	unknownFields []byte
 }
 
 func (x *Mempolicy) GetMode() int32 {
@@ -856,43 +513,10 @@ func (x *Mempolicy) GetNodes() []byte {
 
 // Itimer is one of setitimer(2)'s interval timers.
 type Itimer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Which         uint32                 `protobuf:"varint,1,opt,name=which,proto3" json:"which,omitempty"` // ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
-	IntervalNs    uint64                 `protobuf:"varint,2,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
-	ValueNs       uint64                 `protobuf:"varint,3,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0 with an interval: an ITIMER_REAL
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Itimer) Reset() {
-	*x = Itimer{}
-	mi := &file_state_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Itimer) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Itimer) ProtoMessage() {}
-
-func (x *Itimer) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
-func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	Which         uint32 `protobuf:"varint,1,opt,name=which,proto3" json:"which,omitempty"` // ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
+	IntervalNs    uint64 `protobuf:"varint,2,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
+	ValueNs       uint64 `protobuf:"varint,3,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0 with an interval: an ITIMER_REAL
+	unknownFields []byte
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -918,48 +542,15 @@ func (x *Itimer) GetValueNs() uint64 {
 
 // PosixTimer is one timer_create(2) timer (/proc/PID/timers, timer_gettime).
 type PosixTimer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Clock         int32                  `protobuf:"varint,2,opt,name=clock,proto3" json:"clock,omitempty"`   // clockid, negative for CPU clocks of a pid/tid
-	Notify        uint32                 `protobuf:"varint,3,opt,name=notify,proto3" json:"notify,omitempty"` // SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2, | SIGEV_THREAD_ID 4
-	Signo         uint32                 `protobuf:"varint,4,opt,name=signo,proto3" json:"signo,omitempty"`
-	Sigval        uint64                 `protobuf:"varint,5,opt,name=sigval,proto3" json:"sigval,omitempty"` // sigev_value
-	Tid           uint32                 `protobuf:"varint,6,opt,name=tid,proto3" json:"tid,omitempty"`       // SIGEV_THREAD_ID: the thread signalled
-	IntervalNs    uint64                 `protobuf:"varint,7,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
-	ValueNs       uint64                 `protobuf:"varint,8,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0: disarmed
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PosixTimer) Reset() {
-	*x = PosixTimer{}
-	mi := &file_state_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PosixTimer) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PosixTimer) ProtoMessage() {}
-
-func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
-func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	Id            int32  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Clock         int32  `protobuf:"varint,2,opt,name=clock,proto3" json:"clock,omitempty"`   // clockid, negative for CPU clocks of a pid/tid
+	Notify        uint32 `protobuf:"varint,3,opt,name=notify,proto3" json:"notify,omitempty"` // SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2, | SIGEV_THREAD_ID 4
+	Signo         uint32 `protobuf:"varint,4,opt,name=signo,proto3" json:"signo,omitempty"`
+	Sigval        uint64 `protobuf:"varint,5,opt,name=sigval,proto3" json:"sigval,omitempty"` // sigev_value
+	Tid           uint32 `protobuf:"varint,6,opt,name=tid,proto3" json:"tid,omitempty"`       // SIGEV_THREAD_ID: the thread signalled
+	IntervalNs    uint64 `protobuf:"varint,7,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
+	ValueNs       uint64 `protobuf:"varint,8,opt,name=value_ns,json=valueNs,proto3" json:"value_ns,omitempty"` // time left at dump; 0: disarmed
+	unknownFields []byte
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -1021,14 +612,13 @@ func (x *PosixTimer) GetValueNs() uint64 {
 // ProcessInside is per-process state read from inside (written by
 // cr-parasite, one per process, after every thread's ThreadInside).
 type ProcessInside struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Pid            uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Itimers        []*Itimer              `protobuf:"bytes,2,rep,name=itimers,proto3" json:"itimers,omitempty"`                                      // those with a value or an interval
-	PosixTimers    []*PosixTimer          `protobuf:"bytes,3,rep,name=posix_timers,json=posixTimers,proto3" json:"posix_timers,omitempty"`           // by id
-	Dumpable       uint32                 `protobuf:"varint,4,opt,name=dumpable,proto3" json:"dumpable,omitempty"`                                   // PR_GET_DUMPABLE
-	ChildSubreaper bool                   `protobuf:"varint,5,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"` // PR_GET_CHILD_SUBREAPER
-	SharedPending  []*Siginfo             `protobuf:"bytes,6,rep,name=shared_pending,json=sharedPending,proto3" json:"shared_pending,omitempty"`     // process-wide pending signals, in queue order
-	ThpDisable     uint32                 `protobuf:"varint,7,opt,name=thp_disable,json=thpDisable,proto3" json:"thp_disable,omitempty"`             // PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2)
+	Pid            uint32        `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Itimers        []*Itimer     `protobuf:"bytes,2,rep,name=itimers,proto3" json:"itimers,omitempty"`                                      // those with a value or an interval
+	PosixTimers    []*PosixTimer `protobuf:"bytes,3,rep,name=posix_timers,json=posixTimers,proto3" json:"posix_timers,omitempty"`           // by id
+	Dumpable       uint32        `protobuf:"varint,4,opt,name=dumpable,proto3" json:"dumpable,omitempty"`                                   // PR_GET_DUMPABLE
+	ChildSubreaper bool          `protobuf:"varint,5,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"` // PR_GET_CHILD_SUBREAPER
+	SharedPending  []*Siginfo    `protobuf:"bytes,6,rep,name=shared_pending,json=sharedPending,proto3" json:"shared_pending,omitempty"`     // process-wide pending signals, in queue order
+	ThpDisable     uint32        `protobuf:"varint,7,opt,name=thp_disable,json=thpDisable,proto3" json:"thp_disable,omitempty"`             // PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2)
 	// What mlockall(2) left in force for mappings made later (the mm's
 	// default flags): 0, or MCL_FUTURE (2), with MCL_ONFAULT (4) when given.
 	Mlockall    uint32 `protobuf:"varint,8,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
@@ -1038,39 +628,7 @@ type ProcessInside struct {
 	// shared memory, the object's policy where it is mapped), by address.
 	// A reader older than this field restores them with the default policy.
 	VmaPolicies   []*VmaPolicy `protobuf:"bytes,11,rep,name=vma_policies,json=vmaPolicies,proto3" json:"vma_policies,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ProcessInside) Reset() {
-	*x = ProcessInside{}
-	mi := &file_state_proto_msgTypes[12]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ProcessInside) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ProcessInside) ProtoMessage() {}
-
-func (x *ProcessInside) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[12]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ProcessInside.ProtoReflect.Descriptor instead.
-func (*ProcessInside) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	unknownFields []byte
 }
 
 func (x *ProcessInside) GetPid() uint32 {
@@ -1153,43 +711,10 @@ func (x *ProcessInside) GetVmaPolicies() []*VmaPolicy {
 // VmaPolicy is the memory policy of the mapping [start, end): what
 // get_mempolicy(MPOL_F_ADDR) says of its first page.
 type VmaPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
-	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
-	Policy        *Mempolicy             `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *VmaPolicy) Reset() {
-	*x = VmaPolicy{}
-	mi := &file_state_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *VmaPolicy) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*VmaPolicy) ProtoMessage() {}
-
-func (x *VmaPolicy) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_state_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use VmaPolicy.ProtoReflect.Descriptor instead.
-func (*VmaPolicy) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	Start         uint64     `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64     `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Policy        *Mempolicy `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields []byte
 }
 
 func (x *VmaPolicy) GetStart() uint64 {
@@ -1213,189 +738,86 @@ func (x *VmaPolicy) GetPolicy() *Mempolicy {
 	return nil
 }
 
-var File_state_proto protoreflect.FileDescriptor
+// Reset clears x.
+func (x *SchedAttr) Reset() { *x = SchedAttr{} }
 
-const file_state_proto_rawDesc = "" +
-	"\n" +
-	"\vstate.proto\x12\x05cr.v1\"\xb7\x01\n" +
-	"\tSchedAttr\x12\x16\n" +
-	"\x06policy\x18\x01 \x01(\rR\x06policy\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\x12\x12\n" +
-	"\x04nice\x18\x03 \x01(\x05R\x04nice\x12\x1a\n" +
-	"\bpriority\x18\x04 \x01(\rR\bpriority\x12\x18\n" +
-	"\aruntime\x18\x05 \x01(\x04R\aruntime\x12\x1a\n" +
-	"\bdeadline\x18\x06 \x01(\x04R\bdeadline\x12\x16\n" +
-	"\x06period\x18\a \x01(\x04R\x06period\"\xe6\x01\n" +
-	"\x05Creds\x12\x12\n" +
-	"\x04uids\x18\x01 \x03(\rR\x04uids\x12\x12\n" +
-	"\x04gids\x18\x02 \x03(\rR\x04gids\x12\x16\n" +
-	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x17\n" +
-	"\acap_inh\x18\x04 \x01(\x04R\x06capInh\x12\x17\n" +
-	"\acap_prm\x18\x05 \x01(\x04R\x06capPrm\x12\x17\n" +
-	"\acap_eff\x18\x06 \x01(\x04R\x06capEff\x12\x17\n" +
-	"\acap_bnd\x18\a \x01(\x04R\x06capBnd\x12\x17\n" +
-	"\acap_amb\x18\b \x01(\x04R\x06capAmb\x12 \n" +
-	"\fno_new_privs\x18\t \x01(\bR\n" +
-	"noNewPrivs\"9\n" +
-	"\rSeccompFilter\x12\x12\n" +
-	"\x04prog\x18\x01 \x01(\fR\x04prog\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xf0\x02\n" +
-	"\vThreadState\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
-	"\x03tid\x18\x02 \x01(\rR\x03tid\x12\x12\n" +
-	"\x04comm\x18\x03 \x01(\tR\x04comm\x12&\n" +
-	"\x05sched\x18\x04 \x01(\v2\x10.cr.v1.SchedAttrR\x05sched\x12\x1a\n" +
-	"\baffinity\x18\x05 \x01(\fR\baffinity\x12\x1f\n" +
-	"\vrobust_list\x18\x06 \x01(\x04R\n" +
-	"robustList\x12&\n" +
-	"\x0frobust_list_len\x18\a \x01(\x04R\rrobustListLen\x12\"\n" +
-	"\x05creds\x18\b \x01(\v2\f.cr.v1.CredsR\x05creds\x12!\n" +
-	"\fseccomp_mode\x18\t \x01(\rR\vseccompMode\x12=\n" +
-	"\x0fseccomp_filters\x18\n" +
-	" \x03(\v2\x14.cr.v1.SeccompFilterR\x0eseccompFilters\x12\x16\n" +
-	"\x06ioprio\x18\v \x01(\rR\x06ioprio\"H\n" +
-	"\x06Rlimit\x12\x1a\n" +
-	"\bresource\x18\x01 \x01(\rR\bresource\x12\x10\n" +
-	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
-	"\x03max\x18\x03 \x01(\x04R\x03max\"\xd1\x01\n" +
-	"\fProcessState\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12 \n" +
-	"\vpersonality\x18\x02 \x01(\rR\vpersonality\x12'\n" +
-	"\arlimits\x18\x03 \x03(\v2\r.cr.v1.RlimitR\arlimits\x12\"\n" +
-	"\room_score_adj\x18\x04 \x01(\x05R\voomScoreAdj\x12,\n" +
-	"\x0fcoredump_filter\x18\x05 \x01(\rH\x00R\x0ecoredumpFilter\x88\x01\x01B\x12\n" +
-	"\x10_coredump_filter\"E\n" +
-	"\aSiginfo\x12\x14\n" +
-	"\x05signo\x18\x01 \x01(\rR\x05signo\x12\x12\n" +
-	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x10\n" +
-	"\x03raw\x18\x03 \x01(\fR\x03raw\"G\n" +
-	"\vSigaltstack\x12\x0e\n" +
-	"\x02sp\x18\x01 \x01(\x04R\x02sp\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
-	"\x05flags\x18\x03 \x01(\rR\x05flags\"\x8a\x03\n" +
-	"\fThreadInside\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
-	"\x03tid\x18\x02 \x01(\rR\x03tid\x124\n" +
-	"\vsigaltstack\x18\x03 \x01(\v2\x12.cr.v1.SigaltstackR\vsigaltstack\x12#\n" +
-	"\rpdeath_signal\x18\x04 \x01(\rR\fpdeathSignal\x12\x1e\n" +
-	"\n" +
-	"securebits\x18\x05 \x01(\rR\n" +
-	"securebits\x12(\n" +
-	"\apending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\apending\x12#\n" +
-	"\rtimerslack_ns\x18\a \x01(\x04R\ftimerslackNs\x12*\n" +
-	"\x11spec_store_bypass\x18\b \x01(\rR\x0fspecStoreBypass\x120\n" +
-	"\x14spec_indirect_branch\x18\t \x01(\rR\x12specIndirectBranch\x12.\n" +
-	"\tmempolicy\x18\n" +
-	" \x01(\v2\x10.cr.v1.MempolicyR\tmempolicy\"5\n" +
-	"\tMempolicy\x12\x12\n" +
-	"\x04mode\x18\x01 \x01(\x05R\x04mode\x12\x14\n" +
-	"\x05nodes\x18\x02 \x01(\fR\x05nodes\"Z\n" +
-	"\x06Itimer\x12\x14\n" +
-	"\x05which\x18\x01 \x01(\rR\x05which\x12\x1f\n" +
-	"\vinterval_ns\x18\x02 \x01(\x04R\n" +
-	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\x03 \x01(\x04R\avalueNs\"\xc6\x01\n" +
-	"\n" +
-	"PosixTimer\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x05R\x02id\x12\x14\n" +
-	"\x05clock\x18\x02 \x01(\x05R\x05clock\x12\x16\n" +
-	"\x06notify\x18\x03 \x01(\rR\x06notify\x12\x14\n" +
-	"\x05signo\x18\x04 \x01(\rR\x05signo\x12\x16\n" +
-	"\x06sigval\x18\x05 \x01(\x04R\x06sigval\x12\x10\n" +
-	"\x03tid\x18\x06 \x01(\rR\x03tid\x12\x1f\n" +
-	"\vinterval_ns\x18\a \x01(\x04R\n" +
-	"intervalNs\x12\x19\n" +
-	"\bvalue_ns\x18\b \x01(\x04R\avalueNs\"\xa5\x03\n" +
-	"\rProcessInside\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
-	"\aitimers\x18\x02 \x03(\v2\r.cr.v1.ItimerR\aitimers\x124\n" +
-	"\fposix_timers\x18\x03 \x03(\v2\x11.cr.v1.PosixTimerR\vposixTimers\x12\x1a\n" +
-	"\bdumpable\x18\x04 \x01(\rR\bdumpable\x12'\n" +
-	"\x0fchild_subreaper\x18\x05 \x01(\bR\x0echildSubreaper\x125\n" +
-	"\x0eshared_pending\x18\x06 \x03(\v2\x0e.cr.v1.SiginfoR\rsharedPending\x12\x1f\n" +
-	"\vthp_disable\x18\a \x01(\rR\n" +
-	"thpDisable\x12\x1a\n" +
-	"\bmlockall\x18\b \x01(\rR\bmlockall\x12\x12\n" +
-	"\x04mdwe\x18\t \x01(\rR\x04mdwe\x12!\n" +
-	"\fmemory_merge\x18\n" +
-	" \x01(\bR\vmemoryMerge\x123\n" +
-	"\fvma_policies\x18\v \x03(\v2\x10.cr.v1.VmaPolicyR\vvmaPolicies\"]\n" +
-	"\tVmaPolicy\x12\x14\n" +
-	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\x04R\x03end\x12(\n" +
-	"\x06policy\x18\x03 \x01(\v2\x10.cr.v1.MempolicyR\x06policyB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+// MessageName is the full name of SchedAttr in the .proto files.
+func (*SchedAttr) MessageName() string { return "cr.v1.SchedAttr" }
 
-var (
-	file_state_proto_rawDescOnce sync.Once
-	file_state_proto_rawDescData []byte
-)
+// Reset clears x.
+func (x *Creds) Reset() { *x = Creds{} }
 
-func file_state_proto_rawDescGZIP() []byte {
-	file_state_proto_rawDescOnce.Do(func() {
-		file_state_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)))
-	})
-	return file_state_proto_rawDescData
-}
+// MessageName is the full name of Creds in the .proto files.
+func (*Creds) MessageName() string { return "cr.v1.Creds" }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
-var file_state_proto_goTypes = []any{
-	(*SchedAttr)(nil),     // 0: cr.v1.SchedAttr
-	(*Creds)(nil),         // 1: cr.v1.Creds
-	(*SeccompFilter)(nil), // 2: cr.v1.SeccompFilter
-	(*ThreadState)(nil),   // 3: cr.v1.ThreadState
-	(*Rlimit)(nil),        // 4: cr.v1.Rlimit
-	(*ProcessState)(nil),  // 5: cr.v1.ProcessState
-	(*Siginfo)(nil),       // 6: cr.v1.Siginfo
-	(*Sigaltstack)(nil),   // 7: cr.v1.Sigaltstack
-	(*ThreadInside)(nil),  // 8: cr.v1.ThreadInside
-	(*Mempolicy)(nil),     // 9: cr.v1.Mempolicy
-	(*Itimer)(nil),        // 10: cr.v1.Itimer
-	(*PosixTimer)(nil),    // 11: cr.v1.PosixTimer
-	(*ProcessInside)(nil), // 12: cr.v1.ProcessInside
-	(*VmaPolicy)(nil),     // 13: cr.v1.VmaPolicy
-}
-var file_state_proto_depIdxs = []int32{
-	0,  // 0: cr.v1.ThreadState.sched:type_name -> cr.v1.SchedAttr
-	1,  // 1: cr.v1.ThreadState.creds:type_name -> cr.v1.Creds
-	2,  // 2: cr.v1.ThreadState.seccomp_filters:type_name -> cr.v1.SeccompFilter
-	4,  // 3: cr.v1.ProcessState.rlimits:type_name -> cr.v1.Rlimit
-	7,  // 4: cr.v1.ThreadInside.sigaltstack:type_name -> cr.v1.Sigaltstack
-	6,  // 5: cr.v1.ThreadInside.pending:type_name -> cr.v1.Siginfo
-	9,  // 6: cr.v1.ThreadInside.mempolicy:type_name -> cr.v1.Mempolicy
-	10, // 7: cr.v1.ProcessInside.itimers:type_name -> cr.v1.Itimer
-	11, // 8: cr.v1.ProcessInside.posix_timers:type_name -> cr.v1.PosixTimer
-	6,  // 9: cr.v1.ProcessInside.shared_pending:type_name -> cr.v1.Siginfo
-	13, // 10: cr.v1.ProcessInside.vma_policies:type_name -> cr.v1.VmaPolicy
-	9,  // 11: cr.v1.VmaPolicy.policy:type_name -> cr.v1.Mempolicy
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
-}
+// Reset clears x.
+func (x *SeccompFilter) Reset() { *x = SeccompFilter{} }
 
-var _ = lazily(file_state_proto_init)
+// MessageName is the full name of SeccompFilter in the .proto files.
+func (*SeccompFilter) MessageName() string { return "cr.v1.SeccompFilter" }
 
-func file_state_proto_init() {
-	if File_state_proto != nil {
-		return
-	}
-	file_state_proto_msgTypes[5].OneofWrappers = []any{}
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   14,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_state_proto_goTypes,
-		DependencyIndexes: file_state_proto_depIdxs,
-		MessageInfos:      file_state_proto_msgTypes,
-	}.Build()
-	File_state_proto = out.File
-	file_state_proto_goTypes = nil
-	file_state_proto_depIdxs = nil
-}
+// Reset clears x.
+func (x *ThreadState) Reset() { *x = ThreadState{} }
+
+// MessageName is the full name of ThreadState in the .proto files.
+func (*ThreadState) MessageName() string { return "cr.v1.ThreadState" }
+
+// Reset clears x.
+func (x *Rlimit) Reset() { *x = Rlimit{} }
+
+// MessageName is the full name of Rlimit in the .proto files.
+func (*Rlimit) MessageName() string { return "cr.v1.Rlimit" }
+
+// Reset clears x.
+func (x *ProcessState) Reset() { *x = ProcessState{} }
+
+// MessageName is the full name of ProcessState in the .proto files.
+func (*ProcessState) MessageName() string { return "cr.v1.ProcessState" }
+
+// Reset clears x.
+func (x *Siginfo) Reset() { *x = Siginfo{} }
+
+// MessageName is the full name of Siginfo in the .proto files.
+func (*Siginfo) MessageName() string { return "cr.v1.Siginfo" }
+
+// Reset clears x.
+func (x *Sigaltstack) Reset() { *x = Sigaltstack{} }
+
+// MessageName is the full name of Sigaltstack in the .proto files.
+func (*Sigaltstack) MessageName() string { return "cr.v1.Sigaltstack" }
+
+// Reset clears x.
+func (x *ThreadInside) Reset() { *x = ThreadInside{} }
+
+// MessageName is the full name of ThreadInside in the .proto files.
+func (*ThreadInside) MessageName() string { return "cr.v1.ThreadInside" }
+
+// Reset clears x.
+func (x *Mempolicy) Reset() { *x = Mempolicy{} }
+
+// MessageName is the full name of Mempolicy in the .proto files.
+func (*Mempolicy) MessageName() string { return "cr.v1.Mempolicy" }
+
+// Reset clears x.
+func (x *Itimer) Reset() { *x = Itimer{} }
+
+// MessageName is the full name of Itimer in the .proto files.
+func (*Itimer) MessageName() string { return "cr.v1.Itimer" }
+
+// Reset clears x.
+func (x *PosixTimer) Reset() { *x = PosixTimer{} }
+
+// MessageName is the full name of PosixTimer in the .proto files.
+func (*PosixTimer) MessageName() string { return "cr.v1.PosixTimer" }
+
+// Reset clears x.
+func (x *ProcessInside) Reset() { *x = ProcessInside{} }
+
+// MessageName is the full name of ProcessInside in the .proto files.
+func (*ProcessInside) MessageName() string { return "cr.v1.ProcessInside" }
+
+// Reset clears x.
+func (x *VmaPolicy) Reset() { *x = VmaPolicy{} }
+
+// MessageName is the full name of VmaPolicy in the .proto files.
+func (*VmaPolicy) MessageName() string { return "cr.v1.VmaPolicy" }

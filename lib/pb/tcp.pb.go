@@ -10,22 +10,9 @@
 // 	protoc        v3.21.12
 // source: tcp.proto
 
+// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.
+
 package pb
-
-import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-)
-
-const (
-	// Verify that this generated code is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(20 - protoimpl.MinVersion)
-	// Verify that runtime/protoimpl is sufficiently up-to-date.
-	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
-)
 
 // TcpLock (record type 80, "tcp-lock") is the network lock cr-tcp holds,
 // written before its other records so that a restore can lock its own
@@ -33,44 +20,11 @@ const (
 // both ways (so a peer retransmits and never meets a closed port), except
 // packets that carry the mark (segments crpipe writes itself).
 type TcpLock struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Table         string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`  // nft table of family inet, "crpipe-<root pid>"
-	Netns         uint64                 `protobuf:"varint,2,opt,name=netns,proto3" json:"netns,omitempty"` // inode of the network namespace that was locked
-	Flows         []*TcpFlow             `protobuf:"bytes,3,rep,name=flows,proto3" json:"flows,omitempty"`
-	Mark          uint32                 `protobuf:"varint,4,opt,name=mark,proto3" json:"mark,omitempty"` // fwmark that passes the lock
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpLock) Reset() {
-	*x = TcpLock{}
-	mi := &file_tcp_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpLock) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpLock) ProtoMessage() {}
-
-func (x *TcpLock) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpLock.ProtoReflect.Descriptor instead.
-func (*TcpLock) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{0}
+	Table         string     `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`  // nft table of family inet, "crpipe-<root pid>"
+	Netns         uint64     `protobuf:"varint,2,opt,name=netns,proto3" json:"netns,omitempty"` // inode of the network namespace that was locked
+	Flows         []*TcpFlow `protobuf:"bytes,3,rep,name=flows,proto3" json:"flows,omitempty"`
+	Mark          uint32     `protobuf:"varint,4,opt,name=mark,proto3" json:"mark,omitempty"` // fwmark that passes the lock
+	unknownFields []byte
 }
 
 func (x *TcpLock) GetTable() string {
@@ -104,44 +58,11 @@ func (x *TcpLock) GetMark() uint32 {
 // TcpFlow is one connection as the wire sees it: IPv4-mapped IPv6
 // addresses are written as IPv4.
 type TcpFlow struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LocalAddr     []byte                 `protobuf:"bytes,1,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
-	LocalPort     uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
-	PeerAddr      []byte                 `protobuf:"bytes,3,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
-	PeerPort      uint32                 `protobuf:"varint,4,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpFlow) Reset() {
-	*x = TcpFlow{}
-	mi := &file_tcp_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpFlow) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpFlow) ProtoMessage() {}
-
-func (x *TcpFlow) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpFlow.ProtoReflect.Descriptor instead.
-func (*TcpFlow) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{1}
+	LocalAddr     []byte `protobuf:"bytes,1,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes
+	LocalPort     uint32 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	PeerAddr      []byte `protobuf:"bytes,3,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	PeerPort      uint32 `protobuf:"varint,4,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	unknownFields []byte
 }
 
 func (x *TcpFlow) GetLocalAddr() []byte {
@@ -174,54 +95,21 @@ func (x *TcpFlow) GetPeerPort() uint32 {
 
 // TcpSocket (record type 81, "tcp-socket") is one TCP socket of the tree.
 type TcpSocket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Inode         uint64                 `protobuf:"varint,1,opt,name=inode,proto3" json:"inode,omitempty"`                         // Fd.inode of every FD_TCP fd that refers to it
-	Family        uint32                 `protobuf:"varint,2,opt,name=family,proto3" json:"family,omitempty"`                       // AF_INET 2, AF_INET6 10
-	State         uint32                 `protobuf:"varint,3,opt,name=state,proto3" json:"state,omitempty"`                         // kernel TCP state: 1 established, 7 close, 10 listen, ...
-	LocalAddr     []byte                 `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes (family's size)
-	LocalPort     uint32                 `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
-	PeerAddr      []byte                 `protobuf:"bytes,6,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"` // connected states only
-	PeerPort      uint32                 `protobuf:"varint,7,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
-	ScopeId       uint32                 `protobuf:"varint,8,opt,name=scope_id,json=scopeId,proto3" json:"scope_id,omitempty"` // IPv6 scope (interface index) of a link-local address
-	Bound         bool                   `protobuf:"varint,9,opt,name=bound,proto3" json:"bound,omitempty"`                    // closed or listening: has a local address or port
-	Backlog       uint32                 `protobuf:"varint,10,opt,name=backlog,proto3" json:"backlog,omitempty"`               // listening: listen(2) backlog as the kernel keeps it
-	Opts          *TcpSockopts           `protobuf:"bytes,11,opt,name=opts,proto3" json:"opts,omitempty"`
-	Conn          *TcpConnection         `protobuf:"bytes,12,opt,name=conn,proto3" json:"conn,omitempty"` // connected states only
-	Pid           uint32                 `protobuf:"varint,13,opt,name=pid,proto3" json:"pid,omitempty"`  // where cr-tcp found it first, for messages
-	Fd            int32                  `protobuf:"varint,14,opt,name=fd,proto3" json:"fd,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpSocket) Reset() {
-	*x = TcpSocket{}
-	mi := &file_tcp_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpSocket) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpSocket) ProtoMessage() {}
-
-func (x *TcpSocket) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpSocket.ProtoReflect.Descriptor instead.
-func (*TcpSocket) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{2}
+	Inode         uint64         `protobuf:"varint,1,opt,name=inode,proto3" json:"inode,omitempty"`                         // Fd.inode of every FD_TCP fd that refers to it
+	Family        uint32         `protobuf:"varint,2,opt,name=family,proto3" json:"family,omitempty"`                       // AF_INET 2, AF_INET6 10
+	State         uint32         `protobuf:"varint,3,opt,name=state,proto3" json:"state,omitempty"`                         // kernel TCP state: 1 established, 7 close, 10 listen, ...
+	LocalAddr     []byte         `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"` // 4 or 16 bytes (family's size)
+	LocalPort     uint32         `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	PeerAddr      []byte         `protobuf:"bytes,6,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"` // connected states only
+	PeerPort      uint32         `protobuf:"varint,7,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	ScopeId       uint32         `protobuf:"varint,8,opt,name=scope_id,json=scopeId,proto3" json:"scope_id,omitempty"` // IPv6 scope (interface index) of a link-local address
+	Bound         bool           `protobuf:"varint,9,opt,name=bound,proto3" json:"bound,omitempty"`                    // closed or listening: has a local address or port
+	Backlog       uint32         `protobuf:"varint,10,opt,name=backlog,proto3" json:"backlog,omitempty"`               // listening: listen(2) backlog as the kernel keeps it
+	Opts          *TcpSockopts   `protobuf:"bytes,11,opt,name=opts,proto3" json:"opts,omitempty"`
+	Conn          *TcpConnection `protobuf:"bytes,12,opt,name=conn,proto3" json:"conn,omitempty"` // connected states only
+	Pid           uint32         `protobuf:"varint,13,opt,name=pid,proto3" json:"pid,omitempty"`  // where cr-tcp found it first, for messages
+	Fd            int32          `protobuf:"varint,14,opt,name=fd,proto3" json:"fd,omitempty"`
+	unknownFields []byte
 }
 
 func (x *TcpSocket) GetInode() uint64 {
@@ -325,71 +213,38 @@ func (x *TcpSocket) GetFd() int32 {
 // TcpSockopts are the options a program may have set. Buffer sizes are as
 // getsockopt reports them (twice what was asked).
 type TcpSockopts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reuseaddr     bool                   `protobuf:"varint,1,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
-	Reuseport     bool                   `protobuf:"varint,2,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
-	V6Only        bool                   `protobuf:"varint,3,opt,name=v6only,proto3" json:"v6only,omitempty"`
-	Freebind      bool                   `protobuf:"varint,4,opt,name=freebind,proto3" json:"freebind,omitempty"`
-	Nodelay       bool                   `protobuf:"varint,5,opt,name=nodelay,proto3" json:"nodelay,omitempty"`
-	Cork          bool                   `protobuf:"varint,6,opt,name=cork,proto3" json:"cork,omitempty"`
-	Keepalive     bool                   `protobuf:"varint,7,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
-	Keepidle      uint32                 `protobuf:"varint,8,opt,name=keepidle,proto3" json:"keepidle,omitempty"` // seconds
-	Keepintvl     uint32                 `protobuf:"varint,9,opt,name=keepintvl,proto3" json:"keepintvl,omitempty"`
-	Keepcnt       uint32                 `protobuf:"varint,10,opt,name=keepcnt,proto3" json:"keepcnt,omitempty"`
-	Sndbuf        uint32                 `protobuf:"varint,11,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
-	Rcvbuf        uint32                 `protobuf:"varint,12,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
-	Linger        bool                   `protobuf:"varint,13,opt,name=linger,proto3" json:"linger,omitempty"`
-	LingerSecs    uint32                 `protobuf:"varint,14,opt,name=linger_secs,json=lingerSecs,proto3" json:"linger_secs,omitempty"`
-	UserTimeout   uint32                 `protobuf:"varint,15,opt,name=user_timeout,json=userTimeout,proto3" json:"user_timeout,omitempty"` // milliseconds
-	NotsentLowat  uint32                 `protobuf:"varint,16,opt,name=notsent_lowat,json=notsentLowat,proto3" json:"notsent_lowat,omitempty"`
-	Congestion    string                 `protobuf:"bytes,17,opt,name=congestion,proto3" json:"congestion,omitempty"`
-	DeferAccept   uint32                 `protobuf:"varint,18,opt,name=defer_accept,json=deferAccept,proto3" json:"defer_accept,omitempty"` // listening, seconds
-	Maxseg        uint32                 `protobuf:"varint,19,opt,name=maxseg,proto3" json:"maxseg,omitempty"`                              // TCP_MAXSEG a program set on a closed or listening socket
-	Tos           uint32                 `protobuf:"varint,20,opt,name=tos,proto3" json:"tos,omitempty"`                                    // IP_TOS or IPV6_TCLASS
-	Mark          uint32                 `protobuf:"varint,21,opt,name=mark,proto3" json:"mark,omitempty"`                                  // SO_MARK
-	Priority      uint32                 `protobuf:"varint,22,opt,name=priority,proto3" json:"priority,omitempty"`                          // SO_PRIORITY
-	BindDevice    string                 `protobuf:"bytes,23,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`     // SO_BINDTODEVICE
-	Oobinline     bool                   `protobuf:"varint,24,opt,name=oobinline,proto3" json:"oobinline,omitempty"`
-	Rcvlowat      uint32                 `protobuf:"varint,25,opt,name=rcvlowat,proto3" json:"rcvlowat,omitempty"`
-	WindowClamp   uint32                 `protobuf:"varint,26,opt,name=window_clamp,json=windowClamp,proto3" json:"window_clamp,omitempty"`
-	Fastopen      uint32                 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`                       // listening: TCP_FASTOPEN queue length
-	BufLock       uint32                 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"`          // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
-	Transparent   bool                   `protobuf:"varint,29,opt,name=transparent,proto3" json:"transparent,omitempty"`                 // IP_TRANSPARENT / IPV6_TRANSPARENT
-	RcvtimeoUs    uint64                 `protobuf:"varint,30,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"` // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
-	SndtimeoUs    uint64                 `protobuf:"varint,31,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpSockopts) Reset() {
-	*x = TcpSockopts{}
-	mi := &file_tcp_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpSockopts) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpSockopts) ProtoMessage() {}
-
-func (x *TcpSockopts) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpSockopts.ProtoReflect.Descriptor instead.
-func (*TcpSockopts) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{3}
+	Reuseaddr     bool   `protobuf:"varint,1,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
+	Reuseport     bool   `protobuf:"varint,2,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
+	V6Only        bool   `protobuf:"varint,3,opt,name=v6only,proto3" json:"v6only,omitempty"`
+	Freebind      bool   `protobuf:"varint,4,opt,name=freebind,proto3" json:"freebind,omitempty"`
+	Nodelay       bool   `protobuf:"varint,5,opt,name=nodelay,proto3" json:"nodelay,omitempty"`
+	Cork          bool   `protobuf:"varint,6,opt,name=cork,proto3" json:"cork,omitempty"`
+	Keepalive     bool   `protobuf:"varint,7,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
+	Keepidle      uint32 `protobuf:"varint,8,opt,name=keepidle,proto3" json:"keepidle,omitempty"` // seconds
+	Keepintvl     uint32 `protobuf:"varint,9,opt,name=keepintvl,proto3" json:"keepintvl,omitempty"`
+	Keepcnt       uint32 `protobuf:"varint,10,opt,name=keepcnt,proto3" json:"keepcnt,omitempty"`
+	Sndbuf        uint32 `protobuf:"varint,11,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
+	Rcvbuf        uint32 `protobuf:"varint,12,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Linger        bool   `protobuf:"varint,13,opt,name=linger,proto3" json:"linger,omitempty"`
+	LingerSecs    uint32 `protobuf:"varint,14,opt,name=linger_secs,json=lingerSecs,proto3" json:"linger_secs,omitempty"`
+	UserTimeout   uint32 `protobuf:"varint,15,opt,name=user_timeout,json=userTimeout,proto3" json:"user_timeout,omitempty"` // milliseconds
+	NotsentLowat  uint32 `protobuf:"varint,16,opt,name=notsent_lowat,json=notsentLowat,proto3" json:"notsent_lowat,omitempty"`
+	Congestion    string `protobuf:"bytes,17,opt,name=congestion,proto3" json:"congestion,omitempty"`
+	DeferAccept   uint32 `protobuf:"varint,18,opt,name=defer_accept,json=deferAccept,proto3" json:"defer_accept,omitempty"` // listening, seconds
+	Maxseg        uint32 `protobuf:"varint,19,opt,name=maxseg,proto3" json:"maxseg,omitempty"`                              // TCP_MAXSEG a program set on a closed or listening socket
+	Tos           uint32 `protobuf:"varint,20,opt,name=tos,proto3" json:"tos,omitempty"`                                    // IP_TOS or IPV6_TCLASS
+	Mark          uint32 `protobuf:"varint,21,opt,name=mark,proto3" json:"mark,omitempty"`                                  // SO_MARK
+	Priority      uint32 `protobuf:"varint,22,opt,name=priority,proto3" json:"priority,omitempty"`                          // SO_PRIORITY
+	BindDevice    string `protobuf:"bytes,23,opt,name=bind_device,json=bindDevice,proto3" json:"bind_device,omitempty"`     // SO_BINDTODEVICE
+	Oobinline     bool   `protobuf:"varint,24,opt,name=oobinline,proto3" json:"oobinline,omitempty"`
+	Rcvlowat      uint32 `protobuf:"varint,25,opt,name=rcvlowat,proto3" json:"rcvlowat,omitempty"`
+	WindowClamp   uint32 `protobuf:"varint,26,opt,name=window_clamp,json=windowClamp,proto3" json:"window_clamp,omitempty"`
+	Fastopen      uint32 `protobuf:"varint,27,opt,name=fastopen,proto3" json:"fastopen,omitempty"`                       // listening: TCP_FASTOPEN queue length
+	BufLock       uint32 `protobuf:"varint,28,opt,name=buf_lock,json=bufLock,proto3" json:"buf_lock,omitempty"`          // SO_BUF_LOCK: 1 sndbuf, 2 rcvbuf set by the program (else autotuned)
+	Transparent   bool   `protobuf:"varint,29,opt,name=transparent,proto3" json:"transparent,omitempty"`                 // IP_TRANSPARENT / IPV6_TRANSPARENT
+	RcvtimeoUs    uint64 `protobuf:"varint,30,opt,name=rcvtimeo_us,json=rcvtimeoUs,proto3" json:"rcvtimeo_us,omitempty"` // SO_RCVTIMEO, SO_SNDTIMEO in microseconds (0: none)
+	SndtimeoUs    uint64 `protobuf:"varint,31,opt,name=sndtimeo_us,json=sndtimeoUs,proto3" json:"sndtimeo_us,omitempty"`
+	unknownFields []byte
 }
 
 func (x *TcpSockopts) GetReuseaddr() bool {
@@ -613,60 +468,27 @@ func (x *TcpSockopts) GetSndtimeoUs() uint64 {
 // numbers are those of the first byte of each queue, FINs not counted;
 // the queue contents follow as TcpQueue records.
 type TcpConnection struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	SndSeq      uint32                 `protobuf:"varint,1,opt,name=snd_seq,json=sndSeq,proto3" json:"snd_seq,omitempty"`          // snd_una: first byte of the send queue
-	RcvSeq      uint32                 `protobuf:"varint,2,opt,name=rcv_seq,json=rcvSeq,proto3" json:"rcv_seq,omitempty"`          // first byte of the receive queue (not yet read by the program)
-	SendLen     uint32                 `protobuf:"varint,3,opt,name=send_len,json=sendLen,proto3" json:"send_len,omitempty"`       // bytes in the send queue: sent and unacknowledged, then unsent
-	UnsentLen   uint32                 `protobuf:"varint,4,opt,name=unsent_len,json=unsentLen,proto3" json:"unsent_len,omitempty"` // of those, bytes never sent
-	RecvLen     uint32                 `protobuf:"varint,5,opt,name=recv_len,json=recvLen,proto3" json:"recv_len,omitempty"`       // bytes in the receive queue
-	Mss         uint32                 `protobuf:"varint,6,opt,name=mss,proto3" json:"mss,omitempty"`                              // mss_clamp (TCP_MAXSEG in repair mode)
-	Wscale      bool                   `protobuf:"varint,7,opt,name=wscale,proto3" json:"wscale,omitempty"`                        // window scaling negotiated
-	SndWscale   uint32                 `protobuf:"varint,8,opt,name=snd_wscale,json=sndWscale,proto3" json:"snd_wscale,omitempty"`
-	RcvWscale   uint32                 `protobuf:"varint,9,opt,name=rcv_wscale,json=rcvWscale,proto3" json:"rcv_wscale,omitempty"`
-	Sack        bool                   `protobuf:"varint,10,opt,name=sack,proto3" json:"sack,omitempty"`
-	Timestamps  bool                   `protobuf:"varint,11,opt,name=timestamps,proto3" json:"timestamps,omitempty"`
-	Timestamp   uint32                 `protobuf:"varint,12,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // TCP_TIMESTAMP at dump
-	Window      *TcpWindow             `protobuf:"bytes,13,opt,name=window,proto3" json:"window,omitempty"`
-	FinSent     bool                   `protobuf:"varint,14,opt,name=fin_sent,json=finSent,proto3" json:"fin_sent,omitempty"`             // we sent (or queued) a FIN: FIN_WAIT1/2, CLOSING, LAST_ACK
-	FinAcked    bool                   `protobuf:"varint,15,opt,name=fin_acked,json=finAcked,proto3" json:"fin_acked,omitempty"`          // and the peer acknowledged it (FIN_WAIT2)
-	FinReceived bool                   `protobuf:"varint,16,opt,name=fin_received,json=finReceived,proto3" json:"fin_received,omitempty"` // the peer's FIN arrived: CLOSE_WAIT, CLOSING, LAST_ACK
-	Ecn         bool                   `protobuf:"varint,17,opt,name=ecn,proto3" json:"ecn,omitempty"`                                    // ECN negotiated (not restored: the kernel has no repair option)
+	SndSeq      uint32     `protobuf:"varint,1,opt,name=snd_seq,json=sndSeq,proto3" json:"snd_seq,omitempty"`          // snd_una: first byte of the send queue
+	RcvSeq      uint32     `protobuf:"varint,2,opt,name=rcv_seq,json=rcvSeq,proto3" json:"rcv_seq,omitempty"`          // first byte of the receive queue (not yet read by the program)
+	SendLen     uint32     `protobuf:"varint,3,opt,name=send_len,json=sendLen,proto3" json:"send_len,omitempty"`       // bytes in the send queue: sent and unacknowledged, then unsent
+	UnsentLen   uint32     `protobuf:"varint,4,opt,name=unsent_len,json=unsentLen,proto3" json:"unsent_len,omitempty"` // of those, bytes never sent
+	RecvLen     uint32     `protobuf:"varint,5,opt,name=recv_len,json=recvLen,proto3" json:"recv_len,omitempty"`       // bytes in the receive queue
+	Mss         uint32     `protobuf:"varint,6,opt,name=mss,proto3" json:"mss,omitempty"`                              // mss_clamp (TCP_MAXSEG in repair mode)
+	Wscale      bool       `protobuf:"varint,7,opt,name=wscale,proto3" json:"wscale,omitempty"`                        // window scaling negotiated
+	SndWscale   uint32     `protobuf:"varint,8,opt,name=snd_wscale,json=sndWscale,proto3" json:"snd_wscale,omitempty"`
+	RcvWscale   uint32     `protobuf:"varint,9,opt,name=rcv_wscale,json=rcvWscale,proto3" json:"rcv_wscale,omitempty"`
+	Sack        bool       `protobuf:"varint,10,opt,name=sack,proto3" json:"sack,omitempty"`
+	Timestamps  bool       `protobuf:"varint,11,opt,name=timestamps,proto3" json:"timestamps,omitempty"`
+	Timestamp   uint32     `protobuf:"varint,12,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // TCP_TIMESTAMP at dump
+	Window      *TcpWindow `protobuf:"bytes,13,opt,name=window,proto3" json:"window,omitempty"`
+	FinSent     bool       `protobuf:"varint,14,opt,name=fin_sent,json=finSent,proto3" json:"fin_sent,omitempty"`             // we sent (or queued) a FIN: FIN_WAIT1/2, CLOSING, LAST_ACK
+	FinAcked    bool       `protobuf:"varint,15,opt,name=fin_acked,json=finAcked,proto3" json:"fin_acked,omitempty"`          // and the peer acknowledged it (FIN_WAIT2)
+	FinReceived bool       `protobuf:"varint,16,opt,name=fin_received,json=finReceived,proto3" json:"fin_received,omitempty"` // the peer's FIN arrived: CLOSE_WAIT, CLOSING, LAST_ACK
+	Ecn         bool       `protobuf:"varint,17,opt,name=ecn,proto3" json:"ecn,omitempty"`                                    // ECN negotiated (not restored: the kernel has no repair option)
 	// pending: a connection not yet accepted, waiting in the accept queue of
 	// the listening socket with this inode (restored into that queue).
 	Listener      uint64 `protobuf:"varint,18,opt,name=listener,proto3" json:"listener,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpConnection) Reset() {
-	*x = TcpConnection{}
-	mi := &file_tcp_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpConnection) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpConnection) ProtoMessage() {}
-
-func (x *TcpConnection) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpConnection.ProtoReflect.Descriptor instead.
-func (*TcpConnection) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{4}
+	unknownFields []byte
 }
 
 func (x *TcpConnection) GetSndSeq() uint32 {
@@ -797,45 +619,12 @@ func (x *TcpConnection) GetListener() uint64 {
 
 // TcpWindow is struct tcp_repair_window.
 type TcpWindow struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SndWl1        uint32                 `protobuf:"varint,1,opt,name=snd_wl1,json=sndWl1,proto3" json:"snd_wl1,omitempty"`
-	SndWnd        uint32                 `protobuf:"varint,2,opt,name=snd_wnd,json=sndWnd,proto3" json:"snd_wnd,omitempty"`
-	MaxWindow     uint32                 `protobuf:"varint,3,opt,name=max_window,json=maxWindow,proto3" json:"max_window,omitempty"`
-	RcvWnd        uint32                 `protobuf:"varint,4,opt,name=rcv_wnd,json=rcvWnd,proto3" json:"rcv_wnd,omitempty"`
-	RcvWup        uint32                 `protobuf:"varint,5,opt,name=rcv_wup,json=rcvWup,proto3" json:"rcv_wup,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpWindow) Reset() {
-	*x = TcpWindow{}
-	mi := &file_tcp_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpWindow) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpWindow) ProtoMessage() {}
-
-func (x *TcpWindow) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpWindow.ProtoReflect.Descriptor instead.
-func (*TcpWindow) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{5}
+	SndWl1        uint32 `protobuf:"varint,1,opt,name=snd_wl1,json=sndWl1,proto3" json:"snd_wl1,omitempty"`
+	SndWnd        uint32 `protobuf:"varint,2,opt,name=snd_wnd,json=sndWnd,proto3" json:"snd_wnd,omitempty"`
+	MaxWindow     uint32 `protobuf:"varint,3,opt,name=max_window,json=maxWindow,proto3" json:"max_window,omitempty"`
+	RcvWnd        uint32 `protobuf:"varint,4,opt,name=rcv_wnd,json=rcvWnd,proto3" json:"rcv_wnd,omitempty"`
+	RcvWup        uint32 `protobuf:"varint,5,opt,name=rcv_wup,json=rcvWup,proto3" json:"rcv_wup,omitempty"`
+	unknownFields []byte
 }
 
 func (x *TcpWindow) GetSndWl1() uint32 {
@@ -876,44 +665,11 @@ func (x *TcpWindow) GetRcvWup() uint32 {
 // TcpQueue (record type 82, "tcp-queue") is a piece of a connection's
 // queue, in order, after its TcpSocket record.
 type TcpQueue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Inode         uint64                 `protobuf:"varint,1,opt,name=inode,proto3" json:"inode,omitempty"`
-	Queue         uint32                 `protobuf:"varint,2,opt,name=queue,proto3" json:"queue,omitempty"`   // 1 receive, 2 send (TCP_RECV_QUEUE, TCP_SEND_QUEUE)
-	Offset        uint32                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"` // bytes of the queue before this piece
-	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`      // at most 1 MiB
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *TcpQueue) Reset() {
-	*x = TcpQueue{}
-	mi := &file_tcp_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *TcpQueue) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*TcpQueue) ProtoMessage() {}
-
-func (x *TcpQueue) ProtoReflect() protoreflect.Message {
-	buildDescriptors()
-	mi := &file_tcp_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use TcpQueue.ProtoReflect.Descriptor instead.
-func (*TcpQueue) Descriptor() ([]byte, []int) {
-	return file_tcp_proto_rawDescGZIP(), []int{6}
+	Inode         uint64 `protobuf:"varint,1,opt,name=inode,proto3" json:"inode,omitempty"`
+	Queue         uint32 `protobuf:"varint,2,opt,name=queue,proto3" json:"queue,omitempty"`   // 1 receive, 2 send (TCP_RECV_QUEUE, TCP_SEND_QUEUE)
+	Offset        uint32 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"` // bytes of the queue before this piece
+	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`      // at most 1 MiB
+	unknownFields []byte
 }
 
 func (x *TcpQueue) GetInode() uint64 {
@@ -944,173 +700,44 @@ func (x *TcpQueue) GetData() []byte {
 	return nil
 }
 
-var File_tcp_proto protoreflect.FileDescriptor
+// Reset clears x.
+func (x *TcpLock) Reset() { *x = TcpLock{} }
 
-const file_tcp_proto_rawDesc = "" +
-	"\n" +
-	"\ttcp.proto\x12\x05cr.v1\"o\n" +
-	"\aTcpLock\x12\x14\n" +
-	"\x05table\x18\x01 \x01(\tR\x05table\x12\x14\n" +
-	"\x05netns\x18\x02 \x01(\x04R\x05netns\x12$\n" +
-	"\x05flows\x18\x03 \x03(\v2\x0e.cr.v1.TcpFlowR\x05flows\x12\x12\n" +
-	"\x04mark\x18\x04 \x01(\rR\x04mark\"\x81\x01\n" +
-	"\aTcpFlow\x12\x1d\n" +
-	"\n" +
-	"local_addr\x18\x01 \x01(\fR\tlocalAddr\x12\x1d\n" +
-	"\n" +
-	"local_port\x18\x02 \x01(\rR\tlocalPort\x12\x1b\n" +
-	"\tpeer_addr\x18\x03 \x01(\fR\bpeerAddr\x12\x1b\n" +
-	"\tpeer_port\x18\x04 \x01(\rR\bpeerPort\"\x86\x03\n" +
-	"\tTcpSocket\x12\x14\n" +
-	"\x05inode\x18\x01 \x01(\x04R\x05inode\x12\x16\n" +
-	"\x06family\x18\x02 \x01(\rR\x06family\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\rR\x05state\x12\x1d\n" +
-	"\n" +
-	"local_addr\x18\x04 \x01(\fR\tlocalAddr\x12\x1d\n" +
-	"\n" +
-	"local_port\x18\x05 \x01(\rR\tlocalPort\x12\x1b\n" +
-	"\tpeer_addr\x18\x06 \x01(\fR\bpeerAddr\x12\x1b\n" +
-	"\tpeer_port\x18\a \x01(\rR\bpeerPort\x12\x19\n" +
-	"\bscope_id\x18\b \x01(\rR\ascopeId\x12\x14\n" +
-	"\x05bound\x18\t \x01(\bR\x05bound\x12\x18\n" +
-	"\abacklog\x18\n" +
-	" \x01(\rR\abacklog\x12&\n" +
-	"\x04opts\x18\v \x01(\v2\x12.cr.v1.TcpSockoptsR\x04opts\x12(\n" +
-	"\x04conn\x18\f \x01(\v2\x14.cr.v1.TcpConnectionR\x04conn\x12\x10\n" +
-	"\x03pid\x18\r \x01(\rR\x03pid\x12\x0e\n" +
-	"\x02fd\x18\x0e \x01(\x05R\x02fd\"\x84\a\n" +
-	"\vTcpSockopts\x12\x1c\n" +
-	"\treuseaddr\x18\x01 \x01(\bR\treuseaddr\x12\x1c\n" +
-	"\treuseport\x18\x02 \x01(\bR\treuseport\x12\x16\n" +
-	"\x06v6only\x18\x03 \x01(\bR\x06v6only\x12\x1a\n" +
-	"\bfreebind\x18\x04 \x01(\bR\bfreebind\x12\x18\n" +
-	"\anodelay\x18\x05 \x01(\bR\anodelay\x12\x12\n" +
-	"\x04cork\x18\x06 \x01(\bR\x04cork\x12\x1c\n" +
-	"\tkeepalive\x18\a \x01(\bR\tkeepalive\x12\x1a\n" +
-	"\bkeepidle\x18\b \x01(\rR\bkeepidle\x12\x1c\n" +
-	"\tkeepintvl\x18\t \x01(\rR\tkeepintvl\x12\x18\n" +
-	"\akeepcnt\x18\n" +
-	" \x01(\rR\akeepcnt\x12\x16\n" +
-	"\x06sndbuf\x18\v \x01(\rR\x06sndbuf\x12\x16\n" +
-	"\x06rcvbuf\x18\f \x01(\rR\x06rcvbuf\x12\x16\n" +
-	"\x06linger\x18\r \x01(\bR\x06linger\x12\x1f\n" +
-	"\vlinger_secs\x18\x0e \x01(\rR\n" +
-	"lingerSecs\x12!\n" +
-	"\fuser_timeout\x18\x0f \x01(\rR\vuserTimeout\x12#\n" +
-	"\rnotsent_lowat\x18\x10 \x01(\rR\fnotsentLowat\x12\x1e\n" +
-	"\n" +
-	"congestion\x18\x11 \x01(\tR\n" +
-	"congestion\x12!\n" +
-	"\fdefer_accept\x18\x12 \x01(\rR\vdeferAccept\x12\x16\n" +
-	"\x06maxseg\x18\x13 \x01(\rR\x06maxseg\x12\x10\n" +
-	"\x03tos\x18\x14 \x01(\rR\x03tos\x12\x12\n" +
-	"\x04mark\x18\x15 \x01(\rR\x04mark\x12\x1a\n" +
-	"\bpriority\x18\x16 \x01(\rR\bpriority\x12\x1f\n" +
-	"\vbind_device\x18\x17 \x01(\tR\n" +
-	"bindDevice\x12\x1c\n" +
-	"\toobinline\x18\x18 \x01(\bR\toobinline\x12\x1a\n" +
-	"\brcvlowat\x18\x19 \x01(\rR\brcvlowat\x12!\n" +
-	"\fwindow_clamp\x18\x1a \x01(\rR\vwindowClamp\x12\x1a\n" +
-	"\bfastopen\x18\x1b \x01(\rR\bfastopen\x12\x19\n" +
-	"\bbuf_lock\x18\x1c \x01(\rR\abufLock\x12 \n" +
-	"\vtransparent\x18\x1d \x01(\bR\vtransparent\x12\x1f\n" +
-	"\vrcvtimeo_us\x18\x1e \x01(\x04R\n" +
-	"rcvtimeoUs\x12\x1f\n" +
-	"\vsndtimeo_us\x18\x1f \x01(\x04R\n" +
-	"sndtimeoUs\"\x83\x04\n" +
-	"\rTcpConnection\x12\x17\n" +
-	"\asnd_seq\x18\x01 \x01(\rR\x06sndSeq\x12\x17\n" +
-	"\arcv_seq\x18\x02 \x01(\rR\x06rcvSeq\x12\x19\n" +
-	"\bsend_len\x18\x03 \x01(\rR\asendLen\x12\x1d\n" +
-	"\n" +
-	"unsent_len\x18\x04 \x01(\rR\tunsentLen\x12\x19\n" +
-	"\brecv_len\x18\x05 \x01(\rR\arecvLen\x12\x10\n" +
-	"\x03mss\x18\x06 \x01(\rR\x03mss\x12\x16\n" +
-	"\x06wscale\x18\a \x01(\bR\x06wscale\x12\x1d\n" +
-	"\n" +
-	"snd_wscale\x18\b \x01(\rR\tsndWscale\x12\x1d\n" +
-	"\n" +
-	"rcv_wscale\x18\t \x01(\rR\trcvWscale\x12\x12\n" +
-	"\x04sack\x18\n" +
-	" \x01(\bR\x04sack\x12\x1e\n" +
-	"\n" +
-	"timestamps\x18\v \x01(\bR\n" +
-	"timestamps\x12\x1c\n" +
-	"\ttimestamp\x18\f \x01(\rR\ttimestamp\x12(\n" +
-	"\x06window\x18\r \x01(\v2\x10.cr.v1.TcpWindowR\x06window\x12\x19\n" +
-	"\bfin_sent\x18\x0e \x01(\bR\afinSent\x12\x1b\n" +
-	"\tfin_acked\x18\x0f \x01(\bR\bfinAcked\x12!\n" +
-	"\ffin_received\x18\x10 \x01(\bR\vfinReceived\x12\x10\n" +
-	"\x03ecn\x18\x11 \x01(\bR\x03ecn\x12\x1a\n" +
-	"\blistener\x18\x12 \x01(\x04R\blistener\"\x8e\x01\n" +
-	"\tTcpWindow\x12\x17\n" +
-	"\asnd_wl1\x18\x01 \x01(\rR\x06sndWl1\x12\x17\n" +
-	"\asnd_wnd\x18\x02 \x01(\rR\x06sndWnd\x12\x1d\n" +
-	"\n" +
-	"max_window\x18\x03 \x01(\rR\tmaxWindow\x12\x17\n" +
-	"\arcv_wnd\x18\x04 \x01(\rR\x06rcvWnd\x12\x17\n" +
-	"\arcv_wup\x18\x05 \x01(\rR\x06rcvWup\"b\n" +
-	"\bTcpQueue\x12\x14\n" +
-	"\x05inode\x18\x01 \x01(\x04R\x05inode\x12\x14\n" +
-	"\x05queue\x18\x02 \x01(\rR\x05queue\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\rR\x06offset\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04dataB\x0fZ\rcrpipe/lib/pbb\x06proto3"
+// MessageName is the full name of TcpLock in the .proto files.
+func (*TcpLock) MessageName() string { return "cr.v1.TcpLock" }
 
-var (
-	file_tcp_proto_rawDescOnce sync.Once
-	file_tcp_proto_rawDescData []byte
-)
+// Reset clears x.
+func (x *TcpFlow) Reset() { *x = TcpFlow{} }
 
-func file_tcp_proto_rawDescGZIP() []byte {
-	file_tcp_proto_rawDescOnce.Do(func() {
-		file_tcp_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_tcp_proto_rawDesc), len(file_tcp_proto_rawDesc)))
-	})
-	return file_tcp_proto_rawDescData
-}
+// MessageName is the full name of TcpFlow in the .proto files.
+func (*TcpFlow) MessageName() string { return "cr.v1.TcpFlow" }
 
-var file_tcp_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
-var file_tcp_proto_goTypes = []any{
-	(*TcpLock)(nil),       // 0: cr.v1.TcpLock
-	(*TcpFlow)(nil),       // 1: cr.v1.TcpFlow
-	(*TcpSocket)(nil),     // 2: cr.v1.TcpSocket
-	(*TcpSockopts)(nil),   // 3: cr.v1.TcpSockopts
-	(*TcpConnection)(nil), // 4: cr.v1.TcpConnection
-	(*TcpWindow)(nil),     // 5: cr.v1.TcpWindow
-	(*TcpQueue)(nil),      // 6: cr.v1.TcpQueue
-}
-var file_tcp_proto_depIdxs = []int32{
-	1, // 0: cr.v1.TcpLock.flows:type_name -> cr.v1.TcpFlow
-	3, // 1: cr.v1.TcpSocket.opts:type_name -> cr.v1.TcpSockopts
-	4, // 2: cr.v1.TcpSocket.conn:type_name -> cr.v1.TcpConnection
-	5, // 3: cr.v1.TcpConnection.window:type_name -> cr.v1.TcpWindow
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
-}
+// Reset clears x.
+func (x *TcpSocket) Reset() { *x = TcpSocket{} }
 
-var _ = lazily(file_tcp_proto_init)
+// MessageName is the full name of TcpSocket in the .proto files.
+func (*TcpSocket) MessageName() string { return "cr.v1.TcpSocket" }
 
-func file_tcp_proto_init() {
-	if File_tcp_proto != nil {
-		return
-	}
-	type x struct{}
-	out := protoimpl.TypeBuilder{
-		File: protoimpl.DescBuilder{
-			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tcp_proto_rawDesc), len(file_tcp_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   7,
-			NumExtensions: 0,
-			NumServices:   0,
-		},
-		GoTypes:           file_tcp_proto_goTypes,
-		DependencyIndexes: file_tcp_proto_depIdxs,
-		MessageInfos:      file_tcp_proto_msgTypes,
-	}.Build()
-	File_tcp_proto = out.File
-	file_tcp_proto_goTypes = nil
-	file_tcp_proto_depIdxs = nil
-}
+// Reset clears x.
+func (x *TcpSockopts) Reset() { *x = TcpSockopts{} }
+
+// MessageName is the full name of TcpSockopts in the .proto files.
+func (*TcpSockopts) MessageName() string { return "cr.v1.TcpSockopts" }
+
+// Reset clears x.
+func (x *TcpConnection) Reset() { *x = TcpConnection{} }
+
+// MessageName is the full name of TcpConnection in the .proto files.
+func (*TcpConnection) MessageName() string { return "cr.v1.TcpConnection" }
+
+// Reset clears x.
+func (x *TcpWindow) Reset() { *x = TcpWindow{} }
+
+// MessageName is the full name of TcpWindow in the .proto files.
+func (*TcpWindow) MessageName() string { return "cr.v1.TcpWindow" }
+
+// Reset clears x.
+func (x *TcpQueue) Reset() { *x = TcpQueue{} }
+
+// MessageName is the full name of TcpQueue in the .proto files.
+func (*TcpQueue) MessageName() string { return "cr.v1.TcpQueue" }

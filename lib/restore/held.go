@@ -3,9 +3,9 @@ package restore
 import (
 	"bytes"
 	"fmt"
+	"strings"
 
 	"github.com/pierrec/lz4/v4"
-	"google.golang.org/protobuf/proto"
 
 	"crpipe/lib/pb"
 )
@@ -71,13 +71,13 @@ func (h held) bytes() ([]byte, error) {
 }
 
 // decode decodes the held record into m.
-func (h held) decode(m proto.Message) error {
+func (h held) decode(m pb.Message) error {
 	b, err := h.bytes()
 	if err == nil {
 		err = pb.Unmarshal(b, m)
 	}
 	if err != nil {
-		return fmt.Errorf("held %s record: %w", m.ProtoReflect().Descriptor().Name(), err)
+		return fmt.Errorf("held %s record: %w", strings.TrimPrefix(m.MessageName(), "cr.v1."), err)
 	}
 	return nil
 }

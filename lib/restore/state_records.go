@@ -3,8 +3,6 @@ package restore
 import (
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -60,7 +58,7 @@ func init() {
 
 // storeState decodes a record into m and files it, after checking that
 // its pid and tid belong to the tree.
-func storeState(rc *Ctx, f *image.Frame, m proto.Message, store func(*stateImage)) error {
+func storeState(rc *Ctx, f *image.Frame, m pb.Message, store func(*stateImage)) error {
 	if err := image.Unmarshal(f, m); err != nil {
 		return err
 	}
@@ -91,7 +89,7 @@ func (si *stateImage) processState(t *task) (*pb.ProcessState, error) {
 // if it holds one.
 func heldIn[T any, M interface {
 	*T
-	proto.Message
+	pb.Message
 }](hs map[uint32]held, t *task, tid uint32) (M, error) {
 	h, ok := hs[tid]
 	if !ok {
@@ -104,7 +102,7 @@ func heldIn[T any, M interface {
 	return m, nil
 }
 
-func ids(m proto.Message) (pid, tid uint32) {
+func ids(m pb.Message) (pid, tid uint32) {
 	switch m := m.(type) {
 	case *pb.ThreadState:
 		return m.Pid, m.Tid

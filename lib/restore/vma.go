@@ -1,8 +1,6 @@
 package restore
 
 import (
-	"google.golang.org/protobuf/encoding/protowire"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )
@@ -83,7 +81,7 @@ func decodeMm(f *image.Frame, paths map[string]string) (*pb.Mm, []vma, error) {
 	// Counted first: a slice grown by append would leave its earlier
 	// arrays to the collector, 4 MB with 60,000 VMAs.
 	n := 0
-	pb.EachField(f.Payload, func(num protowire.Number, _ protowire.Type, _ []byte) error {
+	pb.EachField(f.Payload, func(num pb.FieldNumber, _ pb.WireType, _ []byte) error {
 		if num == pb.MmVmasField {
 			n++
 		}
