@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"regexp"
 	"strings"
 
 	"crpipe/lib/stage"
@@ -47,10 +46,24 @@ func (f Flow) String() string { return f.Local.String() + "-" + f.Peer.String() 
 // TableName is the name of the lock of the tree whose root is rootPid.
 func TableName(rootPid int) string { return fmt.Sprintf("crpipe-%d", rootPid) }
 
-var tableRE = regexp.MustCompile(`^crpipe-[0-9]+$`)
+// isTableName says whether name is one TableName gives: "crpipe-"
+// followed by digits (a regexp here cost every command its package's
+// initialisation, doc/performance.md 93).
+func isTableName(name string) bool {
+	digits, ok := strings.CutPrefix(name, "crpipe-")
+	if !ok || digits == "" {
+		return false
+	}
+	for _, c := range []byte(digits) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
 
 func checkTable(table string) error {
-	if !tableRE.MatchString(table) {
+	if !isTableName(table) {
 		return fmt.Errorf("network lock: %q is not a crpipe table name", table)
 	}
 	return nil
@@ -160,7 +173,7 @@ func Tables(netns string) ([]string, error) {
 			return fmt.Errorf("nft list tables: %w", err)
 		}
 		for _, l := range strings.Split(string(b), "\n") {
-			if name, ok := strings.CutPrefix(strings.TrimSpace(l), "table inet "); ok && tableRE.MatchString(name) {
+			if name, ok := strings.CutPrefix(strings.TrimSpace(l), "table inet "); ok && isTableName(name) {
 				out = append(out, name)
 			}
 		}

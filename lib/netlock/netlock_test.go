@@ -47,3 +47,17 @@ func TestTableNames(t *testing.T) {
 		}
 	}
 }
+
+func TestIsTableName(t *testing.T) {
+	for name, want := range map[string]bool{
+		TableName(42): true, "crpipe-0": true, "crpipe-": false, "crpipe-4a": false, "crpipe-42 ": false,
+		"xcrpipe-42": false, "crpipe--1": false, "filter": false, "": false,
+	} {
+		if got := isTableName(name); got != want {
+			t.Errorf("isTableName(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if checkTable("crpipe-7; flush ruleset") == nil {
+		t.Error("checkTable took a name with more after the digits")
+	}
+}

@@ -1392,16 +1392,70 @@ func (x *End) GetComplete() bool {
 
 // String is the name of x in the .proto, or its number.
 func (x VmaKind) String() string {
-	if s, ok := VmaKind_name[int32(x)]; ok {
-		return s
+	switch x {
+	case 0:
+		return "VMA_ANON"
+	case 1:
+		return "VMA_FILE_PRIVATE"
+	case 2:
+		return "VMA_FILE_SHARED"
+	case 3:
+		return "VMA_SHARED_ANON"
+	case 4:
+		return "VMA_VDSO"
+	case 5:
+		return "VMA_VVAR"
+	case 6:
+		return "VMA_VVAR_VCLOCK"
+	case 7:
+		return "VMA_VSYSCALL"
+	case 8:
+		return "VMA_SYSV_SHM"
 	}
 	return strconv.Itoa(int(x))
 }
 
 // String is the name of x in the .proto, or its number.
 func (x FdKind) String() string {
-	if s, ok := FdKind_name[int32(x)]; ok {
-		return s
+	switch x {
+	case 0:
+		return "FD_REGULAR"
+	case 1:
+		return "FD_CHARDEV"
+	case 2:
+		return "FD_DIRECTORY"
+	case 3:
+		return "FD_PIPE"
+	case 4:
+		return "FD_EVENTFD"
+	case 5:
+		return "FD_SIGNALFD"
+	case 6:
+		return "FD_TIMERFD"
+	case 7:
+		return "FD_INOTIFY"
+	case 8:
+		return "FD_MEMFD"
+	case 9:
+		return "FD_EPOLL"
+	case 10:
+		return "FD_UNIX"
+	case 11:
+		return "FD_UDP"
+	case 12:
+		return "FD_NETLINK"
+	case 13:
+		return "FD_TCP"
+	case 14:
+		return "FD_TTY"
+	case 15:
+		return "FD_GHOST"
+	case 18:
+		return "FD_DEVTTY"
+	case 19:
+		return "FD_PIDFD"
+	case 20:
+		return "FD_INET_RAW"
 	}
 	return strconv.Itoa(int(x))
 }

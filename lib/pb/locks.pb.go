@@ -110,8 +110,13 @@ func (x *FileLock) GetVmaStart() uint64 {
 
 // String is the name of x in the .proto, or its number.
 func (x FileLockKind) String() string {
-	if s, ok := FileLockKind_name[int32(x)]; ok {
-		return s
+	switch x {
+	case 0:
+		return "LOCK_POSIX"
+	case 1:
+		return "LOCK_FLOCK"
+	case 2:
+		return "LOCK_OFD"
 	}
 	return strconv.Itoa(int(x))
 }

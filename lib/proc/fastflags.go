@@ -103,7 +103,7 @@ func guessFlags(raw uint64) VmFlags {
 		b := bits.TrailingZeros64(raw)
 		raw &^= 1 << b
 		if name := rawVmFlagGuess[b]; name != "" {
-			f |= vmFlagBits[name]
+			f |= vmFlag(name)
 		}
 	}
 	return f
@@ -121,7 +121,7 @@ func (f *FastVmFlags) Read(pid int) (flags []VmaFlags, ok bool) {
 		return nil, false
 	}
 	out := make([]VmaFlags, len(raw))
-	mayShare := vmFlagBits["sh"] | vmFlagBits["mg"]
+	mayShare := vmFlag("sh") | vmFlag("mg")
 	for i, r := range raw {
 		if r.Flags&^f.known != 0 {
 			return nil, false

@@ -51,22 +51,20 @@ var vmFlagNames = [...]string{
 	"gu", "mp", "pk",
 }
 
-var vmFlagBits = func() map[string]VmFlags {
-	m := map[string]VmFlags{}
-	for i, n := range vmFlagNames {
-		m[n] = 1 << i
-	}
-	return m
-}()
-
 // Has reports whether flag is set; flag must be one of vmFlagNames.
 func (f VmFlags) Has(flag string) bool {
-	b, ok := vmFlagBits[flag]
-	if !ok {
+	var b VmFlags
+	if len(flag) == 2 && 'a' <= flag[0] && flag[0] <= 'z' && 'a' <= flag[1] && flag[1] <= 'z' {
+		b = vmFlag(flag)
+	}
+	if b == 0 {
 		panic("proc: unknown VmFlag " + flag)
 	}
 	return f&b != 0
 }
+
+// vmFlag is the bit of flag, one of vmFlagNames.
+func vmFlag(flag string) VmFlags { return vmFlagByCode[flag[0]-'a'][flag[1]-'a'] }
 
 // String lists the flags as smaps does, two letters each.
 func (f VmFlags) String() string {
@@ -79,7 +77,7 @@ func (f VmFlags) String() string {
 	return strings.Join(names, " ")
 }
 
-// vmFlagByCode is vmFlagBits by the two letters of a flag's name: a
+// vmFlagByCode is each flag's bit by the two letters of its name: a
 // VmFlags line is parsed for every VMA, with no map lookup per flag.
 var vmFlagByCode = func() (t [26][26]VmFlags) {
 	for i, n := range vmFlagNames {

@@ -180,7 +180,17 @@ func rewriteTypes(name string, src []byte, protoDir string, records *[]string) (
 	out = out[:i] + "// Rewritten by lib/pb/internal/plain: plain structs, no protobuf runtime.\n\n" + header + imports + out[i+len(header):]
 	var extra strings.Builder
 	for _, e := range enums {
-		fmt.Fprintf(&extra, "\n// String is the name of x in the .proto, or its number.\nfunc (x %[1]s) String() string {\n\tif s, ok := %[1]s_name[int32(x)]; ok {\n\t\treturn s\n\t}\n\treturn strconv.Itoa(int(x))\n}\n", e)
+		names, err := enumNames(f, e)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		// A switch, not the name map: an unused map's initialisation is
+		// left out of the binary, a used one runs as every command starts.
+		fmt.Fprintf(&extra, "\n// String is the name of x in the .proto, or its number.\nfunc (x %s) String() string {\n\tswitch x {\n", e)
+		for _, n := range names {
+			fmt.Fprintf(&extra, "\tcase %s:\n\t\treturn %s\n", n[0], n[1])
+		}
+		fmt.Fprintf(&extra, "\t}\n\treturn strconv.Itoa(int(x))\n}\n")
 	}
 	for _, t := range messages {
 		*records = append(*records, pkg+"."+t)
@@ -254,6 +264,42 @@ func keepDecl(d ast.Decl, messages, enums *[]string) (bool, error) {
 		return false, fmt.Errorf("method %s: unknown", name)
 	}
 	return false, fmt.Errorf("a declaration this rewrite does not know at %v", d.Pos())
+}
+
+// enumNames are the number and the quoted name of each value of enum e,
+// from its name map (E_name) in f.
+func enumNames(f *ast.File, e string) ([][2]string, error) {
+	for _, d := range f.Decls {
+		gd, ok := d.(*ast.GenDecl)
+		if !ok || gd.Tok != token.VAR {
+			continue
+		}
+		for _, s := range gd.Specs {
+			vs := s.(*ast.ValueSpec)
+			if len(vs.Names) != 1 || vs.Names[0].Name != e+"_name" || len(vs.Values) != 1 {
+				continue
+			}
+			lit, ok := vs.Values[0].(*ast.CompositeLit)
+			if !ok {
+				break
+			}
+			var names [][2]string
+			for _, el := range lit.Elts {
+				kv, ok := el.(*ast.KeyValueExpr)
+				k, kok := kv.Key.(*ast.BasicLit)
+				v, vok := kv.Value.(*ast.BasicLit)
+				if !ok || !kok || !vok || k.Kind != token.INT || v.Kind != token.STRING {
+					return nil, fmt.Errorf("%s_name: an entry that is not a number and a name", e)
+				}
+				names = append(names, [2]string{k.Value, v.Value})
+			}
+			if len(names) == 0 {
+				break
+			}
+			return names, nil
+		}
+	}
+	return nil, fmt.Errorf("enum %s: no name map", e)
 }
 
 // fileLevel says whether name is protoc-gen-go's per-file state.

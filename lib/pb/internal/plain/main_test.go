@@ -80,7 +80,7 @@ func TestRewriteTypes(t *testing.T) {
 	}
 	src := string(out)
 	for _, want := range []string{"// Rec is a record.\ntype Rec struct {", "unknownFields []byte", "func (x *Rec) GetPid() uint32",
-		"func (x *Rec) Reset() { *x = Rec{} }", `return "cr.v1.Rec"`, "Kind_name[int32(x)]", `import "strconv"`} {
+		"func (x *Rec) Reset() { *x = Rec{} }", `return "cr.v1.Rec"`, "case 0:\n\t\treturn \"A\"", `import "strconv"`} {
 		if !strings.Contains(src, want) {
 			t.Errorf("output lacks %q:\n%s", want, src)
 		}
