@@ -24,9 +24,8 @@ func Cgroup2Mount() (string, error) {
 
 // ParseCgroup2Mount returns the first cgroup2 mount point whose root is "/"
 // in a mountinfo file.
-// The lines are cut from b where they are: a bufio.Scanner's 64 KiB
-// buffer was fresh memory, ~20 page faults of every command that looks
-// (doc/performance.md 94).
+// The lines are cut from b where they are, not copied through a
+// bufio.Scanner's buffer.
 func ParseCgroup2Mount(b []byte) (string, error) {
 	for len(b) > 0 {
 		var line []byte
