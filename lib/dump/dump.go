@@ -35,7 +35,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/files"
 	"crpipe/lib/freeze"
 	"crpipe/lib/internal/par"

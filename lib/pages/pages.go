@@ -28,7 +28,6 @@ import (
 	"strconv"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"

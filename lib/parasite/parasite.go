@@ -43,7 +43,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/inject"
 	"crpipe/lib/internal/par"

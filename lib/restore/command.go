@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/stage"
 )
 

@@ -23,9 +23,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"crpipe/lib/cli"
-
 	"crpipe/lib/arch"
+	"crpipe/lib/cli"
 	"crpipe/lib/image"
 	"crpipe/lib/internal/par"
 	"crpipe/lib/pb"

@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )

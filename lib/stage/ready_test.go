@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/sys"

@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 )

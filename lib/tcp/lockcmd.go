@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/netlock"
 	"crpipe/lib/pb"

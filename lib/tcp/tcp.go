@@ -17,7 +17,6 @@ package tcp
 
 import (
 	"crpipe/lib/cli"
-
 	"crpipe/lib/image"
 	"crpipe/lib/pb"
 	"crpipe/lib/stage"
