@@ -31,7 +31,7 @@ func MarshalMm(mm *Mm, n int, fill func(i int, v *Vma)) ([]byte, error) {
 	var v Vma
 	for i := range n {
 		fill(i, &v)
-		b = AppendTag(b, MmVmasField, BytesType)
+		b = appendTag(b, MmVmasField, BytesType)
 		b = binary.AppendUvarint(b, uint64(Size(&v)))
 		if b, err = MarshalAppend(b, &v); err != nil {
 			return nil, err
@@ -48,7 +48,7 @@ func UnmarshalMm(b []byte, mm *Mm, each func(v *Vma) error) error {
 	var v Vma
 	err := EachField(b, func(num FieldNumber, typ WireType, field []byte) error {
 		if num != MmVmasField || typ != BytesType {
-			rest = AppendTag(rest, num, typ)
+			rest = appendTag(rest, num, typ)
 			rest = append(rest, field...)
 			return nil
 		}

@@ -22,8 +22,8 @@ const BytesType WireType = 2
 // errWire is a message that is not valid wire format.
 var errWire = errors.New("proto: cannot parse invalid wire-format data")
 
-// AppendTag appends the tag of field num of type typ.
-func AppendTag(b []byte, num FieldNumber, typ WireType) []byte {
+// appendTag appends the tag of field num of type typ.
+func appendTag(b []byte, num FieldNumber, typ WireType) []byte {
 	return binary.AppendUvarint(b, uint64(num)<<3|uint64(typ))
 }
 
