@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -1109,6 +1110,13 @@ func encodeState(tasks []Task) ([]byte, error) {
 	var st state
 	index := map[string]uint64{}
 	for _, t := range tasks {
+		// JSON carries UTF-8 only: a cgroup name with other bytes (any
+		// but '/' may stand in one) would come back changed, and the
+		// thaw would have nowhere to put the process.
+		if !utf8.ValidString(t.Cgroup2) {
+			return nil, stage.Hint(refuse("pid %d: its cgroup %q is not valid UTF-8: cr-freeze could not record it to put the process back", t.Pid, t.Cgroup2),
+				"rename the cgroup (a name of UTF-8 characters), then checkpoint")
+		}
 		i, ok := index[t.Cgroup2]
 		if !ok {
 			i = uint64(len(st.Cgroups))

@@ -614,3 +614,38 @@ func TestPrepare(t *testing.T) {
 		t.Fatalf("thaw: %v %v", did, err)
 	}
 }
+
+// TestCgroupNotUTF8: a process in a cgroup whose name is not UTF-8 is
+// refused before it is moved or frozen: the state cr-freeze keeps to put
+// it back is JSON, which would have changed the name (U+FFFD for each bad
+// byte), and the thaw would have had nowhere to put it.
+func TestCgroupNotUTF8(t *testing.T) {
+	requireRoot(t)
+	p := testprog.Start(t, "tick")
+	mount, err := proc.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d-\xff", os.Getpid(), p.Pid))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		writeFile(filepath.Join(mount, "cgroup.procs"), strconv.Itoa(p.Pid))
+		rmdirWait(dir)
+	})
+	if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(p.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	cleanupFrozen(t, p.Pid)
+	_, err = Freeze(p.Pid, Options{})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "not valid UTF-8") || !strings.Contains(err.Error(), strconv.Itoa(p.Pid)) {
+		t.Fatalf("Freeze: %v, want a refusal naming the pid and the cgroup", err)
+	}
+	if got := cgroupOf(t, p.Pid); got != dir || !p.Ticks(300*time.Millisecond) {
+		t.Fatalf("in %q after the refusal (want %q), or not ticking", got, dir)
+	}
+	if _, err := os.Stat(cgroupDir(mount, p.Pid)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the transient cgroup is left: %v", err)
+	}
+}
