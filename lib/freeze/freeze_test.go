@@ -30,13 +30,16 @@ func requireRoot(t *testing.T) {
 
 // origCgroup puts p into a cgroup of the test's own, so that thaw has a
 // non-root original to restore.
-func origCgroup(t *testing.T, p *testprog.Proc) string {
+func origCgroup(t *testing.T, p *testprog.Proc) string { return origCgroupNamed(t, p, "") }
+
+// origCgroupNamed is origCgroup with suffix at the end of the cgroup's name.
+func origCgroupNamed(t *testing.T, p *testprog.Proc, suffix string) string {
 	t.Helper()
 	mount, err := proc.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d", os.Getpid(), p.Pid))
+	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d%s", os.Getpid(), p.Pid, suffix))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -622,30 +625,16 @@ func TestPrepare(t *testing.T) {
 func TestCgroupNotUTF8(t *testing.T) {
 	requireRoot(t)
 	p := testprog.Start(t, "tick")
-	mount, err := proc.Cgroup2Mount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(mount, fmt.Sprintf("crtest-%d-%d-\xff", os.Getpid(), p.Pid))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		writeFile(filepath.Join(mount, "cgroup.procs"), strconv.Itoa(p.Pid))
-		rmdirWait(dir)
-	})
-	if err := writeFile(filepath.Join(dir, "cgroup.procs"), strconv.Itoa(p.Pid)); err != nil {
-		t.Fatal(err)
-	}
+	dir := origCgroupNamed(t, p, "-\xff")
 	cleanupFrozen(t, p.Pid)
-	_, err = Freeze(p.Pid, Options{})
+	_, err := Freeze(p.Pid, Options{})
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "not valid UTF-8") || !strings.Contains(err.Error(), strconv.Itoa(p.Pid)) {
 		t.Fatalf("Freeze: %v, want a refusal naming the pid and the cgroup", err)
 	}
 	if got := cgroupOf(t, p.Pid); got != dir || !p.Ticks(300*time.Millisecond) {
 		t.Fatalf("in %q after the refusal (want %q), or not ticking", got, dir)
 	}
-	if _, err := os.Stat(cgroupDir(mount, p.Pid)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(cgroupDir(filepath.Dir(dir), p.Pid)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the transient cgroup is left: %v", err)
 	}
 }
